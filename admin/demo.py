@@ -1,0 +1,156 @@
+"""`tokenward demo`: embedded store + a sample upstream + tokenward, with printed tokens.
+
+The sample upstream echoes what it received (method, raw path, query, headers), so the
+printed curl lines show exactly what tokenward forwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from gateway.settings import load_settings
+
+DEMO_ORG = "acme"
+DEMO_TEAM = "platform"
+TEAM_PERMISSIONS = ["read:apis", "write:apis", "read:specs", "write:specs", "admin:team"]
+
+
+async def echo(request: web.Request) -> web.Response:
+    """Echo exactly what arrived, for the demo and the tests."""
+    body = await request.read()
+    return web.json_response(
+        {
+            "method": request.method,
+            "raw_path": request.raw_path,
+            "path": request.raw_path.partition("?")[0],
+            "query": request.query_string,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body_length": len(body),
+        }
+    )
+
+
+def echo_app() -> web.Application:
+    app = web.Application(client_max_size=1024**3)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+def port_or_free(preferred: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+
+def demo_config(data_dir: Path, port: int, admin_port: int, upstream_port: int) -> dict[str, Any]:
+    team = "/orgs/{org}/teams/{team}"
+    res = {"org": "org", "team": "team"}
+    return {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "admin_listen": {"host": "127.0.0.1", "port": admin_port},
+        "data_dir": str(data_dir),
+        "tokens": {"prefix": "tw_sat", "default_ttl": "90d", "max_ttl": "365d"},
+        "upstreams": {"registry": {"url": f"http://127.0.0.1:{upstream_port}", "timeout": "30s"}},
+        "routes": [
+            {"methods": ["GET"], "path": f"{team}/apis", "upstream": "registry",
+             "scopes": ["read:apis"], "resource": res},
+            {"methods": ["POST"], "path": f"{team}/apis", "upstream": "registry",
+             "scopes": ["write:apis"], "resource": res},
+            {"methods": ["GET"], "path": f"{team}/apis/{{api}}/specs", "upstream": "registry",
+             "scopes": ["read:specs"], "resource": res},
+            {"methods": ["POST"], "path": f"{team}/apis/{{api}}/specs", "upstream": "registry",
+             "scopes": ["write:specs"], "resource": res},
+            {"methods": ["GET"], "path": "/health", "upstream": "registry", "public": True},
+        ],
+    }
+
+
+async def run_demo(data_dir: Path, port: int, admin_port: int, upstream_port: int, once: bool = False) -> None:
+    from admin.api import issue_token
+    from gateway.records import TeamRecord
+    from gateway.scopes import parse_scopes
+    from gateway.server import Server
+    from gateway.store import Conflict
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port, admin_port, upstream_port = (port_or_free(p) for p in (port, admin_port, upstream_port))
+    config_path = data_dir / "demo.yaml"
+    config_path.write_text(yaml.safe_dump(demo_config(data_dir / "store", port, admin_port, upstream_port), sort_keys=False))
+    settings = load_settings(config_path)
+
+    upstream = web.AppRunner(echo_app(), access_log=None)
+    await upstream.setup()
+    await web.TCPSite(upstream, "127.0.0.1", upstream_port).start()
+    server = Server(settings)
+    runtime = await server.start()
+    try:
+        admin_plain, _ = await issue_token(
+            runtime, org=DEMO_ORG, team=None, name="demo-org-admin",
+            scopes=parse_scopes(["admin:org"]), created_by="demo",
+        )
+        with contextlib.suppress(Conflict):
+            await runtime.store.create_team(
+                TeamRecord(DEMO_ORG, DEMO_TEAM, parse_scopes(TEAM_PERMISSIONS), 0.0, "demo")
+            )
+        policy = settings.tokens
+        import time
+
+        read_plain, read_record = await issue_token(
+            runtime, org=DEMO_ORG, team=DEMO_TEAM, name="ci-readonly",
+            scopes=parse_scopes(["read:apis", "read:specs"]), created_by="demo",
+            expires_at=time.time() + (policy.default_ttl or 0) if policy.default_ttl else None,
+        )
+        gw = f"http://127.0.0.1:{port}"
+        adm = f"http://127.0.0.1:{admin_port}"
+        base = f"{gw}/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}"
+        print(
+            f"""
+tokenward demo is up
+  gateway     {gw}        (routes from {config_path})
+  admin API   {adm}
+  upstream    http://127.0.0.1:{upstream_port}  (echoes what it receives)
+  store       {runtime.store_description}, data in {settings.data_dir}
+
+org admin token (org {DEMO_ORG}; shown once):
+  export TOKENWARD_ADMIN_URL={adm}
+  export TOKENWARD_TOKEN={admin_plain}
+
+read-only token for team {DEMO_TEAM} (read:apis read:specs; shown once):
+  export READ_TOKEN={read_plain}
+
+try:
+  curl -s {base}/apis -H "Authorization: Bearer $READ_TOKEN"                  # 200, forwarded
+  curl -s -X POST {base}/apis -H "Authorization: Bearer $READ_TOKEN"          # 403 lacks write:apis
+  curl -s {gw}/orgs/other/teams/{DEMO_TEAM}/apis -H "Authorization: Bearer $READ_TOKEN"  # 403 org
+  curl -s {base}/apis                                                          # 401 missing token
+  curl -s {gw}/health                                                          # public
+  curl -s {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens -H "Authorization: Bearer $TOKENWARD_TOKEN"
+  curl -s -X POST {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens/{read_record.id}/revoke -H "Authorization: Bearer $TOKENWARD_TOKEN"
+  .venv/bin/tokenward token list --team {DEMO_TEAM}
+
+Ctrl-C to stop.
+""",
+            flush=True,
+        )
+        if once:
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await server.stop()
+        await upstream.cleanup()

@@ -1,0 +1,115 @@
+"""structlog set-up and the `[Service Token]` audit events.
+
+Every decision (allowed or denied) and every admin change is one event, JSON lines by
+default (`JSONRenderer(serializer=orjson.dumps)` on `BytesLoggerFactory`), pretty on a TTY.
+Audit events are also appended, write-behind and batched, to a capped Redis stream; the
+`last_used_at` of tokens is batched the same way. Neither is ever on a request's critical
+path, and both are flushed on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from typing import IO, Any
+
+import orjson
+import structlog
+
+from gateway.settings import LogSettings
+from gateway.store import Store, StoreUnavailable
+
+LABEL = "[Service Token]"
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure_logging(settings: LogSettings, stream: IO[Any] | None = None) -> None:
+    stream = stream or sys.stdout
+    pretty = settings.format == "console" or (settings.format == "auto" and stream.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if pretty:
+        processors = [*shared, structlog.dev.ConsoleRenderer()]
+        factory: Any = structlog.PrintLoggerFactory(stream)
+    else:
+        processors = [
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ]
+        factory = structlog.BytesLoggerFactory(getattr(stream, "buffer", stream))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings.level]),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+
+
+class AuditLog:
+    """Emits audit events to the log and buffers them for the Redis audit stream."""
+
+    def __init__(self, store: Store | None, stream_maxlen: int, flush_interval: float = 0.25) -> None:
+        self.store = store
+        self.stream_maxlen = stream_maxlen
+        self.flush_interval = flush_interval
+        self._log = structlog.get_logger("tokenward.audit")
+        self._pending: list[bytes] = []
+        self._used: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def emit(self, action: str, **fields: Any) -> None:
+        fields["action"] = action
+        self._log.info(f"{LABEL} {action}", **fields)
+        if self.store is not None:
+            fields["ts"] = time.time()
+            if len(self._pending) < 100_000:
+                self._pending.append(orjson.dumps(fields))
+            else:
+                self.dropped += 1
+
+    def mark_used(self, key_id: str, at: float) -> None:
+        self._used[key_id] = at
+
+    async def start(self) -> None:
+        if self.store is not None and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="tokenward-audit-flush")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(StoreUnavailable):
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.store is None:
+            return
+        events, self._pending = self._pending, []
+        used, self._used = self._used, {}
+        try:
+            if events:
+                await self.store.append_audit(events, self.stream_maxlen)
+            if used:
+                await self.store.touch_last_used(used)
+        except StoreUnavailable:
+            # keep what we have for the next try (bounded)
+            self._pending = (events + self._pending)[-100_000:]
+            for kid, at in used.items():
+                self._used[kid] = max(at, self._used.get(kid, 0.0))
+            raise
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            with contextlib.suppress(StoreUnavailable):
+                await self.flush()

@@ -1,0 +1,233 @@
+"""In-process verification cache and its invalidation.
+
+Three bounded maps, all keyed without plaintext:
+- proofs:   sha256(token) -> key id, once argon2 verified the secret (a proof never goes stale);
+- failures: sha256(token) -> time, a wrong secret or unknown id (negative cache);
+- records:  key id -> token record, and (org, team) -> team record, for `cache_ttl` at most.
+
+Status, expiry, org/team, constraints and scopes are re-checked on every request against
+the cached records. Every change in the store is pushed on a pub/sub channel; the listener
+drops what changed at once. A change-log stream polled every `poll_interval` bounds
+staleness when the push link is down, and the whole cache is cleared after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import structlog
+
+from gateway.records import TeamRecord, TokenRecord
+from gateway.store import CHANGES_CHANNEL, Change, Store, StoreUnavailable
+
+K = TypeVar("K")
+V = TypeVar("V")
+log = structlog.get_logger("tokenward.cache")
+
+
+class _LRU(Generic[K, V]):
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._data: OrderedDict[K, tuple[V, float]] = OrderedDict()
+
+    def get(self, key: K, max_age: float | None = None) -> V | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        value, stored_at = item
+        if max_age is not None and time.monotonic() - stored_at > max_age:
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._data[key] = (value, time.monotonic())
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._data.pop(key, None)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    invalidations: int = 0
+    clears: int = 0
+
+
+class VerificationCache:
+    def __init__(self, ttl: float, max_entries: int = 100_000, negative_ttl: float = 60.0) -> None:
+        self.ttl = ttl
+        self.negative_ttl = min(negative_ttl, ttl) if ttl > 0 else 0.0
+        self.proofs: _LRU[str, str] = _LRU(max_entries)
+        self.failures: _LRU[str, float] = _LRU(max_entries)
+        self.records: _LRU[str, TokenRecord] = _LRU(max_entries)
+        self.teams: _LRU[tuple[str, str], TeamRecord] = _LRU(max_entries)
+        self.stats = CacheStats()
+        # Bumped on every invalidation; a fetch that started before a bump must not be
+        # cached, or a record read just before a revoke could outlive the revoke.
+        self.epoch = 0
+
+    def proof(self, fingerprint: str) -> str | None:
+        return self.proofs.get(fingerprint)
+
+    def failed(self, fingerprint: str) -> bool:
+        return self.negative_ttl > 0 and self.failures.get(fingerprint, self.negative_ttl) is not None
+
+    def record(self, key_id: str) -> TokenRecord | None:
+        found = self.records.get(key_id, self.ttl)
+        if found is None:
+            self.stats.misses += 1
+        else:
+            self.stats.hits += 1
+        return found
+
+    def team(self, org: str, team: str) -> TeamRecord | None:
+        return self.teams.get((org, team), self.ttl)
+
+    def store_record(self, record: TokenRecord, epoch: int) -> None:
+        if self.ttl > 0 and epoch == self.epoch:
+            self.records.put(record.id, record)
+
+    def store_team(self, team: TeamRecord, epoch: int) -> None:
+        if self.ttl > 0 and epoch == self.epoch:
+            self.teams.put((team.org, team.name), team)
+
+    def store_proof(self, fingerprint: str, key_id: str) -> None:
+        self.proofs.put(fingerprint, key_id)
+
+    def store_failure(self, fingerprint: str) -> None:
+        if self.negative_ttl > 0:
+            self.failures.put(fingerprint, time.monotonic())
+
+    def apply(self, change: Change) -> None:
+        self.epoch += 1
+        self.stats.invalidations += 1
+        if change.kind == "token":
+            self.records.pop(change.ident)
+        elif change.kind == "team":
+            org, _, team = change.ident.partition("/")
+            self.teams.pop((org, team))
+        else:
+            self.clear()
+
+    def clear(self) -> None:
+        self.epoch += 1
+        self.stats.clears += 1
+        self.records.clear()
+        self.teams.clear()
+        self.failures.clear()
+
+
+class ChangeListener:
+    """Keeps a cache coherent: pub/sub push, change-log poll fallback, clear on reconnect."""
+
+    def __init__(
+        self,
+        store: Store,
+        cache: VerificationCache,
+        poll_interval: float = 0.5,
+        on_state: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.poll_interval = poll_interval
+        self.push_connected = False
+        self.last_id = "0-0"
+        self.last_poll_ok = 0.0
+        self._on_state = on_state
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            self.last_id = await self.store.changelog_tail()
+            self.last_poll_ok = time.monotonic()
+        self._tasks = [
+            asyncio.create_task(self._push_loop(), name="tokenward-push"),
+            asyncio.create_task(self._poll_loop(), name="tokenward-poll"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _push_loop(self) -> None:
+        backoff = 0.05
+        while True:
+            pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CHANGES_CHANNEL)
+                if not self.push_connected:
+                    # Anything could have changed while we were not listening.
+                    self.cache.clear()
+                self._set_connected(True)
+                backoff = 0.05
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is not None and message.get("type") == "message":
+                        self.cache.apply(Change.decode(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure of the link: note it, retry with backoff
+                if self.push_connected:
+                    log.warning("push channel lost", error=type(exc).__name__)
+                self._set_connected(False)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _set_connected(self, value: bool) -> None:
+        if value != self.push_connected:
+            self.push_connected = value
+            if value:
+                log.info("push channel connected")
+            if self._on_state is not None:
+                self._on_state(value)
+
+    async def poll_once(self) -> None:
+        last_id, changes, gap = await self.store.changes_since(self.last_id)
+        if gap:
+            self.cache.clear()
+        for change in changes:
+            self.cache.apply(change)
+        self.last_id = last_id
+        self.last_poll_ok = time.monotonic()
+
+    async def _poll_loop(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.poll_once()
+                if failing:
+                    self.cache.clear()  # changes may have been missed while the store was away
+                    failing = False
+            except StoreUnavailable:
+                failing = True
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("change poll failed")
+                failing = True

@@ -1,0 +1,216 @@
+"""The ordered request decision.
+
+1 route · 2 credential · 3 token (known, secret matches) · 4 status (revoked, expired,
+allowed_cidrs) · 5 org · 6 team · 7 constraints · 8 scope.
+
+Identity (steps 2–4, `Authenticator`) is kept apart from authorization (steps 5–8,
+`authorize`); both raise `Denied`, which carries the stable step and reason that the
+HTTP edge turns into a response and the audit log records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway import tokens
+from gateway.cache import VerificationCache
+from gateway.records import EXPIRED, REVOKED, TeamRecord, TokenRecord
+from gateway.routes import Match
+from gateway.scopes import Scope, effective_covers, effective_scopes
+from gateway.store import Store, StoreUnavailable, now
+
+# step names, as they appear in responses, audit and metrics
+STEP_PATH = "path"
+STEP_ROUTE = "route"
+STEP_CREDENTIAL = "credential"
+STEP_TOKEN = "token"
+STEP_STATUS = "status"
+STEP_ORG = "org"
+STEP_TEAM = "team"
+STEP_CONSTRAINTS = "constraints"
+STEP_SCOPE = "scope"
+STEP_STORE = "store"
+
+
+class Denied(Exception):
+    """A refused request: HTTP status, error code, failing step and a human message."""
+
+    def __init__(
+        self, status: int, error: str, step: str, message: str, scope: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.step = step
+        self.message = message
+        self.scope = scope
+
+
+def _unauthorized(step: str, message: str, error: str = "invalid_token") -> Denied:
+    return Denied(401, error, step, message)
+
+
+def _forbidden(step: str, message: str, scope: str | None = None) -> Denied:
+    return Denied(403, "insufficient_scope" if step == STEP_SCOPE else "forbidden", step, message, scope)
+
+
+def store_unavailable() -> Denied:
+    return Denied(503, "store_unavailable", STEP_STORE, "token store unavailable; retry shortly")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the token and, for a team token, its team's permission set."""
+
+    token: TokenRecord
+    team_permissions: tuple[Scope, ...] | None  # None: an org-level token
+
+    def can(self, required: Scope) -> bool:
+        return effective_covers(self.token.scopes, self.team_permissions, required)
+
+    @property
+    def effective_scopes(self) -> tuple[Scope, ...]:
+        return effective_scopes(self.token.scopes, self.team_permissions)
+
+
+def bearer_token(values: Sequence[str]) -> str:
+    """The token in the Authorization header(s); exactly one Bearer credential."""
+    if not values:
+        raise _unauthorized(STEP_CREDENTIAL, "missing bearer token", error="missing_token")
+    if len(values) > 1:
+        raise Denied(400, "invalid_request", STEP_CREDENTIAL, "more than one Authorization header")
+    scheme, _, token = values[0].strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise _unauthorized(
+            STEP_CREDENTIAL, "Authorization must use the Bearer scheme", error="missing_token"
+        )
+    token = token.strip()
+    if not token or " " in token:
+        raise _unauthorized(STEP_CREDENTIAL, "token is malformed")
+    return token
+
+
+class Authenticator:
+    """Steps 2–4: who holds this token, and may it be used right now?"""
+
+    def __init__(
+        self,
+        store: Store,
+        cache: VerificationCache,
+        hasher: tokens.SecretHasher,
+        accepted_prefixes: frozenset[str],
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.hasher = hasher
+        self.accepted_prefixes = accepted_prefixes
+        self._inflight: dict[str, asyncio.Future[TokenRecord | None]] = {}
+        self.argon2_verifications = 0
+
+    async def authenticate(self, token: str, client_ip: str | None) -> Principal:
+        try:
+            parsed = tokens.parse(token, self.accepted_prefixes)
+        except tokens.TokenFormatError as exc:
+            raise _unauthorized(STEP_CREDENTIAL, str(exc)) from None
+        fingerprint = tokens.fingerprint(token)
+        try:
+            record = await self._identify(fingerprint, parsed)
+            if record is None:
+                raise _unauthorized(STEP_TOKEN, "invalid token")
+            status = record.status(now())
+            if status == REVOKED:
+                raise _unauthorized(STEP_STATUS, "token revoked")
+            if status == EXPIRED:
+                raise _unauthorized(STEP_STATUS, "token expired")
+            if not record.client_allowed(client_ip):
+                raise _unauthorized(STEP_STATUS, "client address not allowed for this token")
+            team = await self._team(record) if record.team is not None else None
+        except StoreUnavailable:
+            raise store_unavailable() from None
+        permissions = None if record.team is None else (team.permissions if team else ())
+        return Principal(record, permissions)
+
+    async def _identify(self, fingerprint: str, parsed: tokens.ParsedToken) -> TokenRecord | None:
+        key_id = self.cache.proof(fingerprint)
+        if key_id is not None:
+            return await self._record(key_id)
+        if self.cache.failed(fingerprint):
+            return None
+        pending = self._inflight.get(fingerprint)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[TokenRecord | None] = asyncio.get_running_loop().create_future()
+        self._inflight[fingerprint] = future
+        try:
+            record = await self._verify(fingerprint, parsed)
+            future.set_result(record)
+            return record
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved when nobody else waits
+            raise
+        finally:
+            del self._inflight[fingerprint]
+
+    async def _verify(self, fingerprint: str, parsed: tokens.ParsedToken) -> TokenRecord | None:
+        epoch = self.cache.epoch
+        record = await self.store.get_token(parsed.key_id)
+        self.argon2_verifications += 1
+        ok = await self.hasher.verify(record.secret_hash if record else None, parsed.secret)
+        if not ok or record is None:
+            self.cache.store_failure(fingerprint)
+            return None
+        self.cache.store_proof(fingerprint, record.id)
+        self.cache.store_record(record, epoch)
+        return record
+
+    async def _record(self, key_id: str) -> TokenRecord | None:
+        record = self.cache.record(key_id)
+        if record is None:
+            epoch = self.cache.epoch
+            record = await self.store.get_token(key_id)
+            if record is not None:
+                self.cache.store_record(record, epoch)
+        return record
+
+    async def _team(self, record: TokenRecord) -> TeamRecord | None:
+        assert record.team is not None
+        team = self.cache.team(record.org, record.team)
+        if team is None:
+            epoch = self.cache.epoch
+            team = await self.store.get_team(record.org, record.team)
+            if team is not None:
+                self.cache.store_team(team, epoch)
+        return team
+
+
+def authorize(match: Match, principal: Principal) -> None:
+    """Steps 5–8 against the matched route and its path parameters."""
+    route, params = match.route, match.params
+    token = principal.token
+    org_param = route.resource.get("org")
+    if org_param is not None and params[org_param] != token.org:
+        raise _forbidden(STEP_ORG, "token org does not match resource org")
+    team_param = route.resource.get("team")
+    if team_param is not None and token.team is not None and params[team_param] != token.team:
+        raise _forbidden(STEP_TEAM, "token is not in the same team as the resource")
+    for name, pinned in sorted(token.constraints.items()):
+        param = route.resource.get(name)
+        if param is None:
+            raise _forbidden(
+                STEP_CONSTRAINTS,
+                f"token is constrained to {name}={pinned} and this route does not name a {name}",
+            )
+        if params[param] != pinned:
+            raise _forbidden(
+                STEP_CONSTRAINTS,
+                f"token is constrained to {name}={pinned}; this request is for "
+                f"{name}={params[param]}",
+            )
+    for required in route.scopes:
+        if not principal.can(required):
+            raise _forbidden(
+                STEP_SCOPE, f"token lacks required permission: {required}", scope=str(required)
+            )

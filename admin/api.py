@@ -184,8 +184,11 @@ class AdminContext:
         )
 
 
+CONTEXT = web.RequestKey("admin_context", AdminContext)
+
+
 def ctx(request: web.Request) -> AdminContext:
-    return request["admin_context"]  # type: ignore[no-any-return]
+    return request[CONTEXT]
 
 
 async def principal_of(request: web.Request) -> Principal:
@@ -601,7 +604,7 @@ async def readyz(request: web.Request) -> web.Response:
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     context = AdminContext(request)
-    request["admin_context"] = context
+    request[CONTEXT] = context
     try:
         response = await handler(request)
     except Denied as denied:

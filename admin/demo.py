@@ -23,9 +23,30 @@ DEMO_TEAM = "platform"
 TEAM_PERMISSIONS = ["read:apis", "write:apis", "read:specs", "write:specs", "admin:team"]
 
 
-async def echo(request: web.Request) -> web.Response:
-    """Echo exactly what arrived, for the demo and the tests."""
-    body = await request.read()
+async def echo(request: web.Request) -> web.StreamResponse:
+    """Echo exactly what arrived, for the demo and the tests.
+
+    `?sleep=S` waits S seconds first (a slow upstream); `?bytes=N` answers with N bytes
+    streamed in 64 KiB chunks instead of the echo (a large response).
+    """
+    total = 0
+    async for chunk in request.content.iter_any():
+        total += len(chunk)
+    sleep = request.query.get("sleep")
+    if sleep:
+        await asyncio.sleep(float(sleep))
+    size = request.query.get("bytes")
+    if size:
+        remaining = int(size)
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = remaining
+        await response.prepare(request)
+        block = b"x" * 65536
+        while remaining > 0:
+            await response.write(block[: min(remaining, len(block))])
+            remaining -= len(block)
+        await response.write_eof()
+        return response
     return web.json_response(
         {
             "method": request.method,
@@ -33,7 +54,7 @@ async def echo(request: web.Request) -> web.Response:
             "path": request.raw_path.partition("?")[0],
             "query": request.query_string,
             "headers": [[k, v] for k, v in request.headers.items()],
-            "body_length": len(body),
+            "body_length": total,
         }
     )
 

@@ -5,6 +5,7 @@ echo upstream, and the real tokenward apps on real sockets. No fakes for the sto
 from __future__ import annotations
 
 import copy
+import io
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import redis
 from aiohttp import web
@@ -30,7 +32,32 @@ from gateway.settings import LogSettings, Settings, settings_from_dict
 ROOT = Path(__file__).resolve().parent.parent
 CHEAP_ARGON2 = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
 
-configure_logging(LogSettings(level="info", format="json"), sys.stdout)
+# All structlog output of in-process tokenward goes here, so tests can read the audit events.
+LOG_STREAM = io.BytesIO()
+configure_logging(LogSettings(level="info", format="json"), LOG_STREAM)
+
+
+class LogReader:
+    """The JSON log lines written since this reader was made."""
+
+    def __init__(self) -> None:
+        self.start = LOG_STREAM.tell()
+
+    def raw(self) -> bytes:
+        return LOG_STREAM.getvalue()[self.start :]
+
+    def events(self, action: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.raw().splitlines():
+            event = orjson.loads(line)
+            if action is None or event.get("action") == action:
+                out.append(event)
+        return out
+
+
+@pytest.fixture
+def logs() -> LogReader:
+    return LogReader()
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ from gateway.store import Store
 from gateway.tokens import SecretHasher
 
 log = structlog.get_logger("tokenward")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 REALM = 'Bearer realm="tokenward"'
 
 

@@ -153,6 +153,7 @@ class ChangeListener:
         self.last_poll_ok = 0.0
         self._on_state = on_state
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     async def start(self) -> None:
         with contextlib.suppress(StoreUnavailable):
@@ -164,16 +165,18 @@ class ChangeListener:
         ]
 
     async def stop(self) -> None:
+        # redis-py's pubsub.get_message can swallow a cancellation, so the loops also
+        # watch a flag, and we never wait on them for more than a moment.
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
         self._tasks = []
 
     async def _push_loop(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._stopping:
             pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANGES_CHANNEL)
@@ -182,8 +185,8 @@ class ChangeListener:
                     self.cache.clear()
                 self._set_connected(True)
                 backoff = 0.05
-                while True:
-                    message = await pubsub.get_message(timeout=5.0)
+                while not self._stopping:
+                    message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self.cache.apply(Change.decode(message["data"]))
             except asyncio.CancelledError:
@@ -196,7 +199,7 @@ class ChangeListener:
                 backoff = min(backoff * 2, 2.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)
 
     def _set_connected(self, value: bool) -> None:
         if value != self.push_connected:
@@ -217,7 +220,7 @@ class ChangeListener:
 
     async def _poll_loop(self) -> None:
         failing = False
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.poll_interval)
             try:
                 await self.poll_once()

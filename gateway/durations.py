@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)\Z")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

@@ -98,7 +98,10 @@ class EmbeddedServer:
         ]
         if not self.port:
             args += ["--unixsocket", str(self.socket_path.resolve()), "--unixsocketperm", "700"]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # our shutdown stops it, not the terminal's Ctrl-C
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

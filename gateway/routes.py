@@ -17,7 +17,7 @@ from gateway.paths import PathError, canonical_path
 from gateway.scopes import Scope
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-_PARAM = re.compile(r"^\{([a-z_][a-z0-9_]*)(:\*)?\}$")
+_PARAM = re.compile(r"^\{([a-z_][a-z0-9_]*)(:\*)?\}\Z")
 
 # segment kinds, in specificity order
 LITERAL, PARAM, TAIL = 0, 1, 2

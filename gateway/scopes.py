@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 LEVELS: tuple[str, ...] = ("read", "write", "admin")
 _LEVEL_RANK = {name: rank for rank, name in enumerate(LEVELS)}
-_RESOURCE = re.compile(r"^(?:[a-z][a-z0-9-]*|\*)$")
+_RESOURCE = re.compile(r"^(?:[a-z][a-z0-9-]*|\*)\Z")
 
 #: The org-wide admin scope. Never held by a team token.
 ADMIN_ORG = "admin:org"
@@ -96,6 +96,7 @@ def effective_scopes(
     token_scopes = tuple(token_scopes)
     if team_scopes is None:
         return token_scopes
+    team_scopes = tuple(team_scopes)
     meets = {m for t in token_scopes for p in team_scopes if (m := _meet(t, p)) is not None}
     maximal = [m for m in meets if not any(o != m and o.covers(m) for o in meets)]
     return tuple(sorted(maximal, key=lambda s: (s.resource, s.rank)))

@@ -30,7 +30,7 @@ from gateway.scopes import ScopeError, parse_scope
 from gateway.tokens import valid_prefix
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]*\Z")
 T = TypeVar("T")
 
 
@@ -122,11 +122,18 @@ class _DuplicateKeyLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
-        if key in seen:
-            mark = key_node.start_mark
+        mark = key_node.start_mark
+        try:
+            duplicate = key in seen
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"found unhashable key (line {mark.line + 1})", mark
+            ) from None
+        if duplicate:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
             )
@@ -361,7 +368,7 @@ def _route(
             methods = frozenset(found)
 
     upstream = data.get("upstream")
-    if upstream not in upstreams:
+    if not isinstance(upstream, str) or upstream not in upstreams:
         known = ", ".join(upstreams) or "none defined"
         checker.problem(f"{loc}.upstream", f"{upstream!r} is not a defined upstream ({known})")
 
@@ -435,6 +442,8 @@ _TOP_KEYS = (
 
 def settings_from_dict(raw: object, source: str = "config", base_dir: Path | None = None) -> Settings:
     checker = _Checker()
+    if isinstance(raw, dict):  # `x-*` keys hold YAML anchors for `<<:` merges, like compose files
+        raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("x-"))}
     data = checker.mapping(raw, "", _TOP_KEYS)
     if raw is None or (isinstance(raw, dict) and not raw):
         checker.problem("", "the config is empty: it needs at least upstreams and routes")

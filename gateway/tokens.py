@@ -24,9 +24,9 @@ SECRET_LEN = 32
 CHECKSUM_LEN = 6
 BODY_LEN = KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN
 PREFIX_PATTERN = r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*"
-_PREFIX = re.compile(rf"^{PREFIX_PATTERN}$")
+_PREFIX = re.compile(rf"^{PREFIX_PATTERN}\Z")
 _BASE62_SET = frozenset(BASE62)
-KEY_ID_RE = re.compile(rf"^[0-9A-Za-z]{{{KEY_ID_LEN}}}$")
+KEY_ID_RE = re.compile(rf"^[0-9A-Za-z]{{{KEY_ID_LEN}}}\Z")
 
 
 class TokenFormatError(ValueError):

@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 
 from admin import schema
-from gateway.app import RUNTIME, REALM, Runtime, error_response, request_id_for
+from gateway.app import REALM, RUNTIME, Runtime, error_response, request_id_for
 from gateway.decision import Denied, Principal, bearer_token
 from gateway.durations import format_duration, parse_duration
 from gateway.records import ACTIVE, TeamRecord, TokenRecord
@@ -132,7 +132,9 @@ def actor(principal: Principal) -> str:
 
 
 def _forbid(message: str, scope: str | None = None) -> Denied:
-    return Denied(403, "insufficient_scope" if scope else "forbidden", "scope" if scope else "org", message, scope)
+    return Denied(
+        403, "insufficient_scope" if scope else "forbidden", "scope" if scope else "org", message, scope
+    )
 
 
 def require_org_admin(principal: Principal, org: str) -> None:
@@ -250,8 +252,13 @@ def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | N
 
 
 # -- teams ------------------------------------------------------------------------------
-@endpoint("POST", "/v1/orgs/{org}/teams", "Create a team with a permission set",
-          schema.TEAM_CREATE, {201: schema.TEAM, 409: schema.ERROR})
+@endpoint(
+    "POST",
+    "/v1/orgs/{org}/teams",
+    "Create a team with a permission set",
+    schema.TEAM_CREATE,
+    {201: schema.TEAM, 409: schema.ERROR},
+)
 async def create_team(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     org = _match(request, "org")
@@ -259,7 +266,9 @@ async def create_team(request: web.Request) -> web.Response:
     body = await read_body(request, schema.TEAM_CREATE)
     permissions = _scopes(body["permissions"], "permissions")
     if parse_scope(ADMIN_ORG) in permissions:
-        raise ApiError(400, "invalid_request", "permissions: admin:org cannot be held by a team", "permissions")
+        raise ApiError(
+            400, "invalid_request", "permissions: admin:org cannot be held by a team", "permissions"
+        )
     team = TeamRecord(org, body["name"], permissions, time.time(), actor(principal))
     runtime = ctx(request).runtime
     try:
@@ -270,8 +279,13 @@ async def create_team(request: web.Request) -> web.Response:
     return json_response(team_view(team), 201)
 
 
-@endpoint("GET", "/v1/orgs/{org}/teams", "List the teams of an org (a team admin sees its own)",
-          None, {200: schema.TEAM_LIST})
+@endpoint(
+    "GET",
+    "/v1/orgs/{org}/teams",
+    "List the teams of an org (a team admin sees its own)",
+    None,
+    {200: schema.TEAM_LIST},
+)
 async def list_teams(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     org = _match(request, "org")
@@ -294,9 +308,13 @@ async def get_team(request: web.Request) -> web.Response:
     return json_response(team_view(await _team_or_404(ctx(request).runtime, org, team)))
 
 
-@endpoint("PUT", "/v1/orgs/{org}/teams/{team}/permissions",
-          "Replace a team's permission set (org admins only); takes effect on the next request",
-          schema.TEAM_PERMISSIONS, {200: schema.TEAM, 404: schema.ERROR})
+@endpoint(
+    "PUT",
+    "/v1/orgs/{org}/teams/{team}/permissions",
+    "Replace a team's permission set (org admins only); takes effect on the next request",
+    schema.TEAM_PERMISSIONS,
+    {200: schema.TEAM, 404: schema.ERROR},
+)
 async def set_team_permissions(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     org, team_name = _match(request, "org"), _match(request, "team")
@@ -304,14 +322,19 @@ async def set_team_permissions(request: web.Request) -> web.Response:
     body = await read_body(request, schema.TEAM_PERMISSIONS)
     permissions = _scopes(body["permissions"], "permissions")
     if parse_scope(ADMIN_ORG) in permissions:
-        raise ApiError(400, "invalid_request", "permissions: admin:org cannot be held by a team", "permissions")
+        raise ApiError(
+            400, "invalid_request", "permissions: admin:org cannot be held by a team", "permissions"
+        )
     runtime = ctx(request).runtime
     team = await _team_or_404(runtime, org, team_name)
     updated = replace(team, permissions=permissions)
     await runtime.store.put_team(updated)
     ctx(request).audit(
-        "team.permissions_changed", org=org, team=team_name,
-        before=format_scopes(team.permissions), after=format_scopes(permissions),
+        "team.permissions_changed",
+        org=org,
+        team=team_name,
+        before=format_scopes(team.permissions),
+        after=format_scopes(permissions),
     )
     return json_response(team_view(updated))
 
@@ -347,9 +370,11 @@ def _expiry(runtime: Runtime, body: dict[str, Any], issued: float) -> float | No
         raise ApiError(400, "invalid_request", f"{field}: must be in the future", field)
     if policy.max_ttl is not None and (ttl is None or ttl > policy.max_ttl + 1):
         raise ApiError(
-            400, "invalid_request",
+            400,
+            "invalid_request",
             f"{field}: exceeds the maximum token lifetime of {format_duration(policy.max_ttl)} "
-            "(tokens.max_ttl)", field,
+            "(tokens.max_ttl)",
+            field,
         )
     return None if ttl is None else issued + ttl
 
@@ -403,9 +428,13 @@ async def issue_token(
     return plaintext, record
 
 
-@endpoint("POST", "/v1/orgs/{org}/teams/{team}/tokens",
-          "Issue a token; the plaintext is in this response only",
-          schema.TOKEN_CREATE, {201: schema.TOKEN_CREATED, 400: schema.ERROR, 403: schema.ERROR})
+@endpoint(
+    "POST",
+    "/v1/orgs/{org}/teams/{team}/tokens",
+    "Issue a token; the plaintext is in this response only",
+    schema.TOKEN_CREATE,
+    {201: schema.TOKEN_CREATED, 400: schema.ERROR, 403: schema.ERROR},
+)
 async def create_token(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     org, team_name = _match(request, "org"), _match(request, "team")
@@ -416,15 +445,18 @@ async def create_token(request: web.Request) -> web.Response:
     scopes = _scopes(body["scopes"], "scopes")
     if parse_scope(ADMIN_ORG) in scopes:
         raise ApiError(
-            400, "invalid_request",
-            "scopes: admin:org cannot be granted to a team token", "scopes",
+            400,
+            "invalid_request",
+            "scopes: admin:org cannot be granted to a team token",
+            "scopes",
         )
     service_account = body.get("service_account")
     if service_account is not None:
         sa = await runtime.store.get_service_account(org, team_name, service_account)
         if sa is None:
             raise ApiError(
-                400, "invalid_request",
+                400,
+                "invalid_request",
                 f"service_account: {service_account!r} does not exist in team {team_name!r}",
                 "service_account",
             )
@@ -432,7 +464,8 @@ async def create_token(request: web.Request) -> web.Response:
     for key in constraints:
         if key in ("org", "team") or not _is_name(key):
             raise ApiError(
-                400, "invalid_request",
+                400,
+                "invalid_request",
                 f"constraints.{key}: constraint names match [a-z][a-z0-9_-]* and are not org or team",
                 f"constraints.{key}",
             )
@@ -452,8 +485,14 @@ async def create_token(request: web.Request) -> web.Response:
     )
     view = token_view(record, team, None)
     ctx(request).audit(
-        "token.created", org=org, team=team_name, token_id=record.id, token_name=record.name,
-        service_account=service_account, scopes=view["scopes"], expires_at=view["expires_at"],
+        "token.created",
+        org=org,
+        team=team_name,
+        token_id=record.id,
+        token_name=record.name,
+        service_account=service_account,
+        scopes=view["scopes"],
+        expires_at=view["expires_at"],
     )
     return json_response({**view, "token": plaintext}, 201, **{"Cache-Control": "no-store"})
 
@@ -462,8 +501,13 @@ def _is_name(text: str) -> bool:
     return bool(re.fullmatch(r"[a-z][a-z0-9_-]*", text))
 
 
-@endpoint("GET", "/v1/orgs/{org}/teams/{team}/tokens", "List a team's tokens (never a hash or secret)",
-          None, {200: schema.TOKEN_LIST})
+@endpoint(
+    "GET",
+    "/v1/orgs/{org}/teams/{team}/tokens",
+    "List a team's tokens (never a hash or secret)",
+    None,
+    {200: schema.TOKEN_LIST},
+)
 async def list_tokens(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     org, team_name = _match(request, "org"), _match(request, "team")
@@ -475,8 +519,13 @@ async def list_tokens(request: web.Request) -> web.Response:
     return json_response({"tokens": [token_view(t, team, used) for t, used in rows]})
 
 
-@endpoint("GET", "/v1/orgs/{org}/teams/{team}/tokens/{id}", "Get one token",
-          None, {200: schema.TOKEN, 404: schema.ERROR})
+@endpoint(
+    "GET",
+    "/v1/orgs/{org}/teams/{team}/tokens/{id}",
+    "Get one token",
+    None,
+    {200: schema.TOKEN, 404: schema.ERROR},
+)
 async def get_token(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     org, team_name = _match(request, "org"), _match(request, "team")
@@ -487,9 +536,13 @@ async def get_token(request: web.Request) -> web.Response:
     return json_response(token_view(record, team, await runtime.store.last_used(record.id)))
 
 
-@endpoint("POST", "/v1/orgs/{org}/teams/{team}/tokens/{id}/revoke",
-          "Revoke a token; its next request fails with 401", None,
-          {200: schema.TOKEN, 404: schema.ERROR})
+@endpoint(
+    "POST",
+    "/v1/orgs/{org}/teams/{team}/tokens/{id}/revoke",
+    "Revoke a token; its next request fails with 401",
+    None,
+    {200: schema.TOKEN, 404: schema.ERROR},
+)
 async def revoke_token(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     org, team_name = _match(request, "org"), _match(request, "team")
@@ -500,7 +553,11 @@ async def revoke_token(request: web.Request) -> web.Response:
         record = record.revoked(time.time(), actor(principal))
         await runtime.store.put_token(record)
         ctx(request).audit(
-            "token.revoked", org=org, team=team_name, token_id=record.id, token_name=record.name,
+            "token.revoked",
+            org=org,
+            team=team_name,
+            token_id=record.id,
+            token_name=record.name,
             service_account=record.service_account,
         )
     team = await runtime.store.get_team(org, team_name)
@@ -544,9 +601,12 @@ def openapi_document() -> dict[str, Any]:
             "parameters": params,
             "responses": {
                 str(code): (
-                    {"description": "ok" if code < 400 else "error",
-                     "content": {"application/json": {"schema": _openapi_schema(s)}}}
-                    if s is not None else {"description": "no content" if code == 204 else "ok"}
+                    {
+                        "description": "ok" if code < 400 else "error",
+                        "content": {"application/json": {"schema": _openapi_schema(s)}},
+                    }
+                    if s is not None
+                    else {"description": "no content" if code == 204 else "ok"}
                 )
                 for code, s in ep.responses.items()
             },
@@ -590,7 +650,9 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-@endpoint("GET", "/readyz", "Store reachable and config loaded", None, {200: None, 503: schema.ERROR}, auth=False)
+@endpoint(
+    "GET", "/readyz", "Store reachable and config loaded", None, {200: None, 503: schema.ERROR}, auth=False
+)
 async def readyz(request: web.Request) -> web.Response:
     runtime = ctx(request).runtime
     try:
@@ -608,8 +670,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
     except Denied as denied:
-        if denied.status in (401, 403) and context.principal is not None or denied.status == 403:
-            _audit_denied(context, denied)
+        _audit_denied(context, denied)
         return error_response(denied, context.request_id)
     except ApiError as exc:
         body: dict[str, Any] = {"error": exc.error, "message": exc.message, "request_id": context.request_id}
@@ -618,9 +679,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return json_response(body, exc.status, **{"X-Request-Id": context.request_id})
     except StoreUnavailable:
         return json_response(
-            {"error": "store_unavailable", "message": "token store unavailable; retry shortly",
-             "request_id": context.request_id},
-            503, **{"Retry-After": "1"},
+            {
+                "error": "store_unavailable",
+                "message": "token store unavailable; retry shortly",
+                "request_id": context.request_id,
+            },
+            503,
+            **{"Retry-After": "1"},
         )
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -667,4 +732,4 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     return app
 
 
-__all__ = ["ENDPOINTS", "REALM", "ACTIVE", "create_admin_app", "issue_token", "openapi_document"]
+__all__ = ["ACTIVE", "ENDPOINTS", "REALM", "create_admin_app", "issue_token", "openapi_document"]

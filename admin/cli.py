@@ -42,7 +42,13 @@ def humanize_ago(iso_time: str | None, now: float | None = None) -> str:
     if not iso_time:
         return "never"
     seconds = max(0.0, (now or time.time()) - datetime.fromisoformat(iso_time).timestamp())
-    for size, unit in ((86400 * 365, "year"), (86400 * 30, "month"), (86400, "day"), (3600, "hour"), (60, "minute")):
+    for size, unit in (
+        (86400 * 365, "year"),
+        (86400 * 30, "month"),
+        (86400, "day"),
+        (3600, "hour"),
+        (60, "minute"),
+    ):
         if seconds >= size:
             count = int(seconds // size)
             return f"{count} {unit}{'s' if count != 1 else ''} ago"
@@ -70,8 +76,13 @@ def token_rows(tokens: Sequence[dict[str, Any]]) -> str:
         ["ID", "NAME", "PREFIX", "SCOPES", "LAST USED", "EXPIRES", "STATUS"],
         [
             [
-                t["id"], t["name"], t["display_prefix"], ", ".join(t["scopes"]),
-                humanize_ago(t.get("last_used_at")), humanize_date(t.get("expires_at")), t["status"],
+                t["id"],
+                t["name"],
+                t["display_prefix"],
+                ", ".join(t["scopes"]),
+                humanize_ago(t.get("last_used_at")),
+                humanize_date(t.get("expires_at")),
+                t["status"],
             ]
             for t in tokens
         ],
@@ -150,18 +161,41 @@ def cmd_team(args: argparse.Namespace) -> None:
     base = f"/v1/orgs/{org}/teams"
     if args.action == "create":
         data = client.call("POST", base, {"name": args.name, "permissions": _split(args.permissions)})
-        emit(data, args.json, f"✓ Team {data['name']!r} created with permissions: {', '.join(data['permissions']) or '(none)'}")
+        emit(
+            data,
+            args.json,
+            f"✓ Team {data['name']!r} created with permissions: {', '.join(data['permissions']) or '(none)'}",
+        )
     elif args.action == "list":
         data = client.call("GET", base)
-        emit(data, args.json, table(["NAME", "PERMISSIONS", "CREATED"],
-                                    [[t["name"], ", ".join(t["permissions"]), humanize_date(t["created_at"])] for t in data["teams"]]))
+        emit(
+            data,
+            args.json,
+            table(
+                ["NAME", "PERMISSIONS", "CREATED"],
+                [
+                    [t["name"], ", ".join(t["permissions"]), humanize_date(t["created_at"])]
+                    for t in data["teams"]
+                ],
+            ),
+        )
     elif args.action == "get":
         data = client.call("GET", f"{base}/{_q(args.name)}")
-        emit(data, args.json, table(["NAME", "PERMISSIONS", "CREATED"],
-                                    [[data["name"], ", ".join(data["permissions"]), humanize_date(data["created_at"])]]))
+        emit(
+            data,
+            args.json,
+            table(
+                ["NAME", "PERMISSIONS", "CREATED"],
+                [[data["name"], ", ".join(data["permissions"]), humanize_date(data["created_at"])]],
+            ),
+        )
     elif args.action == "set-permissions":
-        data = client.call("PUT", f"{base}/{_q(args.name)}/permissions", {"permissions": _split(args.permissions)})
-        emit(data, args.json, f"✓ Team {data['name']!r} now has: {', '.join(data['permissions']) or '(none)'}")
+        data = client.call(
+            "PUT", f"{base}/{_q(args.name)}/permissions", {"permissions": _split(args.permissions)}
+        )
+        emit(
+            data, args.json, f"✓ Team {data['name']!r} now has: {', '.join(data['permissions']) or '(none)'}"
+        )
 
 
 # -- commands: tokens ------------------------------------------------------------------------
@@ -215,9 +249,23 @@ def _pair(text: str) -> tuple[str, str]:
 
 def cmd_whoami(args: argparse.Namespace) -> None:
     data = AdminClient.from_env().whoami()
-    emit(data, args.json, table(["ID", "NAME", "ORG", "TEAM", "EFFECTIVE SCOPES", "EXPIRES"],
-                                [[data["id"], data["name"], data["org"], data["team"] or "(org)",
-                                  ", ".join(data["effective_scopes"]), humanize_date(data["expires_at"])]]))
+    emit(
+        data,
+        args.json,
+        table(
+            ["ID", "NAME", "ORG", "TEAM", "EFFECTIVE SCOPES", "EXPIRES"],
+            [
+                [
+                    data["id"],
+                    data["name"],
+                    data["org"],
+                    data["team"] or "(org)",
+                    ", ".join(data["effective_scopes"]),
+                    humanize_date(data["expires_at"]),
+                ]
+            ],
+        ),
+    )
 
 
 # -- server-side commands ----------------------------------------------------------------------
@@ -266,12 +314,21 @@ async def _bootstrap(settings: Settings, org: str, name: str) -> tuple[str, str]
     runtime = await Runtime.open(settings)
     try:
         token, record = await issue_token(
-            runtime, org=org, team=None, name=name, scopes=parse_scopes(["admin:org"]),
+            runtime,
+            org=org,
+            team=None,
+            name=name,
+            scopes=parse_scopes(["admin:org"]),
             created_by="bootstrap",
         )
         runtime.audit.emit(
-            "token.created", actor_id="bootstrap", org=org, team=None, token_id=record.id,
-            token_name=record.name, scopes=["admin:org"],
+            "token.created",
+            actor_id="bootstrap",
+            org=org,
+            team=None,
+            token_id=record.id,
+            token_name=record.name,
+            scopes=["admin:org"],
         )
         return token, record.id
     finally:
@@ -284,7 +341,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     configure_logging(LogSettings(level=args.log_level, format="auto"), sys.stderr)
     try:
-        asyncio.run(run_demo(Path(args.data_dir), args.port, args.admin_port, args.upstream_port, once=args.once))
+        asyncio.run(
+            run_demo(Path(args.data_dir), args.port, args.admin_port, args.upstream_port, once=args.once)
+        )
     except KeyboardInterrupt:
         pass
 

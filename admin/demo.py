@@ -85,20 +85,42 @@ def demo_config(data_dir: Path, port: int, admin_port: int, upstream_port: int) 
         "tokens": {"prefix": "tw_sat", "default_ttl": "90d", "max_ttl": "365d"},
         "upstreams": {"registry": {"url": f"http://127.0.0.1:{upstream_port}", "timeout": "30s"}},
         "routes": [
-            {"methods": ["GET"], "path": f"{team}/apis", "upstream": "registry",
-             "scopes": ["read:apis"], "resource": res},
-            {"methods": ["POST"], "path": f"{team}/apis", "upstream": "registry",
-             "scopes": ["write:apis"], "resource": res},
-            {"methods": ["GET"], "path": f"{team}/apis/{{api}}/specs", "upstream": "registry",
-             "scopes": ["read:specs"], "resource": res},
-            {"methods": ["POST"], "path": f"{team}/apis/{{api}}/specs", "upstream": "registry",
-             "scopes": ["write:specs"], "resource": res},
+            {
+                "methods": ["GET"],
+                "path": f"{team}/apis",
+                "upstream": "registry",
+                "scopes": ["read:apis"],
+                "resource": res,
+            },
+            {
+                "methods": ["POST"],
+                "path": f"{team}/apis",
+                "upstream": "registry",
+                "scopes": ["write:apis"],
+                "resource": res,
+            },
+            {
+                "methods": ["GET"],
+                "path": f"{team}/apis/{{api}}/specs",
+                "upstream": "registry",
+                "scopes": ["read:specs"],
+                "resource": res,
+            },
+            {
+                "methods": ["POST"],
+                "path": f"{team}/apis/{{api}}/specs",
+                "upstream": "registry",
+                "scopes": ["write:specs"],
+                "resource": res,
+            },
             {"methods": ["GET"], "path": "/health", "upstream": "registry", "public": True},
         ],
     }
 
 
-async def run_demo(data_dir: Path, port: int, admin_port: int, upstream_port: int, once: bool = False) -> None:
+async def run_demo(
+    data_dir: Path, port: int, admin_port: int, upstream_port: int, once: bool = False
+) -> None:
     from admin.api import issue_token
     from gateway.records import TeamRecord
     from gateway.scopes import parse_scopes
@@ -108,7 +130,11 @@ async def run_demo(data_dir: Path, port: int, admin_port: int, upstream_port: in
     data_dir.mkdir(parents=True, exist_ok=True)
     port, admin_port, upstream_port = (port_or_free(p) for p in (port, admin_port, upstream_port))
     config_path = data_dir / "demo.yaml"
-    config_path.write_text(yaml.safe_dump(demo_config(data_dir / "store", port, admin_port, upstream_port), sort_keys=False))
+    config_path.write_text(
+        yaml.safe_dump(
+            demo_config(data_dir.resolve() / "store", port, admin_port, upstream_port), sort_keys=False
+        )
+    )
     settings = load_settings(config_path)
 
     upstream = web.AppRunner(echo_app(), access_log=None)
@@ -118,8 +144,12 @@ async def run_demo(data_dir: Path, port: int, admin_port: int, upstream_port: in
     runtime = await server.start()
     try:
         admin_plain, _ = await issue_token(
-            runtime, org=DEMO_ORG, team=None, name="demo-org-admin",
-            scopes=parse_scopes(["admin:org"]), created_by="demo",
+            runtime,
+            org=DEMO_ORG,
+            team=None,
+            name="demo-org-admin",
+            scopes=parse_scopes(["admin:org"]),
+            created_by="demo",
         )
         with contextlib.suppress(Conflict):
             await runtime.store.create_team(
@@ -129,8 +159,12 @@ async def run_demo(data_dir: Path, port: int, admin_port: int, upstream_port: in
         import time
 
         read_plain, read_record = await issue_token(
-            runtime, org=DEMO_ORG, team=DEMO_TEAM, name="ci-readonly",
-            scopes=parse_scopes(["read:apis", "read:specs"]), created_by="demo",
+            runtime,
+            org=DEMO_ORG,
+            team=DEMO_TEAM,
+            name="ci-readonly",
+            scopes=parse_scopes(["read:apis", "read:specs"]),
+            created_by="demo",
             expires_at=time.time() + (policy.default_ttl or 0) if policy.default_ttl else None,
         )
         gw = f"http://127.0.0.1:{port}"

@@ -21,8 +21,13 @@ class ValidationError(ValueError):
 
 def _type_name(value: object) -> str:
     return {
-        bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-        dict: "object", type(None): "null",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+        type(None): "null",
     }.get(type(value), type(value).__name__)
 
 
@@ -46,7 +51,12 @@ def validate(schema: Schema, value: Any, where: str = "") -> None:
         for key, item in value.items():
             sub = props.get(key, extra if isinstance(extra, dict) else None)
             if sub is not None:
-                if key in props and item is None and schema.get("nullable_fields", True) and "null" in _types(sub):
+                if (
+                    key in props
+                    and item is None
+                    and schema.get("nullable_fields", True)
+                    and "null" in _types(sub)
+                ):
                     continue
                 validate(sub, item, _join(where, key))
         return
@@ -64,7 +74,12 @@ def validate(schema: Schema, value: Any, where: str = "") -> None:
         if not isinstance(value, str):
             raise ValidationError(where, f"expected a string, got {_type_name(value)}")
         if len(value) < schema.get("minLength", 0):
-            raise ValidationError(where, "must not be empty" if schema.get("minLength") == 1 else f"at least {schema['minLength']} characters")
+            raise ValidationError(
+                where,
+                "must not be empty"
+                if schema.get("minLength") == 1
+                else f"at least {schema['minLength']} characters",
+            )
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             raise ValidationError(where, f"at most {schema['maxLength']} characters")
         if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
@@ -214,8 +229,17 @@ TOKEN: Schema = {
 TOKEN_CREATED: Schema = {
     "type": "object",
     "properties": {**TOKEN["properties"], "token": {"type": "string"}},
-    "required": ["id", "token", "name", "display_prefix", "scopes", "effective_scopes",
-                 "ineffective_scopes", "expires_at", "status"],
+    "required": [
+        "id",
+        "token",
+        "name",
+        "display_prefix",
+        "scopes",
+        "effective_scopes",
+        "ineffective_scopes",
+        "expires_at",
+        "status",
+    ],
 }
 TOKEN_LIST: Schema = {
     "type": "object",

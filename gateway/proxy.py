@@ -8,7 +8,6 @@ tokenward's own are set, so nothing a client sends can remove or forge them.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from collections.abc import Iterable
 from urllib.parse import quote
@@ -40,8 +39,16 @@ HOP_BY_HOP = frozenset(
 IDENTITY_PREFIX = "x-tokenward-"
 # Client-supplied forwarding and origin headers, trusted only from trusted_proxies.
 FORWARDING = frozenset(
-    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
-     "x-forwarded-prefix", "forwarded", "x-real-ip", "x-client-ip"}
+    {
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+    }
 )
 ORIGINAL_PREFIX = "x-original-"
 _SAFE_HEADER_VALUE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%")
@@ -178,16 +185,14 @@ class Forwarder:
                 auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             )
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise UpstreamError(504, f"upstream {upstream.name} timed out") from None
         except aiohttp.ClientConnectorError:
             raise UpstreamError(502, f"upstream {upstream.name} is unreachable") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(502, f"upstream {upstream.name} failed: {type(exc).__name__}") from None
         async with upstream_response:
-            response = web.StreamResponse(
-                status=upstream_response.status, reason=upstream_response.reason
-            )
+            response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason)
             dropped = connection_tokens(upstream_response.headers)
             for name, value in upstream_response.headers.items():
                 norm = normalize_name(name)
@@ -202,7 +207,7 @@ class Forwarder:
             try:
                 async for chunk in upstream_response.content.iter_any():
                     await response.write(chunk)
-            except (TimeoutError, asyncio.TimeoutError, aiohttp.ClientError):
+            except (TimeoutError, aiohttp.ClientError):
                 # Headers are gone already: the only honest signal left is a cut connection.
                 if request.transport is not None:
                     request.transport.close()

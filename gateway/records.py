@@ -62,7 +62,7 @@ class ServiceAccountRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ServiceAccountRecord:
-        return cls(**{k: data[k] for k in cls.__slots__})  # type: ignore[arg-type]
+        return cls(**{k: data[k] for k in cls.__slots__})
 
 
 @dataclass(frozen=True, slots=True)

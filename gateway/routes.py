@@ -147,9 +147,7 @@ class Router:
             return None
         return Match(route, dict(zip(route.param_names, values, strict=True)))
 
-    def _walk(
-        self, node: _Node, segments: list[str], i: int, method: str, values: list[str]
-    ) -> Route | None:
+    def _walk(self, node: _Node, segments: list[str], i: int, method: str, values: list[str]) -> Route | None:
         if i == len(segments):
             return _pick(node.routes, method) if node.routes else None
         segment = segments[i]

@@ -51,9 +51,7 @@ def parse_scope(text: object) -> Scope:
     if level not in _LEVEL_RANK:
         raise ScopeError(f"{text!r} is not a scope: level must be read, write or admin")
     if not _RESOURCE.match(resource):
-        raise ScopeError(
-            f"{text!r} is not a scope: resource must match [a-z][a-z0-9-]* or be '*'"
-        )
+        raise ScopeError(f"{text!r} is not a scope: resource must match [a-z][a-z0-9-]* or be '*'")
     return Scope(level, resource)
 
 
@@ -89,9 +87,7 @@ def _meet(a: Scope, b: Scope) -> Scope | None:
     return Scope(LEVELS[min(a.rank, b.rank)], resource)
 
 
-def effective_scopes(
-    token_scopes: Iterable[Scope], team_scopes: Iterable[Scope] | None
-) -> tuple[Scope, ...]:
+def effective_scopes(token_scopes: Iterable[Scope], team_scopes: Iterable[Scope] | None) -> tuple[Scope, ...]:
     """What the token can exercise today: maximal elements of token ∩ team."""
     token_scopes = tuple(token_scopes)
     if team_scopes is None:

@@ -18,7 +18,9 @@ log = structlog.get_logger("tokenward")
 class Server:
     """The proxy and admin listeners over one Runtime; started and stopped together."""
 
-    def __init__(self, settings: Settings, redis_url: str | None = None, shutdown_timeout: float = 30.0) -> None:
+    def __init__(
+        self, settings: Settings, redis_url: str | None = None, shutdown_timeout: float = 30.0
+    ) -> None:
         self.settings = settings
         self.redis_url = redis_url
         self.shutdown_timeout = shutdown_timeout
@@ -33,7 +35,9 @@ class Server:
         runtime = await Runtime.open(self.settings, self.redis_url)
         self.runtime = runtime
         proxy_runner = web.AppRunner(
-            create_app(runtime), access_log=None, shutdown_timeout=self.shutdown_timeout,
+            create_app(runtime),
+            access_log=None,
+            shutdown_timeout=self.shutdown_timeout,
             handle_signals=False,
         )
         admin_runner = web.AppRunner(

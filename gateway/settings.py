@@ -40,9 +40,7 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str], source: str = "config") -> None:
         self.problems = problems
         self.source = source
-        super().__init__(
-            f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems)
-        )
+        super().__init__(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +123,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
     loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         mark = key_node.start_mark
         try:
             duplicate = key in seen
@@ -138,12 +136,12 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
                 None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
             )
         seen.add(key)
-    return dict(loader.construct_pairs(node))  # type: ignore[no-untyped-call]
+    return dict(loader.construct_pairs(node))
 
 
 _DuplicateKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -164,9 +162,7 @@ class _Checker:
             return {}
         for key in value:
             if key not in allowed:
-                self.problem(
-                    _join(loc, str(key)), f"unknown key; allowed keys: {', '.join(allowed)}"
-                )
+                self.problem(_join(loc, str(key)), f"unknown key; allowed keys: {', '.join(allowed)}")
         return {k: v for k, v in value.items() if k in allowed}
 
     def convert(self, value: object, loc: str, parse: Callable[[Any], T], default: T) -> T:
@@ -246,9 +242,7 @@ def _prefix(value: object) -> str:
 def _listen(checker: _Checker, raw: object, loc: str, default: Listen) -> Listen:
     data = checker.mapping(raw, loc, ("host", "port"))
     host = checker.convert(data.get("host", default.host), _join(loc, "host"), _str, default.host)
-    port = checker.convert(
-        data.get("port", default.port), _join(loc, "port"), _int(0, 65535), default.port
-    )
+    port = checker.convert(data.get("port", default.port), _join(loc, "port"), _int(0, 65535), default.port)
     return Listen(host, port)
 
 
@@ -265,21 +259,13 @@ def _tokens(checker: _Checker, raw: object) -> TokenSettings:
         raw_legacy = []
     for i, item in enumerate(raw_legacy):
         legacy.append(checker.convert(item, f"{loc}.legacy_prefixes[{i}]", _prefix, ""))
-    default_ttl = checker.convert(
-        data.get("default_ttl", "90d"), f"{loc}.default_ttl", _ttl, d.default_ttl
-    )
+    default_ttl = checker.convert(data.get("default_ttl", "90d"), f"{loc}.default_ttl", _ttl, d.default_ttl)
     max_ttl = checker.convert(data.get("max_ttl", "365d"), f"{loc}.max_ttl", _ttl, d.max_ttl)
     if max_ttl is not None and (default_ttl is None or default_ttl > max_ttl):
-        checker.problem(
-            f"{loc}.default_ttl", "is longer than tokens.max_ttl; shorten it or raise max_ttl"
-        )
-    cache_ttl = checker.convert(
-        data.get("cache_ttl", "30s"), f"{loc}.cache_ttl", parse_duration, d.cache_ttl
-    )
+        checker.problem(f"{loc}.default_ttl", "is longer than tokens.max_ttl; shorten it or raise max_ttl")
+    cache_ttl = checker.convert(data.get("cache_ttl", "30s"), f"{loc}.cache_ttl", parse_duration, d.cache_ttl)
     a_loc = f"{loc}.argon2"
-    a_data = checker.mapping(
-        data.get("argon2"), a_loc, ("time_cost", "memory_cost", "parallelism")
-    )
+    a_data = checker.mapping(data.get("argon2"), a_loc, ("time_cost", "memory_cost", "parallelism"))
     a = Argon2Settings()
     argon = Argon2Settings(
         time_cost=checker.convert(
@@ -326,9 +312,7 @@ def _upstreams(checker: _Checker, raw: object) -> dict[str, Upstream]:
 _ROUTE_KEYS = ("methods", "path", "upstream", "scopes", "public", "resource", "websocket")
 
 
-def _route(
-    checker: _Checker, raw: object, index: int, upstreams: Mapping[str, Upstream]
-) -> Route | None:
+def _route(checker: _Checker, raw: object, index: int, upstreams: Mapping[str, Upstream]) -> Route | None:
     loc = f"routes[{index}]"
     data = checker.mapping(raw, loc, _ROUTE_KEYS)
     if not data:
@@ -403,9 +387,7 @@ def _route(
                 checker.problem(r_loc, "names must match [a-z][a-z0-9_-]*")
             elif param not in names:
                 have = ", ".join(names) or "none"
-                checker.problem(
-                    r_loc, f"{param!r} is not a parameter of the path (parameters: {have})"
-                )
+                checker.problem(r_loc, f"{param!r} is not a parameter of the path (parameters: {have})")
             else:
                 resource[role] = param
 

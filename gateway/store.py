@@ -101,7 +101,9 @@ class Change:
 
 class Store:
     def __init__(self, client: redis.Redis) -> None:
-        self.client = client
+        # redis-py types replies as unions that depend on decode_responses; we always get
+        # bytes, so the client is used untyped here and replies are decoded explicitly.
+        self.client: Any = client
         self._touch = client.register_script(_TOUCH)
         self.waitaof_supported: bool | None = None
 
@@ -131,7 +133,10 @@ class Store:
             self.waitaof_supported = False
         if aof:
             return "aof+waitaof" if self.waitaof_supported else "aof"
-        if info.get("rdb_changes_since_last_save") is not None and info.get("rdb_bgsave_in_progress") is not None:
+        if (
+            info.get("rdb_changes_since_last_save") is not None
+            and info.get("rdb_bgsave_in_progress") is not None
+        ):
             return "rdb-only"
         return "off"
 
@@ -158,9 +163,7 @@ class Store:
 
     async def changes_since(self, last_id: str) -> tuple[str, list[Change], bool]:
         """Changes after `last_id`: (new last id, changes, gap) — gap: the log was trimmed past it."""
-        result = await self._call(
-            lambda: self.client.xread({Keys.changelog: last_id}, count=1000)
-        )
+        result = await self._call(lambda: self.client.xread({Keys.changelog: last_id}, count=1000))
         if not result:
             return last_id, [], False
         entries = result[0][1]
@@ -201,9 +204,7 @@ class Store:
         return TeamRecord.from_json(orjson.loads(raw)) if raw else None
 
     async def list_teams(self, org: str) -> list[TeamRecord]:
-        names = sorted(
-            m.decode() for m in await self._call(lambda: self.client.smembers(Keys.teams(org)))
-        )
+        names = sorted(m.decode() for m in await self._call(lambda: self.client.smembers(Keys.teams(org))))
         if not names:
             return []
         raws = await self._call(lambda: self.client.mget([Keys.team(org, n) for n in names]))
@@ -240,9 +241,7 @@ class Store:
         )
         if not names:
             return []
-        raws = await self._call(
-            lambda: self.client.mget([Keys.service_account(org, team, n) for n in names])
-        )
+        raws = await self._call(lambda: self.client.mget([Keys.service_account(org, team, n) for n in names]))
         return [ServiceAccountRecord.from_json(orjson.loads(r)) for r in raws if r]
 
     async def delete_service_account(self, org: str, team: str, name: str) -> None:
@@ -263,9 +262,7 @@ class Store:
             pipe.zadd(Keys.team_tokens(token.org, token.team), {token.id: token.created_at})
             pipe.zadd(Keys.org_tokens(token.org), {token.id: token.created_at})
             await pipe.execute()
-            created = await self.client.hsetnx(
-                Keys.token(token.id), "data", orjson.dumps(token.to_json())
-            )
+            created = await self.client.hsetnx(Keys.token(token.id), "data", orjson.dumps(token.to_json()))
             if not created:
                 raise Conflict("token id collision")
 
@@ -276,9 +273,7 @@ class Store:
         raw = await self._call(lambda: self.client.hget(Keys.token(key_id), "data"))
         return TokenRecord.from_json(orjson.loads(raw)) if raw else None
 
-    async def get_tokens_with_usage(
-        self, key_ids: Sequence[str]
-    ) -> list[tuple[TokenRecord, float | None]]:
+    async def get_tokens_with_usage(self, key_ids: Sequence[str]) -> list[tuple[TokenRecord, float | None]]:
         async def op() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for kid in key_ids:
@@ -289,9 +284,7 @@ class Store:
         result = []
         for data, used in rows:
             if data:
-                result.append(
-                    (TokenRecord.from_json(orjson.loads(data)), float(used) if used else None)
-                )
+                result.append((TokenRecord.from_json(orjson.loads(data)), float(used) if used else None))
         return result
 
     async def list_token_ids(self, org: str, team: str | None = None, *, all_org: bool = False) -> list[str]:

@@ -80,7 +80,7 @@ def parse(token: str, accepted_prefixes: frozenset[str]) -> ParsedToken:
     if len(token) < BODY_LEN + 2 or len(token) > BODY_LEN + 64:
         raise TokenFormatError("token is malformed")
     body = token[-BODY_LEN:]
-    prefix_part = token[: -BODY_LEN]
+    prefix_part = token[:-BODY_LEN]
     if not prefix_part.endswith("_"):
         raise TokenFormatError("token is malformed")
     prefix = prefix_part[:-1]
@@ -88,7 +88,7 @@ def parse(token: str, accepted_prefixes: frozenset[str]) -> ParsedToken:
         raise TokenFormatError("token prefix is not accepted here")
     if not _BASE62_SET.issuperset(body):
         raise TokenFormatError("token is malformed")
-    head = token[: -CHECKSUM_LEN]
+    head = token[:-CHECKSUM_LEN]
     if not secrets.compare_digest(checksum(head), token[-CHECKSUM_LEN:]):
         raise TokenFormatError("token checksum does not match")
     return ParsedToken(prefix, body[:KEY_ID_LEN], body[KEY_ID_LEN : KEY_ID_LEN + SECRET_LEN])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import io
 import os
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,17 +86,41 @@ def base_config(upstream_port: int) -> dict[str, Any]:
         "trusted_proxies": ["10.99.0.0/16"],
         "upstreams": {"registry": {"url": f"http://127.0.0.1:{upstream_port}", "timeout": "2s"}},
         "routes": [
-            {"methods": ["GET"], "path": f"{team}/apis", "upstream": "registry",
-             "scopes": ["read:apis"], "resource": res},
-            {"methods": ["POST"], "path": f"{team}/apis", "upstream": "registry",
-             "scopes": ["write:apis"], "resource": res},
-            {"methods": ["GET"], "path": f"{team}/apis/{{api}}/specs", "upstream": "registry",
-             "scopes": ["read:specs"], "resource": res},
-            {"methods": ["POST", "PUT"], "path": f"{team}/apis/{{api}}/specs", "upstream": "registry",
-             "scopes": ["write:specs"], "resource": res},
-            {"methods": ["GET"], "path": "/orgs/{org}/projects/{project}/envs/{environment}/secrets",
-             "upstream": "registry", "scopes": ["read:secrets"],
-             "resource": {"org": "org", "project": "project", "environment": "environment"}},
+            {
+                "methods": ["GET"],
+                "path": f"{team}/apis",
+                "upstream": "registry",
+                "scopes": ["read:apis"],
+                "resource": res,
+            },
+            {
+                "methods": ["POST"],
+                "path": f"{team}/apis",
+                "upstream": "registry",
+                "scopes": ["write:apis"],
+                "resource": res,
+            },
+            {
+                "methods": ["GET"],
+                "path": f"{team}/apis/{{api}}/specs",
+                "upstream": "registry",
+                "scopes": ["read:specs"],
+                "resource": res,
+            },
+            {
+                "methods": ["POST", "PUT"],
+                "path": f"{team}/apis/{{api}}/specs",
+                "upstream": "registry",
+                "scopes": ["write:specs"],
+                "resource": res,
+            },
+            {
+                "methods": ["GET"],
+                "path": "/orgs/{org}/projects/{project}/envs/{environment}/secrets",
+                "upstream": "registry",
+                "scopes": ["read:secrets"],
+                "resource": {"org": "org", "project": "project", "environment": "environment"},
+            },
             {"methods": ["GET"], "path": "/health", "upstream": "registry", "public": True},
         ],
     }
@@ -128,20 +151,27 @@ class Gateway:
 
     async def org_admin(self, org: str = "acme") -> str:
         token, _ = await issue_token(
-            self.runtime, org=org, team=None, name="org-admin",
-            scopes=parse_scopes(["admin:org"]), created_by="test",
+            self.runtime,
+            org=org,
+            team=None,
+            name="org-admin",
+            scopes=parse_scopes(["admin:org"]),
+            created_by="test",
         )
         return token
 
     async def team(self, name: str, permissions: list[str], org: str = "acme") -> None:
-        await self.runtime.store.create_team(
-            TeamRecord(org, name, parse_scopes(permissions), 0.0, "test")
-        )
+        await self.runtime.store.create_team(TeamRecord(org, name, parse_scopes(permissions), 0.0, "test"))
 
     async def token(self, team: str, scopes: list[str], org: str = "acme", **kw: Any) -> tuple[str, str]:
         token, record = await issue_token(
-            self.runtime, org=org, team=team, name=kw.pop("name", "t"),
-            scopes=parse_scopes(scopes), created_by="test", **kw,
+            self.runtime,
+            org=org,
+            team=team,
+            name=kw.pop("name", "t"),
+            scopes=parse_scopes(scopes),
+            created_by="test",
+            **kw,
         )
         return token, record.id
 
@@ -159,8 +189,11 @@ async def start_gateway(redis_url: str) -> AsyncIterator[Callable[..., Awaitable
         server = Server(settings, redis_url=url or redis_url, shutdown_timeout=1.0)
         runtime = await server.start()
         gw = Gateway(
-            server, runtime, f"http://127.0.0.1:{server.proxy_port}",
-            f"http://127.0.0.1:{server.admin_port}", aiohttp.ClientSession(auto_decompress=False),
+            server,
+            runtime,
+            f"http://127.0.0.1:{server.proxy_port}",
+            f"http://127.0.0.1:{server.admin_port}",
+            aiohttp.ClientSession(auto_decompress=False),
         )
         started.append(gw)
         return gw

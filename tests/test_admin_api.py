@@ -15,7 +15,9 @@ TEAMS = "/v1/orgs/acme/teams"
 TOKENS = "/v1/orgs/acme/teams/platform/tokens"
 
 
-async def admin(gw: Gateway, method: str, path: str, token: str | None, body: Any = None, **kw: Any) -> tuple[int, Any, Any]:
+async def admin(
+    gw: Gateway, method: str, path: str, token: str | None, body: Any = None, **kw: Any
+) -> tuple[int, Any, Any]:
     headers = dict(kw.pop("headers", {}))
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -27,7 +29,13 @@ async def admin(gw: Gateway, method: str, path: str, token: str | None, body: An
 @pytest.fixture
 async def org_admin(gateway: Gateway) -> str:
     token = await gateway.org_admin()
-    status, _, _ = await admin(gateway, "POST", TEAMS, token, {"name": "platform", "permissions": ["read:apis", "write:specs", "admin:team"]})
+    status, _, _ = await admin(
+        gateway,
+        "POST",
+        TEAMS,
+        token,
+        {"name": "platform", "permissions": ["read:apis", "write:specs", "admin:team"]},
+    )
     assert status == 201
     return token
 
@@ -39,7 +47,9 @@ async def test_team_lifecycle(gateway: Gateway, org_admin: str) -> None:
     assert body["permissions"] == ["read:apis", "write:specs", "admin:team"]
     status, body, _ = await admin(gateway, "POST", TEAMS, org_admin, {"name": "platform", "permissions": []})
     assert status == 409
-    status, body, _ = await admin(gateway, "PUT", f"{TEAMS}/platform/permissions", org_admin, {"permissions": ["read:apis"]})
+    status, body, _ = await admin(
+        gateway, "PUT", f"{TEAMS}/platform/permissions", org_admin, {"permissions": ["read:apis"]}
+    )
     assert status == 200 and body["permissions"] == ["read:apis"]
     status, body, _ = await admin(gateway, "GET", f"{TEAMS}/nope", org_admin)
     assert status == 404 and body["error"] == "not_found"
@@ -47,8 +57,16 @@ async def test_team_lifecycle(gateway: Gateway, org_admin: str) -> None:
 
 async def test_token_create_list_get_revoke(gateway: Gateway, org_admin: str, logs: LogReader) -> None:
     status, created, headers = await admin(
-        gateway, "POST", TOKENS, org_admin,
-        {"name": "ci-publish", "description": "publishes specs", "scopes": ["read:apis", "write:specs", "read:mocks"], "expires_in": "30d"},
+        gateway,
+        "POST",
+        TOKENS,
+        org_admin,
+        {
+            "name": "ci-publish",
+            "description": "publishes specs",
+            "scopes": ["read:apis", "write:specs", "read:mocks"],
+            "expires_in": "30d",
+        },
     )
     assert status == 201
     assert headers["Cache-Control"] == "no-store"
@@ -85,7 +103,9 @@ async def test_token_create_list_get_revoke(gateway: Gateway, org_admin: str, lo
 
 async def test_issued_token_works_through_the_gateway(gateway: Gateway, org_admin: str) -> None:
     _, created, _ = await admin(gateway, "POST", TOKENS, org_admin, {"name": "r", "scopes": ["read:apis"]})
-    async with gateway.session.get(f"{gateway.url}/orgs/acme/teams/platform/apis", headers=gateway.auth(created["token"])) as r:
+    async with gateway.session.get(
+        f"{gateway.url}/orgs/acme/teams/platform/apis", headers=gateway.auth(created["token"])
+    ) as r:
         assert r.status == 200
 
 
@@ -109,13 +129,17 @@ async def test_admin_auth_failures(gateway: Gateway, org_admin: str) -> None:
 async def test_admin_org_cannot_be_granted_to_a_team_token(gateway: Gateway, org_admin: str) -> None:
     status, body, _ = await admin(gateway, "POST", TOKENS, org_admin, {"name": "x", "scopes": ["admin:org"]})
     assert status == 400 and "admin:org" in body["message"] and body["field"] == "scopes"
-    status, body, _ = await admin(gateway, "POST", TEAMS, org_admin, {"name": "sneaky", "permissions": ["admin:org"]})
+    status, body, _ = await admin(
+        gateway, "POST", TEAMS, org_admin, {"name": "sneaky", "permissions": ["admin:org"]}
+    )
     assert status == 400
 
 
 async def test_team_admin_manages_only_its_own_team(gateway: Gateway, org_admin: str) -> None:
     await admin(gateway, "POST", TEAMS, org_admin, {"name": "billing", "permissions": ["read:apis"]})
-    _, created, _ = await admin(gateway, "POST", TOKENS, org_admin, {"name": "team-admin", "scopes": ["admin:team"]})
+    _, created, _ = await admin(
+        gateway, "POST", TOKENS, org_admin, {"name": "team-admin", "scopes": ["admin:team"]}
+    )
     team_admin = created["token"]
     status, _, _ = await admin(gateway, "POST", TOKENS, team_admin, {"name": "ci", "scopes": ["read:apis"]})
     assert status == 201
@@ -123,12 +147,16 @@ async def test_team_admin_manages_only_its_own_team(gateway: Gateway, org_admin:
     assert (status, body["message"]) == (403, "token is not in the same team as the resource")
     status, body, _ = await admin(gateway, "POST", TEAMS, team_admin, {"name": "mine", "permissions": []})
     assert (status, body["message"]) == (403, "token lacks required permission: admin:org")
-    status, body, _ = await admin(gateway, "PUT", f"{TEAMS}/platform/permissions", team_admin, {"permissions": ["admin:*"]})
+    status, body, _ = await admin(
+        gateway, "PUT", f"{TEAMS}/platform/permissions", team_admin, {"permissions": ["admin:*"]}
+    )
     assert status == 403
     status, body, _ = await admin(gateway, "GET", TEAMS, team_admin)
     assert status == 200 and [t["name"] for t in body["teams"]] == ["platform"]
     # a plain team token without admin:team cannot manage anything
-    _, reader, _ = await admin(gateway, "POST", TOKENS, org_admin, {"name": "reader", "scopes": ["read:apis"]})
+    _, reader, _ = await admin(
+        gateway, "POST", TOKENS, org_admin, {"name": "reader", "scopes": ["read:apis"]}
+    )
     status, body, _ = await admin(gateway, "GET", TOKENS, reader["token"])
     assert (status, body["message"]) == (403, "token lacks required permission: admin:team")
 
@@ -147,7 +175,10 @@ async def test_team_admin_manages_only_its_own_team(gateway: Gateway, org_admin:
         ({"name": "x", "scopes": ["read:apis"], "expires_in": "400d"}, "expires_in"),
         ({"name": "x", "scopes": ["read:apis"], "expires_at": "tomorrow"}, "expires_at"),
         ({"name": "x", "scopes": ["read:apis"], "expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),
-        ({"name": "x", "scopes": ["read:apis"], "expires_in": "1d", "expires_at": "2099-01-01T00:00:00Z"}, "expires_in"),
+        (
+            {"name": "x", "scopes": ["read:apis"], "expires_in": "1d", "expires_at": "2099-01-01T00:00:00Z"},
+            "expires_in",
+        ),
         ({"name": "x", "scopes": ["read:apis"], "allowed_cidrs": ["nope"]}, "allowed_cidrs[0]"),
         ({"name": "x", "scopes": ["read:apis"], "constraints": {"project": 5}}, "constraints.project"),
         ({"name": "x", "scopes": ["read:apis"], "constraints": {"org": "acme"}}, "constraints.org"),
@@ -156,22 +187,30 @@ async def test_team_admin_manages_only_its_own_team(gateway: Gateway, org_admin:
         ([1, 2], "body"),
     ],
 )
-async def test_bad_token_requests_name_the_field(gateway: Gateway, org_admin: str, body: Any, field: str) -> None:
+async def test_bad_token_requests_name_the_field(
+    gateway: Gateway, org_admin: str, body: Any, field: str
+) -> None:
     status, data, _ = await admin(gateway, "POST", TOKENS, org_admin, body)
     assert status == 400, data
     assert data["error"] == "invalid_request" and data["field"] == field, data
 
 
 async def test_max_ttl_message_states_the_limit(gateway: Gateway, org_admin: str) -> None:
-    status, data, _ = await admin(gateway, "POST", TOKENS, org_admin, {"name": "x", "scopes": ["read:apis"], "expires_in": "400d"})
+    status, data, _ = await admin(
+        gateway, "POST", TOKENS, org_admin, {"name": "x", "scopes": ["read:apis"], "expires_in": "400d"}
+    )
     assert status == 400
     assert data["message"] == "expires_in: exceeds the maximum token lifetime of 365d (tokens.max_ttl)"
 
 
 async def test_invalid_json_and_oversized_bodies(gateway: Gateway, org_admin: str) -> None:
-    status, data, _ = await admin(gateway, "POST", TOKENS, org_admin, data=b"{not json", headers={"Content-Type": "application/json"})
+    status, data, _ = await admin(
+        gateway, "POST", TOKENS, org_admin, data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert status == 400 and data["message"] == "request body is not valid JSON"
-    status, data, _ = await admin(gateway, "POST", TOKENS, org_admin, data=b"", headers={"Content-Type": "application/json"})
+    status, data, _ = await admin(
+        gateway, "POST", TOKENS, org_admin, data=b"", headers={"Content-Type": "application/json"}
+    )
     assert status == 400
     status, data, _ = await admin(gateway, "POST", TOKENS, org_admin, data=b"x" * (200 * 1024))
     assert status == 413 and data["error"] == "payload_too_large"
@@ -181,13 +220,19 @@ async def test_invalid_json_and_oversized_bodies(gateway: Gateway, org_admin: st
 
 async def test_unknown_token_id_is_404(gateway: Gateway, org_admin: str) -> None:
     for kid in ("AAAAAAAAAAAA", "not-an-id", "../../etc"):
-        status, data, _ = await admin(gateway, "POST", f"{TOKENS}/{kid}/revoke", org_admin)
+        status, _data, _ = await admin(gateway, "POST", f"{TOKENS}/{kid}/revoke", org_admin)
         assert status == 404, kid
 
 
 async def test_token_from_another_team_is_not_visible(gateway: Gateway, org_admin: str) -> None:
     await admin(gateway, "POST", TEAMS, org_admin, {"name": "billing", "permissions": ["read:apis"]})
-    _, created, _ = await admin(gateway, "POST", "/v1/orgs/acme/teams/billing/tokens", org_admin, {"name": "b", "scopes": ["read:apis"]})
+    _, created, _ = await admin(
+        gateway,
+        "POST",
+        "/v1/orgs/acme/teams/billing/tokens",
+        org_admin,
+        {"name": "b", "scopes": ["read:apis"]},
+    )
     status, _, _ = await admin(gateway, "GET", f"{TOKENS}/{created['id']}", org_admin)
     assert status == 404
 

@@ -7,7 +7,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -20,8 +19,12 @@ CLI = [sys.executable, "-c", "from admin.cli import main; main()"]
 
 async def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        *CLI, *args, cwd=ROOT, env=env or env_for_subprocess(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *CLI,
+        *args,
+        cwd=ROOT,
+        env=env or env_for_subprocess(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout)
     assert process.returncode is not None
@@ -37,7 +40,9 @@ async def cli_env(gateway: Gateway) -> dict[str, str]:
 
 
 async def test_team_and_token_commands(gateway: Gateway, cli_env: dict[str, str]) -> None:
-    code, out, err = await run_cli("team", "create", "platform", "--permissions", "read:apis,write:specs,admin:team", env=cli_env)
+    code, out, err = await run_cli(
+        "team", "create", "platform", "--permissions", "read:apis,write:specs,admin:team", env=cli_env
+    )
     assert code == 0, err
     assert "platform" in out
     code, out, _ = await run_cli("team", "list", "--json", env=cli_env)
@@ -46,8 +51,18 @@ async def test_team_and_token_commands(gateway: Gateway, cli_env: dict[str, str]
     assert out.splitlines()[0].split() == ["NAME", "PERMISSIONS", "CREATED"]
 
     code, out, err = await run_cli(
-        "token", "create", "--team", "platform", "--name", "ci-deploy", "--scopes", "read:apis,write:specs",
-        "--expires-in", "30d", "--json", env=cli_env,
+        "token",
+        "create",
+        "--team",
+        "platform",
+        "--name",
+        "ci-deploy",
+        "--scopes",
+        "read:apis,write:specs",
+        "--expires-in",
+        "30d",
+        "--json",
+        env=cli_env,
     )
     assert code == 0, err
     created = json.loads(out)
@@ -66,7 +81,9 @@ async def test_team_and_token_commands(gateway: Gateway, cli_env: dict[str, str]
     assert created["token"] not in out
 
     # use it, then LAST USED moves off "never" within a few seconds
-    async with gateway.session.get(f"{gateway.url}/orgs/acme/teams/platform/apis", headers=gateway.auth(created["token"])) as r:
+    async with gateway.session.get(
+        f"{gateway.url}/orgs/acme/teams/platform/apis", headers=gateway.auth(created["token"])
+    ) as r:
         assert r.status == 200
     await asyncio.sleep(1.5)
     code, out, _ = await run_cli("token", "list", "--team", "platform", env=cli_env)
@@ -84,9 +101,22 @@ async def test_team_and_token_commands(gateway: Gateway, cli_env: dict[str, str]
 
 async def test_team_token_defaults_to_its_own_team(gateway: Gateway, cli_env: dict[str, str]) -> None:
     await run_cli("team", "create", "platform", "--permissions", "read:apis,admin:team", env=cli_env)
-    code, out, _ = await run_cli("token", "create", "--team", "platform", "--name", "ta", "--scopes", "admin:team", "--json", env=cli_env)
+    code, out, _ = await run_cli(
+        "token",
+        "create",
+        "--team",
+        "platform",
+        "--name",
+        "ta",
+        "--scopes",
+        "admin:team",
+        "--json",
+        env=cli_env,
+    )
     team_env = dict(cli_env, TOKENWARD_TOKEN=json.loads(out)["token"])
-    code, out, err = await run_cli("token", "create", "--name", "ci", "--scopes", "read:apis", "--json", env=team_env)
+    code, out, err = await run_cli(
+        "token", "create", "--name", "ci", "--scopes", "read:apis", "--json", env=team_env
+    )
     assert code == 0, err
     code, out, _ = await run_cli("whoami", "--json", env=team_env)
     assert json.loads(out)["team"] == "platform"
@@ -98,12 +128,28 @@ async def test_team_token_defaults_to_its_own_team(gateway: Gateway, cli_env: di
         (("token", "create", "--team", "platform", "--name", "x", "--scopes", "writ:specs"), "scopes[0]"),
         (("token", "revoke", "AAAAAAAAAAAA", "--team", "platform"), "404"),
         (("team", "get", "nope"), "404"),
-        (("token", "create", "--team", "platform", "--name", "x", "--scopes", "read:apis", "--constraint", "bad"), "NAME=VALUE"),
+        (
+            (
+                "token",
+                "create",
+                "--team",
+                "platform",
+                "--name",
+                "x",
+                "--scopes",
+                "read:apis",
+                "--constraint",
+                "bad",
+            ),
+            "NAME=VALUE",
+        ),
     ],
 )
-async def test_errors_are_one_line_and_nonzero(gateway: Gateway, cli_env: dict[str, str], args: tuple[str, ...], message: str) -> None:
+async def test_errors_are_one_line_and_nonzero(
+    gateway: Gateway, cli_env: dict[str, str], args: tuple[str, ...], message: str
+) -> None:
     await run_cli("team", "create", "platform", "--permissions", "read:apis", env=cli_env)
-    code, out, err = await run_cli(*args, env=cli_env)
+    code, _out, err = await run_cli(*args, env=cli_env)
     assert code != 0
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err
 
@@ -149,7 +195,9 @@ async def test_config_check_reports_problems(tmp_path: Path) -> None:
     code, out, _ = await run_cli("config", "check", "config/example.yaml")
     assert code == 0 and "ok" in out
     bad = tmp_path / "bad.yaml"
-    bad.write_text("upstreams: {a: {url: 'http://x'}}\nroutes:\n  - {path: /x, upstream: a, scopes: [writ:x]}\n  - {path: /y, upstream: b, public: true}\n")
+    bad.write_text(
+        "upstreams: {a: {url: 'http://x'}}\nroutes:\n  - {path: /x, upstream: a, scopes: [writ:x]}\n  - {path: /y, upstream: b, public: true}\n"
+    )
     code, _, err = await run_cli("config", "check", str(bad))
     assert code == 1
     assert "routes[0].scopes[0]: 'writ:x' is not a scope" in err
@@ -161,8 +209,17 @@ async def test_demo_prints_tokens_and_curl_lines(tmp_path: Path) -> None:
 
     ports = [str(free_port()) for _ in range(3)]
     code, out, err = await run_cli(
-        "demo", "--once", "--data-dir", str(tmp_path / "demo"),
-        "--port", ports[0], "--admin-port", ports[1], "--upstream-port", ports[2], timeout=90,
+        "demo",
+        "--once",
+        "--data-dir",
+        str(tmp_path / "demo"),
+        "--port",
+        ports[0],
+        "--admin-port",
+        ports[1],
+        "--upstream-port",
+        ports[2],
+        timeout=90,
     )
     assert code == 0, err
     assert "export TOKENWARD_TOKEN=tw_sat_" in out and "export READ_TOKEN=tw_sat_" in out
@@ -184,5 +241,3 @@ def test_humanize_and_table() -> None:
     assert humanize_ago(iso(60), now) == "1 minute ago"
     rendered = table(["A", "BB"], [["x", "y"], ["longer", "z"]])
     assert rendered.splitlines() == ["A        BB", "x        y", "longer   z"]
-
-

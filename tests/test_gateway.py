@@ -21,7 +21,9 @@ from tests.conftest import Gateway, LogReader
 APIS = "/orgs/acme/teams/platform/apis"
 
 
-async def call(gw: Gateway, method: str, path: str, token: str | None = None, **kw: Any) -> tuple[int, Any, Any]:
+async def call(
+    gw: Gateway, method: str, path: str, token: str | None = None, **kw: Any
+) -> tuple[int, Any, Any]:
     headers = dict(kw.pop("headers", {}))
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -221,7 +223,9 @@ async def test_team_permission_change_applies_on_next_request(platform: Gateway)
         ("other-team-and-missing-scope", (403, "team")),
     ],
 )
-async def test_first_failing_step_is_reported(platform: Gateway, case: str, expected: tuple[int, str]) -> None:
+async def test_first_failing_step_is_reported(
+    platform: Gateway, case: str, expected: tuple[int, str]
+) -> None:
     token, kid = await platform.token("platform", ["read:apis"])
     if case == "no-route-and-no-token":
         status, body, _ = await call(platform, "GET", "/unknown")
@@ -257,7 +261,10 @@ async def test_revoke_makes_the_very_next_request_fail(platform: Gateway) -> Non
 async def test_forwarded_headers(platform: Gateway) -> None:
     token, kid = await platform.token("platform", ["read:apis"], name="ci-reader")
     status, body, headers = await call(
-        platform, "GET", APIS + "?page=2&q=a%20b", token,
+        platform,
+        "GET",
+        APIS + "?page=2&q=a%20b",
+        token,
         headers={
             "Connection": "X-Drop-Me",
             "X-Drop-Me": "1",
@@ -362,9 +369,16 @@ async def test_each_decision_is_one_audit_event(platform: Gateway, logs: LogRead
     event = allowed[0]
     assert event["event"] == "[Service Token] request.allowed"
     for field, value in {
-        "token_id": kid, "token_name": "auditor", "org": "acme", "team": "platform",
-        "method": "GET", "path": APIS, "route": "GET /orgs/{org}/teams/{team}/apis",
-        "status": 200, "step": "forward", "client_ip": "127.0.0.1",
+        "token_id": kid,
+        "token_name": "auditor",
+        "org": "acme",
+        "team": "platform",
+        "method": "GET",
+        "path": APIS,
+        "route": "GET /orgs/{org}/teams/{team}/apis",
+        "status": 200,
+        "step": "forward",
+        "client_ip": "127.0.0.1",
         "request_id": headers["X-Request-Id"],
     }.items():
         assert event[field] == value, field

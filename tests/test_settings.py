@@ -121,10 +121,7 @@ def test_bad_file_lists_every_problem_at_once(tmp_path: Path) -> None:
         assert here, f"no problem at {location}: {found}"
         assert any(excerpt in p for p in here), (location, here)
     assert len(found) == len(BAD_EXPECTED), found
-    assert (
-        "routes[3].scopes[0]: 'writ:specs' is not a scope: level must be read, write or admin"
-        in found
-    )
+    assert "routes[3].scopes[0]: 'writ:specs' is not a scope: level must be read, write or admin" in found
     assert info.value.source == str(path)
     for problem in found:
         assert problem in str(info.value)
@@ -205,9 +202,7 @@ def test_misspelled_security_key_does_not_fall_back_to_default() -> None:
         (route("/A", ["GET"]), route("/a", ["GET"]), False),  # case-sensitive
     ],
 )
-def test_equal_specificity_conflicts(
-    first: dict[str, Any], second: dict[str, Any], conflict: bool
-) -> None:
+def test_equal_specificity_conflicts(first: dict[str, Any], second: dict[str, Any], conflict: bool) -> None:
     raw = with_routes(first, second)
     if not conflict:
         settings_from_dict(raw)
@@ -532,9 +527,7 @@ YamlCheck = Callable[[list[str]], bool]
         pytest.param("{}\n", lambda ps: any("empty" in p for p in ps), id="empty-mapping"),
         pytest.param("--- 1\n--- 2\n", lambda ps: len(ps) == 1 and "invalid YAML" in ps[0], id="two-docs"),
         pytest.param("- a\n- b\n", lambda ps: "expected a mapping" in ps[0], id="top-level-list"),
-        pytest.param(
-            "? [a, b]\n: 1\n", lambda ps: len(ps) == 1 and "line 1" in ps[0], id="unhashable-key"
-        ),
+        pytest.param("? [a, b]\n: 1\n", lambda ps: len(ps) == 1 and "line 1" in ps[0], id="unhashable-key"),
     ],
 )
 def test_yaml_problems_are_config_errors(tmp_path: Path, text: str, check: YamlCheck) -> None:

@@ -1,0 +1,175 @@
+"""`tokenward serve` as a real process on its embedded store: the whole flow, its logs, and a
+search of every log line and every byte the store keeps for plaintext tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import redis
+import yaml
+
+from gateway.embedded import EmbeddedServer, free_port
+from tests.conftest import ROOT, base_config, env_for_subprocess
+
+CLI = [sys.executable, "-c", "from admin.cli import main; main()"]
+
+
+async def wait_ready(session: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process) -> None:
+    for _ in range(200):
+        if process.returncode is not None:
+            raise AssertionError(f"serve exited with {process.returncode}")
+        try:
+            async with session.get(url) as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("serve did not become ready")
+
+
+def store_dump(data_dir: Path) -> bytes:
+    """Every key and value in the store, read back through a server on the same data dir."""
+    server = EmbeddedServer(data_dir, port=free_port())
+    server.start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        out = []
+        for key in client.scan_iter(count=1000):
+            kind = client.type(key).decode()
+            value: Any
+            if kind == "string":
+                value = client.get(key)
+            elif kind == "hash":
+                value = client.hgetall(key)
+            elif kind == "set":
+                value = client.smembers(key)
+            elif kind == "zset":
+                value = client.zrange(key, 0, -1, withscores=True)
+            elif kind == "stream":
+                value = client.xrange(key)
+            else:
+                value = client.dump(key)
+            out.append(repr((key, value)).encode())
+        client.close()
+        return b"\n".join(out)
+    finally:
+        server.stop()
+
+
+async def test_serve_flow_and_no_plaintext_anywhere(tmp_path: Path, upstream: int) -> None:
+    config = base_config(upstream)
+    port, admin_port = free_port(), free_port()
+    config["listen"]["port"] = port
+    config["admin_listen"]["port"] = admin_port
+    config["data_dir"] = str(tmp_path / "data")
+    path = tmp_path / "tokenward.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = env_for_subprocess()
+
+    boot = await asyncio.create_subprocess_exec(
+        *CLI,
+        "admin",
+        "bootstrap",
+        "--config",
+        str(path),
+        "--org",
+        "acme",
+        "--json",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    boot_out, boot_err = await boot.communicate()
+    assert boot.returncode == 0, boot_err
+    admin_token = orjson.loads(boot_out)["token"]
+
+    log_out = (tmp_path / "serve.out").open("wb")
+    log_err = (tmp_path / "serve.err").open("wb")
+    serve = await asyncio.create_subprocess_exec(
+        *CLI,
+        "serve",
+        "--config",
+        str(path),
+        cwd=ROOT,
+        env=env,
+        stdout=log_out,
+        stderr=log_err,
+    )
+    plaintexts = [admin_token]
+    gw, adm = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, f"{adm}/readyz", serve)
+            auth = {"Authorization": f"Bearer {admin_token}"}
+            async with session.post(
+                f"{adm}/v1/orgs/acme/teams",
+                headers=auth,
+                json={"name": "platform", "permissions": ["read:apis"]},
+            ) as r:
+                assert r.status == 201
+            async with session.post(
+                f"{adm}/v1/orgs/acme/teams/platform/tokens",
+                headers=auth,
+                json={"name": "ci", "scopes": ["read:apis", "write:apis"]},
+            ) as r:
+                assert r.status == 201
+                created = await r.json()
+            token = created["token"]
+            plaintexts.append(token)
+            apis = f"{gw}/orgs/acme/teams/platform/apis"
+            bearer = {"Authorization": f"Bearer {token}"}
+            async with session.get(apis, headers=bearer) as r:
+                assert r.status == 200
+            async with session.post(apis, headers=bearer) as r:
+                assert r.status == 403  # team lacks write:apis
+            async with session.get(apis, headers={"Authorization": f"Bearer {token[:-1]}x"}) as r:
+                assert r.status == 401
+            async with session.post(
+                f"{adm}/v1/orgs/acme/teams/platform/tokens/{created['id']}/revoke", headers=auth
+            ) as r:
+                assert r.status == 200
+            async with session.get(apis, headers=bearer) as r:
+                assert r.status == 401
+                assert (await r.json())["message"] == "token revoked"
+            for _ in range(50):  # last_used_at is written behind, within a few seconds
+                async with session.get(f"{adm}/v1/orgs/acme/teams/platform/tokens", headers=auth) as r:
+                    listed = await r.json()
+                if listed["tokens"][0]["last_used_at"] is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert listed["tokens"][0]["last_used_at"] is not None
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(serve.wait(), 30)
+        log_out.close()
+        log_err.close()
+    assert code == 0
+
+    logs = (tmp_path / "serve.out").read_bytes() + (tmp_path / "serve.err").read_bytes()
+    lines = [orjson.loads(line) for line in (tmp_path / "serve.out").read_bytes().splitlines()]
+    started = next(e for e in lines if e["event"] == "tokenward started")
+    assert started["routes"] == len(config["routes"]) and "embedded" in started["store"]
+    actions = [e.get("action") for e in lines if e["event"].startswith("[Service Token]")]
+    assert actions.count("request.allowed") == 1
+    assert actions.count("request.denied") == 3
+    assert "team.created" in actions and "token.created" in actions and "token.revoked" in actions
+
+    on_disk = b"".join(p.read_bytes() for p in Path(config["data_dir"]).rglob("*") if p.is_file())
+    stored = store_dump(Path(config["data_dir"]))
+    assert b"tw_sat_" + created["id"].encode() not in stored  # only the bare key id is a key
+    for plaintext in plaintexts:
+        secret = plaintext[-38:-6].encode()
+        for where, blob in (("logs", logs), ("store files", on_disk), ("store", stored)):
+            assert plaintext.encode() not in blob, where
+            assert secret not in blob, where
+    assert os.path.getsize(tmp_path / "serve.err") == 0 or b"Traceback" not in logs

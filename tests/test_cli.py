@@ -237,7 +237,7 @@ def test_humanize_and_table() -> None:
     assert humanize_ago(None) == "never"
     assert humanize_ago(iso(5), now) == "just now"
     assert humanize_ago(iso(2 * 3600 + 5), now) == "2 hours ago"
-    assert humanize_ago(iso(3 * 86400), now) == "3 days ago"
-    assert humanize_ago(iso(60), now) == "1 minute ago"
+    assert humanize_ago(iso(3 * 86400 + 5), now) == "3 days ago"
+    assert humanize_ago(iso(65), now) == "1 minute ago"
     rendered = table(["A", "BB"], [["x", "y"], ["longer", "z"]])
     assert rendered.splitlines() == ["A        BB", "x        y", "longer   z"]

@@ -24,7 +24,7 @@ from admin import schema
 from gateway.app import REALM, RUNTIME, Runtime, error_response, request_id_for
 from gateway.decision import Denied, Principal, bearer_token
 from gateway.durations import format_duration, parse_duration
-from gateway.records import ACTIVE, TeamRecord, TokenRecord
+from gateway.records import ACTIVE, EXPIRED, REVOKED, ServiceAccountRecord, TeamRecord, TokenRecord
 from gateway.scopes import (
     ADMIN_ORG,
     ADMIN_TEAM,
@@ -36,7 +36,8 @@ from gateway.scopes import (
     parse_scopes,
 )
 from gateway.store import Conflict, StoreUnavailable
-from gateway.tokens import KEY_ID_RE, generate
+from gateway.tokens import KEY_ID_RE, TokenFormatError, generate
+from gateway.tokens import parse as parse_token
 
 log = structlog.get_logger("tokenward.admin")
 MAX_BODY = 64 * 1024
@@ -165,6 +166,11 @@ class AdminContext:
         self.runtime: Runtime = request.app[RUNTIME]
         self.request_id = request_id_for(request)
         self.principal: Principal | None = None
+
+    @property
+    def principal_required(self) -> Principal:
+        assert self.principal is not None, "authenticate() first"
+        return self.principal
 
     async def authenticate(self) -> Principal:
         token = bearer_token(self.request.headers.getall("Authorization", ()))
@@ -501,22 +507,61 @@ def _is_name(text: str) -> bool:
     return bool(re.fullmatch(r"[a-z][a-z0-9_-]*", text))
 
 
+async def team_request(request: web.Request) -> tuple[AdminContext, str, str]:
+    """Authenticate, and require admin rights over the team named in the path."""
+    context = ctx(request)
+    principal = await principal_of(request)
+    org, team = _match(request, "org"), _match(request, "team")
+    require_team_admin(principal, org, team)
+    return context, org, team
+
+
+async def token_response(runtime: Runtime, record: TokenRecord, **extra: Any) -> web.Response:
+    team = await runtime.store.get_team(record.org, record.team) if record.team else None
+    view = token_view(record, team, await runtime.store.last_used(record.id))
+    return json_response({**view, **extra})
+
+
+_STATUSES = (ACTIVE, REVOKED, EXPIRED)
+
+
 @endpoint(
     "GET",
     "/v1/orgs/{org}/teams/{team}/tokens",
-    "List a team's tokens (never a hash or secret)",
+    "List a team's tokens (never a hash or secret); deleted tokens are gone, revoked and "
+    "expired ones stay with their status",
     None,
-    {200: schema.TOKEN_LIST},
+    {200: schema.TOKEN_LIST, 400: schema.ERROR},
+    query=(("status", "string"), ("expiring_within", "string"), ("service_account", "string")),
 )
 async def list_tokens(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
-    org, team_name = _match(request, "org"), _match(request, "team")
-    require_team_admin(principal, org, team_name)
-    runtime = ctx(request).runtime
+    context, org, team_name = await team_request(request)
+    runtime = context.runtime
+    status = request.query.get("status")
+    if status is not None and status not in _STATUSES:
+        raise ApiError(400, "invalid_request", f"status: expected one of {', '.join(_STATUSES)}", "status")
+    within: float | None = None
+    if "expiring_within" in request.query:
+        try:
+            within = parse_duration(request.query["expiring_within"])
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", f"expiring_within: {exc}", "expiring_within") from None
+    sa = request.query.get("service_account")
     team = await _team_or_404(runtime, org, team_name)
     ids = await runtime.store.list_token_ids(org, team_name)
-    rows = await runtime.store.get_tokens_with_usage(ids)
-    return json_response({"tokens": [token_view(t, team, used) for t, used in rows]})
+    now = time.time()
+    rows = []
+    for token, used in await runtime.store.get_tokens_with_usage(ids):
+        if status is not None and token.status(now) != status:
+            continue
+        if within is not None and (
+            token.status(now) != ACTIVE or token.expires_at is None or token.expires_at > now + within
+        ):
+            continue
+        if sa is not None and token.service_account != sa:
+            continue
+        rows.append(token_view(token, team, used))
+    return json_response({"tokens": rows})
 
 
 @endpoint(
@@ -527,13 +572,55 @@ async def list_tokens(request: web.Request) -> web.Response:
     {200: schema.TOKEN, 404: schema.ERROR},
 )
 async def get_token(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
-    org, team_name = _match(request, "org"), _match(request, "team")
-    require_team_admin(principal, org, team_name)
-    runtime = ctx(request).runtime
-    record = await _token_or_404(runtime, org, team_name, _match(request, "id"))
-    team = await runtime.store.get_team(org, team_name)
-    return json_response(token_view(record, team, await runtime.store.last_used(record.id)))
+    context, org, team = await team_request(request)
+    record = await _token_or_404(context.runtime, org, team, _match(request, "id"))
+    return await token_response(context.runtime, record)
+
+
+@endpoint(
+    "PATCH",
+    "/v1/orgs/{org}/teams/{team}/tokens/{id}",
+    "Rename or re-describe a token. Scopes, constraints and expiry are fixed at issuance: rotate instead",
+    schema.TOKEN_UPDATE,
+    {200: schema.TOKEN, 400: schema.ERROR, 404: schema.ERROR},
+)
+async def update_token(request: web.Request) -> web.Response:
+    context, org, team = await team_request(request)
+    raw = await request.read()
+    try:
+        data = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_request", "request body is not valid JSON", "body") from None
+    if isinstance(data, dict):
+        for fixed in (
+            "scopes",
+            "constraints",
+            "expires_in",
+            "expires_at",
+            "service_account",
+            "allowed_cidrs",
+        ):
+            if fixed in data:
+                raise ApiError(
+                    400,
+                    "invalid_request",
+                    f"{fixed}: a token's {fixed.replace('_', ' ')} cannot be changed in place; "
+                    "rotate the token (POST .../rotate) or issue a new one",
+                    fixed,
+                )
+    try:
+        schema.validate(schema.TOKEN_UPDATE, data)
+    except schema.ValidationError as exc:
+        raise ApiError(400, "invalid_request", str(exc), exc.field) from None
+    assert isinstance(data, dict)
+    runtime = context.runtime
+    record = await _token_or_404(runtime, org, team, _match(request, "id"))
+    record = replace(
+        record, name=data.get("name", record.name), description=data.get("description", record.description)
+    )
+    await runtime.store.put_token(record)
+    context.audit("token.updated", org=org, team=team, token_id=record.id, token_name=record.name)
+    return await token_response(runtime, record)
 
 
 @endpoint(
@@ -544,24 +631,359 @@ async def get_token(request: web.Request) -> web.Response:
     {200: schema.TOKEN, 404: schema.ERROR},
 )
 async def revoke_token(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
-    org, team_name = _match(request, "org"), _match(request, "team")
-    require_team_admin(principal, org, team_name)
-    runtime = ctx(request).runtime
-    record = await _token_or_404(runtime, org, team_name, _match(request, "id"))
-    if record.revoked_at is None:
-        record = record.revoked(time.time(), actor(principal))
+    context, org, team = await team_request(request)
+    runtime = context.runtime
+    record = await _token_or_404(runtime, org, team, _match(request, "id"))
+    if record.status() != REVOKED:  # also ends a rotation grace period at once
+        record = record.revoked(time.time(), actor(context.principal_required))
         await runtime.store.put_token(record)
-        ctx(request).audit(
+        context.audit(
             "token.revoked",
             org=org,
-            team=team_name,
+            team=team,
             token_id=record.id,
             token_name=record.name,
             service_account=record.service_account,
         )
+    return await token_response(runtime, record)
+
+
+@endpoint(
+    "POST",
+    "/v1/orgs/{org}/teams/{team}/tokens/{id}/restore",
+    "Restore a revoked token that has not expired",
+    None,
+    {200: schema.TOKEN, 404: schema.ERROR, 409: schema.ERROR},
+)
+async def restore_token(request: web.Request) -> web.Response:
+    context, org, team = await team_request(request)
+    runtime = context.runtime
+    record = await _token_or_404(runtime, org, team, _match(request, "id"))
+    now = time.time()
+    if record.expires_at is not None and record.expires_at <= now:
+        raise ApiError(409, "conflict", "token has expired and cannot be restored; issue a new token")
+    if record.status(now) != REVOKED:
+        raise ApiError(409, "conflict", "token is not revoked")
+    if record.revoke_reason == "leaked":
+        raise ApiError(409, "conflict", "token was reported leaked and cannot be restored; issue a new token")
+    record = record.restored()
+    await runtime.store.put_token(record)
+    context.audit(
+        "token.restored",
+        org=org,
+        team=team,
+        token_id=record.id,
+        token_name=record.name,
+        service_account=record.service_account,
+    )
+    return await token_response(runtime, record)
+
+
+@endpoint(
+    "DELETE",
+    "/v1/orgs/{org}/teams/{team}/tokens/{id}",
+    "Delete a revoked or expired token (409 while it is active: revoke it first)",
+    None,
+    {204: None, 404: schema.ERROR, 409: schema.ERROR},
+)
+async def delete_token(request: web.Request) -> web.Response:
+    context, org, team = await team_request(request)
+    runtime = context.runtime
+    record = await _token_or_404(runtime, org, team, _match(request, "id"))
+    if record.status() == ACTIVE:
+        raise ApiError(409, "conflict", "token is active; revoke it first, then delete it")
+    await runtime.store.delete_token(record)
+    context.audit(
+        "token.deleted",
+        org=org,
+        team=team,
+        token_id=record.id,
+        token_name=record.name,
+        service_account=record.service_account,
+    )
+    return web.Response(status=204, headers={"X-Request-Id": context.request_id})
+
+
+@endpoint(
+    "POST",
+    "/v1/orgs/{org}/teams/{team}/tokens/{id}/rotate",
+    "Issue a replacement with the same name, description, scopes, constraints, CIDRs and service "
+    "account; the old token is revoked now, or after grace_period",
+    schema.TOKEN_ROTATE,
+    {201: schema.TOKEN_ROTATED, 404: schema.ERROR, 409: schema.ERROR},
+)
+async def rotate_token(request: web.Request) -> web.Response:
+    context, org, team_name = await team_request(request)
+    runtime = context.runtime
+    raw = await request.read()
+    body = await read_body(request, schema.TOKEN_ROTATE) if raw.strip() else {}
+    old = await _token_or_404(runtime, org, team_name, _match(request, "id"))
+    if old.status() != ACTIVE:
+        raise ApiError(409, "conflict", f"token is {old.status()}; only an active token can be rotated")
+    grace = 0.0
+    if "grace_period" in body:
+        try:
+            grace = parse_duration(body["grace_period"])
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", f"grace_period: {exc}", "grace_period") from None
+        if grace > MAX_GRACE:
+            raise ApiError(
+                400, "invalid_request", f"grace_period: at most {format_duration(MAX_GRACE)}", "grace_period"
+            )
+    issued = time.time()
+    expiry_body: dict[str, Any] = {k: body[k] for k in ("expires_in", "expires_at") if k in body}
+    principal = context.principal_required
+    plaintext, new = await issue_token(
+        runtime,
+        org=org,
+        team=team_name,
+        name=old.name,
+        description=old.description,
+        scopes=old.scopes,
+        created_by=actor(principal),
+        expires_at=_expiry(runtime, expiry_body, issued),
+        service_account=old.service_account,
+        constraints=dict(old.constraints),
+        allowed_cidrs=old.allowed_cidrs,
+        replaces=old.id,
+    )
+    retired = replace(old.revoked(issued + grace, actor(principal), "rotated"), replaced_by=new.id)
+    await runtime.store.put_token(retired)
+    context.audit(
+        "token.rotated",
+        org=org,
+        team=team_name,
+        token_id=new.id,
+        token_name=new.name,
+        replaces=old.id,
+        old_revoked_at=iso(retired.revoked_at),
+        service_account=new.service_account,
+    )
     team = await runtime.store.get_team(org, team_name)
-    return json_response(token_view(record, team, await runtime.store.last_used(record.id)))
+    view = token_view(new, team, None)
+    return json_response(
+        {**view, "token": plaintext, "replaces": old.id, "replaced_revoked_at": iso(retired.revoked_at)},
+        201,
+        **{"Cache-Control": "no-store"},
+    )
+
+
+MAX_GRACE = 30 * 86400.0
+
+
+# -- service accounts ---------------------------------------------------------------------------
+def sa_view(sa: ServiceAccountRecord, active_tokens: int) -> dict[str, Any]:
+    return {
+        "org": sa.org,
+        "team": sa.team,
+        "name": sa.name,
+        "description": sa.description,
+        "created_at": iso(sa.created_at),
+        "created_by": sa.created_by,
+        "active_tokens": active_tokens,
+    }
+
+
+async def _active_tokens_by_sa(runtime: Runtime, org: str, team: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    ids = await runtime.store.list_token_ids(org, team)
+    now = time.time()
+    for token, _ in await runtime.store.get_tokens_with_usage(ids):
+        if token.service_account and token.status(now) == ACTIVE:
+            counts[token.service_account] = counts.get(token.service_account, 0) + 1
+    return counts
+
+
+@endpoint(
+    "POST",
+    "/v1/orgs/{org}/teams/{team}/service-accounts",
+    "Create a service account (a named non-human identity that groups tokens)",
+    schema.SA_CREATE,
+    {201: schema.SERVICE_ACCOUNT, 409: schema.ERROR},
+)
+async def create_service_account(request: web.Request) -> web.Response:
+    context, org, team = await team_request(request)
+    body = await read_body(request, schema.SA_CREATE)
+    await _team_or_404(context.runtime, org, team)
+    sa = ServiceAccountRecord(
+        org, team, body["name"], body.get("description", ""), time.time(), actor(context.principal_required)
+    )
+    try:
+        await context.runtime.store.create_service_account(sa)
+    except Conflict as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    context.audit("service_account.created", org=org, team=team, service_account=sa.name)
+    return json_response(sa_view(sa, 0), 201)
+
+
+@endpoint(
+    "GET",
+    "/v1/orgs/{org}/teams/{team}/service-accounts",
+    "List a team's service accounts with their active token counts",
+    None,
+    {200: schema.SA_LIST},
+)
+async def list_service_accounts(request: web.Request) -> web.Response:
+    context, org, team = await team_request(request)
+    await _team_or_404(context.runtime, org, team)
+    counts = await _active_tokens_by_sa(context.runtime, org, team)
+    sas = await context.runtime.store.list_service_accounts(org, team)
+    return json_response({"service_accounts": [sa_view(sa, counts.get(sa.name, 0)) for sa in sas]})
+
+
+@endpoint(
+    "DELETE",
+    "/v1/orgs/{org}/teams/{team}/service-accounts/{name}",
+    "Delete a service account that has no active tokens (409 otherwise)",
+    None,
+    {204: None, 404: schema.ERROR, 409: schema.ERROR},
+)
+async def delete_service_account(request: web.Request) -> web.Response:
+    context, org, team = await team_request(request)
+    name = _match(request, "name")
+    runtime = context.runtime
+    if await runtime.store.get_service_account(org, team, name) is None:
+        raise ApiError(404, "not_found", f"service account {name!r} does not exist in team {team!r}")
+    active = (await _active_tokens_by_sa(runtime, org, team)).get(name, 0)
+    if active:
+        raise ApiError(
+            409,
+            "conflict",
+            f"service account {name!r} has {active} active token(s); revoke them first",
+        )
+    await runtime.store.delete_service_account(org, team, name)
+    context.audit("service_account.deleted", org=org, team=team, service_account=name)
+    return web.Response(status=204, headers={"X-Request-Id": context.request_id})
+
+
+# -- audit and leaks --------------------------------------------------------------------------------
+AUDIT_SCAN_LIMIT = 100_000
+
+
+@endpoint(
+    "GET",
+    "/v1/audit",
+    "Recent audit events of the caller's org (a team admin sees its own team's), newest first",
+    None,
+    {200: schema.AUDIT_LIST, 400: schema.ERROR},
+    query=(
+        ("token_id", "string"),
+        ("team", "string"),
+        ("action", "string"),
+        ("since", "string"),
+        ("until", "string"),
+        ("limit", "integer"),
+    ),
+)
+async def read_audit(request: web.Request) -> web.Response:
+    context = ctx(request)
+    principal = await principal_of(request)
+    org = principal.token.org
+    query = request.query
+    team = query.get("team")
+    if principal.token.team is not None:
+        team = team or principal.token.team
+        require_team_admin(principal, org, team)
+    else:
+        require_org_admin(principal, org)
+    try:
+        limit = int(query.get("limit", "100"))
+    except ValueError:
+        raise ApiError(400, "invalid_request", "limit: expected an integer", "limit") from None
+    if not 1 <= limit <= 1000:
+        raise ApiError(400, "invalid_request", "limit: expected 1..1000", "limit")
+    start, end = "-", "+"
+    for field in ("since", "until"):
+        if field in query:
+            millis = int(_time_or_ago(query[field], field) * 1000)
+            if field == "since":
+                start = f"{millis}-0"
+            else:
+                end = f"{millis}-18446744073709551615"
+    wanted = {k: query[k] for k in ("token_id", "action") if k in query}
+    events: list[dict[str, Any]] = []
+    scanned = 0
+    cursor = end
+    while len(events) < limit and scanned < AUDIT_SCAN_LIMIT:
+        page = await context.runtime.store.read_audit(start, cursor, count=1000)
+        if not page:
+            break
+        for stream_id, event in page:
+            if event.get("org") != org and event.get("actor_org") != org:
+                continue
+            if team is not None and team not in (event.get("team"), event.get("actor_team")):
+                continue
+            if any(event.get(k) != v for k, v in wanted.items()):
+                continue
+            events.append({"id": stream_id, "time": iso(event.get("ts")), **event})
+            if len(events) >= limit:
+                break
+        scanned += len(page)
+        last = page[-1][0]
+        ms, _, seq = last.partition("-")
+        cursor = f"{ms}-{int(seq) - 1}" if int(seq) > 0 else f"{int(ms) - 1}-18446744073709551615"
+        if len(page) < 1000:
+            break
+    return json_response({"events": events})
+
+
+def _time_or_ago(text: str, field: str) -> float:
+    """An RFC 3339 time, or a duration meaning that long ago (`since=1h`)."""
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        return parse_time(text, field)
+
+
+@endpoint(
+    "POST",
+    "/v1/leaks",
+    "Report leaked plaintext tokens: each valid one is revoked at once and audited as token.leaked",
+    schema.LEAKS,
+    {200: schema.LEAKS_RESULT},
+)
+async def report_leaks(request: web.Request) -> web.Response:
+    context = ctx(request)
+    principal = await principal_of(request)
+    if not (principal.can(parse_scope(ADMIN_ORG)) or principal.can(parse_scope(ADMIN_TEAM))):
+        raise _forbid(f"token lacks required permission: {ADMIN_TEAM}", ADMIN_TEAM)
+    body = await read_body(request, schema.LEAKS)
+    runtime = context.runtime
+    results = []
+    for text in body["tokens"]:
+        results.append(await _revoke_leaked(context, runtime, text))
+    return json_response({"results": results})
+
+
+async def _revoke_leaked(context: AdminContext, runtime: Runtime, text: str) -> dict[str, Any]:
+    """Holding the plaintext is the authority to kill it, whichever org it belongs to."""
+    try:
+        parsed = parse_token(text, runtime.settings.tokens.accepted_prefixes)
+    except TokenFormatError:
+        return {"token": _redacted(text), "result": "not_a_token"}
+    record = await runtime.store.get_token(parsed.key_id)
+    if record is None or not await runtime.hasher.verify(record.secret_hash, parsed.secret):
+        return {"token": parsed.display_prefix, "result": "unknown"}
+    if record.status() == REVOKED and record.revoke_reason == "leaked":
+        return {"token": parsed.display_prefix, "result": "already_revoked"}
+    record = record.revoked(time.time(), actor(context.principal_required), "leaked")
+    await runtime.store.put_token(record)
+    runtime.audit.emit(
+        "token.leaked",
+        org=record.org,
+        team=record.team,
+        token_id=record.id,
+        token_name=record.name,
+        service_account=record.service_account,
+        reported_by=context.principal_required.token.id,
+        request_id=context.request_id,
+        client_ip=context.request.remote,
+    )
+    return {"token": parsed.display_prefix, "result": "revoked"}
+
+
+def _redacted(text: str) -> str:
+    return (text[:10] + "…") if len(text) > 10 else "…"
 
 
 @endpoint("GET", "/v1/whoami", "Who the calling token is", None, {200: schema.WHOAMI})

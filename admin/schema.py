@@ -271,3 +271,78 @@ ERROR: Schema = {
     },
     "required": ["error", "message"],
 }
+
+TOKEN_UPDATE: Schema = {
+    "type": "object",
+    "properties": {
+        "name": TOKEN_CREATE["properties"]["name"],
+        "description": TOKEN_CREATE["properties"]["description"],
+    },
+    "additionalProperties": False,
+}
+TOKEN_ROTATE: Schema = {
+    "type": "object",
+    "properties": {
+        "grace_period": DURATION,
+        "expires_in": DURATION,
+        "expires_at": TOKEN_CREATE["properties"]["expires_at"],
+    },
+    "additionalProperties": False,
+}
+TOKEN_ROTATED: Schema = {
+    "type": "object",
+    "properties": {
+        **TOKEN_CREATED["properties"],
+        "replaces": {"type": "string"},
+        "replaced_revoked_at": TIMESTAMP,
+    },
+    "required": [*TOKEN_CREATED["required"], "replaces"],
+}
+AUDIT_EVENT: Schema = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "time": TIMESTAMP,
+        "action": {"type": "string"},
+        "event": {"type": "string"},
+    },
+    "required": ["id", "action"],
+}
+AUDIT_LIST: Schema = {
+    "type": "object",
+    "properties": {"events": {"type": "array", "items": AUDIT_EVENT}},
+    "required": ["events"],
+}
+LEAKS: Schema = {
+    "type": "object",
+    "properties": {
+        "tokens": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": 200},
+            "minItems": 1,
+            "maxItems": 100,
+        },
+    },
+    "required": ["tokens"],
+    "additionalProperties": False,
+}
+LEAKS_RESULT: Schema = {
+    "type": "object",
+    "properties": {
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "token": {"type": "string"},
+                    "result": {
+                        "type": "string",
+                        "enum": ["revoked", "already_revoked", "unknown", "not_a_token"],
+                    },
+                },
+                "required": ["token", "result"],
+            },
+        }
+    },
+    "required": ["results"],
+}

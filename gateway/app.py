@@ -4,23 +4,26 @@ proxy application built by `create_app(runtime)`.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, unquote_plus
 
 import aiohttp
 import orjson
 import redis.asyncio as redis
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
 from gateway.audit import AuditLog
 from gateway.cache import ChangeListener, VerificationCache
 from gateway.decision import (
+    STEP_CREDENTIAL,
     STEP_PATH,
     STEP_ROUTE,
     Authenticator,
@@ -31,8 +34,8 @@ from gateway.decision import (
 )
 from gateway.embedded import EmbeddedServer
 from gateway.paths import PathError, parse_target
-from gateway.proxy import Forwarder, UpstreamError
-from gateway.settings import Settings
+from gateway.proxy import ClientBodyError, Forwarder, UpstreamError
+from gateway.settings import Limits, Settings
 from gateway.store import Store
 from gateway.tokens import SecretHasher
 
@@ -182,8 +185,9 @@ class ProxyHandler:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.token_markers = tuple(f"{p}_" for p in runtime.settings.tokens.accepted_prefixes)
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         runtime = self.runtime
         request_id = request_id_for(request)
@@ -193,9 +197,11 @@ class ProxyHandler:
         status = 500
         step = "forward"
         reason = "allowed"
+        allowed = False
         try:
+            raw_target = check_request(request, runtime.settings.limits, self.token_markers)
             try:
-                target = parse_target(request.raw_path)
+                target = parse_target(raw_target)
             except PathError as exc:
                 raise Denied(400, "invalid_request", STEP_PATH, str(exc)) from None
             path = target.path
@@ -208,16 +214,24 @@ class ProxyHandler:
                 principal = await runtime.authenticator.authenticate(token, request.remote)
                 authorize(match, principal)
                 runtime.audit.mark_used(principal.token.id, time.time())
+            allowed = True
             upstream = runtime.settings.upstreams[match.route.upstream]
             assert runtime.forwarder is not None
             response = await runtime.forwarder.forward(
-                request, upstream, match.route, target.path, target.query, principal, request_id
+                request, upstream, target.path, target.query, principal, request_id,
+                runtime.settings.limits,
             )
             status = response.status
             return response
         except Denied as denied:
             status, step, reason = denied.status, denied.step, denied.message
             return error_response(denied, request_id)
+        except ClientBodyError as exc:
+            allowed = False
+            status, step, reason = exc.status, "limits", exc.message
+            response = error_response(Denied(exc.status, exc.error, "limits", exc.message), request_id)
+            response.force_close()
+            return response
         except UpstreamError as exc:
             status, step, reason = exc.status, "upstream", exc.message
             error = "bad_gateway" if exc.status == 502 else "gateway_timeout"
@@ -229,7 +243,7 @@ class ProxyHandler:
             return error_response(Denied(500, "internal_error", "internal", "internal error"), request_id)
         finally:
             runtime.audit.emit(
-                "request.allowed" if step == "forward" else "request.denied",
+                "request.allowed" if allowed else "request.denied",
                 method=request.method,
                 path=path,
                 route=route_label,
@@ -243,19 +257,140 @@ class ProxyHandler:
             )
 
 
-def create_app(runtime: Runtime) -> web.Application:
-    """The proxy application: one catch-all handler, nothing else on this listener."""
-    app = web.Application(client_max_size=0)
-    app[RUNTIME] = runtime
+class GatewayRequestHandler(RequestHandler):
+    """aiohttp's connection handler, with JSON errors for malformed requests and a deadline
+    for the first request head (a slow client cannot hold a connection open forever)."""
 
-    async def http_session(app: web.Application) -> AsyncIterator[None]:
-        await runtime.start_http()
-        yield
-        if runtime.session is not None:
-            with contextlib.suppress(Exception):
-                await runtime.session.close()
-            runtime.session = None
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        server = self._manager
+        assert isinstance(server, ProxyServer)
+        self._tw_timer: asyncio.TimerHandle | None = self._loop.call_later(
+            server.runtime.settings.limits.header_timeout, self._tw_head_deadline
+        )
 
-    app.cleanup_ctx.append(http_session)
-    app.router.add_route("*", "/{tail:.*}", ProxyHandler(runtime).handle)
-    return app
+    def _tw_head_deadline(self) -> None:
+        self._tw_timer = None
+        if self._request_count == 0 and self.transport is not None:
+            self.transport.close()  # no complete request head in time
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        timer = getattr(self, "_tw_timer", None)
+        if timer is not None:
+            timer.cancel()
+        super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error")
+        denied = classify_protocol_error(status, exc)
+        server = self._manager
+        request_id = uuid.uuid4().hex
+        if isinstance(server, ProxyServer):
+            server.runtime.audit.emit(
+                "request.denied", method=request.method, path=None, route=None,
+                status=denied.status, step=denied.step, reason=denied.message,
+                client_ip=request.remote, request_id=request_id, duration_ms=0.0,
+            )
+        if denied.status >= 500:
+            log.error("request handler failed", error=type(exc).__name__ if exc else None)
+        response = error_response(denied, request_id)
+        response.force_close()
+        return response
+
+
+def classify_protocol_error(status: int, exc: BaseException | None) -> Denied:
+    """An HTTP parse error (or handler crash) as a JSON error with the right status."""
+    if isinstance(exc, LineTooLong):
+        line = exc.args[0] if exc.args else b""
+        line_bytes = line.encode() if isinstance(line, str) else bytes(line)
+        if line_bytes.startswith((b"/", b"http", b"*")):
+            return Denied(414, "uri_too_long", "limits", "request target too long")
+        return Denied(431, "headers_too_large", "limits", "request header too large")
+    if isinstance(exc, HttpProcessingError):
+        text = exc.message if isinstance(exc.message, str) else "malformed request"
+        if "Too many headers" in text:
+            return Denied(431, "headers_too_large", "limits", "too many request headers")
+        first = text.strip().splitlines()[0] if text.strip() else "malformed request"
+        return Denied(400, "invalid_request", "framing", f"malformed request: {first.rstrip(':')}")
+    if status == 504:
+        return Denied(504, "gateway_timeout", "internal", "request timed out")
+    return Denied(500, "internal_error", "internal", "internal error")
+
+
+class ProxyServer(web.Server):
+    """The gateway listener: one low-level handler, no router, our connection handler."""
+
+    def __init__(self, runtime: Runtime, **kwargs: Any) -> None:
+        limits = runtime.settings.limits
+        # aiohttp's own hard limits sit above ours, so requests between the two get our
+        # precise 414/431 from check_request and only grosser ones stop in the parser.
+        kwargs.setdefault("max_line_size", limits.max_url_length + 1024)
+        kwargs.setdefault("max_field_size", limits.max_header_bytes)
+        kwargs.setdefault("max_headers", limits.max_header_count + 16)
+        kwargs.setdefault("keepalive_timeout", 75.0)
+        super().__init__(ProxyHandler(runtime).handle, **kwargs)
+        self.runtime = runtime
+
+    def __call__(self) -> RequestHandler:
+        return GatewayRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+METHOD_OVERRIDE = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+
+
+def check_request(request: web.BaseRequest, limits: Limits, token_markers: tuple[str, ...]) -> str:
+    """Checks before any routing: limits, one meaning per credential, no method override.
+
+    Returns the origin-form request target to canonicalize.
+    """
+    raw = request.raw_path
+    if len(raw) > limits.max_url_length:
+        raise Denied(414, "uri_too_long", "limits", "request target too long")
+    raw_headers = request.raw_headers
+    if len(raw_headers) > limits.max_header_count:
+        raise Denied(431, "headers_too_large", "limits", "too many request headers")
+    if sum(len(k) + len(v) for k, v in raw_headers) > limits.max_header_bytes:
+        raise Denied(431, "headers_too_large", "limits", "request headers too large")
+    length = request.content_length
+    if length is not None and length > limits.max_body_bytes:
+        raise Denied(413, "payload_too_large", "limits", "request body too large")
+    for name, _ in raw_headers:
+        norm = name.decode("latin-1").lower().replace("_", "-").replace(".", "-")
+        if norm in METHOD_OVERRIDE:
+            raise Denied(400, "invalid_request", "request", "method override headers are not accepted")
+    if raw.startswith(("http://", "https://")):
+        raw = _origin_form(raw, request.headers.getall("Host", []))
+    query = raw.partition("?")[2]
+    if query and _query_has_credential(query, token_markers):
+        raise Denied(400, "invalid_request", STEP_CREDENTIAL, "credentials in the query string are not accepted; use the Authorization header")
+    for cookie in request.headers.getall("Cookie", ()):
+        if any(marker in cookie for marker in token_markers):
+            raise Denied(400, "invalid_request", STEP_CREDENTIAL, "tokens in cookies are not accepted; use the Authorization header")
+    return raw
+
+
+def _origin_form(raw: str, hosts: list[str]) -> str:
+    """An absolute-form target is accepted only when its authority is exactly the Host."""
+    rest = raw.split("://", 1)[1]
+    authority, slash, path = rest.partition("/")
+    if "@" in authority or len(hosts) != 1 or authority.lower() != hosts[0].lower():
+        raise Denied(400, "invalid_request", STEP_PATH, "absolute-form request target does not match Host")
+    return slash + path if slash else "/"
+
+
+def _query_has_credential(query: str, token_markers: tuple[str, ...]) -> bool:
+    decoded = unquote_plus(query)
+    if any(marker in decoded for marker in token_markers):
+        return True
+    return any(key.lower() == "access_token" for key, _ in parse_qsl(query, keep_blank_values=True))
+
+
+def create_proxy_server(runtime: Runtime) -> ProxyServer:
+    return ProxyServer(runtime)

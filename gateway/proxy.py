@@ -8,8 +8,9 @@ tokenward's own are set, so nothing a client sends can remove or forge them.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from urllib.parse import quote
 
 import aiohttp
@@ -18,9 +19,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.decision import Principal
-from gateway.routes import Route
 from gateway.scopes import format_scopes
-from gateway.settings import IPNetwork, Upstream
+from gateway.settings import IPNetwork, Limits, Upstream
 
 HOP_BY_HOP = frozenset(
     {
@@ -55,10 +55,46 @@ _SAFE_HEADER_VALUE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in 
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 
+class BodyGuard:
+    """Streams the client's body upstream, enforcing the size limit and a per-read timeout."""
+
+    def __init__(self, stream: aiohttp.StreamReader, max_bytes: int, timeout: float) -> None:
+        self.stream = stream
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.received = 0
+        self.failure: tuple[int, str, str] | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(self.stream.readany(), self.timeout)
+            except TimeoutError:
+                self.failure = (408, "request_timeout", "client sent the request body too slowly")
+                raise
+            if not chunk:
+                return
+            self.received += len(chunk)
+            if self.received > self.max_bytes:
+                self.failure = (413, "payload_too_large", "request body too large")
+                raise ValueError("request body too large")
+            yield chunk
+
+
 class UpstreamError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+        self.message = message
+
+
+class ClientBodyError(Exception):
+    """The client's body broke a limit (413) or stalled (408) while being forwarded."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
         self.message = message
 
 
@@ -160,17 +196,21 @@ class Forwarder:
         self,
         request: web.BaseRequest,
         upstream: Upstream,
-        route: Route,
         path: str,
         query: str,
         principal: Principal | None,
         request_id: str,
+        limits: Limits,
     ) -> web.StreamResponse:
         url = URL(upstream.url + path + (f"?{query}" if query else ""), encoded=True)
         headers = upstream_headers(
             request, principal, request_id, self.trusted_proxies, self.forward_authorization
         )
-        body = request.content if request.body_exists else None
+        guard = (
+            BodyGuard(request.content, limits.max_body_bytes, limits.body_timeout)
+            if request.body_exists
+            else None
+        )
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.timeout
         )
@@ -179,7 +219,7 @@ class Forwarder:
                 request.method,
                 url,
                 headers=headers,
-                data=body,
+                data=guard,
                 timeout=timeout,
                 allow_redirects=False,
                 auto_decompress=False,

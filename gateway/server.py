@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.app import Runtime, create_app
+from gateway.app import Runtime, create_proxy_server
 from gateway.settings import Settings
 
 log = structlog.get_logger("tokenward")
@@ -25,25 +27,25 @@ class Server:
         self.redis_url = redis_url
         self.shutdown_timeout = shutdown_timeout
         self.runtime: Runtime | None = None
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.BaseRunner] = []
         self.proxy_port = 0
         self.admin_port = 0
 
     async def start(self) -> Runtime:
         from admin.api import create_admin_app  # admin depends on gateway, not the reverse
 
+        require_c_parser(self.settings.allow_python_parser)
         runtime = await Runtime.open(self.settings, self.redis_url)
         self.runtime = runtime
-        proxy_runner = web.AppRunner(
-            create_app(runtime),
-            access_log=None,
-            shutdown_timeout=self.shutdown_timeout,
-            handle_signals=False,
+        await runtime.start_http()
+        proxy_runner = web.ServerRunner(
+            create_proxy_server(runtime), shutdown_timeout=self.shutdown_timeout, handle_signals=False
         )
         admin_runner = web.AppRunner(
             create_admin_app(runtime), access_log=None, shutdown_timeout=5.0, handle_signals=False
         )
-        for runner in (proxy_runner, admin_runner):
+        runners: tuple[web.BaseRunner, ...] = (proxy_runner, admin_runner)
+        for runner in runners:
             await runner.setup()
             self._runners.append(runner)
         listen, admin = self.settings.listen, self.settings.admin_listen
@@ -75,7 +77,33 @@ class Server:
         log.info("tokenward stopped")
 
 
-def _bound_port(runner: web.AppRunner, wanted: int) -> int:
+def require_c_parser(allow_python: bool) -> None:
+    """Refuse to run on aiohttp's pure-Python HTTP parser unless told to, loudly."""
+    from aiohttp import http_parser
+
+    if http_parser.HttpRequestParser is getattr(http_parser, "HttpRequestParserC", None):
+        return
+    if not allow_python:
+        raise SystemExit(
+            "tokenward: aiohttp's C HTTP parser (llhttp) is not available (AIOHTTP_NO_EXTENSIONS "
+            "set, or no binary wheel). Refusing to start: the pure-Python parser has had request "
+            "smuggling bugs. Set allow_python_parser: true to run anyway."
+        )
+    log.warning("RUNNING WITH aiohttp's PURE-PYTHON HTTP PARSER (allow_python_parser: true)")
+
+
+class _DropClientErrors(logging.Filter):
+    """aiohttp logs a traceback for every malformed request; those are audited already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
+logging.getLogger("aiohttp.server").addFilter(_DropClientErrors())
+
+
+def _bound_port(runner: web.BaseRunner, wanted: int) -> int:
     for address in runner.addresses:
         if isinstance(address, tuple) and len(address) >= 2:
             return int(address[1])

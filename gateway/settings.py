@@ -91,6 +91,16 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    max_url_length: int = 8192  # bytes in the request target: 414 beyond
+    max_header_bytes: int = 32768  # all header names and values together: 431 beyond
+    max_header_count: int = 100  # 431 beyond
+    max_body_bytes: int = 100 * 1024 * 1024  # 413 beyond
+    header_timeout: float = 10.0  # a client must send its request headers within this
+    body_timeout: float = 60.0  # longest wait for the next piece of a request body
+
+
+@dataclass(frozen=True, slots=True)
 class AuditSettings:
     stream_maxlen: int = 100_000
 
@@ -108,6 +118,8 @@ class Settings:
     router: Router
     log: LogSettings
     audit: AuditSettings
+    limits: Limits = field(default_factory=Limits)
+    allow_python_parser: bool = False
     source: str = "config"
 
     @property
@@ -419,6 +431,8 @@ _TOP_KEYS = (
     "routes",
     "log",
     "audit",
+    "limits",
+    "allow_python_parser",
 )
 
 
@@ -498,6 +512,11 @@ def settings_from_dict(raw: object, source: str = "config", base_dir: Path | Non
         )
     )
 
+    limits = _limits(checker, data.get("limits"))
+    allow_python_parser = checker.convert(
+        data.get("allow_python_parser", False), "allow_python_parser", _bool, False
+    )
+
     if checker.problems:
         raise ConfigError(checker.problems, source)
     return Settings(
@@ -512,7 +531,34 @@ def settings_from_dict(raw: object, source: str = "config", base_dir: Path | Non
         router=Router(routes),
         log=log,
         audit=audit,
+        limits=limits,
+        allow_python_parser=allow_python_parser,
         source=source,
+    )
+
+
+def _size(value: object) -> int:
+    """Bytes: an integer or `64k`, `10m`, `1g` (powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        match = re.fullmatch(r"(\d+)([kmg]?)b?", value.strip().lower())
+        if match and int(match.group(1)) > 0:
+            return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]
+    raise ValueError(f"{value!r} is not a size: use bytes or e.g. '64k', '10m', '1g'")
+
+
+def _limits(checker: _Checker, raw: object) -> Limits:
+    d = Limits()
+    keys = ("max_url_length", "max_header_bytes", "max_header_count", "max_body_bytes", "header_timeout", "body_timeout")
+    data = checker.mapping(raw, "limits", keys)
+    return Limits(
+        max_url_length=checker.convert(data.get("max_url_length", d.max_url_length), "limits.max_url_length", _size, d.max_url_length),
+        max_header_bytes=checker.convert(data.get("max_header_bytes", d.max_header_bytes), "limits.max_header_bytes", _size, d.max_header_bytes),
+        max_header_count=checker.convert(data.get("max_header_count", d.max_header_count), "limits.max_header_count", _int(1, 10_000), d.max_header_count),
+        max_body_bytes=checker.convert(data.get("max_body_bytes", d.max_body_bytes), "limits.max_body_bytes", _size, d.max_body_bytes),
+        header_timeout=checker.convert(data.get("header_timeout", "10s"), "limits.header_timeout", parse_duration, d.header_timeout),
+        body_timeout=checker.convert(data.get("body_timeout", "60s"), "limits.body_timeout", parse_duration, d.body_timeout),
     )
 
 

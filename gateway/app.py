@@ -218,7 +218,12 @@ class ProxyHandler:
             upstream = runtime.settings.upstreams[match.route.upstream]
             assert runtime.forwarder is not None
             response = await runtime.forwarder.forward(
-                request, upstream, target.path, target.query, principal, request_id,
+                request,
+                upstream,
+                target.path,
+                target.query,
+                principal,
+                request_id,
                 runtime.settings.limits,
             )
             status = response.status
@@ -294,9 +299,16 @@ class GatewayRequestHandler(RequestHandler):
         request_id = uuid.uuid4().hex
         if isinstance(server, ProxyServer):
             server.runtime.audit.emit(
-                "request.denied", method=request.method, path=None, route=None,
-                status=denied.status, step=denied.step, reason=denied.message,
-                client_ip=request.remote, request_id=request_id, duration_ms=0.0,
+                "request.denied",
+                method=request.method,
+                path=None,
+                route=None,
+                status=denied.status,
+                step=denied.step,
+                reason=denied.message,
+                client_ip=request.remote,
+                request_id=request_id,
+                duration_ms=0.0,
             )
         if denied.status >= 500:
             log.error("request handler failed", error=type(exc).__name__ if exc else None)
@@ -335,6 +347,8 @@ class ProxyServer(web.Server):
         kwargs.setdefault("max_field_size", limits.max_header_bytes)
         kwargs.setdefault("max_headers", limits.max_header_count + 16)
         kwargs.setdefault("keepalive_timeout", 75.0)
+        # after an early error response, read a stalled client's leftovers only briefly
+        kwargs.setdefault("lingering_time", 2.0)
         super().__init__(ProxyHandler(runtime).handle, **kwargs)
         self.runtime = runtime
 
@@ -369,10 +383,20 @@ def check_request(request: web.BaseRequest, limits: Limits, token_markers: tuple
         raw = _origin_form(raw, request.headers.getall("Host", []))
     query = raw.partition("?")[2]
     if query and _query_has_credential(query, token_markers):
-        raise Denied(400, "invalid_request", STEP_CREDENTIAL, "credentials in the query string are not accepted; use the Authorization header")
+        raise Denied(
+            400,
+            "invalid_request",
+            STEP_CREDENTIAL,
+            "credentials in the query string are not accepted; use the Authorization header",
+        )
     for cookie in request.headers.getall("Cookie", ()):
         if any(marker in cookie for marker in token_markers):
-            raise Denied(400, "invalid_request", STEP_CREDENTIAL, "tokens in cookies are not accepted; use the Authorization header")
+            raise Denied(
+                400,
+                "invalid_request",
+                STEP_CREDENTIAL,
+                "tokens in cookies are not accepted; use the Authorization header",
+            )
     return raw
 
 

@@ -225,12 +225,16 @@ class Forwarder:
                 auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             )
-        except TimeoutError:
-            raise UpstreamError(504, f"upstream {upstream.name} timed out") from None
-        except aiohttp.ClientConnectorError:
-            raise UpstreamError(502, f"upstream {upstream.name} is unreachable") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(502, f"upstream {upstream.name} failed: {type(exc).__name__}") from None
+        except Exception as exc:
+            if guard is not None and guard.failure is not None:
+                raise ClientBodyError(*guard.failure) from None
+            if isinstance(exc, TimeoutError):
+                raise UpstreamError(504, f"upstream {upstream.name} timed out") from None
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise UpstreamError(502, f"upstream {upstream.name} is unreachable") from None
+            if isinstance(exc, aiohttp.ClientError):
+                raise UpstreamError(502, f"upstream {upstream.name} failed: {type(exc).__name__}") from None
+            raise
         async with upstream_response:
             response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason)
             dropped = connection_tokens(upstream_response.headers)

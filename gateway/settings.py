@@ -550,15 +550,40 @@ def _size(value: object) -> int:
 
 def _limits(checker: _Checker, raw: object) -> Limits:
     d = Limits()
-    keys = ("max_url_length", "max_header_bytes", "max_header_count", "max_body_bytes", "header_timeout", "body_timeout")
+    keys = (
+        "max_url_length",
+        "max_header_bytes",
+        "max_header_count",
+        "max_body_bytes",
+        "header_timeout",
+        "body_timeout",
+    )
     data = checker.mapping(raw, "limits", keys)
     return Limits(
-        max_url_length=checker.convert(data.get("max_url_length", d.max_url_length), "limits.max_url_length", _size, d.max_url_length),
-        max_header_bytes=checker.convert(data.get("max_header_bytes", d.max_header_bytes), "limits.max_header_bytes", _size, d.max_header_bytes),
-        max_header_count=checker.convert(data.get("max_header_count", d.max_header_count), "limits.max_header_count", _int(1, 10_000), d.max_header_count),
-        max_body_bytes=checker.convert(data.get("max_body_bytes", d.max_body_bytes), "limits.max_body_bytes", _size, d.max_body_bytes),
-        header_timeout=checker.convert(data.get("header_timeout", "10s"), "limits.header_timeout", parse_duration, d.header_timeout),
-        body_timeout=checker.convert(data.get("body_timeout", "60s"), "limits.body_timeout", parse_duration, d.body_timeout),
+        max_url_length=checker.convert(
+            data.get("max_url_length", d.max_url_length), "limits.max_url_length", _size, d.max_url_length
+        ),
+        max_header_bytes=checker.convert(
+            data.get("max_header_bytes", d.max_header_bytes),
+            "limits.max_header_bytes",
+            _size,
+            d.max_header_bytes,
+        ),
+        max_header_count=checker.convert(
+            data.get("max_header_count", d.max_header_count),
+            "limits.max_header_count",
+            _int(1, 10_000),
+            d.max_header_count,
+        ),
+        max_body_bytes=checker.convert(
+            data.get("max_body_bytes", d.max_body_bytes), "limits.max_body_bytes", _size, d.max_body_bytes
+        ),
+        header_timeout=checker.convert(
+            data.get("header_timeout", "10s"), "limits.header_timeout", parse_duration, d.header_timeout
+        ),
+        body_timeout=checker.convert(
+            data.get("body_timeout", "60s"), "limits.body_timeout", parse_duration, d.body_timeout
+        ),
     )
 
 

@@ -613,6 +613,8 @@ async def update_token(request: web.Request) -> web.Response:
     except schema.ValidationError as exc:
         raise ApiError(400, "invalid_request", str(exc), exc.field) from None
     assert isinstance(data, dict)
+    if not data:
+        raise ApiError(400, "invalid_request", "nothing to change: give name and/or description", "body")
     runtime = context.runtime
     record = await _token_or_404(runtime, org, team, _match(request, "id"))
     record = replace(
@@ -635,7 +637,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     runtime = context.runtime
     record = await _token_or_404(runtime, org, team, _match(request, "id"))
     if record.status() != REVOKED:  # also ends a rotation grace period at once
-        record = record.revoked(time.time(), actor(context.principal_required))
+        record = record.revoked(time.time(), actor(context.principal_required), record.revoke_reason)
         await runtime.store.put_token(record)
         context.audit(
             "token.revoked",
@@ -666,6 +668,10 @@ async def restore_token(request: web.Request) -> web.Response:
         raise ApiError(409, "conflict", "token is not revoked")
     if record.revoke_reason == "leaked":
         raise ApiError(409, "conflict", "token was reported leaked and cannot be restored; issue a new token")
+    if record.replaced_by is not None:
+        raise ApiError(
+            409, "conflict", f"token was rotated (replaced by {record.replaced_by}) and cannot be restored"
+        )
     record = record.restored()
     await runtime.store.put_token(record)
     context.audit(
@@ -718,6 +724,12 @@ async def rotate_token(request: web.Request) -> web.Response:
     raw = await request.read()
     body = await read_body(request, schema.TOKEN_ROTATE) if raw.strip() else {}
     old = await _token_or_404(runtime, org, team_name, _match(request, "id"))
+    if old.replaced_by is not None or old.revoked_at is not None:
+        raise ApiError(
+            409,
+            "conflict",
+            f"token was already rotated (replaced by {old.replaced_by}); rotate the replacement instead",
+        )
     if old.status() != ACTIVE:
         raise ApiError(409, "conflict", f"token is {old.status()}; only an active token can be rotated")
     grace = 0.0
@@ -964,22 +976,22 @@ async def _revoke_leaked(context: AdminContext, runtime: Runtime, text: str) -> 
     record = await runtime.store.get_token(parsed.key_id)
     if record is None or not await runtime.hasher.verify(record.secret_hash, parsed.secret):
         return {"token": parsed.display_prefix, "result": "unknown"}
-    if record.status() == REVOKED and record.revoke_reason == "leaked":
+    if record.revoke_reason == "leaked":
         return {"token": parsed.display_prefix, "result": "already_revoked"}
-    record = record.revoked(time.time(), actor(context.principal_required), "leaked")
+    already = record.status() == REVOKED
+    revoked_at = record.revoked_at if already and record.revoked_at is not None else time.time()
+    record = record.revoked(revoked_at, actor(context.principal_required), "leaked")
     await runtime.store.put_token(record)
-    runtime.audit.emit(
+    context.audit(
         "token.leaked",
         org=record.org,
         team=record.team,
         token_id=record.id,
         token_name=record.name,
         service_account=record.service_account,
-        reported_by=context.principal_required.token.id,
-        request_id=context.request_id,
-        client_ip=context.request.remote,
+        was_revoked=already,
     )
-    return {"token": parsed.display_prefix, "result": "revoked"}
+    return {"token": parsed.display_prefix, "result": "already_revoked" if already else "revoked"}
 
 
 def _redacted(text: str) -> str:

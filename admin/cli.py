@@ -1,7 +1,7 @@
 """The `tokenward` command line.
 
 Server-side commands (`serve`, `demo`, `config check`, `admin bootstrap`) read the config;
-management commands (`team`, `sa`, `token`, `whoami`) talk to the admin API at
+management commands (`team`, `sa`, `token`, `audit`, `leaks`, `whoami`) talk to the admin API at
 `TOKENWARD_ADMIN_URL` with `TOKENWARD_TOKEN`. Tables for people, `--json` for scripts;
 an error is one line on stderr and a non-zero exit.
 """
@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -38,10 +38,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 # -- formatting ------------------------------------------------------------------------------
-def humanize_ago(iso_time: str | None, now: float | None = None) -> str:
-    if not iso_time:
-        return "never"
-    seconds = max(0.0, (now or time.time()) - datetime.fromisoformat(iso_time).timestamp())
+def _span(seconds: float) -> str | None:
+    """'2 hours', '1 day'… (the largest whole unit), or None under a minute."""
     for size, unit in (
         (86400 * 365, "year"),
         (86400 * 30, "month"),
@@ -51,14 +49,25 @@ def humanize_ago(iso_time: str | None, now: float | None = None) -> str:
     ):
         if seconds >= size:
             count = int(seconds // size)
-            return f"{count} {unit}{'s' if count != 1 else ''} ago"
-    return "just now"
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return None
 
 
-def humanize_date(iso_time: str | None) -> str:
+def _timestamp(iso_time: str) -> float:
+    return datetime.fromisoformat(iso_time).timestamp()
+
+
+def humanize_ago(iso_time: str | None, now: float | None = None) -> str:
     if not iso_time:
         return "never"
-    return iso_time.replace("T", " ").replace("Z", "")[:16]
+    span = _span(max(0.0, (now or time.time()) - _timestamp(iso_time)))
+    return f"{span} ago" if span else "just now"
+
+
+def humanize_date(iso_time: str | None, seconds: bool = False) -> str:
+    if not iso_time:
+        return "never"
+    return iso_time.replace("T", " ").replace("Z", "")[: 19 if seconds else 16]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -96,6 +105,20 @@ def emit(data: Any, as_json: bool, human: str) -> None:
         print(human)
 
 
+def shown_once(title: str, fields: Sequence[tuple[str, str]], warnings: Sequence[str] = ()) -> str:
+    """The output of anything that returns a plaintext token: it is never shown again."""
+    width = max(len(label) for label, _ in fields) + 1
+    lines = [title, ""]
+    lines += [f"  {(label + ':').ljust(width)} {value}" for label, value in fields]
+    for warning in [*warnings, "Copy this token now — it will not be shown again."]:
+        lines += ["", f"  ⚠ {warning}"]
+    return "\n".join(lines)
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
 # -- admin API client ----------------------------------------------------------------------
 class AdminClient:
     def __init__(self, base_url: str, token: str) -> None:
@@ -109,30 +132,50 @@ class AdminClient:
             raise CliError("TOKENWARD_TOKEN is not set (an admin:org or admin:team token)")
         return cls(os.environ.get("TOKENWARD_ADMIN_URL", DEFAULT_ADMIN_URL), token)
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: Mapping[str, str | int | None] | None = None,
+    ) -> Any:
+        """One admin API call: the decoded JSON body, or None for 204; CliError on any failure."""
+        params = {k: str(v) for k, v in (query or {}).items() if v is not None}
+        url = self.base_url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
         data = orjson.dumps(body) if body is not None else None
         request = urllib.request.Request(  # noqa: S310 - the URL is the operator's admin API
-            self.base_url + path,
+            url,
             data=data,
             method=method,
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-                raw = response.read()
+                status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                message = orjson.loads(raw).get("message", exc.reason)
-            except orjson.JSONDecodeError:
-                message = exc.reason
-            raise CliError(f"{exc.code} {message}") from None
+            raise CliError(f"{exc.code} {_error_message(exc.read(), exc.reason)}") from None
         except urllib.error.URLError as exc:
             raise CliError(f"cannot reach the admin API at {self.base_url}: {exc.reason}") from None
-        return orjson.loads(raw) if raw else None
+        if status == 204 or not raw:
+            return None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise CliError(
+                f"the admin API at {self.base_url} answered {status} with a non-JSON body"
+            ) from None
 
     def whoami(self) -> dict[str, Any]:
         return dict(self.call("GET", "/v1/whoami"))
+
+
+def _error_message(raw: bytes, reason: str) -> str:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return reason
+    message = data.get("message") if isinstance(data, dict) else None
+    return " ".join(str(message).split()) if message else reason
 
 
 def _q(text: str) -> str:
@@ -155,6 +198,13 @@ def _split(values: str | None) -> list[str]:
 
 
 # -- commands: teams -------------------------------------------------------------------------
+def team_rows(teams: Sequence[dict[str, Any]]) -> str:
+    return table(
+        ["NAME", "PERMISSIONS", "CREATED"],
+        [[t["name"], ", ".join(t["permissions"]), humanize_date(t["created_at"])] for t in teams],
+    )
+
+
 def cmd_team(args: argparse.Namespace) -> None:
     client = AdminClient.from_env()
     org, _ = _org_team(client, args, need_team=False)
@@ -168,27 +218,10 @@ def cmd_team(args: argparse.Namespace) -> None:
         )
     elif args.action == "list":
         data = client.call("GET", base)
-        emit(
-            data,
-            args.json,
-            table(
-                ["NAME", "PERMISSIONS", "CREATED"],
-                [
-                    [t["name"], ", ".join(t["permissions"]), humanize_date(t["created_at"])]
-                    for t in data["teams"]
-                ],
-            ),
-        )
+        emit(data, args.json, team_rows(data["teams"]))
     elif args.action == "get":
         data = client.call("GET", f"{base}/{_q(args.name)}")
-        emit(
-            data,
-            args.json,
-            table(
-                ["NAME", "PERMISSIONS", "CREATED"],
-                [[data["name"], ", ".join(data["permissions"]), humanize_date(data["created_at"])]],
-            ),
-        )
+        emit(data, args.json, team_rows([data]))
     elif args.action == "set-permissions":
         data = client.call(
             "PUT", f"{base}/{_q(args.name)}/permissions", {"permissions": _split(args.permissions)}
@@ -198,46 +231,120 @@ def cmd_team(args: argparse.Namespace) -> None:
         )
 
 
-# -- commands: tokens ------------------------------------------------------------------------
-def cmd_token(args: argparse.Namespace) -> None:
+# -- commands scoped to one team: tokens and service accounts ----------------------------------
+TeamAction = Callable[[AdminClient, str, argparse.Namespace], None]
+
+
+def cmd_team_scoped(args: argparse.Namespace) -> None:
+    """`token …` and `sa …`: resolve --org/--team (default: the caller's), then run the action
+    on `/v1/orgs/{org}/teams/{team}/{collection}`."""
     client = AdminClient.from_env()
     org, team = _org_team(client, args)
-    base = f"/v1/orgs/{org}/teams/{team}/tokens"
-    if args.action == "create":
-        body: dict[str, Any] = {"name": args.name, "scopes": _split(args.scopes)}
-        if args.description:
-            body["description"] = args.description
-        if args.expires_in:
-            body["expires_in"] = args.expires_in
-        if args.expires_at:
-            body["expires_at"] = args.expires_at
-        if args.service_account:
-            body["service_account"] = args.service_account
-        if args.constraint:
-            body["constraints"] = dict(_pair(c) for c in args.constraint)
-        if args.allow_cidr:
-            body["allowed_cidrs"] = list(args.allow_cidr)
-        data = client.call("POST", base, body)
-        human = (
-            f"✓ Token created successfully!\n\n"
-            f"  ID:      {data['id']}\n  Name:    {data['name']}\n"
-            f"  Scopes:  {', '.join(data['scopes'])}\n"
-            f"  Expires: {humanize_date(data['expires_at'])}\n"
-            f"  Token:   {data['token']}\n"
-        )
-        if data.get("ineffective_scopes"):
-            human += f"\n  ⚠ The team does not hold: {', '.join(data['ineffective_scopes'])} (they grant nothing)\n"
-        human += "\n  ⚠ Copy this token now — it will not be shown again."
-        emit(data, args.json, human)
-    elif args.action == "list":
-        data = client.call("GET", base)
-        emit(data, args.json, token_rows(data["tokens"]) if data["tokens"] else "no tokens")
-    elif args.action == "get":
-        data = client.call("GET", f"{base}/{_q(args.id)}")
-        emit(data, args.json, token_rows([data]))
-    elif args.action == "revoke":
-        data = client.call("POST", f"{base}/{_q(args.id)}/revoke")
-        emit(data, args.json, f"✓ Token {data['name']!r} ({data['id']}) has been revoked.")
+    run: TeamAction = args.run
+    run(client, f"/v1/orgs/{org}/teams/{team}/{args.collection}", args)
+
+
+def _body(**fields: Any) -> dict[str, Any]:
+    """A request body without the options that were not given."""
+    return {k: v for k, v in fields.items() if v not in (None, "", [], {})}
+
+
+def _created_fields(data: dict[str, Any]) -> list[tuple[str, str]]:
+    fields = [("ID", data["id"]), ("Name", data["name"]), ("Scopes", ", ".join(data["scopes"]))]
+    if data.get("service_account"):
+        fields.append(("Service account", data["service_account"]))
+    fields.append(("Expires", humanize_date(data.get("expires_at"))))
+    return fields
+
+
+def _scope_warnings(data: dict[str, Any]) -> list[str]:
+    missing = data.get("ineffective_scopes")
+    return [f"The team does not hold: {', '.join(missing)} (they grant nothing)"] if missing else []
+
+
+def token_create(client: AdminClient, base: str, args: argparse.Namespace) -> None:
+    body = {"name": args.name, "scopes": _split(args.scopes)} | _body(
+        description=args.description,
+        expires_in=args.expires_in,
+        expires_at=args.expires_at,
+        service_account=args.service_account,
+        constraints=dict(_pair(c) for c in args.constraint or ()),
+        allowed_cidrs=list(args.allow_cidr or ()),
+    )
+    data = client.call("POST", base, body)
+    human = shown_once(
+        "✓ Token created successfully!",
+        [*_created_fields(data), ("Token", data["token"])],
+        _scope_warnings(data),
+    )
+    emit(data, args.json, human)
+
+
+def _retirement(old_id: str, revoked_at: str | None) -> str:
+    """When the replaced token stops working: now, or at the end of the grace period."""
+    if revoked_at is None or _timestamp(revoked_at) <= time.time() + 1:
+        return f"{old_id} is revoked: it stopped working now"
+    left = _span(_timestamp(revoked_at) - time.time() + 30) or "less than a minute"
+    return f"{old_id} keeps working until {humanize_date(revoked_at, seconds=True)} UTC (about {left})"
+
+
+def token_rotate(client: AdminClient, base: str, args: argparse.Namespace) -> None:
+    body = _body(grace_period=args.grace_period, expires_in=args.expires_in, expires_at=args.expires_at)
+    data = client.call("POST", f"{base}/{_q(args.id)}/rotate", body)
+    human = shown_once(
+        f"✓ Token rotated: {data['id']} replaces {data['replaces']}.",
+        [
+            *_created_fields(data),
+            ("Old token", _retirement(data["replaces"], data.get("replaced_revoked_at"))),
+            ("Token", data["token"]),
+        ],
+        _scope_warnings(data),
+    )
+    emit(data, args.json, human)
+
+
+def token_list(client: AdminClient, base: str, args: argparse.Namespace) -> None:
+    query = {
+        "status": args.status,
+        "expiring_within": args.expiring_within,
+        "service_account": args.service_account,
+    }
+    data = client.call("GET", base, query=query)
+    emit(data, args.json, token_rows(data["tokens"]) if data["tokens"] else "no tokens")
+
+
+def token_get(client: AdminClient, base: str, args: argparse.Namespace) -> None:
+    data = client.call("GET", f"{base}/{_q(args.id)}")
+    emit(data, args.json, token_rows([data]))
+
+
+def _token_state_change(verb: str) -> TeamAction:
+    """`token revoke` and `token restore`: POST …/tokens/{id}/{verb}, print the new state."""
+
+    def run(client: AdminClient, base: str, args: argparse.Namespace) -> None:
+        data = client.call("POST", f"{base}/{_q(args.id)}/{verb}")
+        emit(data, args.json, f"✓ Token {data['name']!r} ({data['id']}) has been {verb}d.")
+
+    return run
+
+
+def token_update(client: AdminClient, base: str, args: argparse.Namespace) -> None:
+    body = {k: v for k, v in (("name", args.name), ("description", args.description)) if v is not None}
+    if not body:
+        raise CliError("nothing to update: give --name and/or --description")
+    data = client.call("PATCH", f"{base}/{_q(args.id)}", body)
+    emit(data, args.json, f"✓ Token {data['id']} updated: name {data['name']!r}.")
+
+
+def _deleter(noun: str, key: str) -> TeamAction:
+    """`token delete ID` and `sa delete NAME`: DELETE …/{key}, 204 on success."""
+
+    def run(client: AdminClient, base: str, args: argparse.Namespace) -> None:
+        value = getattr(args, key)
+        client.call("DELETE", f"{base}/{_q(value)}")
+        emit({key: value, "deleted": True}, args.json, f"✓ {noun} {value} deleted.")
+
+    return run
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -245,6 +352,92 @@ def _pair(text: str) -> tuple[str, str]:
     if not sep or not key or not value:
         raise CliError(f"--constraint {text!r}: expected NAME=VALUE")
     return key, value
+
+
+def sa_create(client: AdminClient, base: str, args: argparse.Namespace) -> None:
+    data = client.call("POST", base, _body(name=args.name, description=args.description))
+    emit(data, args.json, f"✓ Service account {data['name']!r} created in team {data['team']!r}.")
+
+
+def sa_list(client: AdminClient, base: str, args: argparse.Namespace) -> None:
+    data = client.call("GET", base)
+    rows = [
+        [
+            sa["name"],
+            _or_dash(sa.get("description")),
+            str(sa["active_tokens"]),
+            humanize_date(sa["created_at"]),
+        ]
+        for sa in data["service_accounts"]
+    ]
+    emit(
+        data,
+        args.json,
+        table(["NAME", "DESCRIPTION", "ACTIVE TOKENS", "CREATED"], rows) if rows else "no service accounts",
+    )
+
+
+# -- commands: audit and leaks -----------------------------------------------------------------
+def _step_reason(event: dict[str, Any]) -> str:
+    step, reason = event.get("step"), event.get("reason")
+    if step and reason:
+        return f"{step}: {reason}"
+    return _or_dash(step or reason)
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    query = {
+        "token_id": args.token_id,
+        "team": args.team,
+        "action": args.event_action,
+        "since": args.since,
+        "until": args.until,
+        "limit": args.limit,
+    }
+    data = AdminClient.from_env().call("GET", "/v1/audit", query=query)
+    rows = [
+        [
+            humanize_date(e.get("time"), seconds=True) if e.get("time") else "-",
+            _or_dash(e.get("action")),
+            _or_dash(e.get("token_id")),
+            _or_dash(e.get("team")),
+            _or_dash(e.get("status")),
+            _step_reason(e),
+        ]
+        for e in data["events"]
+    ]
+    emit(
+        data,
+        args.json,
+        table(["TIME", "ACTION", "TOKEN", "TEAM", "STATUS", "STEP/REASON"], rows) if rows else "no events",
+    )
+
+
+LEAK_RESULTS = {
+    "revoked": "it stops working now",
+    "already_revoked": "it was already revoked as leaked",
+    "unknown": "no such token here, or the secret does not match",
+    "not_a_token": "bad format or checksum",
+}
+LEAKS_PER_CALL = 100
+
+
+def cmd_leaks(args: argparse.Namespace) -> None:
+    tokens: list[str] = []
+    for arg in args.tokens:
+        tokens += sys.stdin.read().split() if arg == "-" else [arg]
+    if not tokens:
+        raise CliError("no tokens given (pass them as arguments, or '-' to read them from stdin)")
+    client = AdminClient.from_env()
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(tokens), LEAKS_PER_CALL):
+        chunk = tokens[start : start + LEAKS_PER_CALL]
+        results += client.call("POST", "/v1/leaks", {"tokens": chunk})["results"]
+    emit(
+        {"results": results},
+        args.json,
+        "\n".join(f"{r['token']}: {r['result']} ({LEAK_RESULTS.get(r['result'], '-')})" for r in results),
+    )
 
 
 def cmd_whoami(args: argparse.Namespace) -> None:
@@ -300,10 +493,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
     if args.json:
         sys.stdout.write(orjson.dumps({"id": key_id, "token": token, "org": args.org}).decode() + "\n")
     else:
-        print(
-            f"✓ Org admin token for {args.org!r} created (id {key_id}).\n\n"
-            f"  Token: {token}\n\n  ⚠ Copy this token now — it will not be shown again."
-        )
+        print(shown_once(f"✓ Org admin token for {args.org!r} created.", [("ID", key_id), ("Token", token)]))
 
 
 async def _bootstrap(settings: Settings, org: str, name: str) -> tuple[str, str]:
@@ -405,22 +595,88 @@ def build_parser() -> argparse.ArgumentParser:
     for p in team.choices.values():
         p.set_defaults(func=cmd_team)
 
+    def scoped(
+        sub_parsers: argparse._SubParsersAction[argparse.ArgumentParser],
+        collection: str,
+        name: str,
+        run: TeamAction,
+        help_text: str,
+    ) -> argparse.ArgumentParser:
+        p = common(sub_parsers.add_parser(name, help=help_text))
+        p.set_defaults(func=cmd_team_scoped, collection=collection, run=run)
+        return p
+
+    def expiry(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--expires-in", help="e.g. 30d")
+        p.add_argument("--expires-at", help="RFC 3339 time")
+
     tok = managed("token", "manage service tokens")
-    p = common(tok.add_parser("create"))
+    p = scoped(tok, "tokens", "create", token_create, "issue a token (the plaintext is shown once)")
     p.add_argument("--name", required=True)
     p.add_argument("--scopes", required=True, help="comma-separated, e.g. read:apis,write:specs")
     p.add_argument("--description")
-    p.add_argument("--expires-in", help="e.g. 30d")
-    p.add_argument("--expires-at", help="RFC 3339 time")
+    expiry(p)
     p.add_argument("--service-account")
     p.add_argument("--constraint", action="append", help="NAME=VALUE, e.g. project=web")
     p.add_argument("--allow-cidr", action="append", help="client CIDR allowed to use the token")
-    common(tok.add_parser("list"))
-    for action in ("get", "revoke"):
-        p = common(tok.add_parser(action))
+    p = scoped(tok, "tokens", "list", token_list, "list a team's tokens")
+    p.add_argument("--status", choices=["active", "revoked", "expired"])
+    p.add_argument("--expiring-within", metavar="DURATION", help="active tokens expiring within, e.g. 7d")
+    p.add_argument("--service-account", metavar="NAME", help="only this service account's tokens")
+    for name, run, help_text in (
+        ("get", token_get, "show one token"),
+        ("revoke", _token_state_change("revoke"), "revoke a token (its next request gets 401)"),
+        ("restore", _token_state_change("restore"), "restore a revoked, unexpired token"),
+        ("delete", _deleter("Token", "id"), "delete a revoked or expired token"),
+        (
+            "rotate",
+            token_rotate,
+            "issue a replacement and revoke the old token (now or after a grace period)",
+        ),
+        ("update", token_update, "rename or re-describe a token"),
+    ):
+        p = scoped(tok, "tokens", name, run, help_text)
         p.add_argument("id")
-    for p in tok.choices.values():
-        p.set_defaults(func=cmd_token)
+    rotate, update = tok.choices["rotate"], tok.choices["update"]
+    rotate.add_argument(
+        "--grace-period", metavar="DURATION", help="keep the old token working this long, e.g. 1h"
+    )
+    expiry(rotate)
+    update.add_argument("--name")
+    update.add_argument("--description")
+
+    sa = managed("sa", "manage service accounts")
+    p = scoped(sa, "service-accounts", "create", sa_create, "create a service account")
+    p.add_argument("name")
+    p.add_argument("--description")
+    scoped(sa, "service-accounts", "list", sa_list, "list service accounts and their active tokens")
+    p = scoped(
+        sa,
+        "service-accounts",
+        "delete",
+        _deleter("Service account", "name"),
+        "delete one without active tokens",
+    )
+    p.add_argument("name")
+
+    audit = sub.add_parser("audit", help="recent audit events of the caller's org, newest first")
+    audit.add_argument("--token-id")
+    audit.add_argument("--team")
+    audit.add_argument("--action", dest="event_action", help="e.g. token.created, request.denied")
+    audit.add_argument("--since", help="a duration ago (1h) or an RFC 3339 time")
+    audit.add_argument("--until", help="a duration ago (10m) or an RFC 3339 time")
+    audit.add_argument("--limit", type=int, help="at most this many events (1..1000, default 100)")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    audit.set_defaults(func=cmd_audit)
+
+    leaks = sub.add_parser("leaks", help="report leaked tokens")
+    leaks_sub = leaks.add_subparsers(dest="action", required=True)
+    report = leaks_sub.add_parser("report", help="revoke each valid token given, from any team")
+    report.add_argument(
+        "tokens", nargs="+", metavar="TOKEN", help="plaintext tokens, or - to read them from stdin"
+    )
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.set_defaults(func=cmd_leaks)
 
     who = sub.add_parser("whoami", help="show the calling token")
     who.add_argument("--json", action="store_true")

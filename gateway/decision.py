@@ -11,6 +11,7 @@ HTTP edge turns into a response and the audit log records.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -90,6 +91,65 @@ def bearer_token(values: Sequence[str]) -> str:
     return token
 
 
+class FailureThrottle:
+    """Token buckets for failed secret verifications: one per key id and one overall.
+
+    A flood of wrong secrets (or unknown ids) may not turn into unbounded argon2 work: once
+    a bucket is empty, unproven tokens are refused without verification ("invalid token",
+    as always). A token whose secret was already proven is never throttled.
+    """
+
+    def __init__(
+        self,
+        per_key_burst: float = 5,
+        per_key_rate: float = 1.0,
+        global_burst: float = 64,
+        global_rate: float = 32.0,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.per_key = (per_key_burst, per_key_rate)
+        self.overall = (global_burst, global_rate)
+        self._keys: dict[str, tuple[float, float]] = {}
+        self._global = (global_burst, time.monotonic())
+        self.max_keys = max_keys
+        self.refused = 0
+
+    @staticmethod
+    def _level(state: tuple[float, float], burst: float, rate: float, now: float) -> float:
+        level, at = state
+        return min(burst, level + (now - at) * rate)
+
+    def acquire(self, key_id: str) -> bool:
+        """Charge one verification attempt up front (so a concurrent burst is counted)."""
+        now = time.monotonic()
+        g_burst, g_rate = self.overall
+        k_burst, k_rate = self.per_key
+        overall = self._level(self._global, g_burst, g_rate, now)
+        state = self._keys.pop(key_id, (k_burst, now))
+        mine = self._level(state, k_burst, k_rate, now)
+        if overall < 1 or mine < 1:
+            self._keys[key_id] = (mine, now)
+            self.refused += 1
+            return False
+        self._global = (overall - 1, now)
+        self._keys[key_id] = (mine - 1, now)
+        if len(self._keys) > self.max_keys:
+            self._keys.pop(next(iter(self._keys)))
+        return True
+
+    def succeeded(self, key_id: str) -> None:
+        """A proven secret costs nothing: give the attempt back."""
+        now = time.monotonic()
+        g_burst, g_rate = self.overall
+        k_burst, k_rate = self.per_key
+        self._global = (min(g_burst, self._level(self._global, g_burst, g_rate, now) + 1), now)
+        state = self._keys.pop(key_id, None)
+        if state is not None:
+            level = min(k_burst, self._level(state, k_burst, k_rate, now) + 1)
+            if level < k_burst:
+                self._keys[key_id] = (level, now)
+
+
 class Authenticator:
     """Steps 2–4: who holds this token, and may it be used right now?"""
 
@@ -106,6 +166,7 @@ class Authenticator:
         self.accepted_prefixes = accepted_prefixes
         self._inflight: dict[str, asyncio.Future[TokenRecord | None]] = {}
         self.argon2_verifications = 0
+        self.throttle = FailureThrottle()
 
     async def authenticate(self, token: str, client_ip: str | None) -> Principal:
         try:
@@ -139,6 +200,8 @@ class Authenticator:
         pending = self._inflight.get(fingerprint)
         if pending is not None:
             return await asyncio.shield(pending)
+        if not self.throttle.acquire(parsed.key_id):
+            return None  # too many failed attempts lately: no argon2 work for this one
         future: asyncio.Future[TokenRecord | None] = asyncio.get_running_loop().create_future()
         self._inflight[fingerprint] = future
         try:
@@ -160,6 +223,7 @@ class Authenticator:
         if not ok or record is None:
             self.cache.store_failure(fingerprint)
             return None
+        self.throttle.succeeded(parsed.key_id)
         self.cache.store_proof(fingerprint, record.id)
         self.cache.store_record(record, epoch)
         return record

@@ -254,3 +254,41 @@ async def test_bad_input_on_other_endpoints(
 ) -> None:
     status, data, _ = await admin(gateway, method, path, org_admin, body)
     assert status == 400 and data["field"] == field, data
+
+
+async def test_a_rotated_token_cannot_be_rotated_again_or_restored(gateway: Gateway, org_admin: str) -> None:
+    old = await issue(gateway, org_admin)
+    status, new, _ = await admin(
+        gateway, "POST", f"{TOKENS}/{old['id']}/rotate", org_admin, {"grace_period": "1m"}
+    )
+    assert status == 201
+    status, body, _ = await admin(
+        gateway, "POST", f"{TOKENS}/{old['id']}/rotate", org_admin, {"grace_period": "30d"}
+    )
+    assert status == 409 and new["id"] in body["message"]
+    _, still, _ = await admin(gateway, "GET", f"{TOKENS}/{old['id']}", org_admin)
+    assert still["revoked_at"] == new["replaced_revoked_at"]  # the grace period was not extended
+    # ending the grace period early keeps the token marked as rotated: it cannot come back
+    await admin(gateway, "POST", f"{TOKENS}/{old['id']}/revoke", org_admin)
+    status, body, _ = await admin(gateway, "POST", f"{TOKENS}/{old['id']}/restore", org_admin)
+    assert status == 409 and "rotated" in body["message"]
+
+
+async def test_empty_patch_is_refused(gateway: Gateway, org_admin: str) -> None:
+    created = await issue(gateway, org_admin)
+    status, body, _ = await admin(gateway, "PATCH", f"{TOKENS}/{created['id']}", org_admin, {})
+    assert status == 400 and body["field"] == "body"
+
+
+async def test_leak_of_a_revoked_token_keeps_its_revocation_time(
+    gateway: Gateway, org_admin: str, logs: Any
+) -> None:
+    created = await issue(gateway, org_admin)
+    _, revoked, _ = await admin(gateway, "POST", f"{TOKENS}/{created['id']}/revoke", org_admin)
+    status, body, _ = await admin(gateway, "POST", "/v1/leaks", org_admin, {"tokens": [created["token"]]})
+    assert status == 200 and body["results"][0]["result"] == "already_revoked"
+    _, after, _ = await admin(gateway, "GET", f"{TOKENS}/{created['id']}", org_admin)
+    assert after["revoked_at"] == revoked["revoked_at"]
+    assert (await admin(gateway, "POST", f"{TOKENS}/{created['id']}/restore", org_admin))[0] == 409
+    (event,) = logs.events("token.leaked")
+    assert event["actor_id"] and event["was_revoked"] is True

@@ -472,11 +472,14 @@ def _settings(path: str) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from gateway.audit import configure_logging
-    from gateway.server import run
+    from gateway.server import run, supervise
 
     settings = _settings(args.config)
     configure_logging(settings.log)
-    run(settings)
+    if args.workers > 1:
+        supervise(settings, args.config, args.workers)
+    else:
+        run(settings)
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -545,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gateway and the admin API")
     serve.add_argument("--config", required=True)
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the ports (SO_REUSEPORT)")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="embedded store + sample upstream + printed tokens")

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
 import signal
+import time
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -21,8 +25,13 @@ class Server:
     """The proxy and admin listeners over one Runtime; started and stopped together."""
 
     def __init__(
-        self, settings: Settings, redis_url: str | None = None, shutdown_timeout: float = 30.0
+        self,
+        settings: Settings,
+        redis_url: str | None = None,
+        shutdown_timeout: float = 30.0,
+        worker: int | None = None,
     ) -> None:
+        self.worker = worker  # index under `serve --workers N`, None when alone
         self.settings = settings
         self.redis_url = redis_url
         self.shutdown_timeout = shutdown_timeout
@@ -50,7 +59,8 @@ class Server:
             self._runners.append(runner)
         listen, admin = self.settings.listen, self.settings.admin_listen
         proxy_site = web.TCPSite(proxy_runner, listen.host, listen.port, reuse_port=True)
-        admin_site = web.TCPSite(admin_runner, admin.host, admin.port)
+        # under --workers every worker serves both ports (SO_REUSEPORT); the store is shared
+        admin_site = web.TCPSite(admin_runner, admin.host, admin.port, reuse_port=self.worker is not None)
         await proxy_site.start()
         await admin_site.start()
         self.proxy_port = _bound_port(proxy_runner, listen.port)
@@ -62,7 +72,8 @@ class Server:
             store=runtime.store_description,
             routes=len(self.settings.routes),
             upstreams=len(self.settings.upstreams),
-            workers=1,
+            workers=1 if self.worker is None else f"worker {self.worker}",
+            pid=os.getpid(),
         )
         return runtime
 
@@ -110,8 +121,8 @@ def _bound_port(runner: web.BaseRunner, wanted: int) -> int:
     return wanted
 
 
-async def serve_forever(settings: Settings) -> None:
-    server = Server(settings)
+async def serve_forever(settings: Settings, redis_url: str | None = None, worker: int | None = None) -> None:
+    server = Server(settings, redis_url=redis_url, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -123,13 +134,85 @@ async def serve_forever(settings: Settings) -> None:
         await server.stop()
 
 
-def run(settings: Settings) -> None:
-    loop_factory = None
+def _event_loop_factory() -> Any:
     try:
         import uvloop
 
-        loop_factory = uvloop.new_event_loop
+        return uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is optional
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve_forever(settings))
+        return None
+
+
+def run(settings: Settings, redis_url: str | None = None, worker: int | None = None) -> None:
+    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+        runner.run(serve_forever(settings, redis_url, worker))
+
+
+def _worker_main(config_path: str, redis_url: str, index: int) -> None:
+    """Entry point of one worker process (spawned, so it starts clean)."""
+    from gateway.audit import configure_logging
+    from gateway.settings import load_settings
+
+    settings = load_settings(config_path)
+    configure_logging(settings.log)
+    run(settings, redis_url=redis_url, worker=index)
+
+
+def supervise(settings: Settings, config_path: str, workers: int) -> None:
+    """`serve --workers N`: own the embedded store, run N workers on the same ports, restart
+    a worker that dies, and on SIGTERM stop them all (each drains its in-flight requests)."""
+    if 0 in (settings.listen.port, settings.admin_listen.port):
+        raise SystemExit("tokenward: --workers needs fixed listen and admin_listen ports")
+    require_c_parser(settings.allow_python_parser)
+    embedded = None
+    url = settings.redis.url
+    if url is None:
+        from gateway.embedded import EmbeddedServer
+
+        embedded = EmbeddedServer(settings.data_dir)
+        if embedded.running_elsewhere():
+            embedded = None
+        else:
+            embedded.start()
+        url = f"unix://{(settings.data_dir / 'valkey.sock').resolve()}"
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def spawn(index: int) -> multiprocessing.process.BaseProcess:
+        process = context.Process(
+            target=_worker_main, args=(config_path, url, index), name=f"tokenward-worker-{index}"
+        )
+        process.start()
+        return process
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    processes = [spawn(i) for i in range(workers)]
+    log.info(
+        "tokenward supervisor started",
+        workers=workers,
+        pid=os.getpid(),
+        store="embedded" if settings.redis.url is None else "external",
+    )
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for index, process in enumerate(processes):
+                if not process.is_alive() and not stopping:
+                    log.error("worker exited; restarting", worker=index, exitcode=process.exitcode)
+                    processes[index] = spawn(index)
+    finally:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join(timeout=40)
+            if process.is_alive():
+                process.kill()
+        if embedded is not None:
+            embedded.stop()
+        log.info("tokenward supervisor stopped")

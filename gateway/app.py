@@ -33,8 +33,9 @@ from gateway.decision import (
     bearer_token,
 )
 from gateway.embedded import EmbeddedServer
-from gateway.paths import PathError, parse_target
-from gateway.proxy import ClientBodyError, Forwarder, UpstreamError
+from gateway.paths import PathError, Target, parse_target
+from gateway.proxy import ClientBodyError, Forwarder, UpstreamError, identity_headers, is_trusted
+from gateway.routes import HTTP_METHODS
 from gateway.settings import Limits, Settings
 from gateway.store import Store
 from gateway.tokens import SecretHasher
@@ -180,86 +181,148 @@ def principal_fields(principal: Principal | None) -> dict[str, Any]:
     }
 
 
+VERIFY_PATH = "/_tokenward/verify"
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Everything one request's decision and audit event need, in one typed place."""
+
+    request_id: str
+    method: str
+    path: str
+    mode: str = "proxy"  # or "forward_auth"
+    started: float = field(default_factory=time.perf_counter)
+    route: str | None = None
+    upstream: str = ""
+    principal: Principal | None = None
+    allowed: bool = False
+    status: int = 500
+    step: str = "forward"
+    reason: str = "allowed"
+
+    def deny(self, denied: Denied) -> web.Response:
+        self.allowed = False
+        self.status, self.step, self.reason = denied.status, denied.step, denied.message
+        return error_response(denied, self.request_id)
+
+
 class ProxyHandler:
-    """The gateway's single handler: decide, audit, forward."""
+    """The gateway's single handler: decide, audit, then forward (or, for forward-auth, answer)."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.token_markers = tuple(f"{p}_" for p in runtime.settings.tokens.accepted_prefixes)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = time.perf_counter()
         runtime = self.runtime
-        request_id = request_id_for(request)
-        principal: Principal | None = None
-        route_label: str | None = None
-        path = request.raw_path
-        status = 500
-        step = "forward"
-        reason = "allowed"
-        allowed = False
+        settings = runtime.settings  # one snapshot per request: a reload swaps the whole object
+        ex = Exchange(request_id_for(request), request.method, request.raw_path)
         try:
-            raw_target = check_request(request, runtime.settings.limits, self.token_markers)
-            try:
-                target = parse_target(raw_target)
-            except PathError as exc:
-                raise Denied(400, "invalid_request", STEP_PATH, str(exc)) from None
-            path = target.path
-            match = runtime.settings.router.match(request.method, target.path)
-            if match is None:
-                raise Denied(404, "not_found", STEP_ROUTE, "no route matches this request")
-            route_label = match.route.label
-            if not match.route.public:
-                token = bearer_token(request.headers.getall("Authorization", ()))
-                principal = await runtime.authenticator.authenticate(token, request.remote)
-                authorize(match, principal)
-                runtime.audit.mark_used(principal.token.id, time.time())
-            allowed = True
-            upstream = runtime.settings.upstreams[match.route.upstream]
+            check_request(request, settings.limits)
+            if request.raw_path.partition("?")[0].startswith(VERIFY_PATH):
+                return await self._verify(request, settings, ex)
+            target = await self._decide(request, settings, request.method, request.raw_path, ex)
+            upstream = settings.upstreams[ex.upstream]
             assert runtime.forwarder is not None
             response = await runtime.forwarder.forward(
-                request,
-                upstream,
-                target.path,
-                target.query,
-                principal,
-                request_id,
-                runtime.settings.limits,
+                request, upstream, target.path, target.query, ex.principal, ex.request_id, settings.limits
             )
-            status = response.status
+            ex.status = response.status
             return response
         except Denied as denied:
-            status, step, reason = denied.status, denied.step, denied.message
-            return error_response(denied, request_id)
+            return ex.deny(denied)
         except ClientBodyError as exc:
-            allowed = False
-            status, step, reason = exc.status, "limits", exc.message
-            response = error_response(Denied(exc.status, exc.error, "limits", exc.message), request_id)
+            response = ex.deny(Denied(exc.status, exc.error, "limits", exc.message))
             response.force_close()
             return response
         except UpstreamError as exc:
-            status, step, reason = exc.status, "upstream", exc.message
+            ex.status, ex.step, ex.reason = exc.status, "upstream", exc.message
             error = "bad_gateway" if exc.status == 502 else "gateway_timeout"
-            return error_response(Denied(exc.status, error, "upstream", exc.message), request_id)
+            return error_response(Denied(exc.status, error, "upstream", exc.message), ex.request_id)
         except Exception:
             # Fail closed: anything unexpected in the decision path is a 500, never a pass.
-            log.exception("request failed", request_id=request_id)
-            status, step, reason = 500, "internal", "internal error"
-            return error_response(Denied(500, "internal_error", "internal", "internal error"), request_id)
+            log.exception("request failed", request_id=ex.request_id)
+            return ex.deny(Denied(500, "internal_error", "internal", "internal error"))
         finally:
             runtime.audit.emit(
-                "request.allowed" if allowed else "request.denied",
-                method=request.method,
-                path=path,
-                route=route_label,
-                status=status,
-                step=step,
-                reason=reason,
+                "request.allowed" if ex.allowed else "request.denied",
+                method=ex.method,
+                path=ex.path,
+                route=ex.route,
+                status=ex.status,
+                step=ex.step,
+                reason=ex.reason,
+                mode=ex.mode,
                 client_ip=request.remote,
-                request_id=request_id,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                **principal_fields(principal),
+                request_id=ex.request_id,
+                duration_ms=round((time.perf_counter() - ex.started) * 1000, 3),
+                **principal_fields(ex.principal),
             )
+
+    async def _decide(
+        self, request: web.BaseRequest, settings: Settings, method: str, raw_target: str, ex: Exchange
+    ) -> Target:
+        """Steps 1–8 for `method raw_target`; raises Denied. Sets ex.path/route/principal."""
+        check_cookies(request, settings.tokens.accepted_prefixes)
+        raw_target = check_target(
+            raw_target, request.headers.getall("Host", []), settings.tokens.accepted_prefixes
+        )
+        try:
+            target = parse_target(raw_target)
+        except PathError as exc:
+            raise Denied(400, "invalid_request", STEP_PATH, str(exc)) from None
+        ex.path = target.path
+        match = settings.router.match(method, target.path)
+        if match is None:
+            raise Denied(404, "not_found", STEP_ROUTE, "no route matches this request")
+        ex.route = match.route.label
+        ex.upstream = match.route.upstream
+        if not match.route.public:
+            token = bearer_token(request.headers.getall("Authorization", []))
+            ex.principal = await self.runtime.authenticator.authenticate(token, request.remote)
+            authorize(match, ex.principal)
+            self.runtime.audit.mark_used(ex.principal.token.id, time.time())
+        ex.allowed = True
+        return target
+
+    async def _verify(self, request: web.BaseRequest, settings: Settings, ex: Exchange) -> web.StreamResponse:
+        """Forward-auth (nginx auth_request, Traefik ForwardAuth, Envoy ext_authz HTTP)."""
+        ex.mode = "forward_auth"
+        if not is_trusted(request.remote, settings.trusted_proxies):
+            raise Denied(403, "forbidden", "request", "forward-auth answers only trusted_proxies")
+        method, raw_target = original_request(request)
+        ex.method, ex.path = method, raw_target
+        await self._decide(request, settings, method, raw_target, ex)
+        headers = identity_headers(ex.principal) if ex.principal is not None else {}
+        ex.status, ex.step = 200, "verified"
+        return web.Response(
+            status=200, headers={**headers, "X-Request-Id": ex.request_id, "Cache-Control": "no-store"}
+        )
+
+
+def original_request(request: web.BaseRequest) -> tuple[str, str]:
+    """The method and target a fronting proxy asks about: nginx (X-Original-*), Traefik
+    (X-Forwarded-Method/-Uri), or Envoy (the original path appended to the verify path)."""
+    headers = request.headers
+    uris = headers.getall("X-Original-URI", []) + headers.getall("X-Forwarded-Uri", [])
+    methods = headers.getall("X-Original-Method", []) + headers.getall("X-Forwarded-Method", [])
+    if len(uris) > 1 or len(methods) > 1:
+        raise Denied(400, "invalid_request", "request", "more than one original URI or method header")
+    if uris:
+        target = uris[0]
+    else:
+        target = request.raw_path[len(VERIFY_PATH) :] or ""
+        if not target.startswith("/"):
+            raise Denied(
+                400,
+                "invalid_request",
+                "request",
+                "forward-auth needs X-Original-URI, X-Forwarded-Uri or a path after /_tokenward/verify",
+            )
+    method = methods[0].strip().upper() if methods else request.method
+    if method not in HTTP_METHODS:
+        raise Denied(400, "invalid_request", "request", f"unsupported original method {method!r}")
+    return method, target
 
 
 class GatewayRequestHandler(RequestHandler):
@@ -359,13 +422,9 @@ class ProxyServer(web.Server):
 METHOD_OVERRIDE = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 
 
-def check_request(request: web.BaseRequest, limits: Limits, token_markers: tuple[str, ...]) -> str:
-    """Checks before any routing: limits, one meaning per credential, no method override.
-
-    Returns the origin-form request target to canonicalize.
-    """
-    raw = request.raw_path
-    if len(raw) > limits.max_url_length:
+def check_request(request: web.BaseRequest, limits: Limits) -> None:
+    """Checks before any routing: limits, no method override, no token in a cookie."""
+    if len(request.raw_path) > limits.max_url_length:
         raise Denied(414, "uri_too_long", "limits", "request target too long")
     raw_headers = request.raw_headers
     if len(raw_headers) > limits.max_header_count:
@@ -379,25 +438,33 @@ def check_request(request: web.BaseRequest, limits: Limits, token_markers: tuple
         norm = name.decode("latin-1").lower().replace("_", "-").replace(".", "-")
         if norm in METHOD_OVERRIDE:
             raise Denied(400, "invalid_request", "request", "method override headers are not accepted")
+
+
+def check_target(raw: str, hosts: list[str], prefixes: frozenset[str]) -> str:
+    """One meaning per target: absolute-form only for our own Host, no credential in the query.
+    Returns the origin-form target to canonicalize."""
     if raw.startswith(("http://", "https://")):
-        raw = _origin_form(raw, request.headers.getall("Host", []))
+        raw = _origin_form(raw, hosts)
     query = raw.partition("?")[2]
-    if query and _query_has_credential(query, token_markers):
+    if query and _query_has_credential(query, prefixes):
         raise Denied(
             400,
             "invalid_request",
             STEP_CREDENTIAL,
             "credentials in the query string are not accepted; use the Authorization header",
         )
-    for cookie in request.headers.getall("Cookie", ()):
-        if any(marker in cookie for marker in token_markers):
+    return raw
+
+
+def check_cookies(request: web.BaseRequest, prefixes: frozenset[str]) -> None:
+    for cookie in request.headers.getall("Cookie", []):
+        if any(f"{prefix}_" in cookie for prefix in prefixes):
             raise Denied(
                 400,
                 "invalid_request",
                 STEP_CREDENTIAL,
                 "tokens in cookies are not accepted; use the Authorization header",
             )
-    return raw
 
 
 def _origin_form(raw: str, hosts: list[str]) -> str:
@@ -409,9 +476,9 @@ def _origin_form(raw: str, hosts: list[str]) -> str:
     return slash + path if slash else "/"
 
 
-def _query_has_credential(query: str, token_markers: tuple[str, ...]) -> bool:
+def _query_has_credential(query: str, prefixes: frozenset[str]) -> bool:
     decoded = unquote_plus(query)
-    if any(marker in decoded for marker in token_markers):
+    if any(f"{prefix}_" in decoded for prefix in prefixes):
         return True
     return any(key.lower() == "access_token" for key, _ in parse_qsl(query, keep_blank_values=True))
 

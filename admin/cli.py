@@ -479,7 +479,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.workers > 1:
         supervise(settings, args.config, args.workers)
     else:
-        run(settings)
+        run(settings, config_path=args.config)
 
 
 def cmd_config(args: argparse.Namespace) -> None:

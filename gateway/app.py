@@ -8,7 +8,7 @@ import asyncio
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -61,6 +61,8 @@ class Runtime:
     session: aiohttp.ClientSession | None = None
     forwarder: Forwarder | None = None
     started_at: float = field(default_factory=time.time)
+    reloads: int = 0
+    reload_failures: int = 0
 
     @classmethod
     async def open(cls, settings: Settings, redis_url: str | None = None) -> Runtime:
@@ -113,9 +115,33 @@ class Runtime:
             self.session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
             )
-            self.forwarder = Forwarder(
-                self.session, self.settings.trusted_proxies, self.settings.forward_authorization
-            )
+            self.forwarder = Forwarder(self.session)
+
+    def reload(self, path: str) -> bool:
+        """Swap in routes, upstreams and policies from `path` atomically; keep the old
+        settings (and log every problem) when the file is bad. Requests in flight finish on
+        the settings they started with."""
+        from gateway.settings import ConfigError, load_settings
+
+        try:
+            new = load_settings(path)
+        except ConfigError as exc:
+            self.reload_failures += 1
+            log.error("config reload failed; keeping the current config", problems=exc.problems)
+            return False
+        old = self.settings
+        fixed = ("listen", "admin_listen", "redis", "data_dir", "allow_python_parser")
+        changed = [name for name in fixed if getattr(new, name) != getattr(old, name)]
+        if changed:
+            log.warning("config reload: these settings need a restart and were not applied", settings=changed)
+        new = replace(new, **{name: getattr(old, name) for name in fixed})
+        self.authenticator.accepted_prefixes = new.tokens.accepted_prefixes
+        self.cache.ttl = new.tokens.cache_ttl
+        self.audit.stream_maxlen = new.audit.stream_maxlen
+        self.settings = new  # one reference swap: each request reads it once
+        self.reloads += 1
+        log.info("config reloaded", routes=len(new.routes), upstreams=len(new.upstreams))
+        return True
 
     async def close(self) -> None:
         await self.listener.stop()
@@ -225,7 +251,7 @@ class ProxyHandler:
             upstream = settings.upstreams[ex.upstream]
             assert runtime.forwarder is not None
             response = await runtime.forwarder.forward(
-                request, upstream, target.path, target.query, ex.principal, ex.request_id, settings.limits
+                request, upstream, target.path, target.query, ex.principal, ex.request_id, settings
             )
             ex.status = response.status
             return response

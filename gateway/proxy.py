@@ -20,7 +20,7 @@ from yarl import URL
 
 from gateway.decision import Principal
 from gateway.scopes import format_scopes
-from gateway.settings import IPNetwork, Limits, Upstream
+from gateway.settings import IPNetwork, Settings, Upstream
 
 HOP_BY_HOP = frozenset(
     {
@@ -182,15 +182,8 @@ def upstream_headers(
 class Forwarder:
     """One ClientSession for the app; streams both ways."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        trusted_proxies: tuple[IPNetwork, ...],
-        forward_authorization: bool,
-    ) -> None:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
-        self.trusted_proxies = trusted_proxies
-        self.forward_authorization = forward_authorization
 
     async def forward(
         self,
@@ -200,11 +193,12 @@ class Forwarder:
         query: str,
         principal: Principal | None,
         request_id: str,
-        limits: Limits,
+        settings: Settings,
     ) -> web.StreamResponse:
+        limits = settings.limits
         url = URL(upstream.url + path + (f"?{query}" if query else ""), encoded=True)
         headers = upstream_headers(
-            request, principal, request_id, self.trusted_proxies, self.forward_authorization
+            request, principal, request_id, settings.trusted_proxies, settings.forward_authorization
         )
         guard = (
             BodyGuard(request.content, limits.max_body_bytes, limits.body_timeout)

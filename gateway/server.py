@@ -30,8 +30,11 @@ class Server:
         redis_url: str | None = None,
         shutdown_timeout: float = 30.0,
         worker: int | None = None,
+        config_path: str | None = None,
     ) -> None:
-        self.worker = worker  # index under `serve --workers N`, None when alone
+        self.worker = worker
+        self.config_path = config_path
+        self._watcher: asyncio.Task[None] | None = None  # index under `serve --workers N`, None when alone
         self.settings = settings
         self.redis_url = redis_url
         self.shutdown_timeout = shutdown_timeout
@@ -77,7 +80,39 @@ class Server:
         )
         return runtime
 
+    def reload(self) -> bool:
+        if self.runtime is None or self.config_path is None:
+            return False
+        return self.runtime.reload(self.config_path)
+
+    def watch_config(self, interval: float = 1.0) -> None:
+        """Reload when the config file changes (checked every `interval` seconds)."""
+        if self.config_path is None or self._watcher is not None:
+            return
+        path = self.config_path
+
+        def stamp() -> tuple[float, int] | None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            return (st.st_mtime, st.st_size)
+
+        async def watch() -> None:
+            last = stamp()
+            while True:
+                await asyncio.sleep(interval)
+                now = stamp()
+                if now is not None and now != last:
+                    last = now
+                    self.reload()
+
+        self._watcher = asyncio.create_task(watch(), name="tokenward-config-watch")
+
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         for runner in self._runners:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
@@ -121,13 +156,20 @@ def _bound_port(runner: web.BaseRunner, wanted: int) -> int:
     return wanted
 
 
-async def serve_forever(settings: Settings, redis_url: str | None = None, worker: int | None = None) -> None:
-    server = Server(settings, redis_url=redis_url, worker=worker)
+async def serve_forever(
+    settings: Settings,
+    redis_url: str | None = None,
+    worker: int | None = None,
+    config_path: str | None = None,
+) -> None:
+    server = Server(settings, redis_url=redis_url, worker=worker, config_path=config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     await server.start()
+    server.watch_config()
     try:
         await stop.wait()
     finally:
@@ -143,9 +185,14 @@ def _event_loop_factory() -> Any:
         return None
 
 
-def run(settings: Settings, redis_url: str | None = None, worker: int | None = None) -> None:
+def run(
+    settings: Settings,
+    redis_url: str | None = None,
+    worker: int | None = None,
+    config_path: str | None = None,
+) -> None:
     with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-        runner.run(serve_forever(settings, redis_url, worker))
+        runner.run(serve_forever(settings, redis_url, worker, config_path))
 
 
 def _worker_main(config_path: str, redis_url: str, index: int) -> None:
@@ -155,7 +202,7 @@ def _worker_main(config_path: str, redis_url: str, index: int) -> None:
 
     settings = load_settings(config_path)
     configure_logging(settings.log)
-    run(settings, redis_url=redis_url, worker=index)
+    run(settings, redis_url=redis_url, worker=index, config_path=config_path)
 
 
 def supervise(settings: Settings, config_path: str, workers: int) -> None:
@@ -177,6 +224,7 @@ def supervise(settings: Settings, config_path: str, workers: int) -> None:
         url = f"unix://{(settings.data_dir / 'valkey.sock').resolve()}"
     context = multiprocessing.get_context("spawn")
     stopping = False
+    processes: list[multiprocessing.process.BaseProcess] = []
 
     def spawn(index: int) -> multiprocessing.process.BaseProcess:
         process = context.Process(
@@ -189,9 +237,15 @@ def supervise(settings: Settings, config_path: str, workers: int) -> None:
         nonlocal stopping
         stopping = True
 
+    def forward_hup(signum: int, _frame: Any) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    processes = [spawn(i) for i in range(workers)]
+    signal.signal(signal.SIGHUP, forward_hup)
+    processes.extend(spawn(i) for i in range(workers))
     log.info(
         "tokenward supervisor started",
         workers=workers,

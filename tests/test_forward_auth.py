@@ -25,7 +25,9 @@ async def fa(start_gateway: Callable[..., Awaitable[Gateway]], config: dict[str,
     return gw
 
 
-async def verify(gw: Gateway, path: str = VERIFY, method: str = "GET", **headers: str) -> tuple[int, Any, Any]:
+async def verify(
+    gw: Gateway, path: str = VERIFY, method: str = "GET", **headers: str
+) -> tuple[int, Any, Any]:
     async with gw.session.request(method, gw.url + path, headers=headers) as r:
         body = await r.json() if r.content_type == "application/json" else await r.read()
         return r.status, body, r.headers
@@ -42,7 +44,7 @@ async def verify(gw: Gateway, path: str = VERIFY, method: str = "GET", **headers
 )
 async def test_allowed_answers_200_with_identity(fa: Gateway, style: dict[str, str], logs: LogReader) -> None:
     token, kid = await fa.token("platform", ["read:apis"], name="ci")
-    status, body, headers = await verify(fa, **style, Authorization=f"Bearer {token}")
+    status, _body, headers = await verify(fa, **style, Authorization=f"Bearer {token}")
     assert status == 200
     assert headers["X-Tokenward-Token-Id"] == kid and headers["X-Tokenward-Org"] == "acme"
     assert headers["X-Tokenward-Team"] == "platform" and headers["X-Tokenward-Scopes"] == "read:apis"
@@ -72,9 +74,13 @@ async def test_envoy_style_path_suffix(fa: Gateway) -> None:
         (APIS + "?access_token=x", "GET", 400, "credential"),
     ],
 )
-async def test_denials_have_the_gateway_bodies(fa: Gateway, uri: str, method: str, expected: int, step: str) -> None:
+async def test_denials_have_the_gateway_bodies(
+    fa: Gateway, uri: str, method: str, expected: int, step: str
+) -> None:
     token, _ = await fa.token("platform", ["read:apis"])
-    status, body, _ = await verify(fa, **{"X-Original-URI": uri, "X-Original-Method": method}, Authorization=f"Bearer {token}")
+    status, body, _ = await verify(
+        fa, **{"X-Original-URI": uri, "X-Original-Method": method}, Authorization=f"Bearer {token}"
+    )
     assert (status, body["step"]) == (expected, step), body
     assert body["request_id"]
 

@@ -1079,6 +1079,14 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(openapi_document())
 
 
+@endpoint("GET", "/metrics", "Prometheus metrics", None, {200: None}, auth=False)
+async def metrics(request: web.Request) -> web.Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    body = ctx(request).runtime.metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 @endpoint("GET", "/healthz", "Process is alive", None, {200: None}, auth=False)
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})

@@ -33,6 +33,7 @@ from gateway.decision import (
     bearer_token,
 )
 from gateway.embedded import EmbeddedServer
+from gateway.metrics import Metrics
 from gateway.paths import PathError, Target, parse_target
 from gateway.proxy import ClientBodyError, Forwarder, UpstreamError, identity_headers, is_trusted
 from gateway.routes import HTTP_METHODS
@@ -63,6 +64,7 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     reloads: int = 0
     reload_failures: int = 0
+    metrics: Metrics = field(default_factory=Metrics)
 
     @classmethod
     async def open(cls, settings: Settings, redis_url: str | None = None) -> Runtime:
@@ -105,8 +107,10 @@ class Runtime:
                 "lost in a crash; enable appendonly yes on the store",
                 persistence=persistence,
             )
+        runtime.metrics.attach(runtime)
         await listener.start()
         await audit.start()
+        await runtime.metrics.start(runtime)
         return runtime
 
     async def start_http(self) -> None:
@@ -115,7 +119,7 @@ class Runtime:
             self.session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
             )
-            self.forwarder = Forwarder(self.session)
+            self.forwarder = Forwarder(self.session, self.metrics.upstream_latency)
 
     def reload(self, path: str) -> bool:
         """Swap in routes, upstreams and policies from `path` atomically; keep the old
@@ -144,6 +148,7 @@ class Runtime:
         return True
 
     async def close(self) -> None:
+        await self.metrics.stop()
         await self.listener.stop()
         await self.audit.stop()
         if self.session is not None:
@@ -270,6 +275,7 @@ class ProxyHandler:
             log.exception("request failed", request_id=ex.request_id)
             return ex.deny(Denied(500, "internal_error", "internal", "internal error"))
         finally:
+            runtime.metrics.requests.labels(ex.route or "-", ex.step, str(ex.status)).inc()
             runtime.audit.emit(
                 "request.allowed" if ex.allowed else "request.denied",
                 method=ex.method,

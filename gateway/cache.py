@@ -152,6 +152,7 @@ class ChangeListener:
         self.last_id = "0-0"
         self.last_poll_ok = 0.0
         self._on_state = on_state
+        self.lags: list[float] = []  # seconds from publish to apply, drained by the metrics
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -188,7 +189,7 @@ class ChangeListener:
                 while not self._stopping:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
-                        self.cache.apply(Change.decode(message["data"]))
+                        self._apply(Change.decode(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of the link: note it, retry with backoff
@@ -200,6 +201,11 @@ class ChangeListener:
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pubsub.aclose(), 1.0)
+
+    def _apply(self, change: Change) -> None:
+        self.cache.apply(change)
+        if change.at and len(self.lags) < 10_000:
+            self.lags.append(max(0.0, time.time() - change.at))
 
     def _set_connected(self, value: bool) -> None:
         if value != self.push_connected:
@@ -214,7 +220,7 @@ class ChangeListener:
         if gap:
             self.cache.clear()
         for change in changes:
-            self.cache.apply(change)
+            self._apply(change)
         self.last_id = last_id
         self.last_poll_ok = time.monotonic()
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections.abc import AsyncIterator, Iterable
 from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import Histogram
 from yarl import URL
 
 from gateway.decision import Principal
@@ -182,8 +184,9 @@ def upstream_headers(
 class Forwarder:
     """One ClientSession for the app; streams both ways."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, latency: Histogram | None = None) -> None:
         self.session = session
+        self.latency = latency
 
     async def forward(
         self,
@@ -208,6 +211,7 @@ class Forwarder:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.timeout
         )
+        sent = time.perf_counter()
         try:
             upstream_response = await self.session.request(
                 request.method,
@@ -229,6 +233,8 @@ class Forwarder:
             if isinstance(exc, aiohttp.ClientError):
                 raise UpstreamError(502, f"upstream {upstream.name} failed: {type(exc).__name__}") from None
             raise
+        if self.latency is not None:
+            self.latency.labels(upstream.name).observe(time.perf_counter() - sent)
         async with upstream_response:
             response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason)
             dropped = connection_tokens(upstream_response.headers)

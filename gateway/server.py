@@ -48,6 +48,7 @@ class Server:
 
         require_c_parser(self.settings.allow_python_parser)
         runtime = await Runtime.open(self.settings, self.redis_url)
+        runtime.metrics.worker = str(self.worker or 0)
         self.runtime = runtime
         await runtime.start_http()
         proxy_runner = web.ServerRunner(

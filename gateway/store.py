@@ -84,19 +84,25 @@ return 0
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """What changed: ('token', key_id) | ('team', 'org/team') | ('all', '')."""
+    """What changed: ('token', key_id) | ('team', 'org/team') | ('all', ''), and when."""
 
     kind: str
     ident: str
+    at: float = 0.0  # publish time, for the invalidation-lag metric
 
     def encode(self) -> bytes:
-        return f"{self.kind}:{self.ident}".encode()
+        return f"{self.kind}:{self.ident}|{self.at or time.time():.6f}".encode()
 
     @classmethod
     def decode(cls, data: bytes | str) -> Change:
         text = data.decode() if isinstance(data, bytes) else data
-        kind, _, ident = text.partition(":")
-        return cls(kind, ident)
+        body, _, stamp = text.partition("|")
+        kind, _, ident = body.partition(":")
+        try:
+            at = float(stamp) if stamp else 0.0
+        except ValueError:
+            at = 0.0
+        return cls(kind, ident, at)
 
 
 class Store:
@@ -106,13 +112,16 @@ class Store:
         self.client: Any = client
         self._touch = client.register_script(_TOUCH)
         self.waitaof_supported: bool | None = None
+        self.errors = 0  # store errors seen, for the metric
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         try:
             return await op()
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            self.errors += 1
             raise StoreUnavailable(f"store unreachable: {type(exc).__name__}") from exc
         except redis_errors.RedisError as exc:
+            self.errors += 1
             raise StoreUnavailable(f"store error: {type(exc).__name__}") from exc
 
     async def ping(self) -> bool:

@@ -1,0 +1,80 @@
+"""Prometheus /metrics on the admin listener, and the health endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Gateway
+
+APIS = "/orgs/acme/teams/platform/apis"
+
+
+async def scrape(gw: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with gw.session.get(gw.admin_url + "/metrics") as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+        text = await r.text()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return samples.get(key, 0.0)
+
+
+async def test_metrics(gateway: Gateway) -> None:
+    await gateway.team("platform", ["read:apis"])
+    token, kid = await gateway.token("platform", ["read:apis"])
+    for _ in range(3):
+        async with gateway.session.get(gateway.url + APIS, headers=gateway.auth(token)) as r:
+            assert r.status == 200
+    async with gateway.session.post(gateway.url + APIS, headers=gateway.auth(token)) as r:
+        assert r.status == 403
+    async with gateway.session.get(gateway.url + "/nope") as r:
+        assert r.status == 404
+    record = await gateway.runtime.store.get_token(kid)
+    assert record is not None
+    await gateway.runtime.store.put_token(record.revoked(0.0, "test"))
+    await asyncio.sleep(0.1)
+    await gateway.runtime.metrics.stop()
+    gateway.runtime.metrics.expiring_tokens = 0
+    from gateway.metrics import count_expiring
+
+    assert await count_expiring(gateway.runtime) == 0  # the only token is revoked
+    samples = await scrape(gateway)
+    route = "GET /orgs/{org}/teams/{team}/apis"
+    assert value(samples, "tokenward_requests_total", route=route, step="forward", status="200") == 3
+    assert (
+        value(
+            samples,
+            "tokenward_requests_total",
+            route="POST /orgs/{org}/teams/{team}/apis",
+            step="scope",
+            status="403",
+        )
+        == 1
+    )
+    assert value(samples, "tokenward_requests_total", route="-", step="route", status="404") == 1
+    assert value(samples, "tokenward_cache_hits_total", worker="0") >= 2
+    assert value(samples, "tokenward_argon2_verifications_total", worker="0") == 1
+    assert value(samples, "tokenward_push_channel_connected", worker="0") == 1
+    assert value(samples, "tokenward_upstream_seconds_count", upstream="registry") == 3
+    assert value(samples, "tokenward_invalidation_lag_seconds_count") >= 1
+    assert value(samples, "tokenward_routes", worker="0") == len(gateway.runtime.settings.routes)
+
+
+async def test_expiring_tokens_gauge(gateway: Gateway) -> None:
+    import time
+
+    from gateway.metrics import count_expiring
+
+    await gateway.team("platform", ["read:apis"])
+    await gateway.token("platform", ["read:apis"], expires_at=time.time() + 3 * 86400)
+    await gateway.token("platform", ["read:apis"], expires_at=time.time() + 60 * 86400)
+    await gateway.token("platform", ["read:apis"])
+    assert await count_expiring(gateway.runtime) == 1

@@ -483,8 +483,30 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> None:
+    from gateway.explain import config_warnings
+
     settings = _settings(args.file)
+    for warning in config_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.file}: ok ({len(settings.routes)} routes, {len(settings.upstreams)} upstreams)")
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from gateway.audit import configure_logging
+    from gateway.explain import explain_route, explain_token
+
+    settings = _settings(args.config)
+    configure_logging(LogSettings(level="warning", format=settings.log.format), sys.stderr)
+    lines, match = explain_route(settings, args.method, args.path)
+    if match is not None and args.token:
+        lines += asyncio.run(explain_token(settings, match, args.token))
+    print(f"{args.method.upper()} {args.path}")
+    for line in lines:
+        print(f"  {line}")
+    denied = match is None or any(
+        line.startswith("decision: 4") or line.startswith("decision: 5") for line in lines
+    )
+    raise SystemExit(1 if denied else 0)
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> None:
@@ -565,6 +587,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="list every problem with its location")
     check.add_argument("file")
     check.set_defaults(func=cmd_config)
+    explain = config_sub.add_parser(
+        "explain", help="which route, scopes and upstream; with --token, which step fails"
+    )
+    explain.add_argument("method")
+    explain.add_argument("path")
+    explain.add_argument("--config", default=os.environ.get("TOKENWARD_CONFIG", "tokenward.yaml"))
+    explain.add_argument("--token", default=None, help="a token to run the decision for (reads the store)")
+    explain.set_defaults(func=cmd_explain)
 
     admin = sub.add_parser("admin", help="store-side administration")
     admin_sub = admin.add_subparsers(dest="action", required=True)

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import structlog
 
+from gateway.aio import cancel_and_wait
 from gateway.settings import LogSettings
 from gateway.store import Store, StoreUnavailable
 
@@ -84,11 +85,8 @@ class AuditLog:
             self._task = asyncio.create_task(self._run(), name="tokenward-audit-flush")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait([task])
         with contextlib.suppress(StoreUnavailable):
             await self.flush()
 
@@ -110,7 +108,7 @@ class AuditLog:
             raise
 
     async def _run(self) -> None:
-        while True:
+        while self._task is not None:
             await asyncio.sleep(self.flush_interval)
             with contextlib.suppress(StoreUnavailable):
                 await self.flush()

@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from gateway.aio import cancel_and_wait
 from gateway.records import TeamRecord, TokenRecord
 from gateway.store import CHANGES_CHANNEL, Change, Store, StoreUnavailable
 
@@ -169,10 +170,7 @@ class ChangeListener:
         # redis-py's pubsub.get_message can swallow a cancellation, so the loops also
         # watch a flag, and we never wait on them for more than a moment.
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2.0)
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def _push_loop(self) -> None:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.aio import cancel_and_wait
 from gateway.records import ACTIVE
 from gateway.store import StoreUnavailable
 
@@ -71,16 +72,15 @@ class Metrics:
             while True:
                 with contextlib.suppress(StoreUnavailable):
                     self.expiring_tokens = await count_expiring(runtime)
+                if self._task is None:  # stopped while the store call ran
+                    return
                 await asyncio.sleep(interval)
 
         self._task = asyncio.create_task(refresh(), name="tokenward-metrics")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait([task])
 
 
 async def count_expiring(runtime: Runtime) -> int:

@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.aio import cancel_and_wait
 from gateway.app import Runtime, create_proxy_server
 from gateway.settings import Settings
 
@@ -111,9 +112,8 @@ class Server:
         self._watcher = asyncio.create_task(watch(), name="tokenward-config-watch")
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        watcher, self._watcher = self._watcher, None
+        await cancel_and_wait([watcher])
         for runner in self._runners:
             with contextlib.suppress(Exception):
                 await runner.cleanup()

@@ -1,0 +1,112 @@
+"""`tokenward config check` warnings and `tokenward config explain METHOD PATH [--token T]`:
+which route, which scopes, which upstream, and with a token which decision step would fail.
+Both use the gateway's own code (canonical path, router, authenticator, authorize)."""
+
+from __future__ import annotations
+
+from gateway.decision import Denied, authorize
+from gateway.paths import PathError, parse_target
+from gateway.routes import LITERAL, TAIL, Route, methods_overlap
+from gateway.settings import Settings
+
+
+def _shapes_overlap(a: Route, b: Route) -> bool:
+    """Could one path match both templates?"""
+    sa, sb = a.shape, b.shape
+    for i in range(max(len(sa), len(sb))):
+        if i >= len(sa) or i >= len(sb):
+            shorter = sa if len(sa) < len(sb) else sb
+            return bool(shorter) and shorter[-1][0] == TAIL and i == len(shorter)
+        (ka, la), (kb, lb) = sa[i], sb[i]
+        if TAIL in (ka, kb):
+            return True
+        if ka == LITERAL and kb == LITERAL and la != lb:
+            return False
+    return True
+
+
+def _methods_meet(a: Route, b: Route) -> bool:
+    return a.methods is None or b.methods is None or methods_overlap(a.methods, b.methods)
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Legal but probably unintended: a public route that can take requests a protected route
+    also matches, public catch-alls, and protected routes that say nothing of the org."""
+    warnings = []
+    routes = settings.routes
+    for route in routes:
+        loc = f"routes[{route.index}]"
+        if route.public:
+            if route.shape and route.shape[0][0] != LITERAL:
+                warnings.append(
+                    f"{loc}: public route {route.label} starts with a parameter and matches almost any path"
+                )
+            for other in routes:
+                if (
+                    other is not route
+                    and not other.public
+                    and _shapes_overlap(route, other)
+                    and _methods_meet(route, other)
+                ):
+                    warnings.append(
+                        f"{loc}: public route {route.label} overlaps protected routes[{other.index}] "
+                        f"({other.label}); the more specific one wins, check that is intended"
+                    )
+        elif "org" not in route.resource:
+            warnings.append(f"{loc}: {route.label} names no resource org: tokens of any org may use it")
+    return warnings
+
+
+def explain_route(settings: Settings, method: str, raw_path: str) -> tuple[list[str], object]:
+    """Lines describing the match, and the match (or None)."""
+    lines = []
+    try:
+        target = parse_target(raw_path)
+    except PathError as exc:
+        return [f"400 path: {exc} (refused before routing)"], None
+    if target.path != raw_path.partition("?")[0]:
+        lines.append(f"canonical path: {target.path}")
+    match = settings.router.match(method.upper(), target.path)
+    if match is None:
+        return [*lines, "404 route: no route matches this request (default deny)"], None
+    route = match.route
+    upstream = settings.upstreams[route.upstream]
+    lines.append(f"route: routes[{route.index}] {route.label}")
+    if match.params:
+        lines.append("params: " + ", ".join(f"{k}={v}" for k, v in match.params.items()))
+    lines.append(
+        "access: public (no token needed)"
+        if route.public
+        else "scopes: " + ", ".join(str(s) for s in route.scopes)
+    )
+    if route.resource:
+        lines.append(
+            "resource: " + ", ".join(f"{role}={match.params[p]}" for role, p in route.resource.items())
+        )
+    query = f"?{target.query}" if target.query else ""
+    lines.append(f"upstream: {upstream.name} -> {upstream.url}{target.path}{query}")
+    return lines, match
+
+
+async def explain_token(settings: Settings, match: object, token: str) -> list[str]:
+    """Run steps 2–8 for `token` against the real store."""
+    from gateway.app import Runtime
+    from gateway.routes import Match
+
+    assert isinstance(match, Match)
+    if match.route.public:
+        return ["decision: allowed (public route; the token is not checked)"]
+    runtime = await Runtime.open(settings)
+    try:
+        principal = await runtime.authenticator.authenticate(token, None)
+        authorize(match, principal)
+    except Denied as denied:
+        return [f"decision: {denied.status} at step {denied.step}: {denied.message}"]
+    finally:
+        await runtime.close()
+    token_record = principal.token
+    return [
+        f"token: {token_record.display_prefix} ({token_record.name}) org={token_record.org} team={token_record.team}",
+        "effective scopes: " + ", ".join(str(s) for s in principal.effective_scopes),
+        "decision: allowed",
+    ]

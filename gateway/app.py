@@ -88,6 +88,7 @@ class Runtime:
         a2 = settings.tokens.argon2
         hasher = SecretHasher(a2.time_cost, a2.memory_cost, a2.parallelism)
         authenticator = Authenticator(store, cache, hasher, settings.tokens.accepted_prefixes)
+        authenticator.stale_if_error = settings.redis.stale_if_error
         audit = AuditLog(store, settings.audit.stream_maxlen)
         listener = ChangeListener(store, cache)
         runtime = cls(

@@ -38,12 +38,12 @@ class _LRU(Generic[K, V]):
         self._data: OrderedDict[K, tuple[V, float]] = OrderedDict()
 
     def get(self, key: K, max_age: float | None = None) -> V | None:
+        """The value if stored within `max_age` seconds (an older one stays for `stale`)."""
         item = self._data.get(key)
         if item is None:
             return None
         value, stored_at = item
         if max_age is not None and time.monotonic() - stored_at > max_age:
-            del self._data[key]
             return None
         self._data.move_to_end(key)
         return value
@@ -101,6 +101,13 @@ class VerificationCache:
 
     def team(self, org: str, team: str) -> TeamRecord | None:
         return self.teams.get((org, team), self.ttl)
+
+    def stale_record(self, key_id: str, max_age: float) -> TokenRecord | None:
+        """For a store outage: a record fetched within `max_age`, however old for the cache."""
+        return self.records.get(key_id, max_age)
+
+    def stale_team(self, org: str, team: str, max_age: float) -> TeamRecord | None:
+        return self.teams.get((org, team), max_age)
 
     def store_record(self, record: TokenRecord, epoch: int) -> None:
         if self.ttl > 0 and epoch == self.epoch:

@@ -166,6 +166,8 @@ class Authenticator:
         self.accepted_prefixes = accepted_prefixes
         self._inflight: dict[str, asyncio.Future[TokenRecord | None]] = {}
         self.argon2_verifications = 0
+        self.stale_if_error = 0.0  # seconds; set from redis.stale_if_error
+        self.stale_served = 0
         self.throttle = FailureThrottle()
 
     async def authenticate(self, token: str, client_ip: str | None) -> Principal:
@@ -232,7 +234,14 @@ class Authenticator:
         record = self.cache.record(key_id)
         if record is None:
             epoch = self.cache.epoch
-            record = await self.store.get_token(key_id)
+            try:
+                record = await self.store.get_token(key_id)
+            except StoreUnavailable:
+                record = self.cache.stale_record(key_id, self.stale_if_error)
+                if record is None:
+                    raise
+                self.stale_served += 1  # store down: a recently verified token keeps working
+                return record
             if record is not None:
                 self.cache.store_record(record, epoch)
         return record
@@ -242,7 +251,13 @@ class Authenticator:
         team = self.cache.team(record.org, record.team)
         if team is None:
             epoch = self.cache.epoch
-            team = await self.store.get_team(record.org, record.team)
+            try:
+                team = await self.store.get_team(record.org, record.team)
+            except StoreUnavailable:
+                team = self.cache.stale_team(record.org, record.team, self.stale_if_error)
+                if team is None:
+                    raise
+                return team
             if team is not None:
                 self.cache.store_team(team, epoch)
         return team

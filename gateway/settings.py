@@ -52,6 +52,7 @@ class Listen:
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
     url: str | None = None  # None: start the embedded server under data_dir
+    stale_if_error: float = 300.0  # store down: tokens verified this recently keep working
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,11 +447,12 @@ def settings_from_dict(raw: object, source: str = "config", base_dir: Path | Non
     listen = _listen(checker, data.get("listen"), "listen", Listen("0.0.0.0", 8080))
     admin_listen = _listen(checker, data.get("admin_listen"), "admin_listen", Listen("127.0.0.1", 8081))
 
-    redis_data = checker.mapping(data.get("redis"), "redis", ("url",))
+    redis_data = checker.mapping(data.get("redis"), "redis", ("url", "stale_if_error"))
     url = redis_data.get("url")
     if url is not None:
         url = checker.convert(url, "redis.url", _redis_url, None)
-    redis_settings = RedisSettings(url)
+    stale = checker.convert(redis_data.get("stale_if_error", "5m"), "redis.stale_if_error", parse_duration, 300.0)
+    redis_settings = RedisSettings(url, stale)
 
     data_dir_raw = checker.convert(data.get("data_dir", ".tokenward"), "data_dir", _str, ".tokenward")
     data_dir = Path(data_dir_raw)

@@ -1,0 +1,69 @@
+"""Store outages: tokens verified within `redis.stale_if_error` keep working, anything else
+gets 503 with Retry-After, /readyz is false, and everything recovers when the store is back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.embedded import EmbeddedServer, free_port
+from tests.conftest import Gateway
+
+APIS = "/orgs/acme/teams/platform/apis"
+
+
+async def get(gw: Gateway, token: str) -> tuple[int, Any]:
+    async with gw.session.get(gw.url + APIS, headers=gw.auth(token)) as r:
+        return r.status, r.headers
+
+
+async def outage_gateway(start: Callable[..., Awaitable[Gateway]], config: dict[str, Any], tmp_path: Path, stale: str) -> tuple[Gateway, EmbeddedServer]:
+    server = EmbeddedServer(tmp_path / "store", port=free_port())
+    server.start()
+    config["tokens"]["cache_ttl"] = "200ms"
+    config["redis"] = {"stale_if_error": stale}
+    gw = await start(config, url=server.url)
+    await gw.team("platform", ["read:apis"])
+    return gw, server
+
+
+async def test_recent_tokens_survive_an_outage_and_others_get_503(start_gateway: Any, config: dict[str, Any], tmp_path: Path) -> None:
+    gw, server = await outage_gateway(start_gateway, config, tmp_path, "5m")
+    try:
+        warm, _ = await gw.token("platform", ["read:apis"])
+        cold, _ = await gw.token("platform", ["read:apis"])
+        assert (await get(gw, warm))[0] == 200
+        server.stop()
+        await asyncio.sleep(0.3)  # past cache_ttl: only the stale window keeps it
+        assert (await get(gw, warm))[0] == 200
+        status, headers = await get(gw, cold)
+        assert status == 503 and headers["Retry-After"]
+        async with gw.session.get(gw.admin_url + "/readyz") as r:
+            assert r.status == 503
+        async with gw.session.post(gw.admin_url + "/v1/orgs/acme/teams", json={"name": "x", "permissions": []},
+                                   headers=gw.auth(warm)) as r:
+            assert r.status in (403, 503)  # a team token can't create teams; never a 500
+        server.start()  # back, same port and data
+        for _ in range(100):
+            if (await get(gw, cold))[0] == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert (await get(gw, cold))[0] == 200
+        async with gw.session.get(gw.admin_url + "/readyz") as r:
+            assert r.status == 200
+    finally:
+        server.stop()
+
+
+async def test_no_stale_window_means_503(start_gateway: Any, config: dict[str, Any], tmp_path: Path) -> None:
+    gw, server = await outage_gateway(start_gateway, config, tmp_path, "0s")
+    try:
+        warm, _ = await gw.token("platform", ["read:apis"])
+        assert (await get(gw, warm))[0] == 200
+        server.stop()
+        await asyncio.sleep(0.3)
+        assert (await get(gw, warm))[0] == 503
+    finally:
+        server.stop()

@@ -178,6 +178,18 @@ class AdminContext:
         self.runtime.audit.mark_used(self.principal.token.id, time.time())
         return self.principal
 
+    def token_event(self, action: str, record: TokenRecord, **fields: Any) -> None:
+        """An admin event about one token, naming it and its org, team and service account."""
+        self.audit(
+            action,
+            org=record.org,
+            team=record.team,
+            token_id=record.id,
+            token_name=record.name,
+            service_account=record.service_account,
+            **fields,
+        )
+
     def audit(self, action: str, **fields: Any) -> None:
         assert self.principal is not None
         self.runtime.audit.emit(
@@ -490,16 +502,7 @@ async def create_token(request: web.Request) -> web.Response:
         allowed_cidrs=_cidrs(body.get("allowed_cidrs", [])),
     )
     view = token_view(record, team, None)
-    ctx(request).audit(
-        "token.created",
-        org=org,
-        team=team_name,
-        token_id=record.id,
-        token_name=record.name,
-        service_account=service_account,
-        scopes=view["scopes"],
-        expires_at=view["expires_at"],
-    )
+    ctx(request).token_event("token.created", record, scopes=view["scopes"], expires_at=view["expires_at"])
     return json_response({**view, "token": plaintext}, 201, **{"Cache-Control": "no-store"})
 
 
@@ -621,7 +624,7 @@ async def update_token(request: web.Request) -> web.Response:
         record, name=data.get("name", record.name), description=data.get("description", record.description)
     )
     await runtime.store.put_token(record)
-    context.audit("token.updated", org=org, team=team, token_id=record.id, token_name=record.name)
+    context.token_event("token.updated", record)
     return await token_response(runtime, record)
 
 
@@ -639,14 +642,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     if record.status() != REVOKED:  # also ends a rotation grace period at once
         record = record.revoked(time.time(), actor(context.principal_required), record.revoke_reason)
         await runtime.store.put_token(record)
-        context.audit(
-            "token.revoked",
-            org=org,
-            team=team,
-            token_id=record.id,
-            token_name=record.name,
-            service_account=record.service_account,
-        )
+        context.token_event("token.revoked", record)
     return await token_response(runtime, record)
 
 
@@ -674,14 +670,7 @@ async def restore_token(request: web.Request) -> web.Response:
         )
     record = record.restored()
     await runtime.store.put_token(record)
-    context.audit(
-        "token.restored",
-        org=org,
-        team=team,
-        token_id=record.id,
-        token_name=record.name,
-        service_account=record.service_account,
-    )
+    context.token_event("token.restored", record)
     return await token_response(runtime, record)
 
 
@@ -699,14 +688,7 @@ async def delete_token(request: web.Request) -> web.Response:
     if record.status() == ACTIVE:
         raise ApiError(409, "conflict", "token is active; revoke it first, then delete it")
     await runtime.store.delete_token(record)
-    context.audit(
-        "token.deleted",
-        org=org,
-        team=team,
-        token_id=record.id,
-        token_name=record.name,
-        service_account=record.service_account,
-    )
+    context.token_event("token.deleted", record)
     return web.Response(status=204, headers={"X-Request-Id": context.request_id})
 
 
@@ -761,16 +743,7 @@ async def rotate_token(request: web.Request) -> web.Response:
     )
     retired = replace(old.revoked(issued + grace, actor(principal), "rotated"), replaced_by=new.id)
     await runtime.store.put_token(retired)
-    context.audit(
-        "token.rotated",
-        org=org,
-        team=team_name,
-        token_id=new.id,
-        token_name=new.name,
-        replaces=old.id,
-        old_revoked_at=iso(retired.revoked_at),
-        service_account=new.service_account,
-    )
+    context.token_event("token.rotated", new, replaces=old.id, old_revoked_at=iso(retired.revoked_at))
     team = await runtime.store.get_team(org, team_name)
     view = token_view(new, team, None)
     return json_response(
@@ -982,15 +955,7 @@ async def _revoke_leaked(context: AdminContext, runtime: Runtime, text: str) -> 
     revoked_at = record.revoked_at if already and record.revoked_at is not None else time.time()
     record = record.revoked(revoked_at, actor(context.principal_required), "leaked")
     await runtime.store.put_token(record)
-    context.audit(
-        "token.leaked",
-        org=record.org,
-        team=record.team,
-        token_id=record.id,
-        token_name=record.name,
-        service_account=record.service_account,
-        was_revoked=already,
-    )
+    context.token_event("token.leaked", record, was_revoked=already)
     return {"token": parsed.display_prefix, "result": "already_revoked" if already else "revoked"}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,3 +214,63 @@ def env_for_subprocess() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+CLI = [sys.executable, "-c", "from admin.cli import main; main()"]
+
+
+@dataclass
+class ServeConfig:
+    """A config file for a real `tokenward serve` process, on fixed free ports."""
+
+    path: Path
+    config: dict[str, Any]
+    port: int
+    admin_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def write(self) -> None:
+        import yaml
+
+        self.path.write_text(yaml.safe_dump(self.config))
+
+
+def serve_config(tmp_path: Path, upstream_port: int, **top: Any) -> ServeConfig:
+    config = base_config(upstream_port)
+    port, admin_port = free_port(), free_port()
+    config["listen"]["port"], config["admin_listen"]["port"] = port, admin_port
+    config["data_dir"] = str(tmp_path / "data")
+    config.update(top)
+    result = ServeConfig(tmp_path / "tokenward.yaml", config, port, admin_port)
+    result.write()
+    return result
+
+
+async def bootstrap_admin(path: Path, org: str = "acme") -> str:
+    """`tokenward admin bootstrap --json` as a user runs it; returns the org-admin token."""
+    import asyncio
+
+    boot = await asyncio.create_subprocess_exec(
+        *CLI,
+        "admin",
+        "bootstrap",
+        "--config",
+        str(path),
+        "--org",
+        org,
+        "--json",
+        cwd=ROOT,
+        env=env_for_subprocess(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await boot.communicate()
+    assert boot.returncode == 0, err
+    return str(orjson.loads(out)["token"])

@@ -7,19 +7,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import redis
-import yaml
 
 from gateway.embedded import EmbeddedServer, free_port
-from tests.conftest import ROOT, base_config, env_for_subprocess
-
-CLI = [sys.executable, "-c", "from admin.cli import main; main()"]
+from tests.conftest import CLI, ROOT, bootstrap_admin, env_for_subprocess, serve_config
 
 
 async def wait_ready(session: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process) -> None:
@@ -66,32 +62,10 @@ def store_dump(data_dir: Path) -> bytes:
 
 
 async def test_serve_flow_and_no_plaintext_anywhere(tmp_path: Path, upstream: int) -> None:
-    config = base_config(upstream)
-    port, admin_port = free_port(), free_port()
-    config["listen"]["port"] = port
-    config["admin_listen"]["port"] = admin_port
-    config["data_dir"] = str(tmp_path / "data")
-    path = tmp_path / "tokenward.yaml"
-    path.write_text(yaml.safe_dump(config))
+    served = serve_config(tmp_path, upstream)
+    config, path, port, admin_port = served.config, served.path, served.port, served.admin_port
     env = env_for_subprocess()
-
-    boot = await asyncio.create_subprocess_exec(
-        *CLI,
-        "admin",
-        "bootstrap",
-        "--config",
-        str(path),
-        "--org",
-        "acme",
-        "--json",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    boot_out, boot_err = await boot.communicate()
-    assert boot.returncode == 0, boot_err
-    admin_token = orjson.loads(boot_out)["token"]
+    admin_token = await bootstrap_admin(path)
 
     log_out = (tmp_path / "serve.out").open("wb")
     log_err = (tmp_path / "serve.err").open("wb")

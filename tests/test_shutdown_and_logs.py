@@ -6,51 +6,52 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 import orjson
 import redis
 import structlog
-import yaml
 
 from gateway.audit import configure_logging
-from gateway.embedded import free_port
 from gateway.settings import LogSettings
-from tests.conftest import LOG_STREAM, ROOT, base_config, env_for_subprocess
+from tests.conftest import CLI, LOG_STREAM, ROOT, bootstrap_admin, env_for_subprocess, serve_config
 from tests.test_serve_process import wait_ready
 
-CLI = [sys.executable, "-c", "from admin.cli import main; main()"]
 
-
-async def test_sigterm_drains_in_flight_requests_and_flushes(tmp_path: Path, upstream: int, redis_url: str) -> None:
-    config = base_config(upstream)
-    port, admin_port = free_port(), free_port()
-    config["listen"]["port"], config["admin_listen"]["port"] = port, admin_port
-    config["redis"] = {"url": redis_url}
-    path = tmp_path / "tokenward.yaml"
-    path.write_text(yaml.safe_dump(config))
+async def test_sigterm_drains_in_flight_requests_and_flushes(
+    tmp_path: Path, upstream: int, redis_url: str
+) -> None:
+    served = serve_config(tmp_path, upstream, redis={"url": redis_url})
+    path, port, admin_port = served.path, served.port, served.admin_port
     env = env_for_subprocess()
-    boot = await asyncio.create_subprocess_exec(
-        *CLI, "admin", "bootstrap", "--config", str(path), "--org", "acme", "--json",
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, _ = await boot.communicate()
-    admin_token = orjson.loads(out)["token"]
+    admin_token = await bootstrap_admin(path)
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
         serve = await asyncio.create_subprocess_exec(
-            *CLI, "serve", "--config", str(path), cwd=ROOT, env=env, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+            *CLI,
+            "serve",
+            "--config",
+            str(path),
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=asyncio.subprocess.STDOUT,
         )
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, f"http://127.0.0.1:{admin_port}/readyz", serve)
             auth = {"Authorization": f"Bearer {admin_token}"}
-            async with session.post(f"http://127.0.0.1:{admin_port}/v1/orgs/acme/teams", headers=auth,
-                                    json={"name": "platform", "permissions": ["read:apis"]}):
+            async with session.post(
+                f"http://127.0.0.1:{admin_port}/v1/orgs/acme/teams",
+                headers=auth,
+                json={"name": "platform", "permissions": ["read:apis"]},
+            ):
                 pass
-            async with session.post(f"http://127.0.0.1:{admin_port}/v1/orgs/acme/teams/platform/tokens", headers=auth,
-                                    json={"name": "slow", "scopes": ["read:apis"]}) as r:
+            async with session.post(
+                f"http://127.0.0.1:{admin_port}/v1/orgs/acme/teams/platform/tokens",
+                headers=auth,
+                json={"name": "slow", "scopes": ["read:apis"]},
+            ) as r:
                 created = await r.json()
 
             async def slow() -> int:

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import orjson
 import redis
-import yaml
 
-from gateway.embedded import free_port
-from tests.conftest import ROOT, base_config, env_for_subprocess
+from tests.conftest import CLI, ROOT, bootstrap_admin, env_for_subprocess, serve_config
 from tests.test_serve_process import wait_ready
 
-CLI = [sys.executable, "-c", "from admin.cli import main; main()"]
 APIS = "/orgs/acme/teams/platform/apis"
 
 
@@ -50,30 +46,10 @@ async def revoke_and_time(
 
 
 async def test_workers_share_the_port_and_revocation_reaches_all(tmp_path: Path, upstream: int) -> None:
-    config = base_config(upstream)
-    port, admin_port = free_port(), free_port()
-    config["listen"]["port"], config["admin_listen"]["port"] = port, admin_port
-    config["data_dir"] = str(tmp_path / "data")
-    path = tmp_path / "tokenward.yaml"
-    path.write_text(yaml.safe_dump(config))
+    served = serve_config(tmp_path, upstream)
+    path, port, admin_port = served.path, served.port, served.admin_port
     env = env_for_subprocess()
-    boot = await asyncio.create_subprocess_exec(
-        *CLI,
-        "admin",
-        "bootstrap",
-        "--config",
-        str(path),
-        "--org",
-        "acme",
-        "--json",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await boot.communicate()
-    assert boot.returncode == 0, err
-    auth = {"Authorization": f"Bearer {orjson.loads(out)['token']}"}
+    auth = {"Authorization": f"Bearer {await bootstrap_admin(path)}"}
 
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:

@@ -35,7 +35,7 @@ from gateway.decision import (
 from gateway.embedded import EmbeddedServer
 from gateway.metrics import Metrics
 from gateway.paths import PathError, Target, parse_target
-from gateway.proxy import ClientBodyError, Forwarder, UpstreamError, identity_headers, is_trusted
+from gateway.proxy import ClientBodyError, Forwarder, UpstreamError, client_address, identity_headers, is_trusted
 from gateway.routes import HTTP_METHODS
 from gateway.settings import Limits, Settings
 from gateway.store import Store
@@ -227,6 +227,7 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     route: str | None = None
     upstream: str = ""
+    client_ip: str | None = None
     principal: Principal | None = None
     allowed: bool = False
     status: int = 500
@@ -249,6 +250,7 @@ class ProxyHandler:
         runtime = self.runtime
         settings = runtime.settings  # one snapshot per request: a reload swaps the whole object
         ex = Exchange(request_id_for(request), request.method, request.raw_path)
+        ex.client_ip = client_address(request, settings.trusted_proxies)
         try:
             check_request(request, settings.limits)
             if request.raw_path.partition("?")[0].startswith(VERIFY_PATH):
@@ -286,7 +288,7 @@ class ProxyHandler:
                 step=ex.step,
                 reason=ex.reason,
                 mode=ex.mode,
-                client_ip=request.remote,
+                client_ip=ex.client_ip,
                 request_id=ex.request_id,
                 duration_ms=round((time.perf_counter() - ex.started) * 1000, 3),
                 **principal_fields(ex.principal),
@@ -312,7 +314,7 @@ class ProxyHandler:
         ex.upstream = match.route.upstream
         if not match.route.public:
             token = bearer_token(request.headers.getall("Authorization", []))
-            ex.principal = await self.runtime.authenticator.authenticate(token, request.remote)
+            ex.principal = await self.runtime.authenticator.authenticate(token, ex.client_ip)
             authorize(match, ex.principal)
             self.runtime.audit.mark_used(ex.principal.token.id, time.time())
         ex.allowed = True

@@ -131,8 +131,9 @@ def is_trusted(address: str | None, trusted: Iterable[IPNetwork]) -> bool:
 
 
 def identity_headers(principal: Principal) -> dict[str, str]:
+    """The caller's identity for the upstream; a header with nothing to say is left out."""
     token = principal.token
-    return {
+    headers = {
         "X-Tokenward-Token-Id": token.id,
         "X-Tokenward-Token-Name": header_value(token.name),
         "X-Tokenward-Org": token.org,
@@ -140,6 +141,26 @@ def identity_headers(principal: Principal) -> dict[str, str]:
         "X-Tokenward-Service-Account": token.service_account or "",
         "X-Tokenward-Scopes": " ".join(format_scopes(principal.effective_scopes)),
     }
+    return {name: value for name, value in headers.items() if value}
+
+
+def client_address(request: web.BaseRequest, trusted: tuple[IPNetwork, ...]) -> str | None:
+    """The client's address: the peer, or behind trusted proxies the right-most
+    X-Forwarded-For entry that is not itself a trusted proxy."""
+    peer = request.remote
+    if not is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", []) for h in v.split(",")]
+    for hop in reversed(hops):
+        if not hop:
+            continue
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer  # garbage in the chain: trust only what we saw ourselves
+        if not is_trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
 
 
 def upstream_headers(

@@ -115,3 +115,37 @@ async def test_only_trusted_proxies_may_ask(gateway: Gateway) -> None:
     token, _ = await gateway.token("platform", ["read:apis"])  # the default test config trusts 10.99/16 only
     status, body, _ = await verify(gateway, **{"X-Original-URI": APIS}, Authorization=f"Bearer {token}")
     assert status == 403 and "trusted_proxies" in body["message"]
+
+
+async def test_allowed_cidrs_see_the_client_behind_the_proxy(fa: Gateway, logs: LogReader) -> None:
+    token, _ = await fa.token("platform", ["read:apis"], allowed_cidrs=("203.0.113.0/24",))
+    ask = {"X-Original-URI": APIS, "Authorization": f"Bearer {token}"}
+    status, _, _ = await verify(fa, **ask, **{"X-Forwarded-For": "203.0.113.9"})
+    assert status == 200
+    status, body, _ = await verify(fa, **ask, **{"X-Forwarded-For": "198.51.100.1"})
+    assert (status, body["step"]) == (401, "status")
+    status, body, _ = await verify(fa, **ask)  # no forwarded client: the proxy itself is the client
+    assert (status, body["step"]) == (401, "status")
+    assert [e["client_ip"] for e in logs.events()][:2] == ["203.0.113.9", "198.51.100.1"]
+
+
+def test_client_address() -> None:
+    import ipaddress
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from gateway.proxy import client_address
+
+    trusted = (ipaddress.ip_network("10.0.0.0/8"),)
+
+    def req(peer: str, xff: str | None) -> Any:
+        headers = {"X-Forwarded-For": xff} if xff else {}
+        request = make_mocked_request("GET", "/", headers=headers)
+        request._transport_peername = (peer, 1234)  # type: ignore[attr-defined]
+        return request
+
+    assert client_address(req("198.51.100.7", "1.2.3.4"), trusted) == "198.51.100.7"  # untrusted peer
+    assert client_address(req("10.0.0.1", "1.2.3.4"), trusted) == "1.2.3.4"
+    assert client_address(req("10.0.0.1", "6.6.6.6, 1.2.3.4, 10.0.0.2"), trusted) == "1.2.3.4"
+    assert client_address(req("10.0.0.1", "not-an-ip"), trusted) == "10.0.0.1"
+    assert client_address(req("10.0.0.1", None), trusted) == "10.0.0.1"

@@ -1,0 +1,368 @@
+"""deploy/nginx/nginx.conf for real: nginx (`auth_request`) in front of an echo upstream, with
+the real `tokenward serve` process answering /_tokenward/verify.
+
+nginx is installed with apt-get when missing (CI runs as root on Debian); if that fails the
+test fails: it is never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import yaml
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from admin.demo import echo_app
+from gateway.embedded import free_port
+from tests.conftest import ROOT, base_config, env_for_subprocess
+
+NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
+CLI = [sys.executable, "-c", "from admin.cli import main; main()"]
+APIS = "/orgs/acme/teams/platform/apis"
+IDENTITY = (
+    "X-Tokenward-Token-Id",
+    "X-Tokenward-Token-Name",
+    "X-Tokenward-Org",
+    "X-Tokenward-Team",
+    "X-Tokenward-Service-Account",
+    "X-Tokenward-Scopes",
+)
+
+
+def find_nginx() -> str | None:
+    found = shutil.which("nginx")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def nginx_bin() -> str:
+    """The nginx binary, installed with apt-get if missing. Fails (never skips) otherwise."""
+    found = find_nginx()
+    if found is None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (
+            ["apt-get", "update"],
+            ["apt-get", "install", "-y", "--no-install-recommends", "nginx"],
+        ):
+            try:
+                done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                pytest.fail(f"cannot install nginx: {' '.join(command)}: {exc}")
+            if done.returncode != 0:
+                pytest.fail(
+                    f"cannot install nginx: {' '.join(command)} exited {done.returncode}:\n"
+                    f"{(done.stdout + done.stderr)[-3000:]}"
+                )
+        found = find_nginx()
+        if found is None:
+            pytest.fail("apt-get installed nginx but no nginx binary was found")
+    version = subprocess.run([found, "-V"], capture_output=True, text=True, check=False)
+    if "http_auth_request_module" not in version.stderr + version.stdout:
+        pytest.fail(f"{found} is built without http_auth_request_module:\n{version.stderr}")
+    return found
+
+
+def render_nginx_conf(workdir: Path, listen_port: int, tokenward_port: int, upstream_port: int) -> Path:
+    """deploy/nginx/nginx.conf with its placeholders filled in and every path nginx writes
+    moved under `workdir` (nothing under /var, /run or /etc is touched)."""
+    text = NGINX_CONF.read_text()
+    values = {
+        "__LISTEN_PORT__": f"127.0.0.1:{listen_port}",
+        "__TOKENWARD__": f"127.0.0.1:{tokenward_port}",
+        "__UPSTREAM__": f"127.0.0.1:{upstream_port}",
+    }
+    for placeholder, value in values.items():
+        assert placeholder in text, f"{placeholder} is documented but not used"
+        text = text.replace(placeholder, value)
+    leftover = re.findall(r"__[A-Z_]+__", text)
+    assert not leftover, f"undocumented placeholders: {leftover}"
+    for original, local in (
+        ("/var/log/nginx/access.log", workdir / "access.log"),
+        ("/var/cache/nginx/tokenward", workdir / "cache"),
+    ):
+        assert original in text, original
+        text = text.replace(original, str(local))
+    temp_paths = "".join(
+        f"    {directive} {workdir / name};\n"
+        for directive, name in (
+            ("client_body_temp_path", "client_body"),
+            ("proxy_temp_path", "proxy"),
+            ("fastcgi_temp_path", "fastcgi"),
+            ("uwsgi_temp_path", "uwsgi"),
+            ("scgi_temp_path", "scgi"),
+        )
+    )
+    assert text.count("\nhttp {\n") == 1
+    text = text.replace("\nhttp {\n", "\nhttp {\n" + temp_paths, 1)
+    path = workdir / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def nginx_command(nginx: str, conf: Path, workdir: Path, *, test: bool = False) -> list[str]:
+    main = f"pid {workdir / 'nginx.pid'}; error_log {workdir / 'error.log'} info;"
+    if os.geteuid() == 0:
+        main += " user root;"  # workers may then write the denial cache under the private tmp dir
+    if not test:
+        main += " daemon off;"
+    command = [nginx, "-e", str(workdir / "error.log"), "-p", str(workdir), "-c", str(conf), "-g", main]
+    return [*command, "-t"] if test else command
+
+
+@pytest.fixture
+async def recording_upstream() -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
+    """admin.demo's echo upstream, also recording what reached it."""
+    seen: list[dict[str, Any]] = []
+
+    @web.middleware
+    async def record(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        seen.append(
+            {"method": request.method, "raw_path": request.raw_path, "headers": request.headers.copy()}
+        )
+        return await handler(request)
+
+    app = echo_app()
+    app.middlewares.append(record)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield port, seen
+    await runner.cleanup()
+
+
+async def wait_http(session: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process) -> None:
+    for _ in range(300):
+        if process.returncode is not None:
+            raise AssertionError(f"{url}: process exited with {process.returncode}")
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(url) as response:
+                if response.status < 500:
+                    return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} did not answer")
+
+
+async def stop(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    if process.returncode is None:
+        process.send_signal(sig)
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "nginx"
+    path.mkdir()
+    yield path
+
+
+async def test_nginx_auth_request_in_front_of_tokenward(
+    nginx_bin: str,
+    workdir: Path,
+    tmp_path: Path,
+    redis_url: str,
+    recording_upstream: tuple[int, list[dict[str, Any]]],
+) -> None:
+    upstream_port, seen = recording_upstream
+    config = base_config(upstream_port)
+    port, admin_port, nginx_port = free_port(), free_port(), free_port()
+    config["listen"]["port"] = port
+    config["admin_listen"]["port"] = admin_port
+    config["trusted_proxies"] = ["127.0.0.1/32"]
+    config["redis"] = {"url": redis_url}
+    config["log"] = {"level": "info", "format": "json"}
+    config_path = tmp_path / "tokenward.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = env_for_subprocess()
+
+    boot = await asyncio.create_subprocess_exec(
+        *CLI, "admin", "bootstrap", "--config", str(config_path), "--org", "acme", "--json",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    boot_out, boot_err = await boot.communicate()
+    assert boot.returncode == 0, boot_err
+    admin = {"Authorization": f"Bearer {orjson.loads(boot_out)['token']}"}
+
+    conf = render_nginx_conf(workdir, nginx_port, port, upstream_port)
+    checked = subprocess.run(
+        nginx_command(nginx_bin, conf, workdir, test=True), capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stderr
+
+    serve_log = (tmp_path / "serve.out").open("wb")
+    serve = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--config", str(config_path),
+        cwd=ROOT, env=env, stdout=serve_log, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    nginx = await asyncio.create_subprocess_exec(
+        *nginx_command(nginx_bin, conf, workdir),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    decisions: list[int] = []  # the status of every request nginx asked tokenward about
+    base = f"http://127.0.0.1:{nginx_port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_http(session, f"http://127.0.0.1:{admin_port}/readyz", serve)
+            await wait_http(session, f"{base}/health", nginx)
+            decisions.append(200)  # the public /health above went through tokenward too
+            seen.clear()
+
+            adm = f"http://127.0.0.1:{admin_port}/v1/orgs/acme/teams"
+            async with session.post(
+                adm, headers=admin, json={"name": "platform", "permissions": ["read:apis"]}
+            ) as r:
+                assert r.status == 201, await r.text()
+            async with session.post(
+                f"{adm}/platform/tokens",
+                headers=admin,
+                json={"name": "ci", "scopes": ["read:apis", "write:apis"]},
+            ) as r:
+                assert r.status == 201, await r.text()
+                created = await r.json()
+            bearer = f"Bearer {created['token']}"
+
+            async def call(
+                method: str, target: str, headers: Any = None, expected: int = 200, data: bytes | None = None
+            ) -> tuple[aiohttp.ClientResponse, Any]:
+                url = URL(base + target, encoded=True)
+                async with session.request(method, url, headers=headers, data=data) as r:
+                    body = await r.json() if r.content_type == "application/json" else await r.read()
+                decisions.append(r.status)
+                assert r.status == expected, (method, target, r.status, body)
+                return r, body
+
+            # Allowed: the upstream gets tokenward's identity, never the client's forged copies.
+            forged = CIMultiDict(
+                [
+                    ("Authorization", bearer),
+                    ("X-Tokenward-Org", "evil"),
+                    ("x-tokenward-team", "evil"),
+                    ("X-TOKENWARD-SCOPES", "admin:*"),
+                    ("X_Tokenward_Org", "evil"),
+                ]
+            )
+            r, body = await call("GET", APIS + "?page=2", forged)
+            (got,) = seen
+            headers = got["headers"]
+            assert got["raw_path"] == APIS + "?page=2"  # exactly the target tokenward authorized
+            assert headers.getall("X-Tokenward-Org") == ["acme"]
+            assert headers.getall("X-Tokenward-Team") == ["platform"]
+            assert headers.getall("X-Tokenward-Scopes") == ["read:apis"]  # effective: team ∩ token
+            assert headers["X-Tokenward-Token-Id"] == created["id"]
+            assert headers["X-Tokenward-Token-Name"] == "ci"
+            assert "X-Tokenward-Service-Account" not in headers  # none: nginx sends no empty header
+            assert not [k for k in headers if "tokenward" in k.lower() and k not in IDENTITY]
+            assert "evil" not in repr(list(headers.items())) and "admin:*" not in repr(list(headers.items()))
+            assert "Authorization" not in headers  # like forward_authorization: false
+            assert headers["X-Request-Id"]  # tokenward's request id, for correlation
+            assert body["raw_path"] == APIS + "?page=2"
+
+            # A public route: no identity at all, and the forged one is still dropped.
+            seen.clear()
+            await call("GET", "/health", {"X-Tokenward-Org": "evil", "X-Tokenward-Token-Id": "x"})
+            assert not [k for k in seen[0]["headers"] if "tokenward" in k.lower()]
+
+            # Denials: tokenward's status, JSON body and WWW-Authenticate, nothing forwarded.
+            seen.clear()
+            r, body = await call("GET", APIS, expected=401)
+            assert body["step"] == "credential" and body["message"] == "missing bearer token"
+            assert r.headers.getall("WWW-Authenticate") == ['Bearer realm="tokenward"']
+            assert r.headers["X-Request-Id"] == body["request_id"]
+
+            r, body = await call("GET", APIS, {"Authorization": bearer[:-1] + "x"}, expected=401)
+            assert body["step"] == "credential"
+            assert r.headers.getall("WWW-Authenticate")[0].startswith(
+                'Bearer realm="tokenward", error="invalid_token"'
+            )
+
+            r, body = await call(
+                "GET", "/orgs/other/teams/platform/apis", {"Authorization": bearer}, expected=403
+            )
+            assert (body["step"], body["message"]) == ("org", "token org does not match resource org")
+
+            # team lacks write:apis; the denied request's body is dropped, never buffered for it
+            r, body = await call("POST", APIS, {"Authorization": bearer}, expected=403, data=b"x" * 300_000)
+            assert (body["step"], body["message"]) == ("scope", "token lacks required permission: write:apis")
+            assert r.headers["WWW-Authenticate"] == (
+                'Bearer realm="tokenward", error="insufficient_scope", scope="write:apis"'
+            )
+            assert r.content_type == "application/json"
+
+            # auth_request alone would turn these into 500: the client gets tokenward's answer.
+            r, body = await call("GET", "/nothing", {"Authorization": bearer}, expected=404)
+            assert body["step"] == "route"
+            # the original method reaches tokenward (asked as GET, this would be allowed)
+            r, body = await call("PUT", APIS, {"Authorization": bearer}, expected=404)
+            assert body["step"] == "route"
+            r, body = await call(
+                "GET", "/orgs/acme/teams/platform%2fapis", {"Authorization": bearer}, expected=400
+            )
+            assert body["step"] == "path"
+            assert seen == []
+
+            # Revoked: 401 on the next request.
+            async with session.post(f"{adm}/platform/tokens/{created['id']}/revoke", headers=admin) as r:
+                assert r.status == 200
+            for _ in range(20):  # one process: immediate; the contract allows up to 50 ms
+                async with session.get(base + APIS, headers={"Authorization": bearer}) as r:
+                    body = await r.json() if r.content_type == "application/json" else None
+                decisions.append(r.status)
+                if r.status == 401:
+                    break
+                await asyncio.sleep(0.05)
+            assert r.status == 401 and body is not None and body["message"] == "token revoked", body
+            assert r.headers["WWW-Authenticate"].startswith('Bearer realm="tokenward", error="invalid_token"')
+
+            # tokenward down: nginx fails closed (its own 502) and forwards nothing.
+            assert await stop(serve) == 0
+            seen.clear()
+            async with session.get(base + "/health") as r:
+                assert r.status == 502
+            assert seen == []
+    finally:
+        nginx_code = await stop(nginx, signal.SIGQUIT)
+        serve_code = await stop(serve)
+        serve_log.close()
+    error_log = (workdir / "error.log").read_text()
+    assert nginx_code == 0, error_log
+    assert serve_code == 0, (tmp_path / "serve.out").read_text()[-3000:]
+    assert "[emerg]" not in error_log and "[alert]" not in error_log, error_log
+
+    # One audit event per request: the denial page is served from nginx's cache of
+    # tokenward's answer, never by asking tokenward a second time.
+    events = [
+        orjson.loads(line)
+        for line in (tmp_path / "serve.out").read_bytes().splitlines()
+        if line.startswith(b"{")
+    ]
+    verified = [e for e in events if e.get("mode") == "forward_auth"]
+    assert sorted(e["status"] for e in verified) == sorted(decisions), verified
+    assert all(e["client_ip"] == "127.0.0.1" for e in verified)

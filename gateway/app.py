@@ -35,7 +35,14 @@ from gateway.decision import (
 from gateway.embedded import EmbeddedServer
 from gateway.metrics import Metrics
 from gateway.paths import PathError, Target, parse_target
-from gateway.proxy import ClientBodyError, Forwarder, UpstreamError, client_address, identity_headers, is_trusted
+from gateway.proxy import (
+    ClientBodyError,
+    Forwarder,
+    UpstreamError,
+    client_address,
+    identity_headers,
+    is_trusted,
+)
 from gateway.routes import HTTP_METHODS
 from gateway.settings import Limits, Settings
 from gateway.store import Store

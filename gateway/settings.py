@@ -451,7 +451,9 @@ def settings_from_dict(raw: object, source: str = "config", base_dir: Path | Non
     url = redis_data.get("url")
     if url is not None:
         url = checker.convert(url, "redis.url", _redis_url, None)
-    stale = checker.convert(redis_data.get("stale_if_error", "5m"), "redis.stale_if_error", parse_duration, 300.0)
+    stale = checker.convert(
+        redis_data.get("stale_if_error", "5m"), "redis.stale_if_error", parse_duration, 300.0
+    )
     redis_settings = RedisSettings(url, stale)
 
     data_dir_raw = checker.convert(data.get("data_dir", ".tokenward"), "data_dir", _str, ".tokenward")

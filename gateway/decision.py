@@ -94,7 +94,9 @@ def bearer_token(values: Sequence[str]) -> str:
 class FailureThrottle:
     """Token buckets for failed secret verifications: one per key id and one overall.
 
-    A flood of wrong secrets (or unknown ids) may not turn into unbounded argon2 work: once
+    A flood of wrong secrets (or unknown ids) may not turn into unbounded argon2 work (one
+    default argon2id verification is ~150 ms of a core here, so 4 failures/s overall keeps a
+    flood under two thirds of one core): once
     a bucket is empty, unproven tokens are refused without verification ("invalid token",
     as always). A token whose secret was already proven is never throttled.
     """
@@ -103,8 +105,8 @@ class FailureThrottle:
         self,
         per_key_burst: float = 5,
         per_key_rate: float = 1.0,
-        global_burst: float = 64,
-        global_rate: float = 32.0,
+        global_burst: float = 16,
+        global_rate: float = 4.0,
         max_keys: int = 100_000,
     ) -> None:
         self.per_key = (per_key_burst, per_key_rate)
@@ -119,35 +121,27 @@ class FailureThrottle:
         level, at = state
         return min(burst, level + (now - at) * rate)
 
-    def acquire(self, key_id: str) -> bool:
-        """Charge one verification attempt up front (so a concurrent burst is counted)."""
+    def allows(self, key_id: str) -> bool:
         now = time.monotonic()
         g_burst, g_rate = self.overall
         k_burst, k_rate = self.per_key
-        overall = self._level(self._global, g_burst, g_rate, now)
-        state = self._keys.pop(key_id, (k_burst, now))
-        mine = self._level(state, k_burst, k_rate, now)
-        if overall < 1 or mine < 1:
-            self._keys[key_id] = (mine, now)
+        state = self._keys.get(key_id)
+        if self._level(self._global, g_burst, g_rate, now) < 1 or (
+            state is not None and self._level(state, k_burst, k_rate, now) < 1
+        ):
             self.refused += 1
             return False
-        self._global = (overall - 1, now)
-        self._keys[key_id] = (mine - 1, now)
-        if len(self._keys) > self.max_keys:
-            self._keys.pop(next(iter(self._keys)))
         return True
 
-    def succeeded(self, key_id: str) -> None:
-        """A proven secret costs nothing: give the attempt back."""
+    def failed(self, key_id: str) -> None:
         now = time.monotonic()
         g_burst, g_rate = self.overall
         k_burst, k_rate = self.per_key
-        self._global = (min(g_burst, self._level(self._global, g_burst, g_rate, now) + 1), now)
-        state = self._keys.pop(key_id, None)
-        if state is not None:
-            level = min(k_burst, self._level(state, k_burst, k_rate, now) + 1)
-            if level < k_burst:
-                self._keys[key_id] = (level, now)
+        self._global = (self._level(self._global, g_burst, g_rate, now) - 1, now)
+        state = self._keys.pop(key_id, (k_burst, now))
+        self._keys[key_id] = (self._level(state, k_burst, k_rate, now) - 1, now)
+        if len(self._keys) > self.max_keys:
+            self._keys.pop(next(iter(self._keys)))
 
 
 class Authenticator:
@@ -159,6 +153,7 @@ class Authenticator:
         cache: VerificationCache,
         hasher: tokens.SecretHasher,
         accepted_prefixes: frozenset[str],
+        argon2_slots: int = 2,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -169,6 +164,7 @@ class Authenticator:
         self.stale_if_error = 0.0  # seconds; set from redis.stale_if_error
         self.stale_served = 0
         self.throttle = FailureThrottle()
+        self._argon2_slots = asyncio.Semaphore(argon2_slots)
 
     async def authenticate(self, token: str, client_ip: str | None) -> Principal:
         try:
@@ -202,8 +198,6 @@ class Authenticator:
         pending = self._inflight.get(fingerprint)
         if pending is not None:
             return await asyncio.shield(pending)
-        if not self.throttle.acquire(parsed.key_id):
-            return None  # too many failed attempts lately: no argon2 work for this one
         future: asyncio.Future[TokenRecord | None] = asyncio.get_running_loop().create_future()
         self._inflight[fingerprint] = future
         try:
@@ -218,14 +212,20 @@ class Authenticator:
             del self._inflight[fingerprint]
 
     async def _verify(self, fingerprint: str, parsed: tokens.ParsedToken) -> TokenRecord | None:
-        epoch = self.cache.epoch
-        record = await self.store.get_token(parsed.key_id)
-        self.argon2_verifications += 1
-        ok = await self.hasher.verify(record.secret_hash if record else None, parsed.secret)
-        if not ok or record is None:
-            self.cache.store_failure(fingerprint)
-            return None
-        self.throttle.succeeded(parsed.key_id)
+        # At most `argon2_slots` verifications run at once; the failure buckets are checked
+        # once a slot is ours, so a queued flood is refused without argon2 work as soon as
+        # the first failures are recorded, and proven tokens never wait here at all.
+        async with self._argon2_slots:
+            if not self.throttle.allows(parsed.key_id):
+                return None
+            epoch = self.cache.epoch
+            record = await self.store.get_token(parsed.key_id)
+            self.argon2_verifications += 1
+            ok = await self.hasher.verify(record.secret_hash if record else None, parsed.secret)
+            if not ok or record is None:
+                self.cache.store_failure(fingerprint)
+                self.throttle.failed(parsed.key_id)
+                return None
         self.cache.store_proof(fingerprint, record.id)
         self.cache.store_record(record, epoch)
         return record

@@ -370,10 +370,7 @@ def _expiry(runtime: Runtime, body: dict[str, Any], issued: float) -> float | No
     if "expires_in" in body and "expires_at" in body:
         raise ApiError(400, "invalid_request", "give expires_in or expires_at, not both", "expires_in")
     if "expires_in" in body:
-        try:
-            ttl: float | None = parse_duration(body["expires_in"])
-        except ValueError as exc:
-            raise ApiError(400, "invalid_request", f"expires_in: {exc}", "expires_in") from None
+        ttl: float | None = _duration(body["expires_in"], "expires_in")
         field = "expires_in"
     elif "expires_at" in body:
         at = parse_time(body["expires_at"], "expires_at")
@@ -394,7 +391,22 @@ def _expiry(runtime: Runtime, body: dict[str, Any], issued: float) -> float | No
             "(tokens.max_ttl)",
             field,
         )
+    if ttl is not None and issued + ttl > MAX_EXPIRES_AT:
+        raise ApiError(400, "invalid_request", f"{field}: is after {iso(MAX_EXPIRES_AT)}", field)
     return None if ttl is None else issued + ttl
+
+
+def _duration(text: str, field: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_request", f"{field}: {exc}", field) from None
+    except OverflowError:  # int * unit overflows a float
+        raise ApiError(400, "invalid_request", f"{field}: {text!r} is too long", field) from None
+
+
+# The latest expiry a token can have: its views print it as an RFC 3339 time.
+MAX_EXPIRES_AT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
 
 def _cidrs(texts: list[str]) -> tuple[str, ...]:
@@ -451,7 +463,7 @@ async def issue_token(
     "/v1/orgs/{org}/teams/{team}/tokens",
     "Issue a token; the plaintext is in this response only",
     schema.TOKEN_CREATE,
-    {201: schema.TOKEN_CREATED, 400: schema.ERROR, 403: schema.ERROR},
+    {201: schema.TOKEN_CREATED, 400: schema.ERROR, 403: schema.ERROR, 404: schema.ERROR},
 )
 async def create_token(request: web.Request) -> web.Response:
     principal = await principal_of(request)
@@ -534,7 +546,7 @@ _STATUSES = (ACTIVE, REVOKED, EXPIRED)
     "List a team's tokens (never a hash or secret); deleted tokens are gone, revoked and "
     "expired ones stay with their status",
     None,
-    {200: schema.TOKEN_LIST, 400: schema.ERROR},
+    {200: schema.TOKEN_LIST, 400: schema.ERROR, 404: schema.ERROR},
     query=(("status", "string"), ("expiring_within", "string"), ("service_account", "string")),
 )
 async def list_tokens(request: web.Request) -> web.Response:
@@ -545,10 +557,7 @@ async def list_tokens(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_request", f"status: expected one of {', '.join(_STATUSES)}", "status")
     within: float | None = None
     if "expiring_within" in request.query:
-        try:
-            within = parse_duration(request.query["expiring_within"])
-        except ValueError as exc:
-            raise ApiError(400, "invalid_request", f"expiring_within: {exc}", "expiring_within") from None
+        within = _duration(request.query["expiring_within"], "expiring_within")
     sa = request.query.get("service_account")
     team = await _team_or_404(runtime, org, team_name)
     ids = await runtime.store.list_token_ids(org, team_name)
@@ -716,10 +725,7 @@ async def rotate_token(request: web.Request) -> web.Response:
         raise ApiError(409, "conflict", f"token is {old.status()}; only an active token can be rotated")
     grace = 0.0
     if "grace_period" in body:
-        try:
-            grace = parse_duration(body["grace_period"])
-        except ValueError as exc:
-            raise ApiError(400, "invalid_request", f"grace_period: {exc}", "grace_period") from None
+        grace = _duration(body["grace_period"], "grace_period")
         if grace > MAX_GRACE:
             raise ApiError(
                 400, "invalid_request", f"grace_period: at most {format_duration(MAX_GRACE)}", "grace_period"
@@ -784,7 +790,7 @@ async def _active_tokens_by_sa(runtime: Runtime, org: str, team: str) -> dict[st
     "/v1/orgs/{org}/teams/{team}/service-accounts",
     "Create a service account (a named non-human identity that groups tokens)",
     schema.SA_CREATE,
-    {201: schema.SERVICE_ACCOUNT, 409: schema.ERROR},
+    {201: schema.SERVICE_ACCOUNT, 404: schema.ERROR, 409: schema.ERROR},
 )
 async def create_service_account(request: web.Request) -> web.Response:
     context, org, team = await team_request(request)
@@ -806,7 +812,7 @@ async def create_service_account(request: web.Request) -> web.Response:
     "/v1/orgs/{org}/teams/{team}/service-accounts",
     "List a team's service accounts with their active token counts",
     None,
-    {200: schema.SA_LIST},
+    {200: schema.SA_LIST, 404: schema.ERROR},
 )
 async def list_service_accounts(request: web.Request) -> web.Response:
     context, org, team = await team_request(request)
@@ -880,7 +886,7 @@ async def read_audit(request: web.Request) -> web.Response:
     start, end = "-", "+"
     for field in ("since", "until"):
         if field in query:
-            millis = int(_time_or_ago(query[field], field) * 1000)
+            millis = max(int(_time_or_ago(query[field], field) * 1000), 0)  # ids start at 0
             if field == "since":
                 start = f"{millis}-0"
             else:
@@ -918,6 +924,8 @@ def _time_or_ago(text: str, field: str) -> float:
         return time.time() - parse_duration(text)
     except ValueError:
         return parse_time(text, field)
+    except OverflowError:
+        raise ApiError(400, "invalid_request", f"{field}: {text!r} is too long ago", field) from None
 
 
 @endpoint(
@@ -1014,12 +1022,14 @@ def openapi_document() -> dict[str, Any]:
             op["security"] = [{"bearer": []}]
             op["responses"].setdefault("401", _error_ref())
             op["responses"].setdefault("403", _error_ref())
+            op["responses"].setdefault("503", _error_ref())  # store unavailable
         if ep.request is not None:
             op["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": _openapi_schema(ep.request)}},
             }
             op["responses"].setdefault("400", _error_ref())
+            op["responses"].setdefault("413", _error_ref())  # body over MAX_BODY
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -1036,7 +1046,17 @@ def _error_ref() -> dict[str, Any]:
 
 
 def _openapi_schema(s: schema.Schema) -> schema.Schema:
-    return s
+    """`s` as published: `validate()` full-matches a `pattern`, JSON Schema only searches for
+    it, so each pattern is anchored to say what the validator accepts."""
+    out: schema.Schema = {}
+    for key, value in s.items():
+        if key == "pattern" and isinstance(value, str):
+            out[key] = f"^(?:{value})$"
+        elif isinstance(value, dict):
+            out[key] = _openapi_schema(value)
+        else:
+            out[key] = value
+    return out
 
 
 @endpoint("GET", "/v1/openapi.json", "This document", None, {200: None}, auth=False)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -113,6 +115,7 @@ class EmbeddedServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # our shutdown stops it, not the terminal's Ctrl-C
+            preexec_fn=_stop_with_owner if sys.platform == "linux" else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -147,6 +150,18 @@ class EmbeddedServer:
         if process is not None:
             process.kill()
             process.wait()
+
+
+def _stop_with_owner() -> None:
+    """In the child: receive SIGTERM if the process that started us dies (even by SIGKILL),
+    so a crashed owner never leaves a store running."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _tail(path: Path, lines: int = 20) -> str:

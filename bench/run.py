@@ -1,0 +1,534 @@
+"""tokenward benchmark: throughput and latency against a bare aiohttp proxy, the cost of
+cold and hostile credentials, and revocation propagation. See bench/README.md.
+
+    .venv/bin/python bench/run.py [--duration 10] [--connections 64]
+
+Servers run on core 0, wrk (one thread) on core 1; all traffic goes to 127.0.0.1.
+Prints a table and writes bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+import pyspy
+import revocation
+from loadgen import Load, LoadGenerator, LoadResult, ensure_wrk
+from services import BENCH, CLIENT_CORE, SERVER_CORE, TOKENWARD, Processes, cores, cpu_model, wait_quiet
+from stack import (
+    ORG,
+    ROUTE_PATH,
+    SUBJECTS,
+    TEAM,
+    Stack,
+    bad_checksum,
+    seed,
+    start_helpers,
+    start_inproc_gateway,
+    start_tokenward,
+    start_valkey,
+    start_workers_gateway,
+    write_tokens,
+    wrong_secret,
+)
+
+RESULTS = BENCH / "results.json"
+FLOOD_TOKENS = 60_000  # distinct wrong secrets per flood, so the negative cache never helps
+ARGON2 = "tokenward_argon2_verifications_total"
+THROTTLED = "tokenward_throttled_attempts_total"
+COUNTERS = (ARGON2, THROTTLED, "tokenward_cache_hits_total", "tokenward_cache_misses_total")
+PUSH_JITTER = 0.05  # random pause before each revocation trial (s)
+POLL_JITTER = 0.5  # without push: spread trials over the whole change-log poll interval
+
+
+@dataclass(frozen=True)
+class Options:
+    duration: float
+    connections: int
+    warmup: float
+    cold_duration: float
+    cold_connections: int
+    cold_tokens: int
+    trials: int
+    profile: bool
+    output: Path
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    result: LoadResult
+    note: str = ""
+    busy_after_s: float = 0.0  # tokenward kept working this long after wrk stopped
+    counters: dict[str, float] = field(default_factory=dict)  # /metrics deltas over the load
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    revocation: list[dict[str, Any]] = field(default_factory=list)
+    derived: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    profile: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, key: str) -> LoadResult:
+        return next(r.result for r in self.rows if r.key == key)
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run (default 10)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of discarded load first")
+    parser.add_argument("--cold-duration", type=float, default=None, help="cold-cache run (default 8)")
+    parser.add_argument("--cold-connections", type=int, default=4)
+    parser.add_argument("--cold-tokens", type=int, default=120, help="distinct tokens for the cold run")
+    parser.add_argument("--trials", type=int, default=100, help="revocations timed per variant")
+    parser.add_argument("--profile", action="store_true", help="also py-spy tokenward under load")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    cold = args.cold_duration if args.cold_duration is not None else min(8.0, args.duration)
+    return Options(
+        args.duration,
+        args.connections,
+        args.warmup,
+        cold,
+        args.cold_connections,
+        args.cold_tokens,
+        args.trials,
+        args.profile,
+        args.output,
+    )
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def tokenward_counters(admin_url: str) -> dict[str, float]:
+    """The counters of interest from tokenward's Prometheus /metrics (empty if it has none)."""
+    async with aiohttp.ClientSession() as session, session.get(admin_url + "/metrics") as response:
+        if response.status != 200:
+            return {}
+        text = await response.text()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name in COUNTERS:
+            values[name] = values.get(name, 0.0) + float(rest.rpartition(" ")[2])
+    return values
+
+
+# -- setup -----------------------------------------------------------------------------------------
+async def build_stack(stack: Stack, opts: Options) -> None:
+    say("starting Valkey, upstream, bare proxy, tokenward serve, in-process gateway …")
+    start_valkey(stack)
+    start_helpers(stack)
+    start_tokenward(stack)
+    await start_inproc_gateway(stack)
+    started = time.perf_counter()
+    say(f"minting {opts.cold_tokens + 2 + SUBJECTS} tokens with default argon2id parameters …")
+    await seed(stack, opts.cold_tokens)
+    say(f"  done in {time.perf_counter() - started:.1f}s")
+
+
+async def expect_status(url: str, token: str, wanted: int) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
+        await response.read()
+        if response.status != wanted:
+            raise RuntimeError(f"sanity check: {url} gave {response.status}, expected {wanted}")
+
+
+async def sanity_checks(stack: Stack) -> None:
+    """Each credential does what the scenario claims before any load is measured."""
+    creds, url = stack.creds, stack.tokenward_url + ROUTE_PATH
+    await expect_status(url, creds.legit, 200)
+    await expect_status(url, bad_checksum(creds.legit), 401)
+    await expect_status(url, wrong_secret(creds.legit_id), 401)
+    for token, _ in creds.subjects:
+        await expect_status(stack.inproc_url + ROUTE_PATH, token, 200)
+        await expect_status(stack.tokenward_url + ROUTE_PATH, token, 200)
+
+
+# -- throughput ------------------------------------------------------------------------------------
+async def measured(gen: LoadGenerator, load: Load, warmup: float) -> LoadResult:
+    if warmup > 0:
+        await gen.run(Load(load.url, load.connections, warmup, load.header, load.tokens_file))
+    return await gen.run(load)
+
+
+async def reference_rows(gen: LoadGenerator, stack: Stack, opts: Options) -> list[Row]:
+    c, d, w = opts.connections, opts.duration, opts.warmup
+    rows = []
+    for key, label, url in (
+        ("direct", "direct upstream", stack.upstream_url),
+        ("bare", "bare aiohttp proxy", stack.bare_url),
+    ):
+        say(f"load: {label} ({d:g}s after {w:g}s warm-up)")
+        rows.append(Row(key, label, await measured(gen, Load(url + ROUTE_PATH, c, d), w)))
+    return rows
+
+
+async def cached_rows(gen: LoadGenerator, stack: Stack, opts: Options) -> list[Row]:
+    c, d, w = opts.connections, opts.duration, opts.warmup
+    load = Load(stack.tokenward_url + ROUTE_PATH, c, d, f"Bearer {stack.creds.legit}")
+    say(f"load: tokenward, cached token ({d:g}s after {w:g}s warm-up)")
+    return [Row("cached", "tokenward, cached token", await measured(gen, load, w))]
+
+
+async def cold_rows(gen: LoadGenerator, stack: Stack, opts: Options) -> list[Row]:
+    tokens = write_tokens(stack.workdir / "cold.txt", stack.creds.cold)
+    url = stack.tokenward_url + ROUTE_PATH
+    load = Load(url, opts.cold_connections, opts.cold_duration, None, tokens, timeout=30.0)
+    say(f"load: cold cache, a new token per request ({opts.cold_duration:g}s)")
+    result = await gen.run(load)
+    wrapped = result.sent > len(stack.creds.cold)
+    note = "WRAPPED: some tokens were reused (cached)" if wrapped else f"{result.sent} distinct tokens sent"
+    return [Row("cold", "tokenward, cold cache (new token each)", result, note)]
+
+
+async def malformed_rows(gen: LoadGenerator, stack: Stack, opts: Options) -> list[Row]:
+    bearer = f"Bearer {bad_checksum(stack.creds.legit)}"
+    load = Load(stack.tokenward_url + ROUTE_PATH, opts.connections, opts.duration, bearer)
+    say("load: malformed token (bad checksum)")
+    return [Row("malformed", "tokenward, bad checksum -> 401", await gen.run(load), "all 401 expected")]
+
+
+async def flood_rows(
+    gen: LoadGenerator, stack: Stack, opts: Options, report: Report, key_ids: list[str], name: str
+) -> list[Row]:
+    """A wrong-secret flood and the legit cached token, two wrk processes at the same time."""
+    flood = [wrong_secret(key_ids[i % len(key_ids)]) for i in range(FLOOD_TOKENS)]
+    tokens = write_tokens(stack.workdir / f"flood-{name}.txt", flood)
+    url = stack.tokenward_url + ROUTE_PATH
+    flood_load = Load(url, opts.connections, opts.duration, None, tokens)
+    legit_load = Load(url, opts.connections, opts.duration, f"Bearer {stack.creds.legit}")
+    ids = "1 key id (legit's)" if len(key_ids) == 1 else f"{len(key_ids)} key ids"
+    say(f"load: wrong-secret flood on {ids}, legit token beside it")
+    flood_result, legit_result = await gen.run_together(flood_load, legit_load)
+    wrapped = " (WRAPPED)" if flood_result.sent > FLOOD_TOKENS else ""
+    share = legit_result.rps / report.row("cached").rps
+    return [
+        Row(f"flood_{name}", f"tokenward, wrong-secret flood, {ids}", flood_result, f"all 401{wrapped}"),
+        Row(f"flood_{name}_legit", "  legit token beside it", legit_result, f"{share:.0%} of unloaded req/s"),
+    ]
+
+
+async def settle(stack: Stack, rows: list[Row], before: dict[str, float]) -> None:
+    """Wait until tokenward is idle again; note how long it kept working after the load,
+    and how many argon2 verifications and throttled attempts the load caused."""
+    assert stack.tokenward is not None
+    busy = await wait_quiet(stack.tokenward.pid)
+    after = await tokenward_counters(stack.tokenward_admin_url)
+    row = rows[0]
+    row.busy_after_s = round(busy, 1)
+    row.counters = {name: after[name] - before.get(name, 0.0) for name in after}
+    verified, throttled = row.counters.get(ARGON2), row.counters.get(THROTTLED)
+    if verified is not None and throttled is not None and (verified or throttled):
+        row.note += f"; {verified:.0f} argon2, {throttled:.0f} throttled"
+    if busy >= 1.0:
+        row.note += f"; busy {busy:.0f}s after wrk stopped"
+    row.note = row.note.lstrip("; ")
+
+
+async def throughput(gen: LoadGenerator, stack: Stack, opts: Options, report: Report) -> None:
+    report.rows.extend(await reference_rows(gen, stack, opts))
+    groups: list[Callable[[], Awaitable[list[Row]]]] = [
+        lambda: cached_rows(gen, stack, opts),
+        lambda: cold_rows(gen, stack, opts),
+        lambda: malformed_rows(gen, stack, opts),
+        lambda: flood_rows(gen, stack, opts, report, [stack.creds.legit_id], "one_key"),
+        lambda: flood_rows(gen, stack, opts, report, stack.creds.cold_ids, "many_keys"),
+    ]
+    for group in groups:
+        before = await tokenward_counters(stack.tokenward_admin_url)
+        rows = await group()
+        report.rows.extend(rows)
+        await settle(stack, rows, before)
+    cached, bare = report.row("cached"), report.row("bare")
+    report.derived.update(
+        cached_over_bare_rps=round(cached.rps / bare.rps, 3),
+        p50_difference_ms=round(cached.p50_ms - bare.p50_ms, 3),
+        p99_difference_ms=round(cached.p99_ms - bare.p99_ms, 3),
+    )
+
+
+# -- revocation ------------------------------------------------------------------------------------
+def serve_has_workers() -> bool:
+    out = subprocess.run([TOKENWARD, "serve", "--help"], capture_output=True, text=True, check=False)
+    return "--workers" in out.stdout
+
+
+async def stop_push(stack: Stack) -> None:
+    """Cancel the in-process gateway's pub/sub task: only the change-log poll remains."""
+    assert stack.inproc is not None and stack.inproc.runtime is not None
+    tasks = stack.inproc.runtime.listener._tasks
+    push = [task for task in tasks if task.get_name() == "tokenward-push"]
+    if len(push) != 1:
+        raise RuntimeError("could not find the ChangeListener's push task")
+    push[0].cancel()
+    await asyncio.wait(push, timeout=2.0)
+    if not push[0].done():
+        raise RuntimeError("the push task did not stop")
+
+
+def subjects(stack: Stack, gateway_url: str) -> list[revocation.Subject]:
+    url = gateway_url + ROUTE_PATH
+    return [revocation.Subject(ORG, TEAM, key_id, token, url) for token, key_id in stack.creds.subjects]
+
+
+async def revocation_rows(stack: Stack, opts: Options, report: Report) -> None:
+    creds = stack.creds
+    subject = subjects(stack, stack.tokenward_url)
+    inproc = subjects(stack, stack.inproc_url)
+    async with aiohttp.ClientSession() as session:
+        admin = revocation.AdminClient(session, stack.tokenward_admin_url, creds.admin)
+        variants = [
+            ("push_same", "push: tokenward serve, revoked via its own admin API", subject),
+            ("push_other", "push: 2nd gateway, revoked via the other's admin API", inproc),
+        ]
+        for key, label, target in variants:
+            say(f"revocation: {label} ({opts.trials} trials)")
+            [summary] = await revocation.measure(admin, target, opts.trials, PUSH_JITTER)
+            report.revocation.append({"key": key, "label": label, **summary})
+        await stop_push(stack)
+        label = "no push: 2nd gateway, change-log poll (0.5 s) only"
+        say(f"revocation: {label} ({opts.trials} trials)")
+        [summary] = await revocation.measure(admin, inproc, opts.trials, POLL_JITTER)
+        report.revocation.append({"key": "poll_only", "label": label, **summary})
+        await workers_rows(stack, opts, report, admin)
+
+
+async def workers_rows(stack: Stack, opts: Options, report: Report, admin: revocation.AdminClient) -> None:
+    if not serve_has_workers():
+        report.notes.append("tokenward serve has no --workers here: revocation measured on single processes")
+        return
+    workers = max(2, cores())
+    url, _ = start_workers_gateway(stack, workers)
+    subject = subjects(stack, url)
+    say(f"revocation: tokenward serve --workers {workers} ({opts.trials} trials)")
+    first, every = await revocation.measure(admin, subject, opts.trials, PUSH_JITTER, every_worker=True)
+    report.revocation.append(
+        {"key": "workers_first", "label": f"push, --workers {workers}: first 401", **first}
+    )
+    report.revocation.append(
+        {"key": "workers_all", "label": f"push, --workers {workers}: 401 on every worker", **every}
+    )
+
+
+# -- profile ---------------------------------------------------------------------------------------
+async def profile_tokenward(gen: LoadGenerator, stack: Stack, opts: Options, report: Report) -> None:
+    assert stack.tokenward is not None
+    seconds = 10
+    raw = stack.workdir / "py-spy.txt"
+    say(f"profile: py-spy on tokenward serve for {seconds}s under cached-token load")
+    recorder = pyspy.start_recording(stack.processes, stack.tokenward.pid, seconds, raw)
+    load = Load(
+        stack.tokenward_url + ROUTE_PATH, opts.connections, seconds + 1, f"Bearer {stack.creds.legit}"
+    )
+    await gen.run(load)
+    await asyncio.to_thread(recorder.wait)
+    report.profile = pyspy.summarize(raw) if raw.exists() else {"error": "py-spy wrote nothing"}
+
+
+# -- output ----------------------------------------------------------------------------------------
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [cell.rjust(width) for cell, width in zip(cells[1:-1], widths[1:-1], strict=True)]
+        return "  ".join([first, *rest, cells[-1]]).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def throughput_table(report: Report) -> str:
+    headers = ["scenario", "conns", "req/s", "p50 ms", "p99 ms", "non-2xx", "errors", "others", "note"]
+    rows = [
+        [
+            r.label,
+            str(r.result.connections),
+            f"{r.result.rps:,.0f}" if r.result.rps >= 100 else f"{r.result.rps:.1f}",
+            f"{r.result.p50_ms:.2f}",
+            f"{r.result.p99_ms:.2f}",
+            str(r.result.non_2xx),
+            str(r.result.socket_errors + r.result.timeouts),
+            f"{r.result.other_cpu_pct:.0f}%",
+            r.note,
+        ]
+        for r in report.rows
+    ]
+    return table(headers, rows)
+
+
+def revocation_table(report: Report) -> str:
+    headers = ["revocation: revoke response -> first 401", "trials", "p50 ms", "p99 ms", "max ms", "failed"]
+    rows = [
+        [
+            r["label"],
+            str(r["trials"]),
+            f"{r.get('p50_ms', float('nan')):.1f}",
+            f"{r.get('p99_ms', float('nan')):.1f}",
+            f"{r.get('max_ms', float('nan')):.1f}",
+            str(r["failures"]),
+        ]
+        for r in report.revocation
+    ]
+    return table(headers, [*rows]) if rows else "(no revocation trials)"
+
+
+def summary_lines(report: Report) -> list[str]:
+    d = report.derived
+    lines = [
+        f"tokenward (cached) / bare proxy req/s: {d['cached_over_bare_rps']:.2f}   "
+        f"p50 difference: {d['p50_difference_ms']:+.2f} ms   p99 difference: {d['p99_difference_ms']:+.2f} ms",
+    ]
+    return lines + [f"note: {n}" for n in report.notes]
+
+
+def profile_lines(profile: dict[str, Any]) -> list[str]:
+    if not profile.get("samples"):
+        return []
+    lines = [f"py-spy, tokenward serve under cached-token load ({profile['samples']} samples): own time"]
+    lines += [f"  {pct:5.1f}%  {name}" for name, pct in profile["own_pct"]]
+    lines += ["inclusive time in tokenward's own functions"]
+    lines += [f"  {pct:5.1f}%  {name}" for name, pct in profile["tokenward_inclusive_pct"]]
+    return lines
+
+
+def render(report: Report) -> str:
+    parts = [throughput_table(report), "", *summary_lines(report), "", revocation_table(report)]
+    extra = profile_lines(report.profile)
+    return "\n".join(parts + (["", *extra] if extra else []))
+
+
+def wrk_version(wrk: str) -> str:
+    out = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "unknown"
+
+
+def results_json(report: Report, opts: Options, wrk: str, elapsed: float) -> bytes:
+    import aiohttp as aiohttp_module
+
+    data = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "elapsed_s": round(elapsed, 1),
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": cores(),
+            "python": platform.python_version(),
+            "aiohttp": aiohttp_module.__version__,
+            "wrk": wrk_version(wrk),
+            "server_core": SERVER_CORE,
+            "client_core": CLIENT_CORE,
+        },
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in opts.__dict__.items()},
+        "throughput": {
+            r.key: {
+                "label": r.label,
+                "note": r.note,
+                "busy_after_s": r.busy_after_s,
+                "tokenward_counters": r.counters,
+                **r.result.as_dict(),
+            }
+            for r in report.rows
+        },
+        "derived": report.derived,
+        "revocation": report.revocation,
+        "notes": report.notes,
+        "profile": report.profile,
+    }
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2)
+
+
+def audit_note(stack: Stack) -> str:
+    assert stack.tokenward_log is not None
+    lines = stack.tokenward_log.read_bytes().count(b"\n")
+    size = stack.tokenward_log.stat().st_size / 1e6
+    return f"tokenward serve wrote {lines:,} JSON log lines ({size:.0f} MB) to its log file during the run"
+
+
+async def check_machine_quiet(gen: LoadGenerator, report: Report) -> None:
+    before = gen.meter.snapshot()
+    await asyncio.sleep(2.0)
+    other = gen.meter.other_share(before, gen.meter.snapshot())
+    report.derived["other_cpu_before_pct"] = round(100 * other, 1)
+    if other > 0.05:
+        message = f"other processes kept {other:.0%} of the machine busy before the loads: figures are skewed"
+        say(f"WARNING: {message}")
+        report.notes.append(message)
+
+
+# -- main ------------------------------------------------------------------------------------------
+async def benchmark(opts: Options) -> None:
+    started = time.perf_counter()
+    wrk = ensure_wrk()
+    processes = Processes()
+    stack = Stack(Path(tempfile.mkdtemp(prefix="tokenward-bench-")), processes)
+    report = Report()
+    try:
+        await build_stack(stack, opts)
+        await sanity_checks(stack)
+        gen = LoadGenerator(wrk, processes)
+        await check_machine_quiet(gen, report)
+        await throughput(gen, stack, opts, report)
+        report.notes.append(audit_note(stack))
+        await revocation_rows(stack, opts, report)
+        if opts.profile:
+            await profile_tokenward(gen, stack, opts, report)
+    finally:
+        await stack.close()
+        shutil.rmtree(stack.workdir, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    print(render(report))
+    opts.output.write_bytes(results_json(report, opts, wrk, elapsed))
+    say(f"\nwrote {opts.output} ({elapsed:.0f}s in all)")
+
+
+async def run_until_signalled(opts: Options) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    await benchmark(opts)
+
+
+def main() -> None:
+    opts = parse_args()
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(run_until_signalled(opts))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        say("interrupted: every process the benchmark started has been stopped")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

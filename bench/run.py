@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import platform
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -28,8 +25,9 @@ import orjson
 
 import pyspy
 import revocation
-from loadgen import Load, LoadGenerator, LoadResult, ensure_wrk
-from services import BENCH, CLIENT_CORE, SERVER_CORE, TOKENWARD, Processes, cores, cpu_model, wait_quiet
+from loadgen import Load, LoadGenerator, LoadResult, ensure_wrk, wrk_version
+from observe import expect_status, tokenward_counters
+from services import BENCH, TOKENWARD, Processes, cores, machine_info, run_main, say, wait_quiet
 from stack import (
     ORG,
     ROUTE_PATH,
@@ -67,6 +65,7 @@ class Options:
     trials: int
     profile: bool
     output: Path
+    quick: bool = False
 
 
 @dataclass
@@ -104,6 +103,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--trials", type=int, default=100, help="revocations timed per variant")
     parser.add_argument("--profile", action="store_true", help="also py-spy tokenward under load")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--quick", action="store_true", help="only direct, bare, cached and malformed lines (no cold, floods, revocation)"
+    )
     args = parser.parse_args(argv)
     cold = args.cold_duration if args.cold_duration is not None else min(8.0, args.duration)
     return Options(
@@ -116,25 +118,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         args.trials,
         args.profile,
         args.output,
+        args.quick,
     )
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-async def tokenward_counters(admin_url: str) -> dict[str, float]:
-    """The counters of interest from tokenward's Prometheus /metrics (empty if it has none)."""
-    async with aiohttp.ClientSession() as session, session.get(admin_url + "/metrics") as response:
-        if response.status != 200:
-            return {}
-        text = await response.text()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition("{")
-        if name in COUNTERS:
-            values[name] = values.get(name, 0.0) + float(rest.rpartition(" ")[2])
-    return values
 
 
 # -- setup -----------------------------------------------------------------------------------------
@@ -146,18 +131,8 @@ async def build_stack(stack: Stack, opts: Options) -> None:
     await start_inproc_gateway(stack)
     started = time.perf_counter()
     say(f"minting {opts.cold_tokens + 2 + SUBJECTS} tokens with default argon2id parameters …")
-    await seed(stack, opts.cold_tokens)
+    await seed(stack, 2 if opts.quick else opts.cold_tokens)
     say(f"  done in {time.perf_counter() - started:.1f}s")
-
-
-async def expect_status(url: str, token: str, wanted: int) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(url, headers={"Authorization": f"Bearer {token}"}) as response,
-    ):
-        await response.read()
-        if response.status != wanted:
-            raise RuntimeError(f"sanity check: {url} gave {response.status}, expected {wanted}")
 
 
 async def sanity_checks(stack: Stack) -> None:
@@ -172,12 +147,6 @@ async def sanity_checks(stack: Stack) -> None:
 
 
 # -- throughput ------------------------------------------------------------------------------------
-async def measured(gen: LoadGenerator, load: Load, warmup: float) -> LoadResult:
-    if warmup > 0:
-        await gen.run(Load(load.url, load.connections, warmup, load.header, load.tokens_file))
-    return await gen.run(load)
-
-
 async def reference_rows(gen: LoadGenerator, stack: Stack, opts: Options) -> list[Row]:
     c, d, w = opts.connections, opts.duration, opts.warmup
     rows = []
@@ -186,7 +155,7 @@ async def reference_rows(gen: LoadGenerator, stack: Stack, opts: Options) -> lis
         ("bare", "bare aiohttp proxy", stack.bare_url),
     ):
         say(f"load: {label} ({d:g}s after {w:g}s warm-up)")
-        rows.append(Row(key, label, await measured(gen, Load(url + ROUTE_PATH, c, d), w)))
+        rows.append(Row(key, label, await gen.measured(Load(url + ROUTE_PATH, c, d), w)))
     return rows
 
 
@@ -194,7 +163,7 @@ async def cached_rows(gen: LoadGenerator, stack: Stack, opts: Options) -> list[R
     c, d, w = opts.connections, opts.duration, opts.warmup
     load = Load(stack.tokenward_url + ROUTE_PATH, c, d, f"Bearer {stack.creds.legit}")
     say(f"load: tokenward, cached token ({d:g}s after {w:g}s warm-up)")
-    return [Row("cached", "tokenward, cached token", await measured(gen, load, w))]
+    return [Row("cached", "tokenward, cached token", await gen.measured(load, w))]
 
 
 async def cold_rows(gen: LoadGenerator, stack: Stack, opts: Options) -> list[Row]:
@@ -240,7 +209,7 @@ async def settle(stack: Stack, rows: list[Row], before: dict[str, float]) -> Non
     and how many argon2 verifications and throttled attempts the load caused."""
     assert stack.tokenward is not None
     busy = await wait_quiet(stack.tokenward.pid)
-    after = await tokenward_counters(stack.tokenward_admin_url)
+    after = await tokenward_counters(stack.tokenward_admin_url, COUNTERS)
     row = rows[0]
     row.busy_after_s = round(busy, 1)
     row.counters = {name: after[name] - before.get(name, 0.0) for name in after}
@@ -261,8 +230,10 @@ async def throughput(gen: LoadGenerator, stack: Stack, opts: Options, report: Re
         lambda: flood_rows(gen, stack, opts, report, [stack.creds.legit_id], "one_key"),
         lambda: flood_rows(gen, stack, opts, report, stack.creds.cold_ids, "many_keys"),
     ]
+    if opts.quick:
+        groups = [groups[0], groups[2]]
     for group in groups:
-        before = await tokenward_counters(stack.tokenward_admin_url)
+        before = await tokenward_counters(stack.tokenward_admin_url, COUNTERS)
         rows = await group()
         report.rows.extend(rows)
         await settle(stack, rows, before)
@@ -424,26 +395,11 @@ def render(report: Report) -> str:
     return "\n".join(parts + (["", *extra] if extra else []))
 
 
-def wrk_version(wrk: str) -> str:
-    out = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
-    return (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "unknown"
-
-
 def results_json(report: Report, opts: Options, wrk: str, elapsed: float) -> bytes:
-    import aiohttp as aiohttp_module
-
     data = {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "elapsed_s": round(elapsed, 1),
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": cores(),
-            "python": platform.python_version(),
-            "aiohttp": aiohttp_module.__version__,
-            "wrk": wrk_version(wrk),
-            "server_core": SERVER_CORE,
-            "client_core": CLIENT_CORE,
-        },
+        "machine": machine_info(wrk_version(wrk)),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in opts.__dict__.items()},
         "throughput": {
             r.key: {
@@ -495,7 +451,8 @@ async def benchmark(opts: Options) -> None:
         await check_machine_quiet(gen, report)
         await throughput(gen, stack, opts, report)
         report.notes.append(audit_note(stack))
-        await revocation_rows(stack, opts, report)
+        if not opts.quick:
+            await revocation_rows(stack, opts, report)
         if opts.profile:
             await profile_tokenward(gen, stack, opts, report)
     finally:
@@ -507,27 +464,8 @@ async def benchmark(opts: Options) -> None:
     say(f"\nwrote {opts.output} ({elapsed:.0f}s in all)")
 
 
-async def run_until_signalled(opts: Options) -> None:
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    await benchmark(opts)
-
-
 def main() -> None:
-    opts = parse_args()
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        loop_factory = None
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(run_until_signalled(opts))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        say("interrupted: every process the benchmark started has been stopped")
-        sys.exit(130)
+    run_main(benchmark(parse_args()))
 
 
 if __name__ == "__main__":

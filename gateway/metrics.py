@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -52,8 +52,19 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.expiring_tokens = 0
+        self._request_children: dict[tuple[str, str, int], Any] = {}
         self._runtime: Runtime | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def count_request(self, route: str, step: str, status: int) -> None:
+        """`requests.labels(...).inc()`, with the labelled children remembered."""
+        key = (route, step, status)
+        child = self._request_children.get(key)
+        if child is None:
+            if len(self._request_children) > 10_000:
+                self._request_children.clear()
+            child = self._request_children[key] = self.requests.labels(route, step, str(status))
+        child.inc()
 
     def attach(self, runtime: Runtime) -> None:
         self._runtime = runtime

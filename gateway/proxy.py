@@ -18,11 +18,11 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Histogram
-from yarl import URL
 
 from gateway.decision import Principal
 from gateway.scopes import format_scopes
 from gateway.settings import IPNetwork, Settings, Upstream
+from gateway.upstream import Connection, Pool, UpstreamFailed, decode_header, request_head
 
 HOP_BY_HOP = frozenset(
     {
@@ -55,6 +55,7 @@ FORWARDING = frozenset(
 ORIGINAL_PREFIX = "x-original-"
 _SAFE_HEADER_VALUE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%")
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+_REPLACED = frozenset({"host", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
 
 
 class BodyGuard:
@@ -130,9 +131,17 @@ def is_trusted(address: str | None, trusted: Iterable[IPNetwork]) -> bool:
     return any(ip in net for net in trusted)
 
 
+_identity_memo: dict[int, tuple[object, object, dict[str, str]]] = {}
+
+
 def identity_headers(principal: Principal) -> dict[str, str]:
-    """The caller's identity for the upstream; a header with nothing to say is left out."""
-    token = principal.token
+    """The caller's identity for the upstream; a header with nothing to say is left out.
+    Remembered per (token record, team permissions) object pair: both are immutable and
+    replaced, not changed, when the store says so."""
+    token, permissions = principal.token, principal.team_permissions
+    memo = _identity_memo.get(id(token))
+    if memo is not None and memo[0] is token and memo[1] is permissions:
+        return memo[2]
     headers = {
         "X-Tokenward-Token-Id": token.id,
         "X-Tokenward-Token-Name": header_value(token.name),
@@ -141,7 +150,11 @@ def identity_headers(principal: Principal) -> dict[str, str]:
         "X-Tokenward-Service-Account": token.service_account or "",
         "X-Tokenward-Scopes": " ".join(format_scopes(principal.effective_scopes)),
     }
-    return {name: value for name, value in headers.items() if value}
+    headers = {name: value for name, value in headers.items() if value}
+    if len(_identity_memo) > 10_000:
+        _identity_memo.clear()
+    _identity_memo[id(token)] = (token, permissions, headers)
+    return headers
 
 
 def client_address(request: web.BaseRequest, trusted: tuple[IPNetwork, ...]) -> str | None:
@@ -169,45 +182,76 @@ def upstream_headers(
     request_id: str,
     trusted_proxies: tuple[IPNetwork, ...],
     forward_authorization: bool,
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     inbound = request.headers
-    dropped = connection_tokens(inbound)
+    dropped = connection_tokens(inbound) if "Connection" in inbound else ()
     trusted = is_trusted(request.remote, trusted_proxies)
-    out: CIMultiDict[str] = CIMultiDict()
+    out: list[tuple[str, str]] = []
     for name, value in inbound.items():
-        norm = normalize_name(name)
         lower = name.lower()
+        norm = lower.replace("_", "-").replace(".", "-") if ("_" in lower or "." in lower) else lower
         if lower in HOP_BY_HOP or norm in HOP_BY_HOP or norm in dropped:
             continue
-        if norm.startswith(IDENTITY_PREFIX) or lower in ("host", "x-request-id"):
+        if norm.startswith(IDENTITY_PREFIX) or lower in _REPLACED:
             continue
         if lower == "authorization" and not forward_authorization:
             continue
         if norm in FORWARDING or norm.startswith(ORIGINAL_PREFIX):
-            if not trusted:
-                continue
-            if norm in ("x-forwarded-host", "x-forwarded-proto"):
-                continue  # replaced below from the trusted value
-        out.add(name, value)
+            if not trusted or norm in _REPLACED:
+                continue  # untrusted, or replaced below from the trusted value
+        out.append((name, value))
     client = request.remote or ""
-    previous = inbound.get("X-Forwarded-For") if trusted else None
-    out["X-Forwarded-For"] = f"{previous}, {client}" if previous else client
+    previous = ", ".join(inbound.getall("X-Forwarded-For")) if trusted and "X-Forwarded-For" in inbound else None
+    out.append(("X-Forwarded-For", f"{previous}, {client}" if previous else client))
     proto = inbound.get("X-Forwarded-Proto") if trusted else None
-    out["X-Forwarded-Proto"] = proto or request.scheme
+    out.append(("X-Forwarded-Proto", proto or request.scheme))
     host = inbound.get("X-Forwarded-Host") if trusted else None
-    out["X-Forwarded-Host"] = host or request.host
-    out["X-Request-Id"] = request_id
+    out.append(("X-Forwarded-Host", host or request.host))
+    out.append(("X-Request-Id", request_id))
     if principal is not None:
-        out.update(identity_headers(principal))
+        out.extend(identity_headers(principal).items())
+    return out
+
+
+def response_headers(raw: list[tuple[bytes, bytes]], request_id: str) -> CIMultiDict[str]:
+    """The upstream's response headers minus hop-by-hop ones (and Content-Length, which
+    aiohttp sets from what is actually sent)."""
+    dropped: set[str] = set()
+    for raw_name, value in raw:
+        if raw_name.lower() == b"connection":
+            for token in decode_header(value).split(","):
+                if token.strip():
+                    dropped.add(normalize_name(token.strip()))
+    out: CIMultiDict[str] = CIMultiDict()
+    for raw_name, value in raw:
+        name = decode_header(raw_name)
+        norm = normalize_name(name)
+        if norm in _RESPONSE_DROP or norm in dropped or norm == "x-request-id":
+            continue
+        out.add(name, decode_header(value))
+    out["X-Request-Id"] = request_id
     return out
 
 
 class Forwarder:
-    """One ClientSession for the app; streams both ways."""
+    """Pools of keep-alive connections per upstream; small responses are answered in one
+    write, larger or slower ones streamed."""
 
-    def __init__(self, session: aiohttp.ClientSession, latency: Histogram | None = None) -> None:
-        self.session = session
+    def __init__(self, latency: Histogram | None = None) -> None:
         self.latency = latency
+        self.pools: dict[tuple[str, str], Pool] = {}
+
+    def pool(self, upstream: Upstream) -> Pool:
+        key = (upstream.name, upstream.url)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = Pool(upstream, asyncio.get_running_loop())
+        return pool
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
 
     async def forward(
         self,
@@ -219,63 +263,94 @@ class Forwarder:
         request_id: str,
         settings: Settings,
     ) -> web.StreamResponse:
-        limits = settings.limits
-        url = URL(upstream.url + path + (f"?{query}" if query else ""), encoded=True)
+        pool = self.pool(upstream)
         headers = upstream_headers(
             request, principal, request_id, settings.trusted_proxies, settings.forward_authorization
         )
-        guard = (
-            BodyGuard(request.content, limits.max_body_bytes, limits.body_timeout)
-            if request.body_exists
-            else None
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.timeout
-        )
+        headers.insert(0, ("Host", pool.host_header))
+        method = request.method
+        has_body = request.body_exists
+        if has_body and request.content_length is None:
+            headers.append(("Transfer-Encoding", "chunked"))
+        head = request_head(method, pool.base_path + path + (f"?{query}" if query else ""), headers)
         sent = time.perf_counter()
-        try:
-            upstream_response = await self.session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=guard,
-                timeout=timeout,
-                allow_redirects=False,
-                auto_decompress=False,
-                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-            )
-        except Exception as exc:
-            if guard is not None and guard.failure is not None:
-                raise ClientBodyError(*guard.failure) from None
-            if isinstance(exc, TimeoutError):
-                raise UpstreamError(504, f"upstream {upstream.name} timed out") from None
-            if isinstance(exc, aiohttp.ClientConnectorError):
-                raise UpstreamError(502, f"upstream {upstream.name} is unreachable") from None
-            if isinstance(exc, aiohttp.ClientError):
-                raise UpstreamError(502, f"upstream {upstream.name} failed: {type(exc).__name__}") from None
-            raise
+        conn = await self._exchange(request, pool, upstream, head, has_body, settings)
         if self.latency is not None:
             self.latency.labels(upstream.name).observe(time.perf_counter() - sent)
-        async with upstream_response:
-            response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason)
-            dropped = connection_tokens(upstream_response.headers)
-            for name, value in upstream_response.headers.items():
-                norm = normalize_name(name)
-                if norm in _RESPONSE_DROP or norm in dropped:
-                    continue
-                response.headers.add(name, value)
-            response.headers["X-Request-Id"] = request_id
-            length = upstream_response.content_length
-            if length is not None and request.method != "HEAD":
-                response.content_length = length
-            await response.prepare(request)
+        try:
+            return await self._respond(request, conn, request_id)
+        finally:
+            conn.finish()
+
+    async def _exchange(
+        self, request: web.BaseRequest, pool: Pool, upstream: Upstream, head: bytes, has_body: bool, settings: Settings
+    ) -> Connection:
+        """Send the request; return the connection once the response head is in."""
+        for attempt in (0, 1):
             try:
-                async for chunk in upstream_response.content.iter_any():
-                    await response.write(chunk)
-            except (TimeoutError, aiohttp.ClientError):
-                # Headers are gone already: the only honest signal left is a cut connection.
-                if request.transport is not None:
-                    request.transport.close()
-                return response
+                conn, reused = await pool.acquire(upstream.connect_timeout, has_body)
+            except UpstreamFailed as exc:
+                raise UpstreamError(504 if exc.timeout else 502, str(exc)) from None
+            conn.begin(request.method == "HEAD", upstream.timeout)
+            try:
+                conn.write(head)
+                if has_body:
+                    await self._send_body(request, conn, settings)
+                await conn.response_head()
+                return conn
+            except UpstreamFailed as exc:
+                conn.close()
+                if exc.stale and reused and not has_body and attempt == 0:
+                    continue  # the upstream closed the idle connection: once more, on a new one
+                if exc.timeout:
+                    raise UpstreamError(504, f"upstream {upstream.name} timed out") from None
+                raise UpstreamError(502, f"upstream {upstream.name} failed: {exc}") from None
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")
+
+    async def _send_body(self, request: web.BaseRequest, conn: Connection, settings: Settings) -> None:
+        limits = settings.limits
+        guard = BodyGuard(request.content, limits.max_body_bytes, limits.body_timeout)
+        chunked = request.content_length is None
+        try:
+            async for chunk in guard:
+                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await conn.drain()
+        except (TimeoutError, ValueError):
+            if guard.failure is not None:
+                raise ClientBodyError(*guard.failure) from None
+            raise
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+
+    async def _respond(self, request: web.BaseRequest, conn: Connection, request_id: str) -> web.StreamResponse:
+        reason = decode_header(conn.reason) or None
+        headers = response_headers(conn.headers, request_id)
+        if conn.complete and request.method != "HEAD":
+            # The whole response is here already: one write to the client.
+            return web.Response(status=conn.status, reason=reason, headers=headers, body=conn.take_body())
+        response = web.StreamResponse(status=conn.status, reason=reason, headers=headers)
+        if request.method == "HEAD":
+            length = next((v for n, v in conn.headers if n.lower() == b"content-length"), None)
+            if length is not None:
+                response.headers["Content-Length"] = decode_header(length)
+        else:
+            length = next((v for n, v in conn.headers if n.lower() == b"content-length"), None)
+            if length is not None and length.isdigit():
+                response.content_length = int(length)
+        await response.prepare(request)
+        if request.method == "HEAD":
             await response.write_eof()
             return response
+        try:
+            while chunk := await conn.next_chunk():
+                await response.write(chunk)
+        except UpstreamFailed:
+            # Headers are gone already: the only honest signal left is a cut connection.
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response

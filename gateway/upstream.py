@@ -1,0 +1,340 @@
+"""A lean HTTP/1.1 client for the upstreams: keep-alive pools of asyncio protocols, the
+request head written as one buffer, the response parsed by llhttp (httptools).
+
+It does what a reverse proxy needs and nothing else: no redirects, cookies, decompression,
+proxies or retries of anything that may have reached the upstream. The one retry: a pooled
+connection that the upstream closed while it was idle (no byte of a response came back)
+is replaced by a new one, for requests without a body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Iterable
+from typing import cast
+
+import httptools
+from yarl import URL
+
+from gateway.settings import Upstream
+
+IDLE_SECONDS = 15.0  # close a pooled connection idle this long
+BODY_REUSE_SECONDS = 1.0  # a request with a body gets a fresh connection if the pooled one idled longer
+HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the upstream pauses
+INFORMATIONAL_SKIPPED = frozenset({100, 102, 103})
+
+
+class UpstreamFailed(Exception):
+    """The exchange with the upstream failed; `timeout` tells a 504 from a 502."""
+
+    def __init__(self, message: str, *, timeout: bool = False, stale: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.stale = stale  # a pooled connection that was closed before any response byte
+
+
+class Connection(asyncio.Protocol):
+    """One upstream connection; carries one exchange at a time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._parser: httptools.HttpResponseParser | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._paused_writing = False
+        self._paused_reading = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._timeout = 0.0
+        self.last_read = 0.0
+        self._reset(False)
+
+    def _reset(self, head_only: bool) -> None:
+        self.head_only = head_only
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.upgraded = False
+        self.tail = b""
+        self.received_any = False
+        self.body: deque[bytes] = deque()
+        self.buffered = 0
+        self.error: UpstreamFailed | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's isn't a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        self.last_read = self.loop.time()
+        if self.upgraded:
+            self.tail += data
+            return
+        if self._parser is None:
+            self._parser = httptools.HttpResponseParser(self)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self.upgraded = True
+            self.tail = data[offset:]
+            self._wake()
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamFailed(f"invalid response: {exc}"))
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self.headers_done and not self.complete and exc is None and self._until_eof():
+            self.complete = True  # a body delimited by the end of the connection
+            self._wake()
+        elif not self.complete and self.error is None:
+            self._fail(UpstreamFailed("upstream closed the connection", stale=not self.received_any))
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- httptools callbacks ---------------------------------------------------------------------
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        status = self._parser.get_status_code()
+        if status in INFORMATIONAL_SKIPPED:
+            self.headers.clear()  # an interim response; the real one follows
+            self.reason = b""
+            return
+        self.status = status
+        self.keep_alive = self._parser.should_keep_alive()
+        self.headers_done = True
+        if self.head_only:
+            # llhttp would wait for the body that Content-Length announces; a HEAD has none.
+            self.complete = True
+            self._parser = None  # the next exchange starts with a fresh parser
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        self.buffered += len(body)
+        if self.buffered > HIGH_WATER and not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if not self.headers_done:
+            return  # the end of an interim (1xx) response
+        self.complete = True
+        self._wake()
+
+    # -- the exchange ----------------------------------------------------------------------------
+    def begin(self, head_only: bool, timeout: float) -> None:
+        self._reset(head_only)
+        self._timeout = timeout
+        self.last_read = self.loop.time()
+        self._deadline = self.loop.call_at(self.last_read + timeout, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._deadline = None
+        if self.complete or self.closed:
+            return
+        due = self.last_read + self._timeout
+        if self.loop.time() >= due:
+            self._fail(UpstreamFailed("upstream timed out", timeout=True))
+            self.close()
+        else:
+            self._deadline = self.loop.call_at(due, self._check_deadline)
+
+    def _until_eof(self) -> bool:
+        if self.head_only or self.status in (204, 304):
+            return False
+        names = {name.lower() for name, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: UpstreamFailed) -> None:
+        if self.error is None:
+            self.error = error
+        self._wake()
+
+    async def _wait(self) -> None:
+        self._waiter = self.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise UpstreamFailed("upstream closed the connection", stale=not self.received_any)
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._paused_writing and not self.closed:
+            self._drain = self.loop.create_future()
+            try:
+                await self._drain
+            finally:
+                self._drain = None
+        if self.error is not None and not self.headers_done:
+            raise self.error
+
+    async def response_head(self) -> None:
+        """Until the status line and headers are in (or the exchange failed)."""
+        while not self.headers_done and not self.upgraded:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+
+    def take_body(self) -> bytes:
+        """Everything buffered so far."""
+        data = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+        self.body.clear()
+        self.buffered = 0
+        if self._paused_reading and self.transport is not None and not self.closed:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        return data
+
+    async def next_chunk(self) -> bytes:
+        """The next piece of the body; b"" once the body is complete."""
+        while not self.body:
+            if self.complete:
+                return b""
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        return self.take_body()
+
+    def finish(self) -> None:
+        """Back to the pool if the exchange ended cleanly and the connection may be reused."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self.complete and self.keep_alive and not self.closed and not self.upgraded and self.error is None:
+            self.pool.release(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+        self.pool.forget(self)
+
+
+class Pool:
+    """Idle keep-alive connections to one upstream, most recently used first."""
+
+    def __init__(self, upstream: Upstream, loop: asyncio.AbstractEventLoop) -> None:
+        url = URL(upstream.url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"unsupported upstream URL {upstream.url!r}")
+        self.loop = loop
+        self.name = upstream.name
+        self.url = upstream.url
+        self.host = url.raw_host or url.host
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if url.scheme == "https" else None
+        default_port = url.port is None or url.is_default_port()
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = host if default_port else f"{host}:{self.port}"
+        self.base_path = url.raw_path.rstrip("/")
+        self.idle: list[Connection] = []
+
+    async def acquire(self, connect_timeout: float, has_body: bool) -> tuple[Connection, bool]:
+        """A connection, and whether it came from the pool."""
+        now = self.loop.time()
+        while self.idle:
+            conn = self.idle.pop()
+            idle_for = now - conn.idle_since
+            if conn.closed or idle_for > IDLE_SECONDS:
+                conn.close()
+                continue
+            if has_body and idle_for > BODY_REUSE_SECONDS:
+                conn.close()  # a body can't be replayed if this one turns out to be stale
+                continue
+            return conn, True
+        return await self.connect(connect_timeout), False
+
+    async def connect(self, timeout: float) -> Connection:
+        try:
+            async with asyncio.timeout(timeout):
+                _, protocol = await self.loop.create_connection(
+                    lambda: Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl is not None else None,
+                )
+        except TimeoutError:
+            raise UpstreamFailed(f"upstream {self.name} did not accept the connection in time", timeout=True) from None
+        except OSError as exc:
+            raise UpstreamFailed(f"upstream {self.name} is unreachable ({exc.strerror or exc})") from None
+        return protocol
+
+    def release(self, conn: Connection) -> None:
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+
+    def forget(self, conn: Connection) -> None:
+        if conn.closed and conn in self.idle:
+            self.idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self.idle):
+            conn.close()
+        self.idle.clear()
+
+
+def request_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+def decode_header(raw: bytes) -> str:
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.decode("latin-1")

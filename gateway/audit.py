@@ -86,6 +86,7 @@ class AuditLog:
         self._used: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        self._sink_flush_pending = False
 
     def emit(self, action: str, **fields: Any) -> None:
         fields["action"] = action
@@ -97,13 +98,31 @@ class AuditLog:
             # What structlog's JSON chain would write, without walking it for every request.
             line = {**fields, "event": f"{LABEL} {action}", "level": "info", "timestamp": iso_timestamp(now)}
             sink.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
-            sink.flush()
+            self._flush_soon(sink)
         if self.store is not None:
             fields["ts"] = now
             if len(self._pending) < 100_000:
                 self._pending.append(orjson.dumps(fields))
             else:
                 self.dropped += 1
+
+    def _flush_soon(self, sink: Any) -> None:
+        """Flush the log at the end of this event-loop turn: the lines of every request
+        decided in one turn go out in one write, none waits longer than that turn."""
+        if self._sink_flush_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            sink.flush()
+            return
+        self._sink_flush_pending = True
+        loop.call_soon(self._flush_sink, sink)
+
+    def _flush_sink(self, sink: Any) -> None:
+        self._sink_flush_pending = False
+        with contextlib.suppress(OSError, ValueError):
+            sink.flush()
 
     def mark_used(self, key_id: str, at: float) -> None:
         self._used[key_id] = at
@@ -115,6 +134,8 @@ class AuditLog:
     async def stop(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait([task])
+        if _json_sink is not None:
+            self._flush_sink(_json_sink)
         with contextlib.suppress(StoreUnavailable):
             await self.flush()
 

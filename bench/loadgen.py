@@ -17,6 +17,7 @@ from services import BENCH, CLIENT_CORE, CpuMeter, Processes
 LUA = BENCH / "lua"
 REPORT_LUA = LUA / "report.lua"
 ROTATE_LUA = LUA / "rotate.lua"
+PACED_LUA = LUA / "paced.lua"
 _RESULT_LINE = re.compile(r"^WRKJSON (\{.*\})$", re.MULTILINE)
 
 
@@ -45,9 +46,12 @@ class Load:
     header: str | None = None  # a fixed Authorization header value
     tokens_file: Path | None = None  # rotate through these tokens instead
     timeout: float = 10.0
+    rate: float | None = None  # requests/s (lua/paced.lua); None: as fast as the connections go
 
     def argv(self, wrk: str) -> list[str]:
-        script = ROTATE_LUA if self.tokens_file else REPORT_LUA
+        if self.tokens_file and self.rate:
+            raise ValueError("a load either rotates tokens or is paced, not both")
+        script = ROTATE_LUA if self.tokens_file else PACED_LUA if self.rate else REPORT_LUA
         argv = [wrk, "-t1", f"-c{self.connections}", f"-d{self.duration:g}s"]
         argv += ["--latency", f"--timeout={self.timeout:g}s", "-s", str(script)]
         if self.header:
@@ -55,6 +59,8 @@ class Load:
         argv.append(self.url)
         if self.tokens_file:
             argv += ["--", str(self.tokens_file)]
+        if self.rate:
+            argv += ["--", f"{self.rate:.3f}"]
         return argv
 
 
@@ -130,3 +136,14 @@ class LoadGenerator:
     async def run(self, load: Load) -> LoadResult:
         [result] = await self.run_together(load)
         return result
+
+    async def measured(self, load: Load, warmup: float) -> LoadResult:
+        """`load` after `warmup` seconds of the same load whose figures are thrown away."""
+        if warmup > 0:
+            await self.run(replace(load, duration=warmup))
+        return await self.run(load)
+
+
+def wrk_version(wrk: str) -> str:
+    out = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "unknown"

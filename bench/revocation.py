@@ -15,31 +15,44 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 TRIAL_DEADLINE = 5.0  # the contract says 1 s even without the push channel
 CONSECUTIVE = 24  # "every worker": this many answers in a row on fresh connections
 
 
 class AdminClient:
-    """Revoke and restore one token through a tokenward admin API."""
+    """Issue, revoke, restore and delete tokens through a tokenward admin API."""
 
     def __init__(self, session: aiohttp.ClientSession, admin_url: str, admin_token: str) -> None:
         self.session = session
         self.admin_url = admin_url
         self.headers = {"Authorization": f"Bearer {admin_token}"}
 
-    async def _post(self, org: str, team: str, token_id: str, action: str) -> None:
-        url = f"{self.admin_url}/v1/orgs/{org}/teams/{team}/tokens/{token_id}/{action}"
-        async with self.session.post(url, headers=self.headers) as response:
-            await response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{action} returned {response.status}")
+    async def _call(
+        self, method: str, path: str, expected: int, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        url = f"{self.admin_url}/v1{path}"
+        async with self.session.request(method, url, headers=self.headers, json=body) as response:
+            raw = await response.read()
+            if response.status != expected:
+                raise RuntimeError(f"{method} {path} returned {response.status}")
+        return dict(orjson.loads(raw)) if raw else {}
+
+    async def create(self, org: str, team: str, name: str, scopes: list[str]) -> tuple[str, str]:
+        """A new token: (plaintext, id)."""
+        body = {"name": name, "scopes": scopes}
+        created = await self._call("POST", f"/orgs/{org}/teams/{team}/tokens", 201, body)
+        return str(created["token"]), str(created["id"])
 
     async def revoke(self, org: str, team: str, token_id: str) -> None:
-        await self._post(org, team, token_id, "revoke")
+        await self._call("POST", f"/orgs/{org}/teams/{team}/tokens/{token_id}/revoke", 200)
 
     async def restore(self, org: str, team: str, token_id: str) -> None:
-        await self._post(org, team, token_id, "restore")
+        await self._call("POST", f"/orgs/{org}/teams/{team}/tokens/{token_id}/restore", 200)
+
+    async def delete(self, org: str, team: str, token_id: str) -> None:
+        await self._call("DELETE", f"/orgs/{org}/teams/{team}/tokens/{token_id}", 204)
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,19 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import platform
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -117,6 +122,50 @@ def cpu_model() -> str:
 
 def cores() -> int:
     return os.cpu_count() or 1
+
+
+def machine_info(wrk_version: str) -> dict[str, Any]:
+    """What the figures were measured on, for the results files."""
+    return {
+        "cpu": cpu_model(),
+        "cores": cores(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "wrk": wrk_version,
+        "server_core": SERVER_CORE,
+        "client_core": CLIENT_CORE,
+    }
+
+
+def say(message: str) -> None:
+    """Progress goes to stderr; results go to stdout."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_main(main: Coroutine[Any, Any, int | None]) -> None:
+    """Run a benchmark's main coroutine on uvloop (as `tokenward serve` does) and exit with
+    its status. SIGTERM and Ctrl-C cancel it, so its `finally` blocks stop every process it
+    started (a coroutine may also catch the cancellation, report what it has and return)."""
+
+    async def until_signalled() -> int | None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await main
+
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            status = runner.run(until_signalled())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        say("interrupted: every process the benchmark started has been stopped")
+        sys.exit(130)
+    sys.exit(status)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -111,7 +111,7 @@ class Stack:
         assert self.inproc is not None
         return f"http://127.0.0.1:{self.inproc.proxy_port}"
 
-    async def close(self) -> None:
+    async def stop_inproc(self) -> None:
         if self.inproc is not None:
             with contextlib.suppress(Exception):
                 await self.inproc.stop()
@@ -119,6 +119,9 @@ class Stack:
         if self.inproc_log is not None:
             self.inproc_log.close()
             self.inproc_log = None
+
+    async def close(self) -> None:
+        await self.stop_inproc()
         self.processes.stop_all()
         if self.valkey is not None:
             self.valkey.stop()
@@ -133,13 +136,19 @@ def start_valkey(stack: Stack) -> None:
     stack.processes.adopt("valkey", stack.valkey.process)
 
 
-def start_helpers(stack: Stack) -> None:
-    """The upstream and the bare reference proxy, each in its own process on the server core."""
-    stack.upstream_port, stack.bare_port = free_port(), free_port()
+def start_upstream(stack: Stack) -> None:
+    """The upstream, in its own process on the server core."""
+    stack.upstream_port = free_port()
     upstream = stack.processes.spawn(
         "upstream", [PYTHON, str(BENCH / "upstream.py"), "--port", str(stack.upstream_port)], SERVER_CORE
     )
     wait_http(stack.upstream_url + "/", upstream, "upstream")
+
+
+def start_helpers(stack: Stack) -> None:
+    """The upstream and the bare reference proxy, each in its own process on the server core."""
+    start_upstream(stack)
+    stack.bare_port = free_port()
     bare_argv = [PYTHON, str(BENCH / "bare_proxy.py"), "--port", str(stack.bare_port)]
     bare = stack.processes.spawn("bare proxy", [*bare_argv, "--upstream", stack.upstream_url], SERVER_CORE)
     wait_http(stack.bare_url + "/", bare, "bare proxy")

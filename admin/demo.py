@@ -23,12 +23,27 @@ DEMO_TEAM = "platform"
 TEAM_PERMISSIONS = ["read:apis", "write:apis", "read:specs", "write:specs", "admin:team"]
 
 
+async def echo_websocket(request: web.Request) -> web.WebSocketResponse:
+    """A WebSocket that first says which headers arrived, then echoes every message."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.send_json({"path": request.raw_path, "headers": [[k, v] for k, v in request.headers.items()]})
+    async for message in ws:
+        if message.type == web.WSMsgType.TEXT:
+            await ws.send_str(message.data)
+        elif message.type == web.WSMsgType.BINARY:
+            await ws.send_bytes(message.data)
+    return ws
+
+
 async def echo(request: web.Request) -> web.StreamResponse:
     """Echo exactly what arrived, for the demo and the tests.
 
     `?sleep=S` waits S seconds first (a slow upstream); `?bytes=N` answers with N bytes
     streamed in 64 KiB chunks instead of the echo (a large response).
     """
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await echo_websocket(request)
     total = 0
     async for chunk in request.content.iter_any():
         total += len(chunk)
@@ -112,6 +127,14 @@ def demo_config(data_dir: Path, port: int, admin_port: int, upstream_port: int) 
                 "upstream": "registry",
                 "scopes": ["write:specs"],
                 "resource": res,
+            },
+            {
+                "methods": ["GET"],
+                "path": f"{team}/events",
+                "upstream": "registry",
+                "scopes": ["read:apis"],
+                "resource": res,
+                "websocket": True,
             },
             {"methods": ["GET"], "path": "/health", "upstream": "registry", "public": True},
         ],

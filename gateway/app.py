@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
 import orjson
-import redis.asyncio as redis
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
@@ -45,9 +44,10 @@ from gateway.proxy import (
     is_trusted,
 )
 from gateway.routes import HTTP_METHODS
-from gateway.settings import Limits, Settings
-from gateway.store import Store
+from gateway.settings import Limits, Settings, Upstream
+from gateway.store import Store, connect
 from gateway.tokens import SecretHasher
+from gateway.tunnel import Tunnel, TunnelWatch, is_websocket_upgrade
 
 log = structlog.get_logger("tokenward")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
@@ -68,6 +68,7 @@ class Runtime:
     embedded: EmbeddedServer | None = None
     store_description: str = ""
     forwarder: Forwarder | None = None
+    tunnels: TunnelWatch | None = None
     started_at: float = field(default_factory=time.time)
     reloads: int = 0
     reload_failures: int = 0
@@ -77,20 +78,21 @@ class Runtime:
     async def open(cls, settings: Settings, redis_url: str | None = None) -> Runtime:
         """Connect to the store (starting the embedded one if needed) and build the services."""
         embedded = None
-        url = redis_url or settings.redis.url
-        if url is None:
+        store_settings = settings.redis
+        if redis_url is not None:  # given by the caller (tests, `serve --workers`): one server
+            store_settings = replace(store_settings, url=redis_url, sentinel=None, cluster=None)
+        elif store_settings.embedded:
             embedded = EmbeddedServer(settings.data_dir)
             if embedded.running_elsewhere():
                 embedded = None  # another tokenward process on this data dir owns it
             else:
                 embedded.start()
             url = f"unix://{(settings.data_dir / 'valkey.sock').resolve()}"
-        client = redis.Redis.from_url(
-            url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
-        )
-        store = Store(client)
+            store_settings = replace(store_settings, url=url)
+        store = Store(connect(store_settings))
         persistence = await store.check_durability()
-        where = "embedded" if url.startswith("unix://") else _redact(url)
+        unix = (store_settings.url or "").startswith("unix://")
+        where = "embedded" if unix else await store.location()
         cache = VerificationCache(ttl=settings.tokens.cache_ttl)
         a2 = settings.tokens.argon2
         hasher = SecretHasher(a2.time_cost, a2.memory_cost, a2.parallelism)
@@ -109,10 +111,10 @@ class Runtime:
             embedded=embedded,
             store_description=f"{where} (persistence: {persistence})",
         )
-        if persistence in ("off", "rdb-only"):
+        if persistence in ("off", "rdb-only", "aof on some masters only"):
             log.warning(
                 "store persistence is not append-only: a token shown to its creator could be "
-                "lost in a crash; enable appendonly yes on the store",
+                "lost in a crash; enable appendonly yes on the store (on every master and replica)",
                 persistence=persistence,
             )
         runtime.metrics.attach(runtime)
@@ -124,6 +126,8 @@ class Runtime:
     async def start_http(self) -> None:
         if self.forwarder is None:
             self.forwarder = Forwarder(self.metrics.upstream_latency)
+        if self.tunnels is None:
+            self.tunnels = TunnelWatch(self.cache)
 
     def reload(self, path: str) -> bool:
         """Swap in routes, upstreams and policies from `path` atomically; keep the old
@@ -155,16 +159,14 @@ class Runtime:
         await self.metrics.stop()
         await self.listener.stop()
         await self.audit.stop()
+        if self.tunnels is not None:
+            await self.tunnels.stop()
         if self.forwarder is not None:
             self.forwarder.close()
             self.forwarder = None
         await self.store.close()
         if self.embedded is not None:
             self.embedded.stop()
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -255,6 +257,8 @@ class Exchange:
     status: int = 500
     step: str = "forward"
     reason: str = "allowed"
+    websocket: bool = False  # the matched route lets WebSocket upgrades through
+    recorded: bool = False  # the decision's audit event is out
 
     def deny(self, denied: Denied) -> web.Response:
         self.allowed = False
@@ -280,6 +284,8 @@ class ProxyHandler:
             target = await self._decide(request, settings, request.method, request.raw_path, ex)
             upstream = settings.upstreams[ex.upstream]
             assert runtime.forwarder is not None
+            if ex.websocket and is_websocket_upgrade(request):
+                return await self._tunnel(request, upstream, target, settings, ex)
             response = await runtime.forwarder.forward(
                 request, upstream, target.path, target.query, ex.principal, ex.request_id, settings
             )
@@ -300,21 +306,82 @@ class ProxyHandler:
             log.exception("request failed", request_id=ex.request_id)
             return ex.deny(Denied(500, "internal_error", "internal", "internal error"))
         finally:
-            runtime.metrics.count_request(ex.route or "-", ex.step, ex.status)
-            runtime.audit.emit(
-                "request.allowed" if ex.allowed else "request.denied",
-                method=ex.method,
-                path=ex.path,
-                route=ex.route,
-                status=ex.status,
-                step=ex.step,
-                reason=ex.reason,
-                mode=ex.mode,
-                client_ip=ex.client_ip,
-                request_id=ex.request_id,
-                duration_ms=round((time.perf_counter() - ex.started) * 1000, 3),
-                **principal_fields(ex.principal),
-            )
+            if not ex.recorded:
+                self._record(ex)
+
+    def _record(self, ex: Exchange) -> None:
+        """The decision's metric and audit event (once per request)."""
+        ex.recorded = True
+        self.runtime.metrics.count_request(ex.route or "-", ex.step, ex.status)
+        self.runtime.audit.emit(
+            "request.allowed" if ex.allowed else "request.denied",
+            method=ex.method,
+            path=ex.path,
+            route=ex.route,
+            status=ex.status,
+            step=ex.step,
+            reason=ex.reason,
+            mode=ex.mode,
+            client_ip=ex.client_ip,
+            request_id=ex.request_id,
+            duration_ms=round((time.perf_counter() - ex.started) * 1000, 3),
+            **principal_fields(ex.principal),
+        )
+
+    async def _tunnel(
+        self, request: web.BaseRequest, upstream: Upstream, target: Target, settings: Settings, ex: Exchange
+    ) -> web.StreamResponse:
+        """A WebSocket upgrade on a route that allows it: the upstream's 101, then bytes both
+        ways until either side closes or the token stops being allowed."""
+        runtime = self.runtime
+        assert runtime.forwarder is not None and runtime.tunnels is not None
+        conn, response = await runtime.forwarder.upgrade(
+            request, upstream, target.path, target.query, ex.principal, ex.request_id, settings
+        )
+        ex.status = response.status
+        if conn is None:
+            return response  # the upstream declined; its answer goes back as it is
+        ex.mode = "websocket"
+        self._record(ex)  # audited when it opens, not hours later
+        tunnel = Tunnel(request, conn)
+        credential = bearer_token(request.headers.getall("Authorization", [])) if ex.principal else None
+        try:
+            await response.prepare(request)
+            tunnel.start()
+            expires_at = ex.principal.token.expires_at if ex.principal else None
+            runtime.tunnels.add(tunnel, lambda: self._recheck(ex, credential), expires_at)
+            reason = await tunnel.done
+        finally:
+            runtime.tunnels.remove(tunnel)
+            tunnel.close("handler ended")
+        runtime.audit.emit(
+            "websocket.closed",
+            path=ex.path,
+            route=ex.route,
+            reason=reason,
+            request_id=ex.request_id,
+            client_ip=ex.client_ip,
+            bytes_in=tunnel.bytes_up,
+            bytes_out=tunnel.bytes_down,
+            duration_ms=round((time.monotonic() - tunnel.opened) * 1000, 3),
+            **principal_fields(ex.principal),
+        )
+        response.force_close()
+        return response
+
+    async def _recheck(self, ex: Exchange, credential: str | None) -> float | None:
+        """Would this tunnel's opening request still be allowed? Raises Denied if not."""
+        settings = self.runtime.settings
+        match = settings.router.match("GET", ex.path)
+        if match is None or not match.route.websocket:
+            raise Denied(404, "not_found", STEP_ROUTE, "the route no longer allows this WebSocket")
+        if match.route.public:
+            return None
+        if credential is None:
+            raise Denied(401, "invalid_token", STEP_CREDENTIAL, "missing bearer token")
+        principal = await self.runtime.authenticator.authenticate(credential, ex.client_ip)
+        authorize(match, principal)
+        return principal.token.expires_at
 
     async def _decide(
         self, request: web.BaseRequest, settings: Settings, method: str, raw_target: str, ex: Exchange
@@ -333,6 +400,7 @@ class ProxyHandler:
         if match is None:
             raise Denied(404, "not_found", STEP_ROUTE, "no route matches this request")
         ex.route = match.route.label
+        ex.websocket = match.route.websocket
         ex.upstream = match.route.upstream
         if not match.route.public:
             token = bearer_token(request.headers.getall("Authorization", []))

@@ -25,7 +25,7 @@ import structlog
 
 from gateway.aio import cancel_and_wait
 from gateway.records import TeamRecord, TokenRecord
-from gateway.store import CHANGES_CHANNEL, Change, Store, StoreUnavailable
+from gateway.store import Change, Store, StoreUnavailable
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -183,18 +183,18 @@ class ChangeListener:
     async def _push_loop(self) -> None:
         backoff = 0.05
         while not self._stopping:
-            pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CHANGES_CHANNEL)
-                if not self.push_connected:
-                    # Anything could have changed while we were not listening.
-                    self.cache.clear()
-                self._set_connected(True)
-                backoff = 0.05
-                while not self._stopping:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._apply(Change.decode(message["data"]))
+                # one server, the sentinels' current master, or one node of a cluster
+                async with self.store.subscription() as pubsub:
+                    if not self.push_connected:
+                        # Anything could have changed while we were not listening.
+                        self.cache.clear()
+                    self._set_connected(True)
+                    backoff = 0.05
+                    while not self._stopping:
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is not None and message.get("type") == "message":
+                            self._apply(Change.decode(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of the link: note it, retry with backoff
@@ -203,9 +203,6 @@ class ChangeListener:
                 self._set_connected(False)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), 1.0)
 
     def _apply(self, change: Change) -> None:
         self.cache.apply(change)

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -55,10 +56,21 @@ def free_port() -> int:
 class EmbeddedServer:
     """A Valkey server process we own: start, wait until it answers, stop cleanly."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        appendonly: bool = True,
+        extra_args: Sequence[str] = (),
+        config_file: Path | None = None,
+    ) -> None:
+        """`extra_args` and `config_file` (read first, as the server wants it) let the same
+        binary run a cluster node or a sentinel (the test topologies)."""
         self.data_dir = Path(data_dir)
         self.port = port
         self.appendonly = appendonly
+        self.extra_args = tuple(extra_args)
+        self.config_file = config_file
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,6 +100,7 @@ class EmbeddedServer:
                 self.socket_path.unlink()
         args = [
             server_binary(),
+            *([str(self.config_file.resolve())] if self.config_file is not None else []),
             "--dir",
             str(self.data_dir.resolve()),
             "--bind",
@@ -109,6 +122,7 @@ class EmbeddedServer:
         ]
         if not self.port:
             args += ["--unixsocket", str(self.socket_path.resolve()), "--unixsocketperm", "700"]
+        args += self.extra_args
         self.process = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,

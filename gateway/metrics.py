@@ -134,6 +134,10 @@ class _RuntimeCollector(Collector):
                 runtime.authenticator.throttle.refused,
             ),
             "tokenward_store_errors": ("Store errors", runtime.store.errors),
+            "tokenward_store_outages": (
+                "Times the store became unreachable (one per outage, however many calls failed)",
+                runtime.store.outages,
+            ),
             "tokenward_config_reloads": ("Successful config reloads", runtime.reloads),
             "tokenward_config_reload_failures": (
                 "Config reloads refused (bad file)",
@@ -145,6 +149,10 @@ class _RuntimeCollector(Collector):
             family.add_metric([self.metrics.worker], value)
             yield family
         gauges = {
+            "tokenward_store_up": (
+                "1 while the store answers; 0 from its first failure until calls have succeeded for a second",
+                float(runtime.store.up),
+            ),
             "tokenward_push_channel_connected": (
                 "1 while the change notification channel is connected",
                 float(runtime.listener.push_connected),

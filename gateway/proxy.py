@@ -282,6 +282,39 @@ class Forwarder:
         finally:
             conn.finish()
 
+    async def upgrade(
+        self,
+        request: web.BaseRequest,
+        upstream: Upstream,
+        path: str,
+        query: str,
+        principal: Principal | None,
+        request_id: str,
+        settings: Settings,
+    ) -> tuple[Connection | None, web.StreamResponse]:
+        """Ask the upstream to switch protocols. With its 101: the connection (to tunnel)
+        and the 101 for the client, not yet sent. Otherwise its answer, as usual."""
+        pool = self.pool(upstream)
+        headers = upstream_headers(
+            request, principal, request_id, settings.trusted_proxies, settings.forward_authorization
+        )
+        headers.insert(0, ("Host", pool.host_header))
+        headers += [("Connection", "Upgrade"), ("Upgrade", request.headers["Upgrade"])]
+        target = pool.base_path + path + (f"?{query}" if query else "")
+        conn = await self._exchange(request, pool, upstream, request_head("GET", target, headers), False, settings)
+        if conn.status != 101 or not conn.upgraded:
+            try:
+                if conn.status == 101:
+                    raise UpstreamError(502, f"upstream {upstream.name} switched protocols without Upgrade")
+                return None, await self._respond(request, conn, request_id)
+            finally:
+                conn.finish()
+        out = response_headers(conn.headers, request_id)
+        upgrade = next((v for n, v in conn.headers if n.lower() == b"upgrade"), b"websocket")
+        out["Connection"] = "Upgrade"
+        out["Upgrade"] = decode_header(upgrade)
+        return conn, web.StreamResponse(status=101, reason=decode_header(conn.reason) or None, headers=out)
+
     async def _exchange(
         self, request: web.BaseRequest, pool: Pool, upstream: Upstream, head: bytes, has_body: bool, settings: Settings
     ) -> Connection:

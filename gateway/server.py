@@ -115,6 +115,8 @@ class Server:
     async def stop(self) -> None:
         watcher, self._watcher = self._watcher, None
         await cancel_and_wait([watcher])
+        if self.runtime is not None and self.runtime.tunnels is not None:
+            self.runtime.tunnels.close_all("shutting down")  # or draining would wait for them
         for runner in self._runners:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
@@ -208,7 +210,7 @@ def run(
         runner.run(serve_forever(settings, redis_url, worker, config_path))
 
 
-def _worker_main(config_path: str, redis_url: str, index: int) -> None:
+def _worker_main(config_path: str, redis_url: str | None, index: int) -> None:
     """Entry point of one worker process (spawned, so it starts clean)."""
     from gateway.audit import configure_logging
     from gateway.settings import load_settings
@@ -225,8 +227,8 @@ def supervise(settings: Settings, config_path: str, workers: int) -> None:
         raise SystemExit("tokenward: --workers needs fixed listen and admin_listen ports")
     require_c_parser(settings.allow_python_parser)
     embedded = None
-    url = settings.redis.url
-    if url is None:
+    url = settings.redis.url  # None for Sentinel and Cluster: each worker connects itself
+    if settings.redis.embedded:
         from gateway.embedded import EmbeddedServer
 
         embedded = EmbeddedServer(settings.data_dir)
@@ -263,7 +265,7 @@ def supervise(settings: Settings, config_path: str, workers: int) -> None:
         "tokenward supervisor started",
         workers=workers,
         pid=os.getpid(),
-        store="embedded" if settings.redis.url is None else "external",
+        store="embedded" if settings.redis.embedded else "external",
     )
     try:
         while not stopping:

@@ -49,10 +49,42 @@ class Listen:
     port: int
 
 
+StoreNode = tuple[str, int]  # (host, port)
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelSettings:
+    """Redis Sentinel: the sentinels to ask, and the name of the master they watch."""
+
+    master: str
+    nodes: tuple[StoreNode, ...]
+    username: str | None = None  # for the master and replicas
+    password: str | None = field(default=None, repr=False)
+    db: int = 0
+    sentinel_username: str | None = None  # for the sentinels themselves
+    sentinel_password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Redis Cluster: any few nodes to learn the cluster's layout from."""
+
+    nodes: tuple[StoreNode, ...]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
-    url: str | None = None  # None: start the embedded server under data_dir
+    url: str | None = None  # one server (or a proxy in front of several)
     stale_if_error: float = 300.0  # store down: tokens verified this recently keep working
+    sentinel: SentinelSettings | None = None
+    cluster: ClusterSettings | None = None
+
+    @property
+    def embedded(self) -> bool:
+        """No store named: start the embedded server under data_dir."""
+        return self.url is None and self.sentinel is None and self.cluster is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,14 +479,7 @@ def settings_from_dict(raw: object, source: str = "config", base_dir: Path | Non
     listen = _listen(checker, data.get("listen"), "listen", Listen("0.0.0.0", 8080))
     admin_listen = _listen(checker, data.get("admin_listen"), "admin_listen", Listen("127.0.0.1", 8081))
 
-    redis_data = checker.mapping(data.get("redis"), "redis", ("url", "stale_if_error"))
-    url = redis_data.get("url")
-    if url is not None:
-        url = checker.convert(url, "redis.url", _redis_url, None)
-    stale = checker.convert(
-        redis_data.get("stale_if_error", "5m"), "redis.stale_if_error", parse_duration, 300.0
-    )
-    redis_settings = RedisSettings(url, stale)
+    redis_settings = _redis(checker, data.get("redis"))
 
     data_dir_raw = checker.convert(data.get("data_dir", ".tokenward"), "data_dir", _str, ".tokenward")
     data_dir = Path(data_dir_raw)
@@ -589,6 +614,126 @@ def _limits(checker: _Checker, raw: object) -> Limits:
             data.get("body_timeout", "60s"), "limits.body_timeout", parse_duration, d.body_timeout
         ),
     )
+
+
+def _redis(checker: _Checker, raw: object) -> RedisSettings:
+    data = checker.mapping(raw, "redis", ("url", "sentinel", "cluster", "stale_if_error"))
+    given = [key for key in ("url", "sentinel", "cluster") if data.get(key) is not None]
+    if len(given) > 1:
+        named = f"{', '.join(given[:-1])} and {given[-1]}"
+        checker.problem("redis", f"{named} are alternatives: give only one (url, sentinel or cluster)")
+    url = data.get("url")
+    if url is not None:
+        url = checker.convert(url, "redis.url", _redis_url, None)
+    sentinel = None
+    if data.get("sentinel") is not None:
+        sentinel = _sentinel(checker, data["sentinel"], "redis.sentinel")
+    cluster = None
+    if data.get("cluster") is not None:
+        cluster = _cluster(checker, data["cluster"], "redis.cluster")
+    stale = checker.convert(data.get("stale_if_error", "5m"), "redis.stale_if_error", parse_duration, 300.0)
+    return RedisSettings(url, stale, sentinel, cluster)
+
+
+_CREDENTIAL_KEYS = ("username", "password")
+
+
+def _sentinel(checker: _Checker, raw: object, loc: str) -> SentinelSettings | None:
+    keys = ("master", "nodes", *_CREDENTIAL_KEYS, "db", "sentinel_username", "sentinel_password")
+    data = checker.mapping(raw, loc, keys)
+    if not data:
+        if isinstance(raw, dict):
+            checker.problem(loc, "needs master (the name the sentinels monitor) and nodes")
+        return None
+    master = ""
+    if "master" not in data:
+        checker.problem(f"{loc}.master", "is required: the master name the sentinels monitor")
+    else:
+        master = checker.convert(data["master"], f"{loc}.master", _str, "")
+    nodes = _store_nodes(checker, data.get("nodes"), f"{loc}.nodes", default_port=26379)
+    credentials = _credentials(checker, data, loc, *_CREDENTIAL_KEYS)
+    sentinel_credentials = _credentials(checker, data, loc, "sentinel_username", "sentinel_password")
+    db = checker.convert(data.get("db", 0), f"{loc}.db", _int(0, 65535), 0)
+    return SentinelSettings(master, nodes, *credentials, db, *sentinel_credentials)
+
+
+def _cluster(checker: _Checker, raw: object, loc: str) -> ClusterSettings | None:
+    data = checker.mapping(raw, loc, ("nodes", *_CREDENTIAL_KEYS))
+    if not data:
+        if isinstance(raw, dict):
+            checker.problem(loc, "needs nodes: a few cluster nodes as host:port")
+        return None
+    nodes = _store_nodes(checker, data.get("nodes"), f"{loc}.nodes", default_port=6379)
+    return ClusterSettings(nodes, *_credentials(checker, data, loc, *_CREDENTIAL_KEYS))
+
+
+def _credentials(
+    checker: _Checker, data: dict[str, Any], loc: str, user_key: str, password_key: str
+) -> tuple[str | None, str | None]:
+    user = data.get(user_key)
+    password = data.get(password_key)
+    if user is not None:
+        user = checker.convert(user, f"{loc}.{user_key}", _str, None)
+    if password is not None:
+        # never echo the value: it is a secret
+        if not isinstance(password, str) or not password:
+            checker.problem(f"{loc}.{password_key}", "expected a non-empty string")
+            password = None
+    if user is not None and password_key not in data:
+        checker.problem(f"{loc}.{password_key}", f"is required with {user_key}")
+    return user, password
+
+
+def _store_nodes(checker: _Checker, raw: object, loc: str, default_port: int) -> tuple[StoreNode, ...]:
+    if not isinstance(raw, list) or not raw:
+        checker.problem(loc, "expected a non-empty list of host:port (or {host, port})")
+        return ()
+    nodes: list[StoreNode] = []
+    for i, item in enumerate(raw):
+        node_loc = f"{loc}[{i}]"
+        if isinstance(item, dict):
+            spec = checker.mapping(item, node_loc, ("host", "port"))
+            if "host" not in spec:
+                checker.problem(f"{node_loc}.host", "is required")
+                continue
+            host = checker.convert(spec["host"], f"{node_loc}.host", _str, "")
+            port = checker.convert(
+                spec.get("port", default_port), f"{node_loc}.port", _int(1, 65535), default_port
+            )
+            if host:
+                nodes.append((host, port))
+        else:
+            node = checker.convert(item, node_loc, _host_port(default_port), None)
+            if node is not None:
+                nodes.append(node)
+    if len(set(nodes)) != len(nodes):
+        checker.problem(loc, "lists the same node twice")
+    return tuple(nodes)
+
+
+def _host_port(default_port: int) -> Callable[[object], StoreNode]:
+    def parse(value: object) -> StoreNode:
+        bad = ValueError(f"{value!r} is not a node: expected host:port, e.g. 10.0.0.5:{default_port}")
+        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+            raise bad
+        if value.startswith("["):  # [IPv6]:port
+            host, _, rest = value[1:].partition("]")
+            if rest and not rest.startswith(":"):
+                raise bad
+            port_text = rest[1:]
+        elif value.count(":") > 1:  # a bare IPv6 address
+            host, port_text = value, ""
+        else:
+            host, _, port_text = value.partition(":")
+        if not host:
+            raise bad
+        if not port_text:
+            return host, default_port
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise bad
+        return host, int(port_text)
+
+    return parse
 
 
 def _redis_url(value: object) -> str:

@@ -8,25 +8,103 @@ index entry (skipped when listing), never an unlisted live token.
 
 Every change is announced twice: on the pub/sub channel (fast push) and in a capped
 change-log stream that processes poll as the fallback when the push link is down.
+
+The store is one server (`redis.url`), the master that Redis Sentinel names, or a Redis
+Cluster. No command, pipeline or script touches keys of two slots at once. An admin write
+is sent on one connection to the master that holds its keys and waits there, on that same
+connection (WAIT and WAITAOF only cover the asking connection's writes), until it is in the
+master's append-only file and, when the master has replicas, received by one of them: a
+failover to that replica keeps it. A token shown to its creator, or a revocation confirmed
+to an admin, survives the master's crash and its replacement.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as redis
 import redis.exceptions as redis_errors
+import structlog
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from gateway.records import ServiceAccountRecord, TeamRecord, TokenRecord
+from gateway.settings import RedisSettings
 
 T = TypeVar("T")
+log = structlog.get_logger("tokenward.store")
 
 CHANGES_CHANNEL = "tw:changes"
 CHANGELOG_MAXLEN = 10_000
+DURABLE_TIMEOUT_MS = 2000  # an admin write waits this long for the disk and for a replica
+STATE_SETTLE = 1.0  # seconds without a failure before the store counts as reachable again
+TOUCH_CONCURRENCY = 64  # cluster: last-used updates in flight at once (one script call each)
+SOCKET_TIMEOUT = 2.0  # seconds, for connecting and for each reply
+
+# Failures that mean "the store (or part of it) cannot serve now", as opposed to a command
+# that the store refused. A cluster without a reachable node raises RedisClusterException,
+# which is not a RedisError.
+_OUTAGES: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError,  # also: no master known to the sentinels, still loading
+    redis_errors.TimeoutError,
+    OSError,
+    redis_errors.ClusterError,  # CLUSTERDOWN, MASTERDOWN, redirections exhausted
+    redis_errors.TryAgainError,
+    redis_errors.ReadOnlyError,  # a write reached a master that was just demoted
+    redis_errors.AskError,  # MOVED/ASK on a pinned connection: the slot moved (failover)
+    redis_errors.RedisClusterException,
+)
+_BUGS = (redis_errors.CrossSlotTransactionError, redis_errors.InvalidPipelineStack)
+
+
+def connect(settings: RedisSettings) -> Any:
+    """A redis-py asyncio client for the configured store: one server (`url`), the current
+    master of a Redis Sentinel set-up (`sentinel`), or a Redis Cluster (`cluster`)."""
+    if settings.sentinel is not None:
+        conf = settings.sentinel
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_timeout": SOCKET_TIMEOUT,
+            "socket_connect_timeout": SOCKET_TIMEOUT,
+        }
+        if conf.sentinel_password is not None:
+            sentinel_kwargs.update(username=conf.sentinel_username, password=conf.sentinel_password)
+        make_sentinel: Any = Sentinel  # untyped in redis-py
+        sentinels = make_sentinel(
+            list(conf.nodes),
+            sentinel_kwargs=sentinel_kwargs,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+        )
+        return sentinels.master_for(
+            conf.master,
+            username=conf.username,
+            password=conf.password,
+            db=conf.db,
+            health_check_interval=10,
+        )
+    if settings.cluster is not None:
+        conf_c = settings.cluster
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in conf_c.nodes],
+            username=conf_c.username,
+            password=conf_c.password,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+        )
+    if settings.url is None:
+        raise ValueError("no store configured: the embedded store is started by the runtime")
+    return redis.Redis.from_url(
+        settings.url,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=SOCKET_TIMEOUT,
+        health_check_interval=10,
+    )
 
 
 class StoreUnavailable(Exception):
@@ -115,64 +193,249 @@ class Change:
 
 
 class Store:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster) -> None:
         # redis-py types replies as unions that depend on decode_responses; we always get
         # bytes, so the client is used untyped here and replies are decoded explicitly.
         self.client: Any = client
+        self.cluster = isinstance(client, RedisCluster)
         self._touch = client.register_script(_TOUCH)
         self._append_audit = client.register_script(_APPEND_AUDIT)
         self.waitaof_supported: bool | None = None
         self.errors = 0  # store errors seen, for the metric
+        # Reachability, as a state with one log line per change (not one per failed call).
+        self.up = True
+        self.outages = 0
+        self._last_failure = 0.0
+        self._down_since = 0.0
+        self._subscriptions = 0  # cluster: which node the next subscription goes to
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         try:
-            return await op()
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            result = await op()
+        except StoreUnavailable:
             self.errors += 1
-            raise StoreUnavailable(f"store unreachable: {type(exc).__name__}") from exc
-        except redis_errors.RedisError as exc:
+            raise
+        except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
             self.errors += 1
+            if isinstance(exc, _OUTAGES) and not isinstance(exc, _BUGS):
+                self._failed(exc)
+                raise StoreUnavailable(f"store unreachable: {type(exc).__name__}") from exc
             raise StoreUnavailable(f"store error: {type(exc).__name__}") from exc
+        if not self.up:
+            self._succeeded()
+        return result
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._last_failure = now
+        if self.up:
+            self.up = False
+            self.outages += 1
+            self._down_since = now
+            log.warning("store unreachable", error=type(exc).__name__, detail=str(exc)[:200])
+
+    def _succeeded(self) -> None:
+        # Back only once calls have succeeded for STATE_SETTLE without a failure: while a
+        # cluster fails over, calls to the other masters succeed between the failures, and
+        # that is still one outage, not one per request.
+        now = time.monotonic()
+        if now - self._last_failure >= STATE_SETTLE:
+            self.up = True
+            log.info("store reachable again", down_for_s=round(now - self._down_since, 2))
 
     async def ping(self) -> bool:
         return bool(await self._call(self.client.ping))
 
     async def close(self) -> None:
         await self.client.aclose()
+        pool: Any = getattr(self.client, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool):  # the sentinels' own connections
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+    # -- topology -------------------------------------------------------------------------
+    async def masters(self) -> list[ClusterNode] | None:
+        """The cluster's masters (None: not a cluster; the client reaches the one master)."""
+        if not self.cluster:
+            return None
+        await self.client.initialize()
+        return list(self.client.get_primaries())
+
+    async def _on_masters(self, *command: Any) -> list[Any]:
+        """`command`'s reply from every master."""
+        masters = await self.masters()
+        if masters is None:
+            return [await self.client.execute_command(*command)]
+        return [await self.client.execute_command(*command, target_nodes=node) for node in masters]
+
+    async def location(self) -> str:
+        """Where the store is, for the start-up line (never a password)."""
+        async def op() -> str:
+            masters = await self.masters()
+            if masters is not None:
+                replicas = len(self.client.get_replicas())
+                return f"cluster of {len(masters)} masters, {replicas} replicas"
+            pool = self.client.connection_pool
+            if isinstance(pool, SentinelConnectionPool):
+                sentinel_pool: Any = pool  # redis-py leaves these methods untyped
+                host, port = await sentinel_pool.get_master_address()
+                return f"sentinel master {pool.service_name!r} at {host}:{port}"
+            kw = pool.connection_kwargs
+            if "path" in kw:
+                return f"unix://{kw['path']}"
+            return f"redis://{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
+
+        return await self._call(op)
+
+    @contextlib.asynccontextmanager
+    async def subscription(self) -> AsyncIterator[Any]:
+        """A pub/sub connection subscribed to the change channel, closed on exit.
+
+        In a cluster a classic PUBLISH reaches every node (replicas too), so one node is
+        enough; each new subscription moves on to the next known node, so a dead one is
+        left behind at the next reconnect. It is a plain connection to that node (redis-py's
+        asynchronous cluster client has pub/sub only from 8.0)."""
+        node_client = None
+        if self.cluster:
+            await self._call(self.client.initialize)
+            nodes = sorted(self.client.get_nodes(), key=lambda n: n.name)
+            node = nodes[self._subscriptions % len(nodes)]
+            self._subscriptions += 1
+            kw = node.connection_kwargs
+            node_client = redis.Redis(
+                host=node.host,
+                port=node.port,
+                username=kw.get("username"),
+                password=kw.get("password"),
+                credential_provider=kw.get("credential_provider"),
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=SOCKET_TIMEOUT,
+            )
+            pubsub: Any = node_client.pubsub(ignore_subscribe_messages=True)
+        else:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(CHANGES_CHANNEL)
+            yield pubsub
+        finally:
+            # redis-py's pubsub close can hang on a dead link; never wait on it for long
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), 1.0)
+            if node_client is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(node_client.aclose(), 1.0)
 
     # -- durability ------------------------------------------------------------------
     async def check_durability(self) -> str:
-        """Probe persistence once; returns a short description for the start-up line."""
-        info: dict[str, Any] = await self._call(lambda: self.client.info("persistence"))
-        aof = bool(info.get("aof_enabled"))
-        try:
-            await self._call(lambda: self.client.execute_command("WAITAOF", 1 if aof else 0, 0, 100))
-            self.waitaof_supported = aof
-        except StoreUnavailable:
-            self.waitaof_supported = False
-        if aof:
+        """Probe persistence once (on every master); a short description for the start-up line."""
+        infos: list[dict[str, Any]] = await self._call(lambda: self._on_masters("INFO", "persistence"))
+        with_aof = [bool(info.get("aof_enabled")) for info in infos]
+        self.waitaof_supported = False
+        if all(with_aof):
+            try:
+                await self._call(lambda: self._on_masters("WAITAOF", 1, 0, 100))
+                self.waitaof_supported = True
+            except StoreUnavailable:
+                pass
             return "aof+waitaof" if self.waitaof_supported else "aof"
-        if (
+        if any(with_aof):
+            return "aof on some masters only"
+        if all(
             info.get("rdb_changes_since_last_save") is not None
             and info.get("rdb_bgsave_in_progress") is not None
+            for info in infos
         ):
             return "rdb-only"
         return "off"
 
-    async def wait_durable(self) -> None:
-        """After an admin write: wait until it is in the local append-only file."""
-        if self.waitaof_supported:
-            await self._call(lambda: self.client.execute_command("WAITAOF", 1, 0, 2000))
+    @contextlib.asynccontextmanager
+    async def _pinned(self, key: str) -> AsyncIterator[Any]:
+        """One connection to the master that holds `key`, for as long as the block runs."""
+        if self.cluster:
+            await self.client.initialize()
+            node = self.client.get_node_from_key(key)
+            conn = node.acquire_connection()
+
+            async def release() -> None:
+                node.release(conn)
+        else:
+            pool = self.client.connection_pool
+            conn = await pool.get_connection()
+
+            async def release() -> None:
+                await pool.release(conn)
+
+        try:
+            await conn.connect()
+            yield conn
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread: never reuse it
+            raise
+        finally:
+            await release()
+
+    async def _write(self, key: str, *commands: tuple[Any, ...]) -> list[Any]:
+        """Run `commands` (all on `key`'s slot) on one connection to the master holding `key`,
+        then wait on that connection until they are durable: in the master's append-only file
+        (WAITAOF, when the master has one) and, when the master has replicas, received by one
+        of them (WAIT), so that a failover keeps them. Raw replies, one per command."""
+
+        async def op() -> list[Any]:
+            async with self._pinned(key) as conn:
+                await conn.send_packed_command(conn.pack_commands([*commands, ("ROLE",)]))
+                replies = [await conn.read_response() for _ in range(len(commands) + 1)]
+                role = replies.pop()
+                replicas = len(role[2]) if role and role[0] == b"master" else 0
+                if replicas:
+                    await conn.send_command("WAIT", 1, DURABLE_TIMEOUT_MS)
+                    if int(await conn.read_response()) < 1:
+                        raise StoreUnavailable(
+                            f"no replica acknowledged the write within {DURABLE_TIMEOUT_MS} ms"
+                        )
+                if self.waitaof_supported:
+                    await self._wait_aof(conn)
+                return replies
+
+        try:
+            return await self._call(op)
+        except StoreUnavailable as exc:
+            if self.cluster and isinstance(exc.__cause__, _OUTAGES):
+                await self._relearn_slots()
+            raise
+
+    async def _wait_aof(self, conn: Any) -> None:
+        await conn.send_command("WAITAOF", 1, 0, DURABLE_TIMEOUT_MS)
+        try:
+            local, _ = await conn.read_response()
+        except redis_errors.ResponseError as exc:
+            if "appendonly" not in str(exc):
+                raise
+            # A master without an append-only file (e.g. a replica promoted by a failover
+            # that runs without one): the replica acknowledgement is all there is.
+            self.waitaof_supported = False
+            log.warning("store master has no append-only file: admin writes no longer wait for the disk")
+            return
+        if int(local) < 1:
+            raise StoreUnavailable(f"the write was not on disk within {DURABLE_TIMEOUT_MS} ms")
+
+    async def _relearn_slots(self) -> None:
+        """After a pinned write failed in a cluster: learn the slot map again (a replica may
+        have taken over the slot), as the cluster client does after its own failures."""
+        with contextlib.suppress(Exception):
+            await self.client.nodes_manager.initialize()
 
     # -- changes -----------------------------------------------------------------------
     async def publish(self, changes: Iterable[Change]) -> None:
+        payloads = [change.encode() for change in changes]
+
         async def op() -> None:
             pipe = self.client.pipeline(transaction=False)
-            for change in changes:
-                payload = change.encode()
+            for payload in payloads:
                 pipe.xadd(Keys.changelog, {"c": payload}, maxlen=CHANGELOG_MAXLEN, approximate=True)
-                pipe.publish(CHANGES_CHANNEL, payload)
             await pipe.execute()
+            # not in the pipeline: a cluster pipeline refuses PUBLISH (a keyless broadcast)
+            for payload in payloads:
+                await self.client.publish(CHANGES_CHANNEL, payload)
 
         await self._call(op)
 
@@ -205,18 +468,14 @@ class Store:
         await self._call(lambda: self.client.sadd(Keys.orgs, org))
 
     async def create_team(self, team: TeamRecord) -> None:
+        """Index first, then the record; durable before returning."""
         await self.ensure_org(team.org)
-
-        async def op() -> None:
-            created = await self.client.set(
-                Keys.team(team.org, team.name), orjson.dumps(team.to_json()), nx=True
-            )
-            if not created:
-                raise Conflict(f"team {team.name!r} already exists in org {team.org!r}")
-            await self.client.sadd(Keys.teams(team.org), team.name)
-
-        await self._call(op)
-        await self.wait_durable()
+        key = Keys.team(team.org, team.name)
+        _, created = await self._write(
+            key, ("SADD", Keys.teams(team.org), team.name), ("SET", key, orjson.dumps(team.to_json()), "NX")
+        )
+        if created is None:
+            raise Conflict(f"team {team.name!r} already exists in org {team.org!r}")
 
     async def get_team(self, org: str, name: str) -> TeamRecord | None:
         raw = await self._call(lambda: self.client.get(Keys.team(org, name)))
@@ -230,24 +489,20 @@ class Store:
         return [TeamRecord.from_json(orjson.loads(r)) for r in raws if r]
 
     async def put_team(self, team: TeamRecord) -> None:
-        await self._call(
-            lambda: self.client.set(Keys.team(team.org, team.name), orjson.dumps(team.to_json()))
-        )
-        await self.wait_durable()
+        key = Keys.team(team.org, team.name)
+        await self._write(key, ("SET", key, orjson.dumps(team.to_json())))
         await self.publish([Change("team", f"{team.org}/{team.name}")])
 
     # -- service accounts ---------------------------------------------------------------
     async def create_service_account(self, sa: ServiceAccountRecord) -> None:
-        async def op() -> None:
-            created = await self.client.set(
-                Keys.service_account(sa.org, sa.team, sa.name), orjson.dumps(sa.to_json()), nx=True
-            )
-            if not created:
-                raise Conflict(f"service account {sa.name!r} already exists in team {sa.team!r}")
-            await self.client.sadd(Keys.service_accounts(sa.org, sa.team), sa.name)
-
-        await self._call(op)
-        await self.wait_durable()
+        key = Keys.service_account(sa.org, sa.team, sa.name)
+        _, created = await self._write(
+            key,
+            ("SADD", Keys.service_accounts(sa.org, sa.team), sa.name),
+            ("SET", key, orjson.dumps(sa.to_json()), "NX"),
+        )
+        if created is None:
+            raise Conflict(f"service account {sa.name!r} already exists in team {sa.team!r}")
 
     async def get_service_account(self, org: str, team: str, name: str) -> ServiceAccountRecord | None:
         raw = await self._call(lambda: self.client.get(Keys.service_account(org, team, name)))
@@ -264,29 +519,23 @@ class Store:
         return [ServiceAccountRecord.from_json(orjson.loads(r)) for r in raws if r]
 
     async def delete_service_account(self, org: str, team: str, name: str) -> None:
-        async def op() -> None:
-            await self.client.delete(Keys.service_account(org, team, name))
-            await self.client.srem(Keys.service_accounts(org, team), name)
-
-        await self._call(op)
-        await self.wait_durable()
+        key = Keys.service_account(org, team, name)
+        await self._write(key, ("DEL", key), ("SREM", Keys.service_accounts(org, team), name))
 
     # -- tokens ---------------------------------------------------------------------------
     async def create_token(self, token: TokenRecord) -> None:
-        """Index first, then the record; durable before returning."""
+        """Index first, then the record (two slots in a cluster); durable before returning."""
         await self.ensure_org(token.org)
-
-        async def op() -> None:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.zadd(Keys.team_tokens(token.org, token.team), {token.id: token.created_at})
-            pipe.zadd(Keys.org_tokens(token.org), {token.id: token.created_at})
-            await pipe.execute()
-            created = await self.client.hsetnx(Keys.token(token.id), "data", orjson.dumps(token.to_json()))
-            if not created:
-                raise Conflict("token id collision")
-
-        await self._call(op)
-        await self.wait_durable()
+        index = Keys.org_tokens(token.org)
+        await self._write(
+            index,
+            ("ZADD", Keys.team_tokens(token.org, token.team), token.created_at, token.id),
+            ("ZADD", index, token.created_at, token.id),
+        )
+        key = Keys.token(token.id)
+        (created,) = await self._write(key, ("HSETNX", key, "data", orjson.dumps(token.to_json())))
+        if not created:
+            raise Conflict("token id collision")
 
     async def get_token(self, key_id: str) -> TokenRecord | None:
         raw = await self._call(lambda: self.client.hget(Keys.token(key_id), "data"))
@@ -313,22 +562,18 @@ class Store:
 
     async def put_token(self, token: TokenRecord) -> None:
         """Replace an existing token record (revoke, restore) and announce it."""
-        await self._call(
-            lambda: self.client.hset(Keys.token(token.id), "data", orjson.dumps(token.to_json()))
-        )
-        await self.wait_durable()
+        key = Keys.token(token.id)
+        await self._write(key, ("HSET", key, "data", orjson.dumps(token.to_json())))
         await self.publish([Change("token", token.id)])
 
     async def delete_token(self, token: TokenRecord) -> None:
-        async def op() -> None:
-            await self.client.delete(Keys.token(token.id))
-            pipe = self.client.pipeline(transaction=True)
-            pipe.zrem(Keys.team_tokens(token.org, token.team), token.id)
-            pipe.zrem(Keys.org_tokens(token.org), token.id)
-            await pipe.execute()
-
-        await self._call(op)
-        await self.wait_durable()
+        """The record first, then the index entries."""
+        key = Keys.token(token.id)
+        await self._write(key, ("DEL", key))
+        index = Keys.org_tokens(token.org)
+        await self._write(
+            index, ("ZREM", Keys.team_tokens(token.org, token.team), token.id), ("ZREM", index, token.id)
+        )
         await self.publish([Change("token", token.id)])
 
     async def touch_last_used(self, used: dict[str, float]) -> None:
@@ -336,6 +581,17 @@ class Store:
             return
 
         async def op() -> None:
+            if self.cluster:
+                # a cluster pipeline refuses scripts: one call per token, a bounded number at once
+                items = list(used.items())
+                for start in range(0, len(items), TOUCH_CONCURRENCY):
+                    await asyncio.gather(
+                        *(
+                            self._touch(keys=[Keys.token(kid)], args=[repr(at)])
+                            for kid, at in items[start : start + TOUCH_CONCURRENCY]
+                        )
+                    )
+                return
             pipe = self.client.pipeline(transaction=False)
             for kid, at in used.items():
                 await self._touch(keys=[Keys.token(kid)], args=[repr(at)], client=pipe)

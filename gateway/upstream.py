@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 import httptools
@@ -52,6 +52,10 @@ class Connection(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._timeout = 0.0
         self.last_read = 0.0
+        # After a 101: where the upstream's bytes go, and who hears of the end.
+        self.relay: Callable[[bytes], None] | None = None
+        self.on_lost: Callable[[], None] | None = None
+        self.on_resume_writing: Callable[[], None] | None = None
         self._reset(False)
 
     def _reset(self, head_only: bool) -> None:
@@ -74,6 +78,10 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's isn't a subclass
 
     def data_received(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is not None:
+            relay(data)
+            return
         self.received_any = True
         self.last_read = self.loop.time()
         if self.upgraded:
@@ -109,6 +117,12 @@ class Connection(asyncio.Protocol):
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
+        if self.on_lost is not None:
+            self.on_lost()
+
+    @property
+    def paused_writing(self) -> bool:
+        return self._paused_writing
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -118,6 +132,8 @@ class Connection(asyncio.Protocol):
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
+        if self.on_resume_writing is not None:
+            self.on_resume_writing()
 
     # -- httptools callbacks ---------------------------------------------------------------------
     def on_status(self, status: bytes) -> None:

@@ -17,7 +17,7 @@ from gateway.settings import ConfigError, Settings, load_settings, settings_from
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "example.yaml"
-EXAMPLE_ROUTE_COUNT = 8
+EXAMPLE_ROUTE_COUNT = 9
 
 BASE: dict[str, Any] = {
     "upstreams": {"registry": {"url": "http://127.0.0.1:9000"}},

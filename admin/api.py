@@ -36,7 +36,7 @@ from gateway.scopes import (
     parse_scopes,
 )
 from gateway.store import Conflict, StoreUnavailable
-from gateway.tokens import KEY_ID_RE, TokenFormatError, generate
+from gateway.tokens import KEY_ID_RE, TokenFormatError, generate, secret_check
 from gateway.tokens import parse as parse_token
 
 log = structlog.get_logger("tokenward.admin")
@@ -446,6 +446,7 @@ async def issue_token(
         description=description,
         scopes=scopes,
         secret_hash=await runtime.hasher.hash(parsed.secret),
+        secret_check=secret_check(parsed.key_id, parsed.secret),
         created_at=time.time(),
         created_by=created_by,
         expires_at=expires_at,

@@ -11,9 +11,11 @@ HTTP edge turns into a response and the audit log records.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from gateway import tokens
 from gateway.cache import VerificationCache
@@ -21,6 +23,8 @@ from gateway.records import EXPIRED, REVOKED, TeamRecord, TokenRecord
 from gateway.routes import Match
 from gateway.scopes import Scope, effective_covers, effective_scopes
 from gateway.store import Store, StoreUnavailable, now
+
+T = TypeVar("T")
 
 # step names, as they appear in responses, audit and metrics
 STEP_PATH = "path"
@@ -159,7 +163,10 @@ class Authenticator:
         self.cache = cache
         self.hasher = hasher
         self.accepted_prefixes = accepted_prefixes
-        self._inflight: dict[str, asyncio.Future[TokenRecord | None]] = {}
+        self._inflight: dict[str, asyncio.Future[str | None]] = {}
+        # store reads in flight, by (kind, key, cache epoch): concurrent misses share one
+        self._reads: dict[tuple[str, str, int], asyncio.Future[Any]] = {}
+        self.prefiltered = 0  # wrong secrets refused by the secret check, without argon2
         self.argon2_verifications = 0
         self.stale_if_error = 0.0  # seconds; set from redis.stale_if_error
         self.stale_served = 0
@@ -173,7 +180,10 @@ class Authenticator:
             raise _unauthorized(STEP_CREDENTIAL, str(exc)) from None
         fingerprint = tokens.fingerprint(token)
         try:
-            record = await self._identify(fingerprint, parsed)
+            key_id = await self._identify(fingerprint, parsed)
+            # The record as the cache has it *now*: never one read before an invalidation
+            # that this process has already seen (say, during an argon2 verification).
+            record = await self._record(key_id) if key_id is not None else None
             if record is None:
                 raise _unauthorized(STEP_TOKEN, "invalid token")
             status = record.status(now())
@@ -189,21 +199,22 @@ class Authenticator:
         permissions = None if record.team is None else (team.permissions if team else ())
         return Principal(record, permissions)
 
-    async def _identify(self, fingerprint: str, parsed: tokens.ParsedToken) -> TokenRecord | None:
+    async def _identify(self, fingerprint: str, parsed: tokens.ParsedToken) -> str | None:
+        """The key id this token proves to hold, or None."""
         key_id = self.cache.proof(fingerprint)
         if key_id is not None:
-            return await self._record(key_id)
+            return key_id
         if self.cache.failed(fingerprint):
             return None
         pending = self._inflight.get(fingerprint)
         if pending is not None:
             return await asyncio.shield(pending)
-        future: asyncio.Future[TokenRecord | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._inflight[fingerprint] = future
         try:
-            record = await self._verify(fingerprint, parsed)
-            future.set_result(record)
-            return record
+            proven = await self._verify(fingerprint, parsed)
+            future.set_result(proven)
+            return proven
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved when nobody else waits
@@ -211,55 +222,91 @@ class Authenticator:
         finally:
             del self._inflight[fingerprint]
 
-    async def _verify(self, fingerprint: str, parsed: tokens.ParsedToken) -> TokenRecord | None:
+    async def _verify(self, fingerprint: str, parsed: tokens.ParsedToken) -> str | None:
+        # An unknown key id, or a secret that fails the 16-bit secret check, is refused
+        # with no argon2 work: a flood of made-up tokens costs a store read each, at most.
+        record = await self._record(parsed.key_id)
+        if record is None or (
+            record.secret_check
+            and not hmac.compare_digest(record.secret_check, tokens.secret_check(parsed.key_id, parsed.secret))
+        ):
+            self.prefiltered += 1
+            self.cache.store_failure(fingerprint)
+            return None
         # At most `argon2_slots` verifications run at once; the failure buckets are checked
         # once a slot is ours, so a queued flood is refused without argon2 work as soon as
         # the first failures are recorded, and proven tokens never wait here at all.
         async with self._argon2_slots:
             if not self.throttle.allows(parsed.key_id):
                 return None
-            epoch = self.cache.epoch
-            record = await self.store.get_token(parsed.key_id)
             self.argon2_verifications += 1
-            ok = await self.hasher.verify(record.secret_hash if record else None, parsed.secret)
-            if not ok or record is None:
+            ok = await self.hasher.verify(record.secret_hash, parsed.secret)
+            if not ok:
                 self.cache.store_failure(fingerprint)
                 self.throttle.failed(parsed.key_id)
                 return None
         self.cache.store_proof(fingerprint, record.id)
-        self.cache.store_record(record, epoch)
-        return record
+        return record.id
+
+    async def _shared(self, kind: str, key: str, fetch: Callable[[], Awaitable[T]]) -> T:
+        """One store read for all concurrent cache misses on `key` in the current cache
+        epoch (a miss after an invalidation never joins a read from before it)."""
+        slot = (kind, key, self.cache.epoch)
+        pending = self._reads.get(slot)
+        if pending is not None:
+            return cast(T, await asyncio.shield(pending))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._reads[slot] = future
+        try:
+            value = await fetch()
+            future.set_result(value)
+            return value
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved, whether or not anyone else waits
+            raise
+        finally:
+            del self._reads[slot]
 
     async def _record(self, key_id: str) -> TokenRecord | None:
         record = self.cache.record(key_id)
         if record is None:
-            epoch = self.cache.epoch
-            try:
-                record = await self.store.get_token(key_id)
-            except StoreUnavailable:
-                record = self.cache.stale_record(key_id, self.stale_if_error)
-                if record is None:
-                    raise
-                self.stale_served += 1  # store down: a recently verified token keeps working
-                return record
-            if record is not None:
-                self.cache.store_record(record, epoch)
+            return await self._shared("token", key_id, lambda: self._fetch_record(key_id))
+        return record
+
+    async def _fetch_record(self, key_id: str) -> TokenRecord | None:
+        epoch = self.cache.epoch
+        try:
+            record = await self.store.get_token(key_id)
+        except StoreUnavailable:
+            record = self.cache.stale_record(key_id, self.stale_if_error)
+            if record is None:
+                raise
+            self.stale_served += 1  # store down: a recently verified token keeps working
+            return record
+        if record is not None:
+            self.cache.store_record(record, epoch)
         return record
 
     async def _team(self, record: TokenRecord) -> TeamRecord | None:
         assert record.team is not None
         team = self.cache.team(record.org, record.team)
         if team is None:
-            epoch = self.cache.epoch
-            try:
-                team = await self.store.get_team(record.org, record.team)
-            except StoreUnavailable:
-                team = self.cache.stale_team(record.org, record.team, self.stale_if_error)
-                if team is None:
-                    raise
-                return team
-            if team is not None:
-                self.cache.store_team(team, epoch)
+            return await self._shared("team", f"{record.org}/{record.team}", lambda: self._fetch_team(record))
+        return team
+
+    async def _fetch_team(self, record: TokenRecord) -> TeamRecord | None:
+        assert record.team is not None
+        epoch = self.cache.epoch
+        try:
+            team = await self.store.get_team(record.org, record.team)
+        except StoreUnavailable:
+            team = self.cache.stale_team(record.org, record.team, self.stale_if_error)
+            if team is None:
+                raise
+            return team
+        if team is not None:
+            self.cache.store_team(team, epoch)
         return team
 
 

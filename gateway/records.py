@@ -86,6 +86,7 @@ class TokenRecord:
     revoke_reason: str | None = None
     replaces: str | None = None
     replaced_by: str | None = None
+    secret_check: str = field(default="", repr=False)  # see tokens.secret_check; "" on old records
 
     @property
     def display_prefix(self) -> str:
@@ -130,6 +131,7 @@ class TokenRecord:
             "revoke_reason": self.revoke_reason,
             "replaces": self.replaces,
             "replaced_by": self.replaced_by,
+            "secret_check": self.secret_check,
         }
 
     @classmethod
@@ -154,6 +156,7 @@ class TokenRecord:
             revoke_reason=data.get("revoke_reason"),
             replaces=data.get("replaces"),
             replaced_by=data.get("replaced_by"),
+            secret_check=data.get("secret_check") or "",
         )
 
     def revoked(self, at: float, by: str, reason: str | None = None) -> TokenRecord:

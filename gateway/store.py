@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ DURABLE_TIMEOUT_MS = 2000  # an admin write waits this long for the disk and for
 STATE_SETTLE = 1.0  # seconds without a failure before the store counts as reachable again
 TOUCH_CONCURRENCY = 64  # cluster: last-used updates in flight at once (one script call each)
 SOCKET_TIMEOUT = 2.0  # seconds, for connecting and for each reply
+MAX_CONNECTIONS = 32  # per process, to one server
 
 # Failures that mean "the store (or part of it) cannot serve now", as opposed to a command
 # that the store refused. A cluster without a reachable node raises RedisClusterException,
@@ -99,12 +101,17 @@ def connect(settings: RedisSettings) -> Any:
         )
     if settings.url is None:
         raise ValueError("no store configured: the embedded store is started by the runtime")
-    return redis.Redis.from_url(
+    # Bounded: a burst of cache misses waits for one of MAX_CONNECTIONS connections
+    # (each read is ~0.1 ms) instead of opening one connection per concurrent request.
+    pool = redis.BlockingConnectionPool.from_url(
         settings.url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=SOCKET_TIMEOUT,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=SOCKET_TIMEOUT,
         health_check_interval=10,
     )
+    return redis.Redis.from_pool(pool)  # closing the client closes the pool
 
 
 class StoreUnavailable(Exception):
@@ -207,7 +214,10 @@ class Store:
         self.outages = 0
         self._last_failure = 0.0
         self._down_since = 0.0
-        self._subscriptions = 0  # cluster: which node the next subscription goes to
+        self._subscriptions = os.getpid()  # cluster: which node the next subscription goes to
+        # Told of every change this process makes, before it is published: the channel may
+        # bring it back later than the next request (in a cluster it crosses the cluster bus).
+        self.local_listeners: list[Callable[[Change], None]] = []
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -221,6 +231,14 @@ class Store:
                 self._failed(exc)
                 raise StoreUnavailable(f"store unreachable: {type(exc).__name__}") from exc
             raise StoreUnavailable(f"store error: {type(exc).__name__}") from exc
+        except (AttributeError, TypeError) as exc:
+            # redis-py can leak these instead of ConnectionError when a connection is torn
+            # down under a command (redis/redis-py#4287; seen here in a cluster failover)
+            if not _raised_in_redis_py(exc):
+                raise
+            self.errors += 1
+            self._failed(exc)
+            raise StoreUnavailable(f"store unreachable: {type(exc).__name__}") from exc
         if not self.up:
             self._succeeded()
         return result
@@ -426,6 +444,10 @@ class Store:
 
     # -- changes -----------------------------------------------------------------------
     async def publish(self, changes: Iterable[Change]) -> None:
+        changes = list(changes)
+        for change in changes:
+            for listener in self.local_listeners:
+                listener(change)
         payloads = [change.encode() for change in changes]
 
         async def op() -> None:
@@ -620,6 +642,16 @@ class Store:
         else:
             rows = await self._call(lambda: self.client.xrange(Keys.audit, start, end, count=count))
         return [(i.decode(), orjson.loads(f[b"e"])) for i, f in rows]
+
+
+def _raised_in_redis_py(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module == "redis" or module.startswith("redis."):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _parse_id(stream_id: str) -> tuple[int, int]:

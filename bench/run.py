@@ -47,6 +47,7 @@ from stack import (
 
 RESULTS = BENCH / "results.json"
 FLOOD_TOKENS = 60_000  # distinct wrong secrets per flood, so the negative cache never helps
+EQUAL_LOAD_SHARE = 0.5  # the paced lines run at this share of the bare proxy's req/s
 ARGON2 = "tokenward_argon2_verifications_total"
 THROTTLED = "tokenward_throttled_attempts_total"
 COUNTERS = (ARGON2, THROTTLED, "tokenward_cache_hits_total", "tokenward_cache_misses_total")
@@ -166,6 +167,21 @@ async def cached_rows(gen: LoadGenerator, stack: Stack, opts: Options) -> list[R
     return [Row("cached", "tokenward, cached token", await gen.measured(load, w))]
 
 
+async def equal_load_rows(gen: LoadGenerator, stack: Stack, opts: Options, report: Report) -> list[Row]:
+    """Latency at the same moderate rate (half the bare proxy's capacity) for both: the
+    closed-loop lines above run at saturation, where p99 mostly restates throughput."""
+    rate = round(report.row("bare").rps * EQUAL_LOAD_SHARE)
+    c, d, w = opts.connections, opts.duration, opts.warmup
+    rows = []
+    for key, label, url, header in (
+        ("bare_paced", f"bare aiohttp proxy @ {rate:,} req/s", stack.bare_url, None),
+        ("cached_paced", f"tokenward, cached token @ {rate:,} req/s", stack.tokenward_url, f"Bearer {stack.creds.legit}"),
+    ):
+        say(f"load: {label} ({d:g}s after {w:g}s warm-up)")
+        rows.append(Row(key, label, await gen.measured(Load(url + ROUTE_PATH, c, d, header, rate=rate), w)))
+    return rows
+
+
 async def cold_rows(gen: LoadGenerator, stack: Stack, opts: Options) -> list[Row]:
     tokens = write_tokens(stack.workdir / "cold.txt", stack.creds.cold)
     url = stack.tokenward_url + ROUTE_PATH
@@ -225,23 +241,28 @@ async def throughput(gen: LoadGenerator, stack: Stack, opts: Options, report: Re
     report.rows.extend(await reference_rows(gen, stack, opts))
     groups: list[Callable[[], Awaitable[list[Row]]]] = [
         lambda: cached_rows(gen, stack, opts),
+        lambda: equal_load_rows(gen, stack, opts, report),
         lambda: cold_rows(gen, stack, opts),
         lambda: malformed_rows(gen, stack, opts),
         lambda: flood_rows(gen, stack, opts, report, [stack.creds.legit_id], "one_key"),
         lambda: flood_rows(gen, stack, opts, report, stack.creds.cold_ids, "many_keys"),
     ]
     if opts.quick:
-        groups = [groups[0], groups[2]]
+        groups = [groups[0], groups[1], groups[3]]
     for group in groups:
         before = await tokenward_counters(stack.tokenward_admin_url, COUNTERS)
         rows = await group()
         report.rows.extend(rows)
         await settle(stack, rows, before)
     cached, bare = report.row("cached"), report.row("bare")
+    paced, bare_paced = report.row("cached_paced"), report.row("bare_paced")
     report.derived.update(
         cached_over_bare_rps=round(cached.rps / bare.rps, 3),
         p50_difference_ms=round(cached.p50_ms - bare.p50_ms, 3),
         p99_difference_ms=round(cached.p99_ms - bare.p99_ms, 3),
+        equal_load_rps=round(bare_paced.rps),
+        equal_load_p50_difference_ms=round(paced.p50_ms - bare_paced.p50_ms, 3),
+        equal_load_p99_difference_ms=round(paced.p99_ms - bare_paced.p99_ms, 3),
     )
 
 
@@ -375,6 +396,8 @@ def summary_lines(report: Report) -> list[str]:
     lines = [
         f"tokenward (cached) / bare proxy req/s: {d['cached_over_bare_rps']:.2f}   "
         f"p50 difference: {d['p50_difference_ms']:+.2f} ms   p99 difference: {d['p99_difference_ms']:+.2f} ms",
+        f"at equal load ({d['equal_load_rps']:,} req/s, both paced): p50 difference "
+        f"{d['equal_load_p50_difference_ms']:+.2f} ms   p99 difference {d['equal_load_p99_difference_ms']:+.2f} ms",
     ]
     return lines + [f"note: {n}" for n in report.notes]
 

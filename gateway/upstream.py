@@ -43,6 +43,7 @@ class Connection(asyncio.Protocol):
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.busy = False  # between begin() and finish()
         self.idle_since = 0.0
         self._parser: httptools.HttpResponseParser | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -81,6 +82,9 @@ class Connection(asyncio.Protocol):
         relay = self.relay
         if relay is not None:
             relay(data)
+            return
+        if not self.busy:
+            self.close()  # bytes nobody asked for (say, a 408 before an idle close): unusable
             return
         self.received_any = True
         self.last_read = self.loop.time()
@@ -175,6 +179,7 @@ class Connection(asyncio.Protocol):
     # -- the exchange ----------------------------------------------------------------------------
     def begin(self, head_only: bool, timeout: float) -> None:
         self._reset(head_only)
+        self.busy = True
         self._timeout = timeout
         self.last_read = self.loop.time()
         self._deadline = self.loop.call_at(self.last_read + timeout, self._check_deadline)
@@ -257,6 +262,7 @@ class Connection(asyncio.Protocol):
 
     def finish(self) -> None:
         """Back to the pool if the exchange ended cleanly and the connection may be reused."""
+        self.busy = False
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None

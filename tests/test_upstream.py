@@ -321,3 +321,19 @@ async def test_an_upstream_that_refuses_connections_is_a_502(through: Any) -> No
     gw = await through(ScriptedUpstream([], free_port()))
     status, _, body = await get(gw)
     assert status == 502 and b"unreachable" in body
+
+
+async def test_bytes_on_an_idle_connection_retire_it(scripted: Any, through: Any) -> None:
+    async def then_unsolicited(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(OK)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+
+    upstream = await scripted(then_unsolicited, send(OK))
+    gw = await through(upstream)
+    assert (await get(gw))[:1] == (200,)
+    await asyncio.sleep(0.2)  # the 408 arrives while the connection idles in the pool
+    status, _, body = await get(gw)
+    assert (status, body) == (200, b"ok")  # not the stray 408
+    assert upstream.connections == 2

@@ -163,6 +163,7 @@ class ChangeListener:
         self.lags: list[float] = []  # seconds from publish to apply, drained by the metrics
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        store.local_listeners.append(cache.apply)
 
     async def start(self) -> None:
         with contextlib.suppress(StoreUnavailable):

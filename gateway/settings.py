@@ -641,8 +641,8 @@ _CREDENTIAL_KEYS = ("username", "password")
 def _sentinel(checker: _Checker, raw: object, loc: str) -> SentinelSettings | None:
     keys = ("master", "nodes", *_CREDENTIAL_KEYS, "db", "sentinel_username", "sentinel_password")
     data = checker.mapping(raw, loc, keys)
-    if not data:
-        if isinstance(raw, dict):
+    if not data:  # not a mapping, or only unknown keys: already reported; or empty
+        if raw == {}:
             checker.problem(loc, "needs master (the name the sentinels monitor) and nodes")
         return None
     master = ""
@@ -660,7 +660,7 @@ def _sentinel(checker: _Checker, raw: object, loc: str) -> SentinelSettings | No
 def _cluster(checker: _Checker, raw: object, loc: str) -> ClusterSettings | None:
     data = checker.mapping(raw, loc, ("nodes", *_CREDENTIAL_KEYS))
     if not data:
-        if isinstance(raw, dict):
+        if raw == {}:
             checker.problem(loc, "needs nodes: a few cluster nodes as host:port")
         return None
     nodes = _store_nodes(checker, data.get("nodes"), f"{loc}.nodes", default_port=6379)

@@ -62,7 +62,13 @@ _OUTAGES: tuple[type[BaseException], ...] = (
     redis_errors.AskError,  # MOVED/ASK on a pinned connection: the slot moved (failover)
     redis_errors.RedisClusterException,
 )
-_BUGS = (redis_errors.CrossSlotTransactionError, redis_errors.InvalidPipelineStack)
+# ... and failures that are not about the store's reachability: our own bugs, and every
+# connection of this process busy (a cluster node's pool refuses beyond its limit).
+_NOT_OUTAGES = (
+    redis_errors.CrossSlotTransactionError,
+    redis_errors.InvalidPipelineStack,
+    redis_errors.MaxConnectionsError,
+)
 
 
 def connect(settings: RedisSettings) -> Any:
@@ -227,7 +233,7 @@ class Store:
             raise
         except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
             self.errors += 1
-            if isinstance(exc, _OUTAGES) and not isinstance(exc, _BUGS):
+            if isinstance(exc, _OUTAGES) and not isinstance(exc, _NOT_OUTAGES):
                 self._failed(exc)
                 raise StoreUnavailable(f"store unreachable: {type(exc).__name__}") from exc
             raise StoreUnavailable(f"store error: {type(exc).__name__}") from exc

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.embedded import EmbeddedServer, free_port
-from tests.conftest import Gateway
+from tests.conftest import Gateway, LogReader
+from tests.test_metrics import scrape, value
 
 APIS = "/orgs/acme/teams/platform/apis"
 
@@ -65,5 +66,40 @@ async def test_no_stale_window_means_503(start_gateway: Any, config: dict[str, A
         server.stop()
         await asyncio.sleep(0.3)
         assert (await get(gw, warm))[0] == 503
+    finally:
+        server.stop()
+
+
+async def test_one_log_line_and_a_gauge_per_store_state_change(
+    start_gateway: Any, config: dict[str, Any], tmp_path: Path, logs: LogReader
+) -> None:
+    """However many calls fail while the store is away: `store unreachable` once,
+    `store reachable again` once, tokenward_store_up 1 → 0 → 1, one outage counted."""
+    gw, server = await outage_gateway(start_gateway, config, tmp_path, "0s")
+    try:
+        token, _ = await gw.token("platform", ["read:apis"])
+        assert (await get(gw, token))[0] == 200
+        assert value(await scrape(gw), "tokenward_store_up", worker="0") == 1.0
+        server.stop()
+        await asyncio.sleep(0.3)  # past cache_ttl
+        for _ in range(20):
+            assert (await get(gw, token))[0] == 503
+        samples = await scrape(gw)
+        assert value(samples, "tokenward_store_up", worker="0") == 0.0
+        assert value(samples, "tokenward_store_outages_total", worker="0") == 1.0
+        server.start()
+        for _ in range(100):  # back after a second without failures
+            if gw.runtime.store.up:
+                break
+            await asyncio.sleep(0.05)
+        assert (await get(gw, token))[0] == 200
+        samples = await scrape(gw)
+        assert value(samples, "tokenward_store_up", worker="0") == 1.0
+        assert value(samples, "tokenward_store_outages_total", worker="0") == 1.0
+        events = [e["event"] for e in logs.events()]
+        assert events.count("store unreachable") == 1
+        assert events.count("store reachable again") == 1
+        again = next(e for e in logs.events() if e["event"] == "store reachable again")
+        assert again["down_for_s"] >= 1.0
     finally:
         server.stop()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gateway.routes import HTTP_METHODS
 from gateway.settings import ConfigError, Settings, load_settings, settings_from_dict
@@ -84,6 +85,22 @@ def test_example_config_loads() -> None:
     assert settings.redis.url is None
     assert settings.data_dir == EXAMPLE.parent / ".tokenward"
     assert sum(r.public for r in settings.routes) == 1
+
+
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"])
+def test_example_store_alternatives_load(topology: str) -> None:
+    """The commented `redis:` blocks of the example, uncommented, are valid config."""
+    lines = EXAMPLE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"#   {topology}:"))
+    block = ["redis:"]
+    for line in lines[start:]:
+        if not line.startswith("#  "):
+            break
+        block.append(line[1:])
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw["redis"] = yaml.safe_load("\n".join(block))["redis"]
+    redis = settings_from_dict(raw).redis
+    assert getattr(redis, topology) is not None and redis.url is None and not redis.embedded
 
 
 # A bad file with many different problems: (YAML location, an excerpt of the message).
@@ -160,7 +177,9 @@ def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
         ("colour", "colour", "listen, admin_listen, redis, data_dir, tokens, trusted_proxies"),
         ("listen.colour", "listen.colour", "host, port"),
         ("admin_listen.colour", "admin_listen.colour", "host, port"),
-        ("redis.colour", "redis.colour", "url"),
+        ("redis.colour", "redis.colour", "url, sentinel, cluster, stale_if_error"),
+        ("redis.sentinel.colour", "redis.sentinel.colour", "master, nodes, username, password, db"),
+        ("redis.cluster.colour", "redis.cluster.colour", "nodes, username, password"),
         ("tokens.colour", "tokens.colour", "prefix, legacy_prefixes, default_ttl, max_ttl"),
         ("tokens.argon2.colour", "tokens.argon2.colour", "time_cost, memory_cost, parallelism"),
         ("upstreams.registry.colour", "upstreams.registry.colour", "url, timeout, connect_timeout"),
@@ -446,6 +465,99 @@ def test_redis_http_url_message() -> None:
     found = problems(base(redis={"url": "http://127.0.0.1:6379"}))
     assert found == [
         "redis.url: 'http://127.0.0.1:6379' is not a Redis URL: expected redis://, rediss:// or unix://"
+    ]
+
+
+def test_no_store_named_means_the_embedded_one() -> None:
+    assert settings_from_dict(base()).redis.embedded
+    assert settings_from_dict(base(redis={"stale_if_error": "1m"})).redis.embedded
+    assert not settings_from_dict(base(redis={"url": "redis://h:6379/0"})).redis.embedded
+
+
+def test_redis_sentinel() -> None:
+    raw = base(
+        redis={
+            "sentinel": {
+                "master": "tokenward",
+                "nodes": ["10.0.0.1:26379", "sentinel-b", {"host": "10.0.0.3", "port": 26380}, "[fd00::4]:26379"],
+                "username": "tokenward",
+                "password": "s3cret",
+                "db": 2,
+                "sentinel_password": "sentinel-s3cret",
+            }
+        }
+    )
+    redis = settings_from_dict(raw).redis
+    assert redis.url is None and redis.cluster is None and not redis.embedded
+    sentinel = redis.sentinel
+    assert sentinel is not None
+    assert sentinel.master == "tokenward"
+    assert sentinel.nodes == (("10.0.0.1", 26379), ("sentinel-b", 26379), ("10.0.0.3", 26380), ("fd00::4", 26379))
+    assert (sentinel.username, sentinel.password, sentinel.db) == ("tokenward", "s3cret", 2)
+    assert (sentinel.sentinel_username, sentinel.sentinel_password) == (None, "sentinel-s3cret")
+    assert "s3cret" not in repr(sentinel)  # passwords stay out of logs
+
+
+def test_redis_cluster() -> None:
+    raw = base(redis={"cluster": {"nodes": ["10.0.0.1:7000", {"host": "10.0.0.2"}], "password": "pw"}})
+    cluster = settings_from_dict(raw).redis.cluster
+    assert cluster is not None
+    assert cluster.nodes == (("10.0.0.1", 7000), ("10.0.0.2", 6379))
+    assert cluster.password == "pw" and "pw" not in repr(cluster)
+
+
+@pytest.mark.parametrize(
+    ("redis", "expected"),
+    [
+        (
+            {"url": "redis://h:6379/0", "cluster": {"nodes": ["h:7000"]}},
+            "redis: url and cluster are alternatives: give only one (url, sentinel or cluster)",
+        ),
+        (
+            {"url": "redis://h", "sentinel": {"master": "m", "nodes": ["h"]}, "cluster": {"nodes": ["h"]}},
+            "redis: url, sentinel and cluster are alternatives: give only one (url, sentinel or cluster)",
+        ),
+        ({"sentinel": {"nodes": ["h:26379"]}}, "redis.sentinel.master: is required: the master name the sentinels monitor"),
+        ({"sentinel": {"master": "m"}}, "redis.sentinel.nodes: expected a non-empty list of host:port (or {host, port})"),
+        ({"sentinel": {"master": "m", "nodes": []}}, "redis.sentinel.nodes: expected a non-empty list of host:port (or {host, port})"),
+        ({"sentinel": {}}, "redis.sentinel: needs master (the name the sentinels monitor) and nodes"),
+        ({"sentinel": "m@h:26379"}, "redis.sentinel: expected a mapping with keys master, nodes, username, password, db, sentinel_username, sentinel_password"),
+        ({"cluster": {}}, "redis.cluster: needs nodes: a few cluster nodes as host:port"),
+        ({"cluster": {"nodes": "h:7000"}}, "redis.cluster.nodes: expected a non-empty list of host:port (or {host, port})"),
+        ({"cluster": {"nodes": ["h:7000", "h:99999"]}}, "redis.cluster.nodes[1]: 'h:99999' is not a node: expected host:port, e.g. 10.0.0.5:6379"),
+        ({"cluster": {"nodes": ["h:x"]}}, "redis.cluster.nodes[0]: 'h:x' is not a node: expected host:port, e.g. 10.0.0.5:6379"),
+        ({"cluster": {"nodes": [":7000"]}}, "redis.cluster.nodes[0]: ':7000' is not a node: expected host:port, e.g. 10.0.0.5:6379"),
+        ({"cluster": {"nodes": ["h 1:7000"]}}, "redis.cluster.nodes[0]: 'h 1:7000' is not a node: expected host:port, e.g. 10.0.0.5:6379"),
+        ({"cluster": {"nodes": [7000]}}, "redis.cluster.nodes[0]: 7000 is not a node: expected host:port, e.g. 10.0.0.5:6379"),
+        ({"cluster": {"nodes": [{"port": 7000}]}}, "redis.cluster.nodes[0].host: is required"),
+        ({"cluster": {"nodes": [{"host": "h", "port": 0}]}}, "redis.cluster.nodes[0].port: 0 is not allowed: expected an integer 1..65535"),
+        ({"cluster": {"nodes": [{"host": "h", "tls": True}]}}, "redis.cluster.nodes[0].tls: unknown key; allowed keys: host, port"),
+        ({"cluster": {"nodes": ["h:7000", {"host": "h", "port": 7000}]}}, "redis.cluster.nodes: lists the same node twice"),
+        ({"cluster": {"nodes": ["h"], "username": "u"}}, "redis.cluster.password: is required with username"),
+        ({"cluster": {"nodes": ["h"], "password": 1234}}, "redis.cluster.password: expected a non-empty string"),
+        ({"cluster": {"nodes": ["h"], "db": 1}}, "redis.cluster.db: unknown key; allowed keys: nodes, username, password"),
+        ({"sentinel": {"master": "m", "nodes": ["h"], "db": -1}}, "redis.sentinel.db: -1 is not allowed: expected an integer 0..65535"),
+        ({"sentinel": {"master": "", "nodes": ["h"]}}, "redis.sentinel.master: '' is not allowed: expected a non-empty string"),
+    ],
+)
+def test_bad_store_topology(redis: dict[str, Any], expected: str) -> None:
+    assert problems(base(redis=redis)) == [expected]
+
+
+def test_a_bad_password_is_not_echoed() -> None:
+    found = problems(base(redis={"sentinel": {"master": "m", "nodes": ["h"], "password": ["hunter2"]}}))
+    assert found == ["redis.sentinel.password: expected a non-empty string"]
+
+
+def test_every_store_problem_at_once() -> None:
+    found = problems(
+        base(redis={"cluster": {"nodes": ["h:x", {"port": 1}], "username": "u"}, "stale_if_error": "soon"})
+    )
+    assert [p.split(":")[0] for p in found] == [
+        "redis.cluster.nodes[0]",
+        "redis.cluster.nodes[1].host",
+        "redis.cluster.password",
+        "redis.stale_if_error",
     ]
 
 

@@ -258,6 +258,7 @@ class Exchange:
     step: str = "forward"
     reason: str = "allowed"
     websocket: bool = False  # the matched route lets WebSocket upgrades through
+    epoch: int = 0  # the cache epoch the decision started in
     recorded: bool = False  # the decision's audit event is out
 
     def deny(self, denied: Denied) -> web.Response:
@@ -335,21 +336,37 @@ class ProxyHandler:
         ways until either side closes or the token stops being allowed."""
         runtime = self.runtime
         assert runtime.forwarder is not None and runtime.tunnels is not None
+        if request.body_exists or (request.content_length or 0) > 0:
+            # A body here would be bytes the upstream waits for after declining the upgrade.
+            raise Denied(400, "invalid_request", "request", "a WebSocket upgrade request has no body")
+        credential = bearer_token(request.headers.getall("Authorization", [])) if ex.principal else None
         conn, response = await runtime.forwarder.upgrade(
             request, upstream, target.path, target.query, ex.principal, ex.request_id, settings
         )
         ex.status = response.status
         if conn is None:
             return response  # the upstream declined; its answer goes back as it is
+        try:
+            # The handshake took time: if the cache dropped anything meanwhile (a revoke),
+            # decide again before the client gets its 101.
+            epoch = runtime.cache.epoch
+            expires_at = ex.principal.token.expires_at if ex.principal else None
+            if epoch != ex.epoch:
+                expires_at = await self._recheck(ex, credential)
+            if request.transport is None or request.transport.is_closing():
+                ex.status, ex.step, ex.reason = 499, "upstream", "client left during the handshake"
+                conn.close()
+                return response
+            tunnel = Tunnel(request, conn)
+        except BaseException:
+            conn.close()
+            raise
         ex.mode = "websocket"
         self._record(ex)  # audited when it opens, not hours later
-        tunnel = Tunnel(request, conn)
-        credential = bearer_token(request.headers.getall("Authorization", [])) if ex.principal else None
         try:
             await response.prepare(request)
             tunnel.start()
-            expires_at = ex.principal.token.expires_at if ex.principal else None
-            runtime.tunnels.add(tunnel, lambda: self._recheck(ex, credential), expires_at)
+            runtime.tunnels.add(tunnel, lambda: self._recheck(ex, credential), expires_at, epoch)
             reason = await tunnel.done
         finally:
             runtime.tunnels.remove(tunnel)
@@ -403,6 +420,7 @@ class ProxyHandler:
         ex.websocket = match.route.websocket
         ex.upstream = match.route.upstream
         if not match.route.public:
+            ex.epoch = self.runtime.cache.epoch
             token = bearer_token(request.headers.getall("Authorization", []))
             ex.principal = await self.runtime.authenticator.authenticate(token, ex.client_ip)
             authorize(match, ex.principal)

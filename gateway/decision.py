@@ -148,6 +148,29 @@ class FailureThrottle:
             self._keys.pop(next(iter(self._keys)))
 
 
+async def _join(inflight: dict[Any, asyncio.Task[Any]], key: Any, work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work` once for every concurrent caller with this key. It runs in its own task
+    and every caller (the first included) waits through a shield, so a caller that is
+    cancelled leaves the others their result instead of a CancelledError."""
+    task = inflight.get(key)
+    if task is None:
+
+        async def run() -> T:
+            return await work()
+
+        task = asyncio.ensure_future(run())
+        inflight[key] = task
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            if inflight.get(key) is finished:
+                del inflight[key]
+            if not finished.cancelled():
+                finished.exception()  # retrieved, even if every caller has gone
+
+        task.add_done_callback(done)
+    return cast(T, await asyncio.shield(task))
+
+
 class Authenticator:
     """Steps 2–4: who holds this token, and may it be used right now?"""
 
@@ -163,9 +186,9 @@ class Authenticator:
         self.cache = cache
         self.hasher = hasher
         self.accepted_prefixes = accepted_prefixes
-        self._inflight: dict[str, asyncio.Future[str | None]] = {}
+        self._inflight: dict[Any, asyncio.Task[Any]] = {}  # verifications, by fingerprint
         # store reads in flight, by (kind, key, cache epoch): concurrent misses share one
-        self._reads: dict[tuple[str, str, int], asyncio.Future[Any]] = {}
+        self._reads: dict[Any, asyncio.Task[Any]] = {}
         self.prefiltered = 0  # wrong secrets refused by the secret check, without argon2
         self.argon2_verifications = 0
         self.stale_if_error = 0.0  # seconds; set from redis.stale_if_error
@@ -206,21 +229,7 @@ class Authenticator:
             return key_id
         if self.cache.failed(fingerprint):
             return None
-        pending = self._inflight.get(fingerprint)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._inflight[fingerprint] = future
-        try:
-            proven = await self._verify(fingerprint, parsed)
-            future.set_result(proven)
-            return proven
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved when nobody else waits
-            raise
-        finally:
-            del self._inflight[fingerprint]
+        return await _join(self._inflight, fingerprint, lambda: self._verify(fingerprint, parsed))
 
     async def _verify(self, fingerprint: str, parsed: tokens.ParsedToken) -> str | None:
         # An unknown key id, or a secret that fails the 16-bit secret check, is refused
@@ -251,22 +260,7 @@ class Authenticator:
     async def _shared(self, kind: str, key: str, fetch: Callable[[], Awaitable[T]]) -> T:
         """One store read for all concurrent cache misses on `key` in the current cache
         epoch (a miss after an invalidation never joins a read from before it)."""
-        slot = (kind, key, self.cache.epoch)
-        pending = self._reads.get(slot)
-        if pending is not None:
-            return cast(T, await asyncio.shield(pending))
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._reads[slot] = future
-        try:
-            value = await fetch()
-            future.set_result(value)
-            return value
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved, whether or not anyone else waits
-            raise
-        finally:
-            del self._reads[slot]
+        return await _join(self._reads, (kind, key, self.cache.epoch), fetch)
 
     async def _record(self, key_id: str) -> TokenRecord | None:
         record = self.cache.record(key_id)

@@ -22,7 +22,7 @@ from prometheus_client import Histogram
 from gateway.decision import Principal
 from gateway.scopes import format_scopes
 from gateway.settings import IPNetwork, Settings, Upstream
-from gateway.upstream import Connection, Pool, UpstreamFailed, decode_header, request_head
+from gateway.upstream import IDEMPOTENT, Connection, Pool, UpstreamFailed, decode_header, request_head
 
 HOP_BY_HOP = frozenset(
     {
@@ -50,12 +50,29 @@ FORWARDING = frozenset(
         "forwarded",
         "x-real-ip",
         "x-client-ip",
+        "x-forwarded-uri",
+        "x-forwarded-method",
+        "x-forwarded-server",
+        "x-rewrite-url",
     }
 )
 ORIGINAL_PREFIX = "x-original-"
 _SAFE_HEADER_VALUE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%")
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
-_REPLACED = frozenset({"host", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+# Set by tokenward itself, whatever the client sent: framing (Content-Length is re-derived
+# from what aiohttp parsed, so no inbound spelling or Connection token can change how the
+# upstream frames the body), Host, the request id and the trusted forwarding headers.
+_REPLACED = frozenset(
+    {
+        "host",
+        "content-length",
+        "expect",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    }
+)
 
 
 class BodyGuard:
@@ -192,7 +209,7 @@ def upstream_headers(
         norm = lower.replace("_", "-").replace(".", "-") if ("_" in lower or "." in lower) else lower
         if lower in HOP_BY_HOP or norm in HOP_BY_HOP or norm in dropped:
             continue
-        if norm.startswith(IDENTITY_PREFIX) or lower in _REPLACED:
+        if norm.startswith(IDENTITY_PREFIX) or lower in _REPLACED or norm in _REPLACED:
             continue
         if lower == "authorization" and not forward_authorization:
             continue
@@ -270,14 +287,24 @@ class Forwarder:
         headers.insert(0, ("Host", pool.host_header))
         method = request.method
         has_body = request.body_exists
-        if has_body and request.content_length is None:
+        # Framing from what aiohttp parsed, never from inbound header spellings.
+        if request.content_length is not None:
+            headers.append(("Content-Length", str(request.content_length)))
+        elif has_body:
             headers.append(("Transfer-Encoding", "chunked"))
+        if has_body and request.headers.get("Expect", "").lower() == "100-continue" and request.transport:
+            # The decision is made: let the client send its body (the upstream gets it at once).
+            request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         head = request_head(method, pool.base_path + path + (f"?{query}" if query else ""), headers)
         sent = time.perf_counter()
-        conn = await self._exchange(request, pool, upstream, head, has_body, settings)
+        replayable = method in IDEMPOTENT and not has_body
+        conn = await self._exchange(request, pool, upstream, head, has_body, replayable, settings)
         if self.latency is not None:
             self.latency.labels(upstream.name).observe(time.perf_counter() - sent)
         try:
+            if conn.upgraded or conn.status == 101:
+                conn.reusable = False
+                raise UpstreamError(502, f"upstream {upstream.name} switched protocols unasked")
             return await self._respond(request, conn, request_id)
         finally:
             conn.finish()
@@ -301,8 +328,10 @@ class Forwarder:
         headers.insert(0, ("Host", pool.host_header))
         headers += [("Connection", "Upgrade"), ("Upgrade", request.headers["Upgrade"])]
         target = pool.base_path + path + (f"?{query}" if query else "")
-        conn = await self._exchange(request, pool, upstream, request_head("GET", target, headers), False, settings)
+        head = request_head("GET", target, headers)
+        conn = await self._exchange(request, pool, upstream, head, False, True, settings)
         if conn.status != 101 or not conn.upgraded:
+            conn.reusable = False  # an upgrade attempt's connection never goes back to the pool
             try:
                 if conn.status == 101:
                     raise UpstreamError(502, f"upstream {upstream.name} switched protocols without Upgrade")
@@ -316,12 +345,19 @@ class Forwarder:
         return conn, web.StreamResponse(status=101, reason=decode_header(conn.reason) or None, headers=out)
 
     async def _exchange(
-        self, request: web.BaseRequest, pool: Pool, upstream: Upstream, head: bytes, has_body: bool, settings: Settings
+        self,
+        request: web.BaseRequest,
+        pool: Pool,
+        upstream: Upstream,
+        head: bytes,
+        has_body: bool,
+        replayable: bool,
+        settings: Settings,
     ) -> Connection:
         """Send the request; return the connection once the response head is in."""
         for attempt in (0, 1):
             try:
-                conn, reused = await pool.acquire(upstream.connect_timeout, has_body)
+                conn, reused = await pool.acquire(upstream.connect_timeout, replayable)
             except UpstreamFailed as exc:
                 raise UpstreamError(504 if exc.timeout else 502, str(exc)) from None
             conn.begin(request.method == "HEAD", upstream.timeout)
@@ -333,7 +369,7 @@ class Forwarder:
                 return conn
             except UpstreamFailed as exc:
                 conn.close()
-                if exc.stale and reused and not has_body and attempt == 0:
+                if exc.stale and reused and replayable and attempt == 0:
                     continue  # the upstream closed the idle connection: once more, on a new one
                 if exc.timeout:
                     raise UpstreamError(504, f"upstream {upstream.name} timed out") from None
@@ -347,16 +383,24 @@ class Forwarder:
         limits = settings.limits
         guard = BodyGuard(request.content, limits.max_body_bytes, limits.body_timeout)
         chunked = request.content_length is None
+        conn.sending = True
         try:
             async for chunk in guard:
+                if conn.answered:
+                    # It answered before the whole body: that answer goes back, the rest of
+                    # the body does not go out, and the connection is not reused.
+                    conn.reusable = False
+                    return
                 conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 await conn.drain()
+            if chunked:
+                conn.write(b"0\r\n\r\n")
         except (TimeoutError, ValueError):
             if guard.failure is not None:
                 raise ClientBodyError(*guard.failure) from None
             raise
-        if chunked:
-            conn.write(b"0\r\n\r\n")
+        finally:
+            conn.sending = False
 
     async def _respond(self, request: web.BaseRequest, conn: Connection, request_id: str) -> web.StreamResponse:
         reason = decode_header(conn.reason) or None

@@ -57,6 +57,7 @@ class Tunnel:
         self.bytes_down = 0
         self.opened = time.monotonic()
         self.next_check = 0.0
+        self.epoch = 0  # the cache epoch its last decision started in
         self._draining: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -129,8 +130,11 @@ class TunnelWatch:
         self.open: dict[Tunnel, Recheck] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, tunnel: Tunnel, recheck: Recheck, expires_at: float | None) -> None:
+    def add(self, tunnel: Tunnel, recheck: Recheck, expires_at: float | None, epoch: int) -> None:
+        """`epoch`: the cache epoch the tunnel's decision started in; if the cache has moved
+        on since, the next round re-decides it."""
         tunnel.next_check = self._next_check(time.monotonic(), expires_at)
+        tunnel.epoch = epoch
         self.open[tunnel] = recheck
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="tokenward-tunnels")
@@ -154,20 +158,27 @@ class TunnelWatch:
         await cancel_and_wait([task])
 
     async def _run(self) -> None:
-        epoch = self.cache.epoch
         while True:
             await asyncio.sleep(self.interval)
-            changed, epoch = self.cache.epoch != epoch, self.cache.epoch
             now = time.monotonic()
             for tunnel, recheck in list(self.open.items()):
-                if tunnel.done.done() or not (changed or now >= tunnel.next_check):
+                epoch = self.cache.epoch
+                if tunnel.done.done() or (tunnel.epoch == epoch and now < tunnel.next_check):
                     continue
                 tunnel.next_check = now + self.every  # also when the check fails below
+                tunnel.epoch = epoch
                 try:
                     expires_at = await recheck()
                 except Denied as denied:
                     if denied.status < 500:
                         tunnel.close(f"{denied.step}: {denied.message}")
+                    continue  # a store outage is not a bad token: checked again later
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # the watch itself is stopping
+                    log.warning("websocket re-check was cancelled; retried next round")
+                    tunnel.epoch = -1
                     continue
                 except Exception:  # a check that fails for another reason must not end the watch
                     log.exception("websocket re-check failed")

@@ -21,9 +21,14 @@ from yarl import URL
 from gateway.settings import Upstream
 
 IDLE_SECONDS = 15.0  # close a pooled connection idle this long
-BODY_REUSE_SECONDS = 1.0  # a request with a body gets a fresh connection if the pooled one idled longer
+BODY_REUSE_SECONDS = 1.0  # a request that can't be retried gets a fresh connection if the pooled one idled longer
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the upstream pauses
-INFORMATIONAL_SKIPPED = frozenset({100, 102, 103})
+MAX_IDLE = 256  # pooled idle connections per upstream, at most
+
+
+class _Desync(Exception):
+    """Bytes from the upstream that belong to no response of this exchange."""
 
 
 class UpstreamFailed(Exception):
@@ -73,6 +78,8 @@ class Connection(asyncio.Protocol):
         self.body: deque[bytes] = deque()
         self.buffered = 0
         self.error: UpstreamFailed | None = None
+        self.reusable = True  # cleared by anything that leaves the connection's state in doubt
+        self.sending = False  # request bytes still to go (the deadline covers them too)
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -83,8 +90,12 @@ class Connection(asyncio.Protocol):
         if relay is not None:
             relay(data)
             return
-        if not self.busy:
-            self.close()  # bytes nobody asked for (say, a 408 before an idle close): unusable
+        if not self.busy or self.complete:
+            # Bytes nobody asked for (a 408 before an idle close, more after a complete
+            # response): they could only be taken for the answer to a later request.
+            self.reusable = False
+            if not self.busy:
+                self.close()
             return
         self.received_any = True
         self.last_read = self.loop.time()
@@ -101,6 +112,9 @@ class Connection(asyncio.Protocol):
             self.tail = data[offset:]
             self._wake()
         except httptools.HttpParserError as exc:
+            self.reusable = False
+            if self.complete:
+                return  # the response is whole; what followed it just retires the connection
             self._fail(UpstreamFailed(f"invalid response: {exc}"))
             self.close()
 
@@ -140,6 +154,10 @@ class Connection(asyncio.Protocol):
             self.on_resume_writing()
 
     # -- httptools callbacks ---------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.headers_done or self.complete:
+            raise _Desync("a second response for one request")  # -> HttpParserCallbackError
+
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
@@ -149,8 +167,8 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         assert self._parser is not None
         status = self._parser.get_status_code()
-        if status in INFORMATIONAL_SKIPPED:
-            self.headers.clear()  # an interim response; the real one follows
+        if 100 <= status < 200 and status != 101:
+            self.headers.clear()  # an interim response (100, 102, 103, 104, ...): the real one follows
             self.reason = b""
             return
         self.status = status
@@ -163,6 +181,9 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:  # a body after a HEAD's headers: not what HTTP allows
+            self.reusable = False
+            return
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self._paused_reading and self.transport is not None:
@@ -185,11 +206,16 @@ class Connection(asyncio.Protocol):
         self._deadline = self.loop.call_at(self.last_read + timeout, self._check_deadline)
 
     def _check_deadline(self) -> None:
+        """The upstream's silence (no byte read, no request byte accepted) may not exceed
+        the timeout; time when *we* are not reading (backpressure) does not count."""
         self._deadline = None
-        if self.complete or self.closed:
+        if (self.complete and not self.sending) or self.closed:
             return
+        now = self.loop.time()
+        if self._paused_reading:
+            self.last_read = now
         due = self.last_read + self._timeout
-        if self.loop.time() >= due:
+        if now >= due:
             self._fail(UpstreamFailed("upstream timed out", timeout=True))
             self.close()
         else:
@@ -218,19 +244,29 @@ class Connection(asyncio.Protocol):
         finally:
             self._waiter = None
 
+    @property
+    def answered(self) -> bool:
+        """The upstream's final response has begun (maybe before all of the request went)."""
+        return self.headers_done or self.upgraded
+
     def write(self, data: bytes) -> None:
+        if self.answered:
+            self.reusable = False  # it answered early: the rest of the body is not sent
+            return
         if self.closed or self.transport is None:
-            raise UpstreamFailed("upstream closed the connection", stale=not self.received_any)
+            raise self.error or UpstreamFailed("upstream closed the connection", stale=not self.received_any)
         self.transport.write(data)
+        self.last_read = self.loop.time()  # accepted bytes are progress too
 
     async def drain(self) -> None:
-        if self._paused_writing and not self.closed:
+        while self._paused_writing and not self.closed and not self.answered and self.error is None:
             self._drain = self.loop.create_future()
             try:
                 await self._drain
             finally:
                 self._drain = None
-        if self.error is not None and not self.headers_done:
+            self.last_read = self.loop.time()
+        if self.error is not None and not self.answered:
             raise self.error
 
     async def response_head(self) -> None:
@@ -247,6 +283,7 @@ class Connection(asyncio.Protocol):
         self.buffered = 0
         if self._paused_reading and self.transport is not None and not self.closed:
             self._paused_reading = False
+            self.last_read = self.loop.time()
             self.transport.resume_reading()
         return data
 
@@ -266,7 +303,8 @@ class Connection(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        if self.complete and self.keep_alive and not self.closed and not self.upgraded and self.error is None:
+        clean = self.complete and self.keep_alive and self.reusable and not self.sending
+        if clean and not self.closed and not self.upgraded and self.error is None and not self._paused_reading and not self.body:
             self.pool.release(self)
         else:
             self.close()
@@ -300,8 +338,9 @@ class Pool:
         self.base_path = url.raw_path.rstrip("/")
         self.idle: list[Connection] = []
 
-    async def acquire(self, connect_timeout: float, has_body: bool) -> tuple[Connection, bool]:
-        """A connection, and whether it came from the pool."""
+    async def acquire(self, connect_timeout: float, replayable: bool) -> tuple[Connection, bool]:
+        """A connection, and whether it came from the pool. A request that may not be sent
+        twice (a body, or a method that is not idempotent) gets only a recently used one."""
         now = self.loop.time()
         while self.idle:
             conn = self.idle.pop()
@@ -309,8 +348,8 @@ class Pool:
             if conn.closed or idle_for > IDLE_SECONDS:
                 conn.close()
                 continue
-            if has_body and idle_for > BODY_REUSE_SECONDS:
-                conn.close()  # a body can't be replayed if this one turns out to be stale
+            if not replayable and idle_for > BODY_REUSE_SECONDS:
+                conn.close()  # it can't be retried if this connection turns out to be stale
                 continue
             return conn, True
         return await self.connect(connect_timeout), False
@@ -332,6 +371,9 @@ class Pool:
         return protocol
 
     def release(self, conn: Connection) -> None:
+        if len(self.idle) >= MAX_IDLE:
+            conn.close()
+            return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
 

@@ -274,3 +274,7 @@ async def bootstrap_admin(path: Path, org: str = "acme") -> str:
     out, err = await boot.communicate()
     assert boot.returncode == 0, err
     return str(orjson.loads(out)["token"])
+
+
+# The scripted raw-TCP upstream's fixtures, for every test module.
+from tests.scripted import scripted, through  # noqa: E402, F401

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Gateway, LogReader
-from tests.test_upstream import ScriptedUpstream, send
+from tests.scripted import ScriptedUpstream, send
 
 EVENTS = "/orgs/acme/teams/platform/events"
 

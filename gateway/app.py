@@ -563,6 +563,7 @@ class ProxyServer(web.Server):
 
 
 METHOD_OVERRIDE = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+_X_DASH = frozenset({b"x-", b"X-", b"x_", b"X_", b"x.", b"X."})
 
 
 def check_request(request: web.BaseRequest, limits: Limits) -> None:
@@ -572,15 +573,21 @@ def check_request(request: web.BaseRequest, limits: Limits) -> None:
     raw_headers = request.raw_headers
     if len(raw_headers) > limits.max_header_count:
         raise Denied(431, "headers_too_large", "limits", "too many request headers")
-    if sum(len(k) + len(v) for k, v in raw_headers) > limits.max_header_bytes:
+    size = 0
+    override = False
+    for name, value in raw_headers:
+        size += len(name) + len(value)
+        # every method override header is x-http-method*/x-method-override, in any spelling
+        if len(name) >= 13 and name[:2] in _X_DASH and not override:
+            norm = name.decode("latin-1").lower().replace("_", "-").replace(".", "-")
+            override = norm in METHOD_OVERRIDE
+    if size > limits.max_header_bytes:
         raise Denied(431, "headers_too_large", "limits", "request headers too large")
     length = request.content_length
     if length is not None and length > limits.max_body_bytes:
         raise Denied(413, "payload_too_large", "limits", "request body too large")
-    for name, _ in raw_headers:
-        norm = name.decode("latin-1").lower().replace("_", "-").replace(".", "-")
-        if norm in METHOD_OVERRIDE:
-            raise Denied(400, "invalid_request", "request", "method override headers are not accepted")
+    if override:
+        raise Denied(400, "invalid_request", "request", "method override headers are not accepted")
 
 
 def check_target(raw: str, hosts: list[str], prefixes: frozenset[str]) -> str:

@@ -138,14 +138,30 @@ def connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
     return names
 
 
-def is_trusted(address: str | None, trusted: Iterable[IPNetwork]) -> bool:
-    if not address:
+_trust_memo: tuple[object, dict[str, bool]] = ((), {})
+
+
+def is_trusted(address: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
+    """Is `address` inside `trusted`? Remembered per address for the current trusted set
+    (the memo holds that set, so `is` can't be fooled by a recycled object)."""
+    global _trust_memo
+    if not address or not trusted:
         return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in trusted)
+    owner, memo = _trust_memo
+    if owner is not trusted:
+        memo = {}
+        _trust_memo = (trusted, memo)
+    found = memo.get(address)
+    if found is None:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            found = False
+        else:
+            found = any(ip in net for net in trusted)
+        if len(memo) < 10_000:
+            memo[address] = found
+    return found
 
 
 _identity_memo: dict[int, tuple[object, object, dict[str, str]]] = {}

@@ -175,8 +175,9 @@ return 0
 # One command appends a whole batch of audit events (ARGV[2..]) to the capped stream.
 _APPEND_AUDIT = """
 for i = 2, #ARGV do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
+  redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
 end
+redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[1])
 return #ARGV - 1
 """
 AUDIT_BATCH = 500

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import aiohttp

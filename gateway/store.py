@@ -180,7 +180,7 @@ end
 redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[1])
 return #ARGV - 1
 """
-AUDIT_BATCH = 500
+AUDIT_BATCH = 25  # events per call: Valkey works in slices the requests can run between
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of discarded load first")
     parser.add_argument("--cold-duration", type=float, default=None, help="cold-cache run (default 8)")
     parser.add_argument("--cold-connections", type=int, default=4)
-    parser.add_argument("--cold-tokens", type=int, default=120, help="distinct tokens for the cold run")
+    parser.add_argument("--cold-tokens", type=int, default=400, help="distinct tokens for the cold run")
     parser.add_argument("--trials", type=int, default=100, help="revocations timed per variant")
     parser.add_argument("--profile", action="store_true", help="also py-spy tokenward under load")
     parser.add_argument("--output", type=Path, default=RESULTS)

@@ -201,7 +201,7 @@ async def start_inproc_gateway(stack: Stack) -> None:
 
 
 async def seed(stack: Stack, cold_tokens: int) -> None:
-    """The team, an org admin token, the tokens of the scenarios (default argon2id, so slow)."""
+    """The team, an org admin token, the tokens of the scenarios (default argon2id parameters)."""
     assert stack.inproc is not None and stack.inproc.runtime is not None
     runtime = stack.inproc.runtime
     await runtime.store.create_team(TeamRecord(ORG, TEAM, parse_scopes(["read:apis"]), time.time(), "bench"))

@@ -281,6 +281,16 @@ class Forwarder:
             pool = self.pools[key] = Pool(upstream, asyncio.get_running_loop())
         return pool
 
+    @staticmethod
+    def _headers(
+        request: web.BaseRequest, pool: Pool, principal: Principal | None, request_id: str, settings: Settings
+    ) -> list[tuple[str, str]]:
+        headers = upstream_headers(
+            request, principal, request_id, settings.trusted_proxies, settings.forward_authorization
+        )
+        headers.insert(0, ("Host", pool.host_header))
+        return headers
+
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
@@ -297,10 +307,7 @@ class Forwarder:
         settings: Settings,
     ) -> web.StreamResponse:
         pool = self.pool(upstream)
-        headers = upstream_headers(
-            request, principal, request_id, settings.trusted_proxies, settings.forward_authorization
-        )
-        headers.insert(0, ("Host", pool.host_header))
+        headers = self._headers(request, pool, principal, request_id, settings)
         method = request.method
         has_body = request.body_exists
         # Framing from what aiohttp parsed, never from inbound header spellings.
@@ -311,7 +318,7 @@ class Forwarder:
         if has_body and request.headers.get("Expect", "").lower() == "100-continue" and request.transport:
             # The decision is made: let the client send its body (the upstream gets it at once).
             request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        head = request_head(method, pool.base_path + path + (f"?{query}" if query else ""), headers)
+        head = request_head(method, pool.target(path, query), headers)
         sent = time.perf_counter()
         replayable = method in IDEMPOTENT and not has_body
         conn = await self._exchange(request, pool, upstream, head, has_body, replayable, settings)
@@ -338,13 +345,9 @@ class Forwarder:
         """Ask the upstream to switch protocols. With its 101: the connection (to tunnel)
         and the 101 for the client, not yet sent. Otherwise its answer, as usual."""
         pool = self.pool(upstream)
-        headers = upstream_headers(
-            request, principal, request_id, settings.trusted_proxies, settings.forward_authorization
-        )
-        headers.insert(0, ("Host", pool.host_header))
+        headers = self._headers(request, pool, principal, request_id, settings)
         headers += [("Connection", "Upgrade"), ("Upgrade", request.headers["Upgrade"])]
-        target = pool.base_path + path + (f"?{query}" if query else "")
-        head = request_head("GET", target, headers)
+        head = request_head("GET", pool.target(path, query), headers)
         conn = await self._exchange(request, pool, upstream, head, False, True, settings)
         if conn.status != 101 or not conn.upgraded:
             conn.reusable = False  # an upgrade attempt's connection never goes back to the pool

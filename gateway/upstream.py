@@ -338,6 +338,10 @@ class Pool:
         self.base_path = url.raw_path.rstrip("/")
         self.idle: list[Connection] = []
 
+    def target(self, path: str, query: str) -> str:
+        """The request target on this upstream: its base path, then the authorized path."""
+        return self.base_path + path + (f"?{query}" if query else "")
+
     async def acquire(self, connect_timeout: float, replayable: bool) -> tuple[Connection, bool]:
         """A connection, and whether it came from the pool. A request that may not be sent
         twice (a body, or a method that is not idempotent) gets only a recently used one."""

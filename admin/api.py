@@ -28,9 +28,11 @@ from gateway.records import ACTIVE, EXPIRED, REVOKED, ServiceAccountRecord, Team
 from gateway.scopes import (
     ADMIN_ORG,
     ADMIN_TEAM,
+    Scope,
     ScopeError,
     effective_scopes,
     format_scopes,
+    grants_org_power,
     ineffective_scopes,
     parse_scope,
     parse_scopes,
@@ -138,10 +140,17 @@ def _forbid(message: str, scope: str | None = None) -> Denied:
     )
 
 
+def is_org_admin(principal: Principal) -> bool:
+    """An org-level token holding `admin:org` by name. A team-bound token never is one, whatever
+    its scopes or its team's permission set say (see `gateway.scopes`: no wildcard covers
+    `admin:org`, and nothing on the org resource is effective for a team token)."""
+    return principal.token.team is None and principal.can(parse_scope(ADMIN_ORG))
+
+
 def require_org_admin(principal: Principal, org: str) -> None:
     if principal.token.org != org:
         raise _forbid("token org does not match resource org")
-    if not principal.can(parse_scope(ADMIN_ORG)):
+    if not is_org_admin(principal):
         raise _forbid(f"token lacks required permission: {ADMIN_ORG}", ADMIN_ORG)
 
 
@@ -150,12 +159,144 @@ def require_team_admin(principal: Principal, org: str, team: str) -> None:
     token = principal.token
     if token.org != org:
         raise _forbid("token org does not match resource org")
-    if principal.can(parse_scope(ADMIN_ORG)):
+    if is_org_admin(principal):
         return
     if token.team != team:
         raise Denied(403, "forbidden", "team", "token is not in the same team as the resource")
     if not principal.can(parse_scope(ADMIN_TEAM)):
         raise _forbid(f"token lacks required permission: {ADMIN_TEAM}", ADMIN_TEAM)
+
+
+# -- no escalation through the admin plane (issue 10, items 1 and 3) -------------------------
+STEP_GRANT = "grant"
+
+
+def refuse_org_powers(scopes: tuple[Scope, ...], field: str) -> None:
+    """400 for any scope a team may not hold: one that covers an org-level power."""
+    for scope in scopes:
+        if grants_org_power(scope):
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"{field}: {scope} covers an org-level power ({ADMIN_ORG}), which a team cannot hold",
+                field,
+            )
+
+
+def _pinned(constraints: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(dict(constraints).items())) or "(none)"
+
+
+def within_constraints(principal: Principal, record: TokenRecord) -> bool:
+    """A constrained admin token reaches only tokens pinned to at least its own constraints."""
+    return all(record.constraints.get(k) == v for k, v in principal.token.constraints.items())
+
+
+def require_within_constraints(principal: Principal, record: TokenRecord) -> None:
+    if not within_constraints(principal, record):
+        raise Denied(
+            403,
+            "forbidden",
+            "constraints",
+            f"token is constrained to {_pinned(principal.token.constraints)}; token {record.id} is "
+            f"pinned to {_pinned(record.constraints)}",
+        )
+
+
+def require_unconstrained(principal: Principal, what: str) -> None:
+    """Team-wide resources (service accounts, the team, its audit) carry no constraint
+    parameter, so a constrained token may not act on them: as at the gateway, where a route
+    that does not name a constrained parameter is refused."""
+    if principal.token.constraints:
+        raise Denied(
+            403,
+            "forbidden",
+            "constraints",
+            f"token is constrained to {_pinned(principal.token.constraints)} and {what} "
+            "are not bound to it",
+        )
+
+
+def _cidrs_inside(inner: tuple[str, ...], outer: tuple[str, ...]) -> bool:
+    if not outer:
+        return True
+    if not inner:
+        return False  # unrestricted is wider than any restriction
+    nets = [ipaddress.ip_network(c, strict=False) for c in outer]
+    for text in inner:
+        net = ipaddress.ip_network(text, strict=False)
+        if not any(
+            net.version == o.version and net.subnet_of(o)  # type: ignore[arg-type]
+            for o in nets
+        ):
+            return False
+    return True
+
+
+def grant_expiry(
+    principal: Principal, runtime: Runtime, body: dict[str, Any], issued: float
+) -> float | None:
+    """The expiry asked for in `body`; without one, the default TTL, but never later than the
+    caller's own expiry (an explicit later one is refused by `check_grant`)."""
+    expires_at = _expiry(runtime, body, issued)
+    limit = principal.token.expires_at
+    explicit = "expires_in" in body or "expires_at" in body
+    if limit is not None and not explicit and (expires_at is None or expires_at > limit):
+        return limit
+    return expires_at
+
+
+def check_grant(
+    principal: Principal,
+    *,
+    team: str | None,
+    scopes: tuple[Scope, ...],
+    constraints: Any,
+    allowed_cidrs: tuple[str, ...],
+    expires_at: float | None,
+) -> None:
+    """A token may only create or rotate tokens that can do no more than it can itself:
+    effective scopes a subset of its own (so also whatever its team gains later), its
+    constraints included, `allowed_cidrs` inside its own, expiry no later than its own.
+    An org admin may grant any scope in its org; the other three bounds apply to it too
+    (the bootstrap token has none of them, so it is unconstrained)."""
+    if team is not None:
+        refuse_org_powers(scopes, "scopes")
+    if not is_org_admin(principal):
+        for scope in scopes:
+            if not principal.can(scope):
+                raise Denied(
+                    403,
+                    "insufficient_scope",
+                    STEP_GRANT,
+                    f"scopes: a token can only grant scopes it holds itself; it lacks {scope}",
+                    str(scope),
+                )
+    own = principal.token
+    missing = {k: v for k, v in own.constraints.items() if dict(constraints).get(k) != v}
+    if missing:
+        raise Denied(
+            403,
+            "forbidden",
+            STEP_GRANT,
+            f"constraints: the token is constrained to {_pinned(own.constraints)}; "
+            f"what it grants must be too (add {_pinned(missing)})",
+        )
+    if not _cidrs_inside(allowed_cidrs, own.allowed_cidrs):
+        raise Denied(
+            403,
+            "forbidden",
+            STEP_GRANT,
+            "allowed_cidrs: must lie inside the token's own allowed_cidrs "
+            f"({', '.join(own.allowed_cidrs)})",
+        )
+    if own.expires_at is not None and (expires_at is None or expires_at > own.expires_at):
+        raise Denied(
+            403,
+            "forbidden",
+            STEP_GRANT,
+            f"expires_at: must be no later than the token's own expiry ({iso(own.expires_at)})",
+        )
 
 
 class AdminContext:
@@ -283,10 +424,7 @@ async def create_team(request: web.Request) -> web.Response:
     require_org_admin(principal, org)
     body = await read_body(request, schema.TEAM_CREATE)
     permissions = _scopes(body["permissions"], "permissions")
-    if parse_scope(ADMIN_ORG) in permissions:
-        raise ApiError(
-            400, "invalid_request", "permissions: admin:org cannot be held by a team", "permissions"
-        )
+    refuse_org_powers(permissions, "permissions")
     team = TeamRecord(org, body["name"], permissions, time.time(), actor(principal))
     runtime = ctx(request).runtime
     try:
@@ -310,6 +448,7 @@ async def list_teams(request: web.Request) -> web.Response:
     runtime = ctx(request).runtime
     if principal.token.team is not None and principal.token.org == org:
         require_team_admin(principal, org, principal.token.team)
+        require_unconstrained(principal, "teams")
         team = await runtime.store.get_team(org, principal.token.team)
         teams = [team] if team else []
     else:
@@ -323,6 +462,7 @@ async def get_team(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     org, team = _match(request, "org"), _match(request, "team")
     require_team_admin(principal, org, team)
+    require_unconstrained(principal, "teams")
     return json_response(team_view(await _team_or_404(ctx(request).runtime, org, team)))
 
 
@@ -339,10 +479,7 @@ async def set_team_permissions(request: web.Request) -> web.Response:
     require_org_admin(principal, org)
     body = await read_body(request, schema.TEAM_PERMISSIONS)
     permissions = _scopes(body["permissions"], "permissions")
-    if parse_scope(ADMIN_ORG) in permissions:
-        raise ApiError(
-            400, "invalid_request", "permissions: admin:org cannot be held by a team", "permissions"
-        )
+    refuse_org_powers(permissions, "permissions")
     runtime = ctx(request).runtime
     team = await _team_or_404(runtime, org, team_name)
     updated = replace(team, permissions=permissions)
@@ -474,13 +611,7 @@ async def create_token(request: web.Request) -> web.Response:
     runtime = ctx(request).runtime
     team = await _team_or_404(runtime, org, team_name)
     scopes = _scopes(body["scopes"], "scopes")
-    if parse_scope(ADMIN_ORG) in scopes:
-        raise ApiError(
-            400,
-            "invalid_request",
-            "scopes: admin:org cannot be granted to a team token",
-            "scopes",
-        )
+    refuse_org_powers(scopes, "scopes")
     service_account = body.get("service_account")
     if service_account is not None:
         sa = await runtime.store.get_service_account(org, team_name, service_account)
@@ -501,6 +632,16 @@ async def create_token(request: web.Request) -> web.Response:
                 f"constraints.{key}",
             )
     issued = time.time()
+    expires_at = grant_expiry(principal, runtime, body, issued)
+    allowed_cidrs = _cidrs(body.get("allowed_cidrs", []))
+    check_grant(
+        principal,
+        team=team_name,
+        scopes=scopes,
+        constraints=constraints,
+        allowed_cidrs=allowed_cidrs,
+        expires_at=expires_at,
+    )
     plaintext, record = await issue_token(
         runtime,
         org=org,
@@ -509,10 +650,10 @@ async def create_token(request: web.Request) -> web.Response:
         description=body.get("description", ""),
         scopes=scopes,
         created_by=actor(principal),
-        expires_at=_expiry(runtime, body, issued),
+        expires_at=expires_at,
         service_account=service_account,
         constraints=constraints,
-        allowed_cidrs=_cidrs(body.get("allowed_cidrs", [])),
+        allowed_cidrs=allowed_cidrs,
     )
     view = token_view(record, team, None)
     ctx(request).token_event("token.created", record, scopes=view["scopes"], expires_at=view["expires_at"])
@@ -524,11 +665,18 @@ def _is_name(text: str) -> bool:
 
 
 async def team_request(request: web.Request) -> tuple[AdminContext, str, str]:
-    """Authenticate, and require admin rights over the team named in the path."""
+    """Authenticate, and require admin rights over the team named in the path (and, for a
+    constrained caller, over the token named in the path: see `require_within_constraints`)."""
     context = ctx(request)
     principal = await principal_of(request)
     org, team = _match(request, "org"), _match(request, "team")
     require_team_admin(principal, org, team)
+    key_id = request.match_info.get("id")
+    if principal.token.constraints and key_id is not None and KEY_ID_RE.match(key_id):
+        # constraints are fixed at issuance, so this read cannot race with the handler's
+        record = await context.runtime.store.get_token(key_id)
+        if record is not None and record.org == org and record.team == team:
+            require_within_constraints(principal, record)
     return context, org, team
 
 
@@ -573,6 +721,8 @@ async def list_tokens(request: web.Request) -> web.Response:
             continue
         if sa is not None and token.service_account != sa:
             continue
+        if not within_constraints(context.principal_required, token):
+            continue  # a constrained admin sees only the tokens it can reach
         rows.append(token_view(token, team, used))
     return json_response({"tokens": rows})
 
@@ -734,6 +884,15 @@ async def rotate_token(request: web.Request) -> web.Response:
     issued = time.time()
     expiry_body: dict[str, Any] = {k: body[k] for k in ("expires_in", "expires_at") if k in body}
     principal = context.principal_required
+    expires_at = grant_expiry(principal, runtime, expiry_body, issued)
+    check_grant(
+        principal,
+        team=team_name,
+        scopes=old.scopes,
+        constraints=old.constraints,
+        allowed_cidrs=old.allowed_cidrs,
+        expires_at=expires_at,
+    )
     plaintext, new = await issue_token(
         runtime,
         org=org,
@@ -742,7 +901,7 @@ async def rotate_token(request: web.Request) -> web.Response:
         description=old.description,
         scopes=old.scopes,
         created_by=actor(principal),
-        expires_at=_expiry(runtime, expiry_body, issued),
+        expires_at=expires_at,
         service_account=old.service_account,
         constraints=dict(old.constraints),
         allowed_cidrs=old.allowed_cidrs,
@@ -795,6 +954,7 @@ async def _active_tokens_by_sa(runtime: Runtime, org: str, team: str) -> dict[st
 )
 async def create_service_account(request: web.Request) -> web.Response:
     context, org, team = await team_request(request)
+    require_unconstrained(context.principal_required, "service accounts")
     body = await read_body(request, schema.SA_CREATE)
     await _team_or_404(context.runtime, org, team)
     sa = ServiceAccountRecord(
@@ -817,6 +977,7 @@ async def create_service_account(request: web.Request) -> web.Response:
 )
 async def list_service_accounts(request: web.Request) -> web.Response:
     context, org, team = await team_request(request)
+    require_unconstrained(context.principal_required, "service accounts")
     await _team_or_404(context.runtime, org, team)
     counts = await _active_tokens_by_sa(context.runtime, org, team)
     sas = await context.runtime.store.list_service_accounts(org, team)
@@ -832,6 +993,7 @@ async def list_service_accounts(request: web.Request) -> web.Response:
 )
 async def delete_service_account(request: web.Request) -> web.Response:
     context, org, team = await team_request(request)
+    require_unconstrained(context.principal_required, "service accounts")
     name = _match(request, "name")
     runtime = context.runtime
     if await runtime.store.get_service_account(org, team, name) is None:
@@ -876,6 +1038,7 @@ async def read_audit(request: web.Request) -> web.Response:
     if principal.token.team is not None:
         team = team or principal.token.team
         require_team_admin(principal, org, team)
+        require_unconstrained(principal, "audit events")
     else:
         require_org_admin(principal, org)
     try:

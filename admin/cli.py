@@ -33,8 +33,45 @@ class CliError(Exception):
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {printable(message)}", file=sys.stderr)
     raise SystemExit(code)
+
+
+# -- the terminal is an output device with a command language (issue 10, item 6) ----------------
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: object) -> str:
+    """`text` safe to print: every character `str.isprintable()` rejects (C0/C1 controls such as
+    ESC, DEL, bidi overrides and isolates, zero-width characters, line separators) becomes a
+    visible escape such as `\\x1b` or `\\u202e`. Whatever the server or an old record holds."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _json_text(data: Any) -> str:
+    """`--json` output: still JSON with the same values, but with every non-printable character
+    written as a `\\u` escape (orjson escapes C0 controls only and writes the rest raw)."""
+    text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
+    if text.isascii() and "\x7f" not in text:
+        return text
+    out = []
+    for char in text:
+        code = ord(char)
+        if code < 0x7F or char.isprintable():  # C0 controls never occur raw in orjson output
+            out.append(char)
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            high, low = divmod(code - 0x10000, 0x400)
+            out.append(f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}")
+    return "".join(out)
 
 
 # -- formatting ------------------------------------------------------------------------------
@@ -71,6 +108,7 @@ def humanize_date(iso_time: str | None, seconds: bool = False) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -100,16 +138,16 @@ def token_rows(tokens: Sequence[dict[str, Any]]) -> str:
 
 def emit(data: Any, as_json: bool, human: str) -> None:
     if as_json:
-        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(_json_text(data) + "\n")
     else:
-        print(human)
+        print("\n".join(printable(line) for line in human.split("\n")))
 
 
 def shown_once(title: str, fields: Sequence[tuple[str, str]], warnings: Sequence[str] = ()) -> str:
     """The output of anything that returns a plaintext token: it is never shown again."""
     width = max(len(label) for label, _ in fields) + 1
     lines = [title, ""]
-    lines += [f"  {(label + ':').ljust(width)} {value}" for label, value in fields]
+    lines += [f"  {(label + ':').ljust(width)} {printable(value)}" for label, value in fields]
     for warning in [*warnings, "Copy this token now — it will not be shown again."]:
         lines += ["", f"  ⚠ {warning}"]
     return "\n".join(lines)
@@ -487,7 +525,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 
     settings = _settings(args.file)
     for warning in config_warnings(settings):
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {printable(warning)}", file=sys.stderr)
     print(f"{args.file}: ok ({len(settings.routes)} routes, {len(settings.upstreams)} upstreams)")
 
 
@@ -500,9 +538,9 @@ def cmd_explain(args: argparse.Namespace) -> None:
     lines, match = explain_route(settings, args.method, args.path)
     if match is not None and args.token:
         lines += asyncio.run(explain_token(settings, match, args.token))
-    print(f"{args.method.upper()} {args.path}")
+    print(printable(f"{args.method.upper()} {args.path}"))
     for line in lines:
-        print(f"  {line}")
+        print(f"  {printable(line)}")
     denied = match is None or any(
         line.startswith("decision: 4") or line.startswith("decision: 5") for line in lines
     )
@@ -510,8 +548,15 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> None:
+    import re
+
+    from admin.schema import SLUG, unprintable
     from gateway.audit import configure_logging
 
+    if not re.fullmatch(SLUG, args.org):
+        fail(f"--org: {args.org!r} is not an org slug ({SLUG})")
+    if not args.name or (problem := unprintable(args.name)) is not None:
+        fail(f"--name: {problem or 'must not be empty'}")
     settings = _settings(args.config)
     configure_logging(LogSettings(level="warning", format=settings.log.format), sys.stderr)
     token, key_id = asyncio.run(_bootstrap(settings, args.org, args.name))

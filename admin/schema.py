@@ -7,6 +7,7 @@ problem names its field) and the same dicts are published in `/v1/openapi.json`.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 Schema = dict[str, Any]
@@ -82,6 +83,8 @@ def validate(schema: Schema, value: Any, where: str = "") -> None:
             )
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             raise ValidationError(where, f"at most {schema['maxLength']} characters")
+        if schema.get(PRINTABLE) and (problem := unprintable(value)) is not None:
+            raise ValidationError(where, problem)
         if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
             raise ValidationError(where, f"{value!r} does not match {schema['pattern']}")
         if "enum" in schema and value not in schema["enum"]:
@@ -110,9 +113,44 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
+# -- text people read in a terminal (issue 10, item 6) -------------------------------------
+#: A string keyword: every character must be printable (see `unprintable`).
+PRINTABLE = "x-printable"
+_CATEGORY = {
+    "Cc": "a control character",
+    "Cf": "a format character (bidi control, zero-width, tag)",
+    "Cs": "a surrogate",
+    "Co": "a private-use character",
+    "Cn": "an unassigned code point",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+    "Zs": "a space other than U+0020",
+}
+
+
+def unprintable(text: str) -> str | None:
+    """Why `text` may not be shown raw on a terminal, or None when it may.
+
+    Names and descriptions end up in CLI tables, logs and the `X-Tokenward-Token-Name` header.
+    Refused: C0 and C1 controls, DEL, bidi overrides and isolates, zero-width and other
+    format characters, line/paragraph separators, odd spaces, surrogates, private-use and
+    unassigned code points: everything `str.isprintable()` rejects."""
+    for i, char in enumerate(text):
+        if not char.isprintable():
+            kind = _CATEGORY.get(unicodedata.category(char), "not printable")
+            return (
+                f"character {i + 1} is U+{ord(char):04X}, {kind}; names and descriptions "
+                "must be printable text"
+            )
+    return None
+
+
 # -- shared pieces ----------------------------------------------------------------------
 SLUG = r"[a-z0-9][a-z0-9-]{0,62}"
-NAME_TEXT = r"[^\x00-\x1f\x7f]+"
+# The common cases of `unprintable`, published for clients (the validator checks all of them):
+# C0, DEL, C1, ALM, zero-width and bidi marks, line/paragraph separators, bidi embeddings and
+# overrides, word joiner and bidi isolates, BOM.
+NAME_TEXT = r"[^\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]+"
 SCOPE = {"type": "string", "pattern": r"(read|write|admin):([a-z][a-z0-9-]*|\*)", "maxLength": 100}
 SCOPES = {"type": "array", "items": SCOPE, "minItems": 1, "maxItems": 100}
 TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
@@ -154,7 +192,7 @@ SA_CREATE: Schema = {
     "type": "object",
     "properties": {
         "name": {"type": "string", "pattern": SLUG},
-        "description": {"type": "string", "maxLength": 1000},
+        "description": {"type": "string", "maxLength": 1000, PRINTABLE: True},
     },
     "required": ["name"],
     "additionalProperties": False,
@@ -180,8 +218,13 @@ SA_LIST: Schema = {
 TOKEN_CREATE: Schema = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": NAME_TEXT},
-        "description": {"type": "string", "maxLength": 1000, "pattern": f"(?:{NAME_TEXT})?"},
+        "name": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": NAME_TEXT, PRINTABLE: True},
+        "description": {
+            "type": "string",
+            "maxLength": 1000,
+            "pattern": f"(?:{NAME_TEXT})?",
+            PRINTABLE: True,
+        },
         "scopes": SCOPES,
         "expires_in": DURATION,
         "expires_at": {"type": "string", "format": "date-time", "maxLength": 40},

@@ -2,6 +2,12 @@
 
 Effective permission of a token is the intersection of its own scopes and its
 team's permission set, evaluated with this hierarchy on every request.
+
+The admin-plane rule (one rule, used by the gateway and the admin API alike): the `org` and
+`team` resources name admin-plane powers, not API resources, and no wildcard covers them in
+any spelling (`admin:*`, `*` forms, any wildcard added later): they are granted only by
+naming them. On top of that, nothing on the `org` resource is ever effective for, or may be
+held by, a team-bound token or team permission set (`grants_org_power`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ _RESOURCE = re.compile(r"^(?:[a-z][a-z0-9-]*|\*)\Z")
 #: The org-wide admin scope. Never held by a team token.
 ADMIN_ORG = "admin:org"
 ADMIN_TEAM = "admin:team"
+#: The resource of org-level powers: nothing on it is ever effective for a team-bound token.
+ORG_RESOURCE = "org"
+#: Resources that name admin-plane powers. A wildcard never covers them: `admin:*` is admin
+#: on every API resource, never `admin:org` (an org admin) nor `admin:team` (a team admin).
+RESERVED_RESOURCES = frozenset({ORG_RESOURCE, "team"})
 
 
 class ScopeError(ValueError):
@@ -36,7 +47,11 @@ class Scope:
         """True when holding `self` permits what `required` asks for."""
         if self.rank < required.rank:
             return False
-        return self.resource == "*" or self.resource == required.resource
+        if self.resource == required.resource:
+            return True
+        if required.resource in RESERVED_RESOURCES:
+            return False  # admin-plane powers are granted by name only, never by a wildcard
+        return self.resource == "*"
 
     def __str__(self) -> str:
         return f"{self.level}:{self.resource}"
@@ -67,10 +82,30 @@ def covers(granted: Iterable[Scope], required: Scope) -> bool:
     return any(scope.covers(required) for scope in granted)
 
 
+_WEAKEST_ORG_POWER = Scope(LEVELS[0], ORG_RESOURCE)
+_STRONGEST_ORG_POWER = Scope(LEVELS[-1], ORG_RESOURCE)
+
+
+def is_org_power(required: Scope) -> bool:
+    """A power only an org-level token may exercise (anything on the `org` resource)."""
+    return _STRONGEST_ORG_POWER.covers(required)
+
+
+def grants_org_power(scope: Scope) -> bool:
+    """True when holding `scope` would cover some org-level power: a team permission set
+    and a team token may never hold such a scope, in any spelling. Decided by `covers`
+    itself, so a wildcard added later that reached the org would be refused here too."""
+    return scope.covers(_WEAKEST_ORG_POWER)
+
+
 def effective_covers(
     token_scopes: Iterable[Scope], team_scopes: Iterable[Scope] | None, required: Scope
 ) -> bool:
-    """Team ∩ token: both must cover `required`. `team_scopes is None` means an org-level token."""
+    """Team ∩ token: both must cover `required`. `team_scopes is None` means an org-level token.
+
+    A team-bound token never exercises an org-level power, whatever its records hold."""
+    if team_scopes is not None and is_org_power(required):
+        return False
     if not covers(token_scopes, required):
         return False
     return team_scopes is None or covers(team_scopes, required)
@@ -78,9 +113,11 @@ def effective_covers(
 
 def _meet(a: Scope, b: Scope) -> Scope | None:
     """The largest scope both `a` and `b` cover, if any."""
-    if a.resource == "*":
+    if a.resource == b.resource:
+        resource = a.resource
+    elif a.resource == "*" and b.resource not in RESERVED_RESOURCES:
         resource = b.resource
-    elif b.resource in ("*", a.resource):
+    elif b.resource == "*" and a.resource not in RESERVED_RESOURCES:
         resource = a.resource
     else:
         return None
@@ -93,7 +130,12 @@ def effective_scopes(token_scopes: Iterable[Scope], team_scopes: Iterable[Scope]
     if team_scopes is None:
         return token_scopes
     team_scopes = tuple(team_scopes)
-    meets = {m for t in token_scopes for p in team_scopes if (m := _meet(t, p)) is not None}
+    meets = {
+        m
+        for t in token_scopes
+        for p in team_scopes
+        if (m := _meet(t, p)) is not None and not is_org_power(m)
+    }
     maximal = [m for m in meets if not any(o != m and o.covers(m) for o in meets)]
     return tuple(sorted(maximal, key=lambda s: (s.resource, s.rank)))
 
@@ -105,7 +147,7 @@ def ineffective_scopes(
     if team_scopes is None:
         return ()
     team = tuple(team_scopes)
-    return tuple(s for s in token_scopes if not covers(team, s))
+    return tuple(s for s in token_scopes if grants_org_power(s) or not covers(team, s))
 
 
 def format_scopes(scopes: Iterable[Scope]) -> list[str]:

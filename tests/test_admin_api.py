@@ -138,7 +138,7 @@ async def test_admin_org_cannot_be_granted_to_a_team_token(gateway: Gateway, org
 async def test_team_admin_manages_only_its_own_team(gateway: Gateway, org_admin: str) -> None:
     await admin(gateway, "POST", TEAMS, org_admin, {"name": "billing", "permissions": ["read:apis"]})
     _, created, _ = await admin(
-        gateway, "POST", TOKENS, org_admin, {"name": "team-admin", "scopes": ["admin:team"]}
+        gateway, "POST", TOKENS, org_admin, {"name": "team-admin", "scopes": ["admin:team", "read:apis"]}
     )
     team_admin = created["token"]
     status, _, _ = await admin(gateway, "POST", TOKENS, team_admin, {"name": "ci", "scopes": ["read:apis"]})

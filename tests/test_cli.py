@@ -115,7 +115,7 @@ async def test_team_token_defaults_to_its_own_team(gateway: Gateway, cli_env: di
         "--name",
         "ta",
         "--scopes",
-        "admin:team",
+        "admin:team,read:apis",
         "--json",
         env=cli_env,
     )

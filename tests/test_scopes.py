@@ -170,7 +170,14 @@ def test_constants() -> None:
         ("write:*", "read:specs", True),
         ("write:*", "write:public-apis", True),
         ("write:*", "admin:specs", False),
-        ("admin:*", "admin:org", True),
+        # no wildcard covers an admin-plane power (issue 10, item 1)
+        ("admin:*", "admin:org", False),
+        ("admin:*", "admin:team", False),
+        ("admin:*", "read:org", False),
+        ("read:*", "read:team", False),
+        ("admin:org", "admin:org", True),
+        ("admin:org", "read:org", True),
+        ("admin:team", "admin:team", True),
         ("admin:*", "read:*", True),
         ("read:*", "read:*", True),
         ("read:*", "admin:*", False),
@@ -220,7 +227,9 @@ def test_covers_any_of(granted: tuple[str, ...], required: str, expected: bool) 
         pytest.param(("write:apis",), ("admin:*",), "admin:apis", False, id="star-team-token-caps"),
         pytest.param(("admin:team",), None, "admin:team", True, id="org-level-token"),
         pytest.param(("read:apis",), None, "write:apis", False, id="org-level-token-still-capped"),
-        pytest.param(("admin:*",), None, "admin:org", True, id="org-level-star"),
+        pytest.param(("admin:*",), None, "admin:org", False, id="org-level-star"),
+        pytest.param(("admin:org",), ("admin:org",), "admin:org", False, id="team-never-org"),
+        pytest.param(("admin:*",), ("admin:*",), "admin:team", False, id="star-not-team-admin"),
     ],
 )
 def test_effective_covers(
@@ -309,7 +318,9 @@ resources = st.one_of(
 )
 scopes = st.builds(Scope, st.sampled_from(LEVELS), resources)
 # a small universe, so that hierarchies and overlaps actually occur
-small_scopes = st.builds(Scope, st.sampled_from(LEVELS), st.sampled_from(["*", "apis", "specs", "team"]))
+small_scopes = st.builds(
+    Scope, st.sampled_from(LEVELS), st.sampled_from(["*", "apis", "specs", "team", "org"])
+)
 scope_lists = st.lists(small_scopes, max_size=5)
 team_lists = st.one_of(st.none(), scope_lists)
 
@@ -362,6 +373,8 @@ def test_effective_covers_is_intersection(
     token: list[Scope], team: list[Scope] | None, required: Scope
 ) -> None:
     expected = covers(token, required) and (team is None or covers(team, required))
+    if team is not None and required.resource == "org":
+        expected = False  # a team-bound token never exercises an org-level power
     assert effective_covers(token, team, required) is expected
     # what effective_scopes reports allows exactly what effective_covers allows
     assert covers(effective_scopes(token, team), required) is expected
@@ -387,7 +400,7 @@ def test_effective_scopes_covered_by_both(token: list[Scope], team: list[Scope] 
 @given(scope_lists, scope_lists)
 def test_ineffective_scopes_are_those_team_lacks(token: list[Scope], team: list[Scope]) -> None:
     ineffective = ineffective_scopes(token, team)
-    assert list(ineffective) == [t for t in token if not covers(team, t)]
+    assert list(ineffective) == [t for t in token if t.resource == "org" or not covers(team, t)]
     for t in token:
         if t not in ineffective:
             assert effective_covers(token, team, t)

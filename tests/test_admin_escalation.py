@@ -408,7 +408,7 @@ async def test_cannot_rotate_itself_into_a_long_lived_token(granter: Granter) ->
     for body in ({"expires_in": "365d"}, {"expires_at": IN_TEN_DAYS}, {"expires_in": "61m"}):
         status, data = await call(gw, "POST", path, granter.token, body)
         assert status == 403 and data["step"] == "grant", data
-    status, me = await call(gw, "GET", "/v1/whoami", granter.token)
+    status, _ = await call(gw, "GET", "/v1/whoami", granter.token)
     assert status == 200  # still itself, not rotated
     status, rotated = await call(gw, "POST", path, granter.token, {})
     assert status == 201, rotated

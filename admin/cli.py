@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 import orjson
 
 from gateway.settings import ConfigError, LogSettings, Settings, load_settings
+from gateway.text import printable
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
 
@@ -38,23 +39,6 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 # -- the terminal is an output device with a command language (issue 10, item 6) ----------------
-def _escape(char: str) -> str:
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def printable(text: object) -> str:
-    """`text` safe to print: every character `str.isprintable()` rejects (C0/C1 controls such as
-    ESC, DEL, bidi overrides and isolates, zero-width characters, line separators) becomes a
-    visible escape such as `\\x1b` or `\\u202e`. Whatever the server or an old record holds."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else _escape(c) for c in text)
-
-
 def _json_text(data: Any) -> str:
     """`--json` output: still JSON with the same values, but with every non-printable character
     written as a `\\u` escape (orjson escapes C0 controls only and writes the rest raw)."""
@@ -550,8 +534,9 @@ def cmd_explain(args: argparse.Namespace) -> None:
 def cmd_bootstrap(args: argparse.Namespace) -> None:
     import re
 
-    from admin.schema import SLUG, unprintable
+    from admin.schema import SLUG
     from gateway.audit import configure_logging
+    from gateway.text import unprintable
 
     if not re.fullmatch(SLUG, args.org):
         fail(f"--org: {args.org!r} is not an org slug ({SLUG})")

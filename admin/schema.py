@@ -7,8 +7,9 @@ problem names its field) and the same dicts are published in `/v1/openapi.json`.
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Any
+
+from gateway.text import unprintable
 
 Schema = dict[str, Any]
 
@@ -114,35 +115,8 @@ def _join(where: str, key: str) -> str:
 
 
 # -- text people read in a terminal (issue 10, item 6) -------------------------------------
-#: A string keyword: every character must be printable (see `unprintable`).
+#: A string keyword: every character must be printable (`gateway.text.unprintable`).
 PRINTABLE = "x-printable"
-_CATEGORY = {
-    "Cc": "a control character",
-    "Cf": "a format character (bidi control, zero-width, tag)",
-    "Cs": "a surrogate",
-    "Co": "a private-use character",
-    "Cn": "an unassigned code point",
-    "Zl": "a line separator",
-    "Zp": "a paragraph separator",
-    "Zs": "a space other than U+0020",
-}
-
-
-def unprintable(text: str) -> str | None:
-    """Why `text` may not be shown raw on a terminal, or None when it may.
-
-    Names and descriptions end up in CLI tables, logs and the `X-Tokenward-Token-Name` header.
-    Refused: C0 and C1 controls, DEL, bidi overrides and isolates, zero-width and other
-    format characters, line/paragraph separators, odd spaces, surrogates, private-use and
-    unassigned code points: everything `str.isprintable()` rejects."""
-    for i, char in enumerate(text):
-        if not char.isprintable():
-            kind = _CATEGORY.get(unicodedata.category(char), "not printable")
-            return (
-                f"character {i + 1} is U+{ord(char):04X}, {kind}; names and descriptions "
-                "must be printable text"
-            )
-    return None
 
 
 # -- shared pieces ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ import structlog
 from gateway.aio import cancel_and_wait
 from gateway.settings import LogSettings
 from gateway.store import Store, StoreUnavailable
+from gateway.text import printable
 
 LABEL = "[Service Token]"
 # Where JSON log lines go when logging is JSON (None: pretty console, through structlog);
@@ -41,7 +42,7 @@ def configure_logging(settings: LogSettings, stream: Any = None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if pretty:
-        processors = [*shared, structlog.dev.ConsoleRenderer()]
+        processors = [*shared, _printable_values, structlog.dev.ConsoleRenderer()]
         factory: Any = structlog.PrintLoggerFactory(stream)
     else:
         processors = [
@@ -59,6 +60,12 @@ def configure_logging(settings: LogSettings, stream: Any = None) -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+
+
+def _printable_values(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """On a terminal, names and other values from clients or the store are escaped (JSON
+    lines escape them already): a token name must not drive the operator's terminal."""
+    return {k: printable(v) if isinstance(v, str) else v for k, v in event.items()}
 
 
 _second = -1

@@ -143,7 +143,7 @@ def test_schema_accepts_exactly_printable_text(text: str) -> None:
 
 # ------------------------------------------------------------------------------ the CLI escapes
 def test_printable_escapes_every_unprintable_character() -> None:
-    from admin.cli import printable
+    from gateway.text import printable
 
     for text in [*HOSTILE.values(), *FINE]:
         shown = printable(text)
@@ -159,7 +159,7 @@ def test_printable_escapes_every_unprintable_character() -> None:
 
 @given(st.text())
 def test_printable_is_total(text: str) -> None:
-    from admin.cli import printable
+    from gateway.text import printable
 
     no_raw_unprintable(printable(text))
 
@@ -270,3 +270,31 @@ def test_bootstrap_refuses_unprintable_org_and_name(monkeypatch: pytest.MonkeyPa
         no_raw_unprintable(err.getvalue())
         assert "--org" in err.getvalue() or "--name" in err.getvalue()
     assert sys.stdout is not None
+
+
+def test_console_log_escapes_values() -> None:
+    """The pretty console log (on a TTY) writes values through the same escaping: a hostile
+    token name in an old record must not drive the operator's terminal either."""
+    import subprocess
+
+    from tests.conftest import ROOT, env_for_subprocess
+
+    code = (
+        "import io\n"
+        "from gateway.audit import configure_logging, AuditLog\n"
+        "from gateway.settings import LogSettings\n"
+        "s = io.StringIO()\n"
+        "configure_logging(LogSettings(level='info', format='console'), s)\n"
+        "AuditLog(None, 10).emit('token.created', token_name='a\\x1b]0;x\\x07\\u202eb')\n"
+        "print(s.getvalue().encode('unicode_escape').decode())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env_for_subprocess(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # the renderer's own colours are ESC sequences; the name's characters arrive escaped
+    assert "a\\\\x1b]0;x\\\\x07\\\\u202eb" in out, out

@@ -2,7 +2,8 @@
 
 Callers authenticate with a Bearer token through the gateway's own `Authenticator`.
 `admin:org` manages every team of its org; `admin:team` manages only its own team (and
-only while the team's permission set holds `admin:team`). Every change is durable before
+only while the team's permission set holds `admin:team`); no wildcard grants either. A
+token only hands out tokens that can do no more than itself (`check_grant`). Every change is durable before
 the response, announced to every gateway process, and audited with its actor.
 """
 

@@ -254,6 +254,38 @@ async def test_team_permission_sets_refuse_org_powers(plane: Plane, permissions:
     assert status == 400 and data["field"] == "scopes", data
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "*",
+        "*:*",
+        "*:org",
+        "admin",
+        "admin:",
+        "ADMIN:ORG",
+        "admin:Org",
+        "admin:org ",
+        "admin:**",
+        "admin:o*",
+        "admin:org:x",
+    ],
+)
+async def test_other_spellings_of_org_power_are_not_scopes(plane: Plane, spelling: str) -> None:
+    gw = plane.gw
+    status, data = await call(gw, "POST", TEAMS, plane.org_admin, {"name": "odd", "permissions": [spelling]})
+    assert status == 400, data
+    status, data = await call(
+        gw, "PUT", f"{VICTIM}/permissions", plane.org_admin, {"permissions": [spelling]}
+    )
+    assert status == 400, data
+    status, data = await call(
+        gw, "POST", f"{VICTIM}/tokens", plane.org_admin, {"name": "x", "scopes": [spelling]}
+    )
+    assert status == 400, data
+    _, teams = await call(gw, "GET", TEAMS, plane.org_admin)
+    assert [t["name"] for t in teams["teams"]] == ["platform"]
+
+
 async def test_admin_star_team_is_accepted_but_only_covers_api_resources(plane: Plane) -> None:
     """`admin:*` stays a legal permission set (admin on every API resource), with no admin powers."""
     gw = plane.gw

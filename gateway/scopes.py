@@ -83,12 +83,11 @@ def covers(granted: Iterable[Scope], required: Scope) -> bool:
 
 
 _WEAKEST_ORG_POWER = Scope(LEVELS[0], ORG_RESOURCE)
-_STRONGEST_ORG_POWER = Scope(LEVELS[-1], ORG_RESOURCE)
 
 
 def is_org_power(required: Scope) -> bool:
     """A power only an org-level token may exercise (anything on the `org` resource)."""
-    return _STRONGEST_ORG_POWER.covers(required)
+    return required.resource == ORG_RESOURCE
 
 
 def grants_org_power(scope: Scope) -> bool:

@@ -206,7 +206,7 @@ def request_id_for(request: web.BaseRequest, trusted_proxies: tuple[IPNetwork, .
     return new_request_id()
 
 
-_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:/+=@\[\]-]")
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:/+=@,\[\]-]")
 
 
 def client_request_id(request: web.BaseRequest, request_id: str) -> str | None:
@@ -215,7 +215,10 @@ def client_request_id(request: web.BaseRequest, request_id: str) -> str | None:
     inbound = request.headers.getall("X-Request-Id", ())
     if not inbound or inbound == [request_id]:
         return None
-    return _UNSAFE_ID_CHARS.sub("?", redact(", ".join(inbound)))[:128]
+    value = ",".join(inbound)
+    if not _HEX_OR_UUID.match(value):
+        value = redact(value)
+    return _UNSAFE_ID_CHARS.sub("?", value)[:128]
 
 
 def error_response(denied: Denied, request_id: str) -> web.Response:

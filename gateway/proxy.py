@@ -315,6 +315,8 @@ class HeaderPolicy:
         found = self._memo.get(name)
         if found is None:
             found = self._classify(normalize_name(name))
+            if found == _TRUSTED and ("_" in name or "." in name):
+                found = _DROP  # only the canonical spelling of a forwarding header, from anyone
             if len(self._memo) < 4096:
                 self._memo[name] = found
         return found

@@ -13,10 +13,13 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from tests import test_hardening
 from tests.conftest import Gateway
-from tests.test_hardening import APIS, Recorder, hardening_config, recorder  # noqa: F401
+from tests.test_hardening import APIS, Recorder, hardening_config
 
 GENEROUS = 15.0  # seconds: many times header_timeout (1 s), far below the 75 s keep-alive
+
+recorder = test_hardening.recorder  # the recording upstream fixture
 
 
 def head(target: str, host: str, token: str | None, *extra: str, body: bytes = b"", method: str = "GET") -> bytes:

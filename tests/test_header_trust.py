@@ -21,8 +21,9 @@ import orjson
 import pytest
 
 from gateway.settings import ConfigError, settings_from_dict
+from tests import test_hardening
 from tests.conftest import Gateway, LogReader
-from tests.test_hardening import APIS, Recorder, hardening_config, raw, recorder, request  # noqa: F401
+from tests.test_hardening import APIS, Recorder, hardening_config, raw, request
 
 # Never forwarded, from anyone (identity of other authenticating proxies; path/method restatements).
 NEVER = [
@@ -106,6 +107,8 @@ PROXY = [
 ]
 # Always replaced by tokenward's own value (from trusted proxies: appended to / taken from).
 REPLACED = ["X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"]
+
+recorder = test_hardening.recorder  # the recording upstream fixture
 
 
 def spellings(name: str) -> list[str]:

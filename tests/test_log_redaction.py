@@ -15,8 +15,11 @@ import pytest
 
 from gateway.audit import REDACTED, redact
 from gateway.store import Keys
+from tests import test_hardening
 from tests.conftest import Gateway, LogReader
-from tests.test_hardening import APIS, Recorder, hardening_config, raw, recorder, request  # noqa: F401
+from tests.test_hardening import APIS, Recorder, hardening_config, raw, request
+
+recorder = test_hardening.recorder  # the recording upstream fixture
 
 
 def encode_all(text: str) -> str:

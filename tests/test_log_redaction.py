@@ -81,6 +81,10 @@ def variants(token: str, host: str, bearer: str | None) -> list[tuple[str, bytes
         ("request id", request(APIS, host, bearer, f"X-Request-Id: {token}")),
         ("request id with query", request(f"{APIS}?token={token}", host, bearer, f"X-Request-Id: x{secret_part}")),
         ("lowercase method", request(f"{APIS}?q={token}", host, bearer, method="get")),
+        ("token as method", request(APIS, host, bearer, method=token)),
+        ("token as version", f"GET {APIS} {token}\r\nHost: {host}\r\n\r\n".encode()),
+        ("token as header name", request(APIS, host, bearer, f"{token}: x")),
+        ("token in Host", request(APIS, token, bearer)),
         ("method override", request(f"{APIS}?q={token}", host, bearer, "X-HTTP-Method-Override: DELETE")),
         ("websocket route", request(f"/files/{token}", host, bearer, "Upgrade: websocket", "Connection: Upgrade")),
     ]

@@ -160,8 +160,18 @@ async def test_nginx_never_lets_an_underscore_identity_header_reach_the_app(
             assert got["headers"]["X-Request-Id"] != "client-chosen"  # nginx's and tokenward's id
             if got["raw_path"] == APIS:
                 assert got["headers"]["X-Tokenward-Org"] == "acme"
+        # the example's access log never holds a token sent in the target
+        for target in (f"{APIS}?access_token={token}", f"/x/{token}", f"{APIS}?a=1&q={token}#x"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", nginx_port)
+            writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            await writer.drain()
+            assert (await asyncio.wait_for(reader.read(-1), 10)).startswith(b"HTTP/1.1 ")
+            writer.close()
     finally:
         nginx_code = await stop(nginx, signal.SIGQUIT)
         serve_code = await stop(serve)
         serve_log.close()
     assert nginx_code == 0 and serve_code == 0
+    access = (workdir / "access.log").read_text()
+    assert access.count("GET ") >= sent + 3 and "[REDACTED]" in access
+    assert token not in access and token[7:] not in access and token[19:51] not in access

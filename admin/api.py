@@ -23,6 +23,7 @@ from aiohttp import web
 
 from admin import schema
 from gateway.app import REALM, RUNTIME, Runtime, error_response, request_id_for
+from gateway.audit import redact
 from gateway.decision import Denied, Principal, bearer_token
 from gateway.durations import format_duration, parse_duration
 from gateway.records import ACTIVE, EXPIRED, REVOKED, ServiceAccountRecord, TeamRecord, TokenRecord
@@ -306,7 +307,7 @@ class AdminContext:
     def __init__(self, request: web.Request) -> None:
         self.request = request
         self.runtime: Runtime = request.app[RUNTIME]
-        self.request_id = request_id_for(request)
+        self.request_id = request_id_for(request, self.runtime.settings.trusted_proxies)
         self.principal: Principal | None = None
 
     @property
@@ -1300,7 +1301,7 @@ def _audit_denied(context: AdminContext, denied: Denied) -> None:
     context.runtime.audit.emit(
         "admin.denied",
         method=context.request.method,
-        path=context.request.path,
+        path=redact(context.request.path),
         status=denied.status,
         step=denied.step,
         reason=denied.message,

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from gateway.audit import AuditLog
+from gateway.audit import AuditLog, redact
 from gateway.cache import ChangeListener, VerificationCache
 from gateway.decision import (
     STEP_CREDENTIAL,
@@ -44,13 +44,15 @@ from gateway.proxy import (
     is_trusted,
 )
 from gateway.routes import HTTP_METHODS
-from gateway.settings import Limits, Settings, Upstream
+from gateway.settings import IPNetwork, Limits, Settings, Upstream
 from gateway.store import Store, connect
 from gateway.tokens import SecretHasher
 from gateway.tunnel import Tunnel, TunnelWatch, is_websocket_upgrade
 
 log = structlog.get_logger("tokenward")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
+# what proxies generate (nginx's $request_id, Envoy's and most others' UUIDs, tokenward's own)
+_HEX_OR_UUID = re.compile(r"^(?:[0-9a-fA-F]{16,64}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})\Z")
 REALM = 'Bearer realm="tokenward"'
 
 
@@ -191,11 +193,32 @@ class RequestIds:
 new_request_id = RequestIds().next
 
 
-def request_id_for(request: web.BaseRequest) -> str:
-    inbound = request.headers.get("X-Request-Id")
-    if inbound and _REQUEST_ID.match(inbound):
-        return inbound
+def request_id_for(request: web.BaseRequest, trusted_proxies: tuple[IPNetwork, ...] = ()) -> str:
+    """The request's id: a trusted proxy's X-Request-Id when there is exactly one and it is
+    well-formed (1-128 of `A-Za-z0-9._:-`, nothing token-shaped), else a new one. A client
+    that is not a trusted proxy never chooses the id that the response, the upstream and the
+    audit carry (see `client_request_id`)."""
+    if trusted_proxies and is_trusted(request.remote, trusted_proxies):
+        inbound = request.headers.getall("X-Request-Id", ())
+        if len(inbound) == 1 and _REQUEST_ID.match(inbound[0]):
+            if _HEX_OR_UUID.match(inbound[0]) or redact(inbound[0]) == inbound[0]:
+                return inbound[0]
     return new_request_id()
+
+
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:/+=@,\[\]-]")
+
+
+def client_request_id(request: web.BaseRequest, request_id: str) -> str | None:
+    """The client's own X-Request-Id(s) when not used as the id, for the audit event only:
+    redacted, unsafe characters as `?`, at most 128 characters."""
+    inbound = request.headers.getall("X-Request-Id", ())
+    if not inbound or inbound == [request_id]:
+        return None
+    value = ",".join(inbound)
+    if not _HEX_OR_UUID.match(value):
+        value = redact(value)
+    return _UNSAFE_ID_CHARS.sub("?", value)[:128]
 
 
 def error_response(denied: Denied, request_id: str) -> web.Response:
@@ -257,6 +280,7 @@ class Exchange:
     status: int = 500
     step: str = "forward"
     reason: str = "allowed"
+    client_request_id: str | None = None  # the client's X-Request-Id, when not the id
     websocket: bool = False  # the matched route lets WebSocket upgrades through
     epoch: int = 0  # the cache epoch the decision started in
     recorded: bool = False  # the decision's audit event is out
@@ -276,7 +300,9 @@ class ProxyHandler:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime
         settings = runtime.settings  # one snapshot per request: a reload swaps the whole object
-        ex = Exchange(request_id_for(request), request.method, request.raw_path)
+        ex = Exchange(request_id_for(request, settings.trusted_proxies), request.method, request.raw_path)
+        if "X-Request-Id" in request.headers:
+            ex.client_request_id = client_request_id(request, ex.request_id)
         ex.client_ip = client_address(request, settings.trusted_proxies)
         try:
             check_request(request, settings.limits)
@@ -314,19 +340,21 @@ class ProxyHandler:
         """The decision's metric and audit event (once per request)."""
         ex.recorded = True
         self.runtime.metrics.count_request(ex.route or "-", ex.step, ex.status)
+        extra = {"client_request_id": ex.client_request_id} if ex.client_request_id is not None else {}
         self.runtime.audit.emit(
             "request.allowed" if ex.allowed else "request.denied",
             method=ex.method,
-            path=ex.path,
+            path=redact(ex.path),
             route=ex.route,
             status=ex.status,
             step=ex.step,
-            reason=ex.reason,
+            reason=redact(ex.reason),
             mode=ex.mode,
             client_ip=ex.client_ip,
             request_id=ex.request_id,
             duration_ms=round((time.perf_counter() - ex.started) * 1000, 3),
             **principal_fields(ex.principal),
+            **extra,
         )
 
     async def _tunnel(
@@ -373,7 +401,7 @@ class ProxyHandler:
             tunnel.close("handler ended")
         runtime.audit.emit(
             "websocket.closed",
-            path=ex.path,
+            path=redact(ex.path),
             route=ex.route,
             reason=reason,
             request_id=ex.request_id,
@@ -470,20 +498,53 @@ def original_request(request: web.BaseRequest) -> tuple[str, str]:
 
 class GatewayRequestHandler(RequestHandler):
     """aiohttp's connection handler, with JSON errors for malformed requests and a deadline
-    for the first request head (a slow client cannot hold a connection open forever)."""
+    for every request head: while the connection waits for a request (the first one, or the
+    next one after a response), it is closed unless a complete head arrives within
+    `limits.header_timeout` of the connection opening, of the previous response completing,
+    or of the first byte of the head (whichever is latest). A slow head is never held for the
+    keep-alive time, and an idle keep-alive connection lasts at most header_timeout."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         server = self._manager
         assert isinstance(server, ProxyServer)
-        self._tw_timer: asyncio.TimerHandle | None = self._loop.call_later(
-            server.runtime.settings.limits.header_timeout, self._tw_head_deadline
-        )
+        self._tw_timeout = server.runtime.settings.limits.header_timeout
+        self._tw_deadline = self._loop.time() + self._tw_timeout
+        self._tw_head_begun = False  # a byte of the awaited head has arrived
+        self._tw_timer: asyncio.TimerHandle | None = self._loop.call_at(self._tw_deadline, self._tw_head_deadline)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._tw_head_begun and not self._request_in_progress:
+            # the first byte of the next head: it has header_timeout from now
+            self._tw_head_begun = True
+            self._tw_deadline = self._loop.time() + self._tw_timeout
+        super().data_received(data)
+
+    async def _handle_request(self, *args: Any, **kwargs: Any) -> tuple[web.StreamResponse, bool]:
+        try:
+            return await super()._handle_request(*args, **kwargs)
+        finally:
+            # the response is done: the next head has header_timeout from now
+            self._tw_head_begun = False
+            self._tw_deadline = self._loop.time() + self._tw_timeout
 
     def _tw_head_deadline(self) -> None:
         self._tw_timer = None
-        if self._request_count == 0 and self.transport is not None:
+        if self.transport is None:
+            return
+        now = self._loop.time()
+        if now < self._tw_deadline:  # moved on meanwhile
+            self._tw_timer = self._loop.call_at(self._tw_deadline, self._tw_head_deadline)
+            return
+        if self._request_in_progress:  # a request is being handled: look again later
+            self._tw_timer = self._loop.call_at(now + self._tw_timeout, self._tw_head_deadline)
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
             self.transport.close()  # no complete request head in time
+        else:
+            # between requests but not waiting yet (reading a refused request's leftover body)
+            self._tw_timer = self._loop.call_at(now + self._tw_timeout, self._tw_head_deadline)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         timer = getattr(self, "_tw_timer", None)

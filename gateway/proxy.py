@@ -3,7 +3,11 @@
 The upstream sees exactly the canonical path that was authorized. Hop-by-hop headers and
 any header named in `Connection` are removed first; then every inbound header of the
 identity family (`X-Tokenward-*`, whatever its case or `_`/`.` spelling) is removed and
-tokenward's own are set, so nothing a client sends can remove or forge them.
+tokenward's own are set, so nothing a client sends can remove or forge them. Other proxies'
+identity headers and restatements of the path or method (`X-Forwarded-User`,
+`X-Auth-Request-*`, `X-Original-URL`, ...) are removed from every client; their client-address
+headers (`X-Real-IP`, `CF-Connecting-IP`, ...) are kept only from `trusted_proxies`
+(`HeaderPolicy`).
 """
 
 from __future__ import annotations
@@ -39,24 +43,108 @@ HOP_BY_HOP = frozenset(
     }
 )
 IDENTITY_PREFIX = "x-tokenward-"
-# Client-supplied forwarding and origin headers, trusted only from trusted_proxies.
-FORWARDING = frozenset(
+# What a trusted proxy may state about the connection it received (kept only from
+# `trusted_proxies`; X-Forwarded-For/-Proto/-Host are always rebuilt by tokenward).
+TRUSTED_FORWARDING = frozenset(
     {
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
         "x-forwarded-port",
         "x-forwarded-prefix",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "x-forwarded-server",
         "forwarded",
         "x-real-ip",
-        "x-client-ip",
-        "x-forwarded-uri",
-        "x-forwarded-method",
-        "x-forwarded-server",
-        "x-rewrite-url",
     }
 )
-ORIGINAL_PREFIX = "x-original-"
+# Other proxies' and CDNs' statements about the client (address, location, edge), kept only
+# from `trusted_proxies`.
+PROXY_EXACT = frozenset(
+    {
+        "true-client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "client-ip",
+        "x-originating-ip",
+        "x-remote-ip",
+        "x-remote-addr",
+        "x-proxyuser-ip",
+        "fastly-client-ip",
+        "x-azure-clientip",
+        "x-azure-socketip",
+        "x-nf-client-connection-ip",
+        "x-vercel-forwarded-for",
+        "x-appengine-user-ip",
+        "x-host",
+        "x-forwarded",
+        "forwarded-for",
+    }
+)
+PROXY_PREFIXES = ("cf-", "akamai-", "x-akamai-", "fastly-", "x-envoy-", "x-vercel-", "x-appengine-")
+# Identity asserted by another authenticating proxy, and restatements of the request's path
+# or method: never forwarded, from anyone. The upstream's only identity is tokenward's own
+# X-Tokenward-*, and the only path and method are the ones that were authorized. Every
+# `X-Forwarded-*` name not in TRUSTED_FORWARDING (User, Email, Groups, Access-Token,
+# Client-Cert, Uri, Path, Method, ...) is in this class.
+NEVER_EXACT = frozenset(
+    {
+        "x-rewrite-url",
+        "x-override-url",
+        "x-http-destinationurl",
+        "x-proxy-url",
+        "x-client-cert",
+        "x-client-certificate",
+        "x-client-verify",
+        "x-client-dn",
+        "x-client-s-dn",
+        "x-client-i-dn",
+        "x-arr-clientcert",
+        "x-credential-identifier",
+        "x-anonymous-consumer",
+        "x-userinfo",
+        "x-id-token",
+        "x-access-token",
+        "x-jwt-assertion",
+        "x-proxy-user",
+        "x-auth-user",
+        "x-user",
+        "x-email",
+        "x-user-email",
+        "x-user-id",
+        "x-username",
+        "x-preferred-username",
+        "x-groups",
+        "x-ms-client-principal",
+    }
+)
+NEVER_PREFIXES = (
+    "x-forwarded-",
+    "x-original-",
+    "x-auth-request-",
+    "x-pomerium-",
+    "cf-access-",
+    "remote-",
+    "x-remote-user",
+    "x-remote-group",
+    "x-remote-email",
+    "x-remote-name",
+    "x-amzn-oidc-",
+    "x-goog-authenticated-user-",
+    "x-goog-iap-",
+    "x-ms-client-principal-",
+    "x-ms-token-",
+    "x-authentik-",
+    "x-vouch-",
+    "x-webauth-",
+    "x-ssl-client",
+    "ssl-client-",
+    "x-consumer-",
+    "x-authenticated-",
+    "x-apigateway-",
+    "x-jwt-",
+)
 _SAFE_HEADER_VALUE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%")
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 # Set by tokenward itself, whatever the client sent: framing (Content-Length is re-derived
@@ -209,29 +297,69 @@ def client_address(request: web.BaseRequest, trusted: tuple[IPNetwork, ...]) -> 
     return hops[0] if hops else peer
 
 
+_KEEP, _DROP, _TRUSTED = 0, 1, 2
+
+
+class HeaderPolicy:
+    """What happens to each inbound request header on its way upstream, by name (case-folded,
+    `_` and `.` read as `-`): kept, dropped, or kept only from a trusted proxy. Built once per
+    settings object; each name's answer is remembered (bounded)."""
+
+    def __init__(self, strip: tuple[str, ...] = (), forward_authorization: bool = False) -> None:
+        self.strip_exact = frozenset(normalize_name(name) for name in strip if not name.endswith("*"))
+        self.strip_prefixes = tuple(normalize_name(name[:-1]) for name in strip if name.endswith("*"))
+        self.forward_authorization = forward_authorization
+        self._memo: dict[str, int] = {}
+
+    def kind(self, name: str) -> int:
+        found = self._memo.get(name)
+        if found is None:
+            found = self._classify(normalize_name(name))
+            if found == _TRUSTED and ("_" in name or "." in name):
+                found = _DROP  # only the canonical spelling of a forwarding header, from anyone
+            if len(self._memo) < 4096:
+                self._memo[name] = found
+        return found
+
+    def _classify(self, norm: str) -> int:
+        if norm in HOP_BY_HOP or norm in _REPLACED or norm.startswith(IDENTITY_PREFIX):
+            return _DROP
+        if norm == "authorization":
+            return _KEEP if self.forward_authorization else _DROP
+        if norm in TRUSTED_FORWARDING:
+            return _TRUSTED
+        if norm in self.strip_exact or (self.strip_prefixes and norm.startswith(self.strip_prefixes)):
+            return _DROP
+        if norm in NEVER_EXACT or norm.startswith(NEVER_PREFIXES):
+            return _DROP
+        if norm in PROXY_EXACT or norm.startswith(PROXY_PREFIXES):
+            return _TRUSTED
+        return _KEEP
+
+    def forwards(self, name: str, trusted: bool = False) -> bool:
+        """Would a header of this name reach the upstream (from a trusted proxy or not)?"""
+        kind = self.kind(name)
+        return kind == _KEEP or (kind == _TRUSTED and trusted)
+
+
 def upstream_headers(
     request: web.BaseRequest,
     principal: Principal | None,
     request_id: str,
     trusted_proxies: tuple[IPNetwork, ...],
-    forward_authorization: bool,
+    policy: HeaderPolicy,
 ) -> list[tuple[str, str]]:
     inbound = request.headers
     dropped = connection_tokens(inbound) if "Connection" in inbound else ()
     trusted = is_trusted(request.remote, trusted_proxies)
+    kind_of = policy.kind
     out: list[tuple[str, str]] = []
     for name, value in inbound.items():
-        lower = name.lower()
-        norm = lower.replace("_", "-").replace(".", "-") if ("_" in lower or "." in lower) else lower
-        if lower in HOP_BY_HOP or norm in HOP_BY_HOP or norm in dropped:
+        kind = kind_of(name)
+        if kind == _DROP or (kind == _TRUSTED and not trusted):
             continue
-        if norm.startswith(IDENTITY_PREFIX) or lower in _REPLACED or norm in _REPLACED:
+        if dropped and normalize_name(name) in dropped:
             continue
-        if lower == "authorization" and not forward_authorization:
-            continue
-        if norm in FORWARDING or norm.startswith(ORIGINAL_PREFIX):
-            if not trusted or norm in _REPLACED:
-                continue  # untrusted, or replaced below from the trusted value
         out.append((name, value))
     client = request.remote or ""
     previous = ", ".join(inbound.getall("X-Forwarded-For")) if trusted and "X-Forwarded-For" in inbound else None
@@ -273,6 +401,15 @@ class Forwarder:
     def __init__(self, latency: Histogram | None = None) -> None:
         self.latency = latency
         self.pools: dict[tuple[str, str], Pool] = {}
+        self._policy: tuple[Settings | None, HeaderPolicy] = (None, HeaderPolicy())
+
+    def policy(self, settings: Settings) -> HeaderPolicy:
+        """The header policy of `settings` (rebuilt when a reload swaps the settings)."""
+        owner, policy = self._policy
+        if owner is not settings:
+            policy = HeaderPolicy(settings.strip_headers, settings.forward_authorization)
+            self._policy = (settings, policy)
+        return policy
 
     def pool(self, upstream: Upstream) -> Pool:
         key = (upstream.name, upstream.url)
@@ -281,13 +418,10 @@ class Forwarder:
             pool = self.pools[key] = Pool(upstream, asyncio.get_running_loop())
         return pool
 
-    @staticmethod
     def _headers(
-        request: web.BaseRequest, pool: Pool, principal: Principal | None, request_id: str, settings: Settings
+        self, request: web.BaseRequest, pool: Pool, principal: Principal | None, request_id: str, settings: Settings
     ) -> list[tuple[str, str]]:
-        headers = upstream_headers(
-            request, principal, request_id, settings.trusted_proxies, settings.forward_authorization
-        )
+        headers = upstream_headers(request, principal, request_id, settings.trusted_proxies, self.policy(settings))
         headers.insert(0, ("Host", pool.host_header))
         return headers
 

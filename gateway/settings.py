@@ -156,6 +156,9 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     allow_python_parser: bool = False
     source: str = "config"
+    # request headers never forwarded upstream, on top of tokenward's built-in list; a
+    # trailing `*` makes a prefix (normalized: lower case, `_`/`.` as `-`)
+    strip_headers: tuple[str, ...] = ()
 
     @property
     def routes(self) -> tuple[Route, ...]:
@@ -468,6 +471,7 @@ _TOP_KEYS = (
     "audit",
     "limits",
     "allow_python_parser",
+    "strip_headers",
 )
 
 
@@ -548,6 +552,8 @@ def settings_from_dict(raw: object, source: str = "config", base_dir: Path | Non
         data.get("allow_python_parser", False), "allow_python_parser", _bool, False
     )
 
+    strip_headers = _strip_headers(checker, data.get("strip_headers", []))
+
     if checker.problems:
         raise ConfigError(checker.problems, source)
     return Settings(
@@ -565,7 +571,37 @@ def settings_from_dict(raw: object, source: str = "config", base_dir: Path | Non
         limits=limits,
         allow_python_parser=allow_python_parser,
         source=source,
+        strip_headers=strip_headers,
     )
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'+.^_`|~-]+\*?\Z")
+# Set by tokenward itself on every forwarded request (inbound copies are always removed).
+_SET_BY_TOKENWARD = frozenset(
+    {"host", "content-length", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+)
+
+
+def _strip_headers(checker: _Checker, raw: object) -> tuple[str, ...]:
+    """`strip_headers: [X-Internal-User, X-Legacy-*]`: names (or prefixes, with a trailing
+    `*`) never forwarded upstream; stored normalized (lower case, `_` and `.` as `-`)."""
+    if not isinstance(raw, list):
+        checker.problem("strip_headers", "expected a list of header names like [X-Internal-User, X-Legacy-*]")
+        return ()
+    names: list[str] = []
+    for i, item in enumerate(raw):
+        loc = f"strip_headers[{i}]"
+        if not isinstance(item, str) or not _HEADER_NAME.match(item):
+            checker.problem(
+                loc, f"{item!r} is not a header name (letters, digits, '-', '_', '.'; a trailing '*' for a prefix)"
+            )
+            continue
+        norm = item.lower().replace("_", "-").replace(".", "-")
+        if norm in _SET_BY_TOKENWARD or norm.startswith("x-tokenward-"):
+            checker.problem(loc, f"{item!r} is set by tokenward itself; inbound copies are always removed")
+            continue
+        names.append(norm)
+    return tuple(names)
 
 
 def _size(value: object) -> int:

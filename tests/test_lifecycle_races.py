@@ -68,7 +68,7 @@ async def test_patches_racing_a_revoke_never_resurrect_the_token(gateway: Gatewa
         path = f"{TOKENS}/{victim['id']}"
         patches = [admin(gw, "PATCH", path, org_admin, {"description": f"edit {i}"}) for i in range(6)]
         revoke = admin(gw, "POST", f"{path}/revoke", org_admin)
-        calls = patches[: trial % 7] + [revoke] + patches[trial % 7 :]
+        calls = [*patches[: trial % 7], revoke, *patches[trial % 7 :]]
         results = await asyncio.gather(*calls)
         assert all(status == 200 for status, _, _ in results)
         _, after, _ = await admin(gw, "GET", path, org_admin)
@@ -238,3 +238,26 @@ async def test_revoke_reason_is_checked(gateway: Gateway, org_admin: str, reason
     assert status == 400 and body["field"] in ("reason", "reason"), body
     _, view, _ = await admin(gateway, "GET", f"{TOKENS}/{victim['id']}", org_admin)
     assert view["status"] == "active"
+
+
+async def test_admin_changes_are_in_the_audit_stream_when_confirmed(gateway: Gateway, org_admin: str) -> None:
+    """No write-behind for admin changes: the event is in the stream when the response arrives
+    (written in the change's own script or MULTI; in a cluster, durably right after it)."""
+    gw = gateway
+    victim = await issue(gw, org_admin)
+    path = f"{TOKENS}/{victim['id']}"
+    steps = [
+        ("PATCH", path, {"description": "d"}, "token.updated"),
+        ("POST", f"{path}/revoke", {"reason": "audit"}, "token.revoked"),
+        ("POST", f"{path}/restore", None, "token.restored"),
+        ("POST", f"{path}/rotate", None, "token.rotated"),
+        ("PUT", f"{TEAMS}/platform/permissions", {"permissions": ["read:apis", "admin:team"]},
+         "team.permissions_changed"),
+    ]
+    for method, target, body, action in steps:
+        status, _, headers = await admin(gw, method, target, org_admin, body)
+        assert status in (200, 201), (target, status)
+        events = await gw.runtime.store.read_audit(count=50)
+        mine = [e for _, e in events if e.get("request_id") == headers["X-Request-Id"]]
+        assert [e["action"] for e in mine] == [action]
+        assert mine[0]["actor_id"] and mine[0]["org"] == "acme"

@@ -9,6 +9,7 @@ permitted restore) must be zero.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -261,3 +262,28 @@ async def test_admin_changes_are_in_the_audit_stream_when_confirmed(gateway: Gat
         mine = [e for _, e in events if e.get("request_id") == headers["X-Request-Id"]]
         assert [e["action"] for e in mine] == [action]
         assert mine[0]["actor_id"] and mine[0]["org"] == "acme"
+
+
+async def test_cli_shows_who_revoked_and_why(gateway: Gateway, org_admin: str) -> None:
+    from tests.conftest import env_for_subprocess
+    from tests.test_cli import run_cli
+
+    env = env_for_subprocess()
+    env["TOKENWARD_ADMIN_URL"] = gateway.admin_url
+    env["TOKENWARD_TOKEN"] = org_admin
+    victim = await issue(gateway, org_admin, name="victim")
+    code, out, err = await run_cli(
+        "token", "revoke", victim["id"], "--team", "platform", "--reason", "key in a public gist", env=env
+    )
+    assert code == 0, err
+    code, out, err = await run_cli("token", "get", victim["id"], "--team", "platform", env=env)
+    assert code == 0, err
+    assert "revoked (org: key in a public gist)" in out
+    assert "Revoked by:  token:" in out and "(an org admin)" in out
+    assert "Reason:      key in a public gist" in out
+    code, out, _ = await run_cli("token", "list", "--team", "platform", env=env)
+    row = next(line for line in out.splitlines() if victim["id"] in line)
+    assert row.endswith("revoked (org: key in a public gist)")
+    code, out, _ = await run_cli("token", "get", victim["id"], "--team", "platform", "--json", env=env)
+    shown = json.loads(out)
+    assert (shown["revoked_by_level"], shown["revoke_reason"]) == ("org", "key in a public gist")

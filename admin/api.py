@@ -9,6 +9,7 @@ the response, announced to every gateway process, and audited with its actor.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import ipaddress
 import os
 import re
@@ -956,7 +957,11 @@ async def rotate_token(request: web.Request) -> web.Response:
     try:
         retired = await change_token(context, org, team_name, old.id, rotate)
     except BaseException:
-        await runtime.store.unindex_token(placeholder)
+        # only if the successor was not created (a failure after the commit keeps its entries;
+        # a store that can't answer leaves a dangling entry, which lists skip)
+        with contextlib.suppress(Exception):
+            if await runtime.store.get_token(parsed.key_id) is None:
+                await runtime.store.unindex_token(placeholder)
         raise
     team = await runtime.store.get_team(org, team_name)
     new_record = await runtime.store.get_token(parsed.key_id)

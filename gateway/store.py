@@ -592,7 +592,8 @@ class Store:
         return [i.decode() for i in ids]
 
     async def put_token(self, token: TokenRecord) -> None:
-        """Replace an existing token record (revoke, restore) and announce it."""
+        """Replace a token record blindly and announce it (tests and tools). The admin API's
+        lifecycle transitions use `change_token`, which never writes back a stale record."""
         key = Keys.token(token.id)
         await self._write(key, ("HSET", key, "data", orjson.dumps(token.to_json())), ("HINCRBY", key, "v", 1))
         await self.publish([Change("token", token.id)])

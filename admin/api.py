@@ -344,7 +344,9 @@ async def create_team(request: web.Request) -> web.Response:
         )
     team = TeamRecord(org, body["name"], permissions, time.time(), actor(principal))
     runtime = ctx(request).runtime
-    entry = ctx(request).entry("team.created", org=org, team=team.name, permissions=format_scopes(permissions))
+    entry = ctx(request).entry(
+        "team.created", org=org, team=team.name, permissions=format_scopes(permissions)
+    )
     try:
         await runtime.store.create_team(team, entry)
     except Conflict as exc:
@@ -565,7 +567,10 @@ async def create_token(request: web.Request) -> web.Response:
     def created_event(record: TokenRecord) -> AuditEntry:
         entries.append(
             ctx(request).token_entry(
-                "token.created", record, scopes=format_scopes(record.scopes), expires_at=iso(record.expires_at)
+                "token.created",
+                record,
+                scopes=format_scopes(record.scopes),
+                expires_at=iso(record.expires_at),
             )
         )
         return entries[-1]
@@ -703,7 +708,9 @@ async def update_token(request: web.Request) -> web.Response:
     def rename(record: TokenRecord) -> TokenEdit:
         # decided on the record as it is now: a revocation that landed first stays
         updated = replace(
-            record, name=data.get("name", record.name), description=data.get("description", record.description)
+            record,
+            name=data.get("name", record.name),
+            description=data.get("description", record.description),
         )
         return TokenEdit(updated, context.token_entry("token.updated", updated))
 
@@ -749,10 +756,13 @@ def _revoke_reason(request_body: dict[str, Any]) -> str | None:
     reason = request_body.get("reason")
     if reason is None:
         return None
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON or not reason.isprintable():
-        raise ApiError(
-            400, "invalid_request", f"reason: 1 to {MAX_REASON} printable characters", "reason"
-        )
+    if (
+        not isinstance(reason, str)
+        or not reason.strip()
+        or len(reason) > MAX_REASON
+        or not reason.isprintable()
+    ):
+        raise ApiError(400, "invalid_request", f"reason: 1 to {MAX_REASON} printable characters", "reason")
     if reason == "rotated":
         raise ApiError(400, "invalid_request", "reason: 'rotated' is recorded by rotation only", "reason")
     return reason
@@ -764,7 +774,7 @@ MAX_REASON = 200
 @endpoint(
     "POST",
     "/v1/orgs/{org}/teams/{team}/tokens/{id}/revoke",
-    "Revoke a token; its next request fails with 401. Optional body {\"reason\": \"...\"}; the "
+    'Revoke a token; its next request fails with 401. Optional body {"reason": "..."}; the '
     "revocation records who made it and at which level (org or team admin)",
     schema.TOKEN_REVOKE,
     {200: schema.TOKEN, 404: schema.ERROR},
@@ -949,10 +959,14 @@ async def rotate_token(request: web.Request) -> web.Response:
             replaces=current.id,
         )
         retired = replace(current.revoked(issued + grace, by, "rotated", level), replaced_by=new.id)
-        entry = context.token_entry("token.rotated", new, replaces=current.id, old_revoked_at=iso(retired.revoked_at))
+        entry = context.token_entry(
+            "token.rotated", new, replaces=current.id, old_revoked_at=iso(retired.revoked_at)
+        )
         return TokenEdit(retired, entry, successor=new)
 
-    placeholder = replace(old, id=parsed.key_id, created_at=issued)  # the successor's index entries: org and team
+    placeholder = replace(
+        old, id=parsed.key_id, created_at=issued
+    )  # the successor's index entries: org and team
     await runtime.store.index_token(placeholder)
     try:
         retired = await change_token(context, org, team_name, old.id, rotate)

@@ -501,7 +501,9 @@ class Store:
         await self.ensure_org(team.org)
         key = Keys.team(team.org, team.name)
         _, created = await self._write_audited(
-            key, [("SADD", Keys.teams(team.org), team.name), ("SET", key, orjson.dumps(team.to_json()), "NX")], audit
+            key,
+            [("SADD", Keys.teams(team.org), team.name), ("SET", key, orjson.dumps(team.to_json()), "NX")],
+            audit,
         )
         if created is None:
             raise Conflict(f"team {team.name!r} already exists in org {team.org!r}")
@@ -527,7 +529,10 @@ class Store:
         key = Keys.service_account(sa.org, sa.team, sa.name)
         _, created = await self._write_audited(
             key,
-            [("SADD", Keys.service_accounts(sa.org, sa.team), sa.name), ("SET", key, orjson.dumps(sa.to_json()), "NX")],
+            [
+                ("SADD", Keys.service_accounts(sa.org, sa.team), sa.name),
+                ("SET", key, orjson.dumps(sa.to_json()), "NX"),
+            ],
             audit,
         )
         if created is None:
@@ -551,7 +556,9 @@ class Store:
         self, org: str, team: str, name: str, audit: AuditEntry | None = None
     ) -> None:
         key = Keys.service_account(org, team, name)
-        await self._write_audited(key, [("DEL", key), ("SREM", Keys.service_accounts(org, team), name)], audit)
+        await self._write_audited(
+            key, [("DEL", key), ("SREM", Keys.service_accounts(org, team), name)], audit
+        )
 
     # -- tokens ---------------------------------------------------------------------------
     async def create_token(self, token: TokenRecord, audit: AuditEntry | None = None) -> None:
@@ -564,7 +571,9 @@ class Store:
             ("ZADD", index, token.created_at, token.id),
         )
         key = Keys.token(token.id)
-        (created,) = await self._write_audited(key, [("HSETNX", key, "data", orjson.dumps(token.to_json()))], audit)
+        (created,) = await self._write_audited(
+            key, [("HSETNX", key, "data", orjson.dumps(token.to_json()))], audit
+        )
         if not created:
             raise Conflict("token id collision")
 
@@ -726,7 +735,9 @@ class Store:
             index, ("ZREM", Keys.team_tokens(token.org, token.team), token.id), ("ZREM", index, token.id)
         )
 
-    async def _write_audited(self, key: str, commands: Sequence[tuple[Any, ...]], audit: AuditEntry | None) -> list[Any]:
+    async def _write_audited(
+        self, key: str, commands: Sequence[tuple[Any, ...]], audit: AuditEntry | None
+    ) -> list[Any]:
         """`commands` (on `key`'s slot) in one MULTI with `audit`'s stream append (not in a
         cluster: there the append follows, durably, before returning). Their replies."""
         stream: list[tuple[Any, ...]] = []

@@ -29,14 +29,21 @@ async def test_no_confirmed_admin_change_is_missing_from_the_audit_stream_after_
 ) -> None:
     store_server = EmbeddedServer(tmp_path / "store", port=free_port())
     store_server.start()
-    server = Server(settings_from_dict(copy.deepcopy(config), "test"), redis_url=store_server.url, shutdown_timeout=1.0)
+    server = Server(
+        settings_from_dict(copy.deepcopy(config), "test"), redis_url=store_server.url, shutdown_timeout=1.0
+    )
     runtime = await server.start()
     assert runtime.store.waitaof_supported
     base = f"http://127.0.0.1:{server.admin_port}"
     confirmed: Counter[tuple[str, str]] = Counter()  # (request id, action) -> events expected
     try:
         org_admin, _ = await issue_token(
-            runtime, org="acme", team=None, name="org-admin", scopes=parse_scopes(["admin:org"]), created_by="t"
+            runtime,
+            org="acme",
+            team=None,
+            name="org-admin",
+            scopes=parse_scopes(["admin:org"]),
+            created_by="t",
         )
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {org_admin}"}) as http:
 
@@ -52,14 +59,27 @@ async def test_no_confirmed_admin_change_is_missing_from_the_audit_stream_after_
                 team = f"t{round_}"
                 tokens = f"{teams}/{team}/tokens"
                 await call("POST", teams, "team.created", {"name": team, "permissions": ["read:apis"]})
-                await call("PUT", f"{teams}/{team}/permissions", "team.permissions_changed", {"permissions": ["read:apis", "write:specs"]})
-                await call("POST", f"{teams}/{team}/service-accounts", "service_account.created", {"name": "ci"})
+                await call(
+                    "PUT",
+                    f"{teams}/{team}/permissions",
+                    "team.permissions_changed",
+                    {"permissions": ["read:apis", "write:specs"]},
+                )
+                await call(
+                    "POST", f"{teams}/{team}/service-accounts", "service_account.created", {"name": "ci"}
+                )
                 created = await asyncio.gather(
-                    *(call("POST", tokens, "token.created", {"name": f"n{i}", "scopes": ["read:apis"]}) for i in range(12))
+                    *(
+                        call("POST", tokens, "token.created", {"name": f"n{i}", "scopes": ["read:apis"]})
+                        for i in range(12)
+                    )
                 )
                 ids = [c["id"] for c in created]
                 await asyncio.gather(
-                    *(call("PATCH", f"{tokens}/{kid}", "token.updated", {"description": "d"}) for kid in ids[:3]),
+                    *(
+                        call("PATCH", f"{tokens}/{kid}", "token.updated", {"description": "d"})
+                        for kid in ids[:3]
+                    ),
                     *(call("POST", f"{tokens}/{kid}/revoke", "token.revoked") for kid in ids[3:9]),
                     *(call("POST", f"{tokens}/{kid}/rotate", "token.rotated") for kid in ids[9:11]),
                     call("POST", "/v1/leaks", "token.leaked", {"tokens": [created[11]["token"]]}),

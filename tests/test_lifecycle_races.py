@@ -73,7 +73,9 @@ async def test_patches_racing_a_revoke_never_resurrect_the_token(gateway: Gatewa
         results = await asyncio.gather(*calls)
         assert all(status == 200 for status, _, _ in results)
         _, after, _ = await admin(gw, "GET", path, org_admin)
-        resurrected += after["status"] != "revoked" or await status_through_gateway(gw, victim["token"]) != 401
+        resurrected += (
+            after["status"] != "revoked" or await status_through_gateway(gw, victim["token"]) != 401
+        )
     assert resurrected == 0
 
 
@@ -109,7 +111,9 @@ async def test_concurrent_writes_never_undo_a_revocation(gateway: Gateway, org_a
         assert all(s in (201, 409) for s, _, _ in rotates), rotates
 
         _, after, _ = await admin(gw, "GET", path, org_admin)
-        resurrected += after["status"] != "revoked" or await status_through_gateway(gw, victim["token"]) != 401
+        resurrected += (
+            after["status"] != "revoked" or await status_through_gateway(gw, victim["token"]) != 401
+        )
         active_successors = await successors(gw, org_admin, kid)
         double_successors += len(won) > 1 or len(active_successors) > 1
         if revoked["replaced_by"] is None:  # the revoke came first: every rotate lost
@@ -130,7 +134,10 @@ async def test_concurrent_rotates_make_exactly_one_successor(gateway: Gateway, o
     for _ in range(20):
         old = await issue(gw, org_admin, name="victim")
         results = await asyncio.gather(
-            *(admin(gw, "POST", f"{TOKENS}/{old['id']}/rotate", org_admin, {"grace_period": "1h"}) for _ in range(6))
+            *(
+                admin(gw, "POST", f"{TOKENS}/{old['id']}/rotate", org_admin, {"grace_period": "1h"})
+                for _ in range(6)
+            )
         )
         won = [body for status, body, _ in results if status == 201]
         assert len(won) == 1 and all(s in (201, 409) for s, _, _ in results), results
@@ -252,8 +259,12 @@ async def test_admin_changes_are_in_the_audit_stream_when_confirmed(gateway: Gat
         ("POST", f"{path}/revoke", {"reason": "audit"}, "token.revoked"),
         ("POST", f"{path}/restore", None, "token.restored"),
         ("POST", f"{path}/rotate", None, "token.rotated"),
-        ("PUT", f"{TEAMS}/platform/permissions", {"permissions": ["read:apis", "admin:team"]},
-         "team.permissions_changed"),
+        (
+            "PUT",
+            f"{TEAMS}/platform/permissions",
+            {"permissions": ["read:apis", "admin:team"]},
+            "team.permissions_changed",
+        ),
     ]
     for method, target, body, action in steps:
         status, _, headers = await admin(gw, method, target, org_admin, body)

@@ -154,8 +154,9 @@ async def test_concurrent_rotates_make_exactly_one_successor(gateway: Gateway, o
 async def test_concurrent_restores_and_revokes_end_in_a_state_someone_confirmed(
     gateway: Gateway, org_admin: str
 ) -> None:
-    """Org admins revoking and restoring at once: the final state is the one the last
-    transition to commit confirmed, and never a write-back of a record nobody confirmed."""
+    """Org admins revoking and restoring at once: each restore undoes exactly one revocation
+    (the committed transitions, in the audit stream, alternate), and the final state is the
+    one the last committed transition confirmed."""
     gw = gateway
     for _ in range(20):
         victim = await issue(gw, org_admin, name="victim")
@@ -165,12 +166,21 @@ async def test_concurrent_restores_and_revokes_end_in_a_state_someone_confirmed(
         calls += [admin(gw, "POST", f"{path}/revoke", org_admin) for _ in range(3)]
         calls += [admin(gw, "PATCH", path, org_admin, {"description": "x"}) for _ in range(3)]
         results = await asyncio.gather(*calls)
-        assert sum(s == 200 for s, _, _ in results[:3]) <= 1  # one restore of one revocation
+        assert all(status in (200, 409) for status, _, _ in results)
+        events = await gw.runtime.store.read_audit(count=500)
+        committed = [
+            e["action"]
+            for _, e in reversed(events)
+            if e.get("token_id") == victim["id"] and e["action"] in ("token.revoked", "token.restored")
+        ]
+        assert committed == ["token.revoked", "token.restored"] * (len(committed) // 2) + (
+            ["token.revoked"] if len(committed) % 2 else []
+        ), committed
+        assert sum(status == 200 for status, _, _ in results[:3]) == committed.count("token.restored")
         _, after, _ = await admin(gw, "GET", path, org_admin)
+        assert after["status"] == ("revoked" if committed[-1] == "token.revoked" else "active")
         expected = 200 if after["status"] == "active" else 401
         assert await status_through_gateway(gw, victim["token"]) == expected
-        if after["status"] == "active":  # a restore won last: a later revoke saw it active
-            assert any(s == 200 for s, _, _ in results[:3])
 
 
 # -- who may undo a revocation ------------------------------------------------------------
@@ -298,3 +308,29 @@ async def test_cli_shows_who_revoked_and_why(gateway: Gateway, org_admin: str) -
     code, out, _ = await run_cli("token", "get", victim["id"], "--team", "platform", "--json", env=env)
     shown = json.loads(out)
     assert (shown["revoked_by_level"], shown["revoke_reason"]) == ("org", "key in a public gist")
+
+
+async def test_writes_through_another_process_never_undo_a_revocation(
+    gateway: Gateway, org_admin: str, start_gateway: Any, config: dict[str, Any]
+) -> None:
+    """The same race across two tokenward processes on one store (as with `--workers N` or
+    several replicas): the compare-and-set is in the store, not in a process."""
+    other = await start_gateway(config)
+    resurrected = 0
+    for trial in range(30):
+        victim = await issue(gateway, org_admin, name="victim")
+        path = f"{TOKENS}/{victim['id']}"
+        patches = [admin(other, "PATCH", path, org_admin, {"description": f"{i}"}) for i in range(4)]
+        rotates = [admin(other, "POST", f"{path}/rotate", org_admin) for _ in range(2)]
+        revoke = admin(gateway, "POST", f"{path}/revoke", org_admin)
+        calls = [*patches[: trial % 5], revoke, *patches[trial % 5 :], *rotates]
+        results = await asyncio.gather(*calls)
+        revoked = results[trial % 5][1]
+        assert revoked["status"] == "revoked"
+        _, after, _ = await admin(other, "GET", path, org_admin)
+        resurrected += after["status"] != "revoked"
+        for gw in (gateway, other):
+            resurrected += await status_through_gateway(gw, victim["token"]) != 401
+        won = [body for status, body, _ in results[-2:] if status == 201]
+        assert len(won) <= 1 and (revoked["replaced_by"] is None) == (not won)
+    assert resurrected == 0

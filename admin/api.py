@@ -9,7 +9,10 @@ the response, announced to every gateway process, and audited with its actor.
 
 from __future__ import annotations
 
+import binascii
+import contextlib
 import ipaddress
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +29,18 @@ from gateway.app import REALM, RUNTIME, Runtime, error_response, request_id_for
 from gateway.audit import redact
 from gateway.decision import Denied, Principal, bearer_token
 from gateway.durations import format_duration, parse_duration
-from gateway.records import ACTIVE, EXPIRED, REVOKED, ServiceAccountRecord, TeamRecord, TokenRecord
+from gateway.records import (
+    ACTIVE,
+    EXPIRED,
+    FINAL_REASONS,
+    LEVEL_ORG,
+    LEVEL_TEAM,
+    REVOKED,
+    ServiceAccountRecord,
+    TeamRecord,
+    TokenRecord,
+    revoker_rank,
+)
 from gateway.scopes import (
     ADMIN_ORG,
     ADMIN_TEAM,
@@ -39,8 +53,8 @@ from gateway.scopes import (
     parse_scope,
     parse_scopes,
 )
-from gateway.store import Conflict, StoreUnavailable
-from gateway.tokens import KEY_ID_RE, TokenFormatError, generate, secret_check
+from gateway.store import AuditEntry, Conflict, Keys, StoreUnavailable, TokenEdit
+from gateway.tokens import BASE62, KEY_ID_LEN, KEY_ID_RE, TokenFormatError, checksum, generate, secret_check
 from gateway.tokens import parse as parse_token
 
 log = structlog.get_logger("tokenward.admin")
@@ -346,6 +360,44 @@ class AdminContext:
             **fields,
         )
 
+    # An admin change's audit event is written by the store in the same atomic, durable
+    # write as the change (`entry`), then logged here once the change is committed.
+    def entry(self, action: str, **fields: Any) -> AuditEntry:
+        assert self.principal is not None
+        token = self.principal.token
+        event = {
+            "actor_id": token.id,
+            "actor_name": token.name,
+            "actor_org": token.org,
+            "actor_team": token.team,
+            "client_ip": self.request.remote,
+            "request_id": self.request_id,
+            **fields,
+            "action": action,
+            "ts": time.time(),
+        }
+        return AuditEntry(orjson.dumps(event), self.runtime.audit.stream_maxlen)
+
+    def token_entry(self, action: str, record: TokenRecord, **fields: Any) -> AuditEntry:
+        return self.entry(
+            action,
+            org=record.org,
+            team=record.team,
+            token_id=record.id,
+            token_name=record.name,
+            service_account=record.service_account,
+            **fields,
+        )
+
+    def committed(self, entry: AuditEntry | None) -> None:
+        """Log (JSON line) an event the store has written to the audit stream with its change."""
+        if entry is None:
+            return
+        fields = orjson.loads(entry.payload)
+        action = fields.pop("action")
+        fields.pop("ts", None)
+        self.runtime.audit.emit(action, in_stream=True, **fields)
+
 
 CONTEXT = web.RequestKey("admin_context", AdminContext)
 
@@ -409,6 +461,9 @@ def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | N
         "status": token.status(),
         "revoked_at": iso(token.revoked_at),
         "revoked_by": token.revoked_by,
+        "revoked_by_level": token.revoked_level if token.revoked_at is not None else None,
+        "revoke_reason": token.revoke_reason,
+        "replaced_by": token.replaced_by,
     }
 
 
@@ -429,11 +484,14 @@ async def create_team(request: web.Request) -> web.Response:
     refuse_org_powers(permissions, "permissions")
     team = TeamRecord(org, body["name"], permissions, time.time(), actor(principal))
     runtime = ctx(request).runtime
+    entry = ctx(request).entry(
+        "team.created", org=org, team=team.name, permissions=format_scopes(permissions)
+    )
     try:
-        await runtime.store.create_team(team)
+        await runtime.store.create_team(team, entry)
     except Conflict as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    ctx(request).audit("team.created", org=org, team=team.name, permissions=format_scopes(permissions))
+    ctx(request).committed(entry)
     return json_response(team_view(team), 201)
 
 
@@ -485,14 +543,15 @@ async def set_team_permissions(request: web.Request) -> web.Response:
     runtime = ctx(request).runtime
     team = await _team_or_404(runtime, org, team_name)
     updated = replace(team, permissions=permissions)
-    await runtime.store.put_team(updated)
-    ctx(request).audit(
+    entry = ctx(request).entry(
         "team.permissions_changed",
         org=org,
         team=team_name,
         before=format_scopes(team.permissions),
         after=format_scopes(permissions),
     )
+    await runtime.store.put_team(updated, entry)
+    ctx(request).committed(entry)
     return json_response(team_view(updated))
 
 
@@ -573,8 +632,10 @@ async def issue_token(
     constraints: dict[str, str] | None = None,
     allowed_cidrs: tuple[str, ...] = (),
     replaces: str | None = None,
+    audit: Callable[[TokenRecord], AuditEntry] | None = None,
 ) -> tuple[str, TokenRecord]:
-    """Mint a token: hash off the event loop, store durably, return the plaintext once."""
+    """Mint a token: hash off the event loop, store durably (with `audit(record)`'s event in
+    the same write), return the plaintext once."""
     plaintext, parsed = generate(runtime.settings.tokens.prefix)
     record = TokenRecord(
         id=parsed.key_id,
@@ -594,7 +655,7 @@ async def issue_token(
         allowed_cidrs=allowed_cidrs,
         replaces=replaces,
     )
-    await runtime.store.create_token(record)
+    await runtime.store.create_token(record, audit(record) if audit else None)
     return plaintext, record
 
 
@@ -644,6 +705,19 @@ async def create_token(request: web.Request) -> web.Response:
         allowed_cidrs=allowed_cidrs,
         expires_at=expires_at,
     )
+    entries: list[AuditEntry] = []
+
+    def created_event(record: TokenRecord) -> AuditEntry:
+        entries.append(
+            ctx(request).token_entry(
+                "token.created",
+                record,
+                scopes=format_scopes(record.scopes),
+                expires_at=iso(record.expires_at),
+            )
+        )
+        return entries[-1]
+
     plaintext, record = await issue_token(
         runtime,
         org=org,
@@ -656,9 +730,10 @@ async def create_token(request: web.Request) -> web.Response:
         service_account=service_account,
         constraints=constraints,
         allowed_cidrs=allowed_cidrs,
+        audit=created_event,
     )
     view = token_view(record, team, None)
-    ctx(request).token_event("token.created", record, scopes=view["scopes"], expires_at=view["expires_at"])
+    ctx(request).committed(entries[-1])
     return json_response({**view, "token": plaintext}, 201, **{"Cache-Control": "no-store"})
 
 
@@ -781,58 +856,157 @@ async def update_token(request: web.Request) -> web.Response:
     if not data:
         raise ApiError(400, "invalid_request", "nothing to change: give name and/or description", "body")
     runtime = context.runtime
-    record = await _token_or_404(runtime, org, team, _match(request, "id"))
-    record = replace(
-        record, name=data.get("name", record.name), description=data.get("description", record.description)
-    )
-    await runtime.store.put_token(record)
-    context.token_event("token.updated", record)
+
+    def rename(record: TokenRecord) -> TokenEdit:
+        # decided on the record as it is now: a revocation that landed first stays
+        updated = replace(
+            record,
+            name=data.get("name", record.name),
+            description=data.get("description", record.description),
+        )
+        return TokenEdit(updated, context.token_entry("token.updated", updated))
+
+    record = await change_token(context, org, team, _match(request, "id"), rename)
     return await token_response(runtime, record)
+
+
+# -- lifecycle transitions: each one decided and written atomically (Store.change_token) ---------
+def actor_level(principal: Principal) -> str:
+    """The privilege a revocation records and a restore is measured by: "org" for an org-level
+    token holding admin:org, "team" for any token of a team, whatever its scopes."""
+    if principal.token.team is None and principal.can(parse_scope(ADMIN_ORG)):
+        return LEVEL_ORG
+    return LEVEL_TEAM
+
+
+async def change_token(
+    context: AdminContext,
+    org: str,
+    team: str | None,
+    key_id: str,
+    decide: Callable[[TokenRecord], TokenEdit | None],
+) -> TokenRecord:
+    """Run one transition on a token of `team` (404 otherwise); log its audit event once
+    committed. The token as it is afterwards."""
+
+    def in_team(record: TokenRecord) -> TokenEdit | None:
+        if record.org != org or record.team != team:
+            raise ApiError(404, "not_found", f"token {key_id!r} does not exist in team {team!r}")
+        return decide(record)
+
+    result = await context.runtime.store.change_token(key_id, in_team) if KEY_ID_RE.match(key_id) else None
+    if result is None:
+        raise ApiError(404, "not_found", f"token {key_id!r} does not exist in team {team!r}")
+    before, edit = result
+    if edit is None:
+        return before
+    context.committed(edit.audit)
+    return edit.record or before
+
+
+def _revoke_reason(request_body: dict[str, Any]) -> str | None:
+    reason = request_body.get("reason")
+    if reason is None:
+        return None
+    if (
+        not isinstance(reason, str)
+        or not reason.strip()
+        or len(reason) > MAX_REASON
+        or not reason.isprintable()
+    ):
+        raise ApiError(400, "invalid_request", f"reason: 1 to {MAX_REASON} printable characters", "reason")
+    if reason == "rotated":
+        raise ApiError(400, "invalid_request", "reason: 'rotated' is recorded by rotation only", "reason")
+    return reason
+
+
+MAX_REASON = 200
 
 
 @endpoint(
     "POST",
     "/v1/orgs/{org}/teams/{team}/tokens/{id}/revoke",
-    "Revoke a token; its next request fails with 401",
-    None,
+    'Revoke a token; its next request fails with 401. Optional body {"reason": "..."}; the '
+    "revocation records who made it and at which level (org or team admin)",
+    schema.TOKEN_REVOKE,
     {200: schema.TOKEN, 404: schema.ERROR},
 )
 async def revoke_token(request: web.Request) -> web.Response:
     context, org, team = await team_request(request)
     runtime = context.runtime
-    record = await _token_or_404(runtime, org, team, _match(request, "id"))
-    if record.status() != REVOKED:  # also ends a rotation grace period at once
-        record = record.revoked(time.time(), actor(context.principal_required), record.revoke_reason)
-        await runtime.store.put_token(record)
-        context.token_event("token.revoked", record)
+    raw = await request.read()
+    reason = _revoke_reason(await read_body(request, schema.TOKEN_REVOKE) if raw.strip() else {})
+    principal = context.principal_required
+    level, by = actor_level(principal), actor(principal)
+
+    def revoke(record: TokenRecord) -> TokenEdit | None:
+        now = time.time()
+        if record.status(now) == REVOKED:
+            if revoker_rank(level) <= revoker_rank(record.revoked_level):
+                return None  # already revoked by someone at least as privileged: nothing to do
+            # an org admin takes a team admin's revocation over: only an org admin undoes it now
+            updated = replace(
+                record,
+                revoked_by=by,
+                revoked_level=level,
+                revoke_reason=record.revoke_reason if record.revoke_reason in FINAL_REASONS else reason,
+            )
+        else:  # also ends a rotation grace period at once (the reason stays "rotated")
+            updated = record.revoked(now, by, record.revoke_reason or reason, level)
+        return TokenEdit(updated, context.token_entry("token.revoked", updated, reason=updated.revoke_reason))
+
+    record = await change_token(context, org, team, _match(request, "id"), revoke)
     return await token_response(runtime, record)
 
 
 @endpoint(
     "POST",
     "/v1/orgs/{org}/teams/{team}/tokens/{id}/restore",
-    "Restore a revoked token that has not expired",
+    "Restore a revoked token that has not expired; only an admin at least as privileged as the "
+    "revoker may (a team admin cannot undo an org admin's revocation); leaked and rotated tokens "
+    "never come back (409)",
     None,
-    {200: schema.TOKEN, 404: schema.ERROR, 409: schema.ERROR},
+    {200: schema.TOKEN, 403: schema.ERROR, 404: schema.ERROR, 409: schema.ERROR},
 )
 async def restore_token(request: web.Request) -> web.Response:
     context, org, team = await team_request(request)
     runtime = context.runtime
-    record = await _token_or_404(runtime, org, team, _match(request, "id"))
-    now = time.time()
-    if record.expires_at is not None and record.expires_at <= now:
-        raise ApiError(409, "conflict", "token has expired and cannot be restored; issue a new token")
-    if record.status(now) != REVOKED:
-        raise ApiError(409, "conflict", "token is not revoked")
-    if record.revoke_reason == "leaked":
-        raise ApiError(409, "conflict", "token was reported leaked and cannot be restored; issue a new token")
-    if record.replaced_by is not None:
-        raise ApiError(
-            409, "conflict", f"token was rotated (replaced by {record.replaced_by}) and cannot be restored"
+    level = actor_level(context.principal_required)
+
+    def restore(record: TokenRecord) -> TokenEdit:
+        now = time.time()
+        if record.expires_at is not None and record.expires_at <= now:
+            raise ApiError(409, "conflict", "token has expired and cannot be restored; issue a new token")
+        if record.revoke_reason == "leaked":
+            raise ApiError(
+                409, "conflict", "token was reported leaked and can never be restored; issue a new token"
+            )
+        if record.replaced_by is not None or record.revoke_reason == "rotated":
+            raise ApiError(
+                409,
+                "conflict",
+                f"token was rotated (replaced by {record.replaced_by}) and can never be restored",
+            )
+        if record.status(now) != REVOKED:
+            raise ApiError(409, "conflict", "token is not revoked")
+        if revoker_rank(level) < revoker_rank(record.revoked_level):
+            raise Denied(
+                403,
+                "insufficient_scope",
+                "scope",
+                f"token was revoked by an org admin ({record.revoked_by}); only an org admin "
+                f"can restore it: token lacks required permission: {ADMIN_ORG}",
+                ADMIN_ORG,
+            )
+        restored = record.restored()
+        return TokenEdit(
+            restored,
+            context.token_entry(
+                "token.restored", restored, was_revoked_by=record.revoked_by, was_reason=record.revoke_reason
+            ),
         )
-    record = record.restored()
-    await runtime.store.put_token(record)
-    context.token_event("token.restored", record)
+
+    record = await change_token(context, org, team, _match(request, "id"), restore)
     return await token_response(runtime, record)
 
 
@@ -846,19 +1020,47 @@ async def restore_token(request: web.Request) -> web.Response:
 async def delete_token(request: web.Request) -> web.Response:
     context, org, team = await team_request(request)
     runtime = context.runtime
-    record = await _token_or_404(runtime, org, team, _match(request, "id"))
-    if record.status() == ACTIVE:
-        raise ApiError(409, "conflict", "token is active; revoke it first, then delete it")
-    await runtime.store.delete_token(record)
-    context.token_event("token.deleted", record)
+
+    def delete(record: TokenRecord) -> TokenEdit:
+        if record.status() == ACTIVE:
+            raise ApiError(409, "conflict", "token is active; revoke it first, then delete it")
+        return TokenEdit(None, context.token_entry("token.deleted", record))
+
+    record = await change_token(context, org, team, _match(request, "id"), delete)
+    await runtime.store.unindex_token(record)  # the record first, then the index entries
     return web.Response(status=204, headers={"X-Request-Id": context.request_id})
+
+
+def _key_id_in_slot_of(key_id: str) -> str:
+    """A fresh random key id whose record is in the same cluster slot as `key_id`'s, so that a
+    rotation creates the successor and retires the old token in one script (~16k draws of a
+    public id; only in a cluster)."""
+
+    def slot(kid: str) -> int:
+        return binascii.crc_hqx(kid.encode(), 0) % 16384  # the record key's hash tag is the id
+
+    assert Keys.token(key_id).endswith("{" + key_id + "}")
+    target = slot(key_id)
+    space = len(BASE62) ** KEY_ID_LEN
+    while True:
+        pool = os.urandom(10 * 1024)
+        for start in range(0, len(pool), 10):
+            number = int.from_bytes(pool[start : start + 10], "big") % space
+            digits = []
+            for _ in range(KEY_ID_LEN):
+                number, rem = divmod(number, 62)
+                digits.append(BASE62[rem])
+            kid = "".join(digits)
+            if slot(kid) == target:
+                return kid
 
 
 @endpoint(
     "POST",
     "/v1/orgs/{org}/teams/{team}/tokens/{id}/rotate",
     "Issue a replacement with the same name, description, scopes, constraints, CIDRs and service "
-    "account; the old token is revoked now, or after grace_period",
+    "account; the old token is revoked now, or after grace_period. Atomic: the replacement exists "
+    "only if the old token was active and not already rotated when it was retired",
     schema.TOKEN_ROTATE,
     {201: schema.TOKEN_ROTATED, 404: schema.ERROR, 409: schema.ERROR},
 )
@@ -868,14 +1070,7 @@ async def rotate_token(request: web.Request) -> web.Response:
     raw = await request.read()
     body = await read_body(request, schema.TOKEN_ROTATE) if raw.strip() else {}
     old = await _token_or_404(runtime, org, team_name, _match(request, "id"))
-    if old.replaced_by is not None or old.revoked_at is not None:
-        raise ApiError(
-            409,
-            "conflict",
-            f"token was already rotated (replaced by {old.replaced_by}); rotate the replacement instead",
-        )
-    if old.status() != ACTIVE:
-        raise ApiError(409, "conflict", f"token is {old.status()}; only an active token can be rotated")
+    _check_rotatable(old)  # early, before hashing a secret for nothing; decided again below
     grace = 0.0
     if "grace_period" in body:
         grace = _duration(body["grace_period"], "grace_period")
@@ -885,6 +1080,7 @@ async def rotate_token(request: web.Request) -> web.Response:
             )
     issued = time.time()
     expiry_body: dict[str, Any] = {k: body[k] for k in ("expires_in", "expires_at") if k in body}
+    expires_at = _expiry(runtime, expiry_body, issued)
     principal = context.principal_required
     expires_at = grant_expiry(principal, runtime, expiry_body, issued)
     check_grant(
@@ -895,30 +1091,73 @@ async def rotate_token(request: web.Request) -> web.Response:
         allowed_cidrs=old.allowed_cidrs,
         expires_at=expires_at,
     )
-    plaintext, new = await issue_token(
-        runtime,
-        org=org,
-        team=team_name,
-        name=old.name,
-        description=old.description,
-        scopes=old.scopes,
-        created_by=actor(principal),
-        expires_at=expires_at,
-        service_account=old.service_account,
-        constraints=dict(old.constraints),
-        allowed_cidrs=old.allowed_cidrs,
-        replaces=old.id,
-    )
-    retired = replace(old.revoked(issued + grace, actor(principal), "rotated"), replaced_by=new.id)
-    await runtime.store.put_token(retired)
-    context.token_event("token.rotated", new, replaces=old.id, old_revoked_at=iso(retired.revoked_at))
+    by, level = actor(principal), actor_level(principal)
+    plaintext, parsed = generate(runtime.settings.tokens.prefix)
+    if runtime.store.cluster:
+        head = f"{parsed.prefix}_{_key_id_in_slot_of(old.id)}{parsed.secret}"
+        plaintext = head + checksum(head)
+        parsed = parse_token(plaintext, frozenset({parsed.prefix}))
+    secret_hash = await runtime.hasher.hash(parsed.secret)
+
+    def rotate(current: TokenRecord) -> TokenEdit:
+        _check_rotatable(current)
+        new = TokenRecord(
+            id=parsed.key_id,
+            prefix=parsed.prefix,
+            org=org,
+            team=team_name,
+            name=current.name,
+            description=current.description,
+            scopes=current.scopes,
+            secret_hash=secret_hash,
+            secret_check=secret_check(parsed.key_id, parsed.secret),
+            created_at=issued,
+            created_by=by,
+            expires_at=expires_at,
+            service_account=current.service_account,
+            constraints=dict(current.constraints),
+            allowed_cidrs=current.allowed_cidrs,
+            replaces=current.id,
+        )
+        retired = replace(current.revoked(issued + grace, by, "rotated", level), replaced_by=new.id)
+        entry = context.token_entry(
+            "token.rotated", new, replaces=current.id, old_revoked_at=iso(retired.revoked_at)
+        )
+        return TokenEdit(retired, entry, successor=new)
+
+    placeholder = replace(
+        old, id=parsed.key_id, created_at=issued
+    )  # the successor's index entries: org and team
+    await runtime.store.index_token(placeholder)
+    try:
+        retired = await change_token(context, org, team_name, old.id, rotate)
+    except BaseException:
+        # only if the successor was not created (a failure after the commit keeps its entries;
+        # a store that can't answer leaves a dangling entry, which lists skip)
+        with contextlib.suppress(Exception):
+            if await runtime.store.get_token(parsed.key_id) is None:
+                await runtime.store.unindex_token(placeholder)
+        raise
     team = await runtime.store.get_team(org, team_name)
-    view = token_view(new, team, None)
+    new_record = await runtime.store.get_token(parsed.key_id)
+    assert new_record is not None
+    view = token_view(new_record, team, None)
     return json_response(
         {**view, "token": plaintext, "replaces": old.id, "replaced_revoked_at": iso(retired.revoked_at)},
         201,
         **{"Cache-Control": "no-store"},
     )
+
+
+def _check_rotatable(old: TokenRecord) -> None:
+    if old.replaced_by is not None:
+        raise ApiError(
+            409,
+            "conflict",
+            f"token was already rotated (replaced by {old.replaced_by}); rotate the replacement instead",
+        )
+    if old.status() != ACTIVE:
+        raise ApiError(409, "conflict", f"token is {old.status()}; only an active token can be rotated")
 
 
 MAX_GRACE = 30 * 86400.0
@@ -962,11 +1201,12 @@ async def create_service_account(request: web.Request) -> web.Response:
     sa = ServiceAccountRecord(
         org, team, body["name"], body.get("description", ""), time.time(), actor(context.principal_required)
     )
+    entry = context.entry("service_account.created", org=org, team=team, service_account=sa.name)
     try:
-        await context.runtime.store.create_service_account(sa)
+        await context.runtime.store.create_service_account(sa, entry)
     except Conflict as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    context.audit("service_account.created", org=org, team=team, service_account=sa.name)
+    context.committed(entry)
     return json_response(sa_view(sa, 0), 201)
 
 
@@ -1007,8 +1247,9 @@ async def delete_service_account(request: web.Request) -> web.Response:
             "conflict",
             f"service account {name!r} has {active} active token(s); revoke them first",
         )
-    await runtime.store.delete_service_account(org, team, name)
-    context.audit("service_account.deleted", org=org, team=team, service_account=name)
+    entry = context.entry("service_account.deleted", org=org, team=team, service_account=name)
+    await runtime.store.delete_service_account(org, team, name, entry)
+    context.committed(entry)
     return web.Response(status=204, headers={"X-Request-Id": context.request_id})
 
 
@@ -1123,14 +1364,29 @@ async def _revoke_leaked(context: AdminContext, runtime: Runtime, text: str) -> 
     record = await runtime.store.get_token(parsed.key_id)
     if record is None or not await runtime.hasher.verify(record.secret_hash, parsed.secret):
         return {"token": parsed.display_prefix, "result": "unknown"}
-    if record.revoke_reason == "leaked":
-        return {"token": parsed.display_prefix, "result": "already_revoked"}
-    already = record.status() == REVOKED
-    revoked_at = record.revoked_at if already and record.revoked_at is not None else time.time()
-    record = record.revoked(revoked_at, actor(context.principal_required), "leaked")
-    await runtime.store.put_token(record)
-    context.token_event("token.leaked", record, was_revoked=already)
-    return {"token": parsed.display_prefix, "result": "already_revoked" if already else "revoked"}
+    principal = context.principal_required
+    by, level = actor(principal), actor_level(principal)
+    outcome = "already_revoked"
+
+    def leaked(current: TokenRecord) -> TokenEdit | None:
+        nonlocal outcome
+        if current.revoke_reason == "leaked":
+            outcome = "already_revoked"
+            return None
+        already = current.status() == REVOKED
+        outcome = "already_revoked" if already else "revoked"
+        revoked_at = current.revoked_at if already and current.revoked_at is not None else time.time()
+        # final: whoever reported it, no restore brings a leaked secret back
+        updated = current.revoked(revoked_at, by, "leaked", level)
+        return TokenEdit(updated, context.token_entry("token.leaked", updated, was_revoked=already))
+
+    result = await runtime.store.change_token(parsed.key_id, leaked)
+    if result is None:  # deleted meanwhile
+        return {"token": parsed.display_prefix, "result": "unknown"}
+    _, edit = result
+    if edit is not None:
+        context.committed(edit.audit)
+    return {"token": parsed.display_prefix, "result": outcome}
 
 
 def _redacted(text: str) -> str:

@@ -113,11 +113,35 @@ def token_rows(tokens: Sequence[dict[str, Any]]) -> str:
                 ", ".join(t["scopes"]),
                 humanize_ago(t.get("last_used_at")),
                 humanize_date(t.get("expires_at")),
-                t["status"],
+                status_marker(t),
             ]
             for t in tokens
         ],
     )
+
+
+def status_marker(t: dict[str, Any]) -> str:
+    """`revoked (org: leaked)`: who revoked (org or team admin) and why, beside the status."""
+    status = str(t["status"])
+    if status != "revoked" or not (t.get("revoked_by_level") or t.get("revoke_reason")):
+        return status
+    why = ": ".join(str(p) for p in (t.get("revoked_by_level"), t.get("revoke_reason")) if p)
+    return f"{status} ({why})"
+
+
+def revocation_lines(t: dict[str, Any]) -> str:
+    """`token get`: the revocation's author, level, time and reason under the table."""
+    if not t.get("revoked_at"):
+        return ""
+    level = {"org": "an org admin", "team": "a team admin"}.get(t.get("revoked_by_level") or "", "")
+    lines = [
+        f"Revoked by:  {t.get('revoked_by') or '-'}" + (f" ({level})" if level else ""),
+        f"Revoked at:  {humanize_date(t['revoked_at'], seconds=True)} UTC",
+        f"Reason:      {t.get('revoke_reason') or '-'}",
+    ]
+    if t.get("replaced_by"):
+        lines.append(f"Replaced by: {t['replaced_by']}")
+    return "\n" + "\n".join(lines)
 
 
 def emit(data: Any, as_json: bool, human: str) -> None:
@@ -337,14 +361,16 @@ def token_list(client: AdminClient, base: str, args: argparse.Namespace) -> None
 
 def token_get(client: AdminClient, base: str, args: argparse.Namespace) -> None:
     data = client.call("GET", f"{base}/{_q(args.id)}")
-    emit(data, args.json, token_rows([data]))
+    emit(data, args.json, token_rows([data]) + revocation_lines(data))
 
 
 def _token_state_change(verb: str) -> TeamAction:
     """`token revoke` and `token restore`: POST …/tokens/{id}/{verb}, print the new state."""
 
     def run(client: AdminClient, base: str, args: argparse.Namespace) -> None:
-        data = client.call("POST", f"{base}/{_q(args.id)}/{verb}")
+        reason = getattr(args, "reason", None)
+        body = {"reason": reason} if reason is not None else None
+        data = client.call("POST", f"{base}/{_q(args.id)}/{verb}", body)
         emit(data, args.json, f"✓ Token {data['name']!r} ({data['id']}) has been {verb}d.")
 
     return run
@@ -702,6 +728,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = scoped(tok, "tokens", name, run, help_text)
         p.add_argument("id")
     rotate, update = tok.choices["rotate"], tok.choices["update"]
+    tok.choices["revoke"].add_argument(
+        "--reason", help="why (shown in views and audit; 'leaked' makes it final: no restore)"
+    )
     rotate.add_argument(
         "--grace-period", metavar="DURATION", help="keep the old token working this long, e.g. 1h"
     )

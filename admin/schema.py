@@ -240,6 +240,9 @@ TOKEN: Schema = {
         "status": {"type": "string", "enum": ["active", "revoked", "expired"]},
         "revoked_at": TIMESTAMP,
         "revoked_by": {"type": ["string", "null"]},
+        "revoked_by_level": {"type": ["string", "null"]},  # "org" or "team"
+        "revoke_reason": {"type": ["string", "null"]},
+        "replaced_by": {"type": ["string", "null"]},
     },
     "required": ["id", "name", "display_prefix", "scopes", "effective_scopes", "status"],
 }
@@ -362,4 +365,11 @@ LEAKS_RESULT: Schema = {
         }
     },
     "required": ["results"],
+}
+
+# -- revocation (who and why; see SECURITY.md "lifecycle races and who may restore") ------
+TOKEN_REVOKE: Schema = {
+    "type": "object",
+    "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 200}},
+    "additionalProperties": False,
 }

@@ -340,7 +340,7 @@ class ProxyHandler:
         """The decision's metric and audit event (once per request)."""
         ex.recorded = True
         self.runtime.metrics.count_request(ex.route or "-", ex.step, ex.status)
-        extra = {"client_request_id": ex.client_request_id} if ex.client_request_id is not None else {}
+        extra: dict[str, Any] = {"client_request_id": ex.client_request_id} if ex.client_request_id is not None else {}
         self.runtime.audit.emit(
             "request.allowed" if ex.allowed else "request.denied",
             method=ex.method,

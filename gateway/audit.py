@@ -96,7 +96,9 @@ class AuditLog:
         self.dropped = 0
         self._sink_flush_pending = False
 
-    def emit(self, action: str, **fields: Any) -> None:
+    def emit(self, action: str, *, in_stream: bool = False, **fields: Any) -> None:
+        """Log the event and queue it for the audit stream (`in_stream`: an admin change whose
+        event was written to the stream with the change itself, see Store.change_token)."""
         fields["action"] = action
         now = time.time()
         sink = _json_sink
@@ -107,7 +109,7 @@ class AuditLog:
             line = {**fields, "event": f"{LABEL} {action}", "level": "info", "timestamp": iso_timestamp(now)}
             sink.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
             self._flush_soon(sink)
-        if self.store is not None:
+        if self.store is not None and not in_stream:
             fields["ts"] = now
             if len(self._pending) < 100_000:
                 self._pending.append(orjson.dumps(fields))

@@ -84,6 +84,7 @@ class TokenRecord:
     revoked_at: float | None = None
     revoked_by: str | None = None
     revoke_reason: str | None = None
+    revoked_level: str | None = None  # the revoker's privilege: "org" or "team" (see revoker_rank)
     replaces: str | None = None
     replaced_by: str | None = None
     secret_check: str = field(default="", repr=False)  # see tokens.secret_check; "" on old records
@@ -129,6 +130,7 @@ class TokenRecord:
             "revoked_at": self.revoked_at,
             "revoked_by": self.revoked_by,
             "revoke_reason": self.revoke_reason,
+            "revoked_level": self.revoked_level,
             "replaces": self.replaces,
             "replaced_by": self.replaced_by,
             "secret_check": self.secret_check,
@@ -154,13 +156,27 @@ class TokenRecord:
             revoked_at=data.get("revoked_at"),
             revoked_by=data.get("revoked_by"),
             revoke_reason=data.get("revoke_reason"),
+            revoked_level=data.get("revoked_level"),
             replaces=data.get("replaces"),
             replaced_by=data.get("replaced_by"),
             secret_check=data.get("secret_check") or "",
         )
 
-    def revoked(self, at: float, by: str, reason: str | None = None) -> TokenRecord:
-        return replace(self, revoked_at=at, revoked_by=by, revoke_reason=reason)
+    def revoked(self, at: float, by: str, reason: str | None = None, level: str | None = None) -> TokenRecord:
+        return replace(self, revoked_at=at, revoked_by=by, revoke_reason=reason, revoked_level=level)
 
     def restored(self) -> TokenRecord:
-        return replace(self, revoked_at=None, revoked_by=None, revoke_reason=None)
+        return replace(self, revoked_at=None, revoked_by=None, revoke_reason=None, revoked_level=None)
+
+
+# Who may undo a revocation: a restorer's level must rank at least the revoker's. A
+# revocation that does not say (records from before levels were kept, or tests writing
+# records directly) counts as the org's: only an org admin may undo it.
+LEVEL_ORG, LEVEL_TEAM = "org", "team"
+_LEVEL_RANK = {LEVEL_TEAM: 1, LEVEL_ORG: 2}
+# Revocations that are final: a leaked secret is public, a rotated token has its successor.
+FINAL_REASONS = frozenset({"leaked", "rotated"})
+
+
+def revoker_rank(level: str | None) -> int:
+    return _LEVEL_RANK.get(level or LEVEL_ORG, _LEVEL_RANK[LEVEL_ORG])

@@ -496,12 +496,14 @@ class Store:
     async def ensure_org(self, org: str) -> None:
         await self._call(lambda: self.client.sadd(Keys.orgs, org))
 
-    async def create_team(self, team: TeamRecord) -> None:
+    async def create_team(self, team: TeamRecord, audit: AuditEntry | None = None) -> None:
         """Index first, then the record; durable before returning."""
         await self.ensure_org(team.org)
         key = Keys.team(team.org, team.name)
-        _, created = await self._write(
-            key, ("SADD", Keys.teams(team.org), team.name), ("SET", key, orjson.dumps(team.to_json()), "NX")
+        _, created = await self._write_audited(
+            key,
+            [("SADD", Keys.teams(team.org), team.name), ("SET", key, orjson.dumps(team.to_json()), "NX")],
+            audit,
         )
         if created is None:
             raise Conflict(f"team {team.name!r} already exists in org {team.org!r}")
@@ -517,18 +519,21 @@ class Store:
         raws = await self._call(lambda: self.client.mget([Keys.team(org, n) for n in names]))
         return [TeamRecord.from_json(orjson.loads(r)) for r in raws if r]
 
-    async def put_team(self, team: TeamRecord) -> None:
+    async def put_team(self, team: TeamRecord, audit: AuditEntry | None = None) -> None:
         key = Keys.team(team.org, team.name)
-        await self._write(key, ("SET", key, orjson.dumps(team.to_json())))
+        await self._write_audited(key, [("SET", key, orjson.dumps(team.to_json()))], audit)
         await self.publish([Change("team", f"{team.org}/{team.name}")])
 
     # -- service accounts ---------------------------------------------------------------
-    async def create_service_account(self, sa: ServiceAccountRecord) -> None:
+    async def create_service_account(self, sa: ServiceAccountRecord, audit: AuditEntry | None = None) -> None:
         key = Keys.service_account(sa.org, sa.team, sa.name)
-        _, created = await self._write(
+        _, created = await self._write_audited(
             key,
-            ("SADD", Keys.service_accounts(sa.org, sa.team), sa.name),
-            ("SET", key, orjson.dumps(sa.to_json()), "NX"),
+            [
+                ("SADD", Keys.service_accounts(sa.org, sa.team), sa.name),
+                ("SET", key, orjson.dumps(sa.to_json()), "NX"),
+            ],
+            audit,
         )
         if created is None:
             raise Conflict(f"service account {sa.name!r} already exists in team {sa.team!r}")
@@ -547,12 +552,16 @@ class Store:
         raws = await self._call(lambda: self.client.mget([Keys.service_account(org, team, n) for n in names]))
         return [ServiceAccountRecord.from_json(orjson.loads(r)) for r in raws if r]
 
-    async def delete_service_account(self, org: str, team: str, name: str) -> None:
+    async def delete_service_account(
+        self, org: str, team: str, name: str, audit: AuditEntry | None = None
+    ) -> None:
         key = Keys.service_account(org, team, name)
-        await self._write(key, ("DEL", key), ("SREM", Keys.service_accounts(org, team), name))
+        await self._write_audited(
+            key, [("DEL", key), ("SREM", Keys.service_accounts(org, team), name)], audit
+        )
 
     # -- tokens ---------------------------------------------------------------------------
-    async def create_token(self, token: TokenRecord) -> None:
+    async def create_token(self, token: TokenRecord, audit: AuditEntry | None = None) -> None:
         """Index first, then the record (two slots in a cluster); durable before returning."""
         await self.ensure_org(token.org)
         index = Keys.org_tokens(token.org)
@@ -562,7 +571,9 @@ class Store:
             ("ZADD", index, token.created_at, token.id),
         )
         key = Keys.token(token.id)
-        (created,) = await self._write(key, ("HSETNX", key, "data", orjson.dumps(token.to_json())))
+        (created,) = await self._write_audited(
+            key, [("HSETNX", key, "data", orjson.dumps(token.to_json()))], audit
+        )
         if not created:
             raise Conflict("token id collision")
 
@@ -590,9 +601,10 @@ class Store:
         return [i.decode() for i in ids]
 
     async def put_token(self, token: TokenRecord) -> None:
-        """Replace an existing token record (revoke, restore) and announce it."""
+        """Replace a token record blindly and announce it (tests and tools). The admin API's
+        lifecycle transitions use `change_token`, which never writes back a stale record."""
         key = Keys.token(token.id)
-        await self._write(key, ("HSET", key, "data", orjson.dumps(token.to_json())))
+        await self._write(key, ("HSET", key, "data", orjson.dumps(token.to_json())), ("HINCRBY", key, "v", 1))
         await self.publish([Change("token", token.id)])
 
     async def delete_token(self, token: TokenRecord) -> None:
@@ -649,6 +661,152 @@ class Store:
         else:
             rows = await self._call(lambda: self.client.xrange(Keys.audit, start, end, count=count))
         return [(i.decode(), orjson.loads(f[b"e"])) for i, f in rows]
+
+    # -- atomic token transitions and audited admin writes ------------------------------------
+    # Every lifecycle transition (revoke, restore, rotate, update, delete, leak report) is a
+    # compare-and-set on the record's version (hash field `v`, bumped by every write of `data`):
+    # the caller decides on the record it read, and the decision is written only if the record
+    # is still that version, else it is decided again on the new one. A PATCH racing a revoke
+    # is therefore applied to the revoked record and never writes an older, active copy back.
+    # The admin change's audit event goes into the same script or MULTI (one server or
+    # Sentinel), so a change confirmed to the caller (after WAITAOF/WAIT) has its event in
+    # the audit stream. A cluster keeps the stream in its own slot: there the event is a
+    # second durable write after the change and before the response (see SECURITY.md).
+
+    async def change_token(
+        self, key_id: str, decide: Callable[[TokenRecord], TokenEdit | None]
+    ) -> tuple[TokenRecord, TokenEdit | None] | None:
+        """Apply `decide(current record)` atomically: (the record it was decided on, the edit
+        that was written, None when `decide` chose to change nothing), or None when there
+        is no such token. `decide` may raise to refuse; it may be called more than once."""
+        key = Keys.token(key_id)
+        for _ in range(TRANSITION_ATTEMPTS):
+            raw, version = await self._call(lambda: self.client.hmget(key, ["data", "v"]))
+            if not raw:
+                return None
+            record = TokenRecord.from_json(orjson.loads(raw))
+            edit = decide(record)
+            if edit is None:
+                return record, None
+            keys = [key]
+            successor = b""
+            if edit.successor is not None:
+                keys.append(Keys.token(edit.successor.id))
+                successor = orjson.dumps(edit.successor.to_json())
+            audit = edit.audit
+            if audit is not None and not self.cluster:
+                keys.append(Keys.audit)
+            args = [
+                (version or b"0"),
+                b"" if edit.record is None else orjson.dumps(edit.record.to_json()),
+                audit.maxlen if audit else 0,
+                audit.payload if audit else b"",
+                successor,
+            ]
+            (outcome,) = await self._write(key, ("EVAL", _TRANSITION_SCRIPT, len(keys), *keys, *args))
+            outcome = int(outcome)
+            if outcome == _GONE:
+                return None
+            if outcome == _SUCCESSOR_EXISTS:
+                raise Conflict("token id collision")
+            if outcome == _STALE:
+                continue
+            if audit is not None and self.cluster:
+                await self._append_audit_durably(audit)
+            changed = [Change("token", key_id)]
+            if edit.successor is not None:
+                changed.append(Change("token", edit.successor.id))
+            await self.publish(changed)
+            return record, edit
+        raise StoreUnavailable(f"token {key_id} kept changing under {TRANSITION_ATTEMPTS} attempts")
+
+    async def index_token(self, token: TokenRecord) -> None:
+        """The token's index entries (written before its record: see the module docstring)."""
+        index = Keys.org_tokens(token.org)
+        await self._write(
+            index,
+            ("ZADD", Keys.team_tokens(token.org, token.team), token.created_at, token.id),
+            ("ZADD", index, token.created_at, token.id),
+        )
+
+    async def unindex_token(self, token: TokenRecord) -> None:
+        index = Keys.org_tokens(token.org)
+        await self._write(
+            index, ("ZREM", Keys.team_tokens(token.org, token.team), token.id), ("ZREM", index, token.id)
+        )
+
+    async def _write_audited(
+        self, key: str, commands: Sequence[tuple[Any, ...]], audit: AuditEntry | None
+    ) -> list[Any]:
+        """`commands` (on `key`'s slot) in one MULTI with `audit`'s stream append (not in a
+        cluster: there the append follows, durably, before returning). Their replies."""
+        stream: list[tuple[Any, ...]] = []
+        if audit is not None and not self.cluster:
+            stream = [_xadd(audit)]
+        replies = await self._write(key, ("MULTI",), *commands, *stream, ("EXEC",))
+        executed = replies[-1]
+        if not isinstance(executed, list):
+            raise StoreUnavailable("store error: the transaction was aborted")
+        for reply in executed:
+            if isinstance(reply, Exception):
+                raise StoreUnavailable(f"store error: {type(reply).__name__}")
+        if audit is not None and self.cluster:
+            await self._append_audit_durably(audit)
+        return executed[: len(commands)]
+
+    async def _append_audit_durably(self, audit: AuditEntry) -> None:
+        await self._write(Keys.audit, _xadd(audit))
+
+
+# -- atomic token transitions (see Store.change_token) ----------------------------------------
+TRANSITION_ATTEMPTS = 50  # decisions re-taken on a record that keeps changing, then 503
+_GONE, _STALE, _SUCCESSOR_EXISTS = -1, -2, -3
+
+# KEYS[1] the record; then, if ARGV[5] is not empty, the successor's key (a rotation: same
+# slot); then, if given, the audit stream. ARGV: expected version, new data ('' deletes the
+# record), audit maxlen, audit event ('' none), successor data ('' none).
+_TRANSITION_SCRIPT = """
+local record = KEYS[1]
+if redis.call('EXISTS', record) == 0 then return -1 end
+local version = redis.call('HGET', record, 'v') or '0'
+if version ~= ARGV[1] then return -2 end
+local k = 2
+if ARGV[5] ~= '' then
+  if redis.call('EXISTS', KEYS[k]) == 1 then return -3 end
+  redis.call('HSET', KEYS[k], 'data', ARGV[5])
+  k = k + 1
+end
+if ARGV[2] == '' then
+  redis.call('DEL', record)
+else
+  redis.call('HSET', record, 'data', ARGV[2], 'v', tostring(tonumber(version) + 1))
+end
+if ARGV[4] ~= '' and KEYS[k] then
+  redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[4])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One admin change's audit event (the stream's JSON), written with the change itself."""
+
+    payload: bytes
+    maxlen: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEdit:
+    """What a transition writes in place of the record it was decided on."""
+
+    record: TokenRecord | None  # None: delete the record
+    audit: AuditEntry | None = None
+    successor: TokenRecord | None = None  # rotation: created in the same step, in the same slot
+
+
+def _xadd(audit: AuditEntry) -> tuple[Any, ...]:
+    return ("XADD", Keys.audit, "MAXLEN", "~", audit.maxlen, "*", "e", audit.payload)
 
 
 def _raised_in_redis_py(exc: BaseException) -> bool:

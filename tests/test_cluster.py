@@ -18,7 +18,7 @@ import pytest
 
 from gateway.settings import ClusterSettings, RedisSettings
 from gateway.store import Change, Keys, Store, connect
-from tests import test_admin_api, test_lifecycle
+from tests import test_admin_api, test_lifecycle, test_lifecycle_races
 from tests.conftest import Gateway
 from tests.topology import Cluster, Drill, drill_config, raw, start_gateway, stop_gateway
 
@@ -86,6 +86,12 @@ ON_ONE_SERVER = [
     test_lifecycle.test_rotate_with_grace_period,
     test_lifecycle.test_audit_endpoint,
     test_lifecycle.test_a_rotated_token_cannot_be_rotated_again_or_restored,
+    # atomic transitions (rotation in one slot) and audit events written with the change
+    test_lifecycle_races.test_patches_racing_a_revoke_never_resurrect_the_token,
+    test_lifecycle_races.test_concurrent_writes_never_undo_a_revocation,
+    test_lifecycle_races.test_concurrent_rotates_make_exactly_one_successor,
+    test_lifecycle_races.test_a_team_admin_cannot_undo_an_org_admins_revocation,
+    test_lifecycle_races.test_admin_changes_are_in_the_audit_stream_when_confirmed,
 ]
 
 

@@ -36,7 +36,7 @@ from gateway.scopes import (
     parse_scopes,
 )
 from gateway.store import Conflict, StoreUnavailable
-from gateway.tokens import KEY_ID_RE, TokenFormatError, generate, secret_check
+from gateway.tokens import KEY_ID_RE, TokenFormatError, generate, new_check_key, secret_check
 from gateway.tokens import parse as parse_token
 
 log = structlog.get_logger("tokenward.admin")
@@ -437,6 +437,7 @@ async def issue_token(
 ) -> tuple[str, TokenRecord]:
     """Mint a token: hash off the event loop, store durably, return the plaintext once."""
     plaintext, parsed = generate(runtime.settings.tokens.prefix)
+    check_key = new_check_key()  # per record: nobody can compute its secret check offline
     record = TokenRecord(
         id=parsed.key_id,
         prefix=parsed.prefix,
@@ -446,7 +447,8 @@ async def issue_token(
         description=description,
         scopes=scopes,
         secret_hash=await runtime.hasher.hash(parsed.secret),
-        secret_check=secret_check(parsed.key_id, parsed.secret),
+        secret_check=secret_check(parsed.key_id, parsed.secret, check_key),
+        check_key=check_key,
         created_at=time.time(),
         created_by=created_by,
         expires_at=expires_at,

@@ -11,9 +11,12 @@ HTTP edge turns into a response and the audit log records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import hmac
+import itertools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -95,57 +98,116 @@ def bearer_token(values: Sequence[str]) -> str:
     return token
 
 
-class FailureThrottle:
-    """Token buckets for failed secret verifications: one per key id and one overall.
+# Classes in the argon2 queue, served in this order (FIFO within a class).
+CLEAN = 0  # no recent failure, and the record's secret check is keyed: nobody can craft for it
+CLEAN_LEGACY = 1  # no recent failure, but a legacy (unkeyed) check: crafted secrets pass it
+SUSPECT = 2  # a failed verification in the last `memory` seconds
 
-    A flood of wrong secrets (or unknown ids) may not turn into unbounded argon2 work (one
-    default argon2id verification is ~150 ms of a core here, so 4 failures/s overall keeps a
-    flood under two thirds of one core): once
-    a bucket is empty, unproven tokens are refused without verification ("invalid token",
-    as always). A token whose secret was already proven is never throttled.
+
+class FailureThrottle:
+    """Who may spend argon2 work on an unproven secret, and in which order.
+
+    Failures are charged to the key id they were made against, never to everyone:
+    - each key id has a bucket (burst 5, 1/s); once empty, that key id's unproven tokens
+      are refused without verification ("invalid token", as always);
+    - a key id with a failure in the last `memory` seconds is a *suspect*: suspects share a
+      budget of `suspect_rate` verifications/s (burst `suspect_burst`), so a flood from any
+      number of key ids keeps argon2 under about two thirds of a core;
+    - a key id with no recent failure never waits for that budget and is queued ahead of
+      every suspect (`priority`): a token that is not under attack is verified at once,
+      however many other key ids are flooded.
+    A token whose secret was already proven never comes here at all.
     """
 
     def __init__(
         self,
         per_key_burst: float = 5,
         per_key_rate: float = 1.0,
-        global_burst: float = 16,
-        global_rate: float = 4.0,
+        suspect_burst: float = 16,
+        suspect_rate: float = 4.0,
+        memory: float = 600.0,
         max_keys: int = 100_000,
     ) -> None:
         self.per_key = (per_key_burst, per_key_rate)
-        self.overall = (global_burst, global_rate)
-        self._keys: dict[str, tuple[float, float]] = {}
-        self._global = (global_burst, time.monotonic())
+        self.suspects = (suspect_burst, suspect_rate)
+        self.memory = memory
+        # key id -> (bucket level, level's time, time of the last failure)
+        self._keys: dict[str, tuple[float, float, float]] = {}
+        self._budget = (suspect_burst, time.monotonic())
         self.max_keys = max_keys
         self.refused = 0
 
     @staticmethod
-    def _level(state: tuple[float, float], burst: float, rate: float, now: float) -> float:
-        level, at = state
+    def _level(level: float, at: float, burst: float, rate: float, now: float) -> float:
         return min(burst, level + (now - at) * rate)
 
-    def allows(self, key_id: str) -> bool:
-        now = time.monotonic()
-        g_burst, g_rate = self.overall
-        k_burst, k_rate = self.per_key
+    def suspect(self, key_id: str, now: float | None = None) -> bool:
         state = self._keys.get(key_id)
-        if self._level(self._global, g_burst, g_rate, now) < 1 or (
-            state is not None and self._level(state, k_burst, k_rate, now) < 1
-        ):
+        return state is not None and (now or time.monotonic()) - state[2] < self.memory
+
+    def priority(self, key_id: str, keyed_check: bool) -> int:
+        if self.suspect(key_id):
+            return SUSPECT
+        return CLEAN if keyed_check else CLEAN_LEGACY
+
+    def allows(self, key_id: str) -> bool:
+        """May one verification for `key_id` run now? Takes a unit of the suspects' budget
+        when `key_id` is a suspect."""
+        now = time.monotonic()
+        state = self._keys.get(key_id)
+        if state is None or now - state[2] >= self.memory:
+            return True
+        k_burst, k_rate = self.per_key
+        s_burst, s_rate = self.suspects
+        budget = self._level(*self._budget, s_burst, s_rate, now)
+        if self._level(state[0], state[1], k_burst, k_rate, now) < 1 or budget < 1:
             self.refused += 1
             return False
+        self._budget = (budget - 1, now)
         return True
 
     def failed(self, key_id: str) -> None:
         now = time.monotonic()
-        g_burst, g_rate = self.overall
         k_burst, k_rate = self.per_key
-        self._global = (self._level(self._global, g_burst, g_rate, now) - 1, now)
-        state = self._keys.pop(key_id, (k_burst, now))
-        self._keys[key_id] = (self._level(state, k_burst, k_rate, now) - 1, now)
+        level, at, _ = self._keys.pop(key_id, (k_burst, now, now))
+        self._keys[key_id] = (self._level(level, at, k_burst, k_rate, now) - 1, now, now)
         if len(self._keys) > self.max_keys:
             self._keys.pop(next(iter(self._keys)))
+
+
+class PriorityGate:
+    """`slots` holders at once; waiters are let in by (priority, arrival), lowest first."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: int) -> AsyncIterator[None]:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+        else:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (priority, next(self._arrivals), turn))
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._release()  # our turn came as we were cancelled: pass it on
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, turn = heapq.heappop(self._waiting)
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._free += 1
 
 
 async def _join(inflight: dict[Any, asyncio.Task[Any]], key: Any, work: Callable[[], Awaitable[T]]) -> T:
@@ -194,7 +256,27 @@ class Authenticator:
         self.stale_if_error = 0.0  # seconds; set from redis.stale_if_error
         self.stale_served = 0
         self.throttle = FailureThrottle()
-        self._argon2_slots = asyncio.Semaphore(argon2_slots)
+        self._argon2_slots = PriorityGate(argon2_slots)
+        # Stands in for the record of an unknown key id, so that an unknown id costs what a
+        # known one with a wrong secret costs: the same check (with a random key, so it too
+        # passes 1 time in 65 536), and then argon2 against the hasher's decoy hash.
+        decoy_key = tokens.new_check_key()
+        self._decoy = TokenRecord(
+            id="",
+            prefix="",
+            org="",
+            team=None,
+            name="",
+            description="",
+            scopes=(),
+            secret_hash="",
+            created_at=0.0,
+            created_by="",
+            secret_check=tokens.secret_check("", tokens.new_check_key(), decoy_key),
+            check_key=decoy_key,
+        )
+        self._background: set[asyncio.Task[Any]] = set()
+        self.checks_keyed = 0  # legacy records given a keyed secret check
 
     async def authenticate(self, token: str, client_ip: str | None) -> Principal:
         try:
@@ -232,30 +314,77 @@ class Authenticator:
         return await _join(self._inflight, fingerprint, lambda: self._verify(fingerprint, parsed))
 
     async def _verify(self, fingerprint: str, parsed: tokens.ParsedToken) -> str | None:
-        # An unknown key id, or a secret that fails the 16-bit secret check, is refused
-        # with no argon2 work: a flood of made-up tokens costs a store read each, at most.
-        record = await self._record(parsed.key_id)
-        if record is None or (
-            record.secret_check
-            and not hmac.compare_digest(record.secret_check, tokens.secret_check(parsed.key_id, parsed.secret))
-        ):
-            self.prefiltered += 1
-            self.cache.store_failure(fingerprint)
-            return None
-        # At most `argon2_slots` verifications run at once; the failure buckets are checked
-        # once a slot is ours, so a queued flood is refused without argon2 work as soon as
-        # the first failures are recorded, and proven tokens never wait here at all.
-        async with self._argon2_slots:
-            if not self.throttle.allows(parsed.key_id):
-                return None
-            self.argon2_verifications += 1
-            ok = await self.hasher.verify(record.secret_hash, parsed.secret)
-            if not ok:
+        record, wrong = await self._prove(parsed, bind_prefix=True)
+        if record is None:
+            if wrong:  # (a throttled attempt is not known to be wrong: never cached)
                 self.cache.store_failure(fingerprint)
-                self.throttle.failed(parsed.key_id)
-                return None
+            return None
         self.cache.store_proof(fingerprint, record.id)
         return record.id
+
+    async def prove(self, parsed: tokens.ParsedToken, *, bind_prefix: bool = True) -> TokenRecord | None:
+        """The record whose secret `parsed` holds (and that was issued with `parsed.prefix`,
+        unless `bind_prefix` is false), or None: the gateway's own verification, with its
+        pre-check and throttle, for callers that hold a plaintext (e.g. leak reports)."""
+        record, _ = await self._prove(parsed, bind_prefix=bind_prefix)
+        return record
+
+    async def _prove(self, parsed: tokens.ParsedToken, *, bind_prefix: bool) -> tuple[TokenRecord | None, bool]:
+        """(record, False) when the secret is proven; (None, True) when it is wrong;
+        (None, False) when the throttle refused to find out.
+
+        No caches: one store read, the secret check, and argon2 only for a secret that
+        passes the check, in the throttle's order. A known key id and an unknown one cost
+        the same: one store read (never a cached record, whose presence would tell a known
+        id from an unknown one), the same keyed check against the record or a decoy, argon2
+        for the 1 in 65 536 that pass it, and a failure charged to the key id either way; a
+        store outage is a 503 for both (stale records are only for proven tokens). A wrong
+        prefix with the right secret is refused at the check, as a wrong secret is."""
+        record = await self._shared("verify", parsed.key_id, lambda: self._read_record(parsed.key_id))
+        candidate = record if record is not None else self._decoy
+        check_ok = tokens.check_passes(candidate.secret_check, candidate.check_key, parsed)
+        prefix_ok = hmac.compare_digest(candidate.prefix.encode(), parsed.prefix.encode())
+        if not (check_ok and (prefix_ok or not bind_prefix)):
+            self.prefiltered += 1
+            return None, True
+        # At most `argon2_slots` verifications run at once, key ids with no recent failure
+        # first; the buckets are checked once a slot is ours, so a queued flood is refused
+        # without argon2 work as soon as the first failures are recorded.
+        priority = self.throttle.priority(parsed.key_id, keyed_check=bool(candidate.check_key))
+        async with self._argon2_slots.slot(priority):
+            if not self.throttle.allows(parsed.key_id):
+                return None, False
+            self.argon2_verifications += 1
+            ok = await self.hasher.verify(record.secret_hash if record is not None else None, parsed.secret)
+            if not ok or record is None:
+                self.throttle.failed(parsed.key_id)
+                return None, True
+        if not record.check_key:
+            self._key_legacy_check(record, parsed)
+        return record, False
+
+    def _key_legacy_check(self, record: TokenRecord, parsed: tokens.ParsedToken) -> None:
+        """A legacy record's secret was just proven: give it a keyed check (in the
+        background; the request does not wait for the store)."""
+        check_key = tokens.new_check_key()
+        check = tokens.secret_check(parsed.key_id, parsed.secret, check_key)
+
+        async def write() -> None:
+            with contextlib.suppress(StoreUnavailable):
+                if await self.store.key_secret_check(record.id, record.secret_hash, check_key, check):
+                    self.checks_keyed += 1
+
+        task = asyncio.ensure_future(write())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _read_record(self, key_id: str) -> TokenRecord | None:
+        """A fresh read for a verification (cached for the proven path afterwards)."""
+        epoch = self.cache.epoch
+        record = await self.store.get_token(key_id)
+        if record is not None:
+            self.cache.store_record(record, epoch)
+        return record
 
     async def _shared(self, kind: str, key: str, fetch: Callable[[], Awaitable[T]]) -> T:
         """One store read for all concurrent cache misses on `key` in the current cache

@@ -111,12 +111,16 @@ class FailureThrottle:
     - each key id has a bucket (burst 5, 1/s); once empty, that key id's unproven tokens
       are refused without verification ("invalid token", as always);
     - a key id with a failure in the last `memory` seconds is a *suspect*: suspects share a
-      budget of `suspect_rate` verifications/s (burst `suspect_burst`), so a flood from any
-      number of key ids keeps argon2 under about two thirds of a core;
+      budget of `suspect_rate` verifications/s (burst `suspect_burst`), however many
+      key ids a flood spreads over;
     - a key id with no recent failure never waits for that budget and is queued ahead of
-      every suspect (`priority`): a token that is not under attack is verified at once,
-      however many other key ids are flooded.
-    A token whose secret was already proven never comes here at all.
+      every suspect (`priority`); one of the argon2 slots is kept for key ids whose record
+      has a keyed check (`Authenticator`), so a brand-new token or a new admin login waits
+      at most for one verification in progress, however many other key ids are flooded.
+    Wrong secrets that pass a keyed check are 1 in 65 536, whoever made them, so a flood
+    reaches argon2 mostly through legacy records (crafted secrets, or no check at all):
+    their first failure is unbudgeted (once per key id per `memory`, on one slot at most),
+    every later one is a suspect's. A token whose secret was already proven never comes here.
     """
 
     def __init__(
@@ -176,38 +180,54 @@ class FailureThrottle:
 
 
 class PriorityGate:
-    """`slots` holders at once; waiters are let in by (priority, arrival), lowest first."""
+    """`slots` holders at once, let in by (priority, arrival), lowest first. Priorities
+    above `reserved_for` hold at most `slots - reserved` of them (at least one), so that
+    `reserved` slots are always free soon for the best-placed callers."""
 
-    def __init__(self, slots: int) -> None:
-        self._free = slots
+    def __init__(self, slots: int, reserved: int = 0, reserved_for: int = 0) -> None:
+        self.slots = slots
+        self._low_limit = max(1, slots - reserved)
+        self._reserved_for = reserved_for
+        self._busy = 0
+        self._low_busy = 0
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
 
     @contextlib.asynccontextmanager
     async def slot(self, priority: int) -> AsyncIterator[None]:
-        if self._free > 0 and not self._waiting:
-            self._free -= 1
-        else:
-            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            heapq.heappush(self._waiting, (priority, next(self._arrivals), turn))
-            try:
-                await turn
-            except asyncio.CancelledError:
-                if turn.done() and not turn.cancelled():
-                    self._release()  # our turn came as we were cancelled: pass it on
-                raise
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._arrivals), turn))
+        self._dispatch()
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release(priority)  # our turn came as we were cancelled: pass it on
+            raise
         try:
             yield
         finally:
-            self._release()
+            self._release(priority)
 
-    def _release(self) -> None:
+    def _dispatch(self) -> None:
+        # The head is the best-placed waiter: if it may not start, no one behind it may.
         while self._waiting:
-            _, _, turn = heapq.heappop(self._waiting)
-            if not turn.done():
-                turn.set_result(None)
+            priority, _, turn = self._waiting[0]
+            if turn.done():  # cancelled while waiting
+                heapq.heappop(self._waiting)
+                continue
+            low = priority > self._reserved_for
+            if self._busy >= self.slots or (low and self._low_busy >= self._low_limit):
                 return
-        self._free += 1
+            heapq.heappop(self._waiting)
+            self._busy += 1
+            self._low_busy += low
+            turn.set_result(None)
+
+    def _release(self, priority: int) -> None:
+        self._busy -= 1
+        self._low_busy -= priority > self._reserved_for
+        self._dispatch()
 
 
 async def _join(inflight: dict[Any, asyncio.Task[Any]], key: Any, work: Callable[[], Awaitable[T]]) -> T:
@@ -256,7 +276,9 @@ class Authenticator:
         self.stale_if_error = 0.0  # seconds; set from redis.stale_if_error
         self.stale_served = 0
         self.throttle = FailureThrottle()
-        self._argon2_slots = PriorityGate(argon2_slots)
+        # One slot stays free for clean key ids with a keyed check (brand-new tokens, new
+        # admin logins): a flood's verifications never hold more than the other one(s).
+        self._argon2_slots = PriorityGate(argon2_slots, reserved=1, reserved_for=CLEAN)
         # Stands in for the record of an unknown key id, so that an unknown id costs what a
         # known one with a wrong secret costs: the same check (with a random key, so it too
         # passes 1 time in 65 536), and then argon2 against the hasher's decoy hash.

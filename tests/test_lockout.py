@@ -273,3 +273,29 @@ async def test_keying_a_check_never_undoes_a_concurrent_write(gw: Gateway, monke
 def test_legacy_check_matches_the_modules_legacy_scheme() -> None:
     kid = "A" * KEY_ID_LEN
     assert secret_check(kid, "b" * 32) == legacy_check(kid, "b" * 32)
+
+
+async def test_the_gate_serves_clean_key_ids_first_and_keeps_a_slot_for_them() -> None:
+    from gateway.decision import CLEAN, CLEAN_LEGACY, SUSPECT, PriorityGate
+
+    gate = PriorityGate(2, reserved=1, reserved_for=CLEAN)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def hold(name: str, priority: int) -> None:
+        async with gate.slot(priority):
+            order.append(name)
+            await release.wait()
+
+    flood = [asyncio.create_task(hold(f"suspect{i}", SUSPECT)) for i in range(3)]
+    flood += [asyncio.create_task(hold(f"legacy{i}", CLEAN_LEGACY)) for i in range(2)]
+    await asyncio.sleep(0.01)
+    assert order == ["suspect0"]  # the second slot is kept for clean key ids
+    clean = asyncio.create_task(hold("clean", CLEAN))
+    await asyncio.sleep(0.01)
+    assert order == ["suspect0", "clean"]  # at once, ahead of four waiting flood requests
+    cancelled = flood[1]
+    cancelled.cancel()  # a waiter that goes away is skipped
+    release.set()
+    await asyncio.gather(*flood, clean, return_exceptions=True)
+    assert order == ["suspect0", "clean", "legacy0", "legacy1", "suspect2"]

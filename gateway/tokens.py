@@ -159,6 +159,11 @@ class SecretHasher:
         # arena, so every thread that ever hashed holds one. Two threads, two buffers.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="argon2")
 
+    @property
+    def decoy_hash(self) -> str:
+        """The hash verified against for unknown key ids (of a random secret nobody knows)."""
+        return self._decoy
+
     def hash_sync(self, secret: str) -> str:
         return self._hasher.hash(secret)
 

@@ -4,7 +4,7 @@ against the real `tokenward serve` (issue 10, items 15 and 16). See bench/README
     .venv/bin/python bench/timing_oracle.py [--samples 4000]
         latency of a wrong secret for a known key id (a token in active use) and of an
         unknown key id, interleaved on one keep-alive connection; percentiles side by side
-    .venv/bin/python bench/timing_oracle.py --flood [--duration 20] [--key-ids 2000]
+    .venv/bin/python bench/timing_oracle.py --flood [--duration 20] [--key-ids 400] [--unchecked-ids 100]
         wrk floods wrong secrets crafted to pass the legacy 16-bit check, across many key ids
         of tokens issued before the keyed check; meanwhile a new org admin logs in, mints a
         token through the admin API, and that token makes its first request
@@ -304,8 +304,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=300, help="discarded probe pairs first")
     parser.add_argument("--flood", action="store_true", help="the lockout flood instead of the timing")
     parser.add_argument("--duration", type=float, default=20.0, help="flood seconds (default 20)")
-    parser.add_argument("--key-ids", type=int, default=2000, help="legacy-check key ids, one crafted secret each")
-    parser.add_argument("--unchecked-ids", type=int, default=400, help="key ids of records without a check")
+    parser.add_argument("--key-ids", type=int, default=400, help="legacy-check key ids, one crafted secret each")
+    parser.add_argument("--unchecked-ids", type=int, default=100, help="key ids of records without a check")
     parser.add_argument("--unchecked-tokens", type=int, default=40_000, help="random wrong secrets for those")
     parser.add_argument("--connections", type=int, default=64, help="flood wrk connections (default 64)")
     return parser.parse_args()

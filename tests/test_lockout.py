@@ -299,3 +299,16 @@ async def test_the_gate_serves_clean_key_ids_first_and_keeps_a_slot_for_them() -
     release.set()
     await asyncio.gather(*flood, clean, return_exceptions=True)
     assert order == ["suspect0", "clean", "legacy0", "legacy1", "suspect2"]
+
+
+async def test_the_check_key_is_never_shown(gw: Gateway) -> None:
+    admin = await gw.org_admin()
+    _, kid = await gw.token("platform", ["read:apis"])
+    record = await gw.runtime.store.get_token(kid)
+    assert record is not None and record.check_key and record.check_key not in repr(record)
+    base = f"{gw.admin_url}/v1/orgs/acme/teams/platform/tokens"
+    for url in (base, f"{base}/{kid}", f"{gw.admin_url}/v1/audit"):
+        async with gw.session.get(url, headers=gw.auth(admin)) as r:
+            body = await r.text()
+        assert r.status == 200
+        assert record.check_key not in body and "check_key" not in body and "secret_check" not in body

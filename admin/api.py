@@ -54,7 +54,16 @@ from gateway.scopes import (
     parse_scopes,
 )
 from gateway.store import AuditEntry, Conflict, Keys, StoreUnavailable, TokenEdit
-from gateway.tokens import BASE62, KEY_ID_LEN, KEY_ID_RE, TokenFormatError, checksum, generate, secret_check
+from gateway.tokens import (
+    BASE62,
+    KEY_ID_LEN,
+    KEY_ID_RE,
+    TokenFormatError,
+    checksum,
+    generate,
+    new_check_key,
+    secret_check,
+)
 from gateway.tokens import parse as parse_token
 
 log = structlog.get_logger("tokenward.admin")
@@ -637,6 +646,7 @@ async def issue_token(
     """Mint a token: hash off the event loop, store durably (with `audit(record)`'s event in
     the same write), return the plaintext once."""
     plaintext, parsed = generate(runtime.settings.tokens.prefix)
+    check_key = new_check_key()  # per record: nobody can compute its secret check offline
     record = TokenRecord(
         id=parsed.key_id,
         prefix=parsed.prefix,
@@ -646,7 +656,8 @@ async def issue_token(
         description=description,
         scopes=scopes,
         secret_hash=await runtime.hasher.hash(parsed.secret),
-        secret_check=secret_check(parsed.key_id, parsed.secret),
+        secret_check=secret_check(parsed.key_id, parsed.secret, check_key),
+        check_key=check_key,
         created_at=time.time(),
         created_by=created_by,
         expires_at=expires_at,
@@ -1098,6 +1109,7 @@ async def rotate_token(request: web.Request) -> web.Response:
         plaintext = head + checksum(head)
         parsed = parse_token(plaintext, frozenset({parsed.prefix}))
     secret_hash = await runtime.hasher.hash(parsed.secret)
+    check_key = new_check_key()
 
     def rotate(current: TokenRecord) -> TokenEdit:
         _check_rotatable(current)
@@ -1110,7 +1122,8 @@ async def rotate_token(request: web.Request) -> web.Response:
             description=current.description,
             scopes=current.scopes,
             secret_hash=secret_hash,
-            secret_check=secret_check(parsed.key_id, parsed.secret),
+            secret_check=secret_check(parsed.key_id, parsed.secret, check_key),
+            check_key=check_key,
             created_at=issued,
             created_by=by,
             expires_at=expires_at,

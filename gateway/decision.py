@@ -11,17 +11,22 @@ HTTP edge turns into a response and the audit log records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import hmac
+import itertools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
+
+import orjson
 
 from gateway import tokens
 from gateway.cache import VerificationCache
 from gateway.records import EXPIRED, REVOKED, TeamRecord, TokenRecord
 from gateway.routes import Match
-from gateway.scopes import Scope, effective_covers, effective_scopes
+from gateway.scopes import Scope, effective_covers, effective_scopes, parse_scopes
 from gateway.store import Store, StoreUnavailable, now
 
 T = TypeVar("T")
@@ -95,57 +100,137 @@ def bearer_token(values: Sequence[str]) -> str:
     return token
 
 
-class FailureThrottle:
-    """Token buckets for failed secret verifications: one per key id and one overall.
+# Classes in the argon2 queue, served in this order (FIFO within a class).
+CLEAN = 0  # no recent failure, and the record's secret check is keyed: nobody can craft for it
+CLEAN_LEGACY = 1  # no recent failure, but a legacy (unkeyed) check: crafted secrets pass it
+SUSPECT = 2  # a failed verification in the last `memory` seconds
 
-    A flood of wrong secrets (or unknown ids) may not turn into unbounded argon2 work (one
-    default argon2id verification is ~150 ms of a core here, so 4 failures/s overall keeps a
-    flood under two thirds of one core): once
-    a bucket is empty, unproven tokens are refused without verification ("invalid token",
-    as always). A token whose secret was already proven is never throttled.
+
+class FailureThrottle:
+    """Who may spend argon2 work on an unproven secret, and in which order.
+
+    Failures are charged to the key id they were made against, never to everyone:
+    - each key id has a bucket (burst 5, 1/s); once empty, that key id's unproven tokens
+      are refused without verification ("invalid token", as always);
+    - a key id with a failure in the last `memory` seconds is a *suspect*: suspects share a
+      budget of `suspect_rate` verifications/s (burst `suspect_burst`), however many
+      key ids a flood spreads over;
+    - a key id with no recent failure never waits for that budget and is queued ahead of
+      every suspect (`priority`); one of the argon2 slots is kept for key ids whose record
+      has a keyed check (`Authenticator`), so a brand-new token or a new admin login waits
+      at most for one verification in progress, however many other key ids are flooded.
+    Wrong secrets that pass a keyed check are 1 in 65 536, whoever made them, so a flood
+    reaches argon2 mostly through legacy records (crafted secrets, or no check at all):
+    their first failure is unbudgeted (once per key id per `memory`, on one slot at most),
+    every later one is a suspect's. A token whose secret was already proven never comes here.
     """
 
     def __init__(
         self,
         per_key_burst: float = 5,
         per_key_rate: float = 1.0,
-        global_burst: float = 16,
-        global_rate: float = 4.0,
+        suspect_burst: float = 16,
+        suspect_rate: float = 4.0,
+        memory: float = 600.0,
         max_keys: int = 100_000,
     ) -> None:
         self.per_key = (per_key_burst, per_key_rate)
-        self.overall = (global_burst, global_rate)
-        self._keys: dict[str, tuple[float, float]] = {}
-        self._global = (global_burst, time.monotonic())
+        self.suspects = (suspect_burst, suspect_rate)
+        self.memory = memory
+        # key id -> (bucket level, level's time, time of the last failure)
+        self._keys: dict[str, tuple[float, float, float]] = {}
+        self._budget = (suspect_burst, time.monotonic())
         self.max_keys = max_keys
         self.refused = 0
 
     @staticmethod
-    def _level(state: tuple[float, float], burst: float, rate: float, now: float) -> float:
-        level, at = state
+    def _level(level: float, at: float, burst: float, rate: float, now: float) -> float:
         return min(burst, level + (now - at) * rate)
 
-    def allows(self, key_id: str) -> bool:
-        now = time.monotonic()
-        g_burst, g_rate = self.overall
-        k_burst, k_rate = self.per_key
+    def suspect(self, key_id: str, now: float | None = None) -> bool:
         state = self._keys.get(key_id)
-        if self._level(self._global, g_burst, g_rate, now) < 1 or (
-            state is not None and self._level(state, k_burst, k_rate, now) < 1
-        ):
+        return state is not None and (now or time.monotonic()) - state[2] < self.memory
+
+    def priority(self, key_id: str, keyed_check: bool) -> int:
+        if self.suspect(key_id):
+            return SUSPECT
+        return CLEAN if keyed_check else CLEAN_LEGACY
+
+    def allows(self, key_id: str, *, take: bool = True) -> bool:
+        """May one verification for `key_id` run now? Takes a unit of the suspects' budget
+        when `key_id` is a suspect (unless `take` is false: only asking, before queueing)."""
+        now = time.monotonic()
+        state = self._keys.get(key_id)
+        if state is None or now - state[2] >= self.memory:
+            return True
+        k_burst, k_rate = self.per_key
+        s_burst, s_rate = self.suspects
+        budget = self._level(*self._budget, s_burst, s_rate, now)
+        if self._level(state[0], state[1], k_burst, k_rate, now) < 1 or budget < 1:
             self.refused += 1
             return False
+        if take:
+            self._budget = (budget - 1, now)
         return True
 
     def failed(self, key_id: str) -> None:
         now = time.monotonic()
-        g_burst, g_rate = self.overall
         k_burst, k_rate = self.per_key
-        self._global = (self._level(self._global, g_burst, g_rate, now) - 1, now)
-        state = self._keys.pop(key_id, (k_burst, now))
-        self._keys[key_id] = (self._level(state, k_burst, k_rate, now) - 1, now)
+        level, at, _ = self._keys.pop(key_id, (k_burst, now, now))
+        self._keys[key_id] = (self._level(level, at, k_burst, k_rate, now) - 1, now, now)
         if len(self._keys) > self.max_keys:
             self._keys.pop(next(iter(self._keys)))
+
+
+class PriorityGate:
+    """`slots` holders at once, let in by (priority, arrival), lowest first. Priorities
+    above `reserved_for` hold at most `slots - reserved` of them (at least one), so that
+    `reserved` slots are always free soon for the best-placed callers."""
+
+    def __init__(self, slots: int, reserved: int = 0, reserved_for: int = 0) -> None:
+        self.slots = slots
+        self._low_limit = max(1, slots - reserved)
+        self._reserved_for = reserved_for
+        self._busy = 0
+        self._low_busy = 0
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: int) -> AsyncIterator[None]:
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._arrivals), turn))
+        self._dispatch()
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release(priority)  # our turn came as we were cancelled: pass it on
+            raise
+        try:
+            yield
+        finally:
+            self._release(priority)
+
+    def _dispatch(self) -> None:
+        # The head is the best-placed waiter: if it may not start, no one behind it may.
+        while self._waiting:
+            priority, _, turn = self._waiting[0]
+            if turn.done():  # cancelled while waiting
+                heapq.heappop(self._waiting)
+                continue
+            low = priority > self._reserved_for
+            if self._busy >= self.slots or (low and self._low_busy >= self._low_limit):
+                return
+            heapq.heappop(self._waiting)
+            self._busy += 1
+            self._low_busy += low
+            turn.set_result(None)
+
+    def _release(self, priority: int) -> None:
+        self._busy -= 1
+        self._low_busy -= priority > self._reserved_for
+        self._dispatch()
 
 
 async def _join(inflight: dict[Any, asyncio.Task[Any]], key: Any, work: Callable[[], Awaitable[T]]) -> T:
@@ -194,7 +279,31 @@ class Authenticator:
         self.stale_if_error = 0.0  # seconds; set from redis.stale_if_error
         self.stale_served = 0
         self.throttle = FailureThrottle()
-        self._argon2_slots = asyncio.Semaphore(argon2_slots)
+        # One slot stays free for clean key ids with a keyed check (brand-new tokens, new
+        # admin logins): a flood's verifications never hold more than the other one(s).
+        self._argon2_slots = PriorityGate(argon2_slots, reserved=1, reserved_for=CLEAN)
+        # Stands in for the record of an unknown key id, so that an unknown id costs what a
+        # known one with a wrong secret costs: the same check (with a random key, so it too
+        # passes 1 time in 65 536), and then argon2 against the hasher's decoy hash.
+        decoy_key = tokens.new_check_key()
+        self._decoy = TokenRecord(
+            id=tokens.generate("tw_sat")[1].key_id,
+            prefix="tw_sat",
+            org="decoy",
+            team="decoy",
+            name="decoy",
+            description="",
+            scopes=parse_scopes(["read:apis"]),
+            secret_hash=hasher.decoy_hash,
+            created_at=time.time(),
+            created_by="token:decoy",
+            expires_at=time.time(),
+            secret_check=tokens.secret_check("", tokens.new_check_key(), decoy_key),
+            check_key=decoy_key,
+        )
+        self._decoy_json = orjson.dumps(self._decoy.to_json())  # parsed for each unknown id
+        self._background: set[asyncio.Task[Any]] = set()
+        self.checks_keyed = 0  # legacy records given a keyed secret check
 
     async def authenticate(self, token: str, client_ip: str | None) -> Principal:
         try:
@@ -232,30 +341,82 @@ class Authenticator:
         return await _join(self._inflight, fingerprint, lambda: self._verify(fingerprint, parsed))
 
     async def _verify(self, fingerprint: str, parsed: tokens.ParsedToken) -> str | None:
-        # An unknown key id, or a secret that fails the 16-bit secret check, is refused
-        # with no argon2 work: a flood of made-up tokens costs a store read each, at most.
-        record = await self._record(parsed.key_id)
-        if record is None or (
-            record.secret_check
-            and not hmac.compare_digest(record.secret_check, tokens.secret_check(parsed.key_id, parsed.secret))
-        ):
-            self.prefiltered += 1
-            self.cache.store_failure(fingerprint)
-            return None
-        # At most `argon2_slots` verifications run at once; the failure buckets are checked
-        # once a slot is ours, so a queued flood is refused without argon2 work as soon as
-        # the first failures are recorded, and proven tokens never wait here at all.
-        async with self._argon2_slots:
-            if not self.throttle.allows(parsed.key_id):
-                return None
-            self.argon2_verifications += 1
-            ok = await self.hasher.verify(record.secret_hash, parsed.secret)
-            if not ok:
+        record, wrong = await self._prove(parsed, bind_prefix=True)
+        if record is None:
+            if wrong:  # (a throttled attempt is not known to be wrong: never cached)
                 self.cache.store_failure(fingerprint)
-                self.throttle.failed(parsed.key_id)
-                return None
+            return None
         self.cache.store_proof(fingerprint, record.id)
         return record.id
+
+    async def prove(self, parsed: tokens.ParsedToken, *, bind_prefix: bool = True) -> TokenRecord | None:
+        """The record whose secret `parsed` holds (and that was issued with `parsed.prefix`,
+        unless `bind_prefix` is false), or None: the gateway's own verification, with its
+        pre-check and throttle, for callers that hold a plaintext (e.g. leak reports)."""
+        record, _ = await self._prove(parsed, bind_prefix=bind_prefix)
+        return record
+
+    async def _prove(self, parsed: tokens.ParsedToken, *, bind_prefix: bool) -> tuple[TokenRecord | None, bool]:
+        """(record, False) when the secret is proven; (None, True) when it is wrong;
+        (None, False) when the throttle refused to find out.
+
+        No caches: one store read, the secret check, and argon2 only for a secret that
+        passes the check, in the throttle's order. A known key id and an unknown one cost
+        the same: one store read (never a cached record, whose presence would tell a known
+        id from an unknown one), the same keyed check against the record or a decoy, argon2
+        for the 1 in 65 536 that pass it, and a failure charged to the key id either way; a
+        store outage is a 503 for both (stale records are only for proven tokens). A wrong
+        prefix with the right secret is refused at the check, as a wrong secret is."""
+        record = await self._shared("verify", parsed.key_id, lambda: self._read_record(parsed.key_id))
+        candidate = record if record is not None else self._decoy
+        check_ok = tokens.check_passes(candidate.secret_check, candidate.check_key, parsed)
+        issued_with = record.prefix if record is not None else parsed.prefix
+        prefix_ok = hmac.compare_digest(issued_with.encode(), parsed.prefix.encode())
+        if not (check_ok and (prefix_ok or not bind_prefix)):
+            self.prefiltered += 1
+            return None, True
+        # At most `argon2_slots` verifications run at once, key ids with no recent failure
+        # first; the buckets are checked once a slot is ours, so a queued flood is refused
+        # without argon2 work as soon as the first failures are recorded.
+        priority = self.throttle.priority(parsed.key_id, keyed_check=bool(candidate.check_key))
+        if priority == SUSPECT and not self.throttle.allows(parsed.key_id, take=False):
+            return None, False  # refused now rather than after waiting in the queue
+        async with self._argon2_slots.slot(priority):
+            if not self.throttle.allows(parsed.key_id):
+                return None, False
+            self.argon2_verifications += 1
+            ok = await self.hasher.verify(record.secret_hash if record is not None else None, parsed.secret)
+            if not ok or record is None:
+                self.throttle.failed(parsed.key_id)
+                return None, True
+        if not record.check_key:
+            self._key_legacy_check(record, parsed)
+        return record, False
+
+    def _key_legacy_check(self, record: TokenRecord, parsed: tokens.ParsedToken) -> None:
+        """A legacy record's secret was just proven: give it a keyed check (in the
+        background; the request does not wait for the store)."""
+        check_key = tokens.new_check_key()
+        check = tokens.secret_check(parsed.key_id, parsed.secret, check_key)
+
+        async def write() -> None:
+            with contextlib.suppress(StoreUnavailable):
+                if await self.store.key_secret_check(record.id, record.secret_hash, check_key, check):
+                    self.checks_keyed += 1
+
+        task = asyncio.ensure_future(write())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _read_record(self, key_id: str) -> TokenRecord | None:
+        """A fresh read for a verification (cached for the proven path afterwards)."""
+        epoch = self.cache.epoch
+        record = await self.store.get_token(key_id)
+        if record is not None:
+            self.cache.store_record(record, epoch)
+        else:  # parse a record as a known id does (tens of µs: measurable over many probes)
+            TokenRecord.from_json(orjson.loads(self._decoy_json))
+        return record
 
     async def _shared(self, kind: str, key: str, fetch: Callable[[], Awaitable[T]]) -> T:
         """One store read for all concurrent cache misses on `key` in the current cache

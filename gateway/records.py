@@ -88,6 +88,7 @@ class TokenRecord:
     replaces: str | None = None
     replaced_by: str | None = None
     secret_check: str = field(default="", repr=False)  # see tokens.secret_check; "" on old records
+    check_key: str = field(default="", repr=False)  # the secret check's key; "" on legacy records
 
     @property
     def display_prefix(self) -> str:
@@ -134,6 +135,7 @@ class TokenRecord:
             "replaces": self.replaces,
             "replaced_by": self.replaced_by,
             "secret_check": self.secret_check,
+            "check_key": self.check_key,
         }
 
     @classmethod
@@ -160,6 +162,7 @@ class TokenRecord:
             replaces=data.get("replaces"),
             replaced_by=data.get("replaced_by"),
             secret_check=data.get("secret_check") or "",
+            check_key=data.get("check_key") or "",
         )
 
     def revoked(self, at: float, by: str, reason: str | None = None, level: str | None = None) -> TokenRecord:

@@ -180,6 +180,15 @@ end
 redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[1])
 return #ARGV - 1
 """
+# Replaces a token's record only if it is byte for byte the one the caller read (a
+# compare-and-set: a revoke or any other write in between wins, and this one is dropped).
+_SET_IF_UNCHANGED = """
+if redis.call('HGET', KEYS[1], 'data') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'data', ARGV[2])
+  return 1
+end
+return 0
+"""
 AUDIT_BATCH = 25  # events per call: Valkey works in slices the requests can run between
 
 
@@ -214,6 +223,7 @@ class Store:
         self.cluster = isinstance(client, RedisCluster)
         self._touch = client.register_script(_TOUCH)
         self._append_audit = client.register_script(_APPEND_AUDIT)
+        self._set_if_unchanged = client.register_script(_SET_IF_UNCHANGED)
         self.waitaof_supported: bool | None = None
         self.errors = 0  # store errors seen, for the metric
         # Reachability, as a state with one log line per change (not one per failed call).
@@ -616,6 +626,26 @@ class Store:
             index, ("ZREM", Keys.team_tokens(token.org, token.team), token.id), ("ZREM", index, token.id)
         )
         await self.publish([Change("token", token.id)])
+
+    async def key_secret_check(self, key_id: str, secret_hash: str, check_key: str, check: str) -> bool:
+        """Give a legacy record (no check key) a keyed secret check, after its secret was
+        proven. Only the two check fields change, by compare-and-set on the whole record:
+        if anything else wrote it since it was read (a revoke, a rotation), nothing is
+        written and the next verification tries again. Not waited for on disk: losing it
+        only leaves the legacy check in place."""
+        key = Keys.token(key_id)
+        raw = await self._call(lambda: self.client.hget(key, "data"))
+        if not raw:
+            return False
+        data = orjson.loads(raw)
+        if data.get("check_key") or data.get("secret_hash") != secret_hash:
+            return False
+        data["check_key"], data["secret_check"] = check_key, check
+        new = orjson.dumps(data)
+        if not await self._call(lambda: self._set_if_unchanged(keys=[key], args=[raw, new])):
+            return False
+        await self.publish([Change("token", key_id)])
+        return True
 
     async def touch_last_used(self, used: dict[str, float]) -> None:
         if not used:

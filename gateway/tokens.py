@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import hmac
 import re
 import secrets
 import zlib
@@ -101,17 +102,43 @@ def fingerprint(token: str) -> str:
 
 
 SECRET_CHECK_HEX = 4  # 16 bits
+CHECK_KEY_BYTES = 16
 
 
-def secret_check(key_id: str, secret: str) -> str:
-    """16 bits of SHA-256(key id, secret), stored beside the argon2id hash.
+def new_check_key() -> str:
+    """A random key for one record's secret check (hex), stored in that record only."""
+    return secrets.token_hex(CHECK_KEY_BYTES)
+
+
+def secret_check(key_id: str, secret: str, check_key: str = "") -> str:
+    """16 bits of HMAC-SHA256(check key, "key id:secret"), stored beside the argon2id hash.
 
     A wrong secret fails this check 65 535 times in 65 536 without any argon2 work, so a
     flood of wrong secrets costs what a malformed token costs. It gives away 16 of the
     secret's ~190 random bits (32 base62 characters), which leaves ~174: nothing a brute
-    force can use, unlike for a password, which is why argon2 is kept for the rest."""
-    digest = hashlib.sha256(f"{key_id}:{secret}".encode("utf-8", "surrogateescape")).hexdigest()
+    force can use, unlike for a password, which is why argon2 is kept for the rest.
+
+    The key is random per record and never leaves the store, so nobody can compute the
+    check offline: without it, a wrong secret passes 1 time in 65 536 whoever chose it.
+    `check_key=""` is the legacy scheme (plain SHA-256, records issued before the key
+    existed): anyone can craft wrong secrets that pass it, so such a record gets a key on
+    its first successful verification (`Authenticator`)."""
+    message = f"{key_id}:{secret}".encode("utf-8", "surrogateescape")
+    if check_key:
+        digest = hmac.new(bytes.fromhex(check_key), message, hashlib.sha256).hexdigest()
+    else:
+        digest = hashlib.sha256(message).hexdigest()
     return digest[:SECRET_CHECK_HEX]
+
+
+def check_passes(stored_check: str, check_key: str, parsed: ParsedToken) -> bool:
+    """The cheap pre-check: may this secret be the one `stored_check` was made from?
+
+    Always does the same work (one HMAC or hash, one constant-time compare), also for a
+    record without a check (issued before checks existed: every secret may be right)."""
+    computed = secret_check(parsed.key_id, parsed.secret, check_key)
+    same = hmac.compare_digest(stored_check.encode(), computed.encode())
+    return same or not stored_check
 
 
 class SecretHasher:
@@ -131,6 +158,11 @@ class SecretHasher:
         # calling thread, and glibc keeps a freed buffer of this size in that thread's
         # arena, so every thread that ever hashed holds one. Two threads, two buffers.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="argon2")
+
+    @property
+    def decoy_hash(self) -> str:
+        """The hash verified against for unknown key ids (of a random secret nobody knows)."""
+        return self._decoy
 
     def hash_sync(self, secret: str) -> str:
         return self._hasher.hash(secret)

@@ -73,7 +73,7 @@ def test_team_and_global_changes() -> None:
 
 
 def test_failure_throttle_buckets() -> None:
-    throttle = FailureThrottle(per_key_burst=3, per_key_rate=10, global_burst=100, global_rate=1)
+    throttle = FailureThrottle(per_key_burst=3, per_key_rate=10, suspect_burst=100, suspect_rate=1)
     for _ in range(3):
         assert throttle.allows("k1")
         throttle.failed("k1")
@@ -81,10 +81,12 @@ def test_failure_throttle_buckets() -> None:
     assert throttle.allows("k2")  # other keys unaffected
     time.sleep(0.15)  # refills at 10/s
     assert throttle.allows("k1")
-    tight = FailureThrottle(per_key_burst=100, per_key_rate=0, global_burst=2, global_rate=0)
+    tight = FailureThrottle(per_key_burst=100, per_key_rate=0, suspect_burst=2, suspect_rate=0)
     tight.failed("a")
     tight.failed("b")
-    assert not tight.allows("c")
+    assert tight.allows("a") and tight.allows("b")  # the suspects' budget: 2
+    assert not tight.allows("a") and not tight.allows("b")
+    assert tight.allows("c")  # a key id with no failure is never refused for others' failures
 
 
 # -- integration: invalidation across processes' caches ---------------------------------------------

@@ -376,18 +376,26 @@ class Forwarder:
         """Send the request; return the connection once the response head is in."""
         for attempt in (0, 1):
             try:
-                conn, reused = await pool.acquire(upstream.connect_timeout, replayable)
+                if attempt == 0:
+                    conn, reused = await pool.acquire(upstream.connect_timeout, replayable)
+                else:  # never another pooled connection: it idled as long, likely closed too
+                    conn, reused = await pool.connect(upstream.connect_timeout), False
             except UpstreamFailed as exc:
                 raise UpstreamError(504 if exc.timeout else 502, str(exc)) from None
+            idle_for = pool.loop.time() - conn.idle_since
             conn.begin(request.method == "HEAD", upstream.timeout)
             try:
                 conn.write(head)
                 if has_body:
                     await self._send_body(request, conn, settings)
                 await conn.response_head()
+                if reused:
+                    pool.alive_after(idle_for)
                 return conn
             except UpstreamFailed as exc:
                 conn.close()
+                if exc.stale and reused:
+                    pool.closed_while_idle(idle_for)
                 if exc.stale and reused and replayable and attempt == 0:
                     continue  # the upstream closed the idle connection: once more, on a new one
                 if exc.timeout:

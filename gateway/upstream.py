@@ -129,8 +129,10 @@ class Connection(asyncio.Protocol):
         return None  # close the transport
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if not self.closed and not self.busy and self.idle_since:
-            self.pool.closed_while_idle(self.loop.time() - self.idle_since)
+        if not self.closed and self.keep_alive and self.complete:
+            # The upstream closed a connection it said it would keep: how long did it idle?
+            idle_for = self.loop.time() - self.idle_since if not self.busy and self.idle_since else 0.0
+            self.pool.closed_while_idle(idle_for)
         self.closed = True
         self.pool.forget(self)
         if self._deadline is not None:

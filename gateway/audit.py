@@ -21,13 +21,14 @@ import structlog
 
 from gateway.aio import cancel_and_wait
 from gateway.settings import LogSettings
-from gateway.store import Store, StoreUnavailable
+from gateway.store import AUDIT_BATCH, Store, StoreUnavailable
 
 LABEL = "[Service Token]"
 # Where JSON log lines go when logging is JSON (None: pretty console, through structlog);
 # audit events are rendered straight to it, the same line structlog would write.
 _json_sink: Any = None
 _audit_enabled = True
+STOP_SECONDS = 10.0  # how long shutdown waits for a slow store to take the buffered events
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -87,6 +88,7 @@ class AuditLog:
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self._sink_flush_pending = False
+        self._flushing = False  # a flush() is between taking the buffer and its last store call
 
     def emit(self, action: str, **fields: Any) -> None:
         fields["action"] = action
@@ -131,30 +133,62 @@ class AuditLog:
         if self.store is not None and self._task is None:
             self._task = asyncio.create_task(self._run(), name="tokenward-audit-flush")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Write out everything buffered, waiting for a slow store up to `timeout` seconds:
+        first for the flush in progress (never cancelled mid-call while time remains), then
+        for what was buffered since. Whatever still could not be written is counted in the
+        log, never dropped silently."""
+        deadline = asyncio.get_running_loop().time() + timeout
         task, self._task = self._task, None
-        await cancel_and_wait([task])
+        if task is not None and not self._flushing:
+            await cancel_and_wait([task])  # asleep between flushes: nothing in flight
+        elif task is not None:
+            await asyncio.wait([task], timeout=timeout)
+            await cancel_and_wait([task])  # past the deadline: flush() puts its batch back
         if _json_sink is not None:
             self._flush_sink(_json_sink)
-        with contextlib.suppress(StoreUnavailable):
-            await self.flush()
+        while self.store is not None and (self._pending or self._used):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.flush()
+            except StoreUnavailable:
+                await asyncio.sleep(min(self.flush_interval, max(0.0, remaining)))
+            except TimeoutError:
+                break
+        if self._pending or self._used:
+            structlog.get_logger("tokenward").error(
+                "audit events not written to the store stream at shutdown",
+                events=len(self._pending),
+                last_used=len(self._used),
+            )
 
     async def flush(self) -> None:
+        """Append the buffered events to the stream, AUDIT_BATCH per call; on any failure,
+        cancellation included, whatever was not confirmed goes back in the buffer."""
         if self.store is None:
             return
         events, self._pending = self._pending, []
         used, self._used = self._used, {}
+        done = 0
+        self._flushing = True
         try:
-            if events:
-                await self.store.append_audit(events, self.stream_maxlen)
+            while done < len(events):
+                await self.store.append_audit(events[done : done + AUDIT_BATCH], self.stream_maxlen)
+                done += AUDIT_BATCH
             if used:
                 await self.store.touch_last_used(used)
-        except StoreUnavailable:
+                used = {}
+        except BaseException:
             # keep what we have for the next try (bounded)
-            self._pending = (events + self._pending)[-100_000:]
+            self._pending = (events[done:] + self._pending)[-100_000:]
             for kid, at in used.items():
                 self._used[kid] = max(at, self._used.get(kid, 0.0))
             raise
+        finally:
+            self._flushing = False
 
     async def _run(self) -> None:
         while self._task is not None:

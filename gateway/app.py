@@ -239,6 +239,7 @@ def principal_fields(principal: Principal | None) -> dict[str, Any]:
 
 
 VERIFY_PATH = "/_tokenward/verify"
+_NO_FIELDS: dict[str, Any] = {}  # never changed: the audit fields of a response sent whole
 
 
 @dataclass(slots=True)
@@ -317,9 +318,10 @@ class ProxyHandler:
         """The decision's metric and audit event (once per request)."""
         ex.recorded = True
         delivery = ex.delivery
-        aborted: dict[str, Any] = {}
+        aborted = _NO_FIELDS
         if delivery is not None and (delivery.upstream_aborted or delivery.client_aborted):
             # The status line went out, the body did not: say so, with what was sent.
+            aborted = {}
             if delivery.upstream_aborted:
                 ex.step, ex.reason = "upstream", f"response cut off by the upstream: {delivery.error}"
                 aborted["upstream_aborted"] = True

@@ -395,7 +395,7 @@ class Forwarder:
                     conn, reused = await pool.connect(upstream.connect_timeout), False
             except UpstreamFailed as exc:
                 raise UpstreamError(504 if exc.timeout else 502, str(exc)) from None
-            idle_for = pool.loop.time() - conn.idle_since
+            idle_for = pool.loop.time() - conn.idle_since if reused else 0.0
             conn.begin(request.method == "HEAD", upstream.timeout)
             try:
                 conn.write(head)

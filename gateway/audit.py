@@ -111,13 +111,15 @@ class LogWriter:
                 self._sleeping = False
                 continue
             self._busy = True
-            batch: list[bytes] = []
-            size = 0
-            while lines and size < 1 << 20:
+            # Whole lines, at most PIPE_BUF bytes per write (unless one line is longer): such
+            # writes to a pipe are atomic, so workers sharing stdout never split a line.
+            batch = [lines.popleft()]
+            size = len(batch[0])
+            while lines and size + len(lines[0]) <= select.PIPE_BUF:
                 line = lines.popleft()
                 batch.append(line)
                 size += len(line)
-            self._write_all(b"".join(batch))
+            self._write_all(b"".join(batch) if len(batch) > 1 else batch[0])
             self._busy = False
 
     def _write_all(self, data: bytes) -> None:

@@ -37,6 +37,7 @@ from gateway.metrics import Metrics
 from gateway.paths import PathError, Target, parse_target
 from gateway.proxy import (
     ClientBodyError,
+    Delivery,
     Forwarder,
     UpstreamError,
     client_address,
@@ -261,6 +262,7 @@ def principal_fields(principal: Principal | None) -> dict[str, Any]:
 
 
 VERIFY_PATH = "/_tokenward/verify"
+_NO_FIELDS: dict[str, Any] = {}  # never changed: the audit fields of a response sent whole
 
 
 @dataclass(slots=True)
@@ -284,6 +286,7 @@ class Exchange:
     websocket: bool = False  # the matched route lets WebSocket upgrades through
     epoch: int = 0  # the cache epoch the decision started in
     recorded: bool = False  # the decision's audit event is out
+    delivery: Delivery | None = None  # a streamed response's fate, once forwarded
 
     def deny(self, denied: Denied) -> web.Response:
         self.allowed = False
@@ -313,8 +316,9 @@ class ProxyHandler:
             assert runtime.forwarder is not None
             if ex.websocket and is_websocket_upgrade(request):
                 return await self._tunnel(request, upstream, target, settings, ex)
+            ex.delivery = Delivery()
             response = await runtime.forwarder.forward(
-                request, upstream, target.path, target.query, ex.principal, ex.request_id, settings
+                request, upstream, target.path, target.query, ex.principal, ex.request_id, settings, ex.delivery
             )
             ex.status = response.status
             return response
@@ -339,6 +343,18 @@ class ProxyHandler:
     def _record(self, ex: Exchange) -> None:
         """The decision's metric and audit event (once per request)."""
         ex.recorded = True
+        delivery = ex.delivery
+        aborted = _NO_FIELDS
+        if delivery is not None and (delivery.upstream_aborted or delivery.client_aborted):
+            # The status line went out, the body did not: say so, with what was sent.
+            aborted = {}
+            if delivery.upstream_aborted:
+                ex.step, ex.reason = "upstream", f"response cut off by the upstream: {delivery.error}"
+                aborted["upstream_aborted"] = True
+            else:
+                ex.reason = "response cut off: the client closed the connection"
+                aborted["client_aborted"] = True
+            aborted["bytes_sent"] = delivery.bytes_sent
         self.runtime.metrics.count_request(ex.route or "-", ex.step, ex.status)
         extra: dict[str, Any] = {"client_request_id": ex.client_request_id} if ex.client_request_id is not None else {}
         self.runtime.audit.emit(
@@ -355,6 +371,7 @@ class ProxyHandler:
             duration_ms=round((time.perf_counter() - ex.started) * 1000, 3),
             **principal_fields(ex.principal),
             **extra,
+            **aborted,
         )
 
     async def _tunnel(

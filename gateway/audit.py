@@ -2,6 +2,8 @@
 
 Every decision (allowed or denied) and every admin change is one event, JSON lines by
 default (`JSONRenderer(serializer=orjson.dumps)` on `BytesLoggerFactory`), pretty on a TTY.
+Lines for a real file descriptor (stdout: a pipe, a file, a TTY) are written by a thread of
+their own (`LogWriter`), so a reader that stalls never blocks the event loop.
 Audit events are also appended, write-behind and batched, to a capped Redis stream; the
 `last_used_at` of tokens is batched the same way. Neither is ever on a request's critical
 path, and both are flushed on shutdown.
@@ -10,11 +12,18 @@ path, and both are flushed on shutdown.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import io
 import logging
+import os
 import re
+import select
 import sys
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -22,7 +31,7 @@ import structlog
 
 from gateway.aio import cancel_and_wait
 from gateway.settings import LogSettings
-from gateway.store import Store, StoreUnavailable
+from gateway.store import AUDIT_BATCH, Store, StoreUnavailable
 from gateway.text import printable
 
 LABEL = "[Service Token]"
@@ -30,30 +39,192 @@ LABEL = "[Service Token]"
 # audit events are rendered straight to it, the same line structlog would write.
 _json_sink: Any = None
 _audit_enabled = True
+STOP_SECONDS = 10.0  # how long shutdown waits for a slow store to take the buffered events
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure_logging(settings: LogSettings, stream: Any = None) -> None:
-    """Set up structlog; `stream` is a text or binary file (default: stdout)."""
+QUEUE_LINES = 20_000  # log lines waiting for a slow reader, at most; more are dropped and counted
+DRAIN_SECONDS = 5.0  # at exit, how long queued lines may wait for a stalled reader
+
+
+class LogWriter:
+    """Writes log lines to a file descriptor from a thread of its own.
+
+    `write()` only queues (a line beyond `capacity` queued is dropped and counted) and
+    `flush()` only wakes the thread, so neither ever blocks, however long the reader stalls
+    (a full pipe, a paused log shipper). Once the thread has caught up, it writes one line
+    saying how many lines were dropped. Writes go to the descriptor itself, never through
+    Python's buffered stdout, whose lock a thread blocked at exit would hold.
+    """
+
+    def __init__(self, fd: int, notice: Callable[[int], bytes], capacity: int = QUEUE_LINES) -> None:
+        self.fd = fd
+        self.notice = notice
+        self.capacity = capacity
+        self.dropped = 0  # lines dropped so far (the metric)
+        self._reported = 0  # of those, how many the log has been told about
+        self._lines: deque[bytes] = deque()
+        self._wake = threading.Event()
+        self._sleeping = False
+        self._busy = False  # lines taken from the queue, not yet all written
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="tokenward-log-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes) -> int:
+        if len(self._lines) >= self.capacity:
+            self.dropped += 1
+            return 0
+        self._lines.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if self._sleeping:
+            self._wake.set()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds until every queued line is written."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while self._lines or self._busy or self.dropped != self._reported:
+            if time.monotonic() >= deadline or not self._thread.is_alive():
+                return False
+            time.sleep(0.002)
+        return True
+
+    def close(self, timeout: float = 1.0) -> None:
+        self.drain(timeout)
+        self._closed = True
+        self._wake.set()
+
+    def _run(self) -> None:
+        lines = self._lines
+        while not self._closed:
+            if not lines:
+                if self.dropped != self._reported:  # caught up after dropping some
+                    dropped = self.dropped
+                    self._write_all(self.notice(dropped - self._reported))
+                    self._reported = dropped
+                    continue
+                self._wake.clear()
+                self._sleeping = True
+                if not lines:  # checked again after saying so: a flush() now will wake us
+                    self._wake.wait(1.0)
+                self._sleeping = False
+                continue
+            self._busy = True
+            # Whole lines, at most PIPE_BUF bytes per write (unless one line is longer): such
+            # writes to a pipe are atomic, so workers sharing stdout never split a line.
+            batch = [lines.popleft()]
+            size = len(batch[0])
+            while lines and size + len(lines[0]) <= select.PIPE_BUF:
+                line = lines.popleft()
+                batch.append(line)
+                size += len(line)
+            self._write_all(b"".join(batch) if len(batch) > 1 else batch[0])
+            self._busy = False
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.fd, view)
+            except BlockingIOError:  # the descriptor was made non-blocking by someone
+                select.select([], [self.fd], [], 1.0)
+                continue
+            except InterruptedError:
+                continue
+            except OSError:
+                return  # the reader is gone (EPIPE) or the descriptor closed: nothing to do
+            view = view[written:]
+
+
+class _TextLogWriter:
+    """The str face of a LogWriter, for structlog's WriteLogger (pretty console lines)."""
+
+    def __init__(self, writer: LogWriter) -> None:
+        self.writer = writer
+
+    def write(self, text: str) -> int:
+        return self.writer.write(text.encode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+
+_writer: LogWriter | None = None
+
+
+def log_dropped() -> int:
+    """Log lines dropped because the reader did not keep up (for the metric)."""
+    return _writer.dropped if _writer is not None else 0
+
+
+def _drain_at_exit() -> None:
+    if _writer is not None:
+        _writer.drain(DRAIN_SECONDS)
+
+
+atexit.register(_drain_at_exit)
+
+
+def _descriptor(stream: Any) -> int | None:
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None  # an in-memory stream (tests): written synchronously, it never blocks
+
+
+def _drop_notice(pretty: bool) -> Callable[[int], bytes]:
+    def notice(count: int) -> bytes:
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1_000_000):06d}Z"
+        event = f"dropped {count} log lines"
+        if pretty:
+            return f"{stamp} [warning  ] {event}\n".encode()
+        line = {"dropped": count, "event": event, "level": "warning", "timestamp": stamp}
+        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+    return notice
+
+
+def configure_logging(settings: LogSettings, stream: Any = None, *, background: bool | None = None) -> None:
+    """Set up structlog; `stream` is a text or binary file (default: stdout). With a real
+    file descriptor under it (or `background=True`), lines are written by a LogWriter thread;
+    an in-memory stream is written synchronously."""
     stream = stream or sys.stdout
     pretty = settings.format == "console" or (settings.format == "auto" and stream.isatty())
+    global _writer
+    if _writer is not None:
+        _writer.close()
+        _writer = None
+    fd = _descriptor(stream) if background is not False else None
+    if fd is not None:
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()  # what went through the file object so far goes first
+        _writer = LogWriter(fd, _drop_notice(pretty))
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    binary: Any = _writer if _writer is not None else getattr(stream, "buffer", stream)
     if pretty:
         processors = [*shared, _printable_values, structlog.dev.ConsoleRenderer()]
-        factory: Any = structlog.PrintLoggerFactory(stream)
+        factory: Any = (
+            structlog.WriteLoggerFactory(_TextLogWriter(_writer))  # type: ignore[arg-type]
+            if _writer is not None
+            else structlog.PrintLoggerFactory(stream)
+        )
     else:
         processors = [
             *shared,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ]
-        factory = structlog.BytesLoggerFactory(getattr(stream, "buffer", stream))
+        factory = structlog.BytesLoggerFactory(binary)
     global _json_sink, _audit_enabled
-    _json_sink = None if pretty else getattr(stream, "buffer", stream)
+    _json_sink = None if pretty else binary
     _audit_enabled = _LEVELS[settings.level] <= logging.INFO
     structlog.configure(
         processors=processors,
@@ -95,6 +266,7 @@ class AuditLog:
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self._sink_flush_pending = False
+        self._flushing = False  # a flush() is between taking the buffer and its last store call
 
     def emit(self, action: str, *, in_stream: bool = False, **fields: Any) -> None:
         """Log the event and queue it for the audit stream (`in_stream`: an admin change whose
@@ -141,30 +313,62 @@ class AuditLog:
         if self.store is not None and self._task is None:
             self._task = asyncio.create_task(self._run(), name="tokenward-audit-flush")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Write out everything buffered, waiting for a slow store up to `timeout` seconds:
+        first for the flush in progress (never cancelled mid-call while time remains), then
+        for what was buffered since. Whatever still could not be written is counted in the
+        log, never dropped silently."""
+        deadline = asyncio.get_running_loop().time() + timeout
         task, self._task = self._task, None
-        await cancel_and_wait([task])
+        if task is not None and not self._flushing:
+            await cancel_and_wait([task])  # asleep between flushes: nothing in flight
+        elif task is not None:
+            await asyncio.wait([task], timeout=timeout)
+            await cancel_and_wait([task])  # past the deadline: flush() puts its batch back
         if _json_sink is not None:
             self._flush_sink(_json_sink)
-        with contextlib.suppress(StoreUnavailable):
-            await self.flush()
+        while self.store is not None and (self._pending or self._used):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.flush()
+            except StoreUnavailable:
+                await asyncio.sleep(min(self.flush_interval, max(0.0, remaining)))
+            except TimeoutError:
+                break
+        if self._pending or self._used:
+            structlog.get_logger("tokenward").error(
+                "audit events not written to the store stream at shutdown",
+                events=len(self._pending),
+                last_used=len(self._used),
+            )
 
     async def flush(self) -> None:
+        """Append the buffered events to the stream, AUDIT_BATCH per call; on any failure,
+        cancellation included, whatever was not confirmed goes back in the buffer."""
         if self.store is None:
             return
         events, self._pending = self._pending, []
         used, self._used = self._used, {}
+        done = 0
+        self._flushing = True
         try:
-            if events:
-                await self.store.append_audit(events, self.stream_maxlen)
+            while done < len(events):
+                await self.store.append_audit(events[done : done + AUDIT_BATCH], self.stream_maxlen)
+                done += AUDIT_BATCH
             if used:
                 await self.store.touch_last_used(used)
-        except StoreUnavailable:
+                used = {}
+        except BaseException:
             # keep what we have for the next try (bounded)
-            self._pending = (events + self._pending)[-100_000:]
+            self._pending = (events[done:] + self._pending)[-100_000:]
             for kid, at in used.items():
                 self._used[kid] = max(at, self._used.get(kid, 0.0))
             raise
+        finally:
+            self._flushing = False
 
     async def _run(self) -> None:
         while self._task is not None:

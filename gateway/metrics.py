@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway.aio import cancel_and_wait
+from gateway.audit import log_dropped
 from gateway.records import ACTIVE
 from gateway.store import StoreUnavailable
 
@@ -137,6 +138,10 @@ class _RuntimeCollector(Collector):
             "tokenward_store_outages": (
                 "Times the store became unreachable (one per outage, however many calls failed)",
                 runtime.store.outages,
+            ),
+            "tokenward_log_dropped": (
+                "Log lines dropped because the log's reader did not keep up (the log says how many)",
+                log_dropped(),
             ),
             "tokenward_config_reloads": ("Successful config reloads", runtime.reloads),
             "tokenward_config_reload_failures": (

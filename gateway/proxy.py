@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import aiohttp
@@ -187,6 +188,17 @@ class BodyGuard:
                 self.failure = (413, "payload_too_large", "request body too large")
                 raise ValueError("request body too large")
             yield chunk
+
+
+@dataclass(slots=True)
+class Delivery:
+    """How much of a streamed response reached the client, and which side cut it short:
+    after the status line is sent, the audit event must still say what happened."""
+
+    bytes_sent: int = 0
+    upstream_aborted: bool = False  # the upstream failed mid-body; the client's connection was cut
+    client_aborted: bool = False  # the client went away mid-body
+    error: str = ""
 
 
 class UpstreamError(Exception):
@@ -439,6 +451,7 @@ class Forwarder:
         principal: Principal | None,
         request_id: str,
         settings: Settings,
+        delivery: Delivery | None = None,
     ) -> web.StreamResponse:
         pool = self.pool(upstream)
         headers = self._headers(request, pool, principal, request_id, settings)
@@ -462,7 +475,7 @@ class Forwarder:
             if conn.upgraded or conn.status == 101:
                 conn.reusable = False
                 raise UpstreamError(502, f"upstream {upstream.name} switched protocols unasked")
-            return await self._respond(request, conn, request_id)
+            return await self._respond(request, conn, request_id, delivery)
         finally:
             conn.finish()
 
@@ -510,18 +523,26 @@ class Forwarder:
         """Send the request; return the connection once the response head is in."""
         for attempt in (0, 1):
             try:
-                conn, reused = await pool.acquire(upstream.connect_timeout, replayable)
+                if attempt == 0:
+                    conn, reused = await pool.acquire(upstream.connect_timeout, replayable)
+                else:  # never another pooled connection: it idled as long, likely closed too
+                    conn, reused = await pool.connect(upstream.connect_timeout), False
             except UpstreamFailed as exc:
                 raise UpstreamError(504 if exc.timeout else 502, str(exc)) from None
+            idle_for = pool.loop.time() - conn.idle_since if reused else 0.0
             conn.begin(request.method == "HEAD", upstream.timeout)
             try:
                 conn.write(head)
                 if has_body:
                     await self._send_body(request, conn, settings)
                 await conn.response_head()
+                if reused:
+                    pool.alive_after(idle_for)
                 return conn
             except UpstreamFailed as exc:
                 conn.close()
+                if exc.stale and reused:
+                    pool.closed_while_idle(idle_for)
                 if exc.stale and reused and replayable and attempt == 0:
                     continue  # the upstream closed the idle connection: once more, on a new one
                 if exc.timeout:
@@ -555,7 +576,9 @@ class Forwarder:
         finally:
             conn.sending = False
 
-    async def _respond(self, request: web.BaseRequest, conn: Connection, request_id: str) -> web.StreamResponse:
+    async def _respond(
+        self, request: web.BaseRequest, conn: Connection, request_id: str, delivery: Delivery | None = None
+    ) -> web.StreamResponse:
         reason = decode_header(conn.reason) or None
         headers = response_headers(conn.headers, request_id)
         if conn.complete and request.method != "HEAD":
@@ -574,13 +597,24 @@ class Forwarder:
         if request.method == "HEAD":
             await response.write_eof()
             return response
+        sent = 0
         try:
             while chunk := await conn.next_chunk():
                 await response.write(chunk)
-        except UpstreamFailed:
+                sent += len(chunk)
+        except UpstreamFailed as exc:
             # Headers are gone already: the only honest signal left is a cut connection.
             if request.transport is not None:
                 request.transport.close()
+            if delivery is not None:
+                delivery.bytes_sent, delivery.upstream_aborted, delivery.error = sent, True, str(exc)
             return response
+        except ConnectionError as exc:  # the client went away: nobody to answer
+            conn.reusable = False
+            if delivery is not None:
+                delivery.bytes_sent, delivery.client_aborted, delivery.error = sent, True, str(exc)
+            return response
+        if delivery is not None:
+            delivery.bytes_sent = sent
         await response.write_eof()
         return response

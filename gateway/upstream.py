@@ -4,7 +4,11 @@ request head written as one buffer, the response parsed by llhttp (httptools).
 It does what a reverse proxy needs and nothing else: no redirects, cookies, decompression,
 proxies or retries of anything that may have reached the upstream. The one retry: a pooled
 connection that the upstream closed while it was idle (no byte of a response came back)
-is replaced by a new one, for requests without a body.
+is replaced by a new connection (never another pooled one, likely closed as well), for
+requests without a body. Connections are retired before the upstream would close them:
+`Connection: close` is honoured, `Keep-Alive: timeout=N` shortens a connection's idle life,
+and a pool that has seen the upstream close idle connections gives requests that can't be
+retried only connections younger than the shortest idle life it saw.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ BODY_REUSE_SECONDS = 1.0  # a request that can't be retried gets a fresh connect
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the upstream pauses
 MAX_IDLE = 256  # pooled idle connections per upstream, at most
+KEEP_ALIVE_MARGIN = 1.0  # retire a connection this long before the upstream's Keep-Alive timeout
 
 
 class _Desync(Exception):
@@ -50,6 +55,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.busy = False  # between begin() and finish()
         self.idle_since = 0.0
+        self.idle_limit = IDLE_SECONDS  # from the upstream's Keep-Alive: timeout=N, if it sent one
         self._parser: httptools.HttpResponseParser | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
@@ -69,6 +75,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive_header = False
         self.headers_done = False
         self.complete = False
         self.keep_alive = False
@@ -122,6 +129,10 @@ class Connection(asyncio.Protocol):
         return None  # close the transport
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.closed and self.keep_alive and self.complete:
+            # The upstream closed a connection it said it would keep: how long did it idle?
+            idle_for = self.loop.time() - self.idle_since if not self.busy and self.idle_since else 0.0
+            self.pool.closed_while_idle(idle_for)
         self.closed = True
         self.pool.forget(self)
         if self._deadline is not None:
@@ -163,6 +174,8 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        if len(name) == 10 and name.lower() == b"keep-alive":
+            self.keep_alive_header = True
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
@@ -173,6 +186,11 @@ class Connection(asyncio.Protocol):
             return
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
+        if self.keep_alive_header:
+            self.idle_limit = keep_alive_limit(self.headers)
+            self.keep_alive = self.keep_alive and self.idle_limit > 0
+        else:
+            self.idle_limit = IDLE_SECONDS
         self.headers_done = True
         if self.head_only:
             # llhttp would wait for the body that Content-Length announces; a HEAD has none.
@@ -337,6 +355,10 @@ class Pool:
         self.host_header = host if default_port else f"{host}:{self.port}"
         self.base_path = url.raw_path.rstrip("/")
         self.idle: list[Connection] = []
+        # How long a connection may have idled and still carry a request that can't be
+        # retried: lowered to half the shortest idle life the upstream allowed, raised again
+        # by retryable requests that found an older pooled connection alive.
+        self.body_reuse = BODY_REUSE_SECONDS
 
     def target(self, path: str, query: str) -> str:
         """The request target on this upstream: its base path, then the authorized path."""
@@ -349,14 +371,23 @@ class Pool:
         while self.idle:
             conn = self.idle.pop()
             idle_for = now - conn.idle_since
-            if conn.closed or idle_for > IDLE_SECONDS:
-                conn.close()
+            if conn.closed or idle_for > conn.idle_limit:
+                conn.close()  # closed, or the upstream is about to close it
                 continue
-            if not replayable and idle_for > BODY_REUSE_SECONDS:
+            if not replayable and idle_for > self.body_reuse:
                 conn.close()  # it can't be retried if this connection turns out to be stale
                 continue
             return conn, True
         return await self.connect(connect_timeout), False
+
+    def closed_while_idle(self, idle_for: float) -> None:
+        """The upstream closed a pooled connection that had idled `idle_for` seconds."""
+        self.body_reuse = min(self.body_reuse, idle_for / 2)
+
+    def alive_after(self, idle_for: float) -> None:
+        """A pooled connection that had idled `idle_for` seconds carried an exchange."""
+        if idle_for > self.body_reuse:
+            self.body_reuse = min(idle_for, BODY_REUSE_SECONDS)
 
     async def connect(self, timeout: float) -> Connection:
         try:
@@ -389,6 +420,25 @@ class Pool:
         for conn in list(self.idle):
             conn.close()
         self.idle.clear()
+
+
+def keep_alive_limit(headers: list[tuple[bytes, bytes]]) -> float:
+    """How long a connection may idle in the pool, from the response's `Keep-Alive: timeout=N`
+    (minus a margin for the request's way there); IDLE_SECONDS if it names no timeout."""
+    limit = IDLE_SECONDS
+    for name, value in headers:
+        if name.lower() != b"keep-alive":
+            continue
+        for param in value.split(b","):
+            key, _, number = param.partition(b"=")
+            if key.strip().lower() == b"timeout":
+                try:
+                    seconds = float(number.strip().strip(b'"'))
+                except ValueError:
+                    continue
+                if seconds == seconds:  # not NaN
+                    limit = min(limit, max(0.0, seconds - KEEP_ALIVE_MARGIN))
+    return limit
 
 
 def request_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:

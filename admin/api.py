@@ -8,7 +8,10 @@ the response, announced to every gateway process, and audited with its actor.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +25,7 @@ from aiohttp import web
 
 from admin import schema
 from gateway.app import REALM, RUNTIME, Runtime, error_response, request_id_for
-from gateway.decision import Denied, Principal, bearer_token
+from gateway.decision import Denied, Principal, Throttled, bearer_token
 from gateway.durations import format_duration, parse_duration
 from gateway.records import ACTIVE, EXPIRED, REVOKED, ServiceAccountRecord, TeamRecord, TokenRecord
 from gateway.scopes import (
@@ -35,7 +38,7 @@ from gateway.scopes import (
     parse_scope,
     parse_scopes,
 )
-from gateway.store import Conflict, StoreUnavailable
+from gateway.store import Conflict, QuotaExceeded, StoreUnavailable
 from gateway.tokens import KEY_ID_RE, TokenFormatError, generate, secret_check
 from gateway.tokens import parse as parse_token
 
@@ -269,6 +272,82 @@ def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | N
     }
 
 
+# -- pagination ----------------------------------------------------------------------------
+# Every list answers one page: at most `limit` rows (default 100, at most 500) and `next`, an
+# opaque cursor to pass back as `cursor` (null on the last page). A page reads its rows from
+# a sorted index after the cursor, so its cost does not grow with the size of the list; with
+# a filter it examines at most PAGE_SCAN_BUDGET index rows and may hold fewer than `limit`
+# rows (even none) with a `next`. Work is done in chunks of PAGE_CHUNK records, each one a
+# store round trip, so requests on the same event loop run between them.
+DEFAULT_PAGE_LIMIT = 100
+MAX_PAGE_LIMIT = 500
+PAGE_SCAN_BUDGET = 1000
+PAGE_CHUNK = 100
+PAGE_QUERY: tuple[tuple[str, str], ...] = (("limit", "integer"), ("cursor", "string"))
+_LIMIT_RE = re.compile(r"[0-9]{1,7}")
+
+
+def page_limit(request: web.Request, maximum: int = MAX_PAGE_LIMIT, default: int = DEFAULT_PAGE_LIMIT) -> int:
+    text = request.query.get("limit")
+    if text is None:
+        return default
+    if not _LIMIT_RE.fullmatch(text) or not 1 <= int(text) <= maximum:
+        raise ApiError(400, "invalid_request", f"limit: expected an integer 1..{maximum}", "limit")
+    return int(text)
+
+
+def encode_cursor(*parts: str) -> str:
+    return base64.urlsafe_b64encode("\n".join(parts).encode()).decode().rstrip("=")
+
+
+def _cursor_parts(request: web.Request, count: int) -> list[str] | None:
+    text = request.query.get("cursor")
+    if text is None:
+        return None
+    try:
+        if len(text) > 200:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        parts = raw.split("\n")
+        if len(parts) != count:
+            raise ValueError("shape")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise _bad_cursor() from None
+    return parts
+
+
+def _bad_cursor() -> ApiError:
+    return ApiError(400, "invalid_request", "cursor: not a cursor from this list's `next`", "cursor")
+
+
+def token_cursor(request: web.Request) -> tuple[float, str] | None:
+    parts = _cursor_parts(request, 3)
+    if parts is None:
+        return None
+    kind, score, key_id = parts
+    try:
+        value = float(score)
+    except ValueError:
+        raise _bad_cursor() from None
+    if kind != "t" or not math.isfinite(value) or not KEY_ID_RE.fullmatch(key_id):
+        raise _bad_cursor()
+    return value, key_id
+
+
+def name_cursor(request: web.Request) -> str | None:
+    parts = _cursor_parts(request, 2)
+    if parts is None:
+        return None
+    kind, name = parts
+    if kind != "n" or not re.fullmatch(schema.SLUG, name):
+        raise _bad_cursor()
+    return name
+
+
+def page_response(key: str, rows: list[dict[str, Any]], next_cursor: str | None) -> web.Response:
+    return json_response({key: rows, "next": next_cursor})
+
+
 # -- teams ------------------------------------------------------------------------------
 @endpoint(
     "POST",
@@ -300,22 +379,26 @@ async def create_team(request: web.Request) -> web.Response:
 @endpoint(
     "GET",
     "/v1/orgs/{org}/teams",
-    "List the teams of an org (a team admin sees its own)",
+    "List the teams of an org in name order, one page at a time (a team admin sees its own)",
     None,
-    {200: schema.TEAM_LIST},
+    {200: schema.TEAM_LIST, 400: schema.ERROR},
+    query=PAGE_QUERY,
 )
 async def list_teams(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     org = _match(request, "org")
     runtime = ctx(request).runtime
+    limit, after = page_limit(request), name_cursor(request)
     if principal.token.team is not None and principal.token.org == org:
         require_team_admin(principal, org, principal.token.team)
         team = await runtime.store.get_team(org, principal.token.team)
-        teams = [team] if team else []
-    else:
-        require_org_admin(principal, org)
-        teams = await runtime.store.list_teams(org)
-    return json_response({"teams": [team_view(t) for t in teams]})
+        own = [team] if team and (after is None or team.name > after) else []
+        return page_response("teams", [team_view(t) for t in own], None)
+    require_org_admin(principal, org)
+    names, teams, more = await runtime.store.team_page(org, after, limit)
+    return page_response(
+        "teams", [team_view(t) for t in teams], encode_cursor("n", names[-1]) if more and names else None
+    )
 
 
 @endpoint("GET", "/v1/orgs/{org}/teams/{team}", "Get a team", None, {200: schema.TEAM, 404: schema.ERROR})
@@ -435,7 +518,13 @@ async def issue_token(
     allowed_cidrs: tuple[str, ...] = (),
     replaces: str | None = None,
 ) -> tuple[str, TokenRecord]:
-    """Mint a token: hash off the event loop, store durably, return the plaintext once."""
+    """Mint a token: hash off the event loop, store durably, return the plaintext once.
+    Refused with 409 once the team (or the org level) holds `tokens.max_per_team` tokens:
+    counted before the argon2 work, and again atomically with the index write."""
+    quota = runtime.settings.tokens.max_per_team
+    held = await runtime.store.token_count(org, team)
+    if held >= quota:
+        raise _quota_exceeded(org, team, held, quota)
     plaintext, parsed = generate(runtime.settings.tokens.prefix)
     record = TokenRecord(
         id=parsed.key_id,
@@ -455,8 +544,21 @@ async def issue_token(
         allowed_cidrs=allowed_cidrs,
         replaces=replaces,
     )
-    await runtime.store.create_token(record)
+    try:
+        await runtime.store.create_token_in_quota(record, quota)
+    except QuotaExceeded as exc:
+        raise _quota_exceeded(org, team, exc.held, exc.limit) from None
     return plaintext, record
+
+
+def _quota_exceeded(org: str, team: str | None, held: int, limit: int) -> ApiError:
+    where = f"team {team!r}" if team is not None else f"org {org!r} (org-level tokens)"
+    return ApiError(
+        409,
+        "quota_exceeded",
+        f"{where} holds {held} tokens; the limit is {limit} (tokens.max_per_team): "
+        "delete revoked or expired tokens first",
+    )
 
 
 @endpoint(
@@ -544,11 +646,13 @@ _STATUSES = (ACTIVE, REVOKED, EXPIRED)
 @endpoint(
     "GET",
     "/v1/orgs/{org}/teams/{team}/tokens",
-    "List a team's tokens (never a hash or secret); deleted tokens are gone, revoked and "
-    "expired ones stay with their status",
+    "List a team's tokens, oldest first, one page at a time (never a hash or secret); deleted "
+    "tokens are gone, revoked and expired ones stay with their status. With a status or "
+    "expiring_within filter a page examines at most 1000 tokens and may hold fewer than "
+    "`limit` rows: follow `next` until it is null",
     None,
     {200: schema.TOKEN_LIST, 400: schema.ERROR, 404: schema.ERROR},
-    query=(("status", "string"), ("expiring_within", "string"), ("service_account", "string")),
+    query=(("status", "string"), ("expiring_within", "string"), ("service_account", "string"), *PAGE_QUERY),
 )
 async def list_tokens(request: web.Request) -> web.Response:
     context, org, team_name = await team_request(request)
@@ -560,21 +664,40 @@ async def list_tokens(request: web.Request) -> web.Response:
     if "expiring_within" in request.query:
         within = _duration(request.query["expiring_within"], "expiring_within")
     sa = request.query.get("service_account")
+    if sa is not None and not re.fullmatch(schema.SLUG, sa):
+        raise ApiError(400, "invalid_request", f"service_account: {sa!r} is not a name", "service_account")
+    limit, position = page_limit(request), token_cursor(request)
     team = await _team_or_404(runtime, org, team_name)
-    ids = await runtime.store.list_token_ids(org, team_name)
+    filtered = status is not None or within is not None
     now = time.time()
-    rows = []
-    for token, used in await runtime.store.get_tokens_with_usage(ids):
+
+    def wanted(token: TokenRecord) -> bool:
         if status is not None and token.status(now) != status:
-            continue
+            return False
         if within is not None and (
             token.status(now) != ACTIVE or token.expires_at is None or token.expires_at > now + within
         ):
-            continue
-        if sa is not None and token.service_account != sa:
-            continue
-        rows.append(token_view(token, team, used))
-    return json_response({"tokens": rows})
+            return False
+        return sa is None or token.service_account == sa
+
+    rows: list[dict[str, Any]] = []
+    scanned, more = 0, True
+    # a service account's tokens come from its own index: that filter costs no scanning
+    while more and len(rows) < limit and scanned < PAGE_SCAN_BUDGET:
+        want = min(PAGE_CHUNK, PAGE_SCAN_BUDGET - scanned if filtered else limit - len(rows))
+        page = await runtime.store.token_index_page(org, team_name, position, want, service_account=sa)
+        found = {t.id: (t, used) for t, used in await runtime.store.get_tokens_with_usage([m for m, _ in page.rows])}
+        more = page.more
+        for i, (member, score) in enumerate(page.rows):
+            position, scanned = (score, member), scanned + 1
+            hit = found.get(member)
+            if hit is not None and wanted(hit[0]):
+                rows.append(token_view(hit[0], team, hit[1]))
+                if len(rows) >= limit:
+                    more = more or i < len(page.rows) - 1
+                    break
+    next_cursor = encode_cursor("t", repr(position[0]), position[1]) if more and position else None
+    return page_response("tokens", rows, next_cursor)
 
 
 @endpoint(
@@ -698,6 +821,7 @@ async def delete_token(request: web.Request) -> web.Response:
     if record.status() == ACTIVE:
         raise ApiError(409, "conflict", "token is active; revoke it first, then delete it")
     await runtime.store.delete_token(record)
+    await runtime.store.unindex_service_account_token(record)
     context.token_event("token.deleted", record)
     return web.Response(status=204, headers={"X-Request-Id": context.request_id})
 
@@ -776,14 +900,29 @@ def sa_view(sa: ServiceAccountRecord, active_tokens: int) -> dict[str, Any]:
     }
 
 
-async def _active_tokens_by_sa(runtime: Runtime, org: str, team: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    ids = await runtime.store.list_token_ids(org, team)
-    now = time.time()
-    for token, _ in await runtime.store.get_tokens_with_usage(ids):
-        if token.service_account and token.status(now) == ACTIVE:
-            counts[token.service_account] = counts.get(token.service_account, 0) + 1
-    return counts
+ACTIVE_COUNT_CAP = 1000  # tokens of one service account examined per count (per call)
+
+
+async def _active_tokens(runtime: Runtime, org: str, team: str, name: str, stop_at: int) -> tuple[int, bool]:
+    """Active tokens of a service account, read from its own index in chunks: stops after
+    `stop_at` active ones or ACTIVE_COUNT_CAP tokens examined. (count, exact)."""
+    active, examined = 0, 0
+    position: tuple[float, str] | None = None
+    while True:
+        page = await runtime.store.token_index_page(
+            org, team, position, PAGE_CHUNK, service_account=name
+        )
+        now = time.time()
+        for token, _ in await runtime.store.get_tokens_with_usage([m for m, _ in page.rows]):
+            if token.service_account == name and token.status(now) == ACTIVE:
+                active += 1
+        examined += len(page.rows)
+        if page.rows:
+            position = (page.rows[-1][1], page.rows[-1][0])
+        if not page.more:
+            return active, True
+        if active >= stop_at or examined >= ACTIVE_COUNT_CAP:
+            return active, False
 
 
 @endpoint(
@@ -811,16 +950,22 @@ async def create_service_account(request: web.Request) -> web.Response:
 @endpoint(
     "GET",
     "/v1/orgs/{org}/teams/{team}/service-accounts",
-    "List a team's service accounts with their active token counts",
+    "List a team's service accounts in name order, one page at a time, with their active token "
+    "counts (exact up to 1000 tokens examined per account; active_tokens_exact says)",
     None,
-    {200: schema.SA_LIST, 404: schema.ERROR},
+    {200: schema.SA_LIST, 400: schema.ERROR, 404: schema.ERROR},
+    query=PAGE_QUERY,
 )
 async def list_service_accounts(request: web.Request) -> web.Response:
     context, org, team = await team_request(request)
+    limit, after = page_limit(request), name_cursor(request)
     await _team_or_404(context.runtime, org, team)
-    counts = await _active_tokens_by_sa(context.runtime, org, team)
-    sas = await context.runtime.store.list_service_accounts(org, team)
-    return json_response({"service_accounts": [sa_view(sa, counts.get(sa.name, 0)) for sa in sas]})
+    names, sas, more = await context.runtime.store.service_account_page(org, team, after, limit)
+    rows = []
+    for sa in sas:
+        active, exact = await _active_tokens(context.runtime, org, team, sa.name, ACTIVE_COUNT_CAP)
+        rows.append({**sa_view(sa, active), "active_tokens_exact": exact})
+    return page_response("service_accounts", rows, encode_cursor("n", names[-1]) if more and names else None)
 
 
 @endpoint(
@@ -836,12 +981,19 @@ async def delete_service_account(request: web.Request) -> web.Response:
     runtime = context.runtime
     if await runtime.store.get_service_account(org, team, name) is None:
         raise ApiError(404, "not_found", f"service account {name!r} does not exist in team {team!r}")
-    active = (await _active_tokens_by_sa(runtime, org, team)).get(name, 0)
+    active, exact = await _active_tokens(runtime, org, team, name, 1)
     if active:
         raise ApiError(
             409,
             "conflict",
-            f"service account {name!r} has {active} active token(s); revoke them first",
+            f"service account {name!r} has active tokens; revoke them first",
+        )
+    if not exact:
+        raise ApiError(
+            409,
+            "conflict",
+            f"service account {name!r} has more than {ACTIVE_COUNT_CAP} tokens to check; "
+            "delete its revoked and expired tokens first",
         )
     await runtime.store.delete_service_account(org, team, name)
     context.audit("service_account.deleted", org=org, team=team, service_account=name)
@@ -849,13 +1001,18 @@ async def delete_service_account(request: web.Request) -> web.Response:
 
 
 # -- audit and leaks --------------------------------------------------------------------------------
-AUDIT_SCAN_LIMIT = 100_000
+AUDIT_SCAN_BUDGET = 5000  # stream entries one call examines (in chunks of AUDIT_CHUNK)
+AUDIT_CHUNK = 500
+AUDIT_MAX_LIMIT = 1000
+_STREAM_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 @endpoint(
     "GET",
     "/v1/audit",
-    "Recent audit events of the caller's org (a team admin sees its own team's), newest first",
+    "Recent audit events of the caller's org (a team admin sees its own team's), newest first, "
+    "one page at a time: a page examines at most 5000 stream entries, so with filters it may "
+    "hold fewer than `limit` events; follow `next` until it is null",
     None,
     {200: schema.AUDIT_LIST, 400: schema.ERROR},
     query=(
@@ -865,6 +1022,7 @@ AUDIT_SCAN_LIMIT = 100_000
         ("since", "string"),
         ("until", "string"),
         ("limit", "integer"),
+        ("cursor", "string"),
     ),
 )
 async def read_audit(request: web.Request) -> web.Response:
@@ -878,13 +1036,9 @@ async def read_audit(request: web.Request) -> web.Response:
         require_team_admin(principal, org, team)
     else:
         require_org_admin(principal, org)
-    try:
-        limit = int(query.get("limit", "100"))
-    except ValueError:
-        raise ApiError(400, "invalid_request", "limit: expected an integer", "limit") from None
-    if not 1 <= limit <= 1000:
-        raise ApiError(400, "invalid_request", "limit: expected 1..1000", "limit")
+    limit = page_limit(request, maximum=AUDIT_MAX_LIMIT)
     start, end = "-", "+"
+    cursor: str | None = end
     for field in ("since", "until"):
         if field in query:
             millis = max(int(_time_or_ago(query[field], field) * 1000), 0)  # ids start at 0
@@ -892,15 +1046,27 @@ async def read_audit(request: web.Request) -> web.Response:
                 start = f"{millis}-0"
             else:
                 end = f"{millis}-18446744073709551615"
+    cursor_parts = _cursor_parts(request, 2)
+    if cursor_parts is not None:
+        kind, last_seen = cursor_parts
+        if kind != "a" or not _STREAM_ID_RE.fullmatch(last_seen):
+            raise _bad_cursor()
+        cursor = _stream_id_before(last_seen)
+        if cursor is not None and end != "+" and _parse_stream_id(end) < _parse_stream_id(cursor):
+            cursor = end
+    elif end != "+":
+        cursor = end
     wanted = {k: query[k] for k in ("token_id", "action") if k in query}
     events: list[dict[str, Any]] = []
     scanned = 0
-    cursor = end
-    while len(events) < limit and scanned < AUDIT_SCAN_LIMIT:
-        page = await context.runtime.store.read_audit(start, cursor, count=1000)
-        if not page:
-            break
-        for stream_id, event in page:
+    last: str | None = None  # the oldest entry examined
+    more = cursor is not None
+    while more and len(events) < limit and scanned < AUDIT_SCAN_BUDGET:
+        assert cursor is not None
+        page = await context.runtime.store.read_audit(start, cursor, count=AUDIT_CHUNK)
+        more = len(page) == AUDIT_CHUNK
+        for i, (stream_id, event) in enumerate(page):
+            last, scanned = stream_id, scanned + 1
             if event.get("org") != org and event.get("actor_org") != org:
                 continue
             if team is not None and team not in (event.get("team"), event.get("actor_team")):
@@ -909,14 +1075,28 @@ async def read_audit(request: web.Request) -> web.Response:
                 continue
             events.append({"id": stream_id, "time": iso(event.get("ts")), **event})
             if len(events) >= limit:
+                more = more or i < len(page) - 1
                 break
-        scanned += len(page)
-        last = page[-1][0]
-        ms, _, seq = last.partition("-")
-        cursor = f"{ms}-{int(seq) - 1}" if int(seq) > 0 else f"{int(ms) - 1}-18446744073709551615"
-        if len(page) < 1000:
-            break
-    return json_response({"events": events})
+        if last is not None:
+            cursor = _stream_id_before(last)
+            more = more and cursor is not None
+    next_cursor = encode_cursor("a", last) if more and last is not None else None
+    return json_response({"events": events, "next": next_cursor})
+
+
+def _parse_stream_id(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq)
+
+
+def _stream_id_before(stream_id: str) -> str | None:
+    """The greatest stream id below `stream_id` (None: there is none)."""
+    ms, _, seq = stream_id.partition("-")
+    if int(seq) > 0:
+        return f"{ms}-{int(seq) - 1}"
+    if int(ms) > 0:
+        return f"{int(ms) - 1}-18446744073709551615"
+    return None
 
 
 def _time_or_ago(text: str, field: str) -> float:
@@ -932,7 +1112,9 @@ def _time_or_ago(text: str, field: str) -> float:
 @endpoint(
     "POST",
     "/v1/leaks",
-    "Report leaked plaintext tokens: each valid one is revoked at once and audited as token.leaked",
+    "Report leaked plaintext tokens (at most 100 per call): each valid one is revoked at once and "
+    "audited as token.leaked; `throttled` results (the failed-verification throttle is empty) "
+    "should be reported again after Retry-After",
     schema.LEAKS,
     {200: schema.LEAKS_RESULT},
 )
@@ -946,17 +1128,26 @@ async def report_leaks(request: web.Request) -> web.Response:
     results = []
     for text in body["tokens"]:
         results.append(await _revoke_leaked(context, runtime, text))
+    if any(r["result"] == "throttled" for r in results):
+        return json_response({"results": results}, 200, **{"Retry-After": "1"})
     return json_response({"results": results})
 
 
 async def _revoke_leaked(context: AdminContext, runtime: Runtime, text: str) -> dict[str, Any]:
-    """Holding the plaintext is the authority to kill it, whichever org it belongs to."""
+    """Holding the plaintext is the authority to kill it, whichever org it belongs to.
+    The secret is proven as at the gateway (`Authenticator.prove`): a wrong secret that fails
+    the cheap secret check costs no argon2, and failed verifications drain the same failure
+    throttle as requests do; a report the throttle defers answers `throttled` (retry)."""
     try:
         parsed = parse_token(text, runtime.settings.tokens.accepted_prefixes)
+        proven = await runtime.authenticator.prove(text)
     except TokenFormatError:
         return {"token": _redacted(text), "result": "not_a_token"}
-    record = await runtime.store.get_token(parsed.key_id)
-    if record is None or not await runtime.hasher.verify(record.secret_hash, parsed.secret):
+    except Throttled:
+        return {"token": parsed.display_prefix, "result": "throttled"}
+    # the revocation itself works on the store's current record, as an admin revoke does
+    record = await runtime.store.get_token(parsed.key_id) if proven is not None else None
+    if record is None:
         return {"token": parsed.display_prefix, "result": "unknown"}
     if record.revoke_reason == "leaked":
         return {"token": parsed.display_prefix, "result": "already_revoked"}
@@ -999,10 +1190,7 @@ def openapi_document() -> dict[str, Any]:
             for part in ep.path.split("/")
             if part.startswith("{")
         ]
-        params += [
-            {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
-            for name, kind in ep.query
-        ]
+        params += [_query_parameter(ep, name, kind) for name, kind in ep.query]
         op: dict[str, Any] = {
             "summary": ep.summary,
             "operationId": ep.handler.__name__,
@@ -1040,6 +1228,17 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _query_parameter(ep: Endpoint, name: str, kind: str) -> dict[str, Any]:
+    param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+    if name == "limit":
+        maximum = AUDIT_MAX_LIMIT if ep.handler is read_audit else MAX_PAGE_LIMIT
+        param["schema"] = {"type": "integer", "minimum": 1, "maximum": maximum, "default": DEFAULT_PAGE_LIMIT}
+        param["description"] = f"rows per page, 1..{maximum} (400 beyond); the response's `next` continues"
+    elif name == "cursor":
+        param["description"] = "the `next` of the previous page (opaque); omit for the first page"
+    return param
 
 
 def _error_ref() -> dict[str, Any]:

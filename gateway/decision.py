@@ -95,6 +95,10 @@ def bearer_token(values: Sequence[str]) -> str:
     return token
 
 
+class Throttled(Exception):
+    """The failure throttle refused to verify a secret now (not a verdict on the token)."""
+
+
 class FailureThrottle:
     """Token buckets for failed secret verifications: one per key id and one overall.
 
@@ -222,14 +226,31 @@ class Authenticator:
         permissions = None if record.team is None else (team.permissions if team else ())
         return Principal(record, permissions)
 
-    async def _identify(self, fingerprint: str, parsed: tokens.ParsedToken) -> str | None:
-        """The key id this token proves to hold, or None."""
+    async def _identify(
+        self, fingerprint: str, parsed: tokens.ParsedToken, report_throttled: bool = False
+    ) -> str | None:
+        """The key id this token proves to hold, or None (Throttled instead, if asked, when
+        the failure throttle refused to verify it)."""
         key_id = self.cache.proof(fingerprint)
         if key_id is not None:
             return key_id
         if self.cache.failed(fingerprint):
             return None
-        return await _join(self._inflight, fingerprint, lambda: self._verify(fingerprint, parsed))
+        try:
+            return await _join(self._inflight, fingerprint, lambda: self._verify(fingerprint, parsed))
+        except Throttled:
+            if report_throttled:
+                raise
+            return None
+
+    async def prove(self, token: str) -> TokenRecord | None:
+        """The record whose secret `token` holds, whatever its status (leak reports): through
+        the same format check, cheap secret check, failure throttle and argon2 slots (off the
+        event loop) as a request. None: not a token of this store, or a wrong secret;
+        TokenFormatError: not a token at all; Throttled: retry later."""
+        parsed = tokens.parse(token, self.accepted_prefixes)
+        key_id = await self._identify(tokens.fingerprint(token), parsed, report_throttled=True)
+        return await self._record(key_id) if key_id is not None else None
 
     async def _verify(self, fingerprint: str, parsed: tokens.ParsedToken) -> str | None:
         # An unknown key id, or a secret that fails the 16-bit secret check, is refused
@@ -247,7 +268,7 @@ class Authenticator:
         # the first failures are recorded, and proven tokens never wait here at all.
         async with self._argon2_slots:
             if not self.throttle.allows(parsed.key_id):
-                return None
+                raise Throttled()
             self.argon2_verifications += 1
             ok = await self.hasher.verify(record.secret_hash, parsed.secret)
             if not ok:

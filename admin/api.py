@@ -682,9 +682,10 @@ async def list_tokens(request: web.Request) -> web.Response:
 
     rows: list[dict[str, Any]] = []
     scanned, more = 0, True
+    budget = max(PAGE_SCAN_BUDGET, limit)
     # a service account's tokens come from its own index: that filter costs no scanning
-    while more and len(rows) < limit and scanned < PAGE_SCAN_BUDGET:
-        want = min(PAGE_CHUNK, PAGE_SCAN_BUDGET - scanned if filtered else limit - len(rows))
+    while more and len(rows) < limit and scanned < budget:
+        want = min(PAGE_CHUNK, budget - scanned if filtered else limit - len(rows))
         page = await runtime.store.token_index_page(org, team_name, position, want, service_account=sa)
         found = {t.id: (t, used) for t, used in await runtime.store.get_tokens_with_usage([m for m, _ in page.rows])}
         more = page.more

@@ -687,7 +687,10 @@ async def list_tokens(request: web.Request) -> web.Response:
     while more and len(rows) < limit and scanned < budget:
         want = min(PAGE_CHUNK, budget - scanned if filtered else limit - len(rows))
         page = await runtime.store.token_index_page(org, team_name, position, want, service_account=sa)
-        found = {t.id: (t, used) for t, used in await runtime.store.get_tokens_with_usage([m for m, _ in page.rows])}
+        found = {
+            t.id: (t, used)
+            for t, used in await runtime.store.get_tokens_with_usage([m for m, _ in page.rows])
+        }
         more = page.more
         for i, (member, score) in enumerate(page.rows):
             position, scanned = (score, member), scanned + 1
@@ -910,9 +913,7 @@ async def _active_tokens(runtime: Runtime, org: str, team: str, name: str, stop_
     active, examined = 0, 0
     position: tuple[float, str] | None = None
     while True:
-        page = await runtime.store.token_index_page(
-            org, team, position, PAGE_CHUNK, service_account=name
-        )
+        page = await runtime.store.token_index_page(org, team, position, PAGE_CHUNK, service_account=name)
         now = time.time()
         for token, _ in await runtime.store.get_tokens_with_usage([m for m, _ in page.rows]):
             if token.service_account == name and token.status(now) == ACTIVE:

@@ -336,7 +336,9 @@ def _tokens(checker: _Checker, raw: object) -> TokenSettings:
     max_per_team = checker.convert(
         data.get("max_per_team", d.max_per_team), f"{loc}.max_per_team", _int(1, 1_000_000), d.max_per_team
     )
-    return TokenSettings(prefix, tuple(legacy), default_ttl, max_ttl, cache_ttl, argon, max_per_team=max_per_team)
+    return TokenSettings(
+        prefix, tuple(legacy), default_ttl, max_ttl, cache_ttl, argon, max_per_team=max_per_team
+    )
 
 
 def _upstreams(checker: _Checker, raw: object) -> dict[str, Upstream]:

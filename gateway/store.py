@@ -799,14 +799,20 @@ class Store:
         rows = [(raw[i].decode(), float(raw[i + 1])) for i in range(0, len(raw), 2)]
         return IndexPage(rows[:count], len(rows) > count)
 
-    async def _name_page(self, members: str, by_name: str, after: str | None, count: int) -> tuple[list[str], bool]:
+    async def _name_page(
+        self, members: str, by_name: str, after: str | None, count: int
+    ) -> tuple[list[str], bool]:
         await self._call(lambda: self._sync_name_index(keys=[members, by_name]))
         low = f"({after}" if after is not None else "-"
-        raw = await self._call(lambda: self.client.zrange(by_name, low, "+", bylex=True, offset=0, num=count + 1))
+        raw = await self._call(
+            lambda: self.client.zrange(by_name, low, "+", bylex=True, offset=0, num=count + 1)
+        )
         names = [n.decode() for n in raw]
         return names[:count], len(names) > count
 
-    async def team_page(self, org: str, after: str | None, count: int) -> tuple[list[str], list[TeamRecord], bool]:
+    async def team_page(
+        self, org: str, after: str | None, count: int
+    ) -> tuple[list[str], list[TeamRecord], bool]:
         """Up to `count` team names after `after` in name order, their records (a name whose
         record is gone is skipped), and whether more names follow."""
         names, more = await self._name_page(Keys.teams(org), Keys.teams_by_name(org), after, count)
@@ -823,9 +829,7 @@ class Store:
         )
         if not names:
             return names, [], more
-        raws = await self._call(
-            lambda: self.client.mget([Keys.service_account(org, team, n) for n in names])
-        )
+        raws = await self._call(lambda: self.client.mget([Keys.service_account(org, team, n) for n in names]))
         return names, [ServiceAccountRecord.from_json(orjson.loads(r)) for r in raws if r], more
 
     # -- audit stream -----------------------------------------------------------------------

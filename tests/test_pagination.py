@@ -70,7 +70,9 @@ async def bulk_tokens(
     ]
     store = gw.runtime.store
     for start in range(0, count, 50):
-        await asyncio.gather(*(store.create_token_in_quota(r, 1_000_000) for r in records[start : start + 50]))
+        await asyncio.gather(
+            *(store.create_token_in_quota(r, 1_000_000) for r in records[start : start + 50])
+        )
     return [r.id for r in records]
 
 
@@ -82,7 +84,9 @@ async def walk(
     cursor: str | None = None
     pages = 0
     while True:
-        params = [p for p in (query, f"limit={limit}" if limit else "", f"cursor={cursor}" if cursor else "") if p]
+        params = [
+            p for p in (query, f"limit={limit}" if limit else "", f"cursor={cursor}" if cursor else "") if p
+        ]
         status, data, _ = await admin(gw, "GET", path + ("?" + "&".join(params) if params else ""), token)
         assert status == 200, data
         pages += 1
@@ -95,7 +99,9 @@ async def walk(
 
 
 # -- tokens -------------------------------------------------------------------------------
-async def test_a_token_walk_sees_every_token_exactly_once_oldest_first(gateway: Gateway, org_admin: str) -> None:
+async def test_a_token_walk_sees_every_token_exactly_once_oldest_first(
+    gateway: Gateway, org_admin: str
+) -> None:
     ids = await bulk_tokens(gateway, 250)
     rows, pages = await walk(gateway, org_admin, TOKENS, "tokens", limit=7)
     assert [r["id"] for r in rows] == ids
@@ -104,7 +110,9 @@ async def test_a_token_walk_sees_every_token_exactly_once_oldest_first(gateway: 
         assert "secret_hash" not in row and "secret_check" not in row
 
 
-async def test_the_first_page_holds_100_rows_by_default_and_says_next(gateway: Gateway, org_admin: str) -> None:
+async def test_the_first_page_holds_100_rows_by_default_and_says_next(
+    gateway: Gateway, org_admin: str
+) -> None:
     ids = await bulk_tokens(gateway, 130)
     status, data, _ = await admin(gateway, "GET", TOKENS, org_admin)
     assert status == 200 and len(data["tokens"]) == 100 and isinstance(data["next"], str)
@@ -150,7 +158,9 @@ async def test_limit_out_of_bounds_is_400_naming_the_field(
         "A" * 400,
     ],
 )
-async def test_a_cursor_not_from_next_is_400(gateway: Gateway, org_admin: str, path: str, cursor: str) -> None:
+async def test_a_cursor_not_from_next_is_400(
+    gateway: Gateway, org_admin: str, path: str, cursor: str
+) -> None:
     status, data, _ = await admin(gateway, "GET", f"{path}?cursor={cursor}", org_admin)
     assert status == 400 and data["field"] == "cursor"
 
@@ -218,7 +228,9 @@ async def test_filters_keep_working_across_pages(gateway: Gateway, org_admin: st
     assert [r["id"] for r in rows] == in_sa
     rows, _ = await walk(gateway, org_admin, TOKENS, "tokens", limit=4, query="status=active")
     assert [r["id"] for r in rows] == plain + soon + in_sa + more_plain
-    rows, _ = await walk(gateway, org_admin, TOKENS, "tokens", limit=6, query="service_account=ci&status=revoked")
+    rows, _ = await walk(
+        gateway, org_admin, TOKENS, "tokens", limit=6, query="service_account=ci&status=revoked"
+    )
     assert rows == []
 
 
@@ -310,7 +322,9 @@ async def test_service_account_counts_and_delete_are_bounded(
     assert status == 409 and "revoked and expired tokens" in data["message"]
 
 
-async def test_a_service_account_with_an_active_token_is_not_deleted(gateway: Gateway, org_admin: str) -> None:
+async def test_a_service_account_with_an_active_token_is_not_deleted(
+    gateway: Gateway, org_admin: str
+) -> None:
     status, _, _ = await admin(gateway, "POST", SAS, org_admin, {"name": "ci"})
     assert status == 201
     status, created, _ = await admin(
@@ -324,9 +338,9 @@ async def test_a_service_account_with_an_active_token_is_not_deleted(gateway: Ga
         assert status == 200
     status, _, _ = await admin(gateway, "DELETE", f"{TOKENS}/{created['id']}", org_admin)
     assert status == 204
-    assert await gateway.runtime.store.token_index_page("acme", "platform", None, 10, service_account="ci") == (
-        api_page_empty()
-    )
+    assert await gateway.runtime.store.token_index_page(
+        "acme", "platform", None, 10, service_account="ci"
+    ) == (api_page_empty())
     status, _, _ = await admin(gateway, "DELETE", f"{SAS}/ci", org_admin)
     assert status == 204
     status, data, _ = await admin(gateway, "GET", SAS, org_admin)
@@ -340,7 +354,9 @@ def api_page_empty() -> Any:
 
 
 # -- audit ---------------------------------------------------------------------------------
-async def test_an_audit_walk_sees_every_event_exactly_once_newest_first(gateway: Gateway, org_admin: str) -> None:
+async def test_an_audit_walk_sees_every_event_exactly_once_newest_first(
+    gateway: Gateway, org_admin: str
+) -> None:
     for i in range(25):
         status, _, _ = await admin(gateway, "POST", SAS, org_admin, {"name": f"sa-{i:02d}"})
         assert status == 201
@@ -371,7 +387,9 @@ async def small_quota(start_gateway: Callable[..., Awaitable[Gateway]], config: 
     return await start_gateway(config)
 
 
-async def test_creating_beyond_the_team_quota_is_409_naming_the_limit(small_quota: Gateway, monkeypatch: Any) -> None:
+async def test_creating_beyond_the_team_quota_is_409_naming_the_limit(
+    small_quota: Gateway, monkeypatch: Any
+) -> None:
     gw = small_quota
     hashed: list[int] = []
     real_hash = gw.runtime.hasher.hash
@@ -424,7 +442,9 @@ async def test_concurrent_creations_never_pass_the_quota(small_quota: Gateway) -
             )
         )
         statuses = [status for status, _, _ in results]
-        assert statuses.count(201) == (5 if trial == 0 else 0) and statuses.count(409) == 12 - statuses.count(201)
+        assert statuses.count(201) == (5 if trial == 0 else 0) and statuses.count(409) == 12 - statuses.count(
+            201
+        )
         assert await gw.runtime.store.token_count("acme", "platform") == 5
 
 
@@ -435,12 +455,22 @@ async def test_the_store_refuses_past_the_quota_atomically(gateway: Gateway) -> 
     store = gateway.runtime.store
     records = [
         TokenRecord(
-            id=new_id(), prefix="tw_sat", org="acme", team="q", name="r", description="",
-            scopes=(), secret_hash="x", created_at=time.time(), created_by="t",
+            id=new_id(),
+            prefix="tw_sat",
+            org="acme",
+            team="q",
+            name="r",
+            description="",
+            scopes=(),
+            secret_hash="x",
+            created_at=time.time(),
+            created_by="t",
         )
         for _ in range(40)
     ]
-    outcomes = await asyncio.gather(*(store.create_token_in_quota(r, 17) for r in records), return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(store.create_token_in_quota(r, 17) for r in records), return_exceptions=True
+    )
     assert sum(o is None for o in outcomes) == 17
     assert all(isinstance(o, QuotaExceeded) for o in outcomes if o is not None)
     assert await store.token_count("acme", "q") == 17
@@ -480,7 +510,9 @@ async def test_wrong_secret_leak_reports_cost_no_argon2(gateway: Gateway, org_ad
     before = auth.argon2_verifications
     results: list[dict[str, Any]] = []
     for start in range(0, len(flood), 100):
-        status, data, _ = await admin(gateway, "POST", "/v1/leaks", org_admin, {"tokens": flood[start : start + 100]})
+        status, data, _ = await admin(
+            gateway, "POST", "/v1/leaks", org_admin, {"tokens": flood[start : start + 100]}
+        )
         assert status == 200
         results += data["results"]
     status, data, _ = await admin(gateway, "POST", "/v1/leaks", org_admin, {"tokens": unknown_ids})

@@ -8,13 +8,15 @@ the response, announced to every gateway process, and audited with its actor.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import ipaddress
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -279,10 +281,15 @@ def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | N
 # a filter it examines at most PAGE_SCAN_BUDGET index rows and may hold fewer than `limit`
 # rows (even none) with a `next`. Work is done in chunks of PAGE_CHUNK records, each one a
 # store round trip, so requests on the same event loop run between them.
+# Bulk reads (list pages, service-account counts, audit pages) also run one at a time per
+# process (BULK_WORK): however many admin clients list at once, at most one slice of admin
+# work waits ahead of a gateway request on the shared event loop.
 DEFAULT_PAGE_LIMIT = 100
 MAX_PAGE_LIMIT = 500
 PAGE_SCAN_BUDGET = 1000
-PAGE_CHUNK = 100
+PAGE_CHUNK = 50
+VIEW_SLICE = 10  # rows turned into views between two turns of the event loop
+BULK_WORK = web.AppKey("bulk_work", asyncio.Semaphore)
 PAGE_QUERY: tuple[tuple[str, str], ...] = (("limit", "integer"), ("cursor", "string"))
 _LIMIT_RE = re.compile(r"[0-9]{1,7}")
 
@@ -342,6 +349,12 @@ def name_cursor(request: web.Request) -> str | None:
     if kind != "n" or not re.fullmatch(schema.SLUG, name):
         raise _bad_cursor()
     return name
+
+
+@contextlib.asynccontextmanager
+async def bulk_work(request: web.Request) -> AsyncIterator[None]:
+    async with request.app[BULK_WORK]:
+        yield
 
 
 def page_response(key: str, rows: list[dict[str, Any]], next_cursor: str | None) -> web.Response:
@@ -680,6 +693,25 @@ async def list_tokens(request: web.Request) -> web.Response:
             return False
         return sa is None or token.service_account == sa
 
+    async with bulk_work(request):
+        rows, position, more = await _token_page(runtime, org, team, position, limit, filtered, wanted, sa)
+    next_cursor = encode_cursor("t", repr(position[0]), position[1]) if more and position else None
+    return page_response("tokens", rows, next_cursor)
+
+
+async def _token_page(
+    runtime: Runtime,
+    org: str,
+    team: TeamRecord,
+    position: tuple[float, str] | None,
+    limit: int,
+    filtered: bool,
+    wanted: Callable[[TokenRecord], bool],
+    sa: str | None,
+) -> tuple[list[dict[str, Any]], tuple[float, str] | None, bool]:
+    """Up to `limit` rows after `position` that `wanted` keeps, reading at most
+    max(PAGE_SCAN_BUDGET, limit) index rows in chunks; the last row examined; more follow."""
+    team_name = team.name
     rows: list[dict[str, Any]] = []
     scanned, more = 0, True
     budget = max(PAGE_SCAN_BUDGET, limit)
@@ -700,8 +732,9 @@ async def list_tokens(request: web.Request) -> web.Response:
                 if len(rows) >= limit:
                     more = more or i < len(page.rows) - 1
                     break
-    next_cursor = encode_cursor("t", repr(position[0]), position[1]) if more and position else None
-    return page_response("tokens", rows, next_cursor)
+                if len(rows) % VIEW_SLICE == 0:
+                    await asyncio.sleep(0)  # let requests waiting on the loop run
+    return rows, position, more
 
 
 @endpoint(
@@ -964,9 +997,10 @@ async def list_service_accounts(request: web.Request) -> web.Response:
     await _team_or_404(context.runtime, org, team)
     names, sas, more = await context.runtime.store.service_account_page(org, team, after, limit)
     rows = []
-    for sa in sas:
-        active, exact = await _active_tokens(context.runtime, org, team, sa.name, ACTIVE_COUNT_CAP)
-        rows.append({**sa_view(sa, active), "active_tokens_exact": exact})
+    async with bulk_work(request):
+        for sa in sas:
+            active, exact = await _active_tokens(context.runtime, org, team, sa.name, ACTIVE_COUNT_CAP)
+            rows.append({**sa_view(sa, active), "active_tokens_exact": exact})
     return page_response("service_accounts", rows, encode_cursor("n", names[-1]) if more and names else None)
 
 
@@ -983,7 +1017,8 @@ async def delete_service_account(request: web.Request) -> web.Response:
     runtime = context.runtime
     if await runtime.store.get_service_account(org, team, name) is None:
         raise ApiError(404, "not_found", f"service account {name!r} does not exist in team {team!r}")
-    active, exact = await _active_tokens(runtime, org, team, name, 1)
+    async with bulk_work(request):
+        active, exact = await _active_tokens(runtime, org, team, name, 1)
     if active:
         raise ApiError(
             409,
@@ -1063,25 +1098,26 @@ async def read_audit(request: web.Request) -> web.Response:
     scanned = 0
     last: str | None = None  # the oldest entry examined
     more = cursor is not None
-    while more and len(events) < limit and scanned < AUDIT_SCAN_BUDGET:
-        assert cursor is not None
-        page = await context.runtime.store.read_audit(start, cursor, count=AUDIT_CHUNK)
-        more = len(page) == AUDIT_CHUNK
-        for i, (stream_id, event) in enumerate(page):
-            last, scanned = stream_id, scanned + 1
-            if event.get("org") != org and event.get("actor_org") != org:
-                continue
-            if team is not None and team not in (event.get("team"), event.get("actor_team")):
-                continue
-            if any(event.get(k) != v for k, v in wanted.items()):
-                continue
-            events.append({"id": stream_id, "time": iso(event.get("ts")), **event})
-            if len(events) >= limit:
-                more = more or i < len(page) - 1
-                break
-        if last is not None:
-            cursor = _stream_id_before(last)
-            more = more and cursor is not None
+    async with bulk_work(request):
+        while more and len(events) < limit and scanned < AUDIT_SCAN_BUDGET:
+            assert cursor is not None
+            page = await context.runtime.store.read_audit(start, cursor, count=AUDIT_CHUNK)
+            more = len(page) == AUDIT_CHUNK
+            for i, (stream_id, event) in enumerate(page):
+                last, scanned = stream_id, scanned + 1
+                if event.get("org") != org and event.get("actor_org") != org:
+                    continue
+                if team is not None and team not in (event.get("team"), event.get("actor_team")):
+                    continue
+                if any(event.get(k) != v for k, v in wanted.items()):
+                    continue
+                events.append({"id": stream_id, "time": iso(event.get("ts")), **event})
+                if len(events) >= limit:
+                    more = more or i < len(page) - 1
+                    break
+            if last is not None:
+                cursor = _stream_id_before(last)
+                more = more and cursor is not None
     next_cursor = encode_cursor("a", last) if more and last is not None else None
     return json_response({"events": events, "next": next_cursor})
 
@@ -1356,6 +1392,7 @@ def _http_error_code(status: int) -> str:
 def create_admin_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
     app[RUNTIME] = runtime
+    app[BULK_WORK] = asyncio.Semaphore(1)
     for ep in ENDPOINTS:
         app.router.add_route(ep.method, ep.path, ep.handler)
     return app

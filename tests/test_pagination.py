@@ -499,7 +499,23 @@ async def test_a_leak_batch_is_bounded(gateway: Gateway, org_admin: str) -> None
     assert status == 200 and {r["result"] for r in data["results"]} == {"not_a_token"}
 
 
-async def test_wrong_secret_leak_reports_cost_no_argon2(gateway: Gateway, org_admin: str) -> None:
+def count_argon2(gw: Gateway, monkeypatch: Any) -> list[int]:
+    """Every argon2 verification of the process, whichever path asks for it."""
+    calls: list[int] = []
+    real = gw.runtime.hasher.verify
+
+    async def counted(stored_hash: Any, secret: str) -> bool:
+        calls.append(1)
+        return await real(stored_hash, secret)
+
+    monkeypatch.setattr(gw.runtime.hasher, "verify", counted)
+    return calls
+
+
+async def test_wrong_secret_leak_reports_cost_no_argon2(
+    gateway: Gateway, org_admin: str, monkeypatch: Any
+) -> None:
+    verified = count_argon2(gateway, monkeypatch)
     _, kid = await gateway.token("platform", ["read:apis"])
     record = await gateway.runtime.store.get_token(kid)
     assert record is not None and record.secret_check
@@ -519,11 +535,14 @@ async def test_wrong_secret_leak_reports_cost_no_argon2(gateway: Gateway, org_ad
     results += data["results"]
     assert {r["result"] for r in results} <= {"unknown", "throttled"}
     assert auth.argon2_verifications - before == lucky  # ~300/65536: almost always 0
+    assert len(verified) == lucky
     after = await gateway.runtime.store.get_token(kid)
     assert after is not None and after.status() == "active"
 
 
-async def test_leak_reports_share_the_failure_throttle(gateway: Gateway, org_admin: str) -> None:
+async def test_leak_reports_share_the_failure_throttle(
+    gateway: Gateway, org_admin: str, monkeypatch: Any
+) -> None:
     """Failed verifications behind leak reports drain the same per-key bucket as requests:
     past it, reports are deferred (`throttled`, Retry-After) without argon2 work."""
     _, kid = await gateway.token("platform", ["read:apis"])
@@ -534,12 +553,13 @@ async def test_leak_reports_share_the_failure_throttle(gateway: Gateway, org_adm
     auth = gateway.runtime.authenticator
     burst = int(auth.throttle.per_key[0])
     before = auth.argon2_verifications
+    verified = count_argon2(gateway, monkeypatch)
     status, data, headers = await admin(
         gateway, "POST", "/v1/leaks", org_admin, {"tokens": wrong_secrets(kid, burst + 10)}
     )
     assert status == 200
     results = [r["result"] for r in data["results"]]
-    assert auth.argon2_verifications - before == burst
+    assert auth.argon2_verifications - before == burst == len(verified)
     assert results.count("unknown") == burst and results.count("throttled") == 10
     assert headers.get("Retry-After") == "1"
     after = await store.get_token(kid)

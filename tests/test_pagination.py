@@ -624,3 +624,23 @@ async def test_cli_lists_follow_next_to_the_end(gateway: Gateway, org_admin: str
     assert [t["name"] for t in orjson.loads(out)["teams"]] == ["platform", "t0"]
     code, out, err = await run_cli("sa", "list", "--team", "platform", "--json", env=env)
     assert code == 0, err and orjson.loads(out)["service_accounts"] == []
+
+
+async def test_the_expiring_tokens_metric_reads_the_store_in_chunks(
+    gateway: Gateway, monkeypatch: Any
+) -> None:
+    """The metric's periodic count reads every token: in chunks, never all of them at once."""
+    from gateway import metrics
+
+    await bulk_tokens(gateway, 450, expires_at=time.time() + 3600)
+    store = gateway.runtime.store
+    real = store.get_tokens_with_usage
+    read: list[int] = []
+
+    async def counted(ids: Any) -> Any:
+        read.append(len(ids))
+        return await real(ids)
+
+    monkeypatch.setattr(store, "get_tokens_with_usage", counted)
+    assert await metrics.count_expiring(gateway.runtime) == 450
+    assert sum(read) == 450 and max(read) <= metrics.EXPIRING_CHUNK

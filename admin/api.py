@@ -694,6 +694,8 @@ async def list_tokens(request: web.Request) -> web.Response:
         return sa is None or token.service_account == sa
 
     async with bulk_work(request):
+        if sa is not None:
+            await runtime.store.ensure_service_account_indexes(org, team_name)
         rows, position, more = await _token_page(runtime, org, team, position, limit, filtered, wanted, sa)
     next_cursor = encode_cursor("t", repr(position[0]), position[1]) if more and position else None
     return page_response("tokens", rows, next_cursor)
@@ -998,6 +1000,7 @@ async def list_service_accounts(request: web.Request) -> web.Response:
     names, sas, more = await context.runtime.store.service_account_page(org, team, after, limit)
     rows = []
     async with bulk_work(request):
+        await context.runtime.store.ensure_service_account_indexes(org, team)
         for sa in sas:
             active, exact = await _active_tokens(context.runtime, org, team, sa.name, ACTIVE_COUNT_CAP)
             rows.append({**sa_view(sa, active), "active_tokens_exact": exact})
@@ -1018,6 +1021,7 @@ async def delete_service_account(request: web.Request) -> web.Response:
     if await runtime.store.get_service_account(org, team, name) is None:
         raise ApiError(404, "not_found", f"service account {name!r} does not exist in team {team!r}")
     async with bulk_work(request):
+        await runtime.store.ensure_service_account_indexes(org, team)
         active, exact = await _active_tokens(runtime, org, team, name, 1)
     if active:
         raise ApiError(

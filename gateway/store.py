@@ -193,6 +193,11 @@ class Keys:
         """A service account's token ids, scored by created_at like the team index."""
         return f"tw:{{{org}}}:team:{team}:sa:{name}:tokens"
 
+    @staticmethod
+    def service_account_tokens_built(org: str, team: str) -> str:
+        """Set once the team's tokens from before the service-account indexes are in them."""
+        return f"tw:{{{org}}}:team:{team}:sa-tokens-built"
+
 
 # Sets last_used_at only on a token that still exists (a late flush must not resurrect it).
 _TOUCH = """
@@ -305,6 +310,7 @@ class Store:
         self._append_audit = client.register_script(_APPEND_AUDIT)
         self._index_page = client.register_script(_INDEX_PAGE)
         self._sync_name_index = client.register_script(_SYNC_NAME_INDEX)
+        self._sa_indexes_built: set[tuple[str, str]] = set()
         self.waitaof_supported: bool | None = None
         self.errors = 0  # store errors seen, for the metric
         # Reachability, as a state with one log line per change (not one per failed call).
@@ -777,6 +783,30 @@ class Store:
             return
         key = Keys.service_account_tokens(token.org, token.team, token.service_account)
         await self._write(key, ("ZREM", key, token.id))
+
+    async def ensure_service_account_indexes(self, org: str, team: str) -> None:
+        """Once per team: put the tokens issued before the service-account indexes existed
+        into them (a chunked walk of the team index; at most tokens.max_per_team)."""
+        if (org, team) in self._sa_indexes_built:
+            return
+        marker = Keys.service_account_tokens_built(org, team)
+        if not await self._call(lambda: self.client.exists(marker)):
+            position: tuple[float, str] | None = None
+            while True:
+                page = await self.token_index_page(org, team, position, 200)
+                records = await self.get_tokens_with_usage([m for m, _ in page.rows])
+                adds = [
+                    ("ZADD", Keys.service_account_tokens(org, team, r.service_account), r.created_at, r.id)
+                    for r, _ in records
+                    if r.service_account and r.team == team
+                ]
+                if adds:
+                    await self._write(adds[0][1], *adds)
+                if not page.more:
+                    break
+                position = (page.rows[-1][1], page.rows[-1][0])
+            await self._write(marker, ("SET", marker, "1"))
+        self._sa_indexes_built.add((org, team))
 
     async def token_index_page(
         self,

@@ -644,3 +644,37 @@ async def test_the_expiring_tokens_metric_reads_the_store_in_chunks(
     monkeypatch.setattr(store, "get_tokens_with_usage", counted)
     assert await metrics.count_expiring(gateway.runtime) == 450
     assert sum(read) == 450 and max(read) <= metrics.EXPIRING_CHUNK
+
+
+async def test_tokens_issued_before_the_service_account_index_are_counted(
+    gateway: Gateway, org_admin: str
+) -> None:
+    """Tokens written by the older create path (team and org indexes only) are found by the
+    service-account filter, counts and delete check: the team's index is backfilled once."""
+    status, _, _ = await admin(gateway, "POST", SAS, org_admin, {"name": "ci"})
+    assert status == 201
+    store = gateway.runtime.store
+    legacy = [
+        TokenRecord(
+            id=new_id(),
+            prefix="tw_sat",
+            org="acme",
+            team="platform",
+            name=f"old-{i}",
+            description="",
+            scopes=parse_scopes(["read:apis"]),
+            secret_hash="x",
+            created_at=time.time() + i / 1e6,
+            created_by="old",
+            service_account="ci",
+        )
+        for i in range(3)
+    ]
+    for record in legacy:
+        await store.create_token(record)
+    rows, _ = await walk(gateway, org_admin, TOKENS, "tokens", limit=2, query="service_account=ci")
+    assert [r["id"] for r in rows] == [r.id for r in legacy]
+    status, data, _ = await admin(gateway, "GET", SAS, org_admin)
+    assert data["service_accounts"][0]["active_tokens"] == 3
+    status, _, _ = await admin(gateway, "DELETE", f"{SAS}/ci", org_admin)
+    assert status == 409

@@ -678,3 +678,39 @@ async def test_tokens_issued_before_the_service_account_index_are_counted(
     assert data["service_accounts"][0]["active_tokens"] == 3
     status, _, _ = await admin(gateway, "DELETE", f"{SAS}/ci", org_admin)
     assert status == 409
+
+
+async def test_pages_quota_and_backfill_on_a_cluster(config: dict[str, Any], tmp_path: Any) -> None:
+    """The page, quota and name-index scripts and the backfill touch one slot each: they run
+    on Redis Cluster as on one server."""
+    from tests.topology import Cluster, start_gateway, stop_gateway
+
+    cluster = Cluster(tmp_path / "cluster")
+    cluster.start()
+    gw: Gateway | None = None
+    try:
+        config["tokens"]["max_per_team"] = 30
+        gw = await start_gateway({**config, "redis": {"cluster": {"nodes": cluster.seeds}}})
+        token = await gw.org_admin()
+        for name in ("platform", "b-team", "a-team"):
+            await gw.team(name, ["read:apis"])
+        rows, _ = await walk(gw, token, TEAMS, "teams", limit=2)
+        assert [t["name"] for t in rows] == ["a-team", "b-team", "platform"]
+        status, _, _ = await admin(gw, "POST", SAS, token, {"name": "ci"})
+        assert status == 201
+        ids = await bulk_tokens(gw, 25, service_account="ci")
+        rows, _ = await walk(gw, token, TOKENS, "tokens", limit=4)
+        assert [r["id"] for r in rows] == ids
+        rows, _ = await walk(gw, token, TOKENS, "tokens", limit=4, query="service_account=ci&status=active")
+        assert [r["id"] for r in rows] == ids
+        for i in range(5):
+            status, _, _ = await admin(gw, "POST", TOKENS, token, {"name": f"q{i}", "scopes": ["read:apis"]})
+            assert status == 201
+        status, data, _ = await admin(gw, "POST", TOKENS, token, {"name": "over", "scopes": ["read:apis"]})
+        assert status == 409 and data["error"] == "quota_exceeded"
+        status, data, _ = await admin(gw, "GET", SAS, token)
+        assert data["service_accounts"][0]["active_tokens"] == 25
+    finally:
+        if gw is not None:
+            await stop_gateway(gw)
+        cluster.stop()

@@ -1090,7 +1090,7 @@ async def read_audit(request: web.Request) -> web.Response:
     cursor_parts = _cursor_parts(request, 2)
     if cursor_parts is not None:
         kind, last_seen = cursor_parts
-        if kind != "a" or not _STREAM_ID_RE.fullmatch(last_seen):
+        if kind != "a" or not _STREAM_ID_RE.fullmatch(last_seen) or max(_parse_stream_id(last_seen)) >= 2**64:
             raise _bad_cursor()
         cursor = _stream_id_before(last_seen)
         if cursor is not None and end != "+" and _parse_stream_id(end) < _parse_stream_id(cursor):

@@ -154,6 +154,7 @@ async def test_limit_out_of_bounds_is_400_naming_the_field(
         base64.urlsafe_b64encode(b"t\nnan\nAAAAAAAAAAAA").decode(),
         base64.urlsafe_b64encode(b"n\nBad Name").decode(),
         base64.urlsafe_b64encode(b"a\n1-x").decode(),
+        base64.urlsafe_b64encode(b"a\n99999999999999999999-0").decode(),
         base64.urlsafe_b64encode(b"\xff\xfe").decode(),
         "A" * 400,
     ],
@@ -714,3 +715,51 @@ async def test_pages_quota_and_backfill_on_a_cluster(config: dict[str, Any], tmp
         if gw is not None:
             await stop_gateway(gw)
         cluster.stop()
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_index_walks_under_concurrent_inserts_and_deletes(
+    gateway: Gateway, redis_url: str, seed: int
+) -> None:
+    """The page script against random churn between pages (many equal scores, deleted cursor
+    rows, rows inserted before and after the cursor): every row present for the whole walk is
+    seen exactly once, rows come in (score, id) order, nothing is seen twice."""
+    import random
+
+    rng = random.Random(seed)
+    key = Keys.team_tokens("acme", "churn")
+    client = aioredis.Redis.from_url(redis_url)
+
+    def row() -> tuple[str, float]:
+        return new_id(), float(rng.choice([1.0, 2.0, 2.0, 3.5, rng.uniform(0, 5)]))
+
+    initial = dict(row() for _ in range(300))
+    await client.zadd(key, initial)
+    present = dict(initial)
+    deleted: set[str] = set()
+    seen: list[tuple[float, str]] = []
+    position: tuple[float, str] | None = None
+    store = gateway.runtime.store
+    while True:
+        page = await store.token_index_page("acme", "churn", position, rng.randint(1, 17))
+        seen += [(score, member) for member, score in page.rows]
+        if page.rows:
+            position = (page.rows[-1][1], page.rows[-1][0])
+        if not page.more:
+            break
+        victims = rng.sample(sorted(present), k=min(len(present), rng.randint(0, 4)))
+        if position is not None and rng.random() < 0.5 and position[1] in present:
+            victims.append(position[1])  # the cursor's own row
+        for member in set(victims):
+            await client.zrem(key, member)
+            present.pop(member)
+            deleted.add(member)
+        added = dict(row() for _ in range(rng.randint(1, 4)))
+        await client.zadd(key, added)
+        present.update(added)
+    await client.aclose()
+    members = [m for _, m in seen]
+    assert len(members) == len(set(members))
+    assert seen == sorted(seen, key=lambda r: (r[0], r[1].encode()))
+    survivors = set(initial) - deleted
+    assert survivors <= set(members)

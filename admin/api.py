@@ -9,13 +9,16 @@ the response, announced to every gateway process, and audited with its actor.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import binascii
 import contextlib
 import ipaddress
+import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +30,7 @@ from aiohttp import web
 from admin import schema
 from gateway.app import REALM, RUNTIME, Runtime, error_response, request_id_for
 from gateway.audit import redact
-from gateway.decision import Denied, Principal, bearer_token
+from gateway.decision import Denied, Principal, Throttled, bearer_token
 from gateway.durations import format_duration, parse_duration
 from gateway.records import (
     ACTIVE,
@@ -53,7 +56,7 @@ from gateway.scopes import (
     parse_scope,
     parse_scopes,
 )
-from gateway.store import AuditEntry, Conflict, Keys, StoreUnavailable, TokenEdit
+from gateway.store import AuditEntry, Conflict, Keys, QuotaExceeded, StoreUnavailable, TokenEdit
 from gateway.tokens import (
     BASE62,
     KEY_ID_LEN,
@@ -476,6 +479,93 @@ def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | N
     }
 
 
+# -- pagination ----------------------------------------------------------------------------
+# Every list answers one page: at most `limit` rows (default 100, at most 500) and `next`, an
+# opaque cursor to pass back as `cursor` (null on the last page). A page reads its rows from
+# a sorted index after the cursor, so its cost does not grow with the size of the list; with
+# a filter it examines at most PAGE_SCAN_BUDGET index rows and may hold fewer than `limit`
+# rows (even none) with a `next`. Work is done in chunks of PAGE_CHUNK records, each one a
+# store round trip, so requests on the same event loop run between them.
+# Bulk reads (list pages, service-account counts, audit pages) also run one at a time per
+# process (BULK_WORK): however many admin clients list at once, at most one slice of admin
+# work waits ahead of a gateway request on the shared event loop.
+DEFAULT_PAGE_LIMIT = 100
+MAX_PAGE_LIMIT = 500
+PAGE_SCAN_BUDGET = 1000
+PAGE_CHUNK = 50
+VIEW_SLICE = 10  # rows turned into views between two turns of the event loop
+BULK_WORK = web.AppKey("bulk_work", asyncio.Semaphore)
+PAGE_QUERY: tuple[tuple[str, str], ...] = (("limit", "integer"), ("cursor", "string"))
+_LIMIT_RE = re.compile(r"[0-9]{1,7}")
+
+
+def page_limit(request: web.Request, maximum: int = MAX_PAGE_LIMIT, default: int = DEFAULT_PAGE_LIMIT) -> int:
+    text = request.query.get("limit")
+    if text is None:
+        return default
+    if not _LIMIT_RE.fullmatch(text) or not 1 <= int(text) <= maximum:
+        raise ApiError(400, "invalid_request", f"limit: expected an integer 1..{maximum}", "limit")
+    return int(text)
+
+
+def encode_cursor(*parts: str) -> str:
+    return base64.urlsafe_b64encode("\n".join(parts).encode()).decode().rstrip("=")
+
+
+def _cursor_parts(request: web.Request, count: int) -> list[str] | None:
+    text = request.query.get("cursor")
+    if text is None:
+        return None
+    try:
+        if len(text) > 200:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        parts = raw.split("\n")
+        if len(parts) != count:
+            raise ValueError("shape")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise _bad_cursor() from None
+    return parts
+
+
+def _bad_cursor() -> ApiError:
+    return ApiError(400, "invalid_request", "cursor: not a cursor from this list's `next`", "cursor")
+
+
+def token_cursor(request: web.Request) -> tuple[float, str] | None:
+    parts = _cursor_parts(request, 3)
+    if parts is None:
+        return None
+    kind, score, key_id = parts
+    try:
+        value = float(score)
+    except ValueError:
+        raise _bad_cursor() from None
+    if kind != "t" or not math.isfinite(value) or not KEY_ID_RE.fullmatch(key_id):
+        raise _bad_cursor()
+    return value, key_id
+
+
+def name_cursor(request: web.Request) -> str | None:
+    parts = _cursor_parts(request, 2)
+    if parts is None:
+        return None
+    kind, name = parts
+    if kind != "n" or not re.fullmatch(schema.SLUG, name):
+        raise _bad_cursor()
+    return name
+
+
+@contextlib.asynccontextmanager
+async def bulk_work(request: web.Request) -> AsyncIterator[None]:
+    async with request.app[BULK_WORK]:
+        yield
+
+
+def page_response(key: str, rows: list[dict[str, Any]], next_cursor: str | None) -> web.Response:
+    return json_response({key: rows, "next": next_cursor})
+
+
 # -- teams ------------------------------------------------------------------------------
 @endpoint(
     "POST",
@@ -507,23 +597,27 @@ async def create_team(request: web.Request) -> web.Response:
 @endpoint(
     "GET",
     "/v1/orgs/{org}/teams",
-    "List the teams of an org (a team admin sees its own)",
+    "List the teams of an org in name order, one page at a time (a team admin sees its own)",
     None,
-    {200: schema.TEAM_LIST},
+    {200: schema.TEAM_LIST, 400: schema.ERROR},
+    query=PAGE_QUERY,
 )
 async def list_teams(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     org = _match(request, "org")
     runtime = ctx(request).runtime
+    limit, after = page_limit(request), name_cursor(request)
     if principal.token.team is not None and principal.token.org == org:
         require_team_admin(principal, org, principal.token.team)
         require_unconstrained(principal, "teams")
         team = await runtime.store.get_team(org, principal.token.team)
-        teams = [team] if team else []
-    else:
-        require_org_admin(principal, org)
-        teams = await runtime.store.list_teams(org)
-    return json_response({"teams": [team_view(t) for t in teams]})
+        own = [team] if team and (after is None or team.name > after) else []
+        return page_response("teams", [team_view(t) for t in own], None)
+    require_org_admin(principal, org)
+    names, teams, more = await runtime.store.team_page(org, after, limit)
+    return page_response(
+        "teams", [team_view(t) for t in teams], encode_cursor("n", names[-1]) if more and names else None
+    )
 
 
 @endpoint("GET", "/v1/orgs/{org}/teams/{team}", "Get a team", None, {200: schema.TEAM, 404: schema.ERROR})
@@ -644,7 +738,13 @@ async def issue_token(
     audit: Callable[[TokenRecord], AuditEntry] | None = None,
 ) -> tuple[str, TokenRecord]:
     """Mint a token: hash off the event loop, store durably (with `audit(record)`'s event in
-    the same write), return the plaintext once."""
+    the same write), return the plaintext once. Refused with 409 once the team (or the org
+    level) holds `tokens.max_per_team` tokens: counted before the argon2 work, and again
+    atomically with the index write."""
+    quota = runtime.settings.tokens.max_per_team
+    held = await runtime.store.token_count(org, team)
+    if held >= quota:
+        raise _quota_exceeded(org, team, held, quota)
     plaintext, parsed = generate(runtime.settings.tokens.prefix)
     check_key = new_check_key()  # per record: nobody can compute its secret check offline
     record = TokenRecord(
@@ -666,8 +766,21 @@ async def issue_token(
         allowed_cidrs=allowed_cidrs,
         replaces=replaces,
     )
-    await runtime.store.create_token(record, audit(record) if audit else None)
+    try:
+        await runtime.store.create_token_in_quota(record, quota, audit(record) if audit else None)
+    except QuotaExceeded as exc:
+        raise _quota_exceeded(org, team, exc.held, exc.limit) from None
     return plaintext, record
+
+
+def _quota_exceeded(org: str, team: str | None, held: int, limit: int) -> ApiError:
+    where = f"team {team!r}" if team is not None else f"org {org!r} (org-level tokens)"
+    return ApiError(
+        409,
+        "quota_exceeded",
+        f"{where} holds {held} tokens; the limit is {limit} (tokens.max_per_team): "
+        "delete revoked or expired tokens first",
+    )
 
 
 @endpoint(
@@ -780,11 +893,13 @@ _STATUSES = (ACTIVE, REVOKED, EXPIRED)
 @endpoint(
     "GET",
     "/v1/orgs/{org}/teams/{team}/tokens",
-    "List a team's tokens (never a hash or secret); deleted tokens are gone, revoked and "
-    "expired ones stay with their status",
+    "List a team's tokens, oldest first, one page at a time (never a hash or secret); deleted "
+    "tokens are gone, revoked and expired ones stay with their status. With a status or "
+    "expiring_within filter a page examines at most 1000 tokens and may hold fewer than "
+    "`limit` rows: follow `next` until it is null",
     None,
     {200: schema.TOKEN_LIST, 400: schema.ERROR, 404: schema.ERROR},
-    query=(("status", "string"), ("expiring_within", "string"), ("service_account", "string")),
+    query=(("status", "string"), ("expiring_within", "string"), ("service_account", "string"), *PAGE_QUERY),
 )
 async def list_tokens(request: web.Request) -> web.Response:
     context, org, team_name = await team_request(request)
@@ -796,23 +911,69 @@ async def list_tokens(request: web.Request) -> web.Response:
     if "expiring_within" in request.query:
         within = _duration(request.query["expiring_within"], "expiring_within")
     sa = request.query.get("service_account")
+    if sa is not None and not re.fullmatch(schema.SLUG, sa):
+        raise ApiError(400, "invalid_request", f"service_account: {sa!r} is not a name", "service_account")
+    limit, position = page_limit(request), token_cursor(request)
     team = await _team_or_404(runtime, org, team_name)
-    ids = await runtime.store.list_token_ids(org, team_name)
+    principal = context.principal_required
+    filtered = status is not None or within is not None or bool(principal.token.constraints)
     now = time.time()
-    rows = []
-    for token, used in await runtime.store.get_tokens_with_usage(ids):
+
+    def wanted(token: TokenRecord) -> bool:
+        if not within_constraints(principal, token):
+            return False  # a constrained admin sees only the tokens it can reach
         if status is not None and token.status(now) != status:
-            continue
+            return False
         if within is not None and (
             token.status(now) != ACTIVE or token.expires_at is None or token.expires_at > now + within
         ):
-            continue
-        if sa is not None and token.service_account != sa:
-            continue
-        if not within_constraints(context.principal_required, token):
-            continue  # a constrained admin sees only the tokens it can reach
-        rows.append(token_view(token, team, used))
-    return json_response({"tokens": rows})
+            return False
+        return sa is None or token.service_account == sa
+
+    async with bulk_work(request):
+        if sa is not None:
+            await runtime.store.ensure_service_account_indexes(org, team_name)
+        rows, position, more = await _token_page(runtime, org, team, position, limit, filtered, wanted, sa)
+    next_cursor = encode_cursor("t", repr(position[0]), position[1]) if more and position else None
+    return page_response("tokens", rows, next_cursor)
+
+
+async def _token_page(
+    runtime: Runtime,
+    org: str,
+    team: TeamRecord,
+    position: tuple[float, str] | None,
+    limit: int,
+    filtered: bool,
+    wanted: Callable[[TokenRecord], bool],
+    sa: str | None,
+) -> tuple[list[dict[str, Any]], tuple[float, str] | None, bool]:
+    """Up to `limit` rows after `position` that `wanted` keeps, reading at most
+    max(PAGE_SCAN_BUDGET, limit) index rows in chunks; the last row examined; more follow."""
+    team_name = team.name
+    rows: list[dict[str, Any]] = []
+    scanned, more = 0, True
+    budget = max(PAGE_SCAN_BUDGET, limit)
+    # a service account's tokens come from its own index: that filter costs no scanning
+    while more and len(rows) < limit and scanned < budget:
+        want = min(PAGE_CHUNK, budget - scanned if filtered else limit - len(rows))
+        page = await runtime.store.token_index_page(org, team_name, position, want, service_account=sa)
+        found = {
+            t.id: (t, used)
+            for t, used in await runtime.store.get_tokens_with_usage([m for m, _ in page.rows])
+        }
+        more = page.more
+        for i, (member, score) in enumerate(page.rows):
+            position, scanned = (score, member), scanned + 1
+            hit = found.get(member)
+            if hit is not None and wanted(hit[0]):
+                rows.append(token_view(hit[0], team, hit[1]))
+                if len(rows) >= limit:
+                    more = more or i < len(page.rows) - 1
+                    break
+                if len(rows) % VIEW_SLICE == 0:
+                    await asyncio.sleep(0)  # let requests waiting on the loop run
+    return rows, position, more
 
 
 @endpoint(
@@ -1038,7 +1199,7 @@ async def delete_token(request: web.Request) -> web.Response:
         return TokenEdit(None, context.token_entry("token.deleted", record))
 
     record = await change_token(context, org, team, _match(request, "id"), delete)
-    await runtime.store.unindex_token(record)  # the record first, then the index entries
+    await runtime.store.unindex_token(record)  # the record first, then the index entries (the service account's too)
     return web.Response(status=204, headers={"X-Request-Id": context.request_id})
 
 
@@ -1140,8 +1301,11 @@ async def rotate_token(request: web.Request) -> web.Response:
 
     placeholder = replace(
         old, id=parsed.key_id, created_at=issued
-    )  # the successor's index entries: org and team
-    await runtime.store.index_token(placeholder)
+    )  # the successor's index entries: org, team and service account, within the quota
+    try:
+        await runtime.store.index_token(placeholder, runtime.settings.tokens.max_per_team)
+    except QuotaExceeded as exc:
+        raise _quota_exceeded(org, team_name, exc.held, exc.limit) from None
     try:
         retired = await change_token(context, org, team_name, old.id, rotate)
     except BaseException:
@@ -1189,14 +1353,27 @@ def sa_view(sa: ServiceAccountRecord, active_tokens: int) -> dict[str, Any]:
     }
 
 
-async def _active_tokens_by_sa(runtime: Runtime, org: str, team: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    ids = await runtime.store.list_token_ids(org, team)
-    now = time.time()
-    for token, _ in await runtime.store.get_tokens_with_usage(ids):
-        if token.service_account and token.status(now) == ACTIVE:
-            counts[token.service_account] = counts.get(token.service_account, 0) + 1
-    return counts
+ACTIVE_COUNT_CAP = 1000  # tokens of one service account examined per count (per call)
+
+
+async def _active_tokens(runtime: Runtime, org: str, team: str, name: str, stop_at: int) -> tuple[int, bool]:
+    """Active tokens of a service account, read from its own index in chunks: stops after
+    `stop_at` active ones or ACTIVE_COUNT_CAP tokens examined. (count, exact)."""
+    active, examined = 0, 0
+    position: tuple[float, str] | None = None
+    while True:
+        page = await runtime.store.token_index_page(org, team, position, PAGE_CHUNK, service_account=name)
+        now = time.time()
+        for token, _ in await runtime.store.get_tokens_with_usage([m for m, _ in page.rows]):
+            if token.service_account == name and token.status(now) == ACTIVE:
+                active += 1
+        examined += len(page.rows)
+        if page.rows:
+            position = (page.rows[-1][1], page.rows[-1][0])
+        if not page.more:
+            return active, True
+        if active >= stop_at or examined >= ACTIVE_COUNT_CAP:
+            return active, False
 
 
 @endpoint(
@@ -1226,17 +1403,25 @@ async def create_service_account(request: web.Request) -> web.Response:
 @endpoint(
     "GET",
     "/v1/orgs/{org}/teams/{team}/service-accounts",
-    "List a team's service accounts with their active token counts",
+    "List a team's service accounts in name order, one page at a time, with their active token "
+    "counts (exact up to 1000 tokens examined per account; active_tokens_exact says)",
     None,
-    {200: schema.SA_LIST, 404: schema.ERROR},
+    {200: schema.SA_LIST, 400: schema.ERROR, 404: schema.ERROR},
+    query=PAGE_QUERY,
 )
 async def list_service_accounts(request: web.Request) -> web.Response:
     context, org, team = await team_request(request)
     require_unconstrained(context.principal_required, "service accounts")
+    limit, after = page_limit(request), name_cursor(request)
     await _team_or_404(context.runtime, org, team)
-    counts = await _active_tokens_by_sa(context.runtime, org, team)
-    sas = await context.runtime.store.list_service_accounts(org, team)
-    return json_response({"service_accounts": [sa_view(sa, counts.get(sa.name, 0)) for sa in sas]})
+    names, sas, more = await context.runtime.store.service_account_page(org, team, after, limit)
+    rows = []
+    async with bulk_work(request):
+        await context.runtime.store.ensure_service_account_indexes(org, team)
+        for sa in sas:
+            active, exact = await _active_tokens(context.runtime, org, team, sa.name, ACTIVE_COUNT_CAP)
+            rows.append({**sa_view(sa, active), "active_tokens_exact": exact})
+    return page_response("service_accounts", rows, encode_cursor("n", names[-1]) if more and names else None)
 
 
 @endpoint(
@@ -1253,12 +1438,21 @@ async def delete_service_account(request: web.Request) -> web.Response:
     runtime = context.runtime
     if await runtime.store.get_service_account(org, team, name) is None:
         raise ApiError(404, "not_found", f"service account {name!r} does not exist in team {team!r}")
-    active = (await _active_tokens_by_sa(runtime, org, team)).get(name, 0)
+    async with bulk_work(request):
+        await runtime.store.ensure_service_account_indexes(org, team)
+        active, exact = await _active_tokens(runtime, org, team, name, 1)
     if active:
         raise ApiError(
             409,
             "conflict",
-            f"service account {name!r} has {active} active token(s); revoke them first",
+            f"service account {name!r} has active tokens; revoke them first",
+        )
+    if not exact:
+        raise ApiError(
+            409,
+            "conflict",
+            f"service account {name!r} has more than {ACTIVE_COUNT_CAP} tokens to check; "
+            "delete its revoked and expired tokens first",
         )
     entry = context.entry("service_account.deleted", org=org, team=team, service_account=name)
     await runtime.store.delete_service_account(org, team, name, entry)
@@ -1267,13 +1461,18 @@ async def delete_service_account(request: web.Request) -> web.Response:
 
 
 # -- audit and leaks --------------------------------------------------------------------------------
-AUDIT_SCAN_LIMIT = 100_000
+AUDIT_SCAN_BUDGET = 5000  # stream entries one call examines (in chunks of AUDIT_CHUNK)
+AUDIT_CHUNK = 500
+AUDIT_MAX_LIMIT = 1000
+_STREAM_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 @endpoint(
     "GET",
     "/v1/audit",
-    "Recent audit events of the caller's org (a team admin sees its own team's), newest first",
+    "Recent audit events of the caller's org (a team admin sees its own team's), newest first, "
+    "one page at a time: a page examines at most 5000 stream entries, so with filters it may "
+    "hold fewer than `limit` events; follow `next` until it is null",
     None,
     {200: schema.AUDIT_LIST, 400: schema.ERROR},
     query=(
@@ -1283,6 +1482,7 @@ AUDIT_SCAN_LIMIT = 100_000
         ("since", "string"),
         ("until", "string"),
         ("limit", "integer"),
+        ("cursor", "string"),
     ),
 )
 async def read_audit(request: web.Request) -> web.Response:
@@ -1297,13 +1497,9 @@ async def read_audit(request: web.Request) -> web.Response:
         require_unconstrained(principal, "audit events")
     else:
         require_org_admin(principal, org)
-    try:
-        limit = int(query.get("limit", "100"))
-    except ValueError:
-        raise ApiError(400, "invalid_request", "limit: expected an integer", "limit") from None
-    if not 1 <= limit <= 1000:
-        raise ApiError(400, "invalid_request", "limit: expected 1..1000", "limit")
+    limit = page_limit(request, maximum=AUDIT_MAX_LIMIT)
     start, end = "-", "+"
+    cursor: str | None = end
     for field in ("since", "until"):
         if field in query:
             millis = max(int(_time_or_ago(query[field], field) * 1000), 0)  # ids start at 0
@@ -1311,31 +1507,58 @@ async def read_audit(request: web.Request) -> web.Response:
                 start = f"{millis}-0"
             else:
                 end = f"{millis}-18446744073709551615"
+    cursor_parts = _cursor_parts(request, 2)
+    if cursor_parts is not None:
+        kind, last_seen = cursor_parts
+        if kind != "a" or not _STREAM_ID_RE.fullmatch(last_seen) or max(_parse_stream_id(last_seen)) >= 2**64:
+            raise _bad_cursor()
+        cursor = _stream_id_before(last_seen)
+        if cursor is not None and end != "+" and _parse_stream_id(end) < _parse_stream_id(cursor):
+            cursor = end
+    elif end != "+":
+        cursor = end
     wanted = {k: query[k] for k in ("token_id", "action") if k in query}
     events: list[dict[str, Any]] = []
     scanned = 0
-    cursor = end
-    while len(events) < limit and scanned < AUDIT_SCAN_LIMIT:
-        page = await context.runtime.store.read_audit(start, cursor, count=1000)
-        if not page:
-            break
-        for stream_id, event in page:
-            if event.get("org") != org and event.get("actor_org") != org:
-                continue
-            if team is not None and team not in (event.get("team"), event.get("actor_team")):
-                continue
-            if any(event.get(k) != v for k, v in wanted.items()):
-                continue
-            events.append({"id": stream_id, "time": iso(event.get("ts")), **event})
-            if len(events) >= limit:
-                break
-        scanned += len(page)
-        last = page[-1][0]
-        ms, _, seq = last.partition("-")
-        cursor = f"{ms}-{int(seq) - 1}" if int(seq) > 0 else f"{int(ms) - 1}-18446744073709551615"
-        if len(page) < 1000:
-            break
-    return json_response({"events": events})
+    last: str | None = None  # the oldest entry examined
+    more = cursor is not None
+    async with bulk_work(request):
+        while more and len(events) < limit and scanned < AUDIT_SCAN_BUDGET:
+            assert cursor is not None
+            page = await context.runtime.store.read_audit(start, cursor, count=AUDIT_CHUNK)
+            more = len(page) == AUDIT_CHUNK
+            for i, (stream_id, event) in enumerate(page):
+                last, scanned = stream_id, scanned + 1
+                if event.get("org") != org and event.get("actor_org") != org:
+                    continue
+                if team is not None and team not in (event.get("team"), event.get("actor_team")):
+                    continue
+                if any(event.get(k) != v for k, v in wanted.items()):
+                    continue
+                events.append({"id": stream_id, "time": iso(event.get("ts")), **event})
+                if len(events) >= limit:
+                    more = more or i < len(page) - 1
+                    break
+            if last is not None:
+                cursor = _stream_id_before(last)
+                more = more and cursor is not None
+    next_cursor = encode_cursor("a", last) if more and last is not None else None
+    return json_response({"events": events, "next": next_cursor})
+
+
+def _parse_stream_id(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq)
+
+
+def _stream_id_before(stream_id: str) -> str | None:
+    """The greatest stream id below `stream_id` (None: there is none)."""
+    ms, _, seq = stream_id.partition("-")
+    if int(seq) > 0:
+        return f"{ms}-{int(seq) - 1}"
+    if int(ms) > 0:
+        return f"{int(ms) - 1}-18446744073709551615"
+    return None
 
 
 def _time_or_ago(text: str, field: str) -> float:
@@ -1351,7 +1574,9 @@ def _time_or_ago(text: str, field: str) -> float:
 @endpoint(
     "POST",
     "/v1/leaks",
-    "Report leaked plaintext tokens: each valid one is revoked at once and audited as token.leaked",
+    "Report leaked plaintext tokens (at most 100 per call): each valid one is revoked at once and "
+    "audited as token.leaked; `throttled` results (the failed-verification throttle is empty) "
+    "should be reported again after Retry-After",
     schema.LEAKS,
     {200: schema.LEAKS_RESULT},
 )
@@ -1365,17 +1590,26 @@ async def report_leaks(request: web.Request) -> web.Response:
     results = []
     for text in body["tokens"]:
         results.append(await _revoke_leaked(context, runtime, text))
+    if any(r["result"] == "throttled" for r in results):
+        return json_response({"results": results}, 200, **{"Retry-After": "1"})
     return json_response({"results": results})
 
 
 async def _revoke_leaked(context: AdminContext, runtime: Runtime, text: str) -> dict[str, Any]:
-    """Holding the plaintext is the authority to kill it, whichever org it belongs to."""
+    """Holding the plaintext is the authority to kill it, whichever org it belongs to.
+    The secret is proven as at the gateway (`Authenticator.prove`): a wrong secret that fails
+    the cheap secret check costs no argon2, and failed verifications drain the same failure
+    throttle as requests do; a report the throttle defers answers `throttled` (retry)."""
     try:
         parsed = parse_token(text, runtime.settings.tokens.accepted_prefixes)
+        proven = await runtime.authenticator.prove(parsed, bind_prefix=False)
     except TokenFormatError:
         return {"token": _redacted(text), "result": "not_a_token"}
-    record = await runtime.store.get_token(parsed.key_id)
-    if record is None or not await runtime.hasher.verify(record.secret_hash, parsed.secret):
+    except Throttled:
+        return {"token": parsed.display_prefix, "result": "throttled"}
+    # the revocation itself works on the store's current record, as an admin revoke does
+    record = await runtime.store.get_token(parsed.key_id) if proven is not None else None
+    if record is None:
         return {"token": parsed.display_prefix, "result": "unknown"}
     principal = context.principal_required
     by, level = actor(principal), actor_level(principal)
@@ -1433,10 +1667,7 @@ def openapi_document() -> dict[str, Any]:
             for part in ep.path.split("/")
             if part.startswith("{")
         ]
-        params += [
-            {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
-            for name, kind in ep.query
-        ]
+        params += [_query_parameter(ep, name, kind) for name, kind in ep.query]
         op: dict[str, Any] = {
             "summary": ep.summary,
             "operationId": ep.handler.__name__,
@@ -1474,6 +1705,17 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _query_parameter(ep: Endpoint, name: str, kind: str) -> dict[str, Any]:
+    param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+    if name == "limit":
+        maximum = AUDIT_MAX_LIMIT if ep.handler is read_audit else MAX_PAGE_LIMIT
+        param["schema"] = {"type": "integer", "minimum": 1, "maximum": maximum, "default": DEFAULT_PAGE_LIMIT}
+        param["description"] = f"rows per page, 1..{maximum} (400 beyond); the response's `next` continues"
+    elif name == "cursor":
+        param["description"] = "the `next` of the previous page (opaque); omit for the first page"
+    return param
 
 
 def _error_ref() -> dict[str, Any]:
@@ -1589,6 +1831,7 @@ def _http_error_code(status: int) -> str:
 def create_admin_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
     app[RUNTIME] = runtime
+    app[BULK_WORK] = asyncio.Semaphore(1)
     for ep in ENDPOINTS:
         app.router.add_route(ep.method, ep.path, ep.handler)
     return app

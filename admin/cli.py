@@ -166,6 +166,8 @@ def _or_dash(value: Any) -> str:
 
 
 # -- admin API client ----------------------------------------------------------------------
+PAGE_SIZE = 500  # rows per list call (the API's largest page)
+AUDIT_PAGE_SIZE = 1000
 class AdminClient:
     def __init__(self, base_url: str, token: str) -> None:
         self.base_url = base_url.rstrip("/")
@@ -213,6 +215,29 @@ class AdminClient:
 
     def whoami(self) -> dict[str, Any]:
         return dict(self.call("GET", "/v1/whoami"))
+
+    def pages(
+        self,
+        path: str,
+        key: str,
+        query: Mapping[str, str | int | None] | None = None,
+        limit: int | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> dict[str, Any]:
+        """A paginated list: follows `next` until the last page, or until `limit` rows.
+        `next` in the result continues where it stopped (null when it read everything)."""
+        rows: list[Any] = []
+        cursor: str | None = None
+        while True:
+            size = page_size if limit is None else max(1, min(page_size, limit - len(rows)))
+            data = self.call("GET", path, query={**(query or {}), "limit": size, "cursor": cursor})
+            rows += data[key]
+            cursor = data.get("next")
+            if not cursor or (limit is not None and len(rows) >= limit):
+                break
+        if limit is not None and len(rows) > limit:
+            rows = rows[:limit]
+        return {key: rows, "next": cursor}
 
 
 def _error_message(raw: bytes, reason: str) -> str:
@@ -263,7 +288,7 @@ def cmd_team(args: argparse.Namespace) -> None:
             f"✓ Team {data['name']!r} created with permissions: {', '.join(data['permissions']) or '(none)'}",
         )
     elif args.action == "list":
-        data = client.call("GET", base)
+        data = client.pages(base, "teams", limit=args.limit)
         emit(data, args.json, team_rows(data["teams"]))
     elif args.action == "get":
         data = client.call("GET", f"{base}/{_q(args.name)}")
@@ -355,7 +380,7 @@ def token_list(client: AdminClient, base: str, args: argparse.Namespace) -> None
         "expiring_within": args.expiring_within,
         "service_account": args.service_account,
     }
-    data = client.call("GET", base, query=query)
+    data = client.pages(base, "tokens", query, args.limit)
     emit(data, args.json, token_rows(data["tokens"]) if data["tokens"] else "no tokens")
 
 
@@ -395,6 +420,12 @@ def _deleter(noun: str, key: str) -> TeamAction:
     return run
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
 def _pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key or not value:
@@ -408,12 +439,12 @@ def sa_create(client: AdminClient, base: str, args: argparse.Namespace) -> None:
 
 
 def sa_list(client: AdminClient, base: str, args: argparse.Namespace) -> None:
-    data = client.call("GET", base)
+    data = client.pages(base, "service_accounts", limit=args.limit)
     rows = [
         [
             sa["name"],
             _or_dash(sa.get("description")),
-            str(sa["active_tokens"]),
+            f"{sa['active_tokens']}{'' if sa.get('active_tokens_exact', True) else '+'}",
             humanize_date(sa["created_at"]),
         ]
         for sa in data["service_accounts"]
@@ -440,9 +471,13 @@ def cmd_audit(args: argparse.Namespace) -> None:
         "action": args.event_action,
         "since": args.since,
         "until": args.until,
-        "limit": args.limit,
     }
-    data = AdminClient.from_env().call("GET", "/v1/audit", query=query)
+    if args.limit is not None and not 1 <= args.limit <= AUDIT_PAGE_SIZE:
+        raise CliError(f"--limit: expected 1..{AUDIT_PAGE_SIZE}")
+    # a filtered page may hold fewer events than asked for: follow `next` up to the limit
+    data = AdminClient.from_env().pages(
+        "/v1/audit", "events", query, args.limit or 100, page_size=AUDIT_PAGE_SIZE
+    )
     rows = [
         [
             humanize_date(e.get("time"), seconds=True) if e.get("time") else "-",
@@ -466,8 +501,10 @@ LEAK_RESULTS = {
     "already_revoked": "it was already revoked as leaked",
     "unknown": "no such token here, or the secret does not match",
     "not_a_token": "bad format or checksum",
+    "throttled": "not checked: too many failed verifications right now; report it again",
 }
 LEAKS_PER_CALL = 100
+LEAK_RETRIES = 5
 
 
 def cmd_leaks(args: argparse.Namespace) -> None:
@@ -480,7 +517,16 @@ def cmd_leaks(args: argparse.Namespace) -> None:
     results: list[dict[str, Any]] = []
     for start in range(0, len(tokens), LEAKS_PER_CALL):
         chunk = tokens[start : start + LEAKS_PER_CALL]
-        results += client.call("POST", "/v1/leaks", {"tokens": chunk})["results"]
+        answers = client.call("POST", "/v1/leaks", {"tokens": chunk})["results"]
+        for _ in range(LEAK_RETRIES):  # the server's failure throttle deferred some: again
+            again = [i for i, r in enumerate(answers) if r["result"] == "throttled"]
+            if not again:
+                break
+            time.sleep(1)
+            retried = client.call("POST", "/v1/leaks", {"tokens": [chunk[i] for i in again]})["results"]
+            for i, r in zip(again, retried, strict=True):
+                answers[i] = r
+        results += answers
     emit(
         {"results": results},
         args.json,
@@ -676,7 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = common(team.add_parser("create"), team=False)
     p.add_argument("name")
     p.add_argument("--permissions", default="", help="comma-separated scopes")
-    common(team.add_parser("list"), team=False)
+    p = common(team.add_parser("list"), team=False)
+    p.add_argument("--limit", type=_positive, help="at most this many teams (default: all)")
     p = common(team.add_parser("get"), team=False)
     p.add_argument("name")
     p = common(team.add_parser("set-permissions"), team=False)
@@ -713,6 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=["active", "revoked", "expired"])
     p.add_argument("--expiring-within", metavar="DURATION", help="active tokens expiring within, e.g. 7d")
     p.add_argument("--service-account", metavar="NAME", help="only this service account's tokens")
+    p.add_argument("--limit", type=_positive, help="at most this many tokens (default: all, page by page)")
     for name, run, help_text in (
         ("get", token_get, "show one token"),
         ("revoke", _token_state_change("revoke"), "revoke a token (its next request gets 401)"),
@@ -742,7 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = scoped(sa, "service-accounts", "create", sa_create, "create a service account")
     p.add_argument("name")
     p.add_argument("--description")
-    scoped(sa, "service-accounts", "list", sa_list, "list service accounts and their active tokens")
+    p = scoped(sa, "service-accounts", "list", sa_list, "list service accounts and their active tokens")
+    p.add_argument("--limit", type=_positive, help="at most this many service accounts (default: all)")
     p = scoped(
         sa,
         "service-accounts",

@@ -157,10 +157,16 @@ TEAM: Schema = {
     },
     "required": ["org", "name", "permissions"],
 }
+# Paginated lists: `next` is the cursor to pass back as `?cursor=` for the following page,
+# null on the last one.
+NEXT_CURSOR: Schema = {
+    "type": ["string", "null"],
+    "description": "opaque cursor for the next page (pass it as ?cursor=); null on the last page",
+}
 TEAM_LIST: Schema = {
     "type": "object",
-    "properties": {"teams": {"type": "array", "items": TEAM}},
-    "required": ["teams"],
+    "properties": {"teams": {"type": "array", "items": TEAM}, "next": NEXT_CURSOR},
+    "required": ["teams", "next"],
 }
 SA_CREATE: Schema = {
     "type": "object",
@@ -181,13 +187,14 @@ SERVICE_ACCOUNT: Schema = {
         "created_at": TIMESTAMP,
         "created_by": {"type": "string"},
         "active_tokens": {"type": "integer"},
+        "active_tokens_exact": {"type": "boolean"},
     },
     "required": ["org", "team", "name"],
 }
 SA_LIST: Schema = {
     "type": "object",
-    "properties": {"service_accounts": {"type": "array", "items": SERVICE_ACCOUNT}},
-    "required": ["service_accounts"],
+    "properties": {"service_accounts": {"type": "array", "items": SERVICE_ACCOUNT}, "next": NEXT_CURSOR},
+    "required": ["service_accounts", "next"],
 }
 TOKEN_CREATE: Schema = {
     "type": "object",
@@ -263,8 +270,8 @@ TOKEN_CREATED: Schema = {
 }
 TOKEN_LIST: Schema = {
     "type": "object",
-    "properties": {"tokens": {"type": "array", "items": TOKEN}},
-    "required": ["tokens"],
+    "properties": {"tokens": {"type": "array", "items": TOKEN}, "next": NEXT_CURSOR},
+    "required": ["tokens", "next"],
 }
 WHOAMI: Schema = {
     "type": "object",
@@ -330,8 +337,8 @@ AUDIT_EVENT: Schema = {
 }
 AUDIT_LIST: Schema = {
     "type": "object",
-    "properties": {"events": {"type": "array", "items": AUDIT_EVENT}},
-    "required": ["events"],
+    "properties": {"events": {"type": "array", "items": AUDIT_EVENT}, "next": NEXT_CURSOR},
+    "required": ["events", "next"],
 }
 LEAKS: Schema = {
     "type": "object",
@@ -357,7 +364,7 @@ LEAKS_RESULT: Schema = {
                     "token": {"type": "string"},
                     "result": {
                         "type": "string",
-                        "enum": ["revoked", "already_revoked", "unknown", "not_a_token"],
+                        "enum": ["revoked", "already_revoked", "unknown", "not_a_token", "throttled"],
                     },
                 },
                 "required": ["token", "result"],

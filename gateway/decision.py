@@ -100,6 +100,10 @@ def bearer_token(values: Sequence[str]) -> str:
     return token
 
 
+class Throttled(Exception):
+    """The failure throttle refused to verify a secret now (not a verdict on the token)."""
+
+
 # Classes in the argon2 queue, served in this order (FIFO within a class).
 CLEAN = 0  # no recent failure, and the record's secret check is keyed: nobody can craft for it
 CLEAN_LEGACY = 1  # no recent failure, but a legacy (unkeyed) check: crafted secrets pass it
@@ -352,8 +356,19 @@ class Authenticator:
     async def prove(self, parsed: tokens.ParsedToken, *, bind_prefix: bool = True) -> TokenRecord | None:
         """The record whose secret `parsed` holds (and that was issued with `parsed.prefix`,
         unless `bind_prefix` is false), or None: the gateway's own verification, with its
-        pre-check and throttle, for callers that hold a plaintext (e.g. leak reports)."""
-        record, _ = await self._prove(parsed, bind_prefix=bind_prefix)
+        pre-check and throttle, for callers that hold a plaintext (e.g. leak reports).
+        Throttled: the throttle refused to find out now (retry later). A token whose secret
+        a request proved already (the proof cache) costs no argon2 again."""
+        head = f"{parsed.prefix}_{parsed.key_id}{parsed.secret}"
+        if self.cache.proof(tokens.fingerprint(head + tokens.checksum(head))) == parsed.key_id:
+            proven = await self._record(parsed.key_id)
+            if proven is not None:
+                return proven
+        record, wrong = await self._prove(parsed, bind_prefix=bind_prefix)
+        if record is None and not wrong:
+            raise Throttled()
+        if record is not None and parsed.prefix == record.prefix:  # never a proof for a moved prefix
+            self.cache.store_proof(tokens.fingerprint(head + tokens.checksum(head)), record.id)
         return record
 
     async def _prove(self, parsed: tokens.ParsedToken, *, bind_prefix: bool) -> tuple[TokenRecord | None, bool]:

@@ -105,6 +105,8 @@ class TokenSettings:
     max_ttl: float | None = 365 * 86400  # None: no limit
     cache_ttl: float = 30.0
     argon2: Argon2Settings = field(default_factory=Argon2Settings)
+    # Tokens of any status one team (or the org level) may hold: bounds every per-team scan.
+    max_per_team: int = 10_000
 
     @property
     def accepted_prefixes(self) -> frozenset[str]:
@@ -298,7 +300,7 @@ def _listen(checker: _Checker, raw: object, loc: str, default: Listen) -> Listen
 
 def _tokens(checker: _Checker, raw: object) -> TokenSettings:
     loc = "tokens"
-    keys = ("prefix", "legacy_prefixes", "default_ttl", "max_ttl", "cache_ttl", "argon2")
+    keys = ("prefix", "legacy_prefixes", "default_ttl", "max_ttl", "cache_ttl", "argon2", "max_per_team")
     data = checker.mapping(raw, loc, keys)
     d = TokenSettings()
     prefix = checker.convert(data.get("prefix", d.prefix), f"{loc}.prefix", _prefix, d.prefix)
@@ -334,7 +336,12 @@ def _tokens(checker: _Checker, raw: object) -> TokenSettings:
             a.parallelism,
         ),
     )
-    return TokenSettings(prefix, tuple(legacy), default_ttl, max_ttl, cache_ttl, argon)
+    max_per_team = checker.convert(
+        data.get("max_per_team", d.max_per_team), f"{loc}.max_per_team", _int(1, 1_000_000), d.max_per_team
+    )
+    return TokenSettings(
+        prefix, tuple(legacy), default_ttl, max_ttl, cache_ttl, argon, max_per_team=max_per_team
+    )
 
 
 def _upstreams(checker: _Checker, raw: object) -> dict[str, Upstream]:

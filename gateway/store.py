@@ -128,6 +128,23 @@ class Conflict(Exception):
     """The record already exists."""
 
 
+class QuotaExceeded(Exception):
+    """A team (or the org level) already holds `limit` tokens."""
+
+    def __init__(self, held: int, limit: int) -> None:
+        super().__init__(f"holds {held} tokens, the limit is {limit}")
+        self.held = held
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class IndexPage:
+    """Rows of an index after a cursor: (member, score) in index order; `more`: rows follow."""
+
+    rows: list[tuple[str, float]]
+    more: bool
+
+
 class Keys:
     orgs = "tw:orgs"
     changelog = "tw:changes:log"
@@ -161,6 +178,26 @@ class Keys:
     def token(key_id: str) -> str:
         return f"tw:tok:{{{key_id}}}"
 
+    # Indexes for bounded pages (same slot as the org's other keys):
+    @staticmethod
+    def teams_by_name(org: str) -> str:
+        """Team names in a sorted set (all scores 0): pages in name order by ZRANGE BYLEX."""
+        return f"tw:{{{org}}}:teams:by-name"
+
+    @staticmethod
+    def service_accounts_by_name(org: str, team: str) -> str:
+        return f"tw:{{{org}}}:team:{team}:sas:by-name"
+
+    @staticmethod
+    def service_account_tokens(org: str, team: str, name: str) -> str:
+        """A service account's token ids, scored by created_at like the team index."""
+        return f"tw:{{{org}}}:team:{team}:sa:{name}:tokens"
+
+    @staticmethod
+    def service_account_tokens_built(org: str, team: str) -> str:
+        """Set once the team's tokens from before the service-account indexes are in them."""
+        return f"tw:{{{org}}}:team:{team}:sa-tokens-built"
+
 
 # Sets last_used_at only on a token that still exists (a late flush must not resurrect it).
 _TOUCH = """
@@ -190,6 +227,64 @@ end
 return 0
 """
 AUDIT_BATCH = 25  # events per call: Valkey works in slices the requests can run between
+
+# One page of a (created_at, id) index after a cursor: O(log n + count) whatever the index
+# holds. The cursor is the last row already returned (score, member); if that row has been
+# deleted since, the page starts after every row that sorts no later than it (rows with the
+# same score are ordered by member, byte-wise: a binary search among them; Lua's own string
+# comparison follows the server's locale, so bytes are compared one by one).
+_INDEX_PAGE = """
+local function le(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a <= #b
+end
+local start = 0
+if ARGV[1] ~= '' then
+  local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
+  if rank then
+    start = rank + 1
+  else
+    local lo = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[2])
+    local hi = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[2])
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      local m = redis.call('ZRANGE', KEYS[1], mid, mid)[1]
+      if le(m, ARGV[1]) then lo = mid + 1 else hi = mid end
+    end
+    start = lo
+  end
+end
+return redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[3]) - 1, 'WITHSCORES')
+"""
+
+# A token's index entries, only while its team (or the org level) holds fewer than the
+# quota: the count and the writes in one script, so concurrent creations cannot pass it.
+# KEYS: team index, org index, service-account index (or the team index again).
+_INDEX_IN_QUOTA = """
+local held = redis.call('ZCARD', KEYS[1])
+local quota = tonumber(ARGV[3])
+if quota >= 0 and redis.call('ZSCORE', KEYS[1], ARGV[2]) == false and held >= quota then
+  return -held
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+if ARGV[4] == '1' then redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2]) end
+return held + 1
+"""
+
+# The name index of a set (teams, service accounts), rebuilt from the set when the two
+# disagree in size (keys written before the name index existed).
+_SYNC_NAME_INDEX = """
+if redis.call('ZCARD', KEYS[2]) == redis.call('SCARD', KEYS[1]) then return 0 end
+redis.call('DEL', KEYS[2])
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  redis.call('ZADD', KEYS[2], 0, name)
+end
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +319,9 @@ class Store:
         self._touch = client.register_script(_TOUCH)
         self._append_audit = client.register_script(_APPEND_AUDIT)
         self._set_if_unchanged = client.register_script(_SET_IF_UNCHANGED)
+        self._index_page = client.register_script(_INDEX_PAGE)
+        self._sync_name_index = client.register_script(_SYNC_NAME_INDEX)
+        self._sa_indexes_built: set[tuple[str, str]] = set()
         self.waitaof_supported: bool | None = None
         self.errors = 0  # store errors seen, for the metric
         # Reachability, as a state with one log line per change (not one per failed call).
@@ -510,9 +608,13 @@ class Store:
         """Index first, then the record; durable before returning."""
         await self.ensure_org(team.org)
         key = Keys.team(team.org, team.name)
-        _, created = await self._write_audited(
+        _, _, created = await self._write_audited(
             key,
-            [("SADD", Keys.teams(team.org), team.name), ("SET", key, orjson.dumps(team.to_json()), "NX")],
+            [
+                ("SADD", Keys.teams(team.org), team.name),
+                ("ZADD", Keys.teams_by_name(team.org), 0, team.name),
+                ("SET", key, orjson.dumps(team.to_json()), "NX"),
+            ],
             audit,
         )
         if created is None:
@@ -537,10 +639,11 @@ class Store:
     # -- service accounts ---------------------------------------------------------------
     async def create_service_account(self, sa: ServiceAccountRecord, audit: AuditEntry | None = None) -> None:
         key = Keys.service_account(sa.org, sa.team, sa.name)
-        _, created = await self._write_audited(
+        _, _, created = await self._write_audited(
             key,
             [
                 ("SADD", Keys.service_accounts(sa.org, sa.team), sa.name),
+                ("ZADD", Keys.service_accounts_by_name(sa.org, sa.team), 0, sa.name),
                 ("SET", key, orjson.dumps(sa.to_json()), "NX"),
             ],
             audit,
@@ -567,7 +670,13 @@ class Store:
     ) -> None:
         key = Keys.service_account(org, team, name)
         await self._write_audited(
-            key, [("DEL", key), ("SREM", Keys.service_accounts(org, team), name)], audit
+            key,
+            [
+                ("DEL", key),
+                ("SREM", Keys.service_accounts(org, team), name),
+                ("ZREM", Keys.service_accounts_by_name(org, team), name),
+            ],
+            audit,
         )
 
     # -- tokens ---------------------------------------------------------------------------
@@ -674,6 +783,113 @@ class Store:
         raw = await self._call(lambda: self.client.hget(Keys.token(key_id), "last_used_at"))
         return float(raw) if raw else None
 
+    # -- bounded pages and the token quota ------------------------------------------------
+    async def create_token_in_quota(
+        self, token: TokenRecord, max_per_index: int, audit: AuditEntry | None = None
+    ) -> None:
+        """`create_token`, refused with QuotaExceeded once the token's team (or, for an
+        org-level token, the org level) holds `max_per_index` tokens of any status. The
+        count and the index entries are one script: concurrent creations cannot pass it.
+        A token of a service account also enters that account's index. The record is
+        written with `audit`'s event in one transaction (see `_write_audited`)."""
+        await self.ensure_org(token.org)
+        await self.index_token(token, max_per_index)
+        key = Keys.token(token.id)
+        (created,) = await self._write_audited(
+            key, [("HSETNX", key, "data", orjson.dumps(token.to_json()))], audit
+        )
+        if not created:
+            raise Conflict("token id collision")
+
+    async def token_count(self, org: str, team: str | None) -> int:
+        """Tokens (any status) a team, or the org level, holds: the quota's count."""
+        return int(await self._call(lambda: self.client.zcard(Keys.team_tokens(org, team))))
+
+    async def unindex_service_account_token(self, token: TokenRecord) -> None:
+        """After `delete_token`: drop the token from its service account's index."""
+        if token.team is None or not token.service_account:
+            return
+        key = Keys.service_account_tokens(token.org, token.team, token.service_account)
+        await self._write(key, ("ZREM", key, token.id))
+
+    async def ensure_service_account_indexes(self, org: str, team: str) -> None:
+        """Once per team: put the tokens issued before the service-account indexes existed
+        into them (a chunked walk of the team index; at most tokens.max_per_team)."""
+        if (org, team) in self._sa_indexes_built:
+            return
+        marker = Keys.service_account_tokens_built(org, team)
+        if not await self._call(lambda: self.client.exists(marker)):
+            position: tuple[float, str] | None = None
+            while True:
+                page = await self.token_index_page(org, team, position, 200)
+                records = await self.get_tokens_with_usage([m for m, _ in page.rows])
+                adds = [
+                    ("ZADD", Keys.service_account_tokens(org, team, r.service_account), r.created_at, r.id)
+                    for r, _ in records
+                    if r.service_account and r.team == team
+                ]
+                if adds:
+                    await self._write(adds[0][1], *adds)
+                if not page.more:
+                    break
+                position = (page.rows[-1][1], page.rows[-1][0])
+            await self._write(marker, ("SET", marker, "1"))
+        self._sa_indexes_built.add((org, team))
+
+    async def token_index_page(
+        self,
+        org: str,
+        team: str | None,
+        after: tuple[float, str] | None,
+        count: int,
+        *,
+        service_account: str | None = None,
+    ) -> IndexPage:
+        """Up to `count` (id, created_at) rows of a team's token index (or of one of its
+        service accounts' indexes) after the cursor row `after`, oldest first."""
+        key = (
+            Keys.service_account_tokens(org, team, service_account)
+            if team is not None and service_account is not None
+            else Keys.team_tokens(org, team)
+        )
+        score, member = (repr(after[0]), after[1]) if after is not None else ("0", "")
+        raw = await self._call(lambda: self._index_page(keys=[key], args=[member, score, count + 1]))
+        rows = [(raw[i].decode(), float(raw[i + 1])) for i in range(0, len(raw), 2)]
+        return IndexPage(rows[:count], len(rows) > count)
+
+    async def _name_page(
+        self, members: str, by_name: str, after: str | None, count: int
+    ) -> tuple[list[str], bool]:
+        await self._call(lambda: self._sync_name_index(keys=[members, by_name]))
+        low = f"({after}" if after is not None else "-"
+        raw = await self._call(
+            lambda: self.client.zrange(by_name, low, "+", bylex=True, offset=0, num=count + 1)
+        )
+        names = [n.decode() for n in raw]
+        return names[:count], len(names) > count
+
+    async def team_page(
+        self, org: str, after: str | None, count: int
+    ) -> tuple[list[str], list[TeamRecord], bool]:
+        """Up to `count` team names after `after` in name order, their records (a name whose
+        record is gone is skipped), and whether more names follow."""
+        names, more = await self._name_page(Keys.teams(org), Keys.teams_by_name(org), after, count)
+        if not names:
+            return names, [], more
+        raws = await self._call(lambda: self.client.mget([Keys.team(org, n) for n in names]))
+        return names, [TeamRecord.from_json(orjson.loads(r)) for r in raws if r], more
+
+    async def service_account_page(
+        self, org: str, team: str, after: str | None, count: int
+    ) -> tuple[list[str], list[ServiceAccountRecord], bool]:
+        names, more = await self._name_page(
+            Keys.service_accounts(org, team), Keys.service_accounts_by_name(org, team), after, count
+        )
+        if not names:
+            return names, [], more
+        raws = await self._call(lambda: self.client.mget([Keys.service_account(org, team, n) for n in names]))
+        return names, [ServiceAccountRecord.from_json(orjson.loads(r)) for r in raws if r], more
+
     # -- audit stream -----------------------------------------------------------------------
     async def append_audit(self, events: Sequence[bytes], maxlen: int) -> None:
         async def op() -> None:
@@ -750,20 +966,40 @@ class Store:
             return record, edit
         raise StoreUnavailable(f"token {key_id} kept changing under {TRANSITION_ATTEMPTS} attempts")
 
-    async def index_token(self, token: TokenRecord) -> None:
-        """The token's index entries (written before its record: see the module docstring)."""
-        index = Keys.org_tokens(token.org)
-        await self._write(
-            index,
-            ("ZADD", Keys.team_tokens(token.org, token.team), token.created_at, token.id),
-            ("ZADD", index, token.created_at, token.id),
+    async def index_token(self, token: TokenRecord, max_per_index: int | None = None) -> None:
+        """The token's index entries (written before its record: see the module docstring):
+        team (or org level), org, and its service account's. With `max_per_index`, refused
+        with QuotaExceeded once the team index holds that many, in the same script."""
+        team_index = Keys.team_tokens(token.org, token.team)
+        sa_index = (
+            Keys.service_account_tokens(token.org, token.team, token.service_account)
+            if token.team is not None and token.service_account
+            else team_index
         )
+        (held,) = await self._write(
+            team_index,
+            (
+                "EVAL",
+                _INDEX_IN_QUOTA,
+                3,
+                team_index,
+                Keys.org_tokens(token.org),
+                sa_index,
+                repr(token.created_at),
+                token.id,
+                max_per_index if max_per_index is not None else -1,
+                "1" if sa_index != team_index else "0",
+            ),
+        )
+        if int(held) < 0:
+            raise QuotaExceeded(-int(held), max_per_index or 0)
 
     async def unindex_token(self, token: TokenRecord) -> None:
         index = Keys.org_tokens(token.org)
         await self._write(
             index, ("ZREM", Keys.team_tokens(token.org, token.team), token.id), ("ZREM", index, token.id)
         )
+        await self.unindex_service_account_token(token)
 
     async def _write_audited(
         self, key: str, commands: Sequence[tuple[Any, ...]], audit: AuditEntry | None

@@ -295,7 +295,7 @@ class ProxyHandler:
         except Denied as denied:
             return ex.deny(denied)
         except ClientBodyError as exc:
-            response = ex.deny(Denied(exc.status, exc.error, "limits", exc.message))
+            response = ex.deny(Denied(exc.status, exc.error, exc.step, exc.message))
             response.force_close()
             return response
         except UpstreamError as exc:
@@ -410,10 +410,10 @@ class ProxyHandler:
         )
         try:
             target = parse_target(raw_target)
+            ex.path = target.path
+            match = settings.router.match(method, target.path)  # PathError: a lax reading of it
         except PathError as exc:
             raise Denied(400, "invalid_request", STEP_PATH, str(exc)) from None
-        ex.path = target.path
-        match = settings.router.match(method, target.path)
         if match is None:
             raise Denied(404, "not_found", STEP_ROUTE, "no route matches this request")
         ex.route = match.route.label

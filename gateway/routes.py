@@ -5,6 +5,17 @@ rest of the path, at least one segment). The most specific route wins: segments 
 left to right (literal > param > tail), then a listed method beats "any method". Two
 routes that could match the same request with equal specificity are a load error.
 Matching is case-sensitive and a trailing slash is significant (`/apis/` is not `/apis`).
+
+No fall-through to a weaker route: where a request segment is not a literal of the route map
+but an upstream could read it as one (it differs from a sibling literal only in case or in
+percent-encoding: Express, IIS and ASP.NET match case-insensitively) and that literal's
+branch would match the rest of the path, the request is refused (`AmbiguousPath`, a 400 at
+step `path`) instead of being decided on the parameter or tail route beside it. When the
+literal's route goes to an upstream configured `case_insensitive: true` and only case
+differs, the request is decided on that literal's route, which the upstream will run.
+
+`HEAD` is decided as the `GET` most upstreams turn it into: a route listing GET wins over a
+route listing HEAD and over an any-method route.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from gateway.paths import PathError, canonical_path
 from gateway.scopes import Scope
@@ -25,6 +37,17 @@ LITERAL, PARAM, TAIL = 0, 1, 2
 
 class TemplateError(ValueError):
     pass
+
+
+class AmbiguousPath(PathError):
+    """A segment an upstream could read as a literal that the gateway did not match."""
+
+
+def fold(segment: str) -> str:
+    """A canonical segment as a lax upstream may read it: percent-decoded, case-folded."""
+    if "%" in segment:
+        segment = unquote(segment, errors="surrogateescape")
+    return segment.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +123,27 @@ class _Node:
     param: _Node | None = None
     routes: list[Route] = field(default_factory=list)
     tail_routes: list[Route] = field(default_factory=list)
+    # folded literal -> the literals it folds from; only where a param or tail sits beside them
+    folded: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def index_folds(self) -> None:
+        for child in self.literals.values():
+            child.index_folds()
+        if self.literals and (self.param is not None or self.tail_routes):
+            folded: dict[str, tuple[str, ...]] = {}
+            for literal in self.literals:
+                key = fold(literal)
+                folded[key] = (*folded.get(key, ()), literal)
+            self.folded = folded
+        if self.param is not None:
+            self.param.index_folds()
 
 
 def _pick(routes: Sequence[Route], method: str) -> Route | None:
+    if method == "HEAD":  # decided as the GET the upstream runs for it
+        for route in routes:
+            if route.methods is not None and "GET" in route.methods:
+                return route
     fallback = None
     for route in routes:
         if route.methods is None:
@@ -119,10 +160,12 @@ class Match:
 
 
 class Router:
-    """Compiled route map; immutable once built so a reload can swap it atomically."""
+    """Compiled route map; immutable once built so a reload can swap it atomically.
+    `case_insensitive`: names of upstreams that match paths case-insensitively."""
 
-    def __init__(self, routes: Sequence[Route]) -> None:
+    def __init__(self, routes: Sequence[Route], case_insensitive: frozenset[str] = frozenset()) -> None:
         self.routes = tuple(routes)
+        self.case_insensitive = case_insensitive
         self._root = _Node()
         for route in self.routes:
             node = self._root
@@ -138,6 +181,7 @@ class Router:
                     break
             else:
                 node.routes.append(route)
+        self._root.index_folds()
 
     def match(self, method: str, path: str) -> Match | None:
         segments = path[1:].split("/")
@@ -156,6 +200,10 @@ class Router:
             found = self._walk(child, segments, i + 1, method, values)
             if found is not None:
                 return found
+        if node.folded and segment:
+            found = self._lax_literal(node, segments, i, method, values)
+            if found is not None:
+                return found
         if node.param is not None and segment:
             values.append(segment)
             found = self._walk(node.param, segments, i + 1, method, values)
@@ -167,6 +215,26 @@ class Router:
             if found is not None:
                 values.append("/".join(segments[i:]))
                 return found
+        return None
+
+    def _lax_literal(
+        self, node: _Node, segments: list[str], i: int, method: str, values: list[str]
+    ) -> Route | None:
+        """The route a lax upstream runs for a segment that folds to a sibling literal:
+        returned when that upstream is declared case-insensitive, refused otherwise."""
+        segment = segments[i]
+        for literal in node.folded.get(fold(segment), ()):
+            if literal == segment:
+                continue
+            found = self._walk(node.literals[literal], segments, i + 1, method, values)
+            if found is None:
+                continue
+            if found.upstream in self.case_insensitive and literal.lower() == segment.lower():
+                return found
+            raise AmbiguousPath(
+                f"path segment {segment!r} reads as {literal!r} on a case-insensitive or decoding "
+                f"server ({found.label} there), not as the route this gateway would match"
+            )
         return None
 
 

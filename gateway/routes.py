@@ -123,13 +123,14 @@ class _Node:
     param: _Node | None = None
     routes: list[Route] = field(default_factory=list)
     tail_routes: list[Route] = field(default_factory=list)
-    # folded literal -> the literals it folds from; only where a param or tail sits beside them
+    # folded literal -> the literals it folds from
     folded: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def index_folds(self) -> None:
         for child in self.literals.values():
             child.index_folds()
-        if self.literals and (self.param is not None or self.tail_routes):
+        # everywhere, not only beside a param: a miss here backtracks to an ancestor's param
+        if self.literals:
             folded: dict[str, tuple[str, ...]] = {}
             for literal in self.literals:
                 key = fold(literal)

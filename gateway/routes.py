@@ -185,29 +185,36 @@ class Router:
         self._root.index_folds()
 
     def match(self, method: str, path: str) -> Match | None:
+        """The route for `method path`, or None. Raises AmbiguousPath when a segment that a
+        lax upstream reads as a literal of the map would be decided on another route."""
         segments = path[1:].split("/")
         values: list[str] = []
-        route = self._walk(self._root, segments, 0, method, values)
+        ambiguous: list[str] = []
+        route = self._walk(self._root, segments, 0, method, values, ambiguous)
         if route is None:
-            return None
+            return None  # 404 either way: nothing reaches an upstream
+        if ambiguous:
+            raise AmbiguousPath(ambiguous[0])
         return Match(route, dict(zip(route.param_names, values, strict=True)))
 
-    def _walk(self, node: _Node, segments: list[str], i: int, method: str, values: list[str]) -> Route | None:
+    def _walk(
+        self, node: _Node, segments: list[str], i: int, method: str, values: list[str], ambiguous: list[str]
+    ) -> Route | None:
         if i == len(segments):
             return _pick(node.routes, method) if node.routes else None
         segment = segments[i]
         child = node.literals.get(segment)
         if child is not None:
-            found = self._walk(child, segments, i + 1, method, values)
+            found = self._walk(child, segments, i + 1, method, values, ambiguous)
             if found is not None:
                 return found
         if node.folded and segment:
-            found = self._lax_literal(node, segments, i, method, values)
+            found = self._lax_literal(node, segments, i, method, values, ambiguous)
             if found is not None:
                 return found
         if node.param is not None and segment:
             values.append(segment)
-            found = self._walk(node.param, segments, i + 1, method, values)
+            found = self._walk(node.param, segments, i + 1, method, values, ambiguous)
             if found is not None:
                 return found
             values.pop()
@@ -219,20 +226,23 @@ class Router:
         return None
 
     def _lax_literal(
-        self, node: _Node, segments: list[str], i: int, method: str, values: list[str]
+        self, node: _Node, segments: list[str], i: int, method: str, values: list[str], ambiguous: list[str]
     ) -> Route | None:
         """The route a lax upstream runs for a segment that folds to a sibling literal:
-        returned when that upstream is declared case-insensitive, refused otherwise."""
+        returned when that upstream is declared case-insensitive (and only case differs);
+        otherwise noted in `ambiguous`, which refuses the request if anything else matches."""
         segment = segments[i]
         for literal in node.folded.get(fold(segment), ()):
             if literal == segment:
                 continue
-            found = self._walk(node.literals[literal], segments, i + 1, method, values)
+            mark = len(values)
+            found = self._walk(node.literals[literal], segments, i + 1, method, values, ambiguous)
             if found is None:
                 continue
             if found.upstream in self.case_insensitive and literal.lower() == segment.lower():
                 return found
-            raise AmbiguousPath(
+            del values[mark:]
+            ambiguous.append(
                 f"path segment {segment!r} reads as {literal!r} on a case-insensitive or decoding "
                 f"server ({found.label} there), not as the route this gateway would match"
             )

@@ -157,7 +157,9 @@ def check_part_headers(block: bytes) -> None:
     for found in _PART_NAME.finditer(block):
         extended, value = found.group(1), found.group(2).strip()
         if value.startswith(b'"'):
-            value = re.sub(rb"\\(.)", rb"\1", value[1:-1] if value.endswith(b'"') and len(value) > 1 else value[1:])
+            value = re.sub(
+                rb"\\(.)", rb"\1", value[1:-1] if value.endswith(b'"') and len(value) > 1 else value[1:]
+            )
         if extended and value.count(b"'") >= 2:
             value = value.split(b"'", 2)[2]  # RFC 2231: charset'language'percent-encoded
         if _override_decoded(unquote_to_bytes(value)):

@@ -14,6 +14,9 @@ step `path`) instead of being decided on the parameter or tail route beside it. 
 literal's route goes to an upstream configured `case_insensitive: true` and only case
 differs, the request is decided on that literal's route, which the upstream will run.
 
+A trailing slash is significant, but `/a/` must not be decided on another route than `/a`
+(or the reverse): many upstreams read them as one path.
+
 `HEAD` is decided as the `GET` most upstreams turn it into: a route listing GET wins over a
 route listing HEAD and over an any-method route.
 """
@@ -183,6 +186,7 @@ class Router:
             else:
                 node.routes.append(route)
         self._root.index_folds()
+        self._slash_routes = any(r.shape and r.shape[-1] == (LITERAL, "") for r in self.routes)
 
     def match(self, method: str, path: str) -> Match | None:
         """The route for `method path`, or None. Raises AmbiguousPath when a segment that a
@@ -195,6 +199,20 @@ class Router:
             return None  # 404 either way: nothing reaches an upstream
         if ambiguous:
             raise AmbiguousPath(ambiguous[0])
+        # Express (strict: false) and Spring read `/a/` as `/a` and (for a `/a/` route) the
+        # reverse: the other spelling must not be another route.
+        if len(segments) > 1 and segments[-1] == "":
+            other = segments[:-1]
+        elif self._slash_routes:
+            other = [*segments, ""]
+        else:
+            other = None
+        if other is not None:
+            other_route = self._walk(self._root, other, 0, method, [], [])
+            if other_route is not None and other_route is not route:
+                raise AmbiguousPath(
+                    f"with or without its trailing slash this path matches another route ({other_route.label})"
+                )
         return Match(route, dict(zip(route.param_names, values, strict=True)))
 
     def _walk(

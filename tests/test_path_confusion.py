@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.forms import BodyScanner, OverrideFound, body_scanner, query_has_override
@@ -39,19 +39,49 @@ def confusion_config(port: int) -> dict[str, Any]:
     config["upstreams"]["ci"] = {"url": f"http://127.0.0.1:{port}", "timeout": "2s", "case_insensitive": True}
     config["routes"] += [
         # a protected literal beside a parameter route (the issue's example)
-        {"methods": ["GET"], "path": f"{team}/apis/internal", "upstream": "registry",
-         "scopes": ["admin:apis"], "resource": res},
-        {"methods": ["GET"], "path": f"{team}/apis/{{api}}", "upstream": "registry",
-         "scopes": ["read:apis"], "resource": res},
-        {"methods": ["POST"], "path": f"{team}/apis/{{api}}", "upstream": "registry",
-         "scopes": ["write:apis"], "resource": res},
-        {"methods": ["DELETE"], "path": f"{team}/apis/{{api}}", "upstream": "registry",
-         "scopes": ["admin:apis"], "resource": res},
+        {
+            "methods": ["GET"],
+            "path": f"{team}/apis/internal",
+            "upstream": "registry",
+            "scopes": ["admin:apis"],
+            "resource": res,
+        },
+        {
+            "methods": ["GET"],
+            "path": f"{team}/apis/{{api}}",
+            "upstream": "registry",
+            "scopes": ["read:apis"],
+            "resource": res,
+        },
+        {
+            "methods": ["POST"],
+            "path": f"{team}/apis/{{api}}",
+            "upstream": "registry",
+            "scopes": ["write:apis"],
+            "resource": res,
+        },
+        {
+            "methods": ["DELETE"],
+            "path": f"{team}/apis/{{api}}",
+            "upstream": "registry",
+            "scopes": ["admin:apis"],
+            "resource": res,
+        },
         # a literal with a reserved character beside a parameter
-        {"methods": ["GET"], "path": f"{team}/jobs/run:all", "upstream": "registry",
-         "scopes": ["admin:apis"], "resource": res},
-        {"methods": ["GET"], "path": f"{team}/jobs/{{job}}", "upstream": "registry",
-         "scopes": ["read:apis"], "resource": res},
+        {
+            "methods": ["GET"],
+            "path": f"{team}/jobs/run:all",
+            "upstream": "registry",
+            "scopes": ["admin:apis"],
+            "resource": res,
+        },
+        {
+            "methods": ["GET"],
+            "path": f"{team}/jobs/{{job}}",
+            "upstream": "registry",
+            "scopes": ["read:apis"],
+            "resource": res,
+        },
         # a tail parameter beside protected literals
         {"methods": ["GET"], "path": "/files/secret", "upstream": "registry", "scopes": ["admin:apis"]},
         {"methods": ["GET"], "path": "/files/vault/{name}", "upstream": "registry", "scopes": ["admin:apis"]},
@@ -122,26 +152,98 @@ def enc(text: str) -> str:
 # (suffix after APIS/…, why) - each must be 400 at step path and reach nothing
 CONFUSING_PATHS = [
     # ';' path parameters in any segment (Tomcat/Jetty/Spring cut the segment at ';')
-    "/..;/..;/billing/apis", "/x/..;/internal", "/internal;x", "/internal;", "/;/internal",
-    "/payments;jsessionid=1", "/internal%3bx", "/internal%3Bx", "/%3b", "/..%3b/internal",
+    "/..;/..;/billing/apis",
+    "/x/..;/internal",
+    "/internal;x",
+    "/internal;",
+    "/;/internal",
+    "/payments;jsessionid=1",
+    "/internal%3bx",
+    "/internal%3Bx",
+    "/%3b",
+    "/..%3b/internal",
     # double percent-encoding of anything the canonical rules refuse (and of letters)
-    "/%252e%252e/x", "/%252E%252E/x", "/%25%32%65%25%32%65/x", "/%25%32%45", "/%252f", "/%252F",
-    "/a%255cb", "/a%255Cb", "/a%253bb", "/a%2525", "/a%252500", "/a%2500", "/a%250a", "/a%257f",
-    "/%25%35%63", "/%25%32%66", "/%25%33%62", "/%2569nternal", "/%25%36%39nternal", "/x%25%34%31",
+    "/%252e%252e/x",
+    "/%252E%252E/x",
+    "/%25%32%65%25%32%65/x",
+    "/%25%32%45",
+    "/%252f",
+    "/%252F",
+    "/a%255cb",
+    "/a%255Cb",
+    "/a%253bb",
+    "/a%2525",
+    "/a%252500",
+    "/a%2500",
+    "/a%250a",
+    "/a%257f",
+    "/%25%35%63",
+    "/%25%32%66",
+    "/%25%33%62",
+    "/%2569nternal",
+    "/%25%36%39nternal",
+    "/x%25%34%31",
     # percent-encoded bytes that are not UTF-8
-    "/%C0%AE%C0%AE/x", "/%c0%ae", "/%C0%AF", "/%E0%80%AE", "/%F0%80%80%AE", "/%C1%9C", "/%80",
-    "/%BF", "/a%80b", "/%ED%A0%80", "/%ED%BF%BF", "/%ED%A0%BD%ED%B8%80", "/%E2%82", "/%F0%9F%98",
-    "/%C3", "/%C3%28", "/%F4%90%80%80", "/%F5%80%80%80", "/%FE", "/%FF", "/%E2%82%AC%80",
+    "/%C0%AE%C0%AE/x",
+    "/%c0%ae",
+    "/%C0%AF",
+    "/%E0%80%AE",
+    "/%F0%80%80%AE",
+    "/%C1%9C",
+    "/%80",
+    "/%BF",
+    "/a%80b",
+    "/%ED%A0%80",
+    "/%ED%BF%BF",
+    "/%ED%A0%BD%ED%B8%80",
+    "/%E2%82",
+    "/%F0%9F%98",
+    "/%C3",
+    "/%C3%28",
+    "/%F4%90%80%80",
+    "/%F5%80%80%80",
+    "/%FE",
+    "/%FF",
+    "/%E2%82%AC%80",
     # characters that Unicode folding reads as ASCII (a few by hand; the computed set below)
-    "/%EF%BC%8E%EF%BC%8E/x", "/%EF%BC%8F", "/%EF%BC%BC", "/%E2%80%A4%E2%80%A4/x", "/%EF%B9%92",
-    "/%EF%BD%89nternal", "/%EF%BC%A9NTERNAL", "/%C5%BFecret", "/%E2%84%AA", "/%EF%AC%81le",
-    "/%C4%B1nternal", "/%C4%B0NTERNAL", "/%C3%9F", "/%D9%A3", "/%E0%A5%A7", "/%C2%B2",
+    "/%EF%BC%8E%EF%BC%8E/x",
+    "/%EF%BC%8F",
+    "/%EF%BC%BC",
+    "/%E2%80%A4%E2%80%A4/x",
+    "/%EF%B9%92",
+    "/%EF%BD%89nternal",
+    "/%EF%BC%A9NTERNAL",
+    "/%C5%BFecret",
+    "/%E2%84%AA",
+    "/%EF%AC%81le",
+    "/%C4%B1nternal",
+    "/%C4%B0NTERNAL",
+    "/%C3%9F",
+    "/%D9%A3",
+    "/%E0%A5%A7",
+    "/%C2%B2",
     # invisible, format and space characters
-    "/inter%C2%ADnal", "/inter%E2%80%8Bnal", "/internal%EF%BB%BF", "/internal%E2%80%AE",
-    "/internal%C2%A0", "/internal%E3%80%80", "/internal%C2%85", "/internal%E1%9A%80",
+    "/inter%C2%ADnal",
+    "/inter%E2%80%8Bnal",
+    "/internal%EF%BB%BF",
+    "/internal%E2%80%AE",
+    "/internal%C2%A0",
+    "/internal%E3%80%80",
+    "/internal%C2%85",
+    "/internal%E1%9A%80",
     # trailing dots and spaces (raw or encoded), leading spaces
-    "/internal.", "/internal..", "/internal%2e", "/internal%2E", "/internal%20", "/internal%20%20",
-    "/internal.%20", "/internal%20.", "/%20internal", "/...", "/x/.../y", "/v1./specs",
+    "/internal.",
+    "/internal..",
+    "/internal%2e",
+    "/internal%2E",
+    "/internal%20",
+    "/internal%20%20",
+    "/internal.%20",
+    "/internal%20.",
+    "/%20internal",
+    "/...",
+    "/x/.../y",
+    "/v1./specs",
 ]
 
 
@@ -212,6 +314,7 @@ LEGIT_PATHS = [
     "/files/secrets",
     "/files/SECRET/x",
     "/files/vault",
+    "/files/a/b/",
 ]
 
 
@@ -227,14 +330,35 @@ async def test_legit_paths_are_forwarded_byte_for_byte(env: Env) -> None:
 
 # -- 8. falling through to a weaker route ---------------------------------------------------------
 FALL_THROUGH = [
-    f"{APIS}/INTERNAL", f"{APIS}/Internal", f"{APIS}/iNTERNAL", f"{APIS}/internaL", f"{APIS}/%49nternal",
-    f"{APIS}/%49%4E%54%45%52%4E%41%4C", f"{APIS}/internal.", f"{APIS}/internal%20", f"{APIS}/internal;x",
+    f"{APIS}/INTERNAL",
+    f"{APIS}/Internal",
+    f"{APIS}/iNTERNAL",
+    f"{APIS}/internaL",
+    f"{APIS}/%49nternal",
+    f"{APIS}/%49%4E%54%45%52%4E%41%4C",
+    f"{APIS}/internal.",
+    f"{APIS}/internal%20",
+    f"{APIS}/internal;x",
     f"{APIS}/%EF%BD%89%EF%BD%8E%EF%BD%94%EF%BD%85%EF%BD%92%EF%BD%8E%EF%BD%81%EF%BD%8C",
-    f"{APIS}/%EF%BC%A9NTERNAL", f"{APIS}/%C4%B1nternal",
-    f"{TEAM}/jobs/run%3Aall", f"{TEAM}/jobs/run%3aall", f"{TEAM}/jobs/RUN:ALL", f"{TEAM}/jobs/Run%3AAll",
-    "/files/SECRET", "/files/Secret", "/files/secret.", "/files/secret%20", "/files/secret;a",
-    "/files/%73ecret%2e", "/files/VAULT/x", "/files/Vault/x",
-    "/ci/apis/internal.", "/ci/apis/internal%20", "/ci/apis/internal;x",
+    f"{APIS}/%EF%BC%A9NTERNAL",
+    f"{APIS}/%C4%B1nternal",
+    f"{TEAM}/jobs/run%3Aall",
+    f"{TEAM}/jobs/run%3aall",
+    f"{TEAM}/jobs/RUN:ALL",
+    f"{TEAM}/jobs/Run%3AAll",
+    "/files/SECRET",
+    "/files/Secret",
+    "/files/secret.",
+    "/files/secret%20",
+    "/files/secret;a",
+    "/files/%73ecret%2e",
+    "/files/VAULT/x",
+    "/files/Vault/x",
+    "/files/secret/",
+    "/files/vault/x/",
+    "/ci/apis/internal.",
+    "/ci/apis/internal%20",
+    "/ci/apis/internal;x",
 ]
 
 
@@ -262,7 +386,10 @@ async def test_case_insensitive_upstream_decides_on_the_literal(env: Env, logs: 
     routes = [e["route"] for e in logs.events("request.allowed")]
     assert routes == ["GET /ci/apis/internal"] * 4
     assert [s["raw_path"] for s in env.rec.seen] == [
-        "/ci/apis/INTERNAL", "/ci/apis/Internal", "/ci/apis/iNtErNaL", "/ci/apis/Internal",
+        "/ci/apis/INTERNAL",
+        "/ci/apis/Internal",
+        "/ci/apis/iNtErNaL",
+        "/ci/apis/Internal",
     ]  # the canonical path (%49 is 'I'), byte for byte
     # anything else still goes to the parameter route
     assert (await raw(env.port, request("/ci/apis/other", env.host, env.reader)))[0] == 200
@@ -277,7 +404,10 @@ async def test_head_is_decided_as_get(env: Env) -> None:
     # other methods still take the any-method route
     assert (await raw(env.port, request("/reports", env.host, env.reader, method="POST")))[0] == 200
     # HEAD on the parameter route and the literal: as GET on each
-    assert await refused_at(env, request(f"{APIS}/internal", env.host, env.reader, method="HEAD")) == (403, "")
+    assert await refused_at(env, request(f"{APIS}/internal", env.host, env.reader, method="HEAD")) == (
+        403,
+        "",
+    )
     assert (await raw(env.port, request(f"{APIS}/x", env.host, env.reader, method="HEAD")))[0] == 200
 
 
@@ -315,8 +445,11 @@ def _lax(segment: str) -> str:
 
 
 def _upstream_route(routes: list[Route], method: str, path: str) -> Route | None:
-    """The route a case-insensitive, decoding upstream with the same route map runs."""
+    """The route a case-insensitive, decoding, trailing-slash-blind upstream with the same
+    route map runs."""
     segments = [_lax(s) for s in path[1:].split("/")]
+    if len(segments) > 1 and segments[-1] == "":
+        segments.pop()  # Express (strict: false) and Spring read a trailing slash as none
     candidates = []
     for route in routes:
         kinds = []
@@ -357,7 +490,9 @@ def route_maps(draw: st.DrawFn) -> tuple[list[Route], frozenset[str]]:
     templates = draw(
         st.lists(
             st.lists(
-                st.one_of(st.sampled_from(_LITERALS), st.just("{p}"), st.just("{t:*}")), min_size=1, max_size=3
+                st.one_of(st.sampled_from(_LITERALS), st.just("{p}"), st.just("{t:*}")),
+                min_size=1,
+                max_size=3,
             ),
             min_size=1,
             max_size=6,
@@ -372,31 +507,72 @@ def route_maps(draw: st.DrawFn) -> tuple[list[Route], frozenset[str]]:
             ("{" + next(names) + "}") if s == "{p}" else ("{" + next(names) + ":*}") if s == "{t:*}" else s
             for s in segs
         )
-        shape, param_names = parse_template(path)
+        shape, _ = parse_template(path)
         methods = draw(st.sampled_from([None, frozenset({"GET"}), frozenset({"POST"}), frozenset({"HEAD"})]))
         key = (shape, methods)
         if key in seen or any(
-            r.shape == shape and (r.methods is None) == (methods is None) and (r.methods or set()) & (methods or set())
+            r.shape == shape
+            and (r.methods is None) == (methods is None)
+            and (r.methods or set()) & (methods or set())
             for r in routes
         ):
             continue
         seen.add(key)
         upstream = draw(st.sampled_from(["plain", "ci"]))
-        routes.append(
-            Route(index, path, methods, upstream, (), False, {}, False, shape, param_names)
-        )
+        routes.append(_route(index, path, methods, upstream))
     return routes, frozenset({"ci"})
 
 
+def _route(index: int, path: str, methods: frozenset[str] | None = None, upstream: str = "plain") -> Route:
+    shape, names = parse_template(path)
+    return Route(index, path, methods, upstream, (), False, {}, False, shape, names)
+
+
 _VARIANTS = st.sampled_from(
-    ["internal", "INTERNAL", "Internal", "internal.", "internal%20", "internal;x", "%EF%BD%89nternal",
-     "%2569nternal", "%69nternal", "secret", "SECRET", "run:all", "run%3Aall", "RUN:ALL", "a!b", "a%21b",
-     "A%21B", "v1", "V1", "x", "X", "other", "", "..", "%2e", "y"]
+    [
+        "internal",
+        "INTERNAL",
+        "Internal",
+        "internal.",
+        "internal%20",
+        "internal;x",
+        "%EF%BD%89nternal",
+        "%2569nternal",
+        "%69nternal",
+        "secret",
+        "SECRET",
+        "run:all",
+        "run%3Aall",
+        "RUN:ALL",
+        "a!b",
+        "a%21b",
+        "A%21B",
+        "v1",
+        "V1",
+        "x",
+        "X",
+        "other",
+        "",
+        "..",
+        "%2e",
+        "y",
+    ]
 )
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(route_maps(), st.lists(_VARIANTS, min_size=1, max_size=4), st.sampled_from(["GET", "HEAD", "POST"]))
+@example(([_route(0, "/{t:*}"), _route(1, "/internal")], frozenset()), ["internal", ""], "GET")
+@example(([_route(0, "/{t:*}"), _route(1, "/internal/")], frozenset()), ["internal"], "GET")
+@example(
+    ([_route(0, "/{t:*}"), _route(1, "/internal/internal")], frozenset()), ["internal", "INTERNAL"], "GET"
+)
+@example(([_route(0, "/x", frozenset({"GET"})), _route(1, "/x")], frozenset()), ["x"], "HEAD")
+@example(
+    ([_route(0, "/{p}", upstream="ci"), _route(1, "/internal", upstream="ci")], frozenset({"ci"})),
+    ["INTERNAL"],
+    "GET",
+)
 def test_never_decided_on_another_route_than_a_lax_upstream_runs(
     maps: tuple[list[Route], frozenset[str]], segments: list[str], method: str
 ) -> None:
@@ -437,11 +613,27 @@ def test_config_check_warns_about_folding_overlaps(tmp_path: Any) -> None:
 
 # -- 9. method override by parameter ---------------------------------------------------------------
 OVERRIDE_QUERIES = [
-    "_method=DELETE", "_METHOD=delete", "_Method=DELETE", "%5Fmethod=DELETE", "%5fMETHOD=DELETE",
-    "%5F%6D%65%74%68%6F%64=DELETE", "a=1&_method=DELETE", "_method=GET&_method=DELETE", "_method[]=DELETE",
-    "_method%5B%5D=DELETE", "+_method=DELETE", "%20_method=DELETE", ".method=DELETE", "%2Emethod=DELETE",
-    "x-http-method-override=DELETE", "X_HTTP_METHOD=PUT",
-    "x-method-override=PATCH", "a=1;_method=DELETE", "_method", "_method=", "q=1&&_method=DELETE",
+    "_method=DELETE",
+    "_METHOD=delete",
+    "_Method=DELETE",
+    "%5Fmethod=DELETE",
+    "%5fMETHOD=DELETE",
+    "%5F%6D%65%74%68%6F%64=DELETE",
+    "a=1&_method=DELETE",
+    "_method=GET&_method=DELETE",
+    "_method[]=DELETE",
+    "_method%5B%5D=DELETE",
+    "+_method=DELETE",
+    "%20_method=DELETE",
+    ".method=DELETE",
+    "%2Emethod=DELETE",
+    "x-http-method-override=DELETE",
+    "X_HTTP_METHOD=PUT",
+    "x-method-override=PATCH",
+    "a=1;_method=DELETE",
+    "_method",
+    "_method=",
+    "q=1&&_method=DELETE",
 ]
 OK_QUERIES = ["method=GET", "my_method=x", "_methods=x", "q=_method", "x=_method%3DDELETE", "page=2"]
 
@@ -462,9 +654,18 @@ async def test_method_override_in_the_query_is_refused(env: Env) -> None:
 
 FORM = "application/x-www-form-urlencoded"
 OVERRIDE_FORMS = [
-    b"_method=DELETE", b"a=1&_method=DELETE", b"%5Fmethod=DELETE", b"_METHOD=delete", b"a=1;_method=DELETE",
-    b"++_method=DELETE", b"_method%5B%5D=DELETE", b"_method[x]=DELETE", b"x%2Dhttp%2Dmethod%2Doverride=DELETE",
-    b".method=DELETE", b"a=" + b"b" * 200_000 + b"&_method=DELETE", b"+" * 5000 + b"_method=DELETE",
+    b"_method=DELETE",
+    b"a=1&_method=DELETE",
+    b"%5Fmethod=DELETE",
+    b"_METHOD=delete",
+    b"a=1;_method=DELETE",
+    b"++_method=DELETE",
+    b"_method%5B%5D=DELETE",
+    b"_method[x]=DELETE",
+    b"x%2Dhttp%2Dmethod%2Doverride=DELETE",
+    b".method=DELETE",
+    b"a=" + b"b" * 200_000 + b"&_method=DELETE",
+    b"+" * 5000 + b"_method=DELETE",
 ]
 FORM_TYPES = [FORM, f"{FORM}; charset=utf-8", FORM.upper(), f" {FORM} ", None]
 
@@ -478,21 +679,31 @@ def multipart(boundary: str, *parts: tuple[str, bytes], eol: bytes = b"\r\n") ->
 
 
 OVERRIDE_PARTS = [
-    'form-data; name="_method"', "form-data; name=_method", 'form-data; NAME="_METHOD"',
-    "form-data; name*=utf-8''%5Fmethod", 'form-data; name="%5Fmethod"', 'form-data; name="_method[]"',
-    'form-data;name="_method"', 'form-data; filename="a.txt"; name="_method"', 'form-data; name="_me\\thod"',
+    'form-data; name="_method"',
+    "form-data; name=_method",
+    'form-data; NAME="_METHOD"',
+    "form-data; name*=utf-8''%5Fmethod",
+    'form-data; name="%5Fmethod"',
+    'form-data; name="_method[]"',
+    'form-data;name="_method"',
+    'form-data; filename="a.txt"; name="_method"',
+    'form-data; name="_me\\thod"',
     'form-data; name="x-http-method-override"',
 ]
 
 
-async def send_body(env: Env, body: bytes, content_type: str | None, chunked: bool = False) -> tuple[int, str]:
+async def send_body(
+    env: Env, body: bytes, content_type: str | None, chunked: bool = False
+) -> tuple[int, str]:
     extra = [f"Content-Type: {content_type}"] if content_type is not None else []
     target = f"{APIS}/x"
     if not chunked:
         return await refused_at(env, request(target, env.host, env.reader, *extra, method="POST", body=body))
     head = request(target, env.host, env.reader, *extra, "Transfer-Encoding: chunked", method="POST")
     step = 1000
-    chunks = b"".join(b"%x\r\n%b\r\n" % (len(body[i : i + step]), body[i : i + step]) for i in range(0, len(body), step))
+    chunks = b"".join(
+        b"%x\r\n%b\r\n" % (len(body[i : i + step]), body[i : i + step]) for i in range(0, len(body), step)
+    )
     return await refused_at(env, head + chunks + b"0\r\n\r\n")
 
 
@@ -505,12 +716,15 @@ async def test_method_override_in_a_form_body_is_refused(env: Env) -> None:
                 if got != (400, "request"):
                     failures.append((body[:40], content_type, chunked, got))
     boundary = "----tw7MA4YWxkTrZu0gW"
-    big = ("form-data; name=\"file\"; filename=\"a.bin\"", b"\x00\xff" * 150_000)
+    big = ('form-data; name="file"; filename="a.bin"', b"\x00\xff" * 150_000)
     for part in OVERRIDE_PARTS:
-        for ct in (f"multipart/form-data; boundary={boundary}", f'multipart/form-data; boundary="{boundary}"',
-                   f"multipart/mixed; boundary={boundary}"):
+        for ct in (
+            f"multipart/form-data; boundary={boundary}",
+            f'multipart/form-data; boundary="{boundary}"',
+            f"multipart/mixed; boundary={boundary}",
+        ):
             for body in (
-                multipart(boundary, ("form-data; name=\"a\"", b"1"), (part, b"DELETE")),
+                multipart(boundary, ('form-data; name="a"', b"1"), (part, b"DELETE")),
                 multipart(boundary, big, (part, b"DELETE")),
                 multipart(boundary, (part, b"DELETE"), eol=b"\n"),
             ):
@@ -519,11 +733,18 @@ async def test_method_override_in_a_form_body_is_refused(env: Env) -> None:
                     if got != (400, "request"):
                         failures.append((part, ct, len(body), chunked, got))
     for ct in ("multipart/form-data", f"multipart/form-data; boundary=a; boundary={boundary}"):
-        got = await send_body(env, multipart(boundary, ("form-data; name=\"_method\"", b"DELETE")), ct)
+        got = await send_body(env, multipart(boundary, ('form-data; name="_method"', b"DELETE")), ct)
         if got != (400, "request"):
             failures.append((ct, got))
-    two_types = request(f"{APIS}/x", env.host, env.reader, "Content-Type: text/plain", f"Content-Type: {FORM}",
-                        method="POST", body=b"_method=DELETE")
+    two_types = request(
+        f"{APIS}/x",
+        env.host,
+        env.reader,
+        "Content-Type: text/plain",
+        f"Content-Type: {FORM}",
+        method="POST",
+        body=b"_method=DELETE",
+    )
     if (got := await refused_at(env, two_types)) not in ((400, "request"), (400, "framing")):
         failures.append(("two content types", got))
     assert failures == []
@@ -536,8 +757,14 @@ async def test_legit_form_bodies_are_forwarded_byte_for_byte(env: Env) -> None:
     bodies = [
         (b"a=1&method=2&my_method=3&_methods=4&q=_method", FORM),
         (b"x=" + b"y" * 300_000, FORM),
-        (multipart(boundary, ('form-data; name="file"; filename="form.html"', html), ('form-data; name="a"', b"1")),
-         f"multipart/form-data; boundary={boundary}"),
+        (
+            multipart(
+                boundary,
+                ('form-data; name="file"; filename="form.html"', html),
+                ('form-data; name="a"', b"1"),
+            ),
+            f"multipart/form-data; boundary={boundary}",
+        ),
         (b'{"_method": "DELETE"}', "application/json"),
         (b"_method=DELETE", "text/plain"),
     ]
@@ -588,4 +815,3 @@ def test_query_override_names() -> None:
         assert query_has_override(query), query
     for query in OK_QUERIES:
         assert not query_has_override(query), query
-

@@ -61,7 +61,11 @@ def _fold_overlap(a: Route, b: Route) -> int | None:
     """The first segment where `a` and `b` differ only in case or percent-encoding, when
     the rest of the two templates could match one path (else None)."""
     differs = None
-    for i, ((ka, la), (kb, lb)) in enumerate(zip(a.shape, b.shape, strict=False)):
+    sa, sb = a.shape, b.shape
+    longer, shorter = (sa, sb) if len(sa) > len(sb) else (sb, sa)
+    if longer and longer[-1] == (LITERAL, "") and longer[:-1] == shorter:
+        return len(shorter)  # only a trailing slash differs
+    for i, ((ka, la), (kb, lb)) in enumerate(zip(sa, sb, strict=False)):
         if TAIL in (ka, kb):
             break
         if ka == LITERAL and kb == LITERAL and la != lb:
@@ -69,7 +73,7 @@ def _fold_overlap(a: Route, b: Route) -> int | None:
                 return None
             differs = i if differs is None else differs
     else:
-        if len(a.shape) != len(b.shape):
+        if len(sa) != len(sb):
             return None
     return differs
 
@@ -89,8 +93,8 @@ def folding_warnings(settings: Settings) -> list[str]:
             if at is not None and _methods_meet(route, other):
                 warnings.append(
                     f"routes[{other.index}]: {other.label} and routes[{route.index}] ({route.label}) differ "
-                    f"only in the case or encoding of segment {at + 1}: a case-insensitive upstream reads "
-                    "them as one route; give them the same scopes or rename one"
+                    f"only in the case, encoding or trailing slash of segment {at + 1}: a lax upstream "
+                    "reads them as one route (requests to either are refused); rename one"
                 )
         if route.methods is not None and "HEAD" in route.methods and "GET" not in route.methods:
             for other in routes:

@@ -598,12 +598,16 @@ def test_config_check_warns_about_folding_overlaps(tmp_path: Any) -> None:
         {"methods": ["GET"], "path": "/Admin/keys", "upstream": "registry", "scopes": ["admin:apis"]},
         {"methods": ["GET"], "path": "/admin/keys", "upstream": "registry", "scopes": ["read:apis"]},
         {"methods": ["HEAD"], "path": "/reports", "upstream": "registry", "scopes": ["read:apis"]},
+        {"methods": ["GET"], "path": "/slash/", "upstream": "registry", "scopes": ["admin:apis"]},
+        {"methods": ["GET"], "path": "/slash", "upstream": "registry", "scopes": ["read:apis"]},
     ]
     path = tmp_path / "c.yaml"
     path.write_bytes(orjson.dumps(config))
     warnings = "\n".join(config_warnings(load_settings(str(path))))
     assert "GET /admin/keys and routes[" in warnings and "differ only in the case" in warnings
+    assert "GET /ci/apis/internal and" not in warnings
     assert "HEAD is decided as GET" in warnings
+    assert "GET /slash and routes[" in warnings
     assert "protected literal 'internal' sits beside the parameter" in warnings
     assert "protected literal 'secret'" in warnings
     # the case-insensitive upstream's literal is decided as the literal: no warning for it

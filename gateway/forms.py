@@ -6,7 +6,9 @@ gateway decided on. tokenward refuses such a parameter wherever one of them coul
 
 - the query string, any method (`parse_target`);
 - the body of a request whose Content-Type is `application/x-www-form-urlencoded`, any
-  `multipart/*`, or absent (Rack parses an untyped POST body as a form).
+  `multipart/*`, or absent (Rack parses an untyped POST body as a form);
+- a JSON body's object keys (Laravel's input bag is the JSON object, so `{"_method": ...}`
+  overrides there).
 
 Bodies are not buffered: `BodyScanner.feed` sees each chunk before it is forwarded and
 raises `OverrideFound` on the chunk that completes an override field's name (the `=` of a
@@ -21,6 +23,7 @@ leading and trailing spaces dropped, case-folded, cut at `[` (PHP and Rails arra
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from urllib.parse import unquote_to_bytes
@@ -122,6 +125,32 @@ class UrlencodedScanner(BodyScanner):
         return _override_decoded(self.decoded + rest)
 
 
+class JsonScanner(BodyScanner):
+    """Laravel reads `_method` from a JSON body too (its input bag is the JSON object). Any
+    object key, at any depth, that reads as an override name is refused: a key is complete at
+    its `:`, and the chunk holding that `:` is not forwarded. Whitespace runs are collapsed
+    first so that padding cannot push a key out of the carried tail."""
+
+    _KEY = re.compile(rb'"((?:[^"\\]|\\.){0,200})" ?:')
+    _SPACE = re.compile(rb"[ \t\r\n]+")
+
+    def __init__(self) -> None:
+        self.carry = b""
+
+    def feed(self, chunk: bytes) -> None:
+        buf = self._SPACE.sub(b" ", self.carry + chunk)
+        for found in self._KEY.finditer(buf):
+            key = found.group(1)
+            if b"\\" in key:
+                try:
+                    key = json.loads(b'"' + key + b'"').encode("utf-8", "replace")
+                except ValueError:
+                    pass
+            if _override_decoded(key):
+                raise OverrideFound("a method override key in the JSON body")
+        self.carry = buf[-512:]
+
+
 class MultipartScanner(BodyScanner):
     """Reads each part's header block; any `name` parameter in it is checked. Any occurrence
     of the delimiter starts a part (a stricter parser may see fewer parts, never more)."""
@@ -175,6 +204,8 @@ def body_scanner(content_types: Sequence[str]) -> BodyScanner | None:
     media = value.partition(";")[0].strip().lower()
     if not media or "form-urlencoded" in media:
         return UrlencodedScanner()
+    if "json" in media:
+        return JsonScanner()
     if media.startswith("multipart/"):
         boundaries = _BOUNDARY.findall(value)
         if len(boundaries) != 1:

@@ -671,6 +671,15 @@ OVERRIDE_FORMS = [
     b"a=" + b"b" * 200_000 + b"&_method=DELETE",
     b"+" * 5000 + b"_method=DELETE",
 ]
+OVERRIDE_JSON = [
+    b'{"_method": "DELETE"}',
+    b'{"a": 1, "_method":"DELETE"}',
+    b'{"\\u005fmethod": "DELETE"}',
+    b'{"_METHOD" \n\t : "DELETE"}',
+    b'{"data": "' + b"x" * 200_000 + b'", "_method": "DELETE"}',
+    b'{"a": {"_method": "DELETE"}}',
+    b'{"_method"' + b" " * 100_000 + b': "DELETE"}',
+]
 FORM_TYPES = [FORM, f"{FORM}; charset=utf-8", FORM.upper(), f" {FORM} ", None]
 
 
@@ -740,6 +749,12 @@ async def test_method_override_in_a_form_body_is_refused(env: Env) -> None:
         got = await send_body(env, multipart(boundary, ('form-data; name="_method"', b"DELETE")), ct)
         if got != (400, "request"):
             failures.append((ct, got))
+    for body in OVERRIDE_JSON:
+        for ct in ("application/json", "application/json; charset=utf-8", "application/vnd.api+json"):
+            for chunked in (False, True):
+                got = await send_body(env, body, ct, chunked)
+                if got != (400, "request"):
+                    failures.append((body[:40], ct, chunked, got))
     two_types = request(
         f"{APIS}/x",
         env.host,
@@ -769,7 +784,7 @@ async def test_legit_form_bodies_are_forwarded_byte_for_byte(env: Env) -> None:
             ),
             f"multipart/form-data; boundary={boundary}",
         ),
-        (b'{"_method": "DELETE"}', "application/json"),
+        (b'{"method": "DELETE", "q": "_method", "a": {"b": "_method\\":"}}', "application/json"),
         (b"_method=DELETE", "text/plain"),
     ]
     for body, content_type in bodies:
@@ -812,6 +827,17 @@ def test_multipart_scanner_at_every_split() -> None:
         assert scanner is not None
         sent = _scan(scanner, [body[:cut], body[cut:]])
         assert sent is not None and sent <= headers_end + 3, (cut, sent)
+
+
+@pytest.mark.parametrize("body", OVERRIDE_JSON[:4] + [OVERRIDE_JSON[6][:40] + OVERRIDE_JSON[6][-20:]])
+def test_json_scanner_at_every_split(body: bytes) -> None:
+    colon = body.index(b":", body.lower().index(b"method"))
+    for cut in range(len(body) + 1):
+        for second in range(cut, len(body) + 1, 3):
+            scanner = body_scanner(["application/json"])
+            assert scanner is not None
+            sent = _scan(scanner, [body[:cut], body[cut:second], body[second:]])
+            assert sent is not None and sent <= colon, (cut, second, sent)
 
 
 def test_query_override_names() -> None:

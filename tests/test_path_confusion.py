@@ -829,7 +829,7 @@ def test_multipart_scanner_at_every_split() -> None:
         assert sent is not None and sent <= headers_end + 3, (cut, sent)
 
 
-@pytest.mark.parametrize("body", OVERRIDE_JSON[:4] + [OVERRIDE_JSON[6][:40] + OVERRIDE_JSON[6][-20:]])
+@pytest.mark.parametrize("body", [*OVERRIDE_JSON[:4], OVERRIDE_JSON[6][:40] + OVERRIDE_JSON[6][-20:]])
 def test_json_scanner_at_every_split(body: bytes) -> None:
     colon = body.index(b":", body.lower().index(b"method"))
     for cut in range(len(body) + 1):

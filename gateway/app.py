@@ -389,7 +389,10 @@ class ProxyHandler:
     async def _recheck(self, ex: Exchange, credential: str | None) -> float | None:
         """Would this tunnel's opening request still be allowed? Raises Denied if not."""
         settings = self.runtime.settings
-        match = settings.router.match("GET", ex.path)
+        try:
+            match = settings.router.match("GET", ex.path)
+        except PathError as exc:  # a reload made this path ambiguous
+            raise Denied(400, "invalid_request", STEP_PATH, str(exc)) from None
         if match is None or not match.route.websocket:
             raise Denied(404, "not_found", STEP_ROUTE, "the route no longer allows this WebSocket")
         if match.route.public:

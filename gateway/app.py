@@ -558,6 +558,9 @@ class ProxyServer(web.Server):
         kwargs.setdefault("keepalive_timeout", 75.0)
         # after an early error response, read a stalled client's leftovers only briefly
         kwargs.setdefault("lingering_time", 2.0)
+        # bodies go upstream as sent: aiohttp would inflate a gzip body under the sender's
+        # Content-Length and Content-Encoding (a desync the upstream reads as a second request)
+        kwargs.setdefault("auto_decompress", False)
         super().__init__(ProxyHandler(runtime).handle, **kwargs)
         self.runtime = runtime
 

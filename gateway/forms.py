@@ -195,13 +195,19 @@ def check_part_headers(block: bytes) -> None:
             raise OverrideFound("a method override field in the multipart body")
 
 
-def body_scanner(content_types: Sequence[str]) -> BodyScanner | None:
+def body_scanner(content_types: Sequence[str], content_encodings: Sequence[str] = ()) -> BodyScanner | None:
     """The scanner for a body with these Content-Type header values, or None when no
-    framework reads form fields from it. Raises OverrideFound for an ambiguous type."""
+    framework reads form fields from it. Raises OverrideFound for a body that would need
+    scanning but can't be read: an ambiguous type, or a Content-Encoding (Express's
+    body-parser inflates gzip and deflate bodies before method-override reads them)."""
     if len(content_types) > 1:
         raise OverrideFound("more than one Content-Type header")
     value = content_types[0] if content_types else ""
     media = value.partition(";")[0].strip().lower()
+    scanned = not media or "form-urlencoded" in media or "json" in media or media.startswith("multipart/")
+    codings = [c.strip().lower() for v in content_encodings for c in v.split(",") if c.strip()]
+    if scanned and any(c != "identity" for c in codings):
+        raise OverrideFound("a form or JSON body with a Content-Encoding can't be inspected")
     if not media or "form-urlencoded" in media:
         return UrlencodedScanner()
     if "json" in media:

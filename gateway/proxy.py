@@ -414,7 +414,8 @@ class Forwarder:
     async def _send_body(self, request: web.BaseRequest, conn: Connection, settings: Settings) -> None:
         limits = settings.limits
         try:
-            scanner = body_scanner(request.headers.getall("Content-Type", []))
+            headers = request.headers
+            scanner = body_scanner(headers.getall("Content-Type", []), headers.getall("Content-Encoding", []))
         except OverrideFound as exc:
             raise ClientBodyError(400, "invalid_request", f"unreadable form body: {exc}", "request") from None
         guard = BodyGuard(request.content, limits.max_body_bytes, limits.body_timeout, scanner)

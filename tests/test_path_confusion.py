@@ -247,6 +247,27 @@ CONFUSING_PATHS = [
 ]
 
 
+# raw bytes in the request line (latin-1 here = the bytes sent): UTF-8 must be percent-encoded
+RAW_BYTES = [
+    "/internal\xef\xbc\x8e",
+    "/\xef\xbc\x8e\xef\xbc\x8e/x",
+    "/\xc0\xae",
+    "/caf\xc3\xa9",
+    "/\xff",
+    "/a\x85",
+]
+
+
+async def test_raw_non_ascii_bytes_are_refused(env: Env) -> None:
+    failures = []
+    for suffix in RAW_BYTES:
+        got = await refused_at(env, request(APIS + suffix, env.host, env.admin))
+        if got[0] != 400 or got[1] not in ("path", "framing"):
+            failures.append((suffix, got))
+    assert failures == []
+    assert env.rec.seen == []
+
+
 async def test_confusing_paths_are_400_and_reach_nothing(env: Env, logs: LogReader) -> None:
     cases = [APIS + suffix for suffix in CONFUSING_PATHS]
     cases += [f"/files/{enc(ch)}" for ch in FOLD_TO_PUNCT[:40]]
@@ -755,6 +776,20 @@ async def test_method_override_in_a_form_body_is_refused(env: Env) -> None:
                 got = await send_body(env, body, ct, chunked)
                 if got != (400, "request"):
                     failures.append((body[:40], ct, chunked, got))
+    for ct in (FORM, "application/json", "multipart/form-data; boundary=x", None):
+        extra = [f"Content-Type: {ct}"] if ct else []
+        for coding in ("gzip", "deflate", "br", "identity, gzip"):
+            data = request(
+                f"{APIS}/x",
+                env.host,
+                env.reader,
+                *extra,
+                f"Content-Encoding: {coding}",
+                method="POST",
+                body=b"\x1f\x8b\x08\x00",
+            )
+            if (got := await refused_at(env, data)) != (400, "request"):
+                failures.append((ct, coding, got))
     two_types = request(
         f"{APIS}/x",
         env.host,
@@ -786,6 +821,7 @@ async def test_legit_form_bodies_are_forwarded_byte_for_byte(env: Env) -> None:
         ),
         (b'{"method": "DELETE", "q": "_method", "a": {"b": "_method\\":"}}', "application/json"),
         (b"_method=DELETE", "text/plain"),
+        (b"\x1f\x8b\x08\x00 gzip bytes", "application/octet-stream"),
     ]
     for body, content_type in bodies:
         for chunked in (False, True):

@@ -35,6 +35,11 @@ _HEADERS_LIMIT = 16 * 1024  # one multipart part's header block
 _FIELD_SEP = re.compile(rb"[=&;]")
 _PART_NAME = re.compile(rb"""(?i)(?:^|[;\s:])name(\*?)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\r\n]*)""")
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+# every override name contains "method"; these find it however its letters are escaped
+_MAYBE_FORM = re.compile(rb"(?i)(?:m|%[46]d)(?:e|%[46]5)(?:t|%[57]4)(?:h|%[46]8)(?:o|%[46]f)(?:d|%[46]4)")
+_MAYBE_JSON = re.compile(
+    rb"(?i)(?:m|\\u00[46]d)(?:e|\\u00[46]5)(?:t|\\u00[57]4)(?:h|\\u00[46]8)(?:o|\\u00[46]f)(?:d|\\u00[46]4)"
+)
 _BOUNDARY = re.compile(r"""(?i)(?:^|;)\s*boundary\s*=\s*("[^"]*"|[^;\s]*)""")
 
 
@@ -78,6 +83,10 @@ class UrlencodedScanner(BodyScanner):
         self.too_long = False
 
     def feed(self, chunk: bytes) -> None:
+        name_tail = b"" if self.in_value else self.decoded[-8:] + bytes(self.raw[-16:])
+        if _MAYBE_FORM.search(name_tail + chunk) is None:
+            self._skip(chunk)  # no name completed here can spell "method": only track state
+            return
         pos, end = 0, len(chunk)
         while pos < end:
             if self.in_value:
@@ -103,6 +112,20 @@ class UrlencodedScanner(BodyScanner):
             else:
                 self._next_field()
             pos = stop + 1
+
+    def _skip(self, chunk: bytes) -> None:
+        last = max(chunk.rfind(b"="), chunk.rfind(b"&"), chunk.rfind(b";"))
+        if last >= 0:
+            self._next_field()
+            if chunk[last] == ord("="):
+                self.in_value = True
+                return
+            chunk = chunk[last + 1 :]
+        elif self.in_value or self.too_long:
+            return
+        self.raw += chunk
+        if len(self.raw) > 1024:
+            self._compact()
 
     def _next_field(self) -> None:
         self.in_value, self.decoded, self.too_long = False, b"", False
@@ -138,6 +161,12 @@ class JsonScanner(BodyScanner):
         self.carry = b""
 
     def feed(self, chunk: bytes) -> None:
+        if _MAYBE_JSON.search(self.carry + chunk) is None:
+            # no key completed here can spell "method": keep the tail a key could end in
+            body = chunk.rstrip(b" \t\r\n")
+            pad = b" " if len(body) < len(chunk) else b""
+            self.carry = (self._SPACE.sub(b" ", (self.carry + body)[-2048:]) + pad)[-512:]
+            return
         buf = self._SPACE.sub(b" ", self.carry + chunk)
         for found in self._KEY.finditer(buf):
             key = found.group(1)

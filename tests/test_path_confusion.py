@@ -881,3 +881,45 @@ def test_query_override_names() -> None:
         assert query_has_override(query), query
     for query in OK_QUERIES:
         assert not query_has_override(query), query
+
+
+_NAME_SPELLINGS = st.sampled_from(
+    [
+        b"_method",
+        b"_METHOD",
+        b"%5Fmethod",
+        b"%5f%6d%65%74%68%6f%64",
+        b"+_method",
+        b"_method[]",
+        b".method",
+        b"x-http-method-override",
+        b"_me%74hod",
+        b"+" * 3000 + b"_method",
+    ]
+)
+_FIELDS = st.lists(
+    st.tuples(st.sampled_from([b"a", b"q", b"method", b"my_method", b"x%41", b""]), st.binary(max_size=30)),
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_FIELDS, _NAME_SPELLINGS, _FIELDS, st.lists(st.integers(1, 4000), min_size=1, max_size=6))
+def test_urlencoded_override_is_found_before_its_name_is_forwarded(
+    before: list[tuple[bytes, bytes]], name: bytes, after: list[tuple[bytes, bytes]], sizes: list[int]
+) -> None:
+    clean = [(k, quote(v).encode()) for k, v in before]
+    prefix = b"&".join(k + b"=" + v for k, v in clean)
+    body = (prefix + b"&" if prefix else b"") + name + b"=DELETE"
+    body += b"".join(b"&" + k + b"=" + quote(v).encode() for k, v in after)
+    completes = len(prefix) + (1 if prefix else 0) + len(name)  # index of the name's '='
+    chunks, at = [], 0
+    for size in sizes * (len(body) // sum(sizes) + 1):
+        chunks.append(body[at : at + size])
+        at += size
+        if at >= len(body):
+            break
+    scanner = body_scanner([FORM])
+    assert scanner is not None
+    sent = _scan(scanner, chunks)
+    assert sent is not None and sent <= completes

@@ -17,7 +17,8 @@ closes the upstream connection with the body incomplete, so the upstream never g
 request carrying the override, and the client gets 400.
 
 A name is read the way the laxest of those frameworks reads it: `+` as space, percent-decoded,
-leading and trailing spaces dropped, case-folded, cut at `[` (PHP and Rails arrays), with ` `,
+leading and trailing spaces dropped, case-folded, cut at `[` (PHP and Rails arrays) and at NUL
+(C strings), with ` `,
 `.` and `-` as `_` (PHP turns ` ` and `.` in names into `_`).
 """
 
@@ -53,7 +54,7 @@ def is_override_name(raw: bytes) -> bool:
 
 
 def _override_decoded(decoded: bytes) -> bool:
-    name = decoded.strip(_STRIP).split(b"[", 1)[0].strip(_STRIP).lower()
+    name = decoded.strip(_STRIP).split(b"[", 1)[0].split(b"\x00", 1)[0].strip(_STRIP).lower()
     text = name.decode("latin-1").replace(" ", "_").replace(".", "_").replace("-", "_")
     return text in OVERRIDE_NAMES
 

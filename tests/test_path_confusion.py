@@ -653,6 +653,7 @@ OVERRIDE_QUERIES = [
     ".method=DELETE",
     "%2Emethod=DELETE",
     "x-http-method-override=DELETE",
+    "_method%00x=DELETE",
     "X_HTTP_METHOD=PUT",
     "x-method-override=PATCH",
     "a=1;_method=DELETE",

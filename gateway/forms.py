@@ -84,7 +84,7 @@ class UrlencodedScanner(BodyScanner):
         self.too_long = False
 
     def feed(self, chunk: bytes) -> None:
-        name_tail = b"" if self.in_value else self.decoded[-8:] + bytes(self.raw[-16:])
+        name_tail = b"" if self.in_value else self.decoded[-8:] + bytes(self.raw[-32:])
         if _MAYBE_FORM.search(name_tail + chunk) is None:
             self._skip(chunk)  # no name completed here can spell "method": only track state
             return

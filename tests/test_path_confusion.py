@@ -906,6 +906,7 @@ _FIELDS = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(_FIELDS, _NAME_SPELLINGS, _FIELDS, st.lists(st.integers(1, 4000), min_size=1, max_size=6))
+@example([], b"%5f%6d%65%74%68%6f%64", [(b"q", b"v")], [21, 103, 273])  # "metho" cut inside an escape
 def test_urlencoded_override_is_found_before_its_name_is_forwarded(
     before: list[tuple[bytes, bytes]], name: bytes, after: list[tuple[bytes, bytes]], sizes: list[int]
 ) -> None:

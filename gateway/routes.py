@@ -208,10 +208,13 @@ class Router:
         else:
             other = None
         if other is not None:
-            other_route = self._walk(self._root, other, 0, method, [], [])
-            if other_route is not None and other_route is not route:
+            other_ambiguous: list[str] = []
+            other_route = self._walk(self._root, other, 0, method, [], other_ambiguous)
+            if other_route is not None and (other_route is not route or other_ambiguous):
                 raise AmbiguousPath(
                     f"with or without its trailing slash this path matches another route ({other_route.label})"
+                    if other_route is not route
+                    else other_ambiguous[0]
                 )
         return Match(route, dict(zip(route.param_names, values, strict=True)))
 

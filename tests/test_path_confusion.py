@@ -377,6 +377,8 @@ FALL_THROUGH = [
     "/files/Vault/x",
     "/files/secret/",
     "/files/vault/x/",
+    "/files/SECRET/",
+    "/files/Vault/x/",
     "/ci/apis/internal.",
     "/ci/apis/internal%20",
     "/ci/apis/internal;x",
@@ -585,6 +587,7 @@ _VARIANTS = st.sampled_from(
 @given(route_maps(), st.lists(_VARIANTS, min_size=1, max_size=4), st.sampled_from(["GET", "HEAD", "POST"]))
 @example(([_route(0, "/{t:*}"), _route(1, "/internal")], frozenset()), ["internal", ""], "GET")
 @example(([_route(0, "/{t:*}"), _route(1, "/internal/")], frozenset()), ["internal"], "GET")
+@example(([_route(0, "/{t:*}"), _route(1, "/internal")], frozenset()), ["INTERNAL", ""], "GET")
 @example(
     ([_route(0, "/{t:*}"), _route(1, "/internal/internal")], frozenset()), ["internal", "INTERNAL"], "GET"
 )

@@ -325,7 +325,7 @@ class ProxyHandler:
         except Denied as denied:
             return ex.deny(denied)
         except ClientBodyError as exc:
-            response = ex.deny(Denied(exc.status, exc.error, "limits", exc.message))
+            response = ex.deny(Denied(exc.status, exc.error, exc.step, exc.message))
             response.force_close()
             return response
         except UpstreamError as exc:
@@ -434,7 +434,10 @@ class ProxyHandler:
     async def _recheck(self, ex: Exchange, credential: str | None) -> float | None:
         """Would this tunnel's opening request still be allowed? Raises Denied if not."""
         settings = self.runtime.settings
-        match = settings.router.match("GET", ex.path)
+        try:
+            match = settings.router.match("GET", ex.path)
+        except PathError as exc:  # a reload made this path ambiguous
+            raise Denied(400, "invalid_request", STEP_PATH, str(exc)) from None
         if match is None or not match.route.websocket:
             raise Denied(404, "not_found", STEP_ROUTE, "the route no longer allows this WebSocket")
         if match.route.public:
@@ -455,10 +458,10 @@ class ProxyHandler:
         )
         try:
             target = parse_target(raw_target)
+            ex.path = target.path
+            match = settings.router.match(method, target.path)  # PathError: a lax reading of it
         except PathError as exc:
             raise Denied(400, "invalid_request", STEP_PATH, str(exc)) from None
-        ex.path = target.path
-        match = settings.router.match(method, target.path)
         if match is None:
             raise Denied(404, "not_found", STEP_ROUTE, "no route matches this request")
         ex.route = match.route.label
@@ -633,6 +636,9 @@ class ProxyServer(web.Server):
         kwargs.setdefault("keepalive_timeout", 75.0)
         # after an early error response, read a stalled client's leftovers only briefly
         kwargs.setdefault("lingering_time", 2.0)
+        # bodies go upstream as sent: aiohttp would inflate a gzip body under the sender's
+        # Content-Length and Content-Encoding (a desync the upstream reads as a second request)
+        kwargs.setdefault("auto_decompress", False)
         super().__init__(ProxyHandler(runtime).handle, **kwargs)
         self.runtime = runtime
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from gateway.decision import Denied, authorize
 from gateway.paths import PathError, parse_target
-from gateway.routes import LITERAL, TAIL, Route, methods_overlap
+from gateway.routes import LITERAL, PARAM, TAIL, Route, fold, methods_overlap
 from gateway.settings import Settings
 
 
@@ -54,6 +54,79 @@ def config_warnings(settings: Settings) -> list[str]:
                     )
         elif "org" not in route.resource:
             warnings.append(f"{loc}: {route.label} names no resource org: tokens of any org may use it")
+    return warnings + folding_warnings(settings)
+
+
+def _fold_overlap(a: Route, b: Route) -> int | None:
+    """The first segment where `a` and `b` differ only in case or percent-encoding, when
+    the rest of the two templates could match one path (else None)."""
+    differs = None
+    sa, sb = a.shape, b.shape
+    longer, shorter = (sa, sb) if len(sa) > len(sb) else (sb, sa)
+    if longer and longer[-1] == (LITERAL, "") and longer[:-1] == shorter:
+        return len(shorter)  # only a trailing slash differs
+    for i, ((ka, la), (kb, lb)) in enumerate(zip(sa, sb, strict=False)):
+        if TAIL in (ka, kb):
+            break
+        if ka == LITERAL and kb == LITERAL and la != lb:
+            if fold(la) != fold(lb):
+                return None
+            differs = i if differs is None else differs
+    else:
+        if len(sa) != len(sb):
+            return None
+    return differs
+
+
+def folding_warnings(settings: Settings) -> list[str]:
+    """Protected routes that are one route to a case-insensitive upstream (literals that
+    differ only in case or percent-encoding), HEAD routes that a GET route shadows, and
+    protected literals beside a parameter (their case variants are refused, or decided as
+    the literal when the upstream says `case_insensitive: true`)."""
+    warnings = []
+    routes = settings.routes
+    for i, route in enumerate(routes):
+        for other in routes[i + 1 :]:
+            if route.public and other.public:
+                continue
+            at = _fold_overlap(route, other)
+            if at is not None and _methods_meet(route, other):
+                warnings.append(
+                    f"routes[{other.index}]: {other.label} and routes[{route.index}] ({route.label}) differ "
+                    f"only in the case, encoding or trailing slash of segment {at + 1}: a lax upstream "
+                    "reads them as one route (requests to either are refused); rename one"
+                )
+        if route.methods is not None and "HEAD" in route.methods and "GET" not in route.methods:
+            for other in routes:
+                if other.shape == route.shape and other.methods is not None and "GET" in other.methods:
+                    warnings.append(
+                        f"routes[{route.index}]: HEAD is decided as GET, on routes[{other.index}] "
+                        f"({other.label}); this route never matches HEAD"
+                    )
+    for route in routes:
+        if route.public:
+            continue
+        for j, (kind, literal) in enumerate(route.shape):
+            if kind != LITERAL:
+                continue
+            sibling = next(
+                (
+                    o
+                    for o in routes
+                    if o is not route
+                    and len(o.shape) > j
+                    and o.shape[j][0] in (PARAM, TAIL)
+                    and o.shape[:j] == route.shape[:j]
+                ),
+                None,
+            )
+            if sibling is not None and not settings.upstreams[route.upstream].case_insensitive:
+                warnings.append(
+                    f"routes[{route.index}]: protected literal {literal!r} sits beside the parameter of "
+                    f"routes[{sibling.index}] ({sibling.label}); case variants of it are refused with 400 "
+                    f"(set upstreams.{route.upstream}.case_insensitive: true if that upstream ignores case)"
+                )
+                break
     return warnings
 
 
@@ -66,7 +139,10 @@ def explain_route(settings: Settings, method: str, raw_path: str) -> tuple[list[
         return [f"400 path: {exc} (refused before routing)"], None
     if target.path != raw_path.partition("?")[0]:
         lines.append(f"canonical path: {target.path}")
-    match = settings.router.match(method.upper(), target.path)
+    try:
+        match = settings.router.match(method.upper(), target.path)
+    except PathError as exc:
+        return [*lines, f"400 path: {exc} (refused before routing)"], None
     if match is None:
         return [*lines, "404 route: no route matches this request (default deny)"], None
     route = match.route

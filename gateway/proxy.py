@@ -25,6 +25,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Histogram
 
 from gateway.decision import Principal
+from gateway.forms import BodyScanner, OverrideFound, body_scanner
 from gateway.scopes import format_scopes
 from gateway.settings import IPNetwork, Settings, Upstream
 from gateway.upstream import IDEMPOTENT, Connection, Pool, UpstreamFailed, decode_header, request_head
@@ -165,28 +166,38 @@ _REPLACED = frozenset(
 
 
 class BodyGuard:
-    """Streams the client's body upstream, enforcing the size limit and a per-read timeout."""
+    """Streams the client's body upstream, enforcing the size limit and a per-read timeout;
+    a form body's scanner sees each chunk before it is forwarded (see gateway/forms.py)."""
 
-    def __init__(self, stream: aiohttp.StreamReader, max_bytes: int, timeout: float) -> None:
+    def __init__(
+        self, stream: aiohttp.StreamReader, max_bytes: int, timeout: float, scanner: BodyScanner | None = None
+    ) -> None:
         self.stream = stream
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self.scanner = scanner
         self.received = 0
-        self.failure: tuple[int, str, str] | None = None
+        self.failure: tuple[int, str, str, str] | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
             try:
                 chunk = await asyncio.wait_for(self.stream.readany(), self.timeout)
             except TimeoutError:
-                self.failure = (408, "request_timeout", "client sent the request body too slowly")
+                self.failure = (408, "request_timeout", "client sent the request body too slowly", "limits")
                 raise
             if not chunk:
                 return
             self.received += len(chunk)
             if self.received > self.max_bytes:
-                self.failure = (413, "payload_too_large", "request body too large")
+                self.failure = (413, "payload_too_large", "request body too large", "limits")
                 raise ValueError("request body too large")
+            if self.scanner is not None:
+                try:
+                    self.scanner.feed(chunk)
+                except OverrideFound as exc:
+                    self.failure = (400, "invalid_request", f"method override parameters are not accepted: {exc}", "request")
+                    raise
             yield chunk
 
 
@@ -209,13 +220,15 @@ class UpstreamError(Exception):
 
 
 class ClientBodyError(Exception):
-    """The client's body broke a limit (413) or stalled (408) while being forwarded."""
+    """The client's body broke a limit (413), stalled (408) or carried a method override
+    (400) while being forwarded."""
 
-    def __init__(self, status: int, error: str, message: str) -> None:
+    def __init__(self, status: int, error: str, message: str, step: str = "limits") -> None:
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
+        self.step = step
 
 
 def normalize_name(name: str) -> str:
@@ -555,7 +568,12 @@ class Forwarder:
 
     async def _send_body(self, request: web.BaseRequest, conn: Connection, settings: Settings) -> None:
         limits = settings.limits
-        guard = BodyGuard(request.content, limits.max_body_bytes, limits.body_timeout)
+        try:
+            headers = request.headers
+            scanner = body_scanner(headers.getall("Content-Type", []), headers.getall("Content-Encoding", []))
+        except OverrideFound as exc:
+            raise ClientBodyError(400, "invalid_request", f"unreadable form body: {exc}", "request") from None
+        guard = BodyGuard(request.content, limits.max_body_bytes, limits.body_timeout, scanner)
         chunked = request.content_length is None
         conn.sending = True
         try:

@@ -5,6 +5,20 @@ rest of the path, at least one segment). The most specific route wins: segments 
 left to right (literal > param > tail), then a listed method beats "any method". Two
 routes that could match the same request with equal specificity are a load error.
 Matching is case-sensitive and a trailing slash is significant (`/apis/` is not `/apis`).
+
+No fall-through to a weaker route: where a request segment is not a literal of the route map
+but an upstream could read it as one (it differs from a sibling literal only in case or in
+percent-encoding: Express, IIS and ASP.NET match case-insensitively) and that literal's
+branch would match the rest of the path, the request is refused (`AmbiguousPath`, a 400 at
+step `path`) instead of being decided on the parameter or tail route beside it. When the
+literal's route goes to an upstream configured `case_insensitive: true` and only case
+differs, the request is decided on that literal's route, which the upstream will run.
+
+A trailing slash is significant, but `/a/` must not be decided on another route than `/a`
+(or the reverse): many upstreams read them as one path.
+
+`HEAD` is decided as the `GET` most upstreams turn it into: a route listing GET wins over a
+route listing HEAD and over an any-method route.
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from gateway.paths import PathError, canonical_path
 from gateway.scopes import Scope
@@ -25,6 +40,17 @@ LITERAL, PARAM, TAIL = 0, 1, 2
 
 class TemplateError(ValueError):
     pass
+
+
+class AmbiguousPath(PathError):
+    """A segment an upstream could read as a literal that the gateway did not match."""
+
+
+def fold(segment: str) -> str:
+    """A canonical segment as a lax upstream may read it: percent-decoded, case-folded."""
+    if "%" in segment:
+        segment = unquote(segment, errors="surrogateescape")
+    return segment.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +126,28 @@ class _Node:
     param: _Node | None = None
     routes: list[Route] = field(default_factory=list)
     tail_routes: list[Route] = field(default_factory=list)
+    # folded literal -> the literals it folds from
+    folded: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def index_folds(self) -> None:
+        for child in self.literals.values():
+            child.index_folds()
+        # everywhere, not only beside a param: a miss here backtracks to an ancestor's param
+        if self.literals:
+            folded: dict[str, tuple[str, ...]] = {}
+            for literal in self.literals:
+                key = fold(literal)
+                folded[key] = (*folded.get(key, ()), literal)
+            self.folded = folded
+        if self.param is not None:
+            self.param.index_folds()
 
 
 def _pick(routes: Sequence[Route], method: str) -> Route | None:
+    if method == "HEAD":  # decided as the GET the upstream runs for it
+        for route in routes:
+            if route.methods is not None and "GET" in route.methods:
+                return route
     fallback = None
     for route in routes:
         if route.methods is None:
@@ -119,10 +164,12 @@ class Match:
 
 
 class Router:
-    """Compiled route map; immutable once built so a reload can swap it atomically."""
+    """Compiled route map; immutable once built so a reload can swap it atomically.
+    `case_insensitive`: names of upstreams that match paths case-insensitively."""
 
-    def __init__(self, routes: Sequence[Route]) -> None:
+    def __init__(self, routes: Sequence[Route], case_insensitive: frozenset[str] = frozenset()) -> None:
         self.routes = tuple(routes)
+        self.case_insensitive = case_insensitive
         self._root = _Node()
         for route in self.routes:
             node = self._root
@@ -138,27 +185,57 @@ class Router:
                     break
             else:
                 node.routes.append(route)
+        self._root.index_folds()
+        self._slash_routes = any(r.shape and r.shape[-1] == (LITERAL, "") for r in self.routes)
 
     def match(self, method: str, path: str) -> Match | None:
+        """The route for `method path`, or None. Raises AmbiguousPath when a segment that a
+        lax upstream reads as a literal of the map would be decided on another route."""
         segments = path[1:].split("/")
         values: list[str] = []
-        route = self._walk(self._root, segments, 0, method, values)
+        ambiguous: list[str] = []
+        route = self._walk(self._root, segments, 0, method, values, ambiguous)
         if route is None:
-            return None
+            return None  # 404 either way: nothing reaches an upstream
+        if ambiguous:
+            raise AmbiguousPath(ambiguous[0])
+        # Express (strict: false) and Spring read `/a/` as `/a` and (for a `/a/` route) the
+        # reverse: the other spelling must not be another route.
+        if len(segments) > 1 and segments[-1] == "":
+            other = segments[:-1]
+        elif self._slash_routes:
+            other = [*segments, ""]
+        else:
+            other = None
+        if other is not None:
+            other_ambiguous: list[str] = []
+            other_route = self._walk(self._root, other, 0, method, [], other_ambiguous)
+            if other_route is not None and (other_route is not route or other_ambiguous):
+                raise AmbiguousPath(
+                    f"with or without its trailing slash this path matches another route ({other_route.label})"
+                    if other_route is not route
+                    else other_ambiguous[0]
+                )
         return Match(route, dict(zip(route.param_names, values, strict=True)))
 
-    def _walk(self, node: _Node, segments: list[str], i: int, method: str, values: list[str]) -> Route | None:
+    def _walk(
+        self, node: _Node, segments: list[str], i: int, method: str, values: list[str], ambiguous: list[str]
+    ) -> Route | None:
         if i == len(segments):
             return _pick(node.routes, method) if node.routes else None
         segment = segments[i]
         child = node.literals.get(segment)
         if child is not None:
-            found = self._walk(child, segments, i + 1, method, values)
+            found = self._walk(child, segments, i + 1, method, values, ambiguous)
+            if found is not None:
+                return found
+        if node.folded and segment:
+            found = self._lax_literal(node, segments, i, method, values, ambiguous)
             if found is not None:
                 return found
         if node.param is not None and segment:
             values.append(segment)
-            found = self._walk(node.param, segments, i + 1, method, values)
+            found = self._walk(node.param, segments, i + 1, method, values, ambiguous)
             if found is not None:
                 return found
             values.pop()
@@ -167,6 +244,29 @@ class Router:
             if found is not None:
                 values.append("/".join(segments[i:]))
                 return found
+        return None
+
+    def _lax_literal(
+        self, node: _Node, segments: list[str], i: int, method: str, values: list[str], ambiguous: list[str]
+    ) -> Route | None:
+        """The route a lax upstream runs for a segment that folds to a sibling literal:
+        returned when that upstream is declared case-insensitive (and only case differs);
+        otherwise noted in `ambiguous`, which refuses the request if anything else matches."""
+        segment = segments[i]
+        for literal in node.folded.get(fold(segment), ()):
+            if literal == segment:
+                continue
+            mark = len(values)
+            found = self._walk(node.literals[literal], segments, i + 1, method, values, ambiguous)
+            if found is None:
+                continue
+            if found.upstream in self.case_insensitive and literal.lower() == segment.lower():
+                return found
+            del values[mark:]
+            ambiguous.append(
+                f"path segment {segment!r} reads as {literal!r} on a case-insensitive or decoding "
+                f"server ({found.label} there), not as the route this gateway would match"
+            )
         return None
 
 

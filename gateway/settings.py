@@ -119,6 +119,9 @@ class Upstream:
     url: str
     timeout: float = 30.0
     connect_timeout: float = 5.0
+    # the upstream matches paths case-insensitively (Express default, IIS, ASP.NET): a
+    # case variant of a literal route is decided on that route instead of being refused
+    case_insensitive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +357,7 @@ def _upstreams(checker: _Checker, raw: object) -> dict[str, Upstream]:
         if not isinstance(name, str) or not _NAME.match(name):
             checker.problem(loc, "upstream names must match [a-z][a-z0-9_-]*")
             continue
-        data = checker.mapping(spec, loc, ("url", "timeout", "connect_timeout"))
+        data = checker.mapping(spec, loc, ("url", "timeout", "connect_timeout", "case_insensitive"))
         if "url" not in data:
             checker.problem(f"{loc}.url", "is required")
         url = checker.convert(data.get("url", "http://invalid"), f"{loc}.url", _upstream_url, "")
@@ -362,7 +365,10 @@ def _upstreams(checker: _Checker, raw: object) -> dict[str, Upstream]:
         connect = checker.convert(
             data.get("connect_timeout", "5s"), f"{loc}.connect_timeout", parse_duration, 5.0
         )
-        result[name] = Upstream(name, url, timeout, connect)
+        insensitive = checker.convert(
+            data.get("case_insensitive", False), f"{loc}.case_insensitive", _bool, False
+        )
+        result[name] = Upstream(name, url, timeout, connect, insensitive)
     return result
 
 
@@ -572,7 +578,7 @@ def settings_from_dict(raw: object, source: str = "config", base_dir: Path | Non
         trusted_proxies=tuple(proxies),
         forward_authorization=forward_auth,
         upstreams=upstreams,
-        router=Router(routes),
+        router=Router(routes, frozenset(n for n, u in upstreams.items() if u.case_insensitive)),
         log=log,
         audit=audit,
         limits=limits,

@@ -28,21 +28,18 @@ from gateway.paths import PathError, Target, canonical_path, parse_target
         pytest.param("/a/%30", "/a/0", "", id="decode-digit"),
         pytest.param("/a/%2D%5F", "/a/-_", "", id="decode-dash-underscore"),
         pytest.param("/a/%2eb", "/a/.b", "", id="decode-dot-not-segment"),
-        pytest.param("/a/b%2E", "/a/b.", "", id="decode-trailing-dot"),
-        pytest.param("/a/%2e%2e%2e", "/a/...", "", id="three-dots-not-dot-segment"),
-        pytest.param("/a/...", "/a/...", "", id="three-dots-literal"),
         pytest.param("/a/.b", "/a/.b", "", id="dotfile"),
         pytest.param("/a/%2a", "/a/%2A", "", id="reserved-kept-upper"),
         pytest.param("/a/%2A", "/a/%2A", "", id="reserved-kept"),
-        pytest.param("/a/%20", "/a/%20", "", id="space-escape-kept"),
         pytest.param("/a/%25", "/a/%25", "", id="percent-escape-kept"),
-        pytest.param("/a/%25%32%66", "/a/%252f", "", id="double-encoding-decoded-once"),
         pytest.param("/a/%3f", "/a/%3F", "", id="encoded-question-kept"),
         pytest.param("/a/%23", "/a/%23", "", id="encoded-hash-kept"),
         pytest.param("/a/%c3%a9", "/a/%C3%A9", "", id="utf8-escape-upper"),
-        pytest.param("/a/%80%FF", "/a/%80%FF", "", id="high-bytes"),
         pytest.param("/a/b:c@d", "/a/b:c@d", "", id="colon-at"),
-        pytest.param("/a/!$&'()*+,;=", "/a/!$&'()*+,;=", "", id="sub-delims"),
+        pytest.param("/a/!$&'()*+,=", "/a/!$&'()*+,=", "", id="sub-delims-but-semicolon"),
+        pytest.param("/a/b%20c", "/a/b%20c", "", id="inner-space-escape-kept"),
+        pytest.param("/a/x%25", "/a/x%25", "", id="percent-not-before-hex"),
+        pytest.param("/a/%25zz", "/a/%25zz", "", id="percent-then-non-hex"),
         pytest.param("/a/~-._", "/a/~-._", "", id="unreserved"),
         pytest.param("/a/b?x=1", "/a/b", "x=1", id="query"),
         pytest.param("/a/b?", "/a/b", "", id="empty-query"),
@@ -125,6 +122,13 @@ def test_accepted(raw: str, path: str, query: str) -> None:
         pytest.param("/a/\u2215", "non-ASCII", id="division-slash"),
         pytest.param("/a/\uff0e\uff0e", "non-ASCII", id="fullwidth-dots"),
         pytest.param("/a/%2e%2e?x", "dot segment", id="encoded-dotdot-with-query"),
+        pytest.param("/a/b%2E", "trailing dot", id="encoded-trailing-dot"),
+        pytest.param("/a/%2e%2e%2e", "trailing dot", id="three-encoded-dots"),
+        pytest.param("/a/...", "trailing dot", id="three-dots"),
+        pytest.param("/a/%20", "space", id="space-only-segment"),
+        pytest.param("/a/%25%32%66", "double percent-encoding", id="double-encoded-slash"),
+        pytest.param("/a/%80%FF", "not valid UTF-8", id="high-bytes-not-utf8"),
+        pytest.param("/a/b;c", "path parameter", id="semicolon"),
         pytest.param("/a?x=%zz", "invalid percent-encoding in query", id="query-bad-escape"),
         pytest.param("/a?x=%", "invalid percent-encoding in query", id="query-lone-percent"),
         pytest.param("/a?x=%4", "invalid percent-encoding in query", id="query-short-escape"),
@@ -156,7 +160,7 @@ targets = st.one_of(
     st.text(alphabet=_TRICKY, max_size=20).map(lambda t: "/" + t),
     st.lists(
         st.sampled_from(
-            ["a", "b", ".", "..", "%2e", "%2E", "%2f", "%5C", "%41", "%7e", "%25", "%2a", "", "~"]
+            ["a", "b", ".", "..", "%2e", "%2E", "%2f", "%5C", "%41", "%7e", "%25", "%2a", "", "~", ";", "%3b"]
         ),
         max_size=6,
     ).map(lambda segs: "/" + "/".join(segs)),
@@ -210,8 +214,8 @@ def test_canonical_path_total(raw: str) -> None:
 @settings(max_examples=100)
 @given(
     st.lists(
-        st.text(alphabet="abcXYZ019-._~!$&'()*+,;=:@", min_size=1, max_size=5).filter(
-            lambda s: s not in (".", "..")
+        st.text(alphabet="abcXYZ019-._~!$&'()*+,=:@", min_size=1, max_size=5).filter(
+            lambda s: not s.endswith(".")
         ),
         min_size=1,
         max_size=5,
@@ -224,7 +228,7 @@ def test_plain_paths_unchanged(segments: list[str], trailing: bool) -> None:
 
 
 @settings(max_examples=200)
-@given(st.text(alphabet="abcXYZ019-._~", min_size=1, max_size=8).filter(lambda s: s not in (".", "..")))
+@given(st.text(alphabet="abcXYZ019-._~", min_size=1, max_size=8).filter(lambda s: not s.endswith(".")))
 def test_encoding_unreserved_is_equivalent(segment: str) -> None:
     """Percent-encoding unreserved characters (any case) canonicalises to the plain form."""
     upper = "".join(f"%{ord(c):02X}" for c in segment)

@@ -13,6 +13,7 @@ from gateway.routes import (
     LITERAL,
     PARAM,
     TAIL,
+    AmbiguousPath,
     Route,
     Router,
     TemplateError,
@@ -424,7 +425,10 @@ def test_match_agrees_with_naive_most_specific(
         params = _naive_matches(route, segments)
         if params is not None:
             candidates.append((_specificity(route), route, params))
-    found = Router(routes).match(method, path)
+    try:
+        found = Router(routes).match(method, path)
+    except AmbiguousPath:
+        return  # refused: another reading of it (case, trailing slash) is another route
     if not candidates:
         assert found is None
         return

@@ -327,6 +327,17 @@ def check_grant(
         )
 
 
+def _token_fields(record: TokenRecord) -> dict[str, Any]:
+    """The token an admin event is about: it and its org, team and service account."""
+    return {
+        "org": record.org,
+        "team": record.team,
+        "token_id": record.id,
+        "token_name": record.name,
+        "service_account": record.service_account,
+    }
+
+
 class AdminContext:
     """Per-request state: the runtime, the caller and the request id."""
 
@@ -349,57 +360,32 @@ class AdminContext:
 
     def token_event(self, action: str, record: TokenRecord, **fields: Any) -> None:
         """An admin event about one token, naming it and its org, team and service account."""
-        self.audit(
-            action,
-            org=record.org,
-            team=record.team,
-            token_id=record.id,
-            token_name=record.name,
-            service_account=record.service_account,
-            **fields,
-        )
+        self.audit(action, **_token_fields(record), **fields)
 
-    def audit(self, action: str, **fields: Any) -> None:
-        assert self.principal is not None
-        self.runtime.audit.emit(
-            action,
-            actor_id=self.principal.token.id,
-            actor_name=self.principal.token.name,
-            actor_org=self.principal.token.org,
-            actor_team=self.principal.token.team,
-            client_ip=self.request.remote,
-            request_id=self.request_id,
-            **fields,
-        )
-
-    # An admin change's audit event is written by the store in the same atomic, durable
-    # write as the change (`entry`), then logged here once the change is committed.
-    def entry(self, action: str, **fields: Any) -> AuditEntry:
+    def _actor(self) -> dict[str, Any]:
+        """Who made an admin change, and from where."""
         assert self.principal is not None
         token = self.principal.token
-        event = {
+        return {
             "actor_id": token.id,
             "actor_name": token.name,
             "actor_org": token.org,
             "actor_team": token.team,
             "client_ip": self.request.remote,
             "request_id": self.request_id,
-            **fields,
-            "action": action,
-            "ts": time.time(),
         }
+
+    def audit(self, action: str, **fields: Any) -> None:
+        self.runtime.audit.emit(action, **self._actor(), **fields)
+
+    # An admin change's audit event is written by the store in the same atomic, durable
+    # write as the change (`entry`), then logged here once the change is committed.
+    def entry(self, action: str, **fields: Any) -> AuditEntry:
+        event = {**self._actor(), **fields, "action": action, "ts": time.time()}
         return AuditEntry(orjson.dumps(event), self.runtime.audit.stream_maxlen)
 
     def token_entry(self, action: str, record: TokenRecord, **fields: Any) -> AuditEntry:
-        return self.entry(
-            action,
-            org=record.org,
-            team=record.team,
-            token_id=record.id,
-            token_name=record.name,
-            service_account=record.service_account,
-            **fields,
-        )
+        return self.entry(action, **_token_fields(record), **fields)
 
     def committed(self, entry: AuditEntry | None) -> None:
         """Log (JSON line) an event the store has written to the audit stream with its change."""

@@ -33,6 +33,8 @@ import redis.asyncio as redis
 import redis.exceptions as redis_errors
 import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from gateway.records import ServiceAccountRecord, TeamRecord, TokenRecord
@@ -48,6 +50,9 @@ STATE_SETTLE = 1.0  # seconds without a failure before the store counts as reach
 TOUCH_CONCURRENCY = 64  # cluster: last-used updates in flight at once (one script call each)
 SOCKET_TIMEOUT = 2.0  # seconds, for connecting and for each reply
 MAX_CONNECTIONS = 32  # per process, to one server
+HEALTH_CHECK_INTERVAL = 5.0  # seconds idle before a pooled connection is PINGed on reuse
+RETRY_BACKOFF_BASE = 0.01  # seconds before the one retry on a fresh connection ...
+RETRY_BACKOFF_CAP = 0.05  # ... at most
 
 # Failures that mean "the store (or part of it) cannot serve now", as opposed to a command
 # that the store refused. A cluster without a reachable node raises RedisClusterException,
@@ -71,9 +76,37 @@ _NOT_OUTAGES = (
 )
 
 
+def connection_options() -> dict[str, Any]:
+    """What every connection to the store is opened with, so that a dead pooled connection
+    (the store restarted, a proxy cut it) costs no request once the store answers again:
+
+    - RESP2 (`protocol=2`): under RESP3, redis-py 8 enables maintenance notifications on
+      its own and then skips its check that a pooled connection was not closed by the
+      server, so a request would be sent on a dead one;
+    - one retry on a ConnectionError, on a fresh connection after a short pause: a request
+      that met a connection the store had closed goes again instead of failing. Every
+      command sent through the shared client is safe to send twice: reads, writes of whole
+      values, change announcements (applying one twice is harmless) and audit appends (at
+      least once already: a failed batch is sent again, and each event has its request id).
+      A retry can only repeat a command the store ran if the link broke between the store
+      running it and its reply. Admin writes go on their own pinned connection
+      (`Store._write`) and are never retried. Timeouts are not retried: a store that does
+      not answer keeps its SOCKET_TIMEOUT bound;
+    - idle connections are checked (PING) before reuse after HEALTH_CHECK_INTERVAL.
+    """
+    return {
+        "protocol": 2,
+        "retry": Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), 1, (redis_errors.ConnectionError,)),
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+    }
+
+
 def connect(settings: RedisSettings) -> Any:
     """A redis-py asyncio client for the configured store: one server (`url`), the current
     master of a Redis Sentinel set-up (`sentinel`), or a Redis Cluster (`cluster`)."""
+    options = connection_options()
     if settings.sentinel is not None:
         conf = settings.sentinel
         sentinel_kwargs: dict[str, Any] = {
@@ -83,18 +116,12 @@ def connect(settings: RedisSettings) -> Any:
         if conf.sentinel_password is not None:
             sentinel_kwargs.update(username=conf.sentinel_username, password=conf.sentinel_password)
         make_sentinel: Any = Sentinel  # untyped in redis-py
-        sentinels = make_sentinel(
-            list(conf.nodes),
-            sentinel_kwargs=sentinel_kwargs,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT,
-        )
+        sentinels = make_sentinel(list(conf.nodes), sentinel_kwargs=sentinel_kwargs, **options)
         return sentinels.master_for(
             conf.master,
             username=conf.username,
             password=conf.password,
             db=conf.db,
-            health_check_interval=10,
         )
     if settings.cluster is not None:
         conf_c = settings.cluster
@@ -102,8 +129,8 @@ def connect(settings: RedisSettings) -> Any:
             startup_nodes=[ClusterNode(host, port) for host, port in conf_c.nodes],
             username=conf_c.username,
             password=conf_c.password,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT,
+            # the cluster client retries on its own, relearning the slot map in between
+            **{k: v for k, v in options.items() if k != "retry"},
         )
     if settings.url is None:
         raise ValueError("no store configured: the embedded store is started by the runtime")
@@ -113,9 +140,7 @@ def connect(settings: RedisSettings) -> Any:
         settings.url,
         max_connections=MAX_CONNECTIONS,
         timeout=SOCKET_TIMEOUT,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=SOCKET_TIMEOUT,
-        health_check_interval=10,
+        **options,
     )
     return redis.Redis.from_pool(pool)  # closing the client closes the pool
 
@@ -333,8 +358,7 @@ class Store:
                 username=kw.get("username"),
                 password=kw.get("password"),
                 credential_provider=kw.get("credential_provider"),
-                socket_timeout=SOCKET_TIMEOUT,
-                socket_connect_timeout=SOCKET_TIMEOUT,
+                **connection_options(),
             )
             pubsub: Any = node_client.pubsub(ignore_subscribe_messages=True)
         else:

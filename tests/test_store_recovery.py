@@ -1,0 +1,165 @@
+"""After a store restart, a dead pooled connection must cost no request: once the store
+answers PING again, every request succeeds, however large the connection pool had grown,
+for one server (`url`), Redis Sentinel and Redis Cluster.
+
+Timing-free: the assertions are counts of failed requests after the store is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.embedded import EmbeddedServer, free_port
+from gateway.tokens import generate
+from tests.conftest import Gateway
+from tests.topology import Cluster, SentinelSet, client, drill_config, raw, start_gateway, stop_gateway, wait_until
+
+APIS = "/orgs/acme/teams/platform/apis"
+BURST = 64  # concurrent requests: the pool grows to its limit (32)
+AFTER = 300  # requests counted once the store answers again
+
+
+async def status_of(gw: Gateway, token: str) -> int:
+    try:
+        async with gw.session.get(gw.url + APIS, headers=gw.auth(token)) as r:
+            await r.read()
+            return r.status
+    except Exception:
+        return 599
+
+
+async def prepared(gw: Gateway) -> tuple[list[str], list[str]]:
+    await gw.team("platform", ["read:apis"])
+    valid = [(await gw.token("platform", ["read:apis"]))[0] for _ in range(4)]
+    unknown = [generate("tw_sat")[0] for _ in range(BURST)]
+    return valid, unknown
+
+
+async def grow_pool(gw: Gateway, valid: list[str], unknown: list[str]) -> None:
+    tokens = valid + unknown
+    statuses = await asyncio.gather(*(status_of(gw, tokens[i % len(tokens)]) for i in range(BURST)))
+    assert sorted(set(statuses)) == [200, 401]
+
+
+async def failures_after_recovery(gw: Gateway, valid: list[str], unknown: list[str]) -> list[int]:
+    """AFTER requests (half one by one, half in concurrent bursts): the statuses that are
+    not the right answer (200 for a valid token, 401 for an unknown one)."""
+    tokens = valid + unknown
+    sent = [tokens[i % len(tokens)] for i in range(AFTER)]
+    statuses = [await status_of(gw, token) for token in sent[: AFTER // 2]]
+    for start in range(AFTER // 2, AFTER, BURST):
+        statuses += await asyncio.gather(*(status_of(gw, token) for token in sent[start : start + BURST]))
+    return [status for token, status in zip(sent, statuses, strict=True) if status != (200 if token in valid else 401)]
+
+
+def connected_clients(port: int) -> int:
+    return int(client(port).info("clients")["connected_clients"])
+
+
+def restart(server: EmbeddedServer) -> None:
+    server.stop()
+    server.start()
+
+
+# -- one server ------------------------------------------------------------------------------
+async def test_no_failed_request_after_a_restart_of_one_server(
+    start_gateway: Any, config: dict[str, Any], tmp_path: Path
+) -> None:
+    server = EmbeddedServer(tmp_path / "store", port=free_port())
+    server.start()
+    try:
+        gw = await start_gateway(drill_config(config, {}), url=server.url)
+        valid, unknown = await prepared(gw)
+        assert server.port is not None
+        for _ in range(3):  # three restarts, each with a full pool
+            await grow_pool(gw, valid, unknown)
+            assert connected_clients(server.port) >= 16  # the pool grew
+            restart(server)
+            wait_until(lambda: bool(client(server.port or 0).ping()), "the store to answer")
+            assert await failures_after_recovery(gw, valid, unknown) == []
+    finally:
+        server.stop()
+
+
+async def test_the_embedded_unix_socket_store_recovers_too(
+    start_gateway: Any, config: dict[str, Any], tmp_path: Path
+) -> None:
+    server = EmbeddedServer(tmp_path / "store")
+    server.start()
+    try:
+        gw = await start_gateway(drill_config(config, {}), url=server.url)
+        valid, unknown = await prepared(gw)
+        await grow_pool(gw, valid, unknown)
+        restart(server)
+        assert await failures_after_recovery(gw, valid, unknown) == []
+    finally:
+        server.stop()
+
+
+# -- Sentinel --------------------------------------------------------------------------------
+@pytest.fixture
+def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
+    topology = SentinelSet(tmp_path / "sentinel")
+    topology.start()
+    # a restart of the master, not a failover: the sentinels must not give up on it meanwhile
+    for sentinel in topology.sentinels:
+        raw(sentinel.port or 0, "SENTINEL", "SET", topology.name, "down-after-milliseconds", "60000")
+    yield topology
+    topology.stop()
+
+
+async def test_no_failed_request_after_a_restart_of_the_sentinel_master(
+    sentinels: SentinelSet, config: dict[str, Any]
+) -> None:
+    gw = await start_gateway(drill_config(config, {"sentinel": {"master": sentinels.name, "nodes": sentinels.nodes}}))
+    try:
+        valid, unknown = await prepared(gw)
+        port = sentinels.master.port or 0
+        await grow_pool(gw, valid, unknown)
+        assert connected_clients(port) >= 16
+        restart(sentinels.master)
+        wait_until(lambda: client(port).info("replication")["role"] == "master", "the master to answer")
+        assert sentinels.current_master() == port  # restarted, not failed over
+        assert await failures_after_recovery(gw, valid, unknown) == []
+    finally:
+        await stop_gateway(gw)
+
+
+# -- Cluster ---------------------------------------------------------------------------------
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    topology = Cluster(tmp_path / "cluster")
+    topology.start()
+    # a restart of a master, not a failover: its replica must not take over meanwhile
+    for port in topology.ports:
+        raw(port, "CONFIG", "SET", "cluster-node-timeout", "60000")
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture
+async def cluster_gateway(cluster: Cluster, config: dict[str, Any]) -> AsyncIterator[Gateway]:
+    gw = await start_gateway(drill_config(config, {"cluster": {"nodes": cluster.seeds}}))
+    yield gw
+    await stop_gateway(gw)
+
+
+async def test_no_failed_request_after_a_restart_of_every_cluster_master(
+    cluster: Cluster, cluster_gateway: Gateway
+) -> None:
+    gw = cluster_gateway
+    valid, unknown = await prepared(gw)
+    masters = cluster.ports[: cluster.master_count]
+    for port in masters:
+        await grow_pool(gw, valid, unknown)
+        restart(cluster.servers[port])
+        wait_until(cluster.healthy, "the cluster to be whole again")
+        assert sorted(
+            p for p in cluster.live if "master" in cluster.view_of(p)["flags"]
+        ) == sorted(masters)  # restarted, not failed over
+        assert await failures_after_recovery(gw, valid, unknown) == []

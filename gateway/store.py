@@ -34,8 +34,8 @@ import redis.exceptions as redis_errors
 import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialBackoff, NoBackoff
 
 from gateway.records import ServiceAccountRecord, TeamRecord, TokenRecord
 from gateway.settings import RedisSettings
@@ -360,13 +360,21 @@ class Store:
                 credential_provider=kw.get("credential_provider"),
                 **connection_options(),
             )
-            pubsub: Any = node_client.pubsub(ignore_subscribe_messages=True)
+            pubsub: Any = node_client.pubsub()
         else:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.client.pubsub()
+        saved_retry = None
         try:
+            await pubsub.connect()
+            # Never reconnect behind our back: redis-py would subscribe again silently and
+            # the changes published in between would be lost without the listener knowing.
+            saved_retry, pubsub.connection.retry = pubsub.connection.retry, Retry(NoBackoff(), 0)
             await pubsub.subscribe(CHANGES_CHANNEL)
+            await _confirmed(pubsub)
             yield pubsub
         finally:
+            if saved_retry is not None and pubsub.connection is not None:
+                pubsub.connection.retry = saved_retry  # the connection goes back to the pool
             # redis-py's pubsub close can hang on a dead link; never wait on it for long
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pubsub.aclose(), 1.0)
@@ -673,6 +681,17 @@ class Store:
         else:
             rows = await self._call(lambda: self.client.xrange(Keys.audit, start, end, count=count))
         return [(i.decode(), orjson.loads(f[b"e"])) for i, f in rows]
+
+
+async def _confirmed(pubsub: Any) -> None:
+    """Wait for the store's reply to SUBSCRIBE: only from then on does a change reach us
+    (a record read on another connection before it could miss a change made meanwhile)."""
+    deadline = time.monotonic() + SOCKET_TIMEOUT
+    while time.monotonic() < deadline:
+        message = await pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+        if message is not None and message.get("type") == "subscribe":
+            return
+    raise redis_errors.ConnectionError("the store did not confirm the subscription")
 
 
 def _raised_in_redis_py(exc: BaseException) -> bool:

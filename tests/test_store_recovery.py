@@ -17,7 +17,16 @@ import pytest
 from gateway.embedded import EmbeddedServer, free_port
 from gateway.tokens import generate
 from tests.conftest import Gateway
-from tests.topology import Cluster, SentinelSet, client, drill_config, raw, start_gateway, stop_gateway, wait_until
+from tests.topology import (
+    Cluster,
+    SentinelSet,
+    client,
+    drill_config,
+    raw,
+    start_gateway,
+    stop_gateway,
+    wait_until,
+)
 
 APIS = "/orgs/acme/teams/platform/apis"
 BURST = 64  # concurrent requests: the pool grows to its limit (32)

@@ -63,6 +63,7 @@ class EmbeddedServer:
         appendonly: bool = True,
         extra_args: Sequence[str] = (),
         config_file: Path | None = None,
+        binary: str | None = None,
     ) -> None:
         """`extra_args` and `config_file` (read first, as the server wants it) let the same
         binary run a cluster node or a sentinel (the test topologies)."""
@@ -71,6 +72,7 @@ class EmbeddedServer:
         self.appendonly = appendonly
         self.extra_args = tuple(extra_args)
         self.config_file = config_file
+        self.binary = binary  # another Redis-compatible server (tests: Debian's redis-server 7.0)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -99,7 +101,7 @@ class EmbeddedServer:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
         args = [
-            server_binary(),
+            self.binary or server_binary(),
             *([str(self.config_file.resolve())] if self.config_file is not None else []),
             "--dir",
             str(self.data_dir.resolve()),

@@ -240,6 +240,8 @@ class Store:
         self._touch = client.register_script(_TOUCH)
         self._append_audit = client.register_script(_APPEND_AUDIT)
         self.waitaof_supported: bool | None = None
+        self.persistence = ""  # from check_durability()
+        self.durability_warning: str | None = None  # confirmed writes a store crash can lose
         self.errors = 0  # store errors seen, for the metric
         # Reachability, as a state with one log line per change (not one per failed call).
         self.up = True
@@ -384,17 +386,39 @@ class Store:
 
     # -- durability ------------------------------------------------------------------
     async def check_durability(self) -> str:
-        """Probe persistence once (on every master); a short description for the start-up line."""
+        """Probe persistence once (on every master); a short description for the start-up line.
+
+        Sets `durability_warning` when a write confirmed to an admin can still be lost in a
+        crash of the store although it has an append-only file: without WAITAOF (Redis
+        before 7.2) nothing waits for the disk, and unless the file is fsynced on every write
+        (`appendfsync always`) the last second or so of confirmed writes is lost with it."""
         infos: list[dict[str, Any]] = await self._call(lambda: self._on_masters("INFO", "persistence"))
         with_aof = [bool(info.get("aof_enabled")) for info in infos]
         self.waitaof_supported = False
+        self.durability_warning = None
+        self.persistence = await self._persistence(infos, with_aof)
+        return self.persistence
+
+    async def _persistence(self, infos: list[dict[str, Any]], with_aof: list[bool]) -> str:
         if all(with_aof):
             try:
                 await self._call(lambda: self._on_masters("WAITAOF", 1, 0, 100))
                 self.waitaof_supported = True
             except StoreUnavailable:
                 pass
-            return "aof+waitaof" if self.waitaof_supported else "aof"
+            if self.waitaof_supported:
+                return "aof+waitaof"
+            fsync = await self._appendfsync()
+            if fsync == {"always"}:
+                return "aof, appendfsync always"
+            policy = "/".join(sorted(fsync)) if fsync else "unknown (CONFIG GET refused)"
+            self.durability_warning = (
+                f"the store has no WAITAOF (Redis before 7.2) and appendfsync is {policy}: a write "
+                "confirmed to an admin (an issued token, a revocation) is in the store's memory "
+                "but can be up to ~1 s from its disk, so a crash of the store can lose it (a lost "
+                "revocation brings a token back); use Redis 7.2+ or Valkey, or appendfsync always"
+            )
+            return f"aof without waitaof, appendfsync {policy}"
         if any(with_aof):
             return "aof on some masters only"
         if all(
@@ -404,6 +428,22 @@ class Store:
         ):
             return "rdb-only"
         return "off"
+
+    async def _appendfsync(self) -> set[str] | None:
+        """Every master's `appendfsync` policy (None: CONFIG is refused, as managed services do)."""
+        try:
+            replies = await self._call(lambda: self._on_masters("CONFIG", "GET", "appendfsync"))
+        except StoreUnavailable:
+            return None
+        policies = set()
+        for reply in replies:
+            if isinstance(reply, list):  # a flat name, value list
+                reply = dict(zip(reply[::2], reply[1::2], strict=True))
+            value = reply.get(b"appendfsync", reply.get("appendfsync")) if isinstance(reply, dict) else None
+            if value is None:
+                return None
+            policies.add(value.decode() if isinstance(value, bytes) else str(value))
+        return policies
 
     @contextlib.asynccontextmanager
     async def _pinned(self, key: str) -> AsyncIterator[Any]:

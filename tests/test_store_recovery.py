@@ -63,7 +63,11 @@ async def failures_after_recovery(gw: Gateway, valid: list[str], unknown: list[s
     statuses = [await status_of(gw, token) for token in sent[: AFTER // 2]]
     for start in range(AFTER // 2, AFTER, BURST):
         statuses += await asyncio.gather(*(status_of(gw, token) for token in sent[start : start + BURST]))
-    return [status for token, status in zip(sent, statuses, strict=True) if status != (200 if token in valid else 401)]
+    return [
+        status
+        for token, status in zip(sent, statuses, strict=True)
+        if status != (200 if token in valid else 401)
+    ]
 
 
 def connected_clients(port: int) -> int:
@@ -125,7 +129,9 @@ def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
 async def test_no_failed_request_after_a_restart_of_the_sentinel_master(
     sentinels: SentinelSet, config: dict[str, Any]
 ) -> None:
-    gw = await start_gateway(drill_config(config, {"sentinel": {"master": sentinels.name, "nodes": sentinels.nodes}}))
+    gw = await start_gateway(
+        drill_config(config, {"sentinel": {"master": sentinels.name, "nodes": sentinels.nodes}})
+    )
     try:
         valid, unknown = await prepared(gw)
         port = sentinels.master.port or 0
@@ -168,7 +174,7 @@ async def test_no_failed_request_after_a_restart_of_every_cluster_master(
         await grow_pool(gw, valid, unknown)
         restart(cluster.servers[port])
         wait_until(cluster.healthy, "the cluster to be whole again")
-        assert sorted(
-            p for p in cluster.live if "master" in cluster.view_of(p)["flags"]
-        ) == sorted(masters)  # restarted, not failed over
+        assert sorted(p for p in cluster.live if "master" in cluster.view_of(p)["flags"]) == sorted(
+            masters
+        )  # restarted, not failed over
         assert await failures_after_recovery(gw, valid, unknown) == []

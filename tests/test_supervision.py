@@ -134,8 +134,22 @@ class Served:
         return await asyncio.wait_for(self.process.wait(), cap)
 
     def left_behind(self) -> list[int]:
-        """Processes of this deployment still alive."""
-        return processes_marked(str(self.served.path))
+        """Processes of this deployment still alive: those started with its mark, and its
+        store (Valkey overwrites its environment with its process title, but runs in the data
+        dir)."""
+        return sorted(set(processes_marked(str(self.served.path))) | set(self.stores()))
+
+    def stores(self) -> list[int]:
+        data_dir = str(Path(self.served.config["data_dir"]).resolve())
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.readlink(f"/proc/{entry}/cwd") == data_dir and alive(int(entry)):
+                        found.append(int(entry))
+                except OSError:
+                    continue
+        return found
 
     async def nothing_left(self) -> None:
         """Every process of this deployment gone (multiprocessing's resource tracker leaves
@@ -254,4 +268,27 @@ async def test_sigterm_finishes_with_a_hung_worker(tmp_path: Path, upstream: int
     events = [e["event"] for e in run.events()]
     assert events.count("worker did not stop in time; killed") == 1
     assert not alive(hung)
+    await run.nothing_left()
+
+
+async def test_the_supervisor_restarts_its_embedded_store(tmp_path: Path, upstream: int) -> None:
+    served = serve_config(tmp_path, upstream)
+    run = await serve(tmp_path, served, "--workers", "2")
+    await workers_up(run, 2)
+    stores = run.stores()
+    assert len(stores) == 1
+    os.kill(stores[0], signal.SIGKILL)
+    async with aiohttp.ClientSession() as session:
+
+        async def ready_again() -> bool:
+            if "embedded store restarted" not in [e["event"] for e in run.events()]:
+                return False
+            async with session.get(served.admin_url + "/readyz") as r:
+                return r.status == 200
+
+        await until(ready_again, "the store restarted and /readyz 200")
+    events = [e["event"] for e in run.events()]
+    assert events.count("embedded store exited; restarting it") == 1
+    run.process.send_signal(signal.SIGTERM)
+    assert await run.exited() == 0
     await run.nothing_left()

@@ -464,6 +464,8 @@ class Store:
 
         try:
             await conn.connect()
+            if self.cluster:
+                await _fresh(conn)  # the pool of a single server or Sentinel did this already
             yield conn
         except BaseException:
             await conn.disconnect()  # replies may be left unread: never reuse it
@@ -721,6 +723,18 @@ class Store:
         else:
             rows = await self._call(lambda: self.client.xrange(Keys.audit, start, end, count=count))
         return [(i.decode(), orjson.loads(f[b"e"])) for i, f in rows]
+
+
+async def _fresh(conn: Any) -> None:
+    """A pooled connection the server closed (it restarted) is opened again before use, as
+    redis-py's own pools do on checkout: nothing has been sent on it yet, so nothing is lost."""
+    try:
+        stale = await conn.can_read()  # a reply nobody read, or EOF (raises)
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+        stale = True
+    if stale:
+        await conn.disconnect()
+        await conn.connect()
 
 
 async def _confirmed(pubsub: Any) -> None:

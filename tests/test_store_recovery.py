@@ -70,6 +70,47 @@ async def failures_after_recovery(gw: Gateway, valid: list[str], unknown: list[s
     ]
 
 
+async def failed_admin_writes(gw: Gateway, admin: str, count: int = 10) -> list[int]:
+    """`count` admin writes (issue a token, each on a pinned connection of the pool, and
+    revoke it) right after the store is back: the statuses that are not success."""
+    auth = gw.auth(admin)
+    wrong = []
+    for i in range(count):
+        url = f"{gw.admin_url}/v1/orgs/acme/teams/platform/tokens"
+        async with gw.session.post(
+            url, json={"name": f"after-{i}", "scopes": ["read:apis"]}, headers=auth
+        ) as r:
+            if r.status != 201:
+                wrong.append(r.status)
+                continue
+            key_id = (await r.json())["id"]
+        async with gw.session.post(f"{url}/{key_id}/revoke", headers=auth) as r:
+            if r.status != 200:
+                wrong.append(r.status)
+    return wrong
+
+
+async def grow_admin_connections(gw: Gateway, admin: str) -> None:
+    """Concurrent admin writes: several pinned connections in the pool(s)."""
+    url = f"{gw.admin_url}/v1/orgs/acme/teams/platform/tokens"
+
+    async def one(i: int) -> int:
+        async with gw.session.post(
+            url, json={"name": f"grow-{i}", "scopes": ["read:apis"]}, headers=gw.auth(admin)
+        ) as r:
+            return r.status
+
+    assert set(await asyncio.gather(*(one(i) for i in range(16)))) == {201}
+
+
+def replica_online(master_port: int) -> bool:
+    """The master sees a replica in sync (admin writes wait for one: WAIT 1)."""
+    info = client(master_port).info("replication")
+    return any(
+        isinstance(v, dict) and v.get("state") == "online" for k, v in info.items() if k.startswith("slave")
+    )
+
+
 def connected_clients(port: int) -> int:
     return int(client(port).info("clients")["connected_clients"])
 
@@ -88,12 +129,15 @@ async def test_no_failed_request_after_a_restart_of_one_server(
     try:
         gw = await start_gateway(drill_config(config, {}), url=server.url)
         valid, unknown = await prepared(gw)
+        admin = await gw.org_admin()
         assert server.port is not None
         for _ in range(3):  # three restarts, each with a full pool
+            await grow_admin_connections(gw, admin)
             await grow_pool(gw, valid, unknown)
             assert connected_clients(server.port) >= 16  # the pool grew
             restart(server)
             wait_until(lambda: bool(client(server.port or 0).ping()), "the store to answer")
+            assert await failed_admin_writes(gw, admin) == []
             assert await failures_after_recovery(gw, valid, unknown) == []
     finally:
         server.stop()
@@ -134,12 +178,16 @@ async def test_no_failed_request_after_a_restart_of_the_sentinel_master(
     )
     try:
         valid, unknown = await prepared(gw)
+        admin = await gw.org_admin()
         port = sentinels.master.port or 0
+        await grow_admin_connections(gw, admin)
         await grow_pool(gw, valid, unknown)
         assert connected_clients(port) >= 16
         restart(sentinels.master)
         wait_until(lambda: client(port).info("replication")["role"] == "master", "the master to answer")
+        wait_until(lambda: replica_online(port), "the replica to be in sync again")
         assert sentinels.current_master() == port  # restarted, not failed over
+        assert await failed_admin_writes(gw, admin) == []
         assert await failures_after_recovery(gw, valid, unknown) == []
     finally:
         await stop_gateway(gw)
@@ -169,11 +217,14 @@ async def test_no_failed_request_after_a_restart_of_every_cluster_master(
 ) -> None:
     gw = cluster_gateway
     valid, unknown = await prepared(gw)
+    admin = await gw.org_admin()
     masters = cluster.ports[: cluster.master_count]
     for port in masters:
+        await grow_admin_connections(gw, admin)
         await grow_pool(gw, valid, unknown)
         restart(cluster.servers[port])
         wait_until(cluster.healthy, "the cluster to be whole again")
+        wait_until(lambda port=port: replica_online(port), "its replica to be in sync again")
         assert sorted(p for p in cluster.live if "master" in cluster.view_of(p)["flags"]) == sorted(
             masters
         )  # restarted, not failed over

@@ -96,7 +96,9 @@ def connection_options() -> dict[str, Any]:
     """
     return {
         "protocol": 2,
-        "retry": Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), 1, (redis_errors.ConnectionError,)),
+        "retry": Retry(
+            ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), 1, (redis_errors.ConnectionError,)
+        ),
         "health_check_interval": HEALTH_CHECK_INTERVAL,
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": SOCKET_TIMEOUT,

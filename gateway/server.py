@@ -75,6 +75,7 @@ class Server:
         self._runners: list[web.BaseRunner] = []
         self._store_watch: asyncio.Task[None] | None = None
         self.store_restarts = 0
+        self.on_started: Any = None  # called once both ports are bound, before the start-up line
         self.proxy_port = 0
         self.admin_port = 0
 
@@ -118,6 +119,8 @@ class Server:
             self._store_watch = asyncio.create_task(
                 self._watch_store(runtime.embedded), name="tokenward-store-watch"
             )
+        if self.on_started is not None:
+            self.on_started()
         log.info(
             "tokenward started",
             listen=f"{listen.host}:{self.proxy_port}",
@@ -250,9 +253,9 @@ async def serve_forever(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
-    await server.start()
     if started is not None:
-        started.set()
+        server.on_started = started.set  # before the start-up line that tests and operators watch
+    await server.start()
     orphan_watch = None
     if parent is not None:
         orphan_watch = asyncio.create_task(_stop_when_orphaned(parent, stop), name="tokenward-parent-watch")

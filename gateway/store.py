@@ -255,9 +255,19 @@ class Store:
         # bring it back later than the next request (in a cluster it crosses the cluster bus).
         self.local_listeners: list[Callable[[Change], None]] = []
 
-    async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, op: Callable[[], Awaitable[T]], *, retry: bool = True) -> T:
+        """Run `op` against the store, turning its failures into StoreUnavailable. With
+        `retry` (not for admin writes: see `_write`), a command that met a connection torn
+        down under it goes once more (connection errors are retried inside redis-py, see
+        connection_options(); this is for what redis-py leaks instead, redis/redis-py#4287)."""
         try:
-            result = await op()
+            try:
+                result = await op()
+            except (AttributeError, TypeError) as exc:
+                if not (retry and _raised_in_redis_py(exc)):
+                    raise
+                await asyncio.sleep(RETRY_BACKOFF_BASE)
+                result = await op()
         except StoreUnavailable:
             self.errors += 1
             raise
@@ -498,7 +508,7 @@ class Store:
                 return replies
 
         try:
-            return await self._call(op)
+            return await self._call(op, retry=False)  # never twice: it may have been applied
         except StoreUnavailable as exc:
             if self.cluster and isinstance(exc.__cause__, _OUTAGES):
                 await self._relearn_slots()

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.embedded import EmbeddedServer, free_port
 from gateway.tokens import generate
-from tests.conftest import Gateway
+from tests.conftest import Gateway, LogReader
 from tests.topology import (
     Cluster,
     SentinelSet,
@@ -101,6 +101,15 @@ async def grow_admin_connections(gw: Gateway, admin: str) -> None:
             return r.status
 
     assert set(await asyncio.gather(*(one(i) for i in range(16)))) == {201}
+
+
+def store_errors(logs: LogReader) -> list[dict[str, Any]]:
+    """What the gateway logged about the store: the cause, when a test fails."""
+    return [
+        e
+        for e in logs.events()
+        if str(e.get("logger", "")).startswith("tokenward.store") or "store" in e["event"]
+    ]
 
 
 def replica_online(master_port: int) -> bool:
@@ -213,7 +222,7 @@ async def cluster_gateway(cluster: Cluster, config: dict[str, Any]) -> AsyncIter
 
 
 async def test_no_failed_request_after_a_restart_of_every_cluster_master(
-    cluster: Cluster, cluster_gateway: Gateway
+    logs: LogReader, cluster: Cluster, cluster_gateway: Gateway
 ) -> None:
     gw = cluster_gateway
     valid, unknown = await prepared(gw)
@@ -228,4 +237,5 @@ async def test_no_failed_request_after_a_restart_of_every_cluster_master(
         assert sorted(p for p in cluster.live if "master" in cluster.view_of(p)["flags"]) == sorted(
             masters
         )  # restarted, not failed over
-        assert await failures_after_recovery(gw, valid, unknown) == []
+        assert await failed_admin_writes(gw, admin) == [], store_errors(logs)
+        assert await failures_after_recovery(gw, valid, unknown) == [], store_errors(logs)

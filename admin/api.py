@@ -1749,7 +1749,23 @@ async def readyz(request: web.Request) -> web.Response:
         await runtime.store.ping()
     except StoreUnavailable:
         return json_response({"error": "not_ready", "message": "store unreachable"}, 503)
-    return json_response({"status": "ready", "routes": len(runtime.settings.routes)})
+    return json_response(
+        {"status": "ready", "routes": len(runtime.settings.routes), "store": store_details(runtime)}
+    )
+
+
+def store_details(runtime: Runtime) -> dict[str, Any]:
+    """/readyz's word on the store: its persistence, and whether a write confirmed to an
+    admin survives a crash of the store (with the reason when it may not)."""
+    store = runtime.store
+    appendonly = store.persistence.startswith("aof") and store.persistence != "aof on some masters only"
+    warning = store.durability_warning
+    if not appendonly:
+        warning = "persistence is not append-only on every master: a crash of the store loses recent writes"
+    details: dict[str, Any] = {"persistence": store.persistence, "crash_safe_writes": warning is None}
+    if warning is not None:
+        details["warning"] = warning
+    return details
 
 
 # -- the app ---------------------------------------------------------------------------------

@@ -571,9 +571,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = _settings(args.config)
     configure_logging(settings.log)
     if args.workers > 1:
-        supervise(settings, args.config, args.workers)
+        supervise(settings, args.config, args.workers, drain=args.drain_timeout)
     else:
-        run(settings, config_path=args.config)
+        run(settings, config_path=args.config, drain=args.drain_timeout)
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -673,6 +673,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway and the admin API")
     serve.add_argument("--config", required=True)
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the ports (SO_REUSEPORT)")
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long requests in flight may finish (default 30)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="embedded store + sample upstream + printed tokens")

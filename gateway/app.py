@@ -120,6 +120,9 @@ class Runtime:
                 "lost in a crash; enable appendonly yes on the store (on every master and replica)",
                 persistence=persistence,
             )
+        if store.durability_warning is not None:
+            log.warning("store durability: confirmed admin writes can be lost in a crash of the store",
+                        persistence=persistence, detail=store.durability_warning)
         runtime.metrics.attach(runtime)
         await listener.start()
         await audit.start()

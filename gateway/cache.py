@@ -7,8 +7,11 @@ Three bounded maps, all keyed without plaintext:
 
 Status, expiry, org/team, constraints and scopes are re-checked on every request against
 the cached records. Every change in the store is pushed on a pub/sub channel; the listener
-drops what changed at once. A change-log stream polled every `poll_interval` bounds
-staleness when the push link is down, and the whole cache is cleared after a reconnect.
+drops what changed at once. While that channel is down, no cached token or team record is
+trusted: each request reads its records from the store (a revocation made meanwhile by
+another process is seen by the very next request, a store round trip later), the change
+log is read at once and then polled fast, and the whole cache is cleared when the channel
+is back. Proofs (argon2 results) stay: a change never makes a proof wrong.
 """
 
 from __future__ import annotations
@@ -84,6 +87,9 @@ class VerificationCache:
         # Bumped on every invalidation; a fetch that started before a bump must not be
         # cached, or a record read just before a revoke could outlive the revoke.
         self.epoch = 0
+        # False while the push channel is down: a change made then could be missed, so every
+        # record is read from the store until the channel is back (and the cache cleared).
+        self.trusted = True
 
     def proof(self, fingerprint: str) -> str | None:
         return self.proofs.get(fingerprint)
@@ -92,7 +98,7 @@ class VerificationCache:
         return self.negative_ttl > 0 and self.failures.get(fingerprint, self.negative_ttl) is not None
 
     def record(self, key_id: str) -> TokenRecord | None:
-        found = self.records.get(key_id, self.ttl)
+        found = self.records.get(key_id, self.ttl) if self.trusted else None
         if found is None:
             self.stats.misses += 1
         else:
@@ -100,7 +106,7 @@ class VerificationCache:
         return found
 
     def team(self, org: str, team: str) -> TeamRecord | None:
-        return self.teams.get((org, team), self.ttl)
+        return self.teams.get((org, team), self.ttl) if self.trusted else None
 
     def stale_record(self, key_id: str, max_age: float) -> TokenRecord | None:
         """For a store outage: a record fetched within `max_age`, however old for the cache."""
@@ -143,8 +149,13 @@ class VerificationCache:
         self.failures.clear()
 
 
+FAST_POLL_INTERVAL = 0.05  # seconds between change-log reads while the push channel is down
+FIRST_SUBSCRIPTION_WAIT = 2.0  # seconds start() waits for the channel (records untrusted until then)
+
+
 class ChangeListener:
-    """Keeps a cache coherent: pub/sub push, change-log poll fallback, clear on reconnect."""
+    """Keeps a cache coherent: pub/sub push; while it is down, records untrusted and the
+    change log read at once then polled fast; the cache cleared when the push is back."""
 
     def __init__(
         self,
@@ -157,6 +168,9 @@ class ChangeListener:
         self.cache = cache
         self.poll_interval = poll_interval
         self.push_connected = False
+        cache.trusted = False  # until the first subscription is confirmed
+        self._wake = asyncio.Event()  # set when the push channel drops: read the log now
+        self._subscribed = asyncio.Event()
         self.last_id = "0-0"
         self.last_poll_ok = 0.0
         self._on_state = on_state
@@ -173,6 +187,8 @@ class ChangeListener:
             asyncio.create_task(self._push_loop(), name="tokenward-push"),
             asyncio.create_task(self._poll_loop(), name="tokenward-poll"),
         ]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), FIRST_SUBSCRIPTION_WAIT)
 
     async def stop(self) -> None:
         # redis-py's pubsub.get_message can swallow a cancellation, so the loops also
@@ -187,10 +203,12 @@ class ChangeListener:
             try:
                 # one server, the sentinels' current master, or one node of a cluster
                 async with self.store.subscription() as pubsub:
-                    if not self.push_connected:
-                        # Anything could have changed while we were not listening.
-                        self.cache.clear()
+                    # Subscribed (confirmed by the store): from here every change reaches
+                    # us, and anything could have changed while we were not listening.
+                    self.cache.clear()
+                    self.cache.trusted = True
                     self._set_connected(True)
+                    self._subscribed.set()
                     backoff = 0.05
                     while not self._stopping:
                         message = await pubsub.get_message(timeout=1.0)
@@ -199,6 +217,10 @@ class ChangeListener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of the link: note it, retry with backoff
+                # A change published from now on may never reach us: stop trusting cached
+                # records at once, and have the poll loop read the change log now.
+                self.cache.trusted = False
+                self._wake.set()
                 if self.push_connected:
                     log.warning("push channel lost", error=type(exc).__name__)
                 self._set_connected(False)
@@ -230,7 +252,10 @@ class ChangeListener:
     async def _poll_loop(self) -> None:
         failing = False
         while not self._stopping:
-            await asyncio.sleep(self.poll_interval)
+            interval = self.poll_interval if self.push_connected else FAST_POLL_INTERVAL
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
             try:
                 await self.poll_once()
                 if failing:

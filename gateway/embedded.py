@@ -63,6 +63,7 @@ class EmbeddedServer:
         appendonly: bool = True,
         extra_args: Sequence[str] = (),
         config_file: Path | None = None,
+        binary: str | None = None,
     ) -> None:
         """`extra_args` and `config_file` (read first, as the server wants it) let the same
         binary run a cluster node or a sentinel (the test topologies)."""
@@ -71,6 +72,7 @@ class EmbeddedServer:
         self.appendonly = appendonly
         self.extra_args = tuple(extra_args)
         self.config_file = config_file
+        self.binary = binary  # another Redis-compatible server (tests: Debian's redis-server 7.0)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -94,12 +96,44 @@ class EmbeddedServer:
             return False
 
     def start(self, timeout: float = 10.0) -> None:
+        self.launch()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._answers():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise EmbeddedStoreError(f"embedded store did not answer within {timeout:.0f}s")
+
+    async def restart(self, timeout: float = 30.0) -> None:
+        """Start again after the server died (see `exit_code`), without blocking the event
+        loop while it loads its data. Call it from the thread that started the server: the
+        server is told to stop when that thread ends (PR_SET_PDEATHSIG is per thread)."""
+        import asyncio
+
+        self.launch()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await asyncio.to_thread(self._answers):
+                return
+            await asyncio.sleep(0.05)
+        self.stop()
+        raise EmbeddedStoreError(f"embedded store did not answer within {timeout:.0f}s")
+
+    def exit_code(self) -> int | None:
+        """The server's exit status if it died on its own (None: running, or stopped by us)."""
+        if self.process is None:
+            return None
+        return self.process.poll()
+
+    def launch(self) -> None:
+        """Start the server process (not waiting for it to answer)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
         args = [
-            server_binary(),
+            self.binary or server_binary(),
             *([str(self.config_file.resolve())] if self.config_file is not None else []),
             "--dir",
             str(self.data_dir.resolve()),
@@ -123,6 +157,21 @@ class EmbeddedServer:
         if not self.port:
             args += ["--unixsocket", str(self.socket_path.resolve()), "--unixsocketperm", "700"]
         args += self.extra_args
+        self._launch(args)
+
+    def _answers(self) -> bool:
+        if self.process is None:
+            raise EmbeddedStoreError("embedded store was stopped")
+        if self.process.poll() is not None:
+            log_tail = _tail(self.data_dir / "valkey.log")
+            raise EmbeddedStoreError(f"embedded store exited at start:\n{log_tail}")
+        try:
+            with redis.Redis.from_url(self.url, socket_timeout=1) as client:
+                return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def _launch(self, args: list[str]) -> None:
         self.process = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
@@ -131,21 +180,6 @@ class EmbeddedServer:
             start_new_session=True,  # our shutdown stops it, not the terminal's Ctrl-C
             preexec_fn=_stop_with_owner if sys.platform == "linux" else None,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log_tail = _tail(self.data_dir / "valkey.log")
-                raise EmbeddedStoreError(f"embedded store exited at start:\n{log_tail}")
-            try:
-                client = redis.Redis.from_url(self.url, socket_timeout=1)
-                if client.ping():
-                    client.close()
-                    return
-            except (redis.RedisError, OSError):
-                pass
-            time.sleep(0.02)
-        self.stop()
-        raise EmbeddedStoreError(f"embedded store did not answer within {timeout:.0f}s")
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None

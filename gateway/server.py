@@ -9,7 +9,9 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -18,9 +20,38 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.aio import cancel_and_wait
 from gateway.app import Runtime, create_proxy_server
+from gateway.embedded import EmbeddedServer, EmbeddedStoreError
 from gateway.settings import Settings
 
 log = structlog.get_logger("tokenward")
+
+DRAIN_TIMEOUT = 30.0  # seconds SIGTERM gives requests in flight (serve --drain-timeout)
+SHUTDOWN_GRACE = 5.0  # ... then the audit and last-used flush; a worker still alive after both is killed
+STORE_CHECK_INTERVAL = 0.5  # seconds between checks that the embedded store is alive
+RESTART_BACKOFF_MIN = 0.5  # seconds before restarting what crashed (store or worker) ...
+RESTART_BACKOFF_MAX = 30.0  # ... doubling per crash in a row, up to this
+STABLE_AFTER = 60.0  # up this long: the next crash restarts at once again
+WORKER_START_TIMEOUT = 120.0  # a worker neither serving nor dead by then failed to start
+PARENT_CHECK_INTERVAL = 1.0  # a worker checks that its supervisor is alive (besides PDEATHSIG)
+
+
+class Backoff:
+    """Crash-loop backoff: RESTART_BACKOFF_MIN, doubling per crash in a row up to
+    RESTART_BACKOFF_MAX; a run of STABLE_AFTER seconds starts over."""
+
+    def __init__(self) -> None:
+        self.crashes = 0
+        self.started = time.monotonic()
+
+    def crashed(self) -> float:
+        """Seconds to wait before the restart."""
+        if time.monotonic() - self.started >= STABLE_AFTER:
+            self.crashes = 0
+        self.crashes += 1
+        return float(min(RESTART_BACKOFF_MIN * 2.0 ** (self.crashes - 1), RESTART_BACKOFF_MAX))
+
+    def restarted(self) -> None:
+        self.started = time.monotonic()
 
 
 class Server:
@@ -42,10 +73,23 @@ class Server:
         self.shutdown_timeout = shutdown_timeout
         self.runtime: Runtime | None = None
         self._runners: list[web.BaseRunner] = []
+        self._store_watch: asyncio.Task[None] | None = None
+        self.store_restarts = 0
+        self.on_started: Any = None  # called once both ports are bound, before the start-up line
         self.proxy_port = 0
         self.admin_port = 0
 
     async def start(self) -> Runtime:
+        """Open the runtime and both listeners; on any failure (a port taken, the store
+        unreachable) close what was opened before raising, so the process can exit."""
+        try:
+            return await self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
+
+    async def _start(self) -> Runtime:
         from admin.api import create_admin_app  # admin depends on gateway, not the reverse
 
         require_c_parser(self.settings.allow_python_parser)
@@ -71,6 +115,12 @@ class Server:
         await admin_site.start()
         self.proxy_port = _bound_port(proxy_runner, listen.port)
         self.admin_port = _bound_port(admin_runner, admin.port)
+        if runtime.embedded is not None:
+            self._store_watch = asyncio.create_task(
+                self._watch_store(runtime.embedded), name="tokenward-store-watch"
+            )
+        if self.on_started is not None:
+            self.on_started()
         log.info(
             "tokenward started",
             listen=f"{listen.host}:{self.proxy_port}",
@@ -82,6 +132,31 @@ class Server:
             pid=os.getpid(),
         )
         return runtime
+
+    async def _watch_store(self, embedded: EmbeddedServer) -> None:
+        """The embedded store is ours: if it dies, start it again (same data dir, same
+        socket), with crash-loop backoff, and say so. Meanwhile /readyz is 503 and requests
+        get what a store outage gives; the clients reconnect by themselves afterwards."""
+        backoff = Backoff()
+        while True:
+            await asyncio.sleep(STORE_CHECK_INTERVAL)
+            code = embedded.exit_code()
+            if code is None:
+                continue
+            delay = backoff.crashed()
+            log.error("embedded store exited; restarting it", exitcode=code, restart_in_s=delay)
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await embedded.restart()
+                except EmbeddedStoreError as exc:
+                    delay = backoff.crashed()
+                    log.error("embedded store restart failed", error=str(exc)[-300:], retry_in_s=delay)
+                    continue
+                backoff.restarted()
+                self.store_restarts += 1
+                log.info("embedded store restarted", restarts=self.store_restarts)
+                break
 
     def reload(self) -> bool:
         if self.runtime is None or self.config_path is None:
@@ -114,7 +189,8 @@ class Server:
 
     async def stop(self) -> None:
         watcher, self._watcher = self._watcher, None
-        await cancel_and_wait([watcher])
+        store_watch, self._store_watch = self._store_watch, None
+        await cancel_and_wait([watcher, store_watch])
         if self.runtime is not None and self.runtime.tunnels is not None:
             self.runtime.tunnels.close_all("shutting down")  # or draining would wait for them
         for runner in self._runners:
@@ -165,20 +241,55 @@ async def serve_forever(
     redis_url: str | None = None,
     worker: int | None = None,
     config_path: str | None = None,
+    drain: float = DRAIN_TIMEOUT,
+    parent: int | None = None,
+    started: Any = None,
 ) -> None:
-    server = Server(settings, redis_url=redis_url, worker=worker, config_path=config_path)
+    """Serve until SIGTERM/SIGINT. Under a supervisor (`parent`): also stop when it is gone,
+    and set `started` (a multiprocessing Event) once both ports are bound."""
+    server = Server(settings, redis_url=redis_url, worker=worker, config_path=config_path, shutdown_timeout=drain)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
+    if started is not None:
+        server.on_started = started.set  # before the start-up line that tests and operators watch
     await server.start()
+    orphan_watch = None
+    if parent is not None:
+        orphan_watch = asyncio.create_task(_stop_when_orphaned(parent, stop), name="tokenward-parent-watch")
     server.watch_config()
     settle_garbage_collector()
     try:
         await stop.wait()
     finally:
+        await cancel_and_wait([orphan_watch])
         await server.stop()
+
+
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """The fallback for PR_SET_PDEATHSIG (not on every platform): a worker whose supervisor
+    is gone (re-parented) shuts down like on SIGTERM."""
+    while os.getppid() == parent:
+        await asyncio.sleep(PARENT_CHECK_INTERVAL)
+    log.error("supervisor gone; worker stopping", supervisor=parent)
+    stop.set()
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker: get SIGTERM when the supervisor dies, even by SIGKILL (Linux), and exit
+    at once if it is already gone (it died before this call)."""
+    if sys.platform == "linux":
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        raise SystemExit(1)
 
 
 def settle_garbage_collector() -> None:
@@ -205,32 +316,61 @@ def run(
     redis_url: str | None = None,
     worker: int | None = None,
     config_path: str | None = None,
+    drain: float = DRAIN_TIMEOUT,
+    parent: int | None = None,
+    started: Any = None,
 ) -> None:
     with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-        runner.run(serve_forever(settings, redis_url, worker, config_path))
+        runner.run(serve_forever(settings, redis_url, worker, config_path, drain, parent, started))
 
 
-def _worker_main(config_path: str, redis_url: str | None, index: int) -> None:
+def _worker_main(
+    config_path: str, redis_url: str | None, index: int, drain: float, parent: int, started: Any
+) -> None:
     """Entry point of one worker process (spawned, so it starts clean)."""
+    die_with_parent(parent)
     from gateway.audit import configure_logging
     from gateway.settings import load_settings
 
     settings = load_settings(config_path)
     configure_logging(settings.log)
-    run(settings, redis_url=redis_url, worker=index, config_path=config_path)
+    try:
+        run(settings, redis_url=redis_url, worker=index, config_path=config_path, drain=drain,
+            parent=parent, started=started)
+    except Exception as exc:
+        # one line, not a traceback per worker: the supervisor logs the failure and exits
+        log.error("worker failed", worker=index, error=f"{type(exc).__name__}: {exc}"[:300])
+        raise SystemExit(1) from None
 
 
-def supervise(settings: Settings, config_path: str, workers: int) -> None:
-    """`serve --workers N`: own the embedded store, run N workers on the same ports, restart
-    a worker that dies, and on SIGTERM stop them all (each drains its in-flight requests)."""
+@dataclass
+class _Worker:
+    index: int
+    process: multiprocessing.process.BaseProcess
+    started: Any  # multiprocessing Event: set once the worker serves both ports
+    spawned_at: float
+    backoff: Backoff
+    restart_at: float | None = None  # crashed: respawn at this time
+
+
+class WorkerStartFailed(Exception):
+    pass
+
+
+def supervise(settings: Settings, config_path: str, workers: int, drain: float = DRAIN_TIMEOUT) -> None:
+    """`serve --workers N`: own the embedded store, run N workers on the same ports.
+
+    A worker that cannot start (a port taken, bad store credentials) stops everything with
+    one log line and exit status 1; a worker that dies later is restarted with crash-loop
+    backoff, and so is the embedded store. Workers die with the supervisor (even on SIGKILL).
+    On SIGTERM every worker drains for up to `drain` seconds, and is killed if still there
+    SHUTDOWN_GRACE seconds later."""
     if 0 in (settings.listen.port, settings.admin_listen.port):
         raise SystemExit("tokenward: --workers needs fixed listen and admin_listen ports")
     require_c_parser(settings.allow_python_parser)
     embedded = None
     url = settings.redis.url  # None for Sentinel and Cluster: each worker connects itself
     if settings.redis.embedded:
-        from gateway.embedded import EmbeddedServer
-
         embedded = EmbeddedServer(settings.data_dir)
         if embedded.running_elsewhere():
             embedded = None
@@ -239,49 +379,107 @@ def supervise(settings: Settings, config_path: str, workers: int) -> None:
         url = f"unix://{(settings.data_dir / 'valkey.sock').resolve()}"
     context = multiprocessing.get_context("spawn")
     stopping = False
-    processes: list[multiprocessing.process.BaseProcess] = []
+    pool: list[_Worker] = []
+    me = os.getpid()
 
-    def spawn(index: int) -> multiprocessing.process.BaseProcess:
+    def spawn(index: int, backoff: Backoff | None = None) -> _Worker:
+        started = context.Event()
         process = context.Process(
-            target=_worker_main, args=(config_path, url, index), name=f"tokenward-worker-{index}"
+            target=_worker_main,
+            args=(config_path, url, index, drain, me, started),
+            name=f"tokenward-worker-{index}",
         )
         process.start()
-        return process
+        return _Worker(index, process, started, time.monotonic(), backoff or Backoff())
 
     def on_signal(signum: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
 
     def forward_hup(signum: int, _frame: Any) -> None:
-        for process in processes:
-            if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signal.SIGHUP)
+        for worker in pool:
+            if worker.process.is_alive() and worker.process.pid is not None:
+                os.kill(worker.process.pid, signal.SIGHUP)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, forward_hup)
-    processes.extend(spawn(i) for i in range(workers))
+    pool.extend(spawn(i) for i in range(workers))
     log.info(
         "tokenward supervisor started",
         workers=workers,
-        pid=os.getpid(),
+        pid=me,
         store="embedded" if settings.redis.embedded else "external",
     )
+    store_backoff = Backoff()
+    store_restart_at: float | None = None
+    failed = False
     try:
         while not stopping:
             time.sleep(0.2)
-            for index, process in enumerate(processes):
-                if not process.is_alive() and not stopping:
-                    log.error("worker exited; restarting", worker=index, exitcode=process.exitcode)
-                    processes[index] = spawn(index)
+            now = time.monotonic()
+            for i, worker in enumerate(pool):
+                if stopping:
+                    break
+                if worker.restart_at is not None:
+                    if now >= worker.restart_at:
+                        pool[i] = spawn(worker.index, worker.backoff)
+                        worker.backoff.restarted()
+                    continue
+                if worker.process.is_alive():
+                    if not worker.started.is_set() and now - worker.spawned_at > WORKER_START_TIMEOUT:
+                        raise WorkerStartFailed(
+                            f"worker {worker.index} did not start within {WORKER_START_TIMEOUT:.0f}s"
+                        )
+                    continue
+                if not worker.started.is_set() and worker.backoff.crashes == 0:
+                    raise WorkerStartFailed(
+                        f"worker {worker.index} failed to start (exit code {worker.process.exitcode})"
+                    )
+                delay = worker.backoff.crashed()
+                log.error(
+                    "worker exited; restarting", worker=worker.index, exitcode=worker.process.exitcode,
+                    restart_in_s=delay,
+                )
+                worker.restart_at = now + delay
+            if embedded is not None and not stopping:
+                if store_restart_at is None and (code := embedded.exit_code()) is not None:
+                    delay = store_backoff.crashed()
+                    log.error("embedded store exited; restarting it", exitcode=code, restart_in_s=delay)
+                    store_restart_at = now + delay
+                elif store_restart_at is not None and now >= store_restart_at:
+                    try:
+                        embedded.start()
+                        store_backoff.restarted()
+                        store_restart_at = None
+                        log.info("embedded store restarted")
+                    except EmbeddedStoreError as exc:
+                        delay = store_backoff.crashed()
+                        log.error("embedded store restart failed", error=str(exc)[-300:], retry_in_s=delay)
+                        store_restart_at = now + delay
+    except WorkerStartFailed as exc:
+        log.error("worker failed to start; stopping", reason=str(exc))
+        failed = True
     finally:
-        for process in processes:
-            if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signal.SIGTERM)
-        for process in processes:
-            process.join(timeout=40)
-            if process.is_alive():
-                process.kill()
+        _stop_workers([w.process for w in pool], drain + SHUTDOWN_GRACE)
         if embedded is not None:
             embedded.stop()
         log.info("tokenward supervisor stopped")
+    if failed:
+        raise SystemExit(1)
+
+
+def _stop_workers(processes: list[multiprocessing.process.BaseProcess], limit: float) -> None:
+    """SIGTERM every worker, wait for all of them together for at most `limit` seconds,
+    then SIGKILL those still there (a hung worker never holds the shutdown up)."""
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + limit
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            log.error("worker did not stop in time; killed", pid=process.pid)
+            process.kill()
+            process.join(timeout=5)

@@ -33,7 +33,9 @@ import redis.asyncio as redis
 import redis.exceptions as redis_errors
 import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialBackoff, NoBackoff
 
 from gateway.records import ServiceAccountRecord, TeamRecord, TokenRecord
 from gateway.settings import RedisSettings
@@ -48,6 +50,9 @@ STATE_SETTLE = 1.0  # seconds without a failure before the store counts as reach
 TOUCH_CONCURRENCY = 64  # cluster: last-used updates in flight at once (one script call each)
 SOCKET_TIMEOUT = 2.0  # seconds, for connecting and for each reply
 MAX_CONNECTIONS = 32  # per process, to one server
+HEALTH_CHECK_INTERVAL = 5.0  # seconds idle before a pooled connection is PINGed on reuse
+RETRY_BACKOFF_BASE = 0.01  # seconds before the one retry on a fresh connection ...
+RETRY_BACKOFF_CAP = 0.05  # ... at most
 
 # Failures that mean "the store (or part of it) cannot serve now", as opposed to a command
 # that the store refused. A cluster without a reachable node raises RedisClusterException,
@@ -71,9 +76,39 @@ _NOT_OUTAGES = (
 )
 
 
+def connection_options() -> dict[str, Any]:
+    """What every connection to the store is opened with, so that a dead pooled connection
+    (the store restarted, a proxy cut it) costs no request once the store answers again:
+
+    - RESP2 (`protocol=2`): under RESP3, redis-py 8 enables maintenance notifications on
+      its own and then skips its check that a pooled connection was not closed by the
+      server, so a request would be sent on a dead one;
+    - one retry on a ConnectionError, on a fresh connection after a short pause: a request
+      that met a connection the store had closed goes again instead of failing. Every
+      command sent through the shared client is safe to send twice: reads, writes of whole
+      values, change announcements (applying one twice is harmless) and audit appends (at
+      least once already: a failed batch is sent again, and each event has its request id).
+      A retry can only repeat a command the store ran if the link broke between the store
+      running it and its reply. Admin writes go on their own pinned connection
+      (`Store._write`) and are never retried. Timeouts are not retried: a store that does
+      not answer keeps its SOCKET_TIMEOUT bound;
+    - idle connections are checked (PING) before reuse after HEALTH_CHECK_INTERVAL.
+    """
+    return {
+        "protocol": 2,
+        "retry": Retry(
+            ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), 1, (redis_errors.ConnectionError,)
+        ),
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+    }
+
+
 def connect(settings: RedisSettings) -> Any:
     """A redis-py asyncio client for the configured store: one server (`url`), the current
     master of a Redis Sentinel set-up (`sentinel`), or a Redis Cluster (`cluster`)."""
+    options = connection_options()
     if settings.sentinel is not None:
         conf = settings.sentinel
         sentinel_kwargs: dict[str, Any] = {
@@ -83,18 +118,12 @@ def connect(settings: RedisSettings) -> Any:
         if conf.sentinel_password is not None:
             sentinel_kwargs.update(username=conf.sentinel_username, password=conf.sentinel_password)
         make_sentinel: Any = Sentinel  # untyped in redis-py
-        sentinels = make_sentinel(
-            list(conf.nodes),
-            sentinel_kwargs=sentinel_kwargs,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT,
-        )
+        sentinels = make_sentinel(list(conf.nodes), sentinel_kwargs=sentinel_kwargs, **options)
         return sentinels.master_for(
             conf.master,
             username=conf.username,
             password=conf.password,
             db=conf.db,
-            health_check_interval=10,
         )
     if settings.cluster is not None:
         conf_c = settings.cluster
@@ -102,8 +131,8 @@ def connect(settings: RedisSettings) -> Any:
             startup_nodes=[ClusterNode(host, port) for host, port in conf_c.nodes],
             username=conf_c.username,
             password=conf_c.password,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT,
+            # the cluster client retries on its own, relearning the slot map in between
+            **{k: v for k, v in options.items() if k != "retry"},
         )
     if settings.url is None:
         raise ValueError("no store configured: the embedded store is started by the runtime")
@@ -113,9 +142,7 @@ def connect(settings: RedisSettings) -> Any:
         settings.url,
         max_connections=MAX_CONNECTIONS,
         timeout=SOCKET_TIMEOUT,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=SOCKET_TIMEOUT,
-        health_check_interval=10,
+        **options,
     )
     return redis.Redis.from_pool(pool)  # closing the client closes the pool
 
@@ -323,6 +350,8 @@ class Store:
         self._sync_name_index = client.register_script(_SYNC_NAME_INDEX)
         self._sa_indexes_built: set[tuple[str, str]] = set()
         self.waitaof_supported: bool | None = None
+        self.persistence = ""  # from check_durability()
+        self.durability_warning: str | None = None  # confirmed writes a store crash can lose
         self.errors = 0  # store errors seen, for the metric
         # Reachability, as a state with one log line per change (not one per failed call).
         self.up = True
@@ -334,9 +363,19 @@ class Store:
         # bring it back later than the next request (in a cluster it crosses the cluster bus).
         self.local_listeners: list[Callable[[Change], None]] = []
 
-    async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, op: Callable[[], Awaitable[T]], *, retry: bool = True) -> T:
+        """Run `op` against the store, turning its failures into StoreUnavailable. With
+        `retry` (not for admin writes: see `_write`), a command that met a connection torn
+        down under it goes once more (connection errors are retried inside redis-py, see
+        connection_options(); this is for what redis-py leaks instead, redis/redis-py#4287)."""
         try:
-            result = await op()
+            try:
+                result = await op()
+            except (AttributeError, TypeError) as exc:
+                if not (retry and _raised_in_redis_py(exc)):
+                    raise
+                await asyncio.sleep(RETRY_BACKOFF_BASE)
+                result = await op()
         except StoreUnavailable:
             self.errors += 1
             raise
@@ -441,16 +480,23 @@ class Store:
                 username=kw.get("username"),
                 password=kw.get("password"),
                 credential_provider=kw.get("credential_provider"),
-                socket_timeout=SOCKET_TIMEOUT,
-                socket_connect_timeout=SOCKET_TIMEOUT,
+                **connection_options(),
             )
-            pubsub: Any = node_client.pubsub(ignore_subscribe_messages=True)
+            pubsub: Any = node_client.pubsub()
         else:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.client.pubsub()
+        saved_retry = None
         try:
+            await pubsub.connect()
+            # Never reconnect behind our back: redis-py would subscribe again silently and
+            # the changes published in between would be lost without the listener knowing.
+            saved_retry, pubsub.connection.retry = pubsub.connection.retry, Retry(NoBackoff(), 0)
             await pubsub.subscribe(CHANGES_CHANNEL)
+            await _confirmed(pubsub)
             yield pubsub
         finally:
+            if saved_retry is not None and pubsub.connection is not None:
+                pubsub.connection.retry = saved_retry  # the connection goes back to the pool
             # redis-py's pubsub close can hang on a dead link; never wait on it for long
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pubsub.aclose(), 1.0)
@@ -460,17 +506,39 @@ class Store:
 
     # -- durability ------------------------------------------------------------------
     async def check_durability(self) -> str:
-        """Probe persistence once (on every master); a short description for the start-up line."""
+        """Probe persistence once (on every master); a short description for the start-up line.
+
+        Sets `durability_warning` when a write confirmed to an admin can still be lost in a
+        crash of the store although it has an append-only file: without WAITAOF (Redis
+        before 7.2) nothing waits for the disk, and unless the file is fsynced on every write
+        (`appendfsync always`) the last second or so of confirmed writes is lost with it."""
         infos: list[dict[str, Any]] = await self._call(lambda: self._on_masters("INFO", "persistence"))
         with_aof = [bool(info.get("aof_enabled")) for info in infos]
         self.waitaof_supported = False
+        self.durability_warning = None
+        self.persistence = await self._persistence(infos, with_aof)
+        return self.persistence
+
+    async def _persistence(self, infos: list[dict[str, Any]], with_aof: list[bool]) -> str:
         if all(with_aof):
             try:
                 await self._call(lambda: self._on_masters("WAITAOF", 1, 0, 100))
                 self.waitaof_supported = True
             except StoreUnavailable:
                 pass
-            return "aof+waitaof" if self.waitaof_supported else "aof"
+            if self.waitaof_supported:
+                return "aof+waitaof"
+            fsync = await self._appendfsync()
+            if fsync == {"always"}:
+                return "aof, appendfsync always"
+            policy = "/".join(sorted(fsync)) if fsync else "unknown (CONFIG GET refused)"
+            self.durability_warning = (
+                f"the store has no WAITAOF (Redis before 7.2) and appendfsync is {policy}: a write "
+                "confirmed to an admin (an issued token, a revocation) is in the store's memory "
+                "but can be up to ~1 s from its disk, so a crash of the store can lose it (a lost "
+                "revocation brings a token back); use Redis 7.2+ or Valkey, or appendfsync always"
+            )
+            return f"aof without waitaof, appendfsync {policy}"
         if any(with_aof):
             return "aof on some masters only"
         if all(
@@ -480,6 +548,22 @@ class Store:
         ):
             return "rdb-only"
         return "off"
+
+    async def _appendfsync(self) -> set[str] | None:
+        """Every master's `appendfsync` policy (None: CONFIG is refused, as managed services do)."""
+        try:
+            replies = await self._call(lambda: self._on_masters("CONFIG", "GET", "appendfsync"))
+        except StoreUnavailable:
+            return None
+        policies = set()
+        for reply in replies:
+            if isinstance(reply, list):  # a flat name, value list
+                reply = dict(zip(reply[::2], reply[1::2], strict=True))
+            value = reply.get(b"appendfsync", reply.get("appendfsync")) if isinstance(reply, dict) else None
+            if value is None:
+                return None
+            policies.add(value.decode() if isinstance(value, bytes) else str(value))
+        return policies
 
     @contextlib.asynccontextmanager
     async def _pinned(self, key: str) -> AsyncIterator[Any]:
@@ -500,6 +584,8 @@ class Store:
 
         try:
             await conn.connect()
+            if self.cluster:
+                await _fresh(conn)  # the pool of a single server or Sentinel did this already
             yield conn
         except BaseException:
             await conn.disconnect()  # replies may be left unread: never reuse it
@@ -530,7 +616,7 @@ class Store:
                 return replies
 
         try:
-            return await self._call(op)
+            return await self._call(op, retry=False)  # never twice: it may have been applied
         except StoreUnavailable as exc:
             if self.cluster and isinstance(exc.__cause__, _OUTAGES):
                 await self._relearn_slots()
@@ -1073,6 +1159,29 @@ class TokenEdit:
 
 def _xadd(audit: AuditEntry) -> tuple[Any, ...]:
     return ("XADD", Keys.audit, "MAXLEN", "~", audit.maxlen, "*", "e", audit.payload)
+
+
+async def _fresh(conn: Any) -> None:
+    """A pooled connection the server closed (it restarted) is opened again before use, as
+    redis-py's own pools do on checkout: nothing has been sent on it yet, so nothing is lost."""
+    try:
+        stale = await conn.can_read()  # a reply nobody read, or EOF (raises)
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+        stale = True
+    if stale:
+        await conn.disconnect()
+        await conn.connect()
+
+
+async def _confirmed(pubsub: Any) -> None:
+    """Wait for the store's reply to SUBSCRIBE: only from then on does a change reach us
+    (a record read on another connection before it could miss a change made meanwhile)."""
+    deadline = time.monotonic() + SOCKET_TIMEOUT
+    while time.monotonic() < deadline:
+        message = await pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+        if message is not None and message.get("type") == "subscribe":
+            return
+    raise redis_errors.ConnectionError("the store did not confirm the subscription")
 
 
 def _raised_in_redis_py(exc: BaseException) -> bool:

@@ -42,6 +42,13 @@ _MAYBE_JSON = re.compile(
     rb"(?i)(?:m|\\u00[46]d)(?:e|\\u00[46]5)(?:t|\\u00[57]4)(?:h|\\u00[46]8)(?:o|\\u00[46]f)(?:d|\\u00[46]4)"
 )
 _BOUNDARY = re.compile(r"""(?i)(?:^|;)\s*boundary\s*=\s*("[^"]*"|[^;\s]*)""")
+# A boundary every parser reads alike: `boundary=` (no spaces) then a token of characters
+# that are both RFC 2046 bchars and RFC 9110 tchars, or a quoted run of bchars without
+# `,` or `\`, then `;` or the end (PHP cuts an unquoted one at `,` or `;` and keeps spaces,
+# busboy cuts a token at a tspecial and reads `\` escapes in a quoted one).
+_CLEAR_BOUNDARY = re.compile(
+    r"""(?i)(?:^|;)[ \t]*boundary=(?:"[A-Za-z0-9'()+_\-./:=?]{1,200}"|[A-Za-z0-9'+_\-.]{1,200})[ \t]*(?:;|\Z)"""
+)
 
 
 class OverrideFound(ValueError):
@@ -221,6 +228,8 @@ def check_part_headers(block: bytes) -> None:
             )
         if extended and value.count(b"'") >= 2:
             value = value.split(b"'", 2)[2]  # RFC 2231: charset'language'percent-encoded
+        elif value.startswith(b"'"):  # PHP reads 'single-quoted' values too
+            value = value[1:].split(b"'", 1)[0]
         if _override_decoded(unquote_to_bytes(value)):
             raise OverrideFound("a method override field in the multipart body")
 
@@ -246,6 +255,10 @@ def body_scanner(content_types: Sequence[str], content_encodings: Sequence[str] 
         boundaries = _BOUNDARY.findall(value)
         if len(boundaries) != 1:
             raise OverrideFound("a multipart body needs exactly one boundary parameter")
+        # PHP takes the first "boundary" anywhere in the header (`xboundary=`, inside another
+        # parameter's value): there must be one, spelled so that every parser reads it alike
+        if value.lower().count("boundary") != 1 or _CLEAR_BOUNDARY.search(value) is None:
+            raise OverrideFound("a multipart boundary must be one plain token or quoted string")
         boundary = boundaries[0].strip('"')
         if not 1 <= len(boundary) <= 200:
             raise OverrideFound("a multipart boundary must be 1 to 200 characters")

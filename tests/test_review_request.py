@@ -62,3 +62,64 @@ async def test_multipart_part_name_in_single_quotes(env: Env) -> None:  # noqa: 
     env.rec.seen.clear()
     got = await post(env, multipart(BOUNDARY, ("form-data; name='a'", b"1")), f"multipart/form-data; boundary={BOUNDARY}")
     assert got[0] == 200 and len(env.rec.seen) == 1
+
+
+# Windows "best fit" (WorstFit) and confusable mappings read these as '/', '\' or '.'
+SEPARATOR_LOOKALIKES = [
+    "%E2%88%95",  # U+2215 division slash
+    "%E2%81%84",  # U+2044 fraction slash
+    "%E2%A7%B8",  # U+29F8 big solidus
+    "%E2%88%96",  # U+2216 set minus
+    "%E2%A7%B5",  # U+29F5 reverse solidus operator
+    "%E2%A7%B9",  # U+29F9 big reverse solidus
+    "%C2%A5",  # U+00A5 yen sign: '\' in code page 932
+    "%E2%82%A9",  # U+20A9 won sign: '\' in code page 949
+    "%E3%80%82",  # U+3002 ideographic full stop (IDNA reads it as '.')
+]
+
+
+async def test_separator_lookalikes_are_refused(env: Env) -> None:  # noqa: F811
+    failures = []
+    for enc in SEPARATOR_LOOKALIKES:
+        for target in (
+            f"{APIS}/x{enc}..{enc}internal",
+            f"/files/a{enc}..{enc}secret",
+            f"/files/vault{enc}x",
+            f"{APIS}/a{enc}b",
+        ):
+            env.rec.seen.clear()
+            got = await refused_at(env, request(target, env.host, env.reader))
+            if got != (400, "path") or env.rec.seen:
+                failures.append((target, got))
+    assert failures == []
+
+
+async def test_no_fall_through_by_accents_or_suffix(env: Env) -> None:  # noqa: F811
+    """An accent-insensitive reading (best-fit code pages, `ā` -> `a`; accent-insensitive
+    collations) or Spring's suffix pattern match (`/internal.json` runs the `/internal`
+    handler) turns a parameter value into the protected sibling literal."""
+    failures = []
+    for segment in (
+        "intern%C3%A5l",  # å
+        "intern%C4%81l",  # ā
+        "%C3%AFnternal",  # ï
+        "internal.json",
+        "internal.x.y",
+        "INTERNAL.json",
+        "intern%C3%A1l.json",
+    ):
+        env.rec.seen.clear()
+        got = await refused_at(env, request(f"{APIS}/{segment}", env.host, env.reader))
+        if got != (400, "path") or env.rec.seen:
+            failures.append((segment, got))
+    for target in ("/files/secret.txt", "/files/SECRET.txt", "/files/s%C3%A9cret"):
+        env.rec.seen.clear()
+        got = await refused_at(env, request(target, env.host, env.reader))
+        if got != (400, "path") or env.rec.seen:
+            failures.append((target, got))
+    assert failures == []
+    # other values with dots or accents still reach the parameter route
+    for segment in ("internals.json", "v1.2", "caf%C3%A9", "intern%C3%A5", ".well-known"):
+        env.rec.seen.clear()
+        status, _, _ = await raw(env.port, request(f"{APIS}/{segment}", env.host, env.reader))
+        assert status == 200 and len(env.rec.seen) == 1, segment

@@ -51,6 +51,11 @@ _CLEAR_BOUNDARY = re.compile(
 )
 
 
+_CHARSET = re.compile(r"""(?i)(?:^|;)\s*charset\s*=\s*("[^"]*"|[^;\s]*)""")
+# charsets in which every ASCII byte is that ASCII character
+_ASCII_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1", "iso8859-1"})
+
+
 class OverrideFound(ValueError):
     """The body carries a method override parameter (or can't be read with certainty)."""
 
@@ -169,6 +174,8 @@ class JsonScanner(BodyScanner):
         self.carry = b""
 
     def feed(self, chunk: bytes) -> None:
+        if b"\x00" in chunk:  # never in UTF-8 JSON; UTF-16/32 JSON (auto-detected by some parsers)
+            raise OverrideFound("a JSON body with a NUL byte is not UTF-8 JSON")
         if _MAYBE_JSON.search(self.carry + chunk) is None:
             # no key completed here can spell "method": keep the tail a key could end in
             body = chunk.rstrip(b" \t\r\n")
@@ -247,6 +254,11 @@ def body_scanner(content_types: Sequence[str], content_encodings: Sequence[str] 
     codings = [c.strip().lower() for v in content_encodings for c in v.split(",") if c.strip()]
     if scanned and any(c != "identity" for c in codings):
         raise OverrideFound("a form or JSON body with a Content-Encoding can't be inspected")
+    if scanned:
+        charsets = [c.strip('"').lower() for c in _CHARSET.findall(value)]
+        if len(charsets) > 1 or any(c not in _ASCII_CHARSETS for c in charsets):
+            # body-parser decodes UTF-7/16/32 before reading keys: not the bytes scanned here
+            raise OverrideFound("a form or JSON body must be UTF-8 (or ASCII, Latin-1) to be inspected")
     if not media or "form-urlencoded" in media:
         return UrlencodedScanner()
     if "json" in media:

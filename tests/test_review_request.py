@@ -123,3 +123,33 @@ async def test_no_fall_through_by_accents_or_suffix(env: Env) -> None:  # noqa: 
         env.rec.seen.clear()
         status, _, _ = await raw(env.port, request(f"{APIS}/{segment}", env.host, env.reader))
         assert status == 200 and len(env.rec.seen) == 1, segment
+
+
+async def test_form_or_json_body_in_another_charset_is_refused(env: Env) -> None:  # noqa: F811
+    """body-parser decodes a JSON body in any `utf-*` charset (UTF-7 spells `_` as `+AF8-`,
+    UTF-16 puts a NUL beside every ASCII byte), so the bytes scanned are not the keys read."""
+    failures = []
+    cases = [
+        (b'{"+AF8-method": "DELETE"}', "application/json; charset=utf-7"),
+        ('{"_method": "DELETE"}'.encode("utf-16-le"), "application/json; charset=utf-16le"),
+        ('{"_method": "DELETE"}'.encode("utf-16"), "application/json; charset=UTF-16"),
+        ('{"_method": "DELETE"}'.encode("utf-16-be"), "application/json"),
+        ('{"_method": "DELETE"}'.encode("utf-32"), "application/json"),
+        ("_method=DELETE".encode("utf-16-le"), "application/x-www-form-urlencoded; charset=utf-16le"),
+        (b"+AF8-method=DELETE", "application/x-www-form-urlencoded; charset=utf-7"),
+        (b'{"a": 1}', 'application/json; charset="utf-7"'),
+    ]
+    for body, content_type in cases:
+        env.rec.seen.clear()
+        got = await post(env, body, content_type)
+        if got != (400, "request") or env.rec.seen:
+            failures.append((body[:20], content_type, got))
+    assert failures == []
+    for body, content_type in (
+        (b'{"a": "\\u0000"}', "application/json; charset=utf-8"),
+        (b"a=1", "application/x-www-form-urlencoded; charset=ISO-8859-1"),
+        (b"a=%00", "application/x-www-form-urlencoded; charset=us-ascii"),
+    ):
+        env.rec.seen.clear()
+        got = await post(env, body, content_type)
+        assert got[0] == 200 and len(env.rec.seen) == 1, (body, content_type, got)

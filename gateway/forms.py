@@ -37,7 +37,14 @@ _FIELD_SEP = re.compile(rb"[=&;]")
 _PART_NAME = re.compile(rb"""(?i)(?:^|[;\s:])name(\*?)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\r\n]*)""")
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 # every override name contains "method"; these find it however its letters are escaped
-_MAYBE_FORM = re.compile(rb"(?i)(?:m|%[46]d)(?:e|%[46]5)(?:t|%[57]4)(?:h|%[46]8)(?:o|%[46]f)(?:d|%[46]4)")
+_MAYBE_FORM = re.compile(
+    rb"(?i)(?:m|%(?:u00)?[46]d)(?:e|%(?:u00)?[46]5)(?:t|%(?:u00)?[57]4)(?:h|%(?:u00)?[46]8)"
+    rb"(?:o|%(?:u00)?[46]f)(?:d|%(?:u00)?[46]4)"
+)
+# IIS/ASP.NET `%uXXXX` escapes (ASP.NET decodes them in form fields)
+_PERCENT_U = re.compile(rb"%[uU]([0-9a-fA-F]{4})")
+# an escape that the next chunk may complete: `%`, `%X`, `%u`, `%uX`, `%uXX`, `%uXXX`
+_PARTIAL_ESCAPE = re.compile(rb"%(?:[uU][0-9a-fA-F]{0,3}|[0-9a-fA-F])?\Z")
 _MAYBE_JSON = re.compile(
     rb"(?i)(?:m|\\u00[46]d)(?:e|\\u00[46]5)(?:t|\\u00[57]4)(?:h|\\u00[46]8)(?:o|\\u00[46]f)(?:d|\\u00[46]4)"
 )
@@ -62,7 +69,15 @@ class OverrideFound(ValueError):
 
 def is_override_name(raw: bytes) -> bool:
     """Would a lax framework read this raw (still encoded) field name as a method override?"""
-    return _override_decoded(unquote_to_bytes(raw.replace(b"+", b" ")))
+    return _override_decoded(_unquote_form(raw))
+
+
+def _unquote_form(raw: bytes) -> bytes:
+    """A form field name as the laxest framework decodes it: `+` as space, `%XX`, `%uXXXX`."""
+    raw = raw.replace(b"+", b" ")
+    if b"%u" in raw or b"%U" in raw:
+        raw = _PERCENT_U.sub(lambda m: chr(int(m.group(1), 16)).encode("utf-8", "surrogatepass"), raw)
+    return unquote_to_bytes(raw)
 
 
 def _override_decoded(decoded: bytes) -> bool:
@@ -96,7 +111,7 @@ class UrlencodedScanner(BodyScanner):
         self.too_long = False
 
     def feed(self, chunk: bytes) -> None:
-        name_tail = b"" if self.in_value else self.decoded[-8:] + bytes(self.raw[-32:])
+        name_tail = b"" if self.in_value else self.decoded[-8:] + bytes(self.raw[-40:])
         if _MAYBE_FORM.search(name_tail + chunk) is None:
             self._skip(chunk)  # no name completed here can spell "method": only track state
             return
@@ -146,10 +161,11 @@ class UrlencodedScanner(BodyScanner):
 
     def _compact(self) -> None:
         """Decode all but a possibly partial escape at the end, so memory stays bounded."""
-        keep = 2 if self.raw[-2:-1] == b"%" else 1 if self.raw[-1:] == b"%" else 0
+        partial = _PARTIAL_ESCAPE.search(bytes(self.raw[-6:]))
+        keep = len(partial.group(0)) if partial else 0
         head = bytes(self.raw[: len(self.raw) - keep])
         del self.raw[: len(self.raw) - keep]
-        self.decoded = (self.decoded + unquote_to_bytes(head.replace(b"+", b" "))).lstrip(_STRIP)
+        self.decoded = (self.decoded + _unquote_form(head)).lstrip(_STRIP)
         if len(self.decoded) > _NAME_LIMIT:
             self.too_long = True
             self.raw.clear()
@@ -157,7 +173,7 @@ class UrlencodedScanner(BodyScanner):
     def _is_override(self) -> bool:
         if self.too_long:
             return False
-        rest = unquote_to_bytes(bytes(self.raw).replace(b"+", b" "))
+        rest = _unquote_form(bytes(self.raw))
         return _override_decoded(self.decoded + rest)
 
 

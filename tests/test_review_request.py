@@ -153,3 +153,34 @@ async def test_form_or_json_body_in_another_charset_is_refused(env: Env) -> None
         env.rec.seen.clear()
         got = await post(env, body, content_type)
         assert got[0] == 200 and len(env.rec.seen) == 1, (body, content_type, got)
+
+
+async def test_iis_percent_u_escapes_in_a_form_body(env: Env) -> None:  # noqa: F811
+    """ASP.NET decodes `%uXXXX` in form fields, and MVC reads an `X-HTTP-Method-Override`
+    form field; the query string already refuses `%u` (not a valid escape)."""
+    names = [
+        b"%u0058-HTTP-Method-Override",
+        b"X-HTTP-%u004D%u0065%u0074%u0068%u006F%u0064-Override",
+        b"%u005Fmethod",
+        b"_%u006dethod",
+        b"+" * 1100 + b"_%u006d%u0065%u0074%u0068%u006f%u0064",
+    ]
+    failures = []
+    for name in names:
+        body = b"a=1&" + name + b"=DELETE"
+        for chunked in (False, True):
+            env.rec.seen.clear()
+            extra = ["Content-Type: application/x-www-form-urlencoded"]
+            if not chunked:
+                data = request(f"{APIS}/x", env.host, env.reader, *extra, method="POST", body=body)
+            else:  # split inside every escape: 5-byte chunks
+                head = request(f"{APIS}/x", env.host, env.reader, *extra, "Transfer-Encoding: chunked", method="POST")
+                data = head + b"".join(b"%x\r\n%b\r\n" % (len(body[i : i + 5]), body[i : i + 5]) for i in range(0, len(body), 5))
+                data += b"0\r\n\r\n"
+            got = await refused_at(env, data)
+            if got != (400, "request") or env.rec.seen:
+                failures.append((name[-40:], chunked, got))
+    assert failures == []
+    env.rec.seen.clear()
+    got = await refused_at(env, request(f"{APIS}/x?%u005Fmethod=DELETE", env.host, env.reader))
+    assert got == (400, "path") and not env.rec.seen

@@ -112,7 +112,15 @@ async def test_no_fall_through_by_accents_or_suffix(env: Env) -> None:  # noqa: 
         got = await refused_at(env, request(f"{APIS}/{segment}", env.host, env.reader))
         if got != (400, "path") or env.rec.seen:
             failures.append((segment, got))
-    for target in ("/files/secret.txt", "/files/SECRET.txt", "/files/s%C3%A9cret"):
+    for target in (
+        "/files/secret.txt",
+        "/files/SECRET.txt",
+        "/files/s%C3%A9cret",
+        "/files/secret.txt/",
+        "/files/S%C3%89CRET/",
+        "/ci/apis/internal.json",
+        "/ci/apis/%C3%8Dnternal",
+    ):
         env.rec.seen.clear()
         got = await refused_at(env, request(target, env.host, env.reader))
         if got != (400, "path") or env.rec.seen:

@@ -59,14 +59,15 @@ def fold(segment: str) -> str:
     return segment.lower()
 
 
-def _lax_keys(segments: list[str], i: int) -> list[str]:
-    """The folded readings of segments[i]; the last segment is also read without a `.suffix`
-    (Spring's suffix pattern match runs `/a` for `/a.json`)."""
+def _lax_literals(folded: dict[str, tuple[str, ...]], segments: list[str], i: int) -> tuple[str, ...]:
+    """The sibling literals a lax upstream may read segments[i] as; the last segment is also
+    read without a `.suffix` (Spring's suffix pattern match runs `/a` for `/a.json`)."""
     segment = segments[i]
-    keys = [fold(segment)]
-    if i == len(segments) - 1 and "." in segment[1:]:
-        keys.append(fold(segment[: segment.index(".", 1)]))
-    return keys
+    literals = folded.get(fold(segment), ())
+    if i == len(segments) - 1 and segment.find(".", 1) > 0:
+        stem = folded.get(fold(segment[: segment.index(".", 1)]), ())
+        literals += tuple(literal for literal in stem if literal not in literals)
+    return literals
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,8 +270,7 @@ class Router:
         returned when that upstream is declared case-insensitive (and only case differs);
         otherwise noted in `ambiguous`, which refuses the request if anything else matches."""
         segment = segments[i]
-        candidates = [literal for key in _lax_keys(segments, i) for literal in node.folded.get(key, ())]
-        for literal in dict.fromkeys(candidates):
+        for literal in _lax_literals(node.folded, segments, i):
             if literal == segment:
                 continue
             mark = len(values)

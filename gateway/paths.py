@@ -177,6 +177,8 @@ def canonical_path(raw_path: str) -> str:
         seg, text = _canonical_segment(segment)
         if seg == "" and index != last:
             raise PathError("empty path segment ('//') in path")
+        if not text.isascii():  # read also as a server that drops combining marks would
+            text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
         if text in (".", ".."):
             raise PathError("dot segment in path")
         if text and (text[-1] in ". " or text[0] == " "):

@@ -192,3 +192,19 @@ async def test_iis_percent_u_escapes_in_a_form_body(env: Env) -> None:  # noqa: 
     env.rec.seen.clear()
     got = await refused_at(env, request(f"{APIS}/x?%u005Fmethod=DELETE", env.host, env.reader))
     assert got == (400, "path") and not env.rec.seen
+
+
+async def test_combining_marks_do_not_hide_dots(env: Env) -> None:  # noqa: F811
+    """A server that drops combining marks (best-fit conversions, accent-stripping) reads
+    `.` + U+0307 + `.` as a dot segment and `internal.` + U+0301 as a trailing dot."""
+    failures = []
+    for segment in (".%CC%87.", "%CC%87..", ".%CC%81", "internal.%CC%81", "x%20%CC%81", "%CC%81%20x"):
+        for target in (f"{APIS}/x/{segment}/internal", f"/files/{segment}"):
+            env.rec.seen.clear()
+            got = await refused_at(env, request(target, env.host, env.reader))
+            if got != (400, "path") or env.rec.seen:
+                failures.append((target, got))
+    assert failures == []
+    env.rec.seen.clear()
+    status, _, _ = await raw(env.port, request("/files/caf%C3%A9/cafe%CC%81.txt", env.host, env.reader))
+    assert status == 200 and len(env.rec.seen) == 1

@@ -37,11 +37,30 @@ _FIELD_SEP = re.compile(rb"[=&;]")
 _PART_NAME = re.compile(rb"""(?i)(?:^|[;\s:])name(\*?)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\r\n]*)""")
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 # every override name contains "method"; these find it however its letters are escaped
-_MAYBE_FORM = re.compile(rb"(?i)(?:m|%[46]d)(?:e|%[46]5)(?:t|%[57]4)(?:h|%[46]8)(?:o|%[46]f)(?:d|%[46]4)")
+_MAYBE_FORM = re.compile(
+    rb"(?i)(?:m|%(?:u00)?[46]d)(?:e|%(?:u00)?[46]5)(?:t|%(?:u00)?[57]4)(?:h|%(?:u00)?[46]8)"
+    rb"(?:o|%(?:u00)?[46]f)(?:d|%(?:u00)?[46]4)"
+)
+# IIS/ASP.NET `%uXXXX` escapes (ASP.NET decodes them in form fields)
+_PERCENT_U = re.compile(rb"%[uU]([0-9a-fA-F]{4})")
+# an escape that the next chunk may complete: `%`, `%X`, `%u`, `%uX`, `%uXX`, `%uXXX`
+_PARTIAL_ESCAPE = re.compile(rb"%(?:[uU][0-9a-fA-F]{0,3}|[0-9a-fA-F])?\Z")
 _MAYBE_JSON = re.compile(
     rb"(?i)(?:m|\\u00[46]d)(?:e|\\u00[46]5)(?:t|\\u00[57]4)(?:h|\\u00[46]8)(?:o|\\u00[46]f)(?:d|\\u00[46]4)"
 )
 _BOUNDARY = re.compile(r"""(?i)(?:^|;)\s*boundary\s*=\s*("[^"]*"|[^;\s]*)""")
+# A boundary every parser reads alike: `boundary=` (no spaces) then a token of characters
+# that are both RFC 2046 bchars and RFC 9110 tchars, or a quoted run of bchars without
+# `,` or `\`, then `;` or the end (PHP cuts an unquoted one at `,` or `;` and keeps spaces,
+# busboy cuts a token at a tspecial and reads `\` escapes in a quoted one).
+_CLEAR_BOUNDARY = re.compile(
+    r"""(?i)(?:^|;)[ \t]*boundary=(?:"[A-Za-z0-9'()+_\-./:=?]{1,200}"|[A-Za-z0-9'+_\-.]{1,200})[ \t]*(?:;|\Z)"""
+)
+
+
+_CHARSET = re.compile(r"""(?i)(?:^|;)\s*charset\s*=\s*("[^"]*"|[^;\s]*)""")
+# charsets in which every ASCII byte is that ASCII character
+_ASCII_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1", "iso8859-1"})
 
 
 class OverrideFound(ValueError):
@@ -50,7 +69,15 @@ class OverrideFound(ValueError):
 
 def is_override_name(raw: bytes) -> bool:
     """Would a lax framework read this raw (still encoded) field name as a method override?"""
-    return _override_decoded(unquote_to_bytes(raw.replace(b"+", b" ")))
+    return _override_decoded(_unquote_form(raw))
+
+
+def _unquote_form(raw: bytes) -> bytes:
+    """A form field name as the laxest framework decodes it: `+` as space, `%XX`, `%uXXXX`."""
+    raw = raw.replace(b"+", b" ")
+    if b"%u" in raw or b"%U" in raw:
+        raw = _PERCENT_U.sub(lambda m: chr(int(m.group(1), 16)).encode("utf-8", "surrogatepass"), raw)
+    return unquote_to_bytes(raw)
 
 
 def _override_decoded(decoded: bytes) -> bool:
@@ -84,7 +111,7 @@ class UrlencodedScanner(BodyScanner):
         self.too_long = False
 
     def feed(self, chunk: bytes) -> None:
-        name_tail = b"" if self.in_value else self.decoded[-8:] + bytes(self.raw[-32:])
+        name_tail = b"" if self.in_value else self.decoded[-8:] + bytes(self.raw[-40:])
         if _MAYBE_FORM.search(name_tail + chunk) is None:
             self._skip(chunk)  # no name completed here can spell "method": only track state
             return
@@ -134,10 +161,11 @@ class UrlencodedScanner(BodyScanner):
 
     def _compact(self) -> None:
         """Decode all but a possibly partial escape at the end, so memory stays bounded."""
-        keep = 2 if self.raw[-2:-1] == b"%" else 1 if self.raw[-1:] == b"%" else 0
+        partial = _PARTIAL_ESCAPE.search(bytes(self.raw[-6:]))
+        keep = len(partial.group(0)) if partial else 0
         head = bytes(self.raw[: len(self.raw) - keep])
         del self.raw[: len(self.raw) - keep]
-        self.decoded = (self.decoded + unquote_to_bytes(head.replace(b"+", b" "))).lstrip(_STRIP)
+        self.decoded = (self.decoded + _unquote_form(head)).lstrip(_STRIP)
         if len(self.decoded) > _NAME_LIMIT:
             self.too_long = True
             self.raw.clear()
@@ -145,7 +173,7 @@ class UrlencodedScanner(BodyScanner):
     def _is_override(self) -> bool:
         if self.too_long:
             return False
-        rest = unquote_to_bytes(bytes(self.raw).replace(b"+", b" "))
+        rest = _unquote_form(bytes(self.raw))
         return _override_decoded(self.decoded + rest)
 
 
@@ -162,6 +190,8 @@ class JsonScanner(BodyScanner):
         self.carry = b""
 
     def feed(self, chunk: bytes) -> None:
+        if b"\x00" in chunk:  # never in UTF-8 JSON; UTF-16/32 JSON (auto-detected by some parsers)
+            raise OverrideFound("a JSON body with a NUL byte is not UTF-8 JSON")
         if _MAYBE_JSON.search(self.carry + chunk) is None:
             # no key completed here can spell "method": keep the tail a key could end in
             body = chunk.rstrip(b" \t\r\n")
@@ -221,6 +251,8 @@ def check_part_headers(block: bytes) -> None:
             )
         if extended and value.count(b"'") >= 2:
             value = value.split(b"'", 2)[2]  # RFC 2231: charset'language'percent-encoded
+        elif value.startswith(b"'"):  # PHP reads 'single-quoted' values too
+            value = value[1:].split(b"'", 1)[0]
         if _override_decoded(unquote_to_bytes(value)):
             raise OverrideFound("a method override field in the multipart body")
 
@@ -238,6 +270,11 @@ def body_scanner(content_types: Sequence[str], content_encodings: Sequence[str] 
     codings = [c.strip().lower() for v in content_encodings for c in v.split(",") if c.strip()]
     if scanned and any(c != "identity" for c in codings):
         raise OverrideFound("a form or JSON body with a Content-Encoding can't be inspected")
+    if scanned:
+        charsets = [c.strip('"').lower() for c in _CHARSET.findall(value)]
+        if len(charsets) > 1 or any(c not in _ASCII_CHARSETS for c in charsets):
+            # body-parser decodes UTF-7/16/32 before reading keys: not the bytes scanned here
+            raise OverrideFound("a form or JSON body must be UTF-8 (or ASCII, Latin-1) to be inspected")
     if not media or "form-urlencoded" in media:
         return UrlencodedScanner()
     if "json" in media:
@@ -246,6 +283,10 @@ def body_scanner(content_types: Sequence[str], content_encodings: Sequence[str] 
         boundaries = _BOUNDARY.findall(value)
         if len(boundaries) != 1:
             raise OverrideFound("a multipart body needs exactly one boundary parameter")
+        # PHP takes the first "boundary" anywhere in the header (`xboundary=`, inside another
+        # parameter's value): there must be one, spelled so that every parser reads it alike
+        if value.lower().count("boundary") != 1 or _CLEAR_BOUNDARY.search(value) is None:
+            raise OverrideFound("a multipart boundary must be one plain token or quoted string")
         boundary = boundaries[0].strip('"')
         if not 1 <= len(boundary) <= 200:
             raise OverrideFound("a multipart boundary must be 1 to 200 characters")

@@ -38,6 +38,14 @@ _PCHAR = _UNRESERVED | frozenset("!$&'()*+,;=:@")
 _SEGMENT_CHARS = _PCHAR - {";"}
 _QUERY_CHARS = _PCHAR | frozenset("/?%")
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+# read as '/', '\' or '.' without NFKC: Windows "best fit" code-page mappings (WorstFit:
+# U+2215 -> '/', U+00A5 -> '\' in cp932, U+20A9 -> '\' in cp949), IDNA full stops and
+# the Unicode confusables of the three
+_SEPARATOR_LOOKALIKES = frozenset(
+    "\u2215\u2044\u29f8\u2571\u27cb\u3033\u4e3f\u1735\u2cc6\u0338"  # '/'
+    "\u2216\u29f5\u29f9\u2572\u27cd\u00a5\u20a9"  # '\\'
+    "\u3002\uff61\ufe12\u0701\u0702\ua4f8\u2024"  # '.'
+)
 
 
 class PathError(ValueError):
@@ -54,6 +62,8 @@ class Target:
 def unicode_problem(ch: str) -> str | None:
     """Why a decoded non-ASCII character could be read as something else, or None."""
     name = f"U+{ord(ch):04X}"
+    if ch in _SEPARATOR_LOOKALIKES:
+        return f"character {name} reads as '/', '\\' or '.' on some servers (best-fit code pages) in path"
     if unicodedata.category(ch) in _INVISIBLE or ch.isspace():
         return f"invisible, space or unassigned character {name} in path"
     if unicodedata.decimal(ch, None) is not None:
@@ -167,6 +177,8 @@ def canonical_path(raw_path: str) -> str:
         seg, text = _canonical_segment(segment)
         if seg == "" and index != last:
             raise PathError("empty path segment ('//') in path")
+        if not text.isascii():  # read also as a server that drops combining marks would
+            text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
         if text in (".", ".."):
             raise PathError("dot segment in path")
         if text and (text[-1] in ". " or text[0] == " "):

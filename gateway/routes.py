@@ -24,6 +24,7 @@ route listing HEAD and over an any-method route.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -47,10 +48,26 @@ class AmbiguousPath(PathError):
 
 
 def fold(segment: str) -> str:
-    """A canonical segment as a lax upstream may read it: percent-decoded, case-folded."""
+    """A canonical segment as a lax upstream may read it: percent-decoded, case-folded, and
+    without accents (Windows best-fit code pages read `ā` as `a`, accent-insensitive
+    collations compare `å` equal to `a`)."""
     if "%" in segment:
         segment = unquote(segment, errors="surrogateescape")
+        if not segment.isascii():
+            decomposed = unicodedata.normalize("NFKD", segment)
+            segment = "".join(c for c in decomposed if not unicodedata.combining(c))
     return segment.lower()
+
+
+def _lax_literals(folded: dict[str, tuple[str, ...]], segments: list[str], i: int) -> tuple[str, ...]:
+    """The sibling literals a lax upstream may read segments[i] as; the last segment is also
+    read without a `.suffix` (Spring's suffix pattern match runs `/a` for `/a.json`)."""
+    segment = segments[i]
+    literals = folded.get(fold(segment), ())
+    if i == len(segments) - 1 and segment.find(".", 1) > 0:
+        stem = folded.get(fold(segment[: segment.index(".", 1)]), ())
+        literals += tuple(literal for literal in stem if literal not in literals)
+    return literals
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +270,7 @@ class Router:
         returned when that upstream is declared case-insensitive (and only case differs);
         otherwise noted in `ambiguous`, which refuses the request if anything else matches."""
         segment = segments[i]
-        for literal in node.folded.get(fold(segment), ()):
+        for literal in _lax_literals(node.folded, segments, i):
             if literal == segment:
                 continue
             mark = len(values)

@@ -611,15 +611,20 @@ class Forwarder:
             length = next((v for n, v in conn.headers if n.lower() == b"content-length"), None)
             if length is not None and length.isdigit():
                 response.content_length = int(length)
-        await response.prepare(request)
-        if request.method == "HEAD":
-            await response.write_eof()
-            return response
         sent = 0
         try:
+            # The client may be gone before the head goes out, or at the end: the upstream
+            # ran the request all the same, so that is a cut response, not an error of ours.
+            await response.prepare(request)
+            if request.method == "HEAD":
+                await response.write_eof()
+                return response
             while chunk := await conn.next_chunk():
                 await response.write(chunk)
                 sent += len(chunk)
+            if delivery is not None:
+                delivery.bytes_sent = sent
+            await response.write_eof()
         except UpstreamFailed as exc:
             # Headers are gone already: the only honest signal left is a cut connection.
             if request.transport is not None:
@@ -632,7 +637,4 @@ class Forwarder:
             if delivery is not None:
                 delivery.bytes_sent, delivery.client_aborted, delivery.error = sent, True, str(exc)
             return response
-        if delivery is not None:
-            delivery.bytes_sent = sent
-        await response.write_eof()
         return response

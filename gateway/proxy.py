@@ -82,6 +82,7 @@ PROXY_EXACT = frozenset(
         "x-host",
         "x-forwarded",
         "forwarded-for",
+        "fly-client-ip",
     }
 )
 PROXY_PREFIXES = ("cf-", "akamai-", "x-akamai-", "fastly-", "x-envoy-", "x-vercel-", "x-appengine-")
@@ -119,6 +120,16 @@ NEVER_EXACT = frozenset(
         "x-preferred-username",
         "x-groups",
         "x-ms-client-principal",
+        # Keycloak Gatekeeper / Louketo (X-Auth-Token is left alone: many APIs' own key header)
+        "x-auth-username",
+        "x-auth-userid",
+        "x-auth-email",
+        "x-auth-subject",
+        "x-auth-roles",
+        "x-auth-groups",
+        "x-auth-audience",
+        "x-auth-expiresin",
+        "x-endpoint-api-userinfo",  # Google Cloud Endpoints (ESP)
     }
 )
 NEVER_PREFIXES = (
@@ -146,6 +157,14 @@ NEVER_PREFIXES = (
     "x-authenticated-",
     "x-apigateway-",
     "x-jwt-",
+    "x-remote-extra-",  # Kubernetes front proxy: the user's extra attributes
+    "tailscale-",  # tailscale serve: Tailscale-User-Login, -Name, -Profile-Pic, ...
+    "oidc-claim-",  # Apache mod_auth_openidc: OIDC_CLAIM_*, OIDC_access_token, ...
+    "oidc-access-token",
+    "oidc-id-token",
+    "x-ssl-",  # nginx / HAProxy mTLS: X-SSL-Cert, X-SSL-Verify, X-SSL-Subject, X-SSL-Client-*
+    "x-amzn-mtls-",  # AWS ALB mTLS
+    "teleport-",  # Teleport application access: Teleport-Jwt-Assertion
 )
 _SAFE_HEADER_VALUE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%")
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}

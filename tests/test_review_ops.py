@@ -66,3 +66,51 @@ async def test_a_client_gone_before_the_response_head_is_audited_as_allowed_and_
         assert event["step"] != "internal" and event.get("client_aborted") is True, event
         assert event["bytes_sent"] == 0
     assert b"request failed" not in logs.raw()
+
+
+# -- issue 10 item 10: other proxies' identity headers, more of the well-known ones ------------
+# Names other authenticating proxies, front proxies and load balancers set for the app behind
+# them (each in its canonical and `_` spelling): none may come from a client.
+OTHER_PROXIES_IDENTITY = [
+    "X-Remote-Extra-Scopes: admin",  # Kubernetes front proxy (requestheader-extra-headers-prefix)
+    "X-Auth-Username: admin",  # Keycloak Gatekeeper / Louketo
+    "X-Auth-Email: admin@example.com",
+    "X-Auth-Userid: 1",
+    "X-Auth-Subject: 1",
+    "X-Auth-Roles: admin",
+    "X-Auth-Groups: admins",
+    "Tailscale-User-Login: admin@example.com",  # tailscale serve
+    "Tailscale-User-Name: Admin",
+    "OIDC_CLAIM_email: admin@example.com",  # Apache mod_auth_openidc
+    "Oidc-Claim-Sub: 1",
+    "OIDC_access_token: x",
+    "X-SSL-Cert: -----BEGIN%20CERTIFICATE-----",  # nginx / HAProxy mTLS
+    "X-SSL-Verify: SUCCESS",
+    "X-SSL-Subject: CN=admin",
+    "X-Amzn-Mtls-Clientcert: x",  # AWS ALB mTLS
+    "X-Amzn-Mtls-Clientcert-Subject: CN=admin",
+    "Teleport-Jwt-Assertion: x",  # Teleport application access
+    "X-Endpoint-Api-Userinfo: eyJ4IjoxfQ",  # Google Cloud Endpoints (ESP)
+    "Fly-Client-IP: 10.0.0.1",  # client address, kept only from trusted proxies
+]
+
+
+async def test_more_identity_headers_of_other_proxies_never_reach_the_upstream(
+    start_gateway: Any, recorder: Recorder
+) -> None:
+    gw = await start_gateway(hardening_config(recorder.port))
+    await gw.team("platform", ["read:apis"])
+    token, _ = await gw.token("platform", ["read:apis"])
+    host = f"127.0.0.1:{gw.server.proxy_port}"
+    lines = OTHER_PROXIES_IDENTITY + [line.replace("-", "_", 3) for line in OTHER_PROXIES_IDENTITY]
+    for line in lines:
+        status, _, _ = await raw(gw.server.proxy_port, request(APIS, host, token, line, "X-Probe: 1"))
+        assert status == 200, line
+    assert len(recorder.seen) == len(lines)
+    leaked = []
+    for line, seen in zip(lines, recorder.seen, strict=True):
+        names = {name.lower() for name, _ in seen["headers"]}
+        assert "x-probe" in names
+        if line.split(":")[0].lower() in names:
+            leaked.append(line)
+    assert leaked == []

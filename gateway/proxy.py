@@ -574,7 +574,7 @@ class Forwarder:
             except UpstreamFailed as exc:
                 conn.close()
                 if exc.stale and reused:
-                    pool.closed_while_idle(idle_for)
+                    pool.closed_while_idle(idle_for, conn.exchanges - 1)  # the ones before this
                 if exc.stale and reused and replayable and attempt == 0:
                     continue  # the upstream closed the idle connection: once more, on a new one
                 if exc.timeout:

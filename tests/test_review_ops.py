@@ -114,3 +114,143 @@ async def test_more_identity_headers_of_other_proxies_never_reach_the_upstream(
         if line.split(":")[0].lower() in names:
             leaked.append(line)
     assert leaked == []
+
+
+# -- issue 11 item 3: SIGTERM of a real `tokenward serve` while the store is paused -----------
+async def _serve_and_sigterm(tmp_path: Any, upstream: int, redis_url: str, pause_ms: int, marker: str) -> tuple[int, bytes]:
+    """Start `tokenward serve` on the shared store, send 200 audited requests while the store
+    takes no writes, SIGTERM it; returns (events of this run in the stream, its stdout)."""
+    import aiohttp
+    import redis as redis_sync
+
+    from gateway.store import Keys
+    from tests.conftest import CLI, ROOT, env_for_subprocess, serve_config
+    from tests.test_serve_process import wait_ready
+
+    served = serve_config(tmp_path, upstream, redis={"url": redis_url})
+    serve = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--config", str(served.path), cwd=ROOT, env=env_for_subprocess(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    store = redis_sync.Redis.from_url(redis_url)
+    out = b""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            await wait_ready(session, f"{served.admin_url}/readyz", serve)
+            store.execute_command("CLIENT", "PAUSE", str(pause_ms), "WRITE")
+            for i in range(200):
+                async with session.get(f"{served.url}/health", headers={"X-Request-Id": f"{marker}-{i}"}) as r:
+                    assert r.status == 200
+        serve.terminate()
+        assert serve.stdout is not None
+        out = await serve.stdout.read()
+        assert await serve.wait() == 0
+    finally:
+        if serve.returncode is None:
+            serve.kill()
+        store.execute_command("CLIENT", "UNPAUSE")
+    seen = sum(1 for _, fields in store.xrange(Keys.audit) if marker.encode() in fields[b"e"])
+    store.close()
+    return seen, out
+
+
+async def test_sigterm_with_the_store_paused_past_the_socket_timeout_loses_no_event(
+    tmp_path: Any, upstream: int, redis_url: str
+) -> None:
+    seen, out = await _serve_and_sigterm(tmp_path, upstream, redis_url, 4000, "paused-4s")
+    assert seen == 200, out[-2000:]  # every event once: none lost, none written twice
+
+
+# -- issue 11 item 2: upstreams that close kept connections in other ways ---------------------
+# A raw upstream in its own process: answers 200 "ok" and closes each connection, without
+# saying so, after MAX responses (nginx keepalive_requests, Apache MaxKeepAliveRequests and
+# many app servers do this); RESET=1 closes with a TCP reset instead of a FIN.
+AFTER_N_UPSTREAM = r"""
+import asyncio, socket, struct, sys
+port, most, reset = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+async def handle(reader, writer):
+    answered = 0
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            body = await reader.readexactly(length) if length else b"-"
+            sys.stdout.buffer.write(body + b"\n"); sys.stdout.flush()
+            writer.write(OK)
+            await writer.drain()
+            answered += 1
+            if answered >= most:
+                if reset:
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    sys.stdout.buffer.write(b"ready\n"); sys.stdout.flush()
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+async def _after_n_upstream(most: int, reset: bool) -> tuple[asyncio.subprocess.Process, int]:
+    import sys
+
+    from gateway.embedded import free_port
+
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", AFTER_N_UPSTREAM, str(port), str(most), "1" if reset else "0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert await process.stdout.readline() == b"ready\n"
+    return process, port
+
+
+@pytest.mark.parametrize("most, reset", [(3, False), (3, True), (1, True)])
+async def test_an_upstream_closing_after_n_responses_gets_no_502(
+    start_gateway: Any, most: int, reset: bool
+) -> None:
+    """Mixed GETs and POSTs from concurrent clients: GETs on a stale connection are retried;
+    POSTs (never replayed) must not be given a connection the upstream may be closing."""
+    from collections import Counter
+
+    from tests.conftest import base_config
+
+    process, port = await _after_n_upstream(most, reset)
+    try:
+        gw = await start_gateway(base_config(port))
+        await gw.team("team", ["read:apis", "write:apis"], org="org")
+        token, _ = await gw.token("team", ["read:apis", "write:apis"], org="org")
+        path = gw.url + "/orgs/org/teams/team/apis"
+        statuses: Counter[tuple[str, int]] = Counter()
+        todo = iter(range(900))
+
+        async def client() -> None:
+            for i in todo:
+                if i % 3 == 2:
+                    request = gw.session.post(path, data=b"body-%d" % i, headers=gw.auth(token))
+                else:
+                    request = gw.session.get(path, headers=gw.auth(token))
+                async with request as r:
+                    await r.read()
+                    statuses[(r.method, r.status)] += 1
+
+        await asyncio.gather(*(client() for _ in range(16)))
+    finally:
+        process.terminate()
+        assert process.stdout is not None
+        received = (await process.stdout.read()).splitlines()
+        await process.wait()
+    assert statuses == Counter({("GET", 200): 600, ("POST", 200): 300})
+    posted = [line for line in received if line.startswith(b"body-")]
+    assert len(posted) == len(set(posted)) == 300  # each body sent once

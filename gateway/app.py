@@ -516,19 +516,18 @@ def original_request(request: web.BaseRequest) -> tuple[str, str]:
     return method, target
 
 
-class GatewayRequestHandler(RequestHandler):
-    """aiohttp's connection handler, with JSON errors for malformed requests and a deadline
-    for every request head: while the connection waits for a request (the first one, or the
-    next one after a response), it is closed unless a complete head arrives within
-    `limits.header_timeout` of the connection opening, of the previous response completing,
-    or of the first byte of the head (whichever is latest). A slow head is never held for the
-    keep-alive time, and an idle keep-alive connection lasts at most header_timeout."""
+class HeadDeadlineHandler(RequestHandler):
+    """aiohttp's connection handler with a deadline for every request head (both listeners):
+    while the connection waits for a request (the first one, or the next one after a
+    response), it is closed unless a complete head arrives within `limits.header_timeout` of
+    the connection opening, of the previous response completing, or of the first byte of the
+    head (whichever is latest). A slow head is never held for the keep-alive time, and an
+    idle keep-alive connection lasts at most header_timeout. Its server has a `runtime`."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        server = self._manager
-        assert isinstance(server, ProxyServer)
-        self._tw_timeout = server.runtime.settings.limits.header_timeout
+        runtime: Runtime = self._manager.runtime  # type: ignore[union-attr]
+        self._tw_timeout = runtime.settings.limits.header_timeout
         self._tw_deadline = self._loop.time() + self._tw_timeout
         self._tw_head_begun = False  # a byte of the awaited head has arrived
         self._tw_timer: asyncio.TimerHandle | None = self._loop.call_at(self._tw_deadline, self._tw_head_deadline)
@@ -571,6 +570,11 @@ class GatewayRequestHandler(RequestHandler):
         if timer is not None:
             timer.cancel()
         super().connection_lost(exc)
+
+
+class GatewayRequestHandler(HeadDeadlineHandler):
+    """The gateway listener's connection handler: head deadlines, and JSON errors (audited)
+    for malformed requests."""
 
     def handle_error(
         self,

@@ -50,14 +50,16 @@ async def test_a_client_gone_before_the_response_head_is_audited_as_allowed_and_
     gw = await through(upstream)
     port = int(gw.url.rsplit(":", 1)[1])
     for attempt in range(3):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(f"GET /health HTTP/1.1\r\nHost: x\r\nX-Request-Id: gone-{attempt}\r\n\r\n".encode())
         await writer.drain()
-        await until(lambda: len(upstream.seen) == attempt + 1)
+        await until(lambda n=attempt + 1: len(upstream.seen) == n)
         writer.transport.abort()
         await until(lambda: open_proxy_connections(gw) == 0)
         go.set()
-        await until(lambda: any(e.get("client_request_id") == f"gone-{attempt}" for e in logs.events()))
+        await until(
+            lambda rid=f"gone-{attempt}": any(e.get("client_request_id") == rid for e in logs.events())
+        )
         go.clear()
     events = [e for e in logs.events() if str(e.get("client_request_id", "")).startswith("gone-")]
     assert len(events) == 3
@@ -117,7 +119,9 @@ async def test_more_identity_headers_of_other_proxies_never_reach_the_upstream(
 
 
 # -- issue 11 item 3: SIGTERM of a real `tokenward serve` while the store is paused -----------
-async def _serve_and_sigterm(tmp_path: Any, upstream: int, redis_url: str, pause_ms: int, marker: str) -> tuple[int, bytes]:
+async def _serve_and_sigterm(
+    tmp_path: Any, upstream: int, redis_url: str, pause_ms: int, marker: str
+) -> tuple[int, bytes]:
     """Start `tokenward serve` on the shared store, send 200 audited requests while the store
     takes no writes, SIGTERM it; returns (events of this run in the stream, its stdout)."""
     import aiohttp
@@ -129,8 +133,14 @@ async def _serve_and_sigterm(tmp_path: Any, upstream: int, redis_url: str, pause
 
     served = serve_config(tmp_path, upstream, redis={"url": redis_url})
     serve = await asyncio.create_subprocess_exec(
-        *CLI, "serve", "--config", str(served.path), cwd=ROOT, env=env_for_subprocess(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        *CLI,
+        "serve",
+        "--config",
+        str(served.path),
+        cwd=ROOT,
+        env=env_for_subprocess(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     store = redis_sync.Redis.from_url(redis_url)
     out = b""
@@ -139,7 +149,9 @@ async def _serve_and_sigterm(tmp_path: Any, upstream: int, redis_url: str, pause
             await wait_ready(session, f"{served.admin_url}/readyz", serve)
             store.execute_command("CLIENT", "PAUSE", str(pause_ms), "WRITE")
             for i in range(200):
-                async with session.get(f"{served.url}/health", headers={"X-Request-Id": f"{marker}-{i}"}) as r:
+                async with session.get(
+                    f"{served.url}/health", headers={"X-Request-Id": f"{marker}-{i}"}
+                ) as r:
                     assert r.status == 200
         serve.terminate()
         assert serve.stdout is not None
@@ -208,7 +220,12 @@ async def _after_n_upstream(most: int, reset: bool) -> tuple[asyncio.subprocess.
 
     port = free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", AFTER_N_UPSTREAM, str(port), str(most), "1" if reset else "0",
+        sys.executable,
+        "-c",
+        AFTER_N_UPSTREAM,
+        str(port),
+        str(most),
+        "1" if reset else "0",
         stdout=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
@@ -254,3 +271,36 @@ async def test_an_upstream_closing_after_n_responses_gets_no_502(
     assert statuses == Counter({("GET", 200): 600, ("POST", 200): 300})
     posted = [line for line in received if line.startswith(b"body-")]
     assert len(posted) == len(set(posted)) == 300  # each body sent once
+
+
+# -- issue 10 item 13: the admin listener's heads have the same deadline -----------------------
+@pytest.mark.parametrize(
+    "how", ["idle", "unfinished first head", "trickled first head", "unfinished later head"]
+)
+async def test_a_slow_head_on_the_admin_listener_is_cut_off(
+    start_gateway: Any, recorder: Recorder, how: str
+) -> None:
+    """Both listeners share one process (its descriptors, its event loop): a slow head on the
+    admin port is closed after header_timeout too, never held for aiohttp's keep-alive."""
+    from tests.test_head_deadline import GENEROUS, closed_within, read_response, trickle
+
+    gw = await start_gateway(hardening_config(recorder.port))  # header_timeout: 1s
+    port = int(gw.admin_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    task = None
+    try:
+        if how == "unfinished first head":
+            writer.write(healthz[:20])
+        elif how == "trickled first head":
+            task = asyncio.create_task(trickle(writer, healthz, 0.2))
+        elif how == "unfinished later head":
+            writer.write(healthz + healthz[:20])
+            assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
+        assert await closed_within(reader, GENEROUS) == b""
+    finally:
+        if task is not None:
+            task.cancel()
+        writer.close()
+    async with gw.session.get(gw.admin_url + "/healthz") as r:
+        assert r.status == 200  # prompt requests are unaffected

@@ -304,3 +304,37 @@ async def test_a_slow_head_on_the_admin_listener_is_cut_off(
         writer.close()
     async with gw.session.get(gw.admin_url + "/healthz") as r:
         assert r.status == 200  # prompt requests are unaffected
+
+
+# -- issue 11 item 7: `admin bootstrap`'s org-admin token is audited in the same write ---------
+async def test_the_bootstrap_token_event_is_written_with_the_token(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, upstream: int
+) -> None:
+    """The process dies (kill -9) after the token is stored and before buffered events are
+    flushed: the stream still has the org-admin token's `token.created`."""
+    import copy
+
+    import orjson
+    import redis as redis_sync
+
+    from admin.cli import _bootstrap
+    from gateway.audit import AuditLog
+    from gateway.settings import settings_from_dict
+    from gateway.store import Keys
+    from tests.conftest import base_config
+
+    async def killed(self: AuditLog, timeout: float = 0.0) -> None:
+        self._pending.clear()  # what a kill -9 does to the buffer
+        if self._task is not None:
+            self._task.cancel()
+
+    monkeypatch.setattr(AuditLog, "stop", killed)
+    raw_config = copy.deepcopy(base_config(upstream))
+    raw_config["redis"] = {"url": redis_url}
+    _, key_id = await _bootstrap(settings_from_dict(raw_config, "test"), "acme", "first-admin")
+    store = redis_sync.Redis.from_url(redis_url)
+    events = [orjson.loads(fields[b"e"]) for _, fields in store.xrange(Keys.audit)]
+    store.close()
+    created = [e for e in events if e.get("action") == "token.created" and e.get("token_id") == key_id]
+    assert len(created) == 1
+    assert created[0]["actor_id"] == "bootstrap" and created[0]["scopes"] == ["admin:org"]

@@ -120,7 +120,7 @@ async def test_more_identity_headers_of_other_proxies_never_reach_the_upstream(
 
 # -- issue 11 item 3: SIGTERM of a real `tokenward serve` while the store is paused -----------
 async def _serve_and_sigterm(
-    tmp_path: Any, upstream: int, redis_url: str, pause_ms: int, marker: str
+    tmp_path: Any, upstream: int, redis_url: str, pause_ms: int, marker: str, *args: str
 ) -> tuple[int, bytes]:
     """Start `tokenward serve` on the shared store, send 200 audited requests while the store
     takes no writes, SIGTERM it; returns (events of this run in the stream, its stdout)."""
@@ -137,6 +137,7 @@ async def _serve_and_sigterm(
         "serve",
         "--config",
         str(served.path),
+        *args,
         cwd=ROOT,
         env=env_for_subprocess(),
         stdout=asyncio.subprocess.PIPE,
@@ -171,6 +172,13 @@ async def test_sigterm_with_the_store_paused_past_the_socket_timeout_loses_no_ev
 ) -> None:
     seen, out = await _serve_and_sigterm(tmp_path, upstream, redis_url, 4000, "paused-4s")
     assert seen == 200, out[-2000:]  # every event once: none lost, none written twice
+
+
+async def test_sigterm_of_two_workers_with_the_store_paused_loses_no_event(
+    tmp_path: Any, upstream: int, redis_url: str
+) -> None:
+    seen, out = await _serve_and_sigterm(tmp_path, upstream, redis_url, 4000, "workers-4s", "--workers", "2")
+    assert seen == 200, out[-2000:]
 
 
 # -- issue 11 item 2: upstreams that close kept connections in other ways ---------------------

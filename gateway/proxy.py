@@ -569,7 +569,7 @@ class Forwarder:
                     await self._send_body(request, conn, settings)
                 await conn.response_head()
                 if reused:
-                    pool.alive_after(idle_for)
+                    pool.alive_after(idle_for, conn.exchanges)
                 return conn
             except UpstreamFailed as exc:
                 conn.close()

@@ -396,10 +396,13 @@ class Pool:
         if exchanges > 0 and idle_for < CLOSED_AFTER_RESPONSE:
             self.max_exchanges = min(self.max_exchanges, exchanges)
 
-    def alive_after(self, idle_for: float) -> None:
-        """A pooled connection that had idled `idle_for` seconds carried an exchange."""
+    def alive_after(self, idle_for: float, exchanges: int = 0) -> None:
+        """A pooled connection that had idled `idle_for` seconds carried an exchange, its
+        `exchanges`-th (a count learned from a one-off close, say a restart, grows back)."""
         if idle_for > self.body_reuse:
             self.body_reuse = min(idle_for, BODY_REUSE_SECONDS)
+        if exchanges > self.max_exchanges:
+            self.max_exchanges = exchanges
 
     async def connect(self, timeout: float) -> Connection:
         try:

@@ -346,3 +346,17 @@ async def test_the_bootstrap_token_event_is_written_with_the_token(
     created = [e for e in events if e.get("action") == "token.created" and e.get("token_id") == key_id]
     assert len(created) == 1
     assert created[0]["actor_id"] == "bootstrap" and created[0]["scopes"] == ["admin:org"]
+
+
+async def test_a_learned_exchange_count_grows_back(gateway: Gateway) -> None:
+    """An upstream restart closes connections right after their responses too: the count it
+    teaches is raised again by retryable requests that a connection carried beyond it."""
+    assert gateway.runtime.forwarder is not None
+    pool = gateway.runtime.forwarder.pool(gateway.runtime.settings.upstreams["registry"])
+    pool.closed_while_idle(0.0, 1)
+    assert pool.max_exchanges == 1
+    pool.closed_while_idle(5.0, 7)  # closed for idling, not for its count: nothing learned
+    assert pool.max_exchanges == 1
+    pool.alive_after(0.0, 2)
+    pool.alive_after(0.0, 3)
+    assert pool.max_exchanges == 3

@@ -332,6 +332,14 @@ class ProxyHandler:
             ex.status, ex.step, ex.reason = exc.status, "upstream", exc.message
             error = "bad_gateway" if exc.status == 502 else "gateway_timeout"
             return error_response(Denied(exc.status, error, "upstream", exc.message), ex.request_id)
+        except asyncio.CancelledError:
+            # Stopped mid-request (shutdown's drain time ran out): what the client got is the
+            # status line already sent, if any, and a closed connection.
+            sent = ex.delivery.status if ex.delivery is not None else 0
+            ex.status = sent or 503
+            ex.step = "shutdown"
+            ex.reason = "cut off: the gateway shut down" if sent else "the gateway shut down before answering"
+            raise
         except Exception:
             # Fail closed: anything unexpected in the decision path is a 500, never a pass.
             log.exception("request failed", request_id=ex.request_id)
@@ -345,10 +353,12 @@ class ProxyHandler:
         ex.recorded = True
         delivery = ex.delivery
         aborted = _NO_FIELDS
-        if delivery is not None and (delivery.upstream_aborted or delivery.client_aborted):
+        if delivery is not None and (delivery.upstream_aborted or delivery.client_aborted or delivery.shutdown_aborted):
             # The status line went out, the body did not: say so, with what was sent.
             aborted = {}
-            if delivery.upstream_aborted:
+            if delivery.shutdown_aborted:
+                aborted["shutdown_aborted"] = True
+            elif delivery.upstream_aborted:
                 ex.step, ex.reason = "upstream", f"response cut off by the upstream: {delivery.error}"
                 aborted["upstream_aborted"] = True
             else:

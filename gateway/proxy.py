@@ -228,6 +228,8 @@ class Delivery:
     bytes_sent: int = 0
     upstream_aborted: bool = False  # the upstream failed mid-body; the client's connection was cut
     client_aborted: bool = False  # the client went away mid-body
+    shutdown_aborted: bool = False  # the gateway stopped (drain time ran out) mid-body
+    status: int = 0  # the status line sent to the client, once sent
     error: str = ""
 
 
@@ -635,6 +637,8 @@ class Forwarder:
             # The client may be gone before the head goes out, or at the end: the upstream
             # ran the request all the same, so that is a cut response, not an error of ours.
             await response.prepare(request)
+            if delivery is not None:
+                delivery.status = response.status
             if request.method == "HEAD":
                 await response.write_eof()
                 return response
@@ -656,4 +660,8 @@ class Forwarder:
             if delivery is not None:
                 delivery.bytes_sent, delivery.client_aborted, delivery.error = sent, True, str(exc)
             return response
+        except asyncio.CancelledError:  # shutdown's drain time ran out mid-body
+            if delivery is not None and delivery.status:
+                delivery.bytes_sent, delivery.shutdown_aborted = sent, True
+            raise
         return response

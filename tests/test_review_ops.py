@@ -360,3 +360,34 @@ async def test_a_learned_exchange_count_grows_back(gateway: Gateway) -> None:
     pool.alive_after(0.0, 2)
     pool.alive_after(0.0, 3)
     assert pool.max_exchanges == 3
+
+
+# -- issue 11 item 7: a response cut by shutdown is audited as cut, with its real status -------
+async def test_a_response_cut_by_shutdown_is_audited_with_what_the_client_got(
+    scripted: Any, through: Any, logs: LogReader
+) -> None:
+    """Shutdown's drain time (1 s here) runs out while a response streams: the event has the
+    status line the client got (200, not the 500 default), the bytes sent and the cause."""
+
+    async def endless(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 100)
+        await writer.drain()
+        for _ in range(500):
+            writer.write(b"y" * 10)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    upstream = await scripted(endless)
+    gw = await through(upstream)
+    port = int(gw.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Request-Id: drained-1\r\n\r\n")
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    assert len(await reader.readexactly(100)) == 100
+    await gw.server.stop()
+    writer.close()
+    (event,) = [e for e in logs.events() if e.get("client_request_id") == "drained-1"]
+    assert event["action"] == "request.allowed"
+    assert event["status"] == 200 and event["step"] == "shutdown", event
+    assert event["shutdown_aborted"] is True and event["bytes_sent"] >= 100

@@ -626,9 +626,26 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
 async def _bootstrap(settings: Settings, org: str, name: str) -> tuple[str, str]:
     from admin.api import issue_token
     from gateway.app import Runtime
+    from gateway.records import TokenRecord
     from gateway.scopes import parse_scopes
+    from gateway.store import AuditEntry
 
     runtime = await Runtime.open(settings)
+    fields: dict[str, Any] = {}
+
+    def created_event(record: TokenRecord) -> AuditEntry:
+        # written with the token itself: an org-admin token never exists without its event
+        fields.update(
+            actor_id="bootstrap",
+            org=org,
+            team=None,
+            token_id=record.id,
+            token_name=record.name,
+            scopes=["admin:org"],
+        )
+        event = {**fields, "action": "token.created", "ts": time.time()}
+        return AuditEntry(orjson.dumps(event), runtime.audit.stream_maxlen)
+
     try:
         token, record = await issue_token(
             runtime,
@@ -637,16 +654,9 @@ async def _bootstrap(settings: Settings, org: str, name: str) -> tuple[str, str]
             name=name,
             scopes=parse_scopes(["admin:org"]),
             created_by="bootstrap",
+            audit=created_event,
         )
-        runtime.audit.emit(
-            "token.created",
-            actor_id="bootstrap",
-            org=org,
-            team=None,
-            token_id=record.id,
-            token_name=record.name,
-            scopes=["admin:org"],
-        )
+        runtime.audit.emit("token.created", in_stream=True, **fields)
         return token, record.id
     finally:
         await runtime.close()

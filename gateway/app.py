@@ -335,6 +335,14 @@ class ProxyHandler:
             ex.status, ex.step, ex.reason = exc.status, "upstream", exc.message
             error = "bad_gateway" if exc.status == 502 else "gateway_timeout"
             return error_response(Denied(exc.status, error, "upstream", exc.message), ex.request_id)
+        except asyncio.CancelledError:
+            # Stopped mid-request (shutdown's drain time ran out): what the client got is the
+            # status line already sent, if any, and a closed connection.
+            sent = ex.delivery.status if ex.delivery is not None else 0
+            ex.status = sent or 503
+            ex.step = "shutdown"
+            ex.reason = "cut off: the gateway shut down" if sent else "the gateway shut down before answering"
+            raise
         except Exception:
             # Fail closed: anything unexpected in the decision path is a 500, never a pass.
             log.exception("request failed", request_id=ex.request_id)
@@ -348,10 +356,12 @@ class ProxyHandler:
         ex.recorded = True
         delivery = ex.delivery
         aborted = _NO_FIELDS
-        if delivery is not None and (delivery.upstream_aborted or delivery.client_aborted):
+        if delivery is not None and (delivery.upstream_aborted or delivery.client_aborted or delivery.shutdown_aborted):
             # The status line went out, the body did not: say so, with what was sent.
             aborted = {}
-            if delivery.upstream_aborted:
+            if delivery.shutdown_aborted:
+                aborted["shutdown_aborted"] = True
+            elif delivery.upstream_aborted:
                 ex.step, ex.reason = "upstream", f"response cut off by the upstream: {delivery.error}"
                 aborted["upstream_aborted"] = True
             else:
@@ -519,19 +529,18 @@ def original_request(request: web.BaseRequest) -> tuple[str, str]:
     return method, target
 
 
-class GatewayRequestHandler(RequestHandler):
-    """aiohttp's connection handler, with JSON errors for malformed requests and a deadline
-    for every request head: while the connection waits for a request (the first one, or the
-    next one after a response), it is closed unless a complete head arrives within
-    `limits.header_timeout` of the connection opening, of the previous response completing,
-    or of the first byte of the head (whichever is latest). A slow head is never held for the
-    keep-alive time, and an idle keep-alive connection lasts at most header_timeout."""
+class HeadDeadlineHandler(RequestHandler):
+    """aiohttp's connection handler with a deadline for every request head (both listeners):
+    while the connection waits for a request (the first one, or the next one after a
+    response), it is closed unless a complete head arrives within `limits.header_timeout` of
+    the connection opening, of the previous response completing, or of the first byte of the
+    head (whichever is latest). A slow head is never held for the keep-alive time, and an
+    idle keep-alive connection lasts at most header_timeout. Its server has a `runtime`."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        server = self._manager
-        assert isinstance(server, ProxyServer)
-        self._tw_timeout = server.runtime.settings.limits.header_timeout
+        runtime: Runtime = self._manager.runtime  # type: ignore[union-attr]
+        self._tw_timeout = runtime.settings.limits.header_timeout
         self._tw_deadline = self._loop.time() + self._tw_timeout
         self._tw_head_begun = False  # a byte of the awaited head has arrived
         self._tw_timer: asyncio.TimerHandle | None = self._loop.call_at(self._tw_deadline, self._tw_head_deadline)
@@ -574,6 +583,11 @@ class GatewayRequestHandler(RequestHandler):
         if timer is not None:
             timer.cancel()
         super().connection_lost(exc)
+
+
+class GatewayRequestHandler(HeadDeadlineHandler):
+    """The gateway listener's connection handler: head deadlines, and JSON errors (audited)
+    for malformed requests."""
 
     def handle_error(
         self,

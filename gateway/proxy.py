@@ -82,6 +82,7 @@ PROXY_EXACT = frozenset(
         "x-host",
         "x-forwarded",
         "forwarded-for",
+        "fly-client-ip",
     }
 )
 PROXY_PREFIXES = ("cf-", "akamai-", "x-akamai-", "fastly-", "x-envoy-", "x-vercel-", "x-appengine-")
@@ -119,6 +120,16 @@ NEVER_EXACT = frozenset(
         "x-preferred-username",
         "x-groups",
         "x-ms-client-principal",
+        # Keycloak Gatekeeper / Louketo (X-Auth-Token is left alone: many APIs' own key header)
+        "x-auth-username",
+        "x-auth-userid",
+        "x-auth-email",
+        "x-auth-subject",
+        "x-auth-roles",
+        "x-auth-groups",
+        "x-auth-audience",
+        "x-auth-expiresin",
+        "x-endpoint-api-userinfo",  # Google Cloud Endpoints (ESP)
     }
 )
 NEVER_PREFIXES = (
@@ -146,6 +157,14 @@ NEVER_PREFIXES = (
     "x-authenticated-",
     "x-apigateway-",
     "x-jwt-",
+    "x-remote-extra-",  # Kubernetes front proxy: the user's extra attributes
+    "tailscale-",  # tailscale serve: Tailscale-User-Login, -Name, -Profile-Pic, ...
+    "oidc-claim-",  # Apache mod_auth_openidc: OIDC_CLAIM_*, OIDC_access_token, ...
+    "oidc-access-token",
+    "oidc-id-token",
+    "x-ssl-",  # nginx / HAProxy mTLS: X-SSL-Cert, X-SSL-Verify, X-SSL-Subject, X-SSL-Client-*
+    "x-amzn-mtls-",  # AWS ALB mTLS
+    "teleport-",  # Teleport application access: Teleport-Jwt-Assertion
 )
 _SAFE_HEADER_VALUE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%")
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
@@ -209,6 +228,8 @@ class Delivery:
     bytes_sent: int = 0
     upstream_aborted: bool = False  # the upstream failed mid-body; the client's connection was cut
     client_aborted: bool = False  # the client went away mid-body
+    shutdown_aborted: bool = False  # the gateway stopped (drain time ran out) mid-body
+    status: int = 0  # the status line sent to the client, once sent
     error: str = ""
 
 
@@ -550,12 +571,12 @@ class Forwarder:
                     await self._send_body(request, conn, settings)
                 await conn.response_head()
                 if reused:
-                    pool.alive_after(idle_for)
+                    pool.alive_after(idle_for, conn.exchanges)
                 return conn
             except UpstreamFailed as exc:
                 conn.close()
                 if exc.stale and reused:
-                    pool.closed_while_idle(idle_for)
+                    pool.closed_while_idle(idle_for, conn.exchanges - 1)  # the ones before this
                 if exc.stale and reused and replayable and attempt == 0:
                     continue  # the upstream closed the idle connection: once more, on a new one
                 if exc.timeout:
@@ -611,15 +632,22 @@ class Forwarder:
             length = next((v for n, v in conn.headers if n.lower() == b"content-length"), None)
             if length is not None and length.isdigit():
                 response.content_length = int(length)
-        await response.prepare(request)
-        if request.method == "HEAD":
-            await response.write_eof()
-            return response
         sent = 0
         try:
+            # The client may be gone before the head goes out, or at the end: the upstream
+            # ran the request all the same, so that is a cut response, not an error of ours.
+            await response.prepare(request)
+            if delivery is not None:
+                delivery.status = response.status
+            if request.method == "HEAD":
+                await response.write_eof()
+                return response
             while chunk := await conn.next_chunk():
                 await response.write(chunk)
                 sent += len(chunk)
+            if delivery is not None:
+                delivery.bytes_sent = sent
+            await response.write_eof()
         except UpstreamFailed as exc:
             # Headers are gone already: the only honest signal left is a cut connection.
             if request.transport is not None:
@@ -632,7 +660,8 @@ class Forwarder:
             if delivery is not None:
                 delivery.bytes_sent, delivery.client_aborted, delivery.error = sent, True, str(exc)
             return response
-        if delivery is not None:
-            delivery.bytes_sent = sent
-        await response.write_eof()
+        except asyncio.CancelledError:  # shutdown's drain time ran out mid-body
+            if delivery is not None and delivery.status:
+                delivery.bytes_sent, delivery.shutdown_aborted = sent, True
+            raise
         return response

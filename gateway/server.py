@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.aio import cancel_and_wait
-from gateway.app import Runtime, create_proxy_server
+from gateway.app import HeadDeadlineHandler, Runtime, create_proxy_server
 from gateway.embedded import EmbeddedServer, EmbeddedStoreError
 from gateway.settings import Settings
 
@@ -100,8 +100,8 @@ class Server:
         proxy_runner = web.ServerRunner(
             create_proxy_server(runtime), shutdown_timeout=self.shutdown_timeout, handle_signals=False
         )
-        admin_runner = web.AppRunner(
-            create_admin_app(runtime), access_log=None, shutdown_timeout=5.0, handle_signals=False
+        admin_runner = AdminRunner(
+            runtime, create_admin_app(runtime), access_log=None, shutdown_timeout=5.0, handle_signals=False
         )
         runners: tuple[web.BaseRunner, ...] = (proxy_runner, admin_runner)
         for runner in runners:
@@ -201,6 +201,29 @@ class Server:
             await self.runtime.close()
             self.runtime = None
         log.info("tokenward stopped")
+
+
+class AdminServer(web.Server):
+    """The admin listener's server: its connections get the same head deadline as the
+    gateway's (a slow head there would hold a descriptor of the shared process for ever)."""
+
+    runtime: Runtime
+
+    def __call__(self) -> HeadDeadlineHandler:
+        return HeadDeadlineHandler(self, loop=self._loop, **self._kwargs)
+
+
+class AdminRunner(web.AppRunner):
+    def __init__(self, runtime: Runtime, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.runtime = runtime
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = AdminServer  # the same server aiohttp built, with our handler
+        assert isinstance(server, AdminServer)
+        server.runtime = self.runtime
+        return server
 
 
 def require_c_parser(allow_python: bool) -> None:

@@ -8,7 +8,8 @@ is replaced by a new connection (never another pooled one, likely closed as well
 requests without a body. Connections are retired before the upstream would close them:
 `Connection: close` is honoured, `Keep-Alive: timeout=N` shortens a connection's idle life,
 and a pool that has seen the upstream close idle connections gives requests that can't be
-retried only connections younger than the shortest idle life it saw.
+retried only connections younger than the shortest idle life it saw, and that carried fewer
+exchanges than the fewest after which it saw the upstream close one right after a response.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the upstream pauses
 MAX_IDLE = 256  # pooled idle connections per upstream, at most
 KEEP_ALIVE_MARGIN = 1.0  # retire a connection this long before the upstream's Keep-Alive timeout
+# A kept connection the upstream closes this soon after a response was closed for the number
+# of exchanges it carried (nginx keepalive_requests, Apache MaxKeepAliveRequests), not for idling.
+CLOSED_AFTER_RESPONSE = 0.05
 
 
 class _Desync(Exception):
@@ -56,6 +60,7 @@ class Connection(asyncio.Protocol):
         self.busy = False  # between begin() and finish()
         self.idle_since = 0.0
         self.idle_limit = IDLE_SECONDS  # from the upstream's Keep-Alive: timeout=N, if it sent one
+        self.exchanges = 0  # requests begun on this connection
         self._parser: httptools.HttpResponseParser | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
@@ -132,7 +137,7 @@ class Connection(asyncio.Protocol):
         if not self.closed and self.keep_alive and self.complete:
             # The upstream closed a connection it said it would keep: how long did it idle?
             idle_for = self.loop.time() - self.idle_since if not self.busy and self.idle_since else 0.0
-            self.pool.closed_while_idle(idle_for)
+            self.pool.closed_while_idle(idle_for, self.exchanges)
         self.closed = True
         self.pool.forget(self)
         if self._deadline is not None:
@@ -219,6 +224,7 @@ class Connection(asyncio.Protocol):
     def begin(self, head_only: bool, timeout: float) -> None:
         self._reset(head_only)
         self.busy = True
+        self.exchanges += 1
         self._timeout = timeout
         self.last_read = self.loop.time()
         self._deadline = self.loop.call_at(self.last_read + timeout, self._check_deadline)
@@ -359,6 +365,9 @@ class Pool:
         # retried: lowered to half the shortest idle life the upstream allowed, raised again
         # by retryable requests that found an older pooled connection alive.
         self.body_reuse = BODY_REUSE_SECONDS
+        # The fewest exchanges after which the upstream closed a connection right after its
+        # response: a request that can't be retried gets only connections that carried fewer.
+        self.max_exchanges = 1 << 62
 
     def target(self, path: str, query: str) -> str:
         """The request target on this upstream: its base path, then the authorized path."""
@@ -374,20 +383,26 @@ class Pool:
             if conn.closed or idle_for > conn.idle_limit:
                 conn.close()  # closed, or the upstream is about to close it
                 continue
-            if not replayable and idle_for > self.body_reuse:
+            if not replayable and (idle_for > self.body_reuse or conn.exchanges >= self.max_exchanges):
                 conn.close()  # it can't be retried if this connection turns out to be stale
                 continue
             return conn, True
         return await self.connect(connect_timeout), False
 
-    def closed_while_idle(self, idle_for: float) -> None:
-        """The upstream closed a pooled connection that had idled `idle_for` seconds."""
+    def closed_while_idle(self, idle_for: float, exchanges: int = 0) -> None:
+        """The upstream closed a pooled connection that had idled `idle_for` seconds after
+        carrying `exchanges` exchanges."""
         self.body_reuse = min(self.body_reuse, idle_for / 2)
+        if exchanges > 0 and idle_for < CLOSED_AFTER_RESPONSE:
+            self.max_exchanges = min(self.max_exchanges, exchanges)
 
-    def alive_after(self, idle_for: float) -> None:
-        """A pooled connection that had idled `idle_for` seconds carried an exchange."""
+    def alive_after(self, idle_for: float, exchanges: int = 0) -> None:
+        """A pooled connection that had idled `idle_for` seconds carried an exchange, its
+        `exchanges`-th (a count learned from a one-off close, say a restart, grows back)."""
         if idle_for > self.body_reuse:
             self.body_reuse = min(idle_for, BODY_REUSE_SECONDS)
+        if exchanges > self.max_exchanges:
+            self.max_exchanges = exchanges
 
     async def connect(self, timeout: float) -> Connection:
         try:

@@ -714,6 +714,8 @@ def _cidrs(texts: list[str]) -> tuple[str, ...]:
     result = []
     for i, text in enumerate(texts):
         try:
+            if "%" in text:  # an IPv6 zone id is no part of a network, and may hold any text
+                raise ValueError("zone id")
             result.append(str(ipaddress.ip_network(text, strict=False)))
         except ValueError:
             field = f"allowed_cidrs[{i}]"
@@ -1529,13 +1531,11 @@ async def read_audit(request: web.Request) -> web.Response:
             more = len(page) == AUDIT_CHUNK
             for i, (stream_id, event) in enumerate(page):
                 last, scanned = stream_id, scanned + 1
-                if event.get("org") != org and event.get("actor_org") != org:
-                    continue
-                if team is not None and team not in (event.get("team"), event.get("actor_team")):
+                if not _audit_visible(event, org, team):
                     continue
                 if any(event.get(k) != v for k, v in wanted.items()):
                     continue
-                events.append({"id": stream_id, "time": iso(event.get("ts")), **event})
+                events.append({"id": stream_id, "time": iso(event.get("ts")), **_audit_seen_from(event, org)})
                 if len(events) >= limit:
                     more = more or i < len(page) - 1
                     break
@@ -1544,6 +1544,35 @@ async def read_audit(request: web.Request) -> web.Response:
                 more = more and cursor is not None
     next_cursor = encode_cursor("a", last) if more and last is not None else None
     return json_response({"events": events, "next": next_cursor})
+
+
+def _audit_visible(event: dict[str, Any], org: str, team: str | None) -> bool:
+    """An event is about its subject (org, team) and made by its actor (actor_org, actor_team):
+    each pair is matched whole. A leak report crosses orgs, so subject and actor can be in
+    different orgs (or teams of the same name): matching org on one side and team on the
+    other would show a team another team's events."""
+    for event_org, event_team in (
+        (event.get("org"), event.get("team")),
+        (event.get("actor_org"), event.get("actor_team")),
+    ):
+        if event_org == org and (team is None or event_team == team):
+            return True
+    return False
+
+
+_SUBJECT_FIELDS = ("org", "team", "token_name", "service_account")
+_ACTOR_FIELDS = ("actor_id", "actor_name", "actor_org", "actor_team", "client_ip", "request_id")
+
+
+def _audit_seen_from(event: dict[str, Any], org: str) -> dict[str, Any]:
+    """`event` as a reader in `org` may see it: nothing crosses orgs. The side of a cross-org
+    event (a leak report) that is in another org shows no names, addresses or ids beyond the
+    token id the reporter already holds."""
+    if event.get("org") not in (org, None):
+        event = {k: v for k, v in event.items() if k not in _SUBJECT_FIELDS}
+    if event.get("actor_org") not in (org, None):
+        event = {k: v for k, v in event.items() if k not in _ACTOR_FIELDS}
+    return event
 
 
 def _parse_stream_id(stream_id: str) -> tuple[int, int]:

@@ -261,13 +261,20 @@ def _cidrs_inside(inner: tuple[str, ...], outer: tuple[str, ...]) -> bool:
     return True
 
 
+def lifetime_end(token: TokenRecord) -> float | None:
+    """When `token` stops working: its expiry, or a revocation already scheduled (a rotation's
+    grace period), whichever comes first. None: never."""
+    ends = [t for t in (token.expires_at, token.revoked_at) if t is not None]
+    return min(ends) if ends else None
+
+
 def grant_expiry(
     principal: Principal, runtime: Runtime, body: dict[str, Any], issued: float
 ) -> float | None:
     """The expiry asked for in `body`; without one, the default TTL, but never later than the
     caller's own expiry (an explicit later one is refused by `check_grant`)."""
     expires_at = _expiry(runtime, body, issued)
-    limit = principal.token.expires_at
+    limit = lifetime_end(principal.token)
     explicit = "expires_in" in body or "expires_at" in body
     if limit is not None and not explicit and (expires_at is None or expires_at > limit):
         return limit
@@ -318,12 +325,14 @@ def check_grant(
             "allowed_cidrs: must lie inside the token's own allowed_cidrs "
             f"({', '.join(own.allowed_cidrs)})",
         )
-    if own.expires_at is not None and (expires_at is None or expires_at > own.expires_at):
+    own_end = lifetime_end(own)
+    if own_end is not None and (expires_at is None or expires_at > own_end):
         raise Denied(
             403,
             "forbidden",
             STEP_GRANT,
-            f"expires_at: must be no later than the token's own expiry ({iso(own.expires_at)})",
+            f"expires_at: must be no later than the token's own expiry ({iso(own_end)}"
+            + (", when its rotation's grace period ends)" if own_end != own.expires_at else ")"),
         )
 
 
@@ -814,11 +823,13 @@ async def create_token(request: web.Request) -> web.Response:
     constraints = body.get("constraints") or {}
     for key in constraints:
         if key in ("org", "team") or not _is_name(key):
+            field = f"constraints.{key}" if len(key) <= MAX_CONSTRAINT_NAME else "constraints"
             raise ApiError(
                 400,
                 "invalid_request",
-                f"constraints.{key}: constraint names match [a-z][a-z0-9_-]* and are not org or team",
-                f"constraints.{key}",
+                f"{field}: constraint names match [a-z][a-z0-9_-]{{0,{MAX_CONSTRAINT_NAME - 1}}} "
+                "and are not org or team",
+                field,
             )
     issued = time.time()
     expires_at = grant_expiry(principal, runtime, body, issued)
@@ -863,8 +874,13 @@ async def create_token(request: web.Request) -> web.Response:
     return json_response({**view, "token": plaintext}, 201, **{"Cache-Control": "no-store"})
 
 
+# A constraint name is a route's path parameter name: bounded like every other stored field,
+# so a record (cached by every gateway process, rendered in every list row) stays small.
+MAX_CONSTRAINT_NAME = 64
+
+
 def _is_name(text: str) -> bool:
-    return bool(re.fullmatch(r"[a-z][a-z0-9_-]*", text))
+    return len(text) <= MAX_CONSTRAINT_NAME and bool(re.fullmatch(r"[a-z][a-z0-9_-]*", text))
 
 
 async def team_request(request: web.Request) -> tuple[AdminContext, str, str]:

@@ -56,7 +56,15 @@ from gateway.scopes import (
     parse_scope,
     parse_scopes,
 )
-from gateway.store import AuditEntry, Conflict, Keys, QuotaExceeded, StoreUnavailable, TokenEdit
+from gateway.store import (
+    ActorFence,
+    AuditEntry,
+    Conflict,
+    Keys,
+    QuotaExceeded,
+    StoreUnavailable,
+    TokenEdit,
+)
 from gateway.tokens import (
     BASE62,
     KEY_ID_LEN,
@@ -356,6 +364,26 @@ class AdminContext:
         self.runtime.audit.mark_used(self.principal.token.id, time.time())
         return self.principal
 
+    def fence(self) -> ActorFence:
+        """The caller's own record must still be active when its change is written: a
+        revocation of the caller confirmed before then stops the change (401), even one
+        that landed while the change was being prepared (see Store.ActorFence)."""
+        key_id = self.principal_required.token.id
+
+        def check(record: TokenRecord | None) -> None:
+            if record is None:
+                raise Denied(401, "invalid_token", "token", "invalid token")
+            status = record.status(time.time())
+            if status != ACTIVE:
+                raise Denied(401, "invalid_token", "status", f"token {status}")
+
+        return ActorFence(key_id, check)
+
+    async def still_authorized(self) -> None:
+        """The fence's check, read fresh just before a write that cannot carry it atomically
+        (team and service-account writes)."""
+        await self.runtime.store.fence_version(self.fence())
+
     def token_event(self, action: str, record: TokenRecord, **fields: Any) -> None:
         """An admin event about one token, naming it and its org, team and service account."""
         self.audit(
@@ -595,6 +623,7 @@ async def create_team(request: web.Request) -> web.Response:
     entry = ctx(request).entry(
         "team.created", org=org, team=team.name, permissions=format_scopes(permissions)
     )
+    await ctx(request).still_authorized()
     try:
         await runtime.store.create_team(team, entry)
     except Conflict as exc:
@@ -662,6 +691,7 @@ async def set_team_permissions(request: web.Request) -> web.Response:
         before=format_scopes(team.permissions),
         after=format_scopes(permissions),
     )
+    await ctx(request).still_authorized()
     await runtime.store.put_team(updated, entry)
     ctx(request).committed(entry)
     return json_response(team_view(updated))
@@ -747,6 +777,7 @@ async def issue_token(
     allowed_cidrs: tuple[str, ...] = (),
     replaces: str | None = None,
     audit: Callable[[TokenRecord], AuditEntry] | None = None,
+    fence: ActorFence | None = None,
 ) -> tuple[str, TokenRecord]:
     """Mint a token: hash off the event loop, store durably (with `audit(record)`'s event in
     the same write), return the plaintext once. Refused with 409 once the team (or the org
@@ -778,7 +809,7 @@ async def issue_token(
         replaces=replaces,
     )
     try:
-        await runtime.store.create_token_in_quota(record, quota, audit(record) if audit else None)
+        await runtime.store.create_token_in_quota(record, quota, audit(record) if audit else None, fence)
     except QuotaExceeded as exc:
         raise _quota_exceeded(org, team, exc.held, exc.limit) from None
     return plaintext, record
@@ -868,6 +899,7 @@ async def create_token(request: web.Request) -> web.Response:
         constraints=constraints,
         allowed_cidrs=allowed_cidrs,
         audit=created_event,
+        fence=ctx(request).fence(),
     )
     view = token_view(record, team, None)
     ctx(request).committed(entries[-1])
@@ -1084,7 +1116,11 @@ async def change_token(
             raise ApiError(404, "not_found", f"token {key_id!r} does not exist in team {team!r}")
         return decide(record)
 
-    result = await context.runtime.store.change_token(key_id, in_team) if KEY_ID_RE.match(key_id) else None
+    result = (
+        await context.runtime.store.change_token(key_id, in_team, context.fence())
+        if KEY_ID_RE.match(key_id)
+        else None
+    )
     if result is None:
         raise ApiError(404, "not_found", f"token {key_id!r} does not exist in team {team!r}")
     before, edit = result
@@ -1410,6 +1446,7 @@ async def create_service_account(request: web.Request) -> web.Response:
         org, team, body["name"], body.get("description", ""), time.time(), actor(context.principal_required)
     )
     entry = context.entry("service_account.created", org=org, team=team, service_account=sa.name)
+    await context.still_authorized()
     try:
         await context.runtime.store.create_service_account(sa, entry)
     except Conflict as exc:
@@ -1473,6 +1510,7 @@ async def delete_service_account(request: web.Request) -> web.Response:
             "delete its revoked and expired tokens first",
         )
     entry = context.entry("service_account.deleted", org=org, team=team, service_account=name)
+    await context.still_authorized()
     await runtime.store.delete_service_account(org, team, name, entry)
     context.committed(entry)
     return web.Response(status=204, headers={"X-Request-Id": context.request_id})
@@ -1672,7 +1710,7 @@ async def _revoke_leaked(context: AdminContext, runtime: Runtime, text: str) -> 
         updated = current.revoked(revoked_at, by, "leaked", level)
         return TokenEdit(updated, context.token_entry("token.leaked", updated, was_revoked=already))
 
-    result = await runtime.store.change_token(parsed.key_id, leaked)
+    result = await runtime.store.change_token(parsed.key_id, leaked, context.fence())
     if result is None:  # deleted meanwhile
         return {"token": parsed.display_prefix, "result": "unknown"}
     _, edit = result

@@ -536,3 +536,99 @@ async def test_a_token_in_its_rotation_grace_period_grants_nothing_that_outlives
     status, data = await call(gw, "POST", f"{base}/{other['id']}/rotate", old["token"])
     assert status == 201, data
     assert datetime.fromisoformat(data["expires_at"]).timestamp() <= retired_at + 1, data
+
+
+# ------------------------------------------------------------------ an admin revoked mid-call
+async def _while_hashing(gw: Gateway, monkeypatch: pytest.MonkeyPatch, during: Any) -> None:
+    """Make the next argon2 hash wait until `during()` (e.g. the caller's revocation) has been
+    confirmed: an ordering, not a timing."""
+    real = gw.runtime.hasher.hash
+    done = asyncio.Event()
+    started = asyncio.Event()
+
+    async def held(secret: str) -> str:
+        started.set()
+        await done.wait()
+        return await real(secret)
+
+    monkeypatch.setattr(gw.runtime.hasher, "hash", held)
+
+    async def run() -> None:
+        await started.wait()
+        await during()
+        done.set()
+
+    asyncio.get_running_loop().create_task(run())
+
+
+@pytest.mark.parametrize("action", ["create", "rotate"])
+async def test_an_admin_revoked_mid_call_mints_nothing(
+    gateway: Gateway, acme: str, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    """A team admin's create or rotate that commits after the admin's own revocation was
+    confirmed would hand a revoked admin a fresh, working token (and one an org admin's
+    clean-up after the revoke, listing what it issued, may already have missed)."""
+    gw = gateway
+    base = f"{TEAMS}/platform/tokens"
+    ta = await mint(gw, acme, "platform", name="ta", scopes=["admin:team", "read:apis"])
+    target = await mint(gw, acme, "platform", name="target")
+
+    async def revoke_the_admin() -> None:
+        status, _ = await call(gw, "POST", f"{base}/{ta['id']}/revoke", acme, {"reason": "compromised"})
+        assert status == 200
+
+    await _while_hashing(gw, monkeypatch, revoke_the_admin)
+    if action == "create":
+        status, data = await call(gw, "POST", base, ta["token"], {"name": "x", "scopes": ["read:apis"]})
+    else:
+        status, data = await call(gw, "POST", f"{base}/{target['id']}/rotate", ta["token"])
+    assert status == 401, data
+    _, page = await call(gw, "GET", f"{base}?limit=500", acme)
+    active = {t["name"] for t in page["tokens"] if t["status"] == "active"}
+    assert active == {"target"}, page
+
+
+@pytest.mark.parametrize("action", ["restore", "create", "rotate", "leak"])
+async def test_a_revocation_between_the_check_and_the_write_stops_the_write(
+    gateway: Gateway, acme: str, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    """The admin's record is read fresh and accepted, then its revocation is confirmed, then
+    the write is attempted: the store refuses it (the write is conditional on the record
+    the check accepted), and the call answers 401."""
+    gw = gateway
+    store = gw.runtime.store
+    base = f"{TEAMS}/platform/tokens"
+    ta = await mint(gw, acme, "platform", name="ta", scopes=["admin:team", "read:apis"])
+    victim = await mint(gw, acme, "platform", name="victim")
+    assert (await call(gw, "POST", f"{base}/{victim['id']}/revoke", ta["token"]))[0] == 200
+    real = store.fence_version
+    revoked: list[int] = []
+
+    async def check_then_revoke(fence: Any) -> bytes:
+        version = await real(fence)  # accepted: still active
+        if fence is not None and fence.key_id == ta["id"] and not revoked:
+            revoked.append(1)
+            status, _ = await call(gw, "POST", f"{base}/{ta['id']}/revoke", acme)
+            assert status == 200
+        return version
+
+    monkeypatch.setattr(store, "fence_version", check_then_revoke)
+    if action == "restore":
+        status, data = await call(gw, "POST", f"{base}/{victim['id']}/restore", ta["token"])
+    elif action == "create":
+        status, data = await call(gw, "POST", base, ta["token"], {"name": "x", "scopes": ["read:apis"]})
+    elif action == "rotate":
+        other = await mint(gw, acme, "platform", name="other")
+        status, data = await call(gw, "POST", f"{base}/{other['id']}/rotate", ta["token"])
+    else:
+        leaked = await mint(gw, acme, "platform", name="leaked")
+        status, data = await call(gw, "POST", "/v1/leaks", ta["token"], {"tokens": [leaked["token"]]})
+    assert revoked == [1]
+    if action == "leak":
+        return  # a leak report by a revoked admin may land or not: it only ever revokes
+    assert status == 401, data
+    _, page = await call(gw, "GET", f"{base}?limit=500", acme)
+    states = {t["name"]: t["status"] for t in page["tokens"]}
+    assert states["victim"] == "revoked" and "x" not in states, states
+    assert [t["status"] for t in page["tokens"] if t["name"] == "other"] in ([], ["active"]), states
+    assert await store.token_count("acme", "platform") == len(page["tokens"])

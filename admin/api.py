@@ -1093,6 +1093,23 @@ async def update_token(request: web.Request) -> web.Response:
 
 
 # -- lifecycle transitions: each one decided and written atomically (Store.change_token) ---------
+def require_within_grant(principal: Principal, record: TokenRecord, verb: str) -> None:
+    """Bringing a token back into force is granting its scopes again: unless the caller is an
+    org admin, it may do so only for a token whose scopes it holds itself (as `check_grant`
+    asks of a create or rotate). A team admin can revoke a wider token, never revive one."""
+    if is_org_admin(principal):
+        return
+    for scope in record.scopes:
+        if not principal.can(scope):
+            raise Denied(
+                403,
+                "insufficient_scope",
+                STEP_GRANT,
+                f"scopes: a token can only {verb} tokens whose scopes it holds itself; it lacks {scope}",
+                str(scope),
+            )
+
+
 def actor_level(principal: Principal) -> str:
     """The privilege a revocation records and a restore is measured by: "org" for an org-level
     token holding admin:org, "team" for any token of a team, whatever its scopes."""
@@ -1224,6 +1241,7 @@ async def restore_token(request: web.Request) -> web.Response:
                 f"can restore it: token lacks required permission: {ADMIN_ORG}",
                 ADMIN_ORG,
             )
+        require_within_grant(context.principal_required, record, "restore")
         restored = record.restored()
         return TokenEdit(
             restored,

@@ -632,3 +632,30 @@ async def test_a_revocation_between_the_check_and_the_write_stops_the_write(
     assert states["victim"] == "revoked" and "x" not in states, states
     assert [t["status"] for t in page["tokens"] if t["name"] == "other"] in ([], ["active"]), states
     assert await store.token_count("acme", "platform") == len(page["tokens"])
+
+
+# ------------------------------------------------------------------ restore is a grant
+async def test_a_team_admin_cannot_revive_a_token_wider_than_itself(gateway: Gateway, acme: str) -> None:
+    """Restoring puts a token's scopes back in force: a team admin holding read:apis may not
+    restore a write:specs token (revoked by a wider team admin, at team level), as it may not
+    mint or rotate one. It may still revoke it, and restore tokens within its own scopes."""
+    gw = gateway
+    base = f"{TEAMS}/platform/tokens"
+    narrow = (await mint(gw, acme, "platform", name="narrow", scopes=["admin:team", "read:apis"]))["token"]
+    wide_admin = (
+        await mint(gw, acme, "platform", name="wide", scopes=["admin:team", "read:*", "write:specs"])
+    )["token"]
+    target = await mint(gw, acme, "platform", name="target", scopes=["read:apis", "write:specs"])
+    assert (await call(gw, "POST", f"{base}/{target['id']}/revoke", wide_admin))[0] == 200
+    status, data = await call(gw, "POST", f"{base}/{target['id']}/restore", narrow)
+    assert status == 403 and data["step"] == "grant", data
+    _, data = await call(gw, "GET", f"{base}/{target['id']}", acme)
+    assert data["status"] == "revoked"
+    status, data = await call(gw, "POST", f"{base}/{target['id']}/restore", wide_admin)
+    assert status == 200 and data["status"] == "active", data
+    # within its own scopes it restores as before
+    mine = await mint(gw, acme, "platform", name="mine", scopes=["read:apis"])
+    assert (await call(gw, "POST", f"{base}/{mine['id']}/revoke", narrow))[0] == 200
+    assert (await call(gw, "POST", f"{base}/{mine['id']}/restore", narrow))[0] == 200
+    # and it may still revoke the wider one
+    assert (await call(gw, "POST", f"{base}/{target['id']}/revoke", narrow))[0] == 200

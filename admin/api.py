@@ -56,7 +56,15 @@ from gateway.scopes import (
     parse_scope,
     parse_scopes,
 )
-from gateway.store import AuditEntry, Conflict, Keys, QuotaExceeded, StoreUnavailable, TokenEdit
+from gateway.store import (
+    ActorFence,
+    AuditEntry,
+    Conflict,
+    Keys,
+    QuotaExceeded,
+    StoreUnavailable,
+    TokenEdit,
+)
 from gateway.tokens import (
     BASE62,
     KEY_ID_LEN,
@@ -261,13 +269,20 @@ def _cidrs_inside(inner: tuple[str, ...], outer: tuple[str, ...]) -> bool:
     return True
 
 
+def lifetime_end(token: TokenRecord) -> float | None:
+    """When `token` stops working: its expiry, or a revocation already scheduled (a rotation's
+    grace period), whichever comes first. None: never."""
+    ends = [t for t in (token.expires_at, token.revoked_at) if t is not None]
+    return min(ends) if ends else None
+
+
 def grant_expiry(
     principal: Principal, runtime: Runtime, body: dict[str, Any], issued: float
 ) -> float | None:
     """The expiry asked for in `body`; without one, the default TTL, but never later than the
     caller's own expiry (an explicit later one is refused by `check_grant`)."""
     expires_at = _expiry(runtime, body, issued)
-    limit = principal.token.expires_at
+    limit = lifetime_end(principal.token)
     explicit = "expires_in" in body or "expires_at" in body
     if limit is not None and not explicit and (expires_at is None or expires_at > limit):
         return limit
@@ -318,12 +333,14 @@ def check_grant(
             "allowed_cidrs: must lie inside the token's own allowed_cidrs "
             f"({', '.join(own.allowed_cidrs)})",
         )
-    if own.expires_at is not None and (expires_at is None or expires_at > own.expires_at):
+    own_end = lifetime_end(own)
+    if own_end is not None and (expires_at is None or expires_at > own_end):
         raise Denied(
             403,
             "forbidden",
             STEP_GRANT,
-            f"expires_at: must be no later than the token's own expiry ({iso(own.expires_at)})",
+            f"expires_at: must be no later than the token's own expiry ({iso(own_end)}"
+            + (", when its rotation's grace period ends)" if own_end != own.expires_at else ")"),
         )
 
 
@@ -357,6 +374,26 @@ class AdminContext:
         self.principal = await self.runtime.authenticator.authenticate(token, self.request.remote)
         self.runtime.audit.mark_used(self.principal.token.id, time.time())
         return self.principal
+
+    def fence(self) -> ActorFence:
+        """The caller's own record must still be active when its change is written: a
+        revocation of the caller confirmed before then stops the change (401), even one
+        that landed while the change was being prepared (see Store.ActorFence)."""
+        key_id = self.principal_required.token.id
+
+        def check(record: TokenRecord | None) -> None:
+            if record is None:
+                raise Denied(401, "invalid_token", "token", "invalid token")
+            status = record.status(time.time())
+            if status != ACTIVE:
+                raise Denied(401, "invalid_token", "status", f"token {status}")
+
+        return ActorFence(key_id, check)
+
+    async def still_authorized(self) -> None:
+        """The fence's check, read fresh just before a write that cannot carry it atomically
+        (team and service-account writes)."""
+        await self.runtime.store.fence_version(self.fence())
 
     def token_event(self, action: str, record: TokenRecord, **fields: Any) -> None:
         """An admin event about one token, naming it and its org, team and service account."""
@@ -572,6 +609,7 @@ async def create_team(request: web.Request) -> web.Response:
     entry = ctx(request).entry(
         "team.created", org=org, team=team.name, permissions=format_scopes(permissions)
     )
+    await ctx(request).still_authorized()
     try:
         await runtime.store.create_team(team, entry)
     except Conflict as exc:
@@ -639,6 +677,7 @@ async def set_team_permissions(request: web.Request) -> web.Response:
         before=format_scopes(team.permissions),
         after=format_scopes(permissions),
     )
+    await ctx(request).still_authorized()
     await runtime.store.put_team(updated, entry)
     ctx(request).committed(entry)
     return json_response(team_view(updated))
@@ -700,6 +739,8 @@ def _cidrs(texts: list[str]) -> tuple[str, ...]:
     result = []
     for i, text in enumerate(texts):
         try:
+            if "%" in text:  # an IPv6 zone id is no part of a network, and may hold any text
+                raise ValueError("zone id")
             result.append(str(ipaddress.ip_network(text, strict=False)))
         except ValueError:
             field = f"allowed_cidrs[{i}]"
@@ -722,6 +763,7 @@ async def issue_token(
     allowed_cidrs: tuple[str, ...] = (),
     replaces: str | None = None,
     audit: Callable[[TokenRecord], AuditEntry] | None = None,
+    fence: ActorFence | None = None,
 ) -> tuple[str, TokenRecord]:
     """Mint a token: hash off the event loop, store durably (with `audit(record)`'s event in
     the same write), return the plaintext once. Refused with 409 once the team (or the org
@@ -753,7 +795,7 @@ async def issue_token(
         replaces=replaces,
     )
     try:
-        await runtime.store.create_token_in_quota(record, quota, audit(record) if audit else None)
+        await runtime.store.create_token_in_quota(record, quota, audit(record) if audit else None, fence)
     except QuotaExceeded as exc:
         raise _quota_exceeded(org, team, exc.held, exc.limit) from None
     return plaintext, record
@@ -798,11 +840,13 @@ async def create_token(request: web.Request) -> web.Response:
     constraints = body.get("constraints") or {}
     for key in constraints:
         if key in ("org", "team") or not _is_name(key):
+            field = f"constraints.{key}" if len(key) <= MAX_CONSTRAINT_NAME else "constraints"
             raise ApiError(
                 400,
                 "invalid_request",
-                f"constraints.{key}: constraint names match [a-z][a-z0-9_-]* and are not org or team",
-                f"constraints.{key}",
+                f"{field}: constraint names match [a-z][a-z0-9_-]{{0,{MAX_CONSTRAINT_NAME - 1}}} "
+                "and are not org or team",
+                field,
             )
     issued = time.time()
     expires_at = grant_expiry(principal, runtime, body, issued)
@@ -841,14 +885,20 @@ async def create_token(request: web.Request) -> web.Response:
         constraints=constraints,
         allowed_cidrs=allowed_cidrs,
         audit=created_event,
+        fence=ctx(request).fence(),
     )
     view = token_view(record, team, None)
     ctx(request).committed(entries[-1])
     return json_response({**view, "token": plaintext}, 201, **{"Cache-Control": "no-store"})
 
 
+# A constraint name is a route's path parameter name: bounded like every other stored field,
+# so a record (cached by every gateway process, rendered in every list row) stays small.
+MAX_CONSTRAINT_NAME = 64
+
+
 def _is_name(text: str) -> bool:
-    return bool(re.fullmatch(r"[a-z][a-z0-9_-]*", text))
+    return len(text) <= MAX_CONSTRAINT_NAME and bool(re.fullmatch(r"[a-z][a-z0-9_-]*", text))
 
 
 async def team_request(request: web.Request) -> tuple[AdminContext, str, str]:
@@ -1029,6 +1079,23 @@ async def update_token(request: web.Request) -> web.Response:
 
 
 # -- lifecycle transitions: each one decided and written atomically (Store.change_token) ---------
+def require_within_grant(principal: Principal, record: TokenRecord, verb: str) -> None:
+    """Bringing a token back into force is granting its scopes again: unless the caller is an
+    org admin, it may do so only for a token whose scopes it holds itself (as `check_grant`
+    asks of a create or rotate). A team admin can revoke a wider token, never revive one."""
+    if is_org_admin(principal):
+        return
+    for scope in record.scopes:
+        if not principal.can(scope):
+            raise Denied(
+                403,
+                "insufficient_scope",
+                STEP_GRANT,
+                f"scopes: a token can only {verb} tokens whose scopes it holds itself; it lacks {scope}",
+                str(scope),
+            )
+
+
 def actor_level(principal: Principal) -> str:
     """The privilege a revocation records and a restore is measured by: "org" for an org-level
     token holding admin:org, "team" for any token of a team, whatever its scopes."""
@@ -1052,7 +1119,11 @@ async def change_token(
             raise ApiError(404, "not_found", f"token {key_id!r} does not exist in team {team!r}")
         return decide(record)
 
-    result = await context.runtime.store.change_token(key_id, in_team) if KEY_ID_RE.match(key_id) else None
+    result = (
+        await context.runtime.store.change_token(key_id, in_team, context.fence())
+        if KEY_ID_RE.match(key_id)
+        else None
+    )
     if result is None:
         raise ApiError(404, "not_found", f"token {key_id!r} does not exist in team {team!r}")
     before, edit = result
@@ -1156,6 +1227,7 @@ async def restore_token(request: web.Request) -> web.Response:
                 f"can restore it: token lacks required permission: {ADMIN_ORG}",
                 ADMIN_ORG,
             )
+        require_within_grant(context.principal_required, record, "restore")
         restored = record.restored()
         return TokenEdit(
             restored,
@@ -1378,6 +1450,7 @@ async def create_service_account(request: web.Request) -> web.Response:
         org, team, body["name"], body.get("description", ""), time.time(), actor(context.principal_required)
     )
     entry = context.entry("service_account.created", org=org, team=team, service_account=sa.name)
+    await context.still_authorized()
     try:
         await context.runtime.store.create_service_account(sa, entry)
     except Conflict as exc:
@@ -1441,6 +1514,7 @@ async def delete_service_account(request: web.Request) -> web.Response:
             "delete its revoked and expired tokens first",
         )
     entry = context.entry("service_account.deleted", org=org, team=team, service_account=name)
+    await context.still_authorized()
     await runtime.store.delete_service_account(org, team, name, entry)
     context.committed(entry)
     return web.Response(status=204, headers={"X-Request-Id": context.request_id})
@@ -1515,13 +1589,11 @@ async def read_audit(request: web.Request) -> web.Response:
             more = len(page) == AUDIT_CHUNK
             for i, (stream_id, event) in enumerate(page):
                 last, scanned = stream_id, scanned + 1
-                if event.get("org") != org and event.get("actor_org") != org:
-                    continue
-                if team is not None and team not in (event.get("team"), event.get("actor_team")):
+                if not _audit_visible(event, org, team):
                     continue
                 if any(event.get(k) != v for k, v in wanted.items()):
                     continue
-                events.append({"id": stream_id, "time": iso(event.get("ts")), **event})
+                events.append({"id": stream_id, "time": iso(event.get("ts")), **_audit_seen_from(event, org)})
                 if len(events) >= limit:
                     more = more or i < len(page) - 1
                     break
@@ -1530,6 +1602,35 @@ async def read_audit(request: web.Request) -> web.Response:
                 more = more and cursor is not None
     next_cursor = encode_cursor("a", last) if more and last is not None else None
     return json_response({"events": events, "next": next_cursor})
+
+
+def _audit_visible(event: dict[str, Any], org: str, team: str | None) -> bool:
+    """An event is about its subject (org, team) and made by its actor (actor_org, actor_team):
+    each pair is matched whole. A leak report crosses orgs, so subject and actor can be in
+    different orgs (or teams of the same name): matching org on one side and team on the
+    other would show a team another team's events."""
+    for event_org, event_team in (
+        (event.get("org"), event.get("team")),
+        (event.get("actor_org"), event.get("actor_team")),
+    ):
+        if event_org == org and (team is None or event_team == team):
+            return True
+    return False
+
+
+_SUBJECT_FIELDS = ("org", "team", "token_name", "service_account")
+_ACTOR_FIELDS = ("actor_id", "actor_name", "actor_org", "actor_team", "client_ip", "request_id")
+
+
+def _audit_seen_from(event: dict[str, Any], org: str) -> dict[str, Any]:
+    """`event` as a reader in `org` may see it: nothing crosses orgs. The side of a cross-org
+    event (a leak report) that is in another org shows no names, addresses or ids beyond the
+    token id the reporter already holds."""
+    if event.get("org") not in (org, None):
+        event = {k: v for k, v in event.items() if k not in _SUBJECT_FIELDS}
+    if event.get("actor_org") not in (org, None):
+        event = {k: v for k, v in event.items() if k not in _ACTOR_FIELDS}
+    return event
 
 
 def _parse_stream_id(stream_id: str) -> tuple[int, int]:
@@ -1613,7 +1714,7 @@ async def _revoke_leaked(context: AdminContext, runtime: Runtime, text: str) -> 
         updated = current.revoked(revoked_at, by, "leaked", level)
         return TokenEdit(updated, context.token_entry("token.leaked", updated, was_revoked=already))
 
-    result = await runtime.store.change_token(parsed.key_id, leaked)
+    result = await runtime.store.change_token(parsed.key_id, leaked, context.fence())
     if result is None:  # deleted meanwhile
         return {"token": parsed.display_prefix, "result": "unknown"}
     _, edit = result

@@ -123,20 +123,42 @@ def _meet(a: Scope, b: Scope) -> Scope | None:
     return Scope(LEVELS[min(a.rank, b.rank)], resource)
 
 
+def _levels(scopes: Iterable[Scope]) -> dict[str, int]:
+    """The highest rank held on each resource named (`*` included)."""
+    best: dict[str, int] = {}
+    for scope in scopes:
+        if scope.rank > best.get(scope.resource, -1):
+            best[scope.resource] = scope.rank
+    return best
+
+
+def _rank_on(levels: dict[str, int], resource: str) -> int:
+    """The highest rank `levels` covers on `resource` (-1: none): by name, or through `*`
+    unless the resource is reserved (see `Scope.covers`)."""
+    rank = levels.get(resource, -1)
+    if resource != "*" and resource not in RESERVED_RESOURCES:
+        rank = max(rank, levels.get("*", -1))
+    return rank
+
+
 def effective_scopes(token_scopes: Iterable[Scope], team_scopes: Iterable[Scope] | None) -> tuple[Scope, ...]:
-    """What the token can exercise today: maximal elements of token ∩ team."""
+    """What the token can exercise today: maximal elements of token ∩ team (the meets of
+    every pair, see `_meet`), computed per resource in time linear in the two lists: a list
+    page renders this for every row, and a token and a team may hold 100 scopes each."""
     token_scopes = tuple(token_scopes)
     if team_scopes is None:
         return token_scopes
-    team_scopes = tuple(team_scopes)
-    meets = {
-        m
-        for t in token_scopes
-        for p in team_scopes
-        if (m := _meet(t, p)) is not None and not is_org_power(m)
-    }
-    maximal = [m for m in meets if not any(o != m and o.covers(m) for o in meets)]
-    return tuple(sorted(maximal, key=lambda s: (s.resource, s.rank)))
+    token, team = _levels(token_scopes), _levels(team_scopes)
+    star = min(token.get("*", -1), team.get("*", -1))  # the meet on `*`, if any (-1: none)
+    result = [Scope(LEVELS[star], "*")] if star >= 0 else []
+    for resource in token.keys() | team.keys():
+        if resource == "*" or resource == ORG_RESOURCE:
+            continue  # `*` is above; nothing on the org resource is effective for a team token
+        rank = min(_rank_on(token, resource), _rank_on(team, resource))
+        if rank < 0 or (resource not in RESERVED_RESOURCES and rank <= star):
+            continue  # not held by both, or covered by the meet on `*`
+        result.append(Scope(LEVELS[rank], resource))
+    return tuple(sorted(result, key=lambda s: (s.resource, s.rank)))
 
 
 def ineffective_scopes(
@@ -145,8 +167,8 @@ def ineffective_scopes(
     """Token scopes the team does not fully hold (they grant less than asked, or nothing)."""
     if team_scopes is None:
         return ()
-    team = tuple(team_scopes)
-    return tuple(s for s in token_scopes if grants_org_power(s) or not covers(team, s))
+    team = _levels(team_scopes)
+    return tuple(s for s in token_scopes if grants_org_power(s) or _rank_on(team, s.resource) < s.rank)
 
 
 def format_scopes(scopes: Iterable[Scope]) -> list[str]:

@@ -871,7 +871,11 @@ class Store:
 
     # -- bounded pages and the token quota ------------------------------------------------
     async def create_token_in_quota(
-        self, token: TokenRecord, max_per_index: int, audit: AuditEntry | None = None
+        self,
+        token: TokenRecord,
+        max_per_index: int,
+        audit: AuditEntry | None = None,
+        fence: ActorFence | None = None,
     ) -> None:
         """`create_token`, refused with QuotaExceeded once the token's team (or, for an
         org-level token, the org level) holds `max_per_index` tokens of any status. The
@@ -881,11 +885,29 @@ class Store:
         await self.ensure_org(token.org)
         await self.index_token(token, max_per_index)
         key = Keys.token(token.id)
-        (created,) = await self._write_audited(
-            key, [("HSETNX", key, "data", orjson.dumps(token.to_json()))], audit
-        )
-        if not created:
-            raise Conflict("token id collision")
+        data = orjson.dumps(token.to_json())
+        try:
+            for _ in range(TRANSITION_ATTEMPTS):
+                actor_version = await self.fence_version(fence)
+                if not actor_version:
+                    (created,) = await self._write_audited(key, [("HSETNX", key, "data", data)], audit)
+                    break
+                keys = [key, Keys.token(fence.key_id)]  # type: ignore[union-attr]
+                if audit is not None:
+                    keys.append(Keys.audit)
+                args = [actor_version, data, audit.maxlen if audit else 0, audit.payload if audit else b""]
+                (created,) = await self._write(key, ("EVAL", _CREATE_FENCED, len(keys), *keys, *args))
+                if int(created) != _ACTOR_CHANGED:
+                    break
+            else:
+                raise StoreUnavailable(f"token {fence and fence.key_id} kept changing")
+            if not int(created):
+                raise Conflict("token id collision")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                if await self.get_token(token.id) is None:
+                    await self.unindex_token(token)  # not created: give the quota slot back
+            raise
 
     async def token_count(self, org: str, team: str | None) -> int:
         """Tokens (any status) a team, or the org level, holds: the quota's count."""
@@ -1006,11 +1028,16 @@ class Store:
     # second durable write after the change and before the response (see SECURITY.md).
 
     async def change_token(
-        self, key_id: str, decide: Callable[[TokenRecord], TokenEdit | None]
+        self,
+        key_id: str,
+        decide: Callable[[TokenRecord], TokenEdit | None],
+        fence: ActorFence | None = None,
     ) -> tuple[TokenRecord, TokenEdit | None] | None:
         """Apply `decide(current record)` atomically: (the record it was decided on, the edit
         that was written, None when `decide` chose to change nothing), or None when there
-        is no such token. `decide` may raise to refuse; it may be called more than once."""
+        is no such token. `decide` may raise to refuse; it may be called more than once.
+        With `fence`, the edit is written only while the acting token's record is the one
+        `fence.check` accepted (see ActorFence)."""
         key = Keys.token(key_id)
         for _ in range(TRANSITION_ATTEMPTS):
             raw, version = await self._call(lambda: self.client.hmget(key, ["data", "v"]))
@@ -1020,7 +1047,10 @@ class Store:
             edit = decide(record)
             if edit is None:
                 return record, None
+            actor_version = await self.fence_version(fence)
             keys = [key]
+            if actor_version:
+                keys.append(Keys.token(fence.key_id))  # type: ignore[union-attr]
             successor = b""
             if edit.successor is not None:
                 keys.append(Keys.token(edit.successor.id))
@@ -1034,6 +1064,7 @@ class Store:
                 audit.maxlen if audit else 0,
                 audit.payload if audit else b"",
                 successor,
+                actor_version,
             ]
             (outcome,) = await self._write(key, ("EVAL", _TRANSITION_SCRIPT, len(keys), *keys, *args))
             outcome = int(outcome)
@@ -1041,7 +1072,7 @@ class Store:
                 return None
             if outcome == _SUCCESSOR_EXISTS:
                 raise Conflict("token id collision")
-            if outcome == _STALE:
+            if outcome in (_STALE, _ACTOR_CHANGED):
                 continue
             if audit is not None and self.cluster:
                 await self._append_audit_durably(audit)
@@ -1051,6 +1082,19 @@ class Store:
             await self.publish(changed)
             return record, edit
         raise StoreUnavailable(f"token {key_id} kept changing under {TRANSITION_ATTEMPTS} attempts")
+
+    async def fence_version(self, fence: ActorFence | None) -> bytes:
+        """The acting token's record read fresh from the store (never a cache) and put to
+        `fence.check`, which raises unless it may still act; its version, for a script to
+        write only while the record is still that version (b"" without a fence, and in a
+        cluster, where the actor's record is in another slot: there this read, one round trip
+        before the write, is the check)."""
+        if fence is None:
+            return b""
+        key = Keys.token(fence.key_id)
+        raw, version = await self._call(lambda: self.client.hmget(key, ["data", "v"]))
+        fence.check(TokenRecord.from_json(orjson.loads(raw)) if raw else None)
+        return b"" if self.cluster else (version or b"0")
 
     async def index_token(self, token: TokenRecord, max_per_index: int | None = None) -> None:
         """The token's index entries (written before its record: see the module docstring):
@@ -1112,17 +1156,24 @@ class Store:
 
 # -- atomic token transitions (see Store.change_token) ----------------------------------------
 TRANSITION_ATTEMPTS = 50  # decisions re-taken on a record that keeps changing, then 503
-_GONE, _STALE, _SUCCESSOR_EXISTS = -1, -2, -3
+_GONE, _STALE, _SUCCESSOR_EXISTS, _ACTOR_CHANGED = -1, -2, -3, -4
 
-# KEYS[1] the record; then, if ARGV[5] is not empty, the successor's key (a rotation: same
-# slot); then, if given, the audit stream. ARGV: expected version, new data ('' deletes the
-# record), audit maxlen, audit event ('' none), successor data ('' none).
+# KEYS[1] the record; then, if ARGV[6] is not empty, the acting token's record (its fence);
+# then, if ARGV[5] is not empty, the successor's key (a rotation: same slot); then, if given,
+# the audit stream. ARGV: expected version, new data ('' deletes the record), audit maxlen,
+# audit event ('' none), successor data ('' none), the actor's expected version ('' none).
 _TRANSITION_SCRIPT = """
 local record = KEYS[1]
 if redis.call('EXISTS', record) == 0 then return -1 end
+local k = 2
+if ARGV[6] ~= '' then
+  if redis.call('EXISTS', KEYS[2]) == 0 or (redis.call('HGET', KEYS[2], 'v') or '0') ~= ARGV[6] then
+    return -4
+  end
+  k = 3
+end
 local version = redis.call('HGET', record, 'v') or '0'
 if version ~= ARGV[1] then return -2 end
-local k = 2
 if ARGV[5] ~= '' then
   if redis.call('EXISTS', KEYS[k]) == 1 then return -3 end
   redis.call('HSET', KEYS[k], 'data', ARGV[5])
@@ -1138,6 +1189,33 @@ if ARGV[4] ~= '' and KEYS[k] then
 end
 return 1
 """
+
+
+# A new token's record, written only while the acting token's record is still the version
+# its fence accepted. KEYS: the record, the actor's record, the audit stream (optional).
+# ARGV: the actor's expected version, data, audit maxlen, audit event ('' none).
+_CREATE_FENCED = """
+if redis.call('EXISTS', KEYS[2]) == 0 or (redis.call('HGET', KEYS[2], 'v') or '0') ~= ARGV[1] then
+  return -4
+end
+if redis.call('HSETNX', KEYS[1], 'data', ARGV[2]) == 0 then return 0 end
+if ARGV[4] ~= '' and KEYS[3] then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[4])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ActorFence:
+    """An admin change is written only while the token making it may still act: `check`
+    (raising to refuse) is given the acting token's record as the store has it just before
+    the write, and the write happens only if that record has not changed since (one script
+    on one server or Sentinel). A revocation confirmed before the write commits therefore
+    stops it, however long the change took to prepare (argon2, say)."""
+
+    key_id: str
+    check: Callable[[TokenRecord | None], None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,13 +23,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from admin.api import ENDPOINTS
-from gateway.app import VERIFY_PATH
-from gateway.decision import Principal
-from gateway.proxy import identity_headers
-from gateway.records import TokenRecord
-from gateway.scopes import parse_scopes
-from gateway.settings import Settings, load_settings, settings_from_dict
+from tokenward.api import ENDPOINTS
+from tokenward.gateway.app import VERIFY_PATH
+from tokenward.gateway.decision import Principal
+from tokenward.gateway.proxy import identity_headers
+from tokenward.gateway.records import TokenRecord
+from tokenward.gateway.scopes import parse_scopes
+from tokenward.gateway.settings import Settings, load_settings, settings_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -851,3 +851,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(str(exc))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+if __name__ == "__main__":  # `python -m tokenward.cli`, as `python -m tokenward`
+    main()

@@ -356,7 +356,8 @@ def test_dockerfile_agrees_with_the_config_and_the_code() -> None:
     # what `pip install .` needs is copied: pyproject.toml, its readme and its packages
     copied = {source for rest in dockerfile("COPY") for source in rest.split()[:-1]}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = {"pyproject.toml", project["project"]["readme"], *project["tool"]["setuptools"]["packages"]}
+    folders = project["tool"]["setuptools"]["package-dir"].values()  # tokenward <- admin/, ...
+    needed = {"pyproject.toml", project["project"]["readme"], *folders}
     assert needed <= copied, needed - copied
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text()
     for source in copied:

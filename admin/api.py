@@ -27,12 +27,12 @@ import orjson
 import structlog
 from aiohttp import web
 
-from admin import schema
-from gateway.app import REALM, RUNTIME, Runtime, error_response, request_id_for
-from gateway.audit import redact
-from gateway.decision import Denied, Principal, Throttled, bearer_token
-from gateway.durations import format_duration, parse_duration
-from gateway.records import (
+from tokenward import schema
+from tokenward.gateway.app import REALM, RUNTIME, Runtime, error_response, request_id_for
+from tokenward.gateway.audit import redact
+from tokenward.gateway.decision import Denied, Principal, Throttled, bearer_token
+from tokenward.gateway.durations import format_duration, parse_duration
+from tokenward.gateway.records import (
     ACTIVE,
     EXPIRED,
     FINAL_REASONS,
@@ -44,7 +44,7 @@ from gateway.records import (
     TokenRecord,
     revoker_rank,
 )
-from gateway.scopes import (
+from tokenward.gateway.scopes import (
     ADMIN_ORG,
     ADMIN_TEAM,
     Scope,
@@ -56,7 +56,7 @@ from gateway.scopes import (
     parse_scope,
     parse_scopes,
 )
-from gateway.store import (
+from tokenward.gateway.store import (
     ActorFence,
     AuditEntry,
     Conflict,
@@ -65,7 +65,7 @@ from gateway.store import (
     StoreUnavailable,
     TokenEdit,
 )
-from gateway.tokens import (
+from tokenward.gateway.tokens import (
     BASE62,
     KEY_ID_LEN,
     KEY_ID_RE,
@@ -75,7 +75,7 @@ from gateway.tokens import (
     new_check_key,
     secret_check,
 )
-from gateway.tokens import parse as parse_token
+from tokenward.gateway.tokens import parse as parse_token
 
 log = structlog.get_logger("tokenward.admin")
 MAX_BODY = 64 * 1024
@@ -178,7 +178,7 @@ def _forbid(message: str, scope: str | None = None) -> Denied:
 
 def is_org_admin(principal: Principal) -> bool:
     """An org-level token holding `admin:org` by name. A team-bound token never is one, whatever
-    its scopes or its team's permission set say (see `gateway.scopes`: no wildcard covers
+    its scopes or its team's permission set say (see `tokenward.gateway.scopes`: no wildcard covers
     `admin:org`, and nothing on the org resource is effective for a team token)."""
     return principal.token.team is None and principal.can(parse_scope(ADMIN_ORG))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import sys
 import time
@@ -23,8 +24,8 @@ from typing import Any, NoReturn
 
 import orjson
 
-from gateway.settings import ConfigError, LogSettings, Settings, load_settings
-from gateway.text import printable
+from tokenward.gateway.settings import ConfigError, LogSettings, Settings, load_settings
+from tokenward.gateway.text import printable
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
 
@@ -565,8 +566,8 @@ def _settings(path: str) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from gateway.audit import configure_logging
-    from gateway.server import run, supervise
+    from tokenward.gateway.audit import configure_logging
+    from tokenward.gateway.server import run, supervise
 
     settings = _settings(args.config)
     configure_logging(settings.log)
@@ -577,7 +578,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> None:
-    from gateway.explain import config_warnings
+    from tokenward.gateway.explain import config_warnings
 
     settings = _settings(args.file)
     for warning in config_warnings(settings):
@@ -586,8 +587,8 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from gateway.audit import configure_logging
-    from gateway.explain import explain_route, explain_token
+    from tokenward.gateway.audit import configure_logging
+    from tokenward.gateway.explain import explain_route, explain_token
 
     settings = _settings(args.config)
     configure_logging(LogSettings(level="warning", format=settings.log.format), sys.stderr)
@@ -606,9 +607,9 @@ def cmd_explain(args: argparse.Namespace) -> None:
 def cmd_bootstrap(args: argparse.Namespace) -> None:
     import re
 
-    from admin.schema import SLUG
-    from gateway.audit import configure_logging
-    from gateway.text import unprintable
+    from tokenward.gateway.audit import configure_logging
+    from tokenward.gateway.text import unprintable
+    from tokenward.schema import SLUG
 
     if not re.fullmatch(SLUG, args.org):
         fail(f"--org: {args.org!r} is not an org slug ({SLUG})")
@@ -624,11 +625,11 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
 
 
 async def _bootstrap(settings: Settings, org: str, name: str) -> tuple[str, str]:
-    from admin.api import issue_token
-    from gateway.app import Runtime
-    from gateway.records import TokenRecord
-    from gateway.scopes import parse_scopes
-    from gateway.store import AuditEntry
+    from tokenward.api import issue_token
+    from tokenward.gateway.app import Runtime
+    from tokenward.gateway.records import TokenRecord
+    from tokenward.gateway.scopes import parse_scopes
+    from tokenward.gateway.store import AuditEntry
 
     runtime = await Runtime.open(settings)
     fields: dict[str, Any] = {}
@@ -663,8 +664,8 @@ async def _bootstrap(settings: Settings, org: str, name: str) -> tuple[str, str]
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from admin.demo import run_demo
-    from gateway.audit import configure_logging
+    from tokenward.demo import run_demo
+    from tokenward.gateway.audit import configure_logging
 
     configure_logging(LogSettings(level=args.log_level, format="auto"), sys.stderr)
     try:
@@ -676,8 +677,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 # -- parser ------------------------------------------------------------------------------------
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's, through the package metadata)."""
+    try:
+        return importlib.metadata.version("tokenward")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenward", description="Service-token authentication gateway")
+    parser.add_argument("--version", action="version", version=f"tokenward {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway and the admin API")
@@ -851,3 +861,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(str(exc))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+if __name__ == "__main__":  # `python -m tokenward.cli`, as `python -m tokenward`
+    main()

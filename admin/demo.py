@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from gateway.settings import load_settings
+from tokenward.gateway.settings import load_settings
 
 DEMO_ORG = "acme"
 DEMO_TEAM = "platform"
@@ -144,11 +144,11 @@ def demo_config(data_dir: Path, port: int, admin_port: int, upstream_port: int) 
 async def run_demo(
     data_dir: Path, port: int, admin_port: int, upstream_port: int, once: bool = False
 ) -> None:
-    from admin.api import issue_token
-    from gateway.records import TeamRecord
-    from gateway.scopes import parse_scopes
-    from gateway.server import Server
-    from gateway.store import Conflict
+    from tokenward.api import issue_token
+    from tokenward.gateway.records import TeamRecord
+    from tokenward.gateway.scopes import parse_scopes
+    from tokenward.gateway.server import Server
+    from tokenward.gateway.store import Conflict
 
     data_dir.mkdir(parents=True, exist_ok=True)
     port, admin_port, upstream_port = (port_or_free(p) for p in (port, admin_port, upstream_port))

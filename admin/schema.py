@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.text import unprintable
+from tokenward.gateway.text import unprintable
 
 Schema = dict[str, Any]
 
@@ -115,7 +115,7 @@ def _join(where: str, key: str) -> str:
 
 
 # -- text people read in a terminal (issue 10, item 6) -------------------------------------
-#: A string keyword: every character must be printable (`gateway.text.unprintable`).
+#: A string keyword: every character must be printable (`tokenward.gateway.text.unprintable`).
 PRINTABLE = "x-printable"
 
 

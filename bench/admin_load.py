@@ -34,10 +34,11 @@ from typing import Any
 
 import aiohttp
 import orjson
-from admin.api import issue_token
-from gateway.records import TeamRecord, TokenRecord
-from gateway.scopes import parse_scopes
-from gateway.tokens import BASE62, KEY_ID_LEN, SECRET_LEN, secret_check
+
+from tokenward.api import issue_token
+from tokenward.gateway.records import TeamRecord, TokenRecord
+from tokenward.gateway.scopes import parse_scopes
+from tokenward.gateway.tokens import BASE62, KEY_ID_LEN, SECRET_LEN, secret_check
 
 from loadgen import Load, LoadGenerator, LoadResult, ensure_wrk
 from observe import expect_status, tokenward_counters

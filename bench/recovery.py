@@ -33,16 +33,16 @@ import aiohttp
 import redis
 from aiohttp import web
 
-from admin.api import issue_token
-from admin.demo import echo_app
-from gateway import store as store_module
-from gateway.audit import configure_logging
-from gateway.embedded import EmbeddedServer, free_port
-from gateway.records import TeamRecord
-from gateway.scopes import parse_scopes
-from gateway.server import Server
-from gateway.settings import LogSettings, settings_from_dict
-from gateway.tokens import generate
+from tokenward.api import issue_token
+from tokenward.demo import echo_app
+from tokenward.gateway import store as store_module
+from tokenward.gateway.audit import configure_logging
+from tokenward.gateway.embedded import EmbeddedServer, free_port
+from tokenward.gateway.records import TeamRecord
+from tokenward.gateway.scopes import parse_scopes
+from tokenward.gateway.server import Server
+from tokenward.gateway.settings import LogSettings, settings_from_dict
+from tokenward.gateway.tokens import generate
 
 APIS = "/orgs/acme/teams/platform/apis"
 CHEAP_ARGON2 = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}

@@ -28,7 +28,7 @@ import aiohttp
 import orjson
 import redis.asyncio as redis
 
-from gateway.settings import AuditSettings
+from tokenward.gateway.settings import AuditSettings
 
 from churn import POOL, Churn, ChurnCounts
 from loadgen import Load, LoadGenerator, LoadResult, ensure_wrk, wrk_version

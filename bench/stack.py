@@ -15,14 +15,14 @@ from typing import IO, Any
 
 import yaml
 
-from admin.api import issue_token
-from gateway.audit import configure_logging
-from gateway.embedded import EmbeddedServer
-from gateway.records import TeamRecord
-from gateway.scopes import parse_scopes
-from gateway.server import Server
-from gateway.settings import LogSettings, settings_from_dict
-from gateway.tokens import BASE62, SECRET_LEN, checksum
+from tokenward.api import issue_token
+from tokenward.gateway.audit import configure_logging
+from tokenward.gateway.embedded import EmbeddedServer
+from tokenward.gateway.records import TeamRecord
+from tokenward.gateway.scopes import parse_scopes
+from tokenward.gateway.server import Server
+from tokenward.gateway.settings import LogSettings, settings_from_dict
+from tokenward.gateway.tokens import BASE62, SECRET_LEN, checksum
 
 from services import (
     BENCH,

@@ -20,9 +20,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from gateway.audit import AuditLog, redact
-from gateway.cache import ChangeListener, VerificationCache
-from gateway.decision import (
+from tokenward.gateway.audit import AuditLog, redact
+from tokenward.gateway.cache import ChangeListener, VerificationCache
+from tokenward.gateway.decision import (
     STEP_CREDENTIAL,
     STEP_PATH,
     STEP_ROUTE,
@@ -32,10 +32,10 @@ from gateway.decision import (
     authorize,
     bearer_token,
 )
-from gateway.embedded import EmbeddedServer
-from gateway.metrics import Metrics
-from gateway.paths import PathError, Target, parse_target
-from gateway.proxy import (
+from tokenward.gateway.embedded import EmbeddedServer
+from tokenward.gateway.metrics import Metrics
+from tokenward.gateway.paths import PathError, Target, parse_target
+from tokenward.gateway.proxy import (
     ClientBodyError,
     Delivery,
     Forwarder,
@@ -44,11 +44,11 @@ from gateway.proxy import (
     identity_headers,
     is_trusted,
 )
-from gateway.routes import HTTP_METHODS
-from gateway.settings import IPNetwork, Limits, Settings, Upstream
-from gateway.store import Store, connect
-from gateway.tokens import SecretHasher
-from gateway.tunnel import Tunnel, TunnelWatch, is_websocket_upgrade
+from tokenward.gateway.routes import HTTP_METHODS
+from tokenward.gateway.settings import IPNetwork, Limits, Settings, Upstream
+from tokenward.gateway.store import Store, connect
+from tokenward.gateway.tokens import SecretHasher
+from tokenward.gateway.tunnel import Tunnel, TunnelWatch, is_websocket_upgrade
 
 log = structlog.get_logger("tokenward")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
@@ -139,7 +139,7 @@ class Runtime:
         """Swap in routes, upstreams and policies from `path` atomically; keep the old
         settings (and log every problem) when the file is bad. Requests in flight finish on
         the settings they started with."""
-        from gateway.settings import ConfigError, load_settings
+        from tokenward.gateway.settings import ConfigError, load_settings
 
         try:
             new = load_settings(path)

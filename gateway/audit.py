@@ -29,10 +29,10 @@ from typing import Any
 import orjson
 import structlog
 
-from gateway.aio import cancel_and_wait
-from gateway.settings import LogSettings
-from gateway.store import AUDIT_BATCH, Store, StoreUnavailable
-from gateway.text import printable
+from tokenward.gateway.aio import cancel_and_wait
+from tokenward.gateway.settings import LogSettings
+from tokenward.gateway.store import AUDIT_BATCH, Store, StoreUnavailable
+from tokenward.gateway.text import printable
 
 LABEL = "[Service Token]"
 # Where JSON log lines go when logging is JSON (None: pretty console, through structlog);

@@ -26,9 +26,9 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from gateway.aio import cancel_and_wait
-from gateway.records import TeamRecord, TokenRecord
-from gateway.store import Change, Store, StoreUnavailable
+from tokenward.gateway.aio import cancel_and_wait
+from tokenward.gateway.records import TeamRecord, TokenRecord
+from tokenward.gateway.store import Change, Store, StoreUnavailable
 
 K = TypeVar("K")
 V = TypeVar("V")

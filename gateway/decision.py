@@ -22,12 +22,12 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
-from gateway import tokens
-from gateway.cache import VerificationCache
-from gateway.records import EXPIRED, REVOKED, TeamRecord, TokenRecord
-from gateway.routes import Match
-from gateway.scopes import Scope, effective_covers, effective_scopes, parse_scopes
-from gateway.store import Store, StoreUnavailable, now
+from tokenward.gateway import tokens
+from tokenward.gateway.cache import VerificationCache
+from tokenward.gateway.records import EXPIRED, REVOKED, TeamRecord, TokenRecord
+from tokenward.gateway.routes import Match
+from tokenward.gateway.scopes import Scope, effective_covers, effective_scopes, parse_scopes
+from tokenward.gateway.store import Store, StoreUnavailable, now
 
 T = TypeVar("T")
 

@@ -4,10 +4,10 @@ Both use the gateway's own code (canonical path, router, authenticator, authoriz
 
 from __future__ import annotations
 
-from gateway.decision import Denied, authorize
-from gateway.paths import PathError, parse_target
-from gateway.routes import LITERAL, PARAM, TAIL, Route, fold, methods_overlap
-from gateway.settings import Settings
+from tokenward.gateway.decision import Denied, authorize
+from tokenward.gateway.paths import PathError, parse_target
+from tokenward.gateway.routes import LITERAL, PARAM, TAIL, Route, fold, methods_overlap
+from tokenward.gateway.settings import Settings
 
 
 def _shapes_overlap(a: Route, b: Route) -> bool:
@@ -166,8 +166,8 @@ def explain_route(settings: Settings, method: str, raw_path: str) -> tuple[list[
 
 async def explain_token(settings: Settings, match: object, token: str) -> list[str]:
     """Run steps 2–8 for `token` against the real store."""
-    from gateway.app import Runtime
-    from gateway.routes import Match
+    from tokenward.gateway.app import Runtime
+    from tokenward.gateway.routes import Match
 
     assert isinstance(match, Match)
     if match.route.public:

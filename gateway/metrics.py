@@ -18,13 +18,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.aio import cancel_and_wait
-from gateway.audit import log_dropped
-from gateway.records import ACTIVE
-from gateway.store import StoreUnavailable
+from tokenward.gateway.aio import cancel_and_wait
+from tokenward.gateway.audit import log_dropped
+from tokenward.gateway.records import ACTIVE
+from tokenward.gateway.store import StoreUnavailable
 
 if TYPE_CHECKING:
-    from gateway.app import Runtime
+    from tokenward.gateway.app import Runtime
 
 EXPIRY_WINDOW = 14 * 86400
 

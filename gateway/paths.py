@@ -28,7 +28,7 @@ import functools
 import unicodedata
 from dataclasses import dataclass
 
-from gateway.forms import query_has_override
+from tokenward.gateway.forms import query_has_override
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")

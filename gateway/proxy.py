@@ -24,11 +24,18 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Histogram
 
-from gateway.decision import Principal
-from gateway.forms import BodyScanner, OverrideFound, body_scanner
-from gateway.scopes import format_scopes
-from gateway.settings import IPNetwork, Settings, Upstream
-from gateway.upstream import IDEMPOTENT, Connection, Pool, UpstreamFailed, decode_header, request_head
+from tokenward.gateway.decision import Principal
+from tokenward.gateway.forms import BodyScanner, OverrideFound, body_scanner
+from tokenward.gateway.scopes import format_scopes
+from tokenward.gateway.settings import IPNetwork, Settings, Upstream
+from tokenward.gateway.upstream import (
+    IDEMPOTENT,
+    Connection,
+    Pool,
+    UpstreamFailed,
+    decode_header,
+    request_head,
+)
 
 HOP_BY_HOP = frozenset(
     {

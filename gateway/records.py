@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway.scopes import Scope, format_scopes, parse_scopes
+from tokenward.gateway.scopes import Scope, format_scopes, parse_scopes
 
 ACTIVE, REVOKED, EXPIRED = "active", "revoked", "expired"
 

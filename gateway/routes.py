@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from gateway.paths import PathError, canonical_path
-from gateway.scopes import Scope
+from tokenward.gateway.paths import PathError, canonical_path
+from tokenward.gateway.scopes import Scope
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _PARAM = re.compile(r"^\{([a-z_][a-z0-9_]*)(:\*)?\}\Z")

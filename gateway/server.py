@@ -18,10 +18,10 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.aio import cancel_and_wait
-from gateway.app import HeadDeadlineHandler, Runtime, create_proxy_server
-from gateway.embedded import EmbeddedServer, EmbeddedStoreError
-from gateway.settings import Settings
+from tokenward.gateway.aio import cancel_and_wait
+from tokenward.gateway.app import HeadDeadlineHandler, Runtime, create_proxy_server
+from tokenward.gateway.embedded import EmbeddedServer, EmbeddedStoreError
+from tokenward.gateway.settings import Settings
 
 log = structlog.get_logger("tokenward")
 
@@ -90,7 +90,7 @@ class Server:
             raise
 
     async def _start(self) -> Runtime:
-        from admin.api import create_admin_app  # admin depends on gateway, not the reverse
+        from tokenward.api import create_admin_app  # admin depends on gateway, not the reverse
 
         require_c_parser(self.settings.allow_python_parser)
         runtime = await Runtime.open(self.settings, self.redis_url)
@@ -352,8 +352,8 @@ def _worker_main(
 ) -> None:
     """Entry point of one worker process (spawned, so it starts clean)."""
     die_with_parent(parent)
-    from gateway.audit import configure_logging
-    from gateway.settings import load_settings
+    from tokenward.gateway.audit import configure_logging
+    from tokenward.gateway.settings import load_settings
 
     settings = load_settings(config_path)
     configure_logging(settings.log)

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.durations import parse_duration
-from gateway.routes import (
+from tokenward.gateway.durations import parse_duration
+from tokenward.gateway.routes import (
     HTTP_METHODS,
     Route,
     Router,
@@ -26,8 +26,8 @@ from gateway.routes import (
     find_conflicts,
     parse_template,
 )
-from gateway.scopes import ScopeError, parse_scope
-from gateway.tokens import valid_prefix
+from tokenward.gateway.scopes import ScopeError, parse_scope
+from tokenward.gateway.tokens import valid_prefix
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*\Z")

@@ -37,8 +37,8 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 
-from gateway.records import ServiceAccountRecord, TeamRecord, TokenRecord
-from gateway.settings import RedisSettings
+from tokenward.gateway.records import ServiceAccountRecord, TeamRecord, TokenRecord
+from tokenward.gateway.settings import RedisSettings
 
 T = TypeVar("T")
 log = structlog.get_logger("tokenward.store")

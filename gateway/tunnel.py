@@ -13,10 +13,10 @@ from typing import Any, cast
 import structlog
 from aiohttp import web
 
-from gateway.aio import cancel_and_wait
-from gateway.cache import VerificationCache
-from gateway.decision import Denied
-from gateway.upstream import Connection
+from tokenward.gateway.aio import cancel_and_wait
+from tokenward.gateway.cache import VerificationCache
+from tokenward.gateway.decision import Denied
+from tokenward.gateway.upstream import Connection
 
 log = structlog.get_logger("tokenward.tunnel")
 

@@ -23,7 +23,7 @@ from typing import cast
 import httptools
 from yarl import URL
 
-from gateway.settings import Upstream
+from tokenward.gateway.settings import Upstream
 
 IDLE_SECONDS = 15.0  # close a pooled connection idle this long
 BODY_REUSE_SECONDS = 1.0  # a request that can't be retried gets a fresh connection if the pooled one idled longer

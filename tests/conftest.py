@@ -19,15 +19,15 @@ import pytest
 import redis
 from aiohttp import web
 
-from admin.api import issue_token
-from admin.demo import echo_app
-from gateway.app import Runtime
-from gateway.audit import configure_logging
-from gateway.embedded import EmbeddedServer, free_port
-from gateway.records import TeamRecord
-from gateway.scopes import parse_scopes
-from gateway.server import Server
-from gateway.settings import LogSettings, Settings, settings_from_dict
+from tokenward.api import issue_token
+from tokenward.demo import echo_app
+from tokenward.gateway.app import Runtime
+from tokenward.gateway.audit import configure_logging
+from tokenward.gateway.embedded import EmbeddedServer, free_port
+from tokenward.gateway.records import TeamRecord
+from tokenward.gateway.scopes import parse_scopes
+from tokenward.gateway.server import Server
+from tokenward.gateway.settings import LogSettings, Settings, settings_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 CHEAP_ARGON2 = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
@@ -216,7 +216,7 @@ def env_for_subprocess() -> dict[str, str]:
     return env
 
 
-CLI = [sys.executable, "-c", "from admin.cli import main; main()"]
+CLI = [sys.executable, "-c", "from tokenward.cli import main; main()"]
 
 
 @dataclass

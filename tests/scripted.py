@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.embedded import free_port
+from tokenward.gateway.embedded import free_port
 
 Reply = Callable[["Seen", asyncio.StreamWriter], Awaitable[None]]
 

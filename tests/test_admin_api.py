@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from admin.api import create_admin_app, openapi_document
 from tests.conftest import Gateway, LogReader
+from tokenward.api import create_admin_app, openapi_document
 
 TEAMS = "/v1/orgs/acme/teams"
 TOKENS = "/v1/orgs/acme/teams/platform/tokens"

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from admin.api import issue_token
-from gateway.records import TeamRecord
-from gateway.scopes import (
+from tests.conftest import Gateway
+from tokenward.api import issue_token
+from tokenward.gateway.records import TeamRecord
+from tokenward.gateway.scopes import (
     LEVELS,
     Scope,
     covers,
@@ -28,7 +29,6 @@ from gateway.scopes import (
     parse_scope,
     parse_scopes,
 )
-from tests.conftest import Gateway
 
 ORG = "/v1/orgs/acme"
 TEAMS = f"{ORG}/teams"
@@ -59,7 +59,7 @@ def test_only_a_named_org_scope_covers_an_org_power(scope: Scope) -> None:
         assert scope.covers(Scope(level, "org")) is (
             scope.resource == "org" and scope.rank >= LEVELS.index(level)
         )
-    from gateway.scopes import grants_org_power  # here, so the module imports on older code
+    from tokenward.gateway.scopes import grants_org_power  # here, so the module imports on older code
 
     assert grants_org_power(scope) is (scope.resource == "org")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import redis
 
-from gateway.store import Keys
 from tests.conftest import Gateway
+from tokenward.gateway.store import Keys
 
 
 async def wait_for(condition: Callable[[], bool]) -> None:

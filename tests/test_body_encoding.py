@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from gateway.embedded import free_port
 from tests.conftest import Gateway
 from tests.test_hardening import APIS, hardening_config, raw, request
+from tokenward.gateway.embedded import free_port
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 

@@ -10,13 +10,13 @@ from typing import Any
 
 import redis
 
-from gateway.cache import VerificationCache
-from gateway.decision import FailureThrottle
-from gateway.records import TokenRecord
-from gateway.scopes import parse_scopes
-from gateway.store import Change
-from gateway.tokens import checksum, generate
 from tests.conftest import Gateway
+from tokenward.gateway.cache import VerificationCache
+from tokenward.gateway.decision import FailureThrottle
+from tokenward.gateway.records import TokenRecord
+from tokenward.gateway.scopes import parse_scopes
+from tokenward.gateway.store import Change
+from tokenward.gateway.tokens import checksum, generate
 
 APIS = "/orgs/acme/teams/platform/apis"
 

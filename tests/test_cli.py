@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from admin.cli import humanize_ago, table
 from tests.conftest import ROOT, Gateway, env_for_subprocess
+from tokenward.cli import humanize_ago, table
 
-CLI = [sys.executable, "-c", "from admin.cli import main; main()"]
+CLI = [sys.executable, "-c", "from tokenward.cli import main; main()"]
 
 
 async def run_cli(
@@ -189,8 +189,8 @@ async def test_bootstrap_on_the_embedded_store(tmp_path: Path, upstream: int) ->
     code, out, err = await run_cli("admin", "bootstrap", "--config", str(path), "--org", "acme")
     assert code == 0 and "Copy this token now" in out
     # the embedded store persisted both: serve on the same data dir and use the first token
-    from gateway.app import Runtime
-    from gateway.settings import load_settings
+    from tokenward.gateway.app import Runtime
+    from tokenward.gateway.settings import load_settings
 
     runtime = await Runtime.open(load_settings(path))
     try:
@@ -215,7 +215,7 @@ async def test_config_check_reports_problems(tmp_path: Path) -> None:
 
 
 async def test_demo_prints_tokens_and_curl_lines(tmp_path: Path) -> None:
-    from gateway.embedded import free_port
+    from tokenward.gateway.embedded import free_port
 
     ports = [str(free_port()) for _ in range(3)]
     code, out, err = await run_cli(
@@ -558,7 +558,7 @@ async def test_audit(gateway: Gateway, platform: dict[str, str]) -> None:
 
 
 async def test_leaks_report(gateway: Gateway, platform: dict[str, str]) -> None:
-    from gateway.tokens import generate
+    from tokenward.gateway.tokens import generate
 
     env = platform
     leaked = await create(env, "leaky")

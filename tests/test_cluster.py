@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from gateway.settings import ClusterSettings, RedisSettings
-from gateway.store import Change, Keys, Store, connect
 from tests import test_admin_api, test_lifecycle, test_lifecycle_races
 from tests.conftest import Gateway
 from tests.topology import Cluster, Drill, drill_config, raw, start_gateway, stop_gateway
+from tokenward.gateway.settings import ClusterSettings, RedisSettings
+from tokenward.gateway.store import Change, Keys, Store, connect
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ async def test_last_used_audit_and_metrics_on_a_cluster(cluster_gateway: Gateway
     for _, kid in tokens:
         assert await gw.runtime.store.last_used(kid) is not None
     assert len(await gw.runtime.store.read_audit(count=1000)) >= 20
-    from gateway.metrics import count_expiring
+    from tokenward.gateway.metrics import count_expiring
 
     assert await count_expiring(gw.runtime) == 20
 
@@ -166,8 +166,8 @@ async def test_durable_write_waits_for_the_replica(cluster: Cluster) -> None:
     store = cluster_store(cluster)
     await store.check_durability()
     try:
-        from gateway.records import TeamRecord
-        from gateway.scopes import parse_scopes
+        from tokenward.gateway.records import TeamRecord
+        from tokenward.gateway.scopes import parse_scopes
 
         for i in range(20):
             team = TeamRecord("durable", f"t{i}", parse_scopes(["read:apis"]), time.time(), "test")

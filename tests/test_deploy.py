@@ -23,13 +23,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from admin.api import ENDPOINTS
-from gateway.app import VERIFY_PATH
-from gateway.decision import Principal
-from gateway.proxy import identity_headers
-from gateway.records import TokenRecord
-from gateway.scopes import parse_scopes
-from gateway.settings import Settings, load_settings, settings_from_dict
+from tokenward.api import ENDPOINTS
+from tokenward.gateway.app import VERIFY_PATH
+from tokenward.gateway.decision import Principal
+from tokenward.gateway.proxy import identity_headers
+from tokenward.gateway.records import TokenRecord
+from tokenward.gateway.scopes import parse_scopes
+from tokenward.gateway.settings import Settings, load_settings, settings_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -356,7 +356,8 @@ def test_dockerfile_agrees_with_the_config_and_the_code() -> None:
     # what `pip install .` needs is copied: pyproject.toml, its readme and its packages
     copied = {source for rest in dockerfile("COPY") for source in rest.split()[:-1]}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = {"pyproject.toml", project["project"]["readme"], *project["tool"]["setuptools"]["packages"]}
+    folders = project["tool"]["setuptools"]["package-dir"].values()  # tokenward <- admin/, ...
+    needed = {"pyproject.toml", project["project"]["readme"], *folders}
     assert needed <= copied, needed - copied
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text()
     for source in copied:

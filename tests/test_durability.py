@@ -10,14 +10,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from admin.api import issue_token
-from gateway.app import Runtime
-from gateway.embedded import EmbeddedServer, free_port
-from gateway.records import TeamRecord
-from gateway.scopes import parse_scopes
-from gateway.settings import settings_from_dict
-from gateway.store import Store
 from tests.conftest import base_config
+from tokenward.api import issue_token
+from tokenward.gateway.app import Runtime
+from tokenward.gateway.embedded import EmbeddedServer, free_port
+from tokenward.gateway.records import TeamRecord
+from tokenward.gateway.scopes import parse_scopes
+from tokenward.gateway.settings import settings_from_dict
+from tokenward.gateway.store import Store
 
 
 async def test_1000_tokens_survive_kill_9_of_the_store(tmp_path: Path) -> None:

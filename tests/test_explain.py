@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from gateway.explain import config_warnings, explain_route, explain_token
-from gateway.settings import settings_from_dict
 from tests.conftest import ROOT, Gateway, base_config, env_for_subprocess
+from tokenward.gateway.explain import config_warnings, explain_route, explain_token
+from tokenward.gateway.settings import settings_from_dict
 
 
 def test_warnings() -> None:
@@ -69,7 +69,7 @@ def test_explain_cli(tmp_path: Path) -> None:
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(base_config(9)))
-    cli = [sys.executable, "-c", "from admin.cli import main; main()", "config", "explain"]
+    cli = [sys.executable, "-c", "from tokenward.cli import main; main()", "config", "explain"]
     ok = subprocess.run(
         [*cli, "GET", "/health", "--config", str(path)],
         cwd=ROOT,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.embedded import free_port
 from tests.conftest import Gateway, LogReader
+from tokenward.gateway.embedded import free_port
 
 APIS = "/orgs/acme/teams/platform/apis"
 VERIFY = "/_tokenward/verify"
@@ -134,7 +134,7 @@ def test_client_address() -> None:
 
     from aiohttp.test_utils import make_mocked_request
 
-    from gateway.proxy import client_address
+    from tokenward.gateway.proxy import client_address
 
     trusted = (ipaddress.ip_network("10.0.0.0/8"),)
 

@@ -19,13 +19,13 @@ import aiohttp
 import orjson
 import yaml
 
-from gateway.embedded import free_port
 from tests import test_nginx
 from tests.conftest import ROOT, base_config, env_for_subprocess
 from tests.test_nginx import IDENTITY, nginx_command, render_nginx_conf, stop, wait_http
+from tokenward.gateway.embedded import free_port
 
 DEPLOY = ROOT / "deploy"
-CLI = [sys.executable, "-c", "from admin.cli import main; main()"]
+CLI = [sys.executable, "-c", "from tokenward.cli import main; main()"]
 APIS = "/orgs/acme/teams/platform/apis"
 
 # fixtures shared with test_nginx

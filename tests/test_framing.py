@@ -16,12 +16,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.embedded import free_port
-from gateway.tunnel import TunnelWatch
 from tests.conftest import Gateway, base_config
 from tests.scripted import OK, ScriptedUpstream, Seen, send
 from tests.test_upstream import get
 from tests.test_websocket import EVENTS, with_events
+from tokenward.gateway.embedded import free_port
+from tokenward.gateway.tunnel import TunnelWatch
 
 Start = Callable[..., Awaitable[Gateway]]
 

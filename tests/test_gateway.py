@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.embedded import EmbeddedServer, free_port
-from gateway.tokens import generate
 from tests.conftest import Gateway, LogReader
+from tokenward.gateway.embedded import EmbeddedServer, free_port
+from tokenward.gateway.tokens import generate
 
 APIS = "/orgs/acme/teams/platform/apis"
 
@@ -106,7 +106,7 @@ async def test_unknown_id_and_wrong_secret_look_the_same(platform: Gateway) -> N
     token, _ = await platform.token("platform", ["read:apis"])
     unknown, _ = generate("tw_sat")  # well-formed, valid checksum, never stored
     # same key id, different secret, recomputed checksum
-    from gateway.tokens import checksum
+    from tokenward.gateway.tokens import checksum
 
     head = token[: -6 - 32] + "x" * 32
     wrong_secret = head + checksum(head)
@@ -206,7 +206,7 @@ async def test_team_permission_change_applies_on_next_request(platform: Gateway)
     assert team is not None
     from dataclasses import replace
 
-    from gateway.scopes import parse_scopes
+    from tokenward.gateway.scopes import parse_scopes
 
     await platform.runtime.store.put_team(replace(team, permissions=parse_scopes(["write:specs"])))
     assert (await call(platform, "POST", spec, token))[0] == 200

@@ -148,7 +148,7 @@ async def test_a_slow_response_is_not_cut_by_the_head_deadline(
     header_timeout still gets its answer through, and the connection serves the next one."""
     from aiohttp import web
 
-    from gateway.embedded import free_port
+    from tokenward.gateway.embedded import free_port
 
     async def slow(request: web.BaseRequest) -> web.Response:
         await asyncio.sleep(2.5)

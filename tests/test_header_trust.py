@@ -20,10 +20,10 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.settings import ConfigError, settings_from_dict
 from tests import test_hardening
 from tests.conftest import Gateway, LogReader
 from tests.test_hardening import APIS, Recorder, hardening_config, raw, request
+from tokenward.gateway.settings import ConfigError, settings_from_dict
 
 # Never forwarded, from anyone (identity of other authenticating proxies; path/method restatements).
 NEVER = [

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from gateway.embedded import free_port
-from gateway.upstream import BODY_REUSE_SECONDS
 from tests.conftest import ROOT, Gateway
 from tests.scripted import OK, send
+from tokenward.gateway.embedded import free_port
+from tokenward.gateway.upstream import BODY_REUSE_SECONDS
 
 PATH = "/orgs/org/teams/team/apis"
 

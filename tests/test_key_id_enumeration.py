@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-import gateway.tokens
-from gateway.embedded import EmbeddedServer, free_port
-from gateway.tokens import BASE62, SECRET_LEN, checksum, generate
+import tokenward.gateway.tokens
 from tests.conftest import Gateway
+from tokenward.gateway.embedded import EmbeddedServer, free_port
+from tokenward.gateway.tokens import BASE62, SECRET_LEN, checksum, generate
 
 APIS = "/orgs/acme/teams/platform/apis"
 
@@ -46,7 +46,7 @@ class Work:
         self.reads = 0
         self.checks = 0
         store = gw.runtime.store
-        real_get, real_check = store.get_token, gateway.tokens.secret_check
+        real_get, real_check = store.get_token, tokenward.gateway.tokens.secret_check
 
         async def get_token(key_id: str) -> Any:
             self.reads += 1
@@ -57,7 +57,7 @@ class Work:
             return real_check(*args)
 
         monkeypatch.setattr(store, "get_token", get_token)
-        monkeypatch.setattr(gateway.tokens, "secret_check", secret_check)
+        monkeypatch.setattr(tokenward.gateway.tokens, "secret_check", secret_check)
 
     def take(self) -> tuple[int, int]:
         counted = (self.reads, self.checks)

@@ -216,7 +216,7 @@ async def test_audit_endpoint(gateway: Gateway, org_admin: str) -> None:
 
 async def test_leak_reports_revoke_valid_tokens(gateway: Gateway, org_admin: str, logs: Any) -> None:
     created = await issue(gateway, org_admin, name="leaky")
-    from gateway.tokens import generate
+    from tokenward.gateway.tokens import generate
 
     unknown, _ = generate("tw_sat")
     status, body, _ = await admin(

@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 import pytest
 
-import admin.api
-from gateway.records import TokenRecord
-from gateway.scopes import parse_scopes
-from gateway.store import Keys
-from gateway.tokens import KEY_ID_LEN, ParsedToken, checksum, generate, secret_check
+import tokenward.api
 from tests.conftest import Gateway
+from tokenward.gateway.records import TokenRecord
+from tokenward.gateway.scopes import parse_scopes
+from tokenward.gateway.store import Keys
+from tokenward.gateway.tokens import KEY_ID_LEN, ParsedToken, checksum, generate, secret_check
 
 APIS = "/orgs/acme/teams/platform/apis"
 PREFIX = "tw_sat"
@@ -191,7 +191,7 @@ async def test_secrets_crafted_against_the_old_check_cost_nothing_on_new_tokens(
         kid, real, _ = next(chosen)
         return token_for(kid, real), ParsedToken(prefix, kid, real)
 
-    monkeypatch.setattr(admin.api, "generate", generate_chosen)
+    monkeypatch.setattr(tokenward.api, "generate", generate_chosen)
     issued = [await gw.token("platform", ["read:apis"]) for _ in pairs]
     assert [kid for _, kid in issued] == [kid for kid, _, _ in pairs]
     auth = gw.runtime.authenticator
@@ -276,7 +276,7 @@ def test_legacy_check_matches_the_modules_legacy_scheme() -> None:
 
 
 async def test_the_gate_serves_clean_key_ids_first_and_keeps_a_slot_for_them() -> None:
-    from gateway.decision import CLEAN, CLEAN_LEGACY, SUSPECT, PriorityGate
+    from tokenward.gateway.decision import CLEAN, CLEAN_LEGACY, SUSPECT, PriorityGate
 
     gate = PriorityGate(2, reserved=1, reserved_for=CLEAN)
     order: list[str] = []

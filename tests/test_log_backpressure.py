@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.audit import LogWriter
 from tests.conftest import CLI, ROOT, bootstrap_admin, env_for_subprocess, serve_config
 from tests.test_serve_process import wait_ready
+from tokenward.gateway.audit import LogWriter
 
 F_SETPIPE_SZ = 1031
 

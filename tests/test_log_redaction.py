@@ -13,11 +13,11 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from gateway.audit import REDACTED, redact
-from gateway.store import Keys
 from tests import test_hardening
 from tests.conftest import Gateway, LogReader
 from tests.test_hardening import APIS, Recorder, hardening_config, raw, request
+from tokenward.gateway.audit import REDACTED, redact
+from tokenward.gateway.store import Keys
 
 recorder = test_hardening.recorder  # the recording upstream fixture
 

@@ -43,7 +43,7 @@ async def test_metrics(gateway: Gateway) -> None:
     await asyncio.sleep(0.1)
     await gateway.runtime.metrics.stop()
     gateway.runtime.metrics.expiring_tokens = 0
-    from gateway.metrics import count_expiring
+    from tokenward.gateway.metrics import count_expiring
 
     assert await count_expiring(gateway.runtime) == 0  # the only token is revoked
     samples = await scrape(gateway)
@@ -71,7 +71,7 @@ async def test_metrics(gateway: Gateway) -> None:
 async def test_expiring_tokens_gauge(gateway: Gateway) -> None:
     import time
 
-    from gateway.metrics import count_expiring
+    from tokenward.gateway.metrics import count_expiring
 
     await gateway.team("platform", ["read:apis"])
     await gateway.token("platform", ["read:apis"], expires_at=time.time() + 3 * 86400)

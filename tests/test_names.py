@@ -19,11 +19,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from admin.api import issue_token
-from admin.cli import main
-from gateway.records import ServiceAccountRecord, TeamRecord
-from gateway.scopes import parse_scopes
 from tests.conftest import Gateway
+from tokenward.api import issue_token
+from tokenward.cli import main
+from tokenward.gateway.records import ServiceAccountRecord, TeamRecord
+from tokenward.gateway.scopes import parse_scopes
 
 TEAMS = "/v1/orgs/acme/teams"
 TOKENS = f"{TEAMS}/platform/tokens"
@@ -129,7 +129,7 @@ async def test_api_accepts_printable_names_in_any_script(gateway: Gateway, org_a
 
 @given(st.text(max_size=30))
 def test_schema_accepts_exactly_printable_text(text: str) -> None:
-    from admin import schema
+    from tokenward import schema
 
     name = schema.TOKEN_CREATE["properties"]["description"]
     try:
@@ -143,7 +143,7 @@ def test_schema_accepts_exactly_printable_text(text: str) -> None:
 
 # ------------------------------------------------------------------------------ the CLI escapes
 def test_printable_escapes_every_unprintable_character() -> None:
-    from gateway.text import printable
+    from tokenward.gateway.text import printable
 
     for text in [*HOSTILE.values(), *FINE]:
         shown = printable(text)
@@ -159,7 +159,7 @@ def test_printable_escapes_every_unprintable_character() -> None:
 
 @given(st.text())
 def test_printable_is_total(text: str) -> None:
-    from gateway.text import printable
+    from tokenward.gateway.text import printable
 
     no_raw_unprintable(printable(text))
 
@@ -247,7 +247,7 @@ async def test_cli_output_never_carries_raw_control_characters(
 
 
 def test_json_output_round_trips_every_character() -> None:
-    from admin.cli import _json_text
+    from tokenward.cli import _json_text
 
     everything = (
         "".join(chr(c) for c in range(0x0, 0x3000) if not 0xD800 <= c < 0xE000) + "\U000e0041\U0001f680"
@@ -281,8 +281,8 @@ def test_console_log_escapes_values() -> None:
 
     code = (
         "import io\n"
-        "from gateway.audit import configure_logging, AuditLog\n"
-        "from gateway.settings import LogSettings\n"
+        "from tokenward.gateway.audit import configure_logging, AuditLog\n"
+        "from tokenward.gateway.settings import LogSettings\n"
         "s = io.StringIO()\n"
         "configure_logging(LogSettings(level='info', format='console'), s)\n"
         "AuditLog(None, 10).emit('token.created', token_name='a\\x1b]0;x\\x07\\u202eb')\n"

@@ -27,12 +27,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from admin.demo import echo_app
-from gateway.embedded import free_port
 from tests.conftest import ROOT, base_config, env_for_subprocess
+from tokenward.demo import echo_app
+from tokenward.gateway.embedded import free_port
 
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
-CLI = [sys.executable, "-c", "from admin.cli import main; main()"]
+CLI = [sys.executable, "-c", "from tokenward.cli import main; main()"]
 APIS = "/orgs/acme/teams/platform/apis"
 IDENTITY = (
     "X-Tokenward-Token-Id",
@@ -131,7 +131,7 @@ def nginx_command(nginx: str, conf: Path, workdir: Path, *, test: bool = False) 
 
 @pytest.fixture
 async def recording_upstream() -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
-    """admin.demo's echo upstream, also recording what reached it."""
+    """tokenward.demo's echo upstream, also recording what reached it."""
     seen: list[dict[str, Any]] = []
 
     @web.middleware

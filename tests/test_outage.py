@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.embedded import EmbeddedServer, free_port
 from tests.conftest import Gateway, LogReader
 from tests.test_metrics import scrape, value
+from tokenward.gateway.embedded import EmbeddedServer, free_port
 
 APIS = "/orgs/acme/teams/platform/apis"
 

@@ -16,17 +16,17 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-import admin.api as api
-from admin.api import openapi_document
-from gateway.records import TokenRecord
-from gateway.scopes import parse_scopes
-from gateway.settings import ConfigError, settings_from_dict
-from gateway.store import Keys
-from gateway.tokens import BASE62, KEY_ID_LEN, secret_check
+import tokenward.api as api
 from tests.conftest import Gateway, env_for_subprocess
 from tests.test_admin_api import TEAMS, TOKENS, admin
 from tests.test_cli import run_cli
 from tests.test_prefilter import wrong_secrets
+from tokenward.api import openapi_document
+from tokenward.gateway.records import TokenRecord
+from tokenward.gateway.scopes import parse_scopes
+from tokenward.gateway.settings import ConfigError, settings_from_dict
+from tokenward.gateway.store import Keys
+from tokenward.gateway.tokens import BASE62, KEY_ID_LEN, secret_check
 
 SAS = "/v1/orgs/acme/teams/platform/service-accounts"
 
@@ -349,7 +349,7 @@ async def test_a_service_account_with_an_active_token_is_not_deleted(
 
 
 def api_page_empty() -> Any:
-    from gateway.store import IndexPage
+    from tokenward.gateway.store import IndexPage
 
     return IndexPage([], False)
 
@@ -451,7 +451,7 @@ async def test_concurrent_creations_never_pass_the_quota(small_quota: Gateway) -
 
 async def test_the_store_refuses_past_the_quota_atomically(gateway: Gateway) -> None:
     """Directly at the store: many creations at once, exactly `limit` land in the index."""
-    from gateway.store import QuotaExceeded
+    from tokenward.gateway.store import QuotaExceeded
 
     store = gateway.runtime.store
     records = [
@@ -631,7 +631,7 @@ async def test_the_expiring_tokens_metric_reads_the_store_in_chunks(
     gateway: Gateway, monkeypatch: Any
 ) -> None:
     """The metric's periodic count reads every token: in chunks, never all of them at once."""
-    from gateway import metrics
+    from tokenward.gateway import metrics
 
     await bulk_tokens(gateway, 450, expires_at=time.time() + 3600)
     store = gateway.runtime.store

@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.forms import BodyScanner, OverrideFound, body_scanner, query_has_override
-from gateway.paths import PathError, canonical_path, parse_target, unicode_problem
-from gateway.routes import LITERAL, TAIL, Route, Router, parse_template
-from gateway.settings import load_settings
 from tests.conftest import Gateway, LogReader, base_config
 from tests.test_hardening import Recorder, raw, recorder, request  # noqa: F401 (recorder: fixture)
+from tokenward.gateway.forms import BodyScanner, OverrideFound, body_scanner, query_has_override
+from tokenward.gateway.paths import PathError, canonical_path, parse_target, unicode_problem
+from tokenward.gateway.routes import LITERAL, TAIL, Route, Router, parse_template
+from tokenward.gateway.settings import load_settings
 
 TEAM = "/orgs/acme/teams/platform"
 APIS = f"{TEAM}/apis"
@@ -615,7 +615,7 @@ def test_never_decided_on_another_route_than_a_lax_upstream_runs(
 
 
 def test_config_check_warns_about_folding_overlaps(tmp_path: Any) -> None:
-    from gateway.explain import config_warnings
+    from tokenward.gateway.explain import config_warnings
 
     config = confusion_config(9)
     config["routes"] += [

@@ -1,4 +1,4 @@
-"""Pure unit tests for gateway.paths: one canonical path per request, ambiguity refused."""
+"""Pure unit tests for tokenward.gateway.paths: one canonical path per request, ambiguity refused."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.paths import PathError, Target, canonical_path, parse_target
+from tokenward.gateway.paths import PathError, Target, canonical_path, parse_target
 
 # --------------------------------------------------------------------------- accepted
 

@@ -8,10 +8,10 @@ import dataclasses
 import time
 from typing import Any
 
-from gateway.store import Change
-from gateway.tokens import checksum, secret_check
 from tests.conftest import Gateway
 from tests.test_cache import get
+from tokenward.gateway.store import Change
+from tokenward.gateway.tokens import checksum, secret_check
 
 
 def wrong_secrets(kid: str, count: int, offset: int = 0) -> list[str]:

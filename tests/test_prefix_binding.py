@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from gateway.tokens import BODY_LEN, KEY_ID_LEN, checksum, generate
 from tests.conftest import Gateway
+from tokenward.gateway.tokens import BODY_LEN, KEY_ID_LEN, checksum, generate
 
 APIS = "/orgs/acme/teams/platform/apis"
 PREFIXES = ("tw_sat", "tw_old", "tw_test", "tw_sat_live")
@@ -102,7 +102,7 @@ async def test_admin_api_binds_the_prefix_for_org_and_team_tokens(gw: Gateway) -
 async def test_the_prefix_check_is_part_of_the_one_verification(gw: Gateway) -> None:
     """`Authenticator.prove` binds the prefix unless told not to (a leak report holds the
     secret whatever prefix it came with, and may kill the token)."""
-    from gateway.tokens import parse
+    from tokenward.gateway.tokens import parse
 
     token, kid = await gw.token("platform", ["read:apis"])
     auth = gw.runtime.authenticator

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.embedded import EmbeddedServer, free_port
 from tests.conftest import LogReader
+from tokenward.gateway.embedded import EmbeddedServer, free_port
 
 APIS = "/orgs/acme/teams/platform/apis"
 

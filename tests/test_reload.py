@@ -13,11 +13,11 @@ from typing import Any
 import aiohttp
 import yaml
 
-from gateway.embedded import free_port
-from gateway.server import Server
-from gateway.settings import load_settings
 from tests.conftest import ROOT, LogReader, base_config, env_for_subprocess
 from tests.test_serve_process import wait_ready
+from tokenward.gateway.embedded import free_port
+from tokenward.gateway.server import Server
+from tokenward.gateway.settings import load_settings
 
 NEW_ROUTE = {"methods": ["GET"], "path": "/status", "upstream": "registry", "public": True}
 
@@ -83,7 +83,7 @@ async def test_sighup_reloads_a_running_serve(tmp_path: Path, upstream: int) -> 
     serve = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from admin.cli import main; main()",
+        "from tokenward.cli import main; main()",
         "serve",
         "--config",
         str(path),

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.scopes import Scope, parse_scopes
 from tests.conftest import Gateway
+from tokenward.gateway.scopes import Scope, parse_scopes
 
 ORG = "/v1/orgs/acme"
 TEAMS = f"{ORG}/teams"
@@ -140,7 +140,7 @@ def test_effective_scopes_cost_grows_linearly(monkeypatch: pytest.MonkeyPatch) -
     tokens with 100 scopes and a team may hold 100 permissions. The work per row must not be
     the product of the two (10,000 meets, then a quadratic maximal-set pass: ~4-12 ms per row,
     40-120 ms of event loop per slice of ten rows). Counted, not timed."""
-    from gateway import scopes
+    from tokenward.gateway import scopes
 
     token = parse_scopes([f"write:r{i}" for i in range(99)] + ["write:*"])
     team = parse_scopes([f"admin:r{i}" for i in range(99)] + ["read:*"])
@@ -160,7 +160,7 @@ def test_effective_scopes_cost_grows_linearly(monkeypatch: pytest.MonkeyPatch) -
 
 def _reference_effective(token: list[Scope], team: list[Scope] | None) -> tuple[Scope, ...]:
     """The definition: maximal elements of the meets of every (token, team) pair."""
-    from gateway.scopes import _meet, is_org_power
+    from tokenward.gateway.scopes import _meet, is_org_power
 
     if team is None:
         return tuple(token)
@@ -175,7 +175,7 @@ _scopes = st.lists(st.builds(Scope, st.sampled_from(["read", "write", "admin"]),
 
 @given(_scopes, st.one_of(st.none(), _scopes))
 def test_effective_scopes_match_their_definition(token: list[Scope], team: list[Scope] | None) -> None:
-    from gateway.scopes import covers, effective_scopes, grants_org_power, ineffective_scopes
+    from tokenward.gateway.scopes import covers, effective_scopes, grants_org_power, ineffective_scopes
 
     assert effective_scopes(token, team) == _reference_effective(token, team)
     expected = () if team is None else tuple(s for s in token if grants_org_power(s) or not covers(team, s))

@@ -127,9 +127,9 @@ async def _serve_and_sigterm(
     import aiohttp
     import redis as redis_sync
 
-    from gateway.store import Keys
     from tests.conftest import CLI, ROOT, env_for_subprocess, serve_config
     from tests.test_serve_process import wait_ready
+    from tokenward.gateway.store import Keys
 
     served = serve_config(tmp_path, upstream, redis={"url": redis_url})
     serve = await asyncio.create_subprocess_exec(
@@ -224,7 +224,7 @@ asyncio.run(main())
 async def _after_n_upstream(most: int, reset: bool) -> tuple[asyncio.subprocess.Process, int]:
     import sys
 
-    from gateway.embedded import free_port
+    from tokenward.gateway.embedded import free_port
 
     port = free_port()
     process = await asyncio.create_subprocess_exec(
@@ -325,11 +325,11 @@ async def test_the_bootstrap_token_event_is_written_with_the_token(
     import orjson
     import redis as redis_sync
 
-    from admin.cli import _bootstrap
-    from gateway.audit import AuditLog
-    from gateway.settings import settings_from_dict
-    from gateway.store import Keys
     from tests.conftest import base_config
+    from tokenward.cli import _bootstrap
+    from tokenward.gateway.audit import AuditLog
+    from tokenward.gateway.settings import settings_from_dict
+    from tokenward.gateway.store import Keys
 
     async def killed(self: AuditLog, timeout: float = 0.0) -> None:
         self._pending.clear()  # what a kill -9 does to the buffer

@@ -1,4 +1,4 @@
-"""Pure unit tests for gateway.routes: templates, the matcher's specificity rules and
+"""Pure unit tests for tokenward.gateway.routes: templates, the matcher's specificity rules and
 conflict detection."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.routes import (
+from tokenward.gateway.routes import (
     LITERAL,
     PARAM,
     TAIL,
@@ -26,7 +26,7 @@ RouteSpec = tuple[str, Sequence[str] | None]  # (template, methods or None for a
 
 
 def make_route(path: str, methods: Sequence[str] | None = None, index: int = 0) -> Route:
-    """Build a Route the way gateway.settings._route does."""
+    """Build a Route the way tokenward.gateway.settings._route does."""
     shape, names = parse_template(path)
     return Route(
         index=index,

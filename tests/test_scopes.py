@@ -1,4 +1,4 @@
-"""Pure unit tests for gateway.scopes: parsing, the read < write < admin hierarchy and
+"""Pure unit tests for tokenward.gateway.scopes: parsing, the read < write < admin hierarchy and
 effective permissions (team permission set ∩ token scopes)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.scopes import (
+from tokenward.gateway.scopes import (
     ADMIN_ORG,
     ADMIN_TEAM,
     LEVELS,

@@ -14,8 +14,8 @@ import aiohttp
 import orjson
 import redis
 
-from gateway.embedded import EmbeddedServer, free_port
 from tests.conftest import CLI, ROOT, bootstrap_admin, env_for_subprocess, serve_config
+from tokenward.gateway.embedded import EmbeddedServer, free_port
 
 
 async def wait_ready(session: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process) -> None:

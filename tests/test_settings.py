@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.routes import HTTP_METHODS
-from gateway.settings import ConfigError, Settings, load_settings, settings_from_dict
+from tokenward.gateway.routes import HTTP_METHODS
+from tokenward.gateway.settings import ConfigError, Settings, load_settings, settings_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "example.yaml"
@@ -66,7 +66,7 @@ def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from admin.cli import main; main()", *args],
+        [sys.executable, "-c", "from tokenward.cli import main; main()", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -13,10 +13,10 @@ import orjson
 import redis
 import structlog
 
-from gateway.audit import configure_logging
-from gateway.settings import LogSettings
 from tests.conftest import CLI, LOG_STREAM, ROOT, bootstrap_admin, env_for_subprocess, serve_config
 from tests.test_serve_process import wait_ready
+from tokenward.gateway.audit import configure_logging
+from tokenward.gateway.settings import LogSettings
 
 
 async def test_sigterm_drains_in_flight_requests_and_flushes(

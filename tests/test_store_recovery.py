@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 
-from gateway.embedded import EmbeddedServer, free_port
-from gateway.tokens import generate
 from tests.conftest import Gateway, LogReader
 from tests.topology import (
     Cluster,
@@ -27,6 +25,8 @@ from tests.topology import (
     stop_gateway,
     wait_until,
 )
+from tokenward.gateway.embedded import EmbeddedServer, free_port
+from tokenward.gateway.tokens import generate
 
 APIS = "/orgs/acme/teams/platform/apis"
 BURST = 64  # concurrent requests: the pool grows to its limit (32)

@@ -26,12 +26,12 @@ import aiohttp
 import orjson
 import pytest
 
-from admin.api import issue_token
-from gateway.records import TeamRecord
-from gateway.scopes import parse_scopes
-from gateway.server import Server
-from gateway.settings import settings_from_dict
 from tests.conftest import CLI, ROOT, LogReader, ServeConfig, base_config, env_for_subprocess, serve_config
+from tokenward.api import issue_token
+from tokenward.gateway.records import TeamRecord
+from tokenward.gateway.scopes import parse_scopes
+from tokenward.gateway.server import Server
+from tokenward.gateway.settings import settings_from_dict
 
 APIS = "/orgs/acme/teams/platform/apis"
 CAP = 60.0  # seconds: only so that a broken build fails instead of hanging

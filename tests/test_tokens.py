@@ -1,4 +1,4 @@
-"""Pure unit tests for gateway.tokens: token format, checksum, parsing and argon2id hashing."""
+"""Pure unit tests for tokenward.gateway.tokens: token format, checksum, parsing and argon2id hashing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.tokens import (
+from tokenward.gateway.tokens import (
     BASE62,
     BODY_LEN,
     CHECKSUM_LEN,

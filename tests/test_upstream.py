@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.embedded import free_port
 from tests.conftest import Gateway, base_config
 from tests.scripted import OK, ScriptedUpstream, Seen, send
+from tokenward.gateway.embedded import free_port
 
 
 async def get(gw: Gateway, path: str = "/health", method: str = "GET", **kw: Any) -> tuple[int, Any, bytes]:

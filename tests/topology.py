@@ -21,11 +21,11 @@ from typing import Any
 import aiohttp
 import redis
 
-from gateway.embedded import EmbeddedServer, free_port
-from gateway.server import Server
-from gateway.settings import settings_from_dict
-from gateway.tokens import generate
 from tests.conftest import Gateway
+from tokenward.gateway.embedded import EmbeddedServer, free_port
+from tokenward.gateway.server import Server
+from tokenward.gateway.settings import settings_from_dict
+from tokenward.gateway.tokens import generate
 
 NODE_TIMEOUT_MS = 1000  # cluster-node-timeout and sentinel down-after-milliseconds
 REPLICATION = ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s

@@ -131,6 +131,11 @@ class Cluster:
                 link = client(port).info("replication").get("master_link_status")
                 if link != "up":
                     return False
+            # CLUSTER SLOTS (what a client learns the topology from) lists a replica only once
+            # its replication offset has reached this node by gossip: wait for all of them
+            listed = sum(len(entry) - 3 for entry in raw(port, "CLUSTER", "SLOTS"))
+            if listed != len(replicas):
+                return False
         return True
 
     def view_of(self, port: int) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from tokenward.gateway.proxy import (
 from tokenward.gateway.routes import HTTP_METHODS
 from tokenward.gateway.settings import IPNetwork, Limits, Settings, Upstream
 from tokenward.gateway.store import Store, connect
-from tokenward.gateway.tokens import SecretHasher
+from tokenward.gateway.tokens import SecretHasher, contains_bare_token
 from tokenward.gateway.tunnel import Tunnel, TunnelWatch, is_websocket_upgrade
 
 log = structlog.get_logger("tokenward")
@@ -709,7 +709,7 @@ def check_target(raw: str, hosts: list[str], prefixes: frozenset[str]) -> str:
 
 def check_cookies(request: web.BaseRequest, prefixes: frozenset[str]) -> None:
     for cookie in request.headers.getall("Cookie", []):
-        if any(f"{prefix}_" in cookie for prefix in prefixes):
+        if any(f"{prefix}_" in cookie for prefix in prefixes) or contains_bare_token(cookie, prefixes):
             raise Denied(
                 400,
                 "invalid_request",
@@ -729,7 +729,7 @@ def _origin_form(raw: str, hosts: list[str]) -> str:
 
 def _query_has_credential(query: str, prefixes: frozenset[str]) -> bool:
     decoded = unquote_plus(query)
-    if any(f"{prefix}_" in decoded for prefix in prefixes):
+    if any(f"{prefix}_" in decoded for prefix in prefixes) or contains_bare_token(decoded, prefixes):
         return True
     return any(key.lower() == "access_token" for key, _ in parse_qsl(query, keep_blank_values=True))
 

@@ -55,6 +55,20 @@ def checksum(text: str) -> str:
     return _base62_fixed(zlib.crc32(text.encode("ascii")), CHECKSUM_LEN)
 
 
+_BARE_BODY = re.compile(rf"(?<![0-9A-Za-z])[0-9A-Za-z]{{{BODY_LEN}}}(?![0-9A-Za-z])")
+
+
+def contains_bare_token(text: str, prefixes: frozenset[str]) -> bool:
+    """True when `text` holds a token's body without its prefix (key id, secret and a checksum
+    that is valid under one of `prefixes`): a credential, though it does not start with one."""
+    for match in _BARE_BODY.finditer(text):
+        body = match.group()
+        head, check = body[:-CHECKSUM_LEN], body[-CHECKSUM_LEN:]
+        if any(hmac.compare_digest(checksum(f"{prefix}_{head}"), check) for prefix in prefixes):
+            return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedToken:
     prefix: str

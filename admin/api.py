@@ -151,7 +151,15 @@ def endpoint(
 
 
 async def read_body(request: web.Request, body_schema: schema.Schema) -> dict[str, Any]:
-    raw = await request.read()
+    # a body (at most MAX_BODY) must arrive within limits.body_timeout, as at the gateway: a
+    # caller trickling one would otherwise hold a connection and a handler for ever
+    timeout = ctx(request).runtime.settings.limits.body_timeout
+    try:
+        raw = await asyncio.wait_for(request.read(), timeout)
+    except TimeoutError:
+        raise ApiError(
+            408, "request_timeout", "request body not received in time (limits.body_timeout)", "body"
+        ) from None
     if not raw:
         raise ApiError(400, "invalid_request", "request body is required (JSON object)", "body")
     try:

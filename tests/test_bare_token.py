@@ -59,3 +59,4 @@ def test_only_a_whole_run_with_a_valid_checksum_counts() -> None:
     assert not contains_bare_token(f"a=x{bare(token)}", prefixes)  # part of a longer run
     assert not contains_bare_token(f"a={bare(token)[:-1]}", prefixes)
     assert not contains_bare_token(f"a={bare(token)}", frozenset({"other"}))
+

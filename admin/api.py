@@ -65,6 +65,7 @@ from tokenward.gateway.store import (
     StoreUnavailable,
     TokenEdit,
 )
+from tokenward.gateway.text import all_shown
 from tokenward.gateway.tokens import (
     BASE62,
     KEY_ID_LEN,
@@ -1149,7 +1150,7 @@ def _revoke_reason(request_body: dict[str, Any]) -> str | None:
         not isinstance(reason, str)
         or not reason.strip()
         or len(reason) > MAX_REASON
-        or not reason.isprintable()
+        or not all_shown(reason)
     ):
         raise ApiError(400, "invalid_request", f"reason: 1 to {MAX_REASON} printable characters", "reason")
     if reason == "rotated":

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import orjson
 
 from tokenward.gateway.settings import ConfigError, LogSettings, Settings, load_settings
-from tokenward.gateway.text import printable
+from tokenward.gateway.text import printable, shown
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
 
@@ -49,7 +49,7 @@ def _json_text(data: Any) -> str:
     out = []
     for char in text:
         code = ord(char)
-        if code < 0x7F or char.isprintable():  # C0 controls never occur raw in orjson output
+        if code < 0x7F or shown(char):  # C0 controls never occur raw in orjson output
             out.append(char)
         elif code < 0x10000:
             out.append(f"\\u{code:04x}")

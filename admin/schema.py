@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tokenward.gateway.text import unprintable
+from tokenward.gateway.text import printable, unprintable
 
 Schema = dict[str, Any]
 
@@ -87,7 +87,7 @@ def validate(schema: Schema, value: Any, where: str = "") -> None:
         if schema.get(PRINTABLE) and (problem := unprintable(value)) is not None:
             raise ValidationError(where, problem)
         if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
-            raise ValidationError(where, f"{value!r} does not match {schema['pattern']}")
+            raise ValidationError(where, f"{printable(value)!r} does not match {schema['pattern']}")
         if "enum" in schema and value not in schema["enum"]:
             raise ValidationError(where, f"expected one of {', '.join(schema['enum'])}")
         return

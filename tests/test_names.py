@@ -24,6 +24,7 @@ from tokenward.api import issue_token
 from tokenward.cli import main
 from tokenward.gateway.records import ServiceAccountRecord, TeamRecord
 from tokenward.gateway.scopes import parse_scopes
+from tokenward.gateway.text import all_shown, shown
 
 TEAMS = "/v1/orgs/acme/teams"
 TOKENS = f"{TEAMS}/platform/tokens"
@@ -63,14 +64,20 @@ HOSTILE = {
     "nbsp": "a\u00a0b",
     "tag": "a\U000e0041b",
     "private-use": "a\ue000b",
+    "hangul-filler": "a\u3164b",
+    "halfwidth-hangul-filler": "\uffa0",
+    "braille-blank": "a\u2800b",
+    "grapheme-joiner": "a\u034fb",
+    "variation-selector": "a\ufe00b",
+    "mongolian-fvs": "a\u180bb",
 }
-FINE = ["ci-deploy", "déploiement nocturne", "部署 (prod)", "rocket 🚀", "a b", "C:\\builds", "Ωμέγα"]
+FINE = ["ci-deploy", "déploiement nocturne", "部署 (prod)", "rocket 🚀", "a b", "C:\\builds", "Ωμέγα", "love ❤️", "한국어"]
 
 
 def no_raw_unprintable(text: str) -> None:
     """Every character in `text` is printable, or a newline between lines."""
     for line in text.split("\n"):
-        bad = [f"U+{ord(c):04X}" for c in line if not c.isprintable()]
+        bad = [f"U+{ord(c):04X}" for c in line if not shown(c)]
         assert not bad, (bad, line)
 
 
@@ -136,9 +143,9 @@ def test_schema_accepts_exactly_printable_text(text: str) -> None:
         schema.validate(name, text, "description")
     except schema.ValidationError as exc:
         assert exc.field == "description"
-        assert not text.isprintable()
+        assert not all_shown(text)
     else:
-        assert text.isprintable()
+        assert all_shown(text)
 
 
 # ------------------------------------------------------------------------------ the CLI escapes
@@ -149,7 +156,7 @@ def test_printable_escapes_every_unprintable_character() -> None:
         shown = printable(text)
         no_raw_unprintable(shown)
         assert "\n" not in shown
-        if text.isprintable():
+        if all_shown(text):
             assert shown == text
     assert printable("evil\u202egnp.exe") == "evil\\u202egnp.exe"
     assert printable("\x1b[2J") == "\\x1b[2J"

@@ -28,6 +28,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from tests.conftest import ROOT, base_config, env_for_subprocess
+from tests.debian import installed
 from tokenward.demo import echo_app
 from tokenward.gateway.embedded import free_port
 
@@ -57,25 +58,7 @@ def find_nginx() -> str | None:
 @pytest.fixture(scope="session")
 def nginx_bin() -> str:
     """The nginx binary, installed with apt-get if missing. Fails (never skips) otherwise."""
-    found = find_nginx()
-    if found is None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (
-            ["apt-get", "update"],
-            ["apt-get", "install", "-y", "--no-install-recommends", "nginx"],
-        ):
-            try:
-                done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                pytest.fail(f"cannot install nginx: {' '.join(command)}: {exc}")
-            if done.returncode != 0:
-                pytest.fail(
-                    f"cannot install nginx: {' '.join(command)} exited {done.returncode}:\n"
-                    f"{(done.stdout + done.stderr)[-3000:]}"
-                )
-        found = find_nginx()
-        if found is None:
-            pytest.fail("apt-get installed nginx but no nginx binary was found")
+    found = installed("nginx", find_nginx)
     version = subprocess.run([found, "-V"], capture_output=True, text=True, check=False)
     if "http_auth_request_module" not in version.stderr + version.stdout:
         pytest.fail(f"{found} is built without http_auth_request_module:\n{version.stderr}")

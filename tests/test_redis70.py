@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 import redis
 
 from tests.conftest import LogReader
+from tests.debian import installed
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 
 APIS = "/orgs/acme/teams/platform/apis"
@@ -35,26 +35,7 @@ def find_redis_server() -> str | None:
 @pytest.fixture(scope="session")
 def redis70_bin() -> str:
     """Debian's redis-server (7.0), installed with apt-get if missing. Fails (never skips) otherwise."""
-    found = find_redis_server()
-    if found is None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (
-            ["apt-get", "update"],
-            ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"],
-        ):
-            try:
-                done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                pytest.fail(f"cannot install redis-server: {' '.join(command)}: {exc}")
-            if done.returncode != 0:
-                pytest.fail(
-                    f"cannot install redis-server: {' '.join(command)} exited {done.returncode}:\n"
-                    f"{(done.stdout + done.stderr)[-3000:]}"
-                )
-        found = find_redis_server()
-        if found is None:
-            pytest.fail("apt-get installed redis-server but no redis-server binary was found")
-    return found
+    return installed("redis-server", find_redis_server)
 
 
 def start_redis(binary: str, root: Path, *extra: str) -> EmbeddedServer:

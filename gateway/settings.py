@@ -553,6 +553,14 @@ class Settings:
         return self.router.routes
 
 
+@dataclass(frozen=True, slots=True)
+class _RouteFlags:
+    """The plain fields of a route; `_route` checks the rest against its path and upstreams."""
+
+    public: bool = setting(False, _bool)
+    websocket: bool = setting(False, _bool)
+
+
 _ROUTE_KEYS = ("methods", "path", "upstream", "scopes", "public", "resource", "websocket")
 
 
@@ -600,8 +608,8 @@ def _route(checker: _Checker, raw: object, index: int, upstreams: Mapping[str, U
         known = ", ".join(upstreams) or "none defined"
         checker.problem(f"{loc}.upstream", f"{upstream!r} is not a defined upstream ({known})")
 
-    public = checker.convert(data.get("public", False), f"{loc}.public", _bool, False)
-    websocket = checker.convert(data.get("websocket", False), f"{loc}.websocket", _bool, False)
+    flags = _decode_fields(checker, _RouteFlags, data, loc)
+    public = flags.public
     scopes = []
     raw_scopes = data.get("scopes")
     if public:
@@ -645,7 +653,7 @@ def _route(checker: _Checker, raw: object, index: int, upstreams: Mapping[str, U
         scopes=tuple(scopes),
         public=public,
         resource=resource,
-        websocket=websocket,
+        websocket=flags.websocket,
         shape=shape,
         param_names=names,
     )

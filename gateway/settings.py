@@ -368,7 +368,6 @@ class Listen:
 
 
 StoreNode = tuple[str, int]  # (host, port)
-_NODES_REQUIRED = "expected a non-empty list of host:port (or {host, port})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1825,7 +1825,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await runtime.store.ping()
     except StoreUnavailable:
-        return json_response({"error": "not_ready", "message": "store unreachable"}, 503)
+        return error_response(api_error(503, "not_ready", "store unreachable"), ctx(request).request_id)
     return json_response(
         {"status": "ready", "routes": len(runtime.settings.routes), "store": store_details(runtime)}
     )

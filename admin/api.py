@@ -28,10 +28,11 @@ import structlog
 from aiohttp import web
 
 from tokenward import schema
-from tokenward.gateway.app import REALM, RUNTIME, Runtime, error_response, request_id_for
+from tokenward.gateway.app import RUNTIME, Runtime
 from tokenward.gateway.audit import redact
-from tokenward.gateway.decision import Denied, Principal, Throttled, bearer_token
+from tokenward.gateway.decision import Principal, Throttled, bearer_token
 from tokenward.gateway.durations import format_duration, parse_duration
+from tokenward.gateway.edge import error_response, request_id_for
 from tokenward.gateway.records import (
     ACTIVE,
     EXPIRED,
@@ -44,6 +45,7 @@ from tokenward.gateway.records import (
     TokenRecord,
     revoker_rank,
 )
+from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import (
     ADMIN_ORG,
     ADMIN_TEAM,
@@ -83,13 +85,10 @@ MAX_BODY = 64 * 1024
 _ORG_RE = schema.SLUG
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
-        self.field = field
+def api_error(status: int, error: str, message: str, field: str | None = None) -> Refusal:
+    """A request refused before any decision step (a bad body, a missing record, a state
+    conflict): its JSON body names no `step`, and it is not audited as `admin.denied`."""
+    return Refusal(status, error, None, message, field=field)
 
 
 def json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
@@ -108,9 +107,9 @@ def parse_time(text: str, field: str) -> float:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise ApiError(400, "invalid_request", f"{field}: {text!r} is not an RFC 3339 time", field) from None
+        raise api_error(400, "invalid_request", f"{field}: {text!r} is not an RFC 3339 time", field) from None
     if parsed.tzinfo is None:
-        raise ApiError(400, "invalid_request", f"{field}: needs a time zone (e.g. 'Z')", field)
+        raise api_error(400, "invalid_request", f"{field}: needs a time zone (e.g. 'Z')", field)
     return parsed.timestamp()
 
 
@@ -158,19 +157,19 @@ async def read_body(request: web.Request, body_schema: schema.Schema) -> dict[st
     try:
         raw = await asyncio.wait_for(request.read(), timeout)
     except TimeoutError:
-        raise ApiError(
+        raise api_error(
             408, "request_timeout", "request body not received in time (limits.body_timeout)", "body"
         ) from None
     if not raw:
-        raise ApiError(400, "invalid_request", "request body is required (JSON object)", "body")
+        raise api_error(400, "invalid_request", "request body is required (JSON object)", "body")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise ApiError(400, "invalid_request", "request body is not valid JSON", "body") from None
+        raise api_error(400, "invalid_request", "request body is not valid JSON", "body") from None
     try:
         schema.validate(body_schema, data)
     except schema.ValidationError as exc:
-        raise ApiError(400, "invalid_request", str(exc), exc.field) from None
+        raise api_error(400, "invalid_request", str(exc), exc.field) from None
     return data  # type: ignore[no-any-return]
 
 
@@ -179,9 +178,9 @@ def actor(principal: Principal) -> str:
     return f"token:{principal.token.id}"
 
 
-def _forbid(message: str, scope: str | None = None) -> Denied:
-    return Denied(
-        403, "insufficient_scope" if scope else "forbidden", "scope" if scope else "org", message, scope
+def _forbid(message: str, scope: str | None = None) -> Refusal:
+    return Refusal(
+        403, "insufficient_scope" if scope else "forbidden", Step.SCOPE if scope else Step.ORG, message, scope
     )
 
 
@@ -207,20 +206,17 @@ def require_team_admin(principal: Principal, org: str, team: str) -> None:
     if is_org_admin(principal):
         return
     if token.team != team:
-        raise Denied(403, "forbidden", "team", "token is not in the same team as the resource")
+        raise Refusal(403, "forbidden", Step.TEAM, "token is not in the same team as the resource")
     if not principal.can(parse_scope(ADMIN_TEAM)):
         raise _forbid(f"token lacks required permission: {ADMIN_TEAM}", ADMIN_TEAM)
 
 
 # -- no escalation through the admin plane (issue 10, items 1 and 3) -------------------------
-STEP_GRANT = "grant"
-
-
 def refuse_org_powers(scopes: tuple[Scope, ...], field: str) -> None:
     """400 for any scope a team may not hold: one that covers an org-level power."""
     for scope in scopes:
         if grants_org_power(scope):
-            raise ApiError(
+            raise api_error(
                 400,
                 "invalid_request",
                 f"{field}: {scope} covers an org-level power ({ADMIN_ORG}), which a team cannot hold",
@@ -239,10 +235,10 @@ def within_constraints(principal: Principal, record: TokenRecord) -> bool:
 
 def require_within_constraints(principal: Principal, record: TokenRecord) -> None:
     if not within_constraints(principal, record):
-        raise Denied(
+        raise Refusal(
             403,
             "forbidden",
-            "constraints",
+            Step.CONSTRAINTS,
             f"token is constrained to {_pinned(principal.token.constraints)}; token {record.id} is "
             f"pinned to {_pinned(record.constraints)}",
         )
@@ -253,10 +249,10 @@ def require_unconstrained(principal: Principal, what: str) -> None:
     parameter, so a constrained token may not act on them: as at the gateway, where a route
     that does not name a constrained parameter is refused."""
     if principal.token.constraints:
-        raise Denied(
+        raise Refusal(
             403,
             "forbidden",
-            "constraints",
+            Step.CONSTRAINTS,
             f"token is constrained to {_pinned(principal.token.constraints)} and {what} "
             "are not bound to it",
         )
@@ -317,37 +313,37 @@ def check_grant(
     if not is_org_admin(principal):
         for scope in scopes:
             if not principal.can(scope):
-                raise Denied(
+                raise Refusal(
                     403,
                     "insufficient_scope",
-                    STEP_GRANT,
+                    Step.GRANT,
                     f"scopes: a token can only grant scopes it holds itself; it lacks {scope}",
                     str(scope),
                 )
     own = principal.token
     missing = {k: v for k, v in own.constraints.items() if dict(constraints).get(k) != v}
     if missing:
-        raise Denied(
+        raise Refusal(
             403,
             "forbidden",
-            STEP_GRANT,
+            Step.GRANT,
             f"constraints: the token is constrained to {_pinned(own.constraints)}; "
             f"what it grants must be too (add {_pinned(missing)})",
         )
     if not _cidrs_inside(allowed_cidrs, own.allowed_cidrs):
-        raise Denied(
+        raise Refusal(
             403,
             "forbidden",
-            STEP_GRANT,
+            Step.GRANT,
             "allowed_cidrs: must lie inside the token's own allowed_cidrs "
             f"({', '.join(own.allowed_cidrs)})",
         )
     own_end = lifetime_end(own)
     if own_end is not None and (expires_at is None or expires_at > own_end):
-        raise Denied(
+        raise Refusal(
             403,
             "forbidden",
-            STEP_GRANT,
+            Step.GRANT,
             f"expires_at: must be no later than the token's own expiry ({iso(own_end)}"
             + (", when its rotation's grace period ends)" if own_end != own.expires_at else ")"),
         )
@@ -392,10 +388,10 @@ class AdminContext:
 
         def check(record: TokenRecord | None) -> None:
             if record is None:
-                raise Denied(401, "invalid_token", "token", "invalid token")
+                raise Refusal(401, "invalid_token", Step.TOKEN, "invalid token")
             status = record.status(time.time())
             if status != ACTIVE:
-                raise Denied(401, "invalid_token", "status", f"token {status}")
+                raise Refusal(401, "invalid_token", Step.STATUS, f"token {status}")
 
         return ActorFence(key_id, check)
 
@@ -462,14 +458,14 @@ def _match(request: web.Request, name: str) -> str:
 async def _team_or_404(runtime: Runtime, org: str, team: str) -> TeamRecord:
     record = await runtime.store.get_team(org, team)
     if record is None:
-        raise ApiError(404, "not_found", f"team {team!r} does not exist in org {org!r}")
+        raise api_error(404, "not_found", f"team {team!r} does not exist in org {org!r}")
     return record
 
 
 async def _token_or_404(runtime: Runtime, org: str, team: str, key_id: str) -> TokenRecord:
     record = await runtime.store.get_token(key_id) if KEY_ID_RE.match(key_id) else None
     if record is None or record.org != org or record.team != team:
-        raise ApiError(404, "not_found", f"token {key_id!r} does not exist in team {team!r}")
+        raise api_error(404, "not_found", f"token {key_id!r} does not exist in team {team!r}")
     return record
 
 
@@ -536,7 +532,7 @@ def page_limit(request: web.Request, maximum: int = MAX_PAGE_LIMIT, default: int
     if text is None:
         return default
     if not _LIMIT_RE.fullmatch(text) or not 1 <= int(text) <= maximum:
-        raise ApiError(400, "invalid_request", f"limit: expected an integer 1..{maximum}", "limit")
+        raise api_error(400, "invalid_request", f"limit: expected an integer 1..{maximum}", "limit")
     return int(text)
 
 
@@ -560,8 +556,8 @@ def _cursor_parts(request: web.Request, count: int) -> list[str] | None:
     return parts
 
 
-def _bad_cursor() -> ApiError:
-    return ApiError(400, "invalid_request", "cursor: not a cursor from this list's `next`", "cursor")
+def _bad_cursor() -> Refusal:
+    return api_error(400, "invalid_request", "cursor: not a cursor from this list's `next`", "cursor")
 
 
 def token_cursor(request: web.Request) -> tuple[float, str] | None:
@@ -619,10 +615,7 @@ async def create_team(request: web.Request) -> web.Response:
         "team.created", org=org, team=team.name, permissions=format_scopes(permissions)
     )
     await ctx(request).still_authorized()
-    try:
-        await runtime.store.create_team(team, entry)
-    except Conflict as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
+    await runtime.store.create_team(team, entry)  # Conflict: 409 (see DOMAIN_ERRORS)
     ctx(request).committed(entry)
     return json_response(team_view(team), 201)
 
@@ -696,14 +689,14 @@ def _scopes(texts: list[str], field: str) -> tuple[Any, ...]:
     try:
         return parse_scopes(texts)
     except ScopeError as exc:
-        raise ApiError(400, "invalid_request", f"{field}: {exc}", field) from None
+        raise api_error(400, "invalid_request", f"{field}: {exc}", field) from None
 
 
 # -- tokens -------------------------------------------------------------------------------
 def _expiry(runtime: Runtime, body: dict[str, Any], issued: float) -> float | None:
     policy = runtime.settings.tokens
     if "expires_in" in body and "expires_at" in body:
-        raise ApiError(400, "invalid_request", "give expires_in or expires_at, not both", "expires_in")
+        raise api_error(400, "invalid_request", "give expires_in or expires_at, not both", "expires_in")
     if "expires_in" in body:
         ttl: float | None = _duration(body["expires_in"], "expires_in")
         field = "expires_in"
@@ -712,14 +705,14 @@ def _expiry(runtime: Runtime, body: dict[str, Any], issued: float) -> float | No
         ttl = at - issued
         field = "expires_at"
         if ttl <= 0:
-            raise ApiError(400, "invalid_request", "expires_at: is in the past", field)
+            raise api_error(400, "invalid_request", "expires_at: is in the past", field)
     else:
         ttl = policy.default_ttl
         field = "expires_in"
     if ttl is not None and ttl <= 0:
-        raise ApiError(400, "invalid_request", f"{field}: must be in the future", field)
+        raise api_error(400, "invalid_request", f"{field}: must be in the future", field)
     if policy.max_ttl is not None and (ttl is None or ttl > policy.max_ttl + 1):
-        raise ApiError(
+        raise api_error(
             400,
             "invalid_request",
             f"{field}: exceeds the maximum token lifetime of {format_duration(policy.max_ttl)} "
@@ -727,7 +720,7 @@ def _expiry(runtime: Runtime, body: dict[str, Any], issued: float) -> float | No
             field,
         )
     if ttl is not None and issued + ttl > MAX_EXPIRES_AT:
-        raise ApiError(400, "invalid_request", f"{field}: is after {iso(MAX_EXPIRES_AT)}", field)
+        raise api_error(400, "invalid_request", f"{field}: is after {iso(MAX_EXPIRES_AT)}", field)
     return None if ttl is None else issued + ttl
 
 
@@ -735,9 +728,9 @@ def _duration(text: str, field: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as exc:
-        raise ApiError(400, "invalid_request", f"{field}: {exc}", field) from None
+        raise api_error(400, "invalid_request", f"{field}: {exc}", field) from None
     except OverflowError:  # int * unit overflows a float
-        raise ApiError(400, "invalid_request", f"{field}: {text!r} is too long", field) from None
+        raise api_error(400, "invalid_request", f"{field}: {text!r} is too long", field) from None
 
 
 # The latest expiry a token can have: its views print it as an RFC 3339 time.
@@ -753,7 +746,7 @@ def _cidrs(texts: list[str]) -> tuple[str, ...]:
             result.append(str(ipaddress.ip_network(text, strict=False)))
         except ValueError:
             field = f"allowed_cidrs[{i}]"
-            raise ApiError(400, "invalid_request", f"{field}: {text!r} is not a CIDR", field) from None
+            raise api_error(400, "invalid_request", f"{field}: {text!r} is not a CIDR", field) from None
     return tuple(result)
 
 
@@ -781,7 +774,7 @@ async def issue_token(
     quota = runtime.settings.tokens.max_per_team
     held = await runtime.store.token_count(org, team)
     if held >= quota:
-        raise _quota_exceeded(org, team, held, quota)
+        raise QuotaExceeded(held, quota, org, team)
     plaintext, parsed = generate(runtime.settings.tokens.prefix)
     check_key = new_check_key()  # per record: nobody can compute its secret check offline
     record = TokenRecord(
@@ -803,21 +796,9 @@ async def issue_token(
         allowed_cidrs=allowed_cidrs,
         replaces=replaces,
     )
-    try:
-        await runtime.store.create_token_in_quota(record, quota, audit(record) if audit else None, fence)
-    except QuotaExceeded as exc:
-        raise _quota_exceeded(org, team, exc.held, exc.limit) from None
+    # QuotaExceeded: 409 (see DOMAIN_ERRORS)
+    await runtime.store.create_token_in_quota(record, quota, audit(record) if audit else None, fence)
     return plaintext, record
-
-
-def _quota_exceeded(org: str, team: str | None, held: int, limit: int) -> ApiError:
-    where = f"team {team!r}" if team is not None else f"org {org!r} (org-level tokens)"
-    return ApiError(
-        409,
-        "quota_exceeded",
-        f"{where} holds {held} tokens; the limit is {limit} (tokens.max_per_team): "
-        "delete revoked or expired tokens first",
-    )
 
 
 @endpoint(
@@ -840,7 +821,7 @@ async def create_token(request: web.Request) -> web.Response:
     if service_account is not None:
         sa = await runtime.store.get_service_account(org, team_name, service_account)
         if sa is None:
-            raise ApiError(
+            raise api_error(
                 400,
                 "invalid_request",
                 f"service_account: {service_account!r} does not exist in team {team_name!r}",
@@ -850,7 +831,7 @@ async def create_token(request: web.Request) -> web.Response:
     for key in constraints:
         if key in ("org", "team") or not _is_name(key):
             field = f"constraints.{key}" if len(key) <= MAX_CONSTRAINT_NAME else "constraints"
-            raise ApiError(
+            raise api_error(
                 400,
                 "invalid_request",
                 f"{field}: constraint names match [a-z][a-z0-9_-]{{0,{MAX_CONSTRAINT_NAME - 1}}} "
@@ -951,13 +932,13 @@ async def list_tokens(request: web.Request) -> web.Response:
     runtime = context.runtime
     status = request.query.get("status")
     if status is not None and status not in _STATUSES:
-        raise ApiError(400, "invalid_request", f"status: expected one of {', '.join(_STATUSES)}", "status")
+        raise api_error(400, "invalid_request", f"status: expected one of {', '.join(_STATUSES)}", "status")
     within: float | None = None
     if "expiring_within" in request.query:
         within = _duration(request.query["expiring_within"], "expiring_within")
     sa = request.query.get("service_account")
     if sa is not None and not re.fullmatch(schema.SLUG, sa):
-        raise ApiError(400, "invalid_request", f"service_account: {sa!r} is not a name", "service_account")
+        raise api_error(400, "invalid_request", f"service_account: {sa!r} is not a name", "service_account")
     limit, position = page_limit(request), token_cursor(request)
     team = await _team_or_404(runtime, org, team_name)
     principal = context.principal_required
@@ -1047,7 +1028,7 @@ async def update_token(request: web.Request) -> web.Response:
     try:
         data = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
-        raise ApiError(400, "invalid_request", "request body is not valid JSON", "body") from None
+        raise api_error(400, "invalid_request", "request body is not valid JSON", "body") from None
     if isinstance(data, dict):
         for fixed in (
             "scopes",
@@ -1058,7 +1039,7 @@ async def update_token(request: web.Request) -> web.Response:
             "allowed_cidrs",
         ):
             if fixed in data:
-                raise ApiError(
+                raise api_error(
                     400,
                     "invalid_request",
                     f"{fixed}: a token's {fixed.replace('_', ' ')} cannot be changed in place; "
@@ -1068,10 +1049,10 @@ async def update_token(request: web.Request) -> web.Response:
     try:
         schema.validate(schema.TOKEN_UPDATE, data)
     except schema.ValidationError as exc:
-        raise ApiError(400, "invalid_request", str(exc), exc.field) from None
+        raise api_error(400, "invalid_request", str(exc), exc.field) from None
     assert isinstance(data, dict)
     if not data:
-        raise ApiError(400, "invalid_request", "nothing to change: give name and/or description", "body")
+        raise api_error(400, "invalid_request", "nothing to change: give name and/or description", "body")
     runtime = context.runtime
 
     def rename(record: TokenRecord) -> TokenEdit:
@@ -1096,10 +1077,10 @@ def require_within_grant(principal: Principal, record: TokenRecord, verb: str) -
         return
     for scope in record.scopes:
         if not principal.can(scope):
-            raise Denied(
+            raise Refusal(
                 403,
                 "insufficient_scope",
-                STEP_GRANT,
+                Step.GRANT,
                 f"scopes: a token can only {verb} tokens whose scopes it holds itself; it lacks {scope}",
                 str(scope),
             )
@@ -1125,7 +1106,7 @@ async def change_token(
 
     def in_team(record: TokenRecord) -> TokenEdit | None:
         if record.org != org or record.team != team:
-            raise ApiError(404, "not_found", f"token {key_id!r} does not exist in team {team!r}")
+            raise api_error(404, "not_found", f"token {key_id!r} does not exist in team {team!r}")
         return decide(record)
 
     result = (
@@ -1134,7 +1115,7 @@ async def change_token(
         else None
     )
     if result is None:
-        raise ApiError(404, "not_found", f"token {key_id!r} does not exist in team {team!r}")
+        raise api_error(404, "not_found", f"token {key_id!r} does not exist in team {team!r}")
     before, edit = result
     if edit is None:
         return before
@@ -1152,9 +1133,9 @@ def _revoke_reason(request_body: dict[str, Any]) -> str | None:
         or len(reason) > MAX_REASON
         or not all_shown(reason)
     ):
-        raise ApiError(400, "invalid_request", f"reason: 1 to {MAX_REASON} printable characters", "reason")
+        raise api_error(400, "invalid_request", f"reason: 1 to {MAX_REASON} printable characters", "reason")
     if reason == "rotated":
-        raise ApiError(400, "invalid_request", "reason: 'rotated' is recorded by rotation only", "reason")
+        raise api_error(400, "invalid_request", "reason: 'rotated' is recorded by rotation only", "reason")
     return reason
 
 
@@ -1214,24 +1195,24 @@ async def restore_token(request: web.Request) -> web.Response:
     def restore(record: TokenRecord) -> TokenEdit:
         now = time.time()
         if record.expires_at is not None and record.expires_at <= now:
-            raise ApiError(409, "conflict", "token has expired and cannot be restored; issue a new token")
+            raise api_error(409, "conflict", "token has expired and cannot be restored; issue a new token")
         if record.revoke_reason == "leaked":
-            raise ApiError(
+            raise api_error(
                 409, "conflict", "token was reported leaked and can never be restored; issue a new token"
             )
         if record.replaced_by is not None or record.revoke_reason == "rotated":
-            raise ApiError(
+            raise api_error(
                 409,
                 "conflict",
                 f"token was rotated (replaced by {record.replaced_by}) and can never be restored",
             )
         if record.status(now) != REVOKED:
-            raise ApiError(409, "conflict", "token is not revoked")
+            raise api_error(409, "conflict", "token is not revoked")
         if revoker_rank(level) < revoker_rank(record.revoked_level):
-            raise Denied(
+            raise Refusal(
                 403,
                 "insufficient_scope",
-                "scope",
+                Step.SCOPE,
                 f"token was revoked by an org admin ({record.revoked_by}); only an org admin "
                 f"can restore it: token lacks required permission: {ADMIN_ORG}",
                 ADMIN_ORG,
@@ -1262,7 +1243,7 @@ async def delete_token(request: web.Request) -> web.Response:
 
     def delete(record: TokenRecord) -> TokenEdit:
         if record.status() == ACTIVE:
-            raise ApiError(409, "conflict", "token is active; revoke it first, then delete it")
+            raise api_error(409, "conflict", "token is active; revoke it first, then delete it")
         return TokenEdit(None, context.token_entry("token.deleted", record))
 
     record = await change_token(context, org, team, _match(request, "id"), delete)
@@ -1314,7 +1295,7 @@ async def rotate_token(request: web.Request) -> web.Response:
     if "grace_period" in body:
         grace = _duration(body["grace_period"], "grace_period")
         if grace > MAX_GRACE:
-            raise ApiError(
+            raise api_error(
                 400, "invalid_request", f"grace_period: at most {format_duration(MAX_GRACE)}", "grace_period"
             )
     issued = time.time()
@@ -1369,10 +1350,8 @@ async def rotate_token(request: web.Request) -> web.Response:
     placeholder = replace(
         old, id=parsed.key_id, created_at=issued
     )  # the successor's index entries: org, team and service account, within the quota
-    try:
-        await runtime.store.index_token(placeholder, runtime.settings.tokens.max_per_team)
-    except QuotaExceeded as exc:
-        raise _quota_exceeded(org, team_name, exc.held, exc.limit) from None
+    # QuotaExceeded: 409 (see DOMAIN_ERRORS)
+    await runtime.store.index_token(placeholder, runtime.settings.tokens.max_per_team)
     try:
         retired = await change_token(context, org, team_name, old.id, rotate)
     except BaseException:
@@ -1395,13 +1374,13 @@ async def rotate_token(request: web.Request) -> web.Response:
 
 def _check_rotatable(old: TokenRecord) -> None:
     if old.replaced_by is not None:
-        raise ApiError(
+        raise api_error(
             409,
             "conflict",
             f"token was already rotated (replaced by {old.replaced_by}); rotate the replacement instead",
         )
     if old.status() != ACTIVE:
-        raise ApiError(409, "conflict", f"token is {old.status()}; only an active token can be rotated")
+        raise api_error(409, "conflict", f"token is {old.status()}; only an active token can be rotated")
 
 
 MAX_GRACE = 30 * 86400.0
@@ -1460,10 +1439,7 @@ async def create_service_account(request: web.Request) -> web.Response:
     )
     entry = context.entry("service_account.created", org=org, team=team, service_account=sa.name)
     await context.still_authorized()
-    try:
-        await context.runtime.store.create_service_account(sa, entry)
-    except Conflict as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
+    await context.runtime.store.create_service_account(sa, entry)  # Conflict: 409 (see DOMAIN_ERRORS)
     context.committed(entry)
     return json_response(sa_view(sa, 0), 201)
 
@@ -1505,18 +1481,18 @@ async def delete_service_account(request: web.Request) -> web.Response:
     name = _match(request, "name")
     runtime = context.runtime
     if await runtime.store.get_service_account(org, team, name) is None:
-        raise ApiError(404, "not_found", f"service account {name!r} does not exist in team {team!r}")
+        raise api_error(404, "not_found", f"service account {name!r} does not exist in team {team!r}")
     async with bulk_work(request):
         await runtime.store.ensure_service_account_indexes(org, team)
         active, exact = await _active_tokens(runtime, org, team, name, 1)
     if active:
-        raise ApiError(
+        raise api_error(
             409,
             "conflict",
             f"service account {name!r} has active tokens; revoke them first",
         )
     if not exact:
-        raise ApiError(
+        raise api_error(
             409,
             "conflict",
             f"service account {name!r} has more than {ACTIVE_COUNT_CAP} tokens to check; "
@@ -1664,7 +1640,7 @@ def _time_or_ago(text: str, field: str) -> float:
     except ValueError:
         return parse_time(text, field)
     except OverflowError:
-        raise ApiError(400, "invalid_request", f"{field}: {text!r} is too long ago", field) from None
+        raise api_error(400, "invalid_request", f"{field}: {text!r} is too long ago", field) from None
 
 
 @endpoint(
@@ -1858,7 +1834,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await runtime.store.ping()
     except StoreUnavailable:
-        return json_response({"error": "not_ready", "message": "store unreachable"}, 503)
+        return error_response(api_error(503, "not_ready", "store unreachable"), ctx(request).request_id)
     return json_response(
         {"status": "ready", "routes": len(runtime.settings.routes), "store": store_details(runtime)}
     )
@@ -1885,41 +1861,47 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     request[CONTEXT] = context
     try:
         response = await handler(request)
-    except Denied as denied:
-        _audit_denied(context, denied)
-        return error_response(denied, context.request_id)
-    except ApiError as exc:
-        body: dict[str, Any] = {"error": exc.error, "message": exc.message, "request_id": context.request_id}
-        if exc.field:
-            body["field"] = exc.field
-        return json_response(body, exc.status, **{"X-Request-Id": context.request_id})
-    except StoreUnavailable:
-        return json_response(
-            {
-                "error": "store_unavailable",
-                "message": "token store unavailable; retry shortly",
-                "request_id": context.request_id,
-            },
-            503,
-            **{"Retry-After": "1"},
-        )
+    except Refusal as refusal:
+        if refusal.step is not None:  # a decision step refused it (not a validation error)
+            _audit_denied(context, refusal)
+        return error_response(refusal, context.request_id)
+    except DOMAIN_ERRORS as exc:
+        return error_response(domain_refusal(exc), context.request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_response(
-            {"error": _http_error_code(exc.status), "message": exc.reason, "request_id": context.request_id},
-            exc.status,
-        )
+        return error_response(api_error(exc.status, _http_error_code(exc.status), exc.reason), context.request_id)
     except Exception:
         log.exception("admin request failed", request_id=context.request_id)
-        return json_response(
-            {"error": "internal_error", "message": "internal error", "request_id": context.request_id}, 500
-        )
+        return error_response(api_error(500, "internal_error", "internal error"), context.request_id)
     response.headers.setdefault("X-Request-Id", context.request_id)
     return response
 
 
-def _audit_denied(context: AdminContext, denied: Denied) -> None:
+def _quota_message(exc: QuotaExceeded) -> str:
+    where = f"team {exc.team!r}" if exc.team is not None else f"org {exc.org!r} (org-level tokens)"
+    return (
+        f"{where} holds {exc.held} tokens; the limit is {exc.limit} (tokens.max_per_team): "
+        "delete revoked or expired tokens first"
+    )
+
+
+# The store's domain errors as the admin API answers them: the one table of the HTTP edge.
+DOMAIN_ERRORS_TABLE: dict[type[Exception], Callable[[Any], Refusal]] = {
+    StoreUnavailable: lambda exc: api_error(503, "store_unavailable", "token store unavailable; retry shortly"),
+    Conflict: lambda exc: api_error(409, "conflict", str(exc)),
+    QuotaExceeded: lambda exc: api_error(409, "quota_exceeded", _quota_message(exc)),
+}
+DOMAIN_ERRORS: tuple[type[Exception], ...] = tuple(DOMAIN_ERRORS_TABLE)
+
+
+def domain_refusal(exc: Exception) -> Refusal:
+    """The refusal the table gives a domain error (its class or nearest listed base)."""
+    kind = next(kind for kind in type(exc).__mro__ if kind in DOMAIN_ERRORS_TABLE)
+    return DOMAIN_ERRORS_TABLE[kind](exc)
+
+
+def _audit_denied(context: AdminContext, denied: Refusal) -> None:
     principal = context.principal
     context.runtime.audit.emit(
         "admin.denied",
@@ -1949,4 +1931,4 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     return app
 
 
-__all__ = ["ACTIVE", "ENDPOINTS", "REALM", "create_admin_app", "issue_token", "openapi_document"]
+__all__ = ["ACTIVE", "ENDPOINTS", "create_admin_app", "issue_token", "openapi_document"]

@@ -5,16 +5,11 @@ proxy application built by `create_app(runtime)`.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
-import re
-import secrets
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
-import orjson
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
@@ -23,38 +18,30 @@ from aiohttp.web_protocol import RequestHandler
 from tokenward.gateway.audit import AuditLog, redact
 from tokenward.gateway.cache import ChangeListener, VerificationCache
 from tokenward.gateway.decision import (
-    STEP_CREDENTIAL,
-    STEP_PATH,
-    STEP_ROUTE,
     Authenticator,
-    Denied,
     Principal,
     authorize,
     bearer_token,
 )
+from tokenward.gateway.edge import client_request_id, error_response, new_request_id, request_id_for
 from tokenward.gateway.embedded import EmbeddedServer
 from tokenward.gateway.metrics import Metrics
 from tokenward.gateway.paths import PathError, Target, parse_target
 from tokenward.gateway.proxy import (
-    ClientBodyError,
     Delivery,
     Forwarder,
-    UpstreamError,
     client_address,
     identity_headers,
     is_trusted,
 )
+from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import HTTP_METHODS
-from tokenward.gateway.settings import IPNetwork, Limits, Settings, Upstream
+from tokenward.gateway.settings import Limits, Settings, Upstream
 from tokenward.gateway.store import Store, connect
 from tokenward.gateway.tokens import SecretHasher, contains_bare_token
 from tokenward.gateway.tunnel import Tunnel, TunnelWatch, is_websocket_upgrade
 
 log = structlog.get_logger("tokenward")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
-# what proxies generate (nginx's $request_id, Envoy's and most others' UUIDs, tokenward's own)
-_HEX_OR_UUID = re.compile(r"^(?:[0-9a-fA-F]{16,64}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})\Z")
-REALM = 'Bearer realm="tokenward"'
 
 
 @dataclass
@@ -178,79 +165,6 @@ class Runtime:
 RUNTIME = web.AppKey("runtime", Runtime)
 
 
-class RequestIds:
-    """32 hex digits like a uuid4's: a random per-process half and a counter (unique, not
-    secret; a uuid4 per request cost more than the rest of the request id logic)."""
-
-    def __init__(self) -> None:
-        self.reseed()
-        os.register_at_fork(after_in_child=self.reseed)  # workers never share a prefix
-
-    def reseed(self) -> None:
-        self.prefix = secrets.token_hex(8)
-        self.counter = itertools.count(secrets.randbits(40))
-
-    def next(self) -> str:
-        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
-new_request_id = RequestIds().next
-
-
-def request_id_for(request: web.BaseRequest, trusted_proxies: tuple[IPNetwork, ...] = ()) -> str:
-    """The request's id: a trusted proxy's X-Request-Id when there is exactly one and it is
-    well-formed (1-128 of `A-Za-z0-9._:-`, nothing token-shaped), else a new one. A client
-    that is not a trusted proxy never chooses the id that the response, the upstream and the
-    audit carry (see `client_request_id`)."""
-    if trusted_proxies and is_trusted(request.remote, trusted_proxies):
-        inbound = request.headers.getall("X-Request-Id", ())
-        if len(inbound) == 1 and _REQUEST_ID.match(inbound[0]):
-            if _HEX_OR_UUID.match(inbound[0]) or redact(inbound[0]) == inbound[0]:
-                return inbound[0]
-    return new_request_id()
-
-
-_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:/+=@,\[\]-]")
-
-
-def client_request_id(request: web.BaseRequest, request_id: str) -> str | None:
-    """The client's own X-Request-Id(s) when not used as the id, for the audit event only:
-    redacted, unsafe characters as `?`, at most 128 characters."""
-    inbound = request.headers.getall("X-Request-Id", ())
-    if not inbound or inbound == [request_id]:
-        return None
-    value = ",".join(inbound)
-    if not _HEX_OR_UUID.match(value):
-        value = redact(value)
-    return _UNSAFE_ID_CHARS.sub("?", value)[:128]
-
-
-def error_response(denied: Denied, request_id: str) -> web.Response:
-    body = {
-        "error": denied.error,
-        "message": denied.message,
-        "step": denied.step,
-        "request_id": request_id,
-    }
-    headers = {"X-Request-Id": request_id, "Cache-Control": "no-store"}
-    if denied.status == 401:
-        if denied.error == "missing_token":
-            headers["WWW-Authenticate"] = REALM
-        else:
-            description = denied.message.replace('"', "'")
-            headers["WWW-Authenticate"] = f'{REALM}, error="invalid_token", error_description="{description}"'
-    elif denied.status == 403 and denied.scope:
-        headers["WWW-Authenticate"] = f'{REALM}, error="insufficient_scope", scope="{denied.scope}"'
-    elif denied.status == 503:
-        headers["Retry-After"] = "1"
-    return web.Response(
-        status=denied.status,
-        body=orjson.dumps(body),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
 def principal_fields(principal: Principal | None) -> dict[str, Any]:
     if principal is None:
         return {}
@@ -283,7 +197,7 @@ class Exchange:
     principal: Principal | None = None
     allowed: bool = False
     status: int = 500
-    step: str = "forward"
+    step: str = Step.FORWARD
     reason: str = "allowed"
     client_request_id: str | None = None  # the client's X-Request-Id, when not the id
     websocket: bool = False  # the matched route lets WebSocket upgrades through
@@ -291,10 +205,15 @@ class Exchange:
     recorded: bool = False  # the decision's audit event is out
     delivery: Delivery | None = None  # a streamed response's fate, once forwarded
 
-    def deny(self, denied: Denied) -> web.Response:
-        self.allowed = False
-        self.status, self.step, self.reason = denied.status, denied.step, denied.message
-        return error_response(denied, self.request_id)
+    def deny(self, refusal: Refusal) -> web.Response:
+        if refusal.step is not Step.UPSTREAM:  # the upstream fails after an allowed decision
+            self.allowed = False
+        # a gateway refusal always names its step (only admin validation errors have none)
+        self.status, self.step, self.reason = refusal.status, refusal.step or Step.INTERNAL, refusal.message
+        response = error_response(refusal, self.request_id)
+        if refusal.close:
+            response.force_close()
+        return response
 
 
 class ProxyHandler:
@@ -325,28 +244,20 @@ class ProxyHandler:
             )
             ex.status = response.status
             return response
-        except Denied as denied:
-            return ex.deny(denied)
-        except ClientBodyError as exc:
-            response = ex.deny(Denied(exc.status, exc.error, exc.step, exc.message))
-            response.force_close()
-            return response
-        except UpstreamError as exc:
-            ex.status, ex.step, ex.reason = exc.status, "upstream", exc.message
-            error = "bad_gateway" if exc.status == 502 else "gateway_timeout"
-            return error_response(Denied(exc.status, error, "upstream", exc.message), ex.request_id)
+        except Refusal as refusal:
+            return ex.deny(refusal)
         except asyncio.CancelledError:
             # Stopped mid-request (shutdown's drain time ran out): what the client got is the
             # status line already sent, if any, and a closed connection.
             sent = ex.delivery.status if ex.delivery is not None else 0
             ex.status = sent or 503
-            ex.step = "shutdown"
+            ex.step = Step.SHUTDOWN
             ex.reason = "cut off: the gateway shut down" if sent else "the gateway shut down before answering"
             raise
         except Exception:
             # Fail closed: anything unexpected in the decision path is a 500, never a pass.
             log.exception("request failed", request_id=ex.request_id)
-            return ex.deny(Denied(500, "internal_error", "internal", "internal error"))
+            return ex.deny(Refusal(500, "internal_error", Step.INTERNAL, "internal error"))
         finally:
             if not ex.recorded:
                 self._record(ex)
@@ -362,7 +273,7 @@ class ProxyHandler:
             if delivery.shutdown_aborted:
                 aborted["shutdown_aborted"] = True
             elif delivery.upstream_aborted:
-                ex.step, ex.reason = "upstream", f"response cut off by the upstream: {delivery.error}"
+                ex.step, ex.reason = Step.UPSTREAM, f"response cut off by the upstream: {delivery.error}"
                 aborted["upstream_aborted"] = True
             else:
                 ex.reason = "response cut off: the client closed the connection"
@@ -396,7 +307,7 @@ class ProxyHandler:
         assert runtime.forwarder is not None and runtime.tunnels is not None
         if request.body_exists or (request.content_length or 0) > 0:
             # A body here would be bytes the upstream waits for after declining the upgrade.
-            raise Denied(400, "invalid_request", "request", "a WebSocket upgrade request has no body")
+            raise Refusal(400, "invalid_request", Step.REQUEST, "a WebSocket upgrade request has no body")
         credential = bearer_token(request.headers.getall("Authorization", [])) if ex.principal else None
         conn, response = await runtime.forwarder.upgrade(
             request, upstream, target.path, target.query, ex.principal, ex.request_id, settings
@@ -412,7 +323,7 @@ class ProxyHandler:
             if epoch != ex.epoch:
                 expires_at = await self._recheck(ex, credential)
             if request.transport is None or request.transport.is_closing():
-                ex.status, ex.step, ex.reason = 499, "upstream", "client left during the handshake"
+                ex.status, ex.step, ex.reason = 499, Step.UPSTREAM, "client left during the handshake"
                 conn.close()
                 return response
             tunnel = Tunnel(request, conn)
@@ -445,18 +356,18 @@ class ProxyHandler:
         return response
 
     async def _recheck(self, ex: Exchange, credential: str | None) -> float | None:
-        """Would this tunnel's opening request still be allowed? Raises Denied if not."""
+        """Would this tunnel's opening request still be allowed? Raises Refusal if not."""
         settings = self.runtime.settings
         try:
             match = settings.router.match("GET", ex.path)
         except PathError as exc:  # a reload made this path ambiguous
-            raise Denied(400, "invalid_request", STEP_PATH, str(exc)) from None
+            raise Refusal(400, "invalid_request", Step.PATH, str(exc)) from None
         if match is None or not match.route.websocket:
-            raise Denied(404, "not_found", STEP_ROUTE, "the route no longer allows this WebSocket")
+            raise Refusal(404, "not_found", Step.ROUTE, "the route no longer allows this WebSocket")
         if match.route.public:
             return None
         if credential is None:
-            raise Denied(401, "invalid_token", STEP_CREDENTIAL, "missing bearer token")
+            raise Refusal(401, "invalid_token", Step.CREDENTIAL, "missing bearer token")
         principal = await self.runtime.authenticator.authenticate(credential, ex.client_ip)
         authorize(match, principal)
         return principal.token.expires_at
@@ -464,7 +375,7 @@ class ProxyHandler:
     async def _decide(
         self, request: web.BaseRequest, settings: Settings, method: str, raw_target: str, ex: Exchange
     ) -> Target:
-        """Steps 1–8 for `method raw_target`; raises Denied. Sets ex.path/route/principal."""
+        """Steps 1–8 for `method raw_target`; raises Refusal. Sets ex.path/route/principal."""
         check_cookies(request, settings.tokens.accepted_prefixes)
         raw_target = check_target(
             raw_target, request.headers.getall("Host", []), settings.tokens.accepted_prefixes
@@ -474,9 +385,9 @@ class ProxyHandler:
             ex.path = target.path
             match = settings.router.match(method, target.path)  # PathError: a lax reading of it
         except PathError as exc:
-            raise Denied(400, "invalid_request", STEP_PATH, str(exc)) from None
+            raise Refusal(400, "invalid_request", Step.PATH, str(exc)) from None
         if match is None:
-            raise Denied(404, "not_found", STEP_ROUTE, "no route matches this request")
+            raise Refusal(404, "not_found", Step.ROUTE, "no route matches this request")
         ex.route = match.route.label
         ex.websocket = match.route.websocket
         ex.upstream = match.route.upstream
@@ -493,12 +404,12 @@ class ProxyHandler:
         """Forward-auth (nginx auth_request, Traefik ForwardAuth, Envoy ext_authz HTTP)."""
         ex.mode = "forward_auth"
         if not is_trusted(request.remote, settings.trusted_proxies):
-            raise Denied(403, "forbidden", "request", "forward-auth answers only trusted_proxies")
+            raise Refusal(403, "forbidden", Step.REQUEST, "forward-auth answers only trusted_proxies")
         method, raw_target = original_request(request)
         ex.method, ex.path = method, raw_target
         await self._decide(request, settings, method, raw_target, ex)
         headers = identity_headers(ex.principal) if ex.principal is not None else {}
-        ex.status, ex.step = 200, "verified"
+        ex.status, ex.step = 200, Step.VERIFIED
         return web.Response(
             status=200, headers={**headers, "X-Request-Id": ex.request_id, "Cache-Control": "no-store"}
         )
@@ -511,21 +422,21 @@ def original_request(request: web.BaseRequest) -> tuple[str, str]:
     uris = headers.getall("X-Original-URI", []) + headers.getall("X-Forwarded-Uri", [])
     methods = headers.getall("X-Original-Method", []) + headers.getall("X-Forwarded-Method", [])
     if len(uris) > 1 or len(methods) > 1:
-        raise Denied(400, "invalid_request", "request", "more than one original URI or method header")
+        raise Refusal(400, "invalid_request", Step.REQUEST, "more than one original URI or method header")
     if uris:
         target = uris[0]
     else:
         target = request.raw_path[len(VERIFY_PATH) :] or ""
         if not target.startswith("/"):
-            raise Denied(
+            raise Refusal(
                 400,
                 "invalid_request",
-                "request",
+                Step.REQUEST,
                 "forward-auth needs X-Original-URI, X-Forwarded-Uri or a path after /_tokenward/verify",
             )
     method = methods[0].strip().upper() if methods else request.method
     if method not in HTTP_METHODS:
-        raise Denied(400, "invalid_request", "request", f"unsupported original method {method!r}")
+        raise Refusal(400, "invalid_request", Step.REQUEST, f"unsupported original method {method!r}")
     return method, target
 
 
@@ -621,23 +532,23 @@ class GatewayRequestHandler(HeadDeadlineHandler):
         return response
 
 
-def classify_protocol_error(status: int, exc: BaseException | None) -> Denied:
+def classify_protocol_error(status: int, exc: BaseException | None) -> Refusal:
     """An HTTP parse error (or handler crash) as a JSON error with the right status."""
     if isinstance(exc, LineTooLong):
         line = exc.args[0] if exc.args else b""
         line_bytes = line.encode() if isinstance(line, str) else bytes(line)
         if line_bytes.startswith((b"/", b"http", b"*")):
-            return Denied(414, "uri_too_long", "limits", "request target too long")
-        return Denied(431, "headers_too_large", "limits", "request header too large")
+            return Refusal(414, "uri_too_long", Step.LIMITS, "request target too long")
+        return Refusal(431, "headers_too_large", Step.LIMITS, "request header too large")
     if isinstance(exc, HttpProcessingError):
         text = exc.message if isinstance(exc.message, str) else "malformed request"
         if "Too many headers" in text:
-            return Denied(431, "headers_too_large", "limits", "too many request headers")
+            return Refusal(431, "headers_too_large", Step.LIMITS, "too many request headers")
         first = text.strip().splitlines()[0] if text.strip() else "malformed request"
-        return Denied(400, "invalid_request", "framing", f"malformed request: {first.rstrip(':')}")
+        return Refusal(400, "invalid_request", Step.FRAMING, f"malformed request: {first.rstrip(':')}")
     if status == 504:
-        return Denied(504, "gateway_timeout", "internal", "request timed out")
-    return Denied(500, "internal_error", "internal", "internal error")
+        return Refusal(504, "gateway_timeout", Step.INTERNAL, "request timed out")
+    return Refusal(500, "internal_error", Step.INTERNAL, "internal error")
 
 
 class ProxyServer(web.Server):
@@ -670,10 +581,10 @@ _X_DASH = frozenset({b"x-", b"X-", b"x_", b"X_", b"x.", b"X."})
 def check_request(request: web.BaseRequest, limits: Limits) -> None:
     """Checks before any routing: limits, no method override, no token in a cookie."""
     if len(request.raw_path) > limits.max_url_length:
-        raise Denied(414, "uri_too_long", "limits", "request target too long")
+        raise Refusal(414, "uri_too_long", Step.LIMITS, "request target too long")
     raw_headers = request.raw_headers
     if len(raw_headers) > limits.max_header_count:
-        raise Denied(431, "headers_too_large", "limits", "too many request headers")
+        raise Refusal(431, "headers_too_large", Step.LIMITS, "too many request headers")
     size = 0
     override = False
     for name, value in raw_headers:
@@ -683,12 +594,12 @@ def check_request(request: web.BaseRequest, limits: Limits) -> None:
             norm = name.decode("latin-1").lower().replace("_", "-").replace(".", "-")
             override = norm in METHOD_OVERRIDE
     if size > limits.max_header_bytes:
-        raise Denied(431, "headers_too_large", "limits", "request headers too large")
+        raise Refusal(431, "headers_too_large", Step.LIMITS, "request headers too large")
     length = request.content_length
     if length is not None and length > limits.max_body_bytes:
-        raise Denied(413, "payload_too_large", "limits", "request body too large")
+        raise Refusal(413, "payload_too_large", Step.LIMITS, "request body too large")
     if override:
-        raise Denied(400, "invalid_request", "request", "method override headers are not accepted")
+        raise Refusal(400, "invalid_request", Step.REQUEST, "method override headers are not accepted")
 
 
 def check_target(raw: str, hosts: list[str], prefixes: frozenset[str]) -> str:
@@ -698,10 +609,10 @@ def check_target(raw: str, hosts: list[str], prefixes: frozenset[str]) -> str:
         raw = _origin_form(raw, hosts)
     query = raw.partition("?")[2]
     if query and _query_has_credential(query, prefixes):
-        raise Denied(
+        raise Refusal(
             400,
             "invalid_request",
-            STEP_CREDENTIAL,
+            Step.CREDENTIAL,
             "credentials in the query string are not accepted; use the Authorization header",
         )
     return raw
@@ -710,10 +621,10 @@ def check_target(raw: str, hosts: list[str], prefixes: frozenset[str]) -> str:
 def check_cookies(request: web.BaseRequest, prefixes: frozenset[str]) -> None:
     for cookie in request.headers.getall("Cookie", []):
         if any(f"{prefix}_" in cookie for prefix in prefixes) or contains_bare_token(cookie, prefixes):
-            raise Denied(
+            raise Refusal(
                 400,
                 "invalid_request",
-                STEP_CREDENTIAL,
+                Step.CREDENTIAL,
                 "tokens in cookies are not accepted; use the Authorization header",
             )
 
@@ -723,7 +634,7 @@ def _origin_form(raw: str, hosts: list[str]) -> str:
     rest = raw.split("://", 1)[1]
     authority, slash, path = rest.partition("/")
     if "@" in authority or len(hosts) != 1 or authority.lower() != hosts[0].lower():
-        raise Denied(400, "invalid_request", STEP_PATH, "absolute-form request target does not match Host")
+        raise Refusal(400, "invalid_request", Step.PATH, "absolute-form request target does not match Host")
     return slash + path if slash else "/"
 
 

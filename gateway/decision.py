@@ -4,7 +4,7 @@
 allowed_cidrs) · 5 org · 6 team · 7 constraints · 8 scope.
 
 Identity (steps 2–4, `Authenticator`) is kept apart from authorization (steps 5–8,
-`authorize`); both raise `Denied`, which carries the stable step and reason that the
+`authorize`); both raise `Refusal`, which carries the stable step and reason that the
 HTTP edge turns into a response and the audit log records.
 """
 
@@ -25,47 +25,23 @@ import orjson
 from tokenward.gateway import tokens
 from tokenward.gateway.cache import VerificationCache
 from tokenward.gateway.records import EXPIRED, REVOKED, TeamRecord, TokenRecord
+from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import Match
 from tokenward.gateway.scopes import Scope, effective_covers, effective_scopes, parse_scopes
 from tokenward.gateway.store import Store, StoreUnavailable, now
 
 T = TypeVar("T")
 
-# step names, as they appear in responses, audit and metrics
-STEP_PATH = "path"
-STEP_ROUTE = "route"
-STEP_CREDENTIAL = "credential"
-STEP_TOKEN = "token"
-STEP_STATUS = "status"
-STEP_ORG = "org"
-STEP_TEAM = "team"
-STEP_CONSTRAINTS = "constraints"
-STEP_SCOPE = "scope"
-STEP_STORE = "store"
+def _unauthorized(step: Step, message: str, error: str = "invalid_token") -> Refusal:
+    return Refusal(401, error, step, message)
 
 
-class Denied(Exception):
-    """A refused request: HTTP status, error code, failing step and a human message."""
-
-    def __init__(self, status: int, error: str, step: str, message: str, scope: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.step = step
-        self.message = message
-        self.scope = scope
+def _forbidden(step: Step, message: str, scope: str | None = None) -> Refusal:
+    return Refusal(403, "insufficient_scope" if step == Step.SCOPE else "forbidden", step, message, scope)
 
 
-def _unauthorized(step: str, message: str, error: str = "invalid_token") -> Denied:
-    return Denied(401, error, step, message)
-
-
-def _forbidden(step: str, message: str, scope: str | None = None) -> Denied:
-    return Denied(403, "insufficient_scope" if step == STEP_SCOPE else "forbidden", step, message, scope)
-
-
-def store_unavailable() -> Denied:
-    return Denied(503, "store_unavailable", STEP_STORE, "token store unavailable; retry shortly")
+def store_unavailable() -> Refusal:
+    return Refusal(503, "store_unavailable", Step.STORE, "token store unavailable; retry shortly")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +62,17 @@ class Principal:
 def bearer_token(values: Sequence[str]) -> str:
     """The token in the Authorization header(s); exactly one Bearer credential."""
     if not values:
-        raise _unauthorized(STEP_CREDENTIAL, "missing bearer token", error="missing_token")
+        raise _unauthorized(Step.CREDENTIAL, "missing bearer token", error="missing_token")
     if len(values) > 1:
-        raise Denied(400, "invalid_request", STEP_CREDENTIAL, "more than one Authorization header")
+        raise Refusal(400, "invalid_request", Step.CREDENTIAL, "more than one Authorization header")
     scheme, _, token = values[0].strip().partition(" ")
     if scheme.lower() != "bearer":
         raise _unauthorized(
-            STEP_CREDENTIAL, "Authorization must use the Bearer scheme", error="missing_token"
+            Step.CREDENTIAL, "Authorization must use the Bearer scheme", error="missing_token"
         )
     token = token.strip()
     if not token or " " in token:
-        raise _unauthorized(STEP_CREDENTIAL, "token is malformed")
+        raise _unauthorized(Step.CREDENTIAL, "token is malformed")
     return token
 
 
@@ -313,7 +289,7 @@ class Authenticator:
         try:
             parsed = tokens.parse(token, self.accepted_prefixes)
         except tokens.TokenFormatError as exc:
-            raise _unauthorized(STEP_CREDENTIAL, str(exc)) from None
+            raise _unauthorized(Step.CREDENTIAL, str(exc)) from None
         fingerprint = tokens.fingerprint(token)
         try:
             key_id = await self._identify(fingerprint, parsed)
@@ -321,14 +297,14 @@ class Authenticator:
             # that this process has already seen (say, during an argon2 verification).
             record = await self._record(key_id) if key_id is not None else None
             if record is None:
-                raise _unauthorized(STEP_TOKEN, "invalid token")
+                raise _unauthorized(Step.TOKEN, "invalid token")
             status = record.status(now())
             if status == REVOKED:
-                raise _unauthorized(STEP_STATUS, "token revoked")
+                raise _unauthorized(Step.STATUS, "token revoked")
             if status == EXPIRED:
-                raise _unauthorized(STEP_STATUS, "token expired")
+                raise _unauthorized(Step.STATUS, "token expired")
             if not record.client_allowed(client_ip):
-                raise _unauthorized(STEP_STATUS, "client address not allowed for this token")
+                raise _unauthorized(Step.STATUS, "client address not allowed for this token")
             team = await self._team(record) if record.team is not None else None
         except StoreUnavailable:
             raise store_unavailable() from None
@@ -486,22 +462,22 @@ def authorize(match: Match, principal: Principal) -> None:
     token = principal.token
     org_param = route.resource.get("org")
     if org_param is not None and params[org_param] != token.org:
-        raise _forbidden(STEP_ORG, "token org does not match resource org")
+        raise _forbidden(Step.ORG, "token org does not match resource org")
     team_param = route.resource.get("team")
     if team_param is not None and token.team is not None and params[team_param] != token.team:
-        raise _forbidden(STEP_TEAM, "token is not in the same team as the resource")
+        raise _forbidden(Step.TEAM, "token is not in the same team as the resource")
     for name, pinned in sorted(token.constraints.items()):
         param = route.resource.get(name)
         if param is None:
             raise _forbidden(
-                STEP_CONSTRAINTS,
+                Step.CONSTRAINTS,
                 f"token is constrained to {name}={pinned} and this route does not name a {name}",
             )
         if params[param] != pinned:
             raise _forbidden(
-                STEP_CONSTRAINTS,
+                Step.CONSTRAINTS,
                 f"token is constrained to {name}={pinned}; this request is for {name}={params[param]}",
             )
     for required in route.scopes:
         if not principal.can(required):
-            raise _forbidden(STEP_SCOPE, f"token lacks required permission: {required}", scope=str(required))
+            raise _forbidden(Step.SCOPE, f"token lacks required permission: {required}", scope=str(required))

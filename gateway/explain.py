@@ -4,8 +4,9 @@ Both use the gateway's own code (canonical path, router, authenticator, authoriz
 
 from __future__ import annotations
 
-from tokenward.gateway.decision import Denied, authorize
+from tokenward.gateway.decision import authorize
 from tokenward.gateway.paths import PathError, parse_target
+from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.routes import LITERAL, PARAM, TAIL, Route, fold, methods_overlap
 from tokenward.gateway.settings import Settings
 
@@ -176,7 +177,7 @@ async def explain_token(settings: Settings, match: object, token: str) -> list[s
     try:
         principal = await runtime.authenticator.authenticate(token, None)
         authorize(match, principal)
-    except Denied as denied:
+    except Refusal as denied:
         return [f"decision: {denied.status} at step {denied.step}: {denied.message}"]
     finally:
         await runtime.close()

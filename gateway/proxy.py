@@ -26,6 +26,7 @@ from prometheus_client import Histogram
 
 from tokenward.gateway.decision import Principal
 from tokenward.gateway.forms import BodyScanner, OverrideFound, body_scanner
+from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import format_scopes
 from tokenward.gateway.settings import IPNetwork, Settings, Upstream
 from tokenward.gateway.upstream import (
@@ -203,26 +204,28 @@ class BodyGuard:
         self.timeout = timeout
         self.scanner = scanner
         self.received = 0
-        self.failure: tuple[int, str, str, str] | None = None
+        self.failure: Refusal | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
             try:
                 chunk = await asyncio.wait_for(self.stream.readany(), self.timeout)
             except TimeoutError:
-                self.failure = (408, "request_timeout", "client sent the request body too slowly", "limits")
+                self.failure = client_body_error(408, "request_timeout", "client sent the request body too slowly")
                 raise
             if not chunk:
                 return
             self.received += len(chunk)
             if self.received > self.max_bytes:
-                self.failure = (413, "payload_too_large", "request body too large", "limits")
+                self.failure = client_body_error(413, "payload_too_large", "request body too large")
                 raise ValueError("request body too large")
             if self.scanner is not None:
                 try:
                     self.scanner.feed(chunk)
                 except OverrideFound as exc:
-                    self.failure = (400, "invalid_request", f"method override parameters are not accepted: {exc}", "request")
+                    self.failure = client_body_error(
+                        400, "invalid_request", f"method override parameters are not accepted: {exc}", Step.REQUEST
+                    )
                     raise
             yield chunk
 
@@ -240,23 +243,15 @@ class Delivery:
     error: str = ""
 
 
-class UpstreamError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+def upstream_error(status: int, message: str) -> Refusal:
+    """The upstream failed (502) or timed out (504) after the decision allowed the request."""
+    return Refusal(status, "bad_gateway" if status == 502 else "gateway_timeout", Step.UPSTREAM, message)
 
 
-class ClientBodyError(Exception):
+def client_body_error(status: int, error: str, message: str, step: Step = Step.LIMITS) -> Refusal:
     """The client's body broke a limit (413), stalled (408) or carried a method override
-    (400) while being forwarded."""
-
-    def __init__(self, status: int, error: str, message: str, step: str = "limits") -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
-        self.step = step
+    (400) while being forwarded: the connection closes after the answer."""
+    return Refusal(status, error, step, message, close=True)
 
 
 def normalize_name(name: str) -> str:
@@ -515,7 +510,7 @@ class Forwarder:
         try:
             if conn.upgraded or conn.status == 101:
                 conn.reusable = False
-                raise UpstreamError(502, f"upstream {upstream.name} switched protocols unasked")
+                raise upstream_error(502, f"upstream {upstream.name} switched protocols unasked")
             return await self._respond(request, conn, request_id, delivery)
         finally:
             conn.finish()
@@ -541,7 +536,7 @@ class Forwarder:
             conn.reusable = False  # an upgrade attempt's connection never goes back to the pool
             try:
                 if conn.status == 101:
-                    raise UpstreamError(502, f"upstream {upstream.name} switched protocols without Upgrade")
+                    raise upstream_error(502, f"upstream {upstream.name} switched protocols without Upgrade")
                 return None, await self._respond(request, conn, request_id)
             finally:
                 conn.finish()
@@ -569,7 +564,7 @@ class Forwarder:
                 else:  # never another pooled connection: it idled as long, likely closed too
                     conn, reused = await pool.connect(upstream.connect_timeout), False
             except UpstreamFailed as exc:
-                raise UpstreamError(504 if exc.timeout else 502, str(exc)) from None
+                raise upstream_error(504 if exc.timeout else 502, str(exc)) from None
             idle_for = pool.loop.time() - conn.idle_since if reused else 0.0
             conn.begin(request.method == "HEAD", upstream.timeout)
             try:
@@ -587,8 +582,8 @@ class Forwarder:
                 if exc.stale and reused and replayable and attempt == 0:
                     continue  # the upstream closed the idle connection: once more, on a new one
                 if exc.timeout:
-                    raise UpstreamError(504, f"upstream {upstream.name} timed out") from None
-                raise UpstreamError(502, f"upstream {upstream.name} failed: {exc}") from None
+                    raise upstream_error(504, f"upstream {upstream.name} timed out") from None
+                raise upstream_error(502, f"upstream {upstream.name} failed: {exc}") from None
             except BaseException:
                 conn.close()
                 raise
@@ -600,7 +595,7 @@ class Forwarder:
             headers = request.headers
             scanner = body_scanner(headers.getall("Content-Type", []), headers.getall("Content-Encoding", []))
         except OverrideFound as exc:
-            raise ClientBodyError(400, "invalid_request", f"unreadable form body: {exc}", "request") from None
+            raise client_body_error(400, "invalid_request", f"unreadable form body: {exc}", Step.REQUEST) from None
         guard = BodyGuard(request.content, limits.max_body_bytes, limits.body_timeout, scanner)
         chunked = request.content_length is None
         conn.sending = True
@@ -617,7 +612,7 @@ class Forwarder:
                 conn.write(b"0\r\n\r\n")
         except (TimeoutError, ValueError):
             if guard.failure is not None:
-                raise ClientBodyError(*guard.failure) from None
+                raise guard.failure from None
             raise
         finally:
             conn.sending = False

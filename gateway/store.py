@@ -158,10 +158,12 @@ class Conflict(Exception):
 class QuotaExceeded(Exception):
     """A team (or the org level) already holds `limit` tokens."""
 
-    def __init__(self, held: int, limit: int) -> None:
+    def __init__(self, held: int, limit: int, org: str = "", team: str | None = None) -> None:
         super().__init__(f"holds {held} tokens, the limit is {limit}")
         self.held = held
         self.limit = limit
+        self.org = org  # where: the token's org, and its team (None: the org level)
+        self.team = team
 
 
 @dataclass(frozen=True, slots=True)
@@ -1122,7 +1124,7 @@ class Store:
             ),
         )
         if int(held) < 0:
-            raise QuotaExceeded(-int(held), max_per_index or 0)
+            raise QuotaExceeded(-int(held), max_per_index or 0, token.org, token.team)
 
     async def unindex_token(self, token: TokenRecord) -> None:
         index = Keys.org_tokens(token.org)

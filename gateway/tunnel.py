@@ -15,7 +15,7 @@ from aiohttp import web
 
 from tokenward.gateway.aio import cancel_and_wait
 from tokenward.gateway.cache import VerificationCache
-from tokenward.gateway.decision import Denied
+from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.upstream import Connection
 
 log = structlog.get_logger("tokenward.tunnel")
@@ -116,7 +116,7 @@ class Tunnel:
         self.client.close()  # what was written still goes out first
 
 
-Recheck = Callable[[], Awaitable[float | None]]  # raises Denied; returns the token's expiry
+Recheck = Callable[[], Awaitable[float | None]]  # raises Refusal; returns the token's expiry
 
 
 class TunnelWatch:
@@ -169,7 +169,7 @@ class TunnelWatch:
                 tunnel.epoch = epoch
                 try:
                     expires_at = await recheck()
-                except Denied as denied:
+                except Refusal as denied:
                     if denied.status < 500:
                         tunnel.close(f"{denied.step}: {denied.message}")
                     continue  # a store outage is not a bad token: checked again later

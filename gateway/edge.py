@@ -1,0 +1,82 @@
+"""The HTTP edge shared by the gateway and admin listeners: request ids and error responses.
+
+Every JSON error either listener sends is built here, from a `Refusal`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import secrets
+
+from aiohttp import web
+
+from tokenward.gateway.audit import redact
+from tokenward.gateway.proxy import is_trusted
+from tokenward.gateway.refusal import Refusal, error_body, error_headers
+from tokenward.gateway.settings import IPNetwork
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
+# what proxies generate (nginx's $request_id, Envoy's and most others' UUIDs, tokenward's own)
+_HEX_OR_UUID = re.compile(r"^(?:[0-9a-fA-F]{16,64}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})\Z")
+
+
+class RequestIds:
+    """32 hex digits like a uuid4's: a random per-process half and a counter (unique, not
+    secret; a uuid4 per request cost more than the rest of the request id logic)."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)  # workers never share a prefix
+
+    def reseed(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count(secrets.randbits(40))
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+new_request_id = RequestIds().next
+
+
+def request_id_for(request: web.BaseRequest, trusted_proxies: tuple[IPNetwork, ...] = ()) -> str:
+    """The request's id: a trusted proxy's X-Request-Id when there is exactly one and it is
+    well-formed (1-128 of `A-Za-z0-9._:-`, nothing token-shaped), else a new one. A client
+    that is not a trusted proxy never chooses the id that the response, the upstream and the
+    audit carry (see `client_request_id`)."""
+    if trusted_proxies and is_trusted(request.remote, trusted_proxies):
+        inbound = request.headers.getall("X-Request-Id", ())
+        if len(inbound) == 1 and _REQUEST_ID.match(inbound[0]):
+            if _HEX_OR_UUID.match(inbound[0]) or redact(inbound[0]) == inbound[0]:
+                return inbound[0]
+    return new_request_id()
+
+
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:/+=@,\[\]-]")
+
+
+def client_request_id(request: web.BaseRequest, request_id: str) -> str | None:
+    """The client's own X-Request-Id(s) when not used as the id, for the audit event only:
+    redacted, unsafe characters as `?`, at most 128 characters."""
+    inbound = request.headers.getall("X-Request-Id", ())
+    if not inbound or inbound == [request_id]:
+        return None
+    value = ",".join(inbound)
+    if not _HEX_OR_UUID.match(value):
+        value = redact(value)
+    return _UNSAFE_ID_CHARS.sub("?", value)[:128]
+
+
+def error_response(refusal: Refusal, request_id: str) -> web.Response:
+    """The one JSON error response of both listeners (see `refusal.error_body`)."""
+    return web.Response(
+        status=refusal.status,
+        body=error_body(refusal, request_id),
+        content_type="application/json",
+        headers=error_headers(refusal, request_id),
+    )
+
+
+__all__ = ["client_request_id", "error_response", "new_request_id", "request_id_for"]

@@ -16,27 +16,11 @@ import pytest
 
 from tests.conftest import Gateway
 from tests.test_admin_api import TEAMS, TOKENS, admin
+from tests.test_lifecycle import issue
+from tests.test_lifecycle import org_admin as org_admin  # the fixture
 
 APIS = "/orgs/acme/teams/platform/apis"
 TRIALS = 50
-
-
-@pytest.fixture
-async def org_admin(gateway: Gateway) -> str:
-    token = await gateway.org_admin()
-    status, _, _ = await admin(
-        gateway, "POST", TEAMS, token, {"name": "platform", "permissions": ["read:apis", "admin:team"]}
-    )
-    assert status == 201
-    return token
-
-
-async def issue(gw: Gateway, admin_token: str, **body: Any) -> dict[str, Any]:
-    body.setdefault("name", "ci")
-    body.setdefault("scopes", ["read:apis"])
-    status, data, _ = await admin(gw, "POST", TOKENS, admin_token, body)
-    assert status == 201, data
-    return dict(data)
 
 
 async def team_admin(gw: Gateway, org_admin: str) -> str:

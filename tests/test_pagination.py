@@ -20,6 +20,7 @@ import tokenward.api as api
 from tests.conftest import Gateway, env_for_subprocess
 from tests.test_admin_api import TEAMS, TOKENS, admin
 from tests.test_cli import run_cli
+from tests.test_lifecycle import org_admin as org_admin  # the fixture
 from tests.test_prefilter import wrong_secrets
 from tokenward.api import openapi_document
 from tokenward.gateway.records import TokenRecord
@@ -29,16 +30,6 @@ from tokenward.gateway.store import Keys
 from tokenward.gateway.tokens import BASE62, KEY_ID_LEN, secret_check
 
 SAS = "/v1/orgs/acme/teams/platform/service-accounts"
-
-
-@pytest.fixture
-async def org_admin(gateway: Gateway) -> str:
-    token = await gateway.org_admin()
-    status, _, _ = await admin(
-        gateway, "POST", TEAMS, token, {"name": "platform", "permissions": ["read:apis", "admin:team"]}
-    )
-    assert status == 201
-    return token
 
 
 def new_id() -> str:

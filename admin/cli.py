@@ -625,39 +625,18 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
 
 
 async def _bootstrap(settings: Settings, org: str, name: str) -> tuple[str, str]:
-    from tokenward.api import issue_token
+    """The first org-admin token, issued through the token service by the operator at the
+    server: its `token.created` event is written with the token itself (an org-admin token
+    never exists without its event), like every token the admin API issues."""
+    from tokenward.actor import Actor
     from tokenward.gateway.app import Runtime
-    from tokenward.gateway.records import TokenRecord
-    from tokenward.gateway.scopes import parse_scopes
-    from tokenward.gateway.store import AuditEntry
+    from tokenward.service import TokenService
 
     runtime = await Runtime.open(settings)
-    fields: dict[str, Any] = {}
-
-    def created_event(record: TokenRecord) -> AuditEntry:
-        # written with the token itself: an org-admin token never exists without its event
-        fields.update(
-            actor_id="bootstrap",
-            org=org,
-            team=None,
-            token_id=record.id,
-            token_name=record.name,
-            scopes=["admin:org"],
-        )
-        event = {**fields, "action": "token.created", "ts": time.time()}
-        return AuditEntry(orjson.dumps(event), runtime.audit.stream_maxlen)
-
     try:
-        token, record = await issue_token(
-            runtime,
-            org=org,
-            team=None,
-            name=name,
-            scopes=parse_scopes(["admin:org"]),
-            created_by="bootstrap",
-            audit=created_event,
+        token, record = await TokenService(runtime).issue(
+            Actor("bootstrap"), org=org, team=None, name=name, scopes=["admin:org"], lifetime=None
         )
-        runtime.audit.emit("token.created", in_stream=True, **fields)
         return token, record.id
     finally:
         await runtime.close()

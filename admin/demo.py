@@ -144,11 +144,12 @@ def demo_config(data_dir: Path, port: int, admin_port: int, upstream_port: int) 
 async def run_demo(
     data_dir: Path, port: int, admin_port: int, upstream_port: int, once: bool = False
 ) -> None:
-    from tokenward.api import issue_token
+    from tokenward.actor import Actor
     from tokenward.gateway.records import TeamRecord
     from tokenward.gateway.scopes import parse_scopes
     from tokenward.gateway.server import Server
     from tokenward.gateway.store import Conflict
+    from tokenward.service import TokenService
 
     data_dir.mkdir(parents=True, exist_ok=True)
     port, admin_port, upstream_port = (port_or_free(p) for p in (port, admin_port, upstream_port))
@@ -166,29 +167,17 @@ async def run_demo(
     server = Server(settings)
     runtime = await server.start()
     try:
-        admin_plain, _ = await issue_token(
-            runtime,
-            org=DEMO_ORG,
-            team=None,
-            name="demo-org-admin",
-            scopes=parse_scopes(["admin:org"]),
-            created_by="demo",
+        # issued as the admin API issues them, audited as made by the operator ("demo")
+        tokens, operator = TokenService(runtime), Actor("demo")
+        admin_plain, _ = await tokens.issue(
+            operator, org=DEMO_ORG, team=None, name="demo-org-admin", scopes=["admin:org"], lifetime=None
         )
         with contextlib.suppress(Conflict):
             await runtime.store.create_team(
                 TeamRecord(DEMO_ORG, DEMO_TEAM, parse_scopes(TEAM_PERMISSIONS), 0.0, "demo")
             )
-        policy = settings.tokens
-        import time
-
-        read_plain, read_record = await issue_token(
-            runtime,
-            org=DEMO_ORG,
-            team=DEMO_TEAM,
-            name="ci-readonly",
-            scopes=parse_scopes(["read:apis", "read:specs"]),
-            created_by="demo",
-            expires_at=time.time() + (policy.default_ttl or 0) if policy.default_ttl else None,
+        read_plain, read_record = await tokens.issue(
+            operator, org=DEMO_ORG, team=DEMO_TEAM, name="ci-readonly", scopes=["read:apis", "read:specs"]
         )
         gw = f"http://127.0.0.1:{port}"
         adm = f"http://127.0.0.1:{admin_port}"

@@ -35,10 +35,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tokenward.api import issue_token
 from tokenward.gateway.records import TeamRecord, TokenRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.tokens import BASE62, KEY_ID_LEN, SECRET_LEN, secret_check
+from tokenward.service import issue_token
 
 from loadgen import Load, LoadGenerator, LoadResult, ensure_wrk
 from observe import expect_status, tokenward_counters

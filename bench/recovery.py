@@ -33,7 +33,6 @@ import aiohttp
 import redis
 from aiohttp import web
 
-from tokenward.api import issue_token
 from tokenward.demo import echo_app
 from tokenward.gateway import store as store_module
 from tokenward.gateway.audit import configure_logging
@@ -43,6 +42,7 @@ from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.server import Server
 from tokenward.gateway.settings import LogSettings, settings_from_dict
 from tokenward.gateway.tokens import generate
+from tokenward.service import issue_token
 
 APIS = "/orgs/acme/teams/platform/apis"
 CHEAP_ARGON2 = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}

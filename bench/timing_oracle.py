@@ -29,11 +29,11 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from tokenward.api import issue_token
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.store import Keys
 from tokenward.gateway.tokens import BASE62, KEY_ID_LEN, checksum
+from tokenward.service import issue_token
 
 from loadgen import Load, LoadGenerator, LoadResult, ensure_wrk
 from observe import tokenward_counters

@@ -19,7 +19,6 @@ import pytest
 import redis
 from aiohttp import web
 
-from tokenward.api import issue_token
 from tokenward.demo import echo_app
 from tokenward.gateway.app import Runtime
 from tokenward.gateway.audit import configure_logging
@@ -28,6 +27,7 @@ from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.server import Server
 from tokenward.gateway.settings import LogSettings, Settings, settings_from_dict
+from tokenward.service import issue_token
 
 ROOT = Path(__file__).resolve().parent.parent
 CHEAP_ARGON2 = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}

@@ -18,7 +18,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import Gateway
-from tokenward.api import issue_token
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import (
     LEVELS,
@@ -29,6 +28,7 @@ from tokenward.gateway.scopes import (
     parse_scope,
     parse_scopes,
 )
+from tokenward.service import issue_token
 
 ORG = "/v1/orgs/acme"
 TEAMS = f"{ORG}/teams"

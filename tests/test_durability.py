@@ -11,13 +11,13 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from tests.conftest import base_config
-from tokenward.api import issue_token
 from tokenward.gateway.app import Runtime
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.settings import settings_from_dict
 from tokenward.gateway.store import Store
+from tokenward.service import issue_token
 
 
 async def test_1000_tokens_survive_kill_9_of_the_store(tmp_path: Path) -> None:

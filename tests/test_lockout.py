@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-import tokenward.api
+import tokenward.service
 from tests.conftest import Gateway
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
@@ -191,7 +191,7 @@ async def test_secrets_crafted_against_the_old_check_cost_nothing_on_new_tokens(
         kid, real, _ = next(chosen)
         return token_for(kid, real), ParsedToken(prefix, kid, real)
 
-    monkeypatch.setattr(tokenward.api, "generate", generate_chosen)
+    monkeypatch.setattr(tokenward.service, "generate", generate_chosen)
     issued = [await gw.token("platform", ["read:apis"]) for _ in pairs]
     assert [kid for _, kid in issued] == [kid for kid, _, _ in pairs]
     auth = gw.runtime.authenticator

@@ -20,11 +20,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import Gateway
-from tokenward.api import issue_token
 from tokenward.cli import main
 from tokenward.gateway.records import ServiceAccountRecord, TeamRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.text import all_shown, shown
+from tokenward.service import issue_token
 
 TEAMS = "/v1/orgs/acme/teams"
 TOKENS = f"{TEAMS}/platform/tokens"

@@ -16,7 +16,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-import tokenward.api as api
+import tokenward.api_audit as api_audit
+import tokenward.api_tokens as api_tokens
+import tokenward.directory as directory
+import tokenward.views as views
 from tests.conftest import Gateway, env_for_subprocess
 from tests.test_admin_api import TEAMS, TOKENS, admin
 from tests.test_cli import run_cli
@@ -231,7 +234,7 @@ async def test_a_filtered_page_examines_a_bounded_number_of_tokens(
 ) -> None:
     """A filter that matches nothing in a big team costs at most the scan budget per call,
     answering an empty page with `next` rather than reading the whole team."""
-    monkeypatch.setattr(api, "PAGE_SCAN_BUDGET", 40)
+    monkeypatch.setattr(api_tokens, "PAGE_SCAN_BUDGET", 40)
     await bulk_tokens(gateway, 130)
     store = gateway.runtime.store
     real = store.get_tokens_with_usage
@@ -244,14 +247,14 @@ async def test_a_filtered_page_examines_a_bounded_number_of_tokens(
     monkeypatch.setattr(store, "get_tokens_with_usage", counted)
     status, data, _ = await admin(gateway, "GET", f"{TOKENS}?status=revoked&limit=20", org_admin)
     assert status == 200 and data["tokens"] == [] and data["next"] is not None
-    assert sum(read) <= 40 and max(read) <= api.PAGE_CHUNK
+    assert sum(read) <= 40 and max(read) <= views.PAGE_CHUNK
     read.clear()
     rows, pages = await walk(gateway, org_admin, TOKENS, "tokens", limit=10, query="status=revoked")
     assert rows == [] and pages == 4 and max(read) <= 40
     # without a filter a page reads exactly the rows it returns
     read.clear()
     status, data, _ = await admin(gateway, "GET", f"{TOKENS}?limit=500", org_admin)
-    assert len(data["tokens"]) == 130 and sum(read) == 130 and max(read) <= api.PAGE_CHUNK
+    assert len(data["tokens"]) == 130 and sum(read) == 130 and max(read) <= views.PAGE_CHUNK
 
 
 # -- teams and service accounts --------------------------------------------------------------
@@ -303,7 +306,7 @@ async def test_service_accounts_page_and_count_their_active_tokens(gateway: Gate
 async def test_service_account_counts_and_delete_are_bounded(
     gateway: Gateway, org_admin: str, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(api, "ACTIVE_COUNT_CAP", 30)
+    monkeypatch.setattr(directory, "ACTIVE_COUNT_CAP", 30)
     status, _, _ = await admin(gateway, "POST", SAS, org_admin, {"name": "busy"})
     assert status == 201
     await bulk_tokens(gateway, 150, service_account="busy", revoked_at=time.time() - 1, revoked_by="t")
@@ -362,8 +365,8 @@ async def test_an_audit_walk_sees_every_event_exactly_once_newest_first(
 async def test_an_audit_page_examines_a_bounded_number_of_entries(
     gateway: Gateway, org_admin: str, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(api, "AUDIT_SCAN_BUDGET", 10)
-    monkeypatch.setattr(api, "AUDIT_CHUNK", 5)
+    monkeypatch.setattr(api_audit, "AUDIT_SCAN_BUDGET", 10)
+    monkeypatch.setattr(api_audit, "AUDIT_CHUNK", 5)
     for i in range(30):
         status, _, _ = await admin(gateway, "POST", SAS, org_admin, {"name": f"sa-{i:02d}"})
         assert status == 201

@@ -17,9 +17,10 @@ import orjson
 import pytest
 
 from tests.conftest import Gateway
-from tokenward.api import DOMAIN_ERRORS_TABLE, domain_refusal
+from tokenward.endpoints import DOMAIN_ERRORS_TABLE, domain_refusal
 from tokenward.gateway.refusal import REALM, Refusal, Step, error_body, error_headers
 from tokenward.gateway.store import Conflict, QuotaExceeded, StoreUnavailable
+from tokenward.rules import Invalid, NotFound
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*ROOT.glob("gateway/*.py"), *ROOT.glob("admin/*.py")])
@@ -162,7 +163,8 @@ def test_domain_errors_table(exc: Exception, status: int, error: str, message: s
 
 
 def test_domain_errors_table_lists_the_store_errors() -> None:
-    assert set(DOMAIN_ERRORS_TABLE) == {StoreUnavailable, Conflict, QuotaExceeded}
+    # and the token service's own (tests/test_service.py checks their rows)
+    assert set(DOMAIN_ERRORS_TABLE) == {StoreUnavailable, Conflict, QuotaExceeded, Invalid, NotFound}
 
 
 async def _call(

@@ -1,0 +1,135 @@
+"""The admin API's team and service-account endpoints (their changes: `tokenward.directory`)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from tokenward import schema
+from tokenward.endpoints import Body, Call, Routes, json_response
+from tokenward.permissions import org_admin, team_lister, team_wide
+from tokenward.views import (
+    PAGE_QUERY,
+    bulk_work,
+    name_cursor,
+    next_name,
+    page_limit,
+    page_response,
+    sa_view,
+    team_view,
+)
+
+routes = Routes()
+TEAMS = "/v1/orgs/{org}/teams"
+SERVICE_ACCOUNTS = "/v1/orgs/{org}/teams/{team}/service-accounts"
+
+
+@routes(
+    "POST",
+    TEAMS,
+    "Create a team with a permission set",
+    permission=org_admin,
+    body=Body(schema.TEAM_CREATE),
+    responses={201: schema.TEAM, 409: schema.ERROR},
+)
+async def create_team(call: Call) -> web.Response:
+    body = call.body
+    team = await call.directory.create_team(call.actor, call.param("org"), body["name"], body["permissions"])
+    return json_response(team_view(team), 201)
+
+
+@routes(
+    "GET",
+    TEAMS,
+    "List the teams of an org in name order, one page at a time (a team admin sees its own)",
+    permission=team_lister,
+    responses={200: schema.TEAM_LIST, 400: schema.ERROR},
+    query=PAGE_QUERY,
+)
+async def list_teams(call: Call) -> web.Response:
+    org, own = call.param("org"), call.caller.token
+    limit, after = page_limit(call), name_cursor(call)
+    store = call.runtime.store
+    if own.team is not None:  # a team admin of this org (team_lister): its own team only
+        team = await store.get_team(org, own.team)
+        mine = [team] if team and (after is None or team.name > after) else []
+        return page_response("teams", [team_view(t) for t in mine], None)
+    names, teams, more = await store.team_page(org, after, limit)
+    return page_response("teams", [team_view(t) for t in teams], next_name(names, more))
+
+
+@routes(
+    "GET",
+    TEAMS + "/{team}",
+    "Get a team",
+    permission=team_wide("teams"),
+    responses={200: schema.TEAM, 404: schema.ERROR},
+)
+async def get_team(call: Call) -> web.Response:
+    return json_response(team_view(await call.directory.team(call.param("org"), call.param("team"))))
+
+
+@routes(
+    "PUT",
+    TEAMS + "/{team}/permissions",
+    "Replace a team's permission set (org admins only); takes effect on the next request",
+    permission=org_admin,
+    body=Body(schema.TEAM_PERMISSIONS),
+    responses={200: schema.TEAM, 404: schema.ERROR},
+)
+async def set_team_permissions(call: Call) -> web.Response:
+    org, team, permissions = call.param("org"), call.param("team"), call.body["permissions"]
+    return json_response(team_view(await call.directory.set_permissions(call.actor, org, team, permissions)))
+
+
+@routes(
+    "POST",
+    SERVICE_ACCOUNTS,
+    "Create a service account (a named non-human identity that groups tokens)",
+    permission=team_wide("service accounts"),
+    body=Body(schema.SA_CREATE),
+    responses={201: schema.SERVICE_ACCOUNT, 404: schema.ERROR, 409: schema.ERROR},
+)
+async def create_service_account(call: Call) -> web.Response:
+    org, team, body = call.param("org"), call.param("team"), call.body
+    sa = await call.directory.create_service_account(
+        call.actor, org, team, body["name"], body.get("description", "")
+    )
+    return json_response(sa_view(sa, 0), 201)
+
+
+@routes(
+    "GET",
+    SERVICE_ACCOUNTS,
+    "List a team's service accounts in name order, one page at a time, with their active token "
+    "counts (exact up to 1000 tokens examined per account; active_tokens_exact says)",
+    permission=team_wide("service accounts"),
+    responses={200: schema.SA_LIST, 400: schema.ERROR, 404: schema.ERROR},
+    query=PAGE_QUERY,
+)
+async def list_service_accounts(call: Call) -> web.Response:
+    org, team, directory = call.param("org"), call.param("team"), call.directory
+    limit, after = page_limit(call), name_cursor(call)
+    await directory.team(org, team)
+    names, sas, more = await call.runtime.store.service_account_page(org, team, after, limit)
+    rows = []
+    async with bulk_work(call):
+        await call.runtime.store.ensure_service_account_indexes(org, team)
+        for sa in sas:
+            active, exact = await directory.active_tokens(org, team, sa.name)
+            rows.append({**sa_view(sa, active), "active_tokens_exact": exact})
+    return page_response("service_accounts", rows, next_name(names, more))
+
+
+@routes(
+    "DELETE",
+    SERVICE_ACCOUNTS + "/{name}",
+    "Delete a service account that has no active tokens (409 otherwise)",
+    permission=team_wide("service accounts"),
+    responses={204: None, 404: schema.ERROR, 409: schema.ERROR},
+)
+async def delete_service_account(call: Call) -> web.Response:
+    async with bulk_work(call):  # its active tokens are counted: bulk work
+        await call.directory.delete_service_account(
+            call.actor, call.param("org"), call.param("team"), call.param("name")
+        )
+    return call.no_content()

@@ -1,0 +1,261 @@
+"""The admin API's token endpoints: each declares who may call it and what body it takes, and
+hands the token service (`tokenward.service`) plain values."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from tokenward import schema
+from tokenward.endpoints import Body, Call, Routes, api_error
+from tokenward.gateway.records import ACTIVE, EXPIRED, REVOKED, TeamRecord, TokenRecord
+from tokenward.permissions import team_admin
+from tokenward.rules import Invalid, Lifetime, duration_field, iso, reason_field, within_constraints
+from tokenward.views import (
+    PAGE_CHUNK,
+    PAGE_QUERY,
+    VIEW_SLICE,
+    bulk_work,
+    encode_cursor,
+    page_limit,
+    page_response,
+    token_cursor,
+    token_response,
+    token_view,
+)
+
+routes = Routes()
+PAGE_SCAN_BUDGET = 1000  # index rows a filtered page examines
+_STATUSES = (ACTIVE, REVOKED, EXPIRED)
+_FIXED = ("scopes", "constraints", "expires_in", "expires_at", "service_account", "allowed_cidrs")
+TOKEN = "/v1/orgs/{org}/teams/{team}/tokens/{id}"  # noqa: S105 - a path, not a secret
+
+
+def lifetime(body: dict[str, Any]) -> Lifetime:
+    return Lifetime(body.get("expires_in"), body.get("expires_at"))
+
+
+@routes(
+    "POST",
+    "/v1/orgs/{org}/teams/{team}/tokens",
+    "Issue a token; the plaintext is in this response only",
+    permission=team_admin,
+    body=Body(schema.TOKEN_CREATE),
+    responses={201: schema.TOKEN_CREATED, 400: schema.ERROR, 403: schema.ERROR, 404: schema.ERROR},
+)
+async def create_token(call: Call) -> web.Response:
+    body = call.body
+    plaintext, record = await call.tokens.issue(
+        call.actor,
+        org=call.param("org"),
+        team=call.param("team"),
+        name=body["name"],
+        description=body.get("description", ""),
+        scopes=body["scopes"],
+        lifetime=lifetime(body),
+        service_account=body.get("service_account"),
+        constraints=body.get("constraints") or {},
+        allowed_cidrs=body.get("allowed_cidrs", []),
+    )
+    return await token_response(call, record, 201, token=plaintext)
+
+
+@routes(
+    "GET",
+    "/v1/orgs/{org}/teams/{team}/tokens",
+    "List a team's tokens, oldest first, one page at a time (never a hash or secret); deleted "
+    "tokens are gone, revoked and expired ones stay with their status. With a status or "
+    "expiring_within filter a page examines at most 1000 tokens and may hold fewer than "
+    "`limit` rows: follow `next` until it is null",
+    permission=team_admin,
+    responses={200: schema.TOKEN_LIST, 400: schema.ERROR, 404: schema.ERROR},
+    query=(("status", "string"), ("expiring_within", "string"), ("service_account", "string"), *PAGE_QUERY),
+)
+async def list_tokens(call: Call) -> web.Response:
+    org, team_name = call.param("org"), call.param("team")
+    wanted, filtered, sa = token_filter(call)
+    limit, position = page_limit(call), token_cursor(call)
+    team = await call.tokens.team_or_missing(org, team_name)
+    async with bulk_work(call):
+        if sa is not None:
+            await call.runtime.store.ensure_service_account_indexes(org, team_name)
+        rows, position, more = await _token_page(call, team, position, limit, filtered, wanted, sa)
+    next_cursor = encode_cursor("t", repr(position[0]), position[1]) if more and position else None
+    return page_response("tokens", rows, next_cursor)
+
+
+def token_filter(call: Call) -> tuple[Callable[[TokenRecord], bool], bool, str | None]:
+    """The list's filter from the query: (keeps a token, filters at all, service account)."""
+    status = call.query.get("status")
+    if status is not None and status not in _STATUSES:
+        raise api_error(400, "invalid_request", f"status: expected one of {', '.join(_STATUSES)}", "status")
+    within: float | None = None
+    if "expiring_within" in call.query:
+        within = duration_field(call.query["expiring_within"], "expiring_within")
+    sa = call.query.get("service_account")
+    if sa is not None and not re.fullmatch(schema.SLUG, sa):
+        raise api_error(400, "invalid_request", f"service_account: {sa!r} is not a name", "service_account")
+    principal = call.caller
+    now = time.time()
+
+    def wanted(token: TokenRecord) -> bool:
+        if not within_constraints(principal, token):
+            return False  # a constrained admin sees only the tokens it can reach
+        if status is not None and token.status(now) != status:
+            return False
+        if within is not None and (
+            token.status(now) != ACTIVE or token.expires_at is None or token.expires_at > now + within
+        ):
+            return False
+        return sa is None or token.service_account == sa
+
+    return wanted, status is not None or within is not None or bool(principal.token.constraints), sa
+
+
+async def _token_page(
+    call: Call,
+    team: TeamRecord,
+    position: tuple[float, str] | None,
+    limit: int,
+    filtered: bool,
+    wanted: Callable[[TokenRecord], bool],
+    sa: str | None,
+) -> tuple[list[dict[str, Any]], tuple[float, str] | None, bool]:
+    """Up to `limit` rows after `position` that `wanted` keeps, reading at most
+    max(PAGE_SCAN_BUDGET, limit) index rows in chunks; the last row examined; more follow."""
+    store = call.runtime.store
+    rows: list[dict[str, Any]] = []
+    scanned, more = 0, True
+    budget = max(PAGE_SCAN_BUDGET, limit)
+    # a service account's tokens come from its own index: that filter costs no scanning
+    while more and len(rows) < limit and scanned < budget:
+        want = min(PAGE_CHUNK, budget - scanned if filtered else limit - len(rows))
+        page = await store.token_index_page(team.org, team.name, position, want, service_account=sa)
+        found = {t.id: (t, used) for t, used in await store.get_tokens_with_usage([m for m, _ in page.rows])}
+        more = page.more
+        for i, (member, score) in enumerate(page.rows):
+            position, scanned = (score, member), scanned + 1
+            hit = found.get(member)
+            if hit is not None and wanted(hit[0]):
+                rows.append(token_view(hit[0], team, hit[1]))
+                if len(rows) >= limit:
+                    more = more or i < len(page.rows) - 1
+                    break
+                if len(rows) % VIEW_SLICE == 0:
+                    await asyncio.sleep(0)  # let requests waiting on the loop run
+    return rows, position, more
+
+
+@routes(
+    "GET", TOKEN, "Get one token", permission=team_admin, responses={200: schema.TOKEN, 404: schema.ERROR}
+)
+async def get_token(call: Call) -> web.Response:
+    record = await call.tokens.token_in_team(call.param("org"), call.param("team"), call.param("id"))
+    return await token_response(call, record)
+
+
+def refuse_fixed_fields(data: Any) -> None:
+    """Scopes, constraints and expiry are fixed at issuance: a PATCH naming one is refused."""
+    if isinstance(data, dict):
+        for fixed in _FIXED:
+            if fixed in data:
+                raise Invalid(
+                    f"{fixed}: a token's {fixed.replace('_', ' ')} cannot be changed in place; "
+                    "rotate the token (POST .../rotate) or issue a new one",
+                    fixed,
+                )
+
+
+@routes(
+    "PATCH",
+    TOKEN,
+    "Rename or re-describe a token. Scopes, constraints and expiry are fixed at issuance: rotate instead",
+    permission=team_admin,
+    body=Body(schema.TOKEN_UPDATE, check=refuse_fixed_fields),
+    responses={200: schema.TOKEN, 400: schema.ERROR, 404: schema.ERROR},
+)
+async def update_token(call: Call) -> web.Response:
+    body = call.body
+    if not body:
+        raise Invalid("nothing to change: give name and/or description", "body")
+    record = await call.tokens.update(
+        call.actor,
+        call.param("org"),
+        call.param("team"),
+        call.param("id"),
+        name=body.get("name"),
+        description=body.get("description"),
+    )
+    return await token_response(call, record)
+
+
+@routes(
+    "POST",
+    TOKEN + "/revoke",
+    'Revoke a token; its next request fails with 401. Optional body {"reason": "..."}; the '
+    "revocation records who made it and at which level (org or team admin)",
+    permission=team_admin,
+    body=Body(schema.TOKEN_REVOKE, optional=True),
+    responses={200: schema.TOKEN, 404: schema.ERROR},
+)
+async def revoke_token(call: Call) -> web.Response:
+    reason = reason_field(call.body.get("reason"))
+    record = await call.tokens.revoke(
+        call.actor, call.param("org"), call.param("team"), call.param("id"), reason
+    )
+    return await token_response(call, record)
+
+
+@routes(
+    "POST",
+    TOKEN + "/restore",
+    "Restore a revoked token that has not expired; only an admin at least as privileged as the "
+    "revoker may (a team admin cannot undo an org admin's revocation); leaked and rotated tokens "
+    "never come back (409)",
+    permission=team_admin,
+    responses={200: schema.TOKEN, 403: schema.ERROR, 404: schema.ERROR, 409: schema.ERROR},
+)
+async def restore_token(call: Call) -> web.Response:
+    record = await call.tokens.restore(call.actor, call.param("org"), call.param("team"), call.param("id"))
+    return await token_response(call, record)
+
+
+@routes(
+    "DELETE",
+    TOKEN,
+    "Delete a revoked or expired token (409 while it is active: revoke it first)",
+    permission=team_admin,
+    responses={204: None, 404: schema.ERROR, 409: schema.ERROR},
+)
+async def delete_token(call: Call) -> web.Response:
+    await call.tokens.delete(call.actor, call.param("org"), call.param("team"), call.param("id"))
+    return call.no_content()
+
+
+@routes(
+    "POST",
+    TOKEN + "/rotate",
+    "Issue a replacement with the same name, description, scopes, constraints, CIDRs and service "
+    "account; the old token is revoked now, or after grace_period. Atomic: the replacement exists "
+    "only if the old token was active and not already rotated when it was retired",
+    permission=team_admin,
+    body=Body(schema.TOKEN_ROTATE, optional=True),
+    responses={201: schema.TOKEN_ROTATED, 404: schema.ERROR, 409: schema.ERROR},
+)
+async def rotate_token(call: Call) -> web.Response:
+    org, team, key_id = call.param("org"), call.param("team"), call.param("id")
+    grace = call.body.get("grace_period")
+    rotated = await call.tokens.rotate(call.actor, org, team, key_id, lifetime(call.body), grace)
+    return await token_response(
+        call,
+        rotated.record,
+        201,
+        token=rotated.plaintext,
+        replaces=rotated.retired.id,
+        replaced_revoked_at=iso(rotated.retired.revoked_at),
+    )

@@ -1,0 +1,285 @@
+"""The admin API's HTTP edge: each endpoint declares its authorization and its body once
+(`Routes.__call__`), and `serve` enforces what it declares before the handler runs:
+authenticate (the gateway's `Authenticator`), the declared permission, the body read within
+`limits.body_timeout` and validated against its schema. Errors become responses in one
+place (`errors_middleware`): a `Refusal` as it is (audited as `admin.denied` when a decision
+step refused it), a domain error through `DOMAIN_ERRORS_TABLE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from tokenward import schema
+from tokenward.actor import Actor
+from tokenward.directory import Directory
+from tokenward.gateway.app import RUNTIME, Runtime
+from tokenward.gateway.audit import redact
+from tokenward.gateway.decision import Principal, bearer_token
+from tokenward.gateway.edge import error_response, request_id_for
+from tokenward.gateway.refusal import Refusal
+from tokenward.gateway.store import Conflict, QuotaExceeded, StoreUnavailable
+from tokenward.rules import Invalid, NotFound
+from tokenward.service import TokenService
+
+log = structlog.get_logger("tokenward.admin")
+MAX_BODY = 64 * 1024
+DEFAULT_PAGE_LIMIT = 100
+MAX_PAGE_LIMIT = 500
+
+
+def api_error(status: int, error: str, message: str, field: str | None = None) -> Refusal:
+    """A request refused before any decision step (a bad body, a missing record, a state
+    conflict): its JSON body names no `step`, and it is not audited as `admin.denied`."""
+    return Refusal(status, error, None, message, field=field)
+
+
+def json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(data), content_type="application/json", headers=headers
+    )
+
+
+class Call:
+    """One admin request: the runtime, the caller, its request id, its checked body."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.runtime: Runtime = request.app[RUNTIME]
+        self.request_id = request_id_for(request, self.runtime.settings.trusted_proxies)
+        self.principal: Principal | None = None
+        self.body: dict[str, Any] = {}
+
+    async def authenticate(self) -> Principal:
+        token = bearer_token(self.request.headers.getall("Authorization", ()))
+        self.principal = await self.runtime.authenticator.authenticate(token, self.request.remote)
+        self.runtime.audit.mark_used(self.principal.token.id, time.time())
+        return self.principal
+
+    @property
+    def caller(self) -> Principal:
+        assert self.principal is not None, "an endpoint with a permission authenticates first"
+        return self.principal
+
+    @property
+    def actor(self) -> Actor:
+        return Actor.of(self.caller, self.request.remote, self.request_id)
+
+    @property
+    def tokens(self) -> TokenService:
+        return TokenService(self.runtime)
+
+    @property
+    def directory(self) -> Directory:
+        return Directory(self.runtime)
+
+    def param(self, name: str) -> str:
+        return self.request.match_info[name]
+
+    @property
+    def query(self) -> Any:
+        return self.request.query
+
+    def no_content(self) -> web.Response:
+        return web.Response(status=204, headers={"X-Request-Id": self.request_id})
+
+
+CALL = web.RequestKey("admin_call", Call)
+Handler = Callable[[Call], Awaitable[web.StreamResponse]]
+Permission = Callable[[Call], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Body:
+    """An endpoint's JSON body: validated against `schema`; `optional`: an empty body reads as
+    {}; `check`: a rule on the raw value run before the schema (PATCH's fixed fields)."""
+
+    schema: schema.Schema
+    optional: bool = False
+    check: Callable[[Any], None] | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    permission: Permission | None  # None: public (no token)
+    body: Body | None
+    responses: dict[int, schema.Schema | None]
+    query: tuple[tuple[str, str], ...] = ()
+    max_limit: int = MAX_PAGE_LIMIT  # the `limit` query parameter's maximum, when it has one
+
+    @property
+    def auth(self) -> bool:
+        return self.permission is not None
+
+    @property
+    def request(self) -> schema.Schema | None:
+        return self.body.schema if self.body else None
+
+
+class Routes:
+    """One module's endpoints, each registered by decorating its handler."""
+
+    def __init__(self) -> None:
+        self.endpoints: list[Endpoint] = []
+
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        summary: str,
+        *,
+        permission: Permission | None,
+        body: Body | None = None,
+        responses: dict[int, schema.Schema | None] | None = None,
+        query: tuple[tuple[str, str], ...] = (),
+        max_limit: int = MAX_PAGE_LIMIT,
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.endpoints.append(
+                Endpoint(
+                    method,
+                    path,
+                    handler,
+                    summary,
+                    permission,
+                    body,
+                    responses or {200: None},
+                    query,
+                    max_limit,
+                )
+            )
+            return handler
+
+        return register
+
+
+def serve(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The aiohttp handler of `ep`: what it declares is enforced here, in this order."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        call = request[CALL]
+        if ep.permission is not None:
+            await call.authenticate()
+            await ep.permission(call)
+        if ep.body is not None:
+            call.body = await read_body(call, ep.body)
+        return await ep.handler(call)
+
+    handle.__name__ = ep.handler.__name__
+    return handle
+
+
+async def read_body(call: Call, body: Body) -> dict[str, Any]:
+    # a body (at most MAX_BODY) must arrive within limits.body_timeout, as at the gateway: a
+    # caller trickling one would otherwise hold a connection and a handler for ever
+    timeout = call.runtime.settings.limits.body_timeout
+    try:
+        raw = await asyncio.wait_for(call.request.read(), timeout)
+    except TimeoutError:
+        raise api_error(
+            408, "request_timeout", "request body not received in time (limits.body_timeout)", "body"
+        ) from None
+    if body.optional and not raw.strip():
+        return {}
+    if not raw and body.check is None:
+        raise api_error(400, "invalid_request", "request body is required (JSON object)", "body")
+    try:
+        data = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        raise api_error(400, "invalid_request", "request body is not valid JSON", "body") from None
+    if body.check is not None:
+        body.check(data)
+    try:
+        schema.validate(body.schema, data)
+    except schema.ValidationError as exc:
+        raise api_error(400, "invalid_request", str(exc), exc.field) from None
+    assert isinstance(data, dict)  # the schemas describe objects
+    return data
+
+
+# -- errors: the one place they become responses -------------------------------------------------
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    call = Call(request)
+    request[CALL] = call
+    try:
+        response = await handler(request)
+    except Refusal as refusal:
+        if refusal.step is not None:  # a decision step refused it (not a validation error)
+            _audit_denied(call, refusal)
+        return error_response(refusal, call.request_id)
+    except DOMAIN_ERRORS as exc:
+        return error_response(domain_refusal(exc), call.request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(
+            api_error(exc.status, _http_error_code(exc.status), exc.reason), call.request_id
+        )
+    except Exception:
+        log.exception("admin request failed", request_id=call.request_id)
+        return error_response(api_error(500, "internal_error", "internal error"), call.request_id)
+    response.headers.setdefault("X-Request-Id", call.request_id)
+    return response
+
+
+def _quota_message(exc: QuotaExceeded) -> str:
+    where = f"team {exc.team!r}" if exc.team is not None else f"org {exc.org!r} (org-level tokens)"
+    return (
+        f"{where} holds {exc.held} tokens; the limit is {exc.limit} (tokens.max_per_team): "
+        "delete revoked or expired tokens first"
+    )
+
+
+# The domain errors as the admin API answers them: the one table of the HTTP edge.
+DOMAIN_ERRORS_TABLE: dict[type[Exception], Callable[[Any], Refusal]] = {
+    StoreUnavailable: lambda exc: api_error(
+        503, "store_unavailable", "token store unavailable; retry shortly"
+    ),
+    Conflict: lambda exc: api_error(409, "conflict", str(exc)),
+    QuotaExceeded: lambda exc: api_error(409, "quota_exceeded", _quota_message(exc)),
+    Invalid: lambda exc: api_error(400, "invalid_request", exc.message, exc.field),
+    NotFound: lambda exc: api_error(404, "not_found", str(exc)),
+}
+DOMAIN_ERRORS: tuple[type[Exception], ...] = tuple(DOMAIN_ERRORS_TABLE)
+
+
+def domain_refusal(exc: Exception) -> Refusal:
+    """The refusal the table gives a domain error (its class or nearest listed base)."""
+    kind = next(kind for kind in type(exc).__mro__ if kind in DOMAIN_ERRORS_TABLE)
+    return DOMAIN_ERRORS_TABLE[kind](exc)
+
+
+def _audit_denied(call: Call, denied: Refusal) -> None:
+    principal = call.principal
+    call.runtime.audit.emit(
+        "admin.denied",
+        method=call.request.method,
+        path=redact(call.request.path),
+        status=denied.status,
+        step=denied.step,
+        reason=denied.message,
+        client_ip=call.request.remote,
+        request_id=call.request_id,
+        token_id=principal.token.id if principal else None,
+        org=principal.token.org if principal else None,
+        team=principal.token.team if principal else None,
+    )
+
+
+def _http_error_code(status: int) -> str:
+    return {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(status, "http_error")

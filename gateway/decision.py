@@ -456,27 +456,22 @@ class Authenticator:
         return team
 
 
-# -- the authorization steps, shared by the gateway (`authorize`) and the admin API ----------------
+# -- steps 5, 6 and 8, shared by `authorize` and the admin API (tokenward.rules) ----------------
 def require_org(principal: Principal, org: str) -> None:
-    """Step 5: the resource is in the token's org."""
     if principal.token.org != org:
         raise _forbidden(Step.ORG, "token org does not match resource org")
 
 
-def require_team(principal: Principal, team: str) -> None:
-    """Step 6: the resource is in the token's team (the caller decides whether an org-level
-    token passes: at the gateway it does, at the admin API only as an org admin)."""
+def require_team(principal: Principal, team: str) -> None:  # an org-level token: the caller decides
     if principal.token.team != team:
         raise _forbidden(Step.TEAM, "token is not in the same team as the resource")
 
 
 def lacks(required: Scope | str) -> Refusal:
-    """Step 8's refusal: the token does not hold `required`."""
     return _forbidden(Step.SCOPE, f"token lacks required permission: {required}", scope=str(required))
 
 
 def require_scope(principal: Principal, required: Scope) -> None:
-    """Step 8: the token's effective scopes cover `required`."""
     if not principal.can(required):
         raise lacks(required)
 
@@ -485,12 +480,10 @@ def authorize(match: Match, principal: Principal) -> None:
     """Steps 5–8 against the matched route and its path parameters."""
     route, params = match.route, match.params
     token = principal.token
-    org_param = route.resource.get("org")
-    if org_param is not None:
+    if (org_param := route.resource.get("org")) is not None:
         require_org(principal, params[org_param])
-    team_param = route.resource.get("team")
-    if team_param is not None and token.team is not None:
-        require_team(principal, params[team_param])
+    if (team_param := route.resource.get("team")) is not None and token.team is not None:
+        require_team(principal, params[team_param])  # an org-level token passes step 6 here
     for name, pinned in sorted(token.constraints.items()):
         param = route.resource.get(name)
         if param is None:

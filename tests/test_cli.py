@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, Gateway, env_for_subprocess
-from tokenward.cli import humanize_ago, table
+from tokenward.cli_output import humanize_ago, table
 
 CLI = [sys.executable, "-c", "from tokenward.cli import main; main()"]
 

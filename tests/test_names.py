@@ -254,7 +254,7 @@ async def test_cli_output_never_carries_raw_control_characters(
 
 
 def test_json_output_round_trips_every_character() -> None:
-    from tokenward.cli import _json_text
+    from tokenward.cli_output import _json_text
 
     everything = (
         "".join(chr(c) for c in range(0x0, 0x3000) if not 0xD800 <= c < 0xE000) + "\U000e0041\U0001f680"

@@ -326,7 +326,7 @@ async def test_the_bootstrap_token_event_is_written_with_the_token(
     import redis as redis_sync
 
     from tests.conftest import base_config
-    from tokenward.cli import _bootstrap
+    from tokenward.cli_server import _bootstrap
     from tokenward.gateway.audit import AuditLog
     from tokenward.gateway.settings import settings_from_dict
     from tokenward.gateway.store import Keys

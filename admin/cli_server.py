@@ -1,0 +1,114 @@
+"""The server-side commands (`serve`, `demo`, `config check|explain`, `admin bootstrap`):
+they read the config and work on the store or the processes directly."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import orjson
+
+from tokenward.cli_output import fail, shown_once
+from tokenward.gateway.settings import ConfigError, LogSettings, Settings, load_settings
+from tokenward.gateway.text import printable
+
+
+# -- server-side commands ----------------------------------------------------------------------
+def _settings(path: str) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from tokenward.gateway.audit import configure_logging
+    from tokenward.gateway.server import run, supervise
+
+    settings = _settings(args.config)
+    configure_logging(settings.log)
+    if args.workers > 1:
+        supervise(settings, args.config, args.workers, drain=args.drain_timeout)
+    else:
+        run(settings, config_path=args.config, drain=args.drain_timeout)
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    from tokenward.gateway.explain import config_warnings
+
+    settings = _settings(args.file)
+    for warning in config_warnings(settings):
+        print(f"warning: {printable(warning)}", file=sys.stderr)
+    print(f"{args.file}: ok ({len(settings.routes)} routes, {len(settings.upstreams)} upstreams)")
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from tokenward.gateway.audit import configure_logging
+    from tokenward.gateway.explain import explain_route, explain_token
+
+    settings = _settings(args.config)
+    configure_logging(LogSettings(level="warning", format=settings.log.format), sys.stderr)
+    lines, match = explain_route(settings, args.method, args.path)
+    if match is not None and args.token:
+        lines += asyncio.run(explain_token(settings, match, args.token))
+    print(printable(f"{args.method.upper()} {args.path}"))
+    for line in lines:
+        print(f"  {printable(line)}")
+    denied = match is None or any(
+        line.startswith("decision: 4") or line.startswith("decision: 5") for line in lines
+    )
+    raise SystemExit(1 if denied else 0)
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> None:
+    import re
+
+    from tokenward.gateway.audit import configure_logging
+    from tokenward.gateway.text import unprintable
+    from tokenward.schema import SLUG
+
+    if not re.fullmatch(SLUG, args.org):
+        fail(f"--org: {args.org!r} is not an org slug ({SLUG})")
+    if not args.name or (problem := unprintable(args.name)) is not None:
+        fail(f"--name: {problem or 'must not be empty'}")
+    settings = _settings(args.config)
+    configure_logging(LogSettings(level="warning", format=settings.log.format), sys.stderr)
+    token, key_id = asyncio.run(_bootstrap(settings, args.org, args.name))
+    if args.json:
+        sys.stdout.write(orjson.dumps({"id": key_id, "token": token, "org": args.org}).decode() + "\n")
+    else:
+        print(shown_once(f"✓ Org admin token for {args.org!r} created.", [("ID", key_id), ("Token", token)]))
+
+
+async def _bootstrap(settings: Settings, org: str, name: str) -> tuple[str, str]:
+    """The first org-admin token, issued through the token service by the operator at the
+    server: its `token.created` event is written with the token itself (an org-admin token
+    never exists without its event), like every token the admin API issues."""
+    from tokenward.actor import Actor
+    from tokenward.gateway.app import Runtime
+    from tokenward.service import TokenService
+
+    runtime = await Runtime.open(settings)
+    try:
+        token, record = await TokenService(runtime).issue(
+            Actor("bootstrap"), org=org, team=None, name=name, scopes=["admin:org"], lifetime=None
+        )
+        return token, record.id
+    finally:
+        await runtime.close()
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from tokenward.demo import run_demo
+    from tokenward.gateway.audit import configure_logging
+
+    configure_logging(LogSettings(level=args.log_level, format="auto"), sys.stderr)
+    try:
+        asyncio.run(
+            run_demo(Path(args.data_dir), args.port, args.admin_port, args.upstream_port, once=args.once)
+        )
+    except KeyboardInterrupt:
+        pass

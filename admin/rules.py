@@ -6,7 +6,8 @@ while the team's permission set holds `admin:team`); no wildcard grants either. 
 hands out tokens that can do no more than itself (`check_grant`). The authorization steps and
 their messages are the gateway's (`tokenward.gateway.decision.require_*`): refusals of a step
 are `Refusal`s; a bad field is `Invalid`, a missing record `NotFound`, a state that forbids
-the change `Conflict`. The admin edge maps each to its status (`endpoints.DOMAIN_ERRORS_TABLE`).
+the change `Conflict` (the store's, `tokenward.gateway.store.Conflict`). The admin edge maps
+each to its status (`endpoints.DOMAIN_ERRORS_TABLE`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from tokenward.gateway.scopes import (
     parse_scopes,
 )
 from tokenward.gateway.settings import TokenSettings
-from tokenward.gateway.store import Conflict
 from tokenward.gateway.text import all_shown
 from tokenward.gateway.tokens import KEY_ID_RE
 
@@ -49,8 +49,6 @@ class Invalid(Exception):
 class NotFound(Exception):
     """The record the request names does not exist where it says (404)."""
 
-
-__all__ = ["Conflict", "Invalid", "NotFound"]  # Conflict (409): the store's, raised by the rules too
 
 # The latest expiry a token can have: its views print it as an RFC 3339 time.
 MAX_EXPIRES_AT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()

@@ -295,6 +295,21 @@ def grace_field(text: str | None) -> float:
     return grace
 
 
+FIXED_AT_ISSUANCE = ("scopes", "constraints", "expires_in", "expires_at", "service_account", "allowed_cidrs")
+
+
+def refuse_fixed_fields(data: object) -> None:
+    """Scopes, constraints and expiry are fixed at issuance: a PATCH naming one is refused."""
+    if isinstance(data, dict):
+        for fixed in FIXED_AT_ISSUANCE:
+            if fixed in data:
+                raise Invalid(
+                    f"{fixed}: a token's {fixed.replace('_', ' ')} cannot be changed in place; "
+                    "rotate the token (POST .../rotate) or issue a new one",
+                    fixed,
+                )
+
+
 def reason_field(reason: object) -> str | None:
     if reason is None:
         return None

@@ -47,6 +47,7 @@ from tokenward.rules import (
     grant_expiry,
     is_key_id,
     iso,
+    reason_field,
     refuse_org_powers,
     require_within_grant,
     scopes_field,
@@ -278,6 +279,8 @@ class TokenService(Changes):
         self, actor: Actor, org: str, team: str, key_id: str, *, name: str | None, description: str | None
     ) -> TokenRecord:
         """Rename or re-describe a token; scopes, constraints and expiry are fixed at issuance."""
+        if name is None and description is None:
+            raise Invalid("nothing to change: give name and/or description", "body")
 
         def rename(record: TokenRecord) -> TokenEdit:
             # decided on the record as it is now: a revocation that landed first stays
@@ -290,11 +293,11 @@ class TokenService(Changes):
 
         return await self.change(actor, org, team, key_id, rename)
 
-    async def revoke(self, actor: Actor, org: str, team: str, key_id: str, reason: str | None) -> TokenRecord:
+    async def revoke(self, actor: Actor, org: str, team: str, key_id: str, reason: object) -> TokenRecord:
         """Revoke a token, recording who did and at which level; an org admin takes a team
         admin's revocation over (only an org admin undoes it then)."""
         assert actor.principal is not None
-        level = actor_level(actor.principal)
+        level, why = actor_level(actor.principal), reason_field(reason)
 
         def revoke(record: TokenRecord) -> TokenEdit | None:
             now = time.time()
@@ -305,10 +308,10 @@ class TokenService(Changes):
                     record,
                     revoked_by=actor.name,
                     revoked_level=level,
-                    revoke_reason=record.revoke_reason if record.revoke_reason in FINAL_REASONS else reason,
+                    revoke_reason=record.revoke_reason if record.revoke_reason in FINAL_REASONS else why,
                 )
             else:  # also ends a rotation grace period at once (the reason stays "rotated")
-                updated = record.revoked(now, actor.name, record.revoke_reason or reason, level)
+                updated = record.revoked(now, actor.name, record.revoke_reason or why, level)
             return TokenEdit(
                 updated, self.token_entry(actor, "token.revoked", updated, reason=updated.revoke_reason)
             )

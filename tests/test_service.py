@@ -245,3 +245,17 @@ def test_the_service_imports_no_http() -> None:
         "assert not [m for m in sys.modules if m.split('.')[0] == 'aiohttp'], 'aiohttp imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_revoke_reason_and_empty_update_are_invalid(runtime: Runtime, acme: dict[str, Actor]) -> None:
+    tokens = TokenService(runtime)
+    _, record = await tokens.issue(acme["team"], org="acme", team="platform", name="v", scopes=["read:apis"])
+    for reason in ("rotated", "", "x" * 201, "\x1b[2J", 7):
+        with pytest.raises(Invalid) as bad:
+            await tokens.revoke(acme["team"], "acme", "platform", record.id, reason)
+        assert bad.value.field == "reason"
+    with pytest.raises(Invalid) as empty:
+        await tokens.update(acme["team"], "acme", "platform", record.id, name=None, description=None)
+    assert empty.value.field == "body"
+    assert (await runtime.store.get_token(record.id)).status() == "active"  # type: ignore[union-attr]
+    assert await events(runtime, "token.revoked") == [] and await events(runtime, "token.updated") == []

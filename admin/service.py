@@ -198,16 +198,8 @@ class TokenService(Changes):
                     f"service_account: {service_account!r} does not exist in team {team!r}", "service_account"
                 )
         pinned = constraints_field(constraints or {})
-        issued = time.time()
-        policy = self.runtime.settings.tokens
+        expires_at = self._expiry(actor, lifetime, time.time())
         principal = actor.principal
-        if lifetime is None:
-            assert principal is None, "only an operator at the server issues a token that never expires"
-            expires_at = None
-        elif principal is None:
-            expires_at = expiry(policy, lifetime, issued)  # bound by no caller's own end
-        else:
-            expires_at = grant_expiry(principal, policy, lifetime, issued)
         cidrs = cidrs_field(list(allowed_cidrs))
         if principal is not None:
             check_grant(
@@ -249,6 +241,14 @@ class TokenService(Changes):
         )
         self.committed(entries[-1])
         return plaintext, record
+
+    def _expiry(self, actor: Actor, lifetime: Lifetime | None, issued: float) -> float | None:
+        policy = self.runtime.settings.tokens
+        if actor.principal is not None:
+            if lifetime is None:  # never silently: no admin token issues beyond tokens.max_ttl
+                raise ValueError("only an operator at the server issues a token that never expires")
+            return grant_expiry(actor.principal, policy, lifetime, issued)
+        return None if lifetime is None else expiry(policy, lifetime, issued)  # bound by no caller's end
 
     async def change(
         self,

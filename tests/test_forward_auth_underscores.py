@@ -11,7 +11,6 @@ import asyncio
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,12 @@ import aiohttp
 import orjson
 import yaml
 
-from tests import test_nginx
-from tests.conftest import ROOT, base_config, env_for_subprocess
-from tests.test_nginx import IDENTITY, nginx_command, render_nginx_conf, stop, wait_http
+from tests.helpers.gateway import APIS, ROOT, base_config
+from tests.helpers.nginx import IDENTITY, nginx_command, render_nginx_conf
+from tests.helpers.process import CLI, env_for_subprocess, stop, wait_http
 from tokenward.gateway.embedded import free_port
 
 DEPLOY = ROOT / "deploy"
-CLI = [sys.executable, "-c", "from tokenward.cli import main; main()"]
-APIS = "/orgs/acme/teams/platform/apis"
-
-# fixtures shared with test_nginx
-nginx_bin = test_nginx.nginx_bin
-recording_upstream = test_nginx.recording_upstream
-workdir = test_nginx.workdir
 
 
 def spellings(name: str) -> set[str]:

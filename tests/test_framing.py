@@ -16,10 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Gateway, base_config
-from tests.scripted import OK, ScriptedUpstream, Seen, send
-from tests.test_upstream import get
-from tests.test_websocket import EVENTS, with_events
+from tests.helpers.gateway import EVENTS, Gateway, base_config, get, with_events
+from tests.helpers.scripted import OK, ScriptedUpstream, Seen, send
 from tokenward.gateway.embedded import free_port
 from tokenward.gateway.tunnel import TunnelWatch
 

@@ -14,11 +14,9 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import Gateway, LogReader
+from tests.helpers.gateway import APIS, Gateway, LogReader
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.tokens import generate
-
-APIS = "/orgs/acme/teams/platform/apis"
 
 
 async def call(

@@ -8,126 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 
-from tests.conftest import Gateway, LogReader, base_config
-from tokenward.gateway.embedded import free_port
-
-APIS = "/orgs/acme/teams/platform/apis"
-
-
-@dataclass
-class Recorder:
-    """An upstream that records every request it receives (method, raw target, headers)."""
-
-    port: int
-    seen: list[dict[str, Any]] = field(default_factory=list)
-
-
-@pytest.fixture
-async def recorder() -> AsyncIterator[Recorder]:
-    rec = Recorder(free_port())
-
-    async def handler(request: web.BaseRequest) -> web.Response:
-        body = b""
-        async for chunk in request.content.iter_any():  # no size limit of its own
-            body += chunk
-        entry = {
-            "method": request.method,
-            "raw_path": request.raw_path,
-            "headers": list(request.headers.items()),
-            "body": body,
-        }
-        rec.seen.append(entry)
-        return web.json_response({"raw_path": request.raw_path, "headers": entry["headers"]})
-
-    runner = web.ServerRunner(web.Server(handler))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", rec.port).start()
-    yield rec
-    await runner.cleanup()
-
-
-def hardening_config(port: int) -> dict[str, Any]:
-    config = base_config(port)
-    config["routes"] += [
-        {"methods": ["GET"], "path": "/files/{rest:*}", "upstream": "registry", "scopes": ["read:apis"]},
-        {"methods": ["GET"], "path": "/api", "upstream": "registry", "public": True},
-    ]
-    config["limits"] = {
-        "max_url_length": 2048,
-        "max_header_count": 40,
-        "max_header_bytes": "8k",
-        "max_body_bytes": "1m",
-        "header_timeout": "1s",
-        "body_timeout": "1s",
-    }
-    return config
-
-
-@dataclass
-class Env:
-    gw: Gateway
-    rec: Recorder
-    token: str
-    host: str
-
-
-@pytest.fixture
-async def env(start_gateway: Callable[..., Awaitable[Gateway]], recorder: Recorder) -> Env:
-    gw = await start_gateway(hardening_config(recorder.port))
-    await gw.team("platform", ["read:apis", "write:apis"])
-    await gw.team("billing", ["read:apis"])
-    token, _ = await gw.token("platform", ["read:apis", "write:apis"])
-    return Env(gw, recorder, token, f"127.0.0.1:{gw.server.proxy_port}")
-
-
-async def raw(port: int, data: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
-    """Send bytes, read until the server closes; parse the first response."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
-    chunks = []
-    try:
-        while True:
-            chunk = await asyncio.wait_for(reader.read(65536), timeout)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    except TimeoutError:
-        pass
-    writer.close()
-    out = b"".join(chunks)
-    if not out:
-        return 0, {}, b""
-    head, _, body = out.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, body
-
-
-def request(
-    target: str, host: str, token: str | None, *extra: str, method: str = "GET", body: bytes = b""
-) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-    if token:
-        lines.append(f"Authorization: Bearer {token}")
-    lines += list(extra)
-    if body:
-        lines.append(f"Content-Length: {len(body)}")
-    lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
+from tests.helpers.gateway import APIS, Gateway, LogReader
+from tests.helpers.rawhttp import Env, Recorder, hardening_config, raw, request
 
 # -- 1. one canonical path --------------------------------------------------------------------
 PATH_CASES = [

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.conftest import CLI, ROOT, bootstrap_admin, env_for_subprocess, serve_config
-from tests.test_serve_process import wait_ready
+from tests.helpers.gateway import ROOT
+from tests.helpers.process import CLI, bootstrap_admin, env_for_subprocess, serve_config, wait_ready
 from tokenward.gateway.audit import LogWriter
 
 F_SETPIPE_SZ = 1031

@@ -17,11 +17,8 @@ import pytest
 import redis.asyncio as aioredis
 
 import tokenward.api as api
-from tests.conftest import Gateway, env_for_subprocess
-from tests.test_admin_api import TEAMS, TOKENS, admin
-from tests.test_cli import run_cli
-from tests.test_lifecycle import org_admin as org_admin  # the fixture
-from tests.test_prefilter import wrong_secrets
+from tests.helpers.gateway import TEAMS, TOKENS, Gateway, admin, wrong_secrets
+from tests.helpers.process import env_for_subprocess, run_cli
 from tokenward.api import openapi_document
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
@@ -675,7 +672,7 @@ async def test_tokens_issued_before_the_service_account_index_are_counted(
 async def test_pages_quota_and_backfill_on_a_cluster(config: dict[str, Any], tmp_path: Any) -> None:
     """The page, quota and name-index scripts and the backfill touch one slot each: they run
     on Redis Cluster as on one server."""
-    from tests.topology import Cluster, start_gateway, stop_gateway
+    from tests.helpers.topology import Cluster, start_gateway, stop_gateway
 
     cluster = Cluster(tmp_path / "cluster")
     cluster.start()

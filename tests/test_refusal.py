@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 from tokenward.api import DOMAIN_ERRORS_TABLE, domain_refusal
 from tokenward.gateway.refusal import REALM, Refusal, Step, error_body, error_headers
 from tokenward.gateway.store import Conflict, QuotaExceeded, StoreUnavailable

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from tests.conftest import ROOT, LogReader, base_config, env_for_subprocess
-from tests.test_serve_process import wait_ready
+from tests.helpers.gateway import ROOT, LogReader, base_config
+from tests.helpers.process import env_for_subprocess, wait_ready
 from tokenward.gateway.embedded import free_port
 from tokenward.gateway.server import Server
 from tokenward.gateway.settings import load_settings

@@ -8,12 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests import test_hardening
-from tests.conftest import Gateway, LogReader
-from tests.scripted import Seen
-from tests.test_hardening import APIS, Recorder, hardening_config, raw, request
-
-recorder = test_hardening.recorder  # the recording upstream fixture
+from tests.helpers.gateway import APIS, Gateway, LogReader
+from tests.helpers.rawhttp import Recorder, hardening_config, raw, request
+from tests.helpers.scripted import Seen
 
 
 # -- issue 11 item 7: the audit event says what happened --------------------------------------
@@ -127,8 +124,8 @@ async def _serve_and_sigterm(
     import aiohttp
     import redis as redis_sync
 
-    from tests.conftest import CLI, ROOT, env_for_subprocess, serve_config
-    from tests.test_serve_process import wait_ready
+    from tests.helpers.gateway import ROOT
+    from tests.helpers.process import CLI, env_for_subprocess, serve_config, wait_ready
     from tokenward.gateway.store import Keys
 
     served = serve_config(tmp_path, upstream, redis={"url": redis_url})
@@ -249,7 +246,7 @@ async def test_an_upstream_closing_after_n_responses_gets_no_502(
     POSTs (never replayed) must not be given a connection the upstream may be closing."""
     from collections import Counter
 
-    from tests.conftest import base_config
+    from tests.helpers.gateway import base_config
 
     process, port = await _after_n_upstream(most, reset)
     try:
@@ -290,7 +287,7 @@ async def test_a_slow_head_on_the_admin_listener_is_cut_off(
 ) -> None:
     """Both listeners share one process (its descriptors, its event loop): a slow head on the
     admin port is closed after header_timeout too, never held for aiohttp's keep-alive."""
-    from tests.test_head_deadline import GENEROUS, closed_within, read_response, trickle
+    from tests.helpers.rawhttp import GENEROUS, closed_within, read_response, trickle
 
     gw = await start_gateway(hardening_config(recorder.port))  # header_timeout: 1s
     port = int(gw.admin_url.rsplit(":", 1)[1])
@@ -325,7 +322,7 @@ async def test_the_bootstrap_token_event_is_written_with_the_token(
     import orjson
     import redis as redis_sync
 
-    from tests.conftest import base_config
+    from tests.helpers.gateway import base_config
     from tokenward.cli import _bootstrap
     from tokenward.gateway.audit import AuditLog
     from tokenward.gateway.settings import settings_from_dict

@@ -14,9 +14,8 @@ from typing import Any
 
 import redis
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import APIS, Gateway
 
-APIS = "/orgs/acme/teams/platform/apis"
 TRIALS = 30
 
 

@@ -14,22 +14,9 @@ import aiohttp
 import orjson
 import redis
 
-from tests.conftest import CLI, ROOT, bootstrap_admin, env_for_subprocess, serve_config
+from tests.helpers.gateway import ROOT
+from tests.helpers.process import CLI, bootstrap_admin, env_for_subprocess, serve_config, wait_ready
 from tokenward.gateway.embedded import EmbeddedServer, free_port
-
-
-async def wait_ready(session: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process) -> None:
-    for _ in range(200):
-        if process.returncode is not None:
-            raise AssertionError(f"serve exited with {process.returncode}")
-        try:
-            async with session.get(url) as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("serve did not become ready")
 
 
 def store_dump(data_dir: Path) -> bytes:

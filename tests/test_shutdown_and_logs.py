@@ -13,8 +13,8 @@ import orjson
 import redis
 import structlog
 
-from tests.conftest import CLI, LOG_STREAM, ROOT, bootstrap_admin, env_for_subprocess, serve_config
-from tests.test_serve_process import wait_ready
+from tests.helpers.gateway import LOG_STREAM, ROOT
+from tests.helpers.process import CLI, bootstrap_admin, env_for_subprocess, serve_config, wait_ready
 from tokenward.gateway.audit import configure_logging
 from tokenward.gateway.settings import LogSettings
 

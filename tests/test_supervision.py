@@ -26,14 +26,14 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import CLI, ROOT, LogReader, ServeConfig, base_config, env_for_subprocess, serve_config
+from tests.helpers.gateway import APIS, ROOT, LogReader, base_config
+from tests.helpers.process import CLI, ServeConfig, env_for_subprocess, serve_config
 from tokenward.api import issue_token
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.server import Server
 from tokenward.gateway.settings import settings_from_dict
 
-APIS = "/orgs/acme/teams/platform/apis"
 CAP = 60.0  # seconds: only so that a broken build fails instead of hanging
 MARK = "TOKENWARD_TEST_DEPLOYMENT"
 

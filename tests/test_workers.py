@@ -12,10 +12,8 @@ import aiohttp
 import orjson
 import redis
 
-from tests.conftest import CLI, ROOT, bootstrap_admin, env_for_subprocess, serve_config
-from tests.test_serve_process import wait_ready
-
-APIS = "/orgs/acme/teams/platform/apis"
+from tests.helpers.gateway import APIS, ROOT
+from tests.helpers.process import CLI, bootstrap_admin, env_for_subprocess, serve_config, wait_ready
 
 
 async def statuses(gw: str, token: str, count: int) -> list[int]:

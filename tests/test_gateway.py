@@ -199,51 +199,19 @@ async def test_revoke_makes_the_very_next_request_fail(platform: Gateway) -> Non
 
 # -- forwarding ----------------------------------------------------------------------------------
 async def test_forwarded_headers(platform: Gateway) -> None:
+    """The target as sent and the token's identity; what happens to each inbound header is in
+    tests/test_header_rules_table.py."""
     token, kid = await platform.token("platform", ["read:apis"], name="ci-reader")
-    status, body, headers = await call(
-        platform,
-        "GET",
-        APIS + "?page=2&q=a%20b",
-        token,
-        headers={
-            "Connection": "X-Drop-Me",
-            "X-Drop-Me": "1",
-            "Keep-Alive": "timeout=5",
-            "X-Tokenward-Org": "evil",
-            "x_tokenward_team": "evil",
-            "X-TOKENWARD-SCOPES": "admin:*",
-            "X-Forwarded-For": "6.6.6.6",
-            "X-Forwarded-Host": "evil.example",
-            "X-Real-IP": "6.6.6.6",
-            "X-Request-Id": "req-123",
-            "X-Custom": "kept",
-        },
-    )
+    status, body, _ = await call(platform, "GET", APIS + "?page=2&q=a%20b", token)
     assert status == 200
     seen = upstream_headers(body)
     assert body["raw_path"] == APIS + "?page=2&q=a%20b"
-    assert "authorization" not in seen
-    for dropped in ("x-drop-me", "keep-alive", "x-real-ip", "x_tokenward_team"):
-        assert dropped not in seen, dropped
     assert seen["x-tokenward-org"] == ["acme"]
     assert seen["x-tokenward-team"] == ["platform"]
     assert seen["x-tokenward-token-id"] == [kid]
     assert seen["x-tokenward-token-name"] == ["ci-reader"]
     assert seen["x-tokenward-scopes"] == ["read:apis"]
     assert "x-tokenward-service-account" not in seen  # no service account: no header
-    assert seen["x-forwarded-for"] == ["127.0.0.1"]  # the client is not a trusted proxy
-    assert seen["x-forwarded-host"] == [f"127.0.0.1:{platform.server.proxy_port}"]
-    assert seen["x-forwarded-proto"] == ["http"]
-    # an untrusted client does not choose the request id (issue 10 item 12)
-    assert seen["x-request-id"] != ["req-123"] and seen["x-request-id"] == [headers["X-Request-Id"]]
-    assert seen["x-custom"] == ["kept"]
-
-
-async def test_public_route_needs_no_token_and_gets_no_identity(platform: Gateway) -> None:
-    status, body, _ = await call(platform, "GET", "/health", headers={"X-Tokenward-Org": "evil"})
-    assert status == 200
-    seen = upstream_headers(body)
-    assert not any(name.startswith("x-tokenward-") for name in seen)
 
 
 async def test_large_bodies_stream_both_ways(platform: Gateway) -> None:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.helpers.gateway import APIS, Gateway, LogReader
-from tests.helpers.rawhttp import Env, Recorder, hardening_config, raw, request
+from tests.helpers.gateway import APIS, LogReader
+from tests.helpers.rawhttp import Env, raw, request
 
 # -- 1. one canonical path --------------------------------------------------------------------
 PATH_CASES = [
@@ -148,46 +147,17 @@ async def test_identity_headers_cannot_be_forged(env: Env) -> None:
         assert gone not in seen, gone
 
 
-async def test_trusted_proxy_forwarding_headers_are_kept(
-    start_gateway: Callable[..., Awaitable[Gateway]], recorder: Recorder
-) -> None:
-    config = hardening_config(recorder.port)
-    config["trusted_proxies"] = ["127.0.0.1/32"]
-    gw = await start_gateway(config)
-    await gw.team("platform", ["read:apis"])
-    token, _ = await gw.token("platform", ["read:apis"])
-    host = f"127.0.0.1:{gw.server.proxy_port}"
-    extra = [
-        "X-Forwarded-For: 203.0.113.9",
-        "X-Forwarded-Proto: https",
-        "X-Forwarded-Host: api.example",
-        "X-Real-IP: 203.0.113.9",
-        "X-Tokenward-Org: evil",
-    ]
-    assert (await raw(gw.server.proxy_port, request(APIS, host, token, *extra)))[0] == 200
-    seen = {k.lower(): v for k, v in recorder.seen[0]["headers"]}
-    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
-    assert seen["x-forwarded-proto"] == "https" and seen["x-forwarded-host"] == "api.example"
-    assert seen["x-real-ip"] == "203.0.113.9"
-    assert seen["x-tokenward-org"] == "acme"  # identity is never trusted, even from a proxy
-
-
 # -- 3. one credential, one meaning --------------------------------------------------------------
 async def test_one_credential_one_meaning(env: Env) -> None:
     port, host, token = env.gw.server.proxy_port, env.host, env.token
+    # (a second Authorization header and method-override headers: tests/test_header_rules_table.py)
     cases: list[tuple[bytes, int]] = [
-        (request(APIS, host, token, f"Authorization: Bearer {token}"), 400),
-        (request(APIS, host, token, "authorization: Basic eDp5"), 400),
         (request(f"{APIS}?access_token={token}", host, token), 400),
         (request(f"{APIS}?access_token={token}", host, None), 400),
         (request(f"{APIS}?q={token}", host, None), 400),
         (request(f"{APIS}?Access_Token=abc", host, token), 400),
         (request(APIS, host, token, f"Cookie: session={token}"), 400),
         (request(APIS, host, None, f"Cookie: a=b; tw={token}"), 400),
-        (request(APIS, host, token, "X-HTTP-Method-Override: DELETE"), 400),
-        (request(APIS, host, token, "X-HTTP-Method: POST"), 400),
-        (request(APIS, host, token, "X-Method-Override: PUT"), 400),
-        (request(APIS, host, token, "x_http_method_override: DELETE"), 400),
         (request(APIS, host, token, method="get"), 400),
     ]
     for data, expected in cases:

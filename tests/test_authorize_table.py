@@ -22,7 +22,7 @@ from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.settings import settings_from_dict
 
 ROUTER = settings_from_dict(base_config(9), "authorize table").router
-TEAMS = {
+TEAM_PERMISSIONS = {
     "platform": ["read:apis", "write:apis", "read:specs"],
     "billing": ["read:apis", "write:apis"],
     "ops": ["read:secrets"],
@@ -44,7 +44,7 @@ class Caller:
 
     @property
     def team_permissions(self) -> list[str] | None:
-        return None if self.team is None else TEAMS[self.team]
+        return None if self.team is None else TEAM_PERMISSIONS[self.team]
 
 
 READER = Caller(["read:apis"])
@@ -160,7 +160,7 @@ def test_authorize(method: str, path: str, caller: Caller, expected: tuple[str, 
 
 @pytest.fixture
 async def teams(gateway: Gateway) -> Gateway:
-    for name, permissions in TEAMS.items():
+    for name, permissions in TEAM_PERMISSIONS.items():
         await gateway.team(name, permissions)
     return gateway
 

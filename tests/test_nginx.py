@@ -8,21 +8,17 @@ test fails: it is never skipped.
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import yaml
 from multidict import CIMultiDict
 from yarl import URL
 
-from tests.helpers.gateway import APIS, ROOT, base_config
-from tests.helpers.nginx import IDENTITY, nginx_command, render_nginx_conf
-from tests.helpers.process import CLI, env_for_subprocess, stop, wait_http
-from tokenward.gateway.embedded import free_port
+from tests.helpers.gateway import APIS, IDENTITY
+from tests.helpers.nginx import start_nginx_stack
+from tests.helpers.process import stop
 
 
 async def test_nginx_auth_request_in_front_of_tokenward(
@@ -33,46 +29,13 @@ async def test_nginx_auth_request_in_front_of_tokenward(
     recording_upstream: tuple[int, list[dict[str, Any]]],
 ) -> None:
     upstream_port, seen = recording_upstream
-    config = base_config(upstream_port)
-    port, admin_port, nginx_port = free_port(), free_port(), free_port()
-    config["listen"]["port"] = port
-    config["admin_listen"]["port"] = admin_port
-    config["trusted_proxies"] = ["127.0.0.1/32"]
-    config["redis"] = {"url": redis_url}
-    config["log"] = {"level": "info", "format": "json"}
-    config_path = tmp_path / "tokenward.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    env = env_for_subprocess()
-
-    boot = await asyncio.create_subprocess_exec(
-        *CLI, "admin", "bootstrap", "--config", str(config_path), "--org", "acme", "--json",
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    boot_out, boot_err = await boot.communicate()
-    assert boot.returncode == 0, boot_err
-    admin = {"Authorization": f"Bearer {orjson.loads(boot_out)['token']}"}
-
-    conf = render_nginx_conf(workdir, nginx_port, port, upstream_port)
-    checked = subprocess.run(
-        nginx_command(nginx_bin, conf, workdir, test=True), capture_output=True, text=True
-    )
-    assert checked.returncode == 0, checked.stderr
-
-    serve_log = (tmp_path / "serve.out").open("wb")
-    serve = await asyncio.create_subprocess_exec(
-        *CLI, "serve", "--config", str(config_path),
-        cwd=ROOT, env=env, stdout=serve_log, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    nginx = await asyncio.create_subprocess_exec(
-        *nginx_command(nginx_bin, conf, workdir),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    stack = await start_nginx_stack(nginx_bin, workdir, tmp_path, redis_url, upstream_port)
+    admin, admin_port, nginx_port, serve = stack.admin, stack.admin_port, stack.nginx_port, stack.serve
     decisions: list[int] = []  # the status of every request nginx asked tokenward about
     base = f"http://127.0.0.1:{nginx_port}"
     try:
         async with aiohttp.ClientSession() as session:
-            await wait_http(session, f"http://127.0.0.1:{admin_port}/readyz", serve)
-            await wait_http(session, f"{base}/health", nginx)
+            await stack.wait_ready(session)
             decisions.append(200)  # the public /health above went through tokenward too
             seen.clear()
 
@@ -189,19 +152,17 @@ async def test_nginx_auth_request_in_front_of_tokenward(
                 assert r.status == 502
             assert seen == []
     finally:
-        nginx_code = await stop(nginx, signal.SIGQUIT)
-        serve_code = await stop(serve)
-        serve_log.close()
+        nginx_code, serve_code = await stack.stop()
     error_log = (workdir / "error.log").read_text()
     assert nginx_code == 0, error_log
-    assert serve_code == 0, (tmp_path / "serve.out").read_text()[-3000:]
+    assert serve_code == 0, stack.serve_out.read_text()[-3000:]
     assert "[emerg]" not in error_log and "[alert]" not in error_log, error_log
 
     # One audit event per request: the denial page is served from nginx's cache of
     # tokenward's answer, never by asking tokenward a second time.
     events = [
         orjson.loads(line)
-        for line in (tmp_path / "serve.out").read_bytes().splitlines()
+        for line in stack.serve_out.read_bytes().splitlines()
         if line.startswith(b"{")
     ]
     verified = [e for e in events if e.get("mode") == "forward_auth"]

@@ -16,12 +16,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.helpers.gateway import Gateway
+from tests.helpers.gateway import ROOT, Gateway
 from tokenward.api import DOMAIN_ERRORS_TABLE, domain_refusal
 from tokenward.gateway.refusal import REALM, Refusal, Step, error_body, error_headers
 from tokenward.gateway.store import Conflict, QuotaExceeded, StoreUnavailable
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*ROOT.glob("gateway/*.py"), *ROOT.glob("admin/*.py")])
 
 # every step id in responses, audit events and metrics before the enum existed

@@ -31,6 +31,15 @@ APIS = "/orgs/acme/teams/platform/apis"
 EVENTS = "/orgs/acme/teams/platform/events"  # the demo's WebSocket route, added by `with_events`
 TEAMS = "/v1/orgs/acme/teams"  # admin API
 TOKENS = "/v1/orgs/acme/teams/platform/tokens"
+# the identity headers tokenward sets for the upstream, as documented (test_deploy pins them)
+IDENTITY = (
+    "X-Tokenward-Token-Id",
+    "X-Tokenward-Token-Name",
+    "X-Tokenward-Org",
+    "X-Tokenward-Team",
+    "X-Tokenward-Service-Account",
+    "X-Tokenward-Scopes",
+)
 
 # All structlog output of in-process tokenward goes here, so tests can read the audit events.
 LOG_STREAM = io.BytesIO()

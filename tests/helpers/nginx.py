@@ -4,22 +4,23 @@ upstream are fixtures in tests/conftest.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers.gateway import ROOT
+import aiohttp
+import yaml
+
+from tests.helpers.gateway import ROOT, base_config
+from tests.helpers.process import CLI, bootstrap_admin, env_for_subprocess, stop, wait_http
+from tokenward.gateway.embedded import free_port
 
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
-IDENTITY = (
-    "X-Tokenward-Token-Id",
-    "X-Tokenward-Token-Name",
-    "X-Tokenward-Org",
-    "X-Tokenward-Team",
-    "X-Tokenward-Service-Account",
-    "X-Tokenward-Scopes",
-)
 
 
 def find_nginx() -> str | None:
@@ -77,3 +78,54 @@ def nginx_command(nginx: str, conf: Path, workdir: Path, *, test: bool = False) 
         main += " daemon off;"
     command = [nginx, "-e", str(workdir / "error.log"), "-p", str(workdir), "-c", str(conf), "-g", main]
     return [*command, "-t"] if test else command
+
+
+@dataclass
+class NginxStack:
+    """nginx (deploy/nginx/nginx.conf) in front of a real `tokenward serve` process, on the
+    test's Valkey server; `admin` authorizes the bootstrap org admin on the admin API."""
+
+    port: int  # tokenward's proxy listener (nginx asks it)
+    admin_port: int
+    nginx_port: int
+    admin: dict[str, str]
+    serve: asyncio.subprocess.Process
+    nginx: asyncio.subprocess.Process
+    serve_out: Path  # serve's stdout and stderr (its JSON log)
+
+    async def wait_ready(self, session: aiohttp.ClientSession) -> None:
+        await wait_http(session, f"http://127.0.0.1:{self.admin_port}/readyz", self.serve)
+        await wait_http(session, f"http://127.0.0.1:{self.nginx_port}/health", self.nginx)
+
+    async def stop(self) -> tuple[int, int]:
+        """nginx (graceful SIGQUIT), then serve; their exit codes."""
+        return await stop(self.nginx, signal.SIGQUIT), await stop(self.serve)
+
+
+async def start_nginx_stack(
+    nginx_bin: str, workdir: Path, tmp_path: Path, redis_url: str, upstream_port: int
+) -> NginxStack:
+    """Bootstrap an org admin, check the rendered nginx.conf with `nginx -t`, start both."""
+    config = base_config(upstream_port)
+    port, admin_port, nginx_port = free_port(), free_port(), free_port()
+    config["listen"]["port"], config["admin_listen"]["port"] = port, admin_port
+    config["trusted_proxies"] = ["127.0.0.1/32"]
+    config["redis"] = {"url": redis_url}
+    config["log"] = {"level": "info", "format": "json"}
+    config_path = tmp_path / "tokenward.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    admin = {"Authorization": f"Bearer {await bootstrap_admin(config_path)}"}
+    conf = render_nginx_conf(workdir, nginx_port, port, upstream_port)
+    checked = subprocess.run(nginx_command(nginx_bin, conf, workdir, test=True), capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    serve_out = tmp_path / "serve.out"
+    with serve_out.open("wb") as serve_log:  # the child keeps its own descriptor
+        serve = await asyncio.create_subprocess_exec(
+            *CLI, "serve", "--config", str(config_path),
+            cwd=ROOT, env=env_for_subprocess(), stdout=serve_log, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+    nginx = await asyncio.create_subprocess_exec(
+        *nginx_command(nginx_bin, conf, workdir),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    return NginxStack(port, admin_port, nginx_port, admin, serve, nginx, serve_out)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.gateway import APIS, Gateway, LogReader
+from tests.helpers.process import start_serve
 from tests.helpers.rawhttp import Recorder, hardening_config, raw, request
 from tests.helpers.scripted import Seen
 
@@ -124,22 +125,11 @@ async def _serve_and_sigterm(
     import aiohttp
     import redis as redis_sync
 
-    from tests.helpers.gateway import ROOT
-    from tests.helpers.process import CLI, env_for_subprocess, serve_config, wait_ready
+    from tests.helpers.process import serve_config, wait_ready
     from tokenward.gateway.store import Keys
 
     served = serve_config(tmp_path, upstream, redis={"url": redis_url})
-    serve = await asyncio.create_subprocess_exec(
-        *CLI,
-        "serve",
-        "--config",
-        str(served.path),
-        *args,
-        cwd=ROOT,
-        env=env_for_subprocess(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    serve = await start_serve(served.path, *args, stdout=asyncio.subprocess.PIPE)
     store = redis_sync.Redis.from_url(redis_url)
     out = b""
     try:

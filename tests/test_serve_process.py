@@ -14,8 +14,13 @@ import aiohttp
 import orjson
 import redis
 
-from tests.helpers.gateway import ROOT
-from tests.helpers.process import CLI, bootstrap_admin, env_for_subprocess, serve_config, wait_ready
+from tests.helpers.process import (
+    bootstrap_admin,
+    env_for_subprocess,
+    serve_config,
+    start_serve,
+    wait_ready,
+)
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 
 
@@ -56,16 +61,7 @@ async def test_serve_flow_and_no_plaintext_anywhere(tmp_path: Path, upstream: in
 
     log_out = (tmp_path / "serve.out").open("wb")
     log_err = (tmp_path / "serve.err").open("wb")
-    serve = await asyncio.create_subprocess_exec(
-        *CLI,
-        "serve",
-        "--config",
-        str(path),
-        cwd=ROOT,
-        env=env,
-        stdout=log_out,
-        stderr=log_err,
-    )
+    serve = await start_serve(path, env=env, stdout=log_out, stderr=log_err)
     plaintexts = [admin_token]
     gw, adm = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
     try:

@@ -13,8 +13,14 @@ import orjson
 import redis
 import structlog
 
-from tests.helpers.gateway import LOG_STREAM, ROOT
-from tests.helpers.process import CLI, bootstrap_admin, env_for_subprocess, serve_config, wait_ready
+from tests.helpers.gateway import LOG_STREAM
+from tests.helpers.process import (
+    bootstrap_admin,
+    env_for_subprocess,
+    serve_config,
+    start_serve,
+    wait_ready,
+)
 from tokenward.gateway.audit import configure_logging
 from tokenward.gateway.settings import LogSettings
 
@@ -28,16 +34,7 @@ async def test_sigterm_drains_in_flight_requests_and_flushes(
     admin_token = await bootstrap_admin(path)
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
-        serve = await asyncio.create_subprocess_exec(
-            *CLI,
-            "serve",
-            "--config",
-            str(path),
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        serve = await start_serve(path, env=env, stdout=log_file)
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, f"http://127.0.0.1:{admin_port}/readyz", serve)
             auth = {"Authorization": f"Bearer {admin_token}"}

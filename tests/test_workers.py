@@ -12,8 +12,14 @@ import aiohttp
 import orjson
 import redis
 
-from tests.helpers.gateway import APIS, ROOT
-from tests.helpers.process import CLI, bootstrap_admin, env_for_subprocess, serve_config, wait_ready
+from tests.helpers.gateway import APIS
+from tests.helpers.process import (
+    bootstrap_admin,
+    env_for_subprocess,
+    serve_config,
+    start_serve,
+    wait_ready,
+)
 
 
 async def statuses(gw: str, token: str, count: int) -> list[int]:
@@ -51,18 +57,7 @@ async def test_workers_share_the_port_and_revocation_reaches_all(tmp_path: Path,
 
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
-        serve = await asyncio.create_subprocess_exec(
-            *CLI,
-            "serve",
-            "--config",
-            str(path),
-            "--workers",
-            "3",
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        serve = await start_serve(path, "--workers", "3", env=env, stdout=log_file)
         gw, adm = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
         try:
             async with aiohttp.ClientSession() as session:

@@ -17,7 +17,7 @@ import aiohttp
 import yaml
 
 from tests.helpers.gateway import ROOT, base_config
-from tests.helpers.process import CLI, bootstrap_admin, env_for_subprocess, stop, wait_http
+from tests.helpers.process import bootstrap_admin, start_serve, stop, wait_http
 from tokenward.gateway.embedded import free_port
 
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
@@ -120,10 +120,7 @@ async def start_nginx_stack(
     assert checked.returncode == 0, checked.stderr
     serve_out = tmp_path / "serve.out"
     with serve_out.open("wb") as serve_log:  # the child keeps its own descriptor
-        serve = await asyncio.create_subprocess_exec(
-            *CLI, "serve", "--config", str(config_path),
-            cwd=ROOT, env=env_for_subprocess(), stdout=serve_log, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+        serve = await start_serve(config_path, stdout=serve_log)
     nginx = await asyncio.create_subprocess_exec(
         *nginx_command(nginx_bin, conf, workdir),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,

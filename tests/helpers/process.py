@@ -139,3 +139,17 @@ async def stop(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM, t
             await process.wait()
     assert process.returncode is not None
     return process.returncode
+
+
+async def start_serve(
+    config: Path,
+    *args: str,
+    stdout: Any = asyncio.subprocess.DEVNULL,
+    stderr: Any = asyncio.subprocess.STDOUT,
+    env: dict[str, str] | None = None,
+) -> asyncio.subprocess.Process:
+    """`tokenward serve --config CONFIG ARGS...` in a subprocess, as a user runs it."""
+    return await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--config", str(config), *args,
+        cwd=ROOT, env=env or env_for_subprocess(), stdout=stdout, stderr=stderr,
+    )  # fmt: skip

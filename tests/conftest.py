@@ -21,7 +21,7 @@ from aiohttp import web
 
 from tests.helpers.debian import installed
 from tests.helpers.gateway import Gateway, LogReader, base_config, org_admin_with_team
-from tests.helpers.nginx import find_nginx
+from tests.helpers.nginx import NginxStack, find_nginx, start_nginx_stack
 from tests.helpers.rawhttp import Confusion, Env, Recorder, confusion_config, hardening_config
 from tests.helpers.scripted import Reply, ScriptedUpstream
 from tests.helpers.topology import Cluster, start_cluster_gateway, stop_gateway
@@ -273,3 +273,18 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "nginx"
     path.mkdir()
     yield path
+
+
+@pytest.fixture
+async def nginx_stack(
+    nginx_bin: str,
+    workdir: Path,
+    tmp_path: Path,
+    redis_url: str,
+    recording_upstream: tuple[int, list[dict[str, Any]]],
+) -> AsyncIterator[NginxStack]:
+    """nginx in front of a real `tokenward serve` and the recording upstream, both started.
+    Tests stop it themselves to read the exit codes; stopping again is harmless."""
+    stack = await start_nginx_stack(nginx_bin, workdir, tmp_path, redis_url, recording_upstream)
+    yield stack
+    await stack.stop()

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import yaml
 
 from tests.helpers.gateway import APIS, IDENTITY, ROOT
-from tests.helpers.nginx import start_nginx_stack
+from tests.helpers.nginx import NginxStack
 
 DEPLOY = ROOT / "deploy"
 
@@ -76,15 +75,8 @@ def test_the_readme_says_how_each_example_blocks_them() -> None:
         assert needle in section, needle
 
 
-async def test_nginx_never_lets_an_underscore_identity_header_reach_the_app(
-    nginx_bin: str,
-    workdir: Path,
-    tmp_path: Path,
-    redis_url: str,
-    recording_upstream: tuple[int, list[dict[str, Any]]],
-) -> None:
-    upstream_port, seen = recording_upstream
-    stack = await start_nginx_stack(nginx_bin, workdir, tmp_path, redis_url, upstream_port)
+async def test_nginx_never_lets_an_underscore_identity_header_reach_the_app(nginx_stack: NginxStack, workdir: Path) -> None:
+    stack, seen = nginx_stack, nginx_stack.seen
     admin, admin_port, nginx_port = stack.admin, stack.admin_port, stack.nginx_port
     try:
         async with aiohttp.ClientSession() as session:

@@ -17,19 +17,12 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from tests.helpers.gateway import APIS, IDENTITY
-from tests.helpers.nginx import start_nginx_stack
+from tests.helpers.nginx import NginxStack
 from tests.helpers.process import stop
 
 
-async def test_nginx_auth_request_in_front_of_tokenward(
-    nginx_bin: str,
-    workdir: Path,
-    tmp_path: Path,
-    redis_url: str,
-    recording_upstream: tuple[int, list[dict[str, Any]]],
-) -> None:
-    upstream_port, seen = recording_upstream
-    stack = await start_nginx_stack(nginx_bin, workdir, tmp_path, redis_url, upstream_port)
+async def test_nginx_auth_request_in_front_of_tokenward(nginx_stack: NginxStack, workdir: Path) -> None:
+    stack, seen = nginx_stack, nginx_stack.seen
     admin, admin_port, nginx_port, serve = stack.admin, stack.admin_port, stack.nginx_port, stack.serve
     decisions: list[int] = []  # the status of every request nginx asked tokenward about
     base = f"http://127.0.0.1:{nginx_port}"

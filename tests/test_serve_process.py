@@ -14,9 +14,11 @@ import aiohttp
 import orjson
 import redis
 
+from tests.helpers.gateway import TEAMS, TOKENS
 from tests.helpers.process import (
     bootstrap_admin,
     env_for_subprocess,
+    post_json,
     serve_config,
     start_serve,
     wait_ready,
@@ -68,19 +70,8 @@ async def test_serve_flow_and_no_plaintext_anywhere(tmp_path: Path, upstream: in
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, f"{adm}/readyz", serve)
             auth = {"Authorization": f"Bearer {admin_token}"}
-            async with session.post(
-                f"{adm}/v1/orgs/acme/teams",
-                headers=auth,
-                json={"name": "platform", "permissions": ["read:apis"]},
-            ) as r:
-                assert r.status == 201
-            async with session.post(
-                f"{adm}/v1/orgs/acme/teams/platform/tokens",
-                headers=auth,
-                json={"name": "ci", "scopes": ["read:apis", "write:apis"]},
-            ) as r:
-                assert r.status == 201
-                created = await r.json()
+            await post_json(session, adm + TEAMS, auth, {"name": "platform", "permissions": ["read:apis"]})
+            created = await post_json(session, adm + TOKENS, auth, {"name": "ci", "scopes": ["read:apis", "write:apis"]})
             token = created["token"]
             plaintexts.append(token)
             apis = f"{gw}/orgs/acme/teams/platform/apis"
@@ -91,10 +82,7 @@ async def test_serve_flow_and_no_plaintext_anywhere(tmp_path: Path, upstream: in
                 assert r.status == 403  # team lacks write:apis
             async with session.get(apis, headers={"Authorization": f"Bearer {token[:-1]}x"}) as r:
                 assert r.status == 401
-            async with session.post(
-                f"{adm}/v1/orgs/acme/teams/platform/tokens/{created['id']}/revoke", headers=auth
-            ) as r:
-                assert r.status == 200
+            await post_json(session, f"{adm}{TOKENS}/{created['id']}/revoke", auth, expected=200)
             async with session.get(apis, headers=bearer) as r:
                 assert r.status == 401
                 assert (await r.json())["message"] == "token revoked"

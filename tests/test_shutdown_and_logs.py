@@ -13,10 +13,11 @@ import orjson
 import redis
 import structlog
 
-from tests.helpers.gateway import LOG_STREAM
+from tests.helpers.gateway import LOG_STREAM, TEAMS, TOKENS
 from tests.helpers.process import (
     bootstrap_admin,
     env_for_subprocess,
+    post_json,
     serve_config,
     start_serve,
     wait_ready,
@@ -38,18 +39,9 @@ async def test_sigterm_drains_in_flight_requests_and_flushes(
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, f"http://127.0.0.1:{admin_port}/readyz", serve)
             auth = {"Authorization": f"Bearer {admin_token}"}
-            async with session.post(
-                f"http://127.0.0.1:{admin_port}/v1/orgs/acme/teams",
-                headers=auth,
-                json={"name": "platform", "permissions": ["read:apis"]},
-            ):
-                pass
-            async with session.post(
-                f"http://127.0.0.1:{admin_port}/v1/orgs/acme/teams/platform/tokens",
-                headers=auth,
-                json={"name": "slow", "scopes": ["read:apis"]},
-            ) as r:
-                created = await r.json()
+            adm = f"http://127.0.0.1:{admin_port}"
+            await post_json(session, adm + TEAMS, auth, {"name": "platform", "permissions": ["read:apis"]})
+            created = await post_json(session, adm + TOKENS, auth, {"name": "slow", "scopes": ["read:apis"]})
 
             async def slow() -> int:
                 url = f"http://127.0.0.1:{port}/orgs/acme/teams/platform/apis?sleep=1.5"

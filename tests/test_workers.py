@@ -12,10 +12,11 @@ import aiohttp
 import orjson
 import redis
 
-from tests.helpers.gateway import APIS
+from tests.helpers.gateway import APIS, TEAMS, TOKENS
 from tests.helpers.process import (
     bootstrap_admin,
     env_for_subprocess,
+    post_json,
     serve_config,
     start_serve,
     wait_ready,
@@ -39,8 +40,7 @@ async def revoke_and_time(
     session: aiohttp.ClientSession, adm: str, auth: dict[str, str], kid: str, gw: str, token: str
 ) -> float:
     """Seconds from the revoke response until 30 requests in a row (all workers) say 401."""
-    async with session.post(f"{adm}/v1/orgs/acme/teams/platform/tokens/{kid}/revoke", headers=auth) as r:
-        assert r.status == 200
+    await post_json(session, f"{adm}{TOKENS}/{kid}/revoke", auth, expected=200)
     revoked = time.monotonic()
     while True:
         got = await statuses(gw, token, 30)
@@ -71,20 +71,10 @@ async def test_workers_share_the_port_and_revocation_reaches_all(tmp_path: Path,
                         break
                     await asyncio.sleep(0.1)
                 assert len(pids) == 3
-                async with session.post(
-                    f"{adm}/v1/orgs/acme/teams",
-                    headers=auth,
-                    json={"name": "platform", "permissions": ["read:apis"]},
-                ) as r:
-                    assert r.status == 201
+                await post_json(session, adm + TEAMS, auth, {"name": "platform", "permissions": ["read:apis"]})
 
                 async def new_token(name: str) -> tuple[str, str]:
-                    async with session.post(
-                        f"{adm}/v1/orgs/acme/teams/platform/tokens",
-                        headers=auth,
-                        json={"name": name, "scopes": ["read:apis"]},
-                    ) as r:
-                        data = await r.json()
+                    data = await post_json(session, adm + TOKENS, auth, {"name": name, "scopes": ["read:apis"]})
                     return data["token"], data["id"]
 
                 token, kid = await new_token("ci")

@@ -12,6 +12,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -92,6 +93,8 @@ class NginxStack:
     serve: asyncio.subprocess.Process
     nginx: asyncio.subprocess.Process
     serve_out: Path  # serve's stdout and stderr (its JSON log)
+    workdir: Path  # nginx's: error.log, access.log
+    seen: list[dict[str, Any]]  # what reached the app (the recording upstream)
 
     async def wait_ready(self, session: aiohttp.ClientSession) -> None:
         await wait_http(session, f"http://127.0.0.1:{self.admin_port}/readyz", self.serve)
@@ -103,9 +106,10 @@ class NginxStack:
 
 
 async def start_nginx_stack(
-    nginx_bin: str, workdir: Path, tmp_path: Path, redis_url: str, upstream_port: int
+    nginx_bin: str, workdir: Path, tmp_path: Path, redis_url: str, upstream: tuple[int, list[dict[str, Any]]]
 ) -> NginxStack:
     """Bootstrap an org admin, check the rendered nginx.conf with `nginx -t`, start both."""
+    upstream_port, seen = upstream
     config = base_config(upstream_port)
     port, admin_port, nginx_port = free_port(), free_port(), free_port()
     config["listen"]["port"], config["admin_listen"]["port"] = port, admin_port
@@ -125,4 +129,4 @@ async def start_nginx_stack(
         *nginx_command(nginx_bin, conf, workdir),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
-    return NginxStack(port, admin_port, nginx_port, admin, serve, nginx, serve_out)
+    return NginxStack(port, admin_port, nginx_port, admin, serve, nginx, serve_out, workdir, seen)

@@ -153,3 +153,12 @@ async def start_serve(
         *CLI, "serve", "--config", str(config), *args,
         cwd=ROOT, env=env or env_for_subprocess(), stdout=stdout, stderr=stderr,
     )  # fmt: skip
+
+
+async def post_json(
+    session: aiohttp.ClientSession, url: str, auth: dict[str, str], body: Any = None, expected: int = 201
+) -> Any:
+    """POST `body` to a running process's admin API; asserts the status, returns the JSON."""
+    async with session.post(url, headers=auth, json=body) as r:
+        assert r.status == expected, await r.text()
+        return await r.json()

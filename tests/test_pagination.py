@@ -223,14 +223,8 @@ async def test_filters_keep_working_across_pages(gateway: Gateway, org_admin: st
     assert rows == []
 
 
-async def test_a_filtered_page_examines_a_bounded_number_of_tokens(
-    gateway: Gateway, org_admin: str, monkeypatch: Any
-) -> None:
-    """A filter that matches nothing in a big team costs at most the scan budget per call,
-    answering an empty page with `next` rather than reading the whole team."""
-    monkeypatch.setattr(api, "PAGE_SCAN_BUDGET", 40)
-    await bulk_tokens(gateway, 130)
-    store = gateway.runtime.store
+def count_reads(store: Any, monkeypatch: Any) -> list[int]:
+    """The number of tokens each `get_tokens_with_usage` call on `store` reads, from now on."""
     real = store.get_tokens_with_usage
     read: list[int] = []
 
@@ -239,6 +233,17 @@ async def test_a_filtered_page_examines_a_bounded_number_of_tokens(
         return await real(ids)
 
     monkeypatch.setattr(store, "get_tokens_with_usage", counted)
+    return read
+
+
+async def test_a_filtered_page_examines_a_bounded_number_of_tokens(
+    gateway: Gateway, org_admin: str, monkeypatch: Any
+) -> None:
+    """A filter that matches nothing in a big team costs at most the scan budget per call,
+    answering an empty page with `next` rather than reading the whole team."""
+    monkeypatch.setattr(api, "PAGE_SCAN_BUDGET", 40)
+    await bulk_tokens(gateway, 130)
+    read = count_reads(gateway.runtime.store, monkeypatch)
     status, data, _ = await admin(gateway, "GET", f"{TOKENS}?status=revoked&limit=20", org_admin)
     assert status == 200 and data["tokens"] == [] and data["next"] is not None
     assert sum(read) <= 40 and max(read) <= api.PAGE_CHUNK
@@ -622,15 +627,7 @@ async def test_the_expiring_tokens_metric_reads_the_store_in_chunks(
     from tokenward.gateway import metrics
 
     await bulk_tokens(gateway, 450, expires_at=time.time() + 3600)
-    store = gateway.runtime.store
-    real = store.get_tokens_with_usage
-    read: list[int] = []
-
-    async def counted(ids: Any) -> Any:
-        read.append(len(ids))
-        return await real(ids)
-
-    monkeypatch.setattr(store, "get_tokens_with_usage", counted)
+    read = count_reads(gateway.runtime.store, monkeypatch)
     assert await metrics.count_expiring(gateway.runtime) == 450
     assert sum(read) == 450 and max(read) <= metrics.EXPIRING_CHUNK
 

@@ -15,14 +15,7 @@ import orjson
 import redis
 
 from tests.helpers.gateway import TEAMS, TOKENS
-from tests.helpers.process import (
-    bootstrap_admin,
-    env_for_subprocess,
-    post_json,
-    serve_config,
-    start_serve,
-    wait_ready,
-)
+from tests.helpers.process import bootstrap_admin, post_json, serve_config, start_serve, wait_ready
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 
 
@@ -58,12 +51,11 @@ def store_dump(data_dir: Path) -> bytes:
 async def test_serve_flow_and_no_plaintext_anywhere(tmp_path: Path, upstream: int) -> None:
     served = serve_config(tmp_path, upstream)
     config, path, port, admin_port = served.config, served.path, served.port, served.admin_port
-    env = env_for_subprocess()
     admin_token = await bootstrap_admin(path)
 
     log_out = (tmp_path / "serve.out").open("wb")
     log_err = (tmp_path / "serve.err").open("wb")
-    serve = await start_serve(path, env=env, stdout=log_out, stderr=log_err)
+    serve = await start_serve(path, stdout=log_out, stderr=log_err)
     plaintexts = [admin_token]
     gw, adm = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
     try:

@@ -14,14 +14,7 @@ import redis
 import structlog
 
 from tests.helpers.gateway import LOG_STREAM, TEAMS, TOKENS
-from tests.helpers.process import (
-    bootstrap_admin,
-    env_for_subprocess,
-    post_json,
-    serve_config,
-    start_serve,
-    wait_ready,
-)
+from tests.helpers.process import bootstrap_admin, post_json, serve_config, start_serve, wait_ready
 from tokenward.gateway.audit import configure_logging
 from tokenward.gateway.settings import LogSettings
 
@@ -31,11 +24,10 @@ async def test_sigterm_drains_in_flight_requests_and_flushes(
 ) -> None:
     served = serve_config(tmp_path, upstream, redis={"url": redis_url})
     path, port, admin_port = served.path, served.port, served.admin_port
-    env = env_for_subprocess()
     admin_token = await bootstrap_admin(path)
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
-        serve = await start_serve(path, env=env, stdout=log_file)
+        serve = await start_serve(path, stdout=log_file)
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, f"http://127.0.0.1:{admin_port}/readyz", serve)
             auth = {"Authorization": f"Bearer {admin_token}"}

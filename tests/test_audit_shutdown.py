@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 from tokenward.gateway.store import Keys
 
 

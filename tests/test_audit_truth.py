@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import LogReader
-from tests.scripted import OK, Seen, send
+from tests.helpers.gateway import LogReader
+from tests.helpers.scripted import OK, Seen, send
 
 
 async def audited(logs: LogReader, request_id: str) -> dict[str, Any]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_hardening import APIS, Env, raw, recorder, request  # noqa: F401 (recorder: fixture)
-from tests.test_hardening import env as env
+from tests.helpers.gateway import APIS
+from tests.helpers.rawhttp import Env, raw, request
 from tokenward.gateway.tokens import BODY_LEN, contains_bare_token
 
 

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from tests.conftest import Gateway
-from tests.test_hardening import APIS, hardening_config, raw, request
+from tests.helpers.gateway import APIS, Gateway
+from tests.helpers.rawhttp import hardening_config, raw, request
 from tokenward.gateway.embedded import free_port
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"

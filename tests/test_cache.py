@@ -10,21 +10,13 @@ from typing import Any
 
 import redis
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway, apis_status
 from tokenward.gateway.cache import VerificationCache
 from tokenward.gateway.decision import FailureThrottle
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.store import Change
 from tokenward.gateway.tokens import checksum, generate
-
-APIS = "/orgs/acme/teams/platform/apis"
-
-
-async def get(gw: Gateway, token: str) -> int:
-    async with gw.session.get(gw.url + APIS, headers=gw.auth(token)) as r:
-        await r.read()
-        return r.status
 
 
 def record(kid: str = "AAAAAAAAAAAA") -> TokenRecord:
@@ -104,14 +96,14 @@ async def test_revoke_on_one_gateway_reaches_the_other_at_once(
 ) -> None:
     a, b = await two_gateways(start_gateway, config)
     token, kid = await a.token("platform", ["read:apis"])
-    assert await get(b, token) == 200 and await get(b, token) == 200  # cached in b
+    assert await apis_status(b, token) == 200 and await apis_status(b, token) == 200  # cached in b
     hits = b.runtime.cache.stats.hits
     assert hits >= 1
     record_ = await a.runtime.store.get_token(kid)
     assert record_ is not None
     started = time.monotonic()
     await a.runtime.store.put_token(record_.revoked(time.time(), "test"))
-    while await get(b, token) != 401:
+    while await apis_status(b, token) != 401:
         await asyncio.sleep(0.001)
     assert time.monotonic() - started < 0.5
     assert b.runtime.authenticator.argon2_verifications == 1  # the secret was proven once
@@ -122,7 +114,7 @@ async def test_poll_fallback_bounds_staleness_without_push(
 ) -> None:
     a, b = await two_gateways(start_gateway, config)
     token, kid = await a.token("platform", ["read:apis"])
-    assert await get(b, token) == 200
+    assert await apis_status(b, token) == 200
     push = b.runtime.listener._tasks[0]
     push.cancel()  # no push channel on b from now on
     await asyncio.sleep(0.05)
@@ -130,8 +122,8 @@ async def test_poll_fallback_bounds_staleness_without_push(
     assert record_ is not None
     started = time.monotonic()
     await a.runtime.store.put_token(record_.revoked(time.time(), "test"))
-    assert await get(b, token) == 200  # still cached: only the poll can tell b now
-    while await get(b, token) != 401:
+    assert await apis_status(b, token) == 200  # still cached: only the poll can tell b now
+    while await apis_status(b, token) != 401:
         await asyncio.sleep(0.02)
     assert time.monotonic() - started <= 1.0
 
@@ -139,7 +131,7 @@ async def test_poll_fallback_bounds_staleness_without_push(
 async def test_cache_is_cleared_when_the_push_link_comes_back(gateway: Gateway, redis_url: str) -> None:
     await gateway.team("platform", ["read:apis"])
     token, _ = await gateway.token("platform", ["read:apis"])
-    assert await get(gateway, token) == 200
+    assert await apis_status(gateway, token) == 200
     clears = gateway.runtime.cache.stats.clears
     client = redis.Redis.from_url(redis_url)
     assert client.client_kill_filter(_type="pubsub") >= 1
@@ -150,49 +142,49 @@ async def test_cache_is_cleared_when_the_push_link_comes_back(gateway: Gateway, 
         await asyncio.sleep(0.02)
     assert gateway.runtime.cache.stats.clears > clears
     assert gateway.runtime.listener.push_connected
-    assert await get(gateway, token) == 200
+    assert await apis_status(gateway, token) == 200
 
 
 # -- abuse resistance --------------------------------------------------------------------------------
 async def test_wrong_secret_flood_is_bounded_and_the_real_token_keeps_working(gateway: Gateway) -> None:
     await gateway.team("platform", ["read:apis"])
     token, kid = await gateway.token("platform", ["read:apis"])
-    assert await get(gateway, token) == 200
+    assert await apis_status(gateway, token) == 200
     before = gateway.runtime.authenticator.argon2_verifications
 
     def wrong(i: int) -> str:
         head = f"tw_sat_{kid}" + f"{i:032d}"
         return head + checksum(head)
 
-    statuses = await asyncio.gather(*(get(gateway, wrong(i)) for i in range(300)))
+    statuses = await asyncio.gather(*(apis_status(gateway, wrong(i)) for i in range(300)))
     assert set(statuses) == {401}
     assert gateway.runtime.authenticator.argon2_verifications - before <= 10
-    assert await get(gateway, token) == 200
+    assert await apis_status(gateway, token) == 200
 
 
 async def test_unknown_id_flood_is_bounded(gateway: Gateway) -> None:
     await gateway.team("platform", ["read:apis"])
     token, _ = await gateway.token("platform", ["read:apis"])
-    assert await get(gateway, token) == 200
+    assert await apis_status(gateway, token) == 200
     before = gateway.runtime.authenticator.argon2_verifications
     started = time.monotonic()
-    statuses = await asyncio.gather(*(get(gateway, generate("tw_sat")[0]) for _ in range(400)))
+    statuses = await asyncio.gather(*(apis_status(gateway, generate("tw_sat")[0]) for _ in range(400)))
     elapsed = time.monotonic() - started
     assert set(statuses) == {401}
     assert gateway.runtime.authenticator.argon2_verifications - before <= 16 + 4 * elapsed + 5
-    assert await get(gateway, token) == 200
+    assert await apis_status(gateway, token) == 200
 
 
 async def test_a_burst_of_new_legit_tokens_is_never_refused(gateway: Gateway) -> None:
     await gateway.team("platform", ["read:apis"])
     tokens = [(await gateway.token("platform", ["read:apis"]))[0] for _ in range(40)]
-    statuses = await asyncio.gather(*(get(gateway, token) for token in tokens))
+    statuses = await asyncio.gather(*(apis_status(gateway, token) for token in tokens))
     assert set(statuses) == {200}
 
 
 async def test_concurrent_first_requests_share_one_verification(gateway: Gateway) -> None:
     await gateway.team("platform", ["read:apis"])
     token, _ = await gateway.token("platform", ["read:apis"])
-    statuses = await asyncio.gather(*(get(gateway, token) for _ in range(20)))
+    statuses = await asyncio.gather(*(apis_status(gateway, token) for _ in range(20)))
     assert set(statuses) == {200}
     assert gateway.runtime.authenticator.argon2_verifications == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,29 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Gateway, env_for_subprocess
+from tests.helpers.gateway import APIS, Gateway
+from tests.helpers.process import env_for_subprocess, run_cli
 from tokenward.cli_output import humanize_ago, table
-
-CLI = [sys.executable, "-c", "from tokenward.cli import main; main()"]
-
-
-async def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60, stdin: str | None = None
-) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *CLI,
-        *args,
-        cwd=ROOT,
-        env=env or env_for_subprocess(),
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(
-        process.communicate(stdin.encode() if stdin is not None else None), timeout
-    )
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture
@@ -176,7 +155,7 @@ async def test_missing_token_and_unreachable_admin(tmp_path: Path) -> None:
 
 
 async def test_bootstrap_on_the_embedded_store(tmp_path: Path, upstream: int) -> None:
-    from tests.conftest import base_config
+    from tests.helpers.gateway import base_config
 
     config = base_config(upstream)
     config["data_dir"] = str(tmp_path / "data")
@@ -254,9 +233,6 @@ def test_humanize_and_table() -> None:
 
 
 # -- token lifecycle, service accounts, audit and leaks ----------------------------------------
-APIS = "/orgs/acme/teams/platform/apis"
-
-
 async def ok(*args: str, env: dict[str, str], stdin: str | None = None) -> str:
     """Run the CLI, require success, return stdout."""
     code, out, err = await run_cli(*args, env=env, stdin=stdin)

@@ -1,8 +1,9 @@
 """Redis Cluster: a real 3-master cluster with a replica per master, on loopback.
 
-Every admin and gateway path runs against it (no command crosses slots), a change reaches a
-subscriber on any node, and a master killed under steady traffic fails over to its replica
-with no request wrongly allowed, no token lost and errors only in the failover window.
+Every admin and gateway path runs against it (no command crosses slots; the tests marked
+`also_on_cluster` run on it too), a change reaches a subscriber on any node, and a master
+killed under steady traffic fails over to its replica with no request wrongly allowed, no
+token lost and errors only in the failover window.
 """
 
 from __future__ import annotations
@@ -10,37 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests import test_admin_api, test_lifecycle, test_lifecycle_races
-from tests.conftest import Gateway
-from tests.topology import Cluster, Drill, drill_config, raw, start_gateway, stop_gateway
+from tests.helpers.gateway import Gateway
+from tests.helpers.topology import Cluster, Drill, drill_config, start_gateway, stop_gateway
 from tokenward.gateway.settings import ClusterSettings, RedisSettings
 from tokenward.gateway.store import Change, Keys, Store, connect
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    topology = Cluster(tmp_path_factory.mktemp("cluster"))
-    topology.start()
-    yield topology
-    topology.stop()
-
-
-@pytest.fixture
-async def cluster_gateway(cluster: Cluster, config: dict[str, Any]) -> AsyncIterator[Gateway]:
-    """A gateway on a freshly emptied cluster."""
-    for port in cluster.live:
-        if "master" in cluster.view_of(port)["flags"]:
-            raw(port, "FLUSHALL")
-    config = {**config, "redis": {"cluster": {"nodes": cluster.seeds}}}
-    gw = await start_gateway(config)
-    yield gw
-    await stop_gateway(gw)
 
 
 def cluster_store(cluster: Cluster) -> Store:
@@ -73,43 +50,9 @@ async def test_a_change_reaches_a_subscriber_on_every_node(cluster: Cluster) -> 
     await store.close()
 
 
-# The admin API and the gateway, end to end on the cluster: the same tests as on one server.
-ON_ONE_SERVER = [
-    test_admin_api.test_team_lifecycle,
-    test_admin_api.test_issued_token_works_through_the_gateway,
-    test_admin_api.test_whoami,
-    test_admin_api.test_team_admin_manages_only_its_own_team,
-    test_admin_api.test_token_from_another_team_is_not_visible,
-    test_lifecycle.test_service_accounts,
-    test_lifecycle.test_restore_and_delete,
-    test_lifecycle.test_rotate_now,
-    test_lifecycle.test_rotate_with_grace_period,
-    test_lifecycle.test_audit_endpoint,
-    test_lifecycle.test_a_rotated_token_cannot_be_rotated_again_or_restored,
-    # atomic transitions (rotation in one slot) and audit events written with the change
-    test_lifecycle_races.test_patches_racing_a_revoke_never_resurrect_the_token,
-    test_lifecycle_races.test_concurrent_writes_never_undo_a_revocation,
-    test_lifecycle_races.test_concurrent_rotates_make_exactly_one_successor,
-    test_lifecycle_races.test_a_team_admin_cannot_undo_an_org_admins_revocation,
-    test_lifecycle_races.test_admin_changes_are_in_the_audit_stream_when_confirmed,
-]
-
-
-@pytest.mark.parametrize("scenario", ON_ONE_SERVER, ids=lambda f: f.__name__)
-async def test_admin_and_gateway_on_a_cluster(
-    cluster_gateway: Gateway, scenario: Callable[[Gateway, str], Awaitable[None]]
-) -> None:
-    gw = cluster_gateway
-    token = await gw.org_admin()
-    status, _, _ = await test_admin_api.admin(
-        gw,
-        "POST",
-        test_admin_api.TEAMS,
-        token,
-        {"name": "platform", "permissions": ["read:apis", "write:specs", "admin:team"]},
-    )
-    assert status == 201
-    await scenario(gw, token)
+# The admin API and the gateway end to end on the cluster run as the same tests as on one
+# server: those marked `also_on_cluster` in test_admin_api.py, test_lifecycle.py and
+# test_lifecycle_races.py run a second time with their `gateway` on the `cluster` fixture.
 
 
 async def test_last_used_audit_and_metrics_on_a_cluster(cluster_gateway: Gateway) -> None:

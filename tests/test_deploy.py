@@ -23,6 +23,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.helpers.gateway import IDENTITY as DOCUMENTED_IDENTITY
+from tests.helpers.gateway import ROOT
 from tokenward.api import ENDPOINTS
 from tokenward.gateway.app import VERIFY_PATH
 from tokenward.gateway.decision import Principal
@@ -31,7 +33,6 @@ from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.settings import Settings, load_settings, settings_from_dict
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -57,14 +58,7 @@ IDENTITY = identity_header_names()
 
 
 def test_identity_headers_are_the_documented_six() -> None:
-    assert IDENTITY == [
-        "X-Tokenward-Token-Id",
-        "X-Tokenward-Token-Name",
-        "X-Tokenward-Org",
-        "X-Tokenward-Team",
-        "X-Tokenward-Service-Account",
-        "X-Tokenward-Scopes",
-    ]
+    assert IDENTITY == list(DOCUMENTED_IDENTITY) and len(IDENTITY) == 6
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from tests.conftest import base_config
+from tests.helpers.gateway import base_config
 from tokenward.gateway.app import Runtime
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.records import TeamRecord

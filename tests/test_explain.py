@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import ROOT, Gateway, base_config, env_for_subprocess
+from tests.helpers.gateway import ROOT, Gateway, base_config
+from tests.helpers.process import env_for_subprocess
 from tokenward.gateway.explain import config_warnings, explain_route, explain_token
 from tokenward.gateway.settings import settings_from_dict
 

@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway, LogReader
+from tests.helpers.gateway import APIS, Gateway, LogReader
 from tokenward.gateway.embedded import free_port
 
-APIS = "/orgs/acme/teams/platform/apis"
 VERIFY = "/_tokenward/verify"
 
 

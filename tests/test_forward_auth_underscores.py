@@ -9,29 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import orjson
 import yaml
 
-from tests import test_nginx
-from tests.conftest import ROOT, base_config, env_for_subprocess
-from tests.test_nginx import IDENTITY, nginx_command, render_nginx_conf, stop, wait_http
-from tokenward.gateway.embedded import free_port
+from tests.helpers.gateway import APIS, IDENTITY, ROOT
+from tests.helpers.nginx import NginxStack
 
 DEPLOY = ROOT / "deploy"
-CLI = [sys.executable, "-c", "from tokenward.cli import main; main()"]
-APIS = "/orgs/acme/teams/platform/apis"
-
-# fixtures shared with test_nginx
-nginx_bin = test_nginx.nginx_bin
-recording_upstream = test_nginx.recording_upstream
-workdir = test_nginx.workdir
 
 
 def spellings(name: str) -> set[str]:
@@ -89,46 +75,12 @@ def test_the_readme_says_how_each_example_blocks_them() -> None:
         assert needle in section, needle
 
 
-async def test_nginx_never_lets_an_underscore_identity_header_reach_the_app(
-    nginx_bin: str,
-    workdir: Path,
-    tmp_path: Path,
-    redis_url: str,
-    recording_upstream: tuple[int, list[dict[str, Any]]],
-) -> None:
-    upstream_port, seen = recording_upstream
-    config = base_config(upstream_port)
-    port, admin_port, nginx_port = free_port(), free_port(), free_port()
-    config["listen"]["port"], config["admin_listen"]["port"] = port, admin_port
-    config["trusted_proxies"] = ["127.0.0.1/32"]
-    config["redis"] = {"url": redis_url}
-    config["log"] = {"level": "info", "format": "json"}
-    config_path = tmp_path / "tokenward.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    env = env_for_subprocess()
-    boot = await asyncio.create_subprocess_exec(
-        *CLI, "admin", "bootstrap", "--config", str(config_path), "--org", "acme", "--json",
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await boot.communicate()
-    assert boot.returncode == 0, err
-    admin = {"Authorization": f"Bearer {orjson.loads(out)['token']}"}
-    conf = render_nginx_conf(workdir, nginx_port, port, upstream_port)
-    checked = subprocess.run(nginx_command(nginx_bin, conf, workdir, test=True), capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr
-    serve_log = (tmp_path / "serve.out").open("wb")
-    serve = await asyncio.create_subprocess_exec(
-        *CLI, "serve", "--config", str(config_path),
-        cwd=ROOT, env=env, stdout=serve_log, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    nginx = await asyncio.create_subprocess_exec(
-        *nginx_command(nginx_bin, conf, workdir),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+async def test_nginx_never_lets_an_underscore_identity_header_reach_the_app(nginx_stack: NginxStack, workdir: Path) -> None:
+    stack, seen = nginx_stack, nginx_stack.seen
+    admin, admin_port, nginx_port = stack.admin, stack.admin_port, stack.nginx_port
     try:
         async with aiohttp.ClientSession() as session:
-            await wait_http(session, f"http://127.0.0.1:{admin_port}/readyz", serve)
-            await wait_http(session, f"http://127.0.0.1:{nginx_port}/health", nginx)
+            await stack.wait_ready(session)
             adm = f"http://127.0.0.1:{admin_port}/v1/orgs/acme/teams"
             async with session.post(adm, headers=admin, json={"name": "platform", "permissions": ["read:apis"]}) as r:
                 assert r.status == 201
@@ -168,9 +120,7 @@ async def test_nginx_never_lets_an_underscore_identity_header_reach_the_app(
             assert (await asyncio.wait_for(reader.read(-1), 10)).startswith(b"HTTP/1.1 ")
             writer.close()
     finally:
-        nginx_code = await stop(nginx, signal.SIGQUIT)
-        serve_code = await stop(serve)
-        serve_log.close()
+        nginx_code, serve_code = await stack.stop()
     assert nginx_code == 0 and serve_code == 0
     access = (workdir / "access.log").read_text()
     assert access.count("GET ") >= sent + 3 and "[REDACTED]" in access

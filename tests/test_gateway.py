@@ -14,11 +14,9 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import Gateway, LogReader
+from tests.helpers.gateway import APIS, Gateway, LogReader
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.tokens import generate
-
-APIS = "/orgs/acme/teams/platform/apis"
 
 
 async def call(
@@ -50,6 +48,7 @@ async def platform(gateway: Gateway) -> Gateway:
 
 
 # -- the decision steps, each in isolation ---------------------------------------------------
+# (org, team, constraints and scope, as one table: tests/test_authorize_table.py)
 async def test_no_route_is_404_with_json_body(platform: Gateway) -> None:
     status, body, headers = await call(platform, "GET", "/nothing/here")
     assert status == 404
@@ -144,60 +143,6 @@ async def test_allowed_cidrs(platform: Gateway) -> None:
     assert (await call(platform, "GET", APIS, inside))[0] == 200
 
 
-async def test_other_org_is_403(platform: Gateway) -> None:
-    token, _ = await platform.token("platform", ["read:apis"])
-    status, body, _ = await call(platform, "GET", "/orgs/other/teams/platform/apis", token)
-    assert (status, body["step"], body["message"]) == (403, "org", "token org does not match resource org")
-
-
-async def test_other_team_is_403(platform: Gateway) -> None:
-    token, _ = await platform.token("platform", ["read:apis"])
-    status, body, _ = await call(platform, "GET", "/orgs/acme/teams/billing/apis", token)
-    assert (status, body["step"]) == (403, "team")
-    assert body["message"] == "token is not in the same team as the resource"
-
-
-async def test_constraints(platform: Gateway) -> None:
-    await platform.team("ops", ["read:secrets"])
-    token, _ = await platform.token(
-        "ops", ["read:secrets"], constraints={"project": "web", "environment": "production"}
-    )
-    ok = "/orgs/acme/projects/web/envs/production/secrets"
-    assert (await call(platform, "GET", ok, token))[0] == 200
-    status, body, _ = await call(platform, "GET", "/orgs/acme/projects/web/envs/staging/secrets", token)
-    assert (status, body["step"]) == (403, "constraints")
-    assert "environment=production" in body["message"] and "environment=staging" in body["message"]
-    status, body, _ = await call(platform, "GET", "/orgs/acme/projects/api/envs/production/secrets", token)
-    assert (status, body["step"]) == (403, "constraints")
-    # a route that names no project cannot be used by a project-pinned token
-    await platform.team("ops2", ["read:apis"])
-    pinned, _ = await platform.token("ops2", ["read:apis"], constraints={"project": "web"})
-    status, body, _ = await call(platform, "GET", "/orgs/acme/teams/ops2/apis", pinned)
-    assert (status, body["step"]) == (403, "constraints")
-
-
-async def test_missing_scope_is_403_naming_it(platform: Gateway) -> None:
-    token, _ = await platform.token("platform", ["read:apis"])
-    status, body, headers = await call(platform, "POST", APIS, token)
-    assert (status, body["step"]) == (403, "scope")
-    assert body["message"] == "token lacks required permission: write:apis"
-    assert headers["WWW-Authenticate"] == (
-        'Bearer realm="tokenward", error="insufficient_scope", scope="write:apis"'
-    )
-
-
-async def test_effective_scopes_are_team_intersect_token(platform: Gateway) -> None:
-    # token asks for write:specs but the team only holds read:specs -> nothing to write
-    token, _ = await platform.token("platform", ["write:specs", "write:apis"])
-    spec = f"{APIS}/petstore/specs"
-    assert (await call(platform, "GET", spec, token))[0] == 200  # write implies read; team has read
-    status, body, _ = await call(platform, "POST", spec, token)
-    assert (status, body["message"]) == (403, "token lacks required permission: write:specs")
-    # hierarchy: write:apis covers read:apis
-    assert (await call(platform, "GET", APIS, token))[0] == 200
-    assert (await call(platform, "POST", APIS, token))[0] == 200
-
-
 async def test_team_permission_change_applies_on_next_request(platform: Gateway) -> None:
     token, _ = await platform.token("platform", ["write:specs"])
     spec = f"{APIS}/petstore/specs"
@@ -216,11 +161,10 @@ async def test_team_permission_change_applies_on_next_request(platform: Gateway)
 @pytest.mark.parametrize(
     "case, expected",
     [
-        # each case fails several steps; only the earliest may be reported
+        # each case fails several steps; only the earliest may be reported (the cases among
+        # org, team, constraints and scope are in tests/test_authorize_table.py)
         ("no-route-and-no-token", (404, "route")),
         ("revoked-and-other-org", (401, "status")),
-        ("other-org-and-missing-scope", (403, "org")),
-        ("other-team-and-missing-scope", (403, "team")),
     ],
 )
 async def test_first_failing_step_is_reported(
@@ -229,15 +173,11 @@ async def test_first_failing_step_is_reported(
     token, kid = await platform.token("platform", ["read:apis"])
     if case == "no-route-and-no-token":
         status, body, _ = await call(platform, "GET", "/unknown")
-    elif case == "revoked-and-other-org":
+    else:
         record = await platform.runtime.store.get_token(kid)
         assert record is not None
         await platform.runtime.store.put_token(record.revoked(time.time(), "test"))
         status, body, _ = await call(platform, "GET", "/orgs/other/teams/platform/apis", token)
-    elif case == "other-org-and-missing-scope":
-        status, body, _ = await call(platform, "POST", "/orgs/other/teams/platform/apis", token)
-    else:
-        status, body, _ = await call(platform, "POST", "/orgs/acme/teams/billing/apis", token)
     assert (status, body["step"]) == expected
 
 
@@ -259,51 +199,19 @@ async def test_revoke_makes_the_very_next_request_fail(platform: Gateway) -> Non
 
 # -- forwarding ----------------------------------------------------------------------------------
 async def test_forwarded_headers(platform: Gateway) -> None:
+    """The target as sent and the token's identity; what happens to each inbound header is in
+    tests/test_header_rules_table.py."""
     token, kid = await platform.token("platform", ["read:apis"], name="ci-reader")
-    status, body, headers = await call(
-        platform,
-        "GET",
-        APIS + "?page=2&q=a%20b",
-        token,
-        headers={
-            "Connection": "X-Drop-Me",
-            "X-Drop-Me": "1",
-            "Keep-Alive": "timeout=5",
-            "X-Tokenward-Org": "evil",
-            "x_tokenward_team": "evil",
-            "X-TOKENWARD-SCOPES": "admin:*",
-            "X-Forwarded-For": "6.6.6.6",
-            "X-Forwarded-Host": "evil.example",
-            "X-Real-IP": "6.6.6.6",
-            "X-Request-Id": "req-123",
-            "X-Custom": "kept",
-        },
-    )
+    status, body, _ = await call(platform, "GET", APIS + "?page=2&q=a%20b", token)
     assert status == 200
     seen = upstream_headers(body)
     assert body["raw_path"] == APIS + "?page=2&q=a%20b"
-    assert "authorization" not in seen
-    for dropped in ("x-drop-me", "keep-alive", "x-real-ip", "x_tokenward_team"):
-        assert dropped not in seen, dropped
     assert seen["x-tokenward-org"] == ["acme"]
     assert seen["x-tokenward-team"] == ["platform"]
     assert seen["x-tokenward-token-id"] == [kid]
     assert seen["x-tokenward-token-name"] == ["ci-reader"]
     assert seen["x-tokenward-scopes"] == ["read:apis"]
     assert "x-tokenward-service-account" not in seen  # no service account: no header
-    assert seen["x-forwarded-for"] == ["127.0.0.1"]  # the client is not a trusted proxy
-    assert seen["x-forwarded-host"] == [f"127.0.0.1:{platform.server.proxy_port}"]
-    assert seen["x-forwarded-proto"] == ["http"]
-    # an untrusted client does not choose the request id (issue 10 item 12)
-    assert seen["x-request-id"] != ["req-123"] and seen["x-request-id"] == [headers["X-Request-Id"]]
-    assert seen["x-custom"] == ["kept"]
-
-
-async def test_public_route_needs_no_token_and_gets_no_identity(platform: Gateway) -> None:
-    status, body, _ = await call(platform, "GET", "/health", headers={"X-Tokenward-Org": "evil"})
-    assert status == 200
-    seen = upstream_headers(body)
-    assert not any(name.startswith("x-tokenward-") for name in seen)
 
 
 async def test_large_bodies_stream_both_ways(platform: Gateway) -> None:

@@ -13,13 +13,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests import test_hardening
-from tests.conftest import Gateway
-from tests.test_hardening import APIS, Recorder, hardening_config
-
-GENEROUS = 15.0  # seconds: many times header_timeout (1 s), far below the 75 s keep-alive
-
-recorder = test_hardening.recorder  # the recording upstream fixture
+from tests.helpers.gateway import APIS, Gateway
+from tests.helpers.rawhttp import GENEROUS, Recorder, closed_within, hardening_config, read_response, trickle
 
 
 def head(target: str, host: str, token: str | None, *extra: str, body: bytes = b"", method: str = "GET") -> bytes:
@@ -30,45 +25,6 @@ def head(target: str, host: str, token: str | None, *extra: str, body: bytes = b
     if body or method == "POST":
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-async def read_response(reader: asyncio.StreamReader) -> bytes:
-    """One Content-Length-framed response."""
-    data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    length = 0
-    for line in data.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return data + await asyncio.wait_for(reader.readexactly(length), 5)
-
-
-async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
-    """Everything the server sends until it closes; fails if it is still open after `seconds`."""
-    chunks = []
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while True:
-        left = end - loop.time()
-        if left <= 0:
-            raise AssertionError(f"connection still open after {seconds} s")
-        try:
-            chunk = await asyncio.wait_for(reader.read(65536), left)
-        except TimeoutError:
-            raise AssertionError(f"connection still open after {seconds} s") from None
-        except ConnectionError:
-            return b"".join(chunks)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-async def trickle(writer: asyncio.StreamWriter, data: bytes, every: float) -> None:
-    """Send `data` one byte at a time until it is all sent or the connection is gone."""
-    with contextlib.suppress(ConnectionError, OSError):
-        for i in range(len(data)):
-            writer.write(data[i : i + 1])
-            await writer.drain()
-            await asyncio.sleep(every)
 
 
 @pytest.fixture

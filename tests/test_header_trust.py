@@ -20,9 +20,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests import test_hardening
-from tests.conftest import Gateway, LogReader
-from tests.test_hardening import APIS, Recorder, hardening_config, raw, request
+from tests.helpers.gateway import APIS, Gateway, LogReader
+from tests.helpers.rawhttp import Recorder, hardening_config, raw, request
 from tokenward.gateway.settings import ConfigError, settings_from_dict
 
 # Never forwarded, from anyone (identity of other authenticating proxies; path/method restatements).
@@ -108,7 +107,6 @@ PROXY = [
 # Always replaced by tokenward's own value (from trusted proxies: appended to / taken from).
 REPLACED = ["X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"]
 
-recorder = test_hardening.recorder  # the recording upstream fixture
 
 
 def spellings(name: str) -> list[str]:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Gateway
-from tests.scripted import OK, send
+from tests.helpers.gateway import ROOT, Gateway
+from tests.helpers.scripted import OK, send
 from tokenward.gateway.embedded import free_port
 from tokenward.gateway.upstream import BODY_REUSE_SECONDS
 

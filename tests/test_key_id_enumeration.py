@@ -15,11 +15,9 @@ from typing import Any
 import pytest
 
 import tokenward.gateway.tokens
-from tests.conftest import Gateway
+from tests.helpers.gateway import APIS, Gateway
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.tokens import BASE62, SECRET_LEN, checksum, generate
-
-APIS = "/orgs/acme/teams/platform/apis"
 
 
 def wrong_secret(key_id: str, n: int) -> str:

@@ -9,29 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway
-from tests.test_admin_api import TEAMS, TOKENS, admin
+from tests.helpers.gateway import APIS, TEAMS, TOKENS, Gateway, admin, issue
 
 SAS = "/v1/orgs/acme/teams/platform/service-accounts"
-APIS = "/orgs/acme/teams/platform/apis"
-
-
-@pytest.fixture
-async def org_admin(gateway: Gateway) -> str:
-    token = await gateway.org_admin()
-    status, _, _ = await admin(
-        gateway, "POST", TEAMS, token, {"name": "platform", "permissions": ["read:apis", "admin:team"]}
-    )
-    assert status == 201
-    return token
-
-
-async def issue(gw: Gateway, admin_token: str, **body: Any) -> dict[str, Any]:
-    body.setdefault("name", "ci")
-    body.setdefault("scopes", ["read:apis"])
-    status, data, _ = await admin(gw, "POST", TOKENS, admin_token, body)
-    assert status == 201, data
-    return dict(data)
 
 
 async def through(gw: Gateway, token: str) -> tuple[int, Any]:
@@ -39,6 +19,7 @@ async def through(gw: Gateway, token: str) -> tuple[int, Any]:
         return r.status, await r.json()
 
 
+@pytest.mark.also_on_cluster
 async def test_service_accounts(gateway: Gateway, org_admin: str) -> None:
     status, sa, _ = await admin(
         gateway, "POST", SAS, org_admin, {"name": "github-actions", "description": "CI"}
@@ -66,6 +47,7 @@ async def test_service_accounts(gateway: Gateway, org_admin: str) -> None:
     assert (await admin(gateway, "GET", SAS, org_admin))[1]["service_accounts"] == []
 
 
+@pytest.mark.also_on_cluster
 async def test_restore_and_delete(gateway: Gateway, org_admin: str) -> None:
     created = await issue(gateway, org_admin)
     kid = created["id"]
@@ -103,6 +85,7 @@ async def test_expired_token_cannot_be_restored_but_can_be_deleted(gateway: Gate
     assert (await admin(gateway, "DELETE", f"{TOKENS}/{kid}", org_admin))[0] == 204
 
 
+@pytest.mark.also_on_cluster
 async def test_rotate_now(gateway: Gateway, org_admin: str) -> None:
     await admin(gateway, "POST", SAS, org_admin, {"name": "deployer"})
     old = await issue(
@@ -125,6 +108,7 @@ async def test_rotate_now(gateway: Gateway, org_admin: str) -> None:
     assert (await admin(gateway, "POST", f"{TOKENS}/{old['id']}/rotate", org_admin))[0] == 409
 
 
+@pytest.mark.also_on_cluster
 async def test_rotate_with_grace_period(gateway: Gateway, org_admin: str) -> None:
     old = await issue(gateway, org_admin)
     status, new, _ = await admin(
@@ -182,6 +166,7 @@ async def test_never_expiring_tokens_when_policy_allows(start_gateway: Any, conf
     assert created["expires_at"] is None
 
 
+@pytest.mark.also_on_cluster
 async def test_audit_endpoint(gateway: Gateway, org_admin: str) -> None:
     created = await issue(gateway, org_admin, name="audited")
     assert (await through(gateway, created["token"]))[0] == 200
@@ -256,6 +241,7 @@ async def test_bad_input_on_other_endpoints(
     assert status == 400 and data["field"] == field, data
 
 
+@pytest.mark.also_on_cluster
 async def test_a_rotated_token_cannot_be_rotated_again_or_restored(gateway: Gateway, org_admin: str) -> None:
     old = await issue(gateway, org_admin)
     status, new, _ = await admin(

@@ -14,23 +14,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway
-from tests.test_admin_api import TEAMS, TOKENS, admin
-from tests.test_lifecycle import issue
-from tests.test_lifecycle import org_admin as org_admin  # the fixture
+from tests.helpers.gateway import TEAMS, TOKENS, Gateway, admin, apis_status, issue
 
-APIS = "/orgs/acme/teams/platform/apis"
 TRIALS = 50
 
 
 async def team_admin(gw: Gateway, org_admin: str) -> str:
     return str((await issue(gw, org_admin, name="team-admin", scopes=["admin:team", "read:apis"]))["token"])
-
-
-async def status_through_gateway(gw: Gateway, token: str) -> int:
-    async with gw.session.get(gw.url + APIS, headers=gw.auth(token)) as r:
-        await r.read()
-        return r.status
 
 
 async def successors(gw: Gateway, admin_token: str, old_id: str) -> list[dict[str, Any]]:
@@ -43,6 +33,7 @@ async def successors(gw: Gateway, admin_token: str, old_id: str) -> list[dict[st
     return rows
 
 
+@pytest.mark.also_on_cluster
 async def test_patches_racing_a_revoke_never_resurrect_the_token(gateway: Gateway, org_admin: str) -> None:
     """The review's case: PATCH reads the record, revoke writes, PATCH writes its older copy
     back. Zero resurrections over TRIALS trials."""
@@ -58,11 +49,12 @@ async def test_patches_racing_a_revoke_never_resurrect_the_token(gateway: Gatewa
         assert all(status == 200 for status, _, _ in results)
         _, after, _ = await admin(gw, "GET", path, org_admin)
         resurrected += (
-            after["status"] != "revoked" or await status_through_gateway(gw, victim["token"]) != 401
+            after["status"] != "revoked" or await apis_status(gw, victim["token"]) != 401
         )
     assert resurrected == 0
 
 
+@pytest.mark.also_on_cluster
 async def test_concurrent_writes_never_undo_a_revocation(gateway: Gateway, org_admin: str) -> None:
     """Each trial: an org admin revokes a token while PATCHes, rotates and (team admin)
     restores run at the same time. The revocation, once confirmed, holds: the token is
@@ -96,7 +88,7 @@ async def test_concurrent_writes_never_undo_a_revocation(gateway: Gateway, org_a
 
         _, after, _ = await admin(gw, "GET", path, org_admin)
         resurrected += (
-            after["status"] != "revoked" or await status_through_gateway(gw, victim["token"]) != 401
+            after["status"] != "revoked" or await apis_status(gw, victim["token"]) != 401
         )
         active_successors = await successors(gw, org_admin, kid)
         double_successors += len(won) > 1 or len(active_successors) > 1
@@ -113,6 +105,7 @@ async def test_concurrent_writes_never_undo_a_revocation(gateway: Gateway, org_a
     assert (resurrected, double_successors, successor_after_lost_rotate) == (0, 0, 0)
 
 
+@pytest.mark.also_on_cluster
 async def test_concurrent_rotates_make_exactly_one_successor(gateway: Gateway, org_admin: str) -> None:
     gw = gateway
     for _ in range(20):
@@ -129,7 +122,7 @@ async def test_concurrent_rotates_make_exactly_one_successor(gateway: Gateway, o
         assert after["replaced_by"] == won[0]["id"]
         active = await successors(gw, org_admin, old["id"])
         assert [s["id"] for s in active] == [won[0]["id"]]
-        assert await status_through_gateway(gw, won[0]["token"]) == 200
+        assert await apis_status(gw, won[0]["token"]) == 200
         for token_id in (won[0]["id"], old["id"]):
             await admin(gw, "POST", f"{TOKENS}/{token_id}/revoke", org_admin)
             await admin(gw, "DELETE", f"{TOKENS}/{token_id}", org_admin)
@@ -164,10 +157,11 @@ async def test_concurrent_restores_and_revokes_end_in_a_state_someone_confirmed(
         _, after, _ = await admin(gw, "GET", path, org_admin)
         assert after["status"] == ("revoked" if committed[-1] == "token.revoked" else "active")
         expected = 200 if after["status"] == "active" else 401
-        assert await status_through_gateway(gw, victim["token"]) == expected
+        assert await apis_status(gw, victim["token"]) == expected
 
 
 # -- who may undo a revocation ------------------------------------------------------------
+@pytest.mark.also_on_cluster
 async def test_a_team_admin_cannot_undo_an_org_admins_revocation(gateway: Gateway, org_admin: str) -> None:
     gw = gateway
     team = await team_admin(gw, org_admin)
@@ -183,10 +177,10 @@ async def test_a_team_admin_cannot_undo_an_org_admins_revocation(gateway: Gatewa
     # a team admin revoking again does not lower the revocation's level
     assert (await admin(gw, "POST", f"{path}/revoke", team))[1]["revoked_by_level"] == "org"
     assert (await admin(gw, "POST", f"{path}/restore", team))[0] == 403
-    assert await status_through_gateway(gw, victim["token"]) == 401
+    assert await apis_status(gw, victim["token"]) == 401
     status, restored, _ = await admin(gw, "POST", f"{path}/restore", org_admin)
     assert status == 200 and restored["status"] == "active" and restored["revoked_by"] is None
-    assert await status_through_gateway(gw, victim["token"]) == 200
+    assert await apis_status(gw, victim["token"]) == 200
 
 
 async def test_a_team_admin_may_undo_its_own_level_unless_an_org_admin_took_it_over(
@@ -242,6 +236,7 @@ async def test_revoke_reason_is_checked(gateway: Gateway, org_admin: str, reason
     assert view["status"] == "active"
 
 
+@pytest.mark.also_on_cluster
 async def test_admin_changes_are_in_the_audit_stream_when_confirmed(gateway: Gateway, org_admin: str) -> None:
     """No write-behind for admin changes: the event is in the stream when the response arrives
     (written in the change's own script or MULTI; in a cluster, durably right after it)."""
@@ -270,8 +265,7 @@ async def test_admin_changes_are_in_the_audit_stream_when_confirmed(gateway: Gat
 
 
 async def test_cli_shows_who_revoked_and_why(gateway: Gateway, org_admin: str) -> None:
-    from tests.conftest import env_for_subprocess
-    from tests.test_cli import run_cli
+    from tests.helpers.process import env_for_subprocess, run_cli
 
     env = env_for_subprocess()
     env["TOKENWARD_ADMIN_URL"] = gateway.admin_url
@@ -314,7 +308,7 @@ async def test_writes_through_another_process_never_undo_a_revocation(
         _, after, _ = await admin(other, "GET", path, org_admin)
         resurrected += after["status"] != "revoked"
         for gw in (gateway, other):
-            resurrected += await status_through_gateway(gw, victim["token"]) != 401
+            resurrected += await apis_status(gw, victim["token"]) != 401
         won = [body for status, body, _ in results[-2:] if status == 201]
         assert len(won) <= 1 and (revoked["replaced_by"] is None) == (not won)
     assert resurrected == 0

@@ -20,13 +20,12 @@ import orjson
 import pytest
 
 import tokenward.service
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway, apis_status
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.store import Keys
 from tokenward.gateway.tokens import KEY_ID_LEN, ParsedToken, checksum, generate, secret_check
 
-APIS = "/orgs/acme/teams/platform/apis"
 PREFIX = "tw_sat"
 
 
@@ -57,41 +56,40 @@ def key_ids(count: int) -> list[str]:
     return [generate(PREFIX)[1].key_id for _ in range(count)]
 
 
-async def get(gw: Gateway, token: str) -> int:
-    async with gw.session.get(gw.url + APIS, headers=gw.auth(token)) as r:
-        await r.read()
-        return r.status
-
-
 async def whoami(gw: Gateway, token: str) -> int:
     async with gw.session.get(gw.admin_url + "/v1/whoami", headers=gw.auth(token)) as r:
         await r.read()
         return r.status
 
 
+def legacy_record(kid: str, secret: str, secret_hash: str, name: str = "old") -> bytes:
+    """A token record exactly as the old code stored it (legacy check, no check key)."""
+    record = TokenRecord(
+        id=kid,
+        prefix=PREFIX,
+        org="acme",
+        team="platform",
+        name=name,
+        description="",
+        scopes=parse_scopes(["read:apis"]),
+        secret_hash=secret_hash,
+        created_at=time.time(),
+        created_by="test",
+        secret_check=legacy_check(kid, secret),
+    )
+    data = record.to_json()
+    data.pop("check_key", None)
+    return orjson.dumps(data)
+
+
 async def legacy_records(gw: Gateway, count: int, secret_hash: str) -> list[tuple[str, str, str]]:
-    """`count` records as the old code stored them (legacy check, no check key), written
-    straight into the store; (key id, real secret, crafted wrong secret) each."""
+    """`count` legacy records written straight into the store; (key id, real secret, crafted
+    wrong secret) each."""
     rows = []
     pipe = gw.runtime.store.client.pipeline(transaction=False)
     for kid in key_ids(count):
         real, crafted = colliding_secrets(kid)
-        record = TokenRecord(
-            id=kid,
-            prefix=PREFIX,
-            org="acme",
-            team="platform",
-            name="old",
-            description="",
-            scopes=parse_scopes(["read:apis"]),
-            secret_hash=secret_hash,
-            created_at=time.time(),
-            created_by="test",
-            secret_check=legacy_check(kid, real),
-        )
-        data = record.to_json()
-        data.pop("check_key", None)  # exactly an old record
-        pipe.hset(Keys.token(kid), "data", orjson.dumps(data))
+        pipe.hset(Keys.token(kid), "data", legacy_record(kid, real, secret_hash))
         rows.append((kid, real, crafted))
     await pipe.execute()
     return rows
@@ -118,7 +116,7 @@ class Flood:
         async def worker() -> None:
             for token in queue:
                 self.sent += 1
-                status = await get(self.gw, token)
+                status = await apis_status(self.gw, token)
                 self.statuses[status] = self.statuses.get(status, 0) + 1
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
@@ -139,22 +137,8 @@ async def test_crafted_wrong_secrets_across_many_key_ids_lock_out_nobody(gw: Gat
     admins = [await gw.org_admin() for _ in range(3)]
     old_kid = key_ids(1)[0]
     old_secret = "7" * 32
-    old = TokenRecord(
-        id=old_kid,
-        prefix=PREFIX,
-        org="acme",
-        team="platform",
-        name="old-legit",
-        description="",
-        scopes=parse_scopes(["read:apis"]),
-        secret_hash=gw.runtime.hasher.hash_sync(old_secret),
-        created_at=time.time(),
-        created_by="test",
-        secret_check=legacy_check(old_kid, old_secret),
-    )
-    data = old.to_json()
-    data.pop("check_key", None)
-    await gw.runtime.store.client.hset(Keys.token(old_kid), "data", orjson.dumps(data))
+    old = legacy_record(old_kid, old_secret, gw.runtime.hasher.hash_sync(old_secret), name="old-legit")
+    await gw.runtime.store.client.hset(Keys.token(old_kid), "data", old)
 
     auth = gw.runtime.authenticator
     flood = Flood(gw, [token_for(kid, crafted) for kid, _, crafted in rows])
@@ -162,12 +146,12 @@ async def test_crafted_wrong_secrets_across_many_key_ids_lock_out_nobody(gw: Gat
     outcomes: list[int] = []
     for i, token in enumerate(fresh):
         await flood.until(0.1 + 0.12 * i)
-        outcomes.append(await get(gw, token))
+        outcomes.append(await apis_status(gw, token))
         if i < len(admins):
             outcomes.append(await whoami(gw, admins[i]))
     await flood.until(0.85)
     in_flight = not flooding.done()
-    outcomes.append(await get(gw, token_for(old_kid, old_secret)))
+    outcomes.append(await apis_status(gw, token_for(old_kid, old_secret)))
     await flooding
     assert in_flight, "the flood ended before every legitimate request was made"
     assert flood.statuses == {401: len(rows)}
@@ -202,30 +186,16 @@ async def test_secrets_crafted_against_the_old_check_cost_nothing_on_new_tokens(
     # 300 crafted secrets: the chance that 3 pass a random 16-bit check is ~1e-8
     assert auth.argon2_verifications - before <= 2
     assert auth.throttle.refused == refused
-    assert await get(gw, issued[0][0]) == 200
+    assert await apis_status(gw, issued[0][0]) == 200
 
 
 async def test_a_legacy_record_gets_a_keyed_check_on_its_first_verification(gw: Gateway) -> None:
     store = gw.runtime.store
     kid = key_ids(1)[0]
     real, crafted = colliding_secrets(kid)
-    record = TokenRecord(
-        id=kid,
-        prefix=PREFIX,
-        org="acme",
-        team="platform",
-        name="old",
-        description="",
-        scopes=parse_scopes(["read:apis"]),
-        secret_hash=gw.runtime.hasher.hash_sync(real),
-        created_at=time.time(),
-        created_by="test",
-        secret_check=legacy_check(kid, real),
-    )
-    data = record.to_json()
-    data.pop("check_key", None)
-    await store.client.hset(Keys.token(kid), "data", orjson.dumps(data))
-    assert await get(gw, token_for(kid, real)) == 200
+    stored = legacy_record(kid, real, gw.runtime.hasher.hash_sync(real))
+    await store.client.hset(Keys.token(kid), "data", stored)
+    assert await apis_status(gw, token_for(kid, real)) == 200
     for _ in range(200):  # written in the background
         upgraded = await store.get_token(kid)
         if upgraded is not None and upgraded.check_key:
@@ -234,13 +204,13 @@ async def test_a_legacy_record_gets_a_keyed_check_on_its_first_verification(gw: 
     assert upgraded is not None and len(upgraded.check_key) == 32
     assert upgraded.secret_check == secret_check(kid, real, upgraded.check_key)
     assert dict(upgraded.to_json(), check_key="", secret_check="") == dict(
-        record.to_json(), check_key="", secret_check=""
+        orjson.loads(stored), check_key="", secret_check=""
     )  # nothing else changed
     auth = gw.runtime.authenticator
     before = auth.argon2_verifications
-    assert await get(gw, token_for(kid, crafted)) == 401  # no longer passes the check
+    assert await apis_status(gw, token_for(kid, crafted)) == 401  # no longer passes the check
     assert auth.argon2_verifications == before
-    assert await get(gw, token_for(kid, real)) == 200
+    assert await apis_status(gw, token_for(kid, real)) == 200
 
 
 async def test_keying_a_check_never_undoes_a_concurrent_write(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -267,7 +237,7 @@ async def test_keying_a_check_never_undoes_a_concurrent_write(gw: Gateway, monke
     assert after is not None and after.revoked_at is not None and after.check_key == ""
     await store.publish([])
     gw.runtime.cache.clear()
-    assert await get(gw, token) == 401
+    assert await apis_status(gw, token) == 401
 
 
 def test_legacy_check_matches_the_modules_legacy_scheme() -> None:

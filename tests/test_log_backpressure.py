@@ -15,8 +15,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.conftest import CLI, ROOT, bootstrap_admin, env_for_subprocess, serve_config
-from tests.test_serve_process import wait_ready
+from tests.helpers.process import (
+    bootstrap_admin,
+    serve_config,
+    start_serve,
+    wait_ready,
+)
 from tokenward.gateway.audit import LogWriter
 
 F_SETPIPE_SZ = 1031
@@ -76,16 +80,8 @@ def test_writes_never_block_and_drops_are_counted_then_reported() -> None:
 async def test_a_stalled_stdout_reader_never_stops_requests_or_healthz(tmp_path: Path, upstream: int) -> None:
     served = serve_config(tmp_path, upstream)
     admin_token = await bootstrap_admin(served.path)
-    serve = await asyncio.create_subprocess_exec(
-        *CLI,
-        "serve",
-        "--config",
-        str(served.path),
-        cwd=ROOT,
-        env=env_for_subprocess(),
-        stdout=asyncio.subprocess.PIPE,  # read by nobody until the end
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    # stdout: read by nobody until the end
+    serve = await start_serve(served.path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     assert serve.stdout is not None
     pipe = serve.stdout._transport.get_extra_info("pipe")  # type: ignore[attr-defined]
     serve.stdout._transport.pause_reading()  # type: ignore[attr-defined]

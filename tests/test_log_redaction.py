@@ -13,13 +13,10 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from tests import test_hardening
-from tests.conftest import Gateway, LogReader
-from tests.test_hardening import APIS, Recorder, hardening_config, raw, request
+from tests.helpers.gateway import APIS, Gateway, LogReader
+from tests.helpers.rawhttp import Recorder, hardening_config, raw, request
 from tokenward.gateway.audit import REDACTED, redact
 from tokenward.gateway.store import Keys
-
-recorder = test_hardening.recorder  # the recording upstream fixture
 
 
 def encode_all(text: str) -> str:

@@ -4,27 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.conftest import Gateway
-
-APIS = "/orgs/acme/teams/platform/apis"
-
-
-async def scrape(gw: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with gw.session.get(gw.admin_url + "/metrics") as r:
-        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
-        text = await r.text()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    key = (name, tuple(sorted(labels.items())))
-    return samples.get(key, 0.0)
+from tests.helpers.gateway import APIS, Gateway, scrape, value
 
 
 async def test_metrics(gateway: Gateway) -> None:

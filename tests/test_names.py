@@ -19,15 +19,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import TEAMS, TOKENS, Gateway, org_admin_with_team
 from tokenward.cli import main
 from tokenward.gateway.records import ServiceAccountRecord, TeamRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.text import all_shown, shown
 from tokenward.service import issue_token
 
-TEAMS = "/v1/orgs/acme/teams"
-TOKENS = f"{TEAMS}/platform/tokens"
 SAS = f"{TEAMS}/platform/service-accounts"
 
 # One of each kind a terminal or a reader can be fooled by.
@@ -88,10 +86,8 @@ async def call(gw: Gateway, method: str, path: str, token: str, body: Any = None
 
 @pytest.fixture
 async def org_admin(gateway: Gateway) -> str:
-    token = await gateway.org_admin()
-    status, _ = await call(gateway, "POST", TEAMS, token, {"name": "platform", "permissions": ["read:apis"]})
-    assert status == 201
-    return token
+    """Here the team `platform` may only read APIs."""
+    return await org_admin_with_team(gateway, ["read:apis"])
 
 
 # ------------------------------------------------------------------------------ the API refuses
@@ -284,7 +280,8 @@ def test_console_log_escapes_values() -> None:
     token name in an old record must not drive the operator's terminal either."""
     import subprocess
 
-    from tests.conftest import ROOT, env_for_subprocess
+    from tests.helpers.gateway import ROOT
+    from tests.helpers.process import env_for_subprocess
 
     code = (
         "import io\n"

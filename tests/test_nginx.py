@@ -8,213 +8,27 @@ test fails: it is never skipped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import pytest
-import yaml
-from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from tests.conftest import ROOT, base_config, env_for_subprocess
-from tests.debian import installed
-from tokenward.demo import echo_app
-from tokenward.gateway.embedded import free_port
-
-NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
-CLI = [sys.executable, "-c", "from tokenward.cli import main; main()"]
-APIS = "/orgs/acme/teams/platform/apis"
-IDENTITY = (
-    "X-Tokenward-Token-Id",
-    "X-Tokenward-Token-Name",
-    "X-Tokenward-Org",
-    "X-Tokenward-Team",
-    "X-Tokenward-Service-Account",
-    "X-Tokenward-Scopes",
-)
+from tests.helpers.gateway import APIS, IDENTITY
+from tests.helpers.nginx import NginxStack
+from tests.helpers.process import stop
 
 
-def find_nginx() -> str | None:
-    found = shutil.which("nginx")
-    if found:
-        return found
-    for candidate in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="session")
-def nginx_bin() -> str:
-    """The nginx binary, installed with apt-get if missing. Fails (never skips) otherwise."""
-    found = installed("nginx", find_nginx)
-    version = subprocess.run([found, "-V"], capture_output=True, text=True, check=False)
-    if "http_auth_request_module" not in version.stderr + version.stdout:
-        pytest.fail(f"{found} is built without http_auth_request_module:\n{version.stderr}")
-    return found
-
-
-def render_nginx_conf(workdir: Path, listen_port: int, tokenward_port: int, upstream_port: int) -> Path:
-    """deploy/nginx/nginx.conf with its placeholders filled in and every path nginx writes
-    moved under `workdir` (nothing under /var, /run or /etc is touched)."""
-    text = NGINX_CONF.read_text()
-    values = {
-        "__LISTEN_PORT__": f"127.0.0.1:{listen_port}",
-        "__TOKENWARD__": f"127.0.0.1:{tokenward_port}",
-        "__UPSTREAM__": f"127.0.0.1:{upstream_port}",
-    }
-    for placeholder, value in values.items():
-        assert placeholder in text, f"{placeholder} is documented but not used"
-        text = text.replace(placeholder, value)
-    leftover = re.findall(r"__[A-Z_]+__", text)
-    assert not leftover, f"undocumented placeholders: {leftover}"
-    for original, local in (
-        ("/var/log/nginx/access.log", workdir / "access.log"),
-        ("/var/cache/nginx/tokenward", workdir / "cache"),
-    ):
-        assert original in text, original
-        text = text.replace(original, str(local))
-    temp_paths = "".join(
-        f"    {directive} {workdir / name};\n"
-        for directive, name in (
-            ("client_body_temp_path", "client_body"),
-            ("proxy_temp_path", "proxy"),
-            ("fastcgi_temp_path", "fastcgi"),
-            ("uwsgi_temp_path", "uwsgi"),
-            ("scgi_temp_path", "scgi"),
-        )
-    )
-    assert text.count("\nhttp {\n") == 1
-    text = text.replace("\nhttp {\n", "\nhttp {\n" + temp_paths, 1)
-    path = workdir / "nginx.conf"
-    path.write_text(text)
-    return path
-
-
-def nginx_command(nginx: str, conf: Path, workdir: Path, *, test: bool = False) -> list[str]:
-    main = f"pid {workdir / 'nginx.pid'}; error_log {workdir / 'error.log'} info;"
-    if os.geteuid() == 0:
-        main += " user root;"  # workers may then write the denial cache under the private tmp dir
-    if not test:
-        main += " daemon off;"
-    command = [nginx, "-e", str(workdir / "error.log"), "-p", str(workdir), "-c", str(conf), "-g", main]
-    return [*command, "-t"] if test else command
-
-
-@pytest.fixture
-async def recording_upstream() -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
-    """tokenward.demo's echo upstream, also recording what reached it."""
-    seen: list[dict[str, Any]] = []
-
-    @web.middleware
-    async def record(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        seen.append(
-            {"method": request.method, "raw_path": request.raw_path, "headers": request.headers.copy()}
-        )
-        return await handler(request)
-
-    app = echo_app()
-    app.middlewares.append(record)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield port, seen
-    await runner.cleanup()
-
-
-async def wait_http(session: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process) -> None:
-    for _ in range(300):
-        if process.returncode is not None:
-            raise AssertionError(f"{url}: process exited with {process.returncode}")
-        with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(url) as response:
-                if response.status < 500:
-                    return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} did not answer")
-
-
-async def stop(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-    if process.returncode is None:
-        process.send_signal(sig)
-        try:
-            await asyncio.wait_for(process.wait(), timeout)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "nginx"
-    path.mkdir()
-    yield path
-
-
-async def test_nginx_auth_request_in_front_of_tokenward(
-    nginx_bin: str,
-    workdir: Path,
-    tmp_path: Path,
-    redis_url: str,
-    recording_upstream: tuple[int, list[dict[str, Any]]],
-) -> None:
-    upstream_port, seen = recording_upstream
-    config = base_config(upstream_port)
-    port, admin_port, nginx_port = free_port(), free_port(), free_port()
-    config["listen"]["port"] = port
-    config["admin_listen"]["port"] = admin_port
-    config["trusted_proxies"] = ["127.0.0.1/32"]
-    config["redis"] = {"url": redis_url}
-    config["log"] = {"level": "info", "format": "json"}
-    config_path = tmp_path / "tokenward.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    env = env_for_subprocess()
-
-    boot = await asyncio.create_subprocess_exec(
-        *CLI, "admin", "bootstrap", "--config", str(config_path), "--org", "acme", "--json",
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    boot_out, boot_err = await boot.communicate()
-    assert boot.returncode == 0, boot_err
-    admin = {"Authorization": f"Bearer {orjson.loads(boot_out)['token']}"}
-
-    conf = render_nginx_conf(workdir, nginx_port, port, upstream_port)
-    checked = subprocess.run(
-        nginx_command(nginx_bin, conf, workdir, test=True), capture_output=True, text=True
-    )
-    assert checked.returncode == 0, checked.stderr
-
-    serve_log = (tmp_path / "serve.out").open("wb")
-    serve = await asyncio.create_subprocess_exec(
-        *CLI, "serve", "--config", str(config_path),
-        cwd=ROOT, env=env, stdout=serve_log, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    nginx = await asyncio.create_subprocess_exec(
-        *nginx_command(nginx_bin, conf, workdir),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+async def test_nginx_auth_request_in_front_of_tokenward(nginx_stack: NginxStack, workdir: Path) -> None:
+    stack, seen = nginx_stack, nginx_stack.seen
+    admin, admin_port, nginx_port, serve = stack.admin, stack.admin_port, stack.nginx_port, stack.serve
     decisions: list[int] = []  # the status of every request nginx asked tokenward about
     base = f"http://127.0.0.1:{nginx_port}"
     try:
         async with aiohttp.ClientSession() as session:
-            await wait_http(session, f"http://127.0.0.1:{admin_port}/readyz", serve)
-            await wait_http(session, f"{base}/health", nginx)
+            await stack.wait_ready(session)
             decisions.append(200)  # the public /health above went through tokenward too
             seen.clear()
 
@@ -331,19 +145,17 @@ async def test_nginx_auth_request_in_front_of_tokenward(
                 assert r.status == 502
             assert seen == []
     finally:
-        nginx_code = await stop(nginx, signal.SIGQUIT)
-        serve_code = await stop(serve)
-        serve_log.close()
+        nginx_code, serve_code = await stack.stop()
     error_log = (workdir / "error.log").read_text()
     assert nginx_code == 0, error_log
-    assert serve_code == 0, (tmp_path / "serve.out").read_text()[-3000:]
+    assert serve_code == 0, stack.serve_out.read_text()[-3000:]
     assert "[emerg]" not in error_log and "[alert]" not in error_log, error_log
 
     # One audit event per request: the denial page is served from nginx's cache of
     # tokenward's answer, never by asking tokenward a second time.
     events = [
         orjson.loads(line)
-        for line in (tmp_path / "serve.out").read_bytes().splitlines()
+        for line in stack.serve_out.read_bytes().splitlines()
         if line.startswith(b"{")
     ]
     verified = [e for e in events if e.get("mode") == "forward_auth"]

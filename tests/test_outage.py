@@ -8,11 +8,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Gateway, LogReader
-from tests.test_metrics import scrape, value
+from tests.helpers.gateway import APIS, Gateway, LogReader, scrape, value
 from tokenward.gateway.embedded import EmbeddedServer, free_port
-
-APIS = "/orgs/acme/teams/platform/apis"
 
 
 async def get(gw: Gateway, token: str) -> tuple[int, Any]:

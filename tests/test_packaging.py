@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.gateway import ROOT
+
 PACKAGES = {"admin": "tokenward", "gateway": "tokenward/gateway"}
 
 

@@ -20,11 +20,8 @@ import tokenward.api_audit as api_audit
 import tokenward.api_tokens as api_tokens
 import tokenward.directory as directory
 import tokenward.views as views
-from tests.conftest import Gateway, env_for_subprocess
-from tests.test_admin_api import TEAMS, TOKENS, admin
-from tests.test_cli import run_cli
-from tests.test_lifecycle import org_admin as org_admin  # the fixture
-from tests.test_prefilter import wrong_secrets
+from tests.helpers.gateway import TEAMS, TOKENS, Gateway, admin, wrong_secrets
+from tests.helpers.process import env_for_subprocess, run_cli
 from tokenward.api import openapi_document
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
@@ -229,14 +226,8 @@ async def test_filters_keep_working_across_pages(gateway: Gateway, org_admin: st
     assert rows == []
 
 
-async def test_a_filtered_page_examines_a_bounded_number_of_tokens(
-    gateway: Gateway, org_admin: str, monkeypatch: Any
-) -> None:
-    """A filter that matches nothing in a big team costs at most the scan budget per call,
-    answering an empty page with `next` rather than reading the whole team."""
-    monkeypatch.setattr(api_tokens, "PAGE_SCAN_BUDGET", 40)
-    await bulk_tokens(gateway, 130)
-    store = gateway.runtime.store
+def count_reads(store: Any, monkeypatch: Any) -> list[int]:
+    """The number of tokens each `get_tokens_with_usage` call on `store` reads, from now on."""
     real = store.get_tokens_with_usage
     read: list[int] = []
 
@@ -245,6 +236,17 @@ async def test_a_filtered_page_examines_a_bounded_number_of_tokens(
         return await real(ids)
 
     monkeypatch.setattr(store, "get_tokens_with_usage", counted)
+    return read
+
+
+async def test_a_filtered_page_examines_a_bounded_number_of_tokens(
+    gateway: Gateway, org_admin: str, monkeypatch: Any
+) -> None:
+    """A filter that matches nothing in a big team costs at most the scan budget per call,
+    answering an empty page with `next` rather than reading the whole team."""
+    monkeypatch.setattr(api_tokens, "PAGE_SCAN_BUDGET", 40)
+    await bulk_tokens(gateway, 130)
+    read = count_reads(gateway.runtime.store, monkeypatch)
     status, data, _ = await admin(gateway, "GET", f"{TOKENS}?status=revoked&limit=20", org_admin)
     assert status == 200 and data["tokens"] == [] and data["next"] is not None
     assert sum(read) <= 40 and max(read) <= views.PAGE_CHUNK
@@ -628,15 +630,7 @@ async def test_the_expiring_tokens_metric_reads_the_store_in_chunks(
     from tokenward.gateway import metrics
 
     await bulk_tokens(gateway, 450, expires_at=time.time() + 3600)
-    store = gateway.runtime.store
-    real = store.get_tokens_with_usage
-    read: list[int] = []
-
-    async def counted(ids: Any) -> Any:
-        read.append(len(ids))
-        return await real(ids)
-
-    monkeypatch.setattr(store, "get_tokens_with_usage", counted)
+    read = count_reads(gateway.runtime.store, monkeypatch)
     assert await metrics.count_expiring(gateway.runtime) == 450
     assert sum(read) == 450 and max(read) <= metrics.EXPIRING_CHUNK
 
@@ -678,7 +672,7 @@ async def test_tokens_issued_before_the_service_account_index_are_counted(
 async def test_pages_quota_and_backfill_on_a_cluster(config: dict[str, Any], tmp_path: Any) -> None:
     """The page, quota and name-index scripts and the backfill touch one slot each: they run
     on Redis Cluster as on one server."""
-    from tests.topology import Cluster, start_gateway, stop_gateway
+    from tests.helpers.topology import Cluster, start_gateway, stop_gateway
 
     cluster = Cluster(tmp_path / "cluster")
     cluster.start()

@@ -1,6 +1,6 @@
 """Paths, routes and methods another server reads differently (issue 10, items 7-9).
 
-Attack requests go as raw bytes over a socket (tests.test_hardening helpers) through the real
+Attack requests go as raw bytes over a socket (tests/helpers/rawhttp.py) through the real
 gateway to an upstream that records exactly what reached it. Every refused request must leave
 the recorder empty; every accepted one must reach it byte for byte as sent.
 """
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import sys
 import unicodedata
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -19,110 +17,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Gateway, LogReader, base_config
-from tests.test_hardening import Recorder, raw, recorder, request  # noqa: F401 (recorder: fixture)
+from tests.helpers.gateway import APIS, LogReader
+from tests.helpers.rawhttp import TEAM, Confusion, confusion_config, multipart, raw, refused_at, request
 from tokenward.gateway.forms import BodyScanner, OverrideFound, body_scanner, query_has_override
 from tokenward.gateway.paths import PathError, canonical_path, parse_target, unicode_problem
 from tokenward.gateway.routes import LITERAL, TAIL, Route, Router, parse_template
 from tokenward.gateway.settings import load_settings
 
-TEAM = "/orgs/acme/teams/platform"
-APIS = f"{TEAM}/apis"
 VERIFY = "/_tokenward/verify"
-
-
-def confusion_config(port: int) -> dict[str, Any]:
-    config = base_config(port)
-    res = {"org": "org", "team": "team"}
-    team = "/orgs/{org}/teams/{team}"
-    config["trusted_proxies"] = ["127.0.0.1/32"]  # forward-auth answers the test client
-    config["upstreams"]["ci"] = {"url": f"http://127.0.0.1:{port}", "timeout": "2s", "case_insensitive": True}
-    config["routes"] += [
-        # a protected literal beside a parameter route (the issue's example)
-        {
-            "methods": ["GET"],
-            "path": f"{team}/apis/internal",
-            "upstream": "registry",
-            "scopes": ["admin:apis"],
-            "resource": res,
-        },
-        {
-            "methods": ["GET"],
-            "path": f"{team}/apis/{{api}}",
-            "upstream": "registry",
-            "scopes": ["read:apis"],
-            "resource": res,
-        },
-        {
-            "methods": ["POST"],
-            "path": f"{team}/apis/{{api}}",
-            "upstream": "registry",
-            "scopes": ["write:apis"],
-            "resource": res,
-        },
-        {
-            "methods": ["DELETE"],
-            "path": f"{team}/apis/{{api}}",
-            "upstream": "registry",
-            "scopes": ["admin:apis"],
-            "resource": res,
-        },
-        # a literal with a reserved character beside a parameter
-        {
-            "methods": ["GET"],
-            "path": f"{team}/jobs/run:all",
-            "upstream": "registry",
-            "scopes": ["admin:apis"],
-            "resource": res,
-        },
-        {
-            "methods": ["GET"],
-            "path": f"{team}/jobs/{{job}}",
-            "upstream": "registry",
-            "scopes": ["read:apis"],
-            "resource": res,
-        },
-        # a tail parameter beside protected literals
-        {"methods": ["GET"], "path": "/files/secret", "upstream": "registry", "scopes": ["admin:apis"]},
-        {"methods": ["GET"], "path": "/files/vault/{name}", "upstream": "registry", "scopes": ["admin:apis"]},
-        {"methods": ["GET"], "path": "/files/{rest:*}", "upstream": "registry", "scopes": ["read:apis"]},
-        # HEAD: a GET route beside an any-method route
-        {"methods": ["GET"], "path": "/reports", "upstream": "registry", "scopes": ["admin:apis"]},
-        {"path": "/reports", "upstream": "registry", "scopes": ["read:apis"]},
-        # the same pair on an upstream declared case-insensitive
-        {"methods": ["GET"], "path": "/ci/apis/internal", "upstream": "ci", "scopes": ["admin:apis"]},
-        {"methods": ["GET"], "path": "/ci/apis/{api}", "upstream": "ci", "scopes": ["read:apis"]},
-    ]
-    return config
-
-
-@dataclass
-class Env:
-    gw: Gateway
-    rec: Recorder
-    reader: str  # read:apis + write:apis
-    admin: str  # admin:apis
-    host: str
-
-    @property
-    def port(self) -> int:
-        return self.gw.server.proxy_port
-
-
-@pytest.fixture
-async def env(start_gateway: Callable[..., Awaitable[Gateway]], recorder: Recorder) -> Env:  # noqa: F811
-    gw = await start_gateway(confusion_config(recorder.port))
-    await gw.team("platform", ["read:apis", "write:apis", "admin:apis", "read:specs"])
-    reader, _ = await gw.token("platform", ["read:apis", "write:apis", "read:specs"])
-    admin, _ = await gw.token("platform", ["admin:apis"])
-    return Env(gw, recorder, reader, admin, f"127.0.0.1:{gw.server.proxy_port}")
-
-
-async def refused_at(env: Env, data: bytes) -> tuple[int, str]:
-    status, _, body = await raw(env.port, data)
-    if not body.startswith(b"{"):
-        return status, ""
-    return status, orjson.loads(body).get("step", "")
 
 
 def _folds_to(targets: str, limit: int) -> list[str]:
@@ -258,28 +160,28 @@ RAW_BYTES = [
 ]
 
 
-async def test_raw_non_ascii_bytes_are_refused(env: Env) -> None:
+async def test_raw_non_ascii_bytes_are_refused(confusion: Confusion) -> None:
     failures = []
     for suffix in RAW_BYTES:
-        got = await refused_at(env, request(APIS + suffix, env.host, env.admin))
+        got = await refused_at(confusion, request(APIS + suffix, confusion.host, confusion.admin))
         if got[0] != 400 or got[1] not in ("path", "framing"):
             failures.append((suffix, got))
     assert failures == []
-    assert env.rec.seen == []
+    assert confusion.rec.seen == []
 
 
-async def test_confusing_paths_are_400_and_reach_nothing(env: Env, logs: LogReader) -> None:
+async def test_confusing_paths_are_400_and_reach_nothing(confusion: Confusion, logs: LogReader) -> None:
     cases = [APIS + suffix for suffix in CONFUSING_PATHS]
     cases += [f"/files/{enc(ch)}" for ch in FOLD_TO_PUNCT[:40]]
     cases += [f"{APIS}/{enc(ch)}nternal" for ch in FOLD_TO_ALNUM[:: max(1, len(FOLD_TO_ALNUM) // 60)]]
     failures = []
     for target in cases:
-        for token in (env.reader, env.admin):
-            got = await refused_at(env, request(target, env.host, token))
+        for token in (confusion.reader, confusion.admin):
+            got = await refused_at(confusion, request(target, confusion.host, token))
             if got != (400, "path"):
                 failures.append((target, got))
     assert failures == []
-    assert env.rec.seen == []
+    assert confusion.rec.seen == []
     assert {e["step"] for e in logs.events("request.denied")} == {"path"}
 
 
@@ -339,14 +241,14 @@ LEGIT_PATHS = [
 ]
 
 
-async def test_legit_paths_are_forwarded_byte_for_byte(env: Env) -> None:
+async def test_legit_paths_are_forwarded_byte_for_byte(confusion: Confusion) -> None:
     failures = []
     for target in LEGIT_PATHS:
-        status, _, body = await raw(env.port, request(target, env.host, env.reader))
-        if status != 200 or env.rec.seen[-1]["raw_path"] != target:
+        status, _, body = await raw(confusion.port, request(target, confusion.host, confusion.reader))
+        if status != 200 or confusion.rec.seen[-1]["raw_path"] != target:
             failures.append((target, status, body[:200]))
     assert failures == []
-    assert [seen["raw_path"] for seen in env.rec.seen] == LEGIT_PATHS
+    assert [seen["raw_path"] for seen in confusion.rec.seen] == LEGIT_PATHS
 
 
 # -- 8. falling through to a weaker route ---------------------------------------------------------
@@ -385,73 +287,73 @@ FALL_THROUGH = [
 ]
 
 
-async def test_no_fall_through_to_a_weaker_route(env: Env) -> None:
+async def test_no_fall_through_to_a_weaker_route(confusion: Confusion) -> None:
     failures = []
     for target in FALL_THROUGH:
-        for token in (env.reader, env.admin):
-            got = await refused_at(env, request(target, env.host, token))
+        for token in (confusion.reader, confusion.admin):
+            got = await refused_at(confusion, request(target, confusion.host, token))
             if got != (400, "path"):
                 failures.append((target, got))
     assert failures == []
-    assert env.rec.seen == []
+    assert confusion.rec.seen == []
     # the literal itself: decided on its own (stronger) route
-    assert await refused_at(env, request(f"{APIS}/internal", env.host, env.reader)) == (403, "scope")
-    assert (await raw(env.port, request(f"{APIS}/internal", env.host, env.admin)))[0] == 200
-    assert (await raw(env.port, request("/files/secret", env.host, env.admin)))[0] == 200
-    assert await refused_at(env, request("/files/vault/x", env.host, env.reader)) == (403, "scope")
+    assert await refused_at(confusion, request(f"{APIS}/internal", confusion.host, confusion.reader)) == (403, "scope")
+    assert (await raw(confusion.port, request(f"{APIS}/internal", confusion.host, confusion.admin)))[0] == 200
+    assert (await raw(confusion.port, request("/files/secret", confusion.host, confusion.admin)))[0] == 200
+    assert await refused_at(confusion, request("/files/vault/x", confusion.host, confusion.reader)) == (403, "scope")
 
 
-async def test_case_insensitive_upstream_decides_on_the_literal(env: Env, logs: LogReader) -> None:
+async def test_case_insensitive_upstream_decides_on_the_literal(confusion: Confusion, logs: LogReader) -> None:
     for variant in ("INTERNAL", "Internal", "iNtErNaL", "%49nternal"):
         target = f"/ci/apis/{variant}"
-        assert await refused_at(env, request(target, env.host, env.reader)) == (403, "scope"), variant
-        assert (await raw(env.port, request(target, env.host, env.admin)))[0] == 200, variant
+        assert await refused_at(confusion, request(target, confusion.host, confusion.reader)) == (403, "scope"), variant
+        assert (await raw(confusion.port, request(target, confusion.host, confusion.admin)))[0] == 200, variant
     routes = [e["route"] for e in logs.events("request.allowed")]
     assert routes == ["GET /ci/apis/internal"] * 4
-    assert [s["raw_path"] for s in env.rec.seen] == [
+    assert [s["raw_path"] for s in confusion.rec.seen] == [
         "/ci/apis/INTERNAL",
         "/ci/apis/Internal",
         "/ci/apis/iNtErNaL",
         "/ci/apis/Internal",
     ]  # the canonical path (%49 is 'I'), byte for byte
     # anything else still goes to the parameter route
-    assert (await raw(env.port, request("/ci/apis/other", env.host, env.reader)))[0] == 200
+    assert (await raw(confusion.port, request("/ci/apis/other", confusion.host, confusion.reader)))[0] == 200
 
 
-async def test_head_is_decided_as_get(env: Env) -> None:
-    head = request("/reports", env.host, env.reader, method="HEAD")
-    assert await refused_at(env, head) == (403, "")  # a HEAD answer has no body
-    assert env.rec.seen == []
-    assert (await raw(env.port, request("/reports", env.host, env.admin, method="HEAD")))[0] == 200
-    assert env.rec.seen[-1]["method"] == "HEAD"
+async def test_head_is_decided_as_get(confusion: Confusion) -> None:
+    head = request("/reports", confusion.host, confusion.reader, method="HEAD")
+    assert await refused_at(confusion, head) == (403, "")  # a HEAD answer has no body
+    assert confusion.rec.seen == []
+    assert (await raw(confusion.port, request("/reports", confusion.host, confusion.admin, method="HEAD")))[0] == 200
+    assert confusion.rec.seen[-1]["method"] == "HEAD"
     # other methods still take the any-method route
-    assert (await raw(env.port, request("/reports", env.host, env.reader, method="POST")))[0] == 200
+    assert (await raw(confusion.port, request("/reports", confusion.host, confusion.reader, method="POST")))[0] == 200
     # HEAD on the parameter route and the literal: as GET on each
-    assert await refused_at(env, request(f"{APIS}/internal", env.host, env.reader, method="HEAD")) == (
+    assert await refused_at(confusion, request(f"{APIS}/internal", confusion.host, confusion.reader, method="HEAD")) == (
         403,
         "",
     )
-    assert (await raw(env.port, request(f"{APIS}/x", env.host, env.reader, method="HEAD")))[0] == 200
+    assert (await raw(confusion.port, request(f"{APIS}/x", confusion.host, confusion.reader, method="HEAD")))[0] == 200
 
 
-async def test_forward_auth_applies_the_same_path_rules(env: Env) -> None:
+async def test_forward_auth_applies_the_same_path_rules(confusion: Confusion) -> None:
     failures = []
     targets = [APIS + s for s in CONFUSING_PATHS[::3]] + FALL_THROUGH + [f"{APIS}?_method=DELETE"]
     for target in targets:
         for style in (f"X-Original-URI: {target}", f"X-Forwarded-Uri: {target}"):
-            got = await refused_at(env, request(VERIFY, env.host, env.admin, style, "X-Original-Method: GET"))
+            got = await refused_at(confusion, request(VERIFY, confusion.host, confusion.admin, style, "X-Original-Method: GET"))
             if got != (400, "path"):
                 failures.append((style, got))
         if "?" not in target:  # Envoy: the original path after the verify path
-            got = await refused_at(env, request(VERIFY + target, env.host, env.admin))
+            got = await refused_at(confusion, request(VERIFY + target, confusion.host, confusion.admin))
             if got != (400, "path"):
                 failures.append(("envoy", target, got))
     assert failures == []
-    head = request(VERIFY, env.host, env.reader, "X-Original-URI: /reports", "X-Original-Method: HEAD")
-    assert await refused_at(env, head) == (403, "scope")
-    ok = request(VERIFY, env.host, env.admin, f"X-Original-URI: {APIS}/internal")
-    assert (await raw(env.port, ok))[0] == 200
-    assert env.rec.seen == []
+    head = request(VERIFY, confusion.host, confusion.reader, "X-Original-URI: /reports", "X-Original-Method: HEAD")
+    assert await refused_at(confusion, head) == (403, "scope")
+    ok = request(VERIFY, confusion.host, confusion.admin, f"X-Original-URI: {APIS}/internal")
+    assert (await raw(confusion.port, ok))[0] == 200
+    assert confusion.rec.seen == []
 
 
 # -- hypothesis: never decided on another route than a lax upstream runs -------------------------
@@ -667,18 +569,18 @@ OVERRIDE_QUERIES = [
 OK_QUERIES = ["method=GET", "my_method=x", "_methods=x", "q=_method", "x=_method%3DDELETE", "page=2"]
 
 
-async def test_method_override_in_the_query_is_refused(env: Env) -> None:
+async def test_method_override_in_the_query_is_refused(confusion: Confusion) -> None:
     failures = []
     for query in OVERRIDE_QUERIES:
         for method in ("GET", "POST"):
-            got = await refused_at(env, request(f"{APIS}/x?{query}", env.host, env.reader, method=method))
+            got = await refused_at(confusion, request(f"{APIS}/x?{query}", confusion.host, confusion.reader, method=method))
             if got != (400, "path"):
                 failures.append((method, query, got))
     assert failures == []
-    assert env.rec.seen == []
+    assert confusion.rec.seen == []
     for query in OK_QUERIES:
-        assert (await raw(env.port, request(f"{APIS}/x?{query}", env.host, env.reader)))[0] == 200, query
-    assert [s["raw_path"] for s in env.rec.seen] == [f"{APIS}/x?{q}" for q in OK_QUERIES]
+        assert (await raw(confusion.port, request(f"{APIS}/x?{query}", confusion.host, confusion.reader)))[0] == 200, query
+    assert [s["raw_path"] for s in confusion.rec.seen] == [f"{APIS}/x?{q}" for q in OK_QUERIES]
 
 
 FORM = "application/x-www-form-urlencoded"
@@ -708,14 +610,6 @@ OVERRIDE_JSON = [
 FORM_TYPES = [FORM, f"{FORM}; charset=utf-8", FORM.upper(), f" {FORM} ", None]
 
 
-def multipart(boundary: str, *parts: tuple[str, bytes], eol: bytes = b"\r\n") -> bytes:
-    out = b""
-    for disposition, data in parts:
-        out += b"--" + boundary.encode() + eol + b"Content-Disposition: " + disposition.encode() + eol + eol
-        out += data + eol
-    return out + b"--" + boundary.encode() + b"--" + eol
-
-
 OVERRIDE_PARTS = [
     'form-data; name="_method"',
     "form-data; name=_method",
@@ -731,26 +625,26 @@ OVERRIDE_PARTS = [
 
 
 async def send_body(
-    env: Env, body: bytes, content_type: str | None, chunked: bool = False
+    confusion: Confusion, body: bytes, content_type: str | None, chunked: bool = False
 ) -> tuple[int, str]:
     extra = [f"Content-Type: {content_type}"] if content_type is not None else []
     target = f"{APIS}/x"
     if not chunked:
-        return await refused_at(env, request(target, env.host, env.reader, *extra, method="POST", body=body))
-    head = request(target, env.host, env.reader, *extra, "Transfer-Encoding: chunked", method="POST")
+        return await refused_at(confusion, request(target, confusion.host, confusion.reader, *extra, method="POST", body=body))
+    head = request(target, confusion.host, confusion.reader, *extra, "Transfer-Encoding: chunked", method="POST")
     step = 1000
     chunks = b"".join(
         b"%x\r\n%b\r\n" % (len(body[i : i + step]), body[i : i + step]) for i in range(0, len(body), step)
     )
-    return await refused_at(env, head + chunks + b"0\r\n\r\n")
+    return await refused_at(confusion, head + chunks + b"0\r\n\r\n")
 
 
-async def test_method_override_in_a_form_body_is_refused(env: Env) -> None:
+async def test_method_override_in_a_form_body_is_refused(confusion: Confusion) -> None:
     failures = []
     for body in OVERRIDE_FORMS:
         for content_type in FORM_TYPES:
             for chunked in (False, True):
-                got = await send_body(env, body, content_type, chunked)
+                got = await send_body(confusion, body, content_type, chunked)
                 if got != (400, "request"):
                     failures.append((body[:40], content_type, chunked, got))
     boundary = "----tw7MA4YWxkTrZu0gW"
@@ -767,17 +661,17 @@ async def test_method_override_in_a_form_body_is_refused(env: Env) -> None:
                 multipart(boundary, (part, b"DELETE"), eol=b"\n"),
             ):
                 for chunked in (False, True):
-                    got = await send_body(env, body, ct, chunked)
+                    got = await send_body(confusion, body, ct, chunked)
                     if got != (400, "request"):
                         failures.append((part, ct, len(body), chunked, got))
     for ct in ("multipart/form-data", f"multipart/form-data; boundary=a; boundary={boundary}"):
-        got = await send_body(env, multipart(boundary, ('form-data; name="_method"', b"DELETE")), ct)
+        got = await send_body(confusion, multipart(boundary, ('form-data; name="_method"', b"DELETE")), ct)
         if got != (400, "request"):
             failures.append((ct, got))
     for body in OVERRIDE_JSON:
         for ct in ("application/json", "application/json; charset=utf-8", "application/vnd.api+json"):
             for chunked in (False, True):
-                got = await send_body(env, body, ct, chunked)
+                got = await send_body(confusion, body, ct, chunked)
                 if got != (400, "request"):
                     failures.append((body[:40], ct, chunked, got))
     for ct in (FORM, "application/json", "multipart/form-data; boundary=x", None):
@@ -785,31 +679,31 @@ async def test_method_override_in_a_form_body_is_refused(env: Env) -> None:
         for coding in ("gzip", "deflate", "br", "identity, gzip"):
             data = request(
                 f"{APIS}/x",
-                env.host,
-                env.reader,
+                confusion.host,
+                confusion.reader,
                 *extra,
                 f"Content-Encoding: {coding}",
                 method="POST",
                 body=b"\x1f\x8b\x08\x00",
             )
-            if (got := await refused_at(env, data)) != (400, "request"):
+            if (got := await refused_at(confusion, data)) != (400, "request"):
                 failures.append((ct, coding, got))
     two_types = request(
         f"{APIS}/x",
-        env.host,
-        env.reader,
+        confusion.host,
+        confusion.reader,
         "Content-Type: text/plain",
         f"Content-Type: {FORM}",
         method="POST",
         body=b"_method=DELETE",
     )
-    if (got := await refused_at(env, two_types)) not in ((400, "request"), (400, "framing")):
+    if (got := await refused_at(confusion, two_types)) not in ((400, "request"), (400, "framing")):
         failures.append(("two content types", got))
     assert failures == []
-    assert env.rec.seen == []  # no upstream ever got a whole request carrying the override
+    assert confusion.rec.seen == []  # no upstream ever got a whole request carrying the override
 
 
-async def test_legit_form_bodies_are_forwarded_byte_for_byte(env: Env) -> None:
+async def test_legit_form_bodies_are_forwarded_byte_for_byte(confusion: Confusion) -> None:
     boundary = "XyZ123"
     html = b'<form><input type="hidden" name="_method" value="delete"></form>\r\n\r\n_method=DELETE'
     bodies = [
@@ -829,9 +723,9 @@ async def test_legit_form_bodies_are_forwarded_byte_for_byte(env: Env) -> None:
     ]
     for body, content_type in bodies:
         for chunked in (False, True):
-            got = await send_body(env, body, content_type, chunked)
+            got = await send_body(confusion, body, content_type, chunked)
             assert got[0] == 200, (body[:40], content_type, chunked, got)
-            assert env.rec.seen[-1]["body"] == body and env.rec.seen[-1]["method"] == "POST"
+            assert confusion.rec.seen[-1]["body"] == body and confusion.rec.seen[-1]["method"] == "POST"
 
 
 # -- the body scanner, unit level: refused on the chunk that completes the name ------------------

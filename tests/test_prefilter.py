@@ -8,25 +8,16 @@ import dataclasses
 import time
 from typing import Any
 
-from tests.conftest import Gateway
-from tests.test_cache import get
+from tests.helpers.gateway import Gateway, apis_status, wrong_secrets
 from tokenward.gateway.store import Change
-from tokenward.gateway.tokens import checksum, secret_check
-
-
-def wrong_secrets(kid: str, count: int, offset: int = 0) -> list[str]:
-    tokens = []
-    for i in range(offset, offset + count):
-        head = f"tw_sat_{kid}" + f"{i:032d}"
-        tokens.append(head + checksum(head))
-    return tokens
+from tokenward.gateway.tokens import secret_check
 
 
 async def test_wrong_secrets_cost_no_argon2_and_leave_the_budget_alone(gateway: Gateway) -> None:
     await gateway.team("platform", ["read:apis"])
     token, kid = await gateway.token("platform", ["read:apis"])
     auth = gateway.runtime.authenticator
-    assert await get(gateway, token) == 200
+    assert await apis_status(gateway, token) == 200
     before, refused = auth.argon2_verifications, auth.throttle.refused
     flood = wrong_secrets(kid, 2000)
     record = await gateway.runtime.store.get_token(kid)
@@ -36,14 +27,14 @@ async def test_wrong_secrets_cost_no_argon2_and_leave_the_budget_alone(gateway: 
     )
     statuses = []
     for start in range(0, len(flood), 200):
-        statuses += await asyncio.gather(*(get(gateway, t) for t in flood[start : start + 200]))
+        statuses += await asyncio.gather(*(apis_status(gateway, t) for t in flood[start : start + 200]))
     assert set(statuses) == {401}
     # only those that pass the 16-bit check by chance (~2000/65536) cost an argon2
     assert auth.argon2_verifications - before == lucky
     assert auth.prefiltered >= len(flood) - lucky
     # the flood did not empty the failure budget: a brand-new legit token verifies at once
     fresh, _ = await gateway.token("platform", ["read:apis"])
-    assert await get(gateway, fresh) == 200
+    assert await apis_status(gateway, fresh) == 200
     assert auth.throttle.refused - refused <= 5
 
 
@@ -51,7 +42,7 @@ async def test_unknown_key_ids_are_refused_without_argon2(gateway: Gateway) -> N
     await gateway.team("platform", ["read:apis"])
     auth = gateway.runtime.authenticator
     before = auth.argon2_verifications
-    statuses = await asyncio.gather(*(get(gateway, t) for t in wrong_secrets("ZZZZZZZZZZZZ", 100)))
+    statuses = await asyncio.gather(*(apis_status(gateway, t) for t in wrong_secrets("ZZZZZZZZZZZZ", 100)))
     assert set(statuses) == {401} and auth.argon2_verifications == before
 
 
@@ -66,9 +57,9 @@ async def test_a_record_without_a_secret_check_is_verified_with_argon2(gateway: 
     await store.put_token(dataclasses.replace(record, secret_check=""))
     auth = gateway.runtime.authenticator
     before = auth.argon2_verifications
-    assert await get(gateway, token) == 200
+    assert await apis_status(gateway, token) == 200
     assert auth.argon2_verifications == before + 1
-    assert await get(gateway, wrong_secrets(kid, 1)[0]) == 401
+    assert await apis_status(gateway, wrong_secrets(kid, 1)[0]) == 401
     assert auth.argon2_verifications == before + 2
 
 
@@ -101,31 +92,31 @@ class CountingReads:
 async def test_concurrent_misses_share_one_store_read(gateway: Gateway, monkeypatch: Any) -> None:
     await gateway.team("platform", ["read:apis"])
     token, kid = await gateway.token("platform", ["read:apis"])
-    assert await get(gateway, token) == 200
+    assert await apis_status(gateway, token) == 200
     reads = CountingReads(gateway)
     monkeypatch.setattr(reads.store, "get_token", reads.get_token)
     gateway.runtime.cache.records.pop(kid)  # as when the cached record reaches cache_ttl
-    statuses = await asyncio.gather(*(get(gateway, token) for _ in range(50)))
+    statuses = await asyncio.gather(*(apis_status(gateway, token) for _ in range(50)))
     assert set(statuses) == {200} and reads.calls == 1
 
 
 async def test_a_miss_after_an_invalidation_never_joins_an_older_read(gateway: Gateway, monkeypatch: Any) -> None:
     await gateway.team("platform", ["read:apis"])
     token, kid = await gateway.token("platform", ["read:apis"])
-    assert await get(gateway, token) == 200
+    assert await apis_status(gateway, token) == 200
     reads = CountingReads(gateway)
     monkeypatch.setattr(reads.store, "get_token", reads.get_token)
     cache = gateway.runtime.cache
     cache.records.pop(kid)
     reads.gate = asyncio.Event()
-    first = asyncio.create_task(get(gateway, token))  # its read is held at the gate
+    first = asyncio.create_task(apis_status(gateway, token))  # its read is held at the gate
     while reads.calls < 1:
         await asyncio.sleep(0.01)
     record = await reads.real(kid)
     assert record is not None
     await reads.store.put_token(record.revoked(time.time(), "test"))  # the revoke lands...
     cache.apply(Change("token", kid))  # ...and this process has seen it
-    second = asyncio.create_task(get(gateway, token))
+    second = asyncio.create_task(apis_status(gateway, token))
     while reads.calls < 2:
         await asyncio.sleep(0.01)
     reads.gate.set()

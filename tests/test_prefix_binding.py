@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import APIS, Gateway
 from tokenward.gateway.tokens import BODY_LEN, KEY_ID_LEN, checksum, generate
 
-APIS = "/orgs/acme/teams/platform/apis"
 PREFIXES = ("tw_sat", "tw_old", "tw_test", "tw_sat_live")
 
 

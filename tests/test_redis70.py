@@ -17,11 +17,9 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import LogReader
-from tests.debian import installed
+from tests.helpers.debian import installed
+from tests.helpers.gateway import APIS, LogReader
 from tokenward.gateway.embedded import EmbeddedServer, free_port
-
-APIS = "/orgs/acme/teams/platform/apis"
 
 
 def find_redis_server() -> str | None:

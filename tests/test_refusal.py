@@ -16,13 +16,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import ROOT, Gateway
 from tokenward.endpoints import DOMAIN_ERRORS_TABLE, domain_refusal
 from tokenward.gateway.refusal import REALM, Refusal, Step, error_body, error_headers
 from tokenward.gateway.store import Conflict, QuotaExceeded, StoreUnavailable
 from tokenward.rules import Invalid, NotFound
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*ROOT.glob("gateway/*.py"), *ROOT.glob("admin/*.py")])
 
 # every step id in responses, audit events and metrics before the enum existed

@@ -6,15 +6,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
-from tests.conftest import ROOT, LogReader, base_config, env_for_subprocess
-from tests.test_serve_process import wait_ready
+from tests.helpers.gateway import LogReader, base_config
+from tests.helpers.process import start_serve, wait_ready
 from tokenward.gateway.embedded import free_port
 from tokenward.gateway.server import Server
 from tokenward.gateway.settings import load_settings
@@ -80,18 +79,7 @@ async def test_sighup_reloads_a_running_serve(tmp_path: Path, upstream: int) -> 
     config["data_dir"] = str(tmp_path / "data")
     path = tmp_path / "tokenward.yaml"
     path.write_text(yaml.safe_dump(config))
-    serve = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from tokenward.cli import main; main()",
-        "serve",
-        "--config",
-        str(path),
-        cwd=ROOT,
-        env=env_for_subprocess(),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    serve = await start_serve(path, stderr=asyncio.subprocess.DEVNULL)
     try:
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, f"http://127.0.0.1:{admin_port}/readyz", serve)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 from tokenward.gateway.scopes import Scope, parse_scopes
 
 ORG = "/v1/orgs/acme"

@@ -8,12 +8,10 @@ from typing import Any
 
 import pytest
 
-from tests import test_hardening
-from tests.conftest import Gateway, LogReader
-from tests.scripted import Seen
-from tests.test_hardening import APIS, Recorder, hardening_config, raw, request
-
-recorder = test_hardening.recorder  # the recording upstream fixture
+from tests.helpers.gateway import APIS, Gateway, LogReader
+from tests.helpers.process import start_serve
+from tests.helpers.rawhttp import Recorder, hardening_config, raw, request
+from tests.helpers.scripted import Seen
 
 
 # -- issue 11 item 7: the audit event says what happened --------------------------------------
@@ -127,22 +125,11 @@ async def _serve_and_sigterm(
     import aiohttp
     import redis as redis_sync
 
-    from tests.conftest import CLI, ROOT, env_for_subprocess, serve_config
-    from tests.test_serve_process import wait_ready
+    from tests.helpers.process import serve_config, wait_ready
     from tokenward.gateway.store import Keys
 
     served = serve_config(tmp_path, upstream, redis={"url": redis_url})
-    serve = await asyncio.create_subprocess_exec(
-        *CLI,
-        "serve",
-        "--config",
-        str(served.path),
-        *args,
-        cwd=ROOT,
-        env=env_for_subprocess(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    serve = await start_serve(served.path, *args, stdout=asyncio.subprocess.PIPE)
     store = redis_sync.Redis.from_url(redis_url)
     out = b""
     try:
@@ -249,7 +236,7 @@ async def test_an_upstream_closing_after_n_responses_gets_no_502(
     POSTs (never replayed) must not be given a connection the upstream may be closing."""
     from collections import Counter
 
-    from tests.conftest import base_config
+    from tests.helpers.gateway import base_config
 
     process, port = await _after_n_upstream(most, reset)
     try:
@@ -290,7 +277,7 @@ async def test_a_slow_head_on_the_admin_listener_is_cut_off(
 ) -> None:
     """Both listeners share one process (its descriptors, its event loop): a slow head on the
     admin port is closed after header_timeout too, never held for aiohttp's keep-alive."""
-    from tests.test_head_deadline import GENEROUS, closed_within, read_response, trickle
+    from tests.helpers.rawhttp import GENEROUS, closed_within, read_response, trickle
 
     gw = await start_gateway(hardening_config(recorder.port))  # header_timeout: 1s
     port = int(gw.admin_url.rsplit(":", 1)[1])
@@ -325,7 +312,7 @@ async def test_the_bootstrap_token_event_is_written_with_the_token(
     import orjson
     import redis as redis_sync
 
-    from tests.conftest import base_config
+    from tests.helpers.gateway import base_config
     from tokenward.cli_server import _bootstrap
     from tokenward.gateway.audit import AuditLog
     from tokenward.gateway.settings import settings_from_dict

@@ -14,16 +14,10 @@ from typing import Any
 
 import redis
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import TEAMS, Gateway, admin, apis_status
 
-APIS = "/orgs/acme/teams/platform/apis"
 TRIALS = 30
-
-
-async def status_of(gw: Gateway, token: str) -> int:
-    async with gw.session.get(gw.url + APIS, headers=gw.auth(token)) as r:
-        await r.read()
-        return r.status
+PERMISSIONS = f"{TEAMS}/platform/permissions"
 
 
 async def until(check: Callable[[], bool]) -> None:
@@ -47,18 +41,18 @@ async def two_gateways(start_gateway: Any, config: dict[str, Any]) -> tuple[Gate
 async def test_a_revocation_made_while_the_channel_is_down_refuses_the_next_request(
     start_gateway: Any, config: dict[str, Any], redis_url: str
 ) -> None:
-    a, b, admin = await two_gateways(start_gateway, config)
+    a, b, org_admin = await two_gateways(start_gateway, config)
     allowed = 0
     for _ in range(TRIALS):
         token, key_id = await b.token("platform", ["read:apis"])
-        assert await status_of(a, token) == 200  # cached in A
+        assert await apis_status(a, token) == 200  # cached in A
         await until(lambda: a.runtime.listener.push_connected)
         assert kill_subscribers(redis_url) >= 1
         async with b.session.post(
-            f"{b.admin_url}/v1/orgs/acme/teams/platform/tokens/{key_id}/revoke", headers=b.auth(admin)
+            f"{b.admin_url}/v1/orgs/acme/teams/platform/tokens/{key_id}/revoke", headers=b.auth(org_admin)
         ) as r:
             assert r.status == 200
-        if await status_of(a, token) != 401:
+        if await apis_status(a, token) != 401:
             allowed += 1
     assert allowed == 0, f"{allowed} of {TRIALS} revoked tokens were allowed right after the revoke"
 
@@ -66,26 +60,16 @@ async def test_a_revocation_made_while_the_channel_is_down_refuses_the_next_requ
 async def test_a_permission_removed_while_the_channel_is_down_refuses_the_next_request(
     start_gateway: Any, config: dict[str, Any], redis_url: str
 ) -> None:
-    a, b, admin = await two_gateways(start_gateway, config)
+    a, b, org_admin = await two_gateways(start_gateway, config)
     token, _ = await b.token("platform", ["read:apis"])
     allowed = 0
     for _ in range(TRIALS):
-        async with b.session.put(
-            f"{b.admin_url}/v1/orgs/acme/teams/platform/permissions",
-            json={"permissions": ["read:apis"]},
-            headers=b.auth(admin),
-        ) as r:
-            assert r.status == 200
+        assert (await admin(b, "PUT", PERMISSIONS, org_admin, {"permissions": ["read:apis"]}))[0] == 200
         await until(lambda: a.runtime.listener.push_connected)
-        assert await status_of(a, token) == 200  # team record cached in A
+        assert await apis_status(a, token) == 200  # team record cached in A
         assert kill_subscribers(redis_url) >= 1
-        async with b.session.put(
-            f"{b.admin_url}/v1/orgs/acme/teams/platform/permissions",
-            json={"permissions": []},
-            headers=b.auth(admin),
-        ) as r:
-            assert r.status == 200
-        if await status_of(a, token) != 403:
+        assert (await admin(b, "PUT", PERMISSIONS, org_admin, {"permissions": []}))[0] == 200
+        if await apis_status(a, token) != 403:
             allowed += 1
     assert allowed == 0, f"{allowed} of {TRIALS} requests were allowed right after the permission was removed"
 
@@ -102,8 +86,8 @@ async def test_the_cache_is_trusted_again_once_the_channel_is_back(
     # back: subscribed again, which clears the cache once
     await until(lambda: a.runtime.cache.stats.clears > clears and a.runtime.listener.push_connected)
     assert a.runtime.cache.trusted
-    assert await status_of(a, token) == 200
+    assert await apis_status(a, token) == 200
     hits = a.runtime.cache.stats.hits
     for _ in range(10):
-        assert await status_of(a, token) == 200
+        assert await apis_status(a, token) == 200
     assert a.runtime.cache.stats.hits >= hits + 10

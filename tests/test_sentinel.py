@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import Gateway
-from tests.topology import Drill, SentinelSet, drill_config, start_gateway, stop_gateway
+from tests.helpers.gateway import Gateway
+from tests.helpers.topology import Drill, SentinelSet, drill_config, start_gateway, stop_gateway
 
 
 @pytest.fixture

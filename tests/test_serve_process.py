@@ -14,22 +14,9 @@ import aiohttp
 import orjson
 import redis
 
-from tests.conftest import CLI, ROOT, bootstrap_admin, env_for_subprocess, serve_config
+from tests.helpers.gateway import TEAMS, TOKENS
+from tests.helpers.process import bootstrap_admin, post_json, serve_config, start_serve, wait_ready
 from tokenward.gateway.embedded import EmbeddedServer, free_port
-
-
-async def wait_ready(session: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process) -> None:
-    for _ in range(200):
-        if process.returncode is not None:
-            raise AssertionError(f"serve exited with {process.returncode}")
-        try:
-            async with session.get(url) as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("serve did not become ready")
 
 
 def store_dump(data_dir: Path) -> bytes:
@@ -64,40 +51,19 @@ def store_dump(data_dir: Path) -> bytes:
 async def test_serve_flow_and_no_plaintext_anywhere(tmp_path: Path, upstream: int) -> None:
     served = serve_config(tmp_path, upstream)
     config, path, port, admin_port = served.config, served.path, served.port, served.admin_port
-    env = env_for_subprocess()
     admin_token = await bootstrap_admin(path)
 
     log_out = (tmp_path / "serve.out").open("wb")
     log_err = (tmp_path / "serve.err").open("wb")
-    serve = await asyncio.create_subprocess_exec(
-        *CLI,
-        "serve",
-        "--config",
-        str(path),
-        cwd=ROOT,
-        env=env,
-        stdout=log_out,
-        stderr=log_err,
-    )
+    serve = await start_serve(path, stdout=log_out, stderr=log_err)
     plaintexts = [admin_token]
     gw, adm = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
     try:
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, f"{adm}/readyz", serve)
             auth = {"Authorization": f"Bearer {admin_token}"}
-            async with session.post(
-                f"{adm}/v1/orgs/acme/teams",
-                headers=auth,
-                json={"name": "platform", "permissions": ["read:apis"]},
-            ) as r:
-                assert r.status == 201
-            async with session.post(
-                f"{adm}/v1/orgs/acme/teams/platform/tokens",
-                headers=auth,
-                json={"name": "ci", "scopes": ["read:apis", "write:apis"]},
-            ) as r:
-                assert r.status == 201
-                created = await r.json()
+            await post_json(session, adm + TEAMS, auth, {"name": "platform", "permissions": ["read:apis"]})
+            created = await post_json(session, adm + TOKENS, auth, {"name": "ci", "scopes": ["read:apis", "write:apis"]})
             token = created["token"]
             plaintexts.append(token)
             apis = f"{gw}/orgs/acme/teams/platform/apis"
@@ -108,10 +74,7 @@ async def test_serve_flow_and_no_plaintext_anywhere(tmp_path: Path, upstream: in
                 assert r.status == 403  # team lacks write:apis
             async with session.get(apis, headers={"Authorization": f"Bearer {token[:-1]}x"}) as r:
                 assert r.status == 401
-            async with session.post(
-                f"{adm}/v1/orgs/acme/teams/platform/tokens/{created['id']}/revoke", headers=auth
-            ) as r:
-                assert r.status == 200
+            await post_json(session, f"{adm}{TOKENS}/{created['id']}/revoke", auth, expected=200)
             async with session.get(apis, headers=bearer) as r:
                 assert r.status == 401
                 assert (await r.json())["message"] == "token revoked"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import base_config
+from tests.helpers.gateway import base_config
 from tokenward.actor import Actor
 from tokenward.directory import Directory
 from tokenward.endpoints import domain_refusal

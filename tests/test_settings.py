@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers.gateway import ROOT
 from tokenward.gateway.routes import HTTP_METHODS
 from tokenward.gateway.settings import ConfigError, Settings, load_settings, settings_from_dict
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "example.yaml"
 EXAMPLE_ROUTE_COUNT = 9
 

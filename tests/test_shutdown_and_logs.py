@@ -13,8 +13,8 @@ import orjson
 import redis
 import structlog
 
-from tests.conftest import CLI, LOG_STREAM, ROOT, bootstrap_admin, env_for_subprocess, serve_config
-from tests.test_serve_process import wait_ready
+from tests.helpers.gateway import LOG_STREAM, TEAMS, TOKENS
+from tests.helpers.process import bootstrap_admin, post_json, serve_config, start_serve, wait_ready
 from tokenward.gateway.audit import configure_logging
 from tokenward.gateway.settings import LogSettings
 
@@ -24,35 +24,16 @@ async def test_sigterm_drains_in_flight_requests_and_flushes(
 ) -> None:
     served = serve_config(tmp_path, upstream, redis={"url": redis_url})
     path, port, admin_port = served.path, served.port, served.admin_port
-    env = env_for_subprocess()
     admin_token = await bootstrap_admin(path)
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
-        serve = await asyncio.create_subprocess_exec(
-            *CLI,
-            "serve",
-            "--config",
-            str(path),
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        serve = await start_serve(path, stdout=log_file)
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, f"http://127.0.0.1:{admin_port}/readyz", serve)
             auth = {"Authorization": f"Bearer {admin_token}"}
-            async with session.post(
-                f"http://127.0.0.1:{admin_port}/v1/orgs/acme/teams",
-                headers=auth,
-                json={"name": "platform", "permissions": ["read:apis"]},
-            ):
-                pass
-            async with session.post(
-                f"http://127.0.0.1:{admin_port}/v1/orgs/acme/teams/platform/tokens",
-                headers=auth,
-                json={"name": "slow", "scopes": ["read:apis"]},
-            ) as r:
-                created = await r.json()
+            adm = f"http://127.0.0.1:{admin_port}"
+            await post_json(session, adm + TEAMS, auth, {"name": "platform", "permissions": ["read:apis"]})
+            created = await post_json(session, adm + TOKENS, auth, {"name": "slow", "scopes": ["read:apis"]})
 
             async def slow() -> int:
                 url = f"http://127.0.0.1:{port}/orgs/acme/teams/platform/apis?sleep=1.5"

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway, LogReader
-from tests.topology import (
+from tests.helpers.gateway import APIS, Gateway, LogReader
+from tests.helpers.topology import (
     Cluster,
     SentinelSet,
     client,
@@ -28,7 +28,6 @@ from tests.topology import (
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.tokens import generate
 
-APIS = "/orgs/acme/teams/platform/apis"
 BURST = 64  # concurrent requests: the pool grows to its limit (32)
 AFTER = 300  # requests counted once the store answers again
 

@@ -26,14 +26,14 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import CLI, ROOT, LogReader, ServeConfig, base_config, env_for_subprocess, serve_config
+from tests.helpers.gateway import APIS, LogReader, base_config
+from tests.helpers.process import ServeConfig, env_for_subprocess, serve_config, start_serve
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.server import Server
 from tokenward.gateway.settings import settings_from_dict
 from tokenward.service import issue_token
 
-APIS = "/orgs/acme/teams/platform/apis"
 CAP = 60.0  # seconds: only so that a broken build fails instead of hanging
 MARK = "TOKENWARD_TEST_DEPLOYMENT"
 
@@ -179,11 +179,8 @@ def _clean_up() -> Any:
 async def serve(tmp_path: Path, served: ServeConfig, *args: str) -> Served:
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            *CLI, "serve", "--config", str(served.path), *args,
-            cwd=ROOT, env={**env_for_subprocess(), MARK: str(served.path)},
-            stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+        env = {**env_for_subprocess(), MARK: str(served.path)}
+        process = await start_serve(served.path, *args, env=env, stdout=log_file)
     STARTED.append(Served(served, log_path, process))
     return STARTED[-1]
 

@@ -12,14 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Gateway, base_config
-from tests.scripted import OK, ScriptedUpstream, Seen, send
+from tests.helpers.gateway import base_config, get
+from tests.helpers.scripted import OK, ScriptedUpstream, Seen, send
 from tokenward.gateway.embedded import free_port
-
-
-async def get(gw: Gateway, path: str = "/health", method: str = "GET", **kw: Any) -> tuple[int, Any, bytes]:
-    async with gw.session.request(method, gw.url + path, **kw) as response:
-        return response.status, response.headers, await response.read()
 
 
 async def test_keep_alive_connections_are_reused(scripted: Any, through: Any) -> None:

@@ -5,7 +5,6 @@ longer be allowed (revoked, expired, route changed) or the gateway stops."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,25 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Gateway, LogReader
-from tests.scripted import ScriptedUpstream, send
-
-EVENTS = "/orgs/acme/teams/platform/events"
-
-
-def with_events(config: dict[str, Any], websocket: bool = True) -> dict[str, Any]:
-    config = copy.deepcopy(config)
-    config["routes"].append(
-        {
-            "methods": ["GET"],
-            "path": "/orgs/{org}/teams/{team}/events",
-            "upstream": "registry",
-            "scopes": ["read:apis"],
-            "resource": {"org": "org", "team": "team"},
-            "websocket": websocket,
-        }
-    )
-    return config
+from tests.helpers.gateway import EVENTS, Gateway, LogReader, with_events
+from tests.helpers.scripted import ScriptedUpstream, send
 
 
 @pytest.fixture

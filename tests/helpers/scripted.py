@@ -4,15 +4,8 @@ can play misbehaving upstreams (stray bytes, early answers, bad framing)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import pytest
-
-from tokenward.gateway.embedded import free_port
 
 Reply = Callable[["Seen", asyncio.StreamWriter], Awaitable[None]]
 
@@ -88,35 +81,3 @@ def send(raw: bytes, close: bool = False) -> Reply:
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[Callable[..., Awaitable[ScriptedUpstream]]]:
-    servers: list[asyncio.Server] = []
-
-    async def start(*replies: Reply) -> ScriptedUpstream:
-        upstream = ScriptedUpstream(list(replies), free_port())
-        servers.append(await asyncio.start_server(upstream.handle, "127.0.0.1", upstream.port))
-        return upstream
-
-    yield start
-    for server in servers:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 1)
-
-
-@pytest.fixture
-def through(start_gateway: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """A gateway whose `registry` upstream is the scripted one."""
-
-    async def start(upstream: ScriptedUpstream, **upstream_settings: Any) -> Any:
-        from tests.conftest import base_config
-
-        config = copy.deepcopy(base_config(upstream.port))
-        config["upstreams"]["registry"].update(upstream_settings)
-        return await start_gateway(config)
-
-    return start
-
-

@@ -58,15 +58,11 @@ from tokenward.gateway.scopes import (
     parse_scope,
     parse_scopes,
 )
-from tokenward.gateway.store import (
-    ActorFence,
-    AuditEntry,
-    Conflict,
-    Keys,
-    QuotaExceeded,
-    StoreUnavailable,
-    TokenEdit,
-)
+from tokenward.gateway.store import ActorFence, QuotaExceeded, TokenEdit
+from tokenward.gateway.store_audit import AuditEntry
+from tokenward.gateway.store_keys import Keys
+from tokenward.gateway.store_link import StoreUnavailable
+from tokenward.gateway.store_records import Conflict
 from tokenward.gateway.text import all_shown
 from tokenward.gateway.tokens import (
     BASE62,

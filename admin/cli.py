@@ -629,7 +629,7 @@ async def _bootstrap(settings: Settings, org: str, name: str) -> tuple[str, str]
     from tokenward.gateway.app import Runtime
     from tokenward.gateway.records import TokenRecord
     from tokenward.gateway.scopes import parse_scopes
-    from tokenward.gateway.store import AuditEntry
+    from tokenward.gateway.store_audit import AuditEntry
 
     runtime = await Runtime.open(settings)
     fields: dict[str, Any] = {}

@@ -32,7 +32,7 @@ import orjson
 from tokenward.api import issue_token
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.store import Keys
+from tokenward.gateway.store_keys import Keys
 from tokenward.gateway.tokens import BASE62, KEY_ID_LEN, checksum
 
 from loadgen import Load, LoadGenerator, LoadResult, ensure_wrk

@@ -20,7 +20,10 @@ from tests import test_admin_api, test_lifecycle, test_lifecycle_races
 from tests.conftest import Gateway
 from tests.topology import Cluster, Drill, drill_config, raw, start_gateway, stop_gateway
 from tokenward.gateway.settings import ClusterSettings, RedisSettings
-from tokenward.gateway.store import Change, Keys, Store, connect
+from tokenward.gateway.store import Store
+from tokenward.gateway.store_changes import Change
+from tokenward.gateway.store_connect import connect
+from tokenward.gateway.store_keys import Keys
 
 
 @pytest.fixture(scope="module")

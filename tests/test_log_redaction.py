@@ -17,7 +17,7 @@ from tests import test_hardening
 from tests.conftest import Gateway, LogReader
 from tests.test_hardening import APIS, Recorder, hardening_config, raw, request
 from tokenward.gateway.audit import REDACTED, redact
-from tokenward.gateway.store import Keys
+from tokenward.gateway.store_keys import Keys
 
 recorder = test_hardening.recorder  # the recording upstream fixture
 

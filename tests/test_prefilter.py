@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.conftest import Gateway
 from tests.test_cache import get
-from tokenward.gateway.store import Change
+from tokenward.gateway.store_changes import Change
 from tokenward.gateway.tokens import checksum, secret_check
 
 

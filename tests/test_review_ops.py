@@ -129,7 +129,7 @@ async def _serve_and_sigterm(
 
     from tests.conftest import CLI, ROOT, env_for_subprocess, serve_config
     from tests.test_serve_process import wait_ready
-    from tokenward.gateway.store import Keys
+    from tokenward.gateway.store_keys import Keys
 
     served = serve_config(tmp_path, upstream, redis={"url": redis_url})
     serve = await asyncio.create_subprocess_exec(
@@ -329,7 +329,7 @@ async def test_the_bootstrap_token_event_is_written_with_the_token(
     from tokenward.cli import _bootstrap
     from tokenward.gateway.audit import AuditLog
     from tokenward.gateway.settings import settings_from_dict
-    from tokenward.gateway.store import Keys
+    from tokenward.gateway.store_keys import Keys
 
     async def killed(self: AuditLog, timeout: float = 0.0) -> None:
         self._pending.clear()  # what a kill -9 does to the buffer

@@ -15,7 +15,8 @@ import orjson
 from tokenward.gateway.decision import Principal
 from tokenward.gateway.records import ACTIVE, TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
-from tokenward.gateway.store import ActorFence, AuditEntry
+from tokenward.gateway.store import ActorFence
+from tokenward.gateway.store_audit import AuditEntry
 
 if TYPE_CHECKING:
     from tokenward.gateway.app import Runtime

@@ -30,7 +30,7 @@ from tokenward.endpoints import (
 )
 from tokenward.gateway.app import RUNTIME, Runtime
 from tokenward.gateway.edge import error_response
-from tokenward.gateway.store import StoreUnavailable
+from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.views import BULK_WORK
 
 routes = Routes()

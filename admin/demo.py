@@ -128,7 +128,7 @@ async def run_demo(
     from tokenward.gateway.records import TeamRecord
     from tokenward.gateway.scopes import parse_scopes
     from tokenward.gateway.server import Server
-    from tokenward.gateway.store import Conflict
+    from tokenward.gateway.store_records import Conflict
     from tokenward.service import TokenService
 
     data_dir.mkdir(parents=True, exist_ok=True)

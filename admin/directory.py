@@ -13,7 +13,7 @@ from dataclasses import replace
 from tokenward.actor import Actor, Changes
 from tokenward.gateway.records import ACTIVE, ServiceAccountRecord, TeamRecord
 from tokenward.gateway.scopes import format_scopes
-from tokenward.gateway.store import Conflict
+from tokenward.gateway.store_records import Conflict
 from tokenward.rules import NotFound, refuse_org_powers, scopes_field
 
 ACTIVE_COUNT_CAP = 1000  # tokens of one service account examined per count (per call)

@@ -26,7 +26,9 @@ from tokenward.gateway.audit import redact
 from tokenward.gateway.decision import Principal, bearer_token
 from tokenward.gateway.edge import error_response, request_id_for
 from tokenward.gateway.refusal import Refusal
-from tokenward.gateway.store import Conflict, QuotaExceeded, StoreUnavailable
+from tokenward.gateway.store import QuotaExceeded
+from tokenward.gateway.store_link import StoreUnavailable
+from tokenward.gateway.store_records import Conflict
 from tokenward.rules import Invalid, NotFound
 from tokenward.service import TokenService
 

@@ -6,7 +6,7 @@ while the team's permission set holds `admin:team`); no wildcard grants either. 
 hands out tokens that can do no more than itself (`check_grant`). The authorization steps and
 their messages are the gateway's (`tokenward.gateway.decision.require_*`): refusals of a step
 are `Refusal`s; a bad field is `Invalid`, a missing record `NotFound`, a state that forbids
-the change `Conflict` (the store's, `tokenward.gateway.store.Conflict`). The admin edge maps
+the change `Conflict` (the store's, `tokenward.gateway.store_records.Conflict`). The admin edge maps
 each to its status (`endpoints.DOMAIN_ERRORS_TABLE`).
 """
 

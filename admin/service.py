@@ -23,7 +23,10 @@ from tokenward.gateway.decision import Throttled
 from tokenward.gateway.records import ACTIVE, FINAL_REASONS, REVOKED, TeamRecord, TokenRecord, revoker_rank
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import ADMIN_ORG, Scope, format_scopes
-from tokenward.gateway.store import ActorFence, AuditEntry, Conflict, Keys, QuotaExceeded, TokenEdit
+from tokenward.gateway.store import ActorFence, QuotaExceeded, TokenEdit
+from tokenward.gateway.store_audit import AuditEntry
+from tokenward.gateway.store_keys import Keys
+from tokenward.gateway.store_records import Conflict
 from tokenward.gateway.tokens import (
     BASE62,
     KEY_ID_LEN,

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as redis
 
-from tokenward.gateway.store import Keys
+from tokenward.gateway.store_keys import Keys
 
 
 async def expect_status(url: str, token: str, wanted: int) -> None:

@@ -34,7 +34,7 @@ import redis
 from aiohttp import web
 
 from tokenward.demo import echo_app
-from tokenward.gateway import store as store_module
+from tokenward.gateway import store_connect
 from tokenward.gateway.audit import configure_logging
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.records import TeamRecord
@@ -209,8 +209,8 @@ def old_connection_options() -> dict[str, Any]:
     notifications under redis-py 8, no retry)."""
     return {
         "health_check_interval": 10,
-        "socket_timeout": store_module.SOCKET_TIMEOUT,
-        "socket_connect_timeout": store_module.SOCKET_TIMEOUT,
+        "socket_timeout": store_connect.SOCKET_TIMEOUT,
+        "socket_connect_timeout": store_connect.SOCKET_TIMEOUT,
     }
 
 
@@ -234,7 +234,7 @@ async def main() -> None:
     args = parser.parse_args()
     configure_logging(LogSettings(level="error", format="json"))
     if args.without_fix:
-        store_module.connection_options = old_connection_options  # type: ignore[assignment]
+        store_connect.connection_options = old_connection_options  # type: ignore[assignment]
     runner = web.AppRunner(echo_app(), access_log=None)
     await runner.setup()
     upstream_port = free_port()

@@ -31,7 +31,7 @@ import orjson
 
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.store import Keys
+from tokenward.gateway.store_keys import Keys
 from tokenward.gateway.tokens import BASE62, KEY_ID_LEN, checksum
 from tokenward.service import issue_token
 

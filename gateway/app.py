@@ -37,7 +37,8 @@ from tokenward.gateway.proxy import (
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import HTTP_METHODS
 from tokenward.gateway.settings import Limits, Settings, Upstream
-from tokenward.gateway.store import Store, connect
+from tokenward.gateway.store import Store
+from tokenward.gateway.store_connect import connect
 from tokenward.gateway.tokens import SecretHasher, contains_bare_token
 from tokenward.gateway.tunnel import Tunnel, TunnelWatch, is_websocket_upgrade
 

@@ -31,7 +31,9 @@ import structlog
 
 from tokenward.gateway.aio import cancel_and_wait
 from tokenward.gateway.settings import LogSettings
-from tokenward.gateway.store import AUDIT_BATCH, Store, StoreUnavailable
+from tokenward.gateway.store import Store
+from tokenward.gateway.store_audit import AUDIT_BATCH
+from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.gateway.text import printable
 
 LABEL = "[Service Token]"

@@ -28,7 +28,9 @@ import structlog
 
 from tokenward.gateway.aio import cancel_and_wait
 from tokenward.gateway.records import TeamRecord, TokenRecord
-from tokenward.gateway.store import Change, Store, StoreUnavailable
+from tokenward.gateway.store import Store
+from tokenward.gateway.store_changes import Change
+from tokenward.gateway.store_link import StoreUnavailable
 
 K = TypeVar("K")
 V = TypeVar("V")

@@ -28,7 +28,8 @@ from tokenward.gateway.records import EXPIRED, REVOKED, TeamRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import Match
 from tokenward.gateway.scopes import Scope, effective_covers, effective_scopes, parse_scopes
-from tokenward.gateway.store import Store, StoreUnavailable, now
+from tokenward.gateway.store import Store, now
+from tokenward.gateway.store_link import StoreUnavailable
 
 T = TypeVar("T")
 

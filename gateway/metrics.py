@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from tokenward.gateway.aio import cancel_and_wait
 from tokenward.gateway.audit import log_dropped
 from tokenward.gateway.records import ACTIVE
-from tokenward.gateway.store import StoreUnavailable
+from tokenward.gateway.store_link import StoreUnavailable
 
 if TYPE_CHECKING:
     from tokenward.gateway.app import Runtime

@@ -6,7 +6,8 @@ a misspelled security setting never falls back quietly to a default.
 
 Each field declares its YAML default and parser once, with `setting(...)`; `decode_section`
 decodes any section from those declarations, and rules that tie fields together are small
-functions registered with `@rule(Section)`.
+functions registered with `@rule(Section)` (the decoder: config_decode.py). The route table
+is checked by route_config.py.
 """
 
 from __future__ import annotations
@@ -14,27 +15,41 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
 
-from tokenward.gateway.durations import parse_duration
-from tokenward.gateway.routes import (
-    HTTP_METHODS,
-    Route,
-    Router,
-    TemplateError,
-    find_conflicts,
-    parse_template,
+from tokenward.gateway.config_decode import (
+    NAME,
+    Checker,
+    Decoder,
+    DuplicateKeyLoader,
+    boolean,
+    byte_size,
+    decode_fields,
+    decode_section,
+    duration_or_never,
+    field_keys,
+    file_path,
+    integer,
+    list_of,
+    one_of,
+    optional,
+    rule,
+    secret_string,
+    section,
+    setting,
+    string,
 )
-from tokenward.gateway.scopes import ScopeError, parse_scope
+from tokenward.gateway.durations import parse_duration
+from tokenward.gateway.route_config import decode_routes
+from tokenward.gateway.routes import Route, Router
 from tokenward.gateway.tokens import valid_prefix
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_NAME = re.compile(r"^[a-z][a-z0-9_-]*\Z")
 T = TypeVar("T")
 
 
@@ -47,185 +62,7 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
 
 
-class _Checker:
-    """Collects every problem with its location."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def problem(self, loc: str, message: str) -> None:
-        self.problems.append(f"{loc}: {message}" if loc else message)
-
-    def mapping(self, value: object, loc: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.problem(loc, f"expected a mapping with keys {', '.join(allowed)}")
-            return {}
-        for key in value:
-            if key not in allowed:
-                self.problem(_join(loc, str(key)), f"unknown key; allowed keys: {', '.join(allowed)}")
-        return {k: v for k, v in value.items() if k in allowed}
-
-    def convert(self, value: object, loc: str, parse: Callable[[Any], T], default: T) -> T:
-        try:
-            return parse(value)
-        except (ValueError, TypeError) as exc:
-            self.problem(loc, str(exc))
-            return default
-
-
-def _join(loc: str, key: str) -> str:
-    return f"{loc}.{key}" if loc else key
-
-
-# A decoder reads one raw YAML value at a location, reporting its own problems; it also sees
-# the fields of its section decoded before it.
-Decoder = Callable[[_Checker, Any, str, Mapping[str, Any]], Any]
-# A rule checks fields of a decoded section together: (checker, section, raw keys given, loc).
-Rule = Callable[[_Checker, Any, Mapping[str, Any], str], None]
-_RULES: dict[type, list[Rule]] = {}
-
-
-def setting(
-    default: Any = MISSING,
-    parse: Callable[[Any], Any] | None = None,
-    *,
-    decode: Decoder | None = None,
-    required: str | None = None,
-    key: str | None = None,
-    secret: bool = False,
-) -> Any:
-    """A config field: its default when the key is absent, and either `parse` (value -> value,
-    raising ValueError) or `decode` (for lists and sub-sections). Without a default, an absent
-    key is reported with `required`, or else handed to the parser as None."""
-    meta = {"parse": parse, "decode": decode, "required": required, "key": key}
-    return field(default=default, repr=not secret, metadata={k: v for k, v in meta.items() if v is not None})
-
-
-def section(default: T) -> Any:
-    """A nested section; keys it leaves out keep the values of `default`."""
-    return setting(default, decode=lambda c, raw, loc, _: decode_section(c, type(default), raw, loc, default))
-
-
-def rule(cls: type) -> Callable[[Rule], Rule]:
-    def register(check: Rule) -> Rule:
-        _RULES.setdefault(cls, []).append(check)
-        return check
-
-    return register
-
-
-def _keys(cls: type) -> tuple[str, ...]:
-    return tuple(f.metadata.get("key", f.name) for f in fields(cls) if f.metadata)
-
-
-def decode_section(
-    checker: _Checker, cls: type[T], raw: object, loc: str, default: T | None = None, **given: Any
-) -> T:
-    """Decode the mapping `raw` into `cls`: unknown keys, wrong types and parser errors are
-    reported at their location, and a field with a problem keeps its default."""
-    return _decode_fields(checker, cls, checker.mapping(raw, loc, _keys(cls)), loc, default, given)
-
-
-def _decode_fields(
-    checker: _Checker,
-    cls: type[T],
-    data: Mapping[str, Any],
-    loc: str,
-    default: T | None = None,
-    given: Mapping[str, Any] | None = None,
-) -> T:
-    values: dict[str, Any] = dict(given or {})
-    for f in fields(cls):  # type: ignore[arg-type]
-        if not f.metadata:
-            continue
-        key = f.metadata.get("key", f.name)
-        here = _join(loc, key)
-        fallback = getattr(default, f.name) if default is not None else f.default
-        if key in data:
-            value = data[key]
-        elif fallback is not MISSING:
-            values[f.name] = fallback
-            continue
-        elif "required" in f.metadata:
-            checker.problem(here, f.metadata["required"])
-            values[f.name] = None
-            continue
-        else:
-            value = None
-        if "decode" in f.metadata:
-            values[f.name] = f.metadata["decode"](checker, value, here, values)
-        else:
-            values[f.name] = checker.convert(value, here, f.metadata["parse"], None if fallback is MISSING else fallback)
-    result = cls(**values)
-    for check in _RULES.get(cls, ()):
-        check(checker, result, data, loc)
-    return result
-
-
-# -- value parsers: value -> value, or ValueError with the message ------------------------------
-def _int(low: int, high: int) -> Callable[[object], int]:
-    def parse(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"{value!r} is not allowed: expected an integer {low}..{high}")
-        return value
-
-    return parse
-
-
-def _str(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{value!r} is not allowed: expected a non-empty string")
-    return value
-
-
-def _optional(parse: Callable[[object], T]) -> Callable[[object], T | None]:
-    return lambda value: None if value is None else parse(value)
-
-
-def _secret(value: object) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ValueError("expected a non-empty string")  # never echo the value: it is a secret
-    return value
-
-
-def _bool(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{value!r} is not allowed: expected true or false")
-    return value
-
-
-def _choice(*options: str) -> Callable[[object], str]:
-    def parse(value: object) -> str:
-        if value not in options:
-            raise ValueError(f"{value!r} is not allowed: expected one of {', '.join(options)}")
-        return str(value)
-
-    return parse
-
-
-def _path(value: object) -> Path:
-    return Path(_str(value))
-
-
-def _ttl(value: object) -> float | None:
-    if value in ("never", "none", None):
-        return None
-    return parse_duration(value)
-
-
-def _size(value: object) -> int:
-    """Bytes: an integer or `64k`, `10m`, `1g` (powers of 1024)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        match = re.fullmatch(r"(\d+)([kmg]?)b?", value.strip().lower())
-        if match and int(match.group(1)) > 0:
-            return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]
-    raise ValueError(f"{value!r} is not a size: use bytes or e.g. '64k', '10m', '1g'")
-
-
+# -- value parsers of tokenward's own fields (the generic ones: config_decode.py) ---------------
 def _network(value: object) -> IPNetwork:
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a CIDR like '10.0.0.0/8'")
@@ -236,7 +73,7 @@ def _network(value: object) -> IPNetwork:
 
 
 def _upstream_url(value: object) -> str:
-    text = _str(value)
+    text = string(value)
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{text!r} is not an upstream URL: expected http(s)://host[:port][/base]")
@@ -246,14 +83,14 @@ def _upstream_url(value: object) -> str:
 
 
 def _redis_url(value: object) -> str:
-    text = _str(value)
+    text = string(value)
     if urlsplit(text).scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"{text!r} is not a Redis URL: expected redis://, rediss:// or unix://")
     return text
 
 
 def _prefix(value: object) -> str:
-    text = _str(value)
+    text = string(value)
     if not valid_prefix(text):
         raise ValueError(f"{text!r} is not a token prefix: expected [a-z][a-z0-9]* parts joined by '_'")
     return text
@@ -303,19 +140,8 @@ def _host_port(default_port: int) -> Callable[[object], StoreNode]:
 
 
 # -- decoders: lists and mappings whose items have their own locations --------------------------
-def _list_of(parse: Callable[[object], T], expected: str) -> Decoder:
-    def decode(checker: _Checker, raw: object, loc: str, _: Mapping[str, Any]) -> tuple[T, ...]:
-        if not isinstance(raw, list):
-            checker.problem(loc, expected)
-            return ()
-        items = [checker.convert(item, f"{loc}[{i}]", parse, None) for i, item in enumerate(raw)]
-        return tuple(item for item in items if item is not None)
-
-    return decode
-
-
 def _store_nodes(default_port: int) -> Decoder:
-    def decode(checker: _Checker, raw: object, loc: str, _: Mapping[str, Any]) -> tuple[StoreNode, ...]:
+    def decode(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) -> tuple[StoreNode, ...]:
         if not isinstance(raw, list) or not raw:
             checker.problem(loc, "expected a non-empty list of host:port (or {host, port})")
             return ()
@@ -327,9 +153,9 @@ def _store_nodes(default_port: int) -> Decoder:
                 if "host" not in spec:
                     checker.problem(f"{node_loc}.host", "is required")
                     continue
-                host = checker.convert(spec["host"], f"{node_loc}.host", _str, "")
+                host = checker.convert(spec["host"], f"{node_loc}.host", string, "")
                 port = checker.convert(
-                    spec.get("port", default_port), f"{node_loc}.port", _int(1, 65535), default_port
+                    spec.get("port", default_port), f"{node_loc}.port", integer(1, 65535), default_port
                 )
                 if host:
                     nodes.append((host, port))
@@ -347,15 +173,15 @@ def _store_nodes(default_port: int) -> Decoder:
 def _topology(cls: type[T], empty: str) -> Decoder:
     """An optional store section: absent or null means not used; `{}` is a problem."""
 
-    def decode(checker: _Checker, raw: object, loc: str, _: Mapping[str, Any]) -> T | None:
+    def decode(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) -> T | None:
         if raw is None:
             return None
-        data = checker.mapping(raw, loc, _keys(cls))
+        data = checker.mapping(raw, loc, field_keys(cls))
         if not data:  # not a mapping, or only unknown keys: already reported; or empty
             if raw == {}:
                 checker.problem(loc, empty)
             return None
-        return _decode_fields(checker, cls, data, loc)
+        return decode_fields(checker, cls, data, loc)
 
     return decode
 
@@ -363,8 +189,8 @@ def _topology(cls: type[T], empty: str) -> Decoder:
 # -- the sections -------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Listen:
-    host: str = setting(parse=_str)
-    port: int = setting(parse=_int(0, 65535))
+    host: str = setting(parse=string)
+    port: int = setting(parse=integer(0, 65535))
 
 
 StoreNode = tuple[str, int]  # (host, port)
@@ -374,13 +200,13 @@ StoreNode = tuple[str, int]  # (host, port)
 class SentinelSettings:
     """Redis Sentinel: the sentinels to ask, and the name of the master they watch."""
 
-    master: str = setting(parse=_str, required="is required: the master name the sentinels monitor")
+    master: str = setting(parse=string, required="is required: the master name the sentinels monitor")
     nodes: tuple[StoreNode, ...] = setting(decode=_store_nodes(26379))
-    username: str | None = setting(None, _optional(_str))  # for the master and replicas
-    password: str | None = setting(None, _secret, secret=True)
-    db: int = setting(0, _int(0, 65535))
-    sentinel_username: str | None = setting(None, _optional(_str))  # for the sentinels themselves
-    sentinel_password: str | None = setting(None, _secret, secret=True)
+    username: str | None = setting(None, optional(string))  # for the master and replicas
+    password: str | None = setting(None, secret_string, secret=True)
+    db: int = setting(0, integer(0, 65535))
+    sentinel_username: str | None = setting(None, optional(string))  # for the sentinels themselves
+    sentinel_password: str | None = setting(None, secret_string, secret=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,13 +214,13 @@ class ClusterSettings:
     """Redis Cluster: any few nodes to learn the cluster's layout from."""
 
     nodes: tuple[StoreNode, ...] = setting(decode=_store_nodes(6379))
-    username: str | None = setting(None, _optional(_str))
-    password: str | None = setting(None, _secret, secret=True)
+    username: str | None = setting(None, optional(string))
+    password: str | None = setting(None, secret_string, secret=True)
 
 
 @rule(SentinelSettings)
 @rule(ClusterSettings)
-def _password_with_username(checker: _Checker, store: Any, given: Mapping[str, Any], loc: str) -> None:
+def _password_with_username(checker: Checker, store: Any, given: Mapping[str, Any], loc: str) -> None:
     for user_key, password_key in (("username", "password"), ("sentinel_username", "sentinel_password")):
         if getattr(store, user_key, None) is not None and password_key not in given:
             checker.problem(f"{loc}.{password_key}", f"is required with {user_key}")
@@ -402,7 +228,7 @@ def _password_with_username(checker: _Checker, store: Any, given: Mapping[str, A
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
-    url: str | None = setting(None, _optional(_redis_url))  # one server (or a proxy in front of several)
+    url: str | None = setting(None, optional(_redis_url))  # one server (or a proxy in front of several)
     sentinel: SentinelSettings | None = setting(
         None, decode=_topology(SentinelSettings, "needs master (the name the sentinels monitor) and nodes")
     )
@@ -419,7 +245,7 @@ class RedisSettings:
 
 
 @rule(RedisSettings)
-def _one_store(checker: _Checker, redis: RedisSettings, given: Mapping[str, Any], loc: str) -> None:
+def _one_store(checker: Checker, redis: RedisSettings, given: Mapping[str, Any], loc: str) -> None:
     named = [key for key in ("url", "sentinel", "cluster") if given.get(key) is not None]
     if len(named) > 1:
         both = f"{', '.join(named[:-1])} and {named[-1]}"
@@ -431,21 +257,21 @@ class Argon2Settings:
     # OWASP's argon2id recommendation for *passwords* (19 MiB, 2 passes, 1 lane): ample for
     # machine-generated ~190-bit secrets, and a fifth of the work of argon2-cffi's default
     # (64 MiB, 3 passes, 4 lanes), which every new token pays twice (issue, first use).
-    time_cost: int = setting(2, _int(1, 100))
-    memory_cost: int = setting(19456, _int(8, 4 * 1024 * 1024))  # KiB
-    parallelism: int = setting(1, _int(1, 64))
+    time_cost: int = setting(2, integer(1, 100))
+    memory_cost: int = setting(19456, integer(8, 4 * 1024 * 1024))  # KiB
+    parallelism: int = setting(1, integer(1, 64))
 
 
 @dataclass(frozen=True, slots=True)
 class TokenSettings:
     prefix: str = setting("tw_sat", _prefix)
-    legacy_prefixes: tuple[str, ...] = setting((), decode=_list_of(_prefix, "expected a list of prefixes"))
-    default_ttl: float | None = setting(90 * 86400.0, _ttl)  # None: never expires
-    max_ttl: float | None = setting(365 * 86400.0, _ttl)  # None: no limit
+    legacy_prefixes: tuple[str, ...] = setting((), decode=list_of(_prefix, "expected a list of prefixes"))
+    default_ttl: float | None = setting(90 * 86400.0, duration_or_never)  # None: never expires
+    max_ttl: float | None = setting(365 * 86400.0, duration_or_never)  # None: no limit
     cache_ttl: float = setting(30.0, parse_duration)
     argon2: Argon2Settings = section(Argon2Settings())
     # Tokens of any status one team (or the org level) may hold: bounds every per-team scan.
-    max_per_team: int = setting(10_000, _int(1, 1_000_000))
+    max_per_team: int = setting(10_000, integer(1, 1_000_000))
 
     @property
     def accepted_prefixes(self) -> frozenset[str]:
@@ -453,7 +279,7 @@ class TokenSettings:
 
 
 @rule(TokenSettings)
-def _default_ttl_within_max(checker: _Checker, tokens: TokenSettings, given: Mapping[str, Any], loc: str) -> None:
+def _default_ttl_within_max(checker: Checker, tokens: TokenSettings, given: Mapping[str, Any], loc: str) -> None:
     if tokens.max_ttl is not None and (tokens.default_ttl is None or tokens.default_ttl > tokens.max_ttl):
         checker.problem(f"{loc}.default_ttl", "is longer than tokens.max_ttl; shorten it or raise max_ttl")
 
@@ -466,61 +292,48 @@ class Upstream:
     connect_timeout: float = setting(5.0, parse_duration)
     # the upstream matches paths case-insensitively (Express default, IIS, ASP.NET): a
     # case variant of a literal route is decided on that route instead of being refused
-    case_insensitive: bool = setting(False, _bool)
+    case_insensitive: bool = setting(False, boolean)
 
 
 @dataclass(frozen=True, slots=True)
 class LogSettings:
-    level: str = setting("info", _choice("debug", "info", "warning", "error"))
-    format: str = setting("auto", _choice("auto", "json", "console"))  # auto: pretty on a TTY, JSON otherwise
+    level: str = setting("info", one_of("debug", "info", "warning", "error"))
+    format: str = setting("auto", one_of("auto", "json", "console"))  # auto: pretty on a TTY, JSON otherwise
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_url_length: int = setting(8192, _size)  # bytes in the request target: 414 beyond
-    max_header_bytes: int = setting(32768, _size)  # all header names and values together: 431 beyond
-    max_header_count: int = setting(100, _int(1, 10_000))  # 431 beyond
-    max_body_bytes: int = setting(100 * 1024 * 1024, _size)  # 413 beyond
+    max_url_length: int = setting(8192, byte_size)  # bytes in the request target: 414 beyond
+    max_header_bytes: int = setting(32768, byte_size)  # all header names and values together: 431 beyond
+    max_header_count: int = setting(100, integer(1, 10_000))  # 431 beyond
+    max_body_bytes: int = setting(100 * 1024 * 1024, byte_size)  # 413 beyond
     header_timeout: float = setting(10.0, parse_duration)  # a client must send its request headers within this
     body_timeout: float = setting(60.0, parse_duration)  # longest wait for the next piece of a request body
 
 
 @dataclass(frozen=True, slots=True)
 class AuditSettings:
-    stream_maxlen: int = setting(100_000, _int(100, 100_000_000))
+    stream_maxlen: int = setting(100_000, integer(100, 100_000_000))
 
 
-def _upstreams(checker: _Checker, raw: object, loc: str, _: Mapping[str, Any]) -> dict[str, Upstream]:
+def _upstreams(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) -> dict[str, Upstream]:
     if not isinstance(raw, dict) or not raw:
         checker.problem(loc, "expected a mapping of upstream names to {url, timeout}")
         return {}
     result = {}
     for name, spec in raw.items():
         here = f"{loc}.{name}"
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not NAME.match(name):
             checker.problem(here, "upstream names must match [a-z][a-z0-9_-]*")
             continue
         result[name] = decode_section(checker, Upstream, spec, here, name=name)
     return result
 
 
-def _router(checker: _Checker, raw: object, loc: str, siblings: Mapping[str, Any]) -> Router:
+def _router(checker: Checker, raw: object, loc: str, siblings: Mapping[str, Any]) -> Router:
     upstreams: Mapping[str, Upstream] = siblings.get("upstreams") or {}
-    routes: list[Route] = []
-    if not isinstance(raw, list) or not raw:
-        checker.problem(loc, "expected a non-empty list of routes")
-        raw = []
-    for i, item in enumerate(raw):
-        route = _route(checker, item, i, upstreams)
-        if route is not None:
-            routes.append(route)
-    for first, second in find_conflicts(routes):
-        checker.problem(
-            f"routes[{second.index}]",
-            f"matches the same requests as routes[{first.index}] ({first.label}) with equal "
-            "specificity; make one more specific or give them different methods",
-        )
-    return Router(routes, frozenset(n for n, u in upstreams.items() if u.case_insensitive))
+    case_insensitive = frozenset(n for n, u in upstreams.items() if u.case_insensitive)
+    return decode_routes(checker, raw, loc, tuple(upstreams), case_insensitive)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -528,23 +341,23 @@ class Settings:
     listen: Listen = section(Listen("0.0.0.0", 8080))
     admin_listen: Listen = section(Listen("127.0.0.1", 8081))
     redis: RedisSettings = section(RedisSettings())
-    data_dir: Path = setting(Path(".tokenward"), _path)  # relative to the config file
+    data_dir: Path = setting(Path(".tokenward"), file_path)  # relative to the config file
     tokens: TokenSettings = section(TokenSettings())
     trusted_proxies: tuple[IPNetwork, ...] = setting(
-        (), decode=_list_of(_network, "expected a list of CIDRs like [10.0.0.0/8]")
+        (), decode=list_of(_network, "expected a list of CIDRs like [10.0.0.0/8]")
     )
-    forward_authorization: bool = setting(False, _bool)
+    forward_authorization: bool = setting(False, boolean)
     upstreams: Mapping[str, Upstream] = setting(decode=_upstreams)
     router: Router = setting(decode=_router, key="routes")
     log: LogSettings = section(LogSettings())
     audit: AuditSettings = section(AuditSettings())
     limits: Limits = section(Limits())
-    allow_python_parser: bool = setting(False, _bool)
+    allow_python_parser: bool = setting(False, boolean)
     source: str = "config"
     # request headers never forwarded upstream, on top of tokenward's built-in list; a
     # trailing `*` makes a prefix (normalized: lower case, `_`/`.` as `-`)
     strip_headers: tuple[str, ...] = setting(
-        (), decode=_list_of(_strip_header, "expected a list of header names like [X-Internal-User, X-Legacy-*]")
+        (), decode=list_of(_strip_header, "expected a list of header names like [X-Internal-User, X-Legacy-*]")
     )
 
     @property
@@ -552,144 +365,8 @@ class Settings:
         return self.router.routes
 
 
-@dataclass(frozen=True, slots=True)
-class _RouteFlags:
-    """The plain fields of a route; `_route` checks the rest against its path and upstreams."""
-
-    public: bool = setting(False, _bool)
-    websocket: bool = setting(False, _bool)
-
-
-_ROUTE_KEYS = ("methods", "path", "upstream", "scopes", "public", "resource", "websocket")
-
-
-def _route(checker: _Checker, raw: object, index: int, upstreams: Mapping[str, Upstream]) -> Route | None:
-    loc = f"routes[{index}]"
-    data = checker.mapping(raw, loc, _ROUTE_KEYS)
-    if not data:
-        if raw is not None and not isinstance(raw, dict):
-            return None
-        checker.problem(loc, "a route needs at least path, upstream and scopes (or public: true)")
-        return None
-    start = len(checker.problems)
-
-    path = data.get("path")
-    shape: tuple[tuple[int, str], ...] = ()
-    names: tuple[str, ...] = ()
-    if not isinstance(path, str):
-        checker.problem(f"{loc}.path", "is required: a template like /orgs/{org}/apis")
-        path = ""
-    else:
-        try:
-            shape, names = parse_template(path)
-        except TemplateError as exc:
-            checker.problem(f"{loc}.path", f"{path!r} {exc}")
-
-    methods: frozenset[str] | None = None
-    if "methods" in data:
-        raw_methods = data["methods"]
-        if not isinstance(raw_methods, list) or not raw_methods:
-            checker.problem(f"{loc}.methods", "expected a non-empty list, e.g. [GET, POST]")
-        else:
-            found = set()
-            for i, method in enumerate(raw_methods):
-                if method not in HTTP_METHODS:
-                    checker.problem(
-                        f"{loc}.methods[{i}]",
-                        f"{method!r} is not a method: expected one of {', '.join(HTTP_METHODS)}",
-                    )
-                else:
-                    found.add(method)
-            methods = frozenset(found)
-
-    upstream = data.get("upstream")
-    if not isinstance(upstream, str) or upstream not in upstreams:
-        known = ", ".join(upstreams) or "none defined"
-        checker.problem(f"{loc}.upstream", f"{upstream!r} is not a defined upstream ({known})")
-
-    flags = _decode_fields(checker, _RouteFlags, data, loc)
-    public = flags.public
-    scopes = []
-    raw_scopes = data.get("scopes")
-    if public:
-        if raw_scopes:
-            checker.problem(f"{loc}.scopes", "a public route takes no scopes")
-        if data.get("resource"):
-            checker.problem(f"{loc}.resource", "a public route takes no resource")
-    elif raw_scopes is None:
-        checker.problem(loc, "every route names its scopes or says public: true")
-    elif not isinstance(raw_scopes, list) or not raw_scopes:
-        checker.problem(f"{loc}.scopes", "expected a non-empty list of scopes like [read:apis]")
-    else:
-        for i, text in enumerate(raw_scopes):
-            try:
-                scopes.append(parse_scope(text))
-            except ScopeError as exc:
-                checker.problem(f"{loc}.scopes[{i}]", str(exc))
-
-    resource: dict[str, str] = {}
-    raw_resource = data.get("resource") or {}
-    if not isinstance(raw_resource, dict):
-        checker.problem(f"{loc}.resource", "expected a mapping like {org: org, team: team}")
-    else:
-        for role, param in raw_resource.items():
-            r_loc = f"{loc}.resource.{role}"
-            if not isinstance(role, str) or not _NAME.match(role):
-                checker.problem(r_loc, "names must match [a-z][a-z0-9_-]*")
-            elif param not in names:
-                have = ", ".join(names) or "none"
-                checker.problem(r_loc, f"{param!r} is not a parameter of the path (parameters: {have})")
-            else:
-                resource[role] = param
-
-    if len(checker.problems) != start:
-        return None
-    return Route(
-        index=index,
-        path=path,
-        methods=methods,
-        upstream=str(upstream),
-        scopes=tuple(scopes),
-        public=public,
-        resource=resource,
-        websocket=flags.websocket,
-        shape=shape,
-        param_names=names,
-    )
-
-
-class _DuplicateKeyLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        mark = key_node.start_mark
-        try:
-            duplicate = key in seen
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"found unhashable key (line {mark.line + 1})", mark
-            ) from None
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
-            )
-        seen.add(key)
-    return dict(loader.construct_pairs(node))
-
-
-_DuplicateKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
-)
-
-
 def settings_from_dict(raw: object, source: str = "config", base_dir: Path | None = None) -> Settings:
-    checker = _Checker()
+    checker = Checker()
     if isinstance(raw, dict):  # `x-*` keys hold YAML anchors for `<<:` merges, like compose files
         raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("x-"))}
     if raw is None or raw == {}:
@@ -709,7 +386,7 @@ def load_settings(path: str | Path) -> Settings:
     except OSError as exc:
         raise ConfigError([f"cannot read config: {exc.strerror}"], str(path)) from None
     try:
-        raw = yaml.load(text, Loader=_DuplicateKeyLoader)  # noqa: S506 - safe loader subclass
+        raw = yaml.load(text, Loader=DuplicateKeyLoader)  # noqa: S506 - safe loader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from tests.helpers.gateway import Gateway
-from tokenward.gateway.store import Keys
+from tokenward.gateway.store_keys import Keys
 
 
 async def wait_for(condition: Callable[[], bool]) -> None:

@@ -15,7 +15,7 @@ from tokenward.gateway.cache import VerificationCache
 from tokenward.gateway.decision import FailureThrottle
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.store import Change
+from tokenward.gateway.store_changes import Change
 from tokenward.gateway.tokens import checksum, generate
 
 

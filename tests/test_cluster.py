@@ -17,7 +17,10 @@ from typing import Any
 from tests.helpers.gateway import Gateway
 from tests.helpers.topology import Cluster, Drill, drill_config, start_gateway, stop_gateway
 from tokenward.gateway.settings import ClusterSettings, RedisSettings
-from tokenward.gateway.store import Change, Keys, Store, connect
+from tokenward.gateway.store import Store
+from tokenward.gateway.store_changes import Change
+from tokenward.gateway.store_connect import connect
+from tokenward.gateway.store_keys import Keys
 
 
 def cluster_store(cluster: Cluster) -> Store:

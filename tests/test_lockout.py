@@ -23,7 +23,7 @@ import tokenward.service
 from tests.helpers.gateway import Gateway, apis_status
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.store import Keys
+from tokenward.gateway.store_keys import Keys
 from tokenward.gateway.tokens import KEY_ID_LEN, ParsedToken, checksum, generate, secret_check
 
 PREFIX = "tw_sat"

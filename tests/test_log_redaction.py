@@ -16,7 +16,7 @@ import pytest
 from tests.helpers.gateway import APIS, Gateway, LogReader
 from tests.helpers.rawhttp import Recorder, hardening_config, raw, request
 from tokenward.gateway.audit import REDACTED, redact
-from tokenward.gateway.store import Keys
+from tokenward.gateway.store_keys import Keys
 
 
 def encode_all(text: str) -> str:

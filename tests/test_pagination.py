@@ -26,7 +26,7 @@ from tokenward.api import openapi_document
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.settings import ConfigError, settings_from_dict
-from tokenward.gateway.store import Keys
+from tokenward.gateway.store_keys import Keys
 from tokenward.gateway.tokens import BASE62, KEY_ID_LEN, secret_check
 
 SAS = "/v1/orgs/acme/teams/platform/service-accounts"
@@ -345,7 +345,7 @@ async def test_a_service_account_with_an_active_token_is_not_deleted(
 
 
 def api_page_empty() -> Any:
-    from tokenward.gateway.store import IndexPage
+    from tokenward.gateway.store_pages import IndexPage
 
     return IndexPage([], False)
 

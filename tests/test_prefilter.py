@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from tests.helpers.gateway import Gateway, apis_status, wrong_secrets
-from tokenward.gateway.store import Change
+from tokenward.gateway.store_changes import Change
 from tokenward.gateway.tokens import secret_check
 
 

@@ -19,7 +19,9 @@ import pytest
 from tests.helpers.gateway import ROOT, Gateway
 from tokenward.endpoints import DOMAIN_ERRORS_TABLE, domain_refusal
 from tokenward.gateway.refusal import REALM, Refusal, Step, error_body, error_headers
-from tokenward.gateway.store import Conflict, QuotaExceeded, StoreUnavailable
+from tokenward.gateway.store import QuotaExceeded
+from tokenward.gateway.store_link import StoreUnavailable
+from tokenward.gateway.store_records import Conflict
 from tokenward.rules import Invalid, NotFound
 
 SOURCES = sorted([*ROOT.glob("gateway/*.py"), *ROOT.glob("admin/*.py")])

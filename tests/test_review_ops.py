@@ -126,7 +126,7 @@ async def _serve_and_sigterm(
     import redis as redis_sync
 
     from tests.helpers.process import serve_config, wait_ready
-    from tokenward.gateway.store import Keys
+    from tokenward.gateway.store_keys import Keys
 
     served = serve_config(tmp_path, upstream, redis={"url": redis_url})
     serve = await start_serve(served.path, *args, stdout=asyncio.subprocess.PIPE)
@@ -316,7 +316,7 @@ async def test_the_bootstrap_token_event_is_written_with_the_token(
     from tokenward.cli_server import _bootstrap
     from tokenward.gateway.audit import AuditLog
     from tokenward.gateway.settings import settings_from_dict
-    from tokenward.gateway.store import Keys
+    from tokenward.gateway.store_keys import Keys
 
     async def killed(self: AuditLog, timeout: float = 0.0) -> None:
         self._pending.clear()  # what a kill -9 does to the buffer

@@ -26,7 +26,7 @@ RouteSpec = tuple[str, Sequence[str] | None]  # (template, methods or None for a
 
 
 def make_route(path: str, methods: Sequence[str] | None = None, index: int = 0) -> Route:
-    """Build a Route the way tokenward.gateway.settings._route does."""
+    """Build a Route the way tokenward.gateway.route_config._route does."""
     shape, names = parse_template(path)
     return Route(
         index=index,

@@ -20,7 +20,8 @@ from tokenward.gateway.decision import Principal
 from tokenward.gateway.embedded import free_port
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.settings import settings_from_dict
-from tokenward.gateway.store import Conflict, QuotaExceeded
+from tokenward.gateway.store import QuotaExceeded
+from tokenward.gateway.store_records import Conflict
 from tokenward.rules import Invalid, Lifetime, NotFound
 from tokenward.service import TokenService
 

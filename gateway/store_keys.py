@@ -1,0 +1,64 @@
+"""Every key name in the store, and the hash tag that decides its Redis Cluster slot.
+
+Org data shares the hash tag `{org}`, so one org's writes (a record and its indexes) stay in
+one cluster slot and one script or MULTI can change them together. A token record lives under
+its own key id (`tw:tok:{id}`) because the gateway knows only the key id when a request
+arrives. The org list, the audit stream and the change log are keys of their own slots.
+No command, pipeline or script touches keys of two slots at once.
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    orgs = "tw:orgs"
+    changelog = "tw:changes:log"
+    audit = "tw:audit"
+
+    @staticmethod
+    def teams(org: str) -> str:
+        return f"tw:{{{org}}}:teams"
+
+    @staticmethod
+    def team(org: str, team: str) -> str:
+        return f"tw:{{{org}}}:team:{team}"
+
+    @staticmethod
+    def service_accounts(org: str, team: str) -> str:
+        return f"tw:{{{org}}}:team:{team}:sas"
+
+    @staticmethod
+    def service_account(org: str, team: str, name: str) -> str:
+        return f"tw:{{{org}}}:team:{team}:sa:{name}"
+
+    @staticmethod
+    def team_tokens(org: str, team: str | None) -> str:
+        return f"tw:{{{org}}}:team:{team}:tokens" if team else f"tw:{{{org}}}:org-tokens"
+
+    @staticmethod
+    def org_tokens(org: str) -> str:
+        return f"tw:{{{org}}}:tokens"
+
+    @staticmethod
+    def token(key_id: str) -> str:
+        return f"tw:tok:{{{key_id}}}"
+
+    # Indexes for bounded pages (same slot as the org's other keys):
+    @staticmethod
+    def teams_by_name(org: str) -> str:
+        """Team names in a sorted set (all scores 0): pages in name order by ZRANGE BYLEX."""
+        return f"tw:{{{org}}}:teams:by-name"
+
+    @staticmethod
+    def service_accounts_by_name(org: str, team: str) -> str:
+        return f"tw:{{{org}}}:team:{team}:sas:by-name"
+
+    @staticmethod
+    def service_account_tokens(org: str, team: str, name: str) -> str:
+        """A service account's token ids, scored by created_at like the team index."""
+        return f"tw:{{{org}}}:team:{team}:sa:{name}:tokens"
+
+    @staticmethod
+    def service_account_tokens_built(org: str, team: str) -> str:
+        """Set once the team's tokens from before the service-account indexes are in them."""
+        return f"tw:{{{org}}}:team:{team}:sa-tokens-built"

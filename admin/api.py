@@ -28,7 +28,6 @@ import structlog
 from aiohttp import web
 
 from tokenward import schema
-from tokenward.gateway.app import RUNTIME, Runtime
 from tokenward.gateway.audit import redact
 from tokenward.gateway.decision import Principal, Throttled, bearer_token
 from tokenward.gateway.durations import format_duration, parse_duration
@@ -46,6 +45,7 @@ from tokenward.gateway.records import (
     revoker_rank,
 )
 from tokenward.gateway.refusal import Refusal, Step
+from tokenward.gateway.runtime import RUNTIME, Runtime
 from tokenward.gateway.scopes import (
     ADMIN_ORG,
     ADMIN_TEAM,

@@ -147,8 +147,8 @@ async def run_demo(
     from tokenward.api import issue_token
     from tokenward.gateway.records import TeamRecord
     from tokenward.gateway.scopes import parse_scopes
-    from tokenward.gateway.server import Server
     from tokenward.gateway.store import Conflict
+    from tokenward.server import Server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     port, admin_port, upstream_port = (port_or_free(p) for p in (port, admin_port, upstream_port))

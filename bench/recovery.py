@@ -36,13 +36,13 @@ from aiohttp import web
 from tokenward.api import issue_token
 from tokenward.demo import echo_app
 from tokenward.gateway import store as store_module
-from tokenward.gateway.audit import configure_logging
 from tokenward.gateway.embedded import EmbeddedServer, free_port
+from tokenward.gateway.logs import configure_logging
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.server import Server
 from tokenward.gateway.settings import LogSettings, settings_from_dict
 from tokenward.gateway.tokens import generate
+from tokenward.server import Server
 
 APIS = "/orgs/acme/teams/platform/apis"
 CHEAP_ARGON2 = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}

@@ -21,13 +21,13 @@ from aiohttp import web
 
 from tokenward.api import issue_token
 from tokenward.demo import echo_app
-from tokenward.gateway.app import Runtime
-from tokenward.gateway.audit import configure_logging
 from tokenward.gateway.embedded import EmbeddedServer, free_port
+from tokenward.gateway.logs import configure_logging
 from tokenward.gateway.records import TeamRecord
+from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.server import Server
 from tokenward.gateway.settings import LogSettings, Settings, settings_from_dict
+from tokenward.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 CHEAP_ARGON2 = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}

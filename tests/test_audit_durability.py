@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 from tokenward.api import issue_token
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.server import Server
 from tokenward.gateway.settings import settings_from_dict
 from tokenward.gateway.store import Keys
+from tokenward.server import Server
 
 ROUNDS = 4
 

@@ -17,7 +17,7 @@ import orjson
 
 from tests.conftest import CLI, ROOT, bootstrap_admin, env_for_subprocess, serve_config
 from tests.test_serve_process import wait_ready
-from tokenward.gateway.audit import LogWriter
+from tokenward.gateway.logs import LogWriter
 
 F_SETPIPE_SZ = 1031
 

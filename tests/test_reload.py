@@ -16,8 +16,8 @@ import yaml
 from tests.conftest import ROOT, LogReader, base_config, env_for_subprocess
 from tests.test_serve_process import wait_ready
 from tokenward.gateway.embedded import free_port
-from tokenward.gateway.server import Server
 from tokenward.gateway.settings import load_settings
+from tokenward.server import Server
 
 NEW_ROUTE = {"methods": ["GET"], "path": "/status", "upstream": "registry", "public": True}
 

@@ -15,7 +15,7 @@ import structlog
 
 from tests.conftest import CLI, LOG_STREAM, ROOT, bootstrap_admin, env_for_subprocess, serve_config
 from tests.test_serve_process import wait_ready
-from tokenward.gateway.audit import configure_logging
+from tokenward.gateway.logs import configure_logging
 from tokenward.gateway.settings import LogSettings
 
 

@@ -30,8 +30,8 @@ from tests.conftest import CLI, ROOT, LogReader, ServeConfig, base_config, env_f
 from tokenward.api import issue_token
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.server import Server
 from tokenward.gateway.settings import settings_from_dict
+from tokenward.server import Server
 
 APIS = "/orgs/acme/teams/platform/apis"
 CAP = 60.0  # seconds: only so that a broken build fails instead of hanging

@@ -71,13 +71,13 @@ class Server:
         self.worker = worker
         self.log_stream = log_stream
         self.config_path = config_path
-        self._watcher: asyncio.Task[None] | None = None  # index under `serve --workers N`, None when alone
+        self._watching = False  # the config file
         self.settings = settings
         self.redis_url = redis_url
         self.shutdown_timeout = shutdown_timeout
-        self.runtime: Runtime | None = None
+        self.runtime: Runtime | None = None  # while started
         self._runners: list[web.BaseRunner] = []
-        self._store_watch: asyncio.Task[None] | None = None
+        self._resources = contextlib.AsyncExitStack()  # what start opened, closed by stop in reverse
         self.store_restarts = 0
         self.on_started: Any = None  # called once both ports are bound, before the start-up line
         self.proxy_port = 0
@@ -94,8 +94,12 @@ class Server:
             raise
 
     async def _start(self) -> Runtime:
+        """Each step's undo goes on `_resources`; `stop` runs them in reverse: the watch
+        tasks, the tunnels, the proxy listener (draining), the admin listener, the runtime."""
         require_c_parser(self.settings.allow_python_parser)
+        stack = self._resources
         runtime = await Runtime.open(self.settings, self.redis_url, worker=self.worker, log_stream=self.log_stream)
+        stack.push_async_callback(runtime.close)
         self.runtime = runtime
         proxy_runner = web.ServerRunner(
             create_proxy_server(runtime), shutdown_timeout=self.shutdown_timeout, handle_signals=False
@@ -103,10 +107,12 @@ class Server:
         admin_runner = AdminRunner(
             runtime, create_admin_app(runtime), access_log=None, shutdown_timeout=5.0, handle_signals=False
         )
-        runners: tuple[web.BaseRunner, ...] = (proxy_runner, admin_runner)
-        for runner in runners:
+        self._runners = [proxy_runner, admin_runner]
+        for runner in (admin_runner, proxy_runner):  # so the proxy's drain comes first at stop
             await runner.setup()
-            self._runners.append(runner)
+            stack.push_async_callback(_cleanup, runner)
+        # open tunnels are closed before the drain, or it would wait for them
+        stack.callback(runtime.tunnels.close_all, "shutting down")
         listen, admin = self.settings.listen, self.settings.admin_listen
         proxy_site = web.TCPSite(proxy_runner, listen.host, listen.port, reuse_port=True)
         # under --workers every worker serves both ports (SO_REUSEPORT); the store is shared
@@ -116,9 +122,8 @@ class Server:
         self.proxy_port = _bound_port(proxy_runner, listen.port)
         self.admin_port = _bound_port(admin_runner, admin.port)
         if runtime.embedded is not None:
-            self._store_watch = asyncio.create_task(
-                self._watch_store(runtime.embedded), name="tokenward-store-watch"
-            )
+            store_watch = asyncio.create_task(self._watch_store(runtime.embedded), name="tokenward-store-watch")
+            stack.push_async_callback(cancel_and_wait, [store_watch])
         if self.on_started is not None:
             self.on_started()
         log.info(
@@ -165,7 +170,7 @@ class Server:
 
     def watch_config(self, interval: float = 1.0) -> None:
         """Reload when the config file changes (checked every `interval` seconds)."""
-        if self.config_path is None or self._watcher is not None:
+        if self.config_path is None or self._watching:
             return
         path = self.config_path
 
@@ -185,21 +190,18 @@ class Server:
                     last = now
                     self.reload()
 
-        self._watcher = asyncio.create_task(watch(), name="tokenward-config-watch")
+        self._watching = True
+        watcher = asyncio.create_task(watch(), name="tokenward-config-watch")
+        self._resources.push_async_callback(cancel_and_wait, [watcher])
 
     async def stop(self) -> None:
-        watcher, self._watcher = self._watcher, None
-        store_watch, self._store_watch = self._store_watch, None
-        await cancel_and_wait([watcher, store_watch])
-        if self.runtime is not None:
-            self.runtime.tunnels.close_all("shutting down")  # or draining would wait for them
-        for runner in self._runners:
-            with contextlib.suppress(Exception):
-                await runner.cleanup()
-        self._runners = []
-        if self.runtime is not None:
-            await self.runtime.close()
+        """Close what `start` opened, in the reverse order."""
+        try:
+            await self._resources.aclose()
+        finally:
+            self._runners = []
             self.runtime = None
+            self._watching = False
         log.info("tokenward stopped")
 
 
@@ -250,6 +252,11 @@ class _DropClientErrors(logging.Filter):
 
 
 logging.getLogger("aiohttp.server").addFilter(_DropClientErrors())
+
+
+async def _cleanup(runner: web.BaseRunner) -> None:
+    with contextlib.suppress(Exception):  # one listener failing to close must not keep the rest open
+        await runner.cleanup()
 
 
 def _bound_port(runner: web.BaseRunner, wanted: int) -> int:

@@ -196,3 +196,23 @@ async def test_two_runtimes_log_to_their_own_outputs(config: dict[str, Any], red
     assert "/only-json" not in console and not console.startswith("{")
     # neither went to the process's log
     assert [e for e in process_log.events() if e.get("action", "").startswith("request.")] == []
+
+
+async def test_a_server_whose_port_is_taken_closes_its_runtime(
+    config: dict[str, Any], redis_url: str, pipe_stream: Any, closed_stores: list[Store]
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        raw = copy.deepcopy(config)
+        raw["admin_listen"]["port"] = taken.getsockname()[1]
+        server = Server(settings_from_dict(raw, "test"), redis_url=redis_url, log_stream=pipe_stream)
+        before = writer_threads()
+        with pytest.raises(OSError):
+            await server.start()
+    assert server.runtime is None and server._runners == []
+    assert len(closed_stores) == 1
+    assert writer_threads() == before  # its log writer started, then ended
+    assert runtime_tasks() == []

@@ -19,7 +19,7 @@ from tokenward.gateway.store import ActorFence
 from tokenward.gateway.store_audit import AuditEntry
 
 if TYPE_CHECKING:
-    from tokenward.gateway.app import Runtime
+    from tokenward.gateway.runtime import Runtime
 
 
 @dataclass(frozen=True, slots=True)

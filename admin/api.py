@@ -28,8 +28,8 @@ from tokenward.endpoints import (
     json_response,
     serve,
 )
-from tokenward.gateway.app import RUNTIME, Runtime
 from tokenward.gateway.edge import error_response
+from tokenward.gateway.runtime import RUNTIME, Runtime
 from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.views import BULK_WORK
 

@@ -25,8 +25,9 @@ def _settings(path: str) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from tokenward.gateway.audit import configure_logging
-    from tokenward.gateway.server import run, supervise
+    from tokenward.gateway.logs import configure_logging
+    from tokenward.server import run
+    from tokenward.supervisor import supervise
 
     settings = _settings(args.config)
     configure_logging(settings.log)
@@ -46,8 +47,8 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from tokenward.gateway.audit import configure_logging
     from tokenward.gateway.explain import explain_route, explain_token
+    from tokenward.gateway.logs import configure_logging
 
     settings = _settings(args.config)
     configure_logging(LogSettings(level="warning", format=settings.log.format), sys.stderr)
@@ -66,7 +67,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
 def cmd_bootstrap(args: argparse.Namespace) -> None:
     import re
 
-    from tokenward.gateway.audit import configure_logging
+    from tokenward.gateway.logs import configure_logging
     from tokenward.gateway.text import unprintable
     from tokenward.schema import SLUG
 
@@ -88,7 +89,7 @@ async def _bootstrap(settings: Settings, org: str, name: str) -> tuple[str, str]
     server: its `token.created` event is written with the token itself (an org-admin token
     never exists without its event), like every token the admin API issues."""
     from tokenward.actor import Actor
-    from tokenward.gateway.app import Runtime
+    from tokenward.gateway.runtime import Runtime
     from tokenward.service import TokenService
 
     runtime = await Runtime.open(settings)
@@ -103,7 +104,7 @@ async def _bootstrap(settings: Settings, org: str, name: str) -> tuple[str, str]
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from tokenward.demo import run_demo
-    from tokenward.gateway.audit import configure_logging
+    from tokenward.gateway.logs import configure_logging
 
     configure_logging(LogSettings(level=args.log_level, format="auto"), sys.stderr)
     try:

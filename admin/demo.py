@@ -127,8 +127,8 @@ async def run_demo(
     from tokenward.actor import Actor
     from tokenward.gateway.records import TeamRecord
     from tokenward.gateway.scopes import parse_scopes
-    from tokenward.gateway.server import Server
     from tokenward.gateway.store_records import Conflict
+    from tokenward.server import Server
     from tokenward.service import TokenService
 
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -21,11 +21,11 @@ from aiohttp import web
 from tokenward import schema
 from tokenward.actor import Actor
 from tokenward.directory import Directory
-from tokenward.gateway.app import RUNTIME, Runtime
 from tokenward.gateway.audit import redact
 from tokenward.gateway.decision import Principal, bearer_token
 from tokenward.gateway.edge import error_response, request_id_for
 from tokenward.gateway.refusal import Refusal
+from tokenward.gateway.runtime import RUNTIME, Runtime
 from tokenward.gateway.store import QuotaExceeded
 from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.gateway.store_records import Conflict

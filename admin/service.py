@@ -57,7 +57,7 @@ from tokenward.rules import (
 )
 
 if TYPE_CHECKING:
-    from tokenward.gateway.app import Runtime
+    from tokenward.gateway.runtime import Runtime
 
 
 async def issue_token(

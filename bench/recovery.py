@@ -35,13 +35,13 @@ from aiohttp import web
 
 from tokenward.demo import echo_app
 from tokenward.gateway import store_connect
-from tokenward.gateway.audit import configure_logging
 from tokenward.gateway.embedded import EmbeddedServer, free_port
+from tokenward.gateway.logs import configure_logging
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.server import Server
 from tokenward.gateway.settings import LogSettings, settings_from_dict
 from tokenward.gateway.tokens import generate
+from tokenward.server import Server
 from tokenward.service import issue_token
 
 APIS = "/orgs/acme/teams/platform/apis"

@@ -15,13 +15,13 @@ from typing import IO, Any
 
 import yaml
 
-from tokenward.gateway.audit import configure_logging
 from tokenward.gateway.embedded import EmbeddedServer
+from tokenward.gateway.logs import configure_logging
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.server import Server
 from tokenward.gateway.settings import LogSettings, settings_from_dict
 from tokenward.gateway.tokens import BASE62, SECRET_LEN, checksum
+from tokenward.server import Server
 from tokenward.service import issue_token
 
 from services import (

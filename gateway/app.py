@@ -1,12 +1,12 @@
-"""Wiring: the shared `Runtime` (store, cache, authenticator, audit, HTTP session) and the
-proxy application built by `create_app(runtime)`.
+"""Wiring: the proxy server over a `Runtime` (gateway/runtime.py), built by
+`create_proxy_server(runtime)`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -15,155 +15,28 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from tokenward.gateway.audit import AuditLog, redact
-from tokenward.gateway.cache import ChangeListener, VerificationCache
+from tokenward.gateway.audit import redact
 from tokenward.gateway.decision import (
-    Authenticator,
     Principal,
     authorize,
     bearer_token,
 )
 from tokenward.gateway.edge import client_request_id, error_response, new_request_id, request_id_for
-from tokenward.gateway.embedded import EmbeddedServer
-from tokenward.gateway.metrics import Metrics
 from tokenward.gateway.paths import PathError, Target, parse_target
 from tokenward.gateway.proxy import (
     Delivery,
-    Forwarder,
     client_address,
     identity_headers,
     is_trusted,
 )
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import HTTP_METHODS
+from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.settings import Limits, Settings, Upstream
-from tokenward.gateway.store import Store
-from tokenward.gateway.store_connect import connect
-from tokenward.gateway.tokens import SecretHasher, contains_bare_token
-from tokenward.gateway.tunnel import Tunnel, TunnelWatch, is_websocket_upgrade
+from tokenward.gateway.tokens import contains_bare_token
+from tokenward.gateway.tunnel import Tunnel, is_websocket_upgrade
 
 log = structlog.get_logger("tokenward")
-
-
-@dataclass
-class Runtime:
-    """Everything a tokenward process shares between the proxy and the admin API."""
-
-    settings: Settings
-    store: Store
-    cache: VerificationCache
-    hasher: SecretHasher
-    authenticator: Authenticator
-    audit: AuditLog
-    listener: ChangeListener
-    embedded: EmbeddedServer | None = None
-    store_description: str = ""
-    forwarder: Forwarder | None = None
-    tunnels: TunnelWatch | None = None
-    started_at: float = field(default_factory=time.time)
-    reloads: int = 0
-    reload_failures: int = 0
-    metrics: Metrics = field(default_factory=Metrics)
-
-    @classmethod
-    async def open(cls, settings: Settings, redis_url: str | None = None) -> Runtime:
-        """Connect to the store (starting the embedded one if needed) and build the services."""
-        embedded = None
-        store_settings = settings.redis
-        if redis_url is not None:  # given by the caller (tests, `serve --workers`): one server
-            store_settings = replace(store_settings, url=redis_url, sentinel=None, cluster=None)
-        elif store_settings.embedded:
-            embedded = EmbeddedServer(settings.data_dir)
-            if embedded.running_elsewhere():
-                embedded = None  # another tokenward process on this data dir owns it
-            else:
-                embedded.start()
-            url = f"unix://{(settings.data_dir / 'valkey.sock').resolve()}"
-            store_settings = replace(store_settings, url=url)
-        store = Store(connect(store_settings))
-        persistence = await store.check_durability()
-        unix = (store_settings.url or "").startswith("unix://")
-        where = "embedded" if unix else await store.location()
-        cache = VerificationCache(ttl=settings.tokens.cache_ttl)
-        a2 = settings.tokens.argon2
-        hasher = SecretHasher(a2.time_cost, a2.memory_cost, a2.parallelism)
-        authenticator = Authenticator(store, cache, hasher, settings.tokens.accepted_prefixes)
-        authenticator.stale_if_error = settings.redis.stale_if_error
-        audit = AuditLog(store, settings.audit.stream_maxlen)
-        listener = ChangeListener(store, cache)
-        runtime = cls(
-            settings=settings,
-            store=store,
-            cache=cache,
-            hasher=hasher,
-            authenticator=authenticator,
-            audit=audit,
-            listener=listener,
-            embedded=embedded,
-            store_description=f"{where} (persistence: {persistence})",
-        )
-        if persistence in ("off", "rdb-only", "aof on some masters only"):
-            log.warning(
-                "store persistence is not append-only: a token shown to its creator could be "
-                "lost in a crash; enable appendonly yes on the store (on every master and replica)",
-                persistence=persistence,
-            )
-        if store.durability_warning is not None:
-            log.warning("store durability: confirmed admin writes can be lost in a crash of the store",
-                        persistence=persistence, detail=store.durability_warning)
-        runtime.metrics.attach(runtime)
-        await listener.start()
-        await audit.start()
-        await runtime.metrics.start(runtime)
-        return runtime
-
-    async def start_http(self) -> None:
-        if self.forwarder is None:
-            self.forwarder = Forwarder(self.metrics.upstream_latency)
-        if self.tunnels is None:
-            self.tunnels = TunnelWatch(self.cache)
-
-    def reload(self, path: str) -> bool:
-        """Swap in routes, upstreams and policies from `path` atomically; keep the old
-        settings (and log every problem) when the file is bad. Requests in flight finish on
-        the settings they started with."""
-        from tokenward.gateway.settings import ConfigError, load_settings
-
-        try:
-            new = load_settings(path)
-        except ConfigError as exc:
-            self.reload_failures += 1
-            log.error("config reload failed; keeping the current config", problems=exc.problems)
-            return False
-        old = self.settings
-        fixed = ("listen", "admin_listen", "redis", "data_dir", "allow_python_parser")
-        changed = [name for name in fixed if getattr(new, name) != getattr(old, name)]
-        if changed:
-            log.warning("config reload: these settings need a restart and were not applied", settings=changed)
-        new = replace(new, **{name: getattr(old, name) for name in fixed})
-        self.authenticator.accepted_prefixes = new.tokens.accepted_prefixes
-        self.cache.ttl = new.tokens.cache_ttl
-        self.audit.stream_maxlen = new.audit.stream_maxlen
-        self.settings = new  # one reference swap: each request reads it once
-        self.reloads += 1
-        log.info("config reloaded", routes=len(new.routes), upstreams=len(new.upstreams))
-        return True
-
-    async def close(self) -> None:
-        await self.metrics.stop()
-        await self.listener.stop()
-        await self.audit.stop()
-        if self.tunnels is not None:
-            await self.tunnels.stop()
-        if self.forwarder is not None:
-            self.forwarder.close()
-            self.forwarder = None
-        await self.store.close()
-        if self.embedded is not None:
-            self.embedded.stop()
-
-
-RUNTIME = web.AppKey("runtime", Runtime)
 
 
 def principal_fields(principal: Principal | None) -> dict[str, Any]:

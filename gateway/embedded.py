@@ -83,7 +83,7 @@ class EmbeddedServer:
     def url(self) -> str:
         if self.port:
             return f"redis://127.0.0.1:{self.port}/0"
-        return f"unix://{self.socket_path}"
+        return f"unix://{self.socket_path.resolve()}"
 
     def running_elsewhere(self) -> bool:
         """True when another process already serves this data dir (e.g. `serve` is up)."""
@@ -198,6 +198,17 @@ class EmbeddedServer:
         if process is not None:
             process.kill()
             process.wait()
+
+
+def start_embedded(data_dir: Path) -> tuple[EmbeddedServer | None, str]:
+    """The embedded store of `data_dir` (`redis.embedded`): started here unless another
+    tokenward process on this data dir serves it already. Returns the server when it is
+    ours to stop (else None) and the URL to reach it either way."""
+    server = EmbeddedServer(data_dir)
+    if server.running_elsewhere():
+        return None, server.url
+    server.start()
+    return server, server.url
 
 
 def _stop_with_owner() -> None:

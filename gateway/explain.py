@@ -167,20 +167,18 @@ def explain_route(settings: Settings, method: str, raw_path: str) -> tuple[list[
 
 async def explain_token(settings: Settings, match: object, token: str) -> list[str]:
     """Run steps 2–8 for `token` against the real store."""
-    from tokenward.gateway.app import Runtime
     from tokenward.gateway.routes import Match
+    from tokenward.gateway.runtime import open_runtime
 
     assert isinstance(match, Match)
     if match.route.public:
         return ["decision: allowed (public route; the token is not checked)"]
-    runtime = await Runtime.open(settings)
-    try:
-        principal = await runtime.authenticator.authenticate(token, None)
-        authorize(match, principal)
-    except Refusal as denied:
-        return [f"decision: {denied.status} at step {denied.step}: {denied.message}"]
-    finally:
-        await runtime.close()
+    async with open_runtime(settings) as runtime:
+        try:
+            principal = await runtime.authenticator.authenticate(token, None)
+            authorize(match, principal)
+        except Refusal as denied:
+            return [f"decision: {denied.status} at step {denied.step}: {denied.message}"]
     token_record = principal.token
     return [
         f"token: {token_record.display_prefix} ({token_record.name}) org={token_record.org} team={token_record.team}",

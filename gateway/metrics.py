@@ -2,8 +2,10 @@
 
 Request counts and latencies are recorded as they happen; counters that live elsewhere
 (cache hits, argon2 verifications, throttled attempts, store errors, reloads) are read at
-scrape time by a collector, so the hot path only bumps plain integers. Each Runtime has its
-own registry. Under `serve --workers N` each worker serves its own figures (label `worker`).
+scrape time from sources the composition root registers (`counter`, `gauge`: a name, its
+help and a callable), so the hot path only bumps plain integers and this module knows
+nothing of what it measures. Each runtime has its own registry. Under `serve --workers N`
+each worker serves its own figures (label `worker`).
 """
 
 from __future__ import annotations
@@ -11,22 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tokenward.gateway.aio import cancel_and_wait
-from tokenward.gateway.audit import log_dropped
 from tokenward.gateway.records import ACTIVE
+from tokenward.gateway.store import Store
 from tokenward.gateway.store_link import StoreUnavailable
 
-if TYPE_CHECKING:
-    from tokenward.gateway.app import Runtime
-
 EXPIRY_WINDOW = 14 * 86400
+
+Read = Callable[[], float]
 
 
 class Metrics:
@@ -54,8 +55,11 @@ class Metrics:
         )
         self.expiring_tokens = 0
         self._request_children: dict[tuple[str, str, int], Any] = {}
-        self._runtime: Runtime | None = None
+        self._counters: list[tuple[str, str, Read]] = []
+        self._gauges: list[tuple[str, str, Read]] = []
+        self._lags: list[list[float]] = []
         self._task: asyncio.Task[None] | None = None
+        self.registry.register(_SourceCollector(self))
 
     def count_request(self, route: str, step: str, status: int) -> None:
         """`requests.labels(...).inc()`, with the labelled children remembered."""
@@ -67,23 +71,33 @@ class Metrics:
             child = self._request_children[key] = self.requests.labels(route, step, str(status))
         child.inc()
 
-    def attach(self, runtime: Runtime) -> None:
-        self._runtime = runtime
-        self.registry.register(_RuntimeCollector(runtime, self))
+    def counter(self, name: str, doc: str, read: Read) -> None:
+        """A counter (label `worker`) whose value `read()` gives at scrape time."""
+        self._counters.append((name, doc, read))
+
+    def gauge(self, name: str, doc: str, read: Read) -> None:
+        """A gauge (label `worker`) whose level `read()` gives at scrape time."""
+        self._gauges.append((name, doc, read))
+
+    def lags(self, recorded: list[float]) -> None:
+        """A list of invalidation lags (seconds) its owner appends to; observed and emptied
+        at each scrape."""
+        self._lags.append(recorded)
 
     def render(self) -> bytes:
-        runtime = self._runtime
-        if runtime is not None:  # lags are recorded by the listener as plain floats
-            for lag in runtime.listener.lags:
+        for recorded in self._lags:  # lags are recorded by their owner as plain floats
+            for lag in recorded:
                 self.invalidation_lag.observe(lag)
-            runtime.listener.lags.clear()
+            recorded.clear()
         return generate_latest(self.registry)
 
-    async def start(self, runtime: Runtime, interval: float = 60.0) -> None:
+    async def start(self, count_expiring: Callable[[], Awaitable[int]], interval: float = 60.0) -> None:
+        """Refresh `expiring_tokens` from `count_expiring()` every `interval` seconds."""
+
         async def refresh() -> None:
             while True:
                 with contextlib.suppress(StoreUnavailable):
-                    self.expiring_tokens = await count_expiring(runtime)
+                    self.expiring_tokens = await count_expiring()
                 if self._task is None:  # stopped while the store call ran
                     return
                 await asyncio.sleep(interval)
@@ -98,7 +112,12 @@ class Metrics:
 EXPIRING_CHUNK = 200  # records decoded between two turns of the event loop
 
 
-async def count_expiring(runtime: Runtime) -> int:
+class HasStore(Protocol):
+    @property
+    def store(self) -> Store: ...
+
+
+async def count_expiring(runtime: HasStore) -> int:
     """Active tokens expiring within EXPIRY_WINDOW. It reads every token, so in chunks: the
     gateway's requests run between them instead of waiting for the whole store's decoding."""
     store, now = runtime.store, time.time()
@@ -116,65 +135,19 @@ async def count_expiring(runtime: Runtime) -> int:
     return count
 
 
-class _RuntimeCollector(Collector):
-    def __init__(self, runtime: Runtime, metrics: Metrics) -> None:
-        self.runtime = runtime
+class _SourceCollector(Collector):
+    """The registered counters and gauges, read at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        runtime = self.runtime
-        stats = runtime.cache.stats
-        counters = {
-            "tokenward_cache_hits": ("Verification cache hits", stats.hits),
-            "tokenward_cache_misses": ("Verification cache misses", stats.misses),
-            "tokenward_cache_invalidations": (
-                "Cache entries dropped on change notifications",
-                stats.invalidations,
-            ),
-            "tokenward_cache_clears": ("Whole-cache clears (reconnects, change-log gaps)", stats.clears),
-            "tokenward_argon2_verifications": (
-                "argon2id secret verifications",
-                runtime.authenticator.argon2_verifications,
-            ),
-            "tokenward_throttled_attempts": (
-                "Unproven tokens refused without verification (flood throttle)",
-                runtime.authenticator.throttle.refused,
-            ),
-            "tokenward_store_errors": ("Store errors", runtime.store.errors),
-            "tokenward_store_outages": (
-                "Times the store became unreachable (one per outage, however many calls failed)",
-                runtime.store.outages,
-            ),
-            "tokenward_log_dropped": (
-                "Log lines dropped because the log's reader did not keep up (the log says how many)",
-                log_dropped(),
-            ),
-            "tokenward_config_reloads": ("Successful config reloads", runtime.reloads),
-            "tokenward_config_reload_failures": (
-                "Config reloads refused (bad file)",
-                runtime.reload_failures,
-            ),
-        }
-        for name, (doc, value) in counters.items():
+        worker = [self.metrics.worker]
+        for name, doc, read in self.metrics._counters:
             family = CounterMetricFamily(name, doc, labels=["worker"])
-            family.add_metric([self.metrics.worker], value)
+            family.add_metric(worker, read())
             yield family
-        gauges = {
-            "tokenward_store_up": (
-                "1 while the store answers; 0 from its first failure until calls have succeeded for a second",
-                float(runtime.store.up),
-            ),
-            "tokenward_push_channel_connected": (
-                "1 while the change notification channel is connected",
-                float(runtime.listener.push_connected),
-            ),
-            "tokenward_tokens_expiring_soon": (
-                "Active tokens expiring within 14 days",
-                float(self.metrics.expiring_tokens),
-            ),
-            "tokenward_routes": ("Routes in the loaded config", float(len(runtime.settings.routes))),
-        }
-        for name, (doc, level) in gauges.items():
+        for name, doc, read in self.metrics._gauges:
             gauge = GaugeMetricFamily(name, doc, labels=["worker"])
-            gauge.add_metric([self.metrics.worker], level)
+            gauge.add_metric(worker, read())
             yield gauge

@@ -27,8 +27,8 @@ from tests.helpers.scripted import Reply, ScriptedUpstream
 from tests.helpers.topology import Cluster, start_cluster_gateway, stop_gateway
 from tokenward.demo import echo_app
 from tokenward.gateway.embedded import EmbeddedServer, free_port
-from tokenward.gateway.server import Server
 from tokenward.gateway.settings import Settings, settings_from_dict
+from tokenward.server import Server
 
 ON_CLUSTER = "also_on_cluster"
 

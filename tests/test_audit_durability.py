@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.server import Server
 from tokenward.gateway.settings import settings_from_dict
 from tokenward.gateway.store_keys import Keys
+from tokenward.server import Server
 from tokenward.service import issue_token
 
 ROUNDS = 4

@@ -168,7 +168,7 @@ async def test_bootstrap_on_the_embedded_store(tmp_path: Path, upstream: int) ->
     code, out, err = await run_cli("admin", "bootstrap", "--config", str(path), "--org", "acme")
     assert code == 0 and "Copy this token now" in out
     # the embedded store persisted both: serve on the same data dir and use the first token
-    from tokenward.gateway.app import Runtime
+    from tokenward.gateway.runtime import Runtime
     from tokenward.gateway.settings import load_settings
 
     runtime = await Runtime.open(load_settings(path))

@@ -11,9 +11,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from tests.helpers.gateway import base_config
-from tokenward.gateway.app import Runtime
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.records import TeamRecord
+from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.settings import settings_from_dict
 from tokenward.gateway.store import Store

@@ -323,7 +323,7 @@ async def test_cached_token_is_decided_afresh(env: Env) -> None:
 def test_refuses_to_start_without_the_c_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     from aiohttp import http_parser
 
-    from tokenward.gateway.server import require_c_parser
+    from tokenward.server import require_c_parser
 
     require_c_parser(False)  # the C parser is what we run on here
     monkeypatch.setattr(http_parser, "HttpRequestParser", http_parser.HttpRequestParserPy)

@@ -21,7 +21,7 @@ from tests.helpers.process import (
     start_serve,
     wait_ready,
 )
-from tokenward.gateway.audit import LogWriter
+from tokenward.gateway.logs import LogWriter
 
 F_SETPIPE_SZ = 1031
 

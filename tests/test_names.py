@@ -285,7 +285,8 @@ def test_console_log_escapes_values() -> None:
 
     code = (
         "import io\n"
-        "from tokenward.gateway.audit import configure_logging, AuditLog\n"
+        "from tokenward.gateway.audit import AuditLog\n"
+        "from tokenward.gateway.logs import configure_logging\n"
         "from tokenward.gateway.settings import LogSettings\n"
         "s = io.StringIO()\n"
         "configure_logging(LogSettings(level='info', format='console'), s)\n"

@@ -15,8 +15,8 @@ import yaml
 from tests.helpers.gateway import LogReader, base_config
 from tests.helpers.process import start_serve, wait_ready
 from tokenward.gateway.embedded import free_port
-from tokenward.gateway.server import Server
 from tokenward.gateway.settings import load_settings
+from tokenward.server import Server
 
 NEW_ROUTE = {"methods": ["GET"], "path": "/status", "upstream": "registry", "public": True}
 

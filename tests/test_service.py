@@ -15,10 +15,10 @@ from tests.helpers.gateway import base_config
 from tokenward.actor import Actor
 from tokenward.directory import Directory
 from tokenward.endpoints import domain_refusal
-from tokenward.gateway.app import Runtime
 from tokenward.gateway.decision import Principal
 from tokenward.gateway.embedded import free_port
 from tokenward.gateway.refusal import Refusal, Step
+from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.settings import settings_from_dict
 from tokenward.gateway.store import QuotaExceeded
 from tokenward.gateway.store_records import Conflict

@@ -15,7 +15,7 @@ import structlog
 
 from tests.helpers.gateway import LOG_STREAM, TEAMS, TOKENS
 from tests.helpers.process import bootstrap_admin, post_json, serve_config, start_serve, wait_ready
-from tokenward.gateway.audit import configure_logging
+from tokenward.gateway.logs import configure_logging
 from tokenward.gateway.settings import LogSettings
 
 

@@ -30,8 +30,8 @@ from tests.helpers.gateway import APIS, LogReader, base_config
 from tests.helpers.process import ServeConfig, env_for_subprocess, serve_config, start_serve
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.server import Server
 from tokenward.gateway.settings import settings_from_dict
+from tokenward.server import Server
 from tokenward.service import issue_token
 
 CAP = 60.0  # seconds: only so that a broken build fails instead of hanging

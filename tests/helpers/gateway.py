@@ -16,13 +16,13 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenward.demo import demo_routes
-from tokenward.gateway.app import Runtime
-from tokenward.gateway.audit import configure_logging
+from tokenward.gateway.logs import configure_logging
 from tokenward.gateway.records import TeamRecord
+from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.server import Server
 from tokenward.gateway.settings import LogSettings
 from tokenward.gateway.tokens import checksum
+from tokenward.server import Server
 from tokenward.service import issue_token
 
 ROOT = Path(__file__).resolve().parent.parent.parent

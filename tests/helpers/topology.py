@@ -23,9 +23,9 @@ import redis
 
 from tests.helpers.gateway import Gateway
 from tokenward.gateway.embedded import EmbeddedServer, free_port
-from tokenward.gateway.server import Server
 from tokenward.gateway.settings import settings_from_dict
 from tokenward.gateway.tokens import generate
+from tokenward.server import Server
 
 NODE_TIMEOUT_MS = 1000  # cluster-node-timeout and sentinel down-after-milliseconds
 REPLICATION = ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s

@@ -1,4 +1,7 @@
-"""Running tokenward: both listeners in one process, start-up line, graceful shutdown."""
+"""Running tokenward: both listeners in one process, start-up line, graceful shutdown.
+
+It sits above both halves (the gateway's proxy server and the admin API) and composes them
+over one Runtime; `gateway/` imports nothing from here."""
 
 from __future__ import annotations
 
@@ -6,32 +9,29 @@ import asyncio
 import contextlib
 import gc
 import logging
-import multiprocessing
 import os
 import signal
-import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from tokenward.api import create_admin_app
 from tokenward.gateway.aio import cancel_and_wait
-from tokenward.gateway.app import HeadDeadlineHandler, Runtime, create_proxy_server
+from tokenward.gateway.app import HeadDeadlineHandler, create_proxy_server
 from tokenward.gateway.embedded import EmbeddedServer, EmbeddedStoreError
+from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.settings import Settings
 
 log = structlog.get_logger("tokenward")
 
 DRAIN_TIMEOUT = 30.0  # seconds SIGTERM gives requests in flight (serve --drain-timeout)
-SHUTDOWN_GRACE = 5.0  # ... then the audit and last-used flush; a worker still alive after both is killed
 STORE_CHECK_INTERVAL = 0.5  # seconds between checks that the embedded store is alive
 RESTART_BACKOFF_MIN = 0.5  # seconds before restarting what crashed (store or worker) ...
 RESTART_BACKOFF_MAX = 30.0  # ... doubling per crash in a row, up to this
 STABLE_AFTER = 60.0  # up this long: the next crash restarts at once again
-WORKER_START_TIMEOUT = 120.0  # a worker neither serving nor dead by then failed to start
 PARENT_CHECK_INTERVAL = 1.0  # a worker checks that its supervisor is alive (besides PDEATHSIG)
 
 
@@ -64,16 +64,20 @@ class Server:
         shutdown_timeout: float = 30.0,
         worker: int | None = None,
         config_path: str | None = None,
+        log_stream: Any = None,
     ) -> None:
+        """`log_stream`: this server's own log output for its audit events (default: the
+        process's, see configure_logging)."""
         self.worker = worker
+        self.log_stream = log_stream
         self.config_path = config_path
-        self._watcher: asyncio.Task[None] | None = None  # index under `serve --workers N`, None when alone
+        self._watching = False  # the config file
         self.settings = settings
         self.redis_url = redis_url
         self.shutdown_timeout = shutdown_timeout
-        self.runtime: Runtime | None = None
+        self.runtime: Runtime | None = None  # while started
         self._runners: list[web.BaseRunner] = []
-        self._store_watch: asyncio.Task[None] | None = None
+        self._resources = contextlib.AsyncExitStack()  # what start opened, closed by stop in reverse
         self.store_restarts = 0
         self.on_started: Any = None  # called once both ports are bound, before the start-up line
         self.proxy_port = 0
@@ -90,23 +94,25 @@ class Server:
             raise
 
     async def _start(self) -> Runtime:
-        from tokenward.api import create_admin_app  # admin depends on gateway, not the reverse
-
+        """Each step's undo goes on `_resources`; `stop` runs them in reverse: the watch
+        tasks, the tunnels, the proxy listener (draining), the admin listener, the runtime."""
         require_c_parser(self.settings.allow_python_parser)
-        runtime = await Runtime.open(self.settings, self.redis_url)
-        runtime.metrics.worker = str(self.worker or 0)
+        stack = self._resources
+        runtime = await Runtime.open(self.settings, self.redis_url, worker=self.worker, log_stream=self.log_stream)
+        stack.push_async_callback(runtime.close)
         self.runtime = runtime
-        await runtime.start_http()
         proxy_runner = web.ServerRunner(
             create_proxy_server(runtime), shutdown_timeout=self.shutdown_timeout, handle_signals=False
         )
         admin_runner = AdminRunner(
             runtime, create_admin_app(runtime), access_log=None, shutdown_timeout=5.0, handle_signals=False
         )
-        runners: tuple[web.BaseRunner, ...] = (proxy_runner, admin_runner)
-        for runner in runners:
+        self._runners = [proxy_runner, admin_runner]
+        for runner in (admin_runner, proxy_runner):  # so the proxy's drain comes first at stop
             await runner.setup()
-            self._runners.append(runner)
+            stack.push_async_callback(_cleanup, runner)
+        # open tunnels are closed before the drain, or it would wait for them
+        stack.callback(runtime.tunnels.close_all, "shutting down")
         listen, admin = self.settings.listen, self.settings.admin_listen
         proxy_site = web.TCPSite(proxy_runner, listen.host, listen.port, reuse_port=True)
         # under --workers every worker serves both ports (SO_REUSEPORT); the store is shared
@@ -116,9 +122,8 @@ class Server:
         self.proxy_port = _bound_port(proxy_runner, listen.port)
         self.admin_port = _bound_port(admin_runner, admin.port)
         if runtime.embedded is not None:
-            self._store_watch = asyncio.create_task(
-                self._watch_store(runtime.embedded), name="tokenward-store-watch"
-            )
+            store_watch = asyncio.create_task(self._watch_store(runtime.embedded), name="tokenward-store-watch")
+            stack.push_async_callback(cancel_and_wait, [store_watch])
         if self.on_started is not None:
             self.on_started()
         log.info(
@@ -165,7 +170,7 @@ class Server:
 
     def watch_config(self, interval: float = 1.0) -> None:
         """Reload when the config file changes (checked every `interval` seconds)."""
-        if self.config_path is None or self._watcher is not None:
+        if self.config_path is None or self._watching:
             return
         path = self.config_path
 
@@ -185,21 +190,18 @@ class Server:
                     last = now
                     self.reload()
 
-        self._watcher = asyncio.create_task(watch(), name="tokenward-config-watch")
+        self._watching = True
+        watcher = asyncio.create_task(watch(), name="tokenward-config-watch")
+        self._resources.push_async_callback(cancel_and_wait, [watcher])
 
     async def stop(self) -> None:
-        watcher, self._watcher = self._watcher, None
-        store_watch, self._store_watch = self._store_watch, None
-        await cancel_and_wait([watcher, store_watch])
-        if self.runtime is not None and self.runtime.tunnels is not None:
-            self.runtime.tunnels.close_all("shutting down")  # or draining would wait for them
-        for runner in self._runners:
-            with contextlib.suppress(Exception):
-                await runner.cleanup()
-        self._runners = []
-        if self.runtime is not None:
-            await self.runtime.close()
+        """Close what `start` opened, in the reverse order."""
+        try:
+            await self._resources.aclose()
+        finally:
+            self._runners = []
             self.runtime = None
+            self._watching = False
         log.info("tokenward stopped")
 
 
@@ -252,6 +254,11 @@ class _DropClientErrors(logging.Filter):
 logging.getLogger("aiohttp.server").addFilter(_DropClientErrors())
 
 
+async def _cleanup(runner: web.BaseRunner) -> None:
+    with contextlib.suppress(Exception):  # one listener failing to close must not keep the rest open
+        await runner.cleanup()
+
+
 def _bound_port(runner: web.BaseRunner, wanted: int) -> int:
     for address in runner.addresses:
         if isinstance(address, tuple) and len(address) >= 2:
@@ -300,21 +307,6 @@ async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
-def die_with_parent(parent: int) -> None:
-    """In a worker: get SIGTERM when the supervisor dies, even by SIGKILL (Linux), and exit
-    at once if it is already gone (it died before this call)."""
-    if sys.platform == "linux":
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:
-        raise SystemExit(1)
-
-
 def settle_garbage_collector() -> None:
     """Once started: move everything alive into the permanent generation (modules, config,
     routes: never garbage), so full collections stop walking it, and collect the young
@@ -345,164 +337,3 @@ def run(
 ) -> None:
     with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
         runner.run(serve_forever(settings, redis_url, worker, config_path, drain, parent, started))
-
-
-def _worker_main(
-    config_path: str, redis_url: str | None, index: int, drain: float, parent: int, started: Any
-) -> None:
-    """Entry point of one worker process (spawned, so it starts clean)."""
-    die_with_parent(parent)
-    from tokenward.gateway.audit import configure_logging
-    from tokenward.gateway.settings import load_settings
-
-    settings = load_settings(config_path)
-    configure_logging(settings.log)
-    try:
-        run(settings, redis_url=redis_url, worker=index, config_path=config_path, drain=drain,
-            parent=parent, started=started)
-    except Exception as exc:
-        # one line, not a traceback per worker: the supervisor logs the failure and exits
-        log.error("worker failed", worker=index, error=f"{type(exc).__name__}: {exc}"[:300])
-        raise SystemExit(1) from None
-
-
-@dataclass
-class _Worker:
-    index: int
-    process: multiprocessing.process.BaseProcess
-    started: Any  # multiprocessing Event: set once the worker serves both ports
-    spawned_at: float
-    backoff: Backoff
-    restart_at: float | None = None  # crashed: respawn at this time
-
-
-class WorkerStartFailed(Exception):
-    pass
-
-
-def supervise(settings: Settings, config_path: str, workers: int, drain: float = DRAIN_TIMEOUT) -> None:
-    """`serve --workers N`: own the embedded store, run N workers on the same ports.
-
-    A worker that cannot start (a port taken, bad store credentials) stops everything with
-    one log line and exit status 1; a worker that dies later is restarted with crash-loop
-    backoff, and so is the embedded store. Workers die with the supervisor (even on SIGKILL).
-    On SIGTERM every worker drains for up to `drain` seconds, and is killed if still there
-    SHUTDOWN_GRACE seconds later."""
-    if 0 in (settings.listen.port, settings.admin_listen.port):
-        raise SystemExit("tokenward: --workers needs fixed listen and admin_listen ports")
-    require_c_parser(settings.allow_python_parser)
-    embedded = None
-    url = settings.redis.url  # None for Sentinel and Cluster: each worker connects itself
-    if settings.redis.embedded:
-        embedded = EmbeddedServer(settings.data_dir)
-        if embedded.running_elsewhere():
-            embedded = None
-        else:
-            embedded.start()
-        url = f"unix://{(settings.data_dir / 'valkey.sock').resolve()}"
-    context = multiprocessing.get_context("spawn")
-    stopping = False
-    pool: list[_Worker] = []
-    me = os.getpid()
-
-    def spawn(index: int, backoff: Backoff | None = None) -> _Worker:
-        started = context.Event()
-        process = context.Process(
-            target=_worker_main,
-            args=(config_path, url, index, drain, me, started),
-            name=f"tokenward-worker-{index}",
-        )
-        process.start()
-        return _Worker(index, process, started, time.monotonic(), backoff or Backoff())
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    def forward_hup(signum: int, _frame: Any) -> None:
-        for worker in pool:
-            if worker.process.is_alive() and worker.process.pid is not None:
-                os.kill(worker.process.pid, signal.SIGHUP)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, forward_hup)
-    pool.extend(spawn(i) for i in range(workers))
-    log.info(
-        "tokenward supervisor started",
-        workers=workers,
-        pid=me,
-        store="embedded" if settings.redis.embedded else "external",
-    )
-    store_backoff = Backoff()
-    store_restart_at: float | None = None
-    failed = False
-    try:
-        while not stopping:
-            time.sleep(0.2)
-            now = time.monotonic()
-            for i, worker in enumerate(pool):
-                if stopping:
-                    break
-                if worker.restart_at is not None:
-                    if now >= worker.restart_at:
-                        pool[i] = spawn(worker.index, worker.backoff)
-                        worker.backoff.restarted()
-                    continue
-                if worker.process.is_alive():
-                    if not worker.started.is_set() and now - worker.spawned_at > WORKER_START_TIMEOUT:
-                        raise WorkerStartFailed(
-                            f"worker {worker.index} did not start within {WORKER_START_TIMEOUT:.0f}s"
-                        )
-                    continue
-                if not worker.started.is_set() and worker.backoff.crashes == 0:
-                    raise WorkerStartFailed(
-                        f"worker {worker.index} failed to start (exit code {worker.process.exitcode})"
-                    )
-                delay = worker.backoff.crashed()
-                log.error(
-                    "worker exited; restarting", worker=worker.index, exitcode=worker.process.exitcode,
-                    restart_in_s=delay,
-                )
-                worker.restart_at = now + delay
-            if embedded is not None and not stopping:
-                if store_restart_at is None and (code := embedded.exit_code()) is not None:
-                    delay = store_backoff.crashed()
-                    log.error("embedded store exited; restarting it", exitcode=code, restart_in_s=delay)
-                    store_restart_at = now + delay
-                elif store_restart_at is not None and now >= store_restart_at:
-                    try:
-                        embedded.start()
-                        store_backoff.restarted()
-                        store_restart_at = None
-                        log.info("embedded store restarted")
-                    except EmbeddedStoreError as exc:
-                        delay = store_backoff.crashed()
-                        log.error("embedded store restart failed", error=str(exc)[-300:], retry_in_s=delay)
-                        store_restart_at = now + delay
-    except WorkerStartFailed as exc:
-        log.error("worker failed to start; stopping", reason=str(exc))
-        failed = True
-    finally:
-        _stop_workers([w.process for w in pool], drain + SHUTDOWN_GRACE)
-        if embedded is not None:
-            embedded.stop()
-        log.info("tokenward supervisor stopped")
-    if failed:
-        raise SystemExit(1)
-
-
-def _stop_workers(processes: list[multiprocessing.process.BaseProcess], limit: float) -> None:
-    """SIGTERM every worker, wait for all of them together for at most `limit` seconds,
-    then SIGKILL those still there (a hung worker never holds the shutdown up)."""
-    for process in processes:
-        if process.is_alive() and process.pid is not None:
-            os.kill(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + limit
-    for process in processes:
-        process.join(timeout=max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            log.error("worker did not stop in time; killed", pid=process.pid)
-            process.kill()
-            process.join(timeout=5)

@@ -1,0 +1,270 @@
+"""Where log lines go: a `LogOutput` (JSON lines or pretty console, at a level, to a stream).
+
+Lines for a real file descriptor (stdout: a pipe, a file, a TTY) are written by a thread of
+their own (`LogWriter`), so a reader that stalls never blocks the event loop.
+
+`configure_logging` opens the process's output and points structlog at it (structlog's
+configuration is the one process-wide piece of logging set-up); each runtime's audit log
+writes to a `LogOutput` it was given, by default the process's (`process_output`), or one of
+its own that its lifecycle opens and closes (`open_runtime(..., log_stream=...)`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import logging
+import os
+import select
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import structlog
+
+from tokenward.gateway.settings import LogSettings
+from tokenward.gateway.text import printable
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+QUEUE_LINES = 20_000  # log lines waiting for a slow reader, at most; more are dropped and counted
+# The writer thread wakes by itself this often, and early only once this many lines wait: a
+# wake-up per event-loop turn would hand the GIL back and forth a thousand times a second,
+# and each hand-off can hold the event loop up behind the writer (bench/run.py, paced p99).
+WRITER_PERIOD = 0.02
+WRITER_EARLY_LINES = 512
+DRAIN_SECONDS = 5.0  # at exit, how long queued lines may wait for a stalled reader
+
+
+class LogWriter:
+    """Writes log lines to a file descriptor from a thread of its own.
+
+    `write()` only queues (a line beyond `capacity` queued is dropped and counted) and
+    `flush()` only wakes the thread, so neither ever blocks, however long the reader stalls
+    (a full pipe, a paused log shipper). Once the thread has caught up, it writes one line
+    saying how many lines were dropped. Writes go to the descriptor itself, never through
+    Python's buffered stdout, whose lock a thread blocked at exit would hold.
+    """
+
+    def __init__(self, fd: int, notice: Callable[[int], bytes], capacity: int = QUEUE_LINES) -> None:
+        self.fd = fd
+        self.notice = notice
+        self.capacity = capacity
+        self.dropped = 0  # lines dropped so far (the metric)
+        self._reported = 0  # of those, how many the log has been told about
+        self._lines: deque[bytes] = deque()
+        self._wake = threading.Event()
+        self._sleeping = False
+        self._busy = False  # lines taken from the queue, not yet all written
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="tokenward-log-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes) -> int:
+        if len(self._lines) >= self.capacity:
+            self.dropped += 1
+            return 0
+        self._lines.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if self._sleeping and len(self._lines) >= WRITER_EARLY_LINES:
+            self._wake.set()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds until every queued line is written."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while self._lines or self._busy or self.dropped != self._reported:
+            if time.monotonic() >= deadline or not self._thread.is_alive():
+                return False
+            time.sleep(0.002)
+        return True
+
+    def close(self, timeout: float = 1.0) -> None:
+        self.drain(timeout)
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout)  # ended, unless a write to a stalled reader holds it
+
+    def _run(self) -> None:
+        lines = self._lines
+        while not self._closed:
+            if not lines:
+                if self.dropped != self._reported:  # caught up after dropping some
+                    dropped = self.dropped
+                    self._write_all(self.notice(dropped - self._reported))
+                    self._reported = dropped
+                    continue
+                self._wake.clear()
+                self._sleeping = True
+                self._wake.wait(WRITER_PERIOD)  # or until a flush() finds many lines waiting
+                self._sleeping = False
+                continue
+            self._busy = True
+            # Whole lines, at most PIPE_BUF bytes per write (unless one line is longer): such
+            # writes to a pipe are atomic, so workers sharing stdout never split a line.
+            batch = [lines.popleft()]
+            size = len(batch[0])
+            while lines and size + len(lines[0]) <= select.PIPE_BUF:
+                line = lines.popleft()
+                batch.append(line)
+                size += len(line)
+            self._write_all(b"".join(batch) if len(batch) > 1 else batch[0])
+            self._busy = False
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.fd, view)
+            except BlockingIOError:  # the descriptor was made non-blocking by someone
+                select.select([], [self.fd], [], 1.0)
+                continue
+            except InterruptedError:
+                continue
+            except OSError:
+                return  # the reader is gone (EPIPE) or the descriptor closed: nothing to do
+            view = view[written:]
+
+
+class _TextLogWriter:
+    """The str face of a LogWriter, for structlog's WriteLogger (pretty console lines)."""
+
+    def __init__(self, writer: LogWriter) -> None:
+        self.writer = writer
+
+    def write(self, text: str) -> int:
+        return self.writer.write(text.encode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+
+
+
+def _descriptor(stream: Any) -> int | None:
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None  # an in-memory stream (tests): written synchronously, it never blocks
+
+
+def _drop_notice(pretty: bool) -> Callable[[int], bytes]:
+    def notice(count: int) -> bytes:
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1_000_000):06d}Z"
+        event = f"dropped {count} log lines"
+        if pretty:
+            return f"{stamp} [warning  ] {event}\n".encode()
+        line = {"dropped": count, "event": event, "level": "warning", "timestamp": stamp}
+        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+    return notice
+
+
+
+def _printable_values(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """On a terminal, names and other values from clients or the store are escaped (JSON
+    lines escape them already): a token name must not drive the operator's terminal."""
+    return {k: printable(v) if isinstance(v, str) else v for k, v in event.items()}
+
+
+class LogOutput:
+    """One log destination: the structlog chain and logger factory for it, the binary sink
+    JSON lines go to (None when pretty: lines go through `logger`), whether audit events
+    (level info) are shown, and the writer thread when there is one. `close()` writes out
+    what is queued and ends the thread."""
+
+    def __init__(self, settings: LogSettings, stream: Any = None, *, background: bool | None = None) -> None:
+        stream = stream or sys.stdout
+        pretty = settings.format == "console" or (settings.format == "auto" and stream.isatty())
+        level = LEVELS[settings.level]
+        fd = _descriptor(stream) if background is not False else None
+        self.writer: LogWriter | None = None
+        if fd is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()  # what went through the file object so far goes first
+            self.writer = LogWriter(fd, _drop_notice(pretty))
+            atexit.register(self.drain_at_exit)
+        shared: list[Any] = [
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ]
+        binary: Any = self.writer if self.writer is not None else getattr(stream, "buffer", stream)
+        if pretty:
+            self.processors: list[Any] = [*shared, _printable_values, structlog.dev.ConsoleRenderer()]
+            self.factory: Any = (
+                structlog.WriteLoggerFactory(_TextLogWriter(self.writer))  # type: ignore[arg-type]
+                if self.writer is not None
+                else structlog.PrintLoggerFactory(stream)
+            )
+        else:
+            self.processors = [
+                *shared,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(serializer=orjson.dumps),
+            ]
+            self.factory = structlog.BytesLoggerFactory(binary)
+        self.sink: Any = None if pretty else binary
+        self.audit_enabled = level <= logging.INFO
+        self.wrapper_class = structlog.make_filtering_bound_logger(level)
+        self.logger: Any = structlog.wrap_logger(
+            self.factory(), processors=self.processors, wrapper_class=self.wrapper_class
+        )
+
+    @property
+    def dropped(self) -> int:
+        """Log lines dropped because the reader did not keep up (for the metric)."""
+        return self.writer.dropped if self.writer is not None else 0
+
+    def drain_at_exit(self) -> None:
+        if self.writer is not None:
+            self.writer.drain(DRAIN_SECONDS)
+
+    def close(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            atexit.unregister(self.drain_at_exit)
+            writer.close()
+
+
+class _ProcessFactory:
+    """structlog's logger factory for the process's output; it keeps the output, so
+    `process_output` finds it in structlog's configuration (no module state of our own)."""
+
+    def __init__(self, output: LogOutput) -> None:
+        self.output = output
+
+    def __call__(self, *args: Any) -> Any:
+        return self.output.factory(*args)
+
+
+def process_output() -> LogOutput | None:
+    """The output `configure_logging` last set up, None if it never ran."""
+    factory = structlog.get_config()["logger_factory"]
+    return factory.output if isinstance(factory, _ProcessFactory) else None
+
+
+def configure_logging(settings: LogSettings, stream: Any = None, *, background: bool | None = None) -> LogOutput:
+    """Set up the process's logging; `stream` is a text or binary file (default: stdout).
+    With a real file descriptor under it (or `background=True`), lines are written by a
+    LogWriter thread; an in-memory stream is written synchronously. The previous process
+    output, if any, is written out and closed."""
+    previous = process_output()
+    if previous is not None:
+        previous.close()
+    output = LogOutput(settings, stream, background=background)
+    structlog.configure(
+        processors=output.processors,
+        wrapper_class=output.wrapper_class,
+        logger_factory=_ProcessFactory(output),
+        cache_logger_on_first_use=True,
+    )
+    return output

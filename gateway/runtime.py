@@ -1,0 +1,225 @@
+"""The runtime: what one tokenward process (or one worker) shares between the proxy and the
+admin API, opened as one lifecycle.
+
+`open_runtime(settings)` (or `Runtime.open` / `Runtime.close` for an owner whose start and
+stop are separate calls) opens each resource in order on one AsyncExitStack: the runtime's
+own log output (when given a stream), the embedded store, the store connection, the
+upstream pools, the tunnel watch, the audit writer, the change listener and the metrics
+refresher. They are closed in the reverse order, and so are those already open when a later
+step fails. This is also the composition root of the metrics: it registers their sources.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from tokenward.gateway.audit import AuditLog
+from tokenward.gateway.cache import ChangeListener, VerificationCache
+from tokenward.gateway.decision import Authenticator
+from tokenward.gateway.embedded import EmbeddedServer, start_embedded
+from tokenward.gateway.logs import LogOutput, process_output
+from tokenward.gateway.metrics import Metrics, count_expiring
+from tokenward.gateway.proxy import Forwarder
+from tokenward.gateway.settings import ConfigError, Settings, load_settings
+from tokenward.gateway.store import Store
+from tokenward.gateway.store_connect import connect
+from tokenward.gateway.tokens import SecretHasher
+from tokenward.gateway.tunnel import TunnelWatch
+
+log = structlog.get_logger("tokenward")
+
+WEAK_PERSISTENCE = ("off", "rdb-only", "aof on some masters only")
+
+
+@dataclass(eq=False)
+class Runtime:
+    """Everything a tokenward process shares between the proxy and the admin API. Built
+    whole by `open`; nothing is filled in later."""
+
+    settings: Settings
+    store: Store
+    cache: VerificationCache
+    hasher: SecretHasher
+    authenticator: Authenticator
+    audit: AuditLog
+    listener: ChangeListener
+    metrics: Metrics
+    forwarder: Forwarder
+    tunnels: TunnelWatch
+    log: LogOutput | None  # where this runtime logs (None: structlog's own set-up)
+    embedded: EmbeddedServer | None  # the embedded store this runtime started (None: not ours)
+    store_description: str
+    resources: AsyncExitStack = field(repr=False)  # closes what `open` opened, in reverse
+    started_at: float = field(default_factory=time.time)
+    reloads: int = 0
+    reload_failures: int = 0
+
+    @classmethod
+    async def open(
+        cls, settings: Settings, redis_url: str | None = None, *, worker: int | None = None, log_stream: Any = None
+    ) -> Runtime:
+        """Open every resource (starting the embedded store if needed); on any failure,
+        close those already open before raising.
+
+        `redis_url`: one server given by the caller (tests, `serve --workers`), instead of
+        the config's. `worker`: the metrics' `worker` label. `log_stream`: this runtime's own
+        log output (opened and closed with it) instead of the process's (configure_logging)."""
+        stack = AsyncExitStack()
+        try:
+            return await _open(stack, settings, redis_url, worker, log_stream)
+        except BaseException:
+            await stack.aclose()
+            raise
+
+    async def close(self) -> None:
+        """Close everything `open` opened, in the reverse order."""
+        await self.resources.aclose()
+
+    def reload(self, path: str) -> bool:
+        """Swap in routes, upstreams and policies from `path` atomically; keep the old
+        settings (and log every problem) when the file is bad. Requests in flight finish on
+        the settings they started with."""
+        try:
+            new = load_settings(path)
+        except ConfigError as exc:
+            self.reload_failures += 1
+            log.error("config reload failed; keeping the current config", problems=exc.problems)
+            return False
+        old = self.settings
+        fixed = ("listen", "admin_listen", "redis", "data_dir", "allow_python_parser")
+        changed = [name for name in fixed if getattr(new, name) != getattr(old, name)]
+        if changed:
+            log.warning("config reload: these settings need a restart and were not applied", settings=changed)
+        new = replace(new, **{name: getattr(old, name) for name in fixed})
+        self.authenticator.accepted_prefixes = new.tokens.accepted_prefixes
+        self.cache.ttl = new.tokens.cache_ttl
+        self.audit.stream_maxlen = new.audit.stream_maxlen
+        self.settings = new  # one reference swap: each request reads it once
+        self.reloads += 1
+        log.info("config reloaded", routes=len(new.routes), upstreams=len(new.upstreams))
+        return True
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, redis_url: str | None = None, *, worker: int | None = None, log_stream: Any = None
+) -> AsyncIterator[Runtime]:
+    """`async with open_runtime(settings) as runtime:` (see Runtime.open)."""
+    runtime = await Runtime.open(settings, redis_url, worker=worker, log_stream=log_stream)
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
+
+
+async def _open(
+    stack: AsyncExitStack, settings: Settings, redis_url: str | None, worker: int | None, log_stream: Any
+) -> Runtime:
+    output = process_output()
+    if log_stream is not None:
+        output = LogOutput(settings.log, log_stream)
+        stack.callback(output.close)
+    embedded = None
+    store_settings = settings.redis
+    if redis_url is not None:  # one server: no Sentinel or Cluster discovery
+        store_settings = replace(store_settings, url=redis_url, sentinel=None, cluster=None)
+    elif store_settings.embedded:
+        embedded, url = start_embedded(settings.data_dir)
+        if embedded is not None:
+            stack.callback(embedded.stop)
+        store_settings = replace(store_settings, url=url)
+    store = Store(connect(store_settings))
+    stack.push_async_callback(store.close)
+    persistence = await store.check_durability()
+    unix = (store_settings.url or "").startswith("unix://")
+    where = "embedded" if unix else await store.location()
+
+    cache = VerificationCache(ttl=settings.tokens.cache_ttl)
+    a2 = settings.tokens.argon2
+    hasher = SecretHasher(a2.time_cost, a2.memory_cost, a2.parallelism)
+    authenticator = Authenticator(store, cache, hasher, settings.tokens.accepted_prefixes)
+    authenticator.stale_if_error = settings.redis.stale_if_error
+    metrics = Metrics(str(worker or 0))
+    forwarder = Forwarder(metrics.upstream_latency)
+    stack.callback(forwarder.close)
+    tunnels = TunnelWatch(cache)
+    stack.push_async_callback(tunnels.stop)
+    audit = AuditLog(store, settings.audit.stream_maxlen, output=output)
+    listener = ChangeListener(store, cache)
+    runtime = Runtime(
+        settings=settings,
+        store=store,
+        cache=cache,
+        hasher=hasher,
+        authenticator=authenticator,
+        audit=audit,
+        listener=listener,
+        metrics=metrics,
+        forwarder=forwarder,
+        tunnels=tunnels,
+        log=output,
+        embedded=embedded,
+        store_description=f"{where} (persistence: {persistence})",
+        resources=stack,
+    )
+    if persistence in WEAK_PERSISTENCE:
+        log.warning(
+            "store persistence is not append-only: a token shown to its creator could be "
+            "lost in a crash; enable appendonly yes on the store (on every master and replica)",
+            persistence=persistence,
+        )
+    if store.durability_warning is not None:
+        log.warning("store durability: confirmed admin writes can be lost in a crash of the store",
+                    persistence=persistence, detail=store.durability_warning)
+    await audit.start()
+    stack.push_async_callback(audit.stop)
+    await listener.start()
+    stack.push_async_callback(listener.stop)
+    register_metrics(runtime)
+    await metrics.start(lambda: count_expiring(runtime))
+    stack.push_async_callback(metrics.stop)
+    return runtime
+
+
+def register_metrics(runtime: Runtime) -> None:
+    """The scrape-time sources of the runtime's metrics (read through `runtime`, so a
+    reload's new settings are what `tokenward_routes` shows)."""
+    metrics, stats, output = runtime.metrics, runtime.cache.stats, runtime.log
+    counter, gauge = metrics.counter, metrics.gauge
+    counter("tokenward_cache_hits", "Verification cache hits", lambda: stats.hits)
+    counter("tokenward_cache_misses", "Verification cache misses", lambda: stats.misses)
+    counter("tokenward_cache_invalidations", "Cache entries dropped on change notifications",
+            lambda: stats.invalidations)
+    counter("tokenward_cache_clears", "Whole-cache clears (reconnects, change-log gaps)", lambda: stats.clears)
+    counter("tokenward_argon2_verifications", "argon2id secret verifications",
+            lambda: runtime.authenticator.argon2_verifications)
+    counter("tokenward_throttled_attempts", "Unproven tokens refused without verification (flood throttle)",
+            lambda: runtime.authenticator.throttle.refused)
+    counter("tokenward_store_errors", "Store errors", lambda: runtime.store.errors)
+    counter("tokenward_store_outages",
+            "Times the store became unreachable (one per outage, however many calls failed)",
+            lambda: runtime.store.outages)
+    counter("tokenward_log_dropped",
+            "Log lines dropped because the log's reader did not keep up (the log says how many)",
+            lambda: output.dropped if output is not None else 0)
+    counter("tokenward_config_reloads", "Successful config reloads", lambda: runtime.reloads)
+    counter("tokenward_config_reload_failures", "Config reloads refused (bad file)", lambda: runtime.reload_failures)
+    gauge("tokenward_store_up",
+          "1 while the store answers; 0 from its first failure until calls have succeeded for a second",
+          lambda: float(runtime.store.up))
+    gauge("tokenward_push_channel_connected", "1 while the change notification channel is connected",
+          lambda: float(runtime.listener.push_connected))
+    gauge("tokenward_tokens_expiring_soon", "Active tokens expiring within 14 days",
+          lambda: float(metrics.expiring_tokens))
+    gauge("tokenward_routes", "Routes in the loaded config", lambda: float(len(runtime.settings.routes)))
+    metrics.lags(runtime.listener.lags)

@@ -101,7 +101,7 @@ class Store(RecordStore, IndexPages):
             for _ in range(TRANSITION_ATTEMPTS):
                 actor_version = await self.fence_version(fence)
                 if not actor_version:
-                    (created,) = await self._write_audited(key, [("HSETNX", key, "data", data)], audit)
+                    created = await self._create_audited(key, data, audit, kind="hash")
                     break
                 keys = [key, Keys.token(fence.key_id)]  # type: ignore[union-attr]
                 if audit is not None:

@@ -76,6 +76,30 @@ class AuditStream(StoreLink):
             await self._append_audit_durably(audit)
         return executed[: len(commands)]
 
+    async def _create_audited(
+        self,
+        key: str,
+        data: bytes,
+        audit: AuditEntry | None,
+        *,
+        kind: str = "string",
+        name: str = "",
+        name_keys: tuple[str, str] | None = None,
+    ) -> bool:
+        """Create `key` (`kind` 'string': SET NX; 'hash': HSETNX `data`) only if it is absent,
+        adding `name` to the two `name_keys` (a set and a sorted set in `key`'s slot) and
+        appending `audit`'s event in the same script: a create that finds the record already
+        there writes nothing, no event either. Whether it was created."""
+        keys = [key, *(name_keys or ())]
+        in_script = audit is not None and not self.cluster
+        if in_script:
+            keys.append(Keys.audit)
+        args = [kind, data, name, audit.maxlen if audit else 0, audit.payload if in_script and audit else b""]
+        (created,) = await self._write(key, ("EVAL", store_scripts.CREATE_AUDITED, len(keys), *keys, *args))
+        if int(created) and audit is not None and self.cluster:
+            await self._append_audit_durably(audit)
+        return bool(int(created))
+
     async def _append_audit_durably(self, audit: AuditEntry) -> None:
         await self._write(Keys.audit, _xadd(audit))
 

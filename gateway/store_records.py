@@ -52,16 +52,11 @@ class RecordStore(ChangeFeed, AuditStream):
         """Index first, then the record; durable before returning."""
         await self.ensure_org(team.org)
         key = Keys.team(team.org, team.name)
-        _, _, created = await self._write_audited(
-            key,
-            [
-                ("SADD", Keys.teams(team.org), team.name),
-                ("ZADD", Keys.teams_by_name(team.org), 0, team.name),
-                ("SET", key, orjson.dumps(team.to_json()), "NX"),
-            ],
-            audit,
+        names = (Keys.teams(team.org), Keys.teams_by_name(team.org))
+        created = await self._create_audited(
+            key, orjson.dumps(team.to_json()), audit, name=team.name, name_keys=names
         )
-        if created is None:
+        if not created:
             raise Conflict(f"team {team.name!r} already exists in org {team.org!r}")
 
     async def get_team(self, org: str, name: str) -> TeamRecord | None:
@@ -83,16 +78,11 @@ class RecordStore(ChangeFeed, AuditStream):
     # -- service accounts ---------------------------------------------------------------
     async def create_service_account(self, sa: ServiceAccountRecord, audit: AuditEntry | None = None) -> None:
         key = Keys.service_account(sa.org, sa.team, sa.name)
-        _, _, created = await self._write_audited(
-            key,
-            [
-                ("SADD", Keys.service_accounts(sa.org, sa.team), sa.name),
-                ("ZADD", Keys.service_accounts_by_name(sa.org, sa.team), 0, sa.name),
-                ("SET", key, orjson.dumps(sa.to_json()), "NX"),
-            ],
-            audit,
+        names = (Keys.service_accounts(sa.org, sa.team), Keys.service_accounts_by_name(sa.org, sa.team))
+        created = await self._create_audited(
+            key, orjson.dumps(sa.to_json()), audit, name=sa.name, name_keys=names
         )
-        if created is None:
+        if not created:
             raise Conflict(f"service account {sa.name!r} already exists in team {sa.team!r}")
 
     async def get_service_account(self, org: str, team: str, name: str) -> ServiceAccountRecord | None:
@@ -134,9 +124,7 @@ class RecordStore(ChangeFeed, AuditStream):
             ("ZADD", index, token.created_at, token.id),
         )
         key = Keys.token(token.id)
-        (created,) = await self._write_audited(
-            key, [("HSETNX", key, "data", orjson.dumps(token.to_json()))], audit
-        )
+        created = await self._create_audited(key, orjson.dumps(token.to_json()), audit, kind="hash")
         if not created:
             raise Conflict("token id collision")
 

@@ -144,3 +144,28 @@ if ARGV[4] ~= '' and KEYS[3] then
 end
 return 1
 """
+
+# A record created only if absent, with its name indexed and its audit event, all or nothing:
+# a create that loses to an existing record writes no event. KEYS[1] the record; then, if
+# ARGV[3] is not empty, the name set and the name-sorted set to add ARGV[3] to; then, if
+# given, the audit stream. ARGV: 'hash' (HSETNX field `data`) or 'string' (SET NX), the
+# data, the name ('' none), audit maxlen, audit event ('' none).
+CREATE_AUDITED = """
+local created
+if ARGV[1] == 'hash' then
+  created = redis.call('HSETNX', KEYS[1], 'data', ARGV[2])
+else
+  created = redis.call('SET', KEYS[1], ARGV[2], 'NX') and 1 or 0
+end
+if created == 0 then return 0 end
+local k = 2
+if ARGV[3] ~= '' then
+  redis.call('SADD', KEYS[2], ARGV[3])
+  redis.call('ZADD', KEYS[3], 0, ARGV[3])
+  k = 4
+end
+if ARGV[5] ~= '' and KEYS[k] then
+  redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[5])
+end
+return 1
+"""

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from tokenward.gateway.decision import Principal
 from tokenward.gateway.edge import TrustedProxies, client_request_id, request_id
+from tokenward.gateway.headers import HeaderPolicy
 from tokenward.gateway.paths import PathError, Target, parse_target
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import HTTP_METHODS
@@ -32,17 +33,18 @@ from tokenward.gateway.tokens import contains_bare_token
 VERIFY_PATH = "/_tokenward/verify"
 
 
-@dataclass(slots=True)
-class Delivery:
-    """How much of a streamed response reached the client, and which side cut it short:
-    after the status line is sent, the audit event must still say what happened."""
+class SettingsView:
+    """What the pipeline derives once from one settings object: its trusted proxies and
+    header policy (each with its own bounded memo) and the accepted token prefixes. Owned by
+    one server's pipeline and rebuilt when a reload swaps the settings."""
 
-    bytes_sent: int = 0
-    upstream_aborted: bool = False  # the upstream failed mid-body; the client's connection was cut
-    client_aborted: bool = False  # the client went away mid-body
-    shutdown_aborted: bool = False  # the gateway stopped (drain time ran out) mid-body
-    status: int = 0  # the status line sent to the client, once sent
-    error: str = ""
+    __slots__ = ("headers", "prefixes", "settings", "trust")
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.trust = TrustedProxies(settings.trusted_proxies)
+        self.headers = HeaderPolicy(settings.strip_headers, settings.forward_authorization)
+        self.prefixes = settings.tokens.accepted_prefixes
 
 
 @dataclass(slots=True)
@@ -51,7 +53,7 @@ class Exchange:
     filled in by the target, decision and forward steps, read by the audit step."""
 
     request: web.BaseRequest  # for the body, the transport and the headers the upstream gets
-    settings: Settings  # one snapshot per request: a reload swaps the whole object
+    view: SettingsView  # one settings snapshot per request: a reload swaps the whole object
     request_id: str
     method: str
     path: str  # the raw target, then (from the target step) the canonical path
@@ -72,18 +74,26 @@ class Exchange:
     step: str = Step.FORWARD
     reason: str = "allowed"
     recorded: bool = False  # the decision's audit event is out
-    delivery: Delivery | None = None  # a streamed response's fate, once forwarded
+    # What reached the client of a forwarded response, and which side cut it short: after
+    # the status line is sent, the audit event must still say what happened.
+    sent_status: int = 0  # the status line sent to the client, once sent
+    bytes_sent: int = 0
+    upstream_aborted: bool = False  # the upstream failed mid-body; the client's connection was cut
+    client_aborted: bool = False  # the client went away mid-body
+    shutdown_aborted: bool = False  # the gateway stopped (drain time ran out) mid-body
+    abort_error: str = ""
 
 
 # -- 1. edge ------------------------------------------------------------------------------------
 
 
-def open_exchange(request: web.BaseRequest, settings: Settings, trust: TrustedProxies) -> Exchange:
+def open_exchange(request: web.BaseRequest, view: SettingsView) -> Exchange:
     """The edge: who is on the other end of the connection and the request's id. Never raises
     a Refusal (everything after it is audited with what it found)."""
     peer = request.remote
+    trust = view.trust
     trusted = peer in trust
-    ex = Exchange(request, settings, request_id(request, trusted), request.method, request.raw_path, peer, trusted)
+    ex = Exchange(request, view, request_id(request, trusted), request.method, request.raw_path, peer, trusted)
     headers = request.headers
     if "X-Request-Id" in headers:
         ex.client_request_id = client_request_id(request, ex.request_id)
@@ -135,7 +145,7 @@ def read_target(ex: Exchange) -> Target:
     """The one canonical target of `ex.method ex.path`: no token in a cookie or the query,
     absolute-form only for our own Host. Sets ex.target and ex.path (now canonical)."""
     request = ex.request
-    prefixes = ex.settings.tokens.accepted_prefixes
+    prefixes = ex.view.prefixes
     check_cookies(request, prefixes)
     raw_target = check_target(ex.path, request.headers.getall("Host", []), prefixes)
     try:

@@ -19,7 +19,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from tokenward.gateway.bounded import BoundedMap
 from tokenward.gateway.decision import Principal
-from tokenward.gateway.exchange import Exchange
 from tokenward.gateway.scopes import format_scopes
 from tokenward.gateway.upstream import decode_header
 
@@ -231,7 +230,7 @@ class IdentityHeaders:
         return headers
 
 
-_KEEP, _DROP, _TRUSTED = 0, 1, 2
+KEEP, DROP, TRUSTED_ONLY = 0, 1, 2
 
 
 class HeaderPolicy:
@@ -249,62 +248,30 @@ class HeaderPolicy:
         found = self._memo.get(name)
         if found is None:
             found = self._classify(normalize_name(name))
-            if found == _TRUSTED and ("_" in name or "." in name):
-                found = _DROP  # only the canonical spelling of a forwarding header, from anyone
+            if found == TRUSTED_ONLY and ("_" in name or "." in name):
+                found = DROP  # only the canonical spelling of a forwarding header, from anyone
             self._memo.put(name, found)
         return found
 
     def _classify(self, norm: str) -> int:
         if norm in HOP_BY_HOP or norm in _REPLACED or norm.startswith(IDENTITY_PREFIX):
-            return _DROP
+            return DROP
         if norm == "authorization":
-            return _KEEP if self.forward_authorization else _DROP
+            return KEEP if self.forward_authorization else DROP
         if norm in TRUSTED_FORWARDING:
-            return _TRUSTED
+            return TRUSTED_ONLY
         if norm in self.strip_exact or (self.strip_prefixes and norm.startswith(self.strip_prefixes)):
-            return _DROP
+            return DROP
         if norm in NEVER_EXACT or norm.startswith(NEVER_PREFIXES):
-            return _DROP
+            return DROP
         if norm in PROXY_EXACT or norm.startswith(PROXY_PREFIXES):
-            return _TRUSTED
-        return _KEEP
+            return TRUSTED_ONLY
+        return KEEP
 
     def forwards(self, name: str, trusted: bool = False) -> bool:
         """Would a header of this name reach the upstream (from a trusted proxy or not)?"""
         kind = self.kind(name)
-        return kind == _KEEP or (kind == _TRUSTED and trusted)
-
-
-def upstream_headers(
-    ex: Exchange, host: str, policy: HeaderPolicy, identity: IdentityHeaders | None = None
-) -> list[tuple[str, str]]:
-    """The request headers for the upstream: `Host: host`, the inbound ones `policy` keeps
-    (the trusted-proxy ones only when the edge found the peer trusted), the rebuilt
-    forwarding headers, the request id and the caller's identity."""
-    request = ex.request
-    inbound = request.headers
-    dropped = connection_tokens(inbound) if "Connection" in inbound else ()
-    trusted = ex.trusted
-    kind_of = policy.kind
-    out: list[tuple[str, str]] = [("Host", host)]
-    for name, value in inbound.items():
-        kind = kind_of(name)
-        if kind == _DROP or (kind == _TRUSTED and not trusted):
-            continue
-        if dropped and normalize_name(name) in dropped:
-            continue
-        out.append((name, value))
-    client = ex.peer or ""
-    previous = ", ".join(inbound.getall("X-Forwarded-For")) if trusted and "X-Forwarded-For" in inbound else None
-    out.append(("X-Forwarded-For", f"{previous}, {client}" if previous else client))
-    proto = inbound.get("X-Forwarded-Proto") if trusted else None
-    out.append(("X-Forwarded-Proto", proto or request.scheme))
-    host_seen = inbound.get("X-Forwarded-Host") if trusted else None
-    out.append(("X-Forwarded-Host", host_seen or request.host))
-    out.append(("X-Request-Id", ex.request_id))
-    if ex.principal is not None:
-        out.extend((identity or identity_headers)(ex.principal).items())
-    return out
+        return kind == KEEP or (kind == TRUSTED_ONLY and trusted)
 
 
 def response_headers(raw: list[tuple[bytes, bytes]], request_id: str) -> CIMultiDict[str]:

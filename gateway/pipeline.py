@@ -7,8 +7,9 @@ each concern once, in order, each step handing the next the `Exchange` it built:
     -> forward (proxy.Forwarder.forward; or the forward-auth answer; or Pipeline.tunnel)
     -> audit (Pipeline.record)
 
-The per-settings objects (the trusted-proxy set and the header policy, each with its own
-bounded memo) belong to the pipeline, so two servers in one process share none of them.
+The per-settings objects (`exchange.SettingsView`: the trusted-proxy set and the header
+policy, each with its own bounded memo) belong to the pipeline, so two servers in one
+process share none of them.
 """
 
 from __future__ import annotations
@@ -23,17 +24,16 @@ from aiohttp import web
 from tokenward.gateway.audit import AuditLog, redact
 from tokenward.gateway.cache import VerificationCache
 from tokenward.gateway.decision import Authenticator, Principal, authorize, bearer_token
-from tokenward.gateway.edge import TrustedProxies, error_response
+from tokenward.gateway.edge import error_response
 from tokenward.gateway.exchange import (
     VERIFY_PATH,
-    Delivery,
     Exchange,
+    SettingsView,
     ask_forward_auth,
     check_request,
     open_exchange,
     read_target,
 )
-from tokenward.gateway.headers import HeaderPolicy
 from tokenward.gateway.paths import PathError
 from tokenward.gateway.proxy import Forwarder
 from tokenward.gateway.refusal import Refusal, Step
@@ -82,18 +82,6 @@ class Services(Protocol):
     def tunnels(self) -> TunnelWatch | None: ...
 
 
-class SettingsView:
-    """What the pipeline derives from one settings object: its trusted proxies and header
-    policy, each with its own memo. Rebuilt when a reload swaps the settings."""
-
-    __slots__ = ("headers", "settings", "trust")
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.trust = TrustedProxies(settings.trusted_proxies)
-        self.headers = HeaderPolicy(settings.strip_headers, settings.forward_authorization)
-
-
 class Pipeline:
     """The gateway listener's handler: edge -> target -> decision -> forward -> audit."""
 
@@ -111,7 +99,7 @@ class Pipeline:
         runtime = self.runtime
         settings = runtime.settings  # one snapshot per request: a reload swaps the whole object
         view = self.view if self.view.settings is settings else self.view_of(settings)
-        ex = open_exchange(request, settings, view.trust)  # 1. edge
+        ex = open_exchange(request, view)  # 1. edge
         try:
             check_request(request, settings.limits)
             if ex.path.startswith(VERIFY_PATH):  # forward-auth: answer instead of forwarding
@@ -123,11 +111,10 @@ class Pipeline:
             await self.decide(ex)  # 3. decision
             upstream = settings.upstreams[ex.upstream]
             if ex.websocket and is_websocket_upgrade(request):
-                return await self.tunnel(ex, upstream, view)  # 4. forward, as a tunnel
-            ex.delivery = Delivery()
+                return await self.tunnel(ex, upstream)  # 4. forward, as a tunnel
             forwarder = runtime.forwarder
             assert forwarder is not None
-            response = await forwarder.forward(ex, upstream, view.headers)  # 4. forward
+            response = await forwarder.forward(ex, upstream)  # 4. forward
             ex.status = response.status
             return response
         except Refusal as refusal:
@@ -135,7 +122,7 @@ class Pipeline:
         except asyncio.CancelledError:
             # Stopped mid-request (shutdown's drain time ran out): what the client got is the
             # status line already sent, if any, and a closed connection.
-            sent = ex.delivery.status if ex.delivery is not None else 0
+            sent = ex.sent_status
             ex.status = sent or 503
             ex.step = Step.SHUTDOWN
             ex.reason = "cut off: the gateway shut down" if sent else "the gateway shut down before answering"
@@ -153,7 +140,7 @@ class Pipeline:
         ex.upstream, ex.websocket, ex.principal, ex.allowed."""
         runtime = self.runtime
         try:
-            match = ex.settings.router.match(ex.method, ex.path)  # PathError: a lax reading of it
+            match = ex.view.settings.router.match(ex.method, ex.path)  # PathError: a lax reading of it
         except PathError as exc:
             raise Refusal(400, "invalid_request", Step.PATH, str(exc)) from None
         if match is None:
@@ -194,23 +181,23 @@ class Pipeline:
     def record(self, ex: Exchange) -> None:
         """The audit step: the decision's metric and audit event (once per request)."""
         ex.recorded = True
-        delivery = ex.delivery
         aborted = _NO_FIELDS
-        if delivery is not None and (delivery.upstream_aborted or delivery.client_aborted or delivery.shutdown_aborted):
+        if ex.upstream_aborted or ex.client_aborted or ex.shutdown_aborted:
             # The status line went out, the body did not: say so, with what was sent.
             aborted = {}
-            if delivery.shutdown_aborted:
+            if ex.shutdown_aborted:
                 aborted["shutdown_aborted"] = True
-            elif delivery.upstream_aborted:
-                ex.step, ex.reason = Step.UPSTREAM, f"response cut off by the upstream: {delivery.error}"
+            elif ex.upstream_aborted:
+                ex.step, ex.reason = Step.UPSTREAM, f"response cut off by the upstream: {ex.abort_error}"
                 aborted["upstream_aborted"] = True
             else:
                 ex.reason = "response cut off: the client closed the connection"
                 aborted["client_aborted"] = True
-            aborted["bytes_sent"] = delivery.bytes_sent
+            aborted["bytes_sent"] = ex.bytes_sent
+        caller = principal_fields(ex.principal)
+        extra: dict[str, Any] = {"client_request_id": ex.client_request_id} if ex.client_request_id is not None else {}
         runtime = self.runtime
         runtime.metrics.count_request(ex.route or "-", ex.step, ex.status)
-        extra: dict[str, Any] = {"client_request_id": ex.client_request_id} if ex.client_request_id is not None else {}
         runtime.audit.emit(
             "request.allowed" if ex.allowed else "request.denied",
             method=ex.method,
@@ -223,12 +210,12 @@ class Pipeline:
             client_ip=ex.client_ip,
             request_id=ex.request_id,
             duration_ms=round((time.perf_counter() - ex.started) * 1000, 3),
-            **principal_fields(ex.principal),
+            **caller,
             **extra,
             **aborted,
         )
 
-    async def tunnel(self, ex: Exchange, upstream: Upstream, view: SettingsView) -> web.StreamResponse:
+    async def tunnel(self, ex: Exchange, upstream: Upstream) -> web.StreamResponse:
         """A WebSocket upgrade on a route that allows it: the upstream's 101, then bytes both
         ways until either side closes or the token stops being allowed."""
         runtime, request = self.runtime, ex.request
@@ -237,7 +224,7 @@ class Pipeline:
             # A body here would be bytes the upstream waits for after declining the upgrade.
             raise Refusal(400, "invalid_request", Step.REQUEST, "a WebSocket upgrade request has no body")
         credential = bearer_token(request.headers.getall("Authorization", [])) if ex.principal else None
-        conn, response = await runtime.forwarder.upgrade(ex, upstream, view.headers)
+        conn, response = await runtime.forwarder.upgrade(ex, upstream)
         ex.status = response.status
         if conn is None:
             return response  # the upstream declined; its answer goes back as it is

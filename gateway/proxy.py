@@ -14,9 +14,17 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Histogram
 
-from tokenward.gateway.exchange import Delivery, Exchange
+from tokenward.gateway.exchange import Exchange
 from tokenward.gateway.forms import BodyScanner, OverrideFound, body_scanner
-from tokenward.gateway.headers import HeaderPolicy, IdentityHeaders, response_headers, upstream_headers
+from tokenward.gateway.headers import (
+    DROP,
+    TRUSTED_ONLY,
+    IdentityHeaders,
+    connection_tokens,
+    identity_headers,
+    normalize_name,
+    response_headers,
+)
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.settings import Limits, Upstream
 from tokenward.gateway.upstream import (
@@ -78,6 +86,37 @@ def client_body_error(status: int, error: str, message: str, step: Step = Step.L
     return Refusal(status, error, step, message, close=True)
 
 
+def upstream_headers(ex: Exchange, host: str, identity: IdentityHeaders | None = None) -> list[tuple[str, str]]:
+    """The request headers for the upstream: `Host: host`, the inbound ones the header
+    policy keeps (the trusted-proxy ones only when the edge found the peer trusted), the
+    rebuilt forwarding headers, the request id and the caller's identity."""
+    request = ex.request
+    policy = ex.view.headers
+    inbound = request.headers
+    dropped = connection_tokens(inbound) if "Connection" in inbound else ()
+    trusted = ex.trusted
+    kind_of = policy.kind
+    out: list[tuple[str, str]] = [("Host", host)]
+    for name, value in inbound.items():
+        kind = kind_of(name)
+        if kind == DROP or (kind == TRUSTED_ONLY and not trusted):
+            continue
+        if dropped and normalize_name(name) in dropped:
+            continue
+        out.append((name, value))
+    client = ex.peer or ""
+    previous = ", ".join(inbound.getall("X-Forwarded-For")) if trusted and "X-Forwarded-For" in inbound else None
+    out.append(("X-Forwarded-For", f"{previous}, {client}" if previous else client))
+    proto = inbound.get("X-Forwarded-Proto") if trusted else None
+    out.append(("X-Forwarded-Proto", proto or request.scheme))
+    host_seen = inbound.get("X-Forwarded-Host") if trusted else None
+    out.append(("X-Forwarded-Host", host_seen or request.host))
+    out.append(("X-Request-Id", ex.request_id))
+    if ex.principal is not None:
+        out.extend((identity or identity_headers)(ex.principal).items())
+    return out
+
+
 class Forwarder:
     """Pools of keep-alive connections per upstream; small responses are answered in one
     write, larger or slower ones streamed."""
@@ -99,12 +138,12 @@ class Forwarder:
             pool.close()
         self.pools.clear()
 
-    async def forward(self, ex: Exchange, upstream: Upstream, policy: HeaderPolicy) -> web.StreamResponse:
+    async def forward(self, ex: Exchange, upstream: Upstream) -> web.StreamResponse:
         """The forward step: `ex`'s request, to its canonical target on `upstream`."""
         request, target = ex.request, ex.target
         assert target is not None
         pool = self.pool(upstream)
-        headers = upstream_headers(ex, pool.host_header, policy, self.identity)
+        headers = upstream_headers(ex, pool.host_header, self.identity)
         method = request.method
         has_body = request.body_exists
         # Framing from what aiohttp parsed, never from inbound header spellings.
@@ -118,29 +157,27 @@ class Forwarder:
         head = request_head(method, pool.target(target.path, target.query), headers)
         sent = time.perf_counter()
         replayable = method in IDEMPOTENT and not has_body
-        conn = await self._exchange(request, pool, upstream, head, has_body, replayable, ex.settings.limits)
+        conn = await self._exchange(request, pool, upstream, head, has_body, replayable, ex.view.settings.limits)
         if self.latency is not None:
             self.latency.labels(upstream.name).observe(time.perf_counter() - sent)
         try:
             if conn.upgraded or conn.status == 101:
                 conn.reusable = False
                 raise upstream_error(502, f"upstream {upstream.name} switched protocols unasked")
-            return await self._respond(request, conn, ex.request_id, ex.delivery)
+            return await self._respond(request, conn, ex.request_id, ex)
         finally:
             conn.finish()
 
-    async def upgrade(
-        self, ex: Exchange, upstream: Upstream, policy: HeaderPolicy
-    ) -> tuple[Connection | None, web.StreamResponse]:
+    async def upgrade(self, ex: Exchange, upstream: Upstream) -> tuple[Connection | None, web.StreamResponse]:
         """Ask the upstream to switch protocols. With its 101: the connection (to tunnel)
         and the 101 for the client, not yet sent. Otherwise its answer, as usual."""
         request, target, request_id = ex.request, ex.target, ex.request_id
         assert target is not None
         pool = self.pool(upstream)
-        headers = upstream_headers(ex, pool.host_header, policy, self.identity)
+        headers = upstream_headers(ex, pool.host_header, self.identity)
         headers += [("Connection", "Upgrade"), ("Upgrade", request.headers["Upgrade"])]
         head = request_head("GET", pool.target(target.path, target.query), headers)
-        conn = await self._exchange(request, pool, upstream, head, False, True, ex.settings.limits)
+        conn = await self._exchange(request, pool, upstream, head, False, True, ex.view.settings.limits)
         if conn.status != 101 or not conn.upgraded:
             conn.reusable = False  # an upgrade attempt's connection never goes back to the pool
             try:
@@ -226,7 +263,7 @@ class Forwarder:
             conn.sending = False
 
     async def _respond(
-        self, request: web.BaseRequest, conn: Connection, request_id: str, delivery: Delivery | None = None
+        self, request: web.BaseRequest, conn: Connection, request_id: str, delivery: Exchange | None = None
     ) -> web.StreamResponse:
         reason = decode_header(conn.reason) or None
         headers = response_headers(conn.headers, request_id)
@@ -248,7 +285,7 @@ class Forwarder:
             # ran the request all the same, so that is a cut response, not an error of ours.
             await response.prepare(request)
             if delivery is not None:
-                delivery.status = response.status
+                delivery.sent_status = response.status
             if request.method == "HEAD":
                 await response.write_eof()
                 return response
@@ -263,15 +300,15 @@ class Forwarder:
             if request.transport is not None:
                 request.transport.close()
             if delivery is not None:
-                delivery.bytes_sent, delivery.upstream_aborted, delivery.error = sent, True, str(exc)
+                delivery.bytes_sent, delivery.upstream_aborted, delivery.abort_error = sent, True, str(exc)
             return response
         except ConnectionError as exc:  # the client went away: nobody to answer
             conn.reusable = False
             if delivery is not None:
-                delivery.bytes_sent, delivery.client_aborted, delivery.error = sent, True, str(exc)
+                delivery.bytes_sent, delivery.client_aborted, delivery.abort_error = sent, True, str(exc)
             return response
         except asyncio.CancelledError:  # shutdown's drain time ran out mid-body
-            if delivery is not None and delivery.status:
+            if delivery is not None and delivery.sent_status:
                 delivery.bytes_sent, delivery.shutdown_aborted = sent, True
             raise
         return response

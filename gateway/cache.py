@@ -19,54 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
 import structlog
 
 from tokenward.gateway.aio import cancel_and_wait
+from tokenward.gateway.bounded import BoundedMap
 from tokenward.gateway.records import TeamRecord, TokenRecord
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_changes import Change
 from tokenward.gateway.store_link import StoreUnavailable
 
-K = TypeVar("K")
-V = TypeVar("V")
 log = structlog.get_logger("tokenward.cache")
-
-
-class _LRU(Generic[K, V]):
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._data: OrderedDict[K, tuple[V, float]] = OrderedDict()
-
-    def get(self, key: K, max_age: float | None = None) -> V | None:
-        """The value if stored within `max_age` seconds (an older one stays for `stale`)."""
-        item = self._data.get(key)
-        if item is None:
-            return None
-        value, stored_at = item
-        if max_age is not None and time.monotonic() - stored_at > max_age:
-            return None
-        self._data.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._data[key] = (value, time.monotonic())
-        self._data.move_to_end(key)
-        while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
-
-    def pop(self, key: K) -> None:
-        self._data.pop(key, None)
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 @dataclass(slots=True)
@@ -81,10 +46,10 @@ class VerificationCache:
     def __init__(self, ttl: float, max_entries: int = 100_000, negative_ttl: float = 60.0) -> None:
         self.ttl = ttl
         self.negative_ttl = min(negative_ttl, ttl) if ttl > 0 else 0.0
-        self.proofs: _LRU[str, str] = _LRU(max_entries)
-        self.failures: _LRU[str, float] = _LRU(max_entries)
-        self.records: _LRU[str, TokenRecord] = _LRU(max_entries)
-        self.teams: _LRU[tuple[str, str], TeamRecord] = _LRU(max_entries)
+        self.proofs: BoundedMap[str, str] = BoundedMap(max_entries)
+        self.failures: BoundedMap[str, float] = BoundedMap(max_entries)
+        self.records: BoundedMap[str, TokenRecord] = BoundedMap(max_entries)
+        self.teams: BoundedMap[tuple[str, str], TeamRecord] = BoundedMap(max_entries)
         self.stats = CacheStats()
         # Bumped on every invalidation; a fetch that started before a bump must not be
         # cached, or a record read just before a revoke could outlive the revoke.

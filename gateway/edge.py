@@ -1,10 +1,12 @@
-"""The HTTP edge shared by the gateway and admin listeners: request ids and error responses.
+"""The HTTP edge shared by the gateway and admin listeners: which peers are trusted proxies,
+request ids and error responses.
 
 Every JSON error either listener sends is built here, from a `Refusal`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import re
@@ -13,7 +15,7 @@ import secrets
 from aiohttp import web
 
 from tokenward.gateway.audit import redact
-from tokenward.gateway.proxy import is_trusted
+from tokenward.gateway.bounded import BoundedMap
 from tokenward.gateway.refusal import Refusal, error_body, error_headers
 from tokenward.gateway.settings import IPNetwork
 
@@ -41,12 +43,67 @@ class RequestIds:
 new_request_id = RequestIds().next
 
 
+def in_networks(address: str | None, networks: tuple[IPNetwork, ...]) -> bool:
+    """Is `address` (an IP address as text) inside one of `networks`? Not remembered."""
+    if not address or not networks:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+class TrustedProxies:
+    """One settings object's `trusted_proxies`, with each address's answer remembered
+    (bounded). Built per settings object by its owner (the proxy pipeline), never shared
+    between servers."""
+
+    __slots__ = ("_memo", "networks")
+
+    def __init__(self, networks: tuple[IPNetwork, ...], memo_size: int = 10_000) -> None:
+        self.networks = networks
+        self._memo: BoundedMap[str, bool] = BoundedMap(memo_size)
+
+    def __contains__(self, address: str | None) -> bool:
+        if not address or not self.networks:
+            return False
+        found = self._memo.get(address)
+        if found is None:
+            found = in_networks(address, self.networks)
+            self._memo.put(address, found)
+        return found
+
+    def client_address(self, peer: str | None, forwarded_for: list[str]) -> str | None:
+        """The client's address: the peer, or behind trusted proxies the right-most
+        X-Forwarded-For entry that is not itself a trusted proxy. `forwarded_for`: the
+        X-Forwarded-For values, read only when the peer is trusted."""
+        if peer not in self:
+            return peer
+        hops = [h.strip() for v in forwarded_for for h in v.split(",")]
+        for hop in reversed(hops):
+            if not hop:
+                continue
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return peer  # garbage in the chain: trust only what we saw ourselves
+            if hop not in self:
+                return hop
+        return hops[0] if hops else peer
+
+
 def request_id_for(request: web.BaseRequest, trusted_proxies: tuple[IPNetwork, ...] = ()) -> str:
     """The request's id: a trusted proxy's X-Request-Id when there is exactly one and it is
     well-formed (1-128 of `A-Za-z0-9._:-`, nothing token-shaped), else a new one. A client
     that is not a trusted proxy never chooses the id that the response, the upstream and the
     audit carry (see `client_request_id`)."""
-    if trusted_proxies and is_trusted(request.remote, trusted_proxies):
+    return request_id(request, in_networks(request.remote, trusted_proxies))
+
+
+def request_id(request: web.BaseRequest, trusted: bool) -> str:
+    """`request_id_for` once the peer's trust is known (`trusted`: it is a trusted proxy)."""
+    if trusted:
         inbound = request.headers.getall("X-Request-Id", ())
         if len(inbound) == 1 and _REQUEST_ID.match(inbound[0]):
             if _HEX_OR_UUID.match(inbound[0]) or redact(inbound[0]) == inbound[0]:
@@ -79,4 +136,12 @@ def error_response(refusal: Refusal, request_id: str) -> web.Response:
     )
 
 
-__all__ = ["client_request_id", "error_response", "new_request_id", "request_id_for"]
+__all__ = [
+    "TrustedProxies",
+    "client_request_id",
+    "error_response",
+    "in_networks",
+    "new_request_id",
+    "request_id",
+    "request_id_for",
+]

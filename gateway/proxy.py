@@ -1,34 +1,32 @@
-"""Forwarding: headers in and out, streamed bodies, upstream errors.
-
-The upstream sees exactly the canonical path that was authorized. Hop-by-hop headers and
-any header named in `Connection` are removed first; then every inbound header of the
-identity family (`X-Tokenward-*`, whatever its case or `_`/`.` spelling) is removed and
-tokenward's own are set, so nothing a client sends can remove or forge them. Other proxies'
-identity headers and restatements of the path or method (`X-Forwarded-User`,
-`X-Auth-Request-*`, `X-Original-URL`, ...) are removed from every client; their client-address
-headers (`X-Real-IP`, `CF-Connecting-IP`, ...) are kept only from `trusted_proxies`
-(`HeaderPolicy`).
+"""Forwarding: the request to the upstream over pooled keep-alive connections, its body
+streamed under the limits, the response streamed back, upstream errors. Which headers go
+each way is `tokenward.gateway.headers`; the forward step receives the `Exchange` the
+earlier steps built (canonical target, principal, request id, trusted-proxy verdict).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Histogram
 
-from tokenward.gateway.decision import Principal
+from tokenward.gateway.exchange import Exchange
 from tokenward.gateway.forms import BodyScanner, OverrideFound, body_scanner
+from tokenward.gateway.headers import (
+    DROP,
+    TRUSTED_ONLY,
+    IdentityHeaders,
+    connection_tokens,
+    identity_headers,
+    normalize_name,
+    response_headers,
+)
 from tokenward.gateway.refusal import Refusal, Step
-from tokenward.gateway.scopes import format_scopes
-from tokenward.gateway.settings import IPNetwork, Settings, Upstream
+from tokenward.gateway.settings import Limits, Upstream
 from tokenward.gateway.upstream import (
     IDEMPOTENT,
     Connection,
@@ -36,159 +34,6 @@ from tokenward.gateway.upstream import (
     UpstreamFailed,
     decode_header,
     request_head,
-)
-
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-IDENTITY_PREFIX = "x-tokenward-"
-# What a trusted proxy may state about the connection it received (kept only from
-# `trusted_proxies`; X-Forwarded-For/-Proto/-Host are always rebuilt by tokenward).
-TRUSTED_FORWARDING = frozenset(
-    {
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-forwarded-port",
-        "x-forwarded-prefix",
-        "x-forwarded-ssl",
-        "x-forwarded-scheme",
-        "x-forwarded-server",
-        "forwarded",
-        "x-real-ip",
-    }
-)
-# Other proxies' and CDNs' statements about the client (address, location, edge), kept only
-# from `trusted_proxies`.
-PROXY_EXACT = frozenset(
-    {
-        "true-client-ip",
-        "x-client-ip",
-        "x-cluster-client-ip",
-        "client-ip",
-        "x-originating-ip",
-        "x-remote-ip",
-        "x-remote-addr",
-        "x-proxyuser-ip",
-        "fastly-client-ip",
-        "x-azure-clientip",
-        "x-azure-socketip",
-        "x-nf-client-connection-ip",
-        "x-vercel-forwarded-for",
-        "x-appengine-user-ip",
-        "x-host",
-        "x-forwarded",
-        "forwarded-for",
-        "fly-client-ip",
-    }
-)
-PROXY_PREFIXES = ("cf-", "akamai-", "x-akamai-", "fastly-", "x-envoy-", "x-vercel-", "x-appengine-")
-# Identity asserted by another authenticating proxy, and restatements of the request's path
-# or method: never forwarded, from anyone. The upstream's only identity is tokenward's own
-# X-Tokenward-*, and the only path and method are the ones that were authorized. Every
-# `X-Forwarded-*` name not in TRUSTED_FORWARDING (User, Email, Groups, Access-Token,
-# Client-Cert, Uri, Path, Method, ...) is in this class.
-NEVER_EXACT = frozenset(
-    {
-        "x-rewrite-url",
-        "x-override-url",
-        "x-http-destinationurl",
-        "x-proxy-url",
-        "x-client-cert",
-        "x-client-certificate",
-        "x-client-verify",
-        "x-client-dn",
-        "x-client-s-dn",
-        "x-client-i-dn",
-        "x-arr-clientcert",
-        "x-credential-identifier",
-        "x-anonymous-consumer",
-        "x-userinfo",
-        "x-id-token",
-        "x-access-token",
-        "x-jwt-assertion",
-        "x-proxy-user",
-        "x-auth-user",
-        "x-user",
-        "x-email",
-        "x-user-email",
-        "x-user-id",
-        "x-username",
-        "x-preferred-username",
-        "x-groups",
-        "x-ms-client-principal",
-        # Keycloak Gatekeeper / Louketo (X-Auth-Token is left alone: many APIs' own key header)
-        "x-auth-username",
-        "x-auth-userid",
-        "x-auth-email",
-        "x-auth-subject",
-        "x-auth-roles",
-        "x-auth-groups",
-        "x-auth-audience",
-        "x-auth-expiresin",
-        "x-endpoint-api-userinfo",  # Google Cloud Endpoints (ESP)
-    }
-)
-NEVER_PREFIXES = (
-    "x-forwarded-",
-    "x-original-",
-    "x-auth-request-",
-    "x-pomerium-",
-    "cf-access-",
-    "remote-",
-    "x-remote-user",
-    "x-remote-group",
-    "x-remote-email",
-    "x-remote-name",
-    "x-amzn-oidc-",
-    "x-goog-authenticated-user-",
-    "x-goog-iap-",
-    "x-ms-client-principal-",
-    "x-ms-token-",
-    "x-authentik-",
-    "x-vouch-",
-    "x-webauth-",
-    "x-ssl-client",
-    "ssl-client-",
-    "x-consumer-",
-    "x-authenticated-",
-    "x-apigateway-",
-    "x-jwt-",
-    "x-remote-extra-",  # Kubernetes front proxy: the user's extra attributes
-    "tailscale-",  # tailscale serve: Tailscale-User-Login, -Name, -Profile-Pic, ...
-    "oidc-claim-",  # Apache mod_auth_openidc: OIDC_CLAIM_*, OIDC_access_token, ...
-    "oidc-access-token",
-    "oidc-id-token",
-    "x-ssl-",  # nginx / HAProxy mTLS: X-SSL-Cert, X-SSL-Verify, X-SSL-Subject, X-SSL-Client-*
-    "x-amzn-mtls-",  # AWS ALB mTLS
-    "teleport-",  # Teleport application access: Teleport-Jwt-Assertion
-)
-_SAFE_HEADER_VALUE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%")
-_RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
-# Set by tokenward itself, whatever the client sent: framing (Content-Length is re-derived
-# from what aiohttp parsed, so no inbound spelling or Connection token can change how the
-# upstream frames the body), Host, the request id and the trusted forwarding headers.
-_REPLACED = frozenset(
-    {
-        "host",
-        "content-length",
-        "expect",
-        "x-request-id",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-    }
 )
 
 
@@ -230,19 +75,6 @@ class BodyGuard:
             yield chunk
 
 
-@dataclass(slots=True)
-class Delivery:
-    """How much of a streamed response reached the client, and which side cut it short:
-    after the status line is sent, the audit event must still say what happened."""
-
-    bytes_sent: int = 0
-    upstream_aborted: bool = False  # the upstream failed mid-body; the client's connection was cut
-    client_aborted: bool = False  # the client went away mid-body
-    shutdown_aborted: bool = False  # the gateway stopped (drain time ran out) mid-body
-    status: int = 0  # the status line sent to the client, once sent
-    error: str = ""
-
-
 def upstream_error(status: int, message: str) -> Refusal:
     """The upstream failed (502) or timed out (504) after the decision allowed the request."""
     return Refusal(status, "bad_gateway" if status == 502 else "gateway_timeout", Step.UPSTREAM, message)
@@ -254,191 +86,34 @@ def client_body_error(status: int, error: str, message: str, step: Step = Step.L
     return Refusal(status, error, step, message, close=True)
 
 
-def normalize_name(name: str) -> str:
-    """Header name as a proxy downstream might read it: case-folded, `_`/`.` as `-`."""
-    return name.lower().replace("_", "-").replace(".", "-")
-
-
-def header_value(text: str) -> str:
-    """A value safe in a header line: printable ASCII, anything else percent-encoded."""
-    return quote(text, safe=_SAFE_HEADER_VALUE)
-
-
-def connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
-    names = set()
-    for value in headers.getall("Connection", ()):
-        for token in value.split(","):
-            token = token.strip()
-            if token:
-                names.add(normalize_name(token))
-    return names
-
-
-_trust_memo: tuple[object, dict[str, bool]] = ((), {})
-
-
-def is_trusted(address: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
-    """Is `address` inside `trusted`? Remembered per address for the current trusted set
-    (the memo holds that set, so `is` can't be fooled by a recycled object)."""
-    global _trust_memo
-    if not address or not trusted:
-        return False
-    owner, memo = _trust_memo
-    if owner is not trusted:
-        memo = {}
-        _trust_memo = (trusted, memo)
-    found = memo.get(address)
-    if found is None:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            found = False
-        else:
-            found = any(ip in net for net in trusted)
-        if len(memo) < 10_000:
-            memo[address] = found
-    return found
-
-
-_identity_memo: dict[int, tuple[object, object, dict[str, str]]] = {}
-
-
-def identity_headers(principal: Principal) -> dict[str, str]:
-    """The caller's identity for the upstream; a header with nothing to say is left out.
-    Remembered per (token record, team permissions) object pair: both are immutable and
-    replaced, not changed, when the store says so."""
-    token, permissions = principal.token, principal.team_permissions
-    memo = _identity_memo.get(id(token))
-    if memo is not None and memo[0] is token and memo[1] is permissions:
-        return memo[2]
-    headers = {
-        "X-Tokenward-Token-Id": token.id,
-        "X-Tokenward-Token-Name": header_value(token.name),
-        "X-Tokenward-Org": token.org,
-        "X-Tokenward-Team": token.team or "",
-        "X-Tokenward-Service-Account": token.service_account or "",
-        "X-Tokenward-Scopes": " ".join(format_scopes(principal.effective_scopes)),
-    }
-    headers = {name: value for name, value in headers.items() if value}
-    if len(_identity_memo) > 10_000:
-        _identity_memo.clear()
-    _identity_memo[id(token)] = (token, permissions, headers)
-    return headers
-
-
-def client_address(request: web.BaseRequest, trusted: tuple[IPNetwork, ...]) -> str | None:
-    """The client's address: the peer, or behind trusted proxies the right-most
-    X-Forwarded-For entry that is not itself a trusted proxy."""
-    peer = request.remote
-    if not is_trusted(peer, trusted):
-        return peer
-    hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", []) for h in v.split(",")]
-    for hop in reversed(hops):
-        if not hop:
-            continue
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
-            return peer  # garbage in the chain: trust only what we saw ourselves
-        if not is_trusted(hop, trusted):
-            return hop
-    return hops[0] if hops else peer
-
-
-_KEEP, _DROP, _TRUSTED = 0, 1, 2
-
-
-class HeaderPolicy:
-    """What happens to each inbound request header on its way upstream, by name (case-folded,
-    `_` and `.` read as `-`): kept, dropped, or kept only from a trusted proxy. Built once per
-    settings object; each name's answer is remembered (bounded)."""
-
-    def __init__(self, strip: tuple[str, ...] = (), forward_authorization: bool = False) -> None:
-        self.strip_exact = frozenset(normalize_name(name) for name in strip if not name.endswith("*"))
-        self.strip_prefixes = tuple(normalize_name(name[:-1]) for name in strip if name.endswith("*"))
-        self.forward_authorization = forward_authorization
-        self._memo: dict[str, int] = {}
-
-    def kind(self, name: str) -> int:
-        found = self._memo.get(name)
-        if found is None:
-            found = self._classify(normalize_name(name))
-            if found == _TRUSTED and ("_" in name or "." in name):
-                found = _DROP  # only the canonical spelling of a forwarding header, from anyone
-            if len(self._memo) < 4096:
-                self._memo[name] = found
-        return found
-
-    def _classify(self, norm: str) -> int:
-        if norm in HOP_BY_HOP or norm in _REPLACED or norm.startswith(IDENTITY_PREFIX):
-            return _DROP
-        if norm == "authorization":
-            return _KEEP if self.forward_authorization else _DROP
-        if norm in TRUSTED_FORWARDING:
-            return _TRUSTED
-        if norm in self.strip_exact or (self.strip_prefixes and norm.startswith(self.strip_prefixes)):
-            return _DROP
-        if norm in NEVER_EXACT or norm.startswith(NEVER_PREFIXES):
-            return _DROP
-        if norm in PROXY_EXACT or norm.startswith(PROXY_PREFIXES):
-            return _TRUSTED
-        return _KEEP
-
-    def forwards(self, name: str, trusted: bool = False) -> bool:
-        """Would a header of this name reach the upstream (from a trusted proxy or not)?"""
-        kind = self.kind(name)
-        return kind == _KEEP or (kind == _TRUSTED and trusted)
-
-
-def upstream_headers(
-    request: web.BaseRequest,
-    principal: Principal | None,
-    request_id: str,
-    trusted_proxies: tuple[IPNetwork, ...],
-    policy: HeaderPolicy,
-) -> list[tuple[str, str]]:
+def upstream_headers(ex: Exchange, host: str, identity: IdentityHeaders | None = None) -> list[tuple[str, str]]:
+    """The request headers for the upstream: `Host: host`, the inbound ones the header
+    policy keeps (the trusted-proxy ones only when the edge found the peer trusted), the
+    rebuilt forwarding headers, the request id and the caller's identity."""
+    request = ex.request
+    policy = ex.view.headers
     inbound = request.headers
     dropped = connection_tokens(inbound) if "Connection" in inbound else ()
-    trusted = is_trusted(request.remote, trusted_proxies)
+    trusted = ex.trusted
     kind_of = policy.kind
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str]] = [("Host", host)]
     for name, value in inbound.items():
         kind = kind_of(name)
-        if kind == _DROP or (kind == _TRUSTED and not trusted):
+        if kind == DROP or (kind == TRUSTED_ONLY and not trusted):
             continue
         if dropped and normalize_name(name) in dropped:
             continue
         out.append((name, value))
-    client = request.remote or ""
+    client = ex.peer or ""
     previous = ", ".join(inbound.getall("X-Forwarded-For")) if trusted and "X-Forwarded-For" in inbound else None
     out.append(("X-Forwarded-For", f"{previous}, {client}" if previous else client))
     proto = inbound.get("X-Forwarded-Proto") if trusted else None
     out.append(("X-Forwarded-Proto", proto or request.scheme))
-    host = inbound.get("X-Forwarded-Host") if trusted else None
-    out.append(("X-Forwarded-Host", host or request.host))
-    out.append(("X-Request-Id", request_id))
-    if principal is not None:
-        out.extend(identity_headers(principal).items())
-    return out
-
-
-def response_headers(raw: list[tuple[bytes, bytes]], request_id: str) -> CIMultiDict[str]:
-    """The upstream's response headers minus hop-by-hop ones (and Content-Length, which
-    aiohttp sets from what is actually sent)."""
-    dropped: set[str] = set()
-    for raw_name, value in raw:
-        if raw_name.lower() == b"connection":
-            for token in decode_header(value).split(","):
-                if token.strip():
-                    dropped.add(normalize_name(token.strip()))
-    out: CIMultiDict[str] = CIMultiDict()
-    for raw_name, value in raw:
-        name = decode_header(raw_name)
-        norm = normalize_name(name)
-        if norm in _RESPONSE_DROP or norm in dropped or norm == "x-request-id":
-            continue
-        out.add(name, decode_header(value))
-    out["X-Request-Id"] = request_id
+    host_seen = inbound.get("X-Forwarded-Host") if trusted else None
+    out.append(("X-Forwarded-Host", host_seen or request.host))
+    out.append(("X-Request-Id", ex.request_id))
+    if ex.principal is not None:
+        out.extend((identity or identity_headers)(ex.principal).items())
     return out
 
 
@@ -449,15 +124,7 @@ class Forwarder:
     def __init__(self, latency: Histogram | None = None) -> None:
         self.latency = latency
         self.pools: dict[tuple[str, str], Pool] = {}
-        self._policy: tuple[Settings | None, HeaderPolicy] = (None, HeaderPolicy())
-
-    def policy(self, settings: Settings) -> HeaderPolicy:
-        """The header policy of `settings` (rebuilt when a reload swaps the settings)."""
-        owner, policy = self._policy
-        if owner is not settings:
-            policy = HeaderPolicy(settings.strip_headers, settings.forward_authorization)
-            self._policy = (settings, policy)
-        return policy
+        self.identity = IdentityHeaders()  # the identity headers, remembered per token record
 
     def pool(self, upstream: Upstream) -> Pool:
         key = (upstream.name, upstream.url)
@@ -466,31 +133,17 @@ class Forwarder:
             pool = self.pools[key] = Pool(upstream, asyncio.get_running_loop())
         return pool
 
-    def _headers(
-        self, request: web.BaseRequest, pool: Pool, principal: Principal | None, request_id: str, settings: Settings
-    ) -> list[tuple[str, str]]:
-        headers = upstream_headers(request, principal, request_id, settings.trusted_proxies, self.policy(settings))
-        headers.insert(0, ("Host", pool.host_header))
-        return headers
-
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
         self.pools.clear()
 
-    async def forward(
-        self,
-        request: web.BaseRequest,
-        upstream: Upstream,
-        path: str,
-        query: str,
-        principal: Principal | None,
-        request_id: str,
-        settings: Settings,
-        delivery: Delivery | None = None,
-    ) -> web.StreamResponse:
+    async def forward(self, ex: Exchange, upstream: Upstream) -> web.StreamResponse:
+        """The forward step: `ex`'s request, to its canonical target on `upstream`."""
+        request, target = ex.request, ex.target
+        assert target is not None
         pool = self.pool(upstream)
-        headers = self._headers(request, pool, principal, request_id, settings)
+        headers = upstream_headers(ex, pool.host_header, self.identity)
         method = request.method
         has_body = request.body_exists
         # Framing from what aiohttp parsed, never from inbound header spellings.
@@ -501,37 +154,30 @@ class Forwarder:
         if has_body and request.headers.get("Expect", "").lower() == "100-continue" and request.transport:
             # The decision is made: let the client send its body (the upstream gets it at once).
             request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        head = request_head(method, pool.target(path, query), headers)
+        head = request_head(method, pool.target(target.path, target.query), headers)
         sent = time.perf_counter()
         replayable = method in IDEMPOTENT and not has_body
-        conn = await self._exchange(request, pool, upstream, head, has_body, replayable, settings)
+        conn = await self._exchange(request, pool, upstream, head, has_body, replayable, ex.view.settings.limits)
         if self.latency is not None:
             self.latency.labels(upstream.name).observe(time.perf_counter() - sent)
         try:
             if conn.upgraded or conn.status == 101:
                 conn.reusable = False
                 raise upstream_error(502, f"upstream {upstream.name} switched protocols unasked")
-            return await self._respond(request, conn, request_id, delivery)
+            return await self._respond(request, conn, ex.request_id, ex)
         finally:
             conn.finish()
 
-    async def upgrade(
-        self,
-        request: web.BaseRequest,
-        upstream: Upstream,
-        path: str,
-        query: str,
-        principal: Principal | None,
-        request_id: str,
-        settings: Settings,
-    ) -> tuple[Connection | None, web.StreamResponse]:
+    async def upgrade(self, ex: Exchange, upstream: Upstream) -> tuple[Connection | None, web.StreamResponse]:
         """Ask the upstream to switch protocols. With its 101: the connection (to tunnel)
         and the 101 for the client, not yet sent. Otherwise its answer, as usual."""
+        request, target, request_id = ex.request, ex.target, ex.request_id
+        assert target is not None
         pool = self.pool(upstream)
-        headers = self._headers(request, pool, principal, request_id, settings)
+        headers = upstream_headers(ex, pool.host_header, self.identity)
         headers += [("Connection", "Upgrade"), ("Upgrade", request.headers["Upgrade"])]
-        head = request_head("GET", pool.target(path, query), headers)
-        conn = await self._exchange(request, pool, upstream, head, False, True, settings)
+        head = request_head("GET", pool.target(target.path, target.query), headers)
+        conn = await self._exchange(request, pool, upstream, head, False, True, ex.view.settings.limits)
         if conn.status != 101 or not conn.upgraded:
             conn.reusable = False  # an upgrade attempt's connection never goes back to the pool
             try:
@@ -554,7 +200,7 @@ class Forwarder:
         head: bytes,
         has_body: bool,
         replayable: bool,
-        settings: Settings,
+        limits: Limits,
     ) -> Connection:
         """Send the request; return the connection once the response head is in."""
         for attempt in (0, 1):
@@ -570,7 +216,7 @@ class Forwarder:
             try:
                 conn.write(head)
                 if has_body:
-                    await self._send_body(request, conn, settings)
+                    await self._send_body(request, conn, limits)
                 await conn.response_head()
                 if reused:
                     pool.alive_after(idle_for, conn.exchanges)
@@ -589,8 +235,7 @@ class Forwarder:
                 raise
         raise AssertionError("unreachable")
 
-    async def _send_body(self, request: web.BaseRequest, conn: Connection, settings: Settings) -> None:
-        limits = settings.limits
+    async def _send_body(self, request: web.BaseRequest, conn: Connection, limits: Limits) -> None:
         try:
             headers = request.headers
             scanner = body_scanner(headers.getall("Content-Type", []), headers.getall("Content-Encoding", []))
@@ -618,7 +263,7 @@ class Forwarder:
             conn.sending = False
 
     async def _respond(
-        self, request: web.BaseRequest, conn: Connection, request_id: str, delivery: Delivery | None = None
+        self, request: web.BaseRequest, conn: Connection, request_id: str, delivery: Exchange | None = None
     ) -> web.StreamResponse:
         reason = decode_header(conn.reason) or None
         headers = response_headers(conn.headers, request_id)
@@ -640,7 +285,7 @@ class Forwarder:
             # ran the request all the same, so that is a cut response, not an error of ours.
             await response.prepare(request)
             if delivery is not None:
-                delivery.status = response.status
+                delivery.sent_status = response.status
             if request.method == "HEAD":
                 await response.write_eof()
                 return response
@@ -655,15 +300,15 @@ class Forwarder:
             if request.transport is not None:
                 request.transport.close()
             if delivery is not None:
-                delivery.bytes_sent, delivery.upstream_aborted, delivery.error = sent, True, str(exc)
+                delivery.bytes_sent, delivery.upstream_aborted, delivery.abort_error = sent, True, str(exc)
             return response
         except ConnectionError as exc:  # the client went away: nobody to answer
             conn.reusable = False
             if delivery is not None:
-                delivery.bytes_sent, delivery.client_aborted, delivery.error = sent, True, str(exc)
+                delivery.bytes_sent, delivery.client_aborted, delivery.abort_error = sent, True, str(exc)
             return response
         except asyncio.CancelledError:  # shutdown's drain time ran out mid-body
-            if delivery is not None and delivery.status:
+            if delivery is not None and delivery.sent_status:
                 delivery.bytes_sent, delivery.shutdown_aborted = sent, True
             raise
         return response

@@ -26,9 +26,9 @@ import yaml
 from tests.helpers.gateway import IDENTITY as DOCUMENTED_IDENTITY
 from tests.helpers.gateway import ROOT
 from tokenward.api import ENDPOINTS
-from tokenward.gateway.app import VERIFY_PATH
 from tokenward.gateway.decision import Principal
-from tokenward.gateway.proxy import identity_headers
+from tokenward.gateway.exchange import VERIFY_PATH
+from tokenward.gateway.headers import identity_headers
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.settings import Settings, load_settings, settings_from_dict

@@ -115,7 +115,7 @@ def test_another_packages_gateway_does_not_replace_ours(tmp_path: Path) -> None:
         (tmp_path / folder / f"{module}.py").write_text("raise SystemExit('the other package ran')\n")
     probe = (
         "import tokenward.gateway.app, tokenward.api, tokenward.cli\n"
-        "print(tokenward.gateway.app.__name__, hasattr(tokenward.gateway.app, 'original_request'))\n"
+        "print(tokenward.gateway.app.__name__, hasattr(tokenward.gateway.app, 'create_proxy_server'))\n"
     )
     done = _run(sys.executable, "-c", probe, cwd=tmp_path, env_path=str(tmp_path))
     assert done.returncode == 0, done.stderr + done.stdout

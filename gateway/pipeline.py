@@ -1,0 +1,286 @@
+"""The gateway's one way through: every request (proxied, forward-auth, WebSocket) visits
+each concern once, in order, each step handing the next the `Exchange` it built:
+
+    edge (exchange.open_exchange, exchange.check_request)
+    -> target (exchange.ask_forward_auth for forward-auth, exchange.read_target)
+    -> decision (Pipeline.decide: route, credential, authorization)
+    -> forward (proxy.Forwarder.forward; or the forward-auth answer; or Pipeline.tunnel)
+    -> audit (Pipeline.record)
+
+The per-settings objects (`exchange.SettingsView`: the trusted-proxy set and the header
+policy, each with its own bounded memo) belong to the pipeline, so two servers in one
+process share none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import web
+
+from tokenward.gateway.audit import AuditLog, redact
+from tokenward.gateway.cache import VerificationCache
+from tokenward.gateway.decision import Authenticator, Principal, authorize, bearer_token
+from tokenward.gateway.edge import error_response
+from tokenward.gateway.exchange import (
+    VERIFY_PATH,
+    Exchange,
+    SettingsView,
+    ask_forward_auth,
+    check_request,
+    open_exchange,
+    read_target,
+)
+from tokenward.gateway.paths import PathError
+from tokenward.gateway.proxy import Forwarder
+from tokenward.gateway.refusal import Refusal, Step
+from tokenward.gateway.settings import Settings, Upstream
+from tokenward.gateway.tunnel import Tunnel, TunnelWatch, is_websocket_upgrade
+
+log = structlog.get_logger("tokenward")
+
+_NO_FIELDS: dict[str, Any] = {}  # never changed: the audit fields of a response sent whole
+
+
+def principal_fields(principal: Principal | None) -> dict[str, Any]:
+    if principal is None:
+        return {}
+    token = principal.token
+    return {
+        "token_id": token.id,
+        "token_name": token.name,
+        "org": token.org,
+        "team": token.team,
+        "service_account": token.service_account,
+    }
+
+
+class RequestCounter(Protocol):
+    def count_request(self, route: str, step: str, status: int) -> None: ...
+
+
+class Services(Protocol):
+    """What the pipeline uses of the runtime (`tokenward.gateway.app.Runtime`), read-only;
+    `settings` is read once per request (a reload swaps it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def cache(self) -> VerificationCache: ...
+    @property
+    def authenticator(self) -> Authenticator: ...
+    @property
+    def audit(self) -> AuditLog: ...
+    @property
+    def metrics(self) -> RequestCounter: ...
+    @property
+    def forwarder(self) -> Forwarder | None: ...
+    @property
+    def tunnels(self) -> TunnelWatch | None: ...
+
+
+class Pipeline:
+    """The gateway listener's handler: edge -> target -> decision -> forward -> audit."""
+
+    def __init__(self, runtime: Services) -> None:
+        self.runtime = runtime
+        self.view = SettingsView(runtime.settings)
+
+    def view_of(self, settings: Settings) -> SettingsView:
+        view = self.view
+        if view.settings is not settings:
+            view = self.view = SettingsView(settings)
+        return view
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        runtime = self.runtime
+        settings = runtime.settings  # one snapshot per request: a reload swaps the whole object
+        view = self.view if self.view.settings is settings else self.view_of(settings)
+        ex = open_exchange(request, view)  # 1. edge
+        try:
+            check_request(request, settings.limits)
+            if ex.path.startswith(VERIFY_PATH):  # forward-auth: answer instead of forwarding
+                ask_forward_auth(ex)  # 2. target (the one asked about)
+                read_target(ex)
+                await self.decide(ex)  # 3. decision
+                return self.verified(ex)  # 4. the answer
+            read_target(ex)  # 2. target
+            await self.decide(ex)  # 3. decision
+            upstream = settings.upstreams[ex.upstream]
+            if ex.websocket and is_websocket_upgrade(request):
+                return await self.tunnel(ex, upstream)  # 4. forward, as a tunnel
+            forwarder = runtime.forwarder
+            assert forwarder is not None
+            response = await forwarder.forward(ex, upstream)  # 4. forward
+            ex.status = response.status
+            return response
+        except Refusal as refusal:
+            return self.deny(ex, refusal)
+        except asyncio.CancelledError:
+            # Stopped mid-request (shutdown's drain time ran out): what the client got is the
+            # status line already sent, if any, and a closed connection.
+            sent = ex.sent_status
+            ex.status = sent or 503
+            ex.step = Step.SHUTDOWN
+            ex.reason = "cut off: the gateway shut down" if sent else "the gateway shut down before answering"
+            raise
+        except Exception:
+            # Fail closed: anything unexpected in the decision path is a 500, never a pass.
+            log.exception("request failed", request_id=ex.request_id)
+            return self.deny(ex, Refusal(500, "internal_error", Step.INTERNAL, "internal error"))
+        finally:
+            if not ex.recorded:
+                self.record(ex)  # 5. audit
+
+    async def decide(self, ex: Exchange) -> None:
+        """Steps 1–8 for `ex.method ex.path` (canonical); raises Refusal. Sets ex.route,
+        ex.upstream, ex.websocket, ex.principal, ex.allowed."""
+        runtime = self.runtime
+        try:
+            match = ex.view.settings.router.match(ex.method, ex.path)  # PathError: a lax reading of it
+        except PathError as exc:
+            raise Refusal(400, "invalid_request", Step.PATH, str(exc)) from None
+        if match is None:
+            raise Refusal(404, "not_found", Step.ROUTE, "no route matches this request")
+        route = match.route
+        ex.route = route.label
+        ex.websocket = route.websocket
+        ex.upstream = route.upstream
+        if not route.public:
+            ex.epoch = runtime.cache.epoch
+            token = bearer_token(ex.request.headers.getall("Authorization", []))
+            ex.principal = principal = await runtime.authenticator.authenticate(token, ex.client_ip)
+            authorize(match, principal)
+            runtime.audit.mark_used(principal.token.id, time.time())
+        ex.allowed = True
+
+    def verified(self, ex: Exchange) -> web.Response:
+        """Forward-auth's answer: 200 with the identity headers for the fronting proxy."""
+        forwarder = self.runtime.forwarder
+        assert forwarder is not None
+        headers = forwarder.identity(ex.principal) if ex.principal is not None else {}
+        ex.status, ex.step = 200, Step.VERIFIED
+        return web.Response(
+            status=200, headers={**headers, "X-Request-Id": ex.request_id, "Cache-Control": "no-store"}
+        )
+
+    @staticmethod
+    def deny(ex: Exchange, refusal: Refusal) -> web.Response:
+        if refusal.step is not Step.UPSTREAM:  # the upstream fails after an allowed decision
+            ex.allowed = False
+        # a gateway refusal always names its step (only admin validation errors have none)
+        ex.status, ex.step, ex.reason = refusal.status, refusal.step or Step.INTERNAL, refusal.message
+        response = error_response(refusal, ex.request_id)
+        if refusal.close:
+            response.force_close()
+        return response
+
+    def record(self, ex: Exchange) -> None:
+        """The audit step: the decision's metric and audit event (once per request)."""
+        ex.recorded = True
+        aborted = _NO_FIELDS
+        if ex.upstream_aborted or ex.client_aborted or ex.shutdown_aborted:
+            # The status line went out, the body did not: say so, with what was sent.
+            aborted = {}
+            if ex.shutdown_aborted:
+                aborted["shutdown_aborted"] = True
+            elif ex.upstream_aborted:
+                ex.step, ex.reason = Step.UPSTREAM, f"response cut off by the upstream: {ex.abort_error}"
+                aborted["upstream_aborted"] = True
+            else:
+                ex.reason = "response cut off: the client closed the connection"
+                aborted["client_aborted"] = True
+            aborted["bytes_sent"] = ex.bytes_sent
+        caller = principal_fields(ex.principal)
+        extra: dict[str, Any] = {"client_request_id": ex.client_request_id} if ex.client_request_id is not None else {}
+        runtime = self.runtime
+        runtime.metrics.count_request(ex.route or "-", ex.step, ex.status)
+        runtime.audit.emit(
+            "request.allowed" if ex.allowed else "request.denied",
+            method=ex.method,
+            path=redact(ex.path),
+            route=ex.route,
+            status=ex.status,
+            step=ex.step,
+            reason=redact(ex.reason),
+            mode=ex.mode,
+            client_ip=ex.client_ip,
+            request_id=ex.request_id,
+            duration_ms=round((time.perf_counter() - ex.started) * 1000, 3),
+            **caller,
+            **extra,
+            **aborted,
+        )
+
+    async def tunnel(self, ex: Exchange, upstream: Upstream) -> web.StreamResponse:
+        """A WebSocket upgrade on a route that allows it: the upstream's 101, then bytes both
+        ways until either side closes or the token stops being allowed."""
+        runtime, request = self.runtime, ex.request
+        assert runtime.forwarder is not None and runtime.tunnels is not None
+        if request.body_exists or (request.content_length or 0) > 0:
+            # A body here would be bytes the upstream waits for after declining the upgrade.
+            raise Refusal(400, "invalid_request", Step.REQUEST, "a WebSocket upgrade request has no body")
+        credential = bearer_token(request.headers.getall("Authorization", [])) if ex.principal else None
+        conn, response = await runtime.forwarder.upgrade(ex, upstream)
+        ex.status = response.status
+        if conn is None:
+            return response  # the upstream declined; its answer goes back as it is
+        try:
+            # The handshake took time: if the cache dropped anything meanwhile (a revoke),
+            # decide again before the client gets its 101.
+            epoch = runtime.cache.epoch
+            expires_at = ex.principal.token.expires_at if ex.principal else None
+            if epoch != ex.epoch:
+                expires_at = await self.recheck(ex, credential)
+            if request.transport is None or request.transport.is_closing():
+                ex.status, ex.step, ex.reason = 499, Step.UPSTREAM, "client left during the handshake"
+                conn.close()
+                return response
+            tunnel = Tunnel(request, conn)
+        except BaseException:
+            conn.close()
+            raise
+        ex.mode = "websocket"
+        self.record(ex)  # audited when it opens, not hours later
+        try:
+            await response.prepare(request)
+            tunnel.start()
+            runtime.tunnels.add(tunnel, lambda: self.recheck(ex, credential), expires_at, epoch)
+            reason = await tunnel.done
+        finally:
+            runtime.tunnels.remove(tunnel)
+            tunnel.close("handler ended")
+        runtime.audit.emit(
+            "websocket.closed",
+            path=redact(ex.path),
+            route=ex.route,
+            reason=reason,
+            request_id=ex.request_id,
+            client_ip=ex.client_ip,
+            bytes_in=tunnel.bytes_up,
+            bytes_out=tunnel.bytes_down,
+            duration_ms=round((time.monotonic() - tunnel.opened) * 1000, 3),
+            **principal_fields(ex.principal),
+        )
+        response.force_close()
+        return response
+
+    async def recheck(self, ex: Exchange, credential: str | None) -> float | None:
+        """Would this tunnel's opening request still be allowed? Raises Refusal if not."""
+        settings = self.runtime.settings
+        try:
+            match = settings.router.match("GET", ex.path)
+        except PathError as exc:  # a reload made this path ambiguous
+            raise Refusal(400, "invalid_request", Step.PATH, str(exc)) from None
+        if match is None or not match.route.websocket:
+            raise Refusal(404, "not_found", Step.ROUTE, "the route no longer allows this WebSocket")
+        if match.route.public:
+            return None
+        if credential is None:
+            raise Refusal(401, "invalid_token", Step.CREDENTIAL, "missing bearer token")
+        principal = await self.runtime.authenticator.authenticate(credential, ex.client_ip)
+        authorize(match, principal)
+        return principal.token.expires_at

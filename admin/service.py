@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from tokenward.actor import Actor, Changes
-from tokenward.gateway.decision import Throttled
 from tokenward.gateway.records import ACTIVE, FINAL_REASONS, REVOKED, TeamRecord, TokenRecord, revoker_rank
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import ADMIN_ORG, Scope, format_scopes
@@ -27,6 +26,7 @@ from tokenward.gateway.store import ActorFence, QuotaExceeded, TokenEdit
 from tokenward.gateway.store_audit import AuditEntry
 from tokenward.gateway.store_keys import Keys
 from tokenward.gateway.store_records import Conflict
+from tokenward.gateway.throttle import Throttled
 from tokenward.gateway.tokens import (
     BASE62,
     KEY_ID_LEN,

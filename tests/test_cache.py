@@ -12,10 +12,10 @@ import redis
 
 from tests.helpers.gateway import Gateway, apis_status
 from tokenward.gateway.cache import VerificationCache
-from tokenward.gateway.decision import FailureThrottle
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.store_changes import Change
+from tokenward.gateway.throttle import FailureThrottle
 from tokenward.gateway.tokens import checksum, generate
 
 

@@ -246,7 +246,7 @@ def test_legacy_check_matches_the_modules_legacy_scheme() -> None:
 
 
 async def test_the_gate_serves_clean_key_ids_first_and_keeps_a_slot_for_them() -> None:
-    from tokenward.gateway.decision import CLEAN, CLEAN_LEGACY, SUSPECT, PriorityGate
+    from tokenward.gateway.throttle import CLEAN, CLEAN_LEGACY, SUSPECT, PriorityGate
 
     gate = PriorityGate(2, reserved=1, reserved_for=CLEAN)
     order: list[str] = []

@@ -1,0 +1,153 @@
+"""Who may spend argon2 time on an unproven secret, and in which order.
+
+`FailureThrottle` budgets failed verifications per key id and for suspect callers as a whole;
+`PriorityGate` lets verifications in by class (`CLEAN` before `CLEAN_LEGACY` before
+`SUSPECT`), so a flood of guesses never queues ahead of a known-good caller. `Authenticator`
+(gateway/decision.py) uses both and raises `Throttled` when the budget says no.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections.abc import AsyncIterator
+
+
+class Throttled(Exception):
+    """The failure throttle refused to verify a secret now (not a verdict on the token)."""
+
+
+# Classes in the argon2 queue, served in this order (FIFO within a class).
+CLEAN = 0  # no recent failure, and the record's secret check is keyed: nobody can craft for it
+CLEAN_LEGACY = 1  # no recent failure, but a legacy (unkeyed) check: crafted secrets pass it
+SUSPECT = 2  # a failed verification in the last `memory` seconds
+
+
+class FailureThrottle:
+    """Who may spend argon2 work on an unproven secret, and in which order.
+
+    Failures are charged to the key id they were made against, never to everyone:
+    - each key id has a bucket (burst 5, 1/s); once empty, that key id's unproven tokens
+      are refused without verification ("invalid token", as always);
+    - a key id with a failure in the last `memory` seconds is a *suspect*: suspects share a
+      budget of `suspect_rate` verifications/s (burst `suspect_burst`), however many
+      key ids a flood spreads over;
+    - a key id with no recent failure never waits for that budget and is queued ahead of
+      every suspect (`priority`); one of the argon2 slots is kept for key ids whose record
+      has a keyed check (`Authenticator`), so a brand-new token or a new admin login waits
+      at most for one verification in progress, however many other key ids are flooded.
+    Wrong secrets that pass a keyed check are 1 in 65 536, whoever made them, so a flood
+    reaches argon2 mostly through legacy records (crafted secrets, or no check at all):
+    their first failure is unbudgeted (once per key id per `memory`, on one slot at most),
+    every later one is a suspect's. A token whose secret was already proven never comes here.
+    """
+
+    def __init__(
+        self,
+        per_key_burst: float = 5,
+        per_key_rate: float = 1.0,
+        suspect_burst: float = 16,
+        suspect_rate: float = 4.0,
+        memory: float = 600.0,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.per_key = (per_key_burst, per_key_rate)
+        self.suspects = (suspect_burst, suspect_rate)
+        self.memory = memory
+        # key id -> (bucket level, level's time, time of the last failure)
+        self._keys: dict[str, tuple[float, float, float]] = {}
+        self._budget = (suspect_burst, time.monotonic())
+        self.max_keys = max_keys
+        self.refused = 0
+
+    @staticmethod
+    def _level(level: float, at: float, burst: float, rate: float, now: float) -> float:
+        return min(burst, level + (now - at) * rate)
+
+    def suspect(self, key_id: str, now: float | None = None) -> bool:
+        state = self._keys.get(key_id)
+        return state is not None and (now or time.monotonic()) - state[2] < self.memory
+
+    def priority(self, key_id: str, keyed_check: bool) -> int:
+        if self.suspect(key_id):
+            return SUSPECT
+        return CLEAN if keyed_check else CLEAN_LEGACY
+
+    def allows(self, key_id: str, *, take: bool = True) -> bool:
+        """May one verification for `key_id` run now? Takes a unit of the suspects' budget
+        when `key_id` is a suspect (unless `take` is false: only asking, before queueing)."""
+        now = time.monotonic()
+        state = self._keys.get(key_id)
+        if state is None or now - state[2] >= self.memory:
+            return True
+        k_burst, k_rate = self.per_key
+        s_burst, s_rate = self.suspects
+        budget = self._level(*self._budget, s_burst, s_rate, now)
+        if self._level(state[0], state[1], k_burst, k_rate, now) < 1 or budget < 1:
+            self.refused += 1
+            return False
+        if take:
+            self._budget = (budget - 1, now)
+        return True
+
+    def failed(self, key_id: str) -> None:
+        now = time.monotonic()
+        k_burst, k_rate = self.per_key
+        level, at, _ = self._keys.pop(key_id, (k_burst, now, now))
+        self._keys[key_id] = (self._level(level, at, k_burst, k_rate, now) - 1, now, now)
+        if len(self._keys) > self.max_keys:
+            self._keys.pop(next(iter(self._keys)))
+
+
+class PriorityGate:
+    """`slots` holders at once, let in by (priority, arrival), lowest first. Priorities
+    above `reserved_for` hold at most `slots - reserved` of them (at least one), so that
+    `reserved` slots are always free soon for the best-placed callers."""
+
+    def __init__(self, slots: int, reserved: int = 0, reserved_for: int = 0) -> None:
+        self.slots = slots
+        self._low_limit = max(1, slots - reserved)
+        self._reserved_for = reserved_for
+        self._busy = 0
+        self._low_busy = 0
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: int) -> AsyncIterator[None]:
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._arrivals), turn))
+        self._dispatch()
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release(priority)  # our turn came as we were cancelled: pass it on
+            raise
+        try:
+            yield
+        finally:
+            self._release(priority)
+
+    def _dispatch(self) -> None:
+        # The head is the best-placed waiter: if it may not start, no one behind it may.
+        while self._waiting:
+            priority, _, turn = self._waiting[0]
+            if turn.done():  # cancelled while waiting
+                heapq.heappop(self._waiting)
+                continue
+            low = priority > self._reserved_for
+            if self._busy >= self.slots or (low and self._low_busy >= self._low_limit):
+                return
+            heapq.heappop(self._waiting)
+            self._busy += 1
+            self._low_busy += low
+            turn.set_result(None)
+
+    def _release(self, priority: int) -> None:
+        self._busy -= 1
+        self._low_busy -= priority > self._reserved_for
+        self._dispatch()

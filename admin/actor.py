@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tokenward.gateway.decision import Principal
-from tokenward.gateway.records import ACTIVE, TokenRecord
+from tokenward.gateway.records import ACTIVE, TeamRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.store import ActorFence
 from tokenward.gateway.store_audit import AuditEntry
+from tokenward.rules import NotFound
 
 if TYPE_CHECKING:
     from tokenward.gateway.runtime import Runtime
@@ -83,6 +84,13 @@ class Changes:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.store = runtime.store
+
+    async def team(self, org: str, team: str) -> TeamRecord:
+        """The team's record, or `NotFound`."""
+        record = await self.store.get_team(org, team)
+        if record is None:
+            raise NotFound(f"team {team!r} does not exist in org {org!r}")
+        return record
 
     def entry(self, actor: Actor, action: str, **fields: Any) -> AuditEntry:
         event = {**actor.fields(), **fields, "action": action, "ts": time.time()}

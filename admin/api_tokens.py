@@ -79,7 +79,7 @@ async def list_tokens(call: Call) -> web.Response:
     org, team_name = call.param("org"), call.param("team")
     wanted, filtered, sa = token_filter(call)
     limit, position = page_limit(call), token_cursor(call)
-    team = await call.tokens.team_or_missing(org, team_name)
+    team = await call.tokens.team(org, team_name)
     async with bulk_work(call):
         if sa is not None:
             await call.runtime.store.ensure_service_account_indexes(org, team_name)

@@ -23,12 +23,6 @@ COUNT_CHUNK = 50  # records read per store round trip
 class Directory(Changes):
     """Team and service-account changes, each written with its audit event."""
 
-    async def team(self, org: str, team: str) -> TeamRecord:
-        record = await self.store.get_team(org, team)
-        if record is None:
-            raise NotFound(f"team {team!r} does not exist in org {org!r}")
-        return record
-
     async def create_team(self, actor: Actor, org: str, name: str, permissions: list[str]) -> TeamRecord:
         granted = scopes_field(permissions, "permissions")
         refuse_org_powers(granted, "permissions")

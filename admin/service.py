@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from tokenward.actor import Actor, Changes
-from tokenward.gateway.records import ACTIVE, FINAL_REASONS, REVOKED, TeamRecord, TokenRecord, revoker_rank
+from tokenward.gateway.records import ACTIVE, FINAL_REASONS, REVOKED, TokenRecord, revoker_rank
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import ADMIN_ORG, Scope, format_scopes
 from tokenward.gateway.store import ActorFence, QuotaExceeded, TokenEdit
@@ -161,12 +161,6 @@ DEFAULT_TTL = Lifetime()  # neither expires_in nor expires_at: tokens.default_tt
 class TokenService(Changes):
     """Every change to a token, decided and written atomically, audited with its actor."""
 
-    async def team_or_missing(self, org: str, team: str) -> TeamRecord:
-        record = await self.store.get_team(org, team)
-        if record is None:
-            raise NotFound(f"team {team!r} does not exist in org {org!r}")
-        return record
-
     async def token_in_team(self, org: str, team: str | None, key_id: str) -> TokenRecord:
         record = await self.store.get_token(key_id) if is_key_id(key_id) else None
         if record is None or record.org != org or record.team != team:
@@ -190,7 +184,7 @@ class TokenService(Changes):
         """Issue a token; the plaintext is returned once. `lifetime` None: it never expires
         (an operator's token at the server only). A token issues only what it could do itself."""
         if team is not None:
-            await self.team_or_missing(org, team)
+            await self.team(org, team)
         granted = scopes_field(list(scopes), "scopes")
         if team is not None:
             refuse_org_powers(granted, "scopes")

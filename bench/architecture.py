@@ -11,6 +11,9 @@ a cycle behind one is what this is here to show.
 - cycles: strongly connected groups of modules in the import graph (0 is the target).
 - gateway -> admin: imports from `tokenward.gateway.*` of a module outside it (0).
 - globals: `global` statements in the package (0).
+- module state: module-level names bound to a mutable container (a dict, list, set, deque,
+  bounded map...) that are not constants by name (UPPER_CASE) (0): a memo or a sink at module
+  level is shared by every server in the process, so it belongs to an object the runtime owns.
 """
 
 from __future__ import annotations
@@ -86,6 +89,30 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return groups
 
 
+MUTABLE_CALLS = {"dict", "list", "set", "OrderedDict", "BoundedMap", "deque", "defaultdict", "Counter"}
+MUTABLE_NODES = (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)
+
+
+def module_state(path: Path) -> list[str]:
+    """`path:line name` for each module-level binding of a mutable container to a name that is
+    not a constant's (UPPER_CASE, optionally with a leading underscore) or `__all__`."""
+    found = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        call = isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id in MUTABLE_CALLS
+        if not (isinstance(value, MUTABLE_NODES) or call):
+            continue
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id != "__all__" and not target.id.lstrip("_").isupper():
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {target.id}")
+    return found
+
+
 def measure() -> dict[str, object]:
     found = modules()
     known = set(found)
@@ -114,6 +141,7 @@ def measure() -> dict[str, object]:
         "import_cycles": cycles(graph),
         "gateway_to_admin_imports": breaches,
         "global_statements": global_lines,
+        "module_state": sorted(item for path in found.values() for item in module_state(path)),
     }
 
 
@@ -126,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(figures, indent=2))
         return 0
     print(f"largest module: {figures['largest_module']} ({figures['largest_module_lines']} lines, target {TARGET_LINES})")
-    for key in ("modules_over_target", "import_cycles", "gateway_to_admin_imports", "global_statements"):
+    for key in ("modules_over_target", "import_cycles", "gateway_to_admin_imports", "global_statements", "module_state"):
         items = figures[key]
         assert isinstance(items, list)
         print(f"{key.replace('_', ' ')}: {len(items)}")

@@ -20,6 +20,7 @@ import orjson
 import structlog
 
 from tokenward.gateway.aio import cancel_and_wait
+from tokenward.gateway.bounded import BoundedMap
 from tokenward.gateway.logs import LogOutput, process_output
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_audit import AUDIT_BATCH
@@ -63,6 +64,7 @@ class AuditLog:
         self._enabled = output.audit_enabled if output is not None else True
         self._log: Any = output.logger if output is not None else structlog.get_logger("tokenward.audit")
         self._timestamp = IsoTimestamps()
+        self.redact = Redactor()  # the request path's memoized `redact`
         self._pending: list[bytes] = []
         self._used: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -234,25 +236,33 @@ def _is_hex(pair: str) -> bool:
     return len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair)
 
 
-_clean: dict[str, None] = {}  # recent short texts with nothing to redact (never a secret)
-
-
 def redact(text: str) -> str:
     """`text` (a request target, or any client-supplied string) with every credential-like
     part replaced by `[REDACTED]`: values of sensitive query or `;` parameters (`access_token`,
     `api_key`, `password`, `sig`, ...), URL userinfo, and anything token-shaped, also when
     percent-encoded (up to three times). The rest is kept as it was sent."""
-    if text in _clean:
-        return text
     if "%" not in text and "@" not in text and "=" not in text and "_" not in text and not _LONG_RUN.search(text):
-        result = text
-    else:
-        result = _redact(text)
-    if result is text and len(text) <= 256:
-        if len(_clean) >= 4096:
-            _clean.clear()
-        _clean[text] = None
-    return result
+        return text
+    return _redact(text)
+
+
+class Redactor:
+    """`redact` with a memo of recent short texts that had nothing to redact (never a
+    secret: only texts returned unchanged are kept), for the request path, where the same
+    paths come again and again. One per `AuditLog`, so no two runtimes share it."""
+
+    __slots__ = ("_clean",)
+
+    def __init__(self, size: int = 4096) -> None:
+        self._clean: BoundedMap[str, bool] = BoundedMap(size)
+
+    def __call__(self, text: str) -> str:
+        if text in self._clean:
+            return text
+        result = redact(text)
+        if result is text and len(text) <= 256:
+            self._clean.put(text, True)
+        return result
 
 
 def _redact(text: str) -> str:

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tokenward.gateway.aio import cancel_and_wait
+from tokenward.gateway.bounded import BoundedMap
 from tokenward.gateway.records import ACTIVE
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_link import StoreUnavailable
@@ -54,7 +55,7 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.expiring_tokens = 0
-        self._request_children: dict[tuple[str, str, int], Any] = {}
+        self._request_children: BoundedMap[tuple[str, str, int], Any] = BoundedMap(10_000)
         self._counters: list[tuple[str, str, Read]] = []
         self._gauges: list[tuple[str, str, Read]] = []
         self._lags: list[list[float]] = []
@@ -66,9 +67,8 @@ class Metrics:
         key = (route, step, status)
         child = self._request_children.get(key)
         if child is None:
-            if len(self._request_children) > 10_000:
-                self._request_children.clear()
-            child = self._request_children[key] = self.requests.labels(route, step, str(status))
+            child = self.requests.labels(route, step, str(status))
+            self._request_children.put(key, child)
         child.inc()
 
     def counter(self, name: str, doc: str, read: Read) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from tokenward.gateway.audit import AuditLog, redact
+from tokenward.gateway.audit import AuditLog
 from tokenward.gateway.cache import VerificationCache
 from tokenward.gateway.decision import Authenticator, Principal, authorize, bearer_token
 from tokenward.gateway.edge import error_response
@@ -201,11 +201,11 @@ class Pipeline:
         runtime.audit.emit(
             "request.allowed" if ex.allowed else "request.denied",
             method=ex.method,
-            path=redact(ex.path),
+            path=runtime.audit.redact(ex.path),
             route=ex.route,
             status=ex.status,
             step=ex.step,
-            reason=redact(ex.reason),
+            reason=runtime.audit.redact(ex.reason),
             mode=ex.mode,
             client_ip=ex.client_ip,
             request_id=ex.request_id,
@@ -255,7 +255,7 @@ class Pipeline:
             tunnel.close("handler ended")
         runtime.audit.emit(
             "websocket.closed",
-            path=redact(ex.path),
+            path=runtime.audit.redact(ex.path),
             route=ex.route,
             reason=reason,
             request_id=ex.request_id,

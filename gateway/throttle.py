@@ -15,6 +15,8 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 
+from tokenward.gateway.bounded import BoundedMap
+
 
 class Throttled(Exception):
     """The failure throttle refused to verify a secret now (not a verdict on the token)."""
@@ -57,8 +59,9 @@ class FailureThrottle:
         self.per_key = (per_key_burst, per_key_rate)
         self.suspects = (suspect_burst, suspect_rate)
         self.memory = memory
-        # key id -> (bucket level, level's time, time of the last failure)
-        self._keys: dict[str, tuple[float, float, float]] = {}
+        # key id -> (bucket level, level's time, time of the last failure); the key ids least
+        # recently failed or asked about go first when more than `max_keys` are remembered
+        self._keys: BoundedMap[str, tuple[float, float, float]] = BoundedMap(max_keys)
         self._budget = (suspect_burst, time.monotonic())
         self.max_keys = max_keys
         self.refused = 0
@@ -96,10 +99,8 @@ class FailureThrottle:
     def failed(self, key_id: str) -> None:
         now = time.monotonic()
         k_burst, k_rate = self.per_key
-        level, at, _ = self._keys.pop(key_id, (k_burst, now, now))
-        self._keys[key_id] = (self._level(level, at, k_burst, k_rate, now) - 1, now, now)
-        if len(self._keys) > self.max_keys:
-            self._keys.pop(next(iter(self._keys)))
+        level, at, _ = self._keys.get(key_id) or (k_burst, now, now)
+        self._keys.put(key_id, (self._level(level, at, k_burst, k_rate, now) - 1, now, now))
 
 
 class PriorityGate:

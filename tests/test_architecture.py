@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 from pathlib import Path
@@ -39,3 +40,27 @@ def test_gateway_imports_nothing_from_the_admin_side() -> None:
 
 def test_no_global_statements() -> None:
     assert FIGURES["global_statements"] == []
+
+
+def test_no_mutable_module_state() -> None:
+    """Memos, sinks and registries belong to objects the runtime owns, not to modules."""
+    assert FIGURES["module_state"] == []
+
+
+def test_tests_import_helpers_not_other_tests() -> None:
+    """What tests share lives in tests/helpers/; fixtures live in conftest.py and are never
+    imported: no test module imports another test module or conftest."""
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                last = name.split(".")[-1] if name.startswith("tests.") else ""
+                if last == "conftest" or last.startswith("test_"):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert offenders == []

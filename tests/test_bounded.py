@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 from tokenward.gateway.app import ProxyServer
 from tokenward.gateway.bounded import BoundedMap
 from tokenward.gateway.decision import Principal
@@ -148,3 +148,29 @@ async def test_two_servers_in_one_process_share_no_memo(
     assert a.view.trust._memo.get("127.0.0.1") is True
     assert b.view.trust._memo.get("127.0.0.1") is False
     assert gw_trusting.runtime.forwarder is not gw_plain.runtime.forwarder
+
+
+def test_redaction_memo_is_per_audit_log_and_keeps_no_secret() -> None:
+    """`redact` is pure; the request path's memo (`Redactor`) belongs to one AuditLog and only
+    remembers texts that had nothing to redact."""
+    from tokenward.gateway.audit import Redactor, redact
+
+    first, second = Redactor(size=2), Redactor(size=2)
+    assert first("/orgs/acme/apis") == "/orgs/acme/apis" == redact("/orgs/acme/apis")
+    secret = "/apis?access_token=s3cr3t-value"
+    assert first(secret) == redact(secret) != secret
+    assert "/orgs/acme/apis" in first._clean and secret not in first._clean
+    assert len(second._clean) == 0
+    for path in ("/a", "/b", "/c"):
+        first(path)
+    assert len(first._clean) == 2
+
+
+def test_failure_throttle_remembers_at_most_max_keys() -> None:
+    from tokenward.gateway.throttle import FailureThrottle
+
+    throttle = FailureThrottle(max_keys=3)
+    for key_id in ("k1", "k2", "k3", "k4"):
+        throttle.failed(key_id)
+    assert not throttle.suspect("k1")  # the least recently failed one was forgotten
+    assert all(throttle.suspect(k) for k in ("k2", "k3", "k4"))

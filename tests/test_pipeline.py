@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from tests.conftest import base_config
+from tests.helpers.gateway import base_config
 from tokenward.gateway.exchange import (
     VERIFY_PATH,
     SettingsView,

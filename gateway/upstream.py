@@ -32,8 +32,11 @@ HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the upstr
 MAX_IDLE = 256  # pooled idle connections per upstream, at most
 KEEP_ALIVE_MARGIN = 1.0  # retire a connection this long before the upstream's Keep-Alive timeout
 # A kept connection the upstream closes this soon after a response was closed for the number
-# of exchanges it carried (nginx keepalive_requests, Apache MaxKeepAliveRequests), not for idling.
-CLOSED_AFTER_RESPONSE = 0.05
+# of exchanges it carried (nginx keepalive_requests, Apache MaxKeepAliveRequests), not for
+# idling. As long as BODY_REUSE_SECONDS: a connection idle longer never carries a body anyway,
+# and a busy event loop (or a descheduled upstream) can take far more than a few milliseconds
+# to notice a close sent right after the response, which must still be learned from.
+CLOSED_AFTER_RESPONSE = BODY_REUSE_SECONDS
 
 
 class _Desync(Exception):

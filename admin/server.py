@@ -326,14 +326,7 @@ def _event_loop_factory() -> Any:
         return None
 
 
-def run(
-    settings: Settings,
-    redis_url: str | None = None,
-    worker: int | None = None,
-    config_path: str | None = None,
-    drain: float = DRAIN_TIMEOUT,
-    parent: int | None = None,
-    started: Any = None,
-) -> None:
+def run(settings: Settings, **options: Any) -> None:
+    """`serve_forever(settings, **options)` on a fresh event loop (uvloop when installed)."""
     with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-        runner.run(serve_forever(settings, redis_url, worker, config_path, drain, parent, started))
+        runner.run(serve_forever(settings, **options))

@@ -521,7 +521,7 @@ def test_redis_cluster() -> None:
         ({"sentinel": {"master": "m"}}, "redis.sentinel.nodes: expected a non-empty list of host:port (or {host, port})"),
         ({"sentinel": {"master": "m", "nodes": []}}, "redis.sentinel.nodes: expected a non-empty list of host:port (or {host, port})"),
         ({"sentinel": {}}, "redis.sentinel: needs master (the name the sentinels monitor) and nodes"),
-        ({"sentinel": "m@h:26379"}, "redis.sentinel: expected a mapping with keys master, nodes, username, password, db, sentinel_username, sentinel_password"),
+        ({"sentinel": "m@h:26379"}, "redis.sentinel: expected a mapping with keys master, nodes, username, password, db, sentinel_username, sentinel_password, password_file, sentinel_password_file"),
         ({"cluster": {}}, "redis.cluster: needs nodes: a few cluster nodes as host:port"),
         ({"cluster": {"nodes": "h:7000"}}, "redis.cluster.nodes: expected a non-empty list of host:port (or {host, port})"),
         ({"cluster": {"nodes": ["h:7000", "h:99999"]}}, "redis.cluster.nodes[1]: 'h:99999' is not a node: expected host:port, e.g. 10.0.0.5:6379"),

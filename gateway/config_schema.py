@@ -1,0 +1,179 @@
+"""The JSON Schema of `tokenward.yaml`, written from the settings' own declarations.
+
+Nothing here lists tokenward's settings: `config_schema()` walks the `Settings` dataclass as
+the decoder does (config_decode.py): each field's key, default and required-ness come from
+its `setting(...)`, a nested section from its dataclass, and the schema of a value from its
+parser or decoder, which states what it accepts with `@described(...)` beside its code (the
+route table's: `route_config.routes_schema`). A field whose parser says nothing gets a schema
+from its type annotation (`bool`, `int`, `str`, `Path`, `... | None`), else accepts anything.
+So a new field or section shows up in the schema by itself.
+
+The schema is JSON Schema draft-07 (what editors' YAML language servers read). It accepts
+every config `tokenward config check` accepts (a `${VAR}` reference is accepted in place of
+any scalar); `config check` also checks what a schema cannot: routes against the defined
+upstreams, the path's parameters and each other, durations against each other, files named
+by `*_file` keys. `tokenward config schema` prints it; config/tokenward.schema.json is its
+output, committed (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from tokenward.gateway.config_decode import (
+    SECRET_FILE_SUFFIX,
+    Schema,
+    description_of,
+    duration_or_never,
+)
+from tokenward.gateway.durations import format_duration, parse_duration
+from tokenward.gateway.settings import Settings
+
+DRAFT = "http://json-schema.org/draft-07/schema#"
+INTERPOLATED: Schema = {
+    "description": "a ${NAME} or ${NAME:-default} reference, expanded from the environment at load",
+    "type": "string",
+    "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}$]*)?\}",
+}
+# parsers defined outside the config modules (they cannot carry a description)
+KNOWN: dict[Callable[..., Any], Schema] = {
+    parse_duration: {
+        "anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"^\s*[0-9]+(ms|s|m|h|d|w)\s*$"}]
+    },
+}
+_ANNOTATED: dict[object, Schema] = {
+    bool: {"type": "boolean"},
+    int: {"type": "integer"},
+    float: {"type": "number"},
+    str: {"type": "string"},
+    Path: {"type": "string"},
+}
+
+
+class SchemaWriter:
+    """Builds the schema (the `Describer` that descriptions call back); `undescribed`
+    lists the fields whose schema is "anything"."""
+
+    def __init__(self) -> None:
+        self.undescribed: list[str] = []
+
+    def value(self, parse: Callable[..., Any]) -> Schema:
+        description = description_of(parse) or KNOWN.get(parse)
+        if description is None:
+            return {}
+        if callable(description):
+            return description(self)
+        return self.leaf(description)
+
+    def leaf(self, schema: Schema) -> Schema:
+        if schema.get("type") == "string" and "pattern" not in schema:
+            return schema  # any string: a reference is one
+        return {"anyOf": [schema, {"$ref": "#/definitions/interpolated"}]}
+
+    def section(self, cls: type, default: Any = None) -> Schema:
+        properties: Schema = {}
+        required: list[str] = []
+        exclusive: list[Schema] = []
+        for f in fields(cls):
+            if not f.metadata:
+                continue
+            key = f.metadata.get("key", f.name)
+            parse = f.metadata.get("decode") or f.metadata.get("parse")
+            schema = self.value(parse) if parse is not None else {}
+            if not schema:
+                schema = _from_annotation(cls, f.name)
+                self.undescribed.append(f"{cls.__name__}.{f.name}")
+            fallback = getattr(default, f.name) if default is not None else f.default
+            if fallback is MISSING:
+                required.append(key)
+            else:
+                shown = _default(fallback, parse)
+                if shown is not MISSING:
+                    schema = {**schema, "default": shown}
+            properties[key] = schema
+            if f.metadata.get("secret"):
+                file_key = f"{key}{SECRET_FILE_SUFFIX}"
+                properties[file_key] = {
+                    "description": f"a file holding {key} (one trailing newline is stripped); not with {key}",
+                    "type": "string",
+                    "minLength": 1,
+                }
+                exclusive.append({"not": {"required": [key, file_key]}})
+        result: Schema = {"type": ["object", "null"], "properties": properties, "additionalProperties": False}
+        if required:
+            result["required"] = required
+        if exclusive:
+            result["allOf"] = exclusive
+        return result
+
+
+def _from_annotation(cls: type, name: str) -> Schema:
+    try:
+        hint = typing.get_type_hints(cls)[name]
+    except (NameError, KeyError, TypeError):
+        return {}
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    found = [_ANNOTATED.get(option) for option in options if option is not type(None)]
+    if not found or any(schema is None for schema in found):
+        return {}
+    types_named = [schema["type"] for schema in found if schema is not None]
+    if type(None) in options:
+        types_named.append("null")
+    return {"type": types_named[0] if len(types_named) == 1 else types_named}
+
+
+def _default(value: object, parse: object) -> object:
+    """A default as YAML would write it; MISSING when it has no plain form (a section)."""
+    if parse in (parse_duration, duration_or_never) and isinstance(value, float):
+        return format_duration(value)
+    if value is None:
+        return "never" if parse is duration_or_never else MISSING
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, tuple) and all(isinstance(item, str | int | float) for item in value):
+        return list(value)
+    return MISSING  # a section (its fields show their own defaults), a mapping, a router
+
+
+def _flat(schema: Any) -> Any:
+    """`anyOf` alternatives that are themselves only `anyOf` lists merged into one list."""
+    if isinstance(schema, list):
+        return [_flat(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {key: _flat(value) for key, value in schema.items()}
+    if "anyOf" in result:
+        options: list[Any] = []
+        for option in result["anyOf"]:
+            nested = isinstance(option, dict) and set(option) == {"anyOf"}
+            options.extend(option["anyOf"] if nested else [option])
+        result["anyOf"] = options
+    return result
+
+
+def config_schema(writer: SchemaWriter | None = None) -> Schema:
+    """The JSON Schema of the config file, from the declarations of `Settings`."""
+    root = _flat((writer or SchemaWriter()).section(Settings))
+    root["type"] = "object"
+    root["patternProperties"] = {"^x-": {"description": "free for YAML anchors (`<<: *name` merges)"}}
+    return {
+        "$schema": DRAFT,
+        "title": "tokenward config (tokenward.yaml)",
+        "description": "Generated from tokenward's settings by `tokenward config schema`; "
+        "`tokenward config check` also checks what a schema cannot.",
+        **root,
+        "definitions": {"interpolated": INTERPOLATED},
+    }
+
+
+def schema_json() -> str:
+    """The schema as the committed file holds it."""
+    return json.dumps(config_schema(), indent=2) + "\n"

@@ -34,7 +34,15 @@ from tokenward.cli_manage import (
     token_update,
 )
 from tokenward.cli_output import CliError, fail
-from tokenward.cli_server import CONFIG_HELP, cmd_bootstrap, cmd_config, cmd_demo, cmd_explain, cmd_schema, cmd_serve
+from tokenward.cli_server import (
+    CONFIG_HELP,
+    cmd_bootstrap,
+    cmd_config,
+    cmd_demo,
+    cmd_explain,
+    cmd_schema,
+    cmd_serve,
+)
 
 
 # -- parser ------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from tokenward.cli_output import fail, shown_once
 from tokenward.gateway.settings import ConfigError, LogSettings, Settings, load_settings
 from tokenward.gateway.text import printable
 
-
 CONFIG_ENV = "TOKENWARD_CONFIG"
 DEFAULT_CONFIG = "tokenward.yaml"
 CONFIG_HELP = f"the config file (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG})"

@@ -46,6 +46,7 @@ class Describer(Protocol):
 
 Description = Schema | Callable[[Describer], Schema]
 SCHEMA_ATTRIBUTE = "json_schema"
+SECRET_FILE_SUFFIX = "_file"  # noqa: S105 - `password_file`: the file holding `password`
 
 
 def described(description: Description) -> Callable[[F], F]:
@@ -160,9 +161,6 @@ def field_keys(cls: type) -> tuple[str, ...]:
     keys = [f.metadata.get("key", f.name) for f in fields(cls) if f.metadata]
     secrets = [f"{f.metadata.get('key', f.name)}{SECRET_FILE_SUFFIX}" for f in fields(cls) if f.metadata.get("secret")]
     return (*keys, *secrets)
-
-
-SECRET_FILE_SUFFIX = "_file"
 
 
 def _secret_from_file(checker: Checker, data: Mapping[str, Any], key: str, loc: str) -> Mapping[str, Any]:

@@ -18,7 +18,13 @@ output, committed (a test keeps the two equal).
 
 from __future__ import annotations
 
+import ast
+import inspect
+import io
 import json
+import re
+import textwrap
+import tokenize
 import types
 import typing
 from collections.abc import Callable
@@ -80,6 +86,7 @@ class SchemaWriter:
         properties: Schema = {}
         required: list[str] = []
         exclusive: list[Schema] = []
+        comments = field_comments(cls)
         for f in fields(cls):
             if not f.metadata:
                 continue
@@ -96,6 +103,8 @@ class SchemaWriter:
                 shown = _default(fallback, parse)
                 if shown is not MISSING:
                     schema = {**schema, "default": shown}
+            if f.name in comments:
+                schema = {"description": comments[f.name], **schema}
             properties[key] = schema
             if f.metadata.get("secret"):
                 file_key = f"{key}{SECRET_FILE_SUFFIX}"
@@ -111,6 +120,34 @@ class SchemaWriter:
         if exclusive:
             result["allOf"] = exclusive
         return result
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comments in the class's source (the lines just above it and the one at
+    its end), as the schema's descriptions: the settings document themselves once."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, tuple[str, bool]] = {}  # line -> (text, alone on its line)
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT and not re.match(r"#\s*(noqa|type:|fmt:|pragma)", token.string):
+            alone = not token.line[: token.start[1]].strip()
+            comments[token.start[0]] = (token.string.lstrip("#").strip(), alone)
+    found: dict[str, str] = {}
+    for node in ast.parse(source).body[0].body:  # type: ignore[attr-defined]
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        above: list[str] = []
+        line = node.lineno - 1
+        while line in comments and comments[line][1]:
+            above.insert(0, comments[line][0])
+            line -= 1
+        end = comments.get(node.end_lineno or node.lineno)
+        text = " ".join([*above, *([end[0]] if end and not end[1] else [])])
+        if text:
+            found[node.target.id] = text
+    return found
 
 
 def _from_annotation(cls: type, name: str) -> Schema:

@@ -2,6 +2,7 @@
 config/tokenward.schema.json (and kept equal to the generator's output), valid for every config
 in the repository, and in agreement with `tokenward config check` on good and bad configs."""
 
+# ruff: noqa: RUF009 - a settings section declared in a test, as settings.py declares them
 from __future__ import annotations
 
 import copy
@@ -22,7 +23,8 @@ from tests.helpers.gateway import ROOT, base_config, with_events
 from tests.helpers.process import run_cli
 from tokenward.demo import demo_config
 from tokenward.gateway.config_decode import boolean, file_path, integer, optional, secret_string, setting
-from tokenward.gateway.config_schema import SchemaWriter, config_schema, schema_json
+from tokenward.gateway.config_schema import INTERPOLATED, SchemaWriter, config_schema, schema_json
+from tokenward.gateway.route_config import _ROUTE_KEYS
 from tokenward.gateway.settings import ConfigError, settings_from_dict
 
 SCHEMA_FILE = ROOT / "config" / "tokenward.schema.json"
@@ -86,11 +88,16 @@ def _properties(schema: Any, where: str = "") -> Iterator[tuple[str, Any]]:
 def test_every_setting_has_a_schema() -> None:
     writer = SchemaWriter()
     schema = config_schema(writer)
-    anything = [where for where, sub in _properties(schema) if not {k: v for k, v in sub.items() if k != "default"}]
+    anything = [where for where, sub in _properties(schema) if not set(sub) - {"default", "description"}]
     assert anything == []
     # the top level lists every section and field Settings declares, routes included
     assert {"listen", "admin_listen", "redis", "tokens", "upstreams", "routes", "limits", "log"} <= set(schema["properties"])
     assert schema["required"] == ["upstreams", "routes"]
+
+
+def test_the_route_schema_names_every_route_key() -> None:
+    (route,) = [config_schema()["properties"]["routes"]["items"]]
+    assert set(route["properties"]) == set(_ROUTE_KEYS)
 
 
 def test_a_new_section_is_described_from_its_declarations_alone() -> None:
@@ -106,12 +113,12 @@ def test_a_new_section_is_described_from_its_declarations_alone() -> None:
 
     schema = SchemaWriter().section(Tls, Tls())
     properties = schema["properties"]
-    assert list(properties) == ["ca_file", "verify", "max_connections", "key_password", "server_name", "key_password_file"]
-    assert properties["verify"] == {"type": "boolean", "default": True}
-    assert properties["max_connections"]["default"] == 100
-    assert properties["server_name"] == {"type": ["string", "null"]}
+    assert list(properties) == ["ca_file", "verify", "max_connections", "key_password", "key_password_file", "server_name"]
+    assert properties["verify"]["default"] is True and properties["max_connections"]["default"] == 100
+    # its comment is its description
+    assert properties["server_name"] == {"description": "says nothing: from the annotation", "type": ["string", "null"]}
     assert {"not": {"required": ["key_password", "key_password_file"]}} in schema["allOf"]
-    check = jsonschema.Draft7Validator(schema)
+    check = jsonschema.Draft7Validator({**schema, "definitions": {"interpolated": INTERPOLATED}})
     assert check.is_valid({"verify": False, "ca_file": "/etc/ca.pem", "key_password_file": "/run/k"})
     assert not check.is_valid({"verify": "no"}) and not check.is_valid({"max_connections": 0})
     assert not check.is_valid({"key_password": "a", "key_password_file": "/run/k"})

@@ -28,7 +28,7 @@ import tokenize
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from tokenward.gateway.config_decode import (
     Schema,
     description_of,
     duration_or_never,
+    field_keys,
 )
 from tokenward.gateway.durations import format_duration, parse_duration
 from tokenward.gateway.settings import Settings
@@ -94,7 +95,7 @@ class SchemaWriter:
             parse = f.metadata.get("decode") or f.metadata.get("parse")
             schema = self.value(parse) if parse is not None else {}
             if not schema:
-                schema = _from_annotation(cls, f.name)
+                schema = _from_annotation(self, cls, f.name)
                 self.undescribed.append(f"{cls.__name__}.{f.name}")
             fallback = getattr(default, f.name) if default is not None else f.default
             if fallback is MISSING:
@@ -150,12 +151,17 @@ def field_comments(cls: type) -> dict[str, str]:
     return found
 
 
-def _from_annotation(cls: type, name: str) -> Schema:
+def _from_annotation(writer: SchemaWriter, cls: type, name: str) -> Schema:
+    """A schema from the field's type: a section dataclass, or a scalar (`str | None`)."""
     try:
         hint = typing.get_type_hints(cls)[name]
     except (NameError, KeyError, TypeError):
         return {}
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    sections = [o for o in options if isinstance(o, type) and is_dataclass(o) and field_keys(o)]
+    if sections and len(options) - (type(None) in options) == 1:
+        schema = writer.section(sections[0])
+        return schema if type(None) in options else {**schema, "type": "object"}
     found = [_ANNOTATED.get(option) for option in options if option is not type(None)]
     if not found or any(schema is None for schema in found):
         return {}

@@ -28,6 +28,7 @@ from tokenward.gateway.config_decode import (
     Checker,
     Decoder,
     DuplicateKeyLoader,
+    Schema,
     boolean,
     byte_size,
     decode_fields,
@@ -151,12 +152,9 @@ def _host_port(default_port: int) -> Callable[[object], StoreNode]:
 
 # -- decoders: lists and mappings whose items have their own locations --------------------------
 def _store_nodes(default_port: int) -> Decoder:
-    node = {
-        "type": "object",
-        "properties": {"host": {"type": "string", "minLength": 1}, "port": {"type": "integer", "minimum": 1, "maximum": 65535}},
-        "required": ["host"],
-        "additionalProperties": False,
-    }
+    port: Schema = {"type": "integer", "minimum": 1, "maximum": 65535, "default": default_port}
+    node = {"type": "object", "properties": {"host": {"type": "string", "minLength": 1}, "port": port},
+            "required": ["host"], "additionalProperties": False}  # fmt: skip
 
     @described(lambda d: {"type": "array", "minItems": 1, "items": {"anyOf": [d.value(_host_port(default_port)), node]}})
     def decode(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) -> tuple[StoreNode, ...]:
@@ -272,14 +270,18 @@ def _one_store(checker: Checker, redis: RedisSettings, given: Mapping[str, Any],
     if len(named) > 1:
         both = f"{', '.join(named[:-1])} and {named[-1]}"
         checker.problem(loc, f"{both} are alternatives: give only one (url, sentinel or cluster)")
+
+
+@rule(RedisSettings)
+def _url_credentials(checker: Checker, redis: RedisSettings, given: Mapping[str, Any], loc: str) -> None:
     for key in ("username", "password"):
         if given.get(key) is None:
             continue
-        if redis.url is None:
-            where = "sentinel" if redis.sentinel else "cluster" if redis.cluster else None
+        if given.get("url") is None:
+            where = next((name for name in ("sentinel", "cluster") if given.get(name) is not None), None)
             hint = f"give it as {loc}.{where}.{key}" if where else "the embedded store has none"
             checker.problem(f"{loc}.{key}", f"is only used with url; {hint}")
-        elif urlsplit(redis.url).password is not None and key == "password":
+        elif key == "password" and redis.url is not None and urlsplit(redis.url).password is not None:
             checker.problem(f"{loc}.{key}", "the url has a password too: give it once")
 
 
@@ -347,14 +349,8 @@ class AuditSettings:
     stream_maxlen: int = setting(100_000, integer(100, 100_000_000))
 
 
-@described(
-    lambda d: {
-        "type": "object",
-        "minProperties": 1,
-        "propertyNames": {"pattern": NAME.pattern.replace("\\Z", "$")},
-        "additionalProperties": {**d.section(Upstream), "type": "object"},
-    }
-)
+@described(lambda d: {"type": "object", "minProperties": 1, "propertyNames": {"pattern": NAME.pattern.replace("\\Z", "$")},
+                       "additionalProperties": {**d.section(Upstream), "type": "object"}})  # fmt: skip
 def _upstreams(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) -> dict[str, Upstream]:
     if not isinstance(raw, dict) or not raw:
         checker.problem(loc, "expected a mapping of upstream names to {url, timeout}")

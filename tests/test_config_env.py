@@ -99,9 +99,9 @@ def test_every_unset_variable_is_reported_at_its_location_once_with_the_other_pr
     )
     raw["routes"][0]["scopes"] = ["${SCOPE}"]
     assert problems(raw, {"APP_HOST": "app"}) == [
+        "routes[0].scopes[0]: environment variable SCOPE is not set",
         "redis.url: environment variable REDIS_URL is not set",
         "redis.password: environment variable REDIS_PASSWORD is not set",
-        "routes[0].scopes[0]: environment variable SCOPE is not set",
         "upstreams.registry.timeout: 'soon' is not a duration: use e.g. '500ms', '30s', '15m', '1h', '90d'",
     ]
 

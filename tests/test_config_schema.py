@@ -100,6 +100,11 @@ def test_the_route_schema_names_every_route_key() -> None:
     assert set(route["properties"]) == set(_ROUTE_KEYS)
 
 
+@dataclass(frozen=True)
+class _Pool:
+    size: int = setting(10, integer(1, 100))
+
+
 def test_a_new_section_is_described_from_its_declarations_alone() -> None:
     """What another section or field (TLS options, tracing) gets without touching the writer."""
 
@@ -110,10 +115,14 @@ def test_a_new_section_is_described_from_its_declarations_alone() -> None:
         max_connections: int = setting(100, integer(1, 10_000))
         key_password: str | None = setting(None, secret_string, secret=True)
         server_name: str | None = setting(None, lambda value: value)  # says nothing: from the annotation
+        pool: _Pool | None = setting(None, decode=lambda checker, raw, loc, values: None)
 
     schema = SchemaWriter().section(Tls, Tls())
     properties = schema["properties"]
-    assert list(properties) == ["ca_file", "verify", "max_connections", "key_password", "key_password_file", "server_name"]
+    assert list(properties) == [
+        "ca_file", "verify", "max_connections", "key_password", "key_password_file", "server_name", "pool"
+    ]  # fmt: skip
+    assert properties["pool"]["properties"]["size"]["default"] == 10
     assert properties["verify"]["default"] is True and properties["max_connections"]["default"] == 100
     # its comment is its description
     assert properties["server_name"] == {"description": "says nothing: from the annotation", "type": ["string", "null"]}
@@ -122,6 +131,7 @@ def test_a_new_section_is_described_from_its_declarations_alone() -> None:
     assert check.is_valid({"verify": False, "ca_file": "/etc/ca.pem", "key_password_file": "/run/k"})
     assert not check.is_valid({"verify": "no"}) and not check.is_valid({"max_connections": 0})
     assert not check.is_valid({"key_password": "a", "key_password_file": "/run/k"})
+    assert check.is_valid({"pool": {"size": 5}}) and not check.is_valid({"pool": {"size": 500}})
 
 
 # -- every config in the repository ---------------------------------------------------------------

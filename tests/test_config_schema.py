@@ -144,6 +144,7 @@ def _bench_module(name: str) -> ModuleType:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up
         spec.loader.exec_module(module)
         return module
     finally:

@@ -535,7 +535,7 @@ def test_redis_cluster() -> None:
         ({"cluster": {"nodes": ["h:7000", {"host": "h", "port": 7000}]}}, "redis.cluster.nodes: lists the same node twice"),
         ({"cluster": {"nodes": ["h"], "username": "u"}}, "redis.cluster.password: is required with username"),
         ({"cluster": {"nodes": ["h"], "password": 1234}}, "redis.cluster.password: expected a non-empty string"),
-        ({"cluster": {"nodes": ["h"], "db": 1}}, "redis.cluster.db: unknown key; allowed keys: nodes, username, password"),
+        ({"cluster": {"nodes": ["h"], "db": 1}}, "redis.cluster.db: unknown key; allowed keys: nodes, username, password, password_file"),
         ({"sentinel": {"master": "m", "nodes": ["h"], "db": -1}}, "redis.sentinel.db: -1 is not allowed: expected an integer 0..65535"),
         ({"sentinel": {"master": "", "nodes": ["h"]}}, "redis.sentinel.master: '' is not allowed: expected a non-empty string"),
     ],

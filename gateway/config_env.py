@@ -29,7 +29,6 @@ import yaml
 
 _REFERENCE = re.compile(r"\$(?:\$|\{(?P<body>[^}]*)\}|(?P<open>\{))")
 _BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^$]*))?\Z", re.DOTALL)
-_TYPED_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")
 MAX_SECRET_FILE = 64 * 1024  # bytes: a secret, not a data file
 _SYNTAX = "write ${NAME} or ${NAME:-default}, and $$ for a literal $"
 
@@ -45,13 +44,11 @@ class Interpolated(str):
         """The value YAML would give this text unquoted, if that is a number or a boolean;
         else the text itself."""
         text = str(self)
-        tag = yaml.resolver.Resolver().resolve(yaml.nodes.ScalarNode, text, (True, False))
-        if tag in _TYPED_TAGS:
-            try:
-                return yaml.safe_load(text)
-            except yaml.YAMLError:  # pragma: no cover - the resolver said it is a scalar
-                return text
-        return text
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+        return value if isinstance(value, int | float) else text  # bool is an int
 
 
 def interpolate(raw: object, env: Mapping[str, str], report: Report, loc: str = "") -> object:

@@ -18,6 +18,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.helpers.gateway import ROOT, base_config, with_events
 from tests.helpers.process import run_cli
@@ -291,3 +293,40 @@ def test_a_good_config_is_accepted_by_both(name: str) -> None:
 def test_a_bad_config_is_refused_by_both(name: str) -> None:
     assert schema_errors(BAD[name]) != [], "the schema accepts it"
     assert not config_check_accepts(BAD[name]), "config check accepts it"
+
+
+# -- and on random edits: whatever `config check` accepts, the schema accepts -------------------
+def _leaves(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, (*path, key))
+    elif isinstance(node, list) and node:
+        for i, value in enumerate(node):
+            yield from _leaves(value, (*path, i))
+    else:
+        yield path
+
+
+EXAMPLE = yaml.safe_load((ROOT / "config" / "example.yaml").read_text())
+LEAVES = sorted(_leaves(EXAMPLE), key=repr)
+VALUES = st.one_of(
+    st.integers(-2, 70_000),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=6),
+    st.sampled_from(["30s", "0s", "never", "none", "64k", "0k", "10.0.0.0/8", "::1", "http://h:1", "redis://h",
+                     "read:apis", "admin:*", "GET", "/x/{y}", "tw_test", "json", "X-Foo-*", "${X:-1}", "${X}"]),
+    st.lists(st.sampled_from(["read:apis", "GET", "10.0.0.0/8", "tw_x", "X-A", "", "h:1"]), max_size=2),
+)  # fmt: skip
+
+
+@settings(max_examples=400, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(LEAVES), value=VALUES)
+def test_the_schema_accepts_whatever_config_check_accepts(path: tuple[Any, ...], value: Any) -> None:
+    raw = copy.deepcopy(EXAMPLE)
+    node = raw
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    if config_check_accepts(raw, {"X": "2"}):
+        assert schema_errors(raw) == []

@@ -65,7 +65,7 @@ _ANNOTATED: dict[object, Schema] = {
 
 class SchemaWriter:
     """Builds the schema (the `Describer` that descriptions call back); `undescribed`
-    lists the fields whose schema is "anything"."""
+    lists the fields whose parser states nothing (their schema comes from their type)."""
 
     def __init__(self) -> None:
         self.undescribed: list[str] = []

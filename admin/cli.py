@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import os
 from collections.abc import Sequence
 
 from tokenward.cli_manage import (
@@ -35,7 +34,15 @@ from tokenward.cli_manage import (
     token_update,
 )
 from tokenward.cli_output import CliError, fail
-from tokenward.cli_server import cmd_bootstrap, cmd_config, cmd_demo, cmd_explain, cmd_serve
+from tokenward.cli_server import (
+    CONFIG_HELP,
+    cmd_bootstrap,
+    cmd_config,
+    cmd_demo,
+    cmd_explain,
+    cmd_schema,
+    cmd_serve,
+)
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -53,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway and the admin API")
-    serve.add_argument("--config", required=True)
+    serve.add_argument("--config", help=CONFIG_HELP)
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the ports (SO_REUSEPORT)")
     serve.add_argument(
         "--drain-timeout",
@@ -76,21 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="check a config file")
     config_sub = config.add_subparsers(dest="action", required=True)
     check = config_sub.add_parser("check", help="list every problem with its location")
-    check.add_argument("file")
+    check.add_argument("file", nargs="?", help="the config file (else --config)")
+    check.add_argument("--config", help=CONFIG_HELP)
     check.set_defaults(func=cmd_config)
+    schema = config_sub.add_parser("schema", help="print the config file's JSON Schema")
+    schema.set_defaults(func=cmd_schema)
     explain = config_sub.add_parser(
         "explain", help="which route, scopes and upstream; with --token, which step fails"
     )
     explain.add_argument("method")
     explain.add_argument("path")
-    explain.add_argument("--config", default=os.environ.get("TOKENWARD_CONFIG", "tokenward.yaml"))
+    explain.add_argument("--config", help=CONFIG_HELP)
     explain.add_argument("--token", default=None, help="a token to run the decision for (reads the store)")
     explain.set_defaults(func=cmd_explain)
 
     admin = sub.add_parser("admin", help="store-side administration")
     admin_sub = admin.add_subparsers(dest="action", required=True)
     boot = admin_sub.add_parser("bootstrap", help="print a first org-admin token, once")
-    boot.add_argument("--config", required=True)
+    boot.add_argument("--config", help=CONFIG_HELP)
     boot.add_argument("--org", required=True)
     boot.add_argument("--name", default="org-admin")
     boot.add_argument("--json", action="store_true")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,21 @@ import orjson
 from tokenward.cli_output import fail, shown_once
 from tokenward.gateway.settings import ConfigError, LogSettings, Settings, load_settings
 from tokenward.gateway.text import printable
+
+CONFIG_ENV = "TOKENWARD_CONFIG"
+DEFAULT_CONFIG = "tokenward.yaml"
+CONFIG_HELP = f"the config file (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG})"
+
+
+def config_path(args: argparse.Namespace) -> str:
+    """The config file a command reads: `--config` (or `config check FILE`) wins, then
+    TOKENWARD_CONFIG, then ./tokenward.yaml."""
+    given = getattr(args, "file", None) or args.config or os.environ.get(CONFIG_ENV)
+    if given:
+        return str(given)
+    if not Path(DEFAULT_CONFIG).exists():
+        fail(f"no config: give --config FILE or set {CONFIG_ENV} (./{DEFAULT_CONFIG} does not exist)")
+    return DEFAULT_CONFIG
 
 
 # -- server-side commands ----------------------------------------------------------------------
@@ -29,28 +45,36 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from tokenward.server import run
     from tokenward.supervisor import supervise
 
-    settings = _settings(args.config)
+    path = config_path(args)
+    settings = _settings(path)
     configure_logging(settings.log)
     if args.workers > 1:
-        supervise(settings, args.config, args.workers, drain=args.drain_timeout)
+        supervise(settings, path, args.workers, drain=args.drain_timeout)
     else:
-        run(settings, config_path=args.config, drain=args.drain_timeout)
+        run(settings, config_path=path, drain=args.drain_timeout)
 
 
 def cmd_config(args: argparse.Namespace) -> None:
     from tokenward.gateway.explain import config_warnings
 
-    settings = _settings(args.file)
+    path = config_path(args)
+    settings = _settings(path)
     for warning in config_warnings(settings):
         print(f"warning: {printable(warning)}", file=sys.stderr)
-    print(f"{args.file}: ok ({len(settings.routes)} routes, {len(settings.upstreams)} upstreams)")
+    print(f"{path}: ok ({len(settings.routes)} routes, {len(settings.upstreams)} upstreams)")
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    from tokenward.gateway.config_schema import schema_json
+
+    sys.stdout.write(schema_json())
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
     from tokenward.gateway.explain import explain_route, explain_token
     from tokenward.gateway.logs import configure_logging
 
-    settings = _settings(args.config)
+    settings = _settings(config_path(args))
     configure_logging(LogSettings(level="warning", format=settings.log.format), sys.stderr)
     lines, match = explain_route(settings, args.method, args.path)
     if match is not None and args.token:
@@ -75,7 +99,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
         fail(f"--org: {args.org!r} is not an org slug ({SLUG})")
     if not args.name or (problem := unprintable(args.name)) is not None:
         fail(f"--name: {problem or 'must not be empty'}")
-    settings = _settings(args.config)
+    settings = _settings(config_path(args))
     configure_logging(LogSettings(level="warning", format=settings.log.format), sys.stderr)
     token, key_id = asyncio.run(_bootstrap(settings, args.org, args.name))
     if args.json:

@@ -17,24 +17,72 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import yaml
 
+from tokenward.gateway.config_env import Interpolated, read_secret_file, typed_alternative
 from tokenward.gateway.durations import parse_duration
 
 NAME = re.compile(r"^[a-z][a-z0-9_-]*\Z")  # a name chosen in the config (upstreams, resource roles)
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+Schema = dict[str, Any]  # a JSON Schema
+
+
+# -- what each parser and decoder accepts, as JSON Schema (config_schema.py writes the file) ----
+class Describer(Protocol):
+    """What a description may ask of the schema writer."""
+
+    def value(self, parse: Callable[..., Any]) -> Schema:
+        """The schema of what a parser or decoder accepts."""
+
+    def section(self, cls: type, default: Any = None) -> Schema:
+        """The schema of a section dataclass (its defaults from `default`)."""
+
+    def leaf(self, schema: Schema) -> Schema:
+        """A scalar's schema, also accepting a `${...}` reference in its place."""
+
+
+Description = Schema | Callable[[Describer], Schema]
+SCHEMA_ATTRIBUTE = "json_schema"
+SECRET_FILE_SUFFIX = "_file"  # noqa: S105 - `password_file`: the file holding `password`
+
+
+def described(description: Description) -> Callable[[F], F]:
+    """Attach the JSON Schema of what a parser or decoder accepts: a scalar's schema, or a
+    function of the `Describer` that builds one from others (a list's items, a section)."""
+
+    def attach(fn: F) -> F:
+        fn.__dict__[SCHEMA_ATTRIBUTE] = description
+        return fn
+
+    return attach
+
+
+def description_of(fn: Callable[..., Any]) -> Description | None:
+    found: Description | None = getattr(fn, SCHEMA_ATTRIBUTE, None)
+    return found
 
 
 class Checker:
-    """Collects every problem with its location."""
+    """Collects every problem with its location. `base_dir`: where relative `*_file` paths
+    start (the config file's folder)."""
 
-    def __init__(self) -> None:
+    def __init__(self, base_dir: Path | None = None) -> None:
         self.problems: list[str] = []
+        self.base_dir = base_dir
+        self._unresolved: set[str] = set()  # values whose `${...}` failed: already reported
 
     def problem(self, loc: str, message: str) -> None:
-        self.problems.append(f"{loc}: {message}" if loc else message)
+        if loc not in self._unresolved:
+            self.problems.append(f"{loc}: {message}" if loc else message)
+
+    def unresolved(self, loc: str, message: str) -> None:
+        """A value whose interpolation failed: reported once; what the decoder then finds
+        wrong with the text left in its place is not."""
+        self.problem(loc, message)
+        self._unresolved.add(loc)
 
     def mapping(self, value: object, loc: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         if value is None:
@@ -49,8 +97,14 @@ class Checker:
 
     def convert(self, value: object, loc: str, parse: Callable[[Any], T], default: T) -> T:
         try:
-            return parse(value)
+            return parse(str(value) if isinstance(value, Interpolated) else value)
         except (ValueError, TypeError) as exc:
+            typed = typed_alternative(value)  # `${PORT}` where a number is wanted: 8080
+            if typed is not None:
+                try:
+                    return parse(typed)
+                except (ValueError, TypeError):
+                    pass
             self.problem(loc, str(exc))
             return default
 
@@ -78,14 +132,20 @@ def setting(
 ) -> Any:
     """A config field: its default when the key is absent, and either `parse` (value -> value,
     raising ValueError) or `decode` (for lists and sub-sections). Without a default, an absent
-    key is reported with `required`, or else handed to the parser as None."""
-    meta = {"parse": parse, "decode": decode, "required": required, "key": key}
+    key is reported with `required`, or else handed to the parser as None. A `secret` is
+    never in a repr, and may be given as `KEY_file`: the path of a file holding it."""
+    meta = {"parse": parse, "decode": decode, "required": required, "key": key, "secret": secret or None}
     return field(default=default, repr=not secret, metadata={k: v for k, v in meta.items() if v is not None})
 
 
 def section(default: T) -> Any:
     """A nested section; keys it leaves out keep the values of `default`."""
-    return setting(default, decode=lambda c, raw, loc, _: decode_section(c, type(default), raw, loc, default))
+
+    @described(lambda d: d.section(type(default), default))
+    def decode(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) -> T:
+        return decode_section(checker, type(default), raw, loc, default)
+
+    return setting(default, decode=decode)
 
 
 def rule(cls: type) -> Callable[[Rule], Rule]:
@@ -97,7 +157,27 @@ def rule(cls: type) -> Callable[[Rule], Rule]:
 
 
 def field_keys(cls: type) -> tuple[str, ...]:
-    return tuple(f.metadata.get("key", f.name) for f in fields(cls) if f.metadata)
+    """The keys a section allows: its fields', then `KEY_file` for each secret."""
+    keys = [f.metadata.get("key", f.name) for f in fields(cls) if f.metadata]
+    secrets = [f"{f.metadata.get('key', f.name)}{SECRET_FILE_SUFFIX}" for f in fields(cls) if f.metadata.get("secret")]
+    return (*keys, *secrets)
+
+
+def _secret_from_file(checker: Checker, data: Mapping[str, Any], key: str, loc: str) -> Mapping[str, Any]:
+    """`data` with `KEY_file` replaced by KEY, the secret read from that file."""
+    file_key = f"{key}{SECRET_FILE_SUFFIX}"
+    if file_key not in data:
+        return data
+    rest = {k: v for k, v in data.items() if k != file_key}
+    if key in data:
+        checker.problem(_join(loc, file_key), f"give {key} or {file_key}, not both")
+        return rest
+    try:
+        rest[key] = read_secret_file(data[file_key], checker.base_dir)
+    except ValueError as exc:
+        checker.problem(_join(loc, file_key), str(exc))
+        rest[key] = None  # the field keeps no secret; the problem is reported
+    return rest
 
 
 def decode_section(
@@ -122,6 +202,8 @@ def decode_fields(
             continue
         key = f.metadata.get("key", f.name)
         here = _join(loc, key)
+        if f.metadata.get("secret"):
+            data = _secret_from_file(checker, data, key, loc)
         fallback = getattr(default, f.name) if default is not None else f.default
         if key in data:
             value = data[key]
@@ -146,6 +228,7 @@ def decode_fields(
 
 # -- value parsers: value -> value, or ValueError with the message ------------------------------
 def integer(low: int, high: int) -> Callable[[object], int]:
+    @described({"type": "integer", "minimum": low, "maximum": high})
     def parse(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"{value!r} is not allowed: expected an integer {low}..{high}")
@@ -154,6 +237,7 @@ def integer(low: int, high: int) -> Callable[[object], int]:
     return parse
 
 
+@described({"type": "string", "minLength": 1})
 def string(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{value!r} is not allowed: expected a non-empty string")
@@ -161,15 +245,21 @@ def string(value: object) -> str:
 
 
 def optional(parse: Callable[[object], T]) -> Callable[[object], T | None]:
-    return lambda value: None if value is None else parse(value)
+    @described(lambda d: {"anyOf": [d.value(parse), {"type": "null"}]})
+    def parse_optional(value: object) -> T | None:
+        return None if value is None else parse(value)
+
+    return parse_optional
 
 
+@described({"type": ["string", "null"], "minLength": 1})
 def secret_string(value: object) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
         raise ValueError("expected a non-empty string")  # never echo the value: it is a secret
     return value
 
 
+@described({"type": "boolean"})
 def boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{value!r} is not allowed: expected true or false")
@@ -177,6 +267,7 @@ def boolean(value: object) -> bool:
 
 
 def one_of(*options: str) -> Callable[[object], str]:
+    @described({"enum": list(options)})
     def parse(value: object) -> str:
         if value not in options:
             raise ValueError(f"{value!r} is not allowed: expected one of {', '.join(options)}")
@@ -185,16 +276,19 @@ def one_of(*options: str) -> Callable[[object], str]:
     return parse
 
 
+@described({"type": "string", "minLength": 1})
 def file_path(value: object) -> Path:
     return Path(string(value))
 
 
+@described(lambda d: {"anyOf": [d.value(parse_duration), d.leaf({"enum": ["never", "none", None]})]})
 def duration_or_never(value: object) -> float | None:
     if value in ("never", "none", None):
         return None
     return parse_duration(value)
 
 
+@described({"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": r"^\s*0*[1-9][0-9]*[kmgKMG]?[bB]?\s*$"}]})
 def byte_size(value: object) -> int:
     """Bytes: an integer or `64k`, `10m`, `1g` (powers of 1024)."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -208,6 +302,7 @@ def byte_size(value: object) -> int:
 
 # -- decoders: lists and mappings whose items have their own locations --------------------------
 def list_of(parse: Callable[[object], T], expected: str) -> Decoder:
+    @described(lambda d: {"type": "array", "items": d.value(parse)})
     def decode(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) -> tuple[T, ...]:
         if not isinstance(raw, list):
             checker.problem(loc, expected)

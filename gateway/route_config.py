@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tokenward.gateway.config_decode import NAME, Checker, boolean, decode_fields, setting
+from tokenward.gateway.config_decode import NAME, Checker, Describer, Schema, boolean, decode_fields, setting
 from tokenward.gateway.routes import (
     HTTP_METHODS,
     Route,
@@ -19,7 +19,7 @@ from tokenward.gateway.routes import (
     find_conflicts,
     parse_template,
 )
-from tokenward.gateway.scopes import ScopeError, parse_scope
+from tokenward.gateway.scopes import LEVELS, RESOURCE, ScopeError, parse_scope
 
 
 def decode_routes(
@@ -53,6 +53,38 @@ class _RouteFlags:
 
 
 _ROUTE_KEYS = ("methods", "path", "upstream", "scopes", "public", "resource", "websocket")
+
+
+def routes_schema(d: Describer) -> Schema:
+    """The JSON Schema of the `routes` list: what `_route` checks one route at a time (not
+    the checks against the upstreams, the path's parameters or the other routes)."""
+    scope = f"^(?:{'|'.join(LEVELS)}):{RESOURCE.pattern.removeprefix('^').removesuffix(chr(92) + 'Z')}$"
+    scopes: Schema = {"type": "array", "minItems": 1, "items": d.leaf({"type": "string", "pattern": scope})}
+    no_scopes: Schema = {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}
+    names = NAME.pattern.removesuffix(chr(92) + "Z") + "$"
+    properties: Schema = {
+        "methods": {"type": "array", "minItems": 1, "items": d.leaf({"enum": list(HTTP_METHODS)})},
+        "path": d.leaf({"type": "string", "pattern": "^/"}),
+        "upstream": {"type": "string"},
+        "scopes": {"anyOf": [scopes, no_scopes]},
+        "resource": {
+            "type": ["object", "null"],
+            "propertyNames": {"pattern": names},
+            "additionalProperties": {"type": "string"},
+        },
+        **d.section(_RouteFlags)["properties"],
+    }
+    route: Schema = {
+        "type": "object",
+        "properties": properties,
+        "required": ["path", "upstream"],
+        "additionalProperties": False,
+        # public: true takes no scopes and no resource; any other route names its scopes
+        "if": {"properties": {"public": {"const": True}}, "required": ["public"]},
+        "then": {"properties": {"scopes": no_scopes, "resource": {"maxProperties": 0}}},
+        "else": {"properties": {"scopes": scopes}, "required": ["scopes"]},
+    }
+    return {"type": "array", "minItems": 1, "items": route}
 
 
 def _route(checker: Checker, raw: object, index: int, upstreams: Sequence[str]) -> Route | None:

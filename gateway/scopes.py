@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 LEVELS: tuple[str, ...] = ("read", "write", "admin")
 _LEVEL_RANK = {name: rank for rank, name in enumerate(LEVELS)}
-_RESOURCE = re.compile(r"^(?:[a-z][a-z0-9-]*|\*)\Z")
+RESOURCE = re.compile(r"^(?:[a-z][a-z0-9-]*|\*)\Z")
 
 #: The org-wide admin scope. Never held by a team token.
 ADMIN_ORG = "admin:org"
@@ -65,7 +65,7 @@ def parse_scope(text: object) -> Scope:
         raise ScopeError(f"{text!r} is not a scope: expected '<level>:<resource>', e.g. 'read:apis'")
     if level not in _LEVEL_RANK:
         raise ScopeError(f"{text!r} is not a scope: level must be read, write or admin")
-    if not _RESOURCE.match(resource):
+    if not RESOURCE.match(resource):
         raise ScopeError(f"{text!r} is not a scope: resource must match [a-z][a-z0-9-]* or be '*'")
     return Scope(level, resource)
 

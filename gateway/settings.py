@@ -13,6 +13,7 @@ is checked by route_config.py.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -27,10 +28,12 @@ from tokenward.gateway.config_decode import (
     Checker,
     Decoder,
     DuplicateKeyLoader,
+    Schema,
     boolean,
     byte_size,
     decode_fields,
     decode_section,
+    described,
     duration_or_never,
     field_keys,
     file_path,
@@ -44,10 +47,11 @@ from tokenward.gateway.config_decode import (
     setting,
     string,
 )
+from tokenward.gateway.config_env import interpolate
 from tokenward.gateway.durations import parse_duration
-from tokenward.gateway.route_config import decode_routes
+from tokenward.gateway.route_config import decode_routes, routes_schema
 from tokenward.gateway.routes import Route, Router
-from tokenward.gateway.tokens import valid_prefix
+from tokenward.gateway.tokens import PREFIX_PATTERN, valid_prefix
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
@@ -63,6 +67,7 @@ class ConfigError(Exception):
 
 
 # -- value parsers of tokenward's own fields (the generic ones: config_decode.py) ---------------
+@described({"type": "string", "pattern": r"^[0-9A-Fa-f.:]+(/[0-9A-Fa-f.:]+)?$"})  # an address or a CIDR
 def _network(value: object) -> IPNetwork:
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a CIDR like '10.0.0.0/8'")
@@ -72,6 +77,7 @@ def _network(value: object) -> IPNetwork:
         raise ValueError(f"{value!r} is not a CIDR like '10.0.0.0/8'") from None
 
 
+@described({"type": "string", "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]+[^?#]*$"})
 def _upstream_url(value: object) -> str:
     text = string(value)
     parts = urlsplit(text)
@@ -82,13 +88,16 @@ def _upstream_url(value: object) -> str:
     return text.rstrip("/")
 
 
+@described({"type": "string", "pattern": r"^([Rr][Ee][Dd][Ii][Ss][Ss]?|[Uu][Nn][Ii][Xx]):"})
 def _redis_url(value: object) -> str:
     text = string(value)
     if urlsplit(text).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"{text!r} is not a Redis URL: expected redis://, rediss:// or unix://")
+        shown = re.sub(r"//[^/@]*@", "//***@", text)  # never echo a password it may carry
+        raise ValueError(f"{shown!r} is not a Redis URL: expected redis://, rediss:// or unix://")
     return text
 
 
+@described({"type": "string", "pattern": f"^{PREFIX_PATTERN}$"})
 def _prefix(value: object) -> str:
     text = string(value)
     if not valid_prefix(text):
@@ -103,6 +112,7 @@ _SET_BY_TOKENWARD = frozenset(
 )
 
 
+@described({"type": "string", "pattern": _HEADER_NAME.pattern.replace("\\Z", "$")})
 def _strip_header(item: object) -> str:
     """A header name (or prefix, with a trailing `*`) never forwarded upstream; normalized to
     lower case with `_` and `.` as `-`."""
@@ -115,6 +125,7 @@ def _strip_header(item: object) -> str:
 
 
 def _host_port(default_port: int) -> Callable[[object], StoreNode]:
+    @described({"type": "string", "pattern": r"^\S+$"})  # host:port, [v6]:port or a bare host
     def parse(value: object) -> StoreNode:
         bad = ValueError(f"{value!r} is not a node: expected host:port, e.g. 10.0.0.5:{default_port}")
         if not isinstance(value, str) or not value or any(c.isspace() for c in value):
@@ -141,6 +152,11 @@ def _host_port(default_port: int) -> Callable[[object], StoreNode]:
 
 # -- decoders: lists and mappings whose items have their own locations --------------------------
 def _store_nodes(default_port: int) -> Decoder:
+    port: Schema = {"type": "integer", "minimum": 1, "maximum": 65535, "default": default_port}
+    node = {"type": "object", "properties": {"host": {"type": "string", "minLength": 1}, "port": port},
+            "required": ["host"], "additionalProperties": False}  # fmt: skip
+
+    @described(lambda d: {"type": "array", "minItems": 1, "items": {"anyOf": [d.value(_host_port(default_port)), node]}})
     def decode(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) -> tuple[StoreNode, ...]:
         if not isinstance(raw, list) or not raw:
             checker.problem(loc, "expected a non-empty list of host:port (or {host, port})")
@@ -173,6 +189,7 @@ def _store_nodes(default_port: int) -> Decoder:
 def _topology(cls: type[T], empty: str) -> Decoder:
     """An optional store section: absent or null means not used; `{}` is a problem."""
 
+    @described(lambda d: {"anyOf": [{"type": "null"}, {**d.section(cls), "type": "object", "minProperties": 1}]})
     def decode(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) -> T | None:
         if raw is None:
             return None
@@ -237,6 +254,9 @@ class RedisSettings:
     )
     # store down: tokens verified this recently keep working
     stale_if_error: float = setting(300.0, parse_duration)
+    # credentials for `url`, kept out of it (Sentinel and Cluster have their own)
+    username: str | None = setting(None, optional(string))
+    password: str | None = setting(None, secret_string, secret=True)
 
     @property
     def embedded(self) -> bool:
@@ -250,6 +270,19 @@ def _one_store(checker: Checker, redis: RedisSettings, given: Mapping[str, Any],
     if len(named) > 1:
         both = f"{', '.join(named[:-1])} and {named[-1]}"
         checker.problem(loc, f"{both} are alternatives: give only one (url, sentinel or cluster)")
+
+
+@rule(RedisSettings)
+def _url_credentials(checker: Checker, redis: RedisSettings, given: Mapping[str, Any], loc: str) -> None:
+    for key in ("username", "password"):
+        if given.get(key) is None:
+            continue
+        if given.get("url") is None:
+            where = next((name for name in ("sentinel", "cluster") if given.get(name) is not None), None)
+            hint = f"give it as {loc}.{where}.{key}" if where else "the embedded store has none"
+            checker.problem(f"{loc}.{key}", f"is only used with url; {hint}")
+        elif key == "password" and redis.url is not None and urlsplit(redis.url).password is not None:
+            checker.problem(f"{loc}.{key}", "the url has a password too: give it once")
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +349,8 @@ class AuditSettings:
     stream_maxlen: int = setting(100_000, integer(100, 100_000_000))
 
 
+@described(lambda d: {"type": "object", "minProperties": 1, "propertyNames": {"pattern": NAME.pattern.replace("\\Z", "$")},
+                       "additionalProperties": {**d.section(Upstream), "type": "object"}})  # fmt: skip
 def _upstreams(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) -> dict[str, Upstream]:
     if not isinstance(raw, dict) or not raw:
         checker.problem(loc, "expected a mapping of upstream names to {url, timeout}")
@@ -330,6 +365,7 @@ def _upstreams(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) ->
     return result
 
 
+@described(routes_schema)
 def _router(checker: Checker, raw: object, loc: str, siblings: Mapping[str, Any]) -> Router:
     upstreams: Mapping[str, Upstream] = siblings.get("upstreams") or {}
     case_insensitive = frozenset(n for n, u in upstreams.items() if u.case_insensitive)
@@ -365,10 +401,15 @@ class Settings:
         return self.router.routes
 
 
-def settings_from_dict(raw: object, source: str = "config", base_dir: Path | None = None) -> Settings:
-    checker = Checker()
+def settings_from_dict(
+    raw: object, source: str = "config", base_dir: Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """`env`: the variables `${NAME}` values are expanded from (config_env.py); None: none are."""
+    checker = Checker(base_dir)
     if isinstance(raw, dict):  # `x-*` keys hold YAML anchors for `<<:` merges, like compose files
         raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    if env is not None:
+        raw = interpolate(raw, env, checker.unresolved)
     if raw is None or raw == {}:
         checker.problem("", "the config is empty: it needs at least upstreams and routes")
     settings = decode_section(checker, Settings, raw, "", source=source)
@@ -392,4 +433,4 @@ def load_settings(path: str | Path) -> Settings:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}invalid YAML: {problem}"], str(path)) from None
-    return settings_from_dict(raw, str(path), base_dir=path.resolve().parent)
+    return settings_from_dict(raw, str(path), base_dir=path.resolve().parent, env=os.environ)

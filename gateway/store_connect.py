@@ -88,10 +88,14 @@ def connect(settings: RedisSettings) -> Any:
         raise ValueError("no store configured: the embedded store is started by the runtime")
     # Bounded: a burst of cache misses waits for one of MAX_CONNECTIONS connections
     # (each read is ~0.1 ms) instead of opening one connection per concurrent request.
+    # credentials given beside the URL (redis.username, redis.password[_file]); the settings
+    # refuse a password in both places
+    credentials = {"username": settings.username, "password": settings.password}
     pool = redis.BlockingConnectionPool.from_url(
         settings.url,
         max_connections=MAX_CONNECTIONS,
         timeout=SOCKET_TIMEOUT,
+        **{k: v for k, v in credentials.items() if v is not None},
         **options,
     )
     return redis.Redis.from_pool(pool)  # closing the client closes the pool

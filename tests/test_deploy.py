@@ -99,20 +99,62 @@ def config_arg(argv: list[str]) -> str:
 
 
 def mounted_config(documents: list[dict[str, Any]], pod: dict[str, Any], container: dict[str, Any]) -> str:
-    """The text of the tokenward config the container's `--config` path points at."""
+    """The text of the tokenward config the container's `--config` path points at: a
+    ConfigMap (credentials stay in Secrets, see pod_settings)."""
     path = PurePosixPath(config_arg(container["args"]))
     (mount,) = [m for m in container["volumeMounts"] if PurePosixPath(m["mountPath"]) == path.parent]
     assert "subPath" not in mount, "a subPath mount is never updated: config reload would not see changes"
     assert mount.get("readOnly") is True
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-    secret_name = volume["secret"]["secretName"]
-    (secret,) = [s for s in by_kind(documents, "Secret") if s["metadata"]["name"] == secret_name]
-    assert "data" not in secret, "use stringData so the config stays readable"
-    return str(secret["stringData"][path.name])
+    assert "configMap" in volume, "the config is a ConfigMap; credentials are in a Secret"
+    (config_map,) = [c for c in by_kind(documents, "ConfigMap") if c["metadata"]["name"] == volume["configMap"]["name"]]
+    return str(config_map["data"][path.name])
 
 
-def parse_config(text: str, source: str) -> Settings:
-    return settings_from_dict(yaml.safe_load(text), source)
+def secret_value(documents: list[dict[str, Any]], name: str, key: str) -> str:
+    (secret,) = [s for s in by_kind(documents, "Secret") if s["metadata"]["name"] == name]
+    assert "data" not in secret, "use stringData so the manifest stays readable"
+    return str(secret["stringData"][key])
+
+
+def container_env(documents: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment, each secretKeyRef read from its Secret in `documents`."""
+    env = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = secret_value(documents, ref["name"], ref["key"])
+    return env
+
+
+def pod_settings(documents: list[dict[str, Any]], pod: dict[str, Any], container: dict[str, Any], root: Path) -> Settings:
+    """The settings as tokenward loads them in the container: `${VAR}` from its environment,
+    `*_file` from the Secret volumes it mounts (copied under `root`)."""
+    mounts = {}
+    for mount in container["volumeMounts"]:
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        if "secret" in volume:
+            name = volume["secret"]["secretName"]
+            (secret,) = [s for s in by_kind(documents, "Secret") if s["metadata"]["name"] == name]
+            folder = root / mount["mountPath"].strip("/")
+            folder.mkdir(parents=True)
+            for key, text in secret["stringData"].items():
+                (folder / key).write_text(text)
+            mounts[mount["mountPath"]] = folder
+
+    def in_pod(raw: Any) -> Any:
+        if isinstance(raw, dict):
+            return {k: in_pod(v) if not str(k).endswith("_file") else local(v) for k, v in raw.items()}
+        return raw
+
+    def local(path: str) -> str:
+        (mount_path,) = [m for m in mounts if PurePosixPath(path).parent == PurePosixPath(m)]
+        return str(mounts[mount_path] / PurePosixPath(path).name)
+
+    raw = in_pod(yaml.safe_load(mounted_config(documents, pod, container)))
+    return settings_from_dict(raw, "pod", env=container_env(documents, container))
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -176,23 +218,34 @@ def test_deploy_config_loads() -> None:
 
 
 def test_every_embedded_config_passes_the_settings_schema() -> None:
+    """The configs are ConfigMaps without credentials; Secrets hold credentials only."""
     found = 0
     for path in k8s_files():
-        for secret in by_kind(docs(path), "Secret"):
-            for key, text in secret.get("stringData", {}).items():
+        for config_map in by_kind(docs(path), "ConfigMap"):
+            for key, text in config_map.get("data", {}).items():
                 if key.endswith((".yaml", ".yml")):
-                    parse_config(text, f"{path.name}:{secret['metadata']['name']}:{key}")
+                    raw = yaml.safe_load(text)
+                    # the password is a reference (`${...}` or a file), never a value
+                    redis = raw["redis"]
+                    assert redis.get("password") == "${REDIS_PASSWORD}" or "password_file" in redis
+                    redis.pop("password_file", None)  # read in the pod: pod_settings
+                    settings_from_dict(raw, f"{path.name}:{config_map['metadata']['name']}:{key}")
                     found += 1
-        assert not by_kind(docs(path), "ConfigMap"), "the config is a Secret: it holds the Redis URL"
+        for secret in by_kind(docs(path), "Secret"):
+            assert not any(key.endswith((".yaml", ".yml")) for key in secret["stringData"]), path.name
     assert found == 2  # sidecar and standalone
 
 
-def test_standalone_secret_is_deploy_tokenward_yaml() -> None:
+def test_standalone_config_map_is_deploy_tokenward_yaml_plus_the_password_file() -> None:
     documents = docs(K8S / "standalone.yaml")
     (deployment,) = [d for d in by_kind(documents, "Deployment") if d["metadata"]["name"] == "tokenward"]
     pod = deployment["spec"]["template"]["spec"]
     embedded = yaml.safe_load(mounted_config(documents, pod, tokenward_container(pod)))
+    password_file = embedded["redis"].pop("password_file")
     assert embedded == yaml.safe_load(CONFIG.read_text())
+    assert PurePosixPath(password_file).parent.as_posix() in [
+        m["mountPath"] for m in tokenward_container(pod)["volumeMounts"]
+    ]
 
 
 # -- Kubernetes --------------------------------------------------------------------------------
@@ -210,7 +263,7 @@ def test_kubernetes_manifests_validate(path: Path, version: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["sidecar.yaml", "standalone.yaml"])
-def test_kubernetes_tokenward_pods_agree_with_their_config(name: str) -> None:
+def test_kubernetes_tokenward_pods_agree_with_their_config(name: str, tmp_path: Path) -> None:
     documents = docs(K8S / name)
     deployments = [
         d for d in by_kind(documents, "Deployment")
@@ -221,7 +274,11 @@ def test_kubernetes_tokenward_pods_agree_with_their_config(name: str) -> None:
     template = deployment["spec"]["template"]
     pod = template["spec"]
     container = tokenward_container(pod)
-    settings = parse_config(mounted_config(documents, pod, container), name)
+    # in the pod: ${REDIS_PASSWORD} from the container's env, password_file from a mounted Secret
+    redis_docs = docs(K8S / "redis.yaml")
+    settings = pod_settings([*documents, *redis_docs], pod, container, tmp_path)
+    assert settings.redis.password == secret_value(redis_docs, "redis-credentials", "password")
+    assert container_env(redis_docs, container)["TOKENWARD_CONFIG"] == config_arg(container["args"])
 
     # the image's entrypoint is `tokenward`, its CMD `serve --config ...`: args replace the CMD
     assert "command" not in container
@@ -266,7 +323,6 @@ def test_kubernetes_tokenward_pods_agree_with_their_config(name: str) -> None:
 
     # the store named in the config is the Redis of kubernetes/redis.yaml
     redis_url = urlsplit(settings.redis.url or "")
-    redis_docs = docs(K8S / "redis.yaml")
     (redis_service,) = by_kind(redis_docs, "Service")
     assert redis_url.hostname == redis_service["metadata"]["name"]
     assert redis_url.port in [p["port"] for p in redis_service["spec"]["ports"]]
@@ -295,6 +351,10 @@ def test_kubernetes_redis_keeps_an_append_only_file() -> None:
     (statefulset,) = by_kind(docs(K8S / "redis.yaml"), "StatefulSet")
     (container,) = statefulset["spec"]["template"]["spec"]["containers"]
     assert "--appendonly yes" in shlex.join(container["args"])
+    # it requires the password tokenward reads from the same Secret (Kubernetes expands $(VAR))
+    assert "--requirepass '$(REDIS_PASSWORD)'" in shlex.join(container["args"])
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert env["REDIS_PASSWORD"] == env["REDISCLI_AUTH"] == {"name": "redis-credentials", "key": "password"}
     (mount,) = container["volumeMounts"]
     assert (
         mount["mountPath"] == "/data"

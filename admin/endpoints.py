@@ -181,7 +181,9 @@ class Routes:
 BodyCheck = Callable[[Any], None]
 
 
-def serve(ep: Endpoint, check: BodyCheck | None = None) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def serve(
+    ep: Endpoint, check: BodyCheck | None = None
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The aiohttp handler of `ep`: what it declares is enforced here, in this order.
     `check`: validates the body (raises `schema.ValidationError`); by default against the
     body's schema (the admin app passes the published document's, `tokenward.openapi`)."""

@@ -87,7 +87,10 @@ def build_document(endpoints: Sequence[Endpoint], info: dict[str, Any]) -> dict[
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
-            "schemas": {name: published(s, top=s) for name, s in schema.SCHEMAS.items()},
+            "schemas": {
+                **{name: published(s, top=s) for name, s in schema.SCHEMAS.items()},
+                **builder.schemas,
+            },
             "responses": builder.responses,
             "parameters": builder.parameters,
             "headers": HEADERS,
@@ -144,6 +147,16 @@ class _Builder:
     def __init__(self) -> None:
         self.responses: dict[str, Any] = {}
         self.parameters: dict[str, Any] = {}
+        self.schemas: dict[str, Any] = {}  # bodies' object schemas that SCHEMAS does not name
+
+    def body(self, s: schema.Schema, name: str) -> schema.Schema:
+        """A body's schema: a `$ref`, so generated clients get one model per schema (an object
+        schema without a name in SCHEMAS gets `name`)."""
+        out = published(s)
+        if "$ref" in out or out.get("type") != "object":
+            return out
+        self.schemas[name] = out
+        return {"$ref": SCHEMAS + name}
 
     def operation(self, ep: Endpoint) -> dict[str, Any]:
         params = [self.path_parameter(part[1:-1]) for part in ep.path.split("/") if part.startswith("{")]
@@ -161,7 +174,7 @@ class _Builder:
             op["requestBody"] = {
                 "required": not (ep.body is not None and ep.body.optional),
                 "description": ep.request.get("description", "the request"),
-                "content": {JSON: {"schema": published(ep.request)}},
+                "content": {JSON: {"schema": self.body(ep.request, _camel(ep.handler.__name__) + "Body")}},
             }
         extra = [401, 403, 503] if ep.auth else []
         if ep.request is not None:
@@ -172,7 +185,7 @@ class _Builder:
         return op
 
     def response(self, ep: Endpoint, code: int, s: schema.Schema | None) -> dict[str, Any]:
-        if code >= 400:
+        if code >= 400 and (s is None or s is schema.ERROR):
             return self.error(code)
         headers = {name: _header(name) for name in ("X-Request-Id", "Cache-Control")}
         if code == 201:
@@ -182,11 +195,19 @@ class _Builder:
         if s is None:
             return {"description": "no content" if code == 204 else "ok", "headers": headers}
         what = s.get("description", "ok")
-        return {
+        name = _camel(ep.handler.__name__) + ("Response" if code < 400 else str(code))
+        response = {
             "description": f"created: {what}" if code == 201 else what,
             "headers": headers,
-            "content": {JSON: {"schema": published(s)}},
+            "content": {JSON: {"schema": self.body(s, name)}},
         }
+        if code < 400:
+            return response
+        # an error status with a body of its own (e.g. a readiness report): still shared
+        if code in (429, 503):
+            headers["Retry-After"] = _header("Retry-After")
+        self.responses[name] = response
+        return {"$ref": "#/components/responses/" + name}
 
     def error(self, code: int) -> dict[str, Any]:
         name, description, more = ERROR_RESPONSES.get(code, GENERIC_ERROR)
@@ -233,6 +254,10 @@ class _Builder:
             }
             return {"$ref": "#/components/parameters/Cursor"}
         return {"name": name, "in": "query", "required": False, "description": description, "schema": published(s)}
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
 
 
 def _header(name: str) -> dict[str, Any]:

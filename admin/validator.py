@@ -74,12 +74,16 @@ def ecma_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern, re.ASCII)
 
 
-def _pattern(validator: Validator, pattern: str, instance: Any, schema: Schema) -> Iterator[SchemaError]:
+def _pattern(
+    validator: Validator, pattern: str, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[SchemaError]:
     if isinstance(instance, str) and ecma_pattern(pattern).search(instance) is None:
         yield SchemaError(f"{printable(instance)!r} does not match {pattern}")
 
 
-def _printable(validator: Validator, value: Any, instance: Any, schema: Schema) -> Iterator[SchemaError]:
+def _printable(
+    validator: Validator, value: Any, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[SchemaError]:
     if value and isinstance(instance, str) and (problem := unprintable(instance)) is not None:
         yield SchemaError(problem)
 

@@ -73,6 +73,20 @@ def test_ruleset_catches_what_it_is_for(break_it: Any, rule: str) -> None:
     assert any(problem.startswith(rule + ":") for problem in lint(document)), lint(document)
 
 
+def test_error_statuses_answer_with_the_error_body() -> None:
+    """Every 4xx/5xx is one of the shared error responses, whose body is `Error`."""
+    document = openapi_document()
+    for path, method, op in operations(document):
+        for code, response in op["responses"].items():
+            if code[0] in "45" and (path, code) != ("/readyz", "503"):  # readiness may report
+                assert response["$ref"].split("/")[-1] in ("Error", "Unauthorized", "Forbidden", "Unavailable")
+    for response in document["components"]["responses"].values():
+        if response["content"]["application/json"]["schema"]["$ref"] != "#/components/schemas/Error":
+            continue
+        assert {"X-Request-Id", "Cache-Control"} <= set(response["headers"])
+    assert "Retry-After" in document["components"]["responses"]["Unavailable"]["headers"]
+
+
 def _inline_error_schemas(node: Any) -> int:
     """Copies of the error body's schema written out in place (not a `$ref`)."""
     if isinstance(node, list):
@@ -313,7 +327,7 @@ async def test_the_served_document_is_the_built_one(gateway: Gateway) -> None:
 
 
 # -- a client generated from it ------------------------------------------------------------------
-CLIENT_CONFIG = "package_name_override: twclient\nproject_name_override: twclient\npost_hooks: []\n"
+CLIENT_CONFIG = "package_name_override: twclient\npost_hooks: []\n"
 
 
 def generate_client(document: dict[str, Any], where: Path) -> Path:
@@ -323,7 +337,8 @@ def generate_client(document: dict[str, Any], where: Path) -> Path:
     config.write_text(CLIENT_CONFIG)
     generator = Path(sys.executable).parent / "openapi-python-client"
     done = subprocess.run(
-        [str(generator), "generate", "--path", str(spec), "--config", str(config)],
+        [str(generator), "generate", "--path", str(spec), "--config", str(config), "--meta", "none"]
+        + ["--output-path", str(where / "twclient")],
         cwd=where,
         capture_output=True,
         text=True,
@@ -331,7 +346,7 @@ def generate_client(document: dict[str, Any], where: Path) -> Path:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Warning" not in done.stdout + done.stderr, done.stdout + done.stderr
-    return where / "twclient" / "twclient"
+    return where / "twclient"
 
 
 def models(package: Path) -> list[str]:

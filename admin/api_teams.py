@@ -18,7 +18,7 @@ from tokenward.views import (
     team_view,
 )
 
-routes = Routes()
+routes = Routes("teams")
 TEAMS = "/v1/orgs/{org}/teams"
 SERVICE_ACCOUNTS = "/v1/orgs/{org}/teams/{team}/service-accounts"
 
@@ -26,26 +26,29 @@ SERVICE_ACCOUNTS = "/v1/orgs/{org}/teams/{team}/service-accounts"
 @routes(
     "POST",
     TEAMS,
-    "Create a team with a permission set",
+    "Create a team",
     permission=org_admin,
     body=Body(schema.TEAM_CREATE),
     responses={201: schema.TEAM, 409: schema.ERROR},
 )
 async def create_team(call: Call) -> web.Response:
+    """Create a team of the org with a permission set: the scopes its tokens may hold (org
+    admins only; 409 when the name is taken). Location names the new team."""
     body = call.body
     team = await call.directory.create_team(call.actor, call.param("org"), body["name"], body["permissions"])
-    return json_response(team_view(team), 201)
+    return json_response(team_view(team), 201, Location=f"{TEAMS.replace('{org}', team.org)}/{team.name}")
 
 
 @routes(
     "GET",
     TEAMS,
-    "List the teams of an org in name order, one page at a time (a team admin sees its own)",
+    "List teams",
     permission=team_lister,
     responses={200: schema.TEAM_LIST, 400: schema.ERROR},
     query=PAGE_QUERY,
 )
 async def list_teams(call: Call) -> web.Response:
+    """List the teams of an org in name order, one page at a time (a team admin sees its own)."""
     org, own = call.param("org"), call.caller.token
     limit, after = page_limit(call), name_cursor(call)
     store = call.runtime.store
@@ -65,18 +68,21 @@ async def list_teams(call: Call) -> web.Response:
     responses={200: schema.TEAM, 404: schema.ERROR},
 )
 async def get_team(call: Call) -> web.Response:
+    """A team and its permission set (an org admin, or an admin of that team)."""
     return json_response(team_view(await call.directory.team(call.param("org"), call.param("team"))))
 
 
 @routes(
     "PUT",
     TEAMS + "/{team}/permissions",
-    "Replace a team's permission set (org admins only); takes effect on the next request",
+    "Replace a team's permissions",
     permission=org_admin,
     body=Body(schema.TEAM_PERMISSIONS),
     responses={200: schema.TEAM, 404: schema.ERROR},
 )
 async def set_team_permissions(call: Call) -> web.Response:
+    """Replace a team's permission set (org admins only); it takes effect on the team's tokens'
+    next request: a scope the team no longer holds is no longer effective."""
     org, team, permissions = call.param("org"), call.param("team"), call.body["permissions"]
     return json_response(team_view(await call.directory.set_permissions(call.actor, org, team, permissions)))
 
@@ -84,29 +90,35 @@ async def set_team_permissions(call: Call) -> web.Response:
 @routes(
     "POST",
     SERVICE_ACCOUNTS,
-    "Create a service account (a named non-human identity that groups tokens)",
+    "Create a service account",
     permission=team_wide("service accounts"),
     body=Body(schema.SA_CREATE),
     responses={201: schema.SERVICE_ACCOUNT, 404: schema.ERROR, 409: schema.ERROR},
+    tag="service accounts",
 )
 async def create_service_account(call: Call) -> web.Response:
+    """Create a service account: a named non-human identity of the team that groups tokens
+    (409 when the name is taken). Location names it."""
     org, team, body = call.param("org"), call.param("team"), call.body
     sa = await call.directory.create_service_account(
         call.actor, org, team, body["name"], body.get("description", "")
     )
-    return json_response(sa_view(sa, 0), 201)
+    where = SERVICE_ACCOUNTS.replace("{org}", org).replace("{team}", team)
+    return json_response(sa_view(sa, 0), 201, Location=f"{where}/{sa.name}")
 
 
 @routes(
     "GET",
     SERVICE_ACCOUNTS,
-    "List a team's service accounts in name order, one page at a time, with their active token "
-    "counts (exact up to 1000 tokens examined per account; active_tokens_exact says)",
+    "List service accounts",
     permission=team_wide("service accounts"),
     responses={200: schema.SA_LIST, 400: schema.ERROR, 404: schema.ERROR},
     query=PAGE_QUERY,
+    tag="service accounts",
 )
 async def list_service_accounts(call: Call) -> web.Response:
+    """List a team's service accounts in name order, one page at a time, with their active token
+    counts (exact up to 1000 tokens examined per account; active_tokens_exact says)."""
     org, team, directory = call.param("org"), call.param("team"), call.directory
     limit, after = page_limit(call), name_cursor(call)
     await directory.team(org, team)
@@ -123,11 +135,13 @@ async def list_service_accounts(call: Call) -> web.Response:
 @routes(
     "DELETE",
     SERVICE_ACCOUNTS + "/{name}",
-    "Delete a service account that has no active tokens (409 otherwise)",
+    "Delete a service account",
     permission=team_wide("service accounts"),
     responses={204: None, 404: schema.ERROR, 409: schema.ERROR},
+    tag="service accounts",
 )
 async def delete_service_account(call: Call) -> web.Response:
+    """Delete a service account that has no active tokens (409 otherwise)."""
     async with bulk_work(call):  # its active tokens are counted: bulk work
         await call.directory.delete_service_account(
             call.actor, call.param("org"), call.param("team"), call.param("name")

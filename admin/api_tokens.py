@@ -29,7 +29,7 @@ from tokenward.views import (
     token_view,
 )
 
-routes = Routes()
+routes = Routes("tokens")
 PAGE_SCAN_BUDGET = 1000  # index rows a filtered page examines
 _STATUSES = (ACTIVE, REVOKED, EXPIRED)
 TOKEN = "/v1/orgs/{org}/teams/{team}/tokens/{id}"  # noqa: S105 - a path, not a secret
@@ -42,12 +42,16 @@ def lifetime(body: dict[str, Any]) -> Lifetime:
 @routes(
     "POST",
     "/v1/orgs/{org}/teams/{team}/tokens",
-    "Issue a token; the plaintext is in this response only",
+    "Issue a token",
     permission=team_admin,
     body=Body(schema.TOKEN_CREATE),
     responses={201: schema.TOKEN_CREATED, 400: schema.ERROR, 403: schema.ERROR, 404: schema.ERROR},
 )
 async def create_token(call: Call) -> web.Response:
+    """Issue a token of the team with scopes within the team's permissions (and the caller's),
+    an expiry within the policy (tokens.max_ttl), optionally a service account, constraints
+    and client networks. The plaintext `token` is in this response only: it is never stored.
+    Location names the new token."""
     body = call.body
     plaintext, record = await call.tokens.issue(
         call.actor,
@@ -67,15 +71,16 @@ async def create_token(call: Call) -> web.Response:
 @routes(
     "GET",
     "/v1/orgs/{org}/teams/{team}/tokens",
-    "List a team's tokens, oldest first, one page at a time (never a hash or secret); deleted "
-    "tokens are gone, revoked and expired ones stay with their status. With a status or "
-    "expiring_within filter a page examines at most 1000 tokens and may hold fewer than "
-    "`limit` rows: follow `next` until it is null",
+    "List tokens",
     permission=team_admin,
     responses={200: schema.TOKEN_LIST, 400: schema.ERROR, 404: schema.ERROR},
     query=(("status", "string"), ("expiring_within", "string"), ("service_account", "string"), *PAGE_QUERY),
 )
 async def list_tokens(call: Call) -> web.Response:
+    """List a team's tokens, oldest first, one page at a time (never a hash or secret); deleted
+    tokens are gone, revoked and expired ones stay with their status. With a status or
+    expiring_within filter a page examines at most 1000 tokens and may hold fewer than
+    `limit` rows: follow `next` until it is null."""
     org, team_name = call.param("org"), call.param("team")
     wanted, filtered, sa = token_filter(call)
     limit, position = page_limit(call), token_cursor(call)
@@ -151,9 +156,10 @@ async def _token_page(
 
 
 @routes(
-    "GET", TOKEN, "Get one token", permission=team_admin, responses={200: schema.TOKEN, 404: schema.ERROR}
+    "GET", TOKEN, "Get a token", permission=team_admin, responses={200: schema.TOKEN, 404: schema.ERROR}
 )
 async def get_token(call: Call) -> web.Response:
+    """A token of the team with its status, effective scopes and last use (never its secret)."""
     record = await call.tokens.token_in_team(call.param("org"), call.param("team"), call.param("id"))
     return await token_response(call, record)
 
@@ -161,12 +167,14 @@ async def get_token(call: Call) -> web.Response:
 @routes(
     "PATCH",
     TOKEN,
-    "Rename or re-describe a token. Scopes, constraints and expiry are fixed at issuance: rotate instead",
+    "Rename or re-describe a token",
     permission=team_admin,
     body=Body(schema.TOKEN_UPDATE, check=refuse_fixed_fields),
     responses={200: schema.TOKEN, 400: schema.ERROR, 404: schema.ERROR},
 )
 async def update_token(call: Call) -> web.Response:
+    """Change a token's name or description. Scopes, constraints and expiry are fixed at
+    issuance (a body naming one is refused): rotate instead."""
     body = call.body
     record = await call.tokens.update(
         call.actor,
@@ -182,13 +190,14 @@ async def update_token(call: Call) -> web.Response:
 @routes(
     "POST",
     TOKEN + "/revoke",
-    'Revoke a token; its next request fails with 401. Optional body {"reason": "..."}; the '
-    "revocation records who made it and at which level (org or team admin)",
+    "Revoke a token",
     permission=team_admin,
     body=Body(schema.TOKEN_REVOKE, optional=True),
     responses={200: schema.TOKEN, 404: schema.ERROR},
 )
 async def revoke_token(call: Call) -> web.Response:
+    """Revoke a token: its next request fails with 401. Optional body `{"reason": "..."}`; the
+    revocation records who made it and at which level (org or team admin)."""
     reason = call.body.get("reason")
     record = await call.tokens.revoke(
         call.actor, call.param("org"), call.param("team"), call.param("id"), reason
@@ -199,13 +208,14 @@ async def revoke_token(call: Call) -> web.Response:
 @routes(
     "POST",
     TOKEN + "/restore",
-    "Restore a revoked token that has not expired; only an admin at least as privileged as the "
-    "revoker may (a team admin cannot undo an org admin's revocation); leaked and rotated tokens "
-    "never come back (409)",
+    "Restore a revoked token",
     permission=team_admin,
     responses={200: schema.TOKEN, 403: schema.ERROR, 404: schema.ERROR, 409: schema.ERROR},
 )
 async def restore_token(call: Call) -> web.Response:
+    """Restore a revoked token that has not expired; only an admin at least as privileged as the
+    revoker may (a team admin cannot undo an org admin's revocation); leaked and rotated tokens
+    never come back (409)."""
     record = await call.tokens.restore(call.actor, call.param("org"), call.param("team"), call.param("id"))
     return await token_response(call, record)
 
@@ -213,11 +223,12 @@ async def restore_token(call: Call) -> web.Response:
 @routes(
     "DELETE",
     TOKEN,
-    "Delete a revoked or expired token (409 while it is active: revoke it first)",
+    "Delete a token",
     permission=team_admin,
     responses={204: None, 404: schema.ERROR, 409: schema.ERROR},
 )
 async def delete_token(call: Call) -> web.Response:
+    """Delete a revoked or expired token (409 while it is active: revoke it first)."""
     await call.tokens.delete(call.actor, call.param("org"), call.param("team"), call.param("id"))
     return call.no_content()
 
@@ -225,14 +236,16 @@ async def delete_token(call: Call) -> web.Response:
 @routes(
     "POST",
     TOKEN + "/rotate",
-    "Issue a replacement with the same name, description, scopes, constraints, CIDRs and service "
-    "account; the old token is revoked now, or after grace_period. Atomic: the replacement exists "
-    "only if the old token was active and not already rotated when it was retired",
+    "Rotate a token",
     permission=team_admin,
     body=Body(schema.TOKEN_ROTATE, optional=True),
     responses={201: schema.TOKEN_ROTATED, 404: schema.ERROR, 409: schema.ERROR},
 )
 async def rotate_token(call: Call) -> web.Response:
+    """Issue a replacement with the same name, description, scopes, constraints, CIDRs and
+    service account; the old token is revoked now, or after grace_period. Atomic: the
+    replacement exists only if the old token was active and not already rotated when it was
+    retired. Location names the replacement."""
     org, team, key_id = call.param("org"), call.param("team"), call.param("id")
     grace = call.body.get("grace_period")
     rotated = await call.tokens.rotate(call.actor, org, team, key_id, lifetime(call.body), grace)

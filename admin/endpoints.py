@@ -9,6 +9,7 @@ step refused it), a domain error through `DOMAIN_ERRORS_TABLE`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -120,10 +121,16 @@ class Endpoint:
     responses: dict[int, schema.Schema | None]
     query: tuple[tuple[str, str], ...] = ()
     max_limit: int = MAX_PAGE_LIMIT  # the `limit` query parameter's maximum, when it has one
+    tag: str = ""  # the group the OpenAPI document lists it in
 
     @property
     def auth(self) -> bool:
         return self.permission is not None
+
+    @property
+    def description(self) -> str:
+        """What the OpenAPI document says of it: its handler's docstring, else its summary."""
+        return inspect.getdoc(self.handler) or self.summary
 
     @property
     def request(self) -> schema.Schema | None:
@@ -131,10 +138,12 @@ class Endpoint:
 
 
 class Routes:
-    """One module's endpoints, each registered by decorating its handler."""
+    """One module's endpoints, each registered by decorating its handler; `tag`: the group
+    they are listed in (an endpoint may name another)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tag: str = "") -> None:
         self.endpoints: list[Endpoint] = []
+        self.tag = tag
 
     def __call__(
         self,
@@ -147,6 +156,7 @@ class Routes:
         responses: dict[int, schema.Schema | None] | None = None,
         query: tuple[tuple[str, str], ...] = (),
         max_limit: int = MAX_PAGE_LIMIT,
+        tag: str | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.endpoints.append(
@@ -160,6 +170,7 @@ class Routes:
                     responses or {200: None},
                     query,
                     max_limit,
+                    self.tag if tag is None else tag,
                 )
             )
             return handler
@@ -167,8 +178,15 @@ class Routes:
         return register
 
 
-def serve(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The aiohttp handler of `ep`: what it declares is enforced here, in this order."""
+BodyCheck = Callable[[Any], None]
+
+
+def serve(
+    ep: Endpoint, check: BodyCheck | None = None
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The aiohttp handler of `ep`: what it declares is enforced here, in this order.
+    `check`: validates the body (raises `schema.ValidationError`); by default against the
+    body's schema (the admin app passes the published document's, `tokenward.openapi`)."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         call = request[CALL]
@@ -176,14 +194,14 @@ def serve(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]
             await call.authenticate()
             await ep.permission(call)
         if ep.body is not None:
-            call.body = await read_body(call, ep.body)
+            call.body = await read_body(call, ep.body, check)
         return await ep.handler(call)
 
     handle.__name__ = ep.handler.__name__
     return handle
 
 
-async def read_body(call: Call, body: Body) -> dict[str, Any]:
+async def read_body(call: Call, body: Body, check: BodyCheck | None = None) -> dict[str, Any]:
     # a body (at most MAX_BODY) must arrive within limits.body_timeout, as at the gateway: a
     # caller trickling one would otherwise hold a connection and a handler for ever
     timeout = call.runtime.settings.limits.body_timeout
@@ -204,7 +222,10 @@ async def read_body(call: Call, body: Body) -> dict[str, Any]:
     if body.check is not None:
         body.check(data)
     try:
-        schema.validate(body.schema, data)
+        if check is not None:
+            check(data)
+        else:
+            schema.validate(body.schema, data)
     except schema.ValidationError as exc:
         raise api_error(400, "invalid_request", str(exc), exc.field) from None
     assert isinstance(data, dict)  # the schemas describe objects
@@ -236,6 +257,7 @@ async def errors_middleware(
         log.exception("admin request failed", request_id=call.request_id)
         return error_response(api_error(500, "internal_error", "internal error"), call.request_id)
     response.headers.setdefault("X-Request-Id", call.request_id)
+    response.headers.setdefault("Cache-Control", "no-store")  # admin answers are never cached
     return response
 
 

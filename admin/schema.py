@@ -1,122 +1,24 @@
 """Request/response schemas of the admin API.
 
-One JSON-Schema subset serves both purposes: `validate()` checks request bodies (every
-problem names its field) and the same dicts are published in `/v1/openapi.json`.
+The same dicts are published in `/v1/openapi.json` (`tokenward.openapi`: the named ones in
+`SCHEMAS` become `components/schemas`, referenced with `$ref`) and check request bodies
+(`tokenward.validator`: a JSON Schema Draft 2020-12 validator reading the published
+document). Patterns are anchored (`^...$`), as JSON Schema only searches for a pattern.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from tokenward.gateway.text import printable, unprintable
+from tokenward.gateway.refusal import Step
+from tokenward.validator import PRINTABLE, ValidationError, validate
 
 Schema = dict[str, Any]
 
 
-class ValidationError(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
-        self.field = field
-        self.message = message
-
-
-def _type_name(value: object) -> str:
-    return {
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        list: "array",
-        dict: "object",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
-
-
-def validate(schema: Schema, value: Any, where: str = "") -> None:
-    """Raise ValidationError naming the first offending field."""
-    kind = schema.get("type")
-    if kind == "object":
-        if not isinstance(value, dict):
-            raise ValidationError(where or "body", f"expected an object, got {_type_name(value)}")
-        props: dict[str, Schema] = schema.get("properties", {})
-        extra = schema.get("additionalProperties", False)
-        for key in value:
-            if key not in props and extra is False:
-                allowed = ", ".join(props) or "none"
-                raise ValidationError(_join(where, key), f"unknown field (allowed: {allowed})")
-        for key in schema.get("required", []):
-            if key not in value:
-                raise ValidationError(_join(where, key), "is required")
-        if "maxProperties" in schema and len(value) > schema["maxProperties"]:
-            raise ValidationError(where, f"at most {schema['maxProperties']} entries")
-        for key, item in value.items():
-            sub = props.get(key, extra if isinstance(extra, dict) else None)
-            if sub is not None:
-                if (
-                    key in props
-                    and item is None
-                    and schema.get("nullable_fields", True)
-                    and "null" in _types(sub)
-                ):
-                    continue
-                validate(sub, item, _join(where, key))
-        return
-    if kind == "array":
-        if not isinstance(value, list):
-            raise ValidationError(where, f"expected an array, got {_type_name(value)}")
-        if len(value) < schema.get("minItems", 0):
-            raise ValidationError(where, f"needs at least {schema['minItems']} item(s)")
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            raise ValidationError(where, f"at most {schema['maxItems']} items")
-        for i, item in enumerate(value):
-            validate(schema.get("items", {}), item, f"{where}[{i}]")
-        return
-    if kind == "string":
-        if not isinstance(value, str):
-            raise ValidationError(where, f"expected a string, got {_type_name(value)}")
-        if len(value) < schema.get("minLength", 0):
-            raise ValidationError(
-                where,
-                "must not be empty"
-                if schema.get("minLength") == 1
-                else f"at least {schema['minLength']} characters",
-            )
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            raise ValidationError(where, f"at most {schema['maxLength']} characters")
-        if schema.get(PRINTABLE) and (problem := unprintable(value)) is not None:
-            raise ValidationError(where, problem)
-        if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
-            raise ValidationError(where, f"{printable(value)!r} does not match {schema['pattern']}")
-        if "enum" in schema and value not in schema["enum"]:
-            raise ValidationError(where, f"expected one of {', '.join(schema['enum'])}")
-        return
-    if kind == "integer":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValidationError(where, f"expected an integer, got {_type_name(value)}")
-        if "minimum" in schema and value < schema["minimum"]:
-            raise ValidationError(where, f"must be ≥ {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            raise ValidationError(where, f"must be ≤ {schema['maximum']}")
-        return
-    if kind == "boolean":
-        if not isinstance(value, bool):
-            raise ValidationError(where, f"expected true or false, got {_type_name(value)}")
-        return
-
-
-def _types(schema: Schema) -> list[str]:
-    t = schema.get("type")
-    return t if isinstance(t, list) else [t] if t else []
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-# -- text people read in a terminal (issue 10, item 6) -------------------------------------
-#: A string keyword: every character must be printable (`tokenward.gateway.text.unprintable`).
-PRINTABLE = "x-printable"
+def anchored(pattern: str) -> str:
+    """`pattern` as a JSON Schema `pattern` that must match the whole string."""
+    return f"^(?:{pattern})$"
 
 
 # -- shared pieces ----------------------------------------------------------------------
@@ -125,29 +27,80 @@ SLUG = r"[a-z0-9][a-z0-9-]{0,62}"
 # C0, DEL, C1, ALM, zero-width and bidi marks, line/paragraph separators, bidi embeddings and
 # overrides, word joiner and bidi isolates, BOM.
 NAME_TEXT = r"[^\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]+"
-SCOPE = {"type": "string", "pattern": r"(read|write|admin):([a-z][a-z0-9-]*|\*)", "maxLength": 100}
-SCOPES = {"type": "array", "items": SCOPE, "minItems": 1, "maxItems": 100}
-TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
-DURATION = {"type": "string", "pattern": r"\d+(ms|s|m|h|d|w)", "maxLength": 20}
-CONSTRAINT_VALUE = {"type": "string", "pattern": r"[A-Za-z0-9._~-]{1,128}"}
+# `gateway/durations.py`: a whole number and a unit
+DURATION_TEXT = r"[0-9]+(ms|s|m|h|d|w)"
+NAME: Schema = {
+    "type": "string",
+    "pattern": anchored(SLUG),
+    "maxLength": 63,
+    "description": "a name: lowercase letters, digits and '-', starting with a letter or digit, at most 63",
+}
+SCOPE: Schema = {
+    "type": "string",
+    "pattern": anchored(r"(read|write|admin):([a-z][a-z0-9-]*|\*)"),
+    "maxLength": 100,
+    "description": "`read`, `write` or `admin`, a colon, and a resource name or `*` (e.g. `read:apis`)",
+}
+SCOPES: Schema = {"type": "array", "items": SCOPE, "minItems": 1, "maxItems": 100}
+TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
+DURATION: Schema = {
+    "type": "string",
+    "pattern": anchored(DURATION_TEXT),
+    "maxLength": 20,
+    "description": "a duration: a whole number and a unit, ms, s, m, h, d or w (e.g. `90d`)",
+}
+CONSTRAINT_VALUE: Schema = {"type": "string", "pattern": anchored(r"[A-Za-z0-9._~-]{1,128}")}
+TOKEN_STATUS: Schema = {
+    "type": "string",
+    "enum": ["active", "revoked", "expired"],
+    "description": "a token's state now: expired once past expires_at, revoked once revoked",
+}
+STEP: Schema = {
+    "type": "string",
+    "enum": [step.value for step in Step],
+    "description": "the decision step that refused the request (absent when a request was invalid)",
+}
+# Every `error` code the admin listener answers with (tests/test_openapi.py keeps it whole).
+ERROR_CODES = (
+    "invalid_request",
+    "missing_token",
+    "invalid_token",
+    "forbidden",
+    "insufficient_scope",
+    "not_found",
+    "method_not_allowed",
+    "request_timeout",
+    "conflict",
+    "quota_exceeded",
+    "payload_too_large",
+    "uri_too_long",
+    "headers_too_large",
+    "internal_error",
+    "http_error",
+    "bad_gateway",
+    "store_unavailable",
+    "not_ready",
+    "gateway_timeout",
+)
+ERROR_CODE: Schema = {"type": "string", "enum": list(ERROR_CODES), "description": "a stable error code"}
 
 TEAM_CREATE: Schema = {
     "type": "object",
-    "properties": {
-        "name": {"type": "string", "pattern": SLUG},
-        "permissions": {**SCOPES, "minItems": 0},
-    },
+    "description": "a new team and the scopes its tokens may hold",
+    "properties": {"name": NAME, "permissions": {**SCOPES, "minItems": 0}},
     "required": ["name", "permissions"],
     "additionalProperties": False,
 }
 TEAM_PERMISSIONS: Schema = {
     "type": "object",
+    "description": "a team's whole permission set (it replaces the one held)",
     "properties": {"permissions": {**SCOPES, "minItems": 0}},
     "required": ["permissions"],
     "additionalProperties": False,
 }
 TEAM: Schema = {
     "type": "object",
+    "description": "a team of an org: its tokens hold at most its permissions",
     "properties": {
         "org": {"type": "string"},
         "name": {"type": "string"},
@@ -165,13 +118,15 @@ NEXT_CURSOR: Schema = {
 }
 TEAM_LIST: Schema = {
     "type": "object",
+    "description": "one page of teams",
     "properties": {"teams": {"type": "array", "items": TEAM}, "next": NEXT_CURSOR},
     "required": ["teams", "next"],
 }
 SA_CREATE: Schema = {
     "type": "object",
+    "description": "a new service account",
     "properties": {
-        "name": {"type": "string", "pattern": SLUG},
+        "name": NAME,
         "description": {"type": "string", "maxLength": 1000, PRINTABLE: True},
     },
     "required": ["name"],
@@ -179,6 +134,7 @@ SA_CREATE: Schema = {
 }
 SERVICE_ACCOUNT: Schema = {
     "type": "object",
+    "description": "a named non-human identity of a team that groups tokens",
     "properties": {
         "org": {"type": "string"},
         "team": {"type": "string"},
@@ -193,31 +149,42 @@ SERVICE_ACCOUNT: Schema = {
 }
 SA_LIST: Schema = {
     "type": "object",
+    "description": "one page of service accounts",
     "properties": {"service_accounts": {"type": "array", "items": SERVICE_ACCOUNT}, "next": NEXT_CURSOR},
     "required": ["service_accounts", "next"],
 }
+EXPIRES_AT: Schema = {"type": "string", "format": "date-time", "maxLength": 40}
 TOKEN_CREATE: Schema = {
     "type": "object",
+    "description": "a new token: at most one of expires_in and expires_at (neither: the default TTL)",
     "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": NAME_TEXT, PRINTABLE: True},
+        "name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 100,
+            "pattern": anchored(NAME_TEXT),
+            PRINTABLE: True,
+        },
         "description": {
             "type": "string",
             "maxLength": 1000,
-            "pattern": f"(?:{NAME_TEXT})?",
+            "pattern": anchored(f"(?:{NAME_TEXT})?"),
             PRINTABLE: True,
         },
         "scopes": SCOPES,
         "expires_in": DURATION,
-        "expires_at": {"type": "string", "format": "date-time", "maxLength": 40},
-        "service_account": {"type": "string", "pattern": SLUG},
+        "expires_at": EXPIRES_AT,
+        "service_account": NAME,
         "constraints": {
             "type": "object",
+            "description": "claims the token is bound to (e.g. `env: prod`), matched by routes",
             "properties": {},
             "additionalProperties": CONSTRAINT_VALUE,
             "maxProperties": 20,
         },
         "allowed_cidrs": {
             "type": "array",
+            "description": "client networks the token may be used from (empty: any)",
             "items": {"type": "string", "maxLength": 64},
             "maxItems": 50,
         },
@@ -227,6 +194,7 @@ TOKEN_CREATE: Schema = {
 }
 TOKEN: Schema = {
     "type": "object",
+    "description": "a token as stored: never its secret or hash",
     "properties": {
         "id": {"type": "string"},
         "name": {"type": "string"},
@@ -244,10 +212,10 @@ TOKEN: Schema = {
         "created_by": {"type": "string"},
         "last_used_at": TIMESTAMP,
         "expires_at": TIMESTAMP,
-        "status": {"type": "string", "enum": ["active", "revoked", "expired"]},
+        "status": TOKEN_STATUS,
         "revoked_at": TIMESTAMP,
         "revoked_by": {"type": ["string", "null"]},
-        "revoked_by_level": {"type": ["string", "null"]},  # "org" or "team"
+        "revoked_by_level": {"type": ["string", "null"], "description": "`org` or `team`: the revoker's level"},
         "revoke_reason": {"type": ["string", "null"]},
         "replaced_by": {"type": ["string", "null"]},
     },
@@ -255,6 +223,7 @@ TOKEN: Schema = {
 }
 TOKEN_CREATED: Schema = {
     "type": "object",
+    "description": "a token just issued, with its plaintext `token`: shown in this response only",
     "properties": {**TOKEN["properties"], "token": {"type": "string"}},
     "required": [
         "id",
@@ -270,11 +239,13 @@ TOKEN_CREATED: Schema = {
 }
 TOKEN_LIST: Schema = {
     "type": "object",
+    "description": "one page of tokens",
     "properties": {"tokens": {"type": "array", "items": TOKEN}, "next": NEXT_CURSOR},
     "required": ["tokens", "next"],
 }
 WHOAMI: Schema = {
     "type": "object",
+    "description": "the calling token",
     "properties": {
         "id": {"type": "string"},
         "name": {"type": "string"},
@@ -289,18 +260,21 @@ WHOAMI: Schema = {
 }
 ERROR: Schema = {
     "type": "object",
-    "properties": {
-        "error": {"type": "string"},
-        "message": {"type": "string"},
-        "field": {"type": "string"},
-        "step": {"type": "string"},
-        "request_id": {"type": "string"},
-    },
+    "description": "every error: a stable code, a message for people, the request id to quote",
+    # (dict(): `refusal.error_body` is the one dict literal that builds an error body)
+    "properties": dict(
+        error=ERROR_CODE,
+        message={"type": "string"},
+        field={"type": "string", "description": "the request field at fault (e.g. `scopes[0]`)"},
+        step=STEP,
+        request_id={"type": "string"},
+    ),
     "required": ["error", "message"],
 }
 
 TOKEN_UPDATE: Schema = {
     "type": "object",
+    "description": "a token's new name or description (scopes, constraints and expiry are fixed)",
     "properties": {
         "name": TOKEN_CREATE["properties"]["name"],
         "description": TOKEN_CREATE["properties"]["description"],
@@ -309,15 +283,13 @@ TOKEN_UPDATE: Schema = {
 }
 TOKEN_ROTATE: Schema = {
     "type": "object",
-    "properties": {
-        "grace_period": DURATION,
-        "expires_in": DURATION,
-        "expires_at": TOKEN_CREATE["properties"]["expires_at"],
-    },
+    "description": "how long the old token lives on (grace_period) and the replacement's expiry",
+    "properties": {"grace_period": DURATION, "expires_in": DURATION, "expires_at": EXPIRES_AT},
     "additionalProperties": False,
 }
 TOKEN_ROTATED: Schema = {
     "type": "object",
+    "description": "the replacement token, with its plaintext, and the token it replaces",
     "properties": {
         **TOKEN_CREATED["properties"],
         "replaces": {"type": "string"},
@@ -327,6 +299,7 @@ TOKEN_ROTATED: Schema = {
 }
 AUDIT_EVENT: Schema = {
     "type": "object",
+    "description": "one audit event: its action and the fields it records",
     "properties": {
         "id": {"type": "string"},
         "time": TIMESTAMP,
@@ -337,11 +310,13 @@ AUDIT_EVENT: Schema = {
 }
 AUDIT_LIST: Schema = {
     "type": "object",
+    "description": "one page of audit events, newest first",
     "properties": {"events": {"type": "array", "items": AUDIT_EVENT}, "next": NEXT_CURSOR},
     "required": ["events", "next"],
 }
 LEAKS: Schema = {
     "type": "object",
+    "description": "plaintext tokens found where they should not be",
     "properties": {
         "tokens": {
             "type": "array",
@@ -353,20 +328,20 @@ LEAKS: Schema = {
     "required": ["tokens"],
     "additionalProperties": False,
 }
+LEAK_OUTCOME: Schema = {
+    "type": "string",
+    "enum": ["revoked", "already_revoked", "unknown", "not_a_token", "throttled"],
+    "description": "what became of a reported token (`throttled`: report it again after Retry-After)",
+}
 LEAKS_RESULT: Schema = {
     "type": "object",
+    "description": "one result per reported token, in order",
     "properties": {
         "results": {
             "type": "array",
             "items": {
                 "type": "object",
-                "properties": {
-                    "token": {"type": "string"},
-                    "result": {
-                        "type": "string",
-                        "enum": ["revoked", "already_revoked", "unknown", "not_a_token", "throttled"],
-                    },
-                },
+                "properties": {"token": {"type": "string"}, "result": LEAK_OUTCOME},
                 "required": ["token", "result"],
             },
         }
@@ -377,6 +352,41 @@ LEAKS_RESULT: Schema = {
 # -- revocation (who and why; see SECURITY.md "lifecycle races and who may restore") ------
 TOKEN_REVOKE: Schema = {
     "type": "object",
+    "description": "why the token is revoked (optional)",
     "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 200}},
     "additionalProperties": False,
 }
+
+# -- the named schemas: `components/schemas` of the OpenAPI document ---------------------------
+SCHEMAS: dict[str, Schema] = {
+    "Error": ERROR,
+    "ErrorCode": ERROR_CODE,
+    "Step": STEP,
+    "Name": NAME,
+    "Scope": SCOPE,
+    "Duration": DURATION,
+    "TokenStatus": TOKEN_STATUS,
+    "Team": TEAM,
+    "TeamCreate": TEAM_CREATE,
+    "TeamPermissions": TEAM_PERMISSIONS,
+    "TeamList": TEAM_LIST,
+    "ServiceAccount": SERVICE_ACCOUNT,
+    "ServiceAccountCreate": SA_CREATE,
+    "ServiceAccountList": SA_LIST,
+    "Token": TOKEN,
+    "TokenCreate": TOKEN_CREATE,
+    "TokenCreated": TOKEN_CREATED,
+    "TokenList": TOKEN_LIST,
+    "TokenUpdate": TOKEN_UPDATE,
+    "TokenRevoke": TOKEN_REVOKE,
+    "TokenRotate": TOKEN_ROTATE,
+    "TokenRotated": TOKEN_ROTATED,
+    "Whoami": WHOAMI,
+    "AuditEvent": AUDIT_EVENT,
+    "AuditList": AUDIT_LIST,
+    "LeakReport": LEAKS,
+    "LeakOutcome": LEAK_OUTCOME,
+    "LeakResults": LEAKS_RESULT,
+}
+
+__all__ = ["PRINTABLE", "SCHEMAS", "SLUG", "Schema", "ValidationError", "anchored", "validate"]

@@ -95,6 +95,8 @@ async def token_response(call: Call, record: TokenRecord, status: int = 200, **e
     team = await store.get_team(record.org, record.team) if record.team else None
     view = token_view(record, team, await store.last_used(record.id))
     headers = {"Cache-Control": "no-store"} if "token" in extra else {}  # a plaintext: shown once
+    if status == 201 and record.team is not None:  # issued (or a replacement): where it lives
+        headers["Location"] = f"/v1/orgs/{record.org}/teams/{record.team}/tokens/{record.id}"
     return json_response({**view, **extra}, status, **headers)
 
 

@@ -153,4 +153,6 @@ async def test_fuzz_admin_api(
     elapsed = time.monotonic() - started
     report = "\n\n".join(f"== {label}\n{text}" for label, text in failures.items())
     assert not failures, f"schemathesis found {len(failures)} failing operation(s):\n\n{report}"
-    assert elapsed < 90, f"fuzzing took {elapsed:.0f}s"
+    # (the path parameters carry patterns since issue 13: negative mode now also sends bad
+    # org/team/name values, more cases than before; 76 s -> 91 s measured on a loaded machine)
+    assert elapsed < 150, f"fuzzing took {elapsed:.0f}s"

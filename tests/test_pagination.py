@@ -21,6 +21,7 @@ import tokenward.api_tokens as api_tokens
 import tokenward.directory as directory
 import tokenward.views as views
 from tests.helpers.gateway import TEAMS, TOKENS, Gateway, admin, wrong_secrets
+from tests.helpers.openapi_lint import resolve
 from tests.helpers.process import env_for_subprocess, run_cli
 from tokenward.api import openapi_document
 from tokenward.gateway.records import TokenRecord
@@ -585,12 +586,13 @@ async def test_a_real_leaked_token_is_still_revoked(gateway: Gateway, org_admin:
     ],
 )
 def test_openapi_describes_limit_cursor_and_next(path: str, key: str) -> None:
-    op = openapi_document()["paths"][path]["get"]
-    params = {p["name"]: p for p in op["parameters"]}
+    document = openapi_document()
+    op = document["paths"][path]["get"]
+    params = {p["name"]: p for p in (resolve(document, p) for p in op["parameters"])}  # $refs
     assert params["limit"]["schema"]["type"] == "integer"
     assert params["limit"]["schema"]["minimum"] == 1 and params["limit"]["schema"]["maximum"] in (500, 1000)
     assert "cursor" in params
-    body = op["responses"]["200"]["content"]["application/json"]["schema"]
+    body = resolve(document, op["responses"]["200"]["content"]["application/json"]["schema"])
     assert "next" in body["properties"] and "next" in body["required"] and key in body["properties"]
     assert "400" in op["responses"]
 

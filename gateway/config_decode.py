@@ -30,8 +30,13 @@ T = TypeVar("T")
 class Checker:
     """Collects every problem with its location."""
 
-    def __init__(self) -> None:
+    def __init__(self, base_dir: Path | None = None) -> None:
         self.problems: list[str] = []
+        self.base_dir = base_dir  # where relative file names in the config are read from
+
+    def path(self, name: Path) -> Path:
+        """A file named in the config: relative names are relative to the config's folder."""
+        return name if name.is_absolute() or self.base_dir is None else self.base_dir / name
 
     def problem(self, loc: str, message: str) -> None:
         self.problems.append(f"{loc}: {message}" if loc else message)

@@ -421,8 +421,7 @@ class Pool:
             self.max_exchanges = exchanges
 
     async def connect(self, timeout: float) -> Connection:
-        """A new connection, on a place under max_connections the caller has taken."""
-        protocol: Connection | None = None
+        protocol: Connection | None = None  # on a place under max_connections the caller took
         try:
             async with asyncio.timeout(timeout):
                 _, protocol = await self.loop.create_connection(
@@ -448,7 +447,8 @@ class Pool:
             return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
-        self.limit.wake()  # a request waiting for a connection takes it
+        if self.limit.waiters:  # a request waiting for a connection takes it
+            self.limit.wake()
 
     def forget(self, conn: Connection) -> None:
         if conn.counted:

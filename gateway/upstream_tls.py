@@ -184,6 +184,19 @@ class HasTls(Protocol):
     def ssl_context(self) -> ssl.SSLContext | None: ...
 
 
+def tls_files(upstreams: Mapping[str, HasTls], base_dir: Path) -> list[Path]:
+    """The files the https upstreams' TLS contexts were built from (relative names: from
+    `base_dir`, the config's folder); the config watcher reloads when one changes."""
+    named = [
+        name
+        for upstream in upstreams.values()
+        if upstream.ssl_context is not None
+        for name in (upstream.tls.ca_file, upstream.tls.cert_file, upstream.tls.key_file)
+        if name is not None
+    ]
+    return [name if name.is_absolute() else base_dir / name for name in named]
+
+
 def warn_unverified(upstreams: Mapping[str, HasTls]) -> None:
     """One warning per https upstream whose certificate is not checked (`verify: false`)."""
     for name, upstream in upstreams.items():

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import trustme
@@ -24,6 +25,7 @@ from tests.helpers.gateway import EVENTS, Gateway, LogReader, base_config, get, 
 from tests.helpers.scripted import OK, Reply, ScriptedUpstream, Seen, send
 from tokenward.gateway.embedded import free_port
 from tokenward.gateway.settings import ConfigError, load_settings
+from tokenward.server import Server
 
 Start = Callable[..., Awaitable[Gateway]]
 
@@ -370,6 +372,33 @@ async def test_reload_builds_new_contexts_and_keeps_plain_pools(
     reload("ca.pem", 5)
     assert (await get(gw))[0] == 200
     assert sorted(pool.name for pool in forwarder.pools.values()) == ["plain", "registry"]  # old ones retired
+
+
+async def test_the_config_watcher_reloads_when_a_tls_file_changes(
+    pki: Pki, tls_upstream: Any, redis_url: str, tmp_path: Path
+) -> None:
+    """A rotated CA file (relative to the config's folder) is read anew without a signal."""
+    upstream = await tls_upstream()
+    (tmp_path / "upstream-ca.pem").write_bytes((pki.dir / "other-ca.pem").read_bytes())  # not yet rotated
+    path = write_yaml(tmp_path, tls_config(upstream.port, tls={"ca_file": "upstream-ca.pem"}))
+    server = Server(load_settings(path), redis_url=redis_url, config_path=str(path), shutdown_timeout=1.0)
+    runtime = await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def status() -> int:
+                async with session.get(f"http://127.0.0.1:{server.proxy_port}/health") as response:
+                    return response.status
+
+            assert await status() == 502
+            server.watch_config(interval=0.05)
+            await asyncio.sleep(0.1)  # the watcher has taken its first look
+            (tmp_path / "upstream-ca.pem").write_bytes(pki.ca.cert_pem.bytes())  # the rotation
+            await until(lambda: runtime.reloads == 1)
+            assert await status() == 200
+            assert runtime.reloads == 1  # only the one change: no reload loop
+    finally:
+        await server.stop()
 
 
 # -- config errors ------------------------------------------------------------------------------------

@@ -197,12 +197,18 @@ def tls_files(upstreams: Mapping[str, HasTls], base_dir: Path) -> list[Path]:
     return [name if name.is_absolute() else base_dir / name for name in named]
 
 
+UNVERIFIED = (
+    "upstream TLS certificate is not verified (tls.verify: false): anyone on the network path "
+    "can read and forge its traffic, identity headers included"
+)
+
+
+def unverified(upstreams: Mapping[str, HasTls]) -> list[str]:
+    """The https upstreams whose certificate is not checked (`verify: false`)."""
+    return [name for name, upstream in upstreams.items() if upstream.ssl_context is not None and not upstream.tls.verify]
+
+
 def warn_unverified(upstreams: Mapping[str, HasTls]) -> None:
-    """One warning per https upstream whose certificate is not checked (`verify: false`)."""
-    for name, upstream in upstreams.items():
-        if upstream.ssl_context is not None and not upstream.tls.verify:
-            log.warning(
-                "upstream TLS certificate is not verified (tls.verify: false): anyone on the "
-                "network path can read and forge its traffic, identity headers included",
-                upstream=name,
-            )
+    """One warning per unverified upstream: at start and at each reload."""
+    for name in unverified(upstreams):
+        log.warning(UNVERIFIED, upstream=name)

@@ -24,6 +24,7 @@ from aiohttp import web
 from tests.helpers.gateway import EVENTS, Gateway, LogReader, base_config, get, scrape, value, with_events
 from tests.helpers.scripted import OK, Reply, ScriptedUpstream, Seen, send
 from tokenward.gateway.embedded import free_port
+from tokenward.gateway.explain import config_warnings
 from tokenward.gateway.settings import ConfigError, load_settings
 from tokenward.server import Server
 
@@ -197,6 +198,14 @@ async def test_verify_false_works_and_warns(tls_upstream: Any, start_gateway: St
     assert (status, body) == (200, b"ok")
     warned = [e for e in logs.events() if "tls.verify: false" in str(e.get("event"))]
     assert len(warned) == 1 and warned[0]["upstream"] == "registry" and warned[0]["level"] == "warning"
+
+
+def test_config_check_warns_about_verify_false(tmp_path: Path) -> None:
+    warnings = config_warnings(load_settings(write_config(tmp_path, {"verify": False})))
+    assert [w for w in warnings if "tls" in w] == [
+        "upstreams.registry.tls.verify: upstream TLS certificate is not verified (tls.verify: false): "
+        "anyone on the network path can read and forge its traffic, identity headers included"
+    ]
 
 
 async def test_no_warning_when_verified(pki: Pki, tls_upstream: Any, start_gateway: Start, logs: LogReader) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -24,6 +25,7 @@ from tokenward.gateway.app import HeadDeadlineHandler, create_proxy_server
 from tokenward.gateway.embedded import EmbeddedServer, EmbeddedStoreError
 from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.settings import Settings
+from tokenward.gateway.upstream_tls import tls_files
 
 log = structlog.get_logger("tokenward")
 
@@ -169,24 +171,30 @@ class Server:
         return self.runtime.reload(self.config_path)
 
     def watch_config(self, interval: float = 1.0) -> None:
-        """Reload when the config file changes (checked every `interval` seconds)."""
+        """Reload when the config file changes, or a certificate or key file its upstreams'
+        TLS settings name (a rotation), checked every `interval` seconds."""
         if self.config_path is None or self._watching:
             return
         path = self.config_path
+        base = Path(path).resolve().parent
 
-        def stamp() -> tuple[float, int] | None:
+        def stat(name: str | Path) -> tuple[float, int] | None:
             try:
-                st = os.stat(path)
+                st = os.stat(name)
             except OSError:
                 return None
             return (st.st_mtime, st.st_size)
+
+        def stamp() -> tuple[tuple[float, int] | None, ...]:
+            upstreams = self.runtime.settings.upstreams if self.runtime is not None else {}
+            return (stat(path), *(stat(name) for name in tls_files(upstreams, base)))
 
         async def watch() -> None:
             last = stamp()
             while True:
                 await asyncio.sleep(interval)
                 now = stamp()
-                if now is not None and now != last:
+                if now[0] is not None and now != last:
                     last = now
                     self.reload()
 

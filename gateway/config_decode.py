@@ -71,8 +71,12 @@ class Checker:
 
     def __init__(self, base_dir: Path | None = None) -> None:
         self.problems: list[str] = []
-        self.base_dir = base_dir
+        self.base_dir = base_dir  # where relative file names in the config are read from
         self._unresolved: set[str] = set()  # values whose `${...}` failed: already reported
+
+    def path(self, name: Path) -> Path:
+        """A file named in the config: relative names are relative to the config's folder."""
+        return name if name.is_absolute() or self.base_dir is None else self.base_dir / name
 
     def problem(self, loc: str, message: str) -> None:
         if loc not in self._unresolved:

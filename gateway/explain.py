@@ -9,6 +9,7 @@ from tokenward.gateway.paths import PathError, parse_target
 from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.routes import LITERAL, PARAM, TAIL, Route, fold, methods_overlap
 from tokenward.gateway.settings import Settings
+from tokenward.gateway.upstream_tls import UNVERIFIED, unverified
 
 
 def _shapes_overlap(a: Route, b: Route) -> bool:
@@ -55,6 +56,7 @@ def config_warnings(settings: Settings) -> list[str]:
                     )
         elif "org" not in route.resource:
             warnings.append(f"{loc}: {route.label} names no resource org: tokens of any org may use it")
+    warnings += [f"upstreams.{name}.tls.verify: {UNVERIFIED}" for name in unverified(settings.upstreams)]
     return warnings + folding_warnings(settings)
 
 

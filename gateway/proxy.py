@@ -7,8 +7,9 @@ earlier steps built (canonical target, principal, request id, trusted-proxy verd
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -75,9 +76,13 @@ class BodyGuard:
             yield chunk
 
 
+UPSTREAM_ERRORS = {502: "bad_gateway", 503: "upstream_busy", 504: "gateway_timeout"}
+
+
 def upstream_error(status: int, message: str) -> Refusal:
-    """The upstream failed (502) or timed out (504) after the decision allowed the request."""
-    return Refusal(status, "bad_gateway" if status == 502 else "gateway_timeout", Step.UPSTREAM, message)
+    """The upstream failed (502), had no connection free (503, max_connections) or timed
+    out (504) after the decision allowed the request."""
+    return Refusal(status, UPSTREAM_ERRORS[status], Step.UPSTREAM, message)
 
 
 def client_body_error(status: int, error: str, message: str, step: Step = Step.LIMITS) -> Refusal:
@@ -123,15 +128,30 @@ class Forwarder:
 
     def __init__(self, latency: Histogram | None = None) -> None:
         self.latency = latency
-        self.pools: dict[tuple[str, str], Pool] = {}
+        # per (name, url, TLS context): a request uses the upstream of the settings it started with
+        self.pools: dict[tuple[str, str, ssl.SSLContext | None], Pool] = {}
         self.identity = IdentityHeaders()  # the identity headers, remembered per token record
 
     def pool(self, upstream: Upstream) -> Pool:
-        key = (upstream.name, upstream.url)
+        key = (upstream.name, upstream.url, upstream.ssl_context)
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = Pool(upstream, asyncio.get_running_loop())
         return pool
+
+    def reconfigure(self, upstreams: Mapping[str, Upstream]) -> None:
+        """A reload's upstreams: a pool the new settings still use (same name, URL and TLS
+        context: each load builds new contexts, so https pools are always new and rotated
+        certificate files are used at once) takes the new max_connections and pool_timeout;
+        the others are retired (idle connections close now, busy ones when done)."""
+        current = {(u.name, u.url, u.ssl_context): u for u in upstreams.values()}
+        for key, pool in list(self.pools.items()):
+            upstream = current.get(key)
+            if upstream is None:
+                del self.pools[key]
+                pool.close()
+            else:
+                pool.limit.resize(upstream.max_connections, upstream.pool_timeout)
 
     def close(self) -> None:
         for pool in self.pools.values():
@@ -208,9 +228,9 @@ class Forwarder:
                 if attempt == 0:
                     conn, reused = await pool.acquire(upstream.connect_timeout, replayable)
                 else:  # never another pooled connection: it idled as long, likely closed too
-                    conn, reused = await pool.connect(upstream.connect_timeout), False
+                    conn, reused = await pool.acquire(upstream.connect_timeout, replayable, pooled=False)
             except UpstreamFailed as exc:
-                raise upstream_error(504 if exc.timeout else 502, str(exc)) from None
+                raise upstream_error(503 if exc.busy else 504 if exc.timeout else 502, str(exc)) from None
             idle_for = pool.loop.time() - conn.idle_since if reused else 0.0
             conn.begin(request.method == "HEAD", upstream.timeout)
             try:

@@ -32,6 +32,8 @@ from tokenward.gateway.store import Store
 from tokenward.gateway.store_connect import connect
 from tokenward.gateway.tokens import SecretHasher
 from tokenward.gateway.tunnel import TunnelWatch
+from tokenward.gateway.upstream_limit import PoolGauges
+from tokenward.gateway.upstream_tls import warn_unverified
 
 log = structlog.get_logger("tokenward")
 
@@ -102,6 +104,8 @@ class Runtime:
         self.cache.ttl = new.tokens.cache_ttl
         self.audit.stream_maxlen = new.audit.stream_maxlen
         self.settings = new  # one reference swap: each request reads it once
+        self.forwarder.reconfigure(new.upstreams)
+        warn_unverified(new.upstreams)
         self.reloads += 1
         log.info("config reloaded", routes=len(new.routes), upstreams=len(new.upstreams))
         return True
@@ -186,6 +190,8 @@ async def _open(
     await listener.start()
     stack.push_async_callback(listener.stop)
     register_metrics(runtime)
+    metrics.registry.register(PoolGauges(lambda: forwarder.pools.values(), metrics.worker))
+    warn_unverified(settings.upstreams)
     await metrics.start(lambda: count_expiring(runtime))
     stack.push_async_callback(metrics.stop)
     return runtime

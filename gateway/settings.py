@@ -15,8 +15,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -52,6 +53,7 @@ from tokenward.gateway.durations import parse_duration
 from tokenward.gateway.route_config import decode_routes, routes_schema
 from tokenward.gateway.routes import Route, Router
 from tokenward.gateway.tokens import PREFIX_PATTERN, valid_prefix
+from tokenward.gateway.upstream_tls import UpstreamTls, tls_context
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
@@ -326,6 +328,19 @@ class Upstream:
     # the upstream matches paths case-insensitively (Express default, IIS, ASP.NET): a
     # case variant of a literal route is decided on that route instead of being refused
     case_insensitive: bool = setting(False, boolean)
+    tls: UpstreamTls = section(UpstreamTls())  # for an https:// url (upstream_tls.py)
+    # connections open to it at once (per process: in use, idle, tunnels); a request that
+    # finds them all taken waits up to pool_timeout for one, then gets 503
+    max_connections: int = setting(100, integer(1, 100_000))
+    pool_timeout: float = setting(5.0, parse_duration)
+    # built from `tls` at load (and at each reload) for an https url: see _upstreams
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+
+
+@rule(Upstream)
+def _tls_needs_https(checker: Checker, upstream: Upstream, given: Mapping[str, Any], loc: str) -> None:
+    if given.get("tls") is not None and upstream.url and urlsplit(upstream.url).scheme != "https":
+        checker.problem(f"{loc}.tls", "applies to an https:// url only")
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +376,10 @@ def _upstreams(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) ->
         if not isinstance(name, str) or not NAME.match(name):
             checker.problem(here, "upstream names must match [a-z][a-z0-9_-]*")
             continue
-        result[name] = decode_section(checker, Upstream, spec, here, name=name)
+        upstream = decode_section(checker, Upstream, spec, here, name=name)
+        if upstream.url and urlsplit(upstream.url).scheme == "https":
+            upstream = replace(upstream, ssl_context=tls_context(checker, upstream.tls, f"{here}.tls"))
+        result[name] = upstream
     return result
 
 

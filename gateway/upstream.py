@@ -24,6 +24,8 @@ import httptools
 from yarl import URL
 
 from tokenward.gateway.settings import Upstream
+from tokenward.gateway.upstream_limit import ConnectionLimit
+from tokenward.gateway.upstream_tls import connect_failure, tls_alert
 
 IDLE_SECONDS = 15.0  # close a pooled connection idle this long
 BODY_REUSE_SECONDS = 1.0  # a request that can't be retried gets a fresh connection if the pooled one idled longer
@@ -31,11 +33,8 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the upstream pauses
 MAX_IDLE = 256  # pooled idle connections per upstream, at most
 KEEP_ALIVE_MARGIN = 1.0  # retire a connection this long before the upstream's Keep-Alive timeout
-# A kept connection the upstream closes this soon after a response was closed for the number
-# of exchanges it carried (nginx keepalive_requests, Apache MaxKeepAliveRequests), not for
-# idling. As long as BODY_REUSE_SECONDS: a connection idle longer never carries a body anyway,
-# and a busy event loop (or a descheduled upstream) can take far more than a few milliseconds
-# to notice a close sent right after the response, which must still be learned from.
+# A close this soon after a response is for the count of exchanges (nginx keepalive_requests),
+# not idling; a busy loop may see it late, and one idle longer carries no body anyway.
 CLOSED_AFTER_RESPONSE = BODY_REUSE_SECONDS
 
 
@@ -44,12 +43,13 @@ class _Desync(Exception):
 
 
 class UpstreamFailed(Exception):
-    """The exchange with the upstream failed; `timeout` tells a 504 from a 502."""
+    """The exchange with the upstream failed; `timeout` tells a 504 from a 502, `busy` a 503."""
 
-    def __init__(self, message: str, *, timeout: bool = False, stale: bool = False) -> None:
+    def __init__(self, message: str, *, timeout: bool = False, stale: bool = False, busy: bool = False) -> None:
         super().__init__(message)
         self.timeout = timeout
         self.stale = stale  # a pooled connection that was closed before any response byte
+        self.busy = busy  # no connection came free within pool_timeout
 
 
 class Connection(asyncio.Protocol):
@@ -64,6 +64,7 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.idle_limit = IDLE_SECONDS  # from the upstream's Keep-Alive: timeout=N, if it sent one
         self.exchanges = 0  # requests begun on this connection
+        self.counted = False  # against the pool's max_connections, until closed
         self._parser: httptools.HttpResponseParser | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
@@ -149,8 +150,9 @@ class Connection(asyncio.Protocol):
         if self.headers_done and not self.complete and exc is None and self._until_eof():
             self.complete = True  # a body delimited by the end of the connection
             self._wake()
-        elif not self.complete and self.error is None:
-            self._fail(UpstreamFailed("upstream closed the connection", stale=not self.received_any))
+        elif not self.complete and self.error is None:  # a TLS alert too (TLS 1.3: after the handshake)
+            tls = tls_alert(exc)
+            self._fail(UpstreamFailed(tls or "upstream closed the connection", stale=not tls and not self.received_any))
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -358,7 +360,10 @@ class Pool:
         self.url = upstream.url
         self.host = url.raw_host or url.host
         self.port = url.port or (443 if url.scheme == "https" else 80)
-        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if url.scheme == "https" else None
+        self.ssl = (upstream.ssl_context or ssl.create_default_context()) if url.scheme == "https" else None
+        self.server_name = upstream.tls.server_name or self.host  # SNI and the name verified
+        self.limit = ConnectionLimit(upstream.max_connections, upstream.pool_timeout)
+        self.retired = False  # closed, or replaced by a reload: connections are no longer pooled
         default_port = url.port is None or url.is_default_port()
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host if default_port else f"{host}:{self.port}"
@@ -376,21 +381,29 @@ class Pool:
         """The request target on this upstream: its base path, then the authorized path."""
         return self.base_path + path + (f"?{query}" if query else "")
 
-    async def acquire(self, connect_timeout: float, replayable: bool) -> tuple[Connection, bool]:
-        """A connection, and whether it came from the pool. A request that may not be sent
-        twice (a body, or a method that is not idempotent) gets only a recently used one."""
-        now = self.loop.time()
-        while self.idle:
-            conn = self.idle.pop()
-            idle_for = now - conn.idle_since
-            if conn.closed or idle_for > conn.idle_limit:
-                conn.close()  # closed, or the upstream is about to close it
-                continue
-            if not replayable and (idle_for > self.body_reuse or conn.exchanges >= self.max_exchanges):
-                conn.close()  # it can't be retried if this connection turns out to be stale
-                continue
-            return conn, True
-        return await self.connect(connect_timeout), False
+    async def acquire(self, connect_timeout: float, replayable: bool, pooled: bool = True) -> tuple[Connection, bool]:
+        """A connection (`pooled=False`: a new one), waiting up to pool_timeout for one under max_connections, and
+        whether it came from the pool. A request that may not be sent twice gets only a recently used one."""
+        deadline: float | None = None
+        while True:
+            now = self.loop.time()
+            while pooled and self.idle:
+                conn = self.idle.pop()
+                idle_for = now - conn.idle_since
+                if conn.closed or idle_for > conn.idle_limit:
+                    conn.close()  # closed, or the upstream is about to close it
+                    continue
+                if not replayable and (idle_for > self.body_reuse or conn.exchanges >= self.max_exchanges):
+                    conn.close()  # it can't be retried if this connection turns out to be stale
+                    continue
+                return conn, True
+            if self.idle and self.limit.open >= self.limit.maximum:
+                self.idle[0].close()  # a new one is wanted: the least recently used makes room
+            if self.limit.take():
+                return await self.connect(connect_timeout), False
+            front, deadline = deadline is not None, deadline or now + self.limit.timeout
+            if not await self.limit.wait(deadline, front):
+                raise UpstreamFailed(self.limit.busy(self.name), busy=True)
 
     def closed_while_idle(self, idle_for: float, exchanges: int = 0) -> None:
         """The upstream closed a pooled connection that had idled `idle_for` seconds after
@@ -408,6 +421,7 @@ class Pool:
             self.max_exchanges = exchanges
 
     async def connect(self, timeout: float) -> Connection:
+        protocol: Connection | None = None  # on a place under max_connections the caller took
         try:
             async with asyncio.timeout(timeout):
                 _, protocol = await self.loop.create_connection(
@@ -415,26 +429,36 @@ class Pool:
                     self.host,
                     self.port,
                     ssl=self.ssl,
-                    server_hostname=self.host if self.ssl is not None else None,
+                    server_hostname=self.server_name if self.ssl is not None else None,
                 )
         except TimeoutError:
             raise UpstreamFailed(f"upstream {self.name} did not accept the connection in time", timeout=True) from None
-        except OSError as exc:
-            raise UpstreamFailed(f"upstream {self.name} is unreachable ({exc.strerror or exc})") from None
+        except OSError as exc:  # ssl.SSLError among them
+            raise UpstreamFailed(connect_failure(self.name, exc, self.ssl is not None)) from None
+        finally:
+            if protocol is None or protocol.closed:
+                self.limit.give_back()  # not made, or lost before it was handed over
+        protocol.counted = not protocol.closed
         return protocol
 
     def release(self, conn: Connection) -> None:
-        if len(self.idle) >= MAX_IDLE:
+        if len(self.idle) >= MAX_IDLE or self.retired:
             conn.close()
             return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
+        if self.limit.waiters:  # a request waiting for a connection takes it
+            self.limit.wake()
 
     def forget(self, conn: Connection) -> None:
+        if conn.counted:
+            conn.counted = False
+            self.limit.give_back()
         if conn.closed and conn in self.idle:
             self.idle.remove(conn)
 
     def close(self) -> None:
+        self.retired = True
         for conn in list(self.idle):
             conn.close()
         self.idle.clear()

@@ -22,7 +22,16 @@ from typing import Any, Protocol
 
 import structlog
 
-from tokenward.gateway.config_decode import Checker, boolean, file_path, optional, rule, setting, string
+from tokenward.gateway.config_decode import (
+    Checker,
+    boolean,
+    described,
+    file_path,
+    optional,
+    rule,
+    setting,
+    string,
+)
 
 log = structlog.get_logger("tokenward")
 
@@ -34,6 +43,7 @@ _PRIVATE_KEY = b"PRIVATE KEY-----"  # PKCS#8, RSA, EC, and ENCRYPTED (refused be
 HANDSHAKE_HINT = "does it require a client certificate (tls.cert_file) or a TLS version or cipher we lack?"
 
 
+@described({"type": "string", "minLength": 1, "description": "the DNS name sent as SNI and verified"})
 def _server_name(value: object) -> str:
     text = string(value).lower().rstrip(".")
     try:
@@ -47,6 +57,7 @@ def _server_name(value: object) -> str:
     return text
 
 
+@described({"enum": ["1.2", "1.3", 1.2, 1.3, "TLSv1.2", "TLSv1.3"]})
 def _tls_version(value: object) -> str:
     """"1.2" or "1.3"; unquoted YAML numbers (1.2) and "TLSv1.3" are read the same."""
     text = str(value) if isinstance(value, str | float) else ""

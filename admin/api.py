@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenward import api_audit, api_teams, api_tokens, schema
+from tokenward import api_audit, api_teams, api_tokens, schema, version
 from tokenward.endpoints import (
     DEFAULT_PAGE_LIMIT,
     MAX_BODY,
@@ -102,7 +102,7 @@ def openapi_document() -> dict[str, Any]:
         paths.setdefault(ep.path, {})[ep.method.lower()] = _operation(ep)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "tokenward admin API", "version": "1"},
+        "info": {"title": "tokenward admin API", "version": version()},
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -25,13 +25,14 @@ from tokenward.gateway.cache import ChangeListener, VerificationCache
 from tokenward.gateway.decision import Authenticator
 from tokenward.gateway.embedded import EmbeddedServer, start_embedded
 from tokenward.gateway.logs import LogOutput, process_output
-from tokenward.gateway.metrics import Metrics, count_expiring
+from tokenward.gateway.metrics import BuildInfo, Metrics, count_expiring
 from tokenward.gateway.proxy import Forwarder
 from tokenward.gateway.settings import ConfigError, Settings, load_settings
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_connect import connect
 from tokenward.gateway.tokens import SecretHasher
 from tokenward.gateway.tunnel import TunnelWatch
+from tokenward.gateway.version import version
 
 log = structlog.get_logger("tokenward")
 
@@ -223,3 +224,4 @@ def register_metrics(runtime: Runtime) -> None:
           lambda: float(metrics.expiring_tokens))
     gauge("tokenward_routes", "Routes in the loaded config", lambda: float(len(runtime.settings.routes)))
     metrics.lags(runtime.listener.lags)
+    metrics.registry.register(BuildInfo(version()))

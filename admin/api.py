@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenward import api_audit, api_teams, api_tokens, schema
+from tokenward import api_audit, api_teams, api_tokens, schema, version
 from tokenward.endpoints import (
     MAX_BODY,
     Call,
@@ -103,7 +103,7 @@ def openapi_document() -> dict[str, Any]:
     """The admin API's OpenAPI document (`tokenward.openapi`); its schemas check the bodies."""
     return build_document(
         ENDPOINTS,
-        {"title": "tokenward admin API", "version": "1"},
+        {"title": "tokenward admin API", "version": version()},
     )
 
 

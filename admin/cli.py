@@ -12,9 +12,10 @@ Here the argument parser and `main`; the commands are in `cli_manage` (admin API
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
+import sys
 from collections.abc import Sequence
 
+from tokenward import version
 from tokenward.cli_manage import (
     TeamAction,
     _deleter,
@@ -43,20 +44,13 @@ from tokenward.cli_server import (
     cmd_schema,
     cmd_serve,
 )
+from tokenward.completion import SHELLS, completion_script
 
 
 # -- parser ------------------------------------------------------------------------------------
-def _version() -> str:
-    """The installed distribution's version (pyproject.toml's, through the package metadata)."""
-    try:
-        return importlib.metadata.version("tokenward")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown (not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenward", description="Service-token authentication gateway")
-    parser.add_argument("--version", action="version", version=f"tokenward {_version()}")
+    parser.add_argument("--version", action="version", version=f"tokenward {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway and the admin API")
@@ -222,7 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
     who = sub.add_parser("whoami", help="show the calling token")
     who.add_argument("--json", action="store_true")
     who.set_defaults(func=cmd_whoami)
+
+    completion = sub.add_parser("completion", help="print a shell completion script (bash, zsh or fish)")
+    completion.add_argument("shell", choices=SHELLS)
+    completion.set_defaults(func=cmd_completion)
     return parser
+
+
+def cmd_completion(args: argparse.Namespace) -> None:
+    """The completion script for `args.shell`, generated from this very parser."""
+    sys.stdout.write(completion_script(build_parser(), args.shell))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

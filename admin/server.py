@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from tokenward import version
 from tokenward.api import create_admin_app
 from tokenward.gateway.aio import cancel_and_wait
 from tokenward.gateway.app import HeadDeadlineHandler, create_proxy_server
@@ -130,6 +131,7 @@ class Server:
             self.on_started()
         log.info(
             "tokenward started",
+            version=version(),
             listen=f"{listen.host}:{self.proxy_port}",
             admin_listen=f"{admin.host}:{self.admin_port}",
             store=runtime.store_description,

@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from tokenward import version
 from tokenward.gateway.embedded import EmbeddedStoreError, start_embedded
 from tokenward.gateway.settings import Settings
 from tokenward.server import DRAIN_TIMEOUT, Backoff, require_c_parser, run
@@ -116,6 +117,7 @@ def supervise(settings: Settings, config_path: str, workers: int, drain: float =
     pool.extend(spawn(i) for i in range(workers))
     log.info(
         "tokenward supervisor started",
+        version=version(),
         workers=workers,
         pid=me,
         store="embedded" if settings.redis.embedded else "external",

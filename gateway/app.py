@@ -148,6 +148,9 @@ class ProxyServer(web.Server):
         # bodies go upstream as sent: aiohttp would inflate a gzip body under the sender's
         # Content-Length and Content-Encoding (a desync the upstream reads as a second request)
         kwargs.setdefault("auto_decompress", False)
+        # the audit event is the access line (user agent, bytes, upstream, latency): aiohttp's
+        # own access log would be a second, costlier line per request in another format
+        kwargs.setdefault("access_log", None)
         self.pipeline = Pipeline(runtime)
         super().__init__(self.pipeline.handle, **kwargs)
         self.runtime = runtime

@@ -1,4 +1,4 @@
-"""The `[Service Token]` audit events, and the redaction of what they quote.
+"""The `[Service Token]` audit events (what they quote is redacted: gateway/redaction.py).
 
 Every decision (allowed or denied) and every admin change is one event, written to the
 runtime's `LogOutput` (gateway/logs.py): JSON lines rendered straight to its sink (the line
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from typing import Any
 
@@ -20,11 +19,13 @@ import orjson
 import structlog
 
 from tokenward.gateway.aio import cancel_and_wait
-from tokenward.gateway.bounded import BoundedMap
 from tokenward.gateway.logs import LogOutput, process_output
+from tokenward.gateway.redaction import REDACTED, Redactor, redact
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_audit import AUDIT_BATCH
 from tokenward.gateway.store_link import StoreUnavailable
+
+__all__ = ["LABEL", "REDACTED", "AuditLog", "IsoTimestamps", "Redactor", "redact"]  # redact: gateway/redaction.py
 
 LABEL = "[Service Token]"
 STOP_SECONDS = 10.0  # how long shutdown waits for a slow store to take the buffered events
@@ -82,7 +83,13 @@ class AuditLog:
             self._log.info(f"{LABEL} {action}", **fields)
         elif self._enabled:
             # What structlog's JSON chain would write, without walking it for every request.
-            line = {**fields, "event": f"{LABEL} {action}", "level": "info", "timestamp": self._timestamp(now)}
+            line = {
+                **fields,
+                "event": f"{LABEL} {action}",
+                "level": "info",
+                "logger": "tokenward.audit",
+                "timestamp": self._timestamp(now),
+            }
             sink.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
             self._flush_soon(sink)
         if self.store is not None and not in_stream:
@@ -179,124 +186,3 @@ class AuditLog:
             await asyncio.sleep(self.flush_interval)
             with contextlib.suppress(StoreUnavailable):
                 await self.flush()
-
-
-# -- redaction ---------------------------------------------------------------------------------
-# Anything that may carry a credential is redacted before it is logged or stored: request
-# targets (the raw one of a refused request, the canonical one of an allowed request, the
-# X-Original-URI of a forward-auth check), refusal reasons that quote client input, and the
-# client's own request id. `redact` is the one function for all of them.
-REDACTED = "[REDACTED]"
-# Cheap test first: a target with none of "%@=_" and no run of 16 alphanumerics holds nothing
-# `redact` would change.
-_LONG_RUN = re.compile(r"[A-Za-z0-9+]{16}")
-_TOKEN_SHAPED = re.compile(
-    # a prefix_body token (tw_sat_…, ghp_…, sk_live_…): a 16+ character alphanumeric body
-    r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*_[A-Za-z0-9]{16,}"
-    # a JWT
-    r"|eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?"
-    # a long opaque string: 32+ alphanumerics (keys, digests, a token without its prefix) ...
-    r"|[A-Za-z0-9]{32,}"
-    # ... or 20+ of them mixing upper case, lower case and digits (random-looking)
-    r"|(?=[A-Za-z0-9+]{20})(?=[A-Za-z0-9+]*?[a-z])(?=[A-Za-z0-9+]*?[A-Z])(?=[A-Za-z0-9+]*?[0-9])"
-    r"[A-Za-z0-9+]{20,}=*"
-)
-# name=value pairs in a query string or in `;` path parameters, and URL userinfo
-_PARAM = re.compile(r"(?:^|[?&;])([^=&;?#/]*)=([^&;#]*)")
-_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]*)@")
-_SENSITIVE_WORD = re.compile(
-    r"token|secret|passw|apikey|api-key|api_key|credential|session|jwt|private|authori[sz]|authent"
-    r"|(?:^|[^a-z])(?:key|sig|signature|code|pass|pw|pwd|sid|auth|bearer|cookie)(?:$|[^a-z])"
-)
-
-
-def _unescape(text: str, starts: list[int], ends: list[int]) -> tuple[str, list[int], list[int]]:
-    """One round of percent-decoding, each escape read as one character; for every decoded
-    character, the span of the original text it came from."""
-    out: list[str] = []
-    new_starts: list[int] = []
-    new_ends: list[int] = []
-    i, n = 0, len(text)
-    while i < n:
-        char = text[i]
-        if char == "%" and i + 2 < n and _is_hex(text[i + 1 : i + 3]):
-            out.append(chr(int(text[i + 1 : i + 3], 16)))
-            new_starts.append(starts[i])
-            new_ends.append(ends[i + 2])
-            i += 3
-        else:
-            out.append(char)
-            new_starts.append(starts[i])
-            new_ends.append(ends[i])
-            i += 1
-    return "".join(out), new_starts, new_ends
-
-
-def _is_hex(pair: str) -> bool:
-    return len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair)
-
-
-def redact(text: str) -> str:
-    """`text` (a request target, or any client-supplied string) with every credential-like
-    part replaced by `[REDACTED]`: values of sensitive query or `;` parameters (`access_token`,
-    `api_key`, `password`, `sig`, ...), URL userinfo, and anything token-shaped, also when
-    percent-encoded (up to three times). The rest is kept as it was sent."""
-    if "%" not in text and "@" not in text and "=" not in text and "_" not in text and not _LONG_RUN.search(text):
-        return text
-    return _redact(text)
-
-
-class Redactor:
-    """`redact` with a memo of recent short texts that had nothing to redact (never a
-    secret: only texts returned unchanged are kept), for the request path, where the same
-    paths come again and again. One per `AuditLog`, so no two runtimes share it."""
-
-    __slots__ = ("_clean",)
-
-    def __init__(self, size: int = 4096) -> None:
-        self._clean: BoundedMap[str, bool] = BoundedMap(size)
-
-    def __call__(self, text: str) -> str:
-        if text in self._clean:
-            return text
-        result = redact(text)
-        if result is text and len(text) <= 256:
-            self._clean.put(text, True)
-        return result
-
-
-def _redact(text: str) -> str:
-    view, starts, ends = text, list(range(len(text))), list(range(1, len(text) + 1))
-    spans: list[tuple[int, int]] = []
-    for _ in range(4):
-        for match in _TOKEN_SHAPED.finditer(view):
-            spans.append((starts[match.start()], ends[match.end() - 1]))
-        for match in _PARAM.finditer(view):
-            name = match.group(1).lower()
-            if match.end(2) > match.start(2) and _SENSITIVE_WORD.search(name):
-                spans.append((starts[match.start(2)], ends[match.end(2) - 1]))
-        userinfo = _USERINFO.match(view)
-        if userinfo and userinfo.end(1) > userinfo.start(1):
-            spans.append((starts[userinfo.start(1)], ends[userinfo.end(1) - 1]))
-        if "%" not in view:
-            break
-        decoded = _unescape(view, starts, ends)
-        if decoded[0] == view:
-            break
-        view, starts, ends = decoded
-    if not spans:
-        return text
-    merged: list[list[int]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    out: list[str] = []
-    at = 0
-    for start, end in merged:
-        out.append(text[at:start])
-        out.append(REDACTED)
-        at = end
-    out.append(text[at:])
-    return "".join(out)

@@ -82,6 +82,8 @@ class Exchange:
     client_aborted: bool = False  # the client went away mid-body
     shutdown_aborted: bool = False  # the gateway stopped (drain time ran out) mid-body
     abort_error: str = ""
+    response_bytes: int = 0  # the body of a response sent whole (a streamed one counts bytes_sent)
+    upstream_seconds: float | None = None  # from sending the request to the upstream's response head
 
 
 # -- 1. edge ------------------------------------------------------------------------------------

@@ -7,6 +7,12 @@ their own (`LogWriter`), so a reader that stalls never blocks the event loop.
 configuration is the one process-wide piece of logging set-up); each runtime's audit log
 writes to a `LogOutput` it was given, by default the process's (`process_output`), or one of
 its own that its lifecycle opens and closes (`open_runtime(..., log_stream=...)`).
+
+The standard library's loggers (aiohttp's, asyncio's, redis-py's, Python warnings) reach the
+process's output too: `configure_logging` puts a `StdlibHandler` on the root logger, which
+renders their records with structlog's `ProcessorFormatter` through the same chain, so a log
+pipeline sees one format, every line with `timestamp`, `level`, `logger` and `event`, their
+text redacted (gateway/redaction.py) like everything tokenward quotes itself.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 import orjson
 import structlog
 
+from tokenward.gateway.redaction import redact
 from tokenward.gateway.settings import LogSettings
 from tokenward.gateway.text import printable
 
@@ -162,11 +169,45 @@ def _drop_notice(pretty: bool) -> Callable[[int], bytes]:
         event = f"dropped {count} log lines"
         if pretty:
             return f"{stamp} [warning  ] {event}\n".encode()
-        line = {"dropped": count, "event": event, "level": "warning", "timestamp": stamp}
+        line = {"dropped": count, "event": event, "level": "warning", "logger": "tokenward", "timestamp": stamp}
         return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
     return notice
 
+
+
+def _logger_name(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """`logger`: the name given to `structlog.get_logger(name)` (see `_named`)."""
+    if "logger" not in event:
+        event["logger"] = getattr(logger, "name", None) or "tokenward"
+    return event
+
+
+def _named(factory: Any) -> Any:
+    """`factory`, with the logger's name (get_logger's first argument) kept on the logger."""
+
+    def make(*args: Any) -> Any:
+        logger = factory()
+        if args:
+            logger.name = args[0]
+        return logger
+
+    return make
+
+
+def _text_json(obj: Any, **kwargs: Any) -> str:
+    """orjson, as the text the standard library's formatters must return."""
+    return orjson.dumps(obj, **kwargs).decode()
+
+
+def _redact_text(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A standard-library line may quote a request (an access line, an error naming a URL):
+    its message and traceback are redacted like everything tokenward quotes itself."""
+    for key in ("event", "exception"):
+        value = event.get(key)
+        if isinstance(value, str):
+            event[key] = redact(value)
+    return event
 
 
 def _printable_values(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -198,26 +239,52 @@ class LogOutput:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
         ]
         binary: Any = self.writer if self.writer is not None else getattr(stream, "buffer", stream)
+        text: Any = _TextLogWriter(self.writer) if self.writer is not None else stream
+        # the standard library's records: `event` is the message, then the same keys as ours
+        self.foreign_chain: list[Any] = [*shared, structlog.stdlib.add_logger_name]
         if pretty:
-            self.processors: list[Any] = [*shared, _printable_values, structlog.dev.ConsoleRenderer()]
-            self.factory: Any = (
-                structlog.WriteLoggerFactory(_TextLogWriter(self.writer))  # type: ignore[arg-type]
+            self.processors: list[Any] = [*shared, _logger_name, _printable_values, structlog.dev.ConsoleRenderer()]
+            self.factory: Any = _named(
+                structlog.WriteLoggerFactory(text)
                 if self.writer is not None
                 else structlog.PrintLoggerFactory(stream)
             )
+            self.foreign_renderer: list[Any] = [
+                structlog.processors.format_exc_info,
+                _redact_text,
+                _printable_values,
+                structlog.dev.ConsoleRenderer(),
+            ]
         else:
             self.processors = [
                 *shared,
+                _logger_name,
                 structlog.processors.format_exc_info,
                 structlog.processors.JSONRenderer(serializer=orjson.dumps),
             ]
-            self.factory = structlog.BytesLoggerFactory(binary)
+            self.factory = _named(structlog.BytesLoggerFactory(binary))
+            self.foreign_renderer = [
+                structlog.processors.format_exc_info,
+                _redact_text,
+                structlog.processors.JSONRenderer(serializer=_text_json),
+            ]
         self.sink: Any = None if pretty else binary
+        self._text = None if not pretty else text
+        self.level = level
         self.audit_enabled = level <= logging.INFO
         self.wrapper_class = structlog.make_filtering_bound_logger(level)
         self.logger: Any = structlog.wrap_logger(
-            self.factory(), processors=self.processors, wrapper_class=self.wrapper_class
+            self.factory("tokenward.audit"), processors=self.processors, wrapper_class=self.wrapper_class
         )
+
+    def write_line(self, line: str) -> None:
+        """One rendered line (no newline) of the standard library's logging, to this output."""
+        if self.sink is not None:
+            self.sink.write(line.encode("utf-8", "replace") + b"\n")
+            self.sink.flush()
+        elif self._text is not None:
+            self._text.write(line + "\n")
+            self._text.flush()
 
     @property
     def dropped(self) -> int:
@@ -233,6 +300,41 @@ class LogOutput:
         if writer is not None:
             atexit.unregister(self.drain_at_exit)
             writer.close()
+
+
+class StdlibHandler(logging.Handler):
+    """The root logger's handler: records of the standard library's loggers (aiohttp.server,
+    asyncio, redis, py.warnings, ...) rendered by structlog's ProcessorFormatter with the
+    output's chain (its keys, its timestamps, JSON or console) and written to its sink."""
+
+    def __init__(self, output: LogOutput) -> None:
+        super().__init__(output.level)
+        self.output = output
+        self.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=output.foreign_chain,
+                processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *output.foreign_renderer],
+            )
+        )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.output.write_line(self.format(record))
+        except (OSError, ValueError):  # the stream is closed: nowhere left to say it
+            pass
+        except Exception:
+            self.handleError(record)
+
+
+def route_stdlib_logging(output: LogOutput) -> None:
+    """Send the standard library's logging (and Python warnings) to `output`, replacing the
+    StdlibHandler an earlier call installed; other handlers (pytest's) are left alone."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, StdlibHandler)]:
+        root.removeHandler(handler)
+    root.addHandler(StdlibHandler(output))
+    root.setLevel(output.level)
+    logging.captureWarnings(True)
 
 
 class _ProcessFactory:
@@ -267,4 +369,5 @@ def configure_logging(settings: LogSettings, stream: Any = None, *, background: 
         logger_factory=_ProcessFactory(output),
         cache_logger_on_first_use=True,
     )
+    route_stdlib_logging(output)
     return output

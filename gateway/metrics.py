@@ -151,3 +151,16 @@ class _SourceCollector(Collector):
             gauge = GaugeMetricFamily(name, doc, labels=["worker"])
             gauge.add_metric(worker, read())
             yield gauge
+
+
+class BuildInfo(Collector):
+    """`tokenward_build_info{version="0.1.0"} 1`: the version that serves these figures (the
+    package metadata's, `tokenward.gateway.version`), the Prometheus way of exposing it."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("tokenward_build_info", "tokenward's version (always 1)", labels=["version"])
+        info.add_metric([self.version], 1.0)
+        yield info

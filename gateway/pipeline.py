@@ -43,6 +43,7 @@ from tokenward.gateway.tunnel import Tunnel, TunnelWatch, is_websocket_upgrade
 log = structlog.get_logger("tokenward")
 
 _NO_FIELDS: dict[str, Any] = {}  # never changed: the audit fields of a response sent whole
+USER_AGENT_CHARS = 256  # the audit event's user_agent: redacted first, then cut to this
 
 
 def principal_fields(principal: Principal | None) -> dict[str, Any]:
@@ -116,6 +117,8 @@ class Pipeline:
             assert forwarder is not None
             response = await forwarder.forward(ex, upstream)  # 4. forward
             ex.status = response.status
+            if type(response) is web.Response:  # sent whole, after this returns
+                ex.response_bytes = response.content_length or 0
             return response
         except Refusal as refusal:
             return self.deny(ex, refusal)
@@ -174,6 +177,7 @@ class Pipeline:
         # a gateway refusal always names its step (only admin validation errors have none)
         ex.status, ex.step, ex.reason = refusal.status, refusal.step or Step.INTERNAL, refusal.message
         response = error_response(refusal, ex.request_id)
+        ex.response_bytes = response.content_length or 0
         if refusal.close:
             response.force_close()
         return response
@@ -198,6 +202,8 @@ class Pipeline:
         extra: dict[str, Any] = {"client_request_id": ex.client_request_id} if ex.client_request_id is not None else {}
         runtime = self.runtime
         runtime.metrics.count_request(ex.route or "-", ex.step, ex.status)
+        agent = ex.request.headers.get("User-Agent")
+        waited = ex.upstream_seconds
         runtime.audit.emit(
             "request.allowed" if ex.allowed else "request.denied",
             method=ex.method,
@@ -210,6 +216,12 @@ class Pipeline:
             client_ip=ex.client_ip,
             request_id=ex.request_id,
             duration_ms=round((time.perf_counter() - ex.started) * 1000, 3),
+            # the access fields: who called with what, how much went each way, the upstream's share
+            user_agent=runtime.audit.redact(agent)[:USER_AGENT_CHARS] if agent is not None else None,
+            request_bytes=ex.request.content.total_bytes,
+            response_bytes=ex.response_bytes or ex.bytes_sent,
+            upstream=ex.upstream or None,
+            upstream_ms=round(waited * 1000, 3) if waited is not None else None,
             **caller,
             **extra,
             **aborted,

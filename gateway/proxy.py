@@ -178,8 +178,9 @@ class Forwarder:
         sent = time.perf_counter()
         replayable = method in IDEMPOTENT and not has_body
         conn = await self._exchange(request, pool, upstream, head, has_body, replayable, ex.view.settings.limits)
+        ex.upstream_seconds = waited = time.perf_counter() - sent
         if self.latency is not None:
-            self.latency.labels(upstream.name).observe(time.perf_counter() - sent)
+            self.latency.labels(upstream.name).observe(waited)
         try:
             if conn.upgraded or conn.status == 101:
                 conn.reusable = False

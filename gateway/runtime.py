@@ -25,7 +25,7 @@ from tokenward.gateway.cache import ChangeListener, VerificationCache
 from tokenward.gateway.decision import Authenticator
 from tokenward.gateway.embedded import EmbeddedServer, start_embedded
 from tokenward.gateway.logs import LogOutput, process_output
-from tokenward.gateway.metrics import Metrics, count_expiring
+from tokenward.gateway.metrics import BuildInfo, Metrics, count_expiring
 from tokenward.gateway.proxy import Forwarder
 from tokenward.gateway.settings import ConfigError, Settings, load_settings
 from tokenward.gateway.store import Store
@@ -34,6 +34,7 @@ from tokenward.gateway.tokens import SecretHasher
 from tokenward.gateway.tunnel import TunnelWatch
 from tokenward.gateway.upstream_limit import PoolGauges
 from tokenward.gateway.upstream_tls import warn_unverified
+from tokenward.gateway.version import version
 
 log = structlog.get_logger("tokenward")
 
@@ -229,3 +230,4 @@ def register_metrics(runtime: Runtime) -> None:
           lambda: float(metrics.expiring_tokens))
     gauge("tokenward_routes", "Routes in the loaded config", lambda: float(len(runtime.settings.routes)))
     metrics.lags(runtime.listener.lags)
+    metrics.registry.register(BuildInfo(version()))

@@ -130,6 +130,10 @@ class StoreLink:
             self.up = True
             log.info("store reachable again", down_for_s=round(now - self._down_since, 2))
 
+    def down_for(self) -> float:
+        """Seconds since the current outage began (0 while the store counts as reachable)."""
+        return 0.0 if self.up else time.monotonic() - self._down_since
+
     async def ping(self) -> bool:
         return bool(await self._call(self.client.ping))
 

@@ -100,7 +100,8 @@ def readiness(runtime: Runtime, board: Board | None) -> dict[str, Any]:
     if board is None:
         return own
     now = time.monotonic()
-    workers, reasons = [], []
+    workers: list[dict[str, Any]] = []
+    reasons: list[str] = []
     for index in range(board.workers):
         entry = _worker_entry(board, index, own, now)
         workers.append(entry)

@@ -110,8 +110,11 @@ class Board:
         payload = _read(self.slots[index])
         if payload is None:
             return None
-        data = orjson.loads(payload)
-        return Report(int(data["worker"]), int(data["pid"]), float(data["at"]), data["readiness"], data["metrics"])
+        try:
+            data = orjson.loads(payload)
+            return Report(int(data["worker"]), int(data["pid"]), float(data["at"]), data["readiness"], data["metrics"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):  # not what a worker writes
+            return None
 
     def reports(self) -> list[Report | None]:
         return [self.read(i) for i in range(self.workers)]

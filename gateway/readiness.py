@@ -54,7 +54,7 @@ class Readiness:
 
     def reasons(self) -> list[str]:
         """Why this process is not ready (empty: it is)."""
-        reasons = []
+        reasons: list[str] = []
         if not self.serving:
             reasons.append("listeners not serving (starting or shutting down)")
         store = self.store

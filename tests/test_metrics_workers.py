@@ -12,6 +12,7 @@ tunnels, and no `_created` series.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
@@ -32,10 +33,30 @@ Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
 async def get_text(url: str) -> str:
-    connector = aiohttp.TCPConnector(force_close=True)  # a new connection: any worker may answer
-    async with aiohttp.ClientSession(connector=connector) as session, session.get(url) as r:
-        assert r.status == 200
-        return await r.text()
+    """One scrape on a new connection (any worker may answer). A scrape that a worker killed
+    under it never answered is tried again, as the next scrape interval would."""
+    for _ in range(5):
+        connector = aiohttp.TCPConnector(force_close=True)
+        try:
+            async with aiohttp.ClientSession(connector=connector) as session, session.get(url) as r:
+                assert r.status == 200
+                return await r.text()
+        except aiohttp.ClientError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered")
+
+
+async def replaced(admin_url: str, index: int, old_pid: int) -> None:
+    """Until /readyz is 200 with worker `index` a new process (the supervisor restarted it)."""
+    for _ in range(1200):
+        with contextlib.suppress(aiohttp.ClientError):
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=connector) as session, session.get(admin_url + "/readyz") as r:
+                body = await r.json()
+                if r.status == 200 and body["workers"][index]["pid"] != old_pid:
+                    return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"worker {index} was not replaced")
 
 
 def parse(text: str) -> tuple[dict[Key, float], dict[Key, float]]:
@@ -137,8 +158,7 @@ async def test_under_workers_counters_never_go_back_and_add_up(tmp_path: Path, u
             last = await scrapes_never_go_back(metrics_url, 5, summed)
             os.kill(pids[1], signal.SIGKILL)
             last = await scrapes_never_go_back(metrics_url, 30, last)
-            async with aiohttp.ClientSession() as session:
-                await wait_ready(session, served.admin_url + "/readyz", serve)  # all three again
+            await replaced(served.admin_url, 1, pids[1])
             last = await scrapes_never_go_back(metrics_url, 10, last)
         finally:
             traffic.running = False

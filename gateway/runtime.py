@@ -5,8 +5,9 @@ admin API, opened as one lifecycle.
 stop are separate calls) opens each resource in order on one AsyncExitStack: the runtime's
 own log output (when given a stream), the embedded store, the store connection, the
 upstream pools, the tunnel watch, the audit writer, the change listener, the metrics
-refresher and the readiness probe. They are closed in the reverse order, and so are those already open when a later
-step fails. This is also the composition root of the metrics: it registers their sources.
+refresher and the readiness probe. They are closed in the reverse order, and so are those
+already open when a later step fails. This is also the composition root of the metrics: it
+registers their sources.
 """
 
 from __future__ import annotations

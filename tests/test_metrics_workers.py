@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import multiprocessing
 import os
 import signal
 from importlib.metadata import version
@@ -23,11 +24,14 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers.board import publish_and_exit
 from tests.helpers.gateway import APIS, EVENTS, TEAMS, TOKENS, Gateway, scrape, value, with_events
 from tests.helpers.process import bootstrap_admin, post_json, serve_config, start_serve, stop, wait_ready
 from tests.helpers.promql import alert_rules, dashboard, dashboard_expressions, exposed, missing, template_uses
+from tokenward.gateway.metrics import Family, merge
 from tokenward.gateway.settings import settings_from_dict
 from tokenward.server import Server
+from tokenward.worker_board import Board
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -255,3 +259,47 @@ async def test_dropped_audit_events_are_counted(config: dict[str, Any], redis_ur
         assert "tokenward_audit_dropped_total 5.0" in text.splitlines()
     finally:
         await server.stop()
+
+
+def counter(name: str, value: float, **labels: str) -> Family:
+    return (name, "counter", "help", [(f"{name}_total", labels, value)])
+
+
+def gauge(name: str, value: float, worker: str) -> Family:
+    return (name, "gauge", "help", [(name, {"worker": worker}, value)])
+
+
+def test_merge_sums_counters_over_every_report_and_keeps_live_gauges() -> None:
+    live = [counter("hits", 2, route="/a"), counter("hits", 5, route="/b"), gauge("up", 1, "0")]
+    dead = [counter("hits", 3, route="/a"), gauge("up", 0, "1")]
+    merged = {name: samples for name, _, _, samples in merge([(live, True), (dead, False)])}
+    assert {(s, tuple(sorted(labels.items())), v) for s, labels, v in merged["hits"]} == {
+        ("hits_total", (("route", "/a"),), 5.0),
+        ("hits_total", (("route", "/b"),), 5.0),
+    }
+    assert merged["up"] == [("up", {"worker": "0"}, 1.0)]  # a dead worker's gauges are left out
+
+
+def test_a_board_slot_keeps_the_last_complete_report_of_a_dead_worker() -> None:
+    """A worker writes its report and dies: any worker reads that report (never a half-written
+    one), knows the process is gone, and the worker's successor finds it as its predecessor's."""
+    context = multiprocessing.get_context("spawn")
+    slots = Board.allocate(context, 2)
+    reader = Board(slots, 1)
+    assert reader.read(0) is None  # nothing written yet
+    figures = [counter("tokenward_requests", 7, route="/a")]
+    child = context.Process(target=publish_and_exit, args=(slots, 0, {"status": "ready"}, figures))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    report = reader.read(0)
+    assert report is not None and report.pid == child.pid and report.worker == 0
+    assert report.readiness == {"status": "ready"} and not report.alive()
+    assert [tuple(s) for s in report.metrics[0][3]] == [("tokenward_requests_total", {"route": "/a"}, 7)]
+    successor = Board(slots, 0)  # the restarted worker 0, in this process
+    found = successor.predecessor()
+    assert found is not None and found.pid == child.pid
+    successor.publish({"status": "ready"}, [counter("tokenward_requests", 8, route="/a")])
+    assert successor.predecessor() is None  # its own report now
+    again = reader.read(0)
+    assert again is not None and again.pid == os.getpid() and again.metrics[0][3][0][2] == 8

@@ -130,6 +130,7 @@ async def test_a_paused_store_is_an_outage_and_readyz_never_waits_for_it(
     assert server.process is not None
     pid = server.process.pid
     os.kill(pid, signal.SIGSTOP)
+    paused = True
     try:
         statuses: list[int] = []
 
@@ -140,15 +141,16 @@ async def test_a_paused_store_is_an_outage_and_readyz_never_waits_for_it(
 
         await until(not_ready, "not ready once the paused store is past stale_if_error", tries=1200)
         assert set(statuses) <= {200, 503}
-    finally:
         os.kill(pid, signal.SIGCONT)
-    try:
+        paused = False
 
         async def ready() -> bool:
             return (await readyz(gw.admin_url))[0] == 200
 
-        await until(ready, "ready again once the store runs again")
+        await until(ready, "ready again once the store runs again", tries=1200)
     finally:
+        if paused:
+            os.kill(pid, signal.SIGCONT)
         server.stop()
 
 
@@ -173,7 +175,6 @@ async def test_workers_readiness_is_every_workers(tmp_path: Path, upstream: int)
         # 1. worker 1 hangs: the others say 503; a try the kernel gives the hung one times out
         os.kill(pids[1], signal.SIGSTOP)
         paused.append(pids[1])
-        answers: list[int | None] = []
 
         async def try_once() -> int | None:
             try:

@@ -19,12 +19,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from tokenward.api import create_admin_app
-from tokenward.health import publish
 from tokenward.gateway.aio import cancel_and_wait
 from tokenward.gateway.app import HeadDeadlineHandler, create_proxy_server
 from tokenward.gateway.embedded import EmbeddedServer, EmbeddedStoreError
 from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.settings import Settings
+from tokenward.health import publish
 from tokenward.worker_board import BOARD, PUBLISH_INTERVAL, Board
 
 log = structlog.get_logger("tokenward")

@@ -33,8 +33,8 @@ from tokenward.demo import echo_app
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.server import Server
 from tokenward.gateway.settings import settings_from_dict
+from tokenward.server import Server
 
 HANDLERS = {"handle"}  # the gateway listener's request handler (ProxyHandler / Pipeline)
 

@@ -22,13 +22,12 @@ import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from itertools import accumulate
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from tokenward.gateway.aio import cancel_and_wait
 from tokenward.gateway.records import ACTIVE
@@ -71,7 +70,7 @@ class Histogram:
     def __init__(self, name: str, doc: str, labelnames: tuple[str, ...], bounds: tuple[float, ...]) -> None:
         self.name, self.doc, self.labelnames, self.bounds = name, doc, labelnames, bounds
         self.rows: dict[tuple[str, ...], HistogramRow] = {}
-        self._les = [floatToGoString(b) for b in bounds] + ["+Inf"]
+        self._les = [repr(float(b)) for b in bounds] + ["+Inf"]  # as prometheus_client writes `le`
 
     def labels(self, *values: str) -> HistogramRow:
         row = self.rows.get(values)
@@ -216,7 +215,7 @@ def families(collected: Iterable[Metric]) -> list[Family]:
     out: list[Family] = []
     for metric in collected:
         samples: list[tuple[str, dict[str, str], float | str]] = [
-            (s.name, dict(s.labels), s.value if math.isfinite(s.value) else floatToGoString(s.value))
+            (s.name, dict(s.labels), s.value if math.isfinite(s.value) else _not_finite(s.value))
             for s in metric.samples
         ]
         out.append((metric.name, metric.type, metric.documentation, samples))
@@ -244,6 +243,11 @@ def merge(parts: Iterable[tuple[Iterable[Family], bool]]) -> list[Family]:
         (name, kind, doc, [(key[0], labels, value) for key, (labels, value) in values.items()])
         for name, (kind, doc, values) in merged.items()
     ]
+
+
+def _not_finite(value: float) -> str:
+    """How a value JSON cannot carry travels (float() reads it back)."""
+    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
 
 
 def exposition(found: Iterable[Family]) -> bytes:

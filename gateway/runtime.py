@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from importlib.metadata import PackageNotFoundError, version
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import structlog

@@ -27,7 +27,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.helpers.board import publish_and_exit
 from tests.helpers.gateway import APIS, EVENTS, TEAMS, TOKENS, Gateway, scrape, value, with_events
 from tests.helpers.process import bootstrap_admin, post_json, serve_config, start_serve, stop, wait_ready
-from tests.helpers.promql import alert_rules, dashboard, dashboard_expressions, exposed, missing, template_uses
+from tests.helpers.promql import (
+    alert_rules,
+    dashboard,
+    dashboard_expressions,
+    exposed,
+    missing,
+    template_uses,
+)
 from tokenward.gateway.metrics import Family, merge
 from tokenward.gateway.settings import settings_from_dict
 from tokenward.server import Server
@@ -183,14 +190,14 @@ async def test_the_metrics_of_one_process(gateway: Gateway) -> None:
     for _ in range(3):
         async with gateway.session.get(gateway.url + APIS, headers=gateway.auth(token)) as r:
             assert r.status == 200
-    async with gateway.session.request("BREW", gateway.url + APIS, headers=gateway.auth(token)) as r:
+    async with gateway.session.request("PROPFIND", gateway.url + APIS, headers=gateway.auth(token)) as r:
         assert r.status >= 400
     samples = await scrape(gateway)
     route = "/orgs/{org}/teams/{team}/apis"
     labels = {"method": "GET", "route": route, "upstream": "registry", "step": "forward", "status": "200"}
     assert value(samples, "tokenward_requests_total", **labels) == 3
     # a made-up method is counted as "other", never as a label value of its own
-    assert not [k for k in samples if ("method", "BREW") in k[1]]
+    assert not [k for k in samples if ("method", "PROPFIND") in k[1]]
     assert sum(v for (name, lab), v in samples.items() if name == "tokenward_requests_total" and ("method", "other") in lab) == 1
     # the gateway's own time, per method and route, beside the upstream's
     assert value(samples, "tokenward_gateway_seconds_count", method="GET", route=route) == 3
@@ -212,7 +219,7 @@ async def test_in_flight_requests_and_open_tunnels(start_gateway: Any, config: d
     token, _ = await gw.token("platform", ["read:apis"])
 
     async def slow_request() -> int:
-        async with gw.session.get(gw.url + APIS + "?sleep=3", headers=gw.auth(token)) as r:
+        async with gw.session.get(gw.url + APIS + "?sleep=1", headers=gw.auth(token)) as r:
             await r.read()
             return r.status
 

@@ -4,10 +4,11 @@ One process answers for itself: its readiness (`tokenward.gateway.readiness`) an
 registry. Under --workers, whichever worker the kernel hands the connection to answers for
 all of them from the reports on the shared board (`tokenward.worker_board`):
 
-- `/readyz` is 200 only if every worker is ready: its own state now, every other worker's
-  last report; a worker that has not reported yet (starting), whose process is gone (being
-  restarted), or whose last report is older than STALE_AFTER (hung) is not ready. The body
-  lists each worker.
+- `/readyz` is 200 only if every worker is ready: the answering worker publishes its own
+  state first, then reads every worker's last report (at most PUBLISH_INTERVAL old, and
+  published at once when a worker starts or stops serving); a worker that has not reported
+  yet (starting), whose process is gone (being restarted), or whose last report is older than
+  STALE_AFTER (hung) is not ready. The body lists each worker.
 - `/metrics` publishes this worker's report first, then sums counters and histograms over
   every report (a crashed worker's last counts included, and carried on by its successor,
   so no counter ever goes back) and lists gauges per live worker (label `worker`).
@@ -99,6 +100,7 @@ def readiness(runtime: Runtime, board: Board | None) -> dict[str, Any]:
     own = readiness_report(runtime)
     if board is None:
         return own
+    board.publish(own, runtime.metrics.snapshot())  # what we say of ourselves, the others say too
     now = time.monotonic()
     workers: list[dict[str, Any]] = []
     reasons: list[str] = []

@@ -130,6 +130,8 @@ class Server:
         self.proxy_port = _bound_port(proxy_runner, listen.port)
         self.admin_port = _bound_port(admin_runner, admin.port)
         runtime.readiness.serving = True
+        if self.board is not None:
+            publish(runtime, self.board)  # at once: the other workers answer /readyz for us too
         stack.callback(self._not_serving, runtime)  # first thing at stop: not ready while draining
         if runtime.embedded is not None:
             store_watch = asyncio.create_task(self._watch_store(runtime.embedded), name="tokenward-store-watch")

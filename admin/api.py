@@ -62,7 +62,7 @@ async def healthz(call: Call) -> web.Response:
     responses={200: health.READINESS, 503: health.NOT_READY},
 )
 async def readyz(call: Call) -> web.Response:
-    return health.readyz_response(call.runtime, call.request.app.get(BOARD))
+    return health.readyz_response(call.runtime, call.request.app.get(BOARD), call.request_id)
 
 
 # Every endpoint of the admin API, in the order the OpenAPI document lists them.

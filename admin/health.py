@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 
 from tokenward.gateway.metrics import exposition, merge
+from tokenward.gateway.refusal import Refusal, error_body, error_headers
 from tokenward.gateway.runtime import Runtime
 from tokenward.schema import Schema
 from tokenward.worker_board import STALE_AFTER, Board
@@ -62,6 +63,7 @@ READINESS: Schema = {
         "workers": {"type": "array", "items": WORKER_STATE},
         "error": {"type": "string"},
         "message": {"type": "string"},
+        "request_id": {"type": "string"},
     },
     "required": ["status", "reasons", "routes", "store"],
 }
@@ -129,13 +131,14 @@ def _worker_entry(board: Board, index: int, own: dict[str, Any], now: float) -> 
     return {**entry, "status": "not_ready" if problems else "ready", "reasons": problems}
 
 
-def readyz_response(runtime: Runtime, board: Board | None) -> web.Response:
-    """200 with the readiness report, or 503 with it and the error body's fields."""
+def readyz_response(runtime: Runtime, board: Board | None, request_id: str) -> web.Response:
+    """200 with the readiness report, or 503 with it and the one error body's fields."""
     body = readiness(runtime, board)
     headers = {"Cache-Control": "no-store"}
     if body["status"] != "ready":
-        body = {"error": "not_ready", "message": "; ".join(body["reasons"]), **body}
-        headers["Retry-After"] = "1"
+        refusal = Refusal(503, "not_ready", None, "; ".join(body["reasons"]))
+        body = {**orjson.loads(error_body(refusal, request_id)), **body}
+        headers = error_headers(refusal, request_id)  # Retry-After, X-Request-Id, no-store
     return web.Response(
         status=200 if body["status"] == "ready" else 503,
         body=orjson.dumps(body),

@@ -6,8 +6,10 @@ store is reachable or has been unreachable for less than `redis.stale_if_error`,
 in which recently verified tokens keep working from the cache. A store outage alone does not
 take every replica out of its Service at once; one longer than that window does.
 
-The store is pinged in the background every PROBE_INTERVAL, so an outage is noticed without
-traffic and `/readyz` answers from the state at once, never waiting on a store that hangs.
+The store is pinged in the background every PROBE_INTERVAL when nothing else reached it
+meanwhile (or while it is down), so an outage is noticed without traffic and `/readyz`
+answers from the state at once, never waiting on a store that hangs. Under traffic the
+probe stays out of the way: the requests' own store calls keep the state.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ PROBE_INTERVAL = 1.0  # seconds between two background pings of the store
 class Pingable(Protocol):
     @property
     def up(self) -> bool: ...
+    @property
+    def answered(self) -> int: ...
     def down_for(self) -> float: ...
     async def ping(self) -> bool: ...
 
 
 class Readiness:
-    """One process's readiness: `state()` is the report, `ready` its verdict."""
+    """One process's readiness: `state()` is the report, `reasons()` empty when ready."""
 
     def __init__(self, store: Pingable, stale_if_error: float, interval: float = PROBE_INTERVAL) -> None:
         self.store = store
@@ -38,17 +42,22 @@ class Readiness:
         self.interval = interval
         self.serving = False  # both listeners accept connections (set by the server)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False  # redis-py can swallow a cancellation: the loop watches this too
 
     async def start(self) -> None:
         async def probe() -> None:
-            while True:
-                with contextlib.suppress(StoreUnavailable):
-                    await self.store.ping()  # a failure is recorded by the store link itself
+            store, seen = self.store, -1
+            while not self._stopping:
+                if store.answered == seen or not store.up:  # idle, or down: see for ourselves
+                    with contextlib.suppress(StoreUnavailable):
+                        await store.ping()  # a failure is recorded by the store link itself
+                seen = store.answered
                 await asyncio.sleep(self.interval)
 
         self._task = asyncio.create_task(probe(), name="tokenward-readiness")
 
     async def stop(self) -> None:
+        self._stopping = True
         task, self._task = self._task, None
         await cancel_and_wait([task])
 

@@ -16,22 +16,21 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenward import api_audit, api_teams, api_tokens, schema, version
+from tokenward import api_audit, api_teams, api_tokens, health, version
 from tokenward.endpoints import (
     MAX_BODY,
     Call,
     Endpoint,
     Routes,
-    api_error,
     errors_middleware,
     json_response,
     serve,
 )
-from tokenward.gateway.edge import error_response
 from tokenward.gateway.runtime import RUNTIME, Runtime
-from tokenward.gateway.store_link import StoreUnavailable
+from tokenward.health import store_details
 from tokenward.openapi import body_checks, build_document, operation_key
 from tokenward.views import BULK_WORK
+from tokenward.worker_board import BOARD
 
 routes = Routes("operations")
 
@@ -47,7 +46,7 @@ async def openapi(call: Call) -> web.Response:
 async def metrics(call: Call) -> web.Response:
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    body = call.runtime.metrics.render()
+    body = health.metrics_body(call.runtime, call.request.app.get(BOARD))  # under --workers: all of them
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -60,33 +59,13 @@ async def healthz(call: Call) -> web.Response:
 @routes(
     "GET",
     "/readyz",
-    "Store reachable and config loaded",
+    "Ready for traffic: config loaded, listeners serving, store reachable or unreachable for less "
+    "than redis.stale_if_error; under --workers, every worker",
     permission=None,
-    responses={200: None, 503: schema.ERROR},
+    responses={200: health.READINESS, 503: health.NOT_READY},
 )
 async def readyz(call: Call) -> web.Response:
-    runtime = call.runtime
-    try:
-        await runtime.store.ping()
-    except StoreUnavailable:
-        return error_response(api_error(503, "not_ready", "store unreachable"), call.request_id)
-    return json_response(
-        {"status": "ready", "routes": len(runtime.settings.routes), "store": store_details(runtime)}
-    )
-
-
-def store_details(runtime: Runtime) -> dict[str, Any]:
-    """/readyz's word on the store: its persistence, and whether a write confirmed to an
-    admin survives a crash of the store (with the reason when it may not)."""
-    store = runtime.store
-    appendonly = store.persistence.startswith("aof") and store.persistence != "aof on some masters only"
-    warning = store.durability_warning
-    if not appendonly:
-        warning = "persistence is not append-only on every master: a crash of the store loses recent writes"
-    details: dict[str, Any] = {"persistence": store.persistence, "crash_safe_writes": warning is None}
-    if warning is not None:
-        details["warning"] = warning
-    return details
+    return health.readyz_response(call.runtime, call.request.app.get(BOARD), call.request_id)
 
 
 # Every endpoint of the admin API, in the order the OpenAPI document lists them.

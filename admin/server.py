@@ -27,6 +27,8 @@ from tokenward.gateway.embedded import EmbeddedServer, EmbeddedStoreError
 from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.settings import Settings
 from tokenward.gateway.upstream_tls import tls_files
+from tokenward.health import publish
+from tokenward.worker_board import BOARD, PUBLISH_INTERVAL, Board
 
 log = structlog.get_logger("tokenward")
 
@@ -68,10 +70,13 @@ class Server:
         worker: int | None = None,
         config_path: str | None = None,
         log_stream: Any = None,
+        board: Board | None = None,
     ) -> None:
         """`log_stream`: this server's own log output for its audit events (default: the
-        process's, see configure_logging)."""
+        process's, see configure_logging). `board`: under --workers, where the workers
+        report to each other (tokenward.worker_board)."""
         self.worker = worker
+        self.board = board
         self.log_stream = log_stream
         self.config_path = config_path
         self._watching = False  # the config file
@@ -104,12 +109,15 @@ class Server:
         runtime = await Runtime.open(self.settings, self.redis_url, worker=self.worker, log_stream=self.log_stream)
         stack.push_async_callback(runtime.close)
         self.runtime = runtime
+        if self.board is not None:
+            self._start_reports(runtime, self.board)
         proxy_runner = web.ServerRunner(
             create_proxy_server(runtime), shutdown_timeout=self.shutdown_timeout, handle_signals=False
         )
-        admin_runner = AdminRunner(
-            runtime, create_admin_app(runtime), access_log=None, shutdown_timeout=5.0, handle_signals=False
-        )
+        admin_app = create_admin_app(runtime)
+        if self.board is not None:
+            admin_app[BOARD] = self.board
+        admin_runner = AdminRunner(runtime, admin_app, access_log=None, shutdown_timeout=5.0, handle_signals=False)
         self._runners = [proxy_runner, admin_runner]
         for runner in (admin_runner, proxy_runner):  # so the proxy's drain comes first at stop
             await runner.setup()
@@ -124,6 +132,10 @@ class Server:
         await admin_site.start()
         self.proxy_port = _bound_port(proxy_runner, listen.port)
         self.admin_port = _bound_port(admin_runner, admin.port)
+        runtime.readiness.serving = True
+        if self.board is not None:
+            publish(runtime, self.board)  # at once: the other workers answer /readyz for us too
+        stack.callback(self._not_serving, runtime)  # first thing at stop: not ready while draining
         if runtime.embedded is not None:
             store_watch = asyncio.create_task(self._watch_store(runtime.embedded), name="tokenward-store-watch")
             stack.push_async_callback(cancel_and_wait, [store_watch])
@@ -142,10 +154,31 @@ class Server:
         )
         return runtime
 
+    def _start_reports(self, runtime: Runtime, board: Board) -> None:
+        """Under --workers: carry on from a crashed predecessor's counts, then report to the
+        other workers every PUBLISH_INTERVAL (see tokenward.health)."""
+        predecessor = board.predecessor()
+        if predecessor is not None:
+            runtime.metrics.carry(predecessor.metrics)
+        publish(runtime, board)
+
+        async def report() -> None:
+            while True:
+                await asyncio.sleep(PUBLISH_INTERVAL)
+                publish(runtime, board)
+
+        reporter = asyncio.create_task(report(), name="tokenward-worker-report")
+        self._resources.push_async_callback(cancel_and_wait, [reporter])
+
+    def _not_serving(self, runtime: Runtime) -> None:
+        runtime.readiness.serving = False
+        if self.board is not None:
+            publish(runtime, self.board)
+
     async def _watch_store(self, embedded: EmbeddedServer) -> None:
         """The embedded store is ours: if it dies, start it again (same data dir, same
-        socket), with crash-loop backoff, and say so. Meanwhile /readyz is 503 and requests
-        get what a store outage gives; the clients reconnect by themselves afterwards."""
+        socket), with crash-loop backoff, and say so. Meanwhile it is a store outage (requests
+        and /readyz get what one gives, see tokenward.gateway.readiness); the clients reconnect by themselves afterwards."""
         backoff = Backoff()
         while True:
             await asyncio.sleep(STORE_CHECK_INTERVAL)
@@ -284,10 +317,13 @@ async def serve_forever(
     drain: float = DRAIN_TIMEOUT,
     parent: int | None = None,
     started: Any = None,
+    board: Board | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT. Under a supervisor (`parent`): also stop when it is gone,
     and set `started` (a multiprocessing Event) once both ports are bound."""
-    server = Server(settings, redis_url=redis_url, worker=worker, config_path=config_path, shutdown_timeout=drain)
+    server = Server(
+        settings, redis_url=redis_url, worker=worker, config_path=config_path, shutdown_timeout=drain, board=board
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -17,6 +17,7 @@ from tokenward import version
 from tokenward.gateway.embedded import EmbeddedStoreError, start_embedded
 from tokenward.gateway.settings import Settings
 from tokenward.server import DRAIN_TIMEOUT, Backoff, require_c_parser, run
+from tokenward.worker_board import Board
 
 log = structlog.get_logger("tokenward")
 
@@ -40,7 +41,7 @@ def die_with_parent(parent: int) -> None:
 
 
 def _worker_main(
-    config_path: str, redis_url: str | None, index: int, drain: float, parent: int, started: Any
+    config_path: str, redis_url: str | None, index: int, drain: float, parent: int, started: Any, slots: list[Any]
 ) -> None:
     """Entry point of one worker process (spawned, so it starts clean)."""
     die_with_parent(parent)
@@ -51,7 +52,7 @@ def _worker_main(
     configure_logging(settings.log)
     try:
         run(settings, redis_url=redis_url, worker=index, config_path=config_path, drain=drain,
-            parent=parent, started=started)
+            parent=parent, started=started, board=Board(slots, index))
     except Exception as exc:
         # one line, not a traceback per worker: the supervisor logs the failure and exits
         log.error("worker failed", worker=index, error=f"{type(exc).__name__}: {exc}"[:300])
@@ -88,6 +89,8 @@ def supervise(settings: Settings, config_path: str, workers: int, drain: float =
     if settings.redis.embedded:
         embedded, url = start_embedded(settings.data_dir)
     context = multiprocessing.get_context("spawn")
+    # where the workers report to each other, for /readyz and /metrics (tokenward.worker_board)
+    slots = Board.allocate(context, workers)
     stopping = False
     pool: list[_Worker] = []
     me = os.getpid()
@@ -96,7 +99,7 @@ def supervise(settings: Settings, config_path: str, workers: int, drain: float =
         started = context.Event()
         process = context.Process(
             target=_worker_main,
-            args=(config_path, url, index, drain, me, started),
+            args=(config_path, url, index, drain, me, started, slots),
             name=f"tokenward-worker-{index}",
         )
         process.start()

@@ -33,9 +33,11 @@ async def tokenward_counters(admin_url: str, names: Iterable[str]) -> dict[str, 
         text = await response.text()
     values: dict[str, float] = {}
     for line in text.splitlines():
-        name, _, rest = line.partition("{")
+        if line.startswith("#"):
+            continue
+        name = line.partition("{")[0].partition(" ")[0]  # with labels or without
         if name in wanted:
-            values[name] = values.get(name, 0.0) + float(rest.rpartition(" ")[2])
+            values[name] = values.get(name, 0.0) + float(line.rpartition(" ")[2])
     return values
 
 

@@ -33,6 +33,8 @@ from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.settings import settings_from_dict
+from tokenward.server import Server
+from tokenward.service import issue_token
 
 try:
     from tokenward.server import Server

@@ -63,6 +63,7 @@ class Exchange:
     client_request_id: str | None = None  # the client's X-Request-Id, when not the id
     mode: str = "proxy"  # or "forward_auth", "websocket"
     started: float = field(default_factory=time.perf_counter)
+    decided: float = 0.0  # perf_counter when the decision let it through (0: not, or not yet)
     target: Target | None = None  # the canonical target (path and raw query)
     route: str | None = None
     upstream: str = ""

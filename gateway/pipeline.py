@@ -60,7 +60,9 @@ def principal_fields(principal: Principal | None) -> dict[str, Any]:
 
 
 class RequestCounter(Protocol):
-    def count_request(self, route: str, step: str, status: int) -> None: ...
+    in_flight: int
+
+    def count_request(self, method: str, route: str, upstream: str, step: str, status: int, seconds: float) -> None: ...
 
 
 class Services(Protocol):
@@ -101,6 +103,8 @@ class Pipeline:
         settings = runtime.settings  # one snapshot per request: a reload swaps the whole object
         view = self.view if self.view.settings is settings else self.view_of(settings)
         ex = open_exchange(request, view)  # 1. edge
+        metrics = runtime.metrics
+        metrics.in_flight += 1
         try:
             check_request(request, settings.limits)
             if ex.path.startswith(VERIFY_PATH):  # forward-auth: answer instead of forwarding
@@ -135,6 +139,7 @@ class Pipeline:
             log.exception("request failed", request_id=ex.request_id)
             return self.deny(ex, Refusal(500, "internal_error", Step.INTERNAL, "internal error"))
         finally:
+            metrics.in_flight -= 1
             if not ex.recorded:
                 self.record(ex)  # 5. audit
 
@@ -159,6 +164,7 @@ class Pipeline:
             authorize(match, principal)
             runtime.audit.mark_used(principal.token.id, time.time())
         ex.allowed = True
+        ex.decided = time.perf_counter()
 
     def verified(self, ex: Exchange) -> web.Response:
         """Forward-auth's answer: 200 with the identity headers for the fronting proxy."""
@@ -201,7 +207,11 @@ class Pipeline:
         caller = principal_fields(ex.principal)
         extra: dict[str, Any] = {"client_request_id": ex.client_request_id} if ex.client_request_id is not None else {}
         runtime = self.runtime
-        runtime.metrics.count_request(ex.route or "-", ex.step, ex.status)
+        now = time.perf_counter()
+        # the gateway's own time: until the decision let it through, else until now
+        runtime.metrics.count_request(
+            ex.method, ex.route or "-", ex.upstream, ex.step, ex.status, (ex.decided or now) - ex.started
+        )
         agent = ex.request.headers.get("User-Agent")
         waited = ex.upstream_seconds
         runtime.audit.emit(
@@ -215,7 +225,7 @@ class Pipeline:
             mode=ex.mode,
             client_ip=ex.client_ip,
             request_id=ex.request_id,
-            duration_ms=round((time.perf_counter() - ex.started) * 1000, 3),
+            duration_ms=round((now - ex.started) * 1000, 3),
             # the access fields: who called with what, how much went each way, the upstream's share
             user_agent=runtime.audit.redact(agent)[:USER_AGENT_CHARS] if agent is not None else None,
             request_bytes=ex.request.content.total_bytes,

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import Histogram
 
 from tokenward.gateway.exchange import Exchange
 from tokenward.gateway.forms import BodyScanner, OverrideFound, body_scanner
@@ -26,6 +25,7 @@ from tokenward.gateway.headers import (
     normalize_name,
     response_headers,
 )
+from tokenward.gateway.metrics import Histogram
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.settings import Limits, Upstream
 from tokenward.gateway.upstream import (

@@ -4,9 +4,10 @@ admin API, opened as one lifecycle.
 `open_runtime(settings)` (or `Runtime.open` / `Runtime.close` for an owner whose start and
 stop are separate calls) opens each resource in order on one AsyncExitStack: the runtime's
 own log output (when given a stream), the embedded store, the store connection, the
-upstream pools, the tunnel watch, the audit writer, the change listener and the metrics
-refresher. They are closed in the reverse order, and so are those already open when a later
-step fails. This is also the composition root of the metrics: it registers their sources.
+upstream pools, the tunnel watch, the audit writer, the change listener, the metrics
+refresher and the readiness probe. They are closed in the reverse order, and so are those
+already open when a later step fails. This is also the composition root of the metrics: it
+registers their sources.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from tokenward.gateway.cache import ChangeListener, VerificationCache
 from tokenward.gateway.decision import Authenticator
 from tokenward.gateway.embedded import EmbeddedServer, start_embedded
 from tokenward.gateway.logs import LogOutput, process_output
-from tokenward.gateway.metrics import BuildInfo, Metrics, count_expiring
+from tokenward.gateway.metrics import Metrics, count_expiring
 from tokenward.gateway.proxy import Forwarder
+from tokenward.gateway.readiness import Readiness
 from tokenward.gateway.settings import ConfigError, Settings, load_settings
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_connect import connect
@@ -56,6 +58,7 @@ class Runtime:
     metrics: Metrics
     forwarder: Forwarder
     tunnels: TunnelWatch
+    readiness: Readiness
     log: LogOutput | None  # where this runtime logs (None: structlog's own set-up)
     embedded: EmbeddedServer | None  # the embedded store this runtime started (None: not ours)
     store_description: str
@@ -172,6 +175,7 @@ async def _open(
         metrics=metrics,
         forwarder=forwarder,
         tunnels=tunnels,
+        readiness=Readiness(store, settings.redis.stale_if_error),
         log=output,
         embedded=embedded,
         store_description=f"{where} (persistence: {persistence})",
@@ -195,6 +199,8 @@ async def _open(
     warn_unverified(settings.upstreams)
     await metrics.start(lambda: count_expiring(runtime))
     stack.push_async_callback(metrics.stop)
+    await runtime.readiness.start()
+    stack.push_async_callback(runtime.readiness.stop)
     return runtime
 
 
@@ -203,6 +209,7 @@ def register_metrics(runtime: Runtime) -> None:
     reload's new settings are what `tokenward_routes` shows)."""
     metrics, stats, output = runtime.metrics, runtime.cache.stats, runtime.log
     counter, gauge = metrics.counter, metrics.gauge
+    metrics.info("tokenward_build", "tokenward's version (value 1)", {"version": version()})
     counter("tokenward_cache_hits", "Verification cache hits", lambda: stats.hits)
     counter("tokenward_cache_misses", "Verification cache misses", lambda: stats.misses)
     counter("tokenward_cache_invalidations", "Cache entries dropped on change notifications",
@@ -219,6 +226,9 @@ def register_metrics(runtime: Runtime) -> None:
     counter("tokenward_log_dropped",
             "Log lines dropped because the log's reader did not keep up (the log says how many)",
             lambda: output.dropped if output is not None else 0)
+    counter("tokenward_audit_dropped",
+            "Audit events not queued for the audit stream because its buffer was full (logged all the same)",
+            lambda: runtime.audit.dropped)
     counter("tokenward_config_reloads", "Successful config reloads", lambda: runtime.reloads)
     counter("tokenward_config_reload_failures", "Config reloads refused (bad file)", lambda: runtime.reload_failures)
     gauge("tokenward_store_up",
@@ -229,5 +239,9 @@ def register_metrics(runtime: Runtime) -> None:
     gauge("tokenward_tokens_expiring_soon", "Active tokens expiring within 14 days",
           lambda: float(metrics.expiring_tokens))
     gauge("tokenward_routes", "Routes in the loaded config", lambda: float(len(runtime.settings.routes)))
+    gauge("tokenward_requests_in_flight", "Gateway requests being handled (open WebSocket tunnels included)",
+          lambda: float(metrics.in_flight))
+    gauge("tokenward_tunnels_open", "Open WebSocket tunnels", lambda: float(len(runtime.tunnels.open)))
+    gauge("tokenward_ready", "1 while this process is ready (what /readyz says of it)",
+          lambda: float(not runtime.readiness.reasons()))
     metrics.lags(runtime.listener.lags)
-    metrics.registry.register(BuildInfo(version()))

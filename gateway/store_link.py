@@ -72,6 +72,7 @@ class StoreLink:
         self.persistence = ""  # from check_durability()
         self.durability_warning: str | None = None  # confirmed writes a store crash can lose
         self.errors = 0  # store errors seen, for the metric
+        self.answered = 0  # calls that succeeded (the readiness probe pings only an idle link)
         # Reachability, as a state with one log line per change (not one per failed call).
         self.up = True
         self.outages = 0
@@ -108,6 +109,7 @@ class StoreLink:
             self.errors += 1
             self._failed(exc)
             raise StoreUnavailable(f"store unreachable: {type(exc).__name__}") from exc
+        self.answered += 1
         if not self.up:
             self._succeeded()
         return result
@@ -129,6 +131,10 @@ class StoreLink:
         if now - self._last_failure >= STATE_SETTLE:
             self.up = True
             log.info("store reachable again", down_for_s=round(now - self._down_since, 2))
+
+    def down_for(self) -> float:
+        """Seconds since the current outage began (0 while the store counts as reachable)."""
+        return 0.0 if self.up else time.monotonic() - self._down_since
 
     async def ping(self) -> bool:
         return bool(await self._call(self.client.ping))

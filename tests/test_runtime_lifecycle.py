@@ -158,7 +158,7 @@ def test_metrics_read_registered_sources() -> None:
         for family in text_string_to_metric_families(metrics.render().decode())
         for sample in family.samples
     }
-    assert samples[("demo_hits_total", (("worker", "3"),))] == 5
+    assert samples[("demo_hits_total", ())] == 5  # counters are summed over workers: no label
     assert samples[("demo_up", (("worker", "3"),))] == 1.0
     assert samples[("tokenward_invalidation_lag_seconds_count", ())] == 2
     assert lags == []  # observed once

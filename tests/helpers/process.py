@@ -101,8 +101,9 @@ async def bootstrap_admin(path: Path, org: str = "acme") -> str:
 
 
 async def wait_ready(session: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process) -> None:
-    """Until `url` answers 200; fails if the process exits first."""
-    for _ in range(200):
+    """Until `url` answers 200; fails if the process exits first. (Under --workers /readyz
+    is 200 once every worker serves: spawning them all can take a while on a busy machine.)"""
+    for _ in range(600):
         if process.returncode is not None:
             raise AssertionError(f"serve exited with {process.returncode}")
         try:

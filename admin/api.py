@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenward import api_audit, api_teams, api_tokens, health, version
+from tokenward import api_audit, api_teams, api_tokens, health, schema, version
 from tokenward.endpoints import (
     MAX_BODY,
     Call,
@@ -62,7 +62,7 @@ async def healthz(call: Call) -> web.Response:
     "Ready for traffic: config loaded, listeners serving, store reachable or unreachable for less "
     "than redis.stale_if_error; under --workers, every worker",
     permission=None,
-    responses={200: health.READINESS, 503: health.NOT_READY},
+    responses={200: schema.READINESS, 503: schema.NOT_READY},
 )
 async def readyz(call: Call) -> web.Response:
     return health.readyz_response(call.runtime, call.request.app.get(BOARD), call.request_id)

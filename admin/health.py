@@ -26,48 +26,7 @@ from aiohttp import web
 from tokenward.gateway.metrics import exposition, merge
 from tokenward.gateway.refusal import Refusal, error_body, error_headers
 from tokenward.gateway.runtime import Runtime
-from tokenward.schema import Schema
 from tokenward.worker_board import STALE_AFTER, Board
-
-STORE_STATE: Schema = {
-    "type": "object",
-    "properties": {
-        "up": {"type": "boolean"},
-        "down_for_s": {"type": "number"},
-        "stale_if_error_s": {"type": "number"},
-        "persistence": {"type": "string"},
-        "crash_safe_writes": {"type": "boolean"},
-        "warning": {"type": "string"},
-    },
-    "required": ["up", "down_for_s", "stale_if_error_s"],
-}
-WORKER_STATE: Schema = {
-    "type": "object",
-    "properties": {
-        "worker": {"type": "integer"},
-        "pid": {"type": "integer"},
-        "status": {"type": "string", "enum": ["ready", "not_ready"]},
-        "reasons": {"type": "array", "items": {"type": "string"}},
-        "report_age_s": {"type": "number"},
-        "store": STORE_STATE,
-    },
-    "required": ["worker", "status", "reasons"],
-}
-READINESS: Schema = {
-    "type": "object",
-    "properties": {
-        "status": {"type": "string", "enum": ["ready", "not_ready"]},
-        "reasons": {"type": "array", "items": {"type": "string"}},
-        "routes": {"type": "integer"},
-        "store": STORE_STATE,
-        "workers": {"type": "array", "items": WORKER_STATE},
-        "error": {"type": "string"},
-        "message": {"type": "string"},
-        "request_id": {"type": "string"},
-    },
-    "required": ["status", "reasons", "routes", "store"],
-}
-NOT_READY: Schema = {**READINESS, "required": ["error", "message", "status", "reasons", "routes", "store"]}
 
 
 def store_details(runtime: Runtime) -> dict[str, Any]:

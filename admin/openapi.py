@@ -118,6 +118,8 @@ def published(s: schema.Schema, top: schema.Schema | None = None) -> schema.Sche
             out[key] = {prop: published(sub) for prop, sub in value.items()}
         elif key in ("items", "additionalProperties") and isinstance(value, dict):
             out[key] = published(value)
+        elif key in ("allOf", "anyOf", "oneOf") and isinstance(value, list):
+            out[key] = [published(sub) for sub in value]
         elif isinstance(value, list):
             out[key] = list(value)
         else:

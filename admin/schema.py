@@ -357,6 +357,46 @@ TOKEN_REVOKE: Schema = {
     "additionalProperties": False,
 }
 
+# -- /readyz -------------------------------------------------------------------------------------
+STORE_STATE: Schema = {
+    "type": "object",
+    "properties": {
+        "up": {"type": "boolean"},
+        "down_for_s": {"type": "number"},
+        "stale_if_error_s": {"type": "number"},
+        "persistence": {"type": "string"},
+        "crash_safe_writes": {"type": "boolean"},
+        "warning": {"type": "string"},
+    },
+    "required": ["up", "down_for_s", "stale_if_error_s"],
+}
+WORKER_STATE: Schema = {
+    "type": "object",
+    "properties": {
+        "worker": {"type": "integer"},
+        "pid": {"type": "integer"},
+        "status": {"type": "string", "enum": ["ready", "not_ready"]},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+        "report_age_s": {"type": "number"},
+        "store": STORE_STATE,
+    },
+    "required": ["worker", "status", "reasons"],
+}
+READINESS: Schema = {
+    "type": "object",
+    "description": "what /readyz reports: ready or not, why, and the store's and each worker's state",
+    "properties": {
+        "status": {"type": "string", "enum": ["ready", "not_ready"]},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+        "routes": {"type": "integer"},
+        "store": STORE_STATE,
+        "workers": {"type": "array", "items": WORKER_STATE},
+    },
+    "required": ["status", "reasons", "routes", "store"],
+}
+NOT_READY: Schema = {"allOf": [ERROR, READINESS], "description": "not ready: the error body and the report"}
+
+
 # -- the named schemas: `components/schemas` of the OpenAPI document ---------------------------
 SCHEMAS: dict[str, Schema] = {
     "Error": ERROR,
@@ -387,6 +427,10 @@ SCHEMAS: dict[str, Schema] = {
     "LeakReport": LEAKS,
     "LeakOutcome": LEAK_OUTCOME,
     "LeakResults": LEAKS_RESULT,
+    "StoreState": STORE_STATE,
+    "WorkerState": WORKER_STATE,
+    "Readiness": READINESS,
+    "NotReady": NOT_READY,
 }
 
 __all__ = ["PRINTABLE", "SCHEMAS", "SLUG", "Schema", "ValidationError", "anchored", "validate"]

@@ -24,6 +24,7 @@ from tokenward.gateway.app import HeadDeadlineHandler, create_proxy_server
 from tokenward.gateway.embedded import EmbeddedServer, EmbeddedStoreError
 from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.settings import Settings
+from tokenward.gateway.tracing import Tracing
 
 log = structlog.get_logger("tokenward")
 
@@ -65,9 +66,12 @@ class Server:
         worker: int | None = None,
         config_path: str | None = None,
         log_stream: Any = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """`log_stream`: this server's own log output for its audit events (default: the
-        process's, see configure_logging)."""
+        process's, see configure_logging). `tracing`: its tracer (tests; default: what the
+        config and the OTEL_* environment ask for)."""
+        self.tracing = tracing
         self.worker = worker
         self.log_stream = log_stream
         self.config_path = config_path
@@ -98,7 +102,9 @@ class Server:
         tasks, the tunnels, the proxy listener (draining), the admin listener, the runtime."""
         require_c_parser(self.settings.allow_python_parser)
         stack = self._resources
-        runtime = await Runtime.open(self.settings, self.redis_url, worker=self.worker, log_stream=self.log_stream)
+        runtime = await Runtime.open(
+            self.settings, self.redis_url, worker=self.worker, log_stream=self.log_stream, tracing=self.tracing
+        )
         stack.push_async_callback(runtime.close)
         self.runtime = runtime
         proxy_runner = web.ServerRunner(

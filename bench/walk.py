@@ -31,18 +31,19 @@ import sys
 import tempfile
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from tokenward.api import issue_token
+from tokenward.service import issue_token
 from tokenward.demo import echo_app
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.gateway.server import Server
+from tokenward.server import Server
 from tokenward.gateway.settings import settings_from_dict
 
 HANDLERS = {"handle"}  # the gateway listener's request handler (ProxyHandler / Pipeline)
@@ -127,10 +128,11 @@ async def walk(max_depth: int, timed: int = 0, tracing: str = "off") -> list[str
                     "resource": {"org": "org", "team": "team"},
                 }
             ],
-            "tracing": {"enabled": tracing != "off"},
         },
         "walk",
     )
+    if tracing != "off":  # (off: no `tracing` key, so that an older tree can be walked too)
+        settings = replace(settings, tracing=replace(settings.tracing, enabled=True))
     server = Server(settings, redis_url=valkey.url, shutdown_timeout=1.0)
     runtime = await server.start()
     stops: list[str] = []

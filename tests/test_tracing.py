@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from multidict import CIMultiDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -42,7 +41,7 @@ from tests.helpers.process import (
     stop,
     wait_ready,
 )
-from tests.helpers.rawhttp import Recorder
+from tests.helpers.rawhttp import Recorder, raw, request
 from tokenward.gateway.embedded import free_port
 from tokenward.gateway.otel import OtelTracing
 from tokenward.gateway.settings import ConfigError, TracingSettings, settings_from_dict
@@ -101,10 +100,11 @@ def upstream_headers(recorder: Recorder) -> dict[str, list[str]]:
     return headers
 
 
-def traceparent(value: str) -> tuple[str, str, str]:
+def traceparent(value: str) -> tuple[str, str, bool]:
+    """(trace id, parent id, sampled) of a W3C traceparent."""
     version, trace_id, parent_id, flags = value.split("-")
-    assert version == "00"
-    return trace_id, parent_id, flags
+    assert version == "00" and len(flags) == 2
+    return trace_id, parent_id, bool(int(flags, 16) & 1)
 
 
 async def platform(gw: Gateway, scopes: tuple[str, ...] = ("read:apis",)) -> tuple[str, str]:
@@ -158,7 +158,7 @@ async def test_a_forwarded_request_is_a_server_span_with_the_upstream_call_under
     # the upstream got the client span's context; the request id is the trace id
     sent = upstream_headers(recorder)
     [value] = sent["traceparent"]
-    assert traceparent(value) == (trace_id, format_span_id(client.context.span_id), "01")
+    assert traceparent(value) == (trace_id, format_span_id(client.context.span_id), True)
     assert "tracestate" not in sent
     assert headers["X-Request-Id"] == trace_id == sent["x-request-id"][0]
     [event] = logs.events("request.allowed")
@@ -236,6 +236,26 @@ async def test_an_unreachable_upstream_is_an_error_on_both_spans(start_traced: S
     assert server.attributes["http.response.status_code"] == 502
 
 
+async def test_a_forward_auth_answer_is_a_span_of_the_request_asked_about(
+    start_traced: Start, recorder: Recorder
+) -> None:
+    config = base_config(recorder.port)
+    config["trusted_proxies"] = ["127.0.0.1/32"]
+    gw, exporter = await start_traced(config)
+    token, token_id = await platform(gw)
+    asked = {**gw.auth(token), "X-Original-Method": "GET", "X-Original-URI": APIS, **INBOUND}
+    status, _, _ = await get(gw, "/_tokenward/verify", headers=asked)
+    assert status == 200
+    [server], clients = by_kind(exporter)
+    assert clients == [] and recorder.seen == []
+    assert server.name == "GET /orgs/{org}/teams/{team}/apis"
+    assert format_trace_id(server.context.trace_id) == INBOUND_TRACE  # the proxy is trusted
+    assert server.attributes is not None
+    assert server.attributes["tokenward.mode"] == "forward_auth"
+    assert server.attributes["tokenward.step"] == "verified"
+    assert server.attributes["tokenward.token_id"] == token_id
+
+
 # -- inbound context: whose trace a request joins -------------------------------------------------
 @pytest.mark.parametrize(
     ("trusted_proxies", "inbound_context", "continued"),
@@ -264,7 +284,7 @@ async def test_inbound_trace_context_is_continued_only_as_configured(
     trace_id = format_trace_id(server.context.trace_id)
     sent = upstream_headers(recorder)
     [value] = sent["traceparent"]
-    assert traceparent(value) == (trace_id, format_span_id(client.context.span_id), "01")
+    assert traceparent(value) == (trace_id, format_span_id(client.context.span_id), True)
     if continued:
         assert trace_id == INBOUND_TRACE
         assert server.parent is not None and format_span_id(server.parent.span_id) == INBOUND_SPAN
@@ -295,21 +315,21 @@ async def test_a_trusted_request_id_stays_the_request_id(start_traced: Start, re
 @pytest.mark.parametrize(
     "bad",
     [
-        {"traceparent": "00-00000000000000000000000000000000-00f067aa0ba902b7-01"},  # zero trace id
-        {"traceparent": "garbage"},
-        {"traceparent": f"00-{INBOUND_TRACE}-{INBOUND_SPAN}-01", "Traceparent": f"00-{'1' * 32}-{'2' * 16}-01"},
+        ["traceparent: 00-00000000000000000000000000000000-00f067aa0ba902b7-01"],  # zero trace id
+        ["traceparent: garbage"],
+        [f"traceparent: 00-{INBOUND_TRACE}-{INBOUND_SPAN}-01", f"traceparent: 00-{'1' * 32}-{'2' * 16}-01"],
     ],
 )
 async def test_an_invalid_or_repeated_traceparent_is_ignored(
-    start_traced: Start, recorder: Recorder, bad: dict[str, str]
+    start_traced: Start, recorder: Recorder, bad: list[str]
 ) -> None:
     config = base_config(recorder.port)
     config["tracing"] = {"inbound_context": "all"}
     gw, exporter = await start_traced(config)
     token, _ = await platform(gw)
-    headers = [("Authorization", f"Bearer {token}"), *bad.items()]
-    async with gw.session.get(gw.url + APIS, headers=CIMultiDict(headers)) as response:
-        assert response.status == 200
+    port = gw.server.proxy_port
+    status, _, _ = await raw(port, request(APIS, f"127.0.0.1:{port}", token, *bad))
+    assert status == 200
     [server], [client] = by_kind(exporter)
     assert server.parent is None and server.links == ()
     [value] = upstream_headers(recorder)["traceparent"]  # only ours reaches the upstream
@@ -394,8 +414,8 @@ async def test_the_environment_configures_the_sampler(
         await server.stop()
     assert status == 200
     [value] = upstream_headers(recorder)["traceparent"]
-    trace_id, _, flags = traceparent(value)
-    assert flags == "00"
+    trace_id, _, sampled = traceparent(value)
+    assert not sampled
     [event] = logs.events("request.allowed")
     assert event["trace_id"] == trace_id == headers["X-Request-Id"]
 
@@ -423,7 +443,24 @@ async def test_tracing_off_leaves_the_request_path_as_it_was(
 
 NO_OTEL_SCRIPT = textwrap.dedent(
     """
-    import asyncio, sys
+    import sys
+
+    class NoOpenTelemetry:
+        # as in the base install: no opentelemetry; remembers which module tried
+        tried = []
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] != "opentelemetry":
+                return None
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_globals.get("__name__", "").startswith(("importlib", "_frozen")):
+                frame = frame.f_back
+            self.tried.append(frame.f_globals.get("__name__", "?") if frame is not None else "?")
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    sys.meta_path.insert(0, NoOpenTelemetry())
+
+    import asyncio
     import aiohttp
     from tokenward.gateway.records import TeamRecord
     from tokenward.gateway.scopes import parse_scopes
@@ -446,7 +483,9 @@ NO_OTEL_SCRIPT = textwrap.dedent(
                         print(r.status)
         finally:
             await server.stop()
-        print(sorted(name for name in sys.modules if name.startswith("opentelemetry")))
+        print(sorted(name for name in sys.modules if name.startswith(("opentelemetry", "tokenward.gateway.otel"))))
+        print(sorted({name for name in NoOpenTelemetry.tried if name.startswith("tokenward")}))
+        print(len(NoOpenTelemetry.tried) > 0)  # redis-py looked for it
 
     asyncio.run(main(sys.argv[1], int(sys.argv[2])))
     """
@@ -454,8 +493,9 @@ NO_OTEL_SCRIPT = textwrap.dedent(
 
 
 async def test_tracing_off_never_imports_opentelemetry(redis_url: str, recorder: Recorder) -> None:
-    """The base install has no OpenTelemetry: with tracing off, starting tokenward and
-    serving requests (allowed, refused, with a traceparent) imports none of it."""
+    """The base install has no OpenTelemetry: with tracing off, tokenward starts and serves
+    requests (allowed, refused, with a traceparent) where it cannot be imported, and no
+    tokenward module even tries (redis-py looks for it on its own, and copes)."""
     env = {k: v for k, v in env_for_subprocess().items() if not k.startswith("OTEL_")}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", NO_OTEL_SCRIPT, redis_url, str(recorder.port), INBOUND["traceparent"],
@@ -463,7 +503,7 @@ async def test_tracing_off_never_imports_opentelemetry(redis_url: str, recorder:
     )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, err.decode()
-    assert out.decode().split() == ["200", "401", "[]"]
+    assert out.decode().split() == ["200", "401", "[]", "[]", "True"]
 
 
 # -- a real OTLP receiver -------------------------------------------------------------------------

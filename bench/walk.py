@@ -38,13 +38,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tokenward.service import issue_token
 from tokenward.demo import echo_app
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
-from tokenward.server import Server
 from tokenward.gateway.settings import settings_from_dict
+from tokenward.server import Server
+from tokenward.service import issue_token
 
 HANDLERS = {"handle"}  # the gateway listener's request handler (ProxyHandler / Pipeline)
 

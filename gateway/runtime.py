@@ -4,9 +4,10 @@ admin API, opened as one lifecycle.
 `open_runtime(settings)` (or `Runtime.open` / `Runtime.close` for an owner whose start and
 stop are separate calls) opens each resource in order on one AsyncExitStack: the runtime's
 own log output (when given a stream), the embedded store, the store connection, the
-upstream pools, the tunnel watch, the audit writer, the change listener and the metrics
-refresher. They are closed in the reverse order, and so are those already open when a later
-step fails. This is also the composition root of the metrics: it registers their sources.
+upstream pools, the tracer (when tracing is on: gateway/tracing.py), the tunnel watch, the
+audit writer, the change listener and the metrics refresher. They are closed in the reverse
+order, and so are those already open when a later step fails. This is also the composition
+root of the metrics: it registers their sources.
 """
 
 from __future__ import annotations

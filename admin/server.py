@@ -26,6 +26,7 @@ from tokenward.gateway.app import HeadDeadlineHandler, create_proxy_server
 from tokenward.gateway.embedded import EmbeddedServer, EmbeddedStoreError
 from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.settings import Settings
+from tokenward.gateway.tracing import Tracing
 from tokenward.gateway.upstream_tls import tls_files
 from tokenward.health import publish
 from tokenward.worker_board import BOARD, PUBLISH_INTERVAL, Board
@@ -71,10 +72,13 @@ class Server:
         config_path: str | None = None,
         log_stream: Any = None,
         board: Board | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """`log_stream`: this server's own log output for its audit events (default: the
         process's, see configure_logging). `board`: under --workers, where the workers
-        report to each other (tokenward.worker_board)."""
+        report to each other (tokenward.worker_board). `tracing`: its tracer (tests;
+        default: what the config and the OTEL_* environment ask for)."""
+        self.tracing = tracing
         self.worker = worker
         self.board = board
         self.log_stream = log_stream
@@ -106,7 +110,9 @@ class Server:
         tasks, the tunnels, the proxy listener (draining), the admin listener, the runtime."""
         require_c_parser(self.settings.allow_python_parser)
         stack = self._resources
-        runtime = await Runtime.open(self.settings, self.redis_url, worker=self.worker, log_stream=self.log_stream)
+        runtime = await Runtime.open(
+            self.settings, self.redis_url, worker=self.worker, log_stream=self.log_stream, tracing=self.tracing
+        )
         stack.push_async_callback(runtime.close)
         self.runtime = runtime
         if self.board is not None:

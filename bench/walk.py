@@ -3,6 +3,7 @@
     .venv/bin/python bench/walk.py             # the walk, then its figures
     .venv/bin/python bench/walk.py --depth 2   # only the handler and what it calls, 2 levels down
     .venv/bin/python bench/walk.py --time 2000 # also this process's CPU time per request
+    .venv/bin/python bench/walk.py --depth 0 --time 3000 --tracing otlp   # the same, traced
 
 Starts Valkey, an echo upstream and a gateway in this process, sends one cached-token
 `GET /orgs/acme/teams/core/apis` (after a first one that fills the cache), and records every
@@ -11,17 +12,26 @@ after an await is the same stop). Prints the stops in order as `module.function`
 many stops, how many modules, and how many times the walk went back to a module it had left.
 To walk an older tree, put it first on the path (`PYTHONPATH=/tmp/old-tree`, a tree where
 `tokenward/` is admin/ and `tokenward/gateway/` is gateway/).
+
+`--tracing none`: tracing on, every span made and sampled, no exporter; `--tracing otlp`:
+also exported over OTLP/HTTP (protobuf, in the SDK's batch thread, which this process's CPU
+time includes) to a sink in another process. Off by default, as in tokenward.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
+import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +43,6 @@ from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.settings import settings_from_dict
-from tokenward.server import Server
-from tokenward.service import issue_token
 
 try:
     from tokenward.server import Server
@@ -69,7 +77,39 @@ def handler_depth(frame: types.FrameType) -> int | None:
     return None
 
 
-async def walk(max_depth: int, timed: int = 0) -> list[str]:
+# An OTLP/HTTP receiver that reads each batch and answers 200, in its own process.
+SINK = """
+import sys
+from aiohttp import web
+
+async def ok(request):
+    await request.read()
+    return web.Response(content_type="application/x-protobuf")
+
+app = web.Application()
+app.router.add_post("/v1/traces", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def start_sink() -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, "-c", SINK, str(port)])
+    for _ in range(200):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+            return sink, port
+        time.sleep(0.05)
+    sink.kill()
+    raise RuntimeError("the OTLP sink did not start")
+
+
+async def walk(max_depth: int, timed: int = 0, tracing: str = "off") -> list[str]:
+    sink = None
+    if tracing != "off":
+        os.environ["OTEL_TRACES_EXPORTER"] = tracing
+        if tracing == "otlp":
+            sink, sink_port = start_sink()
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
     data = Path(tempfile.mkdtemp(prefix="tokenward-walk-"))
     valkey = EmbeddedServer(data, port=free_port())
     valkey.start()
@@ -96,6 +136,8 @@ async def walk(max_depth: int, timed: int = 0) -> list[str]:
         },
         "walk",
     )
+    if tracing != "off":  # (off: no `tracing` key, so that an older tree can be walked too)
+        settings = replace(settings, tracing=replace(settings.tracing, enabled=True))
     server = Server(settings, redis_url=valkey.url, shutdown_timeout=1.0)
     runtime = await server.start()
     stops: list[str] = []
@@ -136,6 +178,9 @@ async def walk(max_depth: int, timed: int = 0) -> list[str]:
         await server.stop()
         await upstream.cleanup()
         valkey.stop()
+        if sink is not None:
+            sink.terminate()
+            sink.wait()
     return stops
 
 
@@ -171,8 +216,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--depth", type=int, default=99, help="levels below the handler (default: all)")
     parser.add_argument("--time", type=int, default=0, metavar="N", help="first, CPU time per request over N requests")
+    parser.add_argument(
+        "--tracing",
+        choices=("off", "none", "otlp"),
+        default="off",
+        help="tracing on: spans without an exporter (none), or exported to an OTLP sink process (otlp)",
+    )
     args = parser.parse_args()
-    stops = asyncio.run(walk(args.depth, args.time))
+    stops = asyncio.run(walk(args.depth, args.time, args.tracing))
     for n, stop in enumerate(stops, 1):
         print(f"{n:3d}  {stop}")
     count, modules, returns, elsewhere = figures(stops)

@@ -10,13 +10,15 @@ The proxy pipeline (`tokenward.gateway.pipeline`) visits each concern once, in o
 5. **audit**.
 
 Each step reads what the previous ones put in the `Exchange` and adds its own result; no
-step reads the trust, the request id or the target from the raw request again.
+step reads the trust, the request id or the target from the raw request again. With tracing
+on, the exchange also carries its `RequestTrace` (gateway/tracing.py); off, that is None.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import parse_qsl, unquote_plus
 
 from aiohttp import web
@@ -27,7 +29,7 @@ from tokenward.gateway.headers import HeaderPolicy
 from tokenward.gateway.paths import PathError, Target, parse_target
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import HTTP_METHODS
-from tokenward.gateway.settings import Limits, Settings
+from tokenward.gateway.settings import Limits, Settings, Upstream
 from tokenward.gateway.tokens import contains_bare_token
 
 VERIFY_PATH = "/_tokenward/verify"
@@ -45,6 +47,22 @@ class SettingsView:
         self.trust = TrustedProxies(settings.trusted_proxies)
         self.headers = HeaderPolicy(settings.strip_headers, settings.forward_authorization)
         self.prefixes = settings.tokens.accepted_prefixes
+
+
+class RequestTrace(Protocol):
+    """One request's trace, while tracing is on (the implementation: gateway/otel.py)."""
+
+    @property
+    def trace_id(self) -> str: ...  # 32 hex digits, for the audit event
+
+    def call_upstream(self, ex: Exchange, upstream: Upstream) -> None:
+        """The forward step is about to call `upstream` (a child span)."""
+
+    def inject(self, headers: list[tuple[str, str]]) -> None:
+        """Replace any trace context in the upstream request's `headers` with this trace's."""
+
+    def finish(self, ex: Exchange) -> None:
+        """The audit step: the request's outcome, and its spans end."""
 
 
 @dataclass(slots=True)
@@ -85,6 +103,7 @@ class Exchange:
     abort_error: str = ""
     response_bytes: int = 0  # the body of a response sent whole (a streamed one counts bytes_sent)
     upstream_seconds: float | None = None  # from sending the request to the upstream's response head
+    trace: RequestTrace | None = None  # tracing on: this request's spans
 
 
 # -- 1. edge ------------------------------------------------------------------------------------

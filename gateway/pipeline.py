@@ -38,6 +38,7 @@ from tokenward.gateway.paths import PathError
 from tokenward.gateway.proxy import Forwarder
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.settings import Settings, Upstream
+from tokenward.gateway.tracing import Tracing
 from tokenward.gateway.tunnel import Tunnel, TunnelWatch, is_websocket_upgrade
 
 log = structlog.get_logger("tokenward")
@@ -83,6 +84,8 @@ class Services(Protocol):
     def forwarder(self) -> Forwarder | None: ...
     @property
     def tunnels(self) -> TunnelWatch | None: ...
+    @property
+    def tracing(self) -> Tracing | None: ...  # None: tracing is off
 
 
 class Pipeline:
@@ -105,7 +108,10 @@ class Pipeline:
         ex = open_exchange(request, view)  # 1. edge
         metrics = runtime.metrics
         metrics.in_flight += 1
+        tracing = runtime.tracing
         try:
+            if tracing is not None:
+                tracing.start(ex)  # the request's span (sets ex.trace)
             check_request(request, settings.limits)
             if ex.path.startswith(VERIFY_PATH):  # forward-auth: answer instead of forwarding
                 ask_forward_auth(ex)  # 2. target (the one asked about)
@@ -115,6 +121,8 @@ class Pipeline:
             read_target(ex)  # 2. target
             await self.decide(ex)  # 3. decision
             upstream = settings.upstreams[ex.upstream]
+            if ex.trace is not None:
+                ex.trace.call_upstream(ex, upstream)
             if ex.websocket and is_websocket_upgrade(request):
                 return await self.tunnel(ex, upstream)  # 4. forward, as a tunnel
             forwarder = runtime.forwarder
@@ -206,6 +214,9 @@ class Pipeline:
             aborted["bytes_sent"] = ex.bytes_sent
         caller = principal_fields(ex.principal)
         extra: dict[str, Any] = {"client_request_id": ex.client_request_id} if ex.client_request_id is not None else {}
+        if ex.trace is not None:
+            ex.trace.finish(ex)
+            extra["trace_id"] = ex.trace.trace_id
         runtime = self.runtime
         now = time.perf_counter()
         # the gateway's own time: until the decision let it through, else until now

@@ -119,6 +119,8 @@ def upstream_headers(ex: Exchange, host: str, identity: IdentityHeaders | None =
     out.append(("X-Request-Id", ex.request_id))
     if ex.principal is not None:
         out.extend((identity or identity_headers)(ex.principal).items())
+    if ex.trace is not None:  # tracing on: this request's trace context replaces the client's
+        ex.trace.inject(out)
     return out
 
 

@@ -4,10 +4,10 @@ admin API, opened as one lifecycle.
 `open_runtime(settings)` (or `Runtime.open` / `Runtime.close` for an owner whose start and
 stop are separate calls) opens each resource in order on one AsyncExitStack: the runtime's
 own log output (when given a stream), the embedded store, the store connection, the
-upstream pools, the tunnel watch, the audit writer, the change listener, the metrics
-refresher and the readiness probe. They are closed in the reverse order, and so are those
-already open when a later step fails. This is also the composition root of the metrics: it
-registers their sources.
+upstream pools, the tracer (when tracing is on: gateway/tracing.py), the tunnel watch, the
+audit writer, the change listener, the metrics refresher and the readiness probe. They are
+closed in the reverse order, and so are those already open when a later step fails. This is
+also the composition root of the metrics: it registers their sources.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from tokenward.gateway.settings import ConfigError, Settings, load_settings
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_connect import connect
 from tokenward.gateway.tokens import SecretHasher
+from tokenward.gateway.tracing import Tracing, open_tracing
 from tokenward.gateway.tunnel import TunnelWatch
 from tokenward.gateway.upstream_limit import PoolGauges
 from tokenward.gateway.upstream_tls import warn_unverified
@@ -64,22 +65,31 @@ class Runtime:
     store_description: str
     resources: AsyncExitStack = field(repr=False)  # closes what `open` opened, in reverse
     started_at: float = field(default_factory=time.time)
+    tracing: Tracing | None = None  # None: tracing is off (gateway/tracing.py)
     reloads: int = 0
     reload_failures: int = 0
 
     @classmethod
     async def open(
-        cls, settings: Settings, redis_url: str | None = None, *, worker: int | None = None, log_stream: Any = None
+        cls,
+        settings: Settings,
+        redis_url: str | None = None,
+        *,
+        worker: int | None = None,
+        log_stream: Any = None,
+        tracing: Tracing | None = None,
     ) -> Runtime:
         """Open every resource (starting the embedded store if needed); on any failure,
         close those already open before raising.
 
         `redis_url`: one server given by the caller (tests, `serve --workers`), instead of
         the config's. `worker`: the metrics' `worker` label. `log_stream`: this runtime's own
-        log output (opened and closed with it) instead of the process's (configure_logging)."""
+        log output (opened and closed with it) instead of the process's (configure_logging).
+        `tracing`: this runtime's tracer (tests), instead of the one `settings.tracing` and the
+        OTEL_* environment ask for; closed with the runtime either way."""
         stack = AsyncExitStack()
         try:
-            return await _open(stack, settings, redis_url, worker, log_stream)
+            return await _open(stack, settings, redis_url, worker, log_stream, tracing)
         except BaseException:
             await stack.aclose()
             raise
@@ -99,7 +109,7 @@ class Runtime:
             log.error("config reload failed; keeping the current config", problems=exc.problems)
             return False
         old = self.settings
-        fixed = ("listen", "admin_listen", "redis", "data_dir", "allow_python_parser")
+        fixed = ("listen", "admin_listen", "redis", "data_dir", "allow_python_parser", "tracing")
         changed = [name for name in fixed if getattr(new, name) != getattr(old, name)]
         if changed:
             log.warning("config reload: these settings need a restart and were not applied", settings=changed)
@@ -131,7 +141,12 @@ async def open_runtime(
 
 
 async def _open(
-    stack: AsyncExitStack, settings: Settings, redis_url: str | None, worker: int | None, log_stream: Any
+    stack: AsyncExitStack,
+    settings: Settings,
+    redis_url: str | None,
+    worker: int | None,
+    log_stream: Any,
+    tracing: Tracing | None = None,
 ) -> Runtime:
     output = process_output()
     if log_stream is not None:
@@ -160,6 +175,10 @@ async def _open(
     metrics = Metrics(str(worker or 0))
     forwarder = Forwarder(metrics.upstream_latency)
     stack.callback(forwarder.close)
+    if tracing is None:
+        tracing = open_tracing(settings.tracing)
+    if tracing is not None:
+        stack.push_async_callback(tracing.close)
     tunnels = TunnelWatch(cache)
     stack.push_async_callback(tunnels.stop)
     audit = AuditLog(store, settings.audit.stream_maxlen, output=output)
@@ -180,6 +199,7 @@ async def _open(
         embedded=embedded,
         store_description=f"{where} (persistence: {persistence})",
         resources=stack,
+        tracing=tracing,
     )
     if persistence in WEAK_PERSISTENCE:
         log.warning(

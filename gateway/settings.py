@@ -12,6 +12,7 @@ is checked by route_config.py.
 
 from __future__ import annotations
 
+import importlib.metadata
 import ipaddress
 import os
 import re
@@ -364,6 +365,36 @@ class AuditSettings:
     stream_maxlen: int = setting(100_000, integer(100, 100_000_000))
 
 
+def _on_off_auto(value: object) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return None
+    raise ValueError(f"{value!r} is not allowed: expected true, false or auto")
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """OpenTelemetry tracing (the `otel` extra; gateway/tracing.py). The exporter, endpoint,
+    service name and sampler come from the standard OTEL_* variables."""
+
+    # auto (None): on when OTEL_TRACES_EXPORTER (not none) or an OTLP endpoint is set
+    enabled: bool | None = setting(None, _on_off_auto)
+    # whose W3C traceparent a request's span continues; from anyone else it is only a link
+    inbound_context: str = setting("trusted_proxies", one_of("trusted_proxies", "all", "none"))
+
+
+@rule(TracingSettings)
+def _tracing_installed(checker: Checker, tracing: TracingSettings, given: Mapping[str, Any], loc: str) -> None:
+    if tracing.enabled:
+        try:
+            importlib.metadata.distribution("opentelemetry-sdk")
+        except importlib.metadata.PackageNotFoundError:
+            checker.problem(f"{loc}.enabled", "tracing needs OpenTelemetry: pip install 'tokenward[otel]'")
+
+
+
+
 @described(lambda d: {"type": "object", "minProperties": 1, "propertyNames": {"pattern": NAME.pattern.replace("\\Z", "$")},
                        "additionalProperties": {**d.section(Upstream), "type": "object"}})  # fmt: skip
 def _upstreams(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) -> dict[str, Upstream]:
@@ -413,6 +444,7 @@ class Settings:
     strip_headers: tuple[str, ...] = setting(
         (), decode=list_of(_strip_header, "expected a list of header names like [X-Internal-User, X-Legacy-*]")
     )
+    tracing: TracingSettings = section(TracingSettings())
 
     @property
     def routes(self) -> tuple[Route, ...]:

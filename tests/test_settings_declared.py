@@ -69,6 +69,7 @@ def test_settings_keys_are_the_documented_ones() -> None:
         settings_from_dict(MINIMAL | {"colour": 1})
     assert info.value.problems == [
         "colour: unknown key; allowed keys: listen, admin_listen, redis, data_dir, tokens, trusted_proxies, "
-        "forward_authorization, upstreams, routes, log, audit, limits, allow_python_parser, strip_headers"
+        "forward_authorization, upstreams, routes, log, audit, limits, allow_python_parser, strip_headers, "
+        "tracing"
     ]
     assert "source" not in {f.metadata.get("key", f.name) for f in fields(Settings) if f.metadata}

@@ -365,6 +365,7 @@ class AuditSettings:
     stream_maxlen: int = setting(100_000, integer(100, 100_000_000))
 
 
+@described({"enum": [True, False, "auto"]})
 def _on_off_auto(value: object) -> bool | None:
     if isinstance(value, bool):
         return value

@@ -87,3 +87,13 @@ def test_bench_scripts_import_names_that_exist() -> None:
                     and importlib.util.find_spec(f"{node.module}.{alias.name}") is None
                 ]
     assert missing == []
+
+
+def test_the_readme_module_map_names_every_module() -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Module map") : readme.index("### One request's walk")]
+    named = set(re.findall(r"`(\w+)`", table))
+    modules = {p.stem for folder in ("gateway", "admin") for p in (ROOT / folder).glob("*.py")}
+    assert sorted(modules - named - {"__init__", "__main__"}) == []

@@ -26,6 +26,7 @@ from tokenward.gateway.app import HeadDeadlineHandler, create_proxy_server
 from tokenward.gateway.embedded import EmbeddedServer, EmbeddedStoreError
 from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.settings import Settings
+from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.gateway.tracing import Tracing
 from tokenward.gateway.upstream_tls import tls_files
 from tokenward.health import publish
@@ -379,6 +380,12 @@ def _event_loop_factory() -> Any:
 
 
 def run(settings: Settings, **options: Any) -> None:
-    """`serve_forever(settings, **options)` on a fresh event loop (uvloop when installed)."""
+    """`serve_forever(settings, **options)` on a fresh event loop (uvloop when installed). A
+    store it can't reach at start is one log line (in the log's format) and exit status 1,
+    not a traceback."""
     with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-        runner.run(serve_forever(settings, **options))
+        try:
+            runner.run(serve_forever(settings, **options))
+        except StoreUnavailable as exc:
+            log.error("tokenward could not start", error=str(exc))
+            raise SystemExit(1) from None

@@ -283,12 +283,19 @@ class Authenticator:
             return await self._shared("token", key_id, lambda: self._fetch_record(key_id))
         return record
 
+    def stale_window(self) -> float:
+        """How old a cached record may be and still be served while the store is down. A
+        record was current for `cache_ttl` after it was read, and a token verified from it
+        any time in that span must keep working for `stale_if_error` after (the promise):
+        so the two together, counted from the read; none when `stale_if_error` is off."""
+        return self.cache.ttl + self.stale_if_error if self.stale_if_error > 0 else 0.0
+
     async def _fetch_record(self, key_id: str) -> TokenRecord | None:
         epoch = self.cache.epoch
         try:
             record = await self.store.get_token(key_id)
         except StoreUnavailable:
-            record = self.cache.stale_record(key_id, self.stale_if_error)
+            record = self.cache.stale_record(key_id, self.stale_window())
             if record is None:
                 raise
             self.stale_served += 1  # store down: a recently verified token keeps working
@@ -310,7 +317,7 @@ class Authenticator:
         try:
             team = await self.store.get_team(record.org, record.team)
         except StoreUnavailable:
-            team = self.cache.stale_team(record.org, record.team, self.stale_if_error)
+            team = self.cache.stale_team(record.org, record.team, self.stale_window())
             if team is None:
                 raise
             return team

@@ -237,3 +237,18 @@ async def test_aiohttp_access_log_stays_off(gateway: Gateway, logs: LogReader) -
         request_id = response.headers["X-Request-Id"]
     await audited(logs, request_id)
     assert [e for e in logs.events() if e.get("logger") == "aiohttp.access"] == []
+
+
+async def test_a_store_unreachable_at_start_is_one_json_line(tmp_path: Path, upstream: int) -> None:
+    """`serve` that can't reach its store at start exits 1 with a log line in the log's format
+    (JSON here), never a Python traceback on stderr."""
+    from tokenward.gateway.embedded import free_port
+
+    closed = free_port()  # nothing listens there
+    cfg = serve_config(tmp_path, upstream, log={"format": "json"}, redis={"url": f"redis://127.0.0.1:{closed}/0"})
+    process = await start_serve(cfg.path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    lines = [check_line(raw) for raw in (out + err).splitlines()]
+    assert b"Traceback" not in out + err
+    assert any(line["event"] == "tokenward could not start" and line["level"] == "error" for line in lines)

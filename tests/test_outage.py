@@ -101,3 +101,32 @@ async def test_one_log_line_and_a_gauge_per_store_state_change(
         assert again["down_for_s"] >= 1.0
     finally:
         server.stop()
+
+
+async def test_the_stale_window_counts_from_the_last_verification(
+    start_gateway: Any, config: dict[str, Any], tmp_path: Path
+) -> None:
+    """With `cache_ttl` longer than `stale_if_error`, a token verified from the cache a moment
+    before the outage (from a record read earlier) keeps working: the window runs from the
+    verification, so a cached record may be up to cache_ttl + stale_if_error old. (It was
+    counted from the read: such a token got 503 while /readyz still said ready.)"""
+    server = EmbeddedServer(tmp_path / "store", port=free_port())
+    server.start()
+    config["tokens"]["cache_ttl"] = "4s"
+    config["redis"] = {"stale_if_error": "1s"}
+    gw = await start_gateway(config, url=server.url)
+    try:
+        await gw.team("platform", ["read:apis"])
+        token, _ = await gw.token("platform", ["read:apis"])
+        assert (await get(gw, token))[0] == 200  # the record is read now
+        await asyncio.sleep(1.5)  # older than stale_if_error, younger than cache_ttl
+        assert (await get(gw, token))[0] == 200  # verified again, from the cache
+        server.stop()
+        for _ in range(200):  # until the cache stops trusting itself (the push channel is down)
+            if not gw.runtime.listener.push_connected:
+                break
+            await asyncio.sleep(0.025)
+        assert not gw.runtime.listener.push_connected
+        assert (await get(gw, token))[0] == 200
+    finally:
+        server.stop()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers.gateway import APIS, Gateway, LogReader
+from tests.helpers.gateway import APIS, Gateway, LogReader, last_char_changed
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 from tokenward.gateway.tokens import generate
 
@@ -89,7 +89,7 @@ async def test_malformed_credentials_are_401(platform: Gateway, authorization: s
 
 async def test_bad_checksum_never_reaches_the_store(platform: Gateway, redis_url: str) -> None:
     token, _ = await platform.token("platform", ["read:apis"])
-    broken = token[:-1] + ("A" if token[-1] != "A" else "B")
+    broken = last_char_changed(token)
     client = redis.Redis.from_url(redis_url)
     client.config_resetstat()
     for _ in range(20):

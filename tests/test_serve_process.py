@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 import redis
 
-from tests.helpers.gateway import TEAMS, TOKENS
+from tests.helpers.gateway import TEAMS, TOKENS, last_char_changed
 from tests.helpers.process import bootstrap_admin, post_json, serve_config, start_serve, wait_ready
 from tokenward.gateway.embedded import EmbeddedServer, free_port
 
@@ -72,7 +72,7 @@ async def test_serve_flow_and_no_plaintext_anywhere(tmp_path: Path, upstream: in
                 assert r.status == 200
             async with session.post(apis, headers=bearer) as r:
                 assert r.status == 403  # team lacks write:apis
-            async with session.get(apis, headers={"Authorization": f"Bearer {token[:-1]}x"}) as r:
+            async with session.get(apis, headers={"Authorization": f"Bearer {last_char_changed(token)}"}) as r:
                 assert r.status == 401
             await post_json(session, f"{adm}{TOKENS}/{created['id']}/revoke", auth, expected=200)
             async with session.get(apis, headers=bearer) as r:

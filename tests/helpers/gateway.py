@@ -149,6 +149,12 @@ async def apis_status(gw: Gateway, token: str) -> int:
         return r.status
 
 
+def last_char_changed(text: str) -> str:
+    """`text` with its last character replaced by a different one (never the same string:
+    replacing it with a fixed letter gives the token back when it already ends with it)."""
+    return text[:-1] + ("x" if text[-1] != "x" else "y")
+
+
 def wrong_secrets(kid: str, count: int, offset: int = 0) -> list[str]:
     """Well-formed tokens (valid checksum) for key id `kid` with secrets that are not its own."""
     tokens = []

@@ -62,7 +62,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="tokenward", description="Service-token authentication gateway")
+    parser: argparse.ArgumentParser = Parser(prog="tokenward", description="Service-token authentication gateway")
     parser.add_argument("--version", action="version", version=f"tokenward {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 

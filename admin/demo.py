@@ -210,6 +210,7 @@ try:
   curl -s {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens -H "Authorization: Bearer $TOKENWARD_TOKEN"
   curl -s -X POST {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens/{read_record.id}/revoke -H "Authorization: Bearer $TOKENWARD_TOKEN"
   tokenward token list --team {DEMO_TEAM}
+  tokenward token get {read_record.id} --team {DEMO_TEAM}        # every field; times in UTC (Z)
 
 Ctrl-C to stop.
 """,

@@ -87,7 +87,7 @@ def port_or_free(preferred: int) -> int:
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", preferred))
-            return preferred
+            return int(sock.getsockname()[1])  # `preferred`, or the one port 0 picked
         except OSError:
             sock.bind(("127.0.0.1", 0))
             return int(sock.getsockname()[1])
@@ -99,7 +99,7 @@ def moved_ports(wanted: dict[str, tuple[int, int]]) -> str:
     lines = [
         f"  !! port {asked} is taken: the {name} listens on 127.0.0.1:{got} instead"
         for name, (asked, got) in wanted.items()
-        if asked != got
+        if asked not in (got, 0)  # 0: any free port, as asked
     ]
     if not lines:
         return ""

@@ -12,6 +12,7 @@ from tokenward import schema
 from tokenward.endpoints import Body, Call, Routes, api_error, json_response
 from tokenward.gateway.durations import parse_duration
 from tokenward.gateway.scopes import format_scopes
+from tokenward.gateway.token_scan import scan_tokens
 from tokenward.permissions import any_admin, audit_reader, audit_team, authenticated
 from tokenward.rules import iso, time_field
 from tokenward.views import bad_cursor, bulk_work, cursor_parts, encode_cursor, page_limit
@@ -20,6 +21,7 @@ routes = Routes("audit")
 AUDIT_SCAN_BUDGET = 5000  # stream entries one call examines (in chunks of AUDIT_CHUNK)
 AUDIT_CHUNK = 500
 AUDIT_MAX_LIMIT = 1000
+MAX_LEAKS = 100  # tokens one leak report checks
 _STREAM_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _AUDIT_QUERY = ("token_id", "team", "action", "since", "until", "limit", "cursor")
 _SUBJECT_FIELDS = ("org", "team", "token_name", "service_account")
@@ -149,17 +151,37 @@ def _time_or_ago(text: str, field: str) -> float:
     tag="leaks",
 )
 async def report_leaks(call: Call) -> web.Response:
-    """Report leaked plaintext tokens (at most 100 per call): each valid one is revoked at once
+    """Report leaked plaintext tokens (at most 100 per call), given as `tokens` or found in any
+    `text` (`found`: how many token-shaped strings it holds): each valid one is revoked at once
     and audited as token.leaked; `throttled` results (the failed-verification throttle is
     empty) should be reported again after Retry-After."""
     tokens, actor = call.tokens, call.actor
+    reported, extra = leak_candidates(call.body)
     results = []
-    for text in call.body["tokens"]:
+    for text in reported:
         shown, result = await tokens.report_leak(actor, text)
         results.append({"token": shown, "result": result})
     if any(r["result"] == "throttled" for r in results):
-        return json_response({"results": results}, 200, **{"Retry-After": "1"})
-    return json_response({"results": results})
+        return json_response({"results": results, **extra}, 200, **{"Retry-After": "1"})
+    return json_response({"results": results, **extra})
+
+
+def leak_candidates(body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The tokens a leak report names: `tokens` as given, then those found in `text` (with a
+    valid checksum, each once; `found` counts every token-shaped string in it)."""
+    reported = list(body.get("tokens", []))
+    extra: dict[str, Any] = {}
+    if "text" in body:
+        scan = scan_tokens(body["text"])
+        reported += [t for t in scan.tokens if t not in reported]
+        extra["found"] = scan.shaped
+    elif not reported:
+        raise api_error(400, "invalid_request", "give `tokens` or `text`", "tokens")
+    if len(reported) > MAX_LEAKS:
+        raise api_error(
+            400, "invalid_request", f"at most {MAX_LEAKS} tokens per report: split the text", "text"
+        )
+    return reported, extra
 
 
 @routes(

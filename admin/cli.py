@@ -12,8 +12,10 @@ Here the argument parser and `main`; the commands are in `cli_manage` (admin API
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from tokenward import version
 from tokenward.cli_manage import (
@@ -45,11 +47,22 @@ from tokenward.cli_server import (
     cmd_serve,
 )
 from tokenward.completion import SHELLS, completion_script
+from tokenward.gateway.text import printable
 
 
 # -- parser ------------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (issue 14, item 11): `tokenward token create: error:
+    the following arguments are required: --name (see tokenward token create --help)`, exit 2.
+    Subcommand parsers are of the same class (argparse makes them with `type(parent)`)."""
+
+    def error(self, message: str) -> NoReturn:
+        line = " ".join(f"{self.prog}: error: {message} (see {self.prog} --help)".split())
+        self.exit(2, printable(line) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tokenward", description="Service-token authentication gateway")
+    parser: argparse.ArgumentParser = Parser(prog="tokenward", description="Service-token authentication gateway")
     parser.add_argument("--version", action="version", version=f"tokenward {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -178,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     expiry(rotate)
     update.add_argument("--name")
     update.add_argument("--description")
+    update.add_argument("--scopes", help=argparse.SUPPRESS)  # refused: rotate instead
 
     sa = managed("sa", "manage service accounts")
     p = scoped(sa, "service-accounts", "create", sa_create, "create a service account")
@@ -206,10 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     leaks = sub.add_parser("leaks", help="report leaked tokens")
     leaks_sub = leaks.add_subparsers(dest="action", required=True)
-    report = leaks_sub.add_parser("report", help="revoke each valid token given, from any team")
-    report.add_argument(
-        "tokens", nargs="+", metavar="TOKEN", help="plaintext tokens, or - to read them from stdin"
+    report = leaks_sub.add_parser(
+        "report", help="revoke each valid token given or found in any text, from any team"
     )
+    report.add_argument(
+        "tokens",
+        nargs="*",
+        metavar="TOKEN",
+        help="plaintext tokens, or - to scan stdin for them (a log, a diff, JSON: any text)",
+    )
+    report.add_argument("--file", action="append", help="scan this file for tokens (repeatable)")
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.set_defaults(func=cmd_leaks)
 
@@ -229,13 +249,26 @@ def cmd_completion(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
     except CliError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except BrokenPipeError:
+        quiet_broken_pipe()
+
+
+def quiet_broken_pipe() -> NoReturn:
+    """The reader went away (`tokenward token list | head -1`): stop quietly, as coreutils do
+    (exit 141, 128 + SIGPIPE), with no traceback and no "Exception ignored" at exit (stdout is
+    pointed at /dev/null, so the interpreter's last flush has nowhere to fail)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    raise SystemExit(141)
 
 
 if __name__ == "__main__":  # `python -m tokenward.cli`, as `python -m tokenward`

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,10 +30,18 @@ class AdminClient:
 
     @classmethod
     def from_env(cls) -> AdminClient:
+        """The client a command uses: TOKENWARD_ADMIN_URL and TOKENWARD_TOKEN. An unset URL
+        is said once, on stderr, when the client is made (a command makes one)."""
         token = os.environ.get("TOKENWARD_TOKEN")
         if not token:
             raise CliError("TOKENWARD_TOKEN is not set (an admin:org or admin:team token)")
-        return cls(os.environ.get("TOKENWARD_ADMIN_URL", DEFAULT_ADMIN_URL), token)
+        url = os.environ.get("TOKENWARD_ADMIN_URL")
+        if not url:
+            print(
+                f"note: TOKENWARD_ADMIN_URL is not set: using {DEFAULT_ADMIN_URL} (the default admin_listen)",
+                file=sys.stderr,
+            )
+        return cls(url or DEFAULT_ADMIN_URL, token)
 
     def call(
         self,
@@ -55,7 +64,8 @@ class AdminClient:
             with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
-            raise CliError(f"{exc.code} {_error_message(exc.read(), exc.reason)}") from None
+            raw = exc.read()
+            raise CliError(f"{exc.code} {_error_message(raw, exc.reason)}{self._gateway_hint(raw)}") from None
         except urllib.error.URLError as exc:
             raise CliError(f"cannot reach the admin API at {self.base_url}: {exc.reason}") from None
         if status == 204 or not raw:
@@ -66,6 +76,20 @@ class AdminClient:
             raise CliError(
                 f"the admin API at {self.base_url} answered {status} with a non-JSON body"
             ) from None
+
+    def _gateway_hint(self, raw: bytes) -> str:
+        """A refusal in the gateway's shape (it names a decision `step`; `route` is a step the
+        admin API never takes) means TOKENWARD_ADMIN_URL points at the gateway listener."""
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return ""
+        if not isinstance(data, dict) or data.get("step") != "route":
+            return ""
+        return (
+            f" (TOKENWARD_ADMIN_URL={self.base_url} looks like the gateway listener; the admin API"
+            f" listens on admin_listen, default {DEFAULT_ADMIN_URL.removeprefix('http://')})"
+        )
 
     def whoami(self) -> dict[str, Any]:
         return dict(self.call("GET", "/v1/whoami"))

@@ -7,6 +7,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from tokenward.cli_client import AUDIT_PAGE_SIZE, AdminClient, _org_team, _q, _split
@@ -17,11 +18,14 @@ from tokenward.cli_output import (
     _timestamp,
     emit,
     humanize_date,
-    revocation_lines,
     shown_once,
     table,
     token_rows,
 )
+from tokenward.cli_token_view import token_detail
+from tokenward.gateway.text import printable
+from tokenward.gateway.token_scan import scan_tokens
+from tokenward.issuance import scope_losses
 
 
 # -- commands: teams -------------------------------------------------------------------------
@@ -84,9 +88,14 @@ def _created_fields(data: dict[str, Any]) -> list[tuple[str, str]]:
     return fields
 
 
-def _scope_warnings(data: dict[str, Any]) -> list[str]:
-    missing = data.get("ineffective_scopes")
-    return [f"The team does not hold: {', '.join(missing)} (they grant nothing)"] if missing else []
+def _issuance_warnings(data: dict[str, Any]) -> None:
+    """The API's `warnings` for a token just issued (scopes its team does not fully hold,
+    constraints no route names), one `warning:` line each on stderr."""
+    warnings = data.get("warnings")
+    if warnings is None:  # an admin API from before `warnings`
+        warnings = scope_losses(data.get("ineffective_scopes") or [], data.get("effective_scopes") or [])
+    for warning in warnings:
+        print(f"warning: {printable(str(warning))}", file=sys.stderr)
 
 
 def token_create(client: AdminClient, base: str, args: argparse.Namespace) -> None:
@@ -99,11 +108,8 @@ def token_create(client: AdminClient, base: str, args: argparse.Namespace) -> No
         allowed_cidrs=list(args.allow_cidr or ()),
     )
     data = client.call("POST", base, body)
-    human = shown_once(
-        "✓ Token created successfully!",
-        [*_created_fields(data), ("Token", data["token"])],
-        _scope_warnings(data),
-    )
+    _issuance_warnings(data)
+    human = shown_once("✓ Token created successfully!", [*_created_fields(data), ("Token", data["token"])])
     emit(data, args.json, human)
 
 
@@ -112,12 +118,13 @@ def _retirement(old_id: str, revoked_at: str | None) -> str:
     if revoked_at is None or _timestamp(revoked_at) <= time.time() + 1:
         return f"{old_id} is revoked: it stopped working now"
     left = _span(_timestamp(revoked_at) - time.time() + 30) or "less than a minute"
-    return f"{old_id} keeps working until {humanize_date(revoked_at, seconds=True)} UTC (about {left})"
+    return f"{old_id} keeps working until {humanize_date(revoked_at, seconds=True)} (about {left})"
 
 
 def token_rotate(client: AdminClient, base: str, args: argparse.Namespace) -> None:
     body = _body(grace_period=args.grace_period, expires_in=args.expires_in, expires_at=args.expires_at)
     data = client.call("POST", f"{base}/{_q(args.id)}/rotate", body)
+    _issuance_warnings(data)
     human = shown_once(
         f"✓ Token rotated: {data['id']} replaces {data['replaces']}.",
         [
@@ -125,7 +132,6 @@ def token_rotate(client: AdminClient, base: str, args: argparse.Namespace) -> No
             ("Old token", _retirement(data["replaces"], data.get("replaced_revoked_at"))),
             ("Token", data["token"]),
         ],
-        _scope_warnings(data),
     )
     emit(data, args.json, human)
 
@@ -142,7 +148,7 @@ def token_list(client: AdminClient, base: str, args: argparse.Namespace) -> None
 
 def token_get(client: AdminClient, base: str, args: argparse.Namespace) -> None:
     data = client.call("GET", f"{base}/{_q(args.id)}")
-    emit(data, args.json, token_rows([data]) + revocation_lines(data))
+    emit(data, args.json, token_detail(data))
 
 
 def _token_state_change(verb: str) -> TeamAction:
@@ -157,12 +163,37 @@ def _token_state_change(verb: str) -> TeamAction:
     return run
 
 
+UPDATABLE = (("name", "renamed"), ("description", "description"))  # (field, what the message calls it)
+
+
 def token_update(client: AdminClient, base: str, args: argparse.Namespace) -> None:
+    if args.scopes is not None:
+        raise CliError(
+            f"scopes are fixed at issuance: rotate instead (`tokenward token rotate {args.id} ...`"
+            " issues a replacement with the same scopes; issue a new token for other scopes)"
+        )
     body = {k: v for k, v in (("name", args.name), ("description", args.description)) if v is not None}
     if not body:
         raise CliError("nothing to update: give --name and/or --description")
+    before = client.call("GET", f"{base}/{_q(args.id)}")
     data = client.call("PATCH", f"{base}/{_q(args.id)}", body)
-    emit(data, args.json, f"✓ Token {data['id']} updated: name {data['name']!r}.")
+    emit(data, args.json, f"✓ Token {data['id']}: {update_summary(before, data)}.")
+
+
+def update_summary(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """What an update changed: `renamed 'a' → 'b'; description set to 'x'`, or `no change`."""
+    changes = []
+    for key, what in UPDATABLE:
+        old, new = before.get(key) or "", after.get(key) or ""
+        if old == new:
+            continue
+        if key == "name":
+            changes.append(f"renamed {old!r} → {new!r}")
+        elif not new:
+            changes.append(f"{what} cleared (was {old!r})")
+        else:
+            changes.append(f"{what} {'changed from ' + repr(old) + ' to' if old else 'set to'} {new!r}")
+    return "; ".join(changes) or "no change (already as given)"
 
 
 def _deleter(noun: str, key: str) -> TeamAction:
@@ -263,15 +294,43 @@ LEAKS_PER_CALL = 100
 LEAK_RETRIES = 5
 
 
+def _leak_sources(args: argparse.Namespace) -> tuple[list[str], int | None]:
+    """The tokens to report: each TOKEN argument as given, and the token-shaped strings with a
+    valid checksum found in stdin (`-`) and in each --file; how many token-shaped strings the
+    scanned text held (None: nothing was scanned)."""
+    given = [arg for arg in args.tokens if arg != "-"]
+    texts = [sys.stdin.read()] if "-" in args.tokens else []
+    for name in args.file or ():
+        try:
+            texts.append(Path(name).read_text(encoding="utf-8", errors="replace"))
+        except OSError as exc:
+            raise CliError(f"--file {name}: {exc.strerror or exc}") from None
+    if not given and not texts:
+        raise CliError("no tokens given (pass them as arguments, '-' to scan stdin, or --file FILE)")
+    shaped: int | None = None
+    tokens = list(given)
+    for text in texts:
+        scan = scan_tokens(text)
+        shaped = (shaped or 0) + scan.shaped
+        tokens += [t for t in scan.tokens if t not in tokens]
+    return tokens, shaped
+
+
+def leak_summary(results: Sequence[dict[str, Any]], shaped: int) -> str:
+    """`found 3 token-shaped strings, 2 valid: 1 revoked, 1 unknown`."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["result"]] = counts.get(r["result"], 0) + 1
+    outcome = ", ".join(f"{n} {result.replace('_', ' ')}" for result, n in counts.items()) or "nothing reported"
+    noun = "string" if shaped == 1 else "strings"
+    return f"found {shaped} token-shaped {noun}, {len(results)} valid: {outcome}"
+
+
 def cmd_leaks(args: argparse.Namespace) -> None:
-    tokens: list[str] = []
-    for arg in args.tokens:
-        tokens += sys.stdin.read().split() if arg == "-" else [arg]
-    if not tokens:
-        raise CliError("no tokens given (pass them as arguments, or '-' to read them from stdin)")
+    tokens, shaped = _leak_sources(args)
     client = AdminClient.from_env()
     results: list[dict[str, Any]] = []
-    for start in range(0, len(tokens), LEAKS_PER_CALL):
+    for start in range(0, len(tokens), LEAKS_PER_CALL):  # nothing found: no call
         chunk = tokens[start : start + LEAKS_PER_CALL]
         answers = client.call("POST", "/v1/leaks", {"tokens": chunk})["results"]
         for _ in range(LEAK_RETRIES):  # the server's failure throttle deferred some: again
@@ -283,11 +342,10 @@ def cmd_leaks(args: argparse.Namespace) -> None:
             for i, r in zip(again, retried, strict=True):
                 answers[i] = r
         results += answers
-    emit(
-        {"results": results},
-        args.json,
-        "\n".join(f"{r['token']}: {r['result']} ({LEAK_RESULTS.get(r['result'], '-')})" for r in results),
-    )
+    lines = [f"{r['token']}: {r['result']} ({LEAK_RESULTS.get(r['result'], '-')})" for r in results]
+    data: dict[str, Any] = {"results": results} | ({} if shaped is None else {"found": shaped})
+    summary = [] if shaped is None else [leak_summary(results, shaped)]  # only when text was scanned
+    emit(data, args.json, "\n".join([*summary, *lines]))
 
 
 def cmd_whoami(args: argparse.Namespace) -> None:

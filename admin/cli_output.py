@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import orjson
@@ -71,9 +71,17 @@ def humanize_ago(iso_time: str | None, now: float | None = None) -> str:
 
 
 def humanize_date(iso_time: str | None, seconds: bool = False) -> str:
+    """Every time the CLI shows is UTC, marked `Z`: `2027-02-21 22:05Z` (`seconds`: `22:05:09Z`),
+    whatever offset the API wrote (it writes UTC)."""
     if not iso_time:
         return "never"
-    return iso_time.replace("T", " ").replace("Z", "")[: 19 if seconds else 16]
+    try:
+        when = datetime.fromisoformat(iso_time)
+    except ValueError:
+        return iso_time
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ" if seconds else "%Y-%m-%d %H:%MZ")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -121,7 +129,7 @@ def revocation_lines(t: dict[str, Any]) -> str:
     level = {"org": "an org admin", "team": "a team admin"}.get(t.get("revoked_by_level") or "", "")
     lines = [
         f"Revoked by:  {t.get('revoked_by') or '-'}" + (f" ({level})" if level else ""),
-        f"Revoked at:  {humanize_date(t['revoked_at'], seconds=True)} UTC",
+        f"Revoked at:  {humanize_date(t['revoked_at'], seconds=True)}",
         f"Reason:      {t.get('revoke_reason') or '-'}",
     ]
     if t.get("replaced_by"):

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import signal
 import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +87,23 @@ def port_or_free(preferred: int) -> int:
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", preferred))
-            return preferred
+            return int(sock.getsockname()[1])  # `preferred`, or the one port 0 picked
         except OSError:
             sock.bind(("127.0.0.1", 0))
             return int(sock.getsockname()[1])
+
+
+def moved_ports(wanted: dict[str, tuple[int, int]]) -> str:
+    """A loud paragraph for each listener that could not have its port (another process holds
+    it): the demo never moves one silently (issue 14, item 11). `wanted`: name -> (asked, got)."""
+    lines = [
+        f"  !! port {asked} is taken: the {name} listens on 127.0.0.1:{got} instead"
+        for name, (asked, got) in wanted.items()
+        if asked not in (got, 0)  # 0: any free port, as asked
+    ]
+    if not lines:
+        return ""
+    return "\n".join(["", *lines, "  !! use the URLs and export lines below, not the defaults", ""])
 
 
 def demo_routes(upstream: str = "registry") -> list[dict[str, Any]]:
@@ -95,16 +111,20 @@ def demo_routes(upstream: str = "registry") -> list[dict[str, Any]]:
     event stream and a public health check. The tests run against the same table
     (tests/helpers/gateway.py `base_config`)."""
     res = {"org": "org", "team": "team"}  # one object: the YAML shows it once, with aliases
+    # the spec routes also name the API: a token constrained to `api=pets` works on them only
+    per_api = {**res, "api": "api"}
 
-    def team_route(methods: list[str], tail: str, scope: str) -> dict[str, Any]:
+    def team_route(
+        methods: list[str], tail: str, scope: str, resource: dict[str, str] = res
+    ) -> dict[str, Any]:
         path = "/orgs/{org}/teams/{team}" + tail
-        return {"methods": methods, "path": path, "upstream": upstream, "scopes": [scope], "resource": res}
+        return {"methods": methods, "path": path, "upstream": upstream, "scopes": [scope], "resource": resource}
 
     return [
         team_route(["GET"], "/apis", "read:apis"),
         team_route(["POST"], "/apis", "write:apis"),
-        team_route(["GET"], "/apis/{api}/specs", "read:specs"),
-        team_route(["POST"], "/apis/{api}/specs", "write:specs"),
+        team_route(["GET"], "/apis/{api}/specs", "read:specs", per_api),
+        team_route(["POST"], "/apis/{api}/specs", "write:specs", per_api),
         {**team_route(["GET"], "/events", "read:apis"), "websocket": True},
         {"methods": ["GET"], "path": "/health", "upstream": upstream, "public": True},
     ]
@@ -132,7 +152,9 @@ async def run_demo(
     from tokenward.service import TokenService
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    asked = {"gateway": port, "admin API": admin_port, "upstream": upstream_port}
     port, admin_port, upstream_port = (port_or_free(p) for p in (port, admin_port, upstream_port))
+    moved = moved_ports({name: (p, got) for (name, p), got in zip(asked.items(), (port, admin_port, upstream_port), strict=True)})
     config_path = data_dir / "demo.yaml"
     config_path.write_text(
         yaml.safe_dump(
@@ -154,11 +176,12 @@ async def run_demo(
         )
         with contextlib.suppress(Conflict):
             await runtime.store.create_team(
-                TeamRecord(DEMO_ORG, DEMO_TEAM, parse_scopes(TEAM_PERMISSIONS), 0.0, "demo")
+                TeamRecord(DEMO_ORG, DEMO_TEAM, parse_scopes(TEAM_PERMISSIONS), time.time(), "demo")
             )
         read_plain, read_record = await tokens.issue(
             operator, org=DEMO_ORG, team=DEMO_TEAM, name="ci-readonly", scopes=["read:apis", "read:specs"]
         )
+        bin_dir = Path(sys.executable).parent  # the venv's bin: where `tokenward` is
         gw = f"http://127.0.0.1:{port}"
         adm = f"http://127.0.0.1:{admin_port}"
         base = f"{gw}/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}"
@@ -169,8 +192,9 @@ tokenward demo is up
   admin API   {adm}
   upstream    http://127.0.0.1:{upstream_port}  (echoes what it receives)
   store       {runtime.store_description}, data in {settings.data_dir}
-
-org admin token (org {DEMO_ORG}; shown once):
+{moved}
+org admin token (org {DEMO_ORG}; shown once), and the `tokenward` command on your PATH:
+  export PATH={shlex.quote(str(bin_dir))}:$PATH
   export TOKENWARD_ADMIN_URL={adm}
   export TOKENWARD_TOKEN={admin_plain}
 
@@ -185,7 +209,8 @@ try:
   curl -s {gw}/health                                                          # public
   curl -s {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens -H "Authorization: Bearer $TOKENWARD_TOKEN"
   curl -s -X POST {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens/{read_record.id}/revoke -H "Authorization: Bearer $TOKENWARD_TOKEN"
-  .venv/bin/tokenward token list --team {DEMO_TEAM}
+  tokenward token list --team {DEMO_TEAM}
+  tokenward token get {read_record.id} --team {DEMO_TEAM}        # every field; times in UTC (Z)
 
 Ctrl-C to stop.
 """,

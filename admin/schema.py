@@ -224,7 +224,16 @@ TOKEN: Schema = {
 TOKEN_CREATED: Schema = {
     "type": "object",
     "description": "a token just issued, with its plaintext `token`: shown in this response only",
-    "properties": {**TOKEN["properties"], "token": {"type": "string"}},
+    "properties": {
+        **TOKEN["properties"],
+        "token": {"type": "string"},
+        "warnings": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "what the token asks for and cannot do: scopes its team does not hold,"
+            " constraints no route names",
+        },
+    },
     "required": [
         "id",
         "token",
@@ -324,8 +333,13 @@ LEAKS: Schema = {
             "minItems": 1,
             "maxItems": 100,
         },
+        "text": {
+            "type": "string",
+            "maxLength": 1048576,
+            "description": "any text (a log line, a diff, JSON): every token-shaped string with a"
+            " valid checksum in it is reported, as secret scanners find them (at most 100)",
+        },
     },
-    "required": ["tokens"],
     "additionalProperties": False,
 }
 LEAK_OUTCOME: Schema = {
@@ -344,7 +358,11 @@ LEAKS_RESULT: Schema = {
                 "properties": {"token": {"type": "string"}, "result": LEAK_OUTCOME},
                 "required": ["token", "result"],
             },
-        }
+        },
+        "found": {
+            "type": "integer",
+            "description": "with `text`: how many token-shaped strings it holds (valid checksum or not)",
+        },
     },
     "required": ["results"],
 }

@@ -30,6 +30,7 @@ from tokenward.gateway.records import ServiceAccountRecord, TeamRecord, TokenRec
 from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.scopes import effective_scopes, format_scopes, ineffective_scopes
 from tokenward.gateway.tokens import KEY_ID_RE
+from tokenward.issuance import issuance_warnings
 from tokenward.rules import iso
 
 PAGE_CHUNK = 50
@@ -94,6 +95,8 @@ async def token_response(call: Call, record: TokenRecord, status: int = 200, **e
     store = call.runtime.store
     team = await store.get_team(record.org, record.team) if record.team else None
     view = token_view(record, team, await store.last_used(record.id))
+    if status == 201:  # issued: what it asks for and cannot do (issue 14, item 11)
+        view["warnings"] = issuance_warnings(call.runtime.settings.routes, view)
     headers = {"Cache-Control": "no-store"} if "token" in extra else {}  # a plaintext: shown once
     if status == 201 and record.team is not None:  # issued (or a replacement): where it lives
         headers["Location"] = f"/v1/orgs/{record.org}/teams/{record.team}/tokens/{record.id}"

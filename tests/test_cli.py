@@ -470,7 +470,7 @@ async def test_update_renames(gateway: Gateway, platform: dict[str, str]) -> Non
     env = platform
     token = await create(env, "ci", "--description", "old")
     out = await ok("token", "update", token["id"], "--team", "platform", "--name", "ci-deploy", env=env)
-    assert out.strip() == f"✓ Token {token['id']} updated: name 'ci-deploy'."
+    assert out.strip() == f"✓ Token {token['id']}: renamed 'ci' → 'ci-deploy'."
     out = await ok("token", "get", token["id"], "--team", "platform", "--json", env=env)
     assert json.loads(out)["name"] == "ci-deploy" and json.loads(out)["description"] == "old"
     out = await ok(
@@ -551,8 +551,8 @@ async def test_leaks_report(gateway: Gateway, platform: dict[str, str]) -> None:
     # a leaked token cannot be restored
     assert "leaked" in await refused("token", "restore", leaked["id"], "--team", "platform", env=env)
 
-    # from stdin, one per line (e.g. a secret scanner's output), with --json
+    # from stdin, found in any text (e.g. a secret scanner's output), with --json
     out = await ok("leaks", "report", "-", "--json", env=env, stdin=f"{leaked['token']}\nnot-a-token\n\n")
     results = json.loads(out)["results"]
-    assert [r["result"] for r in results] == ["already_revoked", "not_a_token"]
-    assert "no tokens given" in await refused("leaks", "report", "-", env=env)
+    assert [r["result"] for r in results] == ["already_revoked"] and json.loads(out)["found"] == 1
+    assert "no tokens given" in await refused("leaks", "report", env=env)

@@ -93,8 +93,8 @@ def test_version_from_python_m_and_from_the_script(tmp_path: Path) -> None:
     by_script = _run(str(script), "--version", cwd=tmp_path)
     assert by_script.returncode == 0, by_script.stderr
     assert by_script.stdout.strip() == f"tokenward {version}"
-    usage = _run(sys.executable, "-m", "tokenward", cwd=tmp_path)  # no subcommand: argparse usage
-    assert usage.returncode == 2 and "usage: tokenward" in usage.stderr
+    usage = _run(sys.executable, "-m", "tokenward", cwd=tmp_path)  # no subcommand: one error line
+    assert usage.returncode == 2 and "tokenward: error:" in usage.stderr and "tokenward --help" in usage.stderr
 
 
 def test_old_top_level_names_are_not_installed(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ AUDIT_SCAN_BUDGET = 5000  # stream entries one call examines (in chunks of AUDIT
 AUDIT_CHUNK = 500
 AUDIT_MAX_LIMIT = 1000
 _STREAM_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-_AUDIT_QUERY = ("token_id", "team", "action", "since", "until", "limit", "cursor")
+_AUDIT_QUERY = ("org", "token_id", "team", "action", "since", "until", "limit", "cursor")
 _SUBJECT_FIELDS = ("org", "team", "token_name", "service_account")
 _ACTOR_FIELDS = ("actor_id", "actor_name", "actor_org", "actor_team", "client_ip", "request_id")
 

@@ -193,12 +193,28 @@ def serve(
         if ep.permission is not None:
             await call.authenticate()
             await ep.permission(call)
+            check_query(call, ep)
         if ep.body is not None:
             call.body = await read_body(call, ep.body, check)
         return await ep.handler(call)
 
     handle.__name__ = ep.handler.__name__
     return handle
+
+
+def check_query(call: Call, ep: Endpoint) -> None:
+    """Default deny for query parameters: a parameter the endpoint does not declare, or one
+    given twice, is refused with 400 naming it, never silently ignored (`?org=other` on an
+    endpoint that reads the caller's org must not look as if it had been honoured)."""
+    declared = [name for name, _ in ep.query]
+    for name in call.query:
+        if name not in declared:
+            takes = ", ".join(declared) if declared else "none"
+            raise api_error(
+                400, "invalid_request", f"{name}: not a query parameter of this endpoint (it takes: {takes})", name
+            )
+        if len(call.query.getall(name)) > 1:
+            raise api_error(400, "invalid_request", f"{name}: given more than once", name)
 
 
 async def read_body(call: Call, body: Body, check: BodyCheck | None = None) -> dict[str, Any]:

@@ -91,7 +91,7 @@ async def get_org_token(call: Call) -> web.StreamResponse:
 @routes(
     "PATCH",
     ORG_TOKEN,
-    "Rename or re-describe any token of the org",
+    "Rename a token of the org by id",
     permission=org_token_admin,
     body=Body(schema.TOKEN_UPDATE, check=refuse_fixed_fields),
     responses={200: schema.TOKEN, **_ERRORS},
@@ -132,7 +132,7 @@ async def restore_org_token(call: Call) -> web.StreamResponse:
 @routes(
     "DELETE",
     ORG_TOKEN,
-    "Delete any revoked or expired token of the org",
+    "Delete a token of the org by id",
     permission=org_token_admin,
     responses={204: None, **_ERRORS, 409: schema.ERROR},
 )

@@ -1,6 +1,7 @@
 """The admin API's HTTP edge: each endpoint declares its authorization and its body once
 (`Routes.__call__`), and `serve` enforces what it declares before the handler runs:
-authenticate (the gateway's `Authenticator`), the declared permission, the body read within
+authenticate (the gateway's `Authenticator`), the declared query parameters (any other, or
+one given twice, is a 400), the declared permission, the body read within
 `limits.body_timeout` and validated against its schema. Errors become responses in one
 place (`errors_middleware`): a `Refusal` as it is (audited as `admin.denied` when a decision
 step refused it), a domain error through `DOMAIN_ERRORS_TABLE`.
@@ -192,8 +193,8 @@ def serve(
         call = request[CALL]
         if ep.permission is not None:
             await call.authenticate()
+            check_query(call, ep)  # before the permission, which may read the query
             await ep.permission(call)
-            check_query(call, ep)
         if ep.body is not None:
             call.body = await read_body(call, ep.body, check)
         return await ep.handler(call)

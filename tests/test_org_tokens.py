@@ -113,7 +113,7 @@ async def test_org_wide_list_and_its_filters(gateway: Gateway, acme: str) -> Non
     gw = gateway
     second = await gw.org_admin()
     a = await mint(gw, acme, "platform", name="a", expires_in="2d")
-    b = await mint(gw, acme, "other", name="b", expires_in="30d")
+    await mint(gw, acme, "other", name="b", expires_in="30d")
     c = await mint(gw, acme, "other", name="c", expires_in="3d")
     await admin(gw, "POST", f"{TEAMS}/other/tokens/{c['id']}/revoke", acme)
     globex = await gw.org_admin("globex")

@@ -109,7 +109,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
 
     lifetime = Lifetime(expires_in=args.expires_in) if args.expires_in is not None else None
     try:
-        token, key_id, expires_at = asyncio.run(_bootstrap(settings, args.org, args.name, lifetime))
+        token, key_id, expires_at = asyncio.run(_org_admin_token(settings, args.org, args.name, lifetime))
     except Invalid as exc:
         fail(f"--{exc.message.replace('_', '-', 1)}" if exc.field == "expires_in" else exc.message)
     if args.json:
@@ -121,6 +121,14 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
 
 
 async def _bootstrap(
+    settings: Settings, org: str, name: str, lifetime: Lifetime | None = None
+) -> tuple[str, str]:
+    """(plaintext, id) of a new org-admin token (see `_org_admin_token`)."""
+    token, key_id, _ = await _org_admin_token(settings, org, name, lifetime)
+    return token, key_id
+
+
+async def _org_admin_token(
     settings: Settings, org: str, name: str, lifetime: Lifetime | None
 ) -> tuple[str, str, str | None]:
     """The first org-admin token, issued through the token service by the operator at the

@@ -19,12 +19,19 @@ from tokenward.gateway.records import TeamRecord
 from tokenward.permissions import org_token_admin
 from tokenward.rules import refuse_fixed_fields
 from tokenward.service import ANY_TEAM, TeamSel
-from tokenward.views import PAGE_QUERY, bulk_work, encode_cursor, page_limit, page_response, token_cursor
+from tokenward.views import bulk_work, encode_cursor, page_limit, page_response, token_cursor
 
 routes = Routes("tokens")
 ORG_TOKENS = "/v1/orgs/{org}/tokens"
 ORG_TOKEN = ORG_TOKENS + "/{id}"
 _ERRORS = {400: schema.ERROR, 403: schema.ERROR, 404: schema.ERROR}
+
+
+def team_list_query() -> tuple[tuple[str, str], ...]:
+    """The team list's query parameters (its filters, read by `api_tokens.token_filter`, and
+    paging), as it declares them: a filter added there is taken here too."""
+    [team_list] = [ep for ep in api_tokens.routes.endpoints if ep.handler is api_tokens.list_tokens]
+    return team_list.query
 
 
 @routes(
@@ -33,13 +40,7 @@ _ERRORS = {400: schema.ERROR, 403: schema.ERROR, 404: schema.ERROR}
     "List every token of the org",
     permission=org_token_admin,
     responses={200: schema.TOKEN_LIST, **_ERRORS},
-    query=(
-        ("team", "string"),
-        ("status", "string"),
-        ("expiring_within", "string"),
-        ("service_account", "string"),
-        *PAGE_QUERY,
-    ),
+    query=(("team", "string"), *team_list_query()),
 )
 async def list_org_tokens(call: Call) -> web.Response:
     """Every token of the org, team tokens and org-level tokens (`team` null), oldest first,

@@ -199,8 +199,9 @@ try:
   curl -s {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens -H "Authorization: Bearer $TOKENWARD_TOKEN"
   curl -s -X POST {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens/{read_record.id}/revoke -H "Authorization: Bearer $TOKENWARD_TOKEN"
   .venv/bin/tokenward token list --team {DEMO_TEAM}
-  .venv/bin/tokenward token list                       # every token of org {DEMO_ORG}, org level too (TEAM column)
-  .venv/bin/tokenward token get {admin_record.id}             # an org-level token by id, no --team
+  curl -s {adm}/v1/orgs/{DEMO_ORG}/tokens -H "Authorization: Bearer $TOKENWARD_TOKEN"   # every token of the org
+  .venv/bin/tokenward token list           # every token of org {DEMO_ORG}, org level too (TEAM column)
+  .venv/bin/tokenward token get {admin_record.id}   # an org-level token by id, no --team
 
 Ctrl-C to stop.
 """,

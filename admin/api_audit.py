@@ -23,7 +23,7 @@ AUDIT_CHUNK = 500
 AUDIT_MAX_LIMIT = 1000
 MAX_LEAKS = 100  # tokens one leak report checks
 _STREAM_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-_AUDIT_QUERY = ("token_id", "team", "action", "since", "until", "limit", "cursor")
+_AUDIT_QUERY = ("org", "token_id", "team", "action", "since", "until", "limit", "cursor")
 _SUBJECT_FIELDS = ("org", "team", "token_name", "service_account")
 _ACTOR_FIELDS = ("actor_id", "actor_name", "actor_org", "actor_team", "client_ip", "request_id")
 

@@ -16,7 +16,9 @@ from tokenward.endpoints import Body, Call, Routes, api_error
 from tokenward.gateway.records import ACTIVE, EXPIRED, REVOKED, TeamRecord, TokenRecord
 from tokenward.permissions import team_admin
 from tokenward.rules import Lifetime, duration_field, iso, refuse_fixed_fields, within_constraints
+from tokenward.service import ANY_TEAM, TeamSel
 from tokenward.views import (
+    GRACE,
     PAGE_CHUNK,
     PAGE_QUERY,
     VIEW_SLICE,
@@ -24,6 +26,7 @@ from tokenward.views import (
     encode_cursor,
     page_limit,
     page_response,
+    shown_status,
     token_cursor,
     token_response,
     token_view,
@@ -31,12 +34,19 @@ from tokenward.views import (
 
 routes = Routes("tokens")
 PAGE_SCAN_BUDGET = 1000  # index rows a filtered page examines
-_STATUSES = (ACTIVE, REVOKED, EXPIRED)
+_STATUSES = (ACTIVE, GRACE, REVOKED, EXPIRED)
 TOKEN = "/v1/orgs/{org}/teams/{team}/tokens/{id}"  # noqa: S105 - a path, not a secret
 
 
 def lifetime(body: dict[str, Any]) -> Lifetime:
     return Lifetime(body.get("expires_in"), body.get("expires_at"))
+
+
+def token_team(call: Call) -> TeamSel:
+    """The team in the path; on the org-wide paths (`/v1/orgs/{org}/tokens/{id}`, org admins
+    only) any team of the org, or the org level."""
+    team: str | None = call.request.match_info.get("team")
+    return ANY_TEAM if team is None else team
 
 
 @routes(
@@ -110,7 +120,7 @@ def token_filter(call: Call) -> tuple[Callable[[TokenRecord], bool], bool, str |
     def wanted(token: TokenRecord) -> bool:
         if not within_constraints(principal, token):
             return False  # a constrained admin sees only the tokens it can reach
-        if status is not None and token.status(now) != status:
+        if status is not None and shown_status(token, now) != status:
             return False
         if within is not None and (
             token.status(now) != ACTIVE or token.expires_at is None or token.expires_at > now + within
@@ -130,23 +140,47 @@ async def _token_page(
     wanted: Callable[[TokenRecord], bool],
     sa: str | None,
 ) -> tuple[list[dict[str, Any]], tuple[float, str] | None, bool]:
+    """A page of the team's index (see `token_page`)."""
+    return await token_page(call, team.org, team.name, position, limit, filtered, wanted, sa, {team.name: team})
+
+
+async def token_page(
+    call: Call,
+    org: str,
+    team: TeamSel,
+    position: tuple[float, str] | None,
+    limit: int,
+    filtered: bool,
+    wanted: Callable[[TokenRecord], bool],
+    sa: str | None,
+    teams: dict[str | None, TeamRecord | None],
+) -> tuple[list[dict[str, Any]], tuple[float, str] | None, bool]:
     """Up to `limit` rows after `position` that `wanted` keeps, reading at most
-    max(PAGE_SCAN_BUDGET, limit) index rows in chunks; the last row examined; more follow."""
+    max(PAGE_SCAN_BUDGET, limit) index rows in chunks; the last row examined; more follow.
+    `team`: a team's index (ANY_TEAM: the org's index of every token); `teams`: the team
+    records known so far (the views show effective scopes), filled as rows need them."""
     store = call.runtime.store
     rows: list[dict[str, Any]] = []
     scanned, more = 0, True
     budget = max(PAGE_SCAN_BUDGET, limit)
+    org_wide = team is ANY_TEAM
+    index_team = team if isinstance(team, str) else None
     # a service account's tokens come from its own index: that filter costs no scanning
     while more and len(rows) < limit and scanned < budget:
         want = min(PAGE_CHUNK, budget - scanned if filtered else limit - len(rows))
-        page = await store.token_index_page(team.org, team.name, position, want, service_account=sa)
+        page = await store.token_index_page(
+            org, index_team, position, want, service_account=sa, all_org=org_wide
+        )
         found = {t.id: (t, used) for t, used in await store.get_tokens_with_usage([m for m, _ in page.rows])}
         more = page.more
         for i, (member, score) in enumerate(page.rows):
             position, scanned = (score, member), scanned + 1
             hit = found.get(member)
             if hit is not None and wanted(hit[0]):
-                rows.append(token_view(hit[0], team, hit[1]))
+                token = hit[0]
+                if token.team is not None and token.team not in teams:
+                    teams[token.team] = await store.get_team(org, token.team)
+                rows.append(token_view(token, teams.get(token.team), hit[1]))
                 if len(rows) >= limit:
                     more = more or i < len(page.rows) - 1
                     break
@@ -160,7 +194,7 @@ async def _token_page(
 )
 async def get_token(call: Call) -> web.Response:
     """A token of the team with its status, effective scopes and last use (never its secret)."""
-    record = await call.tokens.token_in_team(call.param("org"), call.param("team"), call.param("id"))
+    record = await call.tokens.token_in_team(call.param("org"), token_team(call), call.param("id"))
     return await token_response(call, record)
 
 
@@ -179,7 +213,7 @@ async def update_token(call: Call) -> web.Response:
     record = await call.tokens.update(
         call.actor,
         call.param("org"),
-        call.param("team"),
+        token_team(call),
         call.param("id"),
         name=body.get("name"),
         description=body.get("description"),
@@ -200,7 +234,7 @@ async def revoke_token(call: Call) -> web.Response:
     revocation records who made it and at which level (org or team admin)."""
     reason = call.body.get("reason")
     record = await call.tokens.revoke(
-        call.actor, call.param("org"), call.param("team"), call.param("id"), reason
+        call.actor, call.param("org"), token_team(call), call.param("id"), reason
     )
     return await token_response(call, record)
 
@@ -216,7 +250,7 @@ async def restore_token(call: Call) -> web.Response:
     """Restore a revoked token that has not expired; only an admin at least as privileged as the
     revoker may (a team admin cannot undo an org admin's revocation); leaked and rotated tokens
     never come back (409)."""
-    record = await call.tokens.restore(call.actor, call.param("org"), call.param("team"), call.param("id"))
+    record = await call.tokens.restore(call.actor, call.param("org"), token_team(call), call.param("id"))
     return await token_response(call, record)
 
 
@@ -229,7 +263,7 @@ async def restore_token(call: Call) -> web.Response:
 )
 async def delete_token(call: Call) -> web.Response:
     """Delete a revoked or expired token (409 while it is active: revoke it first)."""
-    await call.tokens.delete(call.actor, call.param("org"), call.param("team"), call.param("id"))
+    await call.tokens.delete(call.actor, call.param("org"), token_team(call), call.param("id"))
     return call.no_content()
 
 
@@ -246,7 +280,7 @@ async def rotate_token(call: Call) -> web.Response:
     service account; the old token is revoked now, or after grace_period. Atomic: the
     replacement exists only if the old token was active and not already rotated when it was
     retired. Location names the replacement."""
-    org, team, key_id = call.param("org"), call.param("team"), call.param("id")
+    org, team, key_id = call.param("org"), token_team(call), call.param("id")
     grace = call.body.get("grace_period")
     rotated = await call.tokens.rotate(call.actor, org, team, key_id, lifetime(call.body), grace)
     return await token_response(

@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--config", help=CONFIG_HELP)
     boot.add_argument("--org", required=True)
     boot.add_argument("--name", default="org-admin")
+    boot.add_argument(
+        "--expires-in",
+        metavar="DURATION",
+        help="the token's lifetime, as for token create (e.g. 30d); default: it never expires",
+    )
     boot.add_argument("--json", action="store_true")
     boot.set_defaults(func=cmd_bootstrap)
 
@@ -162,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service-account")
     p.add_argument("--constraint", action="append", help="NAME=VALUE, e.g. project=web")
     p.add_argument("--allow-cidr", action="append", help="client CIDR allowed to use the token")
-    p = scoped(tok, "tokens", "list", token_list, "list a team's tokens")
+    p = scoped(
+        tok, "tokens", "list", token_list, "list a team's tokens (an org admin without --team: the whole org's)"
+    )
     p.add_argument("--status", choices=["active", "revoked", "expired"])
     p.add_argument("--expiring-within", metavar="DURATION", help="active tokens expiring within, e.g. 7d")
     p.add_argument("--service-account", metavar="NAME", help="only this service account's tokens")

@@ -18,6 +18,7 @@ from tokenward.cli_output import (
     _timestamp,
     emit,
     humanize_date,
+    revocation_lines,
     shown_once,
     table,
     token_rows,
@@ -70,9 +71,22 @@ def cmd_team_scoped(args: argparse.Namespace) -> None:
     """`token …` and `sa …`: resolve --org/--team (default: the caller's), then run the action
     on `/v1/orgs/{org}/teams/{team}/{collection}`."""
     client = AdminClient.from_env()
-    org, team = _org_team(client, args)
     run: TeamAction = args.run
+    if args.collection == "tokens" and args.team is None and args.action != "create":
+        # without --team: an org-level caller (an org admin) acts on every token of its org by
+        # id (`/v1/orgs/{org}/tokens`); a team token keeps its own team, as before
+        me = client.whoami()
+        if me.get("team") is None:
+            run(client, f"/v1/orgs/{_q(args.org or me['org'])}/tokens", args)
+            return
+        args.team, args.org = me["team"], args.org or me["org"]
+    org, team = _org_team(client, args)
     run(client, f"/v1/orgs/{org}/teams/{team}/{args.collection}", args)
+
+
+def org_wide(base: str) -> bool:
+    """`base` is the org-wide token collection (rows of several teams: a TEAM column)."""
+    return "/teams/" not in base
 
 
 def _body(**fields: Any) -> dict[str, Any]:
@@ -143,7 +157,8 @@ def token_list(client: AdminClient, base: str, args: argparse.Namespace) -> None
         "service_account": args.service_account,
     }
     data = client.pages(base, "tokens", query, args.limit)
-    emit(data, args.json, token_rows(data["tokens"]) if data["tokens"] else "no tokens")
+    rows = token_rows(data["tokens"], team=org_wide(base)) if data["tokens"] else "no tokens"
+    emit(data, args.json, rows)
 
 
 def token_get(client: AdminClient, base: str, args: argparse.Namespace) -> None:
@@ -158,7 +173,7 @@ def _token_state_change(verb: str) -> TeamAction:
         reason = getattr(args, "reason", None)
         body = {"reason": reason} if reason is not None else None
         data = client.call("POST", f"{base}/{_q(args.id)}/{verb}", body)
-        emit(data, args.json, f"✓ Token {data['name']!r} ({data['id']}) has been {verb}d.")
+        emit(data, args.json, f"✓ Token {data['name']!r} ({data['id']}) has been {verb}d." + revocation_lines(data))
 
     return run
 

@@ -95,13 +95,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def token_rows(tokens: Sequence[dict[str, Any]]) -> str:
+def token_rows(tokens: Sequence[dict[str, Any]], team: bool = False) -> str:
+    """The token table; `team`: with a TEAM column (an org-wide list; `(org)`: org level)."""
     return table(
-        ["ID", "NAME", "PREFIX", "SCOPES", "LAST USED", "EXPIRES", "STATUS"],
+        ["ID", "NAME", *(["TEAM"] if team else []), "PREFIX", "SCOPES", "LAST USED", "EXPIRES", "STATUS"],
         [
             [
                 t["id"],
                 t["name"],
+                *([t.get("team") or "(org)"] if team else []),
                 t["display_prefix"],
                 ", ".join(t["scopes"]),
                 humanize_ago(t.get("last_used_at")),
@@ -116,6 +118,8 @@ def token_rows(tokens: Sequence[dict[str, Any]]) -> str:
 def status_marker(t: dict[str, Any]) -> str:
     """`revoked (org: leaked)`: who revoked (org or team admin) and why, beside the status."""
     status = str(t["status"])
+    if status == "grace" and t.get("grace_until"):
+        return f"grace (until {humanize_date(t['grace_until'])})"
     if status != "revoked" or not (t.get("revoked_by_level") or t.get("revoke_reason")):
         return status
     why = ": ".join(str(p) for p in (t.get("revoked_by_level"), t.get("revoke_reason")) if p)
@@ -126,6 +130,14 @@ def revocation_lines(t: dict[str, Any]) -> str:
     """`token get`: the revocation's author, level, time and reason under the table."""
     if not t.get("revoked_at"):
         return ""
+    if t.get("status") == "grace":
+        return "\n" + "\n".join(
+            [
+                f"Grace until: {humanize_date(t.get('grace_until'), seconds=True)} (it works until then)",
+                f"Replaced by: {t.get('replaced_by') or '-'}",
+                f"Rotated by:  {t.get('revoked_by') or '-'}",
+            ]
+        )
     level = {"org": "an org admin", "team": "a team admin"}.get(t.get("revoked_by_level") or "", "")
     lines = [
         f"Revoked by:  {t.get('revoked_by') or '-'}" + (f" ({level})" if level else ""),

@@ -8,12 +8,16 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from tokenward.cli_output import fail, shown_once
 from tokenward.gateway.settings import ConfigError, LogSettings, Settings, load_settings
 from tokenward.gateway.text import printable
+
+if TYPE_CHECKING:
+    from tokenward.rules import Lifetime
 
 CONFIG_ENV = "TOKENWARD_CONFIG"
 DEFAULT_CONFIG = "tokenward.yaml"
@@ -101,27 +105,47 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
         fail(f"--name: {problem or 'must not be empty'}")
     settings = _settings(config_path(args))
     configure_logging(LogSettings(level="warning", format=settings.log.format), sys.stderr)
-    token, key_id = asyncio.run(_bootstrap(settings, args.org, args.name))
+    from tokenward.rules import Invalid, Lifetime
+
+    lifetime = Lifetime(expires_in=args.expires_in) if args.expires_in is not None else None
+    try:
+        token, key_id, expires_at = asyncio.run(_org_admin_token(settings, args.org, args.name, lifetime))
+    except Invalid as exc:
+        fail(f"--{exc.message.replace('_', '-', 1)}" if exc.field == "expires_in" else exc.message)
     if args.json:
-        sys.stdout.write(orjson.dumps({"id": key_id, "token": token, "org": args.org}).decode() + "\n")
+        data = {"id": key_id, "token": token, "org": args.org, "expires_at": expires_at}
+        sys.stdout.write(orjson.dumps(data).decode() + "\n")
     else:
-        print(shown_once(f"✓ Org admin token for {args.org!r} created.", [("ID", key_id), ("Token", token)]))
+        fields = [("ID", key_id), ("Expires", (expires_at or "never").replace("T", " ")), ("Token", token)]
+        print(shown_once(f"✓ Org admin token for {args.org!r} created.", fields))
 
 
-async def _bootstrap(settings: Settings, org: str, name: str) -> tuple[str, str]:
+async def _bootstrap(
+    settings: Settings, org: str, name: str, lifetime: Lifetime | None = None
+) -> tuple[str, str]:
+    """(plaintext, id) of a new org-admin token (see `_org_admin_token`)."""
+    token, key_id, _ = await _org_admin_token(settings, org, name, lifetime)
+    return token, key_id
+
+
+async def _org_admin_token(
+    settings: Settings, org: str, name: str, lifetime: Lifetime | None
+) -> tuple[str, str, str | None]:
     """The first org-admin token, issued through the token service by the operator at the
     server: its `token.created` event is written with the token itself (an org-admin token
-    never exists without its event), like every token the admin API issues."""
+    never exists without its event), like every token the admin API issues. `lifetime`
+    None: it never expires. (plaintext, id, expires_at)."""
     from tokenward.actor import Actor
     from tokenward.gateway.runtime import Runtime
+    from tokenward.rules import iso
     from tokenward.service import TokenService
 
     runtime = await Runtime.open(settings)
     try:
         token, record = await TokenService(runtime).issue(
-            Actor("bootstrap"), org=org, team=None, name=name, scopes=["admin:org"], lifetime=None
+            Actor("bootstrap"), org=org, team=None, name=name, scopes=["admin:org"], lifetime=lifetime
         )
-        return token, record.id
+        return token, record.id, iso(record.expires_at)
     finally:
         await runtime.close()
 

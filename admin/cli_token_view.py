@@ -74,7 +74,7 @@ TOKEN_FIELDS: list[tuple[str, tuple[str, ...], Render]] = [
     ("Expires", ("expires_at",), lambda t: humanize_date(t.get("expires_at"), seconds=True)),
 ]
 #: Shown by `cli_output.revocation_lines`, under the fields.
-REVOCATION_KEYS = ("revoked_at", "revoked_by", "revoked_by_level", "revoke_reason", "replaced_by")
+REVOCATION_KEYS = ("revoked_at", "revoked_by", "revoked_by_level", "revoke_reason", "replaced_by", "grace_until")
 #: Never shown as a field (the plaintext is printed by the commands that return it).
 HIDDEN_KEYS = ("token", "warnings")
 

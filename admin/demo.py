@@ -14,16 +14,22 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from aiohttp import web
 
 from tokenward.gateway.settings import load_settings
 
+if TYPE_CHECKING:
+    from tokenward.actor import Actor
+    from tokenward.service import TokenService
+
 DEMO_ORG = "acme"
 DEMO_TEAM = "platform"
 TEAM_PERMISSIONS = ["read:apis", "write:apis", "read:specs", "write:specs", "admin:team"]
+DEMO_ADMIN = "demo-org-admin"
+DEMO_ADMIN_TTL = "365d"  # expires (tokens.max_ttl), outliving what the README issues with it; the next run revokes and deletes it
 
 
 async def echo_websocket(request: web.Request) -> web.WebSocketResponse:
@@ -148,6 +154,7 @@ async def run_demo(
     from tokenward.gateway.records import TeamRecord
     from tokenward.gateway.scopes import parse_scopes
     from tokenward.gateway.store_records import Conflict
+    from tokenward.rules import Lifetime, iso
     from tokenward.server import Server
     from tokenward.service import TokenService
 
@@ -171,8 +178,14 @@ async def run_demo(
     try:
         # issued as the admin API issues them, audited as made by the operator ("demo")
         tokens, operator = TokenService(runtime), Actor("demo")
-        admin_plain, _ = await tokens.issue(
-            operator, org=DEMO_ORG, team=None, name="demo-org-admin", scopes=["admin:org"], lifetime=None
+        retired = await retire_demo_admins(tokens, operator)
+        admin_plain, admin_record = await tokens.issue(
+            operator,
+            org=DEMO_ORG,
+            team=None,
+            name=DEMO_ADMIN,
+            scopes=["admin:org"],
+            lifetime=Lifetime(expires_in=DEMO_ADMIN_TTL),
         )
         with contextlib.suppress(Conflict):
             await runtime.store.create_team(
@@ -193,7 +206,8 @@ tokenward demo is up
   upstream    http://127.0.0.1:{upstream_port}  (echoes what it receives)
   store       {runtime.store_description}, data in {settings.data_dir}
 {moved}
-org admin token (org {DEMO_ORG}; shown once), and the `tokenward` command on your PATH:
+org admin token (org {DEMO_ORG}; shown once; expires {iso(admin_record.expires_at)}{retired}), and the
+`tokenward` command on your PATH:
   export PATH={shlex.quote(str(bin_dir))}:$PATH
   export TOKENWARD_ADMIN_URL={adm}
   export TOKENWARD_TOKEN={admin_plain}
@@ -211,6 +225,9 @@ try:
   curl -s -X POST {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens/{read_record.id}/revoke -H "Authorization: Bearer $TOKENWARD_TOKEN"
   tokenward token list --team {DEMO_TEAM}
   tokenward token get {read_record.id} --team {DEMO_TEAM}        # every field; times in UTC (Z)
+  curl -s {adm}/v1/orgs/{DEMO_ORG}/tokens -H "Authorization: Bearer $TOKENWARD_TOKEN"   # every token of the org
+  tokenward token list           # every token of org {DEMO_ORG}, org level too (TEAM column)
+  tokenward token get {admin_record.id}   # an org-level token by id, no --team
 
 Ctrl-C to stop.
 """,
@@ -226,3 +243,22 @@ Ctrl-C to stop.
     finally:
         await server.stop()
         await upstream.cleanup()
+
+
+async def retire_demo_admins(tokens: TokenService, operator: Actor) -> str:
+    """Revoke and delete the org admin tokens earlier demo runs printed (its audit trail
+    stays), so runs don't pile up org admin tokens. What to print about it."""
+    from tokenward.gateway.records import ACTIVE
+
+    store = tokens.store
+    gone = 0
+    for key_id in await store.list_token_ids(DEMO_ORG, None):  # the org level's index
+        record = await store.get_token(key_id)
+        if record is None or record.created_by != operator.name or record.name != DEMO_ADMIN:
+            continue
+        if record.status() == ACTIVE:
+            await tokens.revoke(operator, DEMO_ORG, None, key_id, "replaced by a new demo run")
+        await tokens.delete(operator, DEMO_ORG, None, key_id)
+        gone += 1
+    return "; the previous run's one is revoked and deleted" if gone else ""
+

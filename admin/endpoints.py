@@ -1,6 +1,7 @@
 """The admin API's HTTP edge: each endpoint declares its authorization and its body once
 (`Routes.__call__`), and `serve` enforces what it declares before the handler runs:
-authenticate (the gateway's `Authenticator`), the declared permission, the body read within
+authenticate (the gateway's `Authenticator`), the declared query parameters (any other, or
+one given twice, is a 400), the declared permission, the body read within
 `limits.body_timeout` and validated against its schema. Errors become responses in one
 place (`errors_middleware`): a `Refusal` as it is (audited as `admin.denied` when a decision
 step refused it), a domain error through `DOMAIN_ERRORS_TABLE`.
@@ -192,6 +193,7 @@ def serve(
         call = request[CALL]
         if ep.permission is not None:
             await call.authenticate()
+            check_query(call, ep)  # before the permission, which may read the query
             await ep.permission(call)
         if ep.body is not None:
             call.body = await read_body(call, ep.body, check)
@@ -199,6 +201,21 @@ def serve(
 
     handle.__name__ = ep.handler.__name__
     return handle
+
+
+def check_query(call: Call, ep: Endpoint) -> None:
+    """Default deny for query parameters: a parameter the endpoint does not declare, or one
+    given twice, is refused with 400 naming it, never silently ignored (`?org=other` on an
+    endpoint that reads the caller's org must not look as if it had been honoured)."""
+    declared = [name for name, _ in ep.query]
+    for name in call.query:
+        if name not in declared:
+            takes = ", ".join(declared) if declared else "none"
+            raise api_error(
+                400, "invalid_request", f"{name}: not a query parameter of this endpoint (it takes: {takes})", name
+            )
+        if len(call.query.getall(name)) > 1:
+            raise api_error(400, "invalid_request", f"{name}: given more than once", name)
 
 
 async def read_body(call: Call, body: Body, check: BodyCheck | None = None) -> dict[str, Any]:

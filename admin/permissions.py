@@ -5,6 +5,7 @@ enforced by `endpoints.serve` before the handler runs. Each one is the gateway's
 from __future__ import annotations
 
 from tokenward.endpoints import Call, Permission
+from tokenward.gateway.decision import require_org
 from tokenward.rules import (
     is_key_id,
     require_any_admin,
@@ -67,8 +68,11 @@ def audit_team(call: Call) -> str | None:
 
 
 async def audit_reader(call: Call) -> None:
-    """An org admin of its own org; a team admin (unconstrained) of the team it reads."""
+    """An org admin of its own org; a team admin (unconstrained) of the team it reads. An
+    `org` query parameter, if given, must be the caller's own org (403 otherwise)."""
     principal = call.caller
+    if "org" in call.query:
+        require_org(principal, call.query["org"])
     team = audit_team(call)
     if principal.token.team is not None:
         assert team is not None
@@ -81,3 +85,16 @@ async def audit_reader(call: Call) -> None:
 async def any_admin(call: Call) -> None:
     """Any org or team admin token, whatever its org (leak reports)."""
     require_any_admin(call.caller)
+
+
+async def org_token_admin(call: Call) -> None:
+    """The org-wide token paths (`/v1/orgs/{org}/tokens[/{id}]`): an org admin of the org in
+    the path only (a team admin is refused with 403 even for its own team's tokens: it has the
+    team paths); a constrained one reaches only tokens pinned to its constraints."""
+    principal = call.caller
+    require_org_admin(principal, call.param("org"))
+    key_id = call.request.match_info.get("id")
+    if principal.token.constraints and key_id is not None and is_key_id(key_id):
+        record = await call.runtime.store.get_token(key_id)
+        if record is not None and record.org == call.param("org"):
+            require_within_constraints(principal, record)

@@ -52,8 +52,9 @@ DURATION: Schema = {
 CONSTRAINT_VALUE: Schema = {"type": "string", "pattern": anchored(r"[A-Za-z0-9._~-]{1,128}")}
 TOKEN_STATUS: Schema = {
     "type": "string",
-    "enum": ["active", "revoked", "expired"],
-    "description": "a token's state now: expired once past expires_at, revoked once revoked",
+    "enum": ["active", "grace", "revoked", "expired"],
+    "description": "a token's state now: expired once past expires_at, revoked once revoked; grace "
+    "while a rotated token works only until its grace period ends (`grace_until`, `replaced_by`)",
 }
 STEP: Schema = {
     "type": "string",
@@ -218,6 +219,10 @@ TOKEN: Schema = {
         "revoked_by_level": {"type": ["string", "null"], "description": "`org` or `team`: the revoker's level"},
         "revoke_reason": {"type": ["string", "null"]},
         "replaced_by": {"type": ["string", "null"]},
+        "grace_until": {
+            **TIMESTAMP,
+            "description": "status grace: when the rotation's grace period ends (the token stops working)",
+        },
     },
     "required": ["id", "name", "display_prefix", "scopes", "effective_scopes", "status"],
 }

@@ -10,33 +10,24 @@ event. It raises domain errors (`Invalid`, `NotFound`, `Conflict`, `QuotaExceede
 
 from __future__ import annotations
 
-import binascii
 import contextlib
-import os
+import enum
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from tokenward.actor import Actor, Changes
-from tokenward.gateway.records import ACTIVE, FINAL_REASONS, REVOKED, TokenRecord, revoker_rank
+from tokenward.actor import Actor
+from tokenward.gateway.records import ACTIVE, FINAL_REASONS, LEVEL_ORG, REVOKED, TokenRecord, revoker_rank
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import ADMIN_ORG, Scope, format_scopes
 from tokenward.gateway.store import ActorFence, QuotaExceeded, TokenEdit
 from tokenward.gateway.store_audit import AuditEntry
-from tokenward.gateway.store_keys import Keys
 from tokenward.gateway.store_records import Conflict
-from tokenward.gateway.throttle import Throttled
-from tokenward.gateway.tokens import (
-    BASE62,
-    KEY_ID_LEN,
-    TokenFormatError,
-    checksum,
-    generate,
-    new_check_key,
-    secret_check,
-)
+from tokenward.gateway.tokens import checksum, generate, new_check_key, secret_check
 from tokenward.gateway.tokens import parse as parse_token
+from tokenward.leaks import LeakReports
+from tokenward.rotation import Rotated, check_rotatable, key_id_in_slot_of, successor_expiry
 from tokenward.rules import (
     Invalid,
     Lifetime,
@@ -111,60 +102,37 @@ async def issue_token(
     return plaintext, record
 
 
-@dataclass(frozen=True, slots=True)
-class Rotated:
-    plaintext: str
-    record: TokenRecord  # the successor
-    retired: TokenRecord  # the old token, revoked now or at the end of the grace period
+class _AnyTeam(enum.Enum):
+    ANY = "any team"
 
 
-def _not_in_team(key_id: str, team: str | None) -> NotFound:
+# Where a token is looked for: a team's name, None (the org level), or ANY_TEAM: any token of
+# the org, team or org level (the org-wide endpoints, an org admin's).
+ANY_TEAM = _AnyTeam.ANY
+TeamSel = str | None | _AnyTeam
+
+
+def in_place(record: TokenRecord, org: str, team: TeamSel) -> bool:
+    return record.org == org and (team is ANY_TEAM or record.team == team)
+
+
+def _not_in_team(key_id: str, org: str, team: TeamSel) -> NotFound:
+    if team is ANY_TEAM:
+        return NotFound(f"token {key_id!r} does not exist in org {org!r}")
     return NotFound(f"token {key_id!r} does not exist in team {team!r}")
-
-
-def check_rotatable(old: TokenRecord) -> None:
-    if old.replaced_by is not None:
-        raise Conflict(
-            f"token was already rotated (replaced by {old.replaced_by}); rotate the replacement instead"
-        )
-    if old.status() != ACTIVE:
-        raise Conflict(f"token is {old.status()}; only an active token can be rotated")
-
-
-def _key_id_in_slot_of(key_id: str) -> str:
-    """A fresh random key id whose record is in the same cluster slot as `key_id`'s, so that a
-    rotation creates the successor and retires the old token in one script (~16k draws of a
-    public id; only in a cluster)."""
-
-    def slot(kid: str) -> int:
-        return binascii.crc_hqx(kid.encode(), 0) % 16384  # the record key's hash tag is the id
-
-    assert Keys.token(key_id).endswith("{" + key_id + "}")
-    target = slot(key_id)
-    space = len(BASE62) ** KEY_ID_LEN
-    while True:
-        pool = os.urandom(10 * 1024)
-        for start in range(0, len(pool), 10):
-            number = int.from_bytes(pool[start : start + 10], "big") % space
-            digits = []
-            for _ in range(KEY_ID_LEN):
-                number, rem = divmod(number, 62)
-                digits.append(BASE62[rem])
-            kid = "".join(digits)
-            if slot(kid) == target:
-                return kid
 
 
 DEFAULT_TTL = Lifetime()  # neither expires_in nor expires_at: tokens.default_ttl
 
 
-class TokenService(Changes):
+class TokenService(LeakReports):
     """Every change to a token, decided and written atomically, audited with its actor."""
 
-    async def token_in_team(self, org: str, team: str | None, key_id: str) -> TokenRecord:
+    async def token_in_team(self, org: str, team: TeamSel, key_id: str) -> TokenRecord:
+        """A token of `team` (ANY_TEAM: of any team of the org, or of the org level)."""
         record = await self.store.get_token(key_id) if is_key_id(key_id) else None
-        if record is None or record.org != org or record.team != team:
-            raise _not_in_team(key_id, team)
+        if record is None or not in_place(record, org, team):
+            raise _not_in_team(key_id, org, team)
         return record
 
     async def issue(
@@ -251,7 +219,7 @@ class TokenService(Changes):
         self,
         actor: Actor,
         org: str,
-        team: str | None,
+        team: TeamSel,
         key_id: str,
         decide: Callable[[TokenRecord], TokenEdit | None],
     ) -> TokenRecord:
@@ -259,13 +227,13 @@ class TokenService(Changes):
         store; log its audit event once committed. The token as it is afterwards."""
 
         def in_team(record: TokenRecord) -> TokenEdit | None:
-            if record.org != org or record.team != team:
-                raise _not_in_team(key_id, team)
+            if not in_place(record, org, team):
+                raise _not_in_team(key_id, org, team)
             return decide(record)
 
         result = await self.store.change_token(key_id, in_team, actor.fence()) if is_key_id(key_id) else None
         if result is None:
-            raise _not_in_team(key_id, team)
+            raise _not_in_team(key_id, org, team)
         before, edit = result
         if edit is None:
             return before
@@ -273,13 +241,17 @@ class TokenService(Changes):
         return edit.record or before
 
     async def update(
-        self, actor: Actor, org: str, team: str, key_id: str, *, name: str | None, description: str | None
+        self, actor: Actor, org: str, team: TeamSel, key_id: str, *, name: str | None, description: str | None
     ) -> TokenRecord:
-        """Rename or re-describe a token; scopes, constraints and expiry are fixed at issuance."""
+        """Rename or re-describe a token; scopes, constraints and expiry are fixed at issuance.
+        Only a token within the caller's own grant (`require_within_grant`): a team admin
+        cannot relabel a wider token, e.g. to disguise it."""
         if name is None and description is None:
             raise Invalid("nothing to change: give name and/or description", "body")
 
         def rename(record: TokenRecord) -> TokenEdit:
+            if actor.principal is not None:
+                require_within_grant(actor.principal, record, "rename")
             # decided on the record as it is now: a revocation that landed first stays
             updated = replace(
                 record,
@@ -290,11 +262,13 @@ class TokenService(Changes):
 
         return await self.change(actor, org, team, key_id, rename)
 
-    async def revoke(self, actor: Actor, org: str, team: str, key_id: str, reason: object) -> TokenRecord:
+    async def revoke(self, actor: Actor, org: str, team: TeamSel, key_id: str, reason: object) -> TokenRecord:
         """Revoke a token, recording who did and at which level; an org admin takes a team
-        admin's revocation over (only an org admin undoes it then)."""
-        assert actor.principal is not None
-        level, why = actor_level(actor.principal), reason_field(reason)
+        admin's revocation over (only an org admin undoes it then). A team admin may revoke
+        any token of its team, a wider one too: revoking takes power away, never grants it.
+        The operator at the server (no principal) revokes at the org's level."""
+        level = LEVEL_ORG if actor.principal is None else actor_level(actor.principal)
+        why = reason_field(reason)
 
         def revoke(record: TokenRecord) -> TokenEdit | None:
             now = time.time()
@@ -315,7 +289,7 @@ class TokenService(Changes):
 
         return await self.change(actor, org, team, key_id, revoke)
 
-    async def restore(self, actor: Actor, org: str, team: str, key_id: str) -> TokenRecord:
+    async def restore(self, actor: Actor, org: str, team: TeamSel, key_id: str) -> TokenRecord:
         """Restore a revoked, unexpired token: only by an admin at least as privileged as the
         revoker, holding its scopes; leaked and rotated tokens never come back."""
         principal = actor.principal
@@ -356,10 +330,13 @@ class TokenService(Changes):
 
         return await self.change(actor, org, team, key_id, restore)
 
-    async def delete(self, actor: Actor, org: str, team: str, key_id: str) -> None:
-        """Delete a revoked or expired token (Conflict while it is active)."""
+    async def delete(self, actor: Actor, org: str, team: TeamSel, key_id: str) -> None:
+        """Delete a revoked or expired token (Conflict while it is active); like a rename, only
+        one within the caller's own grant (its record is the trail of who revoked it, and why)."""
 
         def delete(record: TokenRecord) -> TokenEdit:
+            if actor.principal is not None:
+                require_within_grant(actor.principal, record, "delete")
             if record.status() == ACTIVE:
                 raise Conflict("token is active; revoke it first, then delete it")
             return TokenEdit(None, self.token_entry(actor, "token.deleted", record))
@@ -368,21 +345,22 @@ class TokenService(Changes):
         await self.store.unindex_token(record)  # the record first, then the index entries
 
     async def rotate(
-        self, actor: Actor, org: str, team: str, key_id: str, lifetime: Lifetime, grace_period: str | None
+        self, actor: Actor, org: str, team: TeamSel, key_id: str, lifetime: Lifetime, grace_period: str | None
     ) -> Rotated:
         """Issue a replacement with the same name, description, scopes, constraints, CIDRs and
         service account; the old token is revoked now, or after `grace`. Atomic: the
-        replacement exists only if the old token was active and not yet rotated when retired."""
+        replacement exists only if the old token was active and not yet rotated when retired.
+        Its expiry: the rotation policy (`tokenward.rotation`), never silently the default."""
         principal = actor.principal
         assert principal is not None
         old = await self.token_in_team(org, team, key_id)
         check_rotatable(old)  # early, before hashing a secret for nothing; decided again below
         grace = grace_field(grace_period)
         issued = time.time()
-        expires_at = grant_expiry(principal, self.runtime.settings.tokens, lifetime, issued)
+        expires_at = successor_expiry(principal, self.runtime.settings.tokens, old, lifetime, issued)
         check_grant(
             principal,
-            team=team,
+            team=old.team,
             scopes=old.scopes,
             constraints=old.constraints,
             allowed_cidrs=old.allowed_cidrs,
@@ -391,7 +369,7 @@ class TokenService(Changes):
         level = actor_level(principal)
         plaintext, parsed = generate(self.runtime.settings.tokens.prefix)
         if self.store.cluster:
-            head = f"{parsed.prefix}_{_key_id_in_slot_of(old.id)}{parsed.secret}"
+            head = f"{parsed.prefix}_{key_id_in_slot_of(old.id)}{parsed.secret}"
             plaintext = head + checksum(head)
             parsed = parse_token(plaintext, frozenset({parsed.prefix}))
         secret_hash = await self.runtime.hasher.hash(parsed.secret)
@@ -402,8 +380,8 @@ class TokenService(Changes):
             new = TokenRecord(
                 id=parsed.key_id,
                 prefix=parsed.prefix,
-                org=org,
-                team=team,
+                org=current.org,
+                team=current.team,
                 name=current.name,
                 description=current.description,
                 scopes=current.scopes,
@@ -430,7 +408,7 @@ class TokenService(Changes):
         placeholder = replace(old, id=parsed.key_id, created_at=issued)
         await self.store.index_token(placeholder, self.runtime.settings.tokens.max_per_team)
         try:
-            retired = await self.change(actor, org, team, old.id, rotate)
+            retired = await self.change(actor, org, old.team, old.id, rotate)
         except BaseException:
             # only if the successor was not created (a failure after the commit keeps its entries;
             # a store that can't answer leaves a dangling entry, which lists skip)
@@ -441,46 +419,3 @@ class TokenService(Changes):
         record = await self.store.get_token(parsed.key_id)
         assert record is not None
         return Rotated(plaintext, record, retired)
-
-    async def report_leak(self, actor: Actor, text: str) -> tuple[str, str]:
-        """Holding the plaintext is the authority to kill it, whichever org it belongs to.
-        The secret is proven as at the gateway (`Authenticator.prove`): a wrong secret that fails
-        the cheap secret check costs no argon2, and failed verifications drain the same failure
-        throttle as requests do. (what is shown of the token, result): revoked, already_revoked,
-        unknown, not_a_token or throttled (report it again later)."""
-        try:
-            parsed = parse_token(text, self.runtime.settings.tokens.accepted_prefixes)
-            proven = await self.runtime.authenticator.prove(parsed, bind_prefix=False)
-        except TokenFormatError:
-            return _redacted(text), "not_a_token"
-        except Throttled:
-            return parsed.display_prefix, "throttled"
-        # the revocation itself works on the store's current record, as an admin revoke does
-        record = await self.store.get_token(parsed.key_id) if proven is not None else None
-        if record is None:
-            return parsed.display_prefix, "unknown"
-        assert actor.principal is not None
-        level = actor_level(actor.principal)
-        outcome = "already_revoked"
-
-        def leaked(current: TokenRecord) -> TokenEdit | None:
-            nonlocal outcome
-            if current.revoke_reason == "leaked":
-                outcome = "already_revoked"
-                return None
-            already = current.status() == REVOKED
-            outcome = "already_revoked" if already else "revoked"
-            revoked_at = current.revoked_at if already and current.revoked_at is not None else time.time()
-            # final: whoever reported it, no restore brings a leaked secret back
-            updated = current.revoked(revoked_at, actor.name, "leaked", level)
-            return TokenEdit(updated, self.token_entry(actor, "token.leaked", updated, was_revoked=already))
-
-        result = await self.store.change_token(parsed.key_id, leaked, actor.fence())
-        if result is None:  # deleted meanwhile
-            return parsed.display_prefix, "unknown"
-        self.committed(result[1].audit if result[1] is not None else None)
-        return parsed.display_prefix, outcome
-
-
-def _redacted(text: str) -> str:
-    return (text[:10] + "…") if len(text) > 10 else "…"

@@ -19,6 +19,7 @@ import binascii
 import contextlib
 import math
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,7 +27,7 @@ from aiohttp import web
 
 from tokenward import schema
 from tokenward.endpoints import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Call, api_error, json_response
-from tokenward.gateway.records import ServiceAccountRecord, TeamRecord, TokenRecord
+from tokenward.gateway.records import ACTIVE, ServiceAccountRecord, TeamRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.scopes import effective_scopes, format_scopes, ineffective_scopes
 from tokenward.gateway.tokens import KEY_ID_RE
@@ -50,7 +51,22 @@ def team_view(team: TeamRecord) -> dict[str, Any]:
     }
 
 
+GRACE = "grace"  # a view's status: active only until its scheduled revocation (a rotation's grace)
+
+
+def in_grace(token: TokenRecord, now: float) -> bool:
+    """The token works only because its revocation is scheduled for later: the grace period
+    of a rotation (`replaced_by` names the successor)."""
+    return token.revoked_at is not None and token.status(now) == ACTIVE
+
+
+def shown_status(token: TokenRecord, now: float) -> str:
+    """The status a view shows: the stored status, with `grace` for a token in grace."""
+    return GRACE if in_grace(token, now) else token.status(now)
+
+
 def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | None) -> dict[str, Any]:
+    now = time.time()
     permissions = None if token.team is None else (team.permissions if team else ())
     return {
         "id": token.id,
@@ -69,7 +85,8 @@ def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | N
         "created_by": token.created_by,
         "last_used_at": iso(last_used),
         "expires_at": iso(token.expires_at),
-        "status": token.status(),
+        "status": shown_status(token, now),
+        "grace_until": iso(token.revoked_at) if in_grace(token, now) else None,
         "revoked_at": iso(token.revoked_at),
         "revoked_by": token.revoked_by,
         "revoked_by_level": token.revoked_level if token.revoked_at is not None else None,
@@ -98,8 +115,9 @@ async def token_response(call: Call, record: TokenRecord, status: int = 200, **e
     if status == 201:  # issued: what it asks for and cannot do (issue 14, item 11)
         view["warnings"] = issuance_warnings(call.runtime.settings.routes, view)
     headers = {"Cache-Control": "no-store"} if "token" in extra else {}  # a plaintext: shown once
-    if status == 201 and record.team is not None:  # issued (or a replacement): where it lives
-        headers["Location"] = f"/v1/orgs/{record.org}/teams/{record.team}/tokens/{record.id}"
+    if status == 201:  # issued (or a replacement): where it lives
+        team_part = f"/teams/{record.team}" if record.team is not None else ""  # org level: org-wide path
+        headers["Location"] = f"/v1/orgs/{record.org}{team_part}/tokens/{record.id}"
     return json_response({**view, **extra}, status, **headers)
 
 

@@ -45,14 +45,17 @@ class IndexPages(StoreLink):
         count: int,
         *,
         service_account: str | None = None,
+        all_org: bool = False,
     ) -> IndexPage:
         """Up to `count` (id, created_at) rows of a team's token index (or of one of its
-        service accounts' indexes) after the cursor row `after`, oldest first."""
-        key = (
-            Keys.service_account_tokens(org, team, service_account)
-            if team is not None and service_account is not None
-            else Keys.team_tokens(org, team)
-        )
+        service accounts' indexes; `all_org`: of the org's index of every token, team and org
+        level) after the cursor row `after`, oldest first."""
+        if all_org:
+            key = Keys.org_tokens(org)
+        elif team is not None and service_account is not None:
+            key = Keys.service_account_tokens(org, team, service_account)
+        else:
+            key = Keys.team_tokens(org, team)
         score, member = (repr(after[0]), after[1]) if after is not None else ("0", "")
         raw = await self._call(lambda: self._index_page(keys=[key], args=[member, score, count + 1]))
         rows = [(raw[i].decode(), float(raw[i + 1])) for i in range(0, len(raw), 2)]

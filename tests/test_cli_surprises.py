@@ -328,7 +328,7 @@ async def test_the_demo_says_when_a_port_moved(demo: tuple[dict[str, str], str, 
         argv = shlex.split(line)
         if skipped & set(argv[1:3]) or argv[1:3] == ["team", "create"]:  # the demo has the team
             continue
-        argv = [token_id if arg == "<ID>" else arg for arg in argv]
+        argv = [token_id if re.fullmatch(r"<[A-Z-]*ID>", arg) else arg for arg in argv]
         done = await asyncio.to_thread(
             subprocess.run, argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
         )
@@ -365,7 +365,7 @@ def test_every_readme_command_parses() -> None:
     commands = readme_commands()
     assert len(commands) >= 20
     for line in commands:
-        argv = shlex.split(line.replace("<ID>", "AAAAAAAAAAAA"))[1:]
+        argv = shlex.split(re.sub(r"<[A-Z-]*ID>", "AAAAAAAAAAAA", line))[1:]
         try:
             build_parser().parse_args(argv)
         except SystemExit as exc:

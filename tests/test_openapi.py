@@ -128,7 +128,7 @@ def test_public_endpoints_say_so_and_the_rest_need_a_bearer_token() -> None:
 def test_enums_and_patterns() -> None:
     document = openapi_document()
     named = document["components"]["schemas"]
-    assert named["TokenStatus"]["enum"] == ["active", "revoked", "expired"]
+    assert named["TokenStatus"]["enum"] == ["active", "grace", "revoked", "expired"]
     assert named["Step"]["enum"] == [step.value for step in Step]
     assert named["Token"]["properties"]["status"] == {"$ref": "#/components/schemas/TokenStatus"}
     assert named["Error"]["properties"]["step"] == {"$ref": "#/components/schemas/Step"}
@@ -398,4 +398,4 @@ def test_documents_differ_only_where_changed() -> None:
     first["components"]["schemas"]["TokenStatus"]["enum"].append("x")
     again = openapi_document()
     assert again["components"]["headers"]["Location"]["description"] != "changed"
-    assert again["components"]["schemas"]["TokenStatus"]["enum"] == ["active", "revoked", "expired"]
+    assert again["components"]["schemas"]["TokenStatus"]["enum"] == ["active", "grace", "revoked", "expired"]

@@ -109,7 +109,7 @@ async def test_audit_query_never_reaches_another_team(gateway: Gateway, query: s
     if status == 200:
         assert other["id"] not in {e.get("token_id") for e in page["events"]}
     else:
-        assert status == 403
+        assert status == 403 or (status == 400 and "&" in query)  # a repeated parameter: refused
 
 
 # ------------------------------------------------------------------ stored, displayed fields are printable
@@ -383,7 +383,10 @@ async def test_delete_of_an_org_revoked_token_brings_back_no_power(gateway: Gate
     base = f"{TEAMS}/platform/tokens"
     wide = await mint(gw, acme, "platform", name="wide", scopes=["read:*", "write:specs"])
     assert (await call(gw, "POST", f"{base}/{wide['id']}/revoke", acme))[0] == 200
-    assert (await call(gw, "DELETE", f"{base}/{wide['id']}", ta))[0] == 204
+    # a team admin may not delete a token wider than its own grant (issue 14: the record is the
+    # org admin's trail of the revocation); the org admin may
+    assert (await call(gw, "DELETE", f"{base}/{wide['id']}", ta))[0] == 403
+    assert (await call(gw, "DELETE", f"{base}/{wide['id']}", acme))[0] == 204
     # recreating it is bounded by the team admin's own scopes; the old plaintext stays dead
     status, _ = await call(gw, "POST", base, ta, {"name": "wide", "scopes": ["read:*", "write:specs"]})
     assert status == 403

@@ -22,6 +22,7 @@ from tokenward.cli_output import (
     table,
     token_rows,
 )
+from tokenward.cli_usage import usage_lines
 
 
 # -- commands: teams -------------------------------------------------------------------------
@@ -142,7 +143,8 @@ def token_list(client: AdminClient, base: str, args: argparse.Namespace) -> None
 
 def token_get(client: AdminClient, base: str, args: argparse.Namespace) -> None:
     data = client.call("GET", f"{base}/{_q(args.id)}")
-    emit(data, args.json, token_rows([data]) + revocation_lines(data))
+    usage = "" if args.json else usage_lines(client, base, args.id)
+    emit(data, args.json, token_rows([data]) + revocation_lines(data) + usage)
 
 
 def _token_state_change(verb: str) -> TeamAction:

@@ -297,6 +297,29 @@ TOKEN_ROTATED: Schema = {
     },
     "required": [*TOKEN_CREATED["required"], "replaces"],
 }
+COUNTS: Schema = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+TOKEN_USAGE: Schema = {
+    "type": "object",
+    "description": "a token's requests over the last `days` UTC days, today included",
+    "properties": {
+        "token_id": {"type": "string"},
+        "name": {"type": "string"},
+        "days": {"type": "integer", "minimum": 1, "maximum": 90},
+        "since": {"type": "string", "format": "date", "description": "the window's first day"},
+        "requests": {"type": "integer", "minimum": 0, "description": "allowed and refused"},
+        "allowed": {"type": "integer", "minimum": 0},
+        "by_day": {**COUNTS, "description": "requests per UTC day (`2026-11-28`), every day of the window"},
+        "by_route": {**COUNTS, "description": "requests per route (its method and path template)"},
+        "refused": {**COUNTS, "description": "refusals per decision step (`status`, `scope`, ...)"},
+        "scopes_used": {**COUNTS, "description": "per granted scope: the allowed requests it covered"},
+        "unused_scopes": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "granted scopes that no allowed request needed in the window",
+        },
+    },
+    "required": ["token_id", "days", "since", "requests", "by_day", "by_route", "refused", "unused_scopes"],
+}
 AUDIT_EVENT: Schema = {
     "type": "object",
     "description": "one audit event: its action and the fields it records",
@@ -421,6 +444,7 @@ SCHEMAS: dict[str, Schema] = {
     "TokenRevoke": TOKEN_REVOKE,
     "TokenRotate": TOKEN_ROTATE,
     "TokenRotated": TOKEN_ROTATED,
+    "TokenUsage": TOKEN_USAGE,
     "Whoami": WHOAMI,
     "AuditEvent": AUDIT_EVENT,
     "AuditList": AUDIT_LIST,

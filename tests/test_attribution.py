@@ -12,7 +12,16 @@ import json
 import time
 from typing import Any
 
-from tests.helpers.gateway import APIS, TOKENS, Gateway, LogReader, admin, issue, org_admin_with_team, wrong_secrets
+from tests.helpers.gateway import (
+    APIS,
+    TOKENS,
+    Gateway,
+    LogReader,
+    admin,
+    issue,
+    org_admin_with_team,
+    wrong_secrets,
+)
 from tests.helpers.process import env_for_subprocess, run_cli
 
 SAS = "/v1/orgs/acme/teams/platform/service-accounts"

@@ -297,10 +297,19 @@ TOKEN_ROTATED: Schema = {
     },
     "required": [*TOKEN_CREATED["required"], "replaces"],
 }
-COUNTS: Schema = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+COUNTS: Schema = {
+    "type": "object",
+    "additionalProperties": {"type": "integer", "minimum": 0},
+    "description": "counts by name",
+}
 TOKEN_USAGE: Schema = {
     "type": "object",
-    "description": "a token's requests over the last `days` UTC days, today included",
+    "description": (
+        "a token's requests over the last `days` UTC days, today included: `by_day` (every day of "
+        "the window, `2026-11-28`), `by_route` (the route's methods and path template), `refused` "
+        "(by decision step: `status`, `scope`, ...), `scopes_used` (per granted scope, the allowed "
+        "requests it covered) and `unused_scopes` (granted scopes no allowed request needed)"
+    ),
     "properties": {
         "token_id": {"type": "string"},
         "name": {"type": "string"},
@@ -308,15 +317,11 @@ TOKEN_USAGE: Schema = {
         "since": {"type": "string", "format": "date", "description": "the window's first day"},
         "requests": {"type": "integer", "minimum": 0, "description": "allowed and refused"},
         "allowed": {"type": "integer", "minimum": 0},
-        "by_day": {**COUNTS, "description": "requests per UTC day (`2026-11-28`), every day of the window"},
-        "by_route": {**COUNTS, "description": "requests per route (its method and path template)"},
-        "refused": {**COUNTS, "description": "refusals per decision step (`status`, `scope`, ...)"},
-        "scopes_used": {**COUNTS, "description": "per granted scope: the allowed requests it covered"},
-        "unused_scopes": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "granted scopes that no allowed request needed in the window",
-        },
+        "by_day": COUNTS,
+        "by_route": COUNTS,
+        "refused": COUNTS,
+        "scopes_used": COUNTS,
+        "unused_scopes": {"type": "array", "items": {"type": "string"}},
     },
     "required": ["token_id", "days", "since", "requests", "by_day", "by_route", "refused", "unused_scopes"],
 }
@@ -445,6 +450,7 @@ SCHEMAS: dict[str, Schema] = {
     "TokenRotate": TOKEN_ROTATE,
     "TokenRotated": TOKEN_ROTATED,
     "TokenUsage": TOKEN_USAGE,
+    "UsageCounts": COUNTS,
     "Whoami": WHOAMI,
     "AuditEvent": AUDIT_EVENT,
     "AuditList": AUDIT_LIST,

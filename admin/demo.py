@@ -187,6 +187,10 @@ try:
   curl -s -X POST {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens/{read_record.id}/revoke -H "Authorization: Bearer $TOKENWARD_TOKEN"
   .venv/bin/tokenward token list --team {DEMO_TEAM}
 
+who still uses it? (after the revoke, the first curl line gets 401, audited with the token's id)
+  .venv/bin/tokenward audit --token-id {read_record.id} --action request.denied
+  .venv/bin/tokenward token usage {read_record.id} --team {DEMO_TEAM}     # by route and day, refusals, unused scopes
+
 Ctrl-C to stop.
 """,
             flush=True,

@@ -88,26 +88,34 @@ class UsageTally:
         self.dropped = 0  # requests not counted: the tally was full
         self.worker = secrets.token_hex(6)  # this tally's name in the day hashes (see UsageBatch)
         self._seq = 0
-        self._days: dict[tuple[str, int], _DayCount] = {}
+        self._days: dict[int, dict[str, _DayCount]] = {}  # day number -> token id -> counts
+        self._entries = 0  # (token, day) pairs in _days
+        # the day being counted: its token map and its bounds (a string key, one comparison)
+        self._today: dict[str, _DayCount] = {}
+        self._day_start = self._day_end = 0.0
         self.unsent: UsageBatch | None = None  # a batch whose write failed: sent again, first
 
     @property
     def waiting(self) -> int:
         """(token, day) pairs counted and not yet written."""
-        return len(self._days) + (len(self.unsent.rows) if self.unsent is not None else 0)
+        return self._entries + (len(self.unsent.rows) if self.unsent is not None else 0)
 
     def count(
         self, token: TokenRecord, route: str, required: tuple[Scope, ...], allowed: bool, step: str, at: float
     ) -> None:
         """One decision about `token` on `route` (the route's `required` scopes); refused at
-        `step` unless `allowed`. The hot path: a few dict operations."""
-        key = (token.id, int(at // DAY))
-        day = self._days.get(key)
+        `step` unless `allowed`. The hot path: a comparison and a few dict operations."""
+        if not self._day_start <= at < self._day_end:
+            number = int(at // DAY)
+            self._today = self._days.setdefault(number, {})
+            self._day_start, self._day_end = number * DAY, (number + 1) * DAY
+        day = self._today.get(token.id)
         if day is None:
-            if len(self._days) >= self.max_entries:
+            if self._entries >= self.max_entries:
                 self.dropped += 1
                 return
-            day = self._days[key] = _DayCount(token.scopes)
+            self._entries += 1
+            day = self._today[token.id] = _DayCount(token.scopes)
         counts = day.routes.get(route)
         if counts is None:
             counts = day.routes[route] = _RouteCount(required)
@@ -120,10 +128,15 @@ class UsageTally:
     def take(self) -> UsageBatch | None:
         """The counts so far as one batch (None: nothing counted); the tally starts over."""
         days, self._days = self._days, {}
-        if not days:
+        self._entries, self._day_start, self._day_end = 0, 0.0, 0.0  # the next count finds its day again
+        rows = tuple(
+            (token_id, day_of(number * DAY), _fields(count))
+            for number, tokens in days.items()
+            for token_id, count in tokens.items()
+        )
+        if not rows:
             return None
         self._seq += 1
-        rows = tuple((token_id, day_of(day * DAY), _fields(count)) for (token_id, day), count in days.items())
         return UsageBatch(self.worker, self._seq, rows)
 
 

@@ -135,6 +135,26 @@ def test_the_tally_is_bounded_and_counts_what_it_drops() -> None:
     assert {day for _, day, _ in batch.rows} == {day_of(now)}
 
 
+def test_each_request_counts_on_its_own_utc_day() -> None:
+    tally = UsageTally()
+    token = record("aaaaaaaaaaaa", ["read:apis"])
+    midnight = 20_000 * DAY
+    for at in (midnight - 0.001, midnight, midnight + 1, midnight - 1):
+        tally.count(token, LIST_APIS, token.scopes, True, "forward", at)
+    batch = tally.take()
+    assert batch is not None and batch.seq == 1
+    assert sorted((day, dict(fields)["n"]) for _, day, fields in batch.rows) == [
+        (day_of(midnight - 1), 2),
+        (day_of(midnight), 2),
+    ]
+    tally.count(token, LIST_APIS, token.scopes, False, "status", midnight)  # after a take: counted again
+    again = tally.take()
+    assert again is not None and again.seq == 2
+    assert [(day, dict(fields)) for _, day, fields in again.rows] == [
+        (day_of(midnight), {"n": 1, f"r:{LIST_APIS}": 1, "x:status": 1})
+    ]
+
+
 async def test_a_batch_sent_twice_counts_once(redis_url: str) -> None:
     """The write is idempotent per batch: a flush whose outcome was unknown (the connection
     dropped after the store ran it) is sent again as it was, and counts once. Two tallies

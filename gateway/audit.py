@@ -70,6 +70,7 @@ class AuditLog:
         self._pending: list[bytes] = []
         self._used: dict[str, float] = {}
         self.usage = UsageTally()  # usage per token, flushed with the events
+        self._usage_lock = asyncio.Lock()  # one usage write at a time: batches land in order
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self._sink_flush_pending = False
@@ -189,12 +190,13 @@ class AuditLog:
         """The usage batch a failed flush left (sent again as it was: it counts once), then
         the counts since; a batch stays `unsent` until its write is confirmed."""
         usage = self.usage
-        if usage.unsent is not None:
-            await store.add_usage(usage.unsent)
-        usage.unsent = usage.take()
-        if usage.unsent is not None:
-            await store.add_usage(usage.unsent)
-            usage.unsent = None
+        async with self._usage_lock:  # (a flush now and the periodic one may overlap)
+            if usage.unsent is not None:
+                await store.add_usage(usage.unsent)
+            usage.unsent = usage.take()
+            if usage.unsent is not None:
+                await store.add_usage(usage.unsent)
+                usage.unsent = None
 
     async def _run(self) -> None:
         while self._task is not None:

@@ -28,12 +28,14 @@ from tests.helpers.process import (
 )
 from tokenward.api_usage import token_usage
 from tokenward.gateway.audit import AuditLog
+from tokenward.gateway.embedded import free_port
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import parse_scope, parse_scopes
 from tokenward.gateway.settings import RedisSettings
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_connect import connect
 from tokenward.gateway.store_keys import Keys
+from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.gateway.usage import DAY, USAGE_TTL, UsageTally, covering, day_of
 
 SPECS = "/orgs/acme/teams/platform/apis/web/specs"
@@ -182,6 +184,34 @@ async def test_a_batch_sent_twice_counts_once(redis_url: str) -> None:
         client.close()
         assert USAGE_TTL - 60 < ttl <= USAGE_TTL
     finally:
+        await store.close()
+
+
+async def test_a_failed_flush_is_sent_again_and_counts_once(redis_url: str) -> None:
+    """A flush that fails keeps its batch and sends it again, as it was, before anything newer;
+    if the failed write had in fact reached the store, the second one adds nothing."""
+    unreachable = Store(connect(RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0")))
+    store = Store(connect(RedisSettings(url=redis_url)))
+    try:
+        audit = AuditLog(unreachable, 1000, flush_interval=3600)  # never started: flushed by hand
+        token = record("aaaaaaaaaaaa", ["read:apis"])
+        now = time.time()
+        for _ in range(3):
+            audit.usage.count(token, LIST_APIS, token.scopes, True, "forward", now)
+        with pytest.raises(StoreUnavailable):
+            await audit.flush()
+        lost = audit.usage.unsent
+        assert lost is not None and audit.usage.waiting == 1
+        for _ in range(2):
+            audit.usage.count(token, LIST_APIS, token.scopes, False, "scope", now)
+        await store.add_usage(lost)  # the "failed" write had landed after all
+        audit.store = store
+        await audit.flush()
+        assert audit.usage.unsent is None and audit.usage.waiting == 0
+        [fields] = await store.read_usage(token.id, [day_of(now)])
+        assert (fields["n"], fields["a"], fields["x:scope"]) == (5, 3, 2)
+    finally:
+        await unreachable.close()
         await store.close()
 
 

@@ -89,6 +89,25 @@ async def test_counts_by_day_route_and_step_and_the_unused_scopes(gateway: Gatew
         assert one_day["requests"] == 8
 
 
+async def test_requests_write_no_usage_until_a_flush(gateway: Gateway, redis_url: str) -> None:
+    """No store write per request: with the periodic writer stopped, 20 requests leave no
+    usage in the store; one flush writes them, in one hash for the token's day."""
+    org_admin = await org_admin_with_team(gateway, PERMISSIONS)
+    token = await issue(gateway, org_admin)
+    audit = gateway.runtime.audit
+    await audit.stop()  # flushes what there is, then no more periodic flushes
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert [await call(gateway, token["token"]) for _ in range(20)] == [200] * 20
+        assert client.keys("tw:usage:*") == [] and audit.usage.waiting == 1
+        await audit.flush()
+        [key] = client.keys("tw:usage:*")
+        assert key.decode().startswith(f"tw:usage:{{{token['id']}}}:")
+        assert int(client.hget(key, "n") or 0) == 20
+    finally:
+        client.close()
+
+
 @pytest.mark.also_on_cluster
 async def test_a_scope_counts_when_it_covered_a_route(gateway: Gateway) -> None:
     """The exercised scope is the granted one that covered the route's requirement: write:specs

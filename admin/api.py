@@ -6,7 +6,7 @@ the token service (`tokenward.service`, `tokenward.rules`). Every change is dura
 the response, announced to every gateway process, and audited with its actor.
 
 Modules: `api_teams` (teams, service accounts), `api_tokens` (tokens), `api_org_tokens` (an
-org's tokens by id, org admins), `api_audit` (audit,
+org's tokens by id, org admins), `api_usage` (a token's usage report), `api_audit` (audit,
 leaks, whoami), and here the process endpoints, the OpenAPI document and the app.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenward import api_audit, api_org_tokens, api_teams, api_tokens, health, schema, version
+from tokenward import api_audit, api_org_tokens, api_teams, api_tokens, api_usage, health, schema, version
 from tokenward.endpoints import (
     MAX_BODY,
     Call,
@@ -74,6 +74,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *api_teams.routes.endpoints,
     *api_tokens.routes.endpoints,
     *api_org_tokens.routes.endpoints,
+    *api_usage.routes.endpoints,
     *api_audit.routes.endpoints,
     *routes.endpoints,
 )

@@ -46,6 +46,7 @@ from tokenward.cli_server import (
     cmd_schema,
     cmd_serve,
 )
+from tokenward.cli_usage import token_usage
 from tokenward.completion import SHELLS, completion_script
 from tokenward.gateway.text import printable
 
@@ -188,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = scoped(tok, "tokens", name, run, help_text)
         p.add_argument("id")
+    p = scoped(tok, "tokens", "usage", token_usage, "requests by day and route, refusals, unused scopes")
+    p.add_argument("id")
+    p.add_argument("--days", type=_positive, help="the window: the last N days, 1..90 (default 30)")
     rotate, update = tok.choices["rotate"], tok.choices["update"]
     tok.choices["revoke"].add_argument(
         "--reason", help="why (shown in views and audit; 'leaked' makes it final: no restore)"

@@ -24,6 +24,7 @@ from tokenward.cli_output import (
     token_rows,
 )
 from tokenward.cli_token_view import token_detail
+from tokenward.cli_usage import usage_lines
 from tokenward.gateway.text import printable
 from tokenward.gateway.token_scan import scan_tokens
 from tokenward.issuance import scope_losses
@@ -163,7 +164,8 @@ def token_list(client: AdminClient, base: str, args: argparse.Namespace) -> None
 
 def token_get(client: AdminClient, base: str, args: argparse.Namespace) -> None:
     data = client.call("GET", f"{base}/{_q(args.id)}")
-    emit(data, args.json, token_detail(data))
+    usage = "" if args.json else usage_lines(client, base, args.id)
+    emit(data, args.json, token_detail(data) + usage)
 
 
 def _token_state_change(verb: str) -> TeamAction:

@@ -229,6 +229,10 @@ try:
   tokenward token list           # every token of org {DEMO_ORG}, org level too (TEAM column)
   tokenward token get {admin_record.id}   # an org-level token by id, no --team
 
+who still uses it? (after the revoke, the first curl line gets 401, audited with the token's id)
+  .venv/bin/tokenward audit --token-id {read_record.id} --action request.denied
+  .venv/bin/tokenward token usage {read_record.id} --team {DEMO_TEAM}     # by route and day, refusals, unused scopes
+
 Ctrl-C to stop.
 """,
             flush=True,

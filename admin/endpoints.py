@@ -24,7 +24,7 @@ from tokenward import schema
 from tokenward.actor import Actor
 from tokenward.directory import Directory
 from tokenward.gateway.audit import redact
-from tokenward.gateway.decision import Principal, bearer_token
+from tokenward.gateway.decision import Principal, TokenRefused, bearer_token
 from tokenward.gateway.edge import error_response, request_id_for
 from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.runtime import RUNTIME, Runtime
@@ -307,6 +307,12 @@ def domain_refusal(exc: Exception) -> Refusal:
 
 def _audit_denied(call: Call, denied: Refusal) -> None:
     principal = call.principal
+    token = principal.token if principal else None
+    claimed: dict[str, Any] = {}
+    if token is None and isinstance(denied, TokenRefused):  # a revoked, expired, ... token
+        token = denied.token
+        if token is None:  # an unproven key id: never a token_id (see SECURITY.md)
+            claimed["claimed_token_id"] = denied.claimed_id
     call.runtime.audit.emit(
         "admin.denied",
         method=call.request.method,
@@ -316,9 +322,12 @@ def _audit_denied(call: Call, denied: Refusal) -> None:
         reason=denied.message,
         client_ip=call.request.remote,
         request_id=call.request_id,
-        token_id=principal.token.id if principal else None,
-        org=principal.token.org if principal else None,
-        team=principal.token.team if principal else None,
+        token_id=token.id if token else None,
+        token_name=token.name if token else None,
+        org=token.org if token else None,
+        team=token.team if token else None,
+        service_account=token.service_account if token else None,
+        **claimed,
     )
 
 

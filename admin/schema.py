@@ -311,6 +311,34 @@ TOKEN_ROTATED: Schema = {
     },
     "required": [*TOKEN_CREATED["required"], "replaces"],
 }
+COUNTS: Schema = {
+    "type": "object",
+    "additionalProperties": {"type": "integer", "minimum": 0},
+    "description": "counts by name",
+}
+TOKEN_USAGE: Schema = {
+    "type": "object",
+    "description": (
+        "a token's requests over the last `days` UTC days, today included: `by_day` (every day of "
+        "the window, `2026-11-28`), `by_route` (the route's methods and path template), `refused` "
+        "(by decision step: `status`, `scope`, ...), `scopes_used` (per granted scope, the allowed "
+        "requests it covered) and `unused_scopes` (granted scopes no allowed request needed)"
+    ),
+    "properties": {
+        "token_id": {"type": "string"},
+        "name": {"type": "string"},
+        "days": {"type": "integer", "minimum": 1, "maximum": 90},
+        "since": {"type": "string", "format": "date", "description": "the window's first day"},
+        "requests": {"type": "integer", "minimum": 0, "description": "allowed and refused"},
+        "allowed": {"type": "integer", "minimum": 0},
+        "by_day": COUNTS,
+        "by_route": COUNTS,
+        "refused": COUNTS,
+        "scopes_used": COUNTS,
+        "unused_scopes": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["token_id", "days", "since", "requests", "by_day", "by_route", "refused", "unused_scopes"],
+}
 AUDIT_EVENT: Schema = {
     "type": "object",
     "description": "one audit event: its action and the fields it records",
@@ -444,6 +472,8 @@ SCHEMAS: dict[str, Schema] = {
     "TokenRevoke": TOKEN_REVOKE,
     "TokenRotate": TOKEN_ROTATE,
     "TokenRotated": TOKEN_ROTATED,
+    "TokenUsage": TOKEN_USAGE,
+    "UsageCounts": COUNTS,
     "Whoami": WHOAMI,
     "AuditEvent": AUDIT_EVENT,
     "AuditList": AUDIT_LIST,

@@ -4,8 +4,8 @@ Every decision (allowed or denied) and every admin change is one event, written 
 runtime's `LogOutput` (gateway/logs.py): JSON lines rendered straight to its sink (the line
 structlog's JSON chain would write), or through its structlog logger when pretty.
 Audit events are also appended, write-behind and batched, to a capped Redis stream; the
-`last_used_at` of tokens is batched the same way. Neither is ever on a request's critical
-path, and both are flushed on shutdown.
+`last_used_at` of tokens and their usage counts (gateway/usage.py) are batched the same way.
+None is ever on a request's critical path, and all are flushed on shutdown.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tokenward.gateway.redaction import REDACTED, Redactor, redact
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_audit import AUDIT_BATCH
 from tokenward.gateway.store_link import StoreUnavailable
+from tokenward.gateway.usage import UsageTally
 
 __all__ = ["LABEL", "REDACTED", "AuditLog", "IsoTimestamps", "Redactor", "redact"]  # redact: gateway/redaction.py
 
@@ -68,6 +69,8 @@ class AuditLog:
         self.redact = Redactor()  # the request path's memoized `redact`
         self._pending: list[bytes] = []
         self._used: dict[str, float] = {}
+        self.usage = UsageTally()  # usage per token, flushed with the events
+        self._usage_lock = asyncio.Lock()  # one usage write at a time: batches land in order
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self._sink_flush_pending = False
@@ -138,7 +141,7 @@ class AuditLog:
             await cancel_and_wait([task])  # past the deadline: flush() puts its batch back
         if self._sink is not None:
             self._flush_sink(self._sink)
-        while self.store is not None and (self._pending or self._used):
+        while self.store is not None and (self._pending or self._used or self.usage.waiting):
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 break
@@ -149,11 +152,12 @@ class AuditLog:
                 await asyncio.sleep(min(self.flush_interval, max(0.0, remaining)))
             except TimeoutError:
                 break
-        if self._pending or self._used:
+        if self._pending or self._used or self.usage.waiting:
             structlog.get_logger("tokenward").error(
                 "audit events not written to the store stream at shutdown",
                 events=len(self._pending),
                 last_used=len(self._used),
+                usage=self.usage.waiting,
             )
 
     async def flush(self) -> None:
@@ -172,6 +176,7 @@ class AuditLog:
             if used:
                 await self.store.touch_last_used(used)
                 used = {}
+            await self._flush_usage(self.store)
         except BaseException:
             # keep what we have for the next try (bounded)
             self._pending = (events[done:] + self._pending)[-100_000:]
@@ -180,6 +185,18 @@ class AuditLog:
             raise
         finally:
             self._flushing = False
+
+    async def _flush_usage(self, store: Store) -> None:
+        """The usage batch a failed flush left (sent again as it was: it counts once), then
+        the counts since; a batch stays `unsent` until its write is confirmed."""
+        usage = self.usage
+        async with self._usage_lock:  # (a flush now and the periodic one may overlap)
+            if usage.unsent is not None:
+                await store.add_usage(usage.unsent)
+            usage.unsent = usage.take()
+            if usage.unsent is not None:
+                await store.add_usage(usage.unsent)
+                usage.unsent = None
 
     async def _run(self) -> None:
         while self._task is not None:

@@ -44,6 +44,18 @@ def store_unavailable() -> Refusal:
     return Refusal(503, "store_unavailable", Step.STORE, "token store unavailable; retry shortly")
 
 
+class TokenRefused(Refusal):
+    """A 401 at step 3 or 4 that knows more than its answer says, for the audit event only:
+    the key id the credential claimed (unproven at step 3: anyone can name any key id), and
+    at step 4, where the secret was proven, the token itself (attributed: `token_id`, name,
+    org, team, service account). See SECURITY.md, "Refusal attribution"."""
+
+    def __init__(self, step: Step, message: str, claimed_id: str, token: TokenRecord | None = None) -> None:
+        super().__init__(401, "invalid_token", step, message)
+        self.claimed_id = claimed_id
+        self.token = token
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: the token and, for a team token, its team's permission set."""
@@ -160,14 +172,14 @@ class Authenticator:
             # that this process has already seen (say, during an argon2 verification).
             record = await self._record(key_id) if key_id is not None else None
             if record is None:
-                raise _unauthorized(Step.TOKEN, "invalid token")
+                raise TokenRefused(Step.TOKEN, "invalid token", parsed.key_id)
             status = record.status(now())
             if status == REVOKED:
-                raise _unauthorized(Step.STATUS, "token revoked")
+                raise TokenRefused(Step.STATUS, "token revoked", record.id, record)
             if status == EXPIRED:
-                raise _unauthorized(Step.STATUS, "token expired")
+                raise TokenRefused(Step.STATUS, "token expired", record.id, record)
             if not record.client_allowed(client_ip):
-                raise _unauthorized(Step.STATUS, "client address not allowed for this token")
+                raise TokenRefused(Step.STATUS, "client address not allowed for this token", record.id, record)
             team = await self._team(record) if record.team is not None else None
         except StoreUnavailable:
             raise store_unavailable() from None

@@ -27,8 +27,10 @@ from tokenward.gateway.decision import Principal
 from tokenward.gateway.edge import TrustedProxies, client_request_id, request_id
 from tokenward.gateway.headers import HeaderPolicy
 from tokenward.gateway.paths import PathError, Target, parse_target
+from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import HTTP_METHODS
+from tokenward.gateway.scopes import Scope
 from tokenward.gateway.settings import Limits, Settings, Upstream
 from tokenward.gateway.tokens import contains_bare_token
 
@@ -87,6 +89,11 @@ class Exchange:
     upstream: str = ""
     websocket: bool = False  # the matched route lets WebSocket upgrades through
     principal: Principal | None = None
+    required: tuple[Scope, ...] = ()  # the matched route's scopes (for the usage tally)
+    # A refusal at step 3 or 4 (decision.TokenRefused): the token it proved (step 4), or only
+    # the key id the credential claimed (step 3, unproven). For the audit event and usage.
+    refused_token: TokenRecord | None = None
+    claimed_id: str | None = None
     epoch: int = 0  # the cache epoch the decision started in
     allowed: bool = False
     status: int = 500

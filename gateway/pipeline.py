@@ -23,7 +23,7 @@ from aiohttp import web
 
 from tokenward.gateway.audit import AuditLog
 from tokenward.gateway.cache import VerificationCache
-from tokenward.gateway.decision import Authenticator, Principal, authorize, bearer_token
+from tokenward.gateway.decision import Authenticator, Principal, TokenRefused, authorize, bearer_token
 from tokenward.gateway.edge import error_response
 from tokenward.gateway.exchange import (
     VERIFY_PATH,
@@ -36,6 +36,7 @@ from tokenward.gateway.exchange import (
 )
 from tokenward.gateway.paths import PathError
 from tokenward.gateway.proxy import Forwarder
+from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.settings import Settings, Upstream
 from tokenward.gateway.tracing import Tracing
@@ -48,9 +49,11 @@ USER_AGENT_CHARS = 256  # the audit event's user_agent: redacted first, then cut
 
 
 def principal_fields(principal: Principal | None) -> dict[str, Any]:
-    if principal is None:
-        return {}
-    token = principal.token
+    return token_fields(principal.token) if principal is not None else {}
+
+
+def token_fields(token: TokenRecord) -> dict[str, Any]:
+    """Who an audit event is about: the token, its org, team and service account."""
     return {
         "token_id": token.id,
         "token_name": token.name,
@@ -165,6 +168,7 @@ class Pipeline:
         ex.route = route.label
         ex.websocket = route.websocket
         ex.upstream = route.upstream
+        ex.required = route.scopes
         if not route.public:
             ex.epoch = runtime.cache.epoch
             token = bearer_token(ex.request.headers.getall("Authorization", []))
@@ -188,6 +192,8 @@ class Pipeline:
     def deny(ex: Exchange, refusal: Refusal) -> web.Response:
         if refusal.step is not Step.UPSTREAM:  # the upstream fails after an allowed decision
             ex.allowed = False
+        if type(refusal) is TokenRefused:  # steps 3-4: who it was about, for the audit event
+            ex.refused_token, ex.claimed_id = refusal.token, refusal.claimed_id
         # a gateway refusal always names its step (only admin validation errors have none)
         ex.status, ex.step, ex.reason = refusal.status, refusal.step or Step.INTERNAL, refusal.message
         response = error_response(refusal, ex.request_id)
@@ -212,7 +218,13 @@ class Pipeline:
                 ex.reason = "response cut off: the client closed the connection"
                 aborted["client_aborted"] = True
             aborted["bytes_sent"] = ex.bytes_sent
-        caller = principal_fields(ex.principal)
+        token = ex.principal.token if ex.principal is not None else ex.refused_token
+        if token is not None:
+            caller = token_fields(token)
+            if ex.route is not None:  # usage per token: counted here, written in batches
+                self.runtime.audit.usage.count(token, ex.route, ex.required, ex.allowed, ex.step, time.time())
+        else:  # an unproven key id is never a token_id: anyone can name any key id
+            caller = {"claimed_token_id": ex.claimed_id} if ex.claimed_id is not None else _NO_FIELDS
         extra: dict[str, Any] = {"client_request_id": ex.client_request_id} if ex.client_request_id is not None else {}
         if ex.trace is not None:
             ex.trace.finish(ex)

@@ -249,6 +249,9 @@ def register_metrics(runtime: Runtime) -> None:
     counter("tokenward_audit_dropped",
             "Audit events not queued for the audit stream because its buffer was full (logged all the same)",
             lambda: runtime.audit.dropped)
+    counter("tokenward_usage_dropped",
+            "Requests not counted in usage per token because the tally was full between two flushes",
+            lambda: runtime.audit.usage.dropped)
     counter("tokenward_config_reloads", "Successful config reloads", lambda: runtime.reloads)
     counter("tokenward_config_reload_failures", "Config reloads refused (bad file)", lambda: runtime.reload_failures)
     gauge("tokenward_store_up",

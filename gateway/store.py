@@ -11,6 +11,7 @@
 - store_audit: `AuditEntry` and `AuditStream`, the audit stream and audited admin writes;
 - store_pages: `IndexPage` and `IndexPages`, bounded pages of the indexes;
 - store_records: `RecordStore`, reads and writes of the records (`Conflict`);
+- store_usage: `UsageStore`, the usage counts per token and day;
 - here: a token's index entries and quota, and its atomic lifecycle transitions.
 
 No command, pipeline or script touches keys of two slots at once; every change is announced
@@ -36,6 +37,7 @@ from tokenward.gateway.store_keys import Keys
 from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.gateway.store_pages import IndexPages
 from tokenward.gateway.store_records import Conflict, RecordStore
+from tokenward.gateway.store_usage import UsageStore
 
 TRANSITION_ATTEMPTS = 50  # decisions re-taken on a record that keeps changing, then 503
 
@@ -72,7 +74,7 @@ class TokenEdit:
     successor: TokenRecord | None = None  # rotation: created in the same step, in the same slot
 
 
-class Store(RecordStore, IndexPages):
+class Store(RecordStore, IndexPages, UsageStore):
     """The store's records and indexes, the audit stream, the change feed, and the token
     lifecycle: every token state change below is atomic and durable before it returns."""
 

@@ -62,3 +62,9 @@ class Keys:
     def service_account_tokens_built(org: str, team: str) -> str:
         """Set once the team's tokens from before the service-account indexes are in them."""
         return f"tw:{{{org}}}:team:{team}:sa-tokens-built"
+
+    # Usage per token and UTC day (gateway/usage.py): in the token's own slot.
+    @staticmethod
+    def usage(key_id: str, day: str) -> str:
+        """A token's usage counts on one UTC day (`2026-11-28`): a hash that expires."""
+        return f"tw:usage:{{{key_id}}}:{day}"

@@ -169,3 +169,16 @@ if ARGV[5] ~= '' and KEYS[k] then
 end
 return 1
 """
+
+# Adds one flush's usage counts to a (token, day) hash, at most once per batch: KEYS[1] the
+# hash; ARGV[1] the writing tally's worker id, ARGV[2] its batch number, ARGV[3] the hash's
+# time to live (s), then field/increment pairs. A batch sent again (its first outcome unknown)
+# finds its number already recorded under 'w:<worker>' and adds nothing.
+ADD_USAGE = """
+local mark = 'w:' .. ARGV[1]
+if tonumber(redis.call('HGET', KEYS[1], mark) or '0') >= tonumber(ARGV[2]) then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], mark, ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""

@@ -37,9 +37,11 @@ NAME: Schema = {
 }
 SCOPE: Schema = {
     "type": "string",
-    "pattern": anchored(r"(read|write|admin):([a-z][a-z0-9-]*|\*)"),
+    "pattern": anchored(r"(read|write|admin|read_write)(:([a-z][a-z0-9-]*|\*))?|[a-z][a-z0-9-]*"),
     "maxLength": 100,
-    "description": "`read`, `write` or `admin`, a colon, and a resource name or `*` (e.g. `read:apis`)",
+    "description": "a level (`read`, `write` or `admin`), a colon and a resource name or `*` (e.g. "
+    "`read:apis`, `write:*`); a bare level for every resource (`read` = `read:*`; `read_write` = "
+    "`write`); or a capability name held or not (e.g. `mcp`)",
 }
 SCOPES: Schema = {"type": "array", "items": SCOPE, "minItems": 1, "maxItems": 100}
 TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
@@ -48,6 +50,10 @@ DURATION: Schema = {
     "pattern": anchored(DURATION_TEXT),
     "maxLength": 20,
     "description": "a duration: a whole number and a unit, ms, s, m, h, d or w (e.g. `90d`)",
+}
+ENVIRONMENT: Schema = {
+    "enum": ["live", "test"],
+    "description": "live (the default) or test: shown in the token's prefix (tokens.prefix or tokens.test_prefix)",
 }
 CONSTRAINT_VALUE: Schema = {"type": "string", "pattern": anchored(r"[A-Za-z0-9._~-]{1,128}")}
 TOKEN_STATUS: Schema = {
@@ -153,7 +159,21 @@ SA_LIST: Schema = {
     "properties": {"service_accounts": {"type": "array", "items": SERVICE_ACCOUNT}, "next": NEXT_CURSOR},
     "required": ["service_accounts", "next"],
 }
-EXPIRES_AT: Schema = {"type": "string", "format": "date-time", "maxLength": 40}
+EXPIRES_AT: Schema = {
+    "type": "string",
+    "maxLength": 40,
+    "anyOf": [{"format": "date-time"}, {"pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}],
+    "description": "an RFC 3339 time with a zone (e.g. `2027-01-01T12:00:00Z`) or a date, "
+    "`2027-01-01`, meaning 00:00 UTC that day",
+}
+LIFETIME: Schema = {
+    "type": ["string", "integer"],
+    "pattern": anchored(r"[0-9]+(ms|s|m|h|d|w)?"),
+    "minimum": 1,
+    "maxLength": 20,
+    "description": "how long the token lives: a whole number and a unit, ms, s, m, h, d or w "
+    "(e.g. `90d`, `12h`), or a number of days (`90` = `90d`)",
+}
 TOKEN_CREATE: Schema = {
     "type": "object",
     "description": "a new token: at most one of expires_in and expires_at (neither: the default TTL)",
@@ -172,8 +192,9 @@ TOKEN_CREATE: Schema = {
             PRINTABLE: True,
         },
         "scopes": SCOPES,
-        "expires_in": DURATION,
+        "expires_in": LIFETIME,
         "expires_at": EXPIRES_AT,
+        "environment": ENVIRONMENT,
         "service_account": NAME,
         "constraints": {
             "type": "object",
@@ -213,6 +234,7 @@ TOKEN: Schema = {
         "last_used_at": TIMESTAMP,
         "expires_at": TIMESTAMP,
         "status": TOKEN_STATUS,
+        "environment": ENVIRONMENT,
         "revoked_at": TIMESTAMP,
         "revoked_by": {"type": ["string", "null"]},
         "revoked_by_level": {"type": ["string", "null"], "description": "`org` or `team`: the revoker's level"},
@@ -284,7 +306,7 @@ TOKEN_UPDATE: Schema = {
 TOKEN_ROTATE: Schema = {
     "type": "object",
     "description": "how long the old token lives on (grace_period) and the replacement's expiry",
-    "properties": {"grace_period": DURATION, "expires_in": DURATION, "expires_at": EXPIRES_AT},
+    "properties": {"grace_period": DURATION, "expires_in": LIFETIME, "expires_at": EXPIRES_AT},
     "additionalProperties": False,
 }
 TOKEN_ROTATED: Schema = {
@@ -405,6 +427,9 @@ SCHEMAS: dict[str, Schema] = {
     "Name": NAME,
     "Scope": SCOPE,
     "Duration": DURATION,
+    "Lifetime": LIFETIME,
+    "ExpiresAt": EXPIRES_AT,
+    "Environment": ENVIRONMENT,
     "TokenStatus": TOKEN_STATUS,
     "Team": TEAM,
     "TeamCreate": TEAM_CREATE,

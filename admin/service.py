@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from tokenward.actor import Actor, Changes
+from tokenward.gateway.environments import LIVE, prefix_for
 from tokenward.gateway.records import ACTIVE, FINAL_REASONS, REVOKED, TokenRecord, revoker_rank
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import ADMIN_ORG, Scope, format_scopes
@@ -45,6 +46,7 @@ from tokenward.rules import (
     check_grant,
     cidrs_field,
     constraints_field,
+    environment_arg,
     expiry,
     grace_field,
     grant_expiry,
@@ -76,6 +78,7 @@ async def issue_token(
     replaces: str | None = None,
     audit: Callable[[TokenRecord], AuditEntry] | None = None,
     fence: ActorFence | None = None,
+    environment: str = LIVE,
 ) -> tuple[str, TokenRecord]:
     """Mint a token, no rule checked: hash off the event loop, store durably (with
     `audit(record)`'s event in the same write), return the plaintext once. `TokenService.issue`
@@ -86,7 +89,7 @@ async def issue_token(
     held = await runtime.store.token_count(org, team)
     if held >= quota:
         raise QuotaExceeded(held, quota, org, team)
-    plaintext, parsed = generate(runtime.settings.tokens.prefix)
+    plaintext, parsed = generate(prefix_for(runtime.settings.tokens, environment))
     check_key = new_check_key()  # per record: nobody can compute its secret check offline
     record = TokenRecord(
         id=parsed.key_id,
@@ -106,6 +109,7 @@ async def issue_token(
         constraints=constraints or {},
         allowed_cidrs=allowed_cidrs,
         replaces=replaces,
+        environment=environment,
     )
     await runtime.store.create_token_in_quota(record, quota, audit(record) if audit else None, fence)
     return plaintext, record
@@ -180,6 +184,7 @@ class TokenService(Changes):
         service_account: str | None = None,
         constraints: dict[str, str] | None = None,
         allowed_cidrs: Sequence[str] = (),
+        environment: str = LIVE,
     ) -> tuple[str, TokenRecord]:
         """Issue a token; the plaintext is returned once. `lifetime` None: it never expires
         (an operator's token at the server only). A token issues only what it could do itself."""
@@ -235,6 +240,7 @@ class TokenService(Changes):
             allowed_cidrs=cidrs,
             audit=created_event,
             fence=actor.fence(),
+            environment=environment_arg(environment),
         )
         self.committed(entries[-1])
         return plaintext, record
@@ -389,7 +395,7 @@ class TokenService(Changes):
             expires_at=expires_at,
         )
         level = actor_level(principal)
-        plaintext, parsed = generate(self.runtime.settings.tokens.prefix)
+        plaintext, parsed = generate(prefix_for(self.runtime.settings.tokens, old.environment))
         if self.store.cluster:
             head = f"{parsed.prefix}_{_key_id_in_slot_of(old.id)}{parsed.secret}"
             plaintext = head + checksum(head)
@@ -417,6 +423,7 @@ class TokenService(Changes):
                 constraints=dict(current.constraints),
                 allowed_cidrs=current.allowed_cidrs,
                 replaces=current.id,
+                environment=current.environment,
             )
             retired = replace(
                 current.revoked(issued + grace, actor.name, "rotated", level), replaced_by=new.id

@@ -69,6 +69,7 @@ def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | N
         "last_used_at": iso(last_used),
         "expires_at": iso(token.expires_at),
         "status": token.status(),
+        "environment": token.environment,
         "revoked_at": iso(token.revoked_at),
         "revoked_by": token.revoked_by,
         "revoked_by_level": token.revoked_level if token.revoked_at is not None else None,

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tokenward.gateway.config_decode import NAME, Checker, Describer, Schema, boolean, decode_fields, setting
+from tokenward.gateway.environments import ENVIRONMENTS, combine, decode_environments
 from tokenward.gateway.routes import (
     HTTP_METHODS,
     Route,
@@ -19,7 +20,6 @@ from tokenward.gateway.routes import (
     find_conflicts,
     parse_template,
 )
-from tokenward.gateway.environments import ENVIRONMENTS, combine, decode_environments
 from tokenward.gateway.scopes import LEVEL_WORDS, NAME_PATTERN, RESOURCE, ScopeError, parse_scope
 
 

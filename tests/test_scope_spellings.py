@@ -200,7 +200,7 @@ def test_lifetimes_take_days_as_a_bare_number(given_value: object, seconds: floa
 
 @pytest.mark.parametrize("bad", ["1y", "90 days", "-5", "d", "", "1.5", None, True, [90]])
 def test_bad_lifetimes_are_explained(bad: object) -> None:
-    with pytest.raises(ValueError, match="e.g. 90.*'90d'") as info:
+    with pytest.raises(ValueError, match=r"e\.g\. 90.*'90d'") as info:
         parse_lifetime(bad)
     no_regex(str(info.value))
 

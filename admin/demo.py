@@ -104,7 +104,8 @@ def demo_routes(upstream: str = "registry") -> list[dict[str, Any]]:
         team_route(["GET"], "/apis", "read:apis"),
         team_route(["POST"], "/apis", "write:apis"),
         team_route(["GET"], "/apis/{api}/specs", "read:specs"),
-        team_route(["POST"], "/apis/{api}/specs", "write:specs"),
+        # publishing is production work: live tokens only (a test token gets 403, step environment)
+        {**team_route(["POST"], "/apis/{api}/specs", "write:specs"), "environments": ["live"]},
         {**team_route(["GET"], "/events", "read:apis"), "websocket": True},
         {"methods": ["GET"], "path": "/health", "upstream": upstream, "public": True},
     ]
@@ -159,6 +160,14 @@ async def run_demo(
         read_plain, read_record = await tokens.issue(
             operator, org=DEMO_ORG, team=DEMO_TEAM, name="ci-readonly", scopes=["read:apis", "read:specs"]
         )
+        test_plain, _ = await tokens.issue(
+            operator,
+            org=DEMO_ORG,
+            team=DEMO_TEAM,
+            name="dev-sandbox",
+            scopes=["read:apis", "write:specs"],
+            environment="test",
+        )
         gw = f"http://127.0.0.1:{port}"
         adm = f"http://127.0.0.1:{admin_port}"
         base = f"{gw}/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}"
@@ -174,8 +183,11 @@ org admin token (org {DEMO_ORG}; shown once):
   export TOKENWARD_ADMIN_URL={adm}
   export TOKENWARD_TOKEN={admin_plain}
 
-read-only token for team {DEMO_TEAM} (read:apis read:specs; shown once):
+read-only token for team {DEMO_TEAM} (live; read:apis read:specs; shown once):
   export READ_TOKEN={read_plain}
+
+test token for team {DEMO_TEAM} (environment test: its prefix says so; read:apis write:specs):
+  export TEST_TOKEN={test_plain}
 
 try:
   curl -s {base}/apis -H "Authorization: Bearer $READ_TOKEN"                  # 200, forwarded
@@ -186,6 +198,9 @@ try:
   curl -s {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens -H "Authorization: Bearer $TOKENWARD_TOKEN"
   curl -s -X POST {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens/{read_record.id}/revoke -H "Authorization: Bearer $TOKENWARD_TOKEN"
   .venv/bin/tokenward token list --team {DEMO_TEAM}
+  curl -s {base}/apis -H "Authorization: Bearer $TEST_TOKEN"                  # 200: test tokens read
+  curl -s -X POST {base}/apis/pets/specs -H "Authorization: Bearer $TEST_TOKEN"  # 403 environment: live only
+  .venv/bin/tokenward token list --team {DEMO_TEAM} --environment test
 
 Ctrl-C to stop.
 """,

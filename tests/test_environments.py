@@ -204,3 +204,26 @@ async def test_config_explain_and_the_cli(
     code, out, err = await run_cli("config", "explain", "GET", APIS, "--config", str(path), "--token", test["token"])
     assert code == 1 and "decision: 403 at step environment: this route accepts live tokens only" in out, out + err
     assert "environment=test" not in out  # refused before the token line
+
+
+async def test_the_demo_prints_a_live_and_a_test_token(tmp_path: Path) -> None:
+    from tokenward.gateway.embedded import free_port
+
+    ports = [str(free_port()) for _ in range(3)]
+    args = ("--port", ports[0], "--admin-port", ports[1], "--upstream-port", ports[2])
+    code, out, err = await run_cli("demo", "--once", "--data-dir", str(tmp_path / "demo"), *args, timeout=120)
+    assert code == 0, err
+    assert "export READ_TOKEN=tw_sat_" in out and "export TEST_TOKEN=tw_test_" in out, out
+    assert "403 environment" in out and "--environment test" in out
+
+
+async def test_the_demo_routes_publish_with_live_tokens_only(gw: Gateway, org: str) -> None:
+    """The tests' routes are the demo's: POST …/specs (write:specs) takes live tokens only."""
+    status, data, _ = await admin(gw, "PUT", f"{TEAMS}/platform/permissions", org, {"permissions": ["write:specs"]})
+    assert status == 200, data
+    live = await create(gw, org, scopes=["write:specs"])
+    test = await create(gw, org, scopes=["write:specs"], environment="test")
+    async with gw.session.post(gw.url + SPECS, headers=gw.auth(live["token"])) as r:
+        assert r.status == 200
+    async with gw.session.post(gw.url + SPECS, headers=gw.auth(test["token"])) as r:
+        assert (r.status, (await r.json())["step"]) == (403, "environment")

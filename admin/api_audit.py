@@ -185,5 +185,6 @@ async def whoami(call: Call) -> web.Response:
             "scopes": format_scopes(token.scopes),
             "effective_scopes": format_scopes(principal.effective_scopes),
             "expires_at": iso(token.expires_at),
+            "environment": token.environment,
         }
     )

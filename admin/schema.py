@@ -277,6 +277,7 @@ WHOAMI: Schema = {
         "scopes": {"type": "array", "items": {"type": "string"}},
         "effective_scopes": {"type": "array", "items": {"type": "string"}},
         "expires_at": TIMESTAMP,
+        "environment": ENVIRONMENT,
     },
     "required": ["id", "name", "org", "team", "scopes", "effective_scopes", "expires_at"],
 }

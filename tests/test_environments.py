@@ -77,6 +77,8 @@ async def test_a_test_token_shows_its_environment_in_its_prefix_and_views(gw: Ga
     assert stored is not None and stored.environment == "test" and stored.prefix == "tw_test"
     status, view, _ = await admin(gw, "GET", f"{TOKENS}/{test['id']}", org)
     assert status == 200 and view["environment"] == "test" and view["display_prefix"].startswith("tw_test_")
+    status, whoami, _ = await admin(gw, "GET", "/v1/whoami", test["token"])
+    assert status == 200 and whoami["environment"] == "test"
     # both work where every environment is accepted
     assert (await call(gw, SPECS, live["token"]))[0] == 200
     assert (await call(gw, SPECS, test["token"]))[0] == 200

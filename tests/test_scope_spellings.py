@@ -386,3 +386,14 @@ async def test_cli_explains_and_takes_days(gw: Gateway, tmp_path: Path) -> None:
     left = datetime.fromisoformat(created["expires_at"]) - datetime.now(UTC)
     assert timedelta(days=89, hours=23) < left <= timedelta(days=90)
     assert re.match(r"^tw_sat_", created["token"])
+
+
+async def test_a_team_admin_grants_only_capabilities_it_holds(gw: Gateway) -> None:
+    org_token = await org_admin(gw, ["read", "mcp", "delegate", "admin:team"])
+    status, data, _ = await admin(gw, "POST", TOKENS, org_token, {"name": "lead", "scopes": ["read", "mcp", "admin:team"]})
+    assert status == 201, data
+    lead = data["token"]
+    status, data, _ = await admin(gw, "POST", TOKENS, lead, {"name": "agent", "scopes": ["read:apis", "mcp"]})
+    assert status == 201 and data["effective_scopes"] == ["read:apis", "mcp"], data
+    status, data, _ = await admin(gw, "POST", TOKENS, lead, {"name": "agent", "scopes": ["delegate"]})
+    assert (status, data["step"]) == (403, "grant") and "it lacks delegate" in data["message"], data

@@ -22,12 +22,12 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
 def parse_duration(text: object) -> float:
     """Seconds in `text`; raises ValueError with the accepted forms."""
     if isinstance(text, bool) or not isinstance(text, (str, int)):
-        raise ValueError(f"{_shown(text)} is not a duration: use {DURATION_EXAMPLES}")
+        raise ValueError(f"{_shown(text)} is not a duration: use e.g. '30s', '15m', '1h', '90d'")
     if isinstance(text, int):
         return float(text)
     match = _DURATION.match(text.strip())
     if not match:
-        raise ValueError(f"{_shown(text)} is not a duration: use {DURATION_EXAMPLES}")
+        raise ValueError(f"{_shown(text)} is not a duration: use e.g. '500ms', '30s', '15m', '1h', '90d'")
     value = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     return float(value)
 

@@ -17,7 +17,16 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenward import api_audit, api_org_tokens, api_teams, api_tokens, api_usage, health, schema, version
+from tokenward import (
+    api_audit,
+    api_org_tokens,
+    api_teams,
+    api_tokens,
+    api_usage,
+    health,
+    schema_reports,
+    version,
+)
 from tokenward.endpoints import (
     MAX_BODY,
     Call,
@@ -63,7 +72,7 @@ async def healthz(call: Call) -> web.Response:
     "Ready for traffic: config loaded, listeners serving, store reachable or unreachable for less "
     "than redis.stale_if_error; under --workers, every worker",
     permission=None,
-    responses={200: schema.READINESS, 503: schema.NOT_READY},
+    responses={200: schema_reports.READINESS, 503: schema_reports.NOT_READY},
 )
 async def readyz(call: Call) -> web.Response:
     return health.readyz_response(call.runtime, call.request.app.get(BOARD), call.request_id)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenward import schema
+from tokenward import schema, schema_reports
 from tokenward.endpoints import Body, Call, Routes, api_error, json_response
 from tokenward.gateway.durations import parse_duration
 from tokenward.gateway.scopes import format_scopes
@@ -33,7 +33,7 @@ _ACTOR_FIELDS = ("actor_id", "actor_name", "actor_org", "actor_team", "client_ip
     "/v1/audit",
     "Read audit events",
     permission=audit_reader,
-    responses={200: schema.AUDIT_LIST, 400: schema.ERROR},
+    responses={200: schema_reports.AUDIT_LIST, 400: schema.ERROR},
     query=tuple((name, "integer" if name == "limit" else "string") for name in _AUDIT_QUERY),
     max_limit=AUDIT_MAX_LIMIT,
 )
@@ -146,8 +146,8 @@ def _time_or_ago(text: str, field: str) -> float:
     "/v1/leaks",
     "Report leaked tokens",
     permission=any_admin,
-    body=Body(schema.LEAKS),
-    responses={200: schema.LEAKS_RESULT},
+    body=Body(schema_reports.LEAKS),
+    responses={200: schema_reports.LEAKS_RESULT},
     tag="leaks",
 )
 async def report_leaks(call: Call) -> web.Response:
@@ -207,5 +207,6 @@ async def whoami(call: Call) -> web.Response:
             "scopes": format_scopes(token.scopes),
             "effective_scopes": format_scopes(principal.effective_scopes),
             "expires_at": iso(token.expires_at),
+            "environment": token.environment,
         }
     )

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from tokenward import schema
 from tokenward.endpoints import Body, Call, Routes, api_error
+from tokenward.gateway.environments import LIVE, environment_field
 from tokenward.gateway.records import ACTIVE, EXPIRED, REVOKED, TeamRecord, TokenRecord
 from tokenward.permissions import team_admin
 from tokenward.rules import Lifetime, duration_field, iso, refuse_fixed_fields, within_constraints
@@ -74,6 +75,7 @@ async def create_token(call: Call) -> web.Response:
         service_account=body.get("service_account"),
         constraints=body.get("constraints") or {},
         allowed_cidrs=body.get("allowed_cidrs", []),
+        environment=body.get("environment", LIVE),
     )
     return await token_response(call, record, 201, token=plaintext)
 
@@ -84,7 +86,13 @@ async def create_token(call: Call) -> web.Response:
     "List tokens",
     permission=team_admin,
     responses={200: schema.TOKEN_LIST, 400: schema.ERROR, 404: schema.ERROR},
-    query=(("status", "string"), ("expiring_within", "string"), ("service_account", "string"), *PAGE_QUERY),
+    query=(
+        ("status", "string"),
+        ("expiring_within", "string"),
+        ("service_account", "string"),
+        ("environment", "string"),
+        *PAGE_QUERY,
+    ),
 )
 async def list_tokens(call: Call) -> web.Response:
     """List a team's tokens, oldest first, one page at a time (never a hash or secret); deleted
@@ -103,6 +111,15 @@ async def list_tokens(call: Call) -> web.Response:
     return page_response("tokens", rows, next_cursor)
 
 
+def environment_query(call: Call) -> str | None:
+    """`?environment=live|test`: only the tokens of that environment."""
+    value = call.query.get("environment")
+    try:
+        return None if value is None else environment_field(value)
+    except ValueError as exc:
+        raise api_error(400, "invalid_request", str(exc), "environment") from None
+
+
 def token_filter(call: Call) -> tuple[Callable[[TokenRecord], bool], bool, str | None]:
     """The list's filter from the query: (keeps a token, filters at all, service account)."""
     status = call.query.get("status")
@@ -114,6 +131,7 @@ def token_filter(call: Call) -> tuple[Callable[[TokenRecord], bool], bool, str |
     sa = call.query.get("service_account")
     if sa is not None and not re.fullmatch(schema.SLUG, sa):
         raise api_error(400, "invalid_request", f"service_account: {sa!r} is not a name", "service_account")
+    environment = environment_query(call)
     principal = call.caller
     now = time.time()
 
@@ -126,9 +144,12 @@ def token_filter(call: Call) -> tuple[Callable[[TokenRecord], bool], bool, str |
             token.status(now) != ACTIVE or token.expires_at is None or token.expires_at > now + within
         ):
             return False
+        if environment is not None and token.environment != environment:
+            return False
         return sa is None or token.service_account == sa
 
-    return wanted, status is not None or within is not None or bool(principal.token.constraints), sa
+    filtered = status is not None or within is not None or environment is not None
+    return wanted, filtered or bool(principal.token.constraints), sa
 
 
 async def _token_page(

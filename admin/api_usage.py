@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenward import schema
+from tokenward import schema, schema_reports
 from tokenward.api_org_tokens import ORG_TOKEN
 from tokenward.api_tokens import TOKEN, token_team
 from tokenward.endpoints import Call, Routes, api_error, json_response
@@ -35,7 +35,7 @@ _DAYS_RE = re.compile(r"[0-9]{1,3}")
     TOKEN + "/usage",
     "A token's usage",
     permission=team_admin,
-    responses={200: schema.TOKEN_USAGE, 400: schema.ERROR, 404: schema.ERROR},
+    responses={200: schema_reports.TOKEN_USAGE, 400: schema.ERROR, 404: schema.ERROR},
     query=(("days", "integer"),),
 )
 async def get_token_usage(call: Call) -> web.Response:
@@ -53,7 +53,7 @@ async def get_token_usage(call: Call) -> web.Response:
     ORG_TOKEN + "/usage",
     "Any token of the org's usage",
     permission=org_token_admin,
-    responses={200: schema.TOKEN_USAGE, 400: schema.ERROR, 403: schema.ERROR, 404: schema.ERROR},
+    responses={200: schema_reports.TOKEN_USAGE, 400: schema.ERROR, 403: schema.ERROR, 404: schema.ERROR},
     query=(("days", "integer"),),
 )
 async def get_org_token_usage(call: Call) -> web.Response:

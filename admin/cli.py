@@ -156,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def expiry(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--expires-in", help="e.g. 30d")
-        p.add_argument("--expires-at", help="RFC 3339 time")
+        p.add_argument("--expires-in", help="e.g. 30d, 12h, or 90 (days)")
+        p.add_argument("--expires-at", help="a date, 2027-01-01 (00:00 UTC), or an RFC 3339 time")
 
     tok = managed("token", "manage service tokens")
     p = scoped(tok, "tokens", "create", token_create, "issue a token (the plaintext is shown once)")
@@ -168,9 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service-account")
     p.add_argument("--constraint", action="append", help="NAME=VALUE, e.g. project=web")
     p.add_argument("--allow-cidr", action="append", help="client CIDR allowed to use the token")
+    p.add_argument("--environment", choices=["live", "test"], help="live (default) or test: shown in the prefix")
     p = scoped(
         tok, "tokens", "list", token_list, "list a team's tokens (an org admin without --team: the whole org's)"
     )
+    p.add_argument("--environment", choices=["live", "test"], help="only live or only test tokens")
     p.add_argument("--status", choices=["active", "revoked", "expired"])
     p.add_argument("--expiring-within", metavar="DURATION", help="active tokens expiring within, e.g. 7d")
     p.add_argument("--service-account", metavar="NAME", help="only this service account's tokens")

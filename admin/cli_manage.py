@@ -100,6 +100,8 @@ def _created_fields(data: dict[str, Any]) -> list[tuple[str, str]]:
     if data.get("service_account"):
         fields.append(("Service account", data["service_account"]))
     fields.append(("Expires", humanize_date(data.get("expires_at"))))
+    if data.get("environment"):
+        fields.append(("Environment", data["environment"]))
     return fields
 
 
@@ -121,6 +123,7 @@ def token_create(client: AdminClient, base: str, args: argparse.Namespace) -> No
         service_account=args.service_account,
         constraints=dict(_pair(c) for c in args.constraint or ()),
         allowed_cidrs=list(args.allow_cidr or ()),
+        environment=args.environment,
     )
     data = client.call("POST", base, body)
     _issuance_warnings(data)
@@ -156,6 +159,7 @@ def token_list(client: AdminClient, base: str, args: argparse.Namespace) -> None
         "status": args.status,
         "expiring_within": args.expiring_within,
         "service_account": args.service_account,
+        "environment": args.environment,
     }
     data = client.pages(base, "tokens", query, args.limit)
     rows = token_rows(data["tokens"], team=org_wide(base)) if data["tokens"] else "no tokens"

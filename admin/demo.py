@@ -130,7 +130,8 @@ def demo_routes(upstream: str = "registry") -> list[dict[str, Any]]:
         team_route(["GET"], "/apis", "read:apis"),
         team_route(["POST"], "/apis", "write:apis"),
         team_route(["GET"], "/apis/{api}/specs", "read:specs", per_api),
-        team_route(["POST"], "/apis/{api}/specs", "write:specs", per_api),
+        # publishing is production work: live tokens only (a test token gets 403, step environment)
+        {**team_route(["POST"], "/apis/{api}/specs", "write:specs", per_api), "environments": ["live"]},
         {**team_route(["GET"], "/events", "read:apis"), "websocket": True},
         {"methods": ["GET"], "path": "/health", "upstream": upstream, "public": True},
     ]
@@ -194,6 +195,14 @@ async def run_demo(
         read_plain, read_record = await tokens.issue(
             operator, org=DEMO_ORG, team=DEMO_TEAM, name="ci-readonly", scopes=["read:apis", "read:specs"]
         )
+        test_plain, _ = await tokens.issue(
+            operator,
+            org=DEMO_ORG,
+            team=DEMO_TEAM,
+            name="dev-sandbox",
+            scopes=["read:apis", "write:specs"],
+            environment="test",
+        )
         bin_dir = Path(sys.executable).parent  # the venv's bin: where `tokenward` is
         gw = f"http://127.0.0.1:{port}"
         adm = f"http://127.0.0.1:{admin_port}"
@@ -212,8 +221,11 @@ org admin token (org {DEMO_ORG}; shown once; expires {iso(admin_record.expires_a
   export TOKENWARD_ADMIN_URL={adm}
   export TOKENWARD_TOKEN={admin_plain}
 
-read-only token for team {DEMO_TEAM} (read:apis read:specs; shown once):
+read-only token for team {DEMO_TEAM} (live; read:apis read:specs; shown once):
   export READ_TOKEN={read_plain}
+
+test token for team {DEMO_TEAM} (environment test: its prefix says so; read:apis write:specs):
+  export TEST_TOKEN={test_plain}
 
 try:
   curl -s {base}/apis -H "Authorization: Bearer $READ_TOKEN"                  # 200, forwarded
@@ -229,9 +241,14 @@ try:
   tokenward token list           # every token of org {DEMO_ORG}, org level too (TEAM column)
   tokenward token get {admin_record.id}   # an org-level token by id, no --team
 
+live and test tokens (a test token's prefix is tw_test_):
+  curl -s {base}/apis -H "Authorization: Bearer $TEST_TOKEN"                  # 200: test tokens read
+  curl -s -X POST {base}/apis/pets/specs -H "Authorization: Bearer $TEST_TOKEN"  # 403 environment: live only
+  tokenward token list --team {DEMO_TEAM} --environment test
+
 who still uses it? (after the revoke, the first curl line gets 401, audited with the token's id)
-  .venv/bin/tokenward audit --token-id {read_record.id} --action request.denied
-  .venv/bin/tokenward token usage {read_record.id} --team {DEMO_TEAM}     # by route and day, refusals, unused scopes
+  tokenward audit --token-id {read_record.id} --action request.denied
+  tokenward token usage {read_record.id} --team {DEMO_TEAM}     # by route and day, refusals, unused scopes
 
 Ctrl-C to stop.
 """,

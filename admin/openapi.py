@@ -2,7 +2,7 @@
 (`tokenward.endpoints.Routes`) and the schemas of `tokenward.schema`.
 
 What clients are generated from is shared once in `components` and referenced with `$ref`:
-the named schemas (`schema.SCHEMAS`), one error response per kind (`Error`, `Unauthorized`,
+the named schemas (`schema_reports.named_schemas()`), one error response per kind (`Error`, `Unauthorized`,
 `Forbidden`, `Unavailable`), the path and paging parameters, the response headers
 (`X-Request-Id` and `Cache-Control` on every answer, `Location` on a 201, `Retry-After` on a
 503) and the bearer scheme. An endpoint without a permission is public (`security: []`).
@@ -15,7 +15,7 @@ import copy
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tokenward import schema
+from tokenward import schema, schema_reports
 from tokenward.endpoints import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, BodyCheck, Endpoint
 from tokenward.validator import BodyValidator
 
@@ -89,7 +89,7 @@ def build_document(endpoints: Sequence[Endpoint], info: dict[str, Any]) -> dict[
         "paths": paths,
         "components": {
             "schemas": {
-                **{name: published(s, top=s) for name, s in schema.SCHEMAS.items()},
+                **{name: published(s, top=s) for name, s in schema_reports.named_schemas().items()},
                 **builder.schemas,
             },
             "responses": builder.responses,
@@ -110,7 +110,7 @@ def build_document(endpoints: Sequence[Endpoint], info: dict[str, Any]) -> dict[
 def published(s: schema.Schema, top: schema.Schema | None = None) -> schema.Schema:
     """`s` as the document shows it: each named schema inside it (not `top` itself) a `$ref`."""
     if s is not top:
-        for name, named in schema.SCHEMAS.items():
+        for name, named in schema_reports.named_schemas().items():
             if s is named:
                 return {"$ref": SCHEMAS + name}
     out: schema.Schema = {}
@@ -193,7 +193,7 @@ class _Builder:
         headers = {name: _header(name) for name in ("X-Request-Id", "Cache-Control")}
         if code == 201:
             headers["Location"] = _header("Location")
-        if s is schema.LEAKS_RESULT:  # a `throttled` result: report it again after Retry-After
+        if s is schema_reports.LEAKS_RESULT:  # a `throttled` result: report it again after Retry-After
             headers["Retry-After"] = _header("Retry-After")
         if s is None:
             return {"description": "no content" if code == 204 else "ok", "headers": headers}

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from tokenward.gateway.decision import Principal, lacks, require_org, require_scope, require_team
-from tokenward.gateway.durations import format_duration, parse_duration
+from tokenward.gateway.durations import format_duration, parse_duration, parse_lifetime, parse_time
+from tokenward.gateway.environments import environment_field
 from tokenward.gateway.records import LEVEL_ORG, LEVEL_TEAM, TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import (
@@ -247,14 +248,30 @@ def duration_field(text: str, field: str) -> float:
         raise Invalid(f"{field}: {text!r} is too long", field) from None
 
 
-def time_field(text: str, field: str) -> float:
+def lifetime_field(text: object, field: str) -> float:
+    """A token lifetime: a duration or a bare number of days (`90` = `90d`, as envshed's CLI)."""
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise Invalid(f"{field}: {text!r} is not an RFC 3339 time", field) from None
-    if parsed.tzinfo is None:
-        raise Invalid(f"{field}: needs a time zone (e.g. 'Z')", field)
-    return parsed.timestamp()
+        return parse_lifetime(text)
+    except ValueError as exc:
+        raise Invalid(f"{field}: {exc}", field) from None
+    except OverflowError:
+        raise Invalid(f"{field}: {text!r} is too long", field) from None
+
+
+def time_field(text: str, field: str) -> float:
+    """An RFC 3339 time with a zone, or a date: `2027-01-01` is 00:00 UTC that day."""
+    try:
+        return parse_time(text)
+    except (ValueError, OverflowError) as exc:
+        raise Invalid(f"{field}: {exc}", field) from None
+
+
+def environment_arg(value: object) -> str:
+    """`environment`: live or test (see tokenward.gateway.environments)."""
+    try:
+        return environment_field(value)
+    except ValueError as exc:
+        raise Invalid(str(exc), "environment") from None
 
 
 def cidrs_field(texts: list[str]) -> tuple[str, ...]:
@@ -330,7 +347,7 @@ class Lifetime:
     """The expiry a request asks for, as written: a duration (`expires_in`) or a time
     (`expires_at`), at most one; neither: the default TTL (`tokens.default_ttl`)."""
 
-    expires_in: str | None = None
+    expires_in: str | int | None = None  # an int: days
     expires_at: str | None = None
 
     @property
@@ -343,7 +360,7 @@ def expiry(policy: TokenSettings, lifetime: Lifetime, issued: float) -> float | 
     if lifetime.expires_in is not None and lifetime.expires_at is not None:
         raise Invalid("give expires_in or expires_at, not both", "expires_in")
     if lifetime.expires_in is not None:
-        ttl: float | None = duration_field(lifetime.expires_in, "expires_in")
+        ttl: float | None = lifetime_field(lifetime.expires_in, "expires_in")
         field = "expires_in"
     elif lifetime.expires_at is not None:
         ttl = time_field(lifetime.expires_at, "expires_at") - issued

@@ -37,9 +37,11 @@ NAME: Schema = {
 }
 SCOPE: Schema = {
     "type": "string",
-    "pattern": anchored(r"(read|write|admin):([a-z][a-z0-9-]*|\*)"),
+    "pattern": anchored(r"(read|write|admin|read_write)(:([a-z][a-z0-9-]*|\*))?|[a-z][a-z0-9-]*"),
     "maxLength": 100,
-    "description": "`read`, `write` or `admin`, a colon, and a resource name or `*` (e.g. `read:apis`)",
+    "description": "a level (`read`, `write` or `admin`), a colon and a resource name or `*` (e.g. "
+    "`read:apis`, `write:*`); a bare level for every resource (`read` = `read:*`; `read_write` = "
+    "`write`); or a capability name held or not (e.g. `mcp`)",
 }
 SCOPES: Schema = {"type": "array", "items": SCOPE, "minItems": 1, "maxItems": 100}
 TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
@@ -48,6 +50,10 @@ DURATION: Schema = {
     "pattern": anchored(DURATION_TEXT),
     "maxLength": 20,
     "description": "a duration: a whole number and a unit, ms, s, m, h, d or w (e.g. `90d`)",
+}
+ENVIRONMENT: Schema = {
+    "enum": ["live", "test"],
+    "description": "live (the default) or test: shown in the token's prefix (tokens.prefix or tokens.test_prefix)",
 }
 CONSTRAINT_VALUE: Schema = {"type": "string", "pattern": anchored(r"[A-Za-z0-9._~-]{1,128}")}
 TOKEN_STATUS: Schema = {
@@ -154,7 +160,21 @@ SA_LIST: Schema = {
     "properties": {"service_accounts": {"type": "array", "items": SERVICE_ACCOUNT}, "next": NEXT_CURSOR},
     "required": ["service_accounts", "next"],
 }
-EXPIRES_AT: Schema = {"type": "string", "format": "date-time", "maxLength": 40}
+EXPIRES_AT: Schema = {
+    "type": "string",
+    "maxLength": 40,
+    "anyOf": [{"format": "date-time"}, {"pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}],
+    "description": "an RFC 3339 time with a zone (e.g. `2027-01-01T12:00:00Z`) or a date, "
+    "`2027-01-01`, meaning 00:00 UTC that day",
+}
+LIFETIME: Schema = {
+    "type": ["string", "integer"],
+    "pattern": anchored(r"[0-9]+(ms|s|m|h|d|w)?"),
+    "minimum": 1,
+    "maxLength": 20,
+    "description": "how long the token lives: a whole number and a unit, ms, s, m, h, d or w "
+    "(e.g. `90d`, `12h`), or a number of days (`90` = `90d`)",
+}
 TOKEN_CREATE: Schema = {
     "type": "object",
     "description": "a new token: at most one of expires_in and expires_at (neither: the default TTL)",
@@ -173,8 +193,9 @@ TOKEN_CREATE: Schema = {
             PRINTABLE: True,
         },
         "scopes": SCOPES,
-        "expires_in": DURATION,
+        "expires_in": LIFETIME,
         "expires_at": EXPIRES_AT,
+        "environment": ENVIRONMENT,
         "service_account": NAME,
         "constraints": {
             "type": "object",
@@ -214,6 +235,7 @@ TOKEN: Schema = {
         "last_used_at": TIMESTAMP,
         "expires_at": TIMESTAMP,
         "status": TOKEN_STATUS,
+        "environment": ENVIRONMENT,
         "revoked_at": TIMESTAMP,
         "revoked_by": {"type": ["string", "null"]},
         "revoked_by_level": {"type": ["string", "null"], "description": "`org` or `team`: the revoker's level"},
@@ -269,6 +291,7 @@ WHOAMI: Schema = {
         "scopes": {"type": "array", "items": {"type": "string"}},
         "effective_scopes": {"type": "array", "items": {"type": "string"}},
         "expires_at": TIMESTAMP,
+        "environment": ENVIRONMENT,
     },
     "required": ["id", "name", "org", "team", "scopes", "effective_scopes", "expires_at"],
 }
@@ -298,7 +321,7 @@ TOKEN_UPDATE: Schema = {
 TOKEN_ROTATE: Schema = {
     "type": "object",
     "description": "how long the old token lives on (grace_period) and the replacement's expiry",
-    "properties": {"grace_period": DURATION, "expires_in": DURATION, "expires_at": EXPIRES_AT},
+    "properties": {"grace_period": DURATION, "expires_in": LIFETIME, "expires_at": EXPIRES_AT},
     "additionalProperties": False,
 }
 TOKEN_ROTATED: Schema = {
@@ -311,95 +334,6 @@ TOKEN_ROTATED: Schema = {
     },
     "required": [*TOKEN_CREATED["required"], "replaces"],
 }
-COUNTS: Schema = {
-    "type": "object",
-    "additionalProperties": {"type": "integer", "minimum": 0},
-    "description": "counts by name",
-}
-TOKEN_USAGE: Schema = {
-    "type": "object",
-    "description": (
-        "a token's requests over the last `days` UTC days, today included: `by_day` (every day of "
-        "the window, `2026-11-28`), `by_route` (the route's methods and path template), `refused` "
-        "(by decision step: `status`, `scope`, ...), `scopes_used` (per granted scope, the allowed "
-        "requests it covered) and `unused_scopes` (granted scopes no allowed request needed)"
-    ),
-    "properties": {
-        "token_id": {"type": "string"},
-        "name": {"type": "string"},
-        "days": {"type": "integer", "minimum": 1, "maximum": 90},
-        "since": {"type": "string", "format": "date", "description": "the window's first day"},
-        "requests": {"type": "integer", "minimum": 0, "description": "allowed and refused"},
-        "allowed": {"type": "integer", "minimum": 0},
-        "by_day": COUNTS,
-        "by_route": COUNTS,
-        "refused": COUNTS,
-        "scopes_used": COUNTS,
-        "unused_scopes": {"type": "array", "items": {"type": "string"}},
-    },
-    "required": ["token_id", "days", "since", "requests", "by_day", "by_route", "refused", "unused_scopes"],
-}
-AUDIT_EVENT: Schema = {
-    "type": "object",
-    "description": "one audit event: its action and the fields it records",
-    "properties": {
-        "id": {"type": "string"},
-        "time": TIMESTAMP,
-        "action": {"type": "string"},
-        "event": {"type": "string"},
-    },
-    "required": ["id", "action"],
-}
-AUDIT_LIST: Schema = {
-    "type": "object",
-    "description": "one page of audit events, newest first",
-    "properties": {"events": {"type": "array", "items": AUDIT_EVENT}, "next": NEXT_CURSOR},
-    "required": ["events", "next"],
-}
-LEAKS: Schema = {
-    "type": "object",
-    "description": "plaintext tokens found where they should not be",
-    "properties": {
-        "tokens": {
-            "type": "array",
-            "items": {"type": "string", "maxLength": 200},
-            "minItems": 1,
-            "maxItems": 100,
-        },
-        "text": {
-            "type": "string",
-            "maxLength": 1048576,
-            "description": "any text (a log line, a diff, JSON): every token-shaped string with a"
-            " valid checksum in it is reported, as secret scanners find them (at most 100)",
-        },
-    },
-    "additionalProperties": False,
-}
-LEAK_OUTCOME: Schema = {
-    "type": "string",
-    "enum": ["revoked", "already_revoked", "unknown", "not_a_token", "throttled"],
-    "description": "what became of a reported token (`throttled`: report it again after Retry-After)",
-}
-LEAKS_RESULT: Schema = {
-    "type": "object",
-    "description": "one result per reported token, in order",
-    "properties": {
-        "results": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"token": {"type": "string"}, "result": LEAK_OUTCOME},
-                "required": ["token", "result"],
-            },
-        },
-        "found": {
-            "type": "integer",
-            "description": "with `text`: how many token-shaped strings it holds (valid checksum or not)",
-        },
-    },
-    "required": ["results"],
-}
-
 # -- revocation (who and why; see SECURITY.md "lifecycle races and who may restore") ------
 TOKEN_REVOKE: Schema = {
     "type": "object",
@@ -407,46 +341,6 @@ TOKEN_REVOKE: Schema = {
     "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 200}},
     "additionalProperties": False,
 }
-
-# -- /readyz -------------------------------------------------------------------------------------
-STORE_STATE: Schema = {
-    "type": "object",
-    "properties": {
-        "up": {"type": "boolean"},
-        "down_for_s": {"type": "number"},
-        "stale_if_error_s": {"type": "number"},
-        "persistence": {"type": "string"},
-        "crash_safe_writes": {"type": "boolean"},
-        "warning": {"type": "string"},
-    },
-    "required": ["up", "down_for_s", "stale_if_error_s"],
-}
-WORKER_STATE: Schema = {
-    "type": "object",
-    "properties": {
-        "worker": {"type": "integer"},
-        "pid": {"type": "integer"},
-        "status": {"type": "string", "enum": ["ready", "not_ready"]},
-        "reasons": {"type": "array", "items": {"type": "string"}},
-        "report_age_s": {"type": "number"},
-        "store": STORE_STATE,
-    },
-    "required": ["worker", "status", "reasons"],
-}
-READINESS: Schema = {
-    "type": "object",
-    "description": "what /readyz reports: ready or not, why, and the store's and each worker's state",
-    "properties": {
-        "status": {"type": "string", "enum": ["ready", "not_ready"]},
-        "reasons": {"type": "array", "items": {"type": "string"}},
-        "routes": {"type": "integer"},
-        "store": STORE_STATE,
-        "workers": {"type": "array", "items": WORKER_STATE},
-    },
-    "required": ["status", "reasons", "routes", "store"],
-}
-NOT_READY: Schema = {"allOf": [ERROR, READINESS], "description": "not ready: the error body and the report"}
-
 
 # -- the named schemas: `components/schemas` of the OpenAPI document ---------------------------
 SCHEMAS: dict[str, Schema] = {
@@ -456,6 +350,9 @@ SCHEMAS: dict[str, Schema] = {
     "Name": NAME,
     "Scope": SCOPE,
     "Duration": DURATION,
+    "Lifetime": LIFETIME,
+    "ExpiresAt": EXPIRES_AT,
+    "Environment": ENVIRONMENT,
     "TokenStatus": TOKEN_STATUS,
     "Team": TEAM,
     "TeamCreate": TEAM_CREATE,
@@ -472,18 +369,7 @@ SCHEMAS: dict[str, Schema] = {
     "TokenRevoke": TOKEN_REVOKE,
     "TokenRotate": TOKEN_ROTATE,
     "TokenRotated": TOKEN_ROTATED,
-    "TokenUsage": TOKEN_USAGE,
-    "UsageCounts": COUNTS,
     "Whoami": WHOAMI,
-    "AuditEvent": AUDIT_EVENT,
-    "AuditList": AUDIT_LIST,
-    "LeakReport": LEAKS,
-    "LeakOutcome": LEAK_OUTCOME,
-    "LeakResults": LEAKS_RESULT,
-    "StoreState": STORE_STATE,
-    "WorkerState": WORKER_STATE,
-    "Readiness": READINESS,
-    "NotReady": NOT_READY,
 }
 
 __all__ = ["PRINTABLE", "SCHEMAS", "SLUG", "Schema", "ValidationError", "anchored", "validate"]

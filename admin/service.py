@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from tokenward.actor import Actor
+from tokenward.gateway.environments import LIVE, prefix_for
 from tokenward.gateway.records import ACTIVE, FINAL_REASONS, LEVEL_ORG, REVOKED, TokenRecord, revoker_rank
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import ADMIN_ORG, Scope, format_scopes
@@ -36,6 +37,7 @@ from tokenward.rules import (
     check_grant,
     cidrs_field,
     constraints_field,
+    environment_arg,
     expiry,
     grace_field,
     grant_expiry,
@@ -67,6 +69,7 @@ async def issue_token(
     replaces: str | None = None,
     audit: Callable[[TokenRecord], AuditEntry] | None = None,
     fence: ActorFence | None = None,
+    environment: str = LIVE,
 ) -> tuple[str, TokenRecord]:
     """Mint a token, no rule checked: hash off the event loop, store durably (with
     `audit(record)`'s event in the same write), return the plaintext once. `TokenService.issue`
@@ -77,7 +80,7 @@ async def issue_token(
     held = await runtime.store.token_count(org, team)
     if held >= quota:
         raise QuotaExceeded(held, quota, org, team)
-    plaintext, parsed = generate(runtime.settings.tokens.prefix)
+    plaintext, parsed = generate(prefix_for(runtime.settings.tokens, environment))
     check_key = new_check_key()  # per record: nobody can compute its secret check offline
     record = TokenRecord(
         id=parsed.key_id,
@@ -97,6 +100,7 @@ async def issue_token(
         constraints=constraints or {},
         allowed_cidrs=allowed_cidrs,
         replaces=replaces,
+        environment=environment,
     )
     await runtime.store.create_token_in_quota(record, quota, audit(record) if audit else None, fence)
     return plaintext, record
@@ -148,6 +152,7 @@ class TokenService(LeakReports):
         service_account: str | None = None,
         constraints: dict[str, str] | None = None,
         allowed_cidrs: Sequence[str] = (),
+        environment: str = LIVE,
     ) -> tuple[str, TokenRecord]:
         """Issue a token; the plaintext is returned once. `lifetime` None: it never expires
         (an operator's token at the server only). A token issues only what it could do itself."""
@@ -203,6 +208,7 @@ class TokenService(LeakReports):
             allowed_cidrs=cidrs,
             audit=created_event,
             fence=actor.fence(),
+            environment=environment_arg(environment),
         )
         self.committed(entries[-1])
         return plaintext, record
@@ -367,7 +373,7 @@ class TokenService(LeakReports):
             expires_at=expires_at,
         )
         level = actor_level(principal)
-        plaintext, parsed = generate(self.runtime.settings.tokens.prefix)
+        plaintext, parsed = generate(prefix_for(self.runtime.settings.tokens, old.environment))
         if self.store.cluster:
             head = f"{parsed.prefix}_{key_id_in_slot_of(old.id)}{parsed.secret}"
             plaintext = head + checksum(head)
@@ -395,6 +401,7 @@ class TokenService(LeakReports):
                 constraints=dict(current.constraints),
                 allowed_cidrs=current.allowed_cidrs,
                 replaces=current.id,
+                environment=current.environment,
             )
             retired = replace(
                 current.revoked(issued + grace, actor.name, "rotated", level), replaced_by=new.id

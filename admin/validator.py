@@ -176,10 +176,20 @@ def _explain(error: SchemaError, where: str) -> tuple[str, str]:
         "minimum": f"must be ≥ {expected}",
         "maximum": f"must be ≤ {expected}",
         "format": f"{printable(str(value))!r} is not an RFC 3339 {expected} (e.g. 2030-01-01T00:00:00Z)",
-        "pattern": error.message,
+        "pattern": _described(error) or error.message,
+        "anyOf": _described(error),
         PRINTABLE: error.message,
     }
     return field, messages.get(keyword) or f"does not satisfy {keyword}"
+
+
+def _described(error: SchemaError) -> str:
+    """'<value>' is not valid: <the schema's description>: what is accepted, with examples,
+    in words rather than as the regular expression that checks it. '' without a description."""
+    described = error.schema.get("description") if isinstance(error.schema, dict) else None
+    if not isinstance(described, str):
+        return ""
+    return f"{printable(str(error.instance))!r} is not valid: expected {described}"
 
 
 def _field(where: str, path: Sequence[Any]) -> str:

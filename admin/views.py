@@ -87,6 +87,7 @@ def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | N
         "expires_at": iso(token.expires_at),
         "status": shown_status(token, now),
         "grace_until": iso(token.revoked_at) if in_grace(token, now) else None,
+        "environment": token.environment,
         "revoked_at": iso(token.revoked_at),
         "revoked_by": token.revoked_by,
         "revoked_by_level": token.revoked_level if token.revoked_at is not None else None,

@@ -1,7 +1,7 @@
 """The ordered request decision.
 
 1 route · 2 credential · 3 token (known, secret matches) · 4 status (revoked, expired,
-allowed_cidrs) · 5 org · 6 team · 7 constraints · 8 scope.
+allowed_cidrs) · 4b environment (live/test, where a route or upstream says) · 5 org · 6 team · 7 constraints · 8 scope.
 
 Identity (steps 2–4, `Authenticator`) is kept apart from authorization (steps 5–8,
 `authorize`); both raise `Refusal`, which carries the stable step and reason that the
@@ -22,6 +22,7 @@ import orjson
 
 from tokenward.gateway import tokens
 from tokenward.gateway.cache import VerificationCache
+from tokenward.gateway.environments import describe
 from tokenward.gateway.records import EXPIRED, REVOKED, TeamRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import Match
@@ -358,10 +359,20 @@ def require_scope(principal: Principal, required: Scope) -> None:
         raise lacks(required)
 
 
+def require_environment(accepted: frozenset[str] | None, token: TokenRecord) -> None:
+    """Step 4b: a route or upstream with `environments` refuses tokens of the others."""
+    if accepted is not None and token.environment not in accepted:
+        raise _forbidden(
+            Step.ENVIRONMENT,
+            f"this route accepts {describe(accepted)} tokens only; this is a {token.environment} token",
+        )
+
+
 def authorize(match: Match, principal: Principal) -> None:
-    """Steps 5–8 against the matched route and its path parameters."""
+    """Steps 4b (environment) and 5–8 against the matched route and its path parameters."""
     route, params = match.route, match.params
     token = principal.token
+    require_environment(route.environments, token)
     if (org_param := route.resource.get("org")) is not None:
         require_org(principal, params[org_param])
     if (team_param := route.resource.get("team")) is not None and token.team is not None:

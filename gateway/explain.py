@@ -5,6 +5,7 @@ Both use the gateway's own code (canonical path, router, authenticator, authoriz
 from __future__ import annotations
 
 from tokenward.gateway.decision import authorize
+from tokenward.gateway.environments import describe
 from tokenward.gateway.paths import PathError, parse_target
 from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.routes import LITERAL, PARAM, TAIL, Route, fold, methods_overlap
@@ -158,6 +159,8 @@ def explain_route(settings: Settings, method: str, raw_path: str) -> tuple[list[
         if route.public
         else "scopes: " + ", ".join(str(s) for s in route.scopes)
     )
+    if route.environments is not None:
+        lines.append(f"environments: {describe(route.environments)} tokens only (step environment)")
     if route.resource:
         lines.append(
             "resource: " + ", ".join(f"{role}={match.params[p]}" for role, p in route.resource.items())
@@ -183,7 +186,8 @@ async def explain_token(settings: Settings, match: object, token: str) -> list[s
             return [f"decision: {denied.status} at step {denied.step}: {denied.message}"]
     token_record = principal.token
     return [
-        f"token: {token_record.display_prefix} ({token_record.name}) org={token_record.org} team={token_record.team}",
+        f"token: {token_record.display_prefix} ({token_record.name}) org={token_record.org} team={token_record.team}"
+        f" environment={token_record.environment}",
         "effective scopes: " + ", ".join(str(s) for s in principal.effective_scopes),
         "decision: allowed",
     ]

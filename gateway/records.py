@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tokenward.gateway.environments import LIVE
 from tokenward.gateway.scopes import Scope, format_scopes, parse_scopes
 
 ACTIVE, REVOKED, EXPIRED = "active", "revoked", "expired"
@@ -89,6 +90,7 @@ class TokenRecord:
     replaced_by: str | None = None
     secret_check: str = field(default="", repr=False)  # see tokens.secret_check; "" on old records
     check_key: str = field(default="", repr=False)  # the secret check's key; "" on legacy records
+    environment: str = LIVE  # live or test (environments.py); records from before it: live
 
     @property
     def display_prefix(self) -> str:
@@ -136,6 +138,7 @@ class TokenRecord:
             "replaced_by": self.replaced_by,
             "secret_check": self.secret_check,
             "check_key": self.check_key,
+            "environment": self.environment,
         }
 
     @classmethod
@@ -163,6 +166,7 @@ class TokenRecord:
             replaced_by=data.get("replaced_by"),
             secret_check=data.get("secret_check") or "",
             check_key=data.get("check_key") or "",
+            environment=data.get("environment") or LIVE,
         )
 
     def revoked(self, at: float, by: str, reason: str | None = None, level: str | None = None) -> TokenRecord:

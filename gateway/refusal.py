@@ -24,6 +24,7 @@ class Step(StrEnum):
     CREDENTIAL = "credential"
     TOKEN = "token"  # noqa: S105 - a step name, not a secret
     STATUS = "status"
+    ENVIRONMENT = "environment"  # a route or upstream that accepts only live (or test) tokens
     ORG = "org"
     TEAM = "team"
     CONSTRAINTS = "constraints"

@@ -7,10 +7,11 @@ with its location (`routes[3].scopes[0]: ...`) through the config decoder's `Che
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tokenward.gateway.config_decode import NAME, Checker, Describer, Schema, boolean, decode_fields, setting
+from tokenward.gateway.environments import ENVIRONMENTS, combine, decode_environments
 from tokenward.gateway.routes import (
     HTTP_METHODS,
     Route,
@@ -19,20 +20,26 @@ from tokenward.gateway.routes import (
     find_conflicts,
     parse_template,
 )
-from tokenward.gateway.scopes import LEVELS, RESOURCE, ScopeError, parse_scope
+from tokenward.gateway.scopes import LEVEL_WORDS, NAME_PATTERN, RESOURCE, ScopeError, parse_scope
 
 
 def decode_routes(
-    checker: Checker, raw: object, loc: str, upstreams: Sequence[str], case_insensitive: frozenset[str]
+    checker: Checker,
+    raw: object,
+    loc: str,
+    upstreams: Sequence[str],
+    case_insensitive: frozenset[str],
+    environments: Mapping[str, frozenset[str] | None] | None = None,
 ) -> Router:
     """The route table from the raw `routes` list; `upstreams`: the defined upstream names,
-    `case_insensitive`: those that match paths case-insensitively."""
+    `case_insensitive`: those that match paths case-insensitively, `environments`: the token
+    environments each upstream accepts (absent or None: all)."""
     routes: list[Route] = []
     if not isinstance(raw, list) or not raw:
         checker.problem(loc, "expected a non-empty list of routes")
         raw = []
     for i, item in enumerate(raw):
-        route = _route(checker, item, i, upstreams)
+        route = _route(checker, item, i, upstreams, environments or {})
         if route is not None:
             routes.append(route)
     for first, second in find_conflicts(routes):
@@ -52,13 +59,16 @@ class _RouteFlags:
     websocket: bool = setting(False, boolean)
 
 
-_ROUTE_KEYS = ("methods", "path", "upstream", "scopes", "public", "resource", "websocket")
+_ROUTE_KEYS = ("methods", "path", "upstream", "scopes", "public", "resource", "websocket", "environments")
 
 
 def routes_schema(d: Describer) -> Schema:
     """The JSON Schema of the `routes` list: what `_route` checks one route at a time (not
     the checks against the upstreams, the path's parameters or the other routes)."""
-    scope = f"^(?:{'|'.join(LEVELS)}):{RESOURCE.pattern.removeprefix('^').removesuffix(chr(92) + 'Z')}$"
+    resource = RESOURCE.pattern.removeprefix("^").removesuffix(chr(92) + "Z")
+    name = NAME_PATTERN.removeprefix("^").removesuffix(chr(92) + "Z")
+    # a level and a resource, a bare level (`read` = `read:*`) or a capability (`mcp`)
+    scope = f"^(?:(?:{'|'.join(LEVEL_WORDS)}):{resource}|{name}|read_write)$"
     scopes: Schema = {"type": "array", "minItems": 1, "items": d.leaf({"type": "string", "pattern": scope})}
     no_scopes: Schema = {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}
     names = NAME.pattern.removesuffix(chr(92) + "Z") + "$"
@@ -67,6 +77,7 @@ def routes_schema(d: Describer) -> Schema:
         "path": d.leaf({"type": "string", "pattern": "^/"}),
         "upstream": {"type": "string"},
         "scopes": {"anyOf": [scopes, no_scopes]},
+        "environments": {"type": "array", "minItems": 1, "items": d.leaf({"enum": list(ENVIRONMENTS)})},
         "resource": {
             "type": ["object", "null"],
             "propertyNames": {"pattern": names},
@@ -81,13 +92,19 @@ def routes_schema(d: Describer) -> Schema:
         "additionalProperties": False,
         # public: true takes no scopes and no resource; any other route names its scopes
         "if": {"properties": {"public": {"const": True}}, "required": ["public"]},
-        "then": {"properties": {"scopes": no_scopes, "resource": {"maxProperties": 0}}},
+        "then": {"properties": {"scopes": no_scopes, "resource": {"maxProperties": 0}}, "not": {"required": ["environments"]}},
         "else": {"properties": {"scopes": scopes}, "required": ["scopes"]},
     }
     return {"type": "array", "minItems": 1, "items": route}
 
 
-def _route(checker: Checker, raw: object, index: int, upstreams: Sequence[str]) -> Route | None:
+def _route(
+    checker: Checker,
+    raw: object,
+    index: int,
+    upstreams: Sequence[str],
+    upstream_environments: Mapping[str, frozenset[str] | None],
+) -> Route | None:
     loc = f"routes[{index}]"
     data = checker.mapping(raw, loc, _ROUTE_KEYS)
     if not data:
@@ -140,6 +157,8 @@ def _route(checker: Checker, raw: object, index: int, upstreams: Sequence[str]) 
             checker.problem(f"{loc}.scopes", "a public route takes no scopes")
         if data.get("resource"):
             checker.problem(f"{loc}.resource", "a public route takes no resource")
+        if "environments" in data:
+            checker.problem(f"{loc}.environments", "a public route takes no token, so no environments")
     elif raw_scopes is None:
         checker.problem(loc, "every route names its scopes or says public: true")
     elif not isinstance(raw_scopes, list) or not raw_scopes:
@@ -166,6 +185,10 @@ def _route(checker: Checker, raw: object, index: int, upstreams: Sequence[str]) 
             else:
                 resource[role] = param
 
+    environments = decode_environments(checker, data.get("environments"), f"{loc}.environments")
+    environments = combine(environments, upstream_environments.get(str(upstream)))
+    if environments is not None and not environments:
+        checker.problem(f"{loc}.environments", f"no environment is accepted by both the route and upstream {upstream}")
     if len(checker.problems) != start:
         return None
     return Route(
@@ -179,5 +202,6 @@ def _route(checker: Checker, raw: object, index: int, upstreams: Sequence[str]) 
         websocket=flags.websocket,
         shape=shape,
         param_names=names,
+        environments=None if public else environments,
     )
 

@@ -82,6 +82,8 @@ class Route:
     websocket: bool
     shape: tuple[tuple[int, str], ...]
     param_names: tuple[str, ...]
+    # token environments accepted (the route's and its upstream's `environments`); None: all
+    environments: frozenset[str] | None = None
 
     @property
     def label(self) -> str:

@@ -51,6 +51,7 @@ from tokenward.gateway.config_decode import (
 )
 from tokenward.gateway.config_env import interpolate
 from tokenward.gateway.durations import parse_duration
+from tokenward.gateway.environments import environments_setting
 from tokenward.gateway.route_config import decode_routes, routes_schema
 from tokenward.gateway.routes import Route, Router
 from tokenward.gateway.tokens import PREFIX_PATTERN, valid_prefix
@@ -301,6 +302,7 @@ class Argon2Settings:
 @dataclass(frozen=True, slots=True)
 class TokenSettings:
     prefix: str = setting("tw_sat", _prefix)
+    test_prefix: str = setting("tw_test", _prefix)  # of test tokens (environments.py)
     legacy_prefixes: tuple[str, ...] = setting((), decode=list_of(_prefix, "expected a list of prefixes"))
     default_ttl: float | None = setting(90 * 86400.0, duration_or_never)  # None: never expires
     max_ttl: float | None = setting(365 * 86400.0, duration_or_never)  # None: no limit
@@ -311,13 +313,15 @@ class TokenSettings:
 
     @property
     def accepted_prefixes(self) -> frozenset[str]:
-        return frozenset((self.prefix, *self.legacy_prefixes))
+        return frozenset((self.prefix, self.test_prefix, *self.legacy_prefixes))
 
 
 @rule(TokenSettings)
 def _default_ttl_within_max(checker: Checker, tokens: TokenSettings, given: Mapping[str, Any], loc: str) -> None:
     if tokens.max_ttl is not None and (tokens.default_ttl is None or tokens.default_ttl > tokens.max_ttl):
         checker.problem(f"{loc}.default_ttl", "is longer than tokens.max_ttl; shorten it or raise max_ttl")
+    if tokens.test_prefix == tokens.prefix:
+        checker.problem(f"{loc}.test_prefix", f"must differ from tokens.prefix ({tokens.prefix!r}): set e.g. test_prefix: {tokens.prefix}_dev")
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +338,7 @@ class Upstream:
     # finds them all taken waits up to pool_timeout for one, then gets 503
     max_connections: int = setting(100, integer(1, 100_000))
     pool_timeout: float = setting(5.0, parse_duration)
+    environments: frozenset[str] | None = setting(None, decode=environments_setting)  # None: all
     # built from `tls` at load (and at each reload) for an https url: see _upstreams
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
 
@@ -419,7 +424,8 @@ def _upstreams(checker: Checker, raw: object, loc: str, _: Mapping[str, Any]) ->
 def _router(checker: Checker, raw: object, loc: str, siblings: Mapping[str, Any]) -> Router:
     upstreams: Mapping[str, Upstream] = siblings.get("upstreams") or {}
     case_insensitive = frozenset(n for n, u in upstreams.items() if u.case_insensitive)
-    return decode_routes(checker, raw, loc, tuple(upstreams), case_insensitive)
+    environments = {n: u.environments for n, u in upstreams.items()}
+    return decode_routes(checker, raw, loc, tuple(upstreams), case_insensitive, environments)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

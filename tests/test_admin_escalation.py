@@ -257,8 +257,7 @@ async def test_team_permission_sets_refuse_org_powers(plane: Plane, permissions:
         "*",
         "*:*",
         "*:org",
-        "admin",
-        "admin:",
+        "admin:",  # bare `admin` is `admin:*`: accepted, never an org power (test_scope_spellings.py)
         "ADMIN:ORG",
         "admin:Org",
         "admin:org ",

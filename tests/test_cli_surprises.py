@@ -323,16 +323,19 @@ async def test_the_demo_says_when_a_port_moved(demo: tuple[dict[str, str], str, 
     # README's examples on the demo, as a user pastes them after the export lines: each one
     # that changes no other example's token (<ID>: the last token created) works, warning-free
     skipped = {"config", "admin", "serve", "leaks", "rotate", "revoke", "restore", "delete"}
-    token_id, ran = "", 0
+    token_id, ran, refusals = "", 0, set(readme_commands(refused=True))
     for line in readme_commands():
         argv = shlex.split(line)
-        if skipped & set(argv[1:3]) or argv[1:3] == ["team", "create"]:  # the demo has the team
+        if skipped & set(argv[1:3]) or argv[1:4] == ["team", "create", "platform"]:  # the demo has it
             continue
         argv = [token_id if re.fullmatch(r"<[A-Z-]*ID>", arg) else arg for arg in argv]
         done = await asyncio.to_thread(
             subprocess.run, argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
         )
         assert "Traceback" not in done.stderr and "warning:" not in done.stderr, (line, done.stderr)
+        if line in refusals:  # an example of an error: one line, non-zero exit
+            assert done.returncode != 0 and len(done.stderr.splitlines()) == 1, (line, done.stderr)
+            continue
         if tuple(argv[1:3]) in MUST_WORK or argv[1] in MUST_WORK:  # others: new lines may 409 here
             assert done.returncode == 0 and done.stderr == "", (line, done.stderr)
         if argv[1:3] == ["token", "create"]:
@@ -344,14 +347,18 @@ async def test_the_demo_says_when_a_port_moved(demo: tuple[dict[str, str], str, 
 MUST_WORK = {("token", "create"), ("token", "get"), ("token", "list"), ("token", "update"), "whoami", "audit"}
 
 
-def readme_commands() -> list[str]:
+def readme_commands(refused: bool = False) -> list[str]:
     """Every `tokenward ...` command line of README's sh blocks (continuations joined, comments
-    and pipes before it dropped)."""
+    and pipes before it dropped); with `refused`, only those whose comment says `# refused`
+    (examples of an error message)."""
     text = (ROOT / "README.md").read_text()
     lines: list[str] = []
     for block in re.findall(r"```sh\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" #")[0].strip()
+            line, _, comment = line.partition(" #")
+            line = line.strip()
+            if refused and not comment.strip().startswith("refused"):
+                continue
             line = line.rsplit("| ", 1)[-1].strip()
             if line.startswith(".venv/bin/tokenward "):
                 line = line.removeprefix(".venv/bin/")

@@ -229,7 +229,7 @@ async def test_leak_reports_revoke_valid_tokens(gateway: Gateway, org_admin: str
         ("POST", SAS, {"name": "ok", "extra": 1}, "extra"),
         ("POST", "/v1/leaks", {"tokens": []}, "tokens"),
         ("POST", "/v1/leaks", {"tokens": "x"}, "tokens"),
-        ("PUT", f"{TEAMS}/platform/permissions", {"permissions": ["nope"]}, "permissions[0]"),
+        ("PUT", f"{TEAMS}/platform/permissions", {"permissions": ["No pe"]}, "permissions[0]"),  # `nope`: a capability
         ("POST", TEAMS, {"name": "UPPER", "permissions": []}, "name"),
         ("POST", TEAMS, {"name": "x", "permissions": [1]}, "permissions[0]"),
     ],

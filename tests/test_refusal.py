@@ -28,7 +28,7 @@ SOURCES = sorted([*ROOT.glob("gateway/*.py"), *ROOT.glob("admin/*.py")])
 
 # every step id in responses, audit events and metrics before the enum existed
 STEP_IDS = {
-    "route", "credential", "token", "status", "org", "team", "constraints", "scope", "store",
+    "route", "credential", "token", "status", "environment", "org", "team", "constraints", "scope", "store",
     "path", "request", "limits", "framing", "forward", "verified", "upstream", "grant",
     "internal", "shutdown",
 }  # fmt: skip

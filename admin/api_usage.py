@@ -56,7 +56,7 @@ async def get_token_usage(call: Call) -> web.Response:
     responses={200: schema_reports.TOKEN_USAGE, 400: schema.ERROR, 403: schema.ERROR, 404: schema.ERROR},
     query=(("days", "integer"),),
 )
-async def get_org_token_usage(call: Call) -> web.Response:
+async def get_org_token_usage(call: Call) -> web.StreamResponse:
     """The usage report of any token of the org by id (org admins), as on the team path."""
     return await get_token_usage(call)
 

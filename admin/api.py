@@ -5,8 +5,9 @@ endpoint declares its permission and body (`tokenward.endpoints`), the token rul
 the token service (`tokenward.service`, `tokenward.rules`). Every change is durable before
 the response, announced to every gateway process, and audited with its actor.
 
-Modules: `api_teams` (teams, service accounts), `api_tokens` (tokens), `api_audit` (audit,
-leaks, whoami), and here the process endpoints, the OpenAPI document and the app.
+Modules: `api_teams` (teams, service accounts), `api_tokens` (tokens), `api_import` (imported
+keys), `api_audit` (audit, leaks, whoami), and here the process endpoints, the OpenAPI document
+and the app.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenward import api_audit, api_teams, api_tokens, health, schema, version
+from tokenward import api_audit, api_import, api_teams, api_tokens, health, schema, version
 from tokenward.endpoints import (
     MAX_BODY,
     Call,
@@ -72,6 +73,7 @@ async def readyz(call: Call) -> web.Response:
 ENDPOINTS: tuple[Endpoint, ...] = (
     *api_teams.routes.endpoints,
     *api_tokens.routes.endpoints,
+    *api_import.routes.endpoints,
     *api_audit.routes.endpoints,
     *routes.endpoints,
 )

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenward import schema
+from tokenward import metadata, schema
 from tokenward.endpoints import Body, Call, Routes, api_error
 from tokenward.gateway.records import ACTIVE, EXPIRED, REVOKED, TeamRecord, TokenRecord
 from tokenward.permissions import team_admin
@@ -64,6 +64,7 @@ async def create_token(call: Call) -> web.Response:
         service_account=body.get("service_account"),
         constraints=body.get("constraints") or {},
         allowed_cidrs=body.get("allowed_cidrs", []),
+        metadata=body.get("metadata"),
     )
     return await token_response(call, record, 201, token=plaintext)
 
@@ -74,13 +75,20 @@ async def create_token(call: Call) -> web.Response:
     "List tokens",
     permission=team_admin,
     responses={200: schema.TOKEN_LIST, 400: schema.ERROR, 404: schema.ERROR},
-    query=(("status", "string"), ("expiring_within", "string"), ("service_account", "string"), *PAGE_QUERY),
+    query=(
+        ("status", "string"),
+        ("expiring_within", "string"),
+        ("service_account", "string"),
+        ("metadata", "string"),
+        *PAGE_QUERY,
+    ),
 )
 async def list_tokens(call: Call) -> web.Response:
     """List a team's tokens, oldest first, one page at a time (never a hash or secret); deleted
-    tokens are gone, revoked and expired ones stay with their status. With a status or
-    expiring_within filter a page examines at most 1000 tokens and may hold fewer than
-    `limit` rows: follow `next` until it is null."""
+    tokens are gone, revoked and expired ones stay with their status. With a status,
+    expiring_within or metadata filter a page examines at most 1000 tokens and may hold fewer
+    than `limit` rows: follow `next` until it is null. `metadata=KEY=VALUE` (repeatable, all
+    must match) keeps the tokens whose metadata holds that exact value."""
     org, team_name = call.param("org"), call.param("team")
     wanted, filtered, sa = token_filter(call)
     limit, position = page_limit(call), token_cursor(call)
@@ -104,6 +112,7 @@ def token_filter(call: Call) -> tuple[Callable[[TokenRecord], bool], bool, str |
     sa = call.query.get("service_account")
     if sa is not None and not re.fullmatch(schema.SLUG, sa):
         raise api_error(400, "invalid_request", f"service_account: {sa!r} is not a name", "service_account")
+    notes = metadata_query(call)
     principal = call.caller
     now = time.time()
 
@@ -116,9 +125,17 @@ def token_filter(call: Call) -> tuple[Callable[[TokenRecord], bool], bool, str |
             token.status(now) != ACTIVE or token.expires_at is None or token.expires_at > now + within
         ):
             return False
+        if notes and not metadata.matches(token.metadata, notes):
+            return False
         return sa is None or token.service_account == sa
 
-    return wanted, status is not None or within is not None or bool(principal.token.constraints), sa
+    filtered = status is not None or within is not None or bool(notes) or bool(principal.token.constraints)
+    return wanted, filtered, sa
+
+
+def metadata_query(call: Call) -> tuple[tuple[str, str], ...]:
+    """The `metadata=KEY=VALUE` filters of a list (Invalid, a 400, with an example)."""
+    return metadata.metadata_filters(call.query.getall("metadata", ()))
 
 
 async def _token_page(
@@ -167,14 +184,15 @@ async def get_token(call: Call) -> web.Response:
 @routes(
     "PATCH",
     TOKEN,
-    "Rename or re-describe a token",
+    "Rename, re-describe or re-annotate a token",
     permission=team_admin,
     body=Body(schema.TOKEN_UPDATE, check=refuse_fixed_fields),
     responses={200: schema.TOKEN, 400: schema.ERROR, 404: schema.ERROR},
 )
 async def update_token(call: Call) -> web.Response:
-    """Change a token's name or description. Scopes, constraints and expiry are fixed at
-    issuance (a body naming one is refused): rotate instead."""
+    """Change a token's name, description or metadata (`metadata` replaces the whole object;
+    `{}` clears it). Scopes, constraints and expiry are fixed at issuance (a body naming one
+    is refused): rotate instead."""
     body = call.body
     record = await call.tokens.update(
         call.actor,
@@ -183,6 +201,7 @@ async def update_token(call: Call) -> web.Response:
         call.param("id"),
         name=body.get("name"),
         description=body.get("description"),
+        metadata=body.get("metadata"),
     )
     return await token_response(call, record)
 

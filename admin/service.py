@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenward.actor import Actor, Changes
 from tokenward.gateway.records import ACTIVE, FINAL_REASONS, REVOKED, TokenRecord, revoker_rank
@@ -37,6 +37,7 @@ from tokenward.gateway.tokens import (
     secret_check,
 )
 from tokenward.gateway.tokens import parse as parse_token
+from tokenward.metadata import metadata_field
 from tokenward.rules import (
     Invalid,
     Lifetime,
@@ -76,6 +77,7 @@ async def issue_token(
     replaces: str | None = None,
     audit: Callable[[TokenRecord], AuditEntry] | None = None,
     fence: ActorFence | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> tuple[str, TokenRecord]:
     """Mint a token, no rule checked: hash off the event loop, store durably (with
     `audit(record)`'s event in the same write), return the plaintext once. `TokenService.issue`
@@ -106,6 +108,7 @@ async def issue_token(
         constraints=constraints or {},
         allowed_cidrs=allowed_cidrs,
         replaces=replaces,
+        metadata=metadata or {},
     )
     await runtime.store.create_token_in_quota(record, quota, audit(record) if audit else None, fence)
     return plaintext, record
@@ -180,6 +183,7 @@ class TokenService(Changes):
         service_account: str | None = None,
         constraints: dict[str, str] | None = None,
         allowed_cidrs: Sequence[str] = (),
+        metadata: object = None,
     ) -> tuple[str, TokenRecord]:
         """Issue a token; the plaintext is returned once. `lifetime` None: it never expires
         (an operator's token at the server only). A token issues only what it could do itself."""
@@ -194,7 +198,7 @@ class TokenService(Changes):
                 raise Invalid(
                     f"service_account: {service_account!r} does not exist in team {team!r}", "service_account"
                 )
-        pinned = constraints_field(constraints or {})
+        pinned, notes = constraints_field(constraints or {}), metadata_field(metadata or {})
         expires_at = self._expiry(actor, lifetime, time.time())
         principal = actor.principal
         cidrs = cidrs_field(list(allowed_cidrs))
@@ -235,6 +239,7 @@ class TokenService(Changes):
             allowed_cidrs=cidrs,
             audit=created_event,
             fence=actor.fence(),
+            metadata=notes,
         )
         self.committed(entries[-1])
         return plaintext, record
@@ -272,12 +277,13 @@ class TokenService(Changes):
         self.committed(edit.audit)
         return edit.record or before
 
-    async def update(
-        self, actor: Actor, org: str, team: str, key_id: str, *, name: str | None, description: str | None
-    ) -> TokenRecord:
-        """Rename or re-describe a token; scopes, constraints and expiry are fixed at issuance."""
-        if name is None and description is None:
-            raise Invalid("nothing to change: give name and/or description", "body")
+    async def update(self, actor: Actor, org: str, team: str, key_id: str, **change: Any) -> TokenRecord:
+        """Change a token's `name`, `description` and/or `metadata` (the whole object); scopes,
+        constraints and expiry are fixed at issuance."""
+        name, description, metadata = (change.get(k) for k in ("name", "description", "metadata"))
+        if name is None and description is None and metadata is None:
+            raise Invalid("nothing to change: give name, description and/or metadata", "body")
+        notes = None if metadata is None else metadata_field(metadata)
 
         def rename(record: TokenRecord) -> TokenEdit:
             # decided on the record as it is now: a revocation that landed first stays
@@ -285,6 +291,7 @@ class TokenService(Changes):
                 record,
                 name=record.name if name is None else name,
                 description=record.description if description is None else description,
+                metadata=record.metadata if notes is None else notes,
             )
             return TokenEdit(updated, self.token_entry(actor, "token.updated", updated))
 
@@ -417,6 +424,7 @@ class TokenService(Changes):
                 constraints=dict(current.constraints),
                 allowed_cidrs=current.allowed_cidrs,
                 replaces=current.id,
+                metadata=dict(current.metadata),  # an imported key's successor is ours: no digest
             )
             retired = replace(
                 current.revoked(issued + grace, actor.name, "rotated", level), replaced_by=new.id

@@ -57,6 +57,18 @@ class VerificationCache:
         # False while the push channel is down: a change made then could be missed, so every
         # record is read from the store until the channel is back (and the cache cleared).
         self.trusted = True
+        # Whether the store holds imported keys (gateway/legacy_keys.py), and when that was read
+        self._legacy: tuple[bool, float] | None = None
+
+    def legacy_present(self) -> bool | None:
+        """Whether imported keys exist, as read within `ttl` (None: unknown, read the store)."""
+        if self._legacy is None or not self.trusted or time.monotonic() - self._legacy[1] > self.ttl:
+            return None
+        return self._legacy[0]
+
+    def store_legacy_present(self, present: bool, epoch: int) -> None:
+        if epoch == self.epoch:
+            self._legacy = (present, time.monotonic())
 
     def proof(self, fingerprint: str) -> str | None:
         return self.proofs.get(fingerprint)
@@ -105,6 +117,9 @@ class VerificationCache:
         elif change.kind == "team":
             org, _, team = change.ident.partition("/")
             self.teams.pop((org, team))
+        elif change.kind == "legacy":  # a key was imported: look keys up, forget refusals
+            self._legacy = None
+            self.failures.clear()
         else:
             self.clear()
 
@@ -114,6 +129,7 @@ class VerificationCache:
         self.records.clear()
         self.teams.clear()
         self.failures.clear()
+        self._legacy = None
 
 
 FAST_POLL_INTERVAL = 0.05  # seconds between change-log reads while the push channel is down

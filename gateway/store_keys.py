@@ -62,3 +62,11 @@ class Keys:
     def service_account_tokens_built(org: str, team: str) -> str:
         """Set once the team's tokens from before the service-account indexes are in them."""
         return f"tw:{{{org}}}:team:{team}:sa-tokens-built"
+
+    # Imported keys (gateway/legacy_keys.py), each in the slot of its own lookup digest:
+    legacy_present = "tw:legacy:present"  # set once any key was imported: gateways look keys up
+
+    @staticmethod
+    def legacy_key(digest: str) -> str:
+        """An imported key's lookup digest -> "<key id> <claimed at>"."""
+        return f"tw:legacy:{{{digest}}}"

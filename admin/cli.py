@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from tokenward import version
+from tokenward.cli_import import add_metadata_options, token_import
 from tokenward.cli_manage import (
     TeamAction,
     _deleter,
@@ -149,11 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service-account")
     p.add_argument("--constraint", action="append", help="NAME=VALUE, e.g. project=web")
     p.add_argument("--allow-cidr", action="append", help="client CIDR allowed to use the token")
+    add_metadata_options(p)
+    p = scoped(tok, "tokens", "import", token_import, "import a key from an old system (read from stdin)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--scopes", required=True, help="comma-separated, e.g. read:apis,write:specs")
+    p.add_argument("--key-file", metavar="PATH", help="read the key from this file (- or absent: stdin)")
+    p.add_argument("--description")
+    expiry(p)
+    add_metadata_options(p)
     p = scoped(tok, "tokens", "list", token_list, "list a team's tokens")
     p.add_argument("--status", choices=["active", "revoked", "expired"])
     p.add_argument("--expiring-within", metavar="DURATION", help="active tokens expiring within, e.g. 7d")
     p.add_argument("--service-account", metavar="NAME", help="only this service account's tokens")
     p.add_argument("--limit", type=_positive, help="at most this many tokens (default: all, page by page)")
+    p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="only tokens with this metadata")
     for name, run, help_text in (
         ("get", token_get, "show one token"),
         ("revoke", _token_state_change("revoke"), "revoke a token (its next request gets 401)"),
@@ -178,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     expiry(rotate)
     update.add_argument("--name")
     update.add_argument("--description")
+    add_metadata_options(update)  # replaces the token's whole metadata
 
     sa = managed("sa", "manage service accounts")
     p = scoped(sa, "service-accounts", "create", sa_create, "create a service account")

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tokenward.cli_client import AUDIT_PAGE_SIZE, AdminClient, _org_team, _q, _split
+from tokenward.cli_import import metadata_lines, metadata_option
 from tokenward.cli_output import (
     CliError,
     _or_dash,
@@ -97,6 +98,7 @@ def token_create(client: AdminClient, base: str, args: argparse.Namespace) -> No
         service_account=args.service_account,
         constraints=dict(_pair(c) for c in args.constraint or ()),
         allowed_cidrs=list(args.allow_cidr or ()),
+        metadata=metadata_option(args),
     )
     data = client.call("POST", base, body)
     human = shown_once(
@@ -135,6 +137,7 @@ def token_list(client: AdminClient, base: str, args: argparse.Namespace) -> None
         "status": args.status,
         "expiring_within": args.expiring_within,
         "service_account": args.service_account,
+        "metadata": list(args.metadata or ()) or None,
     }
     data = client.pages(base, "tokens", query, args.limit)
     emit(data, args.json, token_rows(data["tokens"]) if data["tokens"] else "no tokens")
@@ -142,7 +145,7 @@ def token_list(client: AdminClient, base: str, args: argparse.Namespace) -> None
 
 def token_get(client: AdminClient, base: str, args: argparse.Namespace) -> None:
     data = client.call("GET", f"{base}/{_q(args.id)}")
-    emit(data, args.json, token_rows([data]) + revocation_lines(data))
+    emit(data, args.json, token_rows([data]) + revocation_lines(data) + metadata_lines(data))
 
 
 def _token_state_change(verb: str) -> TeamAction:
@@ -158,11 +161,16 @@ def _token_state_change(verb: str) -> TeamAction:
 
 
 def token_update(client: AdminClient, base: str, args: argparse.Namespace) -> None:
-    body = {k: v for k, v in (("name", args.name), ("description", args.description)) if v is not None}
+    notes = metadata_option(args)
+    body = {
+        k: v
+        for k, v in (("name", args.name), ("description", args.description), ("metadata", notes))
+        if v is not None
+    }
     if not body:
-        raise CliError("nothing to update: give --name and/or --description")
+        raise CliError("nothing to update: give --name, --description and/or --metadata")
     data = client.call("PATCH", f"{base}/{_q(args.id)}", body)
-    emit(data, args.json, f"✓ Token {data['id']} updated: name {data['name']!r}.")
+    emit(data, args.json, f"✓ Token {data['id']} updated: name {data['name']!r}." + metadata_lines(data))
 
 
 def _deleter(noun: str, key: str) -> TeamAction:

@@ -107,8 +107,8 @@ def token_rows(tokens: Sequence[dict[str, Any]]) -> str:
 
 def status_marker(t: dict[str, Any]) -> str:
     """`revoked (org: leaked)`: who revoked (org or team admin) and why, beside the status."""
-    status = str(t["status"])
-    if status != "revoked" or not (t.get("revoked_by_level") or t.get("revoke_reason")):
+    status = str(t["status"]) + (" LEGACY" if t.get("legacy") else "")  # an imported key
+    if not status.startswith("revoked") or not (t.get("revoked_by_level") or t.get("revoke_reason")):
         return status
     why = ": ".join(str(p) for p in (t.get("revoked_by_level"), t.get("revoke_reason")) if p)
     return f"{status} ({why})"

@@ -194,9 +194,11 @@ class Authenticator:
     async def _identify_legacy(self, fingerprint: str, key: str) -> str | None:
         """The key id an imported key proves to hold, or None: its lookup digest gives the key
         id (no argon2 for an unknown digest, one store read; none while no key was ever
-        imported), then the key is verified as a token of ours is, the key as its secret."""
+        imported), then the key is verified as a token of ours is, the key as its secret.
+        Unlike a token of ours, the key does not hold its key id: a proof is only good while
+        its record exists (deleted, the same key may be imported again as another token)."""
         key_id = self.cache.proof(fingerprint)
-        if key_id is not None:
+        if key_id is not None and await self._record(key_id) is not None:
             return key_id
         if self.cache.failed(fingerprint):
             return None

@@ -184,7 +184,7 @@ async def get_token(call: Call) -> web.Response:
 @routes(
     "PATCH",
     TOKEN,
-    "Rename, re-describe or re-annotate a token",
+    "Change a token's name or metadata",
     permission=team_admin,
     body=Body(schema.TOKEN_UPDATE, check=refuse_fixed_fields),
     responses={200: schema.TOKEN, 400: schema.ERROR, 404: schema.ERROR},

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
 import socket
 from pathlib import Path
@@ -121,6 +123,17 @@ def demo_config(data_dir: Path, port: int, admin_port: int, upstream_port: int) 
     }
 
 
+def demo_lookup_key(data_dir: Path) -> Path:
+    """The demo's `tokens.legacy_lookup_key_file` (made once, 0600), so that `token import`
+    works against it; a real deployment mounts its own."""
+    path = data_dir.resolve() / "legacy-lookup.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+    return path
+
+
 async def run_demo(
     data_dir: Path, port: int, admin_port: int, upstream_port: int, once: bool = False
 ) -> None:
@@ -134,11 +147,9 @@ async def run_demo(
     data_dir.mkdir(parents=True, exist_ok=True)
     port, admin_port, upstream_port = (port_or_free(p) for p in (port, admin_port, upstream_port))
     config_path = data_dir / "demo.yaml"
-    config_path.write_text(
-        yaml.safe_dump(
-            demo_config(data_dir.resolve() / "store", port, admin_port, upstream_port), sort_keys=False
-        )
-    )
+    config = demo_config(data_dir.resolve() / "store", port, admin_port, upstream_port)
+    config["tokens"]["legacy_lookup_key_file"] = str(demo_lookup_key(data_dir))  # token import
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     settings = load_settings(config_path)
 
     upstream = web.AppRunner(echo_app(), access_log=None)
@@ -186,6 +197,10 @@ try:
   curl -s {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens -H "Authorization: Bearer $TOKENWARD_TOKEN"
   curl -s -X POST {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens/{read_record.id}/revoke -H "Authorization: Bearer $TOKENWARD_TOKEN"
   .venv/bin/tokenward token list --team {DEMO_TEAM}
+  .venv/bin/tokenward token create --team {DEMO_TEAM} --name notes --scopes read:apis --metadata owner=alice
+  .venv/bin/tokenward token list --team {DEMO_TEAM} --metadata owner=alice       # search by metadata
+  echo sk_live_demo_0123456789abcdef | .venv/bin/tokenward token import --team {DEMO_TEAM} --name old-ci --scopes read:apis
+  curl -s {base}/apis -H "Authorization: Bearer sk_live_demo_0123456789abcdef"    # 200: the imported key
 
 Ctrl-C to stop.
 """,

@@ -5,6 +5,7 @@ not in a response, a log line, an audit event, an error message or the store."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from tests.helpers.gateway import APIS, TOKENS, Gateway, LogReader, admin, base_config, org_admin_with_team
 from tests.helpers.process import env_for_subprocess, run_cli
+from tokenward.gateway.tokens import generate
 
 LOOKUP_KEY = "k" * 16 + "0123456789abcdef0123456789abcdef"
 OLD_KEY = "sk_live_51HxYzAbCdEfGhIjKlMnOpQrStUv"  # what the old system handed out
@@ -101,14 +103,13 @@ async def test_an_imported_key_works_at_the_gateway_and_is_never_shown(gateway: 
 
 async def _native_unknown(gateway: Gateway) -> dict[str, Any]:
     """The refusal of a well-formed token of ours whose key id is unknown."""
-    from tokenward.gateway.tokens import generate
-
     plaintext, _ = generate("tw_sat")
     status, _, body = await _get(gateway, plaintext)
     assert status == 401
     return {k: v for k, v in body.items() if k != "request_id"}
 
 
+@pytest.mark.also_on_cluster
 async def test_revoke_duplicate_rotate_and_delete(gateway: Gateway) -> None:
     org_admin = await org_admin_with_team(gateway, ["read:apis", "admin:team"])
     status, data, _ = await _import(gateway, org_admin)
@@ -231,3 +232,36 @@ async def test_cli_import_reads_the_key_from_stdin_or_a_file(gateway: Gateway, t
     rows = [line for line in out.splitlines() if "from-" in line]
     assert len(rows) == 2 and all("LEGACY" in row for row in rows)
     assert OLD_KEY not in out and second not in out
+
+
+async def test_concurrent_imports_of_one_key_create_one_token(gateway: Gateway) -> None:
+    """Each key is imported once however the requests race: over 10 trials of 3 concurrent
+    imports, exactly one 201 and two 409s each time, and one record per key."""
+    org_admin = await org_admin_with_team(gateway, ["read:apis", "admin:team"])
+    for trial in range(10):
+        key = f"sk_race_{trial:02d}_abcdefghijklmnop"
+        results = await asyncio.gather(*(_import(gateway, org_admin, key=key, name=f"r{i}") for i in range(3)))
+        assert sorted(status for status, _, _ in results) == [201, 409, 409], [r[1] for r in results]
+        assert (await _get(gateway, key))[0] == 200
+    status, listed, _ = await admin(gateway, "GET", TOKENS, org_admin)
+    assert status == 200 and len(listed["tokens"]) == 10
+
+
+async def test_the_demo_can_import_keys(tmp_path: Path) -> None:
+    """The demo makes its own lookup key (0600, kept across runs) and shows the import."""
+    from tokenward.gateway.embedded import free_port
+    from tokenward.gateway.settings import load_settings
+
+    data_dir = tmp_path / "demo"
+    ports = [str(free_port()) for _ in range(3)]
+    code, out, err = await run_cli(
+        "demo", "--once", "--data-dir", str(data_dir), "--port", ports[0], "--admin-port", ports[1],
+        "--upstream-port", ports[2], timeout=90,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "tokenward token import --team platform" in out and "--metadata owner=alice" in out
+    key_file = data_dir / "legacy-lookup.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    settings = load_settings(data_dir / "demo.yaml")
+    assert settings.tokens.legacy_lookup_key == key_file.read_text().strip()
+    assert settings.tokens.legacy_lookup_key not in out + err

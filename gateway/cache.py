@@ -3,7 +3,8 @@
 Three bounded maps, all keyed without plaintext:
 - proofs:   sha256(token) -> key id, once argon2 verified the secret (a proof never goes stale);
 - failures: sha256(token) -> time, a wrong secret or unknown id (negative cache);
-- records:  key id -> token record, and (org, team) -> team record, for `cache_ttl` at most.
+- records:  key id -> token record, and (org, team) -> team record, for `cache_ttl` at most;
+  and whether the store holds imported keys at all (gateway/legacy_keys.py), as long.
 
 Status, expiry, org/team, constraints and scopes are re-checked on every request against
 the cached records. Every change in the store is pushed on a pub/sub channel; the listener

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -97,6 +97,8 @@ class VerificationCache:
 
     def store_record(self, record: TokenRecord, epoch: int) -> None:
         if self.ttl > 0 and epoch == self.epoch:
+            if record.metadata:  # (up to 4 KiB) never read on the request path: not kept here
+                record = replace(record, metadata={})
             self.records.put(record.id, record)
 
     def store_team(self, team: TeamRecord, epoch: int) -> None:

@@ -143,3 +143,15 @@ async def test_cli_metadata_options(gateway: Gateway, org_admin: str) -> None:
     assert code == 1 and "expected a JSON object" in err
     code, _, err = await run_cli("token", "update", created["id"], *base, "--metadata", "a b=1", env=env)
     assert code == 1 and "is not a metadata key" in err
+
+
+async def test_gateway_processes_do_not_keep_metadata_in_memory(gateway: Gateway, org_admin: str) -> None:
+    """Metadata (up to 4 KiB a token) is never read on the request path: the verification
+    cache, held by every gateway process for up to 100 000 tokens, keeps records without it."""
+    created = await issue(gateway, org_admin, metadata={"blob": "x" * 3000})
+    async with gateway.session.get(gateway.url + APIS, headers=gateway.auth(created["token"])) as r:
+        assert r.status == 200
+    cached = gateway.runtime.cache.records.get(created["id"])
+    assert cached is not None and cached.metadata == {}
+    status, got, _ = await admin(gateway, "GET", f"{TOKENS}/{created['id']}", org_admin)
+    assert got["metadata"] == {"blob": "x" * 3000}  # the admin API reads the store

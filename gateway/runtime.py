@@ -115,6 +115,8 @@ class Runtime:
             log.warning("config reload: these settings need a restart and were not applied", settings=changed)
         new = replace(new, **{name: getattr(old, name) for name in fixed})
         self.authenticator.accepted_prefixes = new.tokens.accepted_prefixes
+        if old.tokens.legacy_lookup_key not in (None, new.tokens.legacy_lookup_key):
+            log.warning("config reload: tokens.legacy_lookup_key changed; keys imported under the old one no longer work")
         self.authenticator.legacy_lookup_key = new.tokens.legacy_lookup_key
         self.cache.ttl = new.tokens.cache_ttl
         self.audit.stream_maxlen = new.audit.stream_maxlen

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.helpers.gateway import APIS, TOKENS, Gateway, LogReader, admin, base_config, org_admin_with_team
 from tests.helpers.process import env_for_subprocess, run_cli
@@ -265,3 +266,16 @@ async def test_the_demo_can_import_keys(tmp_path: Path) -> None:
     settings = load_settings(data_dir / "demo.yaml")
     assert settings.tokens.legacy_lookup_key == key_file.read_text().strip()
     assert settings.tokens.legacy_lookup_key not in out + err
+
+
+async def test_a_reload_that_changes_the_lookup_key_is_warned_about(
+    gateway: Gateway, config: dict[str, Any], tmp_path: Path
+) -> None:
+    logs = LogReader()
+    path = tmp_path / "tokenward.yaml"
+    changed = {**config, "tokens": {**config["tokens"], "legacy_lookup_key": "z" * 40}}
+    path.write_text(yaml.safe_dump(changed))
+    assert gateway.runtime.reload(str(path))
+    warnings = [e for e in logs.events() if "legacy_lookup_key changed" in e.get("event", "")]
+    assert len(warnings) == 1 and "z" * 40 not in logs.raw().decode()
+    assert gateway.runtime.authenticator.legacy_lookup_key == "z" * 40

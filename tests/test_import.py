@@ -279,3 +279,18 @@ async def test_a_reload_that_changes_the_lookup_key_is_warned_about(
     warnings = [e for e in logs.events() if "legacy_lookup_key changed" in e.get("event", "")]
     assert len(warnings) == 1 and "z" * 40 not in logs.raw().decode()
     assert gateway.runtime.authenticator.legacy_lookup_key == "z" * 40
+
+
+async def test_an_import_reaches_every_gateway_process(start_gateway: Any, config: dict[str, Any]) -> None:
+    """A second gateway on the same store that had cached "no key imported" (and refused the
+    key) learns of the import from the change channel, as of any change."""
+    first, second = await start_gateway(config), await start_gateway(config)
+    assert (await _get(second, OLD_KEY))[0] == 401  # caches the flag and the refusal
+    org_admin = await org_admin_with_team(first, ["read:apis", "admin:team"])
+    assert (await _import(first, org_admin))[0] == 201
+    for _ in range(200):  # the change is pushed: normally at once; give a loaded machine 10 s
+        if (await _get(second, OLD_KEY))[0] == 200:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the second gateway never accepted the imported key")

@@ -106,7 +106,8 @@ def token_rows(tokens: Sequence[dict[str, Any]]) -> str:
 
 
 def status_marker(t: dict[str, Any]) -> str:
-    """`revoked (org: leaked)`: who revoked (org or team admin) and why, beside the status."""
+    """`revoked (org: leaked)`: who revoked (org or team admin) and why, beside the status;
+    `LEGACY` marks a key imported from an old system."""
     status = str(t["status"]) + (" LEGACY" if t.get("legacy") else "")  # an imported key
     if not status.startswith("revoked") or not (t.get("revoked_by_level") or t.get("revoke_reason")):
         return status

@@ -6,8 +6,9 @@ the token service (`tokenward.service`, `tokenward.rules`). Every change is dura
 the response, announced to every gateway process, and audited with its actor.
 
 Modules: `api_teams` (teams, service accounts), `api_tokens` (tokens), `api_org_tokens` (an
-org's tokens by id, org admins), `api_usage` (a token's usage report), `api_audit` (audit,
-leaks, whoami), and here the process endpoints, the OpenAPI document and the app.
+org's tokens by id, org admins), `api_usage` (a token's usage report), `api_import` (imported
+keys), `api_audit` (audit, leaks, whoami), and here the process endpoints, the OpenAPI document
+and the app.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from tokenward import (
     api_audit,
+    api_import,
     api_org_tokens,
     api_teams,
     api_tokens,
@@ -84,6 +86,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *api_tokens.routes.endpoints,
     *api_org_tokens.routes.endpoints,
     *api_usage.routes.endpoints,
+    *api_import.routes.endpoints,
     *api_audit.routes.endpoints,
     *routes.endpoints,
 )

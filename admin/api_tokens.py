@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenward import schema
-from tokenward.endpoints import Body, Call, Routes, api_error
+from tokenward import metadata, schema
+from tokenward.endpoints import REPEATABLE, Body, Call, Routes, api_error
 from tokenward.gateway.environments import LIVE, environment_field
 from tokenward.gateway.records import ACTIVE, EXPIRED, REVOKED, TeamRecord, TokenRecord
 from tokenward.permissions import team_admin
@@ -76,6 +76,7 @@ async def create_token(call: Call) -> web.Response:
         constraints=body.get("constraints") or {},
         allowed_cidrs=body.get("allowed_cidrs", []),
         environment=body.get("environment", LIVE),
+        metadata=body.get("metadata"),
     )
     return await token_response(call, record, 201, token=plaintext)
 
@@ -91,14 +92,16 @@ async def create_token(call: Call) -> web.Response:
         ("expiring_within", "string"),
         ("service_account", "string"),
         ("environment", "string"),
+        ("metadata", REPEATABLE),
         *PAGE_QUERY,
     ),
 )
 async def list_tokens(call: Call) -> web.Response:
     """List a team's tokens, oldest first, one page at a time (never a hash or secret); deleted
-    tokens are gone, revoked and expired ones stay with their status. With a status or
-    expiring_within filter a page examines at most 1000 tokens and may hold fewer than
-    `limit` rows: follow `next` until it is null."""
+    tokens are gone, revoked and expired ones stay with their status. With a status,
+    expiring_within or metadata filter a page examines at most 1000 tokens and may hold fewer
+    than `limit` rows: follow `next` until it is null. `metadata=KEY=VALUE` (repeatable, all
+    must match) keeps the tokens whose metadata holds that exact value."""
     org, team_name = call.param("org"), call.param("team")
     wanted, filtered, sa = token_filter(call)
     limit, position = page_limit(call), token_cursor(call)
@@ -132,6 +135,7 @@ def token_filter(call: Call) -> tuple[Callable[[TokenRecord], bool], bool, str |
     if sa is not None and not re.fullmatch(schema.SLUG, sa):
         raise api_error(400, "invalid_request", f"service_account: {sa!r} is not a name", "service_account")
     environment = environment_query(call)
+    notes = metadata_query(call)
     principal = call.caller
     now = time.time()
 
@@ -146,10 +150,17 @@ def token_filter(call: Call) -> tuple[Callable[[TokenRecord], bool], bool, str |
             return False
         if environment is not None and token.environment != environment:
             return False
+        if notes and not metadata.matches(token.metadata, notes):
+            return False
         return sa is None or token.service_account == sa
 
-    filtered = status is not None or within is not None or environment is not None
+    filtered = status is not None or within is not None or environment is not None or bool(notes)
     return wanted, filtered or bool(principal.token.constraints), sa
+
+
+def metadata_query(call: Call) -> tuple[tuple[str, str], ...]:
+    """The `metadata=KEY=VALUE` filters of a list (Invalid, a 400, with an example)."""
+    return metadata.metadata_filters(call.query.getall("metadata", ()))
 
 
 async def _token_page(
@@ -222,14 +233,15 @@ async def get_token(call: Call) -> web.Response:
 @routes(
     "PATCH",
     TOKEN,
-    "Rename or re-describe a token",
+    "Change a token's name or metadata",
     permission=team_admin,
     body=Body(schema.TOKEN_UPDATE, check=refuse_fixed_fields),
     responses={200: schema.TOKEN, 400: schema.ERROR, 404: schema.ERROR},
 )
 async def update_token(call: Call) -> web.Response:
-    """Change a token's name or description. Scopes, constraints and expiry are fixed at
-    issuance (a body naming one is refused): rotate instead."""
+    """Change a token's name, description or metadata (`metadata` replaces the whole object;
+    `{}` clears it). Scopes, constraints and expiry are fixed at issuance (a body naming one
+    is refused): rotate instead."""
     body = call.body
     record = await call.tokens.update(
         call.actor,
@@ -238,6 +250,7 @@ async def update_token(call: Call) -> web.Response:
         call.param("id"),
         name=body.get("name"),
         description=body.get("description"),
+        metadata=body.get("metadata"),
     )
     return await token_response(call, record)
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from tokenward import version
+from tokenward.cli_import import add_metadata_options, token_import
 from tokenward.cli_manage import (
     TeamAction,
     _deleter,
@@ -169,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--constraint", action="append", help="NAME=VALUE, e.g. project=web")
     p.add_argument("--allow-cidr", action="append", help="client CIDR allowed to use the token")
     p.add_argument("--environment", choices=["live", "test"], help="live (default) or test: shown in the prefix")
+    add_metadata_options(p)
+    p = scoped(tok, "tokens", "import", token_import, "import a key from an old system (read from stdin)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--scopes", required=True, help="comma-separated, e.g. read:apis,write:specs")
+    p.add_argument("--key-file", metavar="PATH", help="read the key from this file (- or absent: stdin)")
+    p.add_argument("--description")
+    expiry(p)
+    add_metadata_options(p)
     p = scoped(
         tok, "tokens", "list", token_list, "list a team's tokens (an org admin without --team: the whole org's)"
     )
@@ -177,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expiring-within", metavar="DURATION", help="active tokens expiring within, e.g. 7d")
     p.add_argument("--service-account", metavar="NAME", help="only this service account's tokens")
     p.add_argument("--limit", type=_positive, help="at most this many tokens (default: all, page by page)")
+    p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="only tokens with this metadata")
     for name, run, help_text in (
         ("get", token_get, "show one token"),
         ("revoke", _token_state_change("revoke"), "revoke a token (its next request gets 401)"),
@@ -205,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--name")
     update.add_argument("--description")
     update.add_argument("--scopes", help=argparse.SUPPRESS)  # refused: rotate instead
+    add_metadata_options(update)  # replaces the token's whole metadata
 
     sa = managed("sa", "manage service accounts")
     p = scoped(sa, "service-accounts", "create", sa_create, "create a service account")

@@ -48,11 +48,12 @@ class AdminClient:
         method: str,
         path: str,
         body: dict[str, Any] | None = None,
-        query: Mapping[str, str | int | None] | None = None,
+        query: Mapping[str, str | int | list[str] | None] | None = None,
     ) -> Any:
-        """One admin API call: the decoded JSON body, or None for 204; CliError on any failure."""
-        params = {k: str(v) for k, v in (query or {}).items() if v is not None}
-        url = self.base_url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        """One admin API call: the decoded JSON body, or None for 204; CliError on any failure.
+        A list in `query` is the parameter repeated."""
+        params = {k: v if isinstance(v, list) else str(v) for k, v in (query or {}).items() if v is not None}
+        url = self.base_url + path + (f"?{urllib.parse.urlencode(params, doseq=True)}" if params else "")
         data = orjson.dumps(body) if body is not None else None
         request = urllib.request.Request(  # noqa: S310 - the URL is the operator's admin API
             url,
@@ -98,7 +99,7 @@ class AdminClient:
         self,
         path: str,
         key: str,
-        query: Mapping[str, str | int | None] | None = None,
+        query: Mapping[str, str | int | list[str] | None] | None = None,
         limit: int | None = None,
         page_size: int = PAGE_SIZE,
     ) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenward.cli_client import AUDIT_PAGE_SIZE, AdminClient, _org_team, _q, _split
+from tokenward.cli_import import metadata_lines, metadata_option
 from tokenward.cli_output import (
     CliError,
     _or_dash,
@@ -124,6 +125,7 @@ def token_create(client: AdminClient, base: str, args: argparse.Namespace) -> No
         constraints=dict(_pair(c) for c in args.constraint or ()),
         allowed_cidrs=list(args.allow_cidr or ()),
         environment=args.environment,
+        metadata=metadata_option(args),
     )
     data = client.call("POST", base, body)
     _issuance_warnings(data)
@@ -160,6 +162,7 @@ def token_list(client: AdminClient, base: str, args: argparse.Namespace) -> None
         "expiring_within": args.expiring_within,
         "service_account": args.service_account,
         "environment": args.environment,
+        "metadata": list(args.metadata or ()) or None,
     }
     data = client.pages(base, "tokens", query, args.limit)
     rows = token_rows(data["tokens"], team=org_wide(base)) if data["tokens"] else "no tokens"
@@ -169,7 +172,7 @@ def token_list(client: AdminClient, base: str, args: argparse.Namespace) -> None
 def token_get(client: AdminClient, base: str, args: argparse.Namespace) -> None:
     data = client.call("GET", f"{base}/{_q(args.id)}")
     usage = "" if args.json else usage_lines(client, base, args.id)
-    emit(data, args.json, token_detail(data) + usage)
+    emit(data, args.json, token_detail(data) + metadata_lines(data) + usage)
 
 
 def _token_state_change(verb: str) -> TeamAction:
@@ -184,7 +187,7 @@ def _token_state_change(verb: str) -> TeamAction:
     return run
 
 
-UPDATABLE = (("name", "renamed"), ("description", "description"))  # (field, what the message calls it)
+UPDATABLE = (("name", "renamed"), ("description", "description"), ("metadata", "metadata"))  # (field, what the message calls it)
 
 
 def token_update(client: AdminClient, base: str, args: argparse.Namespace) -> None:
@@ -193,12 +196,17 @@ def token_update(client: AdminClient, base: str, args: argparse.Namespace) -> No
             f"scopes are fixed at issuance: rotate instead (`tokenward token rotate {args.id} ...`"
             " issues a replacement with the same scopes; issue a new token for other scopes)"
         )
-    body = {k: v for k, v in (("name", args.name), ("description", args.description)) if v is not None}
+    notes = metadata_option(args)
+    body = {
+        k: v
+        for k, v in (("name", args.name), ("description", args.description), ("metadata", notes))
+        if v is not None
+    }
     if not body:
-        raise CliError("nothing to update: give --name and/or --description")
+        raise CliError("nothing to update: give --name, --description and/or --metadata")
     before = client.call("GET", f"{base}/{_q(args.id)}")
     data = client.call("PATCH", f"{base}/{_q(args.id)}", body)
-    emit(data, args.json, f"✓ Token {data['id']}: {update_summary(before, data)}.")
+    emit(data, args.json, f"✓ Token {data['id']}: {update_summary(before, data)}." + metadata_lines(data))
 
 
 def update_summary(before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -208,7 +216,9 @@ def update_summary(before: dict[str, Any], after: dict[str, Any]) -> str:
         old, new = before.get(key) or "", after.get(key) or ""
         if old == new:
             continue
-        if key == "name":
+        if key == "metadata":
+            changes.append("metadata replaced" if new else "metadata cleared")
+        elif key == "name":
             changes.append(f"renamed {old!r} → {new!r}")
         elif not new:
             changes.append(f"{what} cleared (was {old!r})")

@@ -116,11 +116,14 @@ def token_rows(tokens: Sequence[dict[str, Any]], team: bool = False) -> str:
 
 
 def status_marker(t: dict[str, Any]) -> str:
-    """`revoked (org: leaked)`: who revoked (org or team admin) and why, beside the status."""
+    """`revoked (org: leaked)`: who revoked (org or team admin) and why, beside the status;
+    `LEGACY` marks a key imported from an old system."""
     status = str(t["status"])
+    legacy = " LEGACY" if t.get("legacy") else ""  # an imported key
     if status == "grace" and t.get("grace_until"):
-        return f"grace (until {humanize_date(t['grace_until'])})"
-    if status != "revoked" or not (t.get("revoked_by_level") or t.get("revoke_reason")):
+        return f"grace (until {humanize_date(t['grace_until'])}){legacy}"
+    status += legacy
+    if not status.startswith("revoked") or not (t.get("revoked_by_level") or t.get("revoke_reason")):
         return status
     why = ": ".join(str(p) for p in (t.get("revoked_by_level"), t.get("revoke_reason")) if p)
     return f"{status} ({why})"

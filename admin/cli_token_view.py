@@ -72,11 +72,13 @@ TOKEN_FIELDS: list[tuple[str, tuple[str, ...], Render]] = [
     ("Created", ("created_at", "created_by"), _by("created_at", "created_by")),
     ("Last used", ("last_used_at",), _last_used),
     ("Expires", ("expires_at",), lambda t: humanize_date(t.get("expires_at"), seconds=True)),
+    ("Environment", ("environment",), lambda t: t.get("environment")),
+    ("Imported", ("legacy",), lambda t: "yes: a key from an old system (rotate it to retire it)" if t.get("legacy") else None),
 ]
 #: Shown by `cli_output.revocation_lines`, under the fields.
 REVOCATION_KEYS = ("revoked_at", "revoked_by", "revoked_by_level", "revoke_reason", "replaced_by", "grace_until")
 #: Never shown as a field (the plaintext is printed by the commands that return it).
-HIDDEN_KEYS = ("token", "warnings")
+HIDDEN_KEYS = ("token", "warnings", "metadata")  # metadata: its own block (cli_import.metadata_lines)
 
 
 def _extra(key: str, value: Any) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import shlex
 import signal
 import socket
@@ -148,6 +150,17 @@ def demo_config(data_dir: Path, port: int, admin_port: int, upstream_port: int) 
     }
 
 
+def demo_lookup_key(data_dir: Path) -> Path:
+    """The demo's `tokens.legacy_lookup_key_file` (made once, 0600), so that `token import`
+    works against it; a real deployment mounts its own."""
+    path = data_dir.resolve() / "legacy-lookup.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+    return path
+
+
 async def run_demo(
     data_dir: Path, port: int, admin_port: int, upstream_port: int, once: bool = False
 ) -> None:
@@ -164,11 +177,9 @@ async def run_demo(
     port, admin_port, upstream_port = (port_or_free(p) for p in (port, admin_port, upstream_port))
     moved = moved_ports({name: (p, got) for (name, p), got in zip(asked.items(), (port, admin_port, upstream_port), strict=True)})
     config_path = data_dir / "demo.yaml"
-    config_path.write_text(
-        yaml.safe_dump(
-            demo_config(data_dir.resolve() / "store", port, admin_port, upstream_port), sort_keys=False
-        )
-    )
+    config = demo_config(data_dir.resolve() / "store", port, admin_port, upstream_port)
+    config["tokens"]["legacy_lookup_key_file"] = str(demo_lookup_key(data_dir))  # token import
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     settings = load_settings(config_path)
 
     upstream = web.AppRunner(echo_app(), access_log=None)
@@ -249,6 +260,12 @@ live and test tokens (a test token's prefix is tw_test_):
 who still uses it? (after the revoke, the first curl line gets 401, audited with the token's id)
   tokenward audit --token-id {read_record.id} --action request.denied
   tokenward token usage {read_record.id} --team {DEMO_TEAM}     # by route and day, refusals, unused scopes
+
+metadata and keys from an old system:
+  tokenward token create --team {DEMO_TEAM} --name notes --scopes read:apis --metadata owner=alice
+  tokenward token list --team {DEMO_TEAM} --metadata owner=alice       # search by metadata
+  echo sk_live_demo_0123456789abcdef | tokenward token import --team {DEMO_TEAM} --name old-ci --scopes read:apis
+  curl -s {base}/apis -H "Authorization: Bearer sk_live_demo_0123456789abcdef"    # 200: the imported key
 
 Ctrl-C to stop.
 """,

@@ -203,18 +203,21 @@ def serve(
     return handle
 
 
+REPEATABLE = "array"  # a query parameter declared with this kind may be given several times
+
+
 def check_query(call: Call, ep: Endpoint) -> None:
     """Default deny for query parameters: a parameter the endpoint does not declare, or one
-    given twice, is refused with 400 naming it, never silently ignored (`?org=other` on an
+    given twice (unless declared REPEATABLE), is refused with 400 naming it, never silently ignored (`?org=other` on an
     endpoint that reads the caller's org must not look as if it had been honoured)."""
-    declared = [name for name, _ in ep.query]
+    declared = dict(ep.query)
     for name in call.query:
         if name not in declared:
             takes = ", ".join(declared) if declared else "none"
             raise api_error(
                 400, "invalid_request", f"{name}: not a query parameter of this endpoint (it takes: {takes})", name
             )
-        if len(call.query.getall(name)) > 1:
+        if declared[name] != REPEATABLE and len(call.query.getall(name)) > 1:
             raise api_error(400, "invalid_request", f"{name}: given more than once", name)
 
 

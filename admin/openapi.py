@@ -61,6 +61,10 @@ QUERY_PARAMETERS: dict[str, tuple[str, schema.Schema]] = {
     "status": ("only the tokens in this state", schema.TOKEN_STATUS),
     "expiring_within": ("only active tokens that expire within this duration", schema.DURATION),
     "service_account": ("only the tokens of this service account", schema.NAME),
+    "metadata": (
+        "KEY=VALUE: only the tokens whose metadata holds exactly this value (repeat: all must match)",
+        {"type": "array", "items": {"type": "string", "maxLength": 1000}},
+    ),
     "token_id": ("only the events about this token id", {"type": "string"}),
     "team": ("only the events (or tokens) of this team", schema.NAME),
     "org": ("the caller's own org (the only one it may read; any other: 403)", schema.NAME),

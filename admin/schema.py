@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenward.gateway.refusal import Step
+from tokenward.metadata import METADATA_SCHEMA
 from tokenward.validator import PRINTABLE, ValidationError, validate
 
 Schema = dict[str, Any]
@@ -210,6 +211,7 @@ TOKEN_CREATE: Schema = {
             "items": {"type": "string", "maxLength": 64},
             "maxItems": 50,
         },
+        "metadata": METADATA_SCHEMA,
     },
     "required": ["name", "scopes"],
     "additionalProperties": False,
@@ -245,6 +247,8 @@ TOKEN: Schema = {
             **TIMESTAMP,
             "description": "status grace: when the rotation's grace period ends (the token stops working)",
         },
+        "metadata": METADATA_SCHEMA,
+        "legacy": {"type": "boolean", "description": "imported from an old system (its key is not ours)"},
     },
     "required": ["id", "name", "display_prefix", "scopes", "effective_scopes", "status"],
 }
@@ -311,10 +315,11 @@ ERROR: Schema = {
 
 TOKEN_UPDATE: Schema = {
     "type": "object",
-    "description": "a token's new name or description (scopes, constraints and expiry are fixed)",
+    "description": "a token's new name, description or metadata (scopes, constraints and expiry are fixed)",
     "properties": {
         "name": TOKEN_CREATE["properties"]["name"],
         "description": TOKEN_CREATE["properties"]["description"],
+        "metadata": METADATA_SCHEMA,  # replaces the whole object ({} clears it)
     },
     "additionalProperties": False,
 }
@@ -354,6 +359,7 @@ SCHEMAS: dict[str, Schema] = {
     "ExpiresAt": EXPIRES_AT,
     "Environment": ENVIRONMENT,
     "TokenStatus": TOKEN_STATUS,
+    "Metadata": METADATA_SCHEMA,
     "Team": TEAM,
     "TeamCreate": TEAM_CREATE,
     "TeamPermissions": TEAM_PERMISSIONS,

@@ -15,7 +15,7 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenward.actor import Actor
 from tokenward.gateway.environments import LIVE, prefix_for
@@ -28,6 +28,7 @@ from tokenward.gateway.store_records import Conflict
 from tokenward.gateway.tokens import checksum, generate, new_check_key, secret_check
 from tokenward.gateway.tokens import parse as parse_token
 from tokenward.leaks import LeakReports
+from tokenward.metadata import metadata_field
 from tokenward.rotation import Rotated, check_rotatable, key_id_in_slot_of, successor_expiry
 from tokenward.rules import (
     Invalid,
@@ -70,6 +71,7 @@ async def issue_token(
     audit: Callable[[TokenRecord], AuditEntry] | None = None,
     fence: ActorFence | None = None,
     environment: str = LIVE,
+    metadata: dict[str, Any] | None = None,
 ) -> tuple[str, TokenRecord]:
     """Mint a token, no rule checked: hash off the event loop, store durably (with
     `audit(record)`'s event in the same write), return the plaintext once. `TokenService.issue`
@@ -101,6 +103,7 @@ async def issue_token(
         allowed_cidrs=allowed_cidrs,
         replaces=replaces,
         environment=environment,
+        metadata=metadata or {},
     )
     await runtime.store.create_token_in_quota(record, quota, audit(record) if audit else None, fence)
     return plaintext, record
@@ -153,6 +156,7 @@ class TokenService(LeakReports):
         constraints: dict[str, str] | None = None,
         allowed_cidrs: Sequence[str] = (),
         environment: str = LIVE,
+        metadata: object = None,
     ) -> tuple[str, TokenRecord]:
         """Issue a token; the plaintext is returned once. `lifetime` None: it never expires
         (an operator's token at the server only). A token issues only what it could do itself."""
@@ -167,7 +171,7 @@ class TokenService(LeakReports):
                 raise Invalid(
                     f"service_account: {service_account!r} does not exist in team {team!r}", "service_account"
                 )
-        pinned = constraints_field(constraints or {})
+        pinned, notes = constraints_field(constraints or {}), metadata_field(metadata or {})
         expires_at = self._expiry(actor, lifetime, time.time())
         principal = actor.principal
         cidrs = cidrs_field(list(allowed_cidrs))
@@ -209,6 +213,7 @@ class TokenService(LeakReports):
             audit=created_event,
             fence=actor.fence(),
             environment=environment_arg(environment),
+            metadata=notes,
         )
         self.committed(entries[-1])
         return plaintext, record
@@ -246,14 +251,15 @@ class TokenService(LeakReports):
         self.committed(edit.audit)
         return edit.record or before
 
-    async def update(
-        self, actor: Actor, org: str, team: TeamSel, key_id: str, *, name: str | None, description: str | None
-    ) -> TokenRecord:
-        """Rename or re-describe a token; scopes, constraints and expiry are fixed at issuance.
-        Only a token within the caller's own grant (`require_within_grant`): a team admin
-        cannot relabel a wider token, e.g. to disguise it."""
-        if name is None and description is None:
-            raise Invalid("nothing to change: give name and/or description", "body")
+    async def update(self, actor: Actor, org: str, team: TeamSel, key_id: str, **change: Any) -> TokenRecord:
+        """Change a token's `name`, `description` and/or `metadata` (the whole object); scopes,
+        constraints and expiry are fixed at issuance. Only a token within the caller's own
+        grant (`require_within_grant`): a team admin cannot relabel a wider token, e.g. to
+        disguise it."""
+        name, description, metadata = (change.get(k) for k in ("name", "description", "metadata"))
+        if name is None and description is None and metadata is None:
+            raise Invalid("nothing to change: give name, description and/or metadata", "body")
+        notes = None if metadata is None else metadata_field(metadata)
 
         def rename(record: TokenRecord) -> TokenEdit:
             if actor.principal is not None:
@@ -263,6 +269,7 @@ class TokenService(LeakReports):
                 record,
                 name=record.name if name is None else name,
                 description=record.description if description is None else description,
+                metadata=record.metadata if notes is None else notes,
             )
             return TokenEdit(updated, self.token_entry(actor, "token.updated", updated))
 
@@ -402,6 +409,7 @@ class TokenService(LeakReports):
                 allowed_cidrs=current.allowed_cidrs,
                 replaces=current.id,
                 environment=current.environment,
+                metadata=dict(current.metadata),  # an imported key's successor is ours: no digest
             )
             retired = replace(
                 current.revoked(issued + grace, actor.name, "rotated", level), replaced_by=new.id

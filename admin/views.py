@@ -93,6 +93,8 @@ def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | N
         "revoked_by_level": token.revoked_level if token.revoked_at is not None else None,
         "revoke_reason": token.revoke_reason,
         "replaced_by": token.replaced_by,
+        "metadata": dict(token.metadata),
+        "legacy": token.legacy,
     }
 
 

@@ -3,7 +3,8 @@
 Three bounded maps, all keyed without plaintext:
 - proofs:   sha256(token) -> key id, once argon2 verified the secret (a proof never goes stale);
 - failures: sha256(token) -> time, a wrong secret or unknown id (negative cache);
-- records:  key id -> token record, and (org, team) -> team record, for `cache_ttl` at most.
+- records:  key id -> token record, and (org, team) -> team record, for `cache_ttl` at most;
+  and whether the store holds imported keys at all (gateway/legacy_keys.py), as long.
 
 Status, expiry, org/team, constraints and scopes are re-checked on every request against
 the cached records. Every change in the store is pushed on a pub/sub channel; the listener
@@ -20,7 +21,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -57,6 +58,18 @@ class VerificationCache:
         # False while the push channel is down: a change made then could be missed, so every
         # record is read from the store until the channel is back (and the cache cleared).
         self.trusted = True
+        # Whether the store holds imported keys (gateway/legacy_keys.py), and when that was read
+        self._legacy: tuple[bool, float] | None = None
+
+    def legacy_present(self) -> bool | None:
+        """Whether imported keys exist, as read within `ttl` (None: unknown, read the store)."""
+        if self._legacy is None or not self.trusted or time.monotonic() - self._legacy[1] > self.ttl:
+            return None
+        return self._legacy[0]
+
+    def store_legacy_present(self, present: bool, epoch: int) -> None:
+        if epoch == self.epoch:
+            self._legacy = (present, time.monotonic())
 
     def proof(self, fingerprint: str) -> str | None:
         return self.proofs.get(fingerprint)
@@ -84,6 +97,8 @@ class VerificationCache:
 
     def store_record(self, record: TokenRecord, epoch: int) -> None:
         if self.ttl > 0 and epoch == self.epoch:
+            if record.metadata:  # (up to 4 KiB) never read on the request path: not kept here
+                record = replace(record, metadata={})
             self.records.put(record.id, record)
 
     def store_team(self, team: TeamRecord, epoch: int) -> None:
@@ -105,6 +120,9 @@ class VerificationCache:
         elif change.kind == "team":
             org, _, team = change.ident.partition("/")
             self.teams.pop((org, team))
+        elif change.kind == "legacy":  # a key was imported: look keys up, forget refusals
+            self._legacy = None
+            self.failures.clear()
         else:
             self.clear()
 
@@ -114,6 +132,7 @@ class VerificationCache:
         self.records.clear()
         self.teams.clear()
         self.failures.clear()
+        self._legacy = None
 
 
 FAST_POLL_INTERVAL = 0.05  # seconds between change-log reads while the push channel is down

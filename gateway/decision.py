@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
-from tokenward.gateway import tokens
+from tokenward.gateway import legacy_keys, tokens
 from tokenward.gateway.cache import VerificationCache
 from tokenward.gateway.environments import describe
 from tokenward.gateway.records import EXPIRED, REVOKED, TeamRecord, TokenRecord
@@ -51,7 +51,7 @@ class TokenRefused(Refusal):
     at step 4, where the secret was proven, the token itself (attributed: `token_id`, name,
     org, team, service account). See SECURITY.md, "Refusal attribution"."""
 
-    def __init__(self, step: Step, message: str, claimed_id: str, token: TokenRecord | None = None) -> None:
+    def __init__(self, step: Step, message: str, claimed_id: str | None, token: TokenRecord | None = None) -> None:
         super().__init__(401, "invalid_token", step, message)
         self.claimed_id = claimed_id
         self.token = token
@@ -127,6 +127,8 @@ class Authenticator:
         self.cache = cache
         self.hasher = hasher
         self.accepted_prefixes = accepted_prefixes
+        # tokens.legacy_lookup_key: imported keys are looked up only with it (legacy_keys.py)
+        self.legacy_lookup_key: str | None = None
         self._inflight: dict[Any, asyncio.Task[Any]] = {}  # verifications, by fingerprint
         # store reads in flight, by (kind, key, cache epoch): concurrent misses share one
         self._reads: dict[Any, asyncio.Task[Any]] = {}
@@ -162,18 +164,25 @@ class Authenticator:
         self.checks_keyed = 0  # legacy records given a keyed secret check
 
     async def authenticate(self, token: str, client_ip: str | None) -> Principal:
+        parsed: tokens.ParsedToken | None = None
         try:
             parsed = tokens.parse(token, self.accepted_prefixes)
         except tokens.TokenFormatError as exc:
-            raise _unauthorized(Step.CREDENTIAL, str(exc)) from None
+            # not ours: an imported key, if the server looks them up and it can be one
+            if self.legacy_lookup_key is None or not legacy_keys.candidate(token, self.accepted_prefixes):
+                raise _unauthorized(Step.CREDENTIAL, str(exc)) from None
         fingerprint = tokens.fingerprint(token)
         try:
-            key_id = await self._identify(fingerprint, parsed)
+            if parsed is None:
+                key_id = await self._identify_legacy(fingerprint, token)
+            else:
+                key_id = await self._identify(fingerprint, parsed)
             # The record as the cache has it *now*: never one read before an invalidation
             # that this process has already seen (say, during an argon2 verification).
             record = await self._record(key_id) if key_id is not None else None
             if record is None:
-                raise TokenRefused(Step.TOKEN, "invalid token", parsed.key_id)
+                # an imported key claims no key id: nothing to name
+                raise TokenRefused(Step.TOKEN, "invalid token", parsed.key_id if parsed is not None else None)
             status = record.status(now())
             if status == REVOKED:
                 raise TokenRefused(Step.STATUS, "token revoked", record.id, record)
@@ -195,6 +204,35 @@ class Authenticator:
         if self.cache.failed(fingerprint):
             return None
         return await _join(self._inflight, fingerprint, lambda: self._verify(fingerprint, parsed))
+
+    async def _identify_legacy(self, fingerprint: str, key: str) -> str | None:
+        """The key id an imported key proves to hold, or None: its lookup digest gives the key
+        id (no argon2 for an unknown digest, one store read; none while no key was ever
+        imported), then the key is verified as a token of ours is, the key as its secret.
+        Unlike a token of ours, the key does not hold its key id: a proof is only good while
+        its record exists (deleted, the same key may be imported again as another token)."""
+        key_id = self.cache.proof(fingerprint)
+        if key_id is not None and await self._record(key_id) is not None:
+            return key_id
+        if self.cache.failed(fingerprint):
+            return None
+        return await _join(self._inflight, fingerprint, lambda: self._verify_legacy(fingerprint, key))
+
+    async def _verify_legacy(self, fingerprint: str, key: str) -> str | None:
+        lookup_key = self.legacy_lookup_key
+        present = self.cache.legacy_present()
+        if present is None:
+            epoch = self.cache.epoch
+            present = await self.store.legacy_keys_present()
+            self.cache.store_legacy_present(present, epoch)
+        key_id = None
+        if present and lookup_key is not None:
+            key_id = await self.store.legacy_key_id(legacy_keys.lookup_digest(lookup_key, key))
+        if key_id is None or not tokens.KEY_ID_RE.match(key_id):
+            self.cache.store_failure(fingerprint)
+            return None
+        # an imported record's prefix is "": no token of our format can ever prove it
+        return await self._verify(fingerprint, tokens.ParsedToken("", key_id, key))
 
     async def _verify(self, fingerprint: str, parsed: tokens.ParsedToken) -> str | None:
         record, wrong = await self._prove(parsed, bind_prefix=True)

@@ -91,10 +91,19 @@ class TokenRecord:
     secret_check: str = field(default="", repr=False)  # see tokens.secret_check; "" on old records
     check_key: str = field(default="", repr=False)  # the secret check's key; "" on legacy records
     environment: str = LIVE  # live or test (environments.py); records from before it: live
+    metadata: Mapping[str, Any] = field(default_factory=dict)  # free-form JSON object (admin/metadata.py)
+    # an imported key's lookup digest (gateway/legacy_keys.py); "" for a token of ours
+    legacy_digest: str = field(default="", repr=False)
+
+    @property
+    def legacy(self) -> bool:
+        """Imported from an old system: its key is not in our format (gateway/legacy_keys.py)."""
+        return bool(self.legacy_digest)
 
     @property
     def display_prefix(self) -> str:
-        return f"{self.prefix}_{self.id}"
+        # an imported key shows no character of itself: `legacy_<key id>`
+        return f"legacy_{self.id}" if self.legacy_digest else f"{self.prefix}_{self.id}"
 
     def status(self, now: float | None = None) -> str:
         if self.revoked_at is not None and self.revoked_at <= (now or time.time()):
@@ -139,6 +148,8 @@ class TokenRecord:
             "secret_check": self.secret_check,
             "check_key": self.check_key,
             "environment": self.environment,
+            "metadata": dict(self.metadata),
+            "legacy_digest": self.legacy_digest,
         }
 
     @classmethod
@@ -167,6 +178,8 @@ class TokenRecord:
             secret_check=data.get("secret_check") or "",
             check_key=data.get("check_key") or "",
             environment=data.get("environment") or LIVE,
+            metadata=dict(data.get("metadata") or {}),
+            legacy_digest=data.get("legacy_digest") or "",
         )
 
     def revoked(self, at: float, by: str, reason: str | None = None, level: str | None = None) -> TokenRecord:

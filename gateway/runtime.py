@@ -115,6 +115,9 @@ class Runtime:
             log.warning("config reload: these settings need a restart and were not applied", settings=changed)
         new = replace(new, **{name: getattr(old, name) for name in fixed})
         self.authenticator.accepted_prefixes = new.tokens.accepted_prefixes
+        if old.tokens.legacy_lookup_key not in (None, new.tokens.legacy_lookup_key):
+            log.warning("config reload: tokens.legacy_lookup_key changed; keys imported under the old one no longer work")
+        self.authenticator.legacy_lookup_key = new.tokens.legacy_lookup_key
         self.cache.ttl = new.tokens.cache_ttl
         self.audit.stream_maxlen = new.audit.stream_maxlen
         self.settings = new  # one reference swap: each request reads it once
@@ -172,6 +175,7 @@ async def _open(
     hasher = SecretHasher(a2.time_cost, a2.memory_cost, a2.parallelism)
     authenticator = Authenticator(store, cache, hasher, settings.tokens.accepted_prefixes)
     authenticator.stale_if_error = settings.redis.stale_if_error
+    authenticator.legacy_lookup_key = settings.tokens.legacy_lookup_key
     metrics = Metrics(str(worker or 0))
     forwarder = Forwarder(metrics.upstream_latency)
     stack.callback(forwarder.close)

@@ -52,6 +52,7 @@ from tokenward.gateway.config_decode import (
 from tokenward.gateway.config_env import interpolate
 from tokenward.gateway.durations import parse_duration
 from tokenward.gateway.environments import environments_setting
+from tokenward.gateway.legacy_keys import lookup_key_setting
 from tokenward.gateway.route_config import decode_routes, routes_schema
 from tokenward.gateway.routes import Route, Router
 from tokenward.gateway.tokens import PREFIX_PATTERN, valid_prefix
@@ -310,6 +311,8 @@ class TokenSettings:
     argon2: Argon2Settings = section(Argon2Settings())
     # Tokens of any status one team (or the org level) may hold: bounds every per-team scan.
     max_per_team: int = setting(10_000, integer(1, 1_000_000))
+    # the server's key for imported keys' lookup digests (gateway/legacy_keys.py); none: no import
+    legacy_lookup_key: str | None = setting(None, lookup_key_setting, secret=True)
 
     @property
     def accepted_prefixes(self) -> frozenset[str]:

@@ -12,6 +12,7 @@
 - store_pages: `IndexPage` and `IndexPages`, bounded pages of the indexes;
 - store_records: `RecordStore`, reads and writes of the records (`Conflict`);
 - store_usage: `UsageStore`, the usage counts per token and day;
+- store_legacy: `LegacyIndex`, the lookup entries of imported keys;
 - here: a token's index entries and quota, and its atomic lifecycle transitions.
 
 No command, pipeline or script touches keys of two slots at once; every change is announced
@@ -34,6 +35,7 @@ from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.store_audit import AuditEntry
 from tokenward.gateway.store_changes import Change
 from tokenward.gateway.store_keys import Keys
+from tokenward.gateway.store_legacy import LegacyIndex
 from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.gateway.store_pages import IndexPages
 from tokenward.gateway.store_records import Conflict, RecordStore
@@ -74,7 +76,7 @@ class TokenEdit:
     successor: TokenRecord | None = None  # rotation: created in the same step, in the same slot
 
 
-class Store(RecordStore, IndexPages, UsageStore):
+class Store(RecordStore, IndexPages, UsageStore, LegacyIndex):
     """The store's records and indexes, the audit stream, the change feed, and the token
     lifecycle: every token state change below is atomic and durable before it returns."""
 
@@ -272,6 +274,8 @@ class Store(RecordStore, IndexPages, UsageStore):
             index, ("ZREM", Keys.team_tokens(token.org, token.team), token.id), ("ZREM", index, token.id)
         )
         await self.unindex_service_account_token(token)
+        if token.legacy_digest:  # an imported key: its lookup entry, if it still names this token
+            await self.release_legacy_key(token.legacy_digest, token.id)
 
 def now() -> float:
     return time.time()

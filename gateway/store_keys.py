@@ -68,3 +68,11 @@ class Keys:
     def usage(key_id: str, day: str) -> str:
         """A token's usage counts on one UTC day (`2026-11-28`): a hash that expires."""
         return f"tw:usage:{{{key_id}}}:{day}"
+
+    # Imported keys (gateway/legacy_keys.py), each in the slot of its own lookup digest:
+    legacy_present = "tw:legacy:present"  # set once any key was imported: gateways look keys up
+
+    @staticmethod
+    def legacy_key(digest: str) -> str:
+        """An imported key's lookup digest -> "<key id> <claimed at>"."""
+        return f"tw:legacy:{{{digest}}}"

@@ -182,3 +182,24 @@ redis.call('HSET', KEYS[1], mark, ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+
+# Claims an imported key's lookup entry (KEYS[1]) for a new record: ARGV[1] the new value,
+# ARGV[2] the value it must have now ('' = absent). 1 when claimed, else 0.
+CLAIM_LEGACY = """
+local current = redis.call('GET', KEYS[1]) or ''
+if current == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# Drops an imported key's lookup entry (KEYS[1]) only while it names key id ARGV[1].
+RELEASE_LEGACY = """
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""

@@ -40,7 +40,7 @@ def test_every_key_of_one_org_is_in_the_org_slot() -> None:
 
 async def test_every_script_loads_on_the_server(redis_url: str) -> None:
     scripts = {n: v for n, v in vars(store_scripts).items() if n.isupper() and isinstance(v, str)}
-    assert len(scripts) == 10  # (issue 14: ADD_USAGE)
+    assert len(scripts) == 12  # (issue 14: ADD_USAGE, CLAIM_LEGACY and RELEASE_LEGACY)
     client = aioredis.Redis.from_url(redis_url)
     try:
         for name, text in scripts.items():

@@ -1,0 +1,128 @@
+"""Importing keys from an old system (`POST …/tokens/import`, `tokenward token import`).
+
+An imported key keeps working as it is, verified at the gateway like a token of ours
+(gateway/legacy_keys.py): it gets a normal key id, an argon2id hash and a keyed secret check,
+a lookup entry under the server's `tokens.legacy_lookup_key`, and the same rules as an issued
+token (the team's and the caller's grant, the expiry policy, the quota). Its plaintext is in
+no response, log line, audit event, error message or stored value. Rotating it issues a token
+of ours in its place: that is how it is retired.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+
+from tokenward.actor import Actor
+from tokenward.gateway import legacy_keys
+from tokenward.gateway.records import TokenRecord
+from tokenward.gateway.scopes import format_scopes
+from tokenward.gateway.store_changes import Change
+from tokenward.gateway.store_records import Conflict
+from tokenward.gateway.tokens import generate, new_check_key, secret_check
+from tokenward.metadata import metadata_field
+from tokenward.rules import Invalid, Lifetime, check_grant, is_key_id, iso, refuse_org_powers, scopes_field
+from tokenward.service import DEFAULT_TTL, TokenService
+
+IMPORT_OFF = (
+    "key: importing keys is off on this server: set tokens.legacy_lookup_key (a random secret of at "
+    "least 32 characters, e.g. from `openssl rand -hex 32`, kept out of the store) and restart"
+)
+
+
+class ImportService(TokenService):
+    """Token changes, and importing keys from an old system."""
+
+    async def import_key(
+        self,
+        actor: Actor,
+        *,
+        org: str,
+        team: str,
+        name: str,
+        key: str,
+        scopes: Sequence[str],
+        description: str = "",
+        lifetime: Lifetime = DEFAULT_TTL,
+        metadata: object = None,
+    ) -> TokenRecord:
+        """Import `key` into `team` as a token (returned without its key); Conflict if this
+        key was imported already (each key once, in any org)."""
+        policy = self.runtime.settings.tokens
+        lookup_key = policy.legacy_lookup_key
+        if lookup_key is None:
+            raise Invalid(IMPORT_OFF, "key")
+        try:
+            legacy_keys.check_importable(key, policy.accepted_prefixes)
+        except legacy_keys.LegacyKeyError as exc:
+            raise Invalid(str(exc), "key") from None
+        await self.team(org, team)
+        granted = scopes_field(list(scopes), "scopes")
+        refuse_org_powers(granted, "scopes")
+        notes = metadata_field(metadata or {})
+        issued = time.time()
+        expires_at = self._expiry(actor, lifetime, issued)
+        if actor.principal is not None:
+            check_grant(
+                actor.principal,
+                team=team,
+                scopes=granted,
+                constraints={},
+                allowed_cidrs=(),
+                expires_at=expires_at,
+            )
+        digest = legacy_keys.lookup_digest(lookup_key, key)
+        held_by = await self.store.legacy_key_id(digest)
+        if held_by is not None and await self.store.get_token(held_by) is not None:
+            await self._refuse_duplicate(org, held_by)  # early, before the argon2 work
+        key_id = generate(policy.prefix)[1].key_id
+        check_key = new_check_key()
+        record = TokenRecord(
+            id=key_id,
+            prefix="",  # no prefix of ours: no token of our format can prove this record
+            org=org,
+            team=team,
+            name=name,
+            description=description,
+            scopes=granted,
+            secret_hash=await self.runtime.hasher.hash(key),
+            secret_check=secret_check(key_id, key, check_key),
+            check_key=check_key,
+            created_at=issued,
+            created_by=actor.name,
+            expires_at=expires_at,
+            metadata=notes,
+            legacy_digest=digest,
+        )
+        await self._refuse_duplicate(org, await self.store.claim_legacy_key(digest, key_id))
+        entry = self.token_entry(
+            actor,
+            "token.imported",
+            record,
+            scopes=format_scopes(granted),
+            expires_at=iso(expires_at),
+            legacy=True,
+        )
+        try:
+            await self.store.mark_legacy_present()
+            await self.store.create_token_in_quota(record, policy.max_per_team, entry, actor.fence())
+        except BaseException:
+            with contextlib.suppress(Exception):  # a claim left behind is taken over later
+                await self.store.release_legacy_key(digest, key_id)
+            raise
+        self.committed(entry)
+        # every gateway: look imported keys up from now on, and forget earlier refusals of this one
+        await self.store.publish([Change("legacy", "")])
+        return record
+
+    async def _refuse_duplicate(self, org: str, held_by: str | None) -> None:
+        """Conflict when the key is held (naming the token only to an admin of its org)."""
+        if held_by is None:
+            return
+        holder = await self.store.get_token(held_by) if is_key_id(held_by) else None
+        where = f" as token {held_by}" if holder is not None and holder.org == org else ""
+        raise Conflict(
+            f"key: this key was imported already{where}; a key is imported once "
+            "(delete that token first to import it again)"
+        )

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenward import api_audit, api_teams, api_tokens, health, schema, version
+from tokenward import api_accounts, api_audit, api_teams, api_tokens, health, schema, version
 from tokenward.endpoints import (
     MAX_BODY,
     Call,
@@ -71,6 +71,7 @@ async def readyz(call: Call) -> web.Response:
 # Every endpoint of the admin API, in the order the OpenAPI document lists them.
 ENDPOINTS: tuple[Endpoint, ...] = (
     *api_teams.routes.endpoints,
+    *api_accounts.routes.endpoints,
     *api_tokens.routes.endpoints,
     *api_audit.routes.endpoints,
     *routes.endpoints,

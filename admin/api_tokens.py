@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from tokenward import schema
+from tokenward.accounts import account_filter, account_names
 from tokenward.endpoints import Body, Call, Routes, api_error
 from tokenward.gateway.records import ACTIVE, EXPIRED, REVOKED, TeamRecord, TokenRecord
 from tokenward.permissions import team_admin
@@ -86,8 +87,9 @@ async def list_tokens(call: Call) -> web.Response:
     limit, position = page_limit(call), token_cursor(call)
     team = await call.tokens.team(org, team_name)
     async with bulk_work(call):
-        if sa is not None:
-            await call.runtime.store.ensure_service_account_indexes(org, team_name)
+        if sa is not None:  # its tokens come from the account's index (all its teams): filter
+            account = await account_filter(call, org, team_name, sa)
+            wanted, filtered, sa = account.wanted(wanted), True, account.id
         rows, position, more = await _token_page(call, team, position, limit, filtered, wanted, sa)
     next_cursor = encode_cursor("t", repr(position[0]), position[1]) if more and position else None
     return page_response("tokens", rows, next_cursor)
@@ -116,7 +118,7 @@ def token_filter(call: Call) -> tuple[Callable[[TokenRecord], bool], bool, str |
             token.status(now) != ACTIVE or token.expires_at is None or token.expires_at > now + within
         ):
             return False
-        return sa is None or token.service_account == sa
+        return True  # a service account: see account_filter
 
     return wanted, status is not None or within is not None or bool(principal.token.constraints), sa
 
@@ -139,14 +141,15 @@ async def _token_page(
     # a service account's tokens come from its own index: that filter costs no scanning
     while more and len(rows) < limit and scanned < budget:
         want = min(PAGE_CHUNK, budget - scanned if filtered else limit - len(rows))
-        page = await store.token_index_page(team.org, team.name, position, want, service_account=sa)
+        page = await store.token_index_page(team.org, team.name, position, want, account_id=sa)
         found = {t.id: (t, used) for t, used in await store.get_tokens_with_usage([m for m, _ in page.rows])}
+        names = await account_names(store, team.org, [t for t, _ in found.values()])
         more = page.more
         for i, (member, score) in enumerate(page.rows):
             position, scanned = (score, member), scanned + 1
             hit = found.get(member)
             if hit is not None and wanted(hit[0]):
-                rows.append(token_view(hit[0], team, hit[1]))
+                rows.append(token_view(hit[0], team, hit[1], names.get(hit[0].service_account_id or "")))
                 if len(rows) >= limit:
                     more = more or i < len(page.rows) - 1
                     break

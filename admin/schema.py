@@ -144,6 +144,9 @@ SERVICE_ACCOUNT: Schema = {
         "created_by": {"type": "string"},
         "active_tokens": {"type": "integer"},
         "active_tokens_exact": {"type": "boolean"},
+        "id": {"type": "string", "description": "the org-level account's stable id"},
+        "teams": {"type": "array", "items": {"type": "string"}, "description": "every team it is a member of"},
+        "owner": {"type": "string"},
     },
     "required": ["org", "team", "name"],
 }
@@ -203,6 +206,7 @@ TOKEN: Schema = {
         "org": {"type": "string"},
         "team": {"type": ["string", "null"]},
         "service_account": {"type": ["string", "null"]},
+        "service_account_id": {"type": ["string", "null"], "description": "its service account's stable id"},
         "scopes": {"type": "array", "items": {"type": "string"}},
         "effective_scopes": {"type": "array", "items": {"type": "string"}},
         "ineffective_scopes": {"type": "array", "items": {"type": "string"}},

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from tokenward import schema
+from tokenward.accounts import account_names
 from tokenward.endpoints import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Call, api_error, json_response
 from tokenward.gateway.records import ServiceAccountRecord, TeamRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal
@@ -49,7 +50,10 @@ def team_view(team: TeamRecord) -> dict[str, Any]:
     }
 
 
-def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | None) -> dict[str, Any]:
+def token_view(
+    token: TokenRecord, team: TeamRecord | None, last_used: float | None, account_name: str | None = None
+) -> dict[str, Any]:
+    """`account_name`: its service account's name now (a rename since issuance shows)."""
     permissions = None if token.team is None else (team.permissions if team else ())
     return {
         "id": token.id,
@@ -58,7 +62,8 @@ def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | N
         "display_prefix": token.display_prefix,
         "org": token.org,
         "team": token.team,
-        "service_account": token.service_account,
+        "service_account": account_name or token.service_account,
+        "service_account_id": token.service_account_id,
         "scopes": format_scopes(token.scopes),
         "effective_scopes": format_scopes(effective_scopes(token.scopes, permissions)),
         "ineffective_scopes": format_scopes(ineffective_scopes(token.scopes, permissions)),
@@ -93,7 +98,8 @@ async def token_response(call: Call, record: TokenRecord, status: int = 200, **e
     """A token as it is now, with its team's permissions and its last use."""
     store = call.runtime.store
     team = await store.get_team(record.org, record.team) if record.team else None
-    view = token_view(record, team, await store.last_used(record.id))
+    names = await account_names(store, record.org, [record])
+    view = token_view(record, team, await store.last_used(record.id), names.get(record.service_account_id or ""))
     headers = {"Cache-Control": "no-store"} if "token" in extra else {}  # a plaintext: shown once
     if status == 201 and record.team is not None:  # issued (or a replacement): where it lives
         headers["Location"] = f"/v1/orgs/{record.org}/teams/{record.team}/tokens/{record.id}"

@@ -30,6 +30,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from tokenward.gateway import store_scripts
 from tokenward.gateway.records import TokenRecord
+from tokenward.gateway.store_accounts import NO_ACCOUNT, NOT_MEMBER, QUOTA, AccountStore
 from tokenward.gateway.store_audit import AuditEntry
 from tokenward.gateway.store_changes import Change
 from tokenward.gateway.store_keys import Keys
@@ -72,7 +73,7 @@ class TokenEdit:
     successor: TokenRecord | None = None  # rotation: created in the same step, in the same slot
 
 
-class Store(RecordStore, IndexPages):
+class Store(RecordStore, AccountStore, IndexPages):
     """The store's records and indexes, the audit stream, the change feed, and the token
     lifecycle: every token state change below is atomic and durable before it returns."""
 
@@ -239,7 +240,18 @@ class Store(RecordStore, IndexPages):
     async def index_token(self, token: TokenRecord, max_per_index: int | None = None) -> None:
         """The token's index entries (written before its record: see the module docstring):
         team (or org level), org, and its service account's. With `max_per_index`, refused
-        with QuotaExceeded once the team index holds that many, in the same script."""
+        with QuotaExceeded once the team index holds that many, in the same script. A token of
+        an org-level service account: Conflict unless the account holds the token's team."""
+        if token.service_account_id is not None and token.team is not None:
+            code, held = await self.index_account_token(token, max_per_index)
+            if code == QUOTA:
+                raise QuotaExceeded(held, max_per_index or 0, token.org, token.team)
+            if code in (NO_ACCOUNT, NOT_MEMBER):
+                raise Conflict(
+                    f"service account {token.service_account!r} "
+                    + ("no longer exists" if code == NO_ACCOUNT else f"is not a member of team {token.team!r}")
+                )
+            return
         team_index = Keys.team_tokens(token.org, token.team)
         sa_index = (
             Keys.service_account_tokens(token.org, token.team, token.service_account)
@@ -270,6 +282,10 @@ class Store(RecordStore, IndexPages):
             index, ("ZREM", Keys.team_tokens(token.org, token.team), token.id), ("ZREM", index, token.id)
         )
         await self.unindex_service_account_token(token)
+        if token.service_account_id is not None:
+            key = Keys.account_tokens(token.org, token.service_account_id)
+            await self._write(key, ("ZREM", key, token.id))
+
 
 def now() -> float:
     return time.time()

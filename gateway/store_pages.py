@@ -45,11 +45,15 @@ class IndexPages(StoreLink):
         count: int,
         *,
         service_account: str | None = None,
+        account_id: str | None = None,
     ) -> IndexPage:
         """Up to `count` (id, created_at) rows of a team's token index (or of one of its
-        service accounts' indexes) after the cursor row `after`, oldest first."""
+        service accounts' indexes, or of an org-level account's: all its teams) after the
+        cursor row `after`, oldest first."""
         key = (
-            Keys.service_account_tokens(org, team, service_account)
+            Keys.account_tokens(org, account_id)
+            if account_id is not None
+            else Keys.service_account_tokens(org, team, service_account)
             if team is not None and service_account is not None
             else Keys.team_tokens(org, team)
         )

@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -104,7 +104,7 @@ class Accounts(Changes):
             for token_id, created in rows:
                 record = found.get(token_id)
                 if record is None:
-                    active += created > now - PENDING_SECONDS and team is None
+                    active += created > now - PENDING_SECONDS  # being issued: whichever team
                 elif (team is None or record.team == team) and record.status(now) == ACTIVE:
                     active += 1
             start += len(rows)
@@ -161,8 +161,9 @@ class Accounts(Changes):
                 active, exact = await self.active_tokens(account, team)
                 if active or not exact:
                     raise Conflict(
-                        f"service account {account.name!r} has {active}{'' if exact else '+'} active "
-                        f"token(s) in team {team!r}; revoke them (or let them expire) before removing the team"
+                        f"service account {account.name!r} has active tokens in team {team!r} "
+                        f"({active}{'' if exact else '+'}); revoke them (or let them expire) before "
+                        "removing the team"
                     )
             teams = tuple(t for t in (*account.teams, *added) if t not in removed)
             renamed = name is not None and name != account.name
@@ -209,9 +210,14 @@ class Accounts(Changes):
                 )
             issued = await self.store.account_issued(org, account.id)
             active, exact = await self.active_tokens(account)
-            if active or not exact:
+            if not active and not exact:
                 raise Conflict(
-                    f"service account {account.name!r} has {active}{'' if exact else '+'} active token(s); "
+                    f"service account {account.name!r} has more than {COUNT_CAP} tokens to check; "
+                    "delete its revoked and expired tokens first"
+                )
+            if active:
+                raise Conflict(
+                    f"service account {account.name!r} has active tokens ({active}{'' if exact else '+'}); "
                     "revoke them first"
                 )
             entry = self.entry(actor, "service_account.deleted", **_fields(account), teams=list(account.teams))
@@ -366,3 +372,22 @@ async def account_filter(call: Call, org: str, team: str, name: str) -> AccountF
     accounts = Accounts(call.runtime)
     await accounts.migrate_team(org, team)
     return AccountFilter(await call.runtime.store.account_id(org, name) or "sa_none", team)
+
+
+async def audit_account_match(
+    store: Store, org: str, ref: str | None
+) -> Callable[[dict[str, Any]], bool] | None:
+    """The audit filter `service_account=REF` (a name, former or current, or an id): events
+    that carry the account's stable id, and those from before ids (its names at the time)."""
+    if ref is None:
+        return None
+    account_id = ref if is_account_id(ref) else await store.account_id(org, ref)
+    if account_id is None:  # a former name: the account that held it last
+        account_id = await store.former_account_id(org, ref)
+    account = await store.get_account(org, account_id) if account_id else None
+    if account is None:  # no such account now: events that name it
+        return lambda e: ref in (e.get("service_account"), e.get("service_account_id"))
+    names = {account.name, *account.former_names}
+    return lambda e: e.get("service_account_id") == account.id or (
+        e.get("service_account_id") is None and e.get("service_account") in names
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenward.gateway.refusal import Step
+from tokenward.schema_accounts import ACCOUNT, ACCOUNT_CREATE, ACCOUNT_LIST, ACCOUNT_UPDATE
 from tokenward.validator import PRINTABLE, ValidationError, validate
 
 Schema = dict[str, Any]
@@ -417,6 +418,10 @@ SCHEMAS: dict[str, Schema] = {
     "ServiceAccount": SERVICE_ACCOUNT,
     "ServiceAccountCreate": SA_CREATE,
     "ServiceAccountList": SA_LIST,
+    "OrgServiceAccount": ACCOUNT,
+    "OrgServiceAccountCreate": ACCOUNT_CREATE,
+    "OrgServiceAccountUpdate": ACCOUNT_UPDATE,
+    "OrgServiceAccountList": ACCOUNT_LIST,
     "Token": TOKEN,
     "TokenCreate": TOKEN_CREATE,
     "TokenCreated": TOKEN_CREATED,

@@ -1,9 +1,25 @@
-"""The admin API's schemas of org-level service accounts (issue 14, item 9), beside `schema`'s
-(the OpenAPI document publishes them inline)."""
+"""The admin API's schemas of org-level service accounts (issue 14, item 9), named in
+`schema.SCHEMAS` with the others. Imports nothing of `schema` (which imports this): the few
+shared pieces are restated here, equal to `schema`'s."""
 
 from __future__ import annotations
 
-from tokenward.schema import NAME, NEXT_CURSOR, PRINTABLE, TIMESTAMP, Schema
+from typing import Any
+
+from tokenward.validator import PRINTABLE
+
+Schema = dict[str, Any]
+NAME: Schema = {
+    "type": "string",
+    "pattern": "^(?:[a-z0-9][a-z0-9-]{0,62})$",
+    "maxLength": 63,
+    "description": "a name: lowercase letters, digits and '-', starting with a letter or digit, at most 63",
+}
+TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
+NEXT_CURSOR: Schema = {
+    "type": ["string", "null"],
+    "description": "opaque cursor for the next page (pass it as ?cursor=); null on the last page",
+}
 
 # -- org-level service accounts (issue 14, item 9) -------------------------------------------
 OWNER: Schema = {

@@ -56,7 +56,8 @@ def principal_fields(principal: Principal | None) -> dict[str, Any]:
         "token_name": token.name,
         "org": token.org,
         "team": token.team,
-        "service_account": token.service_account,
+        "service_account": principal.service_account,
+        "service_account_id": token.service_account_id,
     }
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 import redis.asyncio as redis
@@ -95,6 +95,10 @@ class Store(RecordStore, AccountStore, IndexPages):
         A token of a service account also enters that account's index. The record is
         written with `audit`'s event in one transaction (see `_write_audited`)."""
         await self.ensure_org(token.org)
+        if token.service_account and token.service_account_id is None and token.team is not None:
+            # a record naming an org-level account by name only (tools, tests): give it the id
+            found = await self.account_id(token.org, token.service_account)
+            token = replace(token, service_account_id=found) if found else token
         await self.index_token(token, max_per_index)
         key = Keys.token(token.id)
         data = orjson.dumps(token.to_json())

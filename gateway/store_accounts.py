@@ -25,8 +25,8 @@ from tokenward.gateway.store_keys import Keys
 # What the scripts answer besides 1 (done).
 STALE, EXISTS, NAME_TAKEN, QUOTA, NO_ACCOUNT, NOT_MEMBER = -2, -5, -6, -1, -7, -8
 
-# KEYS: record, names hash, by-name set, issue counter, the team sets (n), the audit stream
-# (optional). ARGV: expected record ('' absent), new record ('' delete), id, old name ('' none),
+# KEYS: record, names hash, by-name set, issue counter, former-names hash, the team sets (n), the
+# audit stream (optional). ARGV: expected record ('' absent), new record ('' delete), id, old name ('' none),
 # new name ('' none), expected issue counter ('' unchecked), n, audit maxlen, audit event
 # ('' none), then one op per team set: '+' add the new name, '-' drop the old, '=' move it.
 PUT_ACCOUNT = """
@@ -45,6 +45,7 @@ end
 if old ~= '' and old ~= new then
   if redis.call('HGET', KEYS[2], old) == id then redis.call('HDEL', KEYS[2], old) end
   redis.call('ZREM', KEYS[3], old)
+  if new ~= '' then redis.call('HSET', KEYS[5], old, id) end
 end
 if new ~= '' then
   redis.call('HSET', KEYS[2], new, id)
@@ -52,13 +53,13 @@ if new ~= '' then
 end
 local n = tonumber(ARGV[7])
 for i = 1, n do
-  local op, key = ARGV[9 + i], KEYS[4 + i]
+  local op, key = ARGV[9 + i], KEYS[5 + i]
   if op == '-' or op == '=' then redis.call('ZREM', key, old) end
   if op == '+' or op == '=' then redis.call('ZADD', key, 0, new) end
 end
 if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
-if ARGV[9] ~= '' and KEYS[5 + n] then
-  redis.call('XADD', KEYS[5 + n], 'MAXLEN', '~', ARGV[8], '*', 'e', ARGV[9])
+if ARGV[9] ~= '' and KEYS[6 + n] then
+  redis.call('XADD', KEYS[6 + n], 'MAXLEN', '~', ARGV[8], '*', 'e', ARGV[9])
 end
 return 1
 """
@@ -132,6 +133,11 @@ class AccountStore(ChangeFeed, AuditStream):
         found = await self._call(lambda: self.client.hget(Keys.account_names(org), name))
         return found.decode() if found else None
 
+    async def former_account_id(self, org: str, name: str) -> str | None:
+        """The id of the account that last gave up `name` in a rename (audit searches)."""
+        found = await self._call(lambda: self.client.hget(Keys.account_former_names(org), name))
+        return found.decode() if found else None
+
     async def account_issued(self, org: str, account_id: str) -> str:
         found = await self._call(lambda: self.client.get(Keys.account_issued(org, account_id)))
         return found.decode() if found else "0"
@@ -175,6 +181,7 @@ class AccountStore(ChangeFeed, AuditStream):
             Keys.account_names(org),
             Keys.accounts_by_name(org),
             Keys.account_issued(org, account_id),
+            Keys.account_former_names(org),
             *(Keys.team_accounts(org, t) for t in teams),
         ]
         audit = write.audit

@@ -76,6 +76,11 @@ class Keys:
         return f"tw:{{{org}}}:acct-names"
 
     @staticmethod
+    def account_former_names(org: str) -> str:
+        """A name given up in a rename -> the id of the account that held it last."""
+        return f"tw:{{{org}}}:acct-former"
+
+    @staticmethod
     def accounts_by_name(org: str) -> str:
         return f"tw:{{{org}}}:acct-by-name"
 

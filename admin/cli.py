@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from tokenward import version
+from tokenward.cli_accounts import add_sa_commands
 from tokenward.cli_manage import (
     TeamAction,
     _deleter,
@@ -26,8 +27,6 @@ from tokenward.cli_manage import (
     cmd_team,
     cmd_team_scoped,
     cmd_whoami,
-    sa_create,
-    sa_list,
     token_create,
     token_get,
     token_list,
@@ -179,20 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--name")
     update.add_argument("--description")
 
-    sa = managed("sa", "manage service accounts")
-    p = scoped(sa, "service-accounts", "create", sa_create, "create a service account")
-    p.add_argument("name")
-    p.add_argument("--description")
-    p = scoped(sa, "service-accounts", "list", sa_list, "list service accounts and their active tokens")
-    p.add_argument("--limit", type=_positive, help="at most this many service accounts (default: all)")
-    p = scoped(
-        sa,
-        "service-accounts",
-        "delete",
-        _deleter("Service account", "name"),
-        "delete one without active tokens",
-    )
-    p.add_argument("name")
+    add_sa_commands(sub, common)
 
     audit = sub.add_parser("audit", help="recent audit events of the caller's org, newest first")
     audit.add_argument("--token-id")

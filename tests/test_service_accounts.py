@@ -277,3 +277,51 @@ def test_the_account_schemas_restate_the_shared_pieces_exactly() -> None:
 
     assert schema_accounts.NAME == schema.NAME and schema_accounts.TIMESTAMP == schema.TIMESTAMP
     assert schema_accounts.NEXT_CURSOR == schema.NEXT_CURSOR
+
+
+async def test_the_sa_commands(gateway: Gateway) -> None:
+    """`tokenward sa …` end to end: create in two teams, list org-wide, get, rename, add and
+    remove teams, refusals in one line, delete."""
+    import json
+
+    from tests.helpers.process import env_for_subprocess, run_cli
+
+    org = await setup(gateway)
+    env = {**env_for_subprocess(), "TOKENWARD_ADMIN_URL": gateway.admin_url, "TOKENWARD_TOKEN": org}
+
+    async def ok(*args: str) -> str:
+        code, out, err = await run_cli(*args, env=env)
+        assert code == 0, f"tokenward {' '.join(args)}: {err}"
+        return out
+
+    async def refused(*args: str) -> str:
+        code, out, err = await run_cli(*args, env=env)
+        assert code != 0 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), (out, err)
+        return err
+
+    out = await ok(
+        "sa", "create", "deployer", "--teams", "platform,billing", "--description", "CD", "--owner", "sre@acme"
+    )
+    assert "'deployer'" in out and "platform, billing" in out
+    lines = (await ok("sa", "list")).splitlines()
+    assert lines[0].split() == ["NAME", "TEAMS", "OWNER", "DESCRIPTION", "ACTIVE", "TOKENS", "CREATED"]
+    assert lines[1].split()[:5] == ["deployer", "platform,billing", "sre@acme", "CD", "0"]
+    code, out, err = await run_cli(
+        "token", "create", "--team", "billing", "--name", "b", "--scopes", "read:apis",
+        "--service-account", "deployer", "--json", env=env,
+    )
+    assert code == 0, err
+    out = await ok("sa", "rename", "deployer", "release-bot")
+    assert "name deployer → release-bot" in out
+    got = json.loads(await ok("sa", "get", "release-bot", "--json"))
+    assert got["former_names"] == ["deployer"] and got["active_tokens"] == 1
+    assert "Former names:  deployer" in await ok("sa", "get", got["id"])
+    out = await ok("sa", "add-team", "release-bot", "other")
+    assert "teams platform, billing → platform, billing, other" in out
+    assert "409" in await refused("sa", "remove-team", "release-bot", "billing")
+    out = await ok("sa", "update", "release-bot", "--remove-teams", "platform,other", "--owner", "ana")
+    assert "owner sre@acme → ana" in out and "→ billing" in out
+    assert "nothing to update" in await refused("sa", "update", "release-bot")
+    assert "409" in await refused("sa", "delete", "release-bot")
+    listed = json.loads(await ok("sa", "list", "--team", "billing", "--json"))["service_accounts"]
+    assert [(a["name"], a["active_tokens"]) for a in listed] == [("release-bot", 1)]

@@ -35,7 +35,7 @@ from tokenward.gateway.store_records import Conflict
 from tokenward.rules import Invalid, NotFound, is_org_admin
 
 if TYPE_CHECKING:
-    from tokenward.endpoints import Call
+    from tokenward.gateway.runtime import Runtime
 
 WRITE_ATTEMPTS = 20  # a change decided again on a record that keeps changing, then 503
 COUNT_CAP = 1000  # tokens of one account examined per count
@@ -368,10 +368,9 @@ class AccountFilter:
         return lambda t: t.service_account_id == self.id and t.team == self.team and keep(t)
 
 
-async def account_filter(call: Call, org: str, team: str, name: str) -> AccountFilter:
-    accounts = Accounts(call.runtime)
-    await accounts.migrate_team(org, team)
-    return AccountFilter(await call.runtime.store.account_id(org, name) or "sa_none", team)
+async def account_filter(runtime: Runtime, org: str, team: str, name: str) -> AccountFilter:
+    await Accounts(runtime).migrate_team(org, team)
+    return AccountFilter(await runtime.store.account_id(org, name) or "sa_none", team)
 
 
 async def audit_account_match(

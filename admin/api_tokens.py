@@ -88,7 +88,7 @@ async def list_tokens(call: Call) -> web.Response:
     team = await call.tokens.team(org, team_name)
     async with bulk_work(call):
         if sa is not None:  # its tokens come from the account's index (all its teams): filter
-            account = await account_filter(call, org, team_name, sa)
+            account = await account_filter(call.runtime, org, team_name, sa)
             wanted, filtered, sa = account.wanted(wanted), True, account.id
         rows, position, more = await _token_page(call, team, position, limit, filtered, wanted, sa)
     next_cursor = encode_cursor("t", repr(position[0]), position[1]) if more and position else None

@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="recent audit events of the caller's org, newest first")
     audit.add_argument("--token-id")
     audit.add_argument("--team")
+    audit.add_argument("--service-account", help="a service account's events (name, former name or id)")
     audit.add_argument("--action", dest="event_action", help="e.g. token.created, request.denied")
     audit.add_argument("--since", help="a duration ago (1h) or an RFC 3339 time")
     audit.add_argument("--until", help="a duration ago (10m) or an RFC 3339 time")

@@ -202,6 +202,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
         "token_id": args.token_id,
         "team": args.team,
         "action": args.event_action,
+        "service_account": args.service_account,
         "since": args.since,
         "until": args.until,
     }

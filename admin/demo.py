@@ -20,6 +20,7 @@ from tokenward.gateway.settings import load_settings
 
 DEMO_ORG = "acme"
 DEMO_TEAM = "platform"
+DEMO_ACCOUNT = "ci-pipeline"
 TEAM_PERMISSIONS = ["read:apis", "write:apis", "read:specs", "write:specs", "admin:team"]
 
 
@@ -124,6 +125,7 @@ def demo_config(data_dir: Path, port: int, admin_port: int, upstream_port: int) 
 async def run_demo(
     data_dir: Path, port: int, admin_port: int, upstream_port: int, once: bool = False
 ) -> None:
+    from tokenward.accounts import Accounts
     from tokenward.actor import Actor
     from tokenward.gateway.records import TeamRecord
     from tokenward.gateway.scopes import parse_scopes
@@ -156,8 +158,17 @@ async def run_demo(
             await runtime.store.create_team(
                 TeamRecord(DEMO_ORG, DEMO_TEAM, parse_scopes(TEAM_PERMISSIONS), 0.0, "demo")
             )
+        with contextlib.suppress(Conflict):  # an org-level service account, member of the team
+            await Accounts(runtime).create(
+                operator, DEMO_ORG, DEMO_ACCOUNT, description="the demo's CI", owner="demo", teams=[DEMO_TEAM]
+            )
         read_plain, read_record = await tokens.issue(
-            operator, org=DEMO_ORG, team=DEMO_TEAM, name="ci-readonly", scopes=["read:apis", "read:specs"]
+            operator,
+            org=DEMO_ORG,
+            team=DEMO_TEAM,
+            name="ci-readonly",
+            scopes=["read:apis", "read:specs"],
+            service_account=DEMO_ACCOUNT,
         )
         gw = f"http://127.0.0.1:{port}"
         adm = f"http://127.0.0.1:{admin_port}"
@@ -174,7 +185,7 @@ org admin token (org {DEMO_ORG}; shown once):
   export TOKENWARD_ADMIN_URL={adm}
   export TOKENWARD_TOKEN={admin_plain}
 
-read-only token for team {DEMO_TEAM} (read:apis read:specs; shown once):
+read-only token for team {DEMO_TEAM} (read:apis read:specs; service account {DEMO_ACCOUNT}; shown once):
   export READ_TOKEN={read_plain}
 
 try:
@@ -186,6 +197,7 @@ try:
   curl -s {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens -H "Authorization: Bearer $TOKENWARD_TOKEN"
   curl -s -X POST {adm}/v1/orgs/{DEMO_ORG}/teams/{DEMO_TEAM}/tokens/{read_record.id}/revoke -H "Authorization: Bearer $TOKENWARD_TOKEN"
   .venv/bin/tokenward token list --team {DEMO_TEAM}
+  .venv/bin/tokenward sa list                          # service accounts, org-wide: teams, owner, tokens
 
 Ctrl-C to stop.
 """,

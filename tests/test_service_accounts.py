@@ -122,6 +122,7 @@ async def test_a_rename_keeps_tokens_headers_and_audit_history(recorded: Gateway
     assert event["renamed_from"] == "deployer" and event["service_account_id"] == account["id"]
 
 
+@pytest.mark.also_on_cluster
 async def test_memberships_and_deletion_wait_for_active_tokens(gateway: Gateway) -> None:
     gw = gateway
     org = await setup(gw)
@@ -272,6 +273,23 @@ async def test_no_token_outlives_its_membership_under_races(gateway: Gateway) ->
     assert stranded == 0
 
 
+async def test_no_active_token_outlives_its_account_under_races(gateway: Gateway) -> None:
+    """Issuing a token of an account while the account is deleted: over many trials, never an
+    active token of an account that no longer exists."""
+    gw = gateway
+    org = await setup(gw)
+    orphans = 0
+    for trial in range(15):
+        name = f"doomed-{trial}"
+        await admin(gw, "POST", ACCOUNTS, org, {"name": name, "teams": ["platform"]})
+        issued, deleted = await asyncio.gather(
+            issue(gw, org, "platform", name), admin(gw, "DELETE", f"{ACCOUNTS}/{name}", org)
+        )
+        assert issued[0] in (201, 400, 409) and deleted[0] in (204, 409), (issued, deleted)
+        orphans += issued[0] == 201 and deleted[0] == 204
+    assert orphans == 0
+
+
 def test_the_account_schemas_restate_the_shared_pieces_exactly() -> None:
     from tokenward import schema, schema_accounts
 
@@ -325,3 +343,20 @@ async def test_the_sa_commands(gateway: Gateway) -> None:
     assert "409" in await refused("sa", "delete", "release-bot")
     listed = json.loads(await ok("sa", "list", "--team", "billing", "--json"))["service_accounts"]
     assert [(a["name"], a["active_tokens"]) for a in listed] == [("release-bot", 1)]
+    events = json.loads(await ok("audit", "--service-account", "deployer", "--json"))["events"]
+    assert {"service_account.created", "service_account.renamed", "token.created"} <= {e["action"] for e in events}
+
+
+async def test_the_demo_issues_its_token_for_a_service_account(tmp_path: Any) -> None:
+    """`demo --once`, twice on the same data dir (the account is there the second time)."""
+    from tests.helpers.process import run_cli
+    from tokenward.gateway.embedded import free_port
+
+    for _ in range(2):
+        ports = [str(free_port()) for _ in range(3)]
+        code, out, err = await run_cli(
+            "demo", "--once", "--data-dir", str(tmp_path / "demo"), "--port", ports[0],
+            "--admin-port", ports[1], "--upstream-port", ports[2], timeout=90,
+        )
+        assert code == 0, err
+        assert "service account ci-pipeline" in out and "tokenward sa list" in out

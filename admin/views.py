@@ -27,7 +27,7 @@ from aiohttp import web
 from tokenward import schema
 from tokenward.accounts import account_names
 from tokenward.endpoints import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Call, api_error, json_response
-from tokenward.gateway.records import ServiceAccountRecord, TeamRecord, TokenRecord
+from tokenward.gateway.records import TeamRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.scopes import effective_scopes, format_scopes, ineffective_scopes
 from tokenward.gateway.tokens import KEY_ID_RE
@@ -79,18 +79,6 @@ def token_view(
         "revoked_by_level": token.revoked_level if token.revoked_at is not None else None,
         "revoke_reason": token.revoke_reason,
         "replaced_by": token.replaced_by,
-    }
-
-
-def sa_view(sa: ServiceAccountRecord, active_tokens: int) -> dict[str, Any]:
-    return {
-        "org": sa.org,
-        "team": sa.team,
-        "name": sa.name,
-        "description": sa.description,
-        "created_at": iso(sa.created_at),
-        "created_by": sa.created_by,
-        "active_tokens": active_tokens,
     }
 
 

@@ -84,9 +84,9 @@ class Accounts(Changes):
         if account is None:
             raise Invalid(f"service_account: {name!r} does not exist in org {org!r}", "service_account")
         if team not in account.teams:
-            raise Invalid(
-                f"service_account: {name!r} is not a member of team {team!r} (its teams: "
-                f"{', '.join(account.teams) or 'none'}); add the team to it first",
+            raise Invalid(  # its other teams are not named: the caller may not administer them
+                f"service_account: {name!r} is not a member of team {team!r}; an org admin can add "
+                f"the team to it (tokenward sa add-team {name} {team})",
                 "service_account",
             )
         return account

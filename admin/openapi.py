@@ -55,14 +55,22 @@ PATH_PARAMETERS = {
     "team": ("Team", "the team, within the org", schema.NAME),
     "id": ("TokenId", "the token's id (its key id, as listed)", {"type": "string", "maxLength": 64}),
     "name": ("ServiceAccountName", "the service account's name", schema.NAME),
+    "account": (
+        "ServiceAccountRef",
+        "an org-level service account: its name, or its id (`sa_...`)",
+        {"type": "string", "maxLength": 64},
+    ),
 }
 QUERY_PARAMETERS: dict[str, tuple[str, schema.Schema]] = {
     "cursor": ("the `next` of the previous page (opaque); omit for the first page", {"type": "string"}),
     "status": ("only the tokens in this state", schema.TOKEN_STATUS),
     "expiring_within": ("only active tokens that expire within this duration", schema.DURATION),
-    "service_account": ("only the tokens of this service account", schema.NAME),
+    "service_account": (
+        "only the tokens (token lists) or events (audit: also a former name or an id) of this service account",
+        {"type": "string", "maxLength": 64},
+    ),
     "token_id": ("only the events about this token id", {"type": "string"}),
-    "team": ("only the events of this team (org admins)", schema.NAME),
+    "team": ("only this team's events (audit) or member service accounts (org admins)", schema.NAME),
     "action": ("only the events of this action (e.g. `token.revoked`)", {"type": "string"}),
     "since": ("events from this RFC 3339 time, or this duration ago (e.g. `1h`)", {"type": "string"}),
     "until": ("events up to this RFC 3339 time, or this duration ago", {"type": "string"}),

@@ -360,3 +360,25 @@ async def test_the_demo_issues_its_token_for_a_service_account(tmp_path: Any) ->
         )
         assert code == 0, err
         assert "service account ci-pipeline" in out and "tokenward sa list" in out
+
+
+async def test_a_rename_reaches_every_gateway_process(
+    start_gateway: Callable[..., Awaitable[Gateway]], recorder: Any
+) -> None:
+    """Two gateways on one store: the one that did not make the rename drops its cached
+    account on the change channel, and forwards the new name."""
+    first = await start_gateway(base_config(recorder.port))
+    second = await start_gateway(base_config(recorder.port))
+    org = await setup(first)
+    await admin(first, "POST", ACCOUNTS, org, {"name": "deployer", "teams": ["platform"]})
+    _, token = await issue(first, org, "platform", "deployer")
+    assert await forwarded_account(second, token["token"]) == "deployer"  # cached there now
+    status, _, _ = await admin(first, "PATCH", f"{ACCOUNTS}/deployer", org, {"name": "shipper"})
+    assert status == 200
+    seen = None
+    for _ in range(200):  # the channel's bound is 50 ms; this only waits for it, at most 10 s
+        seen = await forwarded_account(second, token["token"])
+        if seen == "shipper":
+            break
+        await asyncio.sleep(0.05)
+    assert seen == "shipper"

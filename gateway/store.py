@@ -11,6 +11,7 @@
 - store_audit: `AuditEntry` and `AuditStream`, the audit stream and audited admin writes;
 - store_pages: `IndexPage` and `IndexPages`, bounded pages of the indexes;
 - store_records: `RecordStore`, reads and writes of the records (`Conflict`);
+- store_accounts: `AccountStore`, org-level service accounts (one script per change);
 - here: a token's index entries and quota, and its atomic lifecycle transitions.
 
 No command, pipeline or script touches keys of two slots at once; every change is announced

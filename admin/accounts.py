@@ -118,8 +118,7 @@ class Accounts(Changes):
         own = self._own_team(actor)
         if own is not None and members != (own,):
             raise _refused(f"a team admin creates service accounts of its own team only ({own!r})")
-        for team in members:
-            await self.migrate_team(org, team)
+        await self.migrate_org(org)  # a legacy account of this name, in any team, is taken first
         account = AccountRecord(
             new_account_id(), org, name, description, owner, members, time.time(), actor.name
         )
@@ -150,6 +149,8 @@ class Accounts(Changes):
             raise Invalid("nothing to change: give name, description, owner, add_teams or remove_teams", "body")
         added = await self._teams(org, add_teams, "add_teams")
         removed = tuple(dict.fromkeys(remove_teams))
+        if name is not None:
+            await self.migrate_org(org)  # names held by legacy accounts, in any team, are taken
         for _ in range(WRITE_ATTEMPTS):
             account, raw = await self.find(org, ref)
             self._may_change(actor, account, name, description, owner, added, removed)

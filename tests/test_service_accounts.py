@@ -382,3 +382,20 @@ async def test_a_rename_reaches_every_gateway_process(
             break
         await asyncio.sleep(0.05)
     assert seen == "shipper"
+
+
+async def test_a_new_account_never_takes_the_name_of_an_unmigrated_one(gateway: Gateway) -> None:
+    """A legacy account of team platform, not yet read by anyone: creating or renaming to its
+    name elsewhere is refused (it is migrated first), never merged into the new account."""
+    org = await setup(gateway)
+    await gateway.runtime.store.create_service_account(
+        ServiceAccountRecord("acme", "platform", "ci", "", 1.0, "test")
+    )
+    status, _, _ = await admin(gateway, "POST", ACCOUNTS, org, {"name": "ci", "teams": ["billing"]})
+    assert status == 409
+    status, _, _ = await admin(gateway, "POST", ACCOUNTS, org, {"name": "other-ci", "teams": ["billing"]})
+    assert status == 201
+    status, _, _ = await admin(gateway, "PATCH", f"{ACCOUNTS}/other-ci", org, {"name": "ci"})
+    assert status == 409
+    status, account, _ = await admin(gateway, "GET", f"{ACCOUNTS}/ci", org)
+    assert account["teams"] == ["platform"]

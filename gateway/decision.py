@@ -176,7 +176,9 @@ class Authenticator:
             if not record.client_allowed(client_ip):
                 raise _unauthorized(Step.STATUS, "client address not allowed for this token")
             team = await self._team(record) if record.team is not None else None
-            account = await self._account(record) if record.service_account_id is not None else None
+            account = None
+            if record.service_account_id is not None:  # cached: no coroutine on the hot path
+                account = self.cache.account(record.org, record.service_account_id) or await self._account(record)
         except StoreUnavailable:
             raise store_unavailable() from None
         permissions = None if record.team is None else (team.permissions if team else ())

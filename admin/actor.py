@@ -74,6 +74,7 @@ def token_fields(record: TokenRecord) -> dict[str, Any]:
         "token_id": record.id,
         "token_name": record.name,
         "service_account": record.service_account,
+        "service_account_id": record.service_account_id,
     }
 
 

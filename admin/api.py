@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from tokenward import (
+    api_accounts,
     api_audit,
     api_import,
     api_org_tokens,
@@ -83,6 +84,7 @@ async def readyz(call: Call) -> web.Response:
 # Every endpoint of the admin API, in the order the OpenAPI document lists them.
 ENDPOINTS: tuple[Endpoint, ...] = (
     *api_teams.routes.endpoints,
+    *api_accounts.routes.endpoints,
     *api_tokens.routes.endpoints,
     *api_org_tokens.routes.endpoints,
     *api_usage.routes.endpoints,

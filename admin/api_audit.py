@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from tokenward import schema, schema_reports
+from tokenward.accounts import audit_account_match
 from tokenward.endpoints import Body, Call, Routes, api_error, json_response
 from tokenward.gateway.durations import parse_duration
 from tokenward.gateway.scopes import format_scopes
@@ -23,7 +24,7 @@ AUDIT_CHUNK = 500
 AUDIT_MAX_LIMIT = 1000
 MAX_LEAKS = 100  # tokens one leak report checks
 _STREAM_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-_AUDIT_QUERY = ("org", "token_id", "team", "action", "since", "until", "limit", "cursor")
+_AUDIT_QUERY = ("org", "token_id", "team", "action", "service_account", "since", "until", "limit", "cursor")
 _SUBJECT_FIELDS = ("org", "team", "token_name", "service_account")
 _ACTOR_FIELDS = ("actor_id", "actor_name", "actor_org", "actor_team", "client_ip", "request_id")
 
@@ -39,12 +40,14 @@ _ACTOR_FIELDS = ("actor_id", "actor_name", "actor_org", "actor_team", "client_ip
 )
 async def read_audit(call: Call) -> web.Response:
     """Recent audit events of the caller's org (a team admin sees its own team's), newest first,
-    one page at a time: a page examines at most 5000 stream entries, so with filters it may
+    one page at a time (`service_account`: a name or id; an account's events before and after a
+    rename, by its stable id): a page examines at most 5000 stream entries, so with filters it may
     hold fewer than `limit` events; follow `next` until it is null."""
     org, team = call.caller.token.org, audit_team(call)
     limit = page_limit(call, maximum=AUDIT_MAX_LIMIT)
     start, cursor = audit_range(call)
     wanted = {k: call.query[k] for k in ("token_id", "action") if k in call.query}
+    account = await audit_account_match(call.runtime.store, org, call.query.get("service_account"))
     events: list[dict[str, Any]] = []
     scanned, last, more = 0, None, cursor is not None  # last: the oldest entry examined
     async with bulk_work(call):
@@ -55,6 +58,8 @@ async def read_audit(call: Call) -> web.Response:
             for i, (stream_id, event) in enumerate(page):
                 last, scanned = stream_id, scanned + 1
                 if not _audit_visible(event, org, team) or any(event.get(k) != v for k, v in wanted.items()):
+                    continue
+                if account is not None and not account(event):
                     continue
                 events.append({"id": stream_id, "time": iso(event.get("ts")), **_audit_seen_from(event, org)})
                 if len(events) >= limit:
@@ -203,7 +208,7 @@ async def whoami(call: Call) -> web.Response:
             "name": token.name,
             "org": token.org,
             "team": token.team,
-            "service_account": token.service_account,
+            "service_account": principal.service_account,
             "scopes": format_scopes(token.scopes),
             "effective_scopes": format_scopes(principal.effective_scopes),
             "expires_at": iso(token.expires_at),

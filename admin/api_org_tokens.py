@@ -14,6 +14,7 @@ import re
 from aiohttp import web
 
 from tokenward import api_tokens, schema
+from tokenward.accounts import account_filter
 from tokenward.endpoints import Body, Call, Routes, api_error
 from tokenward.gateway.records import TeamRecord
 from tokenward.permissions import org_token_admin
@@ -59,18 +60,12 @@ async def list_org_tokens(call: Call) -> web.Response:
         teams[team_name] = await call.tokens.team(org, team_name)  # 404 if it does not exist
         where = team_name
     async with bulk_work(call):
-        if sa is not None and team_name is not None:
-            await call.runtime.store.ensure_service_account_indexes(org, team_name)
+        account_id = None
+        if sa is not None:  # its tokens come from the account's index (all its teams): filter
+            account = await account_filter(call.runtime, org, team_name, sa)
+            wanted, filtered, account_id = account.wanted(wanted), True, account.id
         rows, position, more = await api_tokens.token_page(
-            call,
-            org,
-            where,
-            position,
-            limit,
-            filtered or (sa is not None and team_name is None),  # no index of its own then
-            wanted,
-            sa if team_name is not None else None,
-            teams,
+            call, org, where, position, limit, filtered, wanted, account_id, teams
         )
     next_cursor = encode_cursor("t", repr(position[0]), position[1]) if more and position else None
     return page_response("tokens", rows, next_cursor)

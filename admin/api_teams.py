@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from tokenward import schema
+from tokenward.accounts import Accounts
+from tokenward.api_accounts import account_view
 from tokenward.endpoints import Body, Call, Routes, json_response
+from tokenward.gateway.records import AccountRecord
 from tokenward.permissions import org_admin, team_lister, team_wide
 from tokenward.views import (
     PAGE_QUERY,
@@ -14,7 +19,6 @@ from tokenward.views import (
     next_name,
     page_limit,
     page_response,
-    sa_view,
     team_view,
 )
 
@@ -87,6 +91,11 @@ async def set_team_permissions(call: Call) -> web.Response:
     return json_response(team_view(await call.directory.set_permissions(call.actor, org, team, permissions)))
 
 
+def team_sa_view(account: AccountRecord, team: str, active: int, exact: bool = True) -> dict[str, Any]:
+    """An org-level account as the team-level endpoints show it (their fields, and the new)."""
+    return {**account_view(account, active, exact), "team": team}
+
+
 @routes(
     "POST",
     SERVICE_ACCOUNTS,
@@ -97,14 +106,16 @@ async def set_team_permissions(call: Call) -> web.Response:
     tag="service accounts",
 )
 async def create_service_account(call: Call) -> web.Response:
-    """Create a service account: a named non-human identity of the team that groups tokens
-    (409 when the name is taken). Location names it."""
+    """Create a service account that is a member of this team (an org-level account: see
+    /v1/orgs/{org}/service-accounts); names are unique in the org (409 when taken). Location
+    names it."""
     org, team, body = call.param("org"), call.param("team"), call.body
-    sa = await call.directory.create_service_account(
-        call.actor, org, team, body["name"], body.get("description", "")
+    await call.directory.team(org, team)
+    account = await Accounts(call.runtime).create(
+        call.actor, org, body["name"], description=body.get("description", ""), owner="", teams=[team]
     )
     where = SERVICE_ACCOUNTS.replace("{org}", org).replace("{team}", team)
-    return json_response(sa_view(sa, 0), 201, Location=f"{where}/{sa.name}")
+    return json_response(team_sa_view(account, team, 0), 201, Location=f"{where}/{account.name}")
 
 
 @routes(
@@ -117,18 +128,19 @@ async def create_service_account(call: Call) -> web.Response:
     tag="service accounts",
 )
 async def list_service_accounts(call: Call) -> web.Response:
-    """List a team's service accounts in name order, one page at a time, with their active token
-    counts (exact up to 1000 tokens examined per account; active_tokens_exact says)."""
-    org, team, directory = call.param("org"), call.param("team"), call.directory
+    """List the service accounts that are members of a team in name order, one page at a time,
+    with their active token counts in this team (exact up to 1000 tokens examined per account;
+    active_tokens_exact says)."""
+    org, team, accounts = call.param("org"), call.param("team"), Accounts(call.runtime)
     limit, after = page_limit(call), name_cursor(call)
-    await directory.team(org, team)
-    names, sas, more = await call.runtime.store.service_account_page(org, team, after, limit)
+    await call.directory.team(org, team)
     rows = []
     async with bulk_work(call):
-        await call.runtime.store.ensure_service_account_indexes(org, team)
-        for sa in sas:
-            active, exact = await directory.active_tokens(org, team, sa.name)
-            rows.append({**sa_view(sa, active), "active_tokens_exact": exact})
+        await accounts.migrate_team(org, team)
+        names, found, more = await call.runtime.store.account_page(org, team, after, limit)
+        for account in found:
+            active, exact = await accounts.active_tokens(account, team)
+            rows.append(team_sa_view(account, team, active, exact))
     return page_response("service_accounts", rows, next_name(names, more))
 
 
@@ -141,9 +153,10 @@ async def list_service_accounts(call: Call) -> web.Response:
     tag="service accounts",
 )
 async def delete_service_account(call: Call) -> web.Response:
-    """Delete a service account that has no active tokens (409 otherwise)."""
+    """Delete a service account of this team alone that has no active tokens; one shared with
+    other teams leaves this team (no active tokens of it in this team). 409 otherwise."""
     async with bulk_work(call):  # its active tokens are counted: bulk work
-        await call.directory.delete_service_account(
+        await Accounts(call.runtime).leave_or_delete(
             call.actor, call.param("org"), call.param("team"), call.param("name")
         )
     return call.no_content()

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from tokenward import metadata, schema
+from tokenward.accounts import account_filter, account_names
 from tokenward.endpoints import REPEATABLE, Body, Call, Routes, api_error
 from tokenward.gateway.environments import LIVE, environment_field
 from tokenward.gateway.records import ACTIVE, EXPIRED, REVOKED, TeamRecord, TokenRecord
@@ -107,8 +108,9 @@ async def list_tokens(call: Call) -> web.Response:
     limit, position = page_limit(call), token_cursor(call)
     team = await call.tokens.team(org, team_name)
     async with bulk_work(call):
-        if sa is not None:
-            await call.runtime.store.ensure_service_account_indexes(org, team_name)
+        if sa is not None:  # its tokens come from the account's index (all its teams): filter
+            account = await account_filter(call.runtime, org, team_name, sa)
+            wanted, filtered, sa = account.wanted(wanted), True, account.id
         rows, position, more = await _token_page(call, team, position, limit, filtered, wanted, sa)
     next_cursor = encode_cursor("t", repr(position[0]), position[1]) if more and position else None
     return page_response("tokens", rows, next_cursor)
@@ -150,9 +152,7 @@ def token_filter(call: Call) -> tuple[Callable[[TokenRecord], bool], bool, str |
             return False
         if environment is not None and token.environment != environment:
             return False
-        if notes and not metadata.matches(token.metadata, notes):
-            return False
-        return sa is None or token.service_account == sa
+        return not notes or metadata.matches(token.metadata, notes)  # a service account: see account_filter
 
     filtered = status is not None or within is not None or environment is not None or bool(notes)
     return wanted, filtered or bool(principal.token.constraints), sa
@@ -184,13 +184,14 @@ async def token_page(
     limit: int,
     filtered: bool,
     wanted: Callable[[TokenRecord], bool],
-    sa: str | None,
+    account_id: str | None,
     teams: dict[str | None, TeamRecord | None],
 ) -> tuple[list[dict[str, Any]], tuple[float, str] | None, bool]:
     """Up to `limit` rows after `position` that `wanted` keeps, reading at most
     max(PAGE_SCAN_BUDGET, limit) index rows in chunks; the last row examined; more follow.
     `team`: a team's index (ANY_TEAM: the org's index of every token); `teams`: the team
-    records known so far (the views show effective scopes), filled as rows need them."""
+    records known so far (the views show effective scopes), filled as rows need them;
+    `account_id`: a service account's index instead (its tokens in all its teams)."""
     store = call.runtime.store
     rows: list[dict[str, Any]] = []
     scanned, more = 0, True
@@ -200,10 +201,9 @@ async def token_page(
     # a service account's tokens come from its own index: that filter costs no scanning
     while more and len(rows) < limit and scanned < budget:
         want = min(PAGE_CHUNK, budget - scanned if filtered else limit - len(rows))
-        page = await store.token_index_page(
-            org, index_team, position, want, service_account=sa, all_org=org_wide
-        )
+        page = await store.token_index_page(org, index_team, position, want, account_id=account_id, all_org=org_wide)
         found = {t.id: (t, used) for t, used in await store.get_tokens_with_usage([m for m, _ in page.rows])}
+        names = await account_names(store, org, [t for t, _ in found.values()])
         more = page.more
         for i, (member, score) in enumerate(page.rows):
             position, scanned = (score, member), scanned + 1
@@ -212,7 +212,7 @@ async def token_page(
                 token = hit[0]
                 if token.team is not None and token.team not in teams:
                     teams[token.team] = await store.get_team(org, token.team)
-                rows.append(token_view(token, teams.get(token.team), hit[1]))
+                rows.append(token_view(token, teams.get(token.team), hit[1], names.get(token.service_account_id or "")))
                 if len(rows) >= limit:
                     more = more or i < len(page.rows) - 1
                     break

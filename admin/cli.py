@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from tokenward import version
+from tokenward.cli_accounts import add_sa_commands
 from tokenward.cli_import import add_metadata_options, token_import
 from tokenward.cli_manage import (
     TeamAction,
@@ -29,8 +30,6 @@ from tokenward.cli_manage import (
     cmd_team,
     cmd_team_scoped,
     cmd_whoami,
-    sa_create,
-    sa_list,
     token_create,
     token_get,
     token_list,
@@ -217,24 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--scopes", help=argparse.SUPPRESS)  # refused: rotate instead
     add_metadata_options(update)  # replaces the token's whole metadata
 
-    sa = managed("sa", "manage service accounts")
-    p = scoped(sa, "service-accounts", "create", sa_create, "create a service account")
-    p.add_argument("name")
-    p.add_argument("--description")
-    p = scoped(sa, "service-accounts", "list", sa_list, "list service accounts and their active tokens")
-    p.add_argument("--limit", type=_positive, help="at most this many service accounts (default: all)")
-    p = scoped(
-        sa,
-        "service-accounts",
-        "delete",
-        _deleter("Service account", "name"),
-        "delete one without active tokens",
-    )
-    p.add_argument("name")
+    add_sa_commands(sub, common)
 
     audit = sub.add_parser("audit", help="recent audit events of the caller's org, newest first")
     audit.add_argument("--token-id")
     audit.add_argument("--team")
+    audit.add_argument("--service-account", help="a service account's events (name, former name or id)")
     audit.add_argument("--action", dest="event_action", help="e.g. token.created, request.denied")
     audit.add_argument("--since", help="a duration ago (1h) or an RFC 3339 time")
     audit.add_argument("--until", help="a duration ago (10m) or an RFC 3339 time")

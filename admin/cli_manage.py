@@ -251,29 +251,6 @@ def _pair(text: str) -> tuple[str, str]:
     return key, value
 
 
-def sa_create(client: AdminClient, base: str, args: argparse.Namespace) -> None:
-    data = client.call("POST", base, _body(name=args.name, description=args.description))
-    emit(data, args.json, f"✓ Service account {data['name']!r} created in team {data['team']!r}.")
-
-
-def sa_list(client: AdminClient, base: str, args: argparse.Namespace) -> None:
-    data = client.pages(base, "service_accounts", limit=args.limit)
-    rows = [
-        [
-            sa["name"],
-            _or_dash(sa.get("description")),
-            f"{sa['active_tokens']}{'' if sa.get('active_tokens_exact', True) else '+'}",
-            humanize_date(sa["created_at"]),
-        ]
-        for sa in data["service_accounts"]
-    ]
-    emit(
-        data,
-        args.json,
-        table(["NAME", "DESCRIPTION", "ACTIVE TOKENS", "CREATED"], rows) if rows else "no service accounts",
-    )
-
-
 # -- commands: audit and leaks -----------------------------------------------------------------
 def _step_reason(event: dict[str, Any]) -> str:
     step, reason = event.get("step"), event.get("reason")
@@ -287,6 +264,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
         "token_id": args.token_id,
         "team": args.team,
         "action": args.event_action,
+        "service_account": args.service_account,
         "since": args.since,
         "until": args.until,
     }

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 DEMO_ORG = "acme"
 DEMO_TEAM = "platform"
+DEMO_ACCOUNT = "ci-pipeline"
 TEAM_PERMISSIONS = ["read:apis", "write:apis", "read:specs", "write:specs", "admin:team"]
 DEMO_ADMIN = "demo-org-admin"
 DEMO_ADMIN_TTL = "365d"  # expires (tokens.max_ttl), outliving what the README issues with it; the next run revokes and deletes it
@@ -164,6 +165,7 @@ def demo_lookup_key(data_dir: Path) -> Path:
 async def run_demo(
     data_dir: Path, port: int, admin_port: int, upstream_port: int, once: bool = False
 ) -> None:
+    from tokenward.accounts import Accounts
     from tokenward.actor import Actor
     from tokenward.gateway.records import TeamRecord
     from tokenward.gateway.scopes import parse_scopes
@@ -203,8 +205,17 @@ async def run_demo(
             await runtime.store.create_team(
                 TeamRecord(DEMO_ORG, DEMO_TEAM, parse_scopes(TEAM_PERMISSIONS), time.time(), "demo")
             )
+        with contextlib.suppress(Conflict):  # an org-level service account, member of the team
+            await Accounts(runtime).create(
+                operator, DEMO_ORG, DEMO_ACCOUNT, description="the demo's CI", owner="demo", teams=[DEMO_TEAM]
+            )
         read_plain, read_record = await tokens.issue(
-            operator, org=DEMO_ORG, team=DEMO_TEAM, name="ci-readonly", scopes=["read:apis", "read:specs"]
+            operator,
+            org=DEMO_ORG,
+            team=DEMO_TEAM,
+            name="ci-readonly",
+            scopes=["read:apis", "read:specs"],
+            service_account=DEMO_ACCOUNT,
         )
         test_plain, _ = await tokens.issue(
             operator,
@@ -232,7 +243,7 @@ org admin token (org {DEMO_ORG}; shown once; expires {iso(admin_record.expires_a
   export TOKENWARD_ADMIN_URL={adm}
   export TOKENWARD_TOKEN={admin_plain}
 
-read-only token for team {DEMO_TEAM} (live; read:apis read:specs; shown once):
+read-only token for team {DEMO_TEAM} (live; read:apis read:specs; service account {DEMO_ACCOUNT}; shown once):
   export READ_TOKEN={read_plain}
 
 test token for team {DEMO_TEAM} (environment test: its prefix says so; read:apis write:specs):
@@ -251,6 +262,7 @@ try:
   curl -s {adm}/v1/orgs/{DEMO_ORG}/tokens -H "Authorization: Bearer $TOKENWARD_TOKEN"   # every token of the org
   tokenward token list           # every token of org {DEMO_ORG}, org level too (TEAM column)
   tokenward token get {admin_record.id}   # an org-level token by id, no --team
+  tokenward sa list                          # service accounts, org-wide: teams, owner, tokens
 
 live and test tokens (a test token's prefix is tw_test_):
   curl -s {base}/apis -H "Authorization: Bearer $TEST_TOKEN"                  # 200: test tokens read

@@ -55,18 +55,26 @@ PATH_PARAMETERS = {
     "team": ("Team", "the team, within the org", schema.NAME),
     "id": ("TokenId", "the token's id (its key id, as listed)", {"type": "string", "maxLength": 64}),
     "name": ("ServiceAccountName", "the service account's name", schema.NAME),
+    "account": (
+        "ServiceAccountRef",
+        "an org-level service account: its name, or its id (`sa_...`)",
+        {"type": "string", "maxLength": 64},
+    ),
 }
 QUERY_PARAMETERS: dict[str, tuple[str, schema.Schema]] = {
     "cursor": ("the `next` of the previous page (opaque); omit for the first page", {"type": "string"}),
     "status": ("only the tokens in this state", schema.TOKEN_STATUS),
     "expiring_within": ("only active tokens that expire within this duration", schema.DURATION),
-    "service_account": ("only the tokens of this service account", schema.NAME),
+    "service_account": (
+        "only the tokens (token lists) or events (audit: also a former name or an id) of this service account",
+        {"type": "string", "maxLength": 64},
+    ),
     "metadata": (
         "KEY=VALUE: only the tokens whose metadata holds exactly this value (repeat: all must match)",
         {"type": "array", "items": {"type": "string", "maxLength": 1000}},
     ),
     "token_id": ("only the events about this token id", {"type": "string"}),
-    "team": ("only the events (or tokens) of this team", schema.NAME),
+    "team": ("only this team's events (audit), tokens (org-wide list) or member service accounts", schema.NAME),
     "org": ("the caller's own org (the only one it may read; any other: 403)", schema.NAME),
     "action": ("only the events of this action (e.g. `token.revoked`)", {"type": "string"}),
     "since": ("events from this RFC 3339 time, or this duration ago (e.g. `1h`)", {"type": "string"}),

@@ -12,6 +12,7 @@ from typing import Any
 
 from tokenward.gateway.refusal import Step
 from tokenward.metadata import METADATA_SCHEMA
+from tokenward.schema_accounts import ACCOUNT, ACCOUNT_CREATE, ACCOUNT_LIST, ACCOUNT_UPDATE
 from tokenward.validator import PRINTABLE, ValidationError, validate
 
 Schema = dict[str, Any]
@@ -152,6 +153,9 @@ SERVICE_ACCOUNT: Schema = {
         "created_by": {"type": "string"},
         "active_tokens": {"type": "integer"},
         "active_tokens_exact": {"type": "boolean"},
+        "id": {"type": "string", "description": "the org-level account's stable id"},
+        "teams": {"type": "array", "items": {"type": "string"}, "description": "every team it is a member of"},
+        "owner": {"type": "string"},
     },
     "required": ["org", "team", "name"],
 }
@@ -227,6 +231,7 @@ TOKEN: Schema = {
         "org": {"type": "string"},
         "team": {"type": ["string", "null"]},
         "service_account": {"type": ["string", "null"]},
+        "service_account_id": {"type": ["string", "null"], "description": "its service account's stable id"},
         "scopes": {"type": "array", "items": {"type": "string"}},
         "effective_scopes": {"type": "array", "items": {"type": "string"}},
         "ineffective_scopes": {"type": "array", "items": {"type": "string"}},
@@ -367,6 +372,10 @@ SCHEMAS: dict[str, Schema] = {
     "ServiceAccount": SERVICE_ACCOUNT,
     "ServiceAccountCreate": SA_CREATE,
     "ServiceAccountList": SA_LIST,
+    "OrgServiceAccount": ACCOUNT,
+    "OrgServiceAccountCreate": ACCOUNT_CREATE,
+    "OrgServiceAccountUpdate": ACCOUNT_UPDATE,
+    "OrgServiceAccountList": ACCOUNT_LIST,
     "Token": TOKEN,
     "TokenCreate": TOKEN_CREATE,
     "TokenCreated": TOKEN_CREATED,

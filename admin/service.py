@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from tokenward.accounts import Accounts
 from tokenward.actor import Actor
 from tokenward.gateway.environments import LIVE, prefix_for
 from tokenward.gateway.records import ACTIVE, FINAL_REASONS, LEVEL_ORG, REVOKED, TokenRecord, revoker_rank
@@ -68,6 +69,7 @@ async def issue_token(
     constraints: dict[str, str] | None = None,
     allowed_cidrs: tuple[str, ...] = (),
     replaces: str | None = None,
+    service_account_id: str | None = None,
     audit: Callable[[TokenRecord], AuditEntry] | None = None,
     fence: ActorFence | None = None,
     environment: str = LIVE,
@@ -104,6 +106,7 @@ async def issue_token(
         replaces=replaces,
         environment=environment,
         metadata=metadata or {},
+        service_account_id=service_account_id,
     )
     await runtime.store.create_token_in_quota(record, quota, audit(record) if audit else None, fence)
     return plaintext, record
@@ -165,12 +168,10 @@ class TokenService(LeakReports):
         granted = scopes_field(list(scopes), "scopes")
         if team is not None:
             refuse_org_powers(granted, "scopes")
-        if service_account is not None:
+        account_id = None
+        if service_account is not None:  # it must be a member of the token's team
             assert team is not None, "service accounts belong to a team"
-            if await self.store.get_service_account(org, team, service_account) is None:
-                raise Invalid(
-                    f"service_account: {service_account!r} does not exist in team {team!r}", "service_account"
-                )
+            account_id = (await Accounts(self.runtime).for_token(org, team, service_account)).id
         pinned, notes = constraints_field(constraints or {}), metadata_field(metadata or {})
         expires_at = self._expiry(actor, lifetime, time.time())
         principal = actor.principal
@@ -208,6 +209,7 @@ class TokenService(LeakReports):
             created_by=actor.name,
             expires_at=expires_at,
             service_account=service_account,
+            service_account_id=account_id,
             constraints=pinned,
             allowed_cidrs=cidrs,
             audit=created_event,
@@ -405,6 +407,7 @@ class TokenService(LeakReports):
                 created_by=actor.name,
                 expires_at=expires_at,
                 service_account=current.service_account,
+                service_account_id=current.service_account_id,
                 constraints=dict(current.constraints),
                 allowed_cidrs=current.allowed_cidrs,
                 replaces=current.id,

@@ -26,8 +26,9 @@ from typing import Any
 from aiohttp import web
 
 from tokenward import schema
+from tokenward.accounts import account_names
 from tokenward.endpoints import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Call, api_error, json_response
-from tokenward.gateway.records import ACTIVE, ServiceAccountRecord, TeamRecord, TokenRecord
+from tokenward.gateway.records import ACTIVE, TeamRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.scopes import effective_scopes, format_scopes, ineffective_scopes
 from tokenward.gateway.tokens import KEY_ID_RE
@@ -65,7 +66,10 @@ def shown_status(token: TokenRecord, now: float) -> str:
     return GRACE if in_grace(token, now) else token.status(now)
 
 
-def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | None) -> dict[str, Any]:
+def token_view(
+    token: TokenRecord, team: TeamRecord | None, last_used: float | None, account_name: str | None = None
+) -> dict[str, Any]:
+    """`account_name`: its service account's name now (a rename since issuance shows)."""
     now = time.time()
     permissions = None if token.team is None else (team.permissions if team else ())
     return {
@@ -75,7 +79,8 @@ def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | N
         "display_prefix": token.display_prefix,
         "org": token.org,
         "team": token.team,
-        "service_account": token.service_account,
+        "service_account": account_name or token.service_account,
+        "service_account_id": token.service_account_id,
         "scopes": format_scopes(token.scopes),
         "effective_scopes": format_scopes(effective_scopes(token.scopes, permissions)),
         "ineffective_scopes": format_scopes(ineffective_scopes(token.scopes, permissions)),
@@ -98,23 +103,12 @@ def token_view(token: TokenRecord, team: TeamRecord | None, last_used: float | N
     }
 
 
-def sa_view(sa: ServiceAccountRecord, active_tokens: int) -> dict[str, Any]:
-    return {
-        "org": sa.org,
-        "team": sa.team,
-        "name": sa.name,
-        "description": sa.description,
-        "created_at": iso(sa.created_at),
-        "created_by": sa.created_by,
-        "active_tokens": active_tokens,
-    }
-
-
 async def token_response(call: Call, record: TokenRecord, status: int = 200, **extra: Any) -> web.Response:
     """A token as it is now, with its team's permissions and its last use."""
     store = call.runtime.store
     team = await store.get_team(record.org, record.team) if record.team else None
-    view = token_view(record, team, await store.last_used(record.id))
+    names = await account_names(store, record.org, [record])
+    view = token_view(record, team, await store.last_used(record.id), names.get(record.service_account_id or ""))
     if status == 201:  # issued: what it asks for and cannot do (issue 14, item 11)
         view["warnings"] = issuance_warnings(call.runtime.settings.routes, view)
     headers = {"Cache-Control": "no-store"} if "token" in extra else {}  # a plaintext: shown once

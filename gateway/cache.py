@@ -27,7 +27,7 @@ import structlog
 
 from tokenward.gateway.aio import cancel_and_wait
 from tokenward.gateway.bounded import BoundedMap
-from tokenward.gateway.records import TeamRecord, TokenRecord
+from tokenward.gateway.records import AccountRecord, TeamRecord, TokenRecord
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_changes import Change
 from tokenward.gateway.store_link import StoreUnavailable
@@ -51,6 +51,8 @@ class VerificationCache:
         self.failures: BoundedMap[str, float] = BoundedMap(max_entries)
         self.records: BoundedMap[str, TokenRecord] = BoundedMap(max_entries)
         self.teams: BoundedMap[tuple[str, str], TeamRecord] = BoundedMap(max_entries)
+        # (org, id) -> org-level service account: its current name, forwarded and audited
+        self.accounts: BoundedMap[tuple[str, str], AccountRecord] = BoundedMap(max_entries)
         self.stats = CacheStats()
         # Bumped on every invalidation; a fetch that started before a bump must not be
         # cached, or a record read just before a revoke could outlive the revoke.
@@ -88,6 +90,16 @@ class VerificationCache:
     def team(self, org: str, team: str) -> TeamRecord | None:
         return self.teams.get((org, team), self.ttl) if self.trusted else None
 
+    def account(self, org: str, account_id: str) -> AccountRecord | None:
+        return self.accounts.get((org, account_id), self.ttl) if self.trusted else None
+
+    def stale_account(self, org: str, account_id: str, max_age: float) -> AccountRecord | None:
+        return self.accounts.get((org, account_id), max_age)
+
+    def store_account(self, account: AccountRecord, epoch: int) -> None:
+        if self.ttl > 0 and epoch == self.epoch:
+            self.accounts.put((account.org, account.id), account)
+
     def stale_record(self, key_id: str, max_age: float) -> TokenRecord | None:
         """For a store outage: a record fetched within `max_age`, however old for the cache."""
         return self.records.get(key_id, max_age)
@@ -123,6 +135,9 @@ class VerificationCache:
         elif change.kind == "legacy":  # a key was imported: look keys up, forget refusals
             self._legacy = None
             self.failures.clear()
+        elif change.kind == "service_account":
+            org, _, account_id = change.ident.partition("/")
+            self.accounts.pop((org, account_id))
         else:
             self.clear()
 
@@ -131,6 +146,7 @@ class VerificationCache:
         self.stats.clears += 1
         self.records.clear()
         self.teams.clear()
+        self.accounts.clear()
         self.failures.clear()
         self._legacy = None
 

@@ -23,7 +23,7 @@ import orjson
 from tokenward.gateway import legacy_keys, tokens
 from tokenward.gateway.cache import VerificationCache
 from tokenward.gateway.environments import describe
-from tokenward.gateway.records import EXPIRED, REVOKED, TeamRecord, TokenRecord
+from tokenward.gateway.records import EXPIRED, REVOKED, AccountRecord, TeamRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import Match
 from tokenward.gateway.scopes import Scope, effective_covers, effective_scopes, parse_scopes
@@ -59,10 +59,17 @@ class TokenRefused(Refusal):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the token and, for a team token, its team's permission set."""
+    """Who is calling: the token and, for a team token, its team's permission set (and the
+    current name of its org-level service account, which a rename changes)."""
 
     token: TokenRecord
     team_permissions: tuple[Scope, ...] | None  # None: an org-level token
+    account_name: str | None = None  # None: no account, or the name the record holds
+
+    @property
+    def service_account(self) -> str | None:
+        """The name forwarded and audited: the account's name now, else the record's."""
+        return self.account_name or self.token.service_account
 
     def can(self, required: Scope) -> bool:
         return effective_covers(self.token.scopes, self.team_permissions, required)
@@ -191,10 +198,13 @@ class Authenticator:
             if not record.client_allowed(client_ip):
                 raise TokenRefused(Step.STATUS, "client address not allowed for this token", record.id, record)
             team = await self._team(record) if record.team is not None else None
+            account = None
+            if record.service_account_id is not None:  # cached: no coroutine on the hot path
+                account = self.cache.account(record.org, record.service_account_id) or await self._account(record)
         except StoreUnavailable:
             raise store_unavailable() from None
         permissions = None if record.team is None else (team.permissions if team else ())
-        return Principal(record, permissions)
+        return Principal(record, permissions, account.name if account is not None else None)
 
     async def _identify(self, fingerprint: str, parsed: tokens.ParsedToken) -> str | None:
         """The key id this token proves to hold, or None."""
@@ -375,6 +385,28 @@ class Authenticator:
         if team is not None:
             self.cache.store_team(team, epoch)
         return team
+
+    async def _account(self, record: TokenRecord) -> AccountRecord | None:
+        """The token's org-level service account (its name now), cached like a team."""
+        assert record.service_account_id is not None
+        org, account_id = record.org, record.service_account_id
+        account = self.cache.account(org, account_id)
+        if account is None:
+            return await self._shared("account", f"{org}/{account_id}", lambda: self._fetch_account(org, account_id))
+        return account
+
+    async def _fetch_account(self, org: str, account_id: str) -> AccountRecord | None:
+        epoch = self.cache.epoch
+        try:
+            account = await self.store.get_account(org, account_id)
+        except StoreUnavailable:
+            account = self.cache.stale_account(org, account_id, self.stale_window())
+            if account is None:
+                raise
+            return account
+        if account is not None:
+            self.cache.store_account(account, epoch)
+        return account
 
 
 # -- steps 5, 6 and 8, shared by `authorize` and the admin API (tokenward.rules) ----------------

@@ -204,7 +204,7 @@ def identity_headers(principal: Principal) -> dict[str, str]:
         "X-Tokenward-Token-Name": header_value(token.name),
         "X-Tokenward-Org": token.org,
         "X-Tokenward-Team": token.team or "",
-        "X-Tokenward-Service-Account": token.service_account or "",
+        "X-Tokenward-Service-Account": principal.service_account or "",
         "X-Tokenward-Scopes": " ".join(format_scopes(principal.effective_scopes)),
     }
     return {name: value for name, value in headers.items() if value}
@@ -224,7 +224,8 @@ class IdentityHeaders:
         token, permissions = principal.token, principal.team_permissions
         found = self._memo.get(id(token))
         if found is not None and found[0] is token and found[1] is permissions:
-            return found[2]
+            if found[2].get("X-Tokenward-Service-Account") == (principal.service_account or None):
+                return found[2]
         headers = identity_headers(principal)
         self._memo.put(id(token), (token, permissions, headers))
         return headers

@@ -197,8 +197,8 @@ class OtelTrace:
             attributes["tokenward.org"] = token.org
             if token.team:
                 attributes["tokenward.team"] = token.team
-            if token.service_account:
-                attributes["tokenward.service_account"] = token.service_account
+            if principal.service_account:
+                attributes["tokenward.service_account"] = principal.service_account
         aborted = _aborted(ex)
         if aborted:
             attributes["tokenward.aborted"] = aborted

@@ -49,17 +49,19 @@ USER_AGENT_CHARS = 256  # the audit event's user_agent: redacted first, then cut
 
 
 def principal_fields(principal: Principal | None) -> dict[str, Any]:
-    return token_fields(principal.token) if principal is not None else {}
+    return token_fields(principal.token, principal.service_account) if principal is not None else {}
 
 
-def token_fields(token: TokenRecord) -> dict[str, Any]:
-    """Who an audit event is about: the token, its org, team and service account."""
+def token_fields(token: TokenRecord, account_name: str | None = None) -> dict[str, Any]:
+    """Who an audit event is about: the token, its org, team and service account (its name
+    now when known, else the name it had at issuance; its id never changes)."""
     return {
         "token_id": token.id,
         "token_name": token.name,
         "org": token.org,
         "team": token.team,
-        "service_account": token.service_account,
+        "service_account": account_name if account_name is not None else token.service_account,
+        "service_account_id": token.service_account_id,
     }
 
 
@@ -220,7 +222,7 @@ class Pipeline:
             aborted["bytes_sent"] = ex.bytes_sent
         token = ex.principal.token if ex.principal is not None else ex.refused_token
         if token is not None:
-            caller = token_fields(token)
+            caller = token_fields(token, ex.principal.service_account if ex.principal is not None else None)
             if ex.route is not None:  # usage per token: counted here, written in batches
                 self.runtime.audit.usage.count(token, ex.route, ex.required, ex.allowed, ex.step, time.time())
         else:  # an unproven key id is never a token_id: anyone can name any key id

@@ -67,6 +67,56 @@ class ServiceAccountRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountRecord:
+    """An org-level service account: a stable `id` (what tokens and audit events keep), a
+    `name` unique in the org (what the gateway forwards; it can change), and the teams it is
+    a member of (a token of the account is bound to one of them)."""
+
+    id: str
+    org: str
+    name: str
+    description: str
+    owner: str
+    teams: tuple[str, ...]
+    created_at: float
+    created_by: str
+    updated_at: float | None = None
+    updated_by: str | None = None
+    former_names: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "org": self.org,
+            "name": self.name,
+            "description": self.description,
+            "owner": self.owner,
+            "teams": list(self.teams),
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "updated_at": self.updated_at,
+            "updated_by": self.updated_by,
+            "former_names": list(self.former_names),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AccountRecord:
+        return cls(
+            id=data["id"],
+            org=data["org"],
+            name=data["name"],
+            description=data.get("description") or "",
+            owner=data.get("owner") or "",
+            teams=tuple(data.get("teams") or ()),
+            created_at=data["created_at"],
+            created_by=data["created_by"],
+            updated_at=data.get("updated_at"),
+            updated_by=data.get("updated_by"),
+            former_names=tuple(data.get("former_names") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class TokenRecord:
     id: str
     prefix: str
@@ -99,6 +149,9 @@ class TokenRecord:
     def legacy(self) -> bool:
         """Imported from an old system: its key is not in our format (gateway/legacy_keys.py)."""
         return bool(self.legacy_digest)
+    # the org-level service account's stable id (None: none, or a record from before accounts
+    # had ids); `service_account` is its name when the token was issued (see AccountRecord)
+    service_account_id: str | None = None
 
     @property
     def display_prefix(self) -> str:
@@ -150,6 +203,7 @@ class TokenRecord:
             "environment": self.environment,
             "metadata": dict(self.metadata),
             "legacy_digest": self.legacy_digest,
+            "service_account_id": self.service_account_id,
         }
 
     @classmethod
@@ -180,6 +234,7 @@ class TokenRecord:
             environment=data.get("environment") or LIVE,
             metadata=dict(data.get("metadata") or {}),
             legacy_digest=data.get("legacy_digest") or "",
+            service_account_id=data.get("service_account_id"),
         )
 
     def revoked(self, at: float, by: str, reason: str | None = None, level: str | None = None) -> TokenRecord:

@@ -13,6 +13,7 @@
 - store_records: `RecordStore`, reads and writes of the records (`Conflict`);
 - store_usage: `UsageStore`, the usage counts per token and day;
 - store_legacy: `LegacyIndex`, the lookup entries of imported keys;
+- store_accounts: `AccountStore`, org-level service accounts (one script per change);
 - here: a token's index entries and quota, and its atomic lifecycle transitions.
 
 No command, pipeline or script touches keys of two slots at once; every change is announced
@@ -24,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 import redis.asyncio as redis
@@ -32,6 +33,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from tokenward.gateway import store_scripts
 from tokenward.gateway.records import TokenRecord
+from tokenward.gateway.store_accounts import NO_ACCOUNT, NOT_MEMBER, QUOTA, AccountStore
 from tokenward.gateway.store_audit import AuditEntry
 from tokenward.gateway.store_changes import Change
 from tokenward.gateway.store_keys import Keys
@@ -76,7 +78,7 @@ class TokenEdit:
     successor: TokenRecord | None = None  # rotation: created in the same step, in the same slot
 
 
-class Store(RecordStore, IndexPages, UsageStore, LegacyIndex):
+class Store(RecordStore, AccountStore, IndexPages, UsageStore, LegacyIndex):
     """The store's records and indexes, the audit stream, the change feed, and the token
     lifecycle: every token state change below is atomic and durable before it returns."""
 
@@ -98,6 +100,10 @@ class Store(RecordStore, IndexPages, UsageStore, LegacyIndex):
         A token of a service account also enters that account's index. The record is
         written with `audit`'s event in one transaction (see `_write_audited`)."""
         await self.ensure_org(token.org)
+        if token.service_account and token.service_account_id is None and token.team is not None:
+            # a record naming an org-level account by name only (tools, tests): give it the id
+            found = await self.account_id(token.org, token.service_account)
+            token = replace(token, service_account_id=found) if found else token
         await self.index_token(token, max_per_index)
         key = Keys.token(token.id)
         data = orjson.dumps(token.to_json())
@@ -243,7 +249,18 @@ class Store(RecordStore, IndexPages, UsageStore, LegacyIndex):
     async def index_token(self, token: TokenRecord, max_per_index: int | None = None) -> None:
         """The token's index entries (written before its record: see the module docstring):
         team (or org level), org, and its service account's. With `max_per_index`, refused
-        with QuotaExceeded once the team index holds that many, in the same script."""
+        with QuotaExceeded once the team index holds that many, in the same script. A token of
+        an org-level service account: Conflict unless the account holds the token's team."""
+        if token.service_account_id is not None and token.team is not None:
+            code, held = await self.index_account_token(token, max_per_index)
+            if code == QUOTA:
+                raise QuotaExceeded(held, max_per_index or 0, token.org, token.team)
+            if code in (NO_ACCOUNT, NOT_MEMBER):
+                raise Conflict(
+                    f"service account {token.service_account!r} "
+                    + ("no longer exists" if code == NO_ACCOUNT else f"is not a member of team {token.team!r}")
+                )
+            return
         team_index = Keys.team_tokens(token.org, token.team)
         sa_index = (
             Keys.service_account_tokens(token.org, token.team, token.service_account)
@@ -274,6 +291,10 @@ class Store(RecordStore, IndexPages, UsageStore, LegacyIndex):
             index, ("ZREM", Keys.team_tokens(token.org, token.team), token.id), ("ZREM", index, token.id)
         )
         await self.unindex_service_account_token(token)
+        if token.service_account_id is not None:
+            key = Keys.account_tokens(token.org, token.service_account_id)
+            await self._write(key, ("ZREM", key, token.id))
+
         if token.legacy_digest:  # an imported key: its lookup entry, if it still names this token
             await self.release_legacy_key(token.legacy_digest, token.id)
 

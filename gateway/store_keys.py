@@ -76,3 +76,41 @@ class Keys:
     def legacy_key(digest: str) -> str:
         """An imported key's lookup digest -> "<key id> <claimed at>"."""
         return f"tw:legacy:{{{digest}}}"
+
+    # Org-level service accounts (issue 14): the record under its stable id; a name -> id hash
+    # (names are unique in the org); name-sorted sets of the org's and of each team's accounts
+    # (paged like teams); the account's token ids (all its teams), scored by created_at; and a
+    # counter bumped by every token indexed for it (a membership change checks it did not move).
+    @staticmethod
+    def account(org: str, account_id: str) -> str:
+        return f"tw:{{{org}}}:acct:{account_id}"
+
+    @staticmethod
+    def account_names(org: str) -> str:
+        return f"tw:{{{org}}}:acct-names"
+
+    @staticmethod
+    def account_former_names(org: str) -> str:
+        """A name given up in a rename -> the id of the account that held it last."""
+        return f"tw:{{{org}}}:acct-former"
+
+    @staticmethod
+    def accounts_by_name(org: str) -> str:
+        return f"tw:{{{org}}}:acct-by-name"
+
+    @staticmethod
+    def team_accounts(org: str, team: str) -> str:
+        return f"tw:{{{org}}}:team:{team}:accts"
+
+    @staticmethod
+    def account_tokens(org: str, account_id: str) -> str:
+        return f"tw:{{{org}}}:acct:{account_id}:tokens"
+
+    @staticmethod
+    def account_issued(org: str, account_id: str) -> str:
+        return f"tw:{{{org}}}:acct:{account_id}:issued"
+
+    @staticmethod
+    def accounts_migrated(org: str, team: str) -> str:
+        """Set once the team's service accounts from before org-level accounts are migrated."""
+        return f"tw:{{{org}}}:team:{team}:accts-migrated"

@@ -46,11 +46,15 @@ class IndexPages(StoreLink):
         *,
         service_account: str | None = None,
         all_org: bool = False,
+        account_id: str | None = None,
     ) -> IndexPage:
         """Up to `count` (id, created_at) rows of a team's token index (or of one of its
-        service accounts' indexes; `all_org`: of the org's index of every token, team and org
-        level) after the cursor row `after`, oldest first."""
-        if all_org:
+        service accounts' indexes, or of an org-level account's: all its teams; `all_org`: of
+        the org's index of every token, team and org level) after the cursor row `after`,
+        oldest first."""
+        if account_id is not None:
+            key = Keys.account_tokens(org, account_id)
+        elif all_org:
             key = Keys.org_tokens(org)
         elif team is not None and service_account is not None:
             key = Keys.service_account_tokens(org, team, service_account)

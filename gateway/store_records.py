@@ -75,7 +75,8 @@ class RecordStore(ChangeFeed, AuditStream):
         await self._write_audited(key, [("SET", key, orjson.dumps(team.to_json()))], audit)
         await self.publish([Change("team", f"{team.org}/{team.name}")])
 
-    # -- service accounts ---------------------------------------------------------------
+    # -- service accounts of one team (the model before org-level accounts, store_accounts):
+    # read once per team to migrate them, and by tools and tests that seed old stores ----------
     async def create_service_account(self, sa: ServiceAccountRecord, audit: AuditEntry | None = None) -> None:
         key = Keys.service_account(sa.org, sa.team, sa.name)
         names = (Keys.service_accounts(sa.org, sa.team), Keys.service_accounts_by_name(sa.org, sa.team))

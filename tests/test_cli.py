@@ -113,7 +113,7 @@ async def test_team_token_defaults_to_its_own_team(gateway: Gateway, cli_env: di
         (("token", "create", "--team", "platform", "--name", "x", "--scopes", "writ:specs"), "scopes[0]"),
         (("token", "revoke", "AAAAAAAAAAAA", "--team", "platform"), "404"),
         (("team", "get", "nope"), "404"),
-        (("sa", "list"), "--team is required"),
+        (("sa", "create", "x"), "--teams is required"),
         (("sa", "create", "Bad Name", "--team", "platform"), "name"),
         (("token", "update", "AAAAAAAAAAAA", "--team", "platform"), "nothing to update"),
         (("audit", "--since", "yesterday"), "since"),

@@ -16,15 +16,15 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+import tokenward.accounts as accounts
 import tokenward.api_audit as api_audit
 import tokenward.api_tokens as api_tokens
-import tokenward.directory as directory
 import tokenward.views as views
 from tests.helpers.gateway import TEAMS, TOKENS, Gateway, admin, wrong_secrets
 from tests.helpers.openapi_lint import resolve
 from tests.helpers.process import env_for_subprocess, run_cli
 from tokenward.api import openapi_document
-from tokenward.gateway.records import TokenRecord
+from tokenward.gateway.records import ServiceAccountRecord, TokenRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.settings import ConfigError, settings_from_dict
 from tokenward.gateway.store_keys import Keys
@@ -309,7 +309,7 @@ async def test_service_accounts_page_and_count_their_active_tokens(gateway: Gate
 async def test_service_account_counts_and_delete_are_bounded(
     gateway: Gateway, org_admin: str, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(directory, "ACTIVE_COUNT_CAP", 30)
+    monkeypatch.setattr(accounts, "COUNT_CAP", 30)  # the count moved with org-level accounts
     status, _, _ = await admin(gateway, "POST", SAS, org_admin, {"name": "busy"})
     assert status == 201
     await bulk_tokens(gateway, 150, service_account="busy", revoked_at=time.time() - 1, revoked_by="t")
@@ -647,10 +647,10 @@ async def test_tokens_issued_before_the_service_account_index_are_counted(
     gateway: Gateway, org_admin: str
 ) -> None:
     """Tokens written by the older create path (team and org indexes only) are found by the
-    service-account filter, counts and delete check: the team's index is backfilled once."""
-    status, _, _ = await admin(gateway, "POST", SAS, org_admin, {"name": "ci"})
-    assert status == 201
+    service-account filter, counts and delete check: the team's index is backfilled once (and,
+    since issue 14, merged into the org-level account the team's old account becomes)."""
     store = gateway.runtime.store
+    await store.create_service_account(ServiceAccountRecord("acme", "platform", "ci", "", 0.0, "old"))
     legacy = [
         TokenRecord(
             id=new_id(),

@@ -31,6 +31,7 @@ def test_every_key_of_one_org_is_in_the_org_slot() -> None:
         if params[:1] != ["org"]:
             continue
         args = ["acme", *(["platform"] if "team" in params else []), *(["deploy"] if "name" in params else [])]
+        args += ["sa_0123456789abcdef"] if "account_id" in params else []  # org-level service accounts
         key = method(*args)
         assert key_slot(key.encode()) == org_slot, name
         checked += 1

@@ -415,7 +415,7 @@ class TokenService(LeakReports):
                 metadata=dict(current.metadata),  # an imported key's successor is ours: no digest
             )
             retired = replace(
-                current.revoked(issued + grace, actor.name, "rotated", level), replaced_by=new.id
+                current.revoked(issued + grace, actor.name, "rotated", level, scheduled=grace > 0), replaced_by=new.id
             )
             entry = self.token_entry(
                 actor, "token.rotated", new, replaces=current.id, old_revoked_at=iso(retired.revoked_at)

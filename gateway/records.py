@@ -136,6 +136,8 @@ class TokenRecord:
     revoked_by: str | None = None
     revoke_reason: str | None = None
     revoked_level: str | None = None  # the revoker's privilege: "org" or "team" (see revoker_rank)
+    # True only for a revocation set for later (a rotation's grace period, until revoked_at)
+    revoke_scheduled: bool = False
     replaces: str | None = None
     replaced_by: str | None = None
     secret_check: str = field(default="", repr=False)  # see tokens.secret_check; "" on old records
@@ -159,7 +161,11 @@ class TokenRecord:
         return f"legacy_{self.id}" if self.legacy_digest else f"{self.prefix}_{self.id}"
 
     def status(self, now: float | None = None) -> str:
-        if self.revoked_at is not None and self.revoked_at <= (now or time.time()):
+        # A revocation is final at once, whatever this process's clock says of `revoked_at`
+        # (written with the revoking process's clock: a gateway whose clock runs behind must
+        # not serve the token until its clock catches up). Only a scheduled one (a rotation's
+        # grace period) waits for its time.
+        if self.revoked_at is not None and (not self.revoke_scheduled or self.revoked_at <= (now or time.time())):
             return REVOKED
         if self.expires_at is not None and self.expires_at <= (now or time.time()):
             return EXPIRED
@@ -196,6 +202,7 @@ class TokenRecord:
             "revoked_by": self.revoked_by,
             "revoke_reason": self.revoke_reason,
             "revoked_level": self.revoked_level,
+            "revoke_scheduled": self.revoke_scheduled,
             "replaces": self.replaces,
             "replaced_by": self.replaced_by,
             "secret_check": self.secret_check,
@@ -227,6 +234,7 @@ class TokenRecord:
             revoked_by=data.get("revoked_by"),
             revoke_reason=data.get("revoke_reason"),
             revoked_level=data.get("revoked_level"),
+            revoke_scheduled=_scheduled(data),
             replaces=data.get("replaces"),
             replaced_by=data.get("replaced_by"),
             secret_check=data.get("secret_check") or "",
@@ -237,11 +245,18 @@ class TokenRecord:
             service_account_id=data.get("service_account_id"),
         )
 
-    def revoked(self, at: float, by: str, reason: str | None = None, level: str | None = None) -> TokenRecord:
-        return replace(self, revoked_at=at, revoked_by=by, revoke_reason=reason, revoked_level=level)
+    def revoked(
+        self, at: float, by: str, reason: str | None = None, level: str | None = None, *, scheduled: bool = False
+    ) -> TokenRecord:
+        """Revoked now (`at` is when, for the record), or with `scheduled` from `at` on."""
+        return replace(
+            self, revoked_at=at, revoked_by=by, revoke_reason=reason, revoked_level=level, revoke_scheduled=scheduled
+        )
 
     def restored(self) -> TokenRecord:
-        return replace(self, revoked_at=None, revoked_by=None, revoke_reason=None, revoked_level=None)
+        return replace(
+            self, revoked_at=None, revoked_by=None, revoke_reason=None, revoked_level=None, revoke_scheduled=False
+        )
 
 
 # Who may undo a revocation: a restorer's level must rank at least the revoker's. A
@@ -255,3 +270,11 @@ FINAL_REASONS = frozenset({"leaked", "rotated"})
 
 def revoker_rank(level: str | None) -> int:
     return _LEVEL_RANK.get(level or LEVEL_ORG, _LEVEL_RANK[LEVEL_ORG])
+
+
+def _scheduled(data: Mapping[str, Any]) -> bool:
+    """A stored record's `revoke_scheduled`; records from before the field: a rotation's
+    retired token (its `revoked_at` was the end of the grace period, maybe still ahead)."""
+    if "revoke_scheduled" in data:
+        return bool(data["revoke_scheduled"])
+    return data.get("revoke_reason") == "rotated" and data.get("replaced_by") is not None

@@ -296,8 +296,9 @@ class TokenService(LeakReports):
                     revoked_level=level,
                     revoke_reason=record.revoke_reason if record.revoke_reason in FINAL_REASONS else why,
                 )
-            else:  # also ends a rotation grace period at once (the reason stays "rotated")
-                updated = record.revoked(now, actor.name, record.revoke_reason or why, level)
+            else:  # also ends a rotation grace period at once: its reason, if given, replaces
+                # "rotated" (a rotated token never comes back all the same: it has replaced_by)
+                updated = record.revoked(now, actor.name, why or record.revoke_reason, level)
             return TokenEdit(
                 updated, self.token_entry(actor, "token.revoked", updated, reason=updated.revoke_reason)
             )

@@ -72,8 +72,12 @@ async def test_a_rotation_grace_is_kept_and_a_revoke_ends_it(gateway: Gateway) -
     assert await apis_status(gateway, rotated["token"]) == 200
     status, view, _ = await admin(gateway, "GET", f"{TOKENS}/{token['id']}", org_admin)
     assert view["status"] == "grace" and view["replaced_by"] == rotated["id"]
-    status, _, _ = await admin(gateway, "POST", f"{TOKENS}/{token['id']}/revoke", org_admin)
+    status, _, _ = await admin(
+        gateway, "POST", f"{TOKENS}/{token['id']}/revoke", org_admin, {"reason": "stolen laptop"}
+    )
     assert status == 200
     assert await apis_status(gateway, token["token"]) == 401
     status, view, _ = await admin(gateway, "GET", f"{TOKENS}/{token['id']}", org_admin)
-    assert view["status"] == "revoked"
+    assert view["status"] == "revoked" and view["revoke_reason"] == "stolen laptop"  # not "rotated"
+    status, body, _ = await admin(gateway, "POST", f"{TOKENS}/{token['id']}/restore", org_admin)
+    assert status == 409 and "rotated" in body["message"]  # replaced: it never comes back

@@ -261,7 +261,7 @@ def cmd_completion(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_options_after_command(sys.argv[1:] if argv is None else list(argv)))
         args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
     except CliError as exc:
@@ -270,6 +270,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(130) from None
     except BrokenPipeError:
         quiet_broken_pipe()
+
+
+def _options_after_command(argv: list[str]) -> list[str]:
+    """`tokenward --json token list` as `tokenward token list --json`: `--json` is an option of
+    each command, and users put it first too."""
+    if "--json" not in argv:
+        return argv
+    first = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), len(argv))
+    if "--json" not in argv[:first]:
+        return argv
+    return [arg for arg in argv[:first] if arg != "--json"] + argv[first:] + ["--json"]
 
 
 def quiet_broken_pipe() -> NoReturn:

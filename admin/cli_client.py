@@ -36,7 +36,9 @@ class AdminClient:
         if not token:
             raise CliError("TOKENWARD_TOKEN is not set (an admin:org or admin:team token)")
         url = os.environ.get("TOKENWARD_ADMIN_URL")
-        if not url:
+        if url:
+            check_admin_url(url)
+        else:
             print(
                 f"note: TOKENWARD_ADMIN_URL is not set: using {DEFAULT_ADMIN_URL} (the default admin_listen)",
                 file=sys.stderr,
@@ -117,6 +119,19 @@ class AdminClient:
         if limit is not None and len(rows) > limit:
             rows = rows[:limit]
         return {key: rows, "next": cursor}
+
+
+def check_admin_url(url: str) -> None:
+    """TOKENWARD_ADMIN_URL is the admin listener's base URL: `http(s)://host:port` (a path
+    only where a proxy mounts the admin API under one; never the API's own `/v1`)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CliError(
+            f"TOKENWARD_ADMIN_URL={url!r} is not a URL: give the admin listener's base URL, e.g. {DEFAULT_ADMIN_URL}"
+        )
+    if parts.path.rstrip("/").endswith("/v1"):
+        base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/")[:-3], "", ""))
+        raise CliError(f"TOKENWARD_ADMIN_URL={url!r} ends in /v1: give the base URL, without it ({base})")
 
 
 def _error_message(raw: bytes, reason: str) -> str:

@@ -100,7 +100,10 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
     from tokenward.schema import SLUG
 
     if not re.fullmatch(SLUG, args.org):
-        fail(f"--org: {args.org!r} is not an org slug ({SLUG})")
+        fail(
+            f"--org: {args.org!r} is not an org name: lower-case letters, digits and '-', starting with"
+            " a letter or digit, at most 63 characters (e.g. acme, acme-eu)"
+        )
     if not args.name or (problem := unprintable(args.name)) is not None:
         fail(f"--name: {problem or 'must not be empty'}")
     settings = _settings(config_path(args))

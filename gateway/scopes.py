@@ -129,7 +129,8 @@ def _bare(text: str, level: str) -> Scope:
             f"and '-', starting with a letter); {EXAMPLES}"
         )
     if text in RESERVED_RESOURCES:
-        raise ScopeError(f"{text!r} is not a scope: name a level, e.g. 'admin:{text}' or 'read:{text}'")
+        held_by = "org-level tokens only, never a team's" if text == "org" else "a team's admin tokens"
+        raise ScopeError(f"{text!r} is not a scope: did you mean 'admin:{text}'? (held by {held_by})")
     if hint := _suggest(text):
         raise ScopeError(f"{text!r} is not a scope: not a level, and too close to one to be a capability{hint}")
     head, dash, rest = text.partition("-")

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from tokenward import schema
 from tokenward.endpoints import Body, Call, Routes
+from tokenward.gateway import legacy_keys
 from tokenward.imports import ImportService
 from tokenward.metadata import METADATA_SCHEMA
 from tokenward.permissions import team_admin
@@ -27,14 +28,22 @@ TOKEN_IMPORT: schema.Schema = {
             "type": "string",
             "minLength": 1,
             "maxLength": 1024,
-            "description": "the key as its holders send it (16 to 256 visible ASCII characters); "
-            "stored hashed, never shown again",
+            "description": "the key as its holders send it (16 to 256 visible ASCII characters, at "
+            f"least {legacy_keys.MIN_BITS} bits by a conservative entropy estimate); stored hashed, never "
+            "shown again",
         },
         "scopes": schema.SCOPES,
         "description": schema.TOKEN_CREATE["properties"]["description"],
         "expires_in": schema.DURATION,
         "expires_at": schema.EXPIRES_AT,
         "metadata": METADATA_SCHEMA,
+        "environment": {
+            **schema.ENVIRONMENT,
+            "description": "live or test; absent: test for a key labelled as a test key (a word `test` in "
+            "its leading label, e.g. sk_test_…), else live",
+        },
+        "constraints": schema.TOKEN_CREATE["properties"]["constraints"],
+        "allowed_cidrs": schema.TOKEN_CREATE["properties"]["allowed_cidrs"],
     },
     "required": ["name", "key", "scopes"],
     "additionalProperties": False,
@@ -50,13 +59,16 @@ TOKEN_IMPORT: schema.Schema = {
     responses={201: schema.TOKEN, 400: schema.ERROR, 403: schema.ERROR, 404: schema.ERROR, 409: schema.ERROR},
 )
 async def import_token(call: Call) -> web.Response:
-    """Keep a key from an old system (`sk_live_…`, any string of 16 to 256 visible ASCII
-    characters) working: it becomes a token of the team with a key id, the scopes and expiry
-    given (within the team's permissions, the caller's grant and tokens.max_ttl), stored as an
-    argon2id hash and verified at the gateway like any token. The answer is the token without
-    its key (`legacy: true`, display prefix `legacy_<id>`); the key is never shown again. 409
-    when the key was imported already. Needs `tokens.legacy_lookup_key` on the server (400
-    otherwise). Rotate it to replace it with a token of ours."""
+    """Keep a key from an old system (`sk_live_…`, 16 to 256 visible ASCII characters, not too
+    easy to guess) working on the gateway's routes: it becomes a token of the team with a key
+    id, the scopes, expiry, environment, constraints and client networks given (within the
+    team's permissions, the caller's grant and tokens.max_ttl), stored as an argon2id hash and
+    verified at the gateway like any token. Never an admin credential: a scope on `team` or
+    `org` (`admin:team`) is refused, and the admin API refuses imported keys as callers. The
+    answer is the token without its key (`legacy: true`, display prefix `legacy_<id>`); the key
+    is never shown again. 409 when the key was imported already (in any org: the same answer).
+    Needs `tokens.legacy_lookup_key` on the server (400 otherwise). Rotate it to replace it
+    with a token of ours."""
     body: dict[str, Any] = call.body
     record = await ImportService(call.runtime).import_key(
         call.actor,
@@ -68,6 +80,9 @@ async def import_token(call: Call) -> web.Response:
         description=body.get("description", ""),
         lifetime=Lifetime(body.get("expires_in"), body.get("expires_at")),
         metadata=body.get("metadata"),
+        environment=body.get("environment"),
+        constraints=body.get("constraints") or {},
+        allowed_cidrs=body.get("allowed_cidrs", []),
     )
     response = await token_response(call, record, 201)
     response.headers["Cache-Control"] = "no-store"  # the request held a secret: nothing is kept

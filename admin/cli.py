@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from tokenward import version
 from tokenward.cli_accounts import add_sa_commands
-from tokenward.cli_import import add_metadata_options, token_import
+from tokenward.cli_import import add_import_options, add_metadata_options, token_import
 from tokenward.cli_manage import (
     TeamAction,
     _deleter,
@@ -172,11 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_metadata_options(p)
     p = scoped(tok, "tokens", "import", token_import, "import a key from an old system (read from stdin)")
     p.add_argument("--name", required=True)
-    p.add_argument("--scopes", required=True, help="comma-separated, e.g. read:apis,write:specs")
-    p.add_argument("--key-file", metavar="PATH", help="read the key from this file (- or absent: stdin)")
+    p.add_argument("--scopes", required=True, help="comma-separated, e.g. read:apis,write:specs (no admin:team)")
     p.add_argument("--description")
     expiry(p)
-    add_metadata_options(p)
+    add_import_options(p)
     p = scoped(
         tok, "tokens", "list", token_list, "list a team's tokens (an org admin without --team: the whole org's)"
     )

@@ -18,6 +18,7 @@ import orjson
 
 from tokenward.cli_client import AdminClient, _split
 from tokenward.cli_output import CliError, emit, humanize_date
+from tokenward.gateway.text import printable
 
 MAX_KEY_INPUT = 4096  # bytes read for a key: a key, not a file of them
 
@@ -87,20 +88,47 @@ def read_key(key_file: str | None) -> str:
     return key
 
 
+def add_import_options(p: argparse.ArgumentParser) -> None:
+    """`token import`'s options beside --name, --scopes, --description and the expiry."""
+    p.add_argument("--key-file", metavar="PATH", help="read the key from this file (- or absent: stdin)")
+    p.add_argument(
+        "--environment",
+        choices=["live", "test"],
+        help="live or test (default: test for a key labelled as one, e.g. sk_test_..., else live)",
+    )
+    p.add_argument("--constraint", action="append", metavar="NAME=VALUE", help="e.g. api=pets, repeatable")
+    p.add_argument("--allow-cidr", action="append", help="client CIDR allowed to use the key, repeatable")
+    add_metadata_options(p)
+
+
+def _constraint(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise CliError(f"--constraint {printable(text)!r}: expected NAME=VALUE, e.g. --constraint api=pets")
+    return key, value
+
+
 def token_import(client: AdminClient, base: str, args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"name": args.name, "key": read_key(args.key_file), "scopes": _split(args.scopes)}
-    for field in ("description", "expires_in", "expires_at"):
+    for field in ("description", "expires_in", "expires_at", "environment"):
         if getattr(args, field, None):
             body[field] = getattr(args, field)
+    if args.constraint:
+        body["constraints"] = dict(_constraint(c) for c in args.constraint)
+    if args.allow_cidr:
+        body["allowed_cidrs"] = list(args.allow_cidr)
     notes = metadata_option(args)
     if notes is not None:
         body["metadata"] = notes
     data = client.call("POST", f"{base}/import", body)
+    for warning in data.get("warnings") or ():
+        print(f"warning: {printable(str(warning))}", file=sys.stderr)
     fields = [
         ("ID", data["id"]),
         ("Name", data["name"]),
         ("Shown as", data["display_prefix"]),
         ("Scopes", ", ".join(data["scopes"])),
+        ("Environment", data.get("environment") or "live"),
         ("Expires", humanize_date(data.get("expires_at"))),
     ]
     width = max(len(label) for label, _ in fields) + 1

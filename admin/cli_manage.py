@@ -296,7 +296,7 @@ LEAK_RESULTS = {
     "revoked": "it stops working now",
     "already_revoked": "it was already revoked as leaked",
     "unknown": "no such token here, or the secret does not match",
-    "not_a_token": "bad format or checksum",
+    "not_a_token": "not a token here: bad format or checksum, or no imported key matches",
     "throttled": "not checked: too many failed verifications right now; report it again",
 }
 LEAKS_PER_CALL = 100

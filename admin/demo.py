@@ -276,8 +276,10 @@ who still uses it? (after the revoke, the first curl line gets 401, audited with
 metadata and keys from an old system:
   tokenward token create --team {DEMO_TEAM} --name notes --scopes read:apis --metadata owner=alice
   tokenward token list --team {DEMO_TEAM} --metadata owner=alice       # search by metadata
-  echo sk_live_demo_0123456789abcdef | tokenward token import --team {DEMO_TEAM} --name old-ci --scopes read:apis
-  curl -s {base}/apis -H "Authorization: Bearer sk_live_demo_0123456789abcdef"    # 200: the imported key
+  echo sk_live_demo_7Hq2xK9mWp4Rt8Vz3Lc6Nb5J | tokenward token import --team {DEMO_TEAM} --name old-ci --scopes read:apis
+  curl -s {base}/apis -H "Authorization: Bearer sk_live_demo_7Hq2xK9mWp4Rt8Vz3Lc6Nb5J"    # 200: the imported key
+  tokenward leaks report sk_live_demo_7Hq2xK9mWp4Rt8Vz3Lc6Nb5J   # leaked? revoked for good (legacy_<ID>)
+  (imported keys work on the gateway's routes only: weak keys and admin scopes are refused at import)
 
 Ctrl-C to stop.
 """,

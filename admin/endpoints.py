@@ -23,10 +23,11 @@ from aiohttp import web
 from tokenward import schema
 from tokenward.actor import Actor
 from tokenward.directory import Directory
+from tokenward.gateway import legacy_keys
 from tokenward.gateway.audit import redact
 from tokenward.gateway.decision import Principal, TokenRefused, bearer_token
 from tokenward.gateway.edge import error_response, request_id_for
-from tokenward.gateway.refusal import Refusal
+from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.runtime import RUNTIME, Runtime
 from tokenward.gateway.store import QuotaExceeded
 from tokenward.gateway.store_link import StoreUnavailable
@@ -64,7 +65,10 @@ class Call:
 
     async def authenticate(self) -> Principal:
         token = bearer_token(self.request.headers.getall("Authorization", ()))
-        self.principal = await self.runtime.authenticator.authenticate(token, self.request.remote)
+        # an imported key is never looked up here: it is a credential for the gateway's routes
+        self.principal = await self.runtime.authenticator.authenticate(token, self.request.remote, imported=False)
+        if self.principal.token.legacy:  # (defense in depth: such a record proves nothing here)
+            raise Refusal(403, "forbidden", Step.TOKEN, legacy_keys.NOT_FOR_ADMIN)
         self.runtime.audit.mark_used(self.principal.token.id, time.time())
         return self.principal
 

@@ -3,9 +3,15 @@
 An imported key keeps working as it is, verified at the gateway like a token of ours
 (gateway/legacy_keys.py): it gets a normal key id, an argon2id hash and a keyed secret check,
 a lookup entry under the server's `tokens.legacy_lookup_key`, and the same rules as an issued
-token (the team's and the caller's grant, the expiry policy, the quota). Its plaintext is in
-no response, log line, audit event, error message or stored value. Rotating it issues a token
-of ours in its place: that is how it is retired.
+token (the team's and the caller's grant, the expiry policy, the quota, constraints and
+client networks). Its plaintext is in no response, log line, audit event, error message or
+stored value. Rotating it issues a token of ours in its place: that is how it is retired.
+
+An imported key is a credential for the gateway's routes, never for administration: it may not
+hold a scope on the admin plane's resources (`admin:team`, anything on `team` or `org`), and
+the admin API refuses it as a caller whatever its record says (admin/endpoints.py). A key too
+easy to guess is refused (`legacy_keys.check_importable`). Its environment is the one asked
+for, else `test` for a key labelled as a test key (`sk_test_…`), else `live`.
 """
 
 from __future__ import annotations
@@ -17,18 +23,44 @@ from collections.abc import Sequence
 from tokenward.actor import Actor
 from tokenward.gateway import legacy_keys
 from tokenward.gateway.records import TokenRecord
-from tokenward.gateway.scopes import format_scopes
+from tokenward.gateway.scopes import RESERVED_RESOURCES, Scope, format_scopes
 from tokenward.gateway.store_changes import Change
 from tokenward.gateway.store_records import Conflict
 from tokenward.gateway.tokens import generate, new_check_key, secret_check
 from tokenward.metadata import metadata_field
-from tokenward.rules import Invalid, Lifetime, check_grant, is_key_id, iso, refuse_org_powers, scopes_field
+from tokenward.rules import (
+    Invalid,
+    Lifetime,
+    check_grant,
+    cidrs_field,
+    constraints_field,
+    environment_arg,
+    iso,
+    scopes_field,
+)
 from tokenward.service import DEFAULT_TTL, TokenService
 
 IMPORT_OFF = (
     "key: importing keys is off on this server: set tokens.legacy_lookup_key (a random secret of at "
     "least 32 characters, e.g. from `openssl rand -hex 32`, kept out of the store) and restart"
 )
+DUPLICATE = (
+    "key: this key was imported already; a key is imported once (find its token in `tokenward "
+    "token list`, marked LEGACY, and delete it first to import it again)"
+)
+
+
+def refuse_admin_powers(scopes: Sequence[Scope], field: str) -> None:
+    """Invalid: a scope on the admin plane's resources (`admin:team`, `admin:org`, anything on
+    `team` or `org`): an imported key never administers."""
+    for scope in scopes:
+        if scope.resource in RESERVED_RESOURCES:
+            raise Invalid(
+                f"{field}: {scope} is an admin-plane power, which an imported key cannot hold: imported "
+                "keys are for the gateway's routes; issue a token of ours for administration "
+                "(tokenward token create)",
+                field,
+            )
 
 
 class ImportService(TokenService):
@@ -46,9 +78,13 @@ class ImportService(TokenService):
         description: str = "",
         lifetime: Lifetime = DEFAULT_TTL,
         metadata: object = None,
+        environment: str | None = None,
+        constraints: dict[str, str] | None = None,
+        allowed_cidrs: Sequence[str] = (),
     ) -> TokenRecord:
         """Import `key` into `team` as a token (returned without its key); Conflict if this
-        key was imported already (each key once, in any org)."""
+        key was imported already (each key once, in any org: the same answer whichever org
+        holds it). `environment` None: the key's conventional label says (`sk_test_`: test)."""
         policy = self.runtime.settings.tokens
         lookup_key = policy.legacy_lookup_key
         if lookup_key is None:
@@ -59,8 +95,10 @@ class ImportService(TokenService):
             raise Invalid(str(exc), "key") from None
         await self.team(org, team)
         granted = scopes_field(list(scopes), "scopes")
-        refuse_org_powers(granted, "scopes")
+        refuse_admin_powers(granted, "scopes")
         notes = metadata_field(metadata or {})
+        pinned, cidrs = constraints_field(constraints or {}), cidrs_field(list(allowed_cidrs))
+        env = legacy_keys.conventional_environment(key) if environment is None else environment_arg(environment)
         issued = time.time()
         expires_at = self._expiry(actor, lifetime, issued)
         if actor.principal is not None:
@@ -68,14 +106,14 @@ class ImportService(TokenService):
                 actor.principal,
                 team=team,
                 scopes=granted,
-                constraints={},
-                allowed_cidrs=(),
+                constraints=pinned,
+                allowed_cidrs=cidrs,
                 expires_at=expires_at,
             )
         digest = legacy_keys.lookup_digest(lookup_key, key)
         held_by = await self.store.legacy_key_id(digest)
         if held_by is not None and await self.store.get_token(held_by) is not None:
-            await self._refuse_duplicate(org, held_by)  # early, before the argon2 work
+            raise Conflict(DUPLICATE)  # early, before the argon2 work
         key_id = generate(policy.prefix)[1].key_id
         check_key = new_check_key()
         record = TokenRecord(
@@ -92,16 +130,21 @@ class ImportService(TokenService):
             created_at=issued,
             created_by=actor.name,
             expires_at=expires_at,
+            constraints=pinned,
+            allowed_cidrs=cidrs,
+            environment=env,
             metadata=notes,
             legacy_digest=digest,
         )
-        await self._refuse_duplicate(org, await self.store.claim_legacy_key(digest, key_id))
+        if await self.store.claim_legacy_key(digest, key_id) is not None:
+            raise Conflict(DUPLICATE)
         entry = self.token_entry(
             actor,
             "token.imported",
             record,
             scopes=format_scopes(granted),
             expires_at=iso(expires_at),
+            environment=env,
             legacy=True,
         )
         try:
@@ -115,14 +158,3 @@ class ImportService(TokenService):
         # every gateway: look imported keys up from now on, and forget earlier refusals of this one
         await self.store.publish([Change("legacy", "")])
         return record
-
-    async def _refuse_duplicate(self, org: str, held_by: str | None) -> None:
-        """Conflict when the key is held (naming the token only to an admin of its org)."""
-        if held_by is None:
-            return
-        holder = await self.store.get_token(held_by) if is_key_id(held_by) else None
-        where = f" as token {held_by}" if holder is not None and holder.org == org else ""
-        raise Conflict(
-            f"key: this key was imported already{where}; a key is imported once "
-            "(delete that token first to import it again)"
-        )

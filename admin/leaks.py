@@ -1,5 +1,11 @@
 """Leak reports: whoever holds a token's plaintext may kill it, whichever org it belongs to.
-A mixin of the token service (`tokenward.service.TokenService`), with no HTTP."""
+A mixin of the token service (`tokenward.service.TokenService`), with no HTTP.
+
+A key imported from an old system (gateway/legacy_keys.py) is found as the gateway finds it:
+its lookup digest gives the key id, then the key is verified as the secret, on the same
+lookup budget and failure throttle as requests. A result shows no character of anything that
+is not a token of ours: an imported key is shown as `legacy_<key id>`, anything else that was
+not found as `(not a token: N characters)`."""
 
 from __future__ import annotations
 
@@ -23,17 +29,32 @@ class LeakReports(Changes):
         the cheap secret check costs no argon2, and failed verifications drain the same failure
         throttle as requests do. (what is shown of the token, result): revoked, already_revoked,
         unknown, not_a_token or throttled (report it again later)."""
+        authenticator = self.runtime.authenticator
         try:
             parsed = parse_token(text, self.runtime.settings.tokens.accepted_prefixes)
-            proven = await self.runtime.authenticator.prove(parsed, bind_prefix=False)
         except TokenFormatError:
-            return _redacted(text), "not_a_token"
+            return await self._report_imported(actor, text)
+        try:
+            proven = await authenticator.prove(parsed, bind_prefix=False)
         except Throttled:
             return parsed.display_prefix, "throttled"
         # the revocation itself works on the store's current record, as an admin revoke does
-        record = await self.store.get_token(parsed.key_id) if proven is not None else None
+        return await self._revoke_leaked(actor, parsed.key_id, parsed.display_prefix, proven is not None)
+
+    async def _report_imported(self, actor: Actor, text: str) -> tuple[str, str]:
+        """`text` is not in our format: an imported key, if the gateway knows it."""
+        try:
+            proven = await self.runtime.authenticator.prove_legacy(text, actor.client_ip)
+        except Throttled:
+            return _unshown(text), "throttled"
+        if proven is None:
+            return _unshown(text), "not_a_token"
+        return await self._revoke_leaked(actor, proven.id, proven.display_prefix, True)
+
+    async def _revoke_leaked(self, actor: Actor, key_id: str, shown: str, proven: bool) -> tuple[str, str]:
+        record = await self.store.get_token(key_id) if proven else None
         if record is None:
-            return parsed.display_prefix, "unknown"
+            return shown, "unknown"
         assert actor.principal is not None
         level = actor_level(actor.principal)
         outcome = "already_revoked"
@@ -50,12 +71,14 @@ class LeakReports(Changes):
             updated = current.revoked(revoked_at, actor.name, "leaked", level)
             return TokenEdit(updated, self.token_entry(actor, "token.leaked", updated, was_revoked=already))
 
-        result = await self.store.change_token(parsed.key_id, leaked, actor.fence())
+        result = await self.store.change_token(key_id, leaked, actor.fence())
         if result is None:  # deleted meanwhile
-            return parsed.display_prefix, "unknown"
+            return shown, "unknown"
         self.committed(result[1].audit if result[1] is not None else None)
-        return parsed.display_prefix, outcome
+        return shown, outcome
 
 
-def _redacted(text: str) -> str:
-    return (text[:10] + "…") if len(text) > 10 else "…"
+def _unshown(text: str) -> str:
+    """What a result shows of a reported string that is not a token of ours: its length only
+    (it may be a secret of some other system, or an imported key whose secret did not match)."""
+    return f"(not a token: {len(text)} characters)"

@@ -4,7 +4,8 @@ not the notes an admin keeps about the token).
 
 Bounded like every stored field that people read, because a record is cached by every
 gateway process and rendered in every list row: at most MAX_KEYS keys, MAX_BYTES of JSON,
-values nested at most MAX_DEPTH deep, keys of KEY_TEXT, every string printable. A list is
+values nested at most MAX_DEPTH deep, keys of KEY_TEXT, every string printable, every
+number finite and within ±(2**53 - 1) (larger ones are refused, never stored rounded). A list is
 searched with `?metadata=KEY=VALUE` (repeatable: all must match): exact match on a string
 value, or on the JSON text of a number, boolean or null (`?metadata=tier=2`); arrays and
 objects are stored and shown but never match.
@@ -12,6 +13,7 @@ objects are stored and shown but never match.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -27,12 +29,14 @@ MAX_DEPTH = 4  # the object itself is depth 1
 KEY_TEXT = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _KEY = re.compile(KEY_TEXT)
 MAX_FILTERS = 8
+MAX_SAFE_INTEGER = 2**53 - 1  # numbers beyond this lose digits in JavaScript and most JSON readers
 METADATA_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": (
         f"free-form notes on the token (owner, ticket, cost centre): a JSON object of at most {MAX_KEYS} "
         f"keys and {MAX_BYTES} bytes serialized, keys of letters, digits, '_', '.' and '-' (at most 64), "
-        f"values nested at most {MAX_DEPTH - 1} levels; never sent to the upstream"
+        f"values nested at most {MAX_DEPTH - 1} levels, numbers finite and within ±{MAX_SAFE_INTEGER} "
+        "(write bigger ones as strings); never sent to the upstream"
     ),
     "maxProperties": MAX_KEYS,
 }
@@ -71,8 +75,22 @@ def _check_value(value: object, field: str, depth: int) -> None:
             if isinstance(value, dict) and not (isinstance(sub, str) and all_shown(sub)):
                 raise Invalid(f"{field}: keys inside metadata values must be printable text", field)
             _check_value(item, f"{field}.{sub}" if isinstance(value, dict) else f"{field}[{sub}]", depth + 1)
-    elif not (value is None or isinstance(value, bool | int | float)):
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        _check_number(value, field)
+    elif value is not None and not isinstance(value, bool):
         raise Invalid(f"{field}: not a JSON value", field)
+
+
+def _check_number(value: float, field: str) -> None:
+    """A number every JSON reader holds exactly: finite, within ±MAX_SAFE_INTEGER. (Our JSON
+    parser reads an integer too large for 64 bits as a float, so a float that large is
+    refused too: it may be an integer that has already lost digits.)"""
+    if not math.isfinite(value) or abs(value) > MAX_SAFE_INTEGER:
+        raise Invalid(
+            f"{field}: a number beyond ±{MAX_SAFE_INTEGER} (2**53 - 1) or not finite, which JSON readers "
+            "do not hold exactly; write it as a string, e.g. \"123456789012345678901234567890\"",
+            field,
+        )
 
 
 def metadata_filters(texts: Iterable[str]) -> tuple[tuple[str, str], ...]:

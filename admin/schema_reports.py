@@ -83,7 +83,14 @@ LEAKS_RESULT: Schema = {
             "type": "array",
             "items": {
                 "type": "object",
-                "properties": {"token": {"type": "string"}, "result": LEAK_OUTCOME},
+                "properties": {
+                    "token": {
+                        "type": "string",
+                        "description": "the token's display prefix (`legacy_<id>` for an imported key); for "
+                        "anything else, `(not a token: N characters)`: no character of it",
+                    },
+                    "result": LEAK_OUTCOME,
+                },
                 "required": ["token", "result"],
             },
         },

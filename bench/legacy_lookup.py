@@ -24,11 +24,12 @@ from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.settings import settings_from_dict
+from tokenward.gateway.throttle import LookupBudget
 from tokenward.gateway.tokens import generate
 from tokenward.imports import ImportService
 from tokenward.server import Server
 
-IMPORTED = "sk_live_bench_0123456789abcdef"
+IMPORTED = "sk_live_bench_7Hq2xK9mWp4Rt8Vz3Lc6Nb5J"
 
 
 async def run(requests: int) -> None:
@@ -64,7 +65,11 @@ async def run(requests: int) -> None:
         await ImportService(runtime).import_key(
             Actor("bench"), org="acme", team="platform", name="old", key=IMPORTED, scopes=["read:apis"]
         )
-        await cost("not ours, keys imported, each one new and unknown", lambda i: f"sk_live_other_{i:08d}")
+        budget = auth.lookups
+        auth.lookups = LookupBudget(per_client=(1e12, 0.0), overall=(1e12, 0.0))  # no budget: as before it
+        await cost("not ours, keys imported, each new and unknown, no budget", lambda i: f"sk_live_other_{i:08d}")
+        auth.lookups = budget
+        await cost("not ours, keys imported, each new and unknown, budgeted", lambda i: f"sk_live_more_{i:08d}")
         await cost("not ours, the same unknown one again", lambda i: "sk_live_other_00000001")
         await cost("ours, each one a new unknown key id", lambda i: generate("tw_sat")[0])
         await cost("an imported key, proven once, then cached", lambda i: IMPORTED)

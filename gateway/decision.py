@@ -29,7 +29,7 @@ from tokenward.gateway.routes import Match
 from tokenward.gateway.scopes import Scope, effective_covers, effective_scopes, parse_scopes
 from tokenward.gateway.store import Store, now
 from tokenward.gateway.store_link import StoreUnavailable
-from tokenward.gateway.throttle import CLEAN, SUSPECT, FailureThrottle, PriorityGate, Throttled
+from tokenward.gateway.throttle import CLEAN, SUSPECT, FailureThrottle, LookupBudget, PriorityGate, Throttled
 
 T = TypeVar("T")
 
@@ -144,6 +144,7 @@ class Authenticator:
         self.stale_if_error = 0.0  # seconds; set from redis.stale_if_error
         self.stale_served = 0
         self.throttle = FailureThrottle()
+        self.lookups = LookupBudget()  # imported keys' lookups that find nothing (legacy_keys.py)
         # One slot stays free for clean key ids with a keyed check (brand-new tokens, new
         # admin logins): a flood's verifications never hold more than the other one(s).
         self._argon2_slots = PriorityGate(argon2_slots, reserved=1, reserved_for=CLEAN)
@@ -170,7 +171,9 @@ class Authenticator:
         self._background: set[asyncio.Task[Any]] = set()
         self.checks_keyed = 0  # legacy records given a keyed secret check
 
-    async def authenticate(self, token: str, client_ip: str | None) -> Principal:
+    async def authenticate(self, token: str, client_ip: str | None, *, imported: bool = True) -> Principal:
+        """The principal `token` proves. `imported`: an imported key (legacy_keys.py) may be
+        one; the admin API says False, and such a credential is refused before any lookup."""
         parsed: tokens.ParsedToken | None = None
         try:
             parsed = tokens.parse(token, self.accepted_prefixes)
@@ -178,10 +181,12 @@ class Authenticator:
             # not ours: an imported key, if the server looks them up and it can be one
             if self.legacy_lookup_key is None or not legacy_keys.candidate(token, self.accepted_prefixes):
                 raise _unauthorized(Step.CREDENTIAL, str(exc)) from None
+            if not imported:
+                raise _unauthorized(Step.CREDENTIAL, f"{exc}; {legacy_keys.NOT_FOR_ADMIN}") from None
         fingerprint = tokens.fingerprint(token)
         try:
             if parsed is None:
-                key_id = await self._identify_legacy(fingerprint, token)
+                key_id = await self._identify_legacy(fingerprint, token, client_ip)
             else:
                 key_id = await self._identify(fingerprint, parsed)
             # The record as the cache has it *now*: never one read before an invalidation
@@ -215,7 +220,7 @@ class Authenticator:
             return None
         return await _join(self._inflight, fingerprint, lambda: self._verify(fingerprint, parsed))
 
-    async def _identify_legacy(self, fingerprint: str, key: str) -> str | None:
+    async def _identify_legacy(self, fingerprint: str, key: str, client: str | None) -> str | None:
         """The key id an imported key proves to hold, or None: its lookup digest gives the key
         id (no argon2 for an unknown digest, one store read; none while no key was ever
         imported), then the key is verified as a token of ours is, the key as its secret.
@@ -226,9 +231,9 @@ class Authenticator:
             return key_id
         if self.cache.failed(fingerprint):
             return None
-        return await _join(self._inflight, fingerprint, lambda: self._verify_legacy(fingerprint, key))
+        return await _join(self._inflight, fingerprint, lambda: self._verify_legacy(fingerprint, key, client))
 
-    async def _verify_legacy(self, fingerprint: str, key: str) -> str | None:
+    async def _verify_legacy(self, fingerprint: str, key: str, client: str | None) -> str | None:
         lookup_key = self.legacy_lookup_key
         present = self.cache.legacy_present()
         if present is None:
@@ -237,7 +242,11 @@ class Authenticator:
             self.cache.store_legacy_present(present, epoch)
         key_id = None
         if present and lookup_key is not None:
+            if not self.lookups.take(client):
+                return None  # too many misses: refused unread (not a verdict: never cached)
             key_id = await self.store.legacy_key_id(legacy_keys.lookup_digest(lookup_key, key))
+            if key_id is not None:
+                self.lookups.found(client)
         if key_id is None or not tokens.KEY_ID_RE.match(key_id):
             self.cache.store_failure(fingerprint)
             return None
@@ -269,6 +278,24 @@ class Authenticator:
             raise Throttled()
         if record is not None and parsed.prefix == record.prefix:  # never a proof for a moved prefix
             self.cache.store_proof(tokens.fingerprint(head + tokens.checksum(head)), record.id)
+        return record
+
+    async def prove_legacy(self, key: str, client: str | None) -> TokenRecord | None:
+        """The record of the imported key `key`, or None: the gateway's lookup (on the same
+        budget as requests) and verification, for callers holding a plaintext (leak reports).
+        Throttled: a budget refused to find out now. No proof is cached."""
+        lookup_key = self.legacy_lookup_key
+        if lookup_key is None or not legacy_keys.candidate(key, self.accepted_prefixes):
+            return None
+        if not self.lookups.take(client):
+            raise Throttled()
+        key_id = await self.store.legacy_key_id(legacy_keys.lookup_digest(lookup_key, key))
+        if key_id is None or not tokens.KEY_ID_RE.match(key_id):
+            return None
+        self.lookups.found(client)
+        record, wrong = await self._prove(tokens.ParsedToken("", key_id, key), bind_prefix=True)
+        if record is None and not wrong:
+            raise Throttled()
         return record
 
     async def _prove(self, parsed: tokens.ParsedToken, *, bind_prefix: bool) -> tuple[TokenRecord | None, bool]:

@@ -243,6 +243,9 @@ def register_metrics(runtime: Runtime) -> None:
             lambda: runtime.authenticator.argon2_verifications)
     counter("tokenward_throttled_attempts", "Unproven tokens refused without verification (flood throttle)",
             lambda: runtime.authenticator.throttle.refused)
+    counter("tokenward_legacy_lookups_throttled",
+            "Lookups of credentials not in our format (imported keys) refused without a store read: "
+            "too many found nothing", lambda: runtime.authenticator.lookups.refused)
     counter("tokenward_store_errors", "Store errors", lambda: runtime.store.errors)
     counter("tokenward_store_outages",
             "Times the store became unreachable (one per outage, however many calls failed)",

@@ -4,6 +4,8 @@
 `PriorityGate` lets verifications in by class (`CLEAN` before `CLEAN_LEGACY` before
 `SUSPECT`), so a flood of guesses never queues ahead of a known-good caller. `Authenticator`
 (gateway/decision.py) uses both and raises `Throttled` when the budget says no.
+`LookupBudget` bounds the store reads of imported keys' lookups that find nothing (per client
+and overall), which have no key id to charge.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import ipaddress
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -152,3 +155,69 @@ class PriorityGate:
         self._busy -= 1
         self._low_busy -= priority > self._reserved_for
         self._dispatch()
+
+
+class LookupBudget:
+    """Lookups of credentials that are not in our format (imported keys, gateway/legacy_keys.py)
+    that found nothing. Such a credential names no key id, so `FailureThrottle` has nothing to
+    charge; without a budget every new garbage string would cost a store read, and online
+    guessing of imported keys would run at the store's speed.
+
+    Each lookup takes a unit from its client's bucket (`per_client`: burst, refill per second;
+    an IPv6 client by its /64) and from one bucket for all clients (`overall`) before the store
+    is read; a lookup that finds a key gives both back, so only misses are charged. While
+    either bucket is empty, lookups are refused without a store read (the caller answers 401,
+    as for an unknown key) and counted in `refused`. Keys proven recently are answered from the
+    verification cache and never come here, so a flood delays only keys no process has seen
+    lately, and one client's flood only its own until it joins a flood from many."""
+
+    def __init__(
+        self,
+        per_client: tuple[float, float] = (20, 2.0),
+        overall: tuple[float, float] = (200, 50.0),
+        max_clients: int = 10_000,
+    ) -> None:
+        self.per_client = per_client
+        self.overall = overall
+        self._clients: BoundedMap[str, tuple[float, float]] = BoundedMap(max_clients)
+        self._all = (overall[0], time.monotonic())
+        self.refused = 0
+
+    @staticmethod
+    def client_key(client: str | None) -> str:
+        if client is None:
+            return ""
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return client
+        if address.version == 6:
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        return str(address)
+
+    def take(self, client: str | None) -> bool:
+        """Reserve a lookup for `client` (an address; None: not known); False (and counted)
+        when its bucket or everyone's is empty."""
+        now = time.monotonic()
+        key = self.client_key(client)
+        c_burst, c_rate = self.per_client
+        a_burst, a_rate = self.overall
+        level, at = self._clients.get(key) or (c_burst, now)
+        mine = FailureThrottle._level(level, at, c_burst, c_rate, now)
+        everyone = FailureThrottle._level(*self._all, a_burst, a_rate, now)
+        if mine < 1 or everyone < 1:
+            self.refused += 1
+            return False
+        self._clients.put(key, (mine - 1, now))
+        self._all = (everyone - 1, now)
+        return True
+
+    def found(self, client: str | None) -> None:
+        """The reserved lookup found a key: give its units back."""
+        now = time.monotonic()
+        key = self.client_key(client)
+        c_burst, c_rate = self.per_client
+        a_burst, a_rate = self.overall
+        level, at = self._clients.get(key) or (c_burst, now)
+        self._clients.put(key, (min(c_burst, FailureThrottle._level(level, at, c_burst, c_rate, now) + 1), now))
+        self._all = (min(a_burst, FailureThrottle._level(*self._all, a_burst, a_rate, now) + 1), now)

@@ -155,3 +155,35 @@ async def test_gateway_processes_do_not_keep_metadata_in_memory(gateway: Gateway
     assert cached is not None and cached.metadata == {}
     status, got, _ = await admin(gateway, "GET", f"{TOKENS}/{created['id']}", org_admin)
     assert status == 200 and got["metadata"] == {"blob": "x" * 3000}  # the admin API reads the store
+
+
+@pytest.mark.parametrize(
+    ("number", "ok"),
+    [
+        (123456789012345678901234567890, False),  # read as a float by our JSON parser: refused
+        (18446744073709551615, False),  # 2**64 - 1: an int, beyond what JSON readers hold
+        (2**53, False),
+        (-(2**53), False),
+        (1.5e300, False),
+        (2**53 - 1, True),
+        (-(2**53 - 1), True),
+        (0.25, True),
+    ],
+)
+async def test_metadata_numbers_are_held_exactly_or_refused(
+    gateway: Gateway, org_admin: str, number: float, ok: bool
+) -> None:
+    """Never silently rounded: a number every JSON reader holds exactly is kept as it is,
+    anything beyond ±(2**53 - 1) is refused with what to do (at create and by PATCH)."""
+    body = {"name": "ci", "scopes": ["read:apis"], "metadata": {"account": number}}
+    status, data, _ = await admin(gateway, "POST", TOKENS, org_admin, body)
+    if ok:
+        assert status == 201 and data["metadata"] == {"account": number}, data
+        return
+    assert status == 400 and data["field"] == "metadata.account", data
+    assert "9007199254740991" in data["message"] and "write it as a string" in data["message"]
+    created = await issue(gateway, org_admin, name="patched")
+    status, data, _ = await admin(
+        gateway, "PATCH", f"{TOKENS}/{created['id']}", org_admin, {"metadata": {"n": [1, number]}}
+    )
+    assert status == 400 and data["field"] == "metadata.n[1]", data

@@ -23,6 +23,7 @@ from aiohttp import web
 from tokenward import schema
 from tokenward.actor import Actor
 from tokenward.directory import Directory
+from tokenward.echo import check_path, redact_message
 from tokenward.gateway.audit import redact
 from tokenward.gateway.decision import Principal, TokenRefused, bearer_token
 from tokenward.gateway.edge import error_response, request_id_for
@@ -194,6 +195,7 @@ def serve(
         if ep.permission is not None:
             await call.authenticate()
             check_query(call, ep)  # before the permission, which may read the query
+            check_path(call.request.match_info)  # a pasted token is never echoed (tokenward.echo)
             await ep.permission(call)
         if ep.body is not None:
             call.body = await read_body(call, ep.body, check)
@@ -262,11 +264,12 @@ async def errors_middleware(
     try:
         response = await handler(request)
     except Refusal as refusal:
+        redact_message(refusal)  # nothing token-shaped echoed
         if refusal.step is not None:  # a decision step refused it (not a validation error)
             _audit_denied(call, refusal)
         return error_response(refusal, call.request_id)
     except DOMAIN_ERRORS as exc:
-        return error_response(domain_refusal(exc), call.request_id)
+        return error_response(redact_message(domain_refusal(exc)), call.request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -128,6 +128,8 @@ def in_place(record: TokenRecord, org: str, team: TeamSel) -> bool:
 
 
 def _not_in_team(key_id: str, org: str, team: TeamSel) -> NotFound:
+    if not is_key_id(key_id):  # never echoed: it may be a token pasted where its id belongs
+        return NotFound("no such token (a token id is 12 letters and digits; was a token pasted instead?)")
     if team is ANY_TEAM:
         return NotFound(f"token {key_id!r} does not exist in org {org!r}")
     return NotFound(f"token {key_id!r} does not exist in team {team!r}")

@@ -324,4 +324,5 @@ async def rotate_token(call: Call) -> web.Response:
         token=rotated.plaintext,
         replaces=rotated.retired.id,
         replaced_revoked_at=iso(rotated.retired.revoked_at),
+        warnings=list(rotated.warnings),
     )

@@ -31,7 +31,14 @@ from tokenward.gateway.tokens import checksum, generate, new_check_key, secret_c
 from tokenward.gateway.tokens import parse as parse_token
 from tokenward.leaks import LeakReports
 from tokenward.metadata import metadata_field
-from tokenward.rotation import Rotated, check_rotatable, key_id_in_slot_of, successor_expiry
+from tokenward.rotation import (
+    Rotated,
+    check_rotatable,
+    grace_end,
+    key_id_in_slot_of,
+    rotation_warnings,
+    successor_expiry,
+)
 from tokenward.rules import (
     Invalid,
     Lifetime,
@@ -268,7 +275,7 @@ class TokenService(LeakReports):
 
         def rename(record: TokenRecord) -> TokenEdit:
             if actor.principal is not None:
-                require_within_grant(actor.principal, record, "rename")
+                require_within_grant(actor.principal, record, "change")
             # decided on the record as it is now: a revocation that landed first stays
             updated = replace(
                 record,
@@ -440,9 +447,8 @@ class TokenService(LeakReports):
                 environment=current.environment,
                 metadata=dict(current.metadata),  # an imported key's successor is ours: no digest
             )
-            retired = replace(
-                current.revoked(issued + grace, actor.name, "rotated", level, scheduled=grace > 0), replaced_by=new.id
-            )
+            end = grace_end(current, issued, grace)  # never after its own expiry
+            retired = replace(current.revoked(end, actor.name, "rotated", level, scheduled=grace > 0), replaced_by=new.id)
             entry = self.token_entry(
                 actor, "token.rotated", new, replaces=current.id, old_revoked_at=iso(retired.revoked_at)
             )
@@ -462,4 +468,5 @@ class TokenService(LeakReports):
             raise
         record = await self.store.get_token(parsed.key_id)
         assert record is not None
-        return Rotated(plaintext, record, retired)
+        policy = self.runtime.settings.tokens
+        return Rotated(plaintext, record, retired, rotation_warnings(principal, policy, old, lifetime, issued, expires_at, grace))

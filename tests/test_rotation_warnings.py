@@ -94,7 +94,7 @@ async def test_the_cli_prints_rotation_warnings(gateway: Gateway, acme: str) -> 
     env = env_for_subprocess()
     env["TOKENWARD_ADMIN_URL"] = gateway.admin_url
     env["TOKENWARD_TOKEN"] = team_admin["token"]
-    code, out, err = await run_cli("token", "rotate", kid, "--team", "platform", env=env)
+    code, _, err = await run_cli("token", "rotate", kid, "--team", "platform", env=env)
     assert code == 0, err
     assert "warning: expires_at: the replacement lives" in err and "own expiry" in err, err
 

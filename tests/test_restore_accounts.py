@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.gateway import TEAMS, Gateway, admin, base_config
+from tokenward.accounts import Accounts
 from tokenward.gateway.store import TokenEdit
 from tokenward.gateway.store_accounts import AccountWrite
 
@@ -77,6 +78,7 @@ async def test_a_token_of_a_deleted_account_is_never_restored(recorded: Gateway)
     assert view["status"] == "revoked"
 
 
+@pytest.mark.also_on_cluster
 async def test_a_token_of_a_team_the_account_left_is_never_restored(gateway: Gateway) -> None:
     gw = gateway
     org, _, _ = await setup(gw)
@@ -93,6 +95,7 @@ async def test_a_token_of_a_team_the_account_left_is_never_restored(gateway: Gat
     assert status == 200 and restored["status"] == "active"
 
 
+@pytest.mark.also_on_cluster
 async def test_no_restored_token_outlives_its_account_under_races(gateway: Gateway) -> None:
     """Restoring a token of an account while the account is deleted (or its team removed):
     over many trials, never an active token of an account that is gone or left the team."""
@@ -147,3 +150,25 @@ async def test_a_gateway_forwards_the_account_name_while_it_holds_the_team(recor
     raw = await gw.runtime.store.get_account_raw("acme", account.id)
     assert await gw.runtime.store.put_account(AccountWrite(account, raw, replace(account, teams=("billing",)))) == 1
     assert await forwarded(gw, token["token"]) == (401, None)
+
+
+async def test_a_token_being_restored_counts_as_active(gateway: Gateway) -> None:
+    """The window between a restore's check and its write: a delete or a team removal landing
+    there counts the token as active (409), and goes through once the mark is gone."""
+    gw = gateway
+    org, _, _ = await setup(gw)
+    await admin(gw, "POST", ACCOUNTS, org, {"name": "held", "teams": ["platform", "billing"]})
+    token = await revoked_token_of(gw, org, "held")
+    record = await gw.runtime.store.get_token(token["id"])
+    assert record is not None
+    accounts = Accounts(gw.runtime)
+    await accounts.hold_for_restore(record)
+    status, refused, _ = await admin(gw, "DELETE", f"{ACCOUNTS}/held", org)
+    assert status == 409 and "active tokens (1)" in refused["message"], refused
+    status, refused, _ = await admin(gw, "PATCH", f"{ACCOUNTS}/held", org, {"remove_teams": ["platform"]})
+    assert status == 409, refused
+    status, _, _ = await admin(gw, "PATCH", f"{ACCOUNTS}/held", org, {"remove_teams": ["billing"]})
+    assert status == 200  # the mark is for the token's team only
+    await accounts.release_restore(record)
+    status, _, _ = await admin(gw, "DELETE", f"{ACCOUNTS}/held", org)
+    assert status == 204

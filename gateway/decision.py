@@ -204,6 +204,8 @@ class Authenticator:
             account = None
             if record.service_account_id is not None:  # cached: no coroutine on the hot path
                 account = self.cache.account(record.org, record.service_account_id) or await self._account(record)
+                if account is not None and record.team not in account.teams:  # a cached copy may be older
+                    account = await self._fetch_account(record.org, record.service_account_id)
                 if account is None or record.team not in account.teams:
                     # its account was deleted (or left the team) while it was revoked, in a store
                     # from before restores checked it: never forward a name another account may hold

@@ -172,3 +172,21 @@ async def test_a_token_being_restored_counts_as_active(gateway: Gateway) -> None
     await accounts.release_restore(record)
     status, _, _ = await admin(gw, "DELETE", f"{ACCOUNTS}/held", org)
     assert status == 204
+
+
+async def test_a_stale_cached_account_does_not_refuse_a_new_member_teams_token(recorded: Gateway) -> None:
+    """The membership check reads the account again before refusing: a cached copy from
+    before the token's team was added never refuses its token."""
+    gw = recorded
+    org, _, _ = await setup(gw)
+    await admin(gw, "POST", ACCOUNTS, org, {"name": "grown", "teams": ["platform"]})
+    body = {"name": "t", "scopes": ["read:apis"], "service_account": "grown"}
+    status, token, _ = await admin(gw, "POST", PLATFORM, org, body)
+    assert status == 201 and await forwarded(gw, token["token"]) == (200, "grown")
+    record = await gw.runtime.store.get_token(token["id"])
+    assert record is not None and record.service_account_id is not None
+    account = await gw.runtime.store.get_account("acme", record.service_account_id)
+    assert account is not None
+    cache = gw.runtime.authenticator.cache
+    cache.store_account(replace(account, teams=("billing",)), cache.epoch)  # as if from before
+    assert await forwarded(gw, token["token"]) == (200, "grown")

@@ -245,7 +245,10 @@ TOKEN: Schema = {
         "environment": ENVIRONMENT,
         "revoked_at": TIMESTAMP,
         "revoked_by": {"type": ["string", "null"]},
-        "revoked_by_level": {"type": ["string", "null"], "description": "`org` or `team`: the revoker's level"},
+        "revoked_by_level": {
+            "type": ["string", "null"],
+            "description": "`org` or `team`: the revoker's level (null for a leak report from another org)",
+        },
         "revoke_reason": {"type": ["string", "null"]},
         "replaced_by": {"type": ["string", "null"]},
         "grace_until": {

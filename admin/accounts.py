@@ -29,7 +29,7 @@ from tokenward.actor import Actor, Changes
 from tokenward.gateway.records import ACTIVE, AccountRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.store import Store, TokenEdit
-from tokenward.gateway.store_accounts import EXISTS, NAME_TAKEN, STALE, AccountWrite
+from tokenward.gateway.store_accounts import EXISTS, NAME_TAKEN, NO_ACCOUNT, NOT_MEMBER, STALE, AccountWrite
 from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.gateway.store_records import Conflict
 from tokenward.rules import Invalid, NotFound, is_org_admin
@@ -41,6 +41,7 @@ WRITE_ATTEMPTS = 20  # a change decided again on a record that keeps changing, t
 COUNT_CAP = 1000  # tokens of one account examined per count
 COUNT_CHUNK = 50
 PENDING_SECONDS = 60.0  # an indexed token whose record is not there yet is being issued
+RESTORE_SECONDS = PENDING_SECONDS / 2  # a restore commits within this of its mark, or not at all
 
 
 def new_account_id() -> str:
@@ -93,22 +94,52 @@ class Accounts(Changes):
 
     async def active_tokens(self, account: AccountRecord, team: str | None = None) -> tuple[int, bool]:
         """Active tokens of an account (of one of its teams): (count, exact). A token indexed
-        in the last minute whose record is not written yet counts: it is being issued."""
-        active, start = 0, 0
+        in the last minute whose record is not written yet counts: it is being issued; so
+        does one marked as being restored (`hold_for_restore`). The marks are read before
+        the records: a restore that has cleared its mark has written its active record."""
+        marks = await self.store.account_restoring(account.org, account.id)
+        now = time.time()
+        active = {t for t, (at_team, at) in marks.items() if at > now - PENDING_SECONDS and team in (None, at_team)}
+        pending, start = 0, 0
         while start < COUNT_CAP:
             rows = await self.store.account_token_ids(account.org, account.id, start, COUNT_CHUNK)
             if not rows:
-                return active, True
+                return len(active) + pending, True
             found = {r.id: r for r, _ in await self.store.get_tokens_with_usage([m for m, _ in rows])}
             now = time.time()
             for token_id, created in rows:
                 record = found.get(token_id)
                 if record is None:
-                    active += created > now - PENDING_SECONDS  # being issued: whichever team
+                    pending += token_id not in active and created > now - PENDING_SECONDS  # being issued
                 elif (team is None or record.team == team) and record.status(now) == ACTIVE:
-                    active += 1
+                    active.add(token_id)
             start += len(rows)
-        return active, False
+        return len(active) + pending, False
+
+    async def hold_for_restore(self, token: TokenRecord) -> float:
+        """Before a revoked token of an account is restored: Conflict unless its account still
+        exists and holds the token's team, atomically marking it as being restored (an account
+        delete or team removal then counts it as active until `release_restore`). The time
+        of the mark: the restore must commit within RESTORE_SECONDS of it."""
+        assert token.service_account_id is not None and token.team is not None
+        at = time.time()
+        code = await self.store.mark_restore(token, at)
+        if code == NO_ACCOUNT:
+            raise Conflict(
+                f"the token's service account {token.service_account!r} no longer exists; "
+                "it cannot be restored: issue a new token (of an existing account)"
+            )
+        if code == NOT_MEMBER:
+            raise Conflict(
+                f"the token's service account is no longer a member of team {token.team!r}; it cannot "
+                "be restored: an org admin can add the team back to the account first"
+            )
+        if code != 1:
+            raise StoreUnavailable(f"restore of {token.id}: store answered {code}")
+        return at
+
+    async def release_restore(self, token: TokenRecord) -> None:
+        await self.store.unmark_restore(token)
 
     # -- changes -------------------------------------------------------------------------------
     async def create(

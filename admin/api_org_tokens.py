@@ -56,7 +56,7 @@ async def list_org_tokens(call: Call) -> web.Response:
     where: TeamSel = ANY_TEAM
     if team_name is not None:
         if not re.fullmatch(schema.SLUG, team_name):
-            raise api_error(400, "invalid_request", f"team: {team_name!r} is not a team name", "team")
+            raise api_error(400, "invalid_request", "team: not a team name (lower-case letters, digits and '-')", "team")
         teams[team_name] = await call.tokens.team(org, team_name)  # 404 if it does not exist
         where = team_name
     async with bulk_work(call):

@@ -135,7 +135,7 @@ def token_filter(call: Call) -> tuple[Callable[[TokenRecord], bool], bool, str |
         within = duration_field(call.query["expiring_within"], "expiring_within")
     sa = call.query.get("service_account")
     if sa is not None and not re.fullmatch(schema.SLUG, sa):
-        raise api_error(400, "invalid_request", f"service_account: {sa!r} is not a name", "service_account")
+        raise api_error(400, "invalid_request", "service_account: not a service account name (lower-case letters, digits and '-')", "service_account")
     environment = environment_query(call)
     notes = metadata_query(call)
     principal = call.caller
@@ -324,4 +324,5 @@ async def rotate_token(call: Call) -> web.Response:
         token=rotated.plaintext,
         replaces=rotated.retired.id,
         replaced_revoked_at=iso(rotated.retired.revoked_at),
+        warnings=list(rotated.warnings),
     )

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from tokenward.cli_output import CliError
+from tokenward.gateway.redaction import redact_token_shaped
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
 
@@ -140,7 +141,7 @@ def _error_message(raw: bytes, reason: str) -> str:
     except orjson.JSONDecodeError:
         return reason
     message = data.get("message") if isinstance(data, dict) else None
-    return " ".join(str(message).split()) if message else reason
+    return redact_token_shaped(" ".join(str(message).split())) if message else reason
 
 
 def _q(text: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import orjson
 
+from tokenward.gateway.redaction import redact_token_shaped
 from tokenward.gateway.text import printable, shown
 
 
@@ -19,7 +20,7 @@ class CliError(Exception):
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    print(f"error: {printable(message)}", file=sys.stderr)
+    print(f"error: {printable(redact_token_shaped(message))}", file=sys.stderr)  # never a pasted token back
     raise SystemExit(code)
 
 

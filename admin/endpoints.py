@@ -23,9 +23,10 @@ from aiohttp import web
 from tokenward import schema
 from tokenward.actor import Actor
 from tokenward.directory import Directory
+from tokenward.echo import check_path, redact_message
 from tokenward.gateway import legacy_keys
 from tokenward.gateway.audit import redact
-from tokenward.gateway.decision import Principal, TokenRefused, bearer_token
+from tokenward.gateway.decision import Principal, TokenRefused, bearer_token, require_org, require_team
 from tokenward.gateway.edge import error_response, request_id_for
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.runtime import RUNTIME, Runtime
@@ -198,6 +199,8 @@ def serve(
         if ep.permission is not None:
             await call.authenticate()
             check_query(call, ep)  # before the permission, which may read the query
+            check_query_scope(call)
+            check_path(call.request.match_info)  # a pasted token is never echoed (tokenward.echo)
             await ep.permission(call)
         if ep.body is not None:
             call.body = await read_body(call, ep.body, check)
@@ -223,6 +226,18 @@ def check_query(call: Call, ep: Endpoint) -> None:
             )
         if declared[name] != REPEATABLE and len(call.query.getall(name)) > 1:
             raise api_error(400, "invalid_request", f"{name}: given more than once", name)
+
+
+def check_query_scope(call: Call) -> None:
+    """A query parameter naming an org or a team is authorized as a path would be, on every
+    endpoint, before its permission: another org is a 403 (step org), and a team token
+    naming another team than its own a 403 (step team): never silently read as its own."""
+    principal = call.caller
+    if "org" in call.query:
+        require_org(principal, call.query["org"])
+    team = call.query.get("team")
+    if team is not None and principal.token.team is not None:
+        require_team(principal, team)
 
 
 async def read_body(call: Call, body: Body, check: BodyCheck | None = None) -> dict[str, Any]:
@@ -266,11 +281,12 @@ async def errors_middleware(
     try:
         response = await handler(request)
     except Refusal as refusal:
+        redact_message(refusal)  # nothing token-shaped echoed
         if refusal.step is not None:  # a decision step refused it (not a validation error)
             _audit_denied(call, refusal)
         return error_response(refusal, call.request_id)
     except DOMAIN_ERRORS as exc:
-        return error_response(domain_refusal(exc), call.request_id)
+        return error_response(redact_message(domain_refusal(exc)), call.request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from tokenward.actor import Actor, Changes
+from tokenward.gateway.audit import AuditLog
 from tokenward.gateway.records import REVOKED, TokenRecord
 from tokenward.gateway.store import TokenEdit
 from tokenward.gateway.throttle import Throttled
@@ -56,8 +57,9 @@ class LeakReports(Changes):
         if record is None:
             return shown, "unknown"
         assert actor.principal is not None
-        level = actor_level(actor.principal)
         outcome = "already_revoked"
+        by = actor if actor.principal.token.org == record.org else FROM_ANOTHER_ORG  # no foreign id
+        level = actor_level(actor.principal) if by is actor else None
 
         def leaked(current: TokenRecord) -> TokenEdit | None:
             nonlocal outcome
@@ -68,14 +70,27 @@ class LeakReports(Changes):
             outcome = "already_revoked" if already else "revoked"
             revoked_at = current.revoked_at if already and current.revoked_at is not None else time.time()
             # final: whoever reported it, no restore brings a leaked secret back
-            updated = current.revoked(revoked_at, actor.name, "leaked", level)
-            return TokenEdit(updated, self.token_entry(actor, "token.leaked", updated, was_revoked=already))
+            updated = current.revoked(revoked_at, by.name, "leaked", level)
+            return TokenEdit(updated, self.token_entry(by, "token.leaked", updated, was_revoked=already))
 
         result = await self.store.change_token(key_id, leaked, actor.fence())
         if result is None:  # deleted meanwhile
             return shown, "unknown"
         self.committed(result[1].audit if result[1] is not None else None)
+        if by is not actor:
+            reported_elsewhere(self.runtime.audit, actor, outcome)
         return shown, outcome
+
+
+# A leak reported by a caller of another org is recorded in the token's org with no id, name,
+# team or address of the reporter's org (revoked_by, the event's actor_id); its revocation
+# level is unset (counts as the org's; leaked is final anyway). The reporter's org gets its
+# own event, with no id or name of the other org's token.
+FROM_ANOTHER_ORG = Actor("leak report from another org")
+
+
+def reported_elsewhere(audit: AuditLog, actor: Actor, outcome: str) -> None:
+    audit.emit("token.leak_reported", **actor.fields(), result=outcome, subject="a token of another org")
 
 
 def _unshown(text: str) -> str:

@@ -31,6 +31,7 @@ class Rotated:
     plaintext: str
     record: TokenRecord  # the successor
     retired: TokenRecord  # the old token, revoked now or at the end of the grace period
+    warnings: tuple[str, ...] = ()  # what the rotation gave less than asked (`rotation_warnings`)
 
 
 def check_rotatable(old: TokenRecord) -> None:
@@ -56,6 +57,50 @@ def successor_expiry(
     if limit is not None and (expires_at is None or expires_at > limit):
         return limit
     return expires_at
+
+
+def grace_end(old: TokenRecord, issued: float, grace: float) -> float:
+    """When the old token stops working: the end of the grace period, but never after its
+    own expiry (a grace period cannot lengthen a token's life)."""
+    end = issued + grace
+    return end if old.expires_at is None else min(end, old.expires_at)
+
+
+def rotation_warnings(
+    principal: Principal,
+    policy: TokenSettings,
+    old: TokenRecord,
+    lifetime: Lifetime,
+    issued: float,
+    expires_at: float | None,
+    grace: float,
+) -> tuple[str, ...]:
+    """Never silently (issue 14, item 10): a successor that lives shorter than the old token's
+    original length, by the policy (not an explicit expires_in/expires_at), and why; a grace
+    period cut at the old token's expiry."""
+    warnings = []
+    length = None if old.expires_at is None else old.expires_at - old.created_at
+    given = None if expires_at is None else expires_at - issued
+    if not lifetime.explicit and given is not None and (length is None or given < length - 60):
+        limit = lifetime_end(principal.token)
+        if limit is not None and expires_at is not None and abs(expires_at - limit) < 1:
+            why = "the rotating admin token's own expiry (a grant never outlives its granter)"
+        else:
+            why = "tokens.max_ttl"
+        was = "never expired" if length is None else f"lived {_span(length)}"
+        warnings.append(f"expires_at: the replacement lives {_span(given)}; the old token {was}: cut by {why}")
+    if grace > 0 and old.expires_at is not None and issued + grace > old.expires_at:
+        warnings.append(
+            "grace_period: longer than the old token has left; it stops working at its own expiry, "
+            "not later (grace_until is its expires_at)"
+        )
+    return tuple(warnings)
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.4g} days"
+    return f"{seconds / 3600:.3g} hours"
 
 
 def key_id_in_slot_of(key_id: str) -> str:

@@ -245,12 +245,16 @@ TOKEN: Schema = {
         "environment": ENVIRONMENT,
         "revoked_at": TIMESTAMP,
         "revoked_by": {"type": ["string", "null"]},
-        "revoked_by_level": {"type": ["string", "null"], "description": "`org` or `team`: the revoker's level"},
+        "revoked_by_level": {
+            "type": ["string", "null"],
+            "description": "`org` or `team`: the revoker's level (null for a leak report from another org)",
+        },
         "revoke_reason": {"type": ["string", "null"]},
         "replaced_by": {"type": ["string", "null"]},
         "grace_until": {
             **TIMESTAMP,
-            "description": "status grace: when the rotation's grace period ends (the token stops working)",
+            "description": "status grace: when the rotation's grace period ends (the token stops working);"
+            " never after expires_at (a grace period longer than the token has left ends at its expiry)",
         },
         "metadata": METADATA_SCHEMA,
         "legacy": {"type": "boolean", "description": "imported from an old system (its key is not ours)"},
@@ -267,7 +271,9 @@ TOKEN_CREATED: Schema = {
             "type": "array",
             "items": {"type": "string"},
             "description": "what the token asks for and cannot do: scopes its team does not hold,"
-            " constraints no route names",
+            " constraints no route names; for a rotation, a replacement that lives shorter than the"
+            " old token's length (and why: tokens.max_ttl or the rotating admin's own expiry) and a"
+            " grace period cut at the old token's expiry",
         },
     },
     "required": [

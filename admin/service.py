@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from tokenward.accounts import Accounts
+from tokenward.accounts import RESTORE_SECONDS, Accounts
 from tokenward.actor import Actor
 from tokenward.gateway.environments import LIVE, prefix_for
 from tokenward.gateway.records import ACTIVE, FINAL_REASONS, LEVEL_ORG, REVOKED, TokenRecord, revoker_rank
@@ -25,12 +25,20 @@ from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import ADMIN_ORG, Scope, format_scopes
 from tokenward.gateway.store import ActorFence, QuotaExceeded, TokenEdit
 from tokenward.gateway.store_audit import AuditEntry
+from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.gateway.store_records import Conflict
 from tokenward.gateway.tokens import checksum, generate, new_check_key, secret_check
 from tokenward.gateway.tokens import parse as parse_token
 from tokenward.leaks import LeakReports
 from tokenward.metadata import metadata_field
-from tokenward.rotation import Rotated, check_rotatable, key_id_in_slot_of, successor_expiry
+from tokenward.rotation import (
+    Rotated,
+    check_rotatable,
+    grace_end,
+    key_id_in_slot_of,
+    rotation_warnings,
+    successor_expiry,
+)
 from tokenward.rules import (
     Invalid,
     Lifetime,
@@ -127,6 +135,8 @@ def in_place(record: TokenRecord, org: str, team: TeamSel) -> bool:
 
 
 def _not_in_team(key_id: str, org: str, team: TeamSel) -> NotFound:
+    if not is_key_id(key_id):  # never echoed: it may be a token pasted where its id belongs
+        return NotFound("no such token (a token id is 12 letters and digits; was a token pasted instead?)")
     if team is ANY_TEAM:
         return NotFound(f"token {key_id!r} does not exist in org {org!r}")
     return NotFound(f"token {key_id!r} does not exist in team {team!r}")
@@ -265,7 +275,7 @@ class TokenService(LeakReports):
 
         def rename(record: TokenRecord) -> TokenEdit:
             if actor.principal is not None:
-                require_within_grant(actor.principal, record, "rename")
+                require_within_grant(actor.principal, record, "change")
             # decided on the record as it is now: a revocation that landed first stays
             updated = replace(
                 record,
@@ -307,13 +317,36 @@ class TokenService(LeakReports):
 
     async def restore(self, actor: Actor, org: str, team: TeamSel, key_id: str) -> TokenRecord:
         """Restore a revoked, unexpired token: only by an admin at least as privileged as the
-        revoker, holding its scopes; leaked and rotated tokens never come back."""
+        revoker, holding its scopes; leaked and rotated tokens never come back, nor a token
+        whose service account is gone or no longer holds its team (Conflict: marked first,
+        atomically with that check, so an account delete racing it counts it as active)."""
         principal = actor.principal
         assert principal is not None
         level = actor_level(principal)
+        current = await self.token_in_team(org, team, key_id)
+        if current.team is not None and current.service_account:
+            accounts = Accounts(self.runtime)
+            await accounts.migrate_team(org, current.team)  # a token from before ids gets its account's
+            current = await self.token_in_team(org, team, key_id)
+            if current.service_account_id is None:  # its (legacy) account was deleted before ids
+                raise Conflict(f"the token's service account {current.service_account!r} no longer exists")
+            marked = await accounts.hold_for_restore(current)
+            try:
+                return await self._restore(actor, org, team, key_id, level, marked)
+            finally:
+                await accounts.release_restore(current)
+        return await self._restore(actor, org, team, key_id, level, None)
+
+    async def _restore(
+        self, actor: Actor, org: str, team: TeamSel, key_id: str, level: str, marked: float | None
+    ) -> TokenRecord:
+        principal = actor.principal
+        assert principal is not None
 
         def restore(record: TokenRecord) -> TokenEdit:
             now = time.time()
+            if marked is not None and now - marked > RESTORE_SECONDS:  # its mark no longer counts
+                raise StoreUnavailable("restore took too long; try again")
             if record.expires_at is not None and record.expires_at <= now:
                 raise Conflict("token has expired and cannot be restored; issue a new token")
             if record.revoke_reason == "leaked":
@@ -415,9 +448,8 @@ class TokenService(LeakReports):
                 environment=current.environment,
                 metadata=dict(current.metadata),  # an imported key's successor is ours: no digest
             )
-            retired = replace(
-                current.revoked(issued + grace, actor.name, "rotated", level, scheduled=grace > 0), replaced_by=new.id
-            )
+            end = grace_end(current, issued, grace)  # never after its own expiry
+            retired = replace(current.revoked(end, actor.name, "rotated", level, scheduled=grace > 0), replaced_by=new.id)
             entry = self.token_entry(
                 actor, "token.rotated", new, replaces=current.id, old_revoked_at=iso(retired.revoked_at)
             )
@@ -437,4 +469,5 @@ class TokenService(LeakReports):
             raise
         record = await self.store.get_token(parsed.key_id)
         assert record is not None
-        return Rotated(plaintext, record, retired)
+        policy = self.runtime.settings.tokens
+        return Rotated(plaintext, record, retired, rotation_warnings(principal, policy, old, lifetime, issued, expires_at, grace))

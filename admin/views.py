@@ -61,6 +61,13 @@ def in_grace(token: TokenRecord, now: float) -> bool:
     return token.revoked_at is not None and token.status(now) == ACTIVE
 
 
+def grace_until(token: TokenRecord) -> float | None:
+    """When a token in grace stops working: never after its expiry (a rotation caps the
+    grace period at it; records from before were not capped)."""
+    ends = [t for t in (token.revoked_at, token.expires_at) if t is not None]
+    return min(ends) if ends else None
+
+
 def shown_status(token: TokenRecord, now: float) -> str:
     """The status a view shows: the stored status, with `grace` for a token in grace."""
     return GRACE if in_grace(token, now) else token.status(now)
@@ -91,7 +98,7 @@ def token_view(
         "last_used_at": iso(last_used),
         "expires_at": iso(token.expires_at),
         "status": shown_status(token, now),
-        "grace_until": iso(token.revoked_at) if in_grace(token, now) else None,
+        "grace_until": iso(grace_until(token)) if in_grace(token, now) else None,
         "environment": token.environment,
         "revoked_at": iso(token.revoked_at),
         "revoked_by": token.revoked_by,
@@ -109,8 +116,8 @@ async def token_response(call: Call, record: TokenRecord, status: int = 200, **e
     team = await store.get_team(record.org, record.team) if record.team else None
     names = await account_names(store, record.org, [record])
     view = token_view(record, team, await store.last_used(record.id), names.get(record.service_account_id or ""))
-    if status == 201:  # issued: what it asks for and cannot do (issue 14, item 11)
-        view["warnings"] = issuance_warnings(call.runtime.settings.routes, view)
+    if status == 201:  # issued: what it asks for and cannot do (issue 14, item 11); a rotation's
+        view["warnings"] = issuance_warnings(call.runtime.settings.routes, view) + list(extra.pop("warnings", ()))
     headers = {"Cache-Control": "no-store"} if "token" in extra else {}  # a plaintext: shown once
     if status == 201:  # issued (or a replacement): where it lives
         team_part = f"/teams/{record.team}" if record.team is not None else ""  # org level: org-wide path

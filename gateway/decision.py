@@ -68,7 +68,10 @@ class Principal:
 
     @property
     def service_account(self) -> str | None:
-        """The name forwarded and audited: the account's name now, else the record's."""
+        """The name forwarded and audited: the account's name now; the record's only for a
+        token from before account ids (a token with an id whose account is gone is refused)."""
+        if self.token.service_account_id is not None:
+            return self.account_name
         return self.account_name or self.token.service_account
 
     def can(self, required: Scope) -> bool:
@@ -206,6 +209,12 @@ class Authenticator:
             account = None
             if record.service_account_id is not None:  # cached: no coroutine on the hot path
                 account = self.cache.account(record.org, record.service_account_id) or await self._account(record)
+                if account is not None and record.team not in account.teams:  # a cached copy may be older
+                    account = await self._fetch_account(record.org, record.service_account_id)
+                if account is None or record.team not in account.teams:
+                    # its account was deleted (or left the team) while it was revoked, in a store
+                    # from before restores checked it: never forward a name another account may hold
+                    raise TokenRefused(Step.STATUS, "token's service account no longer exists", record.id, record)
         except StoreUnavailable:
             raise store_unavailable() from None
         permissions = None if record.team is None else (team.permissions if team else ())

@@ -74,6 +74,22 @@ def redact(text: str) -> str:
     return _redact(text)
 
 
+def redact_token_shaped(text: str) -> str:
+    """`text` (prose: an error message quoting client input) with only its token-shaped
+    parts (and URL userinfo) redacted: unlike `redact`, a `name=value` in prose ("expected
+    KEY=VALUE") is not a query parameter and is kept."""
+    if "_" not in text and "@" not in text and not _LONG_RUN.search(text):
+        return text
+    spans = [(m.start(), m.end()) for m in _TOKEN_SHAPED.finditer(text)]
+    spans += [(m.start(1), m.end(1)) for m in re.finditer(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@\s]+)@", text)]
+    out, at = [], 0
+    for start, end in sorted(spans):
+        if start >= at:
+            out += [text[at:start], REDACTED]
+        at = max(at, end)
+    return "".join(out) + text[at:] if spans else text
+
+
 class Redactor:
     """`redact` with a memo of recent short texts that had nothing to redact (never a
     secret: only texts returned unchanged are kept), for the request path, where the same

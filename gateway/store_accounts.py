@@ -88,6 +88,24 @@ redis.call('INCR', KEYS[5])
 return {1, held + 1}
 """
 
+# A revoked token of an account about to be restored: only while the account exists and holds
+# the token's team, marked as being restored (an account delete or a team removal counts it as
+# active, as it counts a token being issued) and the issue counter bumped, so a delete or
+# removal decided before the mark fails its compare-and-set and counts again.
+# KEYS: account record, issue counter, restoring hash. ARGV: team, token id, time.
+MARK_RESTORE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return -7 end
+local member = false
+for _, team in ipairs(cjson.decode(raw)['teams']) do
+  if team == ARGV[1] then member = true end
+end
+if not member then return -8 end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[1] .. '\t' .. ARGV[3])
+redis.call('INCR', KEYS[2])
+return 1
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class AccountWrite:
@@ -239,3 +257,26 @@ class AccountStore(ChangeFeed, AuditStream):
         await self._write(
             dest, ("ZUNIONSTORE", dest, 2, dest, Keys.service_account_tokens(org, team, name), "AGGREGATE", "MIN")
         )
+
+    async def mark_restore(self, token: TokenRecord, at: float) -> int:
+        """Mark a token of an account as being restored (see MARK_RESTORE): 1, NO_ACCOUNT or
+        NOT_MEMBER."""
+        assert token.service_account_id is not None and token.team is not None
+        org, account_id = token.org, token.service_account_id
+        keys = [Keys.account(org, account_id), Keys.account_issued(org, account_id), Keys.account_restoring(org, account_id)]
+        (code,) = await self._write(keys[0], ("EVAL", MARK_RESTORE, len(keys), *keys, token.team, token.id, repr(at)))
+        return int(code)
+
+    async def unmark_restore(self, token: TokenRecord) -> None:
+        assert token.service_account_id is not None
+        key = Keys.account_restoring(token.org, token.service_account_id)
+        await self._write(key, ("HDEL", key, token.id))
+
+    async def account_restoring(self, org: str, account_id: str) -> dict[str, tuple[str, float]]:
+        """The account's tokens being restored: token id -> (team, marked at)."""
+        raw = await self._call(lambda: self.client.hgetall(Keys.account_restoring(org, account_id)))
+        marks = {}
+        for token_id, value in raw.items():
+            team, _, at = value.decode().partition("\t")
+            marks[token_id.decode()] = (team, float(at or 0))
+        return marks

@@ -111,6 +111,11 @@ class Keys:
         return f"tw:{{{org}}}:acct:{account_id}:issued"
 
     @staticmethod
+    def account_restoring(org: str, account_id: str) -> str:
+        """Tokens of the account being restored: token id -> "team<TAB>time" (see MARK_RESTORE)."""
+        return f"tw:{{{org}}}:acct:{account_id}:restoring"
+
+    @staticmethod
     def accounts_migrated(org: str, team: str) -> str:
         """Set once the team's service accounts from before org-level accounts are migrated."""
         return f"tw:{{{org}}}:team:{team}:accts-migrated"

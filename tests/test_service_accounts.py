@@ -179,7 +179,9 @@ async def test_team_admins_stay_in_their_own_team(gateway: Gateway) -> None:
         assert status == 404, method
     status, _ = await issue(gw, mine, "platform", "theirs")
     assert status == 400  # not a member of platform
-    status, listed, _ = await admin(gw, "GET", f"{ACCOUNTS}?team=billing", mine)
+    status, refused, _ = await admin(gw, "GET", f"{ACCOUNTS}?team=billing", mine)
+    assert status == 403 and refused["step"] == "team"  # never silently its own (tests/test_query_scope.py)
+    status, listed, _ = await admin(gw, "GET", ACCOUNTS, mine)
     assert status == 200 and sorted(a["name"] for a in listed["service_accounts"]) == ["own2", "shared"]
     # the team-level endpoints of another team stay closed to it
     status, _, _ = await admin(gw, "POST", TEAM_SAS.format(team="billing"), mine, {"name": "evil"})

@@ -219,7 +219,7 @@ async def test_cli_output_never_carries_raw_control_characters(
         (("token", "revoke", record.id, "--team", "platform"), True),
         (("sa", "list", "--team", "platform"), True),
         (("audit", "--limit", "50"), False),  # the audit stream is written in batches
-        (("leaks", "report", "tw_\x1b]0;x\x07\u202eabc"), True),
+        (("leaks", "report", "tw_\x1b]0;x\x07\u202eabc"), False),  # shown by its length only, never echoed
         (("token", "get", "\x1b[2J\u202e", "--team", "platform"), False),  # not echoed at all (test_no_echo)
     ]
     for args, shows_escape in runs:

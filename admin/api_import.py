@@ -56,7 +56,7 @@ TOKEN_IMPORT: schema.Schema = {
     "Import a key from an old system",
     permission=team_admin,
     body=Body(TOKEN_IMPORT),
-    responses={201: schema.TOKEN, 400: schema.ERROR, 403: schema.ERROR, 404: schema.ERROR, 409: schema.ERROR},
+    responses={201: schema.TOKEN, **dict.fromkeys((400, 403, 404, 409, 429), schema.ERROR)},
 )
 async def import_token(call: Call) -> web.Response:
     """Keep a key from an old system (`sk_live_…`, 16 to 256 visible ASCII characters, not too

@@ -48,6 +48,7 @@ from tokenward.cli_server import (
 )
 from tokenward.cli_usage import token_usage
 from tokenward.completion import SHELLS, completion_script
+from tokenward.gateway.redaction import redact_token_shaped
 from tokenward.gateway.text import printable
 
 
@@ -59,7 +60,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         line = " ".join(f"{self.prog}: error: {message} (see {self.prog} --help)".split())
-        self.exit(2, printable(line) + "\n")
+        self.exit(2, printable(redact_token_shaped(line)) + "\n")  # a pasted token: not echoed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         tok, "tokens", "list", token_list, "list a team's tokens (an org admin without --team: the whole org's)"
     )
     p.add_argument("--environment", choices=["live", "test"], help="only live or only test tokens")
-    p.add_argument("--status", choices=["active", "revoked", "expired"])
+    p.add_argument("--status", choices=["active", "grace", "revoked", "expired"])
     p.add_argument("--expiring-within", metavar="DURATION", help="active tokens expiring within, e.g. 7d")
     p.add_argument("--service-account", metavar="NAME", help="only this service account's tokens")
     p.add_argument("--limit", type=_positive, help="at most this many tokens (default: all, page by page)")

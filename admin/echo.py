@@ -53,9 +53,14 @@ def check_path(params: Mapping[str, str]) -> None:
 
 
 def redact_message(refusal: Refusal, redact: Callable[[str], str] = redact_token_shaped) -> Refusal:
-    """`refusal` with anything token-shaped in its message redacted (account ids kept)."""
+    """`refusal` with anything token-shaped in its message and its `field` redacted (account
+    ids kept)."""
     parts = _ACCOUNT_IDS.split(refusal.message)
     message = "".join(part if i % 2 else redact(part) for i, part in enumerate(parts))
     if message != refusal.message:
         refusal.message = message
+    if refusal.field is not None:  # a field's path can carry input too (a key of `constraints`)
+        field = redact(refusal.field)
+        if field != refusal.field:
+            refusal.field = field
     return refusal

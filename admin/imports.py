@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from tokenward.actor import Actor
 from tokenward.gateway import legacy_keys
 from tokenward.gateway.records import TokenRecord
+from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.scopes import RESERVED_RESOURCES, Scope, format_scopes
 from tokenward.gateway.store_changes import Change
 from tokenward.gateway.store_records import Conflict
@@ -110,6 +111,10 @@ class ImportService(TokenService):
                 allowed_cidrs=cidrs,
                 expires_at=expires_at,
             )
+        # every attempt is charged to the calling token: a 409 says the key is held (in any
+        # org), so unbudgeted, imports would be a guessing oracle at the admin API's speed
+        if not self.runtime.authenticator.imports.take(actor.principal.token.id if actor.principal else None):
+            raise Refusal(429, "rate_limited", None, "too many imports: try again in a few seconds", field="key")
         digest = legacy_keys.lookup_digest(lookup_key, key)
         held_by = await self.store.legacy_key_id(digest)
         if held_by is not None and await self.store.get_token(held_by) is not None:

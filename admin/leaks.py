@@ -59,6 +59,8 @@ class LeakReports(Changes):
         assert actor.principal is not None
         outcome = "already_revoked"
         by = actor if actor.principal.token.org == record.org else FROM_ANOTHER_ORG  # no foreign id
+        if by is not actor and record.legacy:  # its id is not in the key: not the reporter's to learn
+            shown = "(an imported key of another org)"
         level = actor_level(actor.principal) if by is actor else None
 
         def leaked(current: TokenRecord) -> TokenEdit | None:

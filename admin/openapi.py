@@ -47,6 +47,7 @@ HEADERS: dict[str, dict[str, Any]] = {
 ERROR_RESPONSES = {
     401: ("Unauthorized", "no token, or a token that is unknown, revoked or expired", ("WWW-Authenticate",)),
     403: ("Forbidden", "the token may not do this (the `step` says which check refused)", ("WWW-Authenticate",)),
+    429: ("RateLimited", "too many attempts: try again after Retry-After seconds", ("Retry-After",)),
     503: ("Unavailable", "the token store is unreachable, or the server is not ready", ("Retry-After",)),
 }
 GENERIC_ERROR = ("Error", "the request was refused: `error` says why, `field` names a bad input", ())

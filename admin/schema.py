@@ -90,6 +90,7 @@ ERROR_CODES = (
     "store_unavailable",
     "not_ready",
     "gateway_timeout",
+    "rate_limited",
 )
 ERROR_CODE: Schema = {"type": "string", "enum": list(ERROR_CODES), "description": "a stable error code"}
 

@@ -297,7 +297,9 @@ class TokenService(LeakReports):
 
         def revoke(record: TokenRecord) -> TokenEdit | None:
             now = time.time()
-            if record.status(now) == REVOKED:
+            # A scheduled revocation (a rotation's grace) is made final whatever this host's
+            # clock says of its time: a gateway whose clock runs behind still serves the token.
+            if record.status(now) == REVOKED and not record.revoke_scheduled:
                 if revoker_rank(level) <= revoker_rank(record.revoked_level):
                     return None  # already revoked by someone at least as privileged: nothing to do
                 updated = replace(
@@ -308,7 +310,8 @@ class TokenService(LeakReports):
                 )
             else:  # also ends a rotation grace period at once: its reason, if given, replaces
                 # "rotated" (a rotated token never comes back all the same: it has replaced_by)
-                updated = record.revoked(now, actor.name, why or record.revoke_reason, level)
+                at = now if record.revoked_at is None else min(now, record.revoked_at)
+                updated = record.revoked(at, actor.name, why or record.revoke_reason, level)
             return TokenEdit(
                 updated, self.token_entry(actor, "token.revoked", updated, reason=updated.revoke_reason)
             )

@@ -148,6 +148,7 @@ class Authenticator:
         self.stale_served = 0
         self.throttle = FailureThrottle()
         self.lookups = LookupBudget()  # imported keys' lookups that find nothing (legacy_keys.py)
+        self.imports = LookupBudget.for_imports()  # imports by calling token: each one is a lookup
         # One slot stays free for clean key ids with a keyed check (brand-new tokens, new
         # admin logins): a flood's verifications never hold more than the other one(s).
         self._argon2_slots = PriorityGate(argon2_slots, reserved=1, reserved_for=CLEAN)

@@ -100,7 +100,7 @@ def error_headers(refusal: Refusal, request_id: str) -> dict[str, str]:
             headers["WWW-Authenticate"] = f'{REALM}, error="invalid_token", error_description="{description}"'
     elif refusal.status == 403 and refusal.scope:
         headers["WWW-Authenticate"] = f'{REALM}, error="insufficient_scope", scope="{refusal.scope}"'
-    elif refusal.status == 503:
+    elif refusal.status in (429, 503):
         headers["Retry-After"] = "1"
     return headers
 

@@ -157,6 +157,12 @@ class PriorityGate:
         self._dispatch()
 
 
+# Imports of old keys (admin/imports.py), charged to the calling token, every attempt: an
+# import answers whether the key is held already, in any org (409), so unbudgeted it would be
+# a guessing oracle at the admin API's speed. (per token: burst, per second; everyone's.)
+IMPORT_BUDGET = ((10.0, 0.2), (100.0, 2.0))
+
+
 class LookupBudget:
     """Lookups of credentials that are not in our format (imported keys, gateway/legacy_keys.py)
     that found nothing. Such a credential names no key id, so `FailureThrottle` has nothing to
@@ -182,6 +188,11 @@ class LookupBudget:
         self._clients: BoundedMap[str, tuple[float, float]] = BoundedMap(max_clients)
         self._all = (overall[0], time.monotonic())
         self.refused = 0
+
+    @classmethod
+    def for_imports(cls) -> LookupBudget:
+        """The budget of imports, charged to the calling token's id (IMPORT_BUDGET)."""
+        return cls(*IMPORT_BUDGET)
 
     @staticmethod
     def client_key(client: str | None) -> str:

@@ -15,6 +15,7 @@ import yaml
 
 from tests.helpers.gateway import APIS, TOKENS, Gateway, LogReader, admin, base_config, org_admin_with_team
 from tests.helpers.process import env_for_subprocess, run_cli
+from tokenward.gateway.throttle import LookupBudget
 from tokenward.gateway.tokens import generate
 
 LOOKUP_KEY = "k" * 16 + "0123456789abcdef0123456789abcdef"
@@ -239,6 +240,7 @@ async def test_concurrent_imports_of_one_key_create_one_token(gateway: Gateway) 
     """Each key is imported once however the requests race: over 10 trials of 3 concurrent
     imports, exactly one 201 and two 409s each time, and one record per key."""
     org_admin = await org_admin_with_team(gateway, ["read:apis", "admin:team"])
+    gateway.runtime.authenticator.imports = LookupBudget(per_client=(30, 0.0), overall=(30, 0.0))  # 30 imports
     for trial in range(10):
         key = f"sk_race_{trial:02d}_9fK2x7Qm4pL8vN3cR6tY"
         results = await asyncio.gather(*(_import(gateway, org_admin, key=key, name=f"r{i}") for i in range(3)))

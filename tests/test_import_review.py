@@ -27,7 +27,7 @@ from tests.helpers.gateway import (
 from tests.helpers.process import env_for_subprocess, run_cli
 from tokenward.gateway.legacy_keys import MIN_BITS, NOT_FOR_ADMIN, conventional_environment, strength_bits
 from tokenward.gateway.store_keys import Keys
-from tokenward.gateway.throttle import LookupBudget
+from tokenward.gateway.throttle import IMPORT_BUDGET, LookupBudget
 
 LOOKUP_KEY = "k" * 16 + "0123456789abcdef0123456789abcdef"
 KEY = "sk_live_51HxYzAbCdEfGhIjKlMnOpQrStUv"
@@ -333,3 +333,31 @@ async def test_the_cli_imports_with_an_environment_and_constraints(gateway: Gate
     code, out, err = await run_cli("leaks", "report", KEY, env=env)
     assert code == 0, err
     assert "legacy_" in out and "revoked" in out and KEY not in out + err
+
+
+# -- the second review: imports are budgeted; a cross-org leak report names no id ----------------
+async def test_imports_are_budgeted_per_calling_token(gateway: Gateway) -> None:
+    """A 409 says a key is held, in any org: imports are charged to the calling token, so they
+    cannot be a guessing oracle (IMPORT_BUDGET: a burst of 10, then one every 5 s)."""
+    (burst, _), (everyone, _) = IMPORT_BUDGET
+    assert burst <= 10 and everyone <= 100
+    gateway.runtime.authenticator.imports = LookupBudget(per_client=(burst, 0.0), overall=(everyone, 0.0))
+    org_admin = await org_admin_with_team(gateway, ["read:apis", "admin:team"])
+    assert (await _import(gateway, org_admin))[0] == 201
+    statuses = [(await _import(gateway, org_admin, name=f"guess{i}"))[0] for i in range(int(burst) + 2)]
+    assert statuses == [409] * (int(burst) - 1) + [429] * 3, statuses
+    status, body = await _import(gateway, org_admin, name="again")
+    assert status == 429 and body["error"] == "rate_limited" and KEY not in str(body)
+    other = await gateway.org_admin("acme")  # another calling token has its own bucket
+    assert (await _import(gateway, other, name="other"))[0] == 409
+
+
+async def test_a_cross_org_leak_report_of_an_imported_key_names_no_id(gateway: Gateway) -> None:
+    acme = await org_admin_with_team(gateway, ["read:apis", "admin:team"])
+    status, imported = await _import(gateway, acme)
+    assert status == 201
+    globex = await gateway.org_admin("globex")
+    status, body, _ = await admin(gateway, "POST", "/v1/leaks", globex, {"tokens": [KEY]})
+    assert status == 200 and body["results"] == [{"token": "(an imported key of another org)", "result": "revoked"}]
+    assert imported["id"] not in str(body)
+    assert (await _get(gateway, KEY))[0] == 401

@@ -79,7 +79,7 @@ def test_error_statuses_answer_with_the_error_body() -> None:
     for path, _, op in operations(document):
         for code, response in op["responses"].items():
             if code[0] in "45" and (path, code) != ("/readyz", "503"):  # readiness may report
-                assert response["$ref"].split("/")[-1] in ("Error", "Unauthorized", "Forbidden", "Unavailable")
+                assert response["$ref"].split("/")[-1] in ("Error", "Unauthorized", "Forbidden", "RateLimited", "Unavailable")
     for response in document["components"]["responses"].values():
         if response["content"]["application/json"]["schema"]["$ref"] != "#/components/schemas/Error":
             continue

@@ -6,6 +6,7 @@ waits for its time."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from tests.helpers.gateway import TOKENS, Gateway, admin, apis_status, issue, org_admin_with_team
 from tokenward.gateway.records import ACTIVE, REVOKED, TokenRecord
@@ -81,3 +82,22 @@ async def test_a_rotation_grace_is_kept_and_a_revoke_ends_it(gateway: Gateway) -
     assert view["status"] == "revoked" and view["revoke_reason"] == "stolen laptop"  # not "rotated"
     status, body, _ = await admin(gateway, "POST", f"{TOKENS}/{token['id']}/restore", org_admin)
     assert status == 409 and "rotated" in body["message"]  # replaced: it never comes back
+
+
+async def test_a_revoke_ends_a_grace_that_this_hosts_clock_says_is_over(gateway: Gateway) -> None:
+    """The revoking host's clock runs ahead: the grace period is over by its clock, not yet by
+    the gateways'. The revocation is written as final (not left scheduled), with its reason."""
+    org_admin = await org_admin_with_team(gateway, ["read:apis", "admin:team"])
+    token = await issue(gateway, org_admin)
+    store = gateway.runtime.store
+    stored = await store.get_token(token["id"])
+    assert stored is not None
+    graced = stored.revoked(time.time() - 1, "token:x", "rotated", scheduled=True)
+    await store.put_token(replace(graced, replaced_by="BBBBBBBBBBBB"))
+    status, view, _ = await admin(
+        gateway, "POST", f"{TOKENS}/{token['id']}/revoke", org_admin, {"reason": "compromised"}
+    )
+    assert status == 200 and view["revoke_reason"] == "compromised", view
+    after = await store.get_token(token["id"])
+    assert after is not None and not after.revoke_scheduled
+    assert after.status(time.time() - SKEW) == REVOKED  # refused on a gateway whose clock is behind

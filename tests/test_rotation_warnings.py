@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.gateway import TOKENS, Gateway, admin, issue
+from tests.helpers.gateway import TOKENS, Gateway, admin, issue, org_admin_with_team
 from tests.helpers.process import env_for_subprocess, run_cli
 
 DAY = 86400.0
@@ -28,10 +28,7 @@ def ts(text: str | None) -> float:
 
 @pytest.fixture
 async def acme(gateway: Gateway) -> str:
-    token = await gateway.org_admin()
-    body = {"name": "platform", "permissions": ["read:apis", "write:specs", "admin:team"]}
-    assert (await admin(gateway, "POST", TEAMS, token, body))[0] == 201
-    return token
+    return await org_admin_with_team(gateway, ["read:apis", "write:specs", "admin:team"])
 
 
 async def aged(gw: Gateway, lifetime: float, age: float) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tokenward.actor import Actor
 from tokenward.demo import demo_config
-from tokenward.gateway.embedded import EmbeddedServer, free_port
+from tokenward.gateway.embedded import EmbeddedServer, free_port, free_ports
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.runtime import Runtime
@@ -37,7 +37,7 @@ async def run(requests: int) -> None:
     store = EmbeddedServer(data / "valkey", port=free_port())
     store.start()
     try:
-        config = demo_config(data, free_port(), free_port(), free_port())
+        config = demo_config(data, *free_ports(3))
         config["tokens"]["legacy_lookup_key"] = "bench-lookup-key-" + "0" * 32
         config["tokens"]["argon2"] = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
         config["log"] = {"level": "error", "format": "json"}

@@ -20,6 +20,8 @@ from typing import IO, Any
 
 import aiohttp
 
+from tokenward.gateway.embedded import free_ports
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 TOKENWARD = str(ROOT / ".venv" / "bin" / "tokenward")
@@ -91,9 +93,7 @@ class Processes:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def wait_http(url: str, process: subprocess.Popen[bytes], name: str, timeout: float = 30.0) -> None:

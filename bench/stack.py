@@ -31,6 +31,7 @@ from services import (
     TOKENWARD,
     Processes,
     free_port,
+    free_ports,
     pin_all_threads,
     wait_http,
 )
@@ -164,7 +165,7 @@ def start_tokenward(stack: Stack) -> None:
     """`tokenward serve --config FILE`, audit lines to a file, on the server core."""
     assert stack.valkey is not None
     stack.config = tokenward_config(
-        free_port(), free_port(), stack.valkey.url, stack.upstream_port, stack.workdir / "tw-data"
+        *free_ports(2), stack.valkey.url, stack.upstream_port, stack.workdir / "tw-data"
     )
     config_path = write_config(stack, "tokenward.yaml", stack.config)
     stack.tokenward_log = stack.workdir / "tokenward.log"
@@ -178,7 +179,7 @@ def start_tokenward(stack: Stack) -> None:
 def start_workers_gateway(stack: Stack, workers: int) -> tuple[str, str]:
     """`tokenward serve --workers N` on its own ports (only when serve has --workers)."""
     config = copy.deepcopy(stack.config)
-    config["listen"]["port"], config["admin_listen"]["port"] = free_port(), free_port()
+    config["listen"]["port"], config["admin_listen"]["port"] = free_ports(2)
     path = write_config(stack, "tokenward-workers.yaml", config)
     argv = [TOKENWARD, "serve", "--config", str(path), "--workers", str(workers)]
     process = stack.processes.spawn("tokenward workers", argv, SERVER_CORE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -48,9 +49,46 @@ def server_binary() -> str:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports nothing listens on, for servers that bind them later.
+
+    All are held at once while picked, so no two are the same. They come from below the
+    kernel's ephemeral range where there is room: a port from that range can be taken by any
+    outgoing connection's source port in the moment before its server binds it (a cluster
+    node then fails with "Address already in use")."""
+    low, high = _ports_below_ephemeral()
+    held: list[socket.socket] = []
+    try:
+        for candidate in random.sample(range(low, high), min(high - low, 50 * count)):
+            if len(held) == count:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+        while len(held) < count:  # no room below the range: let the kernel choose
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            held.append(sock)
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _ports_below_ephemeral() -> tuple[int, int]:
+    """Unprivileged ports under /proc/sys/net/ipv4/ip_local_port_range's start."""
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return 10000, max(10000, first)
 
 
 class EmbeddedServer:

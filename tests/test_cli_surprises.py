@@ -25,7 +25,7 @@ from tests.helpers.gateway import ROOT, Gateway, admin
 from tests.helpers.process import CLI, env_for_subprocess, run_cli
 from tokenward.cli import build_parser
 from tokenward.cli_output import humanize_date
-from tokenward.gateway.embedded import free_port
+from tokenward.gateway.embedded import free_ports
 from tokenward.gateway.token_scan import find_tokens, scan_tokens
 from tokenward.gateway.tokens import checksum, generate
 
@@ -289,7 +289,8 @@ async def demo(tmp_path: Path) -> AsyncIterator[tuple[dict[str, str], str, int]]
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     asked = taken.getsockname()[1]
-    ports = [str(free_port()), str(asked), str(free_port())]
+    port, upstream_port = free_ports(2)
+    ports = [str(port), str(asked), str(upstream_port)]
     process = await asyncio.create_subprocess_exec(
         *CLI, "demo", "--data-dir", str(tmp_path / "demo"), "--port", ports[0], "--admin-port", ports[1],
         "--upstream-port", ports[2], cwd=ROOT, env=env_for_subprocess(),

@@ -14,7 +14,7 @@ import yaml
 
 from tests.helpers.gateway import LogReader, base_config
 from tests.helpers.process import start_serve, wait_ready
-from tokenward.gateway.embedded import free_port
+from tokenward.gateway.embedded import free_ports
 from tokenward.gateway.settings import load_settings
 from tokenward.server import Server
 
@@ -74,7 +74,7 @@ async def test_reload_swaps_routes_and_keeps_the_old_map_on_a_bad_file(
 
 async def test_sighup_reloads_a_running_serve(tmp_path: Path, upstream: int) -> None:
     config: dict[str, Any] = base_config(upstream)
-    port, admin_port = free_port(), free_port()
+    port, admin_port = free_ports(2)
     config["listen"]["port"], config["admin_listen"]["port"] = port, admin_port
     config["data_dir"] = str(tmp_path / "data")
     path = tmp_path / "tokenward.yaml"

@@ -19,7 +19,7 @@ import yaml
 
 from tests.helpers.gateway import ROOT, base_config
 from tests.helpers.process import bootstrap_admin, start_serve, stop, wait_http
-from tokenward.gateway.embedded import free_port
+from tokenward.gateway.embedded import free_ports
 
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
 
@@ -111,7 +111,7 @@ async def start_nginx_stack(
     """Bootstrap an org admin, check the rendered nginx.conf with `nginx -t`, start both."""
     upstream_port, seen = upstream
     config = base_config(upstream_port)
-    port, admin_port, nginx_port = free_port(), free_port(), free_port()
+    port, admin_port, nginx_port = free_ports(3)
     config["listen"]["port"], config["admin_listen"]["port"] = port, admin_port
     config["trusted_proxies"] = ["127.0.0.1/32"]
     config["redis"] = {"url": redis_url}

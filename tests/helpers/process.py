@@ -17,7 +17,7 @@ import orjson
 import yaml
 
 from tests.helpers.gateway import ROOT, base_config
-from tokenward.gateway.embedded import free_port
+from tokenward.gateway.embedded import free_ports
 
 CLI = [sys.executable, "-c", "from tokenward.cli import main; main()"]
 
@@ -70,7 +70,7 @@ class ServeConfig:
 
 def serve_config(tmp_path: Path, upstream_port: int, **top: Any) -> ServeConfig:
     config = base_config(upstream_port)
-    port, admin_port = free_port(), free_port()
+    port, admin_port = free_ports(2)
     config["listen"]["port"], config["admin_listen"]["port"] = port, admin_port
     config["data_dir"] = str(tmp_path / "data")
     config.update(top)

@@ -22,7 +22,7 @@ import aiohttp
 import redis
 
 from tests.helpers.gateway import Gateway
-from tokenward.gateway.embedded import EmbeddedServer, free_port
+from tokenward.gateway.embedded import EmbeddedServer, free_ports
 from tokenward.gateway.settings import settings_from_dict
 from tokenward.gateway.tokens import generate
 from tokenward.server import Server
@@ -59,8 +59,9 @@ class Cluster:
 
     def __init__(self, root: Path, masters: int = 3, replicas: int = 1) -> None:
         self.master_count = masters
-        self.ports = [free_port() for _ in range(masters * (1 + replicas))]
-        self.bus = {port: free_port() for port in self.ports}  # port + 10000 may not be free
+        picked = free_ports(2 * masters * (1 + replicas))  # port + 10000 may not be free
+        self.ports = picked[: len(picked) // 2]
+        self.bus = dict(zip(self.ports, picked[len(picked) // 2 :], strict=True))
         self.servers = {
             port: EmbeddedServer(
                 root / f"node-{port}",
@@ -173,11 +174,12 @@ class SentinelSet:
 
     def __init__(self, root: Path, replicas: int = 1, sentinels: int = 3) -> None:
         self.root = root
-        self.master = EmbeddedServer(root / "master", port=free_port(), extra_args=REPLICATION)
+        ports = free_ports(1 + replicas + sentinels)
+        self.master = EmbeddedServer(root / "master", port=ports[0], extra_args=REPLICATION)
         self.replicas = [
             EmbeddedServer(
                 root / f"replica-{i}",
-                port=free_port(),
+                port=ports[1 + i],
                 extra_args=["--replicaof", "127.0.0.1", str(self.master.port), *REPLICATION],
             )
             for i in range(replicas)
@@ -185,7 +187,7 @@ class SentinelSet:
         self.sentinels = [
             EmbeddedServer(
                 root / f"sentinel-{i}",
-                port=free_port(),
+                port=ports[1 + replicas + i],
                 appendonly=False,
                 config_file=root / f"sentinel-{i}" / "sentinel.conf",  # sentinels rewrite it
                 extra_args=["--sentinel"],

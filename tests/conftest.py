@@ -16,9 +16,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 import redis
 from aiohttp import web
+from playwright.async_api import Browser, async_playwright
 
+from tests.helpers.browser import Tab, find_chromium, launch_chromium, new_tab
+from tests.helpers.console import Console, start_console
 from tests.helpers.debian import installed
 from tests.helpers.gateway import Gateway, LogReader, base_config, org_admin_with_team
 from tests.helpers.nginx import NginxStack, find_nginx, start_nginx_stack
@@ -288,3 +292,40 @@ async def nginx_stack(
     stack = await start_nginx_stack(nginx_bin, workdir, tmp_path, redis_url, recording_upstream)
     yield stack
     await stack.stop()
+
+
+# -- the browser (the console's tests) --------------------------------------------------------
+# Playwright's objects belong to the loop that made them: the browser is launched once in the
+# session's loop, and the fixtures and tests that use it run in that loop too
+# (`pytest.mark.asyncio(loop_scope="session")`, see tests/test_console_browser.py).
+@pytest.fixture(scope="session")
+def chromium_bin() -> str:
+    """Debian's chromium, installed with apt-get if missing (never a browser Playwright
+    downloads). Fails (never skips) otherwise."""
+    return installed("chromium", find_chromium)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def browser(chromium_bin: str) -> AsyncIterator[Browser]:
+    """One headless Chromium for the session; each test opens its own context (`page`)."""
+    async with async_playwright() as playwright:
+        launched = await launch_chromium(playwright, chromium_bin)
+        yield launched
+        await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def console(redis_url: str) -> AsyncIterator[Console]:
+    """A real tokenward serving the console (tests/helpers/console.py), in the session's loop."""
+    started = await start_console(redis_url)
+    yield started
+    await started.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def tab(browser: Browser, console: Console) -> AsyncIterator[Tab]:
+    """A fresh browser context (no storage, no cookies; the clipboard granted for the
+    console's origin) and its page, watched (tests/helpers/browser.py `Tab`)."""
+    opened = await new_tab(browser, console.origin)
+    yield opened
+    await opened.context.close()

@@ -26,6 +26,7 @@ from tokenward import (
     api_teams,
     api_tokens,
     api_usage,
+    console,
     health,
     schema_reports,
     version,
@@ -110,6 +111,7 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     checks = body_checks(openapi_document(), ENDPOINTS)  # bodies meet the published schemas
     for ep in ENDPOINTS:
         app.router.add_route(ep.method, ep.path, serve(ep, checks.get(operation_key(ep))))
+    console.add_console(app)  # the web console at /ui/, over these endpoints
     return app
 
 

@@ -234,6 +234,7 @@ async def run_demo(
 tokenward demo is up
   gateway     {gw}        (routes from {config_path})
   admin API   {adm}
+  console     {adm}/ui/   (sign in with the org admin token below)
   upstream    http://127.0.0.1:{upstream_port}  (echoes what it receives)
   store       {runtime.store_description}, data in {settings.data_dir}
 {moved}

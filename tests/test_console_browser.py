@@ -27,15 +27,15 @@ from tests.helpers.gateway import ROOT, TOKENS, admin
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 DOCS = ROOT / "docs" / "console"
-# The README's screenshots: name -> what it shows (test_screenshots_of_the_main_screens).
+# The README's screenshots, docs/console/NAME.png (test_screenshots_of_the_main_screens).
 SCREENS = (
-    "sign-in",
+    "signin",
     "teams",
     "tokens",
-    "create-token",
-    "copy-token",
-    "token-details",
-    "service-accounts",
+    "create",
+    "copy",
+    "details",
+    "accounts",
     "audit",
 )
 HTML_NAME = "<img src=x onerror=window.__pwned=1> then <b>bold</b>"
@@ -409,7 +409,7 @@ async def test_screenshots_of_the_main_screens(tab: Tab, console: Console, tmp_p
 
     await page.goto(console.ui)
     await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
-    await shoot("sign-in")
+    await shoot("signin")
     await sign_in(tab, console, console.org_admin)
     await expect(page.get_by_role("link", name="payroll", exact=True)).to_be_visible()
     await shoot("teams")
@@ -420,19 +420,19 @@ async def test_screenshots_of_the_main_screens(tab: Tab, console: Console, tmp_p
     form = await create_token(page, "release-pipeline", "read:apis", "write:apis")
     await form.get_by_label("Description").fill("Publishes API specs from the release job")
     await form.get_by_label("Service account").select_option(label="deployer")
-    await shoot("create-token")
+    await shoot("create")
     await form.get_by_role("button", name="Create", exact=True).click()
     await new_token_from(page)
-    await shoot("copy-token")
+    await shoot("copy")
     await copy_dialog(page).get_by_role("button", name="Done").click()
     await row(table, "release-pipeline").get_by_role("button", name="Details").click()
     await expect(dialog(page, "Token details")).to_contain_text("deployer")
-    await shoot("token-details")
+    await shoot("details")
     await dialog(page, "Token details").get_by_role("button", name="Close").click()
     await page.get_by_role("tab", name="Service accounts").click()
     accounts = page.get_by_role("table", name="Service accounts")
     await expect(accounts.get_by_role("row").filter(has_text="deployer")).to_be_visible()
-    await shoot("service-accounts")
+    await shoot("accounts")
     await page.get_by_role("tab", name="Audit").click()
     audit = page.get_by_role("table", name="Audit events")
     await expect(audit).to_contain_text("token.created")

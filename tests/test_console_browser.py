@@ -12,15 +12,25 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from playwright.async_api import Locator, Page, expect
+from playwright.async_api import Locator, expect
 from yarl import URL
 
 from tests.helpers.browser import Tab, read_clipboard
-from tests.helpers.console import Console
+from tests.helpers.console import (
+    Console,
+    beside,
+    copy_dialog,
+    create_token,
+    dialog,
+    new_token_from,
+    open_platform,
+    row,
+    sign_in,
+    tokens_table,
+)
 from tests.helpers.gateway import ROOT, TOKENS, admin
 
 # The browser and the console live in the session's loop (tests/conftest.py).
@@ -39,84 +49,6 @@ SCREENS = (
     "audit",
 )
 HTML_NAME = "<img src=x onerror=window.__pwned=1> then <b>bold</b>"
-
-
-# -- driving the console -------------------------------------------------------------------------
-async def sign_in(tab: Tab, console: Console, token: str) -> None:
-    page = tab.page
-    await page.goto(console.ui)
-    await page.get_by_label("Token", exact=True).fill(token)
-    await page.get_by_role("button", name="Sign in").click()
-
-
-async def open_platform(tab: Tab, console: Console) -> Locator:
-    """Sign in as the org admin, open team `platform` from the teams list; its tokens table."""
-    page = tab.page
-    await sign_in(tab, console, console.org_admin)
-    await expect(page.get_by_role("heading", name="Teams")).to_be_visible()
-    await page.get_by_role("link", name="platform", exact=True).click()
-    await expect(page.get_by_role("heading", name="platform", exact=True)).to_be_visible()
-    table = tokens_table(page)
-    await expect(row(table, "reader")).to_be_visible()
-    return table
-
-
-def tokens_table(page: Page) -> Locator:
-    return page.get_by_role("table", name="Tokens")
-
-
-def row(table: Locator, text: str) -> Locator:
-    return table.get_by_role("row").filter(has_text=text)
-
-
-def dialog(page: Page, name: str | re.Pattern[str]) -> Locator:
-    return page.get_by_role("dialog", name=name)
-
-
-def copy_dialog(page: Page) -> Locator:
-    return dialog(page, re.compile("Copy"))
-
-
-async def create_token(page: Page, name: str, *scopes: str) -> Locator:
-    """Fill the Create token dialog (name, scopes) and press Create; the dialog."""
-    await page.get_by_role("button", name="Create token").click()
-    form = dialog(page, "Create token")
-    await expect(form).to_be_visible()
-    await form.get_by_label("Name", exact=True).fill(name)
-    for scope in scopes:
-        await form.get_by_role("checkbox", name=scope).check()
-    return form
-
-
-async def new_token_from(page: Page) -> str:
-    """The plaintext the copy-once dialog shows."""
-    shown = copy_dialog(page)
-    await expect(shown).to_be_visible()
-    field = shown.get_by_role("textbox", name="New token")
-    await expect(field).to_have_value(re.compile(r"^tw_sat_"))
-    return await field.input_value()
-
-
-async def beside(alert: Locator, control: Locator) -> str:
-    """'' when `alert` belongs to `control`: named by its aria-describedby, or the nearest
-    enclosing element of the alert that holds a form control holds this one and no other."""
-    handle = await control.element_handle()
-    result: Any = await alert.evaluate(
-        """(alert, control) => {
-          const described = (control.getAttribute("aria-describedby") || "").split(/\\s+/);
-          if (alert.id && described.includes(alert.id)) return "";
-          let node = alert.parentElement;
-          const controls = (n) => [...n.querySelectorAll("input, select, textarea")]
-            .filter((c) => c.type !== "hidden");
-          while (node && controls(node).length === 0) node = node.parentElement;
-          if (!node) return "no form control near the alert";
-          const near = controls(node);
-          if (near.length === 1 && near[0] === control) return "";
-          return "the alert is near " + near.map((c) => c.name || c.id || c.type).join(", ");
-        }""",
-        handle,
-    )
-    return str(result)
 
 
 # -- the flows -----------------------------------------------------------------------------------

@@ -6,18 +6,24 @@ upstream recording what reached it; with two teams and the tokens that sign in.
 - team `payroll` (read:apis), whose token `payroll-secret` no platform admin may see;
 - `org_admin` (admin:org), `team_admin` (platform: admin:team, read:apis, write:apis) and
   `reader` (platform: read:apis, no admin rights).
+
+And the steps the browser tests share, driving the console by its accessible names (those the
+issue asks to keep stable): what a user and a screen reader see, never CSS classes.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from playwright.async_api import Locator, Page, expect
 
+from tests.helpers.browser import Tab
 from tests.helpers.gateway import TEAMS, TOKENS, Gateway, admin, apis_status, base_config, issue
 from tokenward.demo import echo_app
 from tokenward.gateway.embedded import free_port
@@ -126,3 +132,81 @@ async def populate(console: Console) -> None:
         gw, "POST", PAYROLL_TOKENS, console.org_admin, {"name": "payroll-secret", "scopes": ["read:apis"]}
     )
     assert status == 201, body
+
+
+# -- driving the console, by the accessible names it keeps stable --------------------------------
+async def sign_in(tab: Tab, console: Console, token: str) -> None:
+    page = tab.page
+    await page.goto(console.ui)
+    await page.get_by_label("Token", exact=True).fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+
+
+async def open_platform(tab: Tab, console: Console) -> Locator:
+    """Sign in as the org admin, open team `platform` from the teams list; its tokens table."""
+    page = tab.page
+    await sign_in(tab, console, console.org_admin)
+    await expect(page.get_by_role("heading", name="Teams")).to_be_visible()
+    await page.get_by_role("link", name="platform", exact=True).click()
+    await expect(page.get_by_role("heading", name="platform", exact=True)).to_be_visible()
+    table = tokens_table(page)
+    await expect(row(table, "reader")).to_be_visible()
+    return table
+
+
+def tokens_table(page: Page) -> Locator:
+    return page.get_by_role("table", name="Tokens")
+
+
+def row(table: Locator, text: str) -> Locator:
+    return table.get_by_role("row").filter(has_text=text)
+
+
+def dialog(page: Page, name: str | re.Pattern[str]) -> Locator:
+    return page.get_by_role("dialog", name=name)
+
+
+def copy_dialog(page: Page) -> Locator:
+    return dialog(page, re.compile("Copy"))
+
+
+async def create_token(page: Page, name: str, *scopes: str) -> Locator:
+    """Fill the Create token dialog (name, scopes) and press Create; the dialog."""
+    await page.get_by_role("button", name="Create token").click()
+    form = dialog(page, "Create token")
+    await expect(form).to_be_visible()
+    await form.get_by_label("Name", exact=True).fill(name)
+    for scope in scopes:
+        await form.get_by_role("checkbox", name=scope).check()
+    return form
+
+
+async def new_token_from(page: Page) -> str:
+    """The plaintext the copy-once dialog shows."""
+    shown = copy_dialog(page)
+    await expect(shown).to_be_visible()
+    field = shown.get_by_role("textbox", name="New token")
+    await expect(field).to_have_value(re.compile(r"^tw_sat_"))
+    return await field.input_value()
+
+
+async def beside(alert: Locator, control: Locator) -> str:
+    """'' when `alert` belongs to `control`: named by its aria-describedby, or the nearest
+    enclosing element of the alert that holds a form control holds this one and no other."""
+    handle = await control.element_handle()
+    result: Any = await alert.evaluate(
+        """(alert, control) => {
+          const described = (control.getAttribute("aria-describedby") || "").split(/\\s+/);
+          if (alert.id && described.includes(alert.id)) return "";
+          let node = alert.parentElement;
+          const controls = (n) => [...n.querySelectorAll("input, select, textarea")]
+            .filter((c) => c.type !== "hidden");
+          while (node && controls(node).length === 0) node = node.parentElement;
+          if (!node) return "no form control near the alert";
+          const near = controls(node);
+          if (near.length === 1 && near[0] === control) return "";
+          return "the alert is near " + near.map((c) => c.name || c.id || c.type).join(", ");
+        }""",
+        handle,
+    )
+    return str(result)

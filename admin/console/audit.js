@@ -16,7 +16,7 @@ function rest(event) {
 export async function auditTab(panel, ctx) {
   const inputs = {
     token_id: h("input", { type: "text", autocomplete: "off", value: ctx.query.get("token_id") || "" }),
-    action: h("input", { type: "text", autocomplete: "off", placeholder: "e.g. token.revoke, request.refused" }),
+    action: h("input", { type: "text", autocomplete: "off", placeholder: "e.g. token.revoked, request.denied" }),
     since: h("input", { type: "datetime-local" }),
     until: h("input", { type: "datetime-local" }),
   };

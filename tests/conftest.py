@@ -19,9 +19,9 @@ import pytest
 import pytest_asyncio
 import redis
 from aiohttp import web
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, async_playwright, expect
 
-from tests.helpers.browser import Tab, find_chromium, launch_chromium, new_tab
+from tests.helpers.browser import EXPECT_TIMEOUT_MS, Tab, find_chromium, launch_chromium, new_tab
 from tests.helpers.console import Console, start_console
 from tests.helpers.debian import installed
 from tests.helpers.gateway import Gateway, LogReader, base_config, org_admin_with_team
@@ -307,7 +307,8 @@ def chromium_bin() -> str:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def browser(chromium_bin: str) -> AsyncIterator[Browser]:
-    """One headless Chromium for the session; each test opens its own context (`page`)."""
+    """One headless Chromium for the session; each test opens its own context (`tab`)."""
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     async with async_playwright() as playwright:
         launched = await launch_chromium(playwright, chromium_bin)
         yield launched

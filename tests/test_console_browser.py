@@ -25,6 +25,7 @@ from tests.helpers.console import (
     copy_dialog,
     create_token,
     dialog,
+    forgotten,
     new_token_from,
     open_platform,
     row,
@@ -79,7 +80,7 @@ async def test_org_admin_creates_copies_uses_and_revokes_a_token(tab: Tab, conso
 
     await shown.get_by_role("button", name="Done").click()
     await expect(shown).to_be_hidden()
-    assert token not in await page.content()  # closing the dialog forgot the plaintext
+    await forgotten(page, token)  # closing the dialog forgot the plaintext
 
     table = tokens_table(page)
     created = row(table, "ci-deploy")
@@ -198,6 +199,7 @@ async def test_rotate_restore_and_delete_from_the_table(tab: Tab, console: Conso
     assert await console.through(old) == 200  # within its grace period
     await copy_dialog(page).get_by_role("button", name="Done").click()
     await expect(copy_dialog(page)).to_be_hidden()
+    await forgotten(page, new)
     await expect(row(table, "rotating").filter(has_text="grace")).to_have_count(1)
     await expect(row(table, "rotating").filter(has_text="active")).to_have_count(1)
 
@@ -359,6 +361,7 @@ async def test_screenshots_of_the_main_screens(tab: Tab, console: Console, tmp_p
     await copy_dialog(page).get_by_role("button", name="Done").click()
     await row(table, "release-pipeline").get_by_role("button", name="Details").click()
     await expect(dialog(page, "Token details")).to_contain_text("deployer")
+    await expect(dialog(page, "Token details")).to_contain_text("requests")  # its usage report
     await shoot("details")
     await dialog(page, "Token details").get_by_role("button", name="Close").click()
     await page.get_by_role("tab", name="Service accounts").click()

@@ -52,6 +52,7 @@ async def test_the_tokens_table_filters_and_pages(tab: Tab, console: Console) ->
     await expect(rows).to_have_count(1)
     await expect(row(table, "short-lived")).to_be_visible()
     await expiring.select_option("")
+    await expect(rows).to_have_count(25)
 
     account = page.get_by_label("Service account", exact=True)
     await account.select_option("deployer")
@@ -110,6 +111,7 @@ async def test_the_audit_tab_filters_and_attributes_refusals(tab: Tab, console: 
     watcher = await console.issue(name="watcher")
     await console.revoke(watcher["id"])
     assert await console.through(watcher["token"]) == 401
+    await console.gw.runtime.audit.flush()  # the gateway's events are written behind, batched
     page = tab.page
     await open_platform(tab, console)
     await page.get_by_role("tab", name="Audit").click()

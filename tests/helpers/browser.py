@@ -24,6 +24,9 @@ VIEWPORT = {"width": 1280, "height": 800}
 # browser only ever visits the console the test started on 127.0.0.1.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]
 CLIPBOARD = ["clipboard-read", "clipboard-write"]
+# How long an `expect` waits for what it asserts (Playwright's default, 5 s, is short on a busy
+# two-core CI machine); a passing assertion returns as soon as it holds.
+EXPECT_TIMEOUT_MS = 20_000
 
 # Reports every Content-Security-Policy violation of the page to the test (`Watch.csp`).
 CSP_LISTENER = """

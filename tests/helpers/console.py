@@ -190,6 +190,17 @@ async def new_token_from(page: Page) -> str:
     return await field.input_value()
 
 
+async def forgotten(page: Page, token: str) -> None:
+    """Waits until `token` is nowhere in the page: not in its markup, not in a field's value
+    (the copy-once dialog is removed from the page once it has closed)."""
+    await page.wait_for_function(
+        """(token) => !document.documentElement.outerHTML.includes(token)
+          && ![...document.querySelectorAll("input, textarea")].some((e) => e.value.includes(token))""",
+        arg=token,
+    )
+    assert token not in await page.content()
+
+
 async def beside(alert: Locator, control: Locator) -> str:
     """'' when `alert` belongs to `control`: named by its aria-describedby, or the nearest
     enclosing element of the alert that holds a form control holds this one and no other."""

@@ -17,6 +17,10 @@ from types import MappingProxyType
 
 from aiohttp import web
 
+from tokenward.endpoints import CALL, api_error
+from tokenward.gateway.edge import error_response
+from tokenward.gateway.refusal import Refusal
+
 PREFIX = "/ui/"
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -74,10 +78,11 @@ def asset_response(asset: Asset) -> web.Response:
     return web.Response(body=asset.body, headers={"Content-Type": asset.content_type, **SECURITY_HEADERS})
 
 
-def not_found(name: str) -> web.Response:
-    return web.json_response(
-        {"error": "not_found", "message": f"no console file {name!r}"}, status=404, headers=SECURITY_HEADERS
-    )
+def refused(request: web.Request, refusal: Refusal) -> web.Response:
+    """The API's JSON error, with the console's headers."""
+    response = error_response(refusal, request[CALL].request_id)
+    response.headers.update(SECURITY_HEADERS)
+    return response
 
 
 def add_console(app: web.Application) -> None:
@@ -88,13 +93,28 @@ def add_console(app: web.Application) -> None:
         return asset_response(assets["index.html"])
 
     async def redirect(request: web.Request) -> web.Response:
-        raise web.HTTPPermanentRedirect(PREFIX, headers=SECURITY_HEADERS)
+        # relative, so that it holds behind a proxy that publishes the listener under a prefix
+        raise web.HTTPPermanentRedirect("ui/", headers=SECURITY_HEADERS)
 
     async def asset(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         found = assets.get(name)
-        return asset_response(found) if found is not None else not_found(name)
+        if found is None:
+            return refused(request, api_error(404, "not_found", f"no console file {name!r}"))
+        return asset_response(found)
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        """Anything else under /ui: a 404 (or 405) with the same headers as the files."""
+        if request.method not in ("GET", "HEAD"):
+            message = f"the console's files are read with GET, not {request.method}"
+            response = refused(request, api_error(405, "method_not_allowed", message))
+            response.headers["Allow"] = "GET, HEAD"
+            return response
+        name = request.path.removeprefix(PREFIX)
+        return refused(request, api_error(404, "not_found", f"no console file {name!r}"))
 
     app.router.add_get("/ui", redirect)
     app.router.add_get(PREFIX, index)
     app.router.add_get(PREFIX + "{name}", asset)
+    app.router.add_route("*", "/ui", elsewhere)
+    app.router.add_route("*", PREFIX + "{tail:.*}", elsewhere)

@@ -39,17 +39,29 @@ async def test_every_file_is_served_with_the_strict_headers(gateway: Gateway, na
 async def test_ui_without_slash_redirects(gateway: Gateway) -> None:
     async with gateway.session.get(f"{gateway.admin_url}/ui", allow_redirects=False) as response:
         assert response.status == 308
-        assert response.headers["Location"] == "/ui/"
+        assert response.headers["Location"] == "ui/"  # relative: holds under a path prefix
 
 
 @pytest.mark.parametrize(
-    "name", ["missing.js", "..%2Fapi.py", "%2e%2e%2fconsole.py", "console.py", "app.js.map", ".%2Fapp.js"]
-)
+    "name",
+    ["missing.js", "..%2Fapi.py", "%2e%2e%2fconsole.py", "console.py", "app.js.map", ".%2Fapp.js", "/", "a/b.js",
+     "index.html/", "%5C..%5Capi.py", "app.js%00"],
+)  # fmt: skip
 async def test_only_the_console_files_are_served(gateway: Gateway, name: str) -> None:
     async with gateway.session.get(f"{gateway.admin_url}/ui/{name}") as response:
         assert response.status == 404
         assert (await response.json())["error"] == "not_found"
-        assert "Content-Security-Policy" in response.headers
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize("where", ["/ui", "/ui/", "/ui/app.js", "/ui/x/y"])
+async def test_other_methods_get_405_with_the_same_headers(gateway: Gateway, method: str, where: str) -> None:
+    async with gateway.session.request(method, f"{gateway.admin_url}{where}") as response:
+        assert response.status == 405
+        assert (await response.json())["error"] == "method_not_allowed"
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
 
 
 async def test_the_gateway_listener_does_not_serve_the_console(gateway: Gateway) -> None:

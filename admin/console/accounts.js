@@ -3,14 +3,15 @@
 import { api, path } from "./api.js";
 import { confirmDialog, dialogForm, field, openDialog } from "./dialogs.js";
 import { h, fill, when } from "./dom.js";
+import { newest, pager } from "./pages.js";
 
 export async function accountsTab(panel, ctx) {
   const base = path("orgs", ctx.org, "teams", ctx.team, "service-accounts");
   const holder = h("div", { class: "scroll" });
-  const more = h("p");
-
-  async function load(cursor) {
-    const page = await api("GET", base, { query: { limit: 50, cursor } });
+  const fresh = newest();
+  const pages = pager(async (cursor) => {
+    const page = await fresh(api("GET", base, { query: { limit: 50, cursor } }));
+    if (page === undefined) return undefined;
     fill(holder, h("table", {},
       h("caption", {}, "Service accounts"),
       h("thead", {}, h("tr", {}, ["Name", "Description", "Active tokens", "Created", "Actions"].map((label) => h("th", { scope: "col" }, label)))),
@@ -25,14 +26,15 @@ export async function accountsTab(panel, ctx) {
             h("a", { href: `#/teams/${encodeURIComponent(ctx.team)}/tokens?service_account=${encodeURIComponent(account.name)}`, "aria-label": "Tokens", title: `Tokens of ${account.name}` }, "Tokens"),
             h("button", { type: "button", "aria-label": "Delete", title: `Delete ${account.name}`, onclick: () => remove(account) }, "Delete")),
         )))));
-    fill(more, page.next ? h("button", { type: "button", onclick: () => load(page.next).catch(ctx.failed) }, "Next page") : null);
-  }
+    return page;
+  }, ctx.failed);
 
   function remove(account) {
-    confirmDialog("Delete service account", `Delete ${account.name}? Its tokens stay and keep their scopes; they lose the account name.`,
+    confirmDialog("Delete service account",
+      `Delete ${account.name} from ${ctx.team}? An account with active tokens here cannot be deleted: revoke them first.`,
       "Delete service account", async () => {
         await api("DELETE", path("orgs", ctx.org, "teams", ctx.team, "service-accounts", account.name));
-        await load();
+        await pages.again();
       });
   }
 
@@ -45,7 +47,7 @@ export async function accountsTab(panel, ctx) {
         if (description.value.trim()) body.description = description.value.trim();
         await api("POST", base, { body });
         dialogCtx.close();
-        await load();
+        await pages.again();
       }),
     ]);
     name.focus();
@@ -53,6 +55,6 @@ export async function accountsTab(panel, ctx) {
 
   fill(panel,
     h("div", { class: "toolbar" }, h("button", { type: "button", class: "primary", onclick: create }, "Create service account")),
-    holder, more);
-  await load();
+    holder, pages.el);
+  await pages.first();
 }

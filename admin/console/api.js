@@ -25,14 +25,24 @@ export class ApiError extends Error {
   }
 }
 
-/** `/v1/orgs/a/teams/b` from ["orgs", "a", "teams", "b"]: each name escaped as a segment. */
+/** `v1/orgs/a/teams/b` from ["orgs", "a", "teams", "b"]: each name escaped as a segment.
+ * Relative to the API's root, the folder above /ui/: the console keeps working when the admin
+ * listener is published under a path prefix (`/admin/ui/` calls `/admin/v1/...`). */
 export function path(...segments) {
-  return "/v1/" + segments.map((part) => encodeURIComponent(part)).join("/");
+  return "v1/" + segments.map((part) => encodeURIComponent(part)).join("/");
 }
+
+/** Where the API is: the folder above the console's own. */
+function apiRoot() {
+  return new URL("../", new URL(".", location.href));
+}
+
+/** Fired on every 401: the signed-in token no longer works (revoked, expired, deleted). */
+export const SIGNED_OUT = "tokenward:signed-out";
 
 /** Call the API: the parsed JSON, or an ApiError with the API's code, message and field. */
 export async function api(method, url, { query, body } = {}) {
-  const target = new URL(url, location.origin);
+  const target = new URL(url, apiRoot());
   for (const [name, value] of Object.entries(query || {})) {
     if (value === undefined || value === null || value === "") continue;
     for (const one of Array.isArray(value) ? value : [value]) target.searchParams.append(name, one);
@@ -62,6 +72,10 @@ export async function api(method, url, { query, body } = {}) {
       data = { error: "bad_response", message: `the admin API answered ${response.status} with something other than JSON` };
     }
   }
-  if (!response.ok) throw new ApiError(response.status, data || {});
+  if (!response.ok) {
+    const error = new ApiError(response.status, data || {});
+    if (response.status === 401) window.dispatchEvent(new CustomEvent(SIGNED_OUT, { detail: error }));
+    throw error;
+  }
   return data;
 }

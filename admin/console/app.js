@@ -2,8 +2,9 @@
 // audit events and team settings, all through the /v1 admin API. Navigation is the URL hash
 // (`#/teams/<team>/tokens`); the token never appears in a URL.
 
-import { api, ApiError, path, session } from "./api.js";
+import { api, ApiError, path, session, SIGNED_OUT } from "./api.js";
 import { h, fill } from "./dom.js";
+import { newest, pager } from "./pages.js";
 import { auditTab } from "./audit.js";
 import { accountsTab } from "./accounts.js";
 import { settingsTab } from "./settings.js";
@@ -31,9 +32,24 @@ function powersOf(me) {
 }
 
 let context = null;
+let shown = 0; // which navigation the page shows: a slower answer to an earlier one is dropped
+
+/** Show `children` as the page, titled `title`, and move focus to it (screen readers and
+ * keyboards start from the new content, not from the top of the document). */
+function page(title, ...children) {
+  document.title = `${title} · tokenward console`;
+  fill(app, ...children);
+  const heading = app.querySelector("h1");
+  if (heading) {
+    heading.tabIndex = -1;
+    heading.focus({ preventScroll: true });
+  }
+}
 
 function signOut(message) {
   session.clear();
+  shown += 1;
+  for (const open of document.querySelectorAll("dialog")) open.close();
   context = null;
   history.replaceState(null, "", location.pathname);
   signInScreen(message);
@@ -88,6 +104,7 @@ function signInScreen(message) {
       button.disabled = false;
     }
   });
+  document.title = "Sign in · tokenward console";
   fill(app, form);
   input.focus();
 }
@@ -95,8 +112,8 @@ function signInScreen(message) {
 function refusalScreen() {
   const { me } = context;
   header();
-  fill(
-    app,
+  page(
+    "Refused",
     h("section", { class: "refusal" },
       h("h1", {}, "This token cannot administer tokens"),
       h("p", {}, "The token ", h("strong", {}, me.name), " holds ", (me.effective_scopes || []).join(", ") || "no scopes",
@@ -107,7 +124,7 @@ function refusalScreen() {
 
 /** Sign-in with the token in sessionStorage: whoami decides what the console offers. */
 async function start() {
-  context = powersOf(await api("GET", "/v1/whoami"));
+  context = powersOf(await api("GET", "v1/whoami"));
   if (!context.orgAdmin && !context.teamAdmin) {
     refusalScreen();
     return;
@@ -116,70 +133,99 @@ async function start() {
   route();
 }
 
+/** The hash's path and query; null when it is not one this console wrote (bad escapes, dot
+ * segments: a team is never named "." or ".."). */
 function parseHash() {
   const [where, query] = location.hash.replace(/^#/, "").split("?");
-  const parts = where.split("/").filter(Boolean).map(decodeURIComponent);
-  return { parts, query: new URLSearchParams(query || "") };
+  try {
+    const parts = where.split("/").filter(Boolean).map(decodeURIComponent);
+    if (parts.some((part) => part === "." || part === ".." || part.includes("/"))) return null;
+    return { parts, query: new URLSearchParams(query || "") };
+  } catch {
+    return null;
+  }
 }
 
 function route() {
   if (!context || (!context.orgAdmin && !context.teamAdmin)) return;
-  const { parts, query } = parseHash();
+  shown += 1;
   const home = context.orgAdmin ? "#/teams" : `#/teams/${encodeURIComponent(context.me.team)}/tokens`;
-  if (parts[0] !== "teams" || (parts.length === 1 && !context.orgAdmin)) {
+  const where = parseHash();
+  if (where === null) {
+    problem("Not a page of the console", "That address is not one the console makes.", home);
+    return;
+  }
+  const { parts, query } = where;
+  if (parts[0] !== "teams" || (parts.length === 1 && !context.orgAdmin) || parts.length > 3) {
     location.replace(home);
     return;
   }
   if (parts.length === 1) {
-    teamsScreen(query);
+    teamsScreen(query, shown).catch(failed);
     return;
   }
-  teamScreen(parts[1], parts[2] || "tokens", query).catch(failed);
+  teamScreen(parts[1], parts[2], query, shown).catch(failed);
+}
+
+function problem(title, message, back) {
+  page(title, h("section", { class: "problem" }, h("h1", {}, title), h("p", { role: "alert" }, message),
+    back ? h("p", {}, h("a", { href: back }, "Back")) : null));
 }
 
 function failed(error) {
-  if (error instanceof ApiError && error.status === 401) {
-    signOut(`Signed out: ${error.message}`);
-    return;
-  }
-  fill(app, h("section", { class: "problem" }, h("h1", {}, "Something went wrong"), h("p", { role: "alert" }, error.message),
+  if (error instanceof ApiError && error.status === 401) return; // SIGNED_OUT has signed out
+  page("Something went wrong", h("section", { class: "problem" }, h("h1", {}, "Something went wrong"), h("p", { role: "alert" }, error.message),
     error.requestId ? h("p", { class: "muted" }, `request id ${error.requestId}`) : null));
 }
 
-async function teamsScreen(query) {
-  const cursor = query.get("cursor");
-  const page = await api("GET", path("orgs", context.org, "teams"), { query: { limit: 50, cursor } }).catch(failed);
-  if (!page) return;
-  const table = h(
+async function teamsScreen(query, mine) {
+  const holder = h("div");
+  const fresh = newest();
+  const pages = pager(async (cursor) => {
+    const found = await fresh(api("GET", path("orgs", context.org, "teams"), { query: { limit: 50, cursor } }));
+    if (found === undefined) return undefined;
+    fill(holder, found.teams.length ? h("div", { class: "scroll" }, teamsTable(found.teams))
+      : h("p", {}, "No teams yet: create one with ", h("code", {}, "tokenward team create")));
+    return found;
+  }, failed);
+  await pages.first();
+  if (mine !== shown) return;
+  page(
+    "Teams",
+    h("h1", {}, "Teams"),
+    h("p", { class: "muted" }, `Every team of ${context.org}. Open one to manage its tokens.`),
+    holder,
+    pages.el,
+  );
+}
+
+function teamsTable(teams) {
+  return h(
     "table",
     {},
     h("caption", {}, "Teams"),
     h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Team"), h("th", { scope: "col" }, "Permission set"), h("th", { scope: "col" }, "Created"))),
-    h("tbody", {}, page.teams.map((team) => h("tr", {},
+    h("tbody", {}, teams.map((team) => h("tr", {},
       h("td", {}, h("a", { href: `#/teams/${encodeURIComponent(team.name)}/tokens` }, team.name)),
       h("td", {}, team.permissions.length ? team.permissions.map((scope) => h("code", { class: "scope" }, scope)) : h("span", { class: "muted" }, "none")),
       h("td", {}, team.created_at ? h("time", { datetime: team.created_at, title: team.created_at }, team.created_at.slice(0, 10)) : ""),
     ))),
   );
-  fill(
-    app,
-    h("h1", {}, "Teams"),
-    h("p", { class: "muted" }, `Every team of ${context.org}. Open one to manage its tokens.`),
-    page.teams.length ? h("div", { class: "scroll" }, table) : h("p", {}, "No teams yet: create one with ", h("code", {}, "tokenward team create")),
-    page.next ? h("p", {}, h("a", { href: `#/teams?cursor=${encodeURIComponent(page.next)}` }, "Next page")) : null,
-  );
 }
 
-async function teamScreen(team, tab, query) {
+async function teamScreen(team, tab, query, mine) {
   if (!context.orgAdmin && team !== context.me.team) {
-    fill(app, h("section", { class: "problem" }, h("h1", {}, "Not your team"),
-      h("p", { role: "alert" }, "This token administers its own team only."),
-      h("p", {}, h("a", { href: `#/teams/${encodeURIComponent(context.me.team)}/tokens` }, "Back to your team"))));
+    problem("Not your team", "This token administers its own team only.", `#/teams/${encodeURIComponent(context.me.team)}/tokens`);
     return;
   }
   const tabs = TABS.filter(([key]) => key !== "settings" || context.orgAdmin);
-  const current = tabs.find(([key]) => key === tab) || tabs[0];
+  const current = tabs.find(([key]) => key === tab);
+  if (!current) {
+    location.replace(`#/teams/${encodeURIComponent(team)}/tokens`);
+    return;
+  }
   const info = await api("GET", path("orgs", context.org, "teams", team));
+  if (mine !== shown) return; // the user went elsewhere meanwhile
   const panel = h("section", { role: "tabpanel", id: "panel", "aria-labelledby": `tab-${current[0]}`, tabindex: "-1" });
   const tablist = h("div", { role: "tablist", "aria-label": `${team} sections` }, tabs.map(([key, label]) => h(
     "a",
@@ -192,8 +238,16 @@ async function teamScreen(team, tab, query) {
     },
     label,
   )));
-  fill(
-    app,
+  tablist.addEventListener("keydown", (event) => {
+    const links = [...tablist.querySelectorAll("[role=tab]")];
+    const at = links.indexOf(document.activeElement);
+    const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+    if (at < 0 || !step) return;
+    event.preventDefault();
+    links[(at + step + links.length) % links.length].focus();
+  });
+  page(
+    `${current[1]} · ${team}`,
     context.orgAdmin ? h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/teams" }, "Teams"), " / ") : null,
     h("h1", {}, team),
     tablist,
@@ -203,6 +257,9 @@ async function teamScreen(team, tab, query) {
 }
 
 window.addEventListener("hashchange", route);
+window.addEventListener(SIGNED_OUT, (event) => {
+  if (session.token && context) signOut(`Signed out: ${event.detail.message}`);
+});
 
 if (session.token) {
   start().catch((error) => signOut(error.message));

@@ -2,8 +2,16 @@
 // Refusals name the token they were attributed to.
 
 import { api } from "./api.js";
-import { field } from "./dialogs.js";
+import { field, select } from "./dialogs.js";
 import { h, fill, when } from "./dom.js";
+import { newest, pager } from "./pages.js";
+
+// The actions tokenward records (README "Audit").
+const ACTIONS = [
+  "request.allowed", "request.denied", "token.created", "token.revoked", "token.restored", "token.rotated", "token.updated",
+  "token.deleted", "token.imported", "token.leaked", "token.leak_reported", "service_account.created", "service_account.updated",
+  "service_account.renamed", "service_account.deleted", "team.created", "team.permissions_changed",
+];
 
 const SHOWN = new Set(["id", "time", "ts", "action", "event", "token_id", "token_name", "name", "actor_id", "actor_name", "org", "team",
   "method", "path", "status", "step", "reason"]);
@@ -16,21 +24,21 @@ function rest(event) {
 export async function auditTab(panel, ctx) {
   const inputs = {
     token_id: h("input", { type: "text", autocomplete: "off", value: ctx.query.get("token_id") || "" }),
-    action: h("input", { type: "text", autocomplete: "off", placeholder: "e.g. token.revoked, request.denied" }),
+    action: select([["", "Any"], ...ACTIONS.map((name) => [name, name])], ""),
     since: h("input", { type: "datetime-local" }),
     until: h("input", { type: "datetime-local" }),
   };
   const holder = h("div", { class: "scroll" });
-  const more = h("p");
   const problem = h("p", { class: "error", role: "alert", hidden: true });
 
   const iso = (value) => (value ? new Date(value).toISOString() : undefined);
 
-  async function load(cursor) {
+  const fresh = newest();
+  const pages = pager(async (cursor) => {
     problem.hidden = true;
     let page;
     try {
-      page = await api("GET", "/v1/audit", {
+      page = await fresh(api("GET", "v1/audit", {
         query: {
           team: ctx.team,
           token_id: inputs.token_id.value.trim(),
@@ -40,12 +48,13 @@ export async function auditTab(panel, ctx) {
           limit: 50,
           cursor,
         },
-      });
+      }));
     } catch (error) {
       problem.textContent = error.message;
       problem.hidden = false;
-      return;
+      return { next: null };
     }
+    if (page === undefined) return undefined;
     fill(holder, h("table", { class: "audit" },
       h("caption", {}, "Audit events"),
       h("thead", {}, h("tr", {}, ["Time", "Action", "Token", "By", "Request", "Outcome", "Details"].map((label) => h("th", { scope: "col" }, label)))),
@@ -61,16 +70,16 @@ export async function auditTab(panel, ctx) {
             event.reason ? h("span", { class: "reason" }, event.reason) : null] : ""),
           h("td", { class: "rest" }, rest(event)),
         )))));
-    fill(more, page.next ? h("button", { type: "button", onclick: () => load(page.next) }, "Next page") : null);
-  }
+    return page;
+  });
 
   const form = h("form", { class: "filters", novalidate: true },
     field("Token ID", inputs.token_id), field("Action", inputs.action), field("Since", inputs.since), field("Until", inputs.until),
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Apply")));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    load();
+    pages.first();
   });
-  fill(panel, form, problem, holder, more);
-  await load();
+  fill(panel, form, problem, holder, pages.el);
+  await pages.first();
 }

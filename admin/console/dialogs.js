@@ -114,7 +114,7 @@ export function dialogForm({ close }, fields, submitLabel, submit, { danger = fa
 
 /** "a=b" lines into an object (blank lines skipped); a line without "=" is an error. */
 export function keyValues(text, fieldName) {
-  const result = {};
+  const result = Object.create(null);
   for (const [index, raw] of text.split("\n").entries()) {
     const line = raw.trim();
     if (!line) continue;
@@ -122,7 +122,11 @@ export function keyValues(text, fieldName) {
     if (at <= 0) {
       throw new ApiError(400, { error: "invalid_request", message: `${fieldName}: line ${index + 1} is not key=value`, field: fieldName });
     }
-    result[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+    const key = line.slice(0, at).trim();
+    if (Object.hasOwn(result, key)) {
+      throw new ApiError(400, { error: "invalid_request", message: `${fieldName}: ${key} is given twice (lines ${index + 1} and before)`, field: fieldName });
+    }
+    result[key] = line.slice(at + 1).trim();
   }
   return result;
 }

@@ -1,7 +1,7 @@
 // The Settings tab (org admins): the team's permission set, the most its tokens can hold.
 
 import { api, path } from "./api.js";
-import { clearErrors, field, lines, showError } from "./dialogs.js";
+import { clearErrors, confirmDialog, field, lines, showError } from "./dialogs.js";
 import { h, fill } from "./dom.js";
 
 export async function settingsTab(panel, ctx) {
@@ -17,15 +17,30 @@ export async function settingsTab(panel, ctx) {
     }),
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Save")),
     saved);
+
+  async function save(wanted) {
+    const team = await api("PUT", path("orgs", ctx.org, "teams", ctx.team, "permissions"), { body: { permissions: wanted } });
+    permissions.value = team.permissions.join("\n");
+    ctx.info.permissions = team.permissions;
+    saved.textContent = "Saved.";
+  }
+
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearErrors(form);
     saved.textContent = "";
+    const wanted = lines(permissions.value);
+    const removed = (ctx.info.permissions || []).filter((scope) => !wanted.includes(scope));
+    if (removed.length) {
+      // taking a scope away acts on every token of the team at once: say so first
+      confirmDialog("Remove scopes",
+        `Remove ${removed.join(", ")} from ${ctx.team}? Every token of the team loses ${removed.length === 1 ? "it" : "them"} at once` +
+        `${wanted.length ? "" : ", and with an empty set its tokens can do nothing"}.`,
+        "Remove scopes", () => save(wanted));
+      return;
+    }
     try {
-      const team = await api("PUT", path("orgs", ctx.org, "teams", ctx.team, "permissions"), { body: { permissions: lines(permissions.value) } });
-      permissions.value = team.permissions.join("\n");
-      ctx.info.permissions = team.permissions;
-      saved.textContent = "Saved.";
+      await save(wanted);
     } catch (error) {
       showError(form, error);
     }

@@ -1,9 +1,10 @@
 // The Tokens tab: the table with its filters and pages, Create token, the copy-once dialog,
 // and per row Revoke, Restore, Rotate, Delete and Details.
 
-import { api, path } from "./api.js";
+import { api, ApiError, path } from "./api.js";
 import { checkboxes, confirmDialog, dialogForm, field, keyValues, lines, openDialog, select } from "./dialogs.js";
 import { h, fill, relative, when } from "./dom.js";
+import { newest, pager } from "./pages.js";
 
 const PAGE = 25;
 const STATUSES = [["", "All"], ["active", "Active"], ["grace", "Grace"], ["revoked", "Revoked"], ["expired", "Expired"]];
@@ -37,60 +38,41 @@ export async function tokensTab(panel, ctx) {
     account: select([["", "Any"], ...accounts.map((name) => [name, name])], ctx.query.get("service_account") || ""),
     search: h("input", { type: "search", autocomplete: "off" }),
   };
-  const pages = { cursors: [null], at: 0, next: null, rows: [] };
   const tableHolder = h("div", { class: "scroll" });
-  const pager = {
-    previous: h("button", { type: "button", disabled: true }, "Previous page"),
-    next: h("button", { type: "button", disabled: true }, "Next page"),
-    where: h("span", { class: "muted" }),
-  };
+  const fresh = newest();
+  let rows = [];
 
-  async function load() {
-    const page = await api("GET", tokensPath(ctx), {
+  function draw() {
+    const needle = filters.search.value.trim().toLowerCase();
+    const shown = needle
+      ? rows.filter((token) => [token.name, token.description, token.display_prefix, token.id, token.service_account, ...(token.scopes || [])]
+        .some((text) => text && text.toLowerCase().includes(needle)))
+      : rows;
+    fill(tableHolder, tokenTable(shown, ctx, reload));
+  }
+
+  const pages = pager(async (cursor) => {
+    const page = await fresh(api("GET", tokensPath(ctx), {
       query: {
         limit: PAGE,
-        cursor: pages.cursors[pages.at],
+        cursor,
         status: filters.status.value,
         expiring_within: filters.expiring.value,
         service_account: filters.account.value,
       },
-    });
-    pages.rows = page.tokens;
-    pages.next = page.next;
+    }));
+    if (page === undefined) return undefined;
+    rows = page.tokens;
     draw();
-  }
-
-  function draw() {
-    const needle = filters.search.value.trim().toLowerCase();
-    const rows = needle
-      ? pages.rows.filter((token) => [token.name, token.description, token.display_prefix, token.id, token.service_account, ...(token.scopes || [])]
-        .some((text) => text && text.toLowerCase().includes(needle)))
-      : pages.rows;
-    fill(tableHolder, tokenTable(rows, ctx, reload));
-    pager.previous.disabled = pages.at === 0;
-    pager.next.disabled = !pages.next;
-    pager.where.textContent = `page ${pages.at + 1}`;
-  }
+    return page;
+  }, ctx.failed);
 
   function reload() {
-    load().catch(ctx.failed);
+    pages.again().catch(ctx.failed);
   }
 
-  pager.next.addEventListener("click", () => {
-    pages.cursors[pages.at + 1] = pages.next;
-    pages.at += 1;
-    reload();
-  });
-  pager.previous.addEventListener("click", () => {
-    pages.at = Math.max(0, pages.at - 1);
-    reload();
-  });
   for (const control of [filters.status, filters.expiring, filters.account]) {
-    control.addEventListener("change", () => {
-      pages.cursors = [null];
-      pages.at = 0;
-      reload();
-    });
+    control.addEventListener("change", () => pages.first().catch(ctx.failed));
   }
   filters.search.addEventListener("input", draw);
 
@@ -110,9 +92,9 @@ export async function tokensTab(panel, ctx) {
       field("Service account", filters.account),
       field("Search", filters.search, { hint: "name, prefix, id or scope, on this page" })),
     tableHolder,
-    h("div", { class: "pager" }, pager.previous, pager.where, pager.next),
+    pages.el,
   );
-  await load();
+  await pages.first();
 }
 
 function statusCell(token) {
@@ -147,7 +129,7 @@ function tokenTable(tokens, ctx, reload) {
       ? h("tr", {}, h("td", { colspan: head.length, class: "muted" }, "No tokens match."))
       : tokens.map((token) => h("tr", { "data-token-id": token.id },
         h("th", { scope: "row" }, h("span", { class: "name" }, token.name), token.description ? h("span", { class: "hint" }, token.description) : null),
-        h("td", {}, h("code", {}, token.display_prefix)),
+        h("td", {}, h("code", { class: "prefix" }, token.display_prefix)),
         h("td", {}, scopesCell(token)),
         h("td", {}, token.service_account || h("span", { class: "muted" }, "—")),
         h("td", {}, when(token.last_used_at)),
@@ -221,7 +203,7 @@ function createDialog(ctx, accounts, reload) {
   const expiry = select(EXPIRY, "90d");
   const date = h("input", { type: "date", hidden: true, "aria-label": "Expiry date" });
   const account = select([["", "(none)"], ...accounts.map((one) => [one, one])], ctx.query.get("service_account") || "");
-  const constraints = h("textarea", { rows: 2, placeholder: "env=prod" });
+  const constraints = h("textarea", { rows: 2, placeholder: "api=pets" });
   const cidrs = h("textarea", { rows: 2, placeholder: "10.0.0.0/8" });
   const metadata = h("textarea", { rows: 2, placeholder: "ticket=OPS-123" });
   expiry.addEventListener("change", () => {
@@ -243,6 +225,9 @@ function createDialog(ctx, accounts, reload) {
       field("Allowed CIDRs", cidrs, { name: "allowed_cidrs", hint: "client networks it may be used from, one per line (empty: any)" }),
       field("Metadata", metadata, { name: "metadata", hint: "key=value per line, for your own records" }),
     ], "Create", async () => {
+      if (!name.value.trim()) {
+        throw new ApiError(400, { error: "invalid_request", message: "name: give the token a name", field: "name" });
+      }
       const body = {
         name: name.value.trim(),
         scopes: [...scopes.querySelectorAll("input:checked")].map((box) => box.value),
@@ -267,13 +252,15 @@ function createDialog(ctx, accounts, reload) {
   name.focus();
 }
 
-/** The plaintext token, once: Copy, the warning, example lines. Closing forgets it. */
+/** The plaintext token, once: Copy, the warning, example lines. Closing forgets it; closing
+ * before Copy was pressed asks first (Escape included). */
 export function copyOnceDialog(created, title, note) {
   const secret = h("input", { type: "text", readOnly: true, value: created.token, class: "secret", spellcheck: "false", "aria-label": "New token" });
   const copied = h("span", { class: "copied", role: "status" });
   const examples = h("pre", { class: "examples" },
-    `export TOKENWARD_TOKEN='${created.token}'\n`,
-    "curl -H \"Authorization: Bearer $TOKENWARD_TOKEN\" https://<gateway>/<path>");
+    `export SERVICE_TOKEN='${created.token}'\n`,
+    "curl -H \"Authorization: Bearer $SERVICE_TOKEN\" https://<gateway>/<path>");
+  const state = { copied: false };
   const copy = async () => {
     try {
       await navigator.clipboard.writeText(secret.value);
@@ -281,18 +268,36 @@ export function copyOnceDialog(created, title, note) {
       secret.select();
       document.execCommand("copy");
     }
+    state.copied = true;
     copied.textContent = "Copied";
   };
-  openDialog(title, ({ close }) => [
-    h("p", { class: "warn" }, "Copy it now. It will not be shown again: tokenward keeps only its hash."),
-    h("div", { class: "copyline" }, secret, h("button", { type: "button", class: "primary", onclick: copy }, "Copy"), copied),
-    h("p", { class: "muted" }, `${created.name} · ${created.display_prefix} · `, created.expires_at ? `expires ${created.expires_at}` : "never expires"),
-    note ? h("p", { class: "warn" }, note) : null,
-    (created.warnings || []).map((warning) => h("p", { class: "warn" }, warning)),
-    h("p", {}, "Use it:"),
-    examples,
-    h("div", { class: "actions" }, h("button", { type: "button", onclick: close }, "Done")),
-  ], {
+  const unsure = h("p", { class: "warn", role: "alert", hidden: true });
+  openDialog(title, ({ dialog, close }) => {
+    const done = () => {
+      if (state.copied || !unsure.hidden) {
+        close();
+        return;
+      }
+      fill(unsure, "You have not pressed Copy: the token will not be shown again. ",
+        h("button", { type: "button", onclick: close }, "Close anyway"));
+      unsure.hidden = false;
+    };
+    dialog.addEventListener("cancel", (event) => {
+      event.preventDefault();
+      done();
+    });
+    return [
+      h("p", { class: "warn" }, "Copy it now. It will not be shown again: tokenward keeps only its hash."),
+      h("div", { class: "copyline" }, secret, h("button", { type: "button", class: "primary", onclick: copy }, "Copy"), copied),
+      h("p", { class: "muted" }, `${created.name} · ${created.display_prefix} · `, created.expires_at ? `expires ${created.expires_at}` : "never expires"),
+      note ? h("p", { class: "warn" }, note) : null,
+      (created.warnings || []).map((warning) => h("p", { class: "warn" }, warning)),
+      h("p", {}, "Use it:"),
+      examples,
+      unsure,
+      h("div", { class: "actions" }, h("button", { type: "button", onclick: done }, "Done")),
+    ];
+  }, {
     className: "wide",
     onClose: () => {
       secret.value = "";
@@ -324,10 +329,12 @@ const SHOWN = [
   ["ineffective_scopes", "Not granted by the team"], ["constraints", "Constraints"], ["allowed_cidrs", "Allowed CIDRs"],
   ["metadata", "Metadata"], ["status", "Status"], ["created_at", "Created"], ["created_by", "Created by"], ["last_used_at", "Last used"],
   ["expires_at", "Expires"], ["grace_until", "Grace until"], ["replaced_by", "Replaced by"], ["revoked_at", "Revoked"],
-  ["revoked_by", "Revoked by"], ["revoke_reason", "Revoke reason"], ["legacy", "Imported key"],
+  ["revoked_by", "Revoked by"], ["revoked_by_level", "Revoked at level"], ["revoke_reason", "Revoke reason"],
+  ["service_account_id", "Service account ID"], ["legacy", "Imported from an old system"],
 ];
 
 function show(value) {
+  if (typeof value === "boolean") return value ? "yes" : "no";
   if (Array.isArray(value)) return value.length ? value.join(", ") : "none";
   if (value && typeof value === "object") {
     const pairs = Object.entries(value);
@@ -358,7 +365,7 @@ function usageReport(usage) {
     h("p", {}, `${usage.requests} requests, ${usage.allowed ?? 0} allowed, since ${usage.since}.`),
     counts("By route", usage.by_route),
     counts("Refused, by step", usage.refused),
-    counts("Scopes used", usage.scopes_used),
+    counts("Scopes used", Object.fromEntries(Object.entries(usage.scopes_used || {}).filter(([, count]) => count > 0))),
     h("p", {}, "Unused scopes: ", usage.unused_scopes.length ? usage.unused_scopes.join(", ") : "none"),
     counts("By day", Object.fromEntries(Object.entries(usage.by_day || {}).filter(([, count]) => count > 0))));
 }

@@ -197,8 +197,13 @@ async def test_rotate_restore_and_delete_from_the_table(tab: Tab, console: Conso
     assert new != old
     assert await console.through(new) == 200
     assert await console.through(old) == 200  # within its grace period
-    await copy_dialog(page).get_by_role("button", name="Done").click()
-    await expect(copy_dialog(page)).to_be_hidden()
+    # Done before Copy asks first: the token will not be shown again
+    shown = copy_dialog(page)
+    await shown.get_by_role("button", name="Done").click()
+    await expect(shown.get_by_role("alert")).to_contain_text("not pressed Copy")
+    await expect(shown).to_be_visible()
+    await shown.get_by_role("button", name="Close anyway").click()
+    await expect(shown).to_be_hidden()
     await forgotten(page, new)
     await expect(row(table, "rotating").filter(has_text="grace")).to_have_count(1)
     await expect(row(table, "rotating").filter(has_text="active")).to_have_count(1)
@@ -358,6 +363,7 @@ async def test_screenshots_of_the_main_screens(tab: Tab, console: Console, tmp_p
     await form.get_by_role("button", name="Create", exact=True).click()
     await new_token_from(page)
     await shoot("copy")
+    await copy_dialog(page).get_by_role("button", name="Copy", exact=True).click()
     await copy_dialog(page).get_by_role("button", name="Done").click()
     await row(table, "release-pipeline").get_by_role("button", name="Details").click()
     await expect(dialog(page, "Token details")).to_contain_text("deployer")

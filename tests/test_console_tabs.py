@@ -118,7 +118,7 @@ async def test_the_audit_tab_filters_and_attributes_refusals(tab: Tab, console: 
     audit = page.get_by_role("table", name="Audit events")
     await expect(audit).to_contain_text("token.revoked")
 
-    await page.get_by_label("Action").fill("request.denied")
+    await page.get_by_label("Action").select_option("request.denied")
     await page.get_by_role("button", name="Apply").click()
     refused = body_rows(audit)
     await expect(refused.filter(has_text="token.revoked")).to_have_count(0)
@@ -126,7 +126,7 @@ async def test_the_audit_tab_filters_and_attributes_refusals(tab: Tab, console: 
     await expect(refused).to_contain_text("request.denied")
     await expect(refused).to_contain_text(watcher["id"])  # attributed to the token
 
-    await page.get_by_label("Action").fill("")
+    await page.get_by_label("Action").select_option("")
     await page.get_by_label("Token ID").fill(watcher["id"])
     await page.get_by_role("button", name="Apply").click()
     await expect(body_rows(audit)).to_have_count(3)  # created, revoked, refused
@@ -145,6 +145,9 @@ async def test_settings_change_the_scopes_tokens_may_hold(tab: Tab, console: Con
     await expect(permissions).to_have_value("read:apis\nwrite:apis\nadmin:team")
     await permissions.fill("read:apis\nadmin:team")
     await page.get_by_role("button", name="Save").click()
+    confirm = dialog(page, "Remove scopes")  # it acts on every token of the team at once
+    await expect(confirm).to_contain_text("write:apis")
+    await confirm.get_by_role("button", name="Remove scopes").click()
     await expect(page.get_by_role("status")).to_contain_text("Saved")
 
     await page.get_by_role("tab", name="Tokens").click()

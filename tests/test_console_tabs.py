@@ -5,11 +5,22 @@ like tests/test_console_browser.py, on the same session browser.
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 from playwright.async_api import Locator, expect
 
 from tests.helpers.browser import Tab
-from tests.helpers.console import ACCOUNTS, Console, beside, dialog, open_platform, row, tokens_table
+from tests.helpers.console import (
+    ACCOUNTS,
+    Console,
+    beside,
+    create_token,
+    dialog,
+    open_platform,
+    row,
+    tokens_table,
+)
 from tests.helpers.gateway import admin
 
 # The browser and the console live in the session's loop (tests/conftest.py).
@@ -156,4 +167,44 @@ async def test_settings_change_the_scopes_tokens_may_hold(tab: Tab, console: Con
     form = dialog(page, "Create token")
     await expect(form.get_by_role("checkbox", name="read:apis")).to_be_visible()
     await expect(form.get_by_role("checkbox", name="write:apis")).to_have_count(0)
+    assert tab.watch.problems() == []
+
+
+async def test_create_with_a_custom_expiry_date(tab: Tab, console: Console) -> None:
+    """Expires: 90 days by default; a date within tokens.max_ttl (365d here) is the token's
+    expiry, one beyond it is the server's refusal, shown in the dialog."""
+    page = tab.page
+    await open_platform(tab, console)
+    form = await create_token(page, "dated", "read:apis")
+    expires = form.get_by_label("Expires", exact=True)
+    await expect(expires.locator("option:checked")).to_have_text("90 days")
+    await expires.select_option(label="Custom date")
+    today = datetime.datetime.now(datetime.UTC).date()
+    date = form.get_by_label("Expiry date")
+    await date.fill((today + datetime.timedelta(days=3 * 365)).isoformat())
+    await form.get_by_role("button", name="Create", exact=True).click()
+    await expect(form.get_by_role("alert")).to_contain_text("max_ttl")
+    wanted = (today + datetime.timedelta(days=30)).isoformat()
+    await date.fill(wanted)
+    await form.get_by_role("button", name="Create", exact=True).click()
+    await expect(dialog(page, "Copy your new token")).to_contain_text(f"expires {wanted}T00:00:00Z")
+    assert tab.watch.problems() == []
+
+
+async def test_the_pages_fit_a_small_laptop_screen(tab: Tab, console: Console) -> None:
+    """At 1024x640 nothing but the tables' own scrolling boxes is wider than the window, and
+    the team page's controls are on screen."""
+    page = tab.page
+    await page.set_viewport_size({"width": 1024, "height": 640})
+    no_overflow = "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    await page.goto(console.ui)
+    await expect(page.get_by_role("button", name="Sign in")).to_be_in_viewport()
+    assert await page.evaluate(no_overflow)
+    table = await open_platform(tab, console)
+    await expect(page.get_by_role("button", name="Create token")).to_be_in_viewport()
+    await expect(page.get_by_role("button", name="Sign out")).to_be_in_viewport()
+    assert await page.evaluate(no_overflow)
+    await row(table, "reader").get_by_role("button", name="Details").click()
+    await expect(dialog(page, "Token details").get_by_role("button", name="Close")).to_be_visible()
+    assert await page.evaluate(no_overflow)
     assert tab.watch.problems() == []

@@ -91,6 +91,7 @@ async def test_org_admin_creates_copies_uses_and_revokes_a_token(tab: Tab, conso
     await confirm.get_by_role("button", name="Revoke token").click()
     await expect(confirm).to_be_hidden()
     await expect(created).to_contain_text("revoked")
+    await expect(created).to_contain_text("pasted in a chat")  # the status's reason
     assert await console.through(token) == 401
     assert tab.watch.problems() == []
 

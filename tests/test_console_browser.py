@@ -121,6 +121,8 @@ async def test_a_token_without_admin_rights_gets_the_refusal_page(tab: Tab, cons
     await sign_in(tab, console, "tw_sat_not-a-token")
     await expect(page.get_by_role("alert")).to_be_visible()  # the API's message
     await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    await expect(page.get_by_label("Token", exact=True)).to_have_attribute("type", "password")
+    assert await page.evaluate("sessionStorage.length") == 0  # a refused token is not kept
 
     await page.get_by_label("Token", exact=True).fill(console.reader)
     await page.get_by_role("button", name="Sign in").click()

@@ -3,7 +3,7 @@
 import { api, path } from "./api.js";
 import { confirmDialog, dialogForm, field, openDialog } from "./dialogs.js";
 import { h, fill, when } from "./dom.js";
-import { newest, pager } from "./pages.js";
+import { keepFocus, newest, pager } from "./pages.js";
 
 export async function accountsTab(panel, ctx) {
   const base = path("orgs", ctx.org, "teams", ctx.team, "service-accounts");
@@ -26,6 +26,7 @@ export async function accountsTab(panel, ctx) {
             h("a", { href: `#/teams/${encodeURIComponent(ctx.team)}/tokens?service_account=${encodeURIComponent(account.name)}`, "aria-label": "Tokens", title: `Tokens of ${account.name}` }, "Tokens"),
             h("button", { type: "button", "aria-label": "Delete", title: `Delete ${account.name}`, onclick: () => remove(account) }, "Delete")),
         )))));
+    keepFocus(holder.querySelector("table"));
     return page;
   }, ctx.failed);
 

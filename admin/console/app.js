@@ -49,7 +49,7 @@ function page(title, ...children) {
 function signOut(message) {
   session.clear();
   shown += 1;
-  for (const open of document.querySelectorAll("dialog")) open.close();
+  closeDialogs();
   context = null;
   history.replaceState(null, "", location.pathname);
   signInScreen(message);
@@ -146,9 +146,16 @@ function parseHash() {
   }
 }
 
+/** Close the open dialogs: they act on the page they were opened from. The copy-once dialog
+ * stays (its token is shown nowhere else). */
+function closeDialogs() {
+  for (const open of document.querySelectorAll("dialog:not(.keep)")) open.close();
+}
+
 function route() {
   if (!context || (!context.orgAdmin && !context.teamAdmin)) return;
   shown += 1;
+  closeDialogs();
   const home = context.orgAdmin ? "#/teams" : `#/teams/${encodeURIComponent(context.me.team)}/tokens`;
   const where = parseHash();
   if (where === null) {
@@ -161,10 +168,10 @@ function route() {
     return;
   }
   if (parts.length === 1) {
-    teamsScreen(query, shown).catch(failed);
+    teamsScreen(query, shown).catch(failedFor(shown));
     return;
   }
-  teamScreen(parts[1], parts[2], query, shown).catch(failed);
+  teamScreen(parts[1], parts[2], query, shown).catch(failedFor(shown));
 }
 
 function problem(title, message, back) {
@@ -172,10 +179,17 @@ function problem(title, message, back) {
     back ? h("p", {}, h("a", { href: back }, "Back")) : null));
 }
 
-function failed(error) {
-  if (error instanceof ApiError && error.status === 401) return; // SIGNED_OUT has signed out
-  page("Something went wrong", h("section", { class: "problem" }, h("h1", {}, "Something went wrong"), h("p", { role: "alert" }, error.message),
-    error.requestId ? h("p", { class: "muted" }, `request id ${error.requestId}`) : null));
+/** What to do with a failure of navigation `mine`: show it, unless the user went elsewhere
+ * meanwhile (then it belongs to a page no longer shown) or it was a 401 (SIGNED_OUT signed out). */
+function failedFor(mine) {
+  return (error) => {
+    if (mine !== shown || (error instanceof ApiError && error.status === 401)) return;
+    page("Something went wrong", h("section", { class: "problem" }, h("h1", {}, "Something went wrong"),
+      h("p", { role: "alert" }, error.message),
+      error.requestId ? h("p", { class: "muted" }, `request id ${error.requestId}`) : null,
+      h("div", { class: "actions" }, h("button", { type: "button", onclick: route }, "Try again"),
+        h("a", { href: context && context.orgAdmin ? "#/teams" : "#/" }, "Home"))));
+  };
 }
 
 async function teamsScreen(query, mine) {
@@ -187,7 +201,7 @@ async function teamsScreen(query, mine) {
     fill(holder, found.teams.length ? h("div", { class: "scroll" }, teamsTable(found.teams))
       : h("p", {}, "No teams yet: create one with ", h("code", {}, "tokenward team create")));
     return found;
-  }, failed);
+  }, failedFor(mine));
   await pages.first();
   if (mine !== shown) return;
   page(
@@ -253,7 +267,7 @@ async function teamScreen(team, tab, query, mine) {
     tablist,
     panel,
   );
-  await current[2](panel, { ...context, team, info, query, failed, refresh: route });
+  await current[2](panel, { ...context, team, info, query, failed: failedFor(mine), refresh: route });
 }
 
 window.addEventListener("hashchange", route);
@@ -261,8 +275,23 @@ window.addEventListener(SIGNED_OUT, (event) => {
   if (session.token && context) signOut(`Signed out: ${event.detail.message}`);
 });
 
+/** The console could not start with the token it holds: a 401 forgets it; anything else
+ * (the store restarting, the API unreachable) keeps it and offers to try again. */
+function resume() {
+  start().catch((error) => {
+    if (error instanceof ApiError && error.status === 401) {
+      signOut(`Signed out: ${error.message}`);
+      return;
+    }
+    page("Cannot reach the admin API", h("section", { class: "problem" }, h("h1", {}, "Cannot reach the admin API"),
+      h("p", { role: "alert" }, error.message),
+      h("div", { class: "actions" }, h("button", { type: "button", onclick: resume }, "Try again"),
+        h("button", { type: "button", onclick: () => signOut() }, "Sign out"))));
+  });
+}
+
 if (session.token) {
-  start().catch((error) => signOut(error.message));
+  resume();
 } else {
   signInScreen();
 }

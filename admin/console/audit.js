@@ -57,17 +57,18 @@ export async function auditTab(panel, ctx) {
     if (page === undefined) return undefined;
     fill(holder, h("table", { class: "audit" },
       h("caption", {}, "Audit events"),
-      h("thead", {}, h("tr", {}, ["Time", "Action", "Token", "By", "Request", "Outcome", "Details"].map((label) => h("th", { scope: "col" }, label)))),
+      h("thead", {}, h("tr", {}, ["Time", "Action", "Token", "By", "Request and outcome", "Details"].map((label) => h("th", { scope: "col" }, label)))),
       h("tbody", {}, page.events.length === 0
-        ? h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No events match."))
+        ? h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No events match."))
         : page.events.map((event) => h("tr", {},
           h("td", {}, when(event.time, "")),
           h("td", {}, h("code", {}, event.action)),
           h("td", {}, [event.token_name || event.name || "", event.token_id ? h("code", { class: "id" }, event.token_id) : null]),
           h("td", {}, event.actor_name || event.actor_id || ""),
-          h("td", {}, event.method ? [h("code", {}, `${event.method} ${event.path}`), h("span", { class: "id" }, `→ ${event.status}`)] : ""),
-          h("td", {}, event.step ? [h("span", { class: `badge ${String(event.action).endsWith("denied") ? "revoked" : "active"}` }, event.step),
-            event.reason ? h("span", { class: "reason" }, event.reason) : null] : ""),
+          h("td", {},
+            event.method ? [h("code", {}, `${event.method} ${event.path}`), h("span", { class: "id" }, `→ ${event.status}`)] : null,
+            event.step ? [h("span", { class: `badge ${String(event.action).endsWith("denied") ? "revoked" : "active"}` }, event.step),
+              event.reason ? h("span", { class: "reason" }, event.reason) : null] : null),
           h("td", { class: "rest" }, rest(event)),
         )))));
     return page;

@@ -20,6 +20,7 @@ export function pager(load, failed = () => {}) {
     previous.disabled = state.at === 0;
     next.disabled = !state.next;
     where.textContent = `page ${state.at + 1}`;
+    keepFocus(!next.disabled ? next : !previous.disabled ? previous : where);
   }
 
   next.addEventListener("click", () => {
@@ -46,14 +47,28 @@ export function pager(load, failed = () => {}) {
   };
 }
 
-/** `latest(promise)` resolves to its value only if no later call was made meanwhile, else
- * to undefined: the answer to an older filter or page is dropped. */
+/** `fresh(promise)` resolves to its value only if no later call was made meanwhile, else to
+ * undefined: the answer to an older filter or page is dropped, and so is its failure. */
 export function newest() {
   let last = 0;
   return async (promise) => {
     last += 1;
     const mine = last;
-    const value = await promise;
-    return mine === last ? value : undefined;
+    try {
+      const value = await promise;
+      return mine === last ? value : undefined;
+    } catch (error) {
+      if (mine === last) throw error;
+      return undefined;
+    }
   };
+}
+
+/** After a redraw took away the focused element (a row's button, a disabled pager button),
+ * put focus on `target` rather than leave keyboard users at the top of the page. */
+export function keepFocus(target) {
+  if (target && (document.activeElement === document.body || !document.activeElement)) {
+    if (!target.hasAttribute("tabindex")) target.tabIndex = -1;
+    target.focus({ preventScroll: true });
+  }
 }

@@ -4,7 +4,7 @@
 import { api, ApiError, path } from "./api.js";
 import { checkboxes, confirmDialog, dialogForm, field, keyValues, lines, openDialog, select } from "./dialogs.js";
 import { h, fill, relative, when } from "./dom.js";
-import { newest, pager } from "./pages.js";
+import { keepFocus, newest, pager } from "./pages.js";
 
 const PAGE = 25;
 const STATUSES = [["", "All"], ["active", "Active"], ["grace", "Grace"], ["revoked", "Revoked"], ["expired", "Expired"]];
@@ -22,6 +22,27 @@ export function scopeMeaning(scope) {
   if (level === "write") return { text: `reads and writes ${on}` };
   if (level === "admin") return { text: `reads, writes and administers ${on}` };
   return null;
+}
+
+const LEVELS = ["read", "write", "admin"];
+const RESERVED = new Set(["org", "team"]); // admin-plane resources: no wildcard covers them
+
+/** Whether scope `held` covers `wanted` (gateway/scopes.py: read < write < admin on one
+ * resource; `*` any resource but org and team; a capability only itself). */
+export function covers(held, wanted) {
+  if (held === wanted) return true;
+  if (!held.includes(":") || !wanted.includes(":")) return false;
+  const [hl, hr] = held.split(":", 2);
+  const [wl, wr] = wanted.split(":", 2);
+  const resourceOk = hr === wr || (hr === "*" && !RESERVED.has(wr));
+  return resourceOk && LEVELS.indexOf(hl) >= LEVELS.indexOf(wl) && LEVELS.indexOf(wl) >= 0;
+}
+
+/** Whether the signed-in token may grant `scope` (an org admin grants within the team's set;
+ * a team admin only what it holds itself). */
+function canGrant(ctx, scope) {
+  if (ctx.orgAdmin) return true;
+  return (ctx.me.effective_scopes || []).some((held) => covers(held, scope));
 }
 
 function tokensPath(ctx, ...rest) {
@@ -49,6 +70,7 @@ export async function tokensTab(panel, ctx) {
         .some((text) => text && text.toLowerCase().includes(needle)))
       : rows;
     fill(tableHolder, tokenTable(shown, ctx, reload));
+    keepFocus(tableHolder.querySelector("table"));
   }
 
   const pages = pager(async (cursor) => {
@@ -146,7 +168,8 @@ function rowActions(token, ctx, reload) {
   return [
     live ? h("button", { type: "button", ...label("Revoke"), onclick: () => revokeDialog(token, ctx, reload) }, "Revoke") : null,
     token.status === "revoked" ? h("button", { type: "button", ...label("Restore"), onclick: () => restore(token, ctx, reload) }, "Restore") : null,
-    token.status === "active" ? h("button", { type: "button", ...label("Rotate"), onclick: () => rotateDialog(token, ctx, reload) }, "Rotate") : null,
+    token.status === "active" && token.scopes.every((scope) => canGrant(ctx, scope))
+      ? h("button", { type: "button", ...label("Rotate"), onclick: () => rotateDialog(token, ctx, reload) }, "Rotate") : null,
     token.status === "revoked" || token.status === "expired"
       ? h("button", { type: "button", ...label("Delete"), onclick: () => deleteDialog(token, ctx, reload) }, "Delete") : null,
     h("button", { type: "button", ...label("Details"), onclick: () => detailsDrawer(token, ctx) }, "Details"),
@@ -185,6 +208,9 @@ function rotateDialog(token, ctx, reload) {
   const grace = h("input", { type: "text", value: "24h", autocomplete: "off" });
   openDialog("Rotate token", (dialogCtx) => [
     h("p", {}, `Rotate ${token.name}: a new token with the same scopes, name and lifetime; the old one keeps working for the grace period.`),
+    token.id === ctx.me.id
+      ? h("p", { class: "warn" }, "This is the token you are signed in with: once its grace period ends, sign in again with the new one.")
+      : null,
     dialogForm(dialogCtx, [field("Grace period", grace, { name: "grace_period", hint: "e.g. 24h, 7d, or 0s to stop the old token at once" })],
       "Rotate token", async () => {
         const rotated = await api("POST", tokensPath(ctx, token.id, "rotate"), { body: { grace_period: grace.value.trim() } });
@@ -199,7 +225,11 @@ function createDialog(ctx, accounts, reload) {
   const permissions = ctx.info.permissions || [];
   const name = h("input", { type: "text", maxlength: 100, required: true, autocomplete: "off" });
   const description = h("input", { type: "text", maxlength: 1000, autocomplete: "off" });
-  const scopes = checkboxes("Scopes", permissions, { name: "scopes", describe: scopeMeaning });
+  const scopes = checkboxes("Scopes", permissions, {
+    name: "scopes",
+    describe: (scope) => (canGrant(ctx, scope) ? scopeMeaning(scope) : { text: "your token cannot grant this: it does not hold it", warn: true }),
+  });
+  for (const box of scopes.querySelectorAll("input[type=checkbox]")) box.disabled = !canGrant(ctx, box.value);
   const expiry = select(EXPIRY, "90d");
   const date = h("input", { type: "date", hidden: true, "aria-label": "Expiry date" });
   const account = select([["", "(none)"], ...accounts.map((one) => [one, one])], ctx.query.get("service_account") || "");
@@ -233,7 +263,10 @@ function createDialog(ctx, accounts, reload) {
         scopes: [...scopes.querySelectorAll("input:checked")].map((box) => box.value),
       };
       if (description.value.trim()) body.description = description.value.trim();
-      if (expiry.value === "date") body.expires_at = date.value;
+      if (expiry.value === "date") {
+        if (!date.value) throw new ApiError(400, { error: "invalid_request", message: "expires_at: pick a date", field: "expires_at" });
+        body.expires_at = date.value;
+      }
       else if (expiry.value !== "never") body.expires_in = expiry.value;
       if (account.value) body.service_account = account.value;
       const bound = keyValues(constraints.value, "constraints");
@@ -298,7 +331,7 @@ export function copyOnceDialog(created, title, note) {
       h("div", { class: "actions" }, h("button", { type: "button", onclick: done }, "Done")),
     ];
   }, {
-    className: "wide",
+    className: "wide keep",
     onClose: () => {
       secret.value = "";
       examples.textContent = "";

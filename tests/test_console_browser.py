@@ -395,3 +395,6 @@ async def test_the_readme_shows_screenshots_that_exist() -> None:
     for name in shown:
         assert Path(name).stem in SCREENS, f"{name} is no screenshot the tests take"
         assert (DOCS / name).is_file(), f"docs/console/{name} is missing: TOKENWARD_SCREENSHOTS=1"
+    # and every screenshot the tests take is shown: none is left behind in docs/
+    assert sorted({Path(name).stem for name in shown}) == sorted(SCREENS)
+    assert sorted(p.name for p in DOCS.iterdir()) == sorted(f"{name}.png" for name in SCREENS)

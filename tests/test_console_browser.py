@@ -285,6 +285,33 @@ async def test_the_console_is_usable_with_the_keyboard_alone(tab: Tab, console: 
     assert await form.evaluate("(d) => d.contains(document.activeElement)")  # focus moved in
     await page.keyboard.press("Escape")
     await expect(form).to_be_hidden()
+
+    # create, copy and revoke a token, keys only
+    await tab_to(page.get_by_role("button", name="Create token"))
+    await page.keyboard.press("Enter")
+    await tab_to(form.get_by_label("Name", exact=True))
+    await page.keyboard.type("typed")
+    await tab_to(form.get_by_role("checkbox", name="read:apis"))
+    await page.keyboard.press("Space")
+    await tab_to(form.get_by_role("button", name="Create", exact=True))
+    await page.keyboard.press("Enter")
+    token = await new_token_from(page)
+    shown = copy_dialog(page)
+    await tab_to(shown.get_by_role("button", name="Copy", exact=True))
+    await page.keyboard.press("Enter")
+    await expect(shown).to_contain_text("Copied")
+    assert await read_clipboard(page) == token
+    await tab_to(shown.get_by_role("button", name="Done"))
+    await page.keyboard.press("Enter")
+    await expect(shown).to_be_hidden()
+    typed = row(tokens_table(page), "typed")
+    await tab_to(typed.get_by_role("button", name="Revoke"))
+    await page.keyboard.press("Enter")
+    confirm = dialog(page, "Revoke token")
+    await tab_to(confirm.get_by_role("button", name="Revoke token"))
+    await page.keyboard.press("Enter")
+    await expect(typed).to_contain_text("revoked")
+    assert await console.through(token) == 401
     assert tab.watch.problems() == []
 
 
@@ -395,3 +422,6 @@ async def test_the_readme_shows_screenshots_that_exist() -> None:
     for name in shown:
         assert Path(name).stem in SCREENS, f"{name} is no screenshot the tests take"
         assert (DOCS / name).is_file(), f"docs/console/{name} is missing: TOKENWARD_SCREENSHOTS=1"
+    # and every screenshot the tests take is shown: none is left behind in docs/
+    assert sorted({Path(name).stem for name in shown}) == sorted(SCREENS)
+    assert sorted(p.name for p in DOCS.iterdir()) == sorted(f"{name}.png" for name in SCREENS)

@@ -107,6 +107,8 @@ def token_view(
         "replaced_by": token.replaced_by,
         "metadata": dict(token.metadata),
         "legacy": token.legacy,
+        "parent_id": token.parent_id,  # a child token's (admin/delegate.py)
+        "run_id": token.run_id,
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -17,6 +18,7 @@ import pytest
 import redis
 
 from tests.helpers.gateway import APIS, TEAMS, TOKENS, Gateway, LogReader, admin, apis_status
+from tests.helpers.process import env_for_subprocess, run_cli
 from tokenward.gateway.scopes import ADMIN_ORG, ADMIN_TEAM, capability, covers, effective_covers, parse_scope
 from tokenward.gateway.store import TokenEdit
 
@@ -345,3 +347,31 @@ async def test_the_policy_ttl_is_configurable(
     status, data = await delegate(gw, parent, ttl="31m")
     assert status == 400 and "tokens.delegation.max_ttl" in data["message"]
     assert (await delegate(gw, parent, ttl="30m"))[0] == 201
+
+
+# -- 5. the CLI ------------------------------------------------------------------------------------
+async def test_the_cli_delegates_with_the_calling_token(gateway: Gateway) -> None:
+    gw = gateway
+    org_admin = await team_with_delegate(gw)
+    parent, parent_id = await gw.token("platform", ["read:apis", "delegate"], name="agent")
+    env = {**env_for_subprocess(), "TOKENWARD_ADMIN_URL": gw.admin_url, "TOKENWARD_TOKEN": parent}
+    code, out, err = await run_cli(
+        "token", "delegate", "--scopes", "read:apis", "--ttl", "10m", "--max-uses", "5", "--run-id", "r-1", "--json",
+        env=env,
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["parent_id"] == parent_id and data["run_id"] == "r-1" and data["max_uses"] == 5
+    assert await apis_status(gw, data["token"]) == 200
+    code, out, err = await run_cli("token", "delegate", "--scopes", "read:apis", env=env)
+    assert code == 0, err
+    assert "Child token minted" in out and f"Parent:  {parent_id}" in out and "tw_sat_" in out
+    code, out, err = await run_cli("token", "delegate", "--scopes", "write:apis", env=env)
+    assert code != 0 and "parent lacks write:apis" in err and out == ""
+    admin_env = {**env, "TOKENWARD_TOKEN": org_admin}
+    code, out, err = await run_cli("token", "get", data["id"], "--team", "platform", env=admin_env)
+    assert code == 0, err
+    assert "Parent:" in out and parent_id in out and "r-1" in out
+    code, out, err = await run_cli("token", "list", "--team", "platform", env=admin_env)
+    assert code == 0, err
+    assert f"(child of {parent_id})" in out

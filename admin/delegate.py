@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from dataclasses import replace
 from typing import Any
 
 from tokenward.actor import Actor, Changes
@@ -35,9 +36,10 @@ from tokenward.gateway import lineage
 from tokenward.gateway.decision import Principal, lacks
 from tokenward.gateway.durations import format_duration
 from tokenward.gateway.environments import prefix_for
-from tokenward.gateway.records import TokenRecord
+from tokenward.gateway.records import ACTIVE, EXPIRED, TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import RESERVED_RESOURCES, Scope, capability, format_scopes
+from tokenward.gateway.store import Store
 from tokenward.gateway.store_audit import AuditEntry
 from tokenward.gateway.store_children import release_child_slot, take_child_slot
 from tokenward.gateway.tokens import generate, new_check_key, secret_check
@@ -186,3 +188,49 @@ class Delegation(Changes):
                 if await store.get_token(record.id) is None:
                     await release_child_slot(store, record.org, parent_id, record.id)
             raise
+
+
+async def ended_by_ancestor(store: Store, record: TokenRecord) -> dict[str, Any]:
+    """For the view of a child whose own record is active: its status as the gateway decides it
+    (an ancestor's end is its end), and why; {} while every ancestor is active."""
+    state = await lineage.status(record, store.get_token)
+    if state == ACTIVE:
+        return {}
+    status, _, why = state.partition(": ")
+    return {"status": status, "ended_by": why}
+
+
+Found = dict[str, tuple[TokenRecord, float | None]]
+
+
+async def with_ended_children(store: Store, found: Found) -> Found:
+    """A page of list rows (`api_tokens.token_page`): an active child whose ancestor ended is shown
+    with that end as its own, for display and the status filters only (never written): revoked
+    at the ancestor's revocation, its reason naming the ancestor, or expired at the ancestor's
+    expiry. The ancestors not on the page are read in one batch."""
+    at = time.time()
+    children = [r for r, _ in found.values() if r.parent_id is not None and r.status(at) == ACTIVE]
+    if not children:
+        return found
+    known = {r.id: r for r, _ in found.values()}
+    missing = sorted({a for r in children for a in r.ancestors} - known.keys())
+    if missing:
+        known.update((r.id, r) for r, _ in await store.get_tokens_with_usage(missing))
+
+    async def lookup(key_id: str) -> TokenRecord | None:
+        return known.get(key_id)
+
+    shown = dict(found)
+    for record in children:
+        state = await lineage.status(record, lookup, at)
+        if state == ACTIVE:
+            continue
+        status, _, why = state.partition(": ")
+        ended = next((known[a] for a in reversed(record.ancestors) if known.get(a) and known[a].status(at) != ACTIVE), None)
+        if status == EXPIRED and ended is not None:
+            record = replace(record, expires_at=ended.expires_at)
+        else:
+            when = ended.revoked_at if ended is not None and ended.revoked_at is not None else at
+            record = replace(record, revoked_at=when, revoked_by=None, revoke_reason=why, revoked_level=None)
+        shown[record.id] = (record, found[record.id][1])
+    return shown

@@ -262,6 +262,7 @@ TOKEN: Schema = {
         "legacy": {"type": "boolean", "description": "imported from an old system (its key is not ours)"},
         "parent_id": {"type": ["string", "null"], "description": "a child token's parent (POST /v1/delegate)"},
         "run_id": {"type": ["string", "null"], "description": "the agent run a child token was minted for"},
+        "ended_by": {"type": "string", "description": "a child token ended by an ancestor: which, and how"},
     },
     "required": ["id", "name", "display_prefix", "scopes", "effective_scopes", "status"],
 }

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ import redis
 
 from tests.helpers.gateway import APIS, TEAMS, TOKENS, Gateway, LogReader, admin, apis_status
 from tests.helpers.process import env_for_subprocess, run_cli
+from tokenward.gateway.embedded import free_port
 from tokenward.gateway.scopes import ADMIN_ORG, ADMIN_TEAM, capability, covers, effective_covers, parse_scope
 from tokenward.gateway.store import TokenEdit
 
@@ -230,6 +232,14 @@ async def test_revoking_the_parent_ends_every_descendant_at_once(gateway: Gatewa
         assert await apis_status(gw, token) == 200  # cached
     await revoke(gw, org_admin, parent_id)
     assert await refusal(gw, kid["token"]) == (401, "token revoked: its parent token is revoked")
+    status, view, _ = await admin(gw, "GET", f"{TOKENS}/{kid['id']}", org_admin)
+    assert status == 200 and view["status"] == "revoked" and view["ended_by"] == "its parent token is revoked"
+    status, page, _ = await admin(gw, "GET", f"{TOKENS}?status=revoked", org_admin)
+    rows = {row["id"]: row for row in page["tokens"]}
+    assert set(rows) == {parent_id, kid["id"], grandchild["id"]}
+    assert rows[grandchild["id"]]["revoke_reason"] == f"its ancestor token {parent_id} is revoked"
+    status, page, _ = await admin(gw, "GET", f"{TOKENS}?status=active", org_admin)
+    assert kid["id"] not in {row["id"] for row in page["tokens"]}
     assert await refusal(gw, grandchild["token"]) == (401, f"token revoked: its ancestor token {parent_id} is revoked")
     assert (await delegate(gw, kid["token"]))[0] == 401  # nor does it mint anything
 
@@ -375,3 +385,15 @@ async def test_the_cli_delegates_with_the_calling_token(gateway: Gateway) -> Non
     code, out, err = await run_cli("token", "list", "--team", "platform", env=admin_env)
     assert code == 0, err
     assert f"(child of {parent_id})" in out
+
+
+# -- 6. the demo's agent recipe ------------------------------------------------------------------
+async def test_the_demo_prints_an_agent_recipe(tmp_path: Path) -> None:
+    ports = [str(free_port()) for _ in range(3)]
+    code, out, err = await run_cli(
+        "demo", "--once", "--data-dir", str(tmp_path / "demo"),
+        "--port", ports[0], "--admin-port", ports[1], "--upstream-port", ports[2],
+        timeout=90,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "export AGENT_TOKEN=tw_sat_" in out and "tokenward token delegate --scopes read:apis" in out

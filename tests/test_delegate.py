@@ -417,3 +417,17 @@ async def test_a_child_minted_while_its_parent_is_revoked_never_works(gateway: G
         else:
             assert status == 401, data
     assert allowed == 0, f"{allowed} of {minted} children minted during the revoke worked after it"
+
+
+def test_config_errors_name_the_delegation_keys(config: dict[str, Any]) -> None:
+    from tokenward.gateway.settings import ConfigError, settings_from_dict
+
+    bad = with_delegation(config, max_depth=0, max_children="many", max_ttl="soon", depth=3)
+    with pytest.raises(ConfigError) as caught:
+        settings_from_dict(bad, "test")
+    text = str(caught.value)
+    for key in ("max_depth", "max_children", "max_ttl", "depth"):
+        assert f"tokens.delegation.{key}" in text, text
+    good = settings_from_dict(with_delegation(config, max_ttl="2h", max_depth=3, max_children=5), "test")
+    assert (good.tokens.delegation.max_ttl, good.tokens.delegation.max_depth) == (7200.0, 3)
+    assert good.tokens.delegation.max_children == 5

@@ -75,6 +75,7 @@ def token_fields(record: TokenRecord) -> dict[str, Any]:
         "token_name": record.name,
         "service_account": record.service_account,
         "service_account_id": record.service_account_id,
+        **({"parent_id": record.parent_id} if record.parent_id is not None else {}),
     }
 
 

@@ -21,6 +21,7 @@ from aiohttp import web
 from tokenward import (
     api_accounts,
     api_audit,
+    api_delegate,
     api_import,
     api_org_tokens,
     api_teams,
@@ -91,6 +92,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *api_usage.routes.endpoints,
     *api_import.routes.endpoints,
     *api_audit.routes.endpoints,
+    *api_delegate.routes.endpoints,
     *routes.endpoints,
 )
 

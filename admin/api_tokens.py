@@ -13,6 +13,7 @@ from aiohttp import web
 
 from tokenward import metadata, schema
 from tokenward.accounts import account_filter, account_names
+from tokenward.delegate import with_ended_children
 from tokenward.endpoints import REPEATABLE, Body, Call, Routes, api_error
 from tokenward.gateway.environments import LIVE, environment_field
 from tokenward.gateway.records import ACTIVE, EXPIRED, REVOKED, TeamRecord, TokenRecord
@@ -203,6 +204,7 @@ async def token_page(
         want = min(PAGE_CHUNK, budget - scanned if filtered else limit - len(rows))
         page = await store.token_index_page(org, index_team, position, want, account_id=account_id, all_org=org_wide)
         found = {t.id: (t, used) for t, used in await store.get_tokens_with_usage([m for m, _ in page.rows])}
+        found = await with_ended_children(store, found)  # a child ends with its ancestors (delegate.py)
         names = await account_names(store, org, [t for t, _ in found.values()])
         more = page.more
         for i, (member, score) in enumerate(page.rows):

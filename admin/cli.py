@@ -19,6 +19,7 @@ from typing import NoReturn
 
 from tokenward import version
 from tokenward.cli_accounts import add_sa_commands
+from tokenward.cli_delegate import add_delegate_command
 from tokenward.cli_import import add_import_options, add_metadata_options, token_import
 from tokenward.cli_manage import (
     TeamAction,
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--description")
     update.add_argument("--scopes", help=argparse.SUPPRESS)  # refused: rotate instead
     add_metadata_options(update)  # replaces the token's whole metadata
+    add_delegate_command(tok)  # child tokens: the calling token is the parent
 
     add_sa_commands(sub, common)
 

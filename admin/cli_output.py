@@ -121,6 +121,7 @@ def status_marker(t: dict[str, Any]) -> str:
     `LEGACY` marks a key imported from an old system."""
     status = str(t["status"])
     legacy = " LEGACY" if t.get("legacy") else ""  # an imported key
+    legacy += f" (child of {t['parent_id']})" if t.get("parent_id") else ""  # a child token
     if status == "grace" and t.get("grace_until"):
         return f"grace (until {humanize_date(t['grace_until'])}){legacy}"
     status += legacy

@@ -74,6 +74,8 @@ TOKEN_FIELDS: list[tuple[str, tuple[str, ...], Render]] = [
     ("Expires", ("expires_at",), lambda t: humanize_date(t.get("expires_at"), seconds=True)),
     ("Environment", ("environment",), lambda t: t.get("environment")),
     ("Imported", ("legacy",), lambda t: "yes: a key from an old system (rotate it to retire it)" if t.get("legacy") else None),
+    ("Parent", ("parent_id",), lambda t: t.get("parent_id") and f"{t['parent_id']} (a child token: it ends with its parent)"),
+    ("Run", ("run_id",), lambda t: t.get("run_id")),
 ]
 #: Shown by `cli_output.revocation_lines`, under the fields.
 REVOCATION_KEYS = ("revoked_at", "revoked_by", "revoked_by_level", "revoke_reason", "replaced_by", "grace_until")

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 DEMO_ORG = "acme"
 DEMO_TEAM = "platform"
 DEMO_ACCOUNT = "ci-pipeline"
-TEAM_PERMISSIONS = ["read:apis", "write:apis", "read:specs", "write:specs", "admin:team"]
+TEAM_PERMISSIONS = ["read:apis", "write:apis", "read:specs", "write:specs", "admin:team", "delegate"]
 DEMO_ADMIN = "demo-org-admin"
 DEMO_ADMIN_TTL = "365d"  # expires (tokens.max_ttl), outliving what the README issues with it; the next run revokes and deletes it
 
@@ -225,6 +225,9 @@ async def run_demo(
             scopes=["read:apis", "write:specs"],
             environment="test",
         )
+        agent_plain, agent_record = await tokens.issue(  # mints a child token per agent run
+            operator, org=DEMO_ORG, team=DEMO_TEAM, name="agent", scopes=["read:apis", "read:specs", "delegate"]
+        )
         bin_dir = Path(sys.executable).parent  # the venv's bin: where `tokenward` is
         gw = f"http://127.0.0.1:{port}"
         adm = f"http://127.0.0.1:{admin_port}"
@@ -281,6 +284,12 @@ metadata and keys from an old system:
   curl -s {base}/apis -H "Authorization: Bearer sk_live_demo_7Hq2xK9mWp4Rt8Vz3Lc6Nb5J"    # 200: the imported key
   tokenward leaks report sk_live_demo_7Hq2xK9mWp4Rt8Vz3Lc6Nb5J   # leaked? revoked for good (legacy_<ID>)
   (imported keys work on the gateway's routes only: weak keys and admin scopes are refused at import)
+
+agent recipe: a short-lived child token per agent run, never wider than its parent, ended with it:
+  export AGENT_TOKEN={agent_plain}   # read:apis read:specs delegate
+  CHILD=$(TOKENWARD_TOKEN=$AGENT_TOKEN tokenward token delegate --scopes read:apis --ttl 15m --run-id run-1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  curl -s {base}/apis -H "Authorization: Bearer $CHILD"     # 200; the upstream sees X-Tokenward-Run-Id: run-1
+  tokenward token revoke {agent_record.id} --team {DEMO_TEAM}     # the parent: $CHILD gets 401 at once
 
 Ctrl-C to stop.
 """,

@@ -35,6 +35,8 @@ class Rotated:
 
 
 def check_rotatable(old: TokenRecord) -> None:
+    if old.parent_id is not None:  # its successor would outlive the run it was minted for
+        raise Conflict("a child token cannot be rotated; delegate a new one from its parent")
     if old.replaced_by is not None:
         raise Conflict(
             f"token was already rotated (replaced by {old.replaced_by}); rotate the replacement instead"

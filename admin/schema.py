@@ -13,6 +13,7 @@ from typing import Any
 from tokenward.gateway.refusal import Step
 from tokenward.metadata import METADATA_SCHEMA
 from tokenward.schema_accounts import ACCOUNT, ACCOUNT_CREATE, ACCOUNT_LIST, ACCOUNT_UPDATE
+from tokenward.schema_delegate import DELEGATE, DELEGATED
 from tokenward.validator import PRINTABLE, ValidationError, validate
 
 Schema = dict[str, Any]
@@ -259,6 +260,9 @@ TOKEN: Schema = {
         },
         "metadata": METADATA_SCHEMA,
         "legacy": {"type": "boolean", "description": "imported from an old system (its key is not ours)"},
+        "parent_id": {"type": ["string", "null"], "description": "a child token's parent (POST /v1/delegate)"},
+        "run_id": {"type": ["string", "null"], "description": "the agent run a child token was minted for"},
+        "ended_by": {"type": "string", "description": "a child token ended by an ancestor: which, and how"},
     },
     "required": ["id", "name", "display_prefix", "scopes", "effective_scopes", "status"],
 }
@@ -392,6 +396,8 @@ SCHEMAS: dict[str, Schema] = {
     "TokenRotate": TOKEN_ROTATE,
     "TokenRotated": TOKEN_ROTATED,
     "Whoami": WHOAMI,
+    "Delegate": DELEGATE,
+    "Delegated": DELEGATED,
 }
 
 __all__ = ["PRINTABLE", "SCHEMAS", "SLUG", "Schema", "ValidationError", "anchored", "validate"]

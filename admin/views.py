@@ -27,6 +27,7 @@ from aiohttp import web
 
 from tokenward import schema
 from tokenward.accounts import account_names
+from tokenward.delegate import ended_by_ancestor
 from tokenward.endpoints import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Call, api_error, json_response
 from tokenward.gateway.records import ACTIVE, TeamRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal
@@ -107,6 +108,8 @@ def token_view(
         "replaced_by": token.replaced_by,
         "metadata": dict(token.metadata),
         "legacy": token.legacy,
+        "parent_id": token.parent_id,  # a child token's (admin/delegate.py)
+        "run_id": token.run_id,
     }
 
 
@@ -116,6 +119,8 @@ async def token_response(call: Call, record: TokenRecord, status: int = 200, **e
     team = await store.get_team(record.org, record.team) if record.team else None
     names = await account_names(store, record.org, [record])
     view = token_view(record, team, await store.last_used(record.id), names.get(record.service_account_id or ""))
+    if record.parent_id is not None and view["status"] == ACTIVE:  # a child ends with any ancestor
+        view.update(await ended_by_ancestor(store, record))
     if status == 201:  # issued: what it asks for and cannot do (issue 14, item 11); a rotation's
         view["warnings"] = issuance_warnings(call.runtime.settings.routes, view) + list(extra.pop("warnings", ()))
     headers = {"Cache-Control": "no-store"} if "token" in extra else {}  # a plaintext: shown once

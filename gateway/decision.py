@@ -20,10 +20,10 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
-from tokenward.gateway import legacy_keys, tokens
+from tokenward.gateway import legacy_keys, lineage, tokens
 from tokenward.gateway.cache import VerificationCache
 from tokenward.gateway.environments import describe
-from tokenward.gateway.records import EXPIRED, REVOKED, AccountRecord, TeamRecord, TokenRecord
+from tokenward.gateway.records import ACTIVE, AccountRecord, TeamRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import Match
 from tokenward.gateway.scopes import Scope, effective_covers, effective_scopes, parse_scopes
@@ -199,11 +199,9 @@ class Authenticator:
             if record is None:
                 # an imported key claims no key id: nothing to name
                 raise TokenRefused(Step.TOKEN, "invalid token", parsed.key_id if parsed is not None else None)
-            status = record.status(now())
-            if status == REVOKED:
-                raise TokenRefused(Step.STATUS, "token revoked", record.id, record)
-            if status == EXPIRED:
-                raise TokenRefused(Step.STATUS, "token expired", record.id, record)
+            status = record.status(now()) if record.parent_id is None else await lineage.status(record, self._record)
+            if status != ACTIVE:  # "revoked" or "expired" (a child: also its ancestors', gateway/lineage.py)
+                raise TokenRefused(Step.STATUS, f"token {status}", record.id, record)
             if not record.client_allowed(client_ip):
                 raise TokenRefused(Step.STATUS, "client address not allowed for this token", record.id, record)
             team = await self._team(record) if record.team is not None else None

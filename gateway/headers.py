@@ -206,6 +206,8 @@ def identity_headers(principal: Principal) -> dict[str, str]:
         "X-Tokenward-Team": token.team or "",
         "X-Tokenward-Service-Account": principal.service_account or "",
         "X-Tokenward-Scopes": " ".join(format_scopes(principal.effective_scopes)),
+        "X-Tokenward-Parent-Id": token.parent_id or "",  # a child token's (gateway/lineage.py)
+        "X-Tokenward-Run-Id": token.run_id or "",
     }
     return {name: value for name, value in headers.items() if value}
 

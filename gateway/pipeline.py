@@ -55,7 +55,7 @@ def principal_fields(principal: Principal | None) -> dict[str, Any]:
 def token_fields(token: TokenRecord, account_name: str | None = None) -> dict[str, Any]:
     """Who an audit event is about: the token, its org, team and service account (its name
     now when known, else the name it had at issuance; its id never changes)."""
-    return {
+    fields = {
         "token_id": token.id,
         "token_name": token.name,
         "org": token.org,
@@ -63,6 +63,9 @@ def token_fields(token: TokenRecord, account_name: str | None = None) -> dict[st
         "service_account": account_name if account_name is not None else token.service_account,
         "service_account_id": token.service_account_id,
     }
+    if token.parent_id is not None:  # a child token: its parent and its agent run
+        fields.update(parent_id=token.parent_id, run_id=token.run_id)
+    return fields
 
 
 class RequestCounter(Protocol):

@@ -154,6 +154,13 @@ class TokenRecord:
     # the org-level service account's stable id (None: none, or a record from before accounts
     # had ids); `service_account` is its name when the token was issued (see AccountRecord)
     service_account_id: str | None = None
+    # child tokens (gateway/lineage.py): the token that minted it, every ancestor (root first,
+    # the parent last; empty for a root token), the agent run it was minted for
+    parent_id: str | None = None
+    ancestors: tuple[str, ...] = ()
+    run_id: str | None = None
+    # a budget of requests (issue 16, item 2: enforced by the credits code where present)
+    max_uses: int | None = None
 
     @property
     def display_prefix(self) -> str:
@@ -211,6 +218,10 @@ class TokenRecord:
             "metadata": dict(self.metadata),
             "legacy_digest": self.legacy_digest,
             "service_account_id": self.service_account_id,
+            "parent_id": self.parent_id,
+            "ancestors": list(self.ancestors),
+            "run_id": self.run_id,
+            "max_uses": self.max_uses,
         }
 
     @classmethod
@@ -243,6 +254,10 @@ class TokenRecord:
             metadata=dict(data.get("metadata") or {}),
             legacy_digest=data.get("legacy_digest") or "",
             service_account_id=data.get("service_account_id"),
+            parent_id=data.get("parent_id"),
+            ancestors=tuple(data.get("ancestors") or ()),
+            run_id=data.get("run_id"),
+            max_uses=data.get("max_uses"),
         )
 
     def revoked(

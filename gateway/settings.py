@@ -50,6 +50,7 @@ from tokenward.gateway.config_decode import (
     string,
 )
 from tokenward.gateway.config_env import interpolate
+from tokenward.gateway.delegation import DelegationSettings
 from tokenward.gateway.durations import parse_duration
 from tokenward.gateway.environments import environments_setting
 from tokenward.gateway.legacy_keys import lookup_key_setting
@@ -313,6 +314,7 @@ class TokenSettings:
     max_per_team: int = setting(10_000, integer(1, 1_000_000))
     # the server's key for imported keys' lookup digests (gateway/legacy_keys.py); none: no import
     legacy_lookup_key: str | None = setting(None, lookup_key_setting, secret=True)
+    delegation: DelegationSettings = section(DelegationSettings())  # child tokens (gateway/delegation.py)
 
     @property
     def accepted_prefixes(self) -> frozenset[str]:

@@ -119,3 +119,9 @@ class Keys:
     def accounts_migrated(org: str, team: str) -> str:
         """Set once the team's service accounts from before org-level accounts are migrated."""
         return f"tw:{{{org}}}:team:{team}:accts-migrated"
+
+    # Child tokens (gateway/lineage.py, gateway/store_children.py): a parent's unexpired
+    # children, scored by their expiry; in the org's slot.
+    @staticmethod
+    def children(org: str, parent_id: str) -> str:
+        return f"tw:{{{org}}}:children:{parent_id}"

@@ -23,8 +23,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.helpers.gateway import CHILD_IDENTITY, ROOT
 from tests.helpers.gateway import IDENTITY as DOCUMENTED_IDENTITY
-from tests.helpers.gateway import ROOT
 from tokenward.api import ENDPOINTS
 from tokenward.gateway.decision import Principal
 from tokenward.gateway.exchange import VERIFY_PATH
@@ -49,7 +49,7 @@ def identity_header_names() -> list[str]:
     """The identity headers, as the gateway itself produces them."""
     token = TokenRecord(
         id="k", prefix="tw_sat", org="o", team="t", name="n", description="", scopes=parse_scopes(["read:x"]),
-        secret_hash="", created_at=0.0, created_by="test", service_account="sa",
+        secret_hash="", created_at=0.0, created_by="test", service_account="sa", parent_id="p", run_id="r",
     )  # fmt: skip
     return list(identity_headers(Principal(token, parse_scopes(["read:x"]))))
 
@@ -57,8 +57,9 @@ def identity_header_names() -> list[str]:
 IDENTITY = identity_header_names()
 
 
-def test_identity_headers_are_the_documented_six() -> None:
-    assert IDENTITY == list(DOCUMENTED_IDENTITY) and len(IDENTITY) == 6
+def test_identity_headers_are_the_documented_ones() -> None:
+    """Six for every token, two more for a child token (its parent and its run)."""
+    assert IDENTITY == [*DOCUMENTED_IDENTITY, *CHILD_IDENTITY] and len(IDENTITY) == 8
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ def test_every_key_of_one_org_is_in_the_org_slot() -> None:
             continue
         args = ["acme", *(["platform"] if "team" in params else []), *(["deploy"] if "name" in params else [])]
         args += ["sa_0123456789abcdef"] if "account_id" in params else []  # org-level service accounts
+        args += ["k1"] if "parent_id" in params else []  # a parent token's children
         key = method(*args)
         assert key_slot(key.encode()) == org_slot, name
         checked += 1

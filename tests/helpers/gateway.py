@@ -40,6 +40,8 @@ IDENTITY = (
     "X-Tokenward-Service-Account",
     "X-Tokenward-Scopes",
 )
+# and for a child token (POST /v1/delegate) only: its parent and its agent run
+CHILD_IDENTITY = ("X-Tokenward-Parent-Id", "X-Tokenward-Run-Id")
 
 # All structlog output of in-process tokenward goes here, so tests can read the audit events.
 LOG_STREAM = io.BytesIO()

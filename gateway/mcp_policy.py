@@ -15,6 +15,7 @@ is the plain data, so that the route table can carry it without importing the re
           tools: {search_docs: read:docs, deploy: write:deploy, drop_db: deny}
           default: deny          # or a scope every unlisted tool needs
           max_body: 1m           # the largest JSON-RPC request body read (413 beyond)
+          max_response: 8m       # the largest response (or SSE event) read to filter tools/list
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from tokenward.gateway.scopes import Scope, ScopeError, parse_scope
 
 DENY = "deny"  # the keyword: no scope grants the tool
 DEFAULT_MAX_BODY = 1024 * 1024  # bytes of JSON-RPC request read before deciding: 413 beyond
+DEFAULT_MAX_RESPONSE = 8 * 1024 * 1024  # a filtered JSON response, or one SSE event, at most
 MAX_TOOL_NAME = 128  # the MCP spec's own bound on a tool name's length
-_KEYS = ("tools", "default", "max_body")
+_KEYS = ("tools", "default", "max_body", "max_response")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,7 @@ class McpPolicy:
     tools: Mapping[str, Scope | None] = field(default_factory=dict)
     default: Scope | None = None
     max_body: int = DEFAULT_MAX_BODY
+    max_response: int = DEFAULT_MAX_RESPONSE
 
     def scope_for(self, tool: str) -> Scope | None:
         """The scope that lets a token call `tool`; None: no token may."""
@@ -97,12 +100,13 @@ def decode_mcp(checker: Checker, raw: object, loc: str) -> McpPolicy | None:
     default = _scope_or_deny(checker, data.get("default", DENY), f"{loc}.default")
     if default is None and all(scope is None for scope in tools.values()) and len(checker.problems) == start:
         checker.problem(loc, "allows no tool: list tools under `tools` or give `default` a scope")
-    max_body = DEFAULT_MAX_BODY
-    if "max_body" in data:
-        max_body = checker.convert(data["max_body"], f"{loc}.max_body", byte_size, DEFAULT_MAX_BODY)
+    sizes = {"max_body": DEFAULT_MAX_BODY, "max_response": DEFAULT_MAX_RESPONSE}
+    for key, fallback in sizes.items():
+        if key in data:
+            sizes[key] = checker.convert(data[key], f"{loc}.{key}", byte_size, fallback)
     if len(checker.problems) != start:
         return None
-    return McpPolicy(tools, default, max_body)
+    return McpPolicy(tools, default, sizes["max_body"], sizes["max_response"])
 
 
 def _scope_or_deny(checker: Checker, raw: object, loc: str) -> Scope | None:
@@ -128,6 +132,7 @@ def mcp_schema(d: Describer, scope: Schema) -> Schema:
             },
             "default": scope_or_deny,
             "max_body": d.value(byte_size),
+            "max_response": d.value(byte_size),
         },
         "additionalProperties": False,
     }

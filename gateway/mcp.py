@@ -22,11 +22,15 @@ route's scopes, and the GET stream's `tools/list` results are filtered (gateway/
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 import orjson
+from multidict import CIMultiDictProxy
 
 from tokenward.gateway.exchange import Exchange
 from tokenward.gateway.mcp_policy import MAX_TOOL_NAME, McpCalls, McpPolicy
@@ -37,6 +41,8 @@ TOOLS_CALL, TOOLS_LIST = "tools/call", "tools/list"
 PARSE_ERROR, INVALID_REQUEST = -32700, -32600
 FORBIDDEN = -32003  # the gateway refused the call: the token may not use this tool
 _MEMBERS = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})
+METHOD_HEADER, NAME_HEADER = "Mcp-Method", "Mcp-Name"  # MCP's routing headers (2026-07-28)
+_BASE64_SENTINEL = re.compile(r"=\?base64\?(.*)\?=")
 AUDITED_TOOLS = 32  # tool names in one audit event, at most (a batch may hold many)
 
 RpcId = int | str | None
@@ -98,6 +104,7 @@ async def authorize_mcp(ex: Exchange, policy: McpPolicy) -> None:
     check_headers(ex)
     body = await read_body(ex, policy.max_body)
     messages, batch = parse_messages(body)
+    check_routing_headers(request.headers, messages, batch)
     authorize_calls(calls, messages, batch)
     ex.body = body
 
@@ -214,6 +221,40 @@ def check_message(message: object) -> None:
             raise _invalid("a tools/call names its tool in params.name, a string")
         if any(key != "name" and key.casefold() == "name" for key in params):
             raise _invalid("a tools/call has one params.name")
+
+
+def check_routing_headers(headers: CIMultiDictProxy[str], messages: list[dict[str, Any]], batch: bool) -> None:
+    """MCP's routing headers (`Mcp-Method`, `Mcp-Name`: what the message is, for whoever
+    routes without reading the body) must say what the body says: a server or proxy that
+    trusted them could otherwise run another tool than the one authorized."""
+    methods, names = headers.getall(METHOD_HEADER, []), headers.getall(NAME_HEADER, [])
+    if not methods and not names:
+        return
+    if len(methods) > 1 or len(names) > 1:
+        raise _invalid("an MCP routing header (Mcp-Method, Mcp-Name) appears more than once")
+    if batch:
+        raise _invalid("MCP routing headers describe one message, not a batch")
+    message = messages[0]
+    if methods and methods[0] != message.get("method"):
+        raise _invalid("the Mcp-Method header does not match the body's method")
+    if names and message.get("method") == TOOLS_CALL and header_value(names[0]) != message["params"]["name"]:
+        raise _invalid("the Mcp-Name header does not match the tool the body calls")
+
+
+def header_value(value: str) -> str | None:
+    """An MCP header's value: verbatim, or the UTF-8 text of a `=?base64?...?=` (canonical
+    base64 only: None for anything else, which then matches nothing)."""
+    found = _BASE64_SENTINEL.fullmatch(value)
+    if found is None:
+        return value
+    payload = found.group(1)
+    try:
+        decoded = base64.b64decode(payload, validate=True)
+        if base64.b64encode(decoded).decode("ascii") != payload:
+            return None
+        return decoded.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
 
 
 def authorize_calls(calls: McpCalls, messages: list[dict[str, Any]], batch: bool) -> None:

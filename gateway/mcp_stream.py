@@ -175,16 +175,19 @@ def response_filter(calls: McpCalls, headers: list[tuple[bytes, bytes]]) -> Json
     filtering. Raises a Refusal (502) for a compressed response that would."""
     if not calls.filters:
         return None
-    media = ""
+    media: set[str] = set()
     encoded = False
     for name, value in headers:
         lowered = name.lower()
         if lowered == b"content-type":
-            media = decode_header(value).partition(";")[0].strip().lower()
+            media.add(decode_header(value).partition(";")[0].strip().lower())
         elif lowered == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
             encoded = True
-    if media not in (JSON, SSE):
+    if not media & {JSON, SSE}:
         return None
+    if len(media) > 1:  # clients differ on which one they read: it could be the one not filtered
+        raise Refusal(502, "bad_gateway", Step.UPSTREAM, "the MCP server's response has two content types")
     if encoded:
         raise Refusal(502, "bad_gateway", Step.UPSTREAM, "the MCP server compressed a response that is filtered")
-    return JsonFilter(calls) if media == JSON else SseFilter(calls)
+    [media_type] = media
+    return JsonFilter(calls) if media_type == JSON else SseFilter(calls)

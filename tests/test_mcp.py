@@ -5,6 +5,7 @@ the authorized bytes, and tools/list results (JSON and SSE) show only callable t
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from tests.helpers.gateway import Gateway, LogReader
 from tests.helpers.mcp import MCP_PATH, McpUpstream, mcp_config, mcp_upstream
+from tests.helpers.scripted import Reply, ScriptedUpstream, Seen
 from tokenward.gateway.mcp_policy import McpCalls, McpPolicy
 from tokenward.gateway.mcp_stream import SseFilter
 from tokenward.gateway.scopes import parse_scope
@@ -59,7 +61,7 @@ async def post(gw: Gateway, token: str, body: bytes | Any, **headers: str) -> tu
     data = body if isinstance(body, bytes) else orjson.dumps(body)
     async with gw.session.post(gw.url + MCP_PATH, data=data, headers={**JSON, **gw.auth(token), **headers}) as r:
         raw = await r.read()
-        parsed = orjson.loads(raw) if r.content_type == "application/json" and raw else raw
+        parsed = orjson.loads(raw) if r.content_type == "application/json" and raw and not r.headers.get("Content-Encoding") else raw
         return r.status, r.headers, parsed
 
 
@@ -218,6 +220,38 @@ async def test_what_the_gateway_cannot_read_is_refused(
     assert mcp.seen == []
 
 
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (call("search"), {"Mcp-Method": "tools/list"}),
+        (call("deploy"), {"Mcp-Method": "tools/call", "Mcp-Name": "search"}),
+        (call("search"), {"Mcp-Name": "=?base64?c2VhcmNo?"}),  # not the sentinel: compared verbatim
+        (call("search"), {"Mcp-Name": "=?base64?c2VhcmNi?="}),  # "searcb"
+        ([call("search", 1), call("search", 2)], {"Mcp-Method": "tools/call"}),
+    ],
+)
+async def test_routing_headers_must_say_what_the_body_says(
+    gw: Gateway, deployer: str, mcp: McpUpstream, body: Any, headers: dict[str, str]
+) -> None:
+    status, _, answer = await post(gw, deployer, body, **headers)
+    assert status == 400 and answer["error"]["code"] == -32600
+    assert mcp.seen == []
+
+
+async def test_routing_headers_that_agree_pass(gw: Gateway, reader: str, mcp: McpUpstream) -> None:
+    for name in ("search", "=?base64?c2VhcmNo?="):
+        status, _, _ = await post(gw, reader, call("search"), **{"Mcp-Method": "tools/call", "Mcp-Name": name})
+        assert status == 200
+    assert len(mcp.seen) == 2
+
+
+async def test_a_repeated_routing_header_is_refused(gw: Gateway, reader: str, mcp: McpUpstream) -> None:
+    headers = [*JSON.items(), *gw.auth(reader).items(), ("Mcp-Name", "search"), ("Mcp-Name", "deploy")]
+    async with gw.session.post(gw.url + MCP_PATH, data=orjson.dumps(call("search")), headers=headers) as r:
+        assert r.status == 400
+    assert mcp.seen == []
+
+
 async def test_a_get_or_delete_with_a_body_is_refused(gw: Gateway, reader: str, mcp: McpUpstream) -> None:
     async with gw.session.delete(gw.url + MCP_PATH, data=b"{}", headers=gw.auth(reader)) as r:
         assert r.status == 400
@@ -326,3 +360,52 @@ def test_an_sse_event_over_the_limit_cuts_the_stream() -> None:
     assert sse.feed(b": short\n\n") == b": short\n\n"
     with pytest.raises(UpstreamFailed):
         sse.feed(b"data: " + b"x" * 100)
+
+
+# -- what the gateway cannot filter is not sent -----------------------------------------------------
+def reply_with(head: bytes, body: bytes) -> Reply:
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n" + head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    return reply
+
+
+LISTING = orjson.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "drop"}, {"name": "search"}]}})
+
+
+@pytest.mark.parametrize(
+    ("head", "body"),
+    [
+        (b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n", gzip.compress(LISTING)),
+        (b"Content-Type: application/json\r\nContent-Type: text/event-stream\r\n", LISTING),
+        (b"Content-Type: application/json\r\n", LISTING[:-1]),
+        (b"Content-Type: application/json\r\n", LISTING + b" " * 300),  # over max_response
+    ],
+)
+async def test_a_listing_the_gateway_cannot_filter_is_a_502(
+    start_gateway: Callable[..., Awaitable[Gateway]],
+    upstream: int,
+    scripted: Callable[..., Awaitable[ScriptedUpstream]],
+    head: bytes,
+    body: bytes,
+) -> None:
+    server = await scripted(reply_with(head, body))
+    gw = await start_gateway(mcp_config(upstream, server.port, max_response=len(LISTING) + 100))
+    await gw.team("platform", ["mcp", "read:docs"])
+    token, _ = await gw.token("platform", ["mcp", "read:docs"])
+    status, _, answer = await post(gw, token, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, **{"Accept-Encoding": "gzip"})
+    assert status == 502 and b"search" not in orjson.dumps(answer)
+    [seen] = server.seen
+    assert seen.header("Accept-Encoding") == []  # asked for no compression
+
+
+async def test_other_responses_pass_untouched(
+    start_gateway: Callable[..., Awaitable[Gateway]], upstream: int, scripted: Callable[..., Awaitable[ScriptedUpstream]]
+) -> None:
+    """A tools/call's answer is not read at all, whatever it holds."""
+    server = await scripted(reply_with(b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n", gzip.compress(LISTING)))
+    gw = await start_gateway(mcp_config(upstream, server.port))
+    await gw.team("platform", ["mcp", "read:docs"])
+    token, _ = await gw.token("platform", ["mcp", "read:docs"])
+    status, _, answer = await post(gw, token, call("search"))
+    assert status == 200 and gzip.decompress(answer) == LISTING

@@ -9,6 +9,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
 from tests.helpers.gateway import ROOT, base_config
 from tokenward.gateway.mcp_policy import DEFAULT_MAX_BODY, McpPolicy
@@ -123,3 +124,17 @@ def test_the_schema_refuses_what_config_check_refuses(mcp: Any) -> None:
     raw = with_mcp(mcp)
     problems(raw)
     assert not schema_accepts(raw)
+
+
+def test_the_examples_commented_mcp_route_loads() -> None:
+    """config/example.yaml's commented MCP route, uncommented, is valid config."""
+    path = ROOT / "config" / "example.yaml"
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  #   - {methods: [GET, POST, DELETE]"))
+    block = [lines[start].replace("#   ", "  ", 1)]
+    block += [line.replace("#   ", "  ", 1) for line in lines[start + 1 :] if line.startswith("  #      ")][:3]
+    raw = yaml.safe_load(path.read_text())
+    raw["routes"] += yaml.safe_load("\n".join(block))
+    [route] = [r for r in settings_from_dict(raw, "example").router.routes if r.mcp is not None]
+    assert route.mcp is not None and route.mcp.scope_for("deploy") == parse_scope("write:deploy")
+    assert route.mcp.scope_for("drop_db") is None and route.mcp.max_response == 8 * 1024 * 1024

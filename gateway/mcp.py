@@ -35,6 +35,8 @@ from multidict import CIMultiDictProxy
 from tokenward.gateway.exchange import Exchange
 from tokenward.gateway.mcp_policy import MAX_TOOL_NAME, McpCalls, McpPolicy
 from tokenward.gateway.refusal import Refusal, Step
+from tokenward.gateway.scopes import Scope
+from tokenward.gateway.usage import UNLISTED_TOOL
 
 TOOLS_CALL, TOOLS_LIST = "tools/call", "tools/list"
 # JSON-RPC error codes: the spec's, and one from its implementation-defined server range
@@ -320,3 +322,16 @@ def audit_fields(calls: McpCalls, redact: Callable[[str], str]) -> dict[str, Any
     if calls.refused:
         fields["mcp_refused"] = [redact(name[:MAX_TOOL_NAME]) for name in calls.refused[:AUDITED_TOOLS]]
     return fields
+
+
+def usage_tools(calls: McpCalls) -> list[tuple[str, Scope]]:
+    """An allowed request's tool calls for the usage tally: (label, the scope it needed). A
+    tool the policy lists keeps its name; one its `default` allowed is UNLISTED_TOOL (names
+    the client makes up must not grow the store's counts without bound)."""
+    policy = calls.policy
+    out = []
+    for name in calls.tools:
+        scope = policy.scope_for(name)
+        if scope is not None:
+            out.append((name if name in policy.tools else UNLISTED_TOOL, scope))
+    return out

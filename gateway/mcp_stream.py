@@ -1,10 +1,11 @@
 """Per-tool MCP authorization: the response side. A `tools/list` result shows only the
 tools the caller may call (those whose scope, by the route's `mcp` policy, its token holds).
 
-Which responses: on a POST, the responses to the `tools/list` requests it carried (by id);
-on the GET stream (the server's own, where a resumed stream may replay earlier responses),
-any response whose `result.tools` is an array. Both shapes of MCP's streamable HTTP answer
-are rewritten:
+Which responses: any response whose `result.tools` is an array, in the answer to a POST that
+carried a `tools/list` request and on the GET stream (the server's own, where a resumed stream
+may replay earlier responses). By shape, not by id: a server that echoes an id in another
+type (`1.0` for `1`) is not a way around the filter. Both shapes of MCP's streamable HTTP
+answer are rewritten:
 
 - `application/json`: the whole body is read (at most the policy's `max_response`, else
   502), the matching messages' `result.tools` filtered, and the body sent anew;
@@ -43,8 +44,8 @@ def upstream_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def rewrite(calls: McpCalls, value: Any) -> bool:
-    """Filter the matching responses in the JSON-RPC message (or batch) `value` in place;
-    True if anything was removed."""
+    """Filter the listings (`result.tools`) in the JSON-RPC message (or batch) `value` in
+    place; True if anything was removed."""
     if isinstance(value, list):
         changed = False
         for item in value:
@@ -57,9 +58,6 @@ def rewrite(calls: McpCalls, value: Any) -> bool:
         return False
     tools = result.get("tools")
     if not isinstance(tools, list):
-        return False
-    rpc_id = value.get("id")
-    if not calls.server_stream and (type(rpc_id) is str, rpc_id) not in calls.list_ids:
         return False
     kept = [tool for tool in tools if isinstance(tool, dict) and calls.may_call(tool.get("name"))]
     if len(kept) == len(tools):
@@ -159,10 +157,13 @@ class SseFilter:
                 data.append(value[1:] if value[:1] == b" " else value)
         if not data:
             return raw
+        text = b"\n".join(data)
         try:
-            value = orjson.loads(b"\n".join(data))
+            value = orjson.loads(text)
         except orjson.JSONDecodeError:
-            return raw  # no JSON-RPC message: no client acts on it as one
+            if b'"tools"' in text:  # a listing another parser might read (nested too deep, ...)
+                raise UpstreamFailed("an SSE event of the MCP server could not be read to filter it") from None
+            return raw  # no JSON-RPC message (an empty priming event, ...): passed as it is
         if not rewrite(self.calls, value):
             return raw
         kept = [line for line in lines if not (line[:5] == b"data:" or line.rstrip(b"\r\n") == b"data")]

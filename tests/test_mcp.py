@@ -337,12 +337,16 @@ def _calls(max_response: int = 1 << 20) -> McpCalls:
 STREAM = (
     b'event: message\r\ndata: {"jsonrpc":"2.0","id":1,\r\ndata: "result":{"tools":[{"name":"deploy"},{"name":"search"}]}}\r\n\r\n'
     b': ping\n\n'
-    b'data: {"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"deploy"}]}}\r\r'  # not a tools/list id of ours
+    b'data: {"jsonrpc":"2.0","id":2.0,"result":{"tools":[{"name":"deploy"}]}}\r\r'  # by shape, whatever the id
+    b'id: prime-1\ndata:\n\n'  # an empty priming event (the SDK's, for resumption)
+    b'data: {"not": "json"\n\n'
 )
 FILTERED = (
     b'event: message\r\ndata: {"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"search"}]}}\n\r\n'
     b': ping\n\n'
-    b'data: {"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"deploy"}]}}\r\r'
+    b'data: {"jsonrpc":"2.0","id":2.0,"result":{"tools":[]}}\n\r'
+    b'id: prime-1\ndata:\n\n'
+    b'data: {"not": "json"\n\n'
 )
 
 
@@ -353,6 +357,12 @@ def test_sse_events_read_the_same_whatever_the_chunks(cut: int) -> None:
     assert out == FILTERED
     byte_by_byte = SseFilter(_calls())
     assert b"".join(byte_by_byte.feed(STREAM[i : i + 1]) for i in range(len(STREAM))) + byte_by_byte.end() == FILTERED
+
+
+def test_an_unreadable_sse_listing_cuts_the_stream() -> None:
+    sse = SseFilter(_calls())
+    with pytest.raises(UpstreamFailed):
+        sse.feed(b'data: {"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"deploy"}' + b"[" * 2000 + b"\n\n")
 
 
 def test_an_sse_event_over_the_limit_cuts_the_stream() -> None:

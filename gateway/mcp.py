@@ -34,6 +34,7 @@ from multidict import CIMultiDictProxy
 
 from tokenward.gateway.exchange import Exchange
 from tokenward.gateway.mcp_policy import MAX_TOOL_NAME, McpCalls, McpPolicy
+from tokenward.gateway.redaction import redact_token_shaped
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import Scope
 from tokenward.gateway.usage import UNLISTED_TOOL
@@ -119,7 +120,7 @@ def check_headers(ex: Exchange) -> None:
         raise _invalid("an MCP message is sent with one Content-Type: application/json")
     media, _, params = types[0].partition(";")
     if media.strip().lower() != "application/json":
-        raise _invalid(f"an MCP message is application/json, not {media.strip()[:64]!r}")
+        raise _invalid("an MCP message is sent as application/json")
     for param in params.split(";"):
         name, _, value = param.partition("=")
         if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
@@ -296,19 +297,24 @@ def authorize_calls(calls: McpCalls, messages: list[dict[str, Any]], batch: bool
         refusal = errors.get(index)
         if "method" not in message or (refusal is None and "id" not in message):
             continue  # a notification or a response: nothing answers it
-        extra = {"error": refusal.error, "tool": message["params"]["name"]} if refusal else {"error": "batch_refused"}
+        extra = {"error": refusal.error, "tool": _cut(message["params"]["name"])} if refusal else {"error": "batch_refused"}
         if refusal is not None and refusal.scope:
             extra["scope"] = refusal.scope
         text = refusal.message if refusal else "not run: another call in this batch was refused"
         replies.append((message.get("id"), FORBIDDEN, text, extra))
     if not replies:  # only notifications were refused: one error, for no id
-        replies.append((None, FORBIDDEN, first.message, {"tool": calls.refused[0]}))
+        replies.append((None, FORBIDDEN, first.message, {"tool": _cut(calls.refused[0])}))
     raise JsonRpcRefusal(first, replies, batch)
 
 
 def _shown(name: str) -> str:
-    """A client-chosen tool name as messages and audit show it: quoted, cut to the spec's bound."""
-    return repr(name[:MAX_TOOL_NAME])
+    """A client-chosen tool name as messages show it: quoted, cut to the spec's bound, with
+    anything token-shaped redacted (a pasted credential is never echoed)."""
+    return repr(_cut(name))
+
+
+def _cut(name: str) -> str:
+    return redact_token_shaped(name[:MAX_TOOL_NAME])
 
 
 def audit_fields(calls: McpCalls, redact: Callable[[str], str]) -> dict[str, Any]:

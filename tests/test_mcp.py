@@ -419,3 +419,11 @@ async def test_other_responses_pass_untouched(
     token, _ = await gw.token("platform", ["mcp", "read:docs"])
     status, _, answer = await post(gw, token, call("search"))
     assert status == 200 and gzip.decompress(answer) == LISTING
+
+
+async def test_a_token_pasted_as_a_tool_name_is_not_echoed(
+    gw: Gateway, reader: str, mcp: McpUpstream, logs: LogReader
+) -> None:
+    status, _, answer = await post(gw, reader, call(f"x {reader}"))
+    assert status == 403 and reader not in orjson.dumps(answer).decode()
+    assert reader not in logs.raw().decode()

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.helpers.gateway import ROOT, base_config
+from tokenward.gateway.explain import explain_route
 from tokenward.gateway.mcp_policy import DEFAULT_MAX_BODY, McpPolicy
 from tokenward.gateway.scopes import parse_scope
 from tokenward.gateway.settings import ConfigError, Settings, settings_from_dict
@@ -138,3 +139,11 @@ def test_the_examples_commented_mcp_route_loads() -> None:
     [route] = [r for r in settings_from_dict(raw, "example").router.routes if r.mcp is not None]
     assert route.mcp is not None and route.mcp.scope_for("deploy") == parse_scope("write:deploy")
     assert route.mcp.scope_for("drop_db") is None and route.mcp.max_response == 8 * 1024 * 1024
+
+
+def test_config_explain_shows_the_policy() -> None:
+    lines, _ = explain_route(load(with_mcp({"tools": {"search": "read:docs", "drop": "deny"}})), "POST", "/mcp")
+    assert (
+        "mcp: each tools/call needs its tool's scope (step mcp_tool): search=read:docs, drop=deny; other tools: deny"
+        in lines
+    )

@@ -350,6 +350,8 @@ class Forwarder:
             while chunk := await conn.next_chunk():
                 if rewrite is not None:
                     chunk = rewrite.feed(chunk)  # whole SSE events, filtered
+                    if not chunk:
+                        continue
                 await response.write(chunk)
                 sent += len(chunk)
             if rewrite is not None and (tail := rewrite.end()):

@@ -15,6 +15,7 @@ import pytest
 
 from tests.helpers.gateway import Gateway, LogReader
 from tests.helpers.mcp import MCP_PATH, McpUpstream, mcp_config, mcp_upstream
+from tests.helpers.rawhttp import GENEROUS, raw, read_response
 from tests.helpers.scripted import Reply, ScriptedUpstream, Seen
 from tokenward.gateway.mcp_policy import McpCalls, McpPolicy
 from tokenward.gateway.mcp_stream import SseFilter
@@ -427,3 +428,48 @@ async def test_a_token_pasted_as_a_tool_name_is_not_echoed(
     status, _, answer = await post(gw, reader, call(f"x {reader}"))
     assert status == 403 and reader not in orjson.dumps(answer).decode()
     assert reader not in logs.raw().decode()
+
+
+# -- the body on the wire -------------------------------------------------------------------------
+def _head(gw: Gateway, token: str, length: int, *extra: str) -> bytes:
+    port = gw.url.rsplit(":", 1)[1]
+    lines = [
+        f"POST {MCP_PATH} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        f"Authorization: Bearer {token}",
+        "Content-Type: application/json",
+        f"Content-Length: {length}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_expect_100_continue_gets_its_continue_before_the_body(gw: Gateway, reader: str, mcp: McpUpstream) -> None:
+    body = orjson.dumps(call("search"))
+    port = int(gw.url.rsplit(":", 1)[1])
+    stream, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(_head(gw, reader, len(body), "Expect: 100-continue"))
+        await writer.drain()
+        assert await asyncio.wait_for(stream.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        await writer.drain()
+        assert (await read_response(stream)).startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+    [(_, headers, seen)] = mcp.seen
+    assert seen == body and "Expect" not in headers
+
+
+async def test_a_stalled_body_is_408_and_nothing_is_forwarded(
+    start_gateway: Callable[..., Awaitable[Gateway]], upstream: int, mcp: McpUpstream
+) -> None:
+    config = mcp_config(upstream, mcp.port)
+    config["limits"] = {"body_timeout": "1s"}
+    gw = await start_gateway(config)
+    await gw.team("platform", ["mcp", "read:docs"])
+    token, _ = await gw.token("platform", ["mcp", "read:docs"])
+    port = int(gw.url.rsplit(":", 1)[1])
+    status, _, body = await raw(port, _head(gw, token, 500) + b'{"jsonrpc": "2.0"', timeout=GENEROUS)
+    assert status == 408 and orjson.loads(body)["error"]["data"]["error"] == "request_timeout"
+    assert mcp.seen == []

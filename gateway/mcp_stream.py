@@ -10,7 +10,7 @@ answer are rewritten:
 - `application/json`: the whole body is read (at most the policy's `max_response`, else
   502), the matching messages' `result.tools` filtered, and the body sent anew;
 - `text/event-stream`: events are parsed as the SSE spec reads them (any line ending, a
-  leading BOM dropped, `data:` lines joined) one at a time, at most `max_response` bytes per
+  leading BOM dropped, `data:` lines joined, an unfinished last event dropped) one at a time, at most `max_response` bytes per
   event (beyond it the stream is cut: the client sees a broken stream, never an unfiltered
   list); an event holding a matching message is sent again with its data on one `data:`
   line and its other fields (event, id, retry, comments) as they were; every other event
@@ -140,11 +140,10 @@ class SseFilter:
         return b"".join(out)
 
     def end(self) -> bytes:
-        """What is left when the stream ends: an unfinished event, as any other."""
-        if self.pending:
-            self.event.append(self.pending)
-            self.pending = b""
-        return self._event() if self.event else b""
+        """What is left when the stream ends: an event without its blank line, which an SSE
+        client discards (the spec's rule). Dropped here too: never sent unfiltered."""
+        self.pending, self.event, self.size = b"", [], 0
+        return b""
 
     def _event(self) -> bytes:
         lines, self.event, self.size = self.event, [], 0

@@ -360,6 +360,13 @@ def test_sse_events_read_the_same_whatever_the_chunks(cut: int) -> None:
     assert b"".join(byte_by_byte.feed(STREAM[i : i + 1]) for i in range(len(STREAM))) + byte_by_byte.end() == FILTERED
 
 
+def test_an_unfinished_last_event_is_dropped_as_clients_drop_it() -> None:
+    sse = SseFilter(_calls())
+    unfinished = b'data: {"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"deploy"}]}}\n'
+    assert sse.feed(b": ok\n\n" + unfinished) == b": ok\n\n"
+    assert sse.end() == b""
+
+
 def test_an_unreadable_sse_listing_cuts_the_stream() -> None:
     sse = SseFilter(_calls())
     with pytest.raises(UpstreamFailed):

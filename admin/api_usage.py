@@ -22,7 +22,7 @@ from tokenward.endpoints import Call, Routes, api_error, json_response
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.scopes import format_scopes
 from tokenward.gateway.store import Store
-from tokenward.gateway.usage import ALLOWED, DAY, REFUSED, REQUESTS, ROUTE, SCOPE, USAGE_DAYS, day_of
+from tokenward.gateway.usage import ALLOWED, DAY, REFUSED, REQUESTS, ROUTE, SCOPE, TOOL, USAGE_DAYS, day_of
 from tokenward.permissions import org_token_admin, team_admin
 
 routes = Routes("tokens")
@@ -82,13 +82,14 @@ async def token_usage(store: Store, token: TokenRecord, days: int, now: float | 
     by_day: dict[str, int] = {}
     by_route: dict[str, int] = {}
     refused: dict[str, int] = {}
+    by_tool: dict[str, int] = {}  # allowed MCP tool calls (README "MCP")
     exercised: dict[str, int] = {}
     allowed = 0
     for name, fields in zip(names, await store.read_usage(token.id, names), strict=True):
         by_day[name] = fields.get(REQUESTS, 0)
         allowed += fields.get(ALLOWED, 0)
         for field, n in fields.items():
-            for prefix, into in ((ROUTE, by_route), (REFUSED, refused), (SCOPE, exercised)):
+            for prefix, into in ((ROUTE, by_route), (REFUSED, refused), (SCOPE, exercised), (TOOL, by_tool)):
                 if field.startswith(prefix):
                     key = field[len(prefix) :]
                     into[key] = into.get(key, 0) + n
@@ -103,6 +104,7 @@ async def token_usage(store: Store, token: TokenRecord, days: int, now: float | 
         "by_day": by_day,
         "by_route": dict(sorted(by_route.items(), key=lambda item: -item[1])),
         "refused": dict(sorted(refused.items(), key=lambda item: -item[1])),
+        "by_tool": dict(sorted(by_tool.items(), key=lambda item: -item[1])),
         "scopes_used": {scope: exercised.get(scope, 0) for scope in granted},
         "unused_scopes": [scope for scope in granted if not exercised.get(scope)],
     }

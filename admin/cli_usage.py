@@ -40,6 +40,8 @@ def usage_report(data: dict[str, Any]) -> str:
     lines += usage_summary(data)
     if data["by_route"]:
         lines += ["", table(["ROUTE", "REQUESTS"], [[route, str(n)] for route, n in data["by_route"].items()])]
+    if data.get("by_tool"):
+        lines += ["", table(["MCP TOOL", "CALLS"], [[tool, str(n)] for tool, n in data["by_tool"].items()])]
     days = [[day, str(n)] for day, n in data["by_day"].items() if n]
     if days:
         lines += ["", table(["DAY", "REQUESTS"], days)]

@@ -17,7 +17,9 @@ TOKEN_USAGE: Schema = {
         "a token's requests over the last `days` UTC days, today included: `by_day` (every day of "
         "the window, `2026-11-28`), `by_route` (the route's methods and path template), `refused` "
         "(by decision step: `status`, `scope`, ...), `scopes_used` (per granted scope, the allowed "
-        "requests it covered) and `unused_scopes` (granted scopes no allowed request needed)"
+        "requests it covered) and `unused_scopes` (granted scopes no allowed request needed); "
+        "`by_tool`: the MCP tools it called (allowed calls; `(unlisted)`: those an `mcp` policy's "
+        "`default` scope allowed), whose scopes count in `scopes_used`"
     ),
     "properties": {
         "token_id": {"type": "string"},
@@ -29,6 +31,7 @@ TOKEN_USAGE: Schema = {
         "by_day": COUNTS,
         "by_route": COUNTS,
         "refused": COUNTS,
+        "by_tool": COUNTS,
         "scopes_used": COUNTS,
         "unused_scopes": {"type": "array", "items": {"type": "string"}},
     },

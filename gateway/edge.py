@@ -16,7 +16,7 @@ from aiohttp import web
 
 from tokenward.gateway.audit import redact
 from tokenward.gateway.bounded import BoundedMap
-from tokenward.gateway.refusal import Refusal, error_body, error_headers
+from tokenward.gateway.refusal import Refusal, error_headers
 from tokenward.gateway.settings import IPNetwork
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
@@ -130,7 +130,7 @@ def error_response(refusal: Refusal, request_id: str) -> web.Response:
     """The one JSON error response of both listeners (see `refusal.error_body`)."""
     return web.Response(
         status=refusal.status,
-        body=error_body(refusal, request_id),
+        body=refusal.render(request_id),
         content_type="application/json",
         headers=error_headers(refusal, request_id),
     )

@@ -26,6 +26,7 @@ from aiohttp import web
 from tokenward.gateway.decision import Principal
 from tokenward.gateway.edge import TrustedProxies, client_request_id, request_id
 from tokenward.gateway.headers import HeaderPolicy
+from tokenward.gateway.mcp_policy import McpCalls
 from tokenward.gateway.paths import PathError, Target, parse_target
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
@@ -111,6 +112,9 @@ class Exchange:
     response_bytes: int = 0  # the body of a response sent whole (a streamed one counts bytes_sent)
     upstream_seconds: float | None = None  # from sending the request to the upstream's response head
     trace: RequestTrace | None = None  # tracing on: this request's spans
+    # an MCP route (gateway/mcp.py): the body read to decide, forwarded as it is, and the calls
+    body: bytes | None = None
+    mcp: McpCalls | None = None
 
 
 # -- 1. edge ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from tokenward.gateway.decision import authorize
 from tokenward.gateway.environments import describe
+from tokenward.gateway.mcp_policy import McpPolicy
 from tokenward.gateway.paths import PathError, parse_target
 from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.routes import LITERAL, PARAM, TAIL, Route, fold, methods_overlap
@@ -165,9 +166,18 @@ def explain_route(settings: Settings, method: str, raw_path: str) -> tuple[list[
         lines.append(
             "resource: " + ", ".join(f"{role}={match.params[p]}" for role, p in route.resource.items())
         )
+    if route.mcp is not None:
+        lines.append(mcp_line(route.mcp))
     query = f"?{target.query}" if target.query else ""
     lines.append(f"upstream: {upstream.name} -> {upstream.url}{target.path}{query}")
     return lines, match
+
+
+def mcp_line(policy: McpPolicy) -> str:
+    """A route's MCP policy, as `config explain` shows it (step mcp_tool)."""
+    tools = ", ".join(f"{name}={scope if scope is not None else 'deny'}" for name, scope in policy.tools.items())
+    default = policy.default if policy.default is not None else "deny"
+    return f"mcp: each tools/call needs its tool's scope (step mcp_tool): {tools or 'none listed'}; other tools: {default}"
 
 
 async def explain_token(settings: Settings, match: object, token: str) -> list[str]:

@@ -34,6 +34,8 @@ from tokenward.gateway.exchange import (
     open_exchange,
     read_target,
 )
+from tokenward.gateway.mcp import audit_fields as mcp_audit_fields
+from tokenward.gateway.mcp import authorize_mcp, usage_tools
 from tokenward.gateway.paths import PathError
 from tokenward.gateway.proxy import Forwarder
 from tokenward.gateway.records import TokenRecord
@@ -179,6 +181,8 @@ class Pipeline:
             token = bearer_token(ex.request.headers.getall("Authorization", []))
             ex.principal = principal = await runtime.authenticator.authenticate(token, ex.client_ip)
             authorize(match, principal)
+            if route.mcp is not None:  # per-tool MCP authorization: reads the JSON-RPC body
+                await authorize_mcp(ex, route.mcp)
             runtime.audit.mark_used(principal.token.id, time.time())
         ex.allowed = True
         ex.decided = time.perf_counter()
@@ -228,9 +232,13 @@ class Pipeline:
             caller = token_fields(token, ex.principal.service_account if ex.principal is not None else None)
             if ex.route is not None:  # usage per token: counted here, written in batches
                 self.runtime.audit.usage.count(token, ex.route, ex.required, ex.allowed, ex.step, time.time())
+                if ex.mcp is not None and ex.allowed and ex.mcp.tools:  # and the MCP tools it called
+                    self.runtime.audit.usage.count_tools(token.id, usage_tools(ex.mcp), time.time())
         else:  # an unproven key id is never a token_id: anyone can name any key id
             caller = {"claimed_token_id": ex.claimed_id} if ex.claimed_id is not None else _NO_FIELDS
         extra: dict[str, Any] = {"client_request_id": ex.client_request_id} if ex.client_request_id is not None else {}
+        if ex.mcp is not None:
+            extra.update(mcp_audit_fields(ex.mcp, self.runtime.audit.redact))
         if ex.trace is not None:
             ex.trace.finish(ex)
             extra["trace_id"] = ex.trace.trace_id

@@ -25,6 +25,8 @@ from tokenward.gateway.headers import (
     normalize_name,
     response_headers,
 )
+from tokenward.gateway.mcp_stream import JsonFilter, SseFilter, response_filter
+from tokenward.gateway.mcp_stream import upstream_headers as mcp_headers
 from tokenward.gateway.metrics import Histogram
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.settings import Limits, Upstream
@@ -124,6 +126,19 @@ def upstream_headers(ex: Exchange, host: str, identity: IdentityHeaders | None =
     return out
 
 
+async def filtered(conn: Connection, rewrite: JsonFilter | SseFilter) -> bytes:
+    """An MCP response read whole (at most the policy's max_response) and filtered; before
+    anything went to the client, so a failure is still a 502 or 504."""
+    out: list[bytes] = []
+    try:
+        while chunk := await conn.next_chunk():
+            out.append(rewrite.feed(chunk))
+        out.append(rewrite.end())
+        return b"".join(out)
+    except UpstreamFailed as exc:
+        raise upstream_error(504 if exc.timeout else 502, str(exc)) from None
+
+
 class Forwarder:
     """Pools of keep-alive connections per upstream; small responses are answered in one
     write, larger or slower ones streamed."""
@@ -168,18 +183,23 @@ class Forwarder:
         headers = upstream_headers(ex, pool.host_header, self.identity)
         method = request.method
         has_body = request.body_exists
+        body = ex.body  # an MCP route's: read whole by the decision, sent as it was authorized
+        if ex.mcp is not None:
+            headers = mcp_headers(headers)
         # Framing from what aiohttp parsed, never from inbound header spellings.
-        if request.content_length is not None:
+        if body is not None:
+            headers.append(("Content-Length", str(len(body))))
+        elif request.content_length is not None:
             headers.append(("Content-Length", str(request.content_length)))
         elif has_body:
             headers.append(("Transfer-Encoding", "chunked"))
-        if has_body and request.headers.get("Expect", "").lower() == "100-continue" and request.transport:
+        if body is None and has_body and request.headers.get("Expect", "").lower() == "100-continue" and request.transport:
             # The decision is made: let the client send its body (the upstream gets it at once).
             request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         head = request_head(method, pool.target(target.path, target.query), headers)
         sent = time.perf_counter()
         replayable = method in IDEMPOTENT and not has_body
-        conn = await self._exchange(request, pool, upstream, head, has_body, replayable, ex.view.settings.limits)
+        conn = await self._exchange(request, pool, upstream, head, has_body, replayable, ex.view.settings.limits, body)
         ex.upstream_seconds = waited = time.perf_counter() - sent
         if self.latency is not None:
             self.latency.labels(upstream.name).observe(waited)
@@ -224,6 +244,7 @@ class Forwarder:
         has_body: bool,
         replayable: bool,
         limits: Limits,
+        body: bytes | None = None,
     ) -> Connection:
         """Send the request; return the connection once the response head is in."""
         for attempt in (0, 1):
@@ -238,7 +259,9 @@ class Forwarder:
             conn.begin(request.method == "HEAD", upstream.timeout)
             try:
                 conn.write(head)
-                if has_body:
+                if body is not None:
+                    await self._send_bytes(conn, body)
+                elif has_body:
                     await self._send_body(request, conn, limits)
                 await conn.response_head()
                 if reused:
@@ -257,6 +280,14 @@ class Forwarder:
                 conn.close()
                 raise
         raise AssertionError("unreachable")
+
+    async def _send_bytes(self, conn: Connection, body: bytes) -> None:
+        conn.sending = True
+        try:
+            conn.write(body)
+            await conn.drain()
+        finally:
+            conn.sending = False
 
     async def _send_body(self, request: web.BaseRequest, conn: Connection, limits: Limits) -> None:
         try:
@@ -290,6 +321,10 @@ class Forwarder:
     ) -> web.StreamResponse:
         reason = decode_header(conn.reason) or None
         headers = response_headers(conn.headers, request_id)
+        mcp = delivery.mcp if delivery is not None and request.method != "HEAD" else None
+        rewrite = response_filter(mcp, conn.headers) if mcp is not None else None
+        if rewrite is not None and (rewrite.whole or conn.complete):  # an MCP tools/list, filtered
+            return web.Response(status=conn.status, reason=reason, headers=headers, body=await filtered(conn, rewrite))
         if conn.complete and request.method != "HEAD":
             # The whole response is here already: one write to the client.
             return web.Response(status=conn.status, reason=reason, headers=headers, body=conn.take_body())
@@ -300,7 +335,7 @@ class Forwarder:
                 response.headers["Content-Length"] = decode_header(length)
         else:
             length = next((v for n, v in conn.headers if n.lower() == b"content-length"), None)
-            if length is not None and length.isdigit():
+            if length is not None and length.isdigit() and rewrite is None:
                 response.content_length = int(length)
         sent = 0
         try:
@@ -313,8 +348,15 @@ class Forwarder:
                 await response.write_eof()
                 return response
             while chunk := await conn.next_chunk():
+                if rewrite is not None:
+                    chunk = rewrite.feed(chunk)  # whole SSE events, filtered
+                    if not chunk:
+                        continue
                 await response.write(chunk)
                 sent += len(chunk)
+            if rewrite is not None and (tail := rewrite.end()):
+                await response.write(tail)
+                sent += len(tail)
             if delivery is not None:
                 delivery.bytes_sent = sent
             await response.write_eof()

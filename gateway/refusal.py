@@ -29,6 +29,7 @@ class Step(StrEnum):
     TEAM = "team"
     CONSTRAINTS = "constraints"
     SCOPE = "scope"
+    MCP_TOOL = "mcp_tool"  # an MCP tools/call the token may not make (gateway/mcp.py)
     STORE = "store"
     # the request edge, before the decision
     PATH = "path"
@@ -76,6 +77,11 @@ class Refusal(Exception):
 
     def __repr__(self) -> str:
         return f"Refusal({self.status}, {self.error!r}, {self.step!r}, {self.message!r})"
+
+    def render(self, request_id: str) -> bytes:
+        """The response body (JSON): `error_body`, unless a kind of refusal answers in its
+        own protocol's shape (an MCP route's JSON-RPC error: gateway/mcp.py)."""
+        return error_body(self, request_id)
 
 
 def error_body(refusal: Refusal, request_id: str) -> bytes:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from tokenward.gateway.config_decode import NAME, Checker, Describer, Schema, boolean, decode_fields, setting
 from tokenward.gateway.environments import ENVIRONMENTS, combine, decode_environments
+from tokenward.gateway.mcp_policy import McpPolicy, decode_mcp, mcp_schema
 from tokenward.gateway.routes import (
     HTTP_METHODS,
     Route,
@@ -59,7 +60,8 @@ class _RouteFlags:
     websocket: bool = setting(False, boolean)
 
 
-_ROUTE_KEYS = ("methods", "path", "upstream", "scopes", "public", "resource", "websocket", "environments")
+_ROUTE_KEYS: tuple[str, ...] = ("methods", "path", "upstream", "scopes", "public", "resource", "websocket", "environments")
+_ROUTE_KEYS += ("mcp",)  # per-tool MCP authorization (gateway/mcp_policy.py)
 
 
 def routes_schema(d: Describer) -> Schema:
@@ -84,6 +86,7 @@ def routes_schema(d: Describer) -> Schema:
             "additionalProperties": {"type": "string"},
         },
         **d.section(_RouteFlags)["properties"],
+        "mcp": mcp_schema(d, scopes["items"]),
     }
     route: Schema = {
         "type": "object",
@@ -185,6 +188,7 @@ def _route(
             else:
                 resource[role] = param
 
+    mcp = _mcp(checker, data, loc, public, flags.websocket)
     environments = decode_environments(checker, data.get("environments"), f"{loc}.environments")
     environments = combine(environments, upstream_environments.get(str(upstream)))
     if environments is not None and not environments:
@@ -203,5 +207,17 @@ def _route(
         shape=shape,
         param_names=names,
         environments=None if public else environments,
+        mcp=mcp,
     )
+
+
+def _mcp(checker: Checker, data: dict[str, object], loc: str, public: bool, websocket: bool) -> McpPolicy | None:
+    """The route's `mcp` policy: a route that carries MCP's streamable HTTP transport."""
+    if "mcp" not in data:
+        return None
+    if public:
+        checker.problem(f"{loc}.mcp", "a public route takes no token, so no per-tool scopes")
+    if websocket:
+        checker.problem(f"{loc}.mcp", "MCP's streamable HTTP transport is no WebSocket: drop websocket: true")
+    return decode_mcp(checker, data["mcp"], f"{loc}.mcp")
 

@@ -32,6 +32,8 @@ USAGE_TTL = (USAGE_DAYS + 2) * DAY
 # The fields of a (token, day) hash in the store: totals, then one per route, step and scope.
 REQUESTS, ALLOWED = "n", "a"
 ROUTE, REFUSED, SCOPE = "r:", "x:", "s:"
+TOOL = "t:"  # allowed MCP tool calls per tool (a name the route's `mcp` policy lists, or UNLISTED)
+UNLISTED_TOOL = "(unlisted)"  # tools allowed by a policy's `default` scope: one count for all
 
 
 def day_of(at: float) -> str:
@@ -51,12 +53,14 @@ class _RouteCount:
 class _DayCount:
     """One token's counts on one day, between two flushes."""
 
-    __slots__ = ("granted", "refused", "routes")
+    __slots__ = ("granted", "refused", "routes", "tool_scopes", "tools")
 
     def __init__(self, granted: tuple[Scope, ...]) -> None:
         self.granted = granted  # the token's scopes (fixed at issuance)
         self.routes: dict[str, _RouteCount] = {}
         self.refused: dict[str, int] = {}
+        self.tools: dict[str, int] = {}  # allowed MCP tool calls (names bounded by the config)
+        self.tool_scopes: dict[Scope, int] = {}  # the scopes those calls needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,18 @@ class UsageTally:
             counts.refused += 1
             day.refused[step] = day.refused.get(step, 0) + 1
 
+    def count_tools(self, token_id: str, tools: Sequence[tuple[str, Scope]], at: float) -> None:
+        """The MCP tools an allowed request called (`count` counted the request first):
+        per tool label and the scope each needed (for `unused_scopes`)."""
+        if not self._day_start <= at < self._day_end:
+            return  # (the day turned between the two calls: the request's day has its count)
+        day = self._today.get(token_id)
+        if day is None:
+            return  # the tally was full: the request was not counted either
+        for label, scope in tools:
+            day.tools[label] = day.tools.get(label, 0) + 1
+            day.tool_scopes[scope] = day.tool_scopes.get(scope, 0) + 1
+
     def take(self) -> UsageBatch | None:
         """The counts so far as one batch (None: nothing counted); the tally starts over."""
         days, self._days = self._days, {}
@@ -155,5 +171,11 @@ def _fields(day: _DayCount) -> tuple[tuple[str, int], ...]:
                     scopes[name] = scopes.get(name, 0) + route.allowed
     for step, n in day.refused.items():
         fields[REFUSED + step] = n
+    for required, n in day.tool_scopes.items():
+        scope = covering(day.granted, required)
+        if scope is not None:
+            scopes[SCOPE + str(scope)] = scopes.get(SCOPE + str(scope), 0) + n
+    for label, n in day.tools.items():
+        fields[TOOL + label] = n
     fields.update(scopes)
     return tuple((name, n) for name, n in fields.items() if n)

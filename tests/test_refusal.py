@@ -32,6 +32,7 @@ STEP_IDS = {
     "path", "request", "limits", "framing", "forward", "verified", "upstream", "grant",
     "internal", "shutdown",
 }  # fmt: skip
+STEP_IDS |= {"mcp_tool"}  # issue 16: per-tool MCP authorization
 
 
 def _tree(path: Path) -> ast.Module:

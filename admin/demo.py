@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from aiohttp import web
 
+from tokenward.demo_mcp import mcp_endpoint, mcp_route
 from tokenward.gateway.settings import load_settings
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ async def echo(request: web.Request) -> web.StreamResponse:
 
 def echo_app() -> web.Application:
     app = web.Application(client_max_size=1024**3)
+    app.router.add_post("/orgs/{org}/teams/{team}/mcp", mcp_endpoint)  # the demo's MCP server
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 
@@ -147,7 +149,7 @@ def demo_config(data_dir: Path, port: int, admin_port: int, upstream_port: int) 
         "data_dir": str(data_dir),
         "tokens": {"prefix": "tw_sat", "default_ttl": "90d", "max_ttl": "365d"},
         "upstreams": {"registry": {"url": f"http://127.0.0.1:{upstream_port}", "timeout": "30s"}},
-        "routes": demo_routes("registry"),
+        "routes": [*demo_routes("registry"), mcp_route("registry")],
     }
 
 
@@ -289,6 +291,10 @@ agent recipe: a short-lived child token per agent run, never wider than its pare
   export AGENT_TOKEN={agent_plain}   # read:apis read:specs delegate
   CHILD=$(TOKENWARD_TOKEN=$AGENT_TOKEN tokenward token delegate --scopes read:apis --ttl 15m --run-id run-1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
   curl -s {base}/apis -H "Authorization: Bearer $CHILD"     # 200; the upstream sees X-Tokenward-Run-Id: run-1
+  MCP=(-s {base}/mcp -H "Authorization: Bearer $CHILD" -H 'Content-Type: application/json')   # the team's MCP server
+  curl "${{MCP[@]}}" -d '{{"jsonrpc":"2.0","id":1,"method":"tools/list"}}'     # lists search_apis only: the tools $CHILD may call
+  curl "${{MCP[@]}}" -d '{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"search_apis","arguments":{{"q":"pets"}}}}}}'   # runs
+  curl "${{MCP[@]}}" -d '{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"register_api"}}}}'   # 403, JSON-RPC error: lacks write:apis
   tokenward token revoke {agent_record.id} --team {DEMO_TEAM}     # the parent: $CHILD gets 401 at once
 
 Ctrl-C to stop.

@@ -41,7 +41,7 @@ from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import RESERVED_RESOURCES, Scope, capability, format_scopes
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_audit import AuditEntry
-from tokenward.gateway.store_children import release_child_slot, take_child_slot
+from tokenward.gateway.store_children import expired_children, release_child_slot, take_child_slot
 from tokenward.gateway.tokens import generate, new_check_key, secret_check
 from tokenward.rules import (
     Invalid,
@@ -115,7 +115,7 @@ class Delegation(Changes):
         issued = time.time()
         ttl = duration_field(body.get("ttl", "15m"), "ttl")
         limit = min(policy.delegation.max_ttl, policy.max_ttl or policy.delegation.max_ttl)
-        if ttl <= 0 or ttl > limit:
+        if ttl < 1 or ttl > limit:
             which = "tokens.delegation.max_ttl" if limit == policy.delegation.max_ttl else "tokens.max_ttl"
             raise Invalid(f"ttl: from 1s to {format_duration(limit)} ({which})", "ttl")
         expires_at = issued + ttl
@@ -180,14 +180,34 @@ class Delegation(Changes):
         store, parent_id = self.store, record.parent_id
         assert parent_id is not None and record.expires_at is not None
         limit = self.runtime.settings.tokens.delegation.max_children
-        await take_child_slot(store, record.org, parent_id, record.id, record.expires_at, limit, time.time())
+        now = time.time()
+        await self._purge_expired_children(record.org, parent_id, now)
+        await take_child_slot(store, record.org, parent_id, record.id, record.expires_at, limit, now)
         try:
+            # within tokens.max_per_team like any token; expired children give their place back
+            # at the parent's next mint (purged above), so a parent holds at most max_children
             await store.create_token_in_quota(record, self.runtime.settings.tokens.max_per_team, entry, actor.fence())
         except BaseException:
             with contextlib.suppress(Exception):
                 if await store.get_token(record.id) is None:
                     await release_child_slot(store, record.org, parent_id, record.id)
             raise
+
+
+    async def _purge_expired_children(self, org: str, parent_id: str, now: float) -> None:
+        """Delete the parent's children that have expired (their record and index entries): an
+        agent platform minting a child per run would otherwise pile up records forever. Each
+        deletion is logged as `token.deleted` with the reason."""
+        for child_id in await expired_children(self.store, org, parent_id, now):
+            child = await self.store.get_token(child_id)
+            if child is not None and child.parent_id == parent_id and child.status(now) == EXPIRED:
+                await self.store.delete_token(child)
+                await self.store.unindex_token(child)
+                self.runtime.audit.emit(
+                    "token.deleted", in_stream=False, token_id=child.id, token_name=child.name, org=child.org,
+                    team=child.team, parent_id=parent_id, reason="expired child token, purged at its parent's next mint",
+                )  # fmt: skip
+            await release_child_slot(self.store, org, parent_id, child_id)
 
 
 async def ended_by_ancestor(store: Store, record: TokenRecord) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from tokenward.actor import Actor
 from tokenward.gateway import legacy_keys
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.refusal import Refusal
-from tokenward.gateway.scopes import RESERVED_RESOURCES, Scope, format_scopes
+from tokenward.gateway.scopes import RESERVED_RESOURCES, Scope, capability, format_scopes
 from tokenward.gateway.store_changes import Change
 from tokenward.gateway.store_records import Conflict
 from tokenward.gateway.tokens import generate, new_check_key, secret_check
@@ -41,6 +41,8 @@ from tokenward.rules import (
 )
 from tokenward.service import DEFAULT_TTL, TokenService
 
+DELEGATE = capability("delegate")  # minting children takes a token of ours
+
 IMPORT_OFF = (
     "key: importing keys is off on this server: set tokens.legacy_lookup_key (a random secret of at "
     "least 32 characters, e.g. from `openssl rand -hex 32`, kept out of the store) and restart"
@@ -55,6 +57,12 @@ def refuse_admin_powers(scopes: Sequence[Scope], field: str) -> None:
     """Invalid: a scope on the admin plane's resources (`admin:team`, `admin:org`, anything on
     `team` or `org`): an imported key never administers."""
     for scope in scopes:
+        if scope == DELEGATE:
+            raise Invalid(
+                f"{field}: delegate cannot be held by an imported key: minting child tokens "
+                "(POST /v1/delegate) takes a token of ours",
+                field,
+            )
         if scope.resource in RESERVED_RESOURCES:
             raise Invalid(
                 f"{field}: {scope} is an admin-plane power, which an imported key cannot hold: imported "

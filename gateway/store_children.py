@@ -50,3 +50,10 @@ async def children(store: Store, org: str, parent_id: str, now: float) -> list[s
     key = Keys.children(org, parent_id)
     found = await store._call(lambda: store.client.zrangebyscore(key, repr(now), "+inf"))
     return [m.decode() if isinstance(m, bytes) else str(m) for m in found]
+
+
+async def expired_children(store: Store, org: str, parent_id: str, now: float, batch: int = 100) -> list[str]:
+    """Up to `batch` ids of the parent's children that have expired, oldest first."""
+    key = Keys.children(org, parent_id)
+    found = await store._call(lambda: store.client.zrangebyscore(key, "-inf", f"({now!r}", start=0, num=batch))
+    return [m.decode() if isinstance(m, bytes) else str(m) for m in found]

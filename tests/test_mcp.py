@@ -186,6 +186,9 @@ UNREADABLE = [
     (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search", "name": "deploy"}}', {}, -32700),
     (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search"}, "id": 2}', {}, -32700),
     (b'{"jsonrpc": "2.0", "id": NaN, "method": "ping"}', {}, -32700),
+    # a lone surrogate escape: the stdlib reads it, orjson (the audit, the answers) cannot
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "deploy\\ud800"}}', {}, -32700),
+    (b'{"jsonrpc": "2.0", "id": "a\\udc00", "method": "tools/call", "params": {"name": "search"}}', {}, -32700),
     ('{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "s\xe9arch"}}'.encode("latin-1"), {}, -32700),
     (b"\xef\xbb\xbf" + orjson.dumps(call("search")), {}, -32700),
     (orjson.dumps(call("search")), {"Content-Type": "text/plain"}, -32600),

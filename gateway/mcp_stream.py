@@ -94,7 +94,8 @@ class JsonFilter:
             value = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise Refusal(502, "bad_gateway", Step.UPSTREAM, "the MCP server's JSON response is unreadable") from None
-        return orjson.dumps(value) if rewrite(self.calls, value) else body
+        rewrite(self.calls, value)
+        return orjson.dumps(value)  # always as read here (a repeated key: one reading for every client)
 
 
 class SseFilter:
@@ -157,14 +158,15 @@ class SseFilter:
         if not data:
             return raw
         text = b"\n".join(data)
+        if not text.strip():
+            return raw  # an empty priming event: no message in it
         try:
             value = orjson.loads(text)
         except orjson.JSONDecodeError:
-            if b'"tools"' in text:  # a listing another parser might read (nested too deep, ...)
-                raise UpstreamFailed("an SSE event of the MCP server could not be read to filter it") from None
-            return raw  # no JSON-RPC message (an empty priming event, ...): passed as it is
-        if not rewrite(self.calls, value):
-            return raw
+            # a listing another parser might read (a byte that is not UTF-8, a key split or
+            # escaped): never passed unfiltered
+            raise UpstreamFailed("an SSE event of the MCP server could not be read to filter it") from None
+        rewrite(self.calls, value)  # and always sent as read here: one reading for every client
         kept = [line for line in lines if not (line[:5] == b"data:" or line.rstrip(b"\r\n") == b"data")]
         blank = kept.pop() if kept and not kept[-1].rstrip(b"\r\n") else b"\n"
         return b"".join(kept) + b"data: " + orjson.dumps(value) + b"\n" + blank

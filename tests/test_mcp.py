@@ -343,14 +343,12 @@ STREAM = (
     b': ping\n\n'
     b'data: {"jsonrpc":"2.0","id":2.0,"result":{"tools":[{"name":"deploy"}]}}\r\r'  # by shape, whatever the id
     b'id: prime-1\ndata:\n\n'  # an empty priming event (the SDK's, for resumption)
-    b'data: {"not": "json"\n\n'
 )
 FILTERED = (
     b'event: message\r\ndata: {"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"search"}]}}\n\r\n'
     b': ping\n\n'
     b'data: {"jsonrpc":"2.0","id":2.0,"result":{"tools":[]}}\n\r'
     b'id: prime-1\ndata:\n\n'
-    b'data: {"not": "json"\n\n'
 )
 
 
@@ -368,6 +366,30 @@ def test_an_unfinished_last_event_is_dropped_as_clients_drop_it() -> None:
     unfinished = b'data: {"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"deploy"}]}}\n'
     assert sse.feed(b": ok\n\n" + unfinished) == b": ok\n\n"
     assert sse.end() == b""
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        b'data: {"not": "json"\n\n',
+        b'data: {"jsonrpc":"2.0","id":1,"result":{"\\u0074ools":[{"name":"deploy","description":"caf\xe9"}]}}\n\n',
+        b'data: {"jsonrpc":"2.0","id":1,"result":{"too\ndata: ls":[{"name":"deploy"}]}}\n\n',
+    ],
+)
+def test_an_sse_event_that_cannot_be_read_cuts_the_stream(event: bytes) -> None:
+    """Whatever another client might read in it (a byte that is not UTF-8, a key escaped or
+    split over data lines): never passed unfiltered. Review of issue 16."""
+    sse = SseFilter(_calls())
+    with pytest.raises(UpstreamFailed):
+        sse.feed(b": ok\n\n" + event)
+
+
+def test_a_listing_with_a_repeated_key_is_sent_as_read() -> None:
+    """orjson keeps the last `tools`; a first-wins client must not see the other copy."""
+    sse = SseFilter(_calls())
+    event = b'data: {"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"deploy"}],"tools":[{"name":"search"}]}}\n\n'
+    out = sse.feed(event)
+    assert b"deploy" not in out and b"search" in out
 
 
 def test_an_unreadable_sse_listing_cuts_the_stream() -> None:

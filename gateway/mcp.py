@@ -244,8 +244,20 @@ def check_routing_headers(headers: CIMultiDictProxy[str], messages: list[dict[st
     message = messages[0]
     if methods and methods[0] != message.get("method"):
         raise _invalid("the Mcp-Method header does not match the body's method")
-    if names and message.get("method") == TOOLS_CALL and header_value(names[0]) != message["params"]["name"]:
-        raise _invalid("the Mcp-Name header does not match the tool the body calls")
+    if names and header_value(names[0]) != _named(message):
+        # the name a tools/call or prompts/get gives, the uri of a resources/read; on any other
+        # method an Mcp-Name names nothing in the body, and a router trusting it could be misled
+        raise _invalid("the Mcp-Name header does not match what the body names")
+
+
+def _named(message: dict[str, Any]) -> str | None:
+    """What MCP's Mcp-Name header carries for `message`, or None when it carries nothing."""
+    params = message.get("params")
+    if not isinstance(params, dict):
+        return None
+    field = {TOOLS_CALL: "name", "prompts/get": "name", "resources/read": "uri"}.get(message.get("method", ""))
+    value = params.get(field) if field else None
+    return value if isinstance(value, str) else None
 
 
 def header_value(value: str) -> str | None:

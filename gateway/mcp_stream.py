@@ -142,9 +142,14 @@ class SseFilter:
 
     def end(self) -> bytes:
         """What is left when the stream ends: an event without its blank line, which an SSE
-        client discards (the spec's rule). Dropped here too: never sent unfiltered."""
+        client discards (the spec's rule). Dropped here too: never sent unfiltered. A CR the
+        stream ends on is a line end after all (no LF can follow it)."""
+        out = b""
+        if self.pending.endswith(b"\r"):
+            pending, self.pending = self.pending, b""
+            out = self.feed(pending + b"\n")  # CR LF reads as the CR alone did
         self.pending, self.event, self.size = b"", [], 0
-        return b""
+        return out
 
     def _event(self) -> bytes:
         lines, self.event, self.size = self.event, [], 0

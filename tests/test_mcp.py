@@ -232,6 +232,9 @@ async def test_what_the_gateway_cannot_read_is_refused(
         (call("search"), {"Mcp-Name": "=?base64?c2VhcmNo?"}),  # not the sentinel: compared verbatim
         (call("search"), {"Mcp-Name": "=?base64?c2VhcmNi?="}),  # "searcb"
         ([call("search", 1), call("search", 2)], {"Mcp-Method": "tools/call"}),
+        # an Mcp-Name where the body names nothing (review of issue 16)
+        ({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, {"Mcp-Name": "deploy"}),
+        ({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "file:///a"}}, {"Mcp-Name": "deploy"}),
     ],
 )
 async def test_routing_headers_must_say_what_the_body_says(
@@ -359,6 +362,13 @@ def test_sse_events_read_the_same_whatever_the_chunks(cut: int) -> None:
     assert out == FILTERED
     byte_by_byte = SseFilter(_calls())
     assert b"".join(byte_by_byte.feed(STREAM[i : i + 1]) for i in range(len(STREAM))) + byte_by_byte.end() == FILTERED
+
+
+def test_an_event_ended_by_a_cr_at_the_end_of_the_stream_is_delivered() -> None:
+    sse = SseFilter(_calls())
+    event = b'data: {"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"deploy"},{"name":"search"}]}}\r\r'
+    out = sse.feed(event) + sse.end()
+    assert b'"search"' in out and b"deploy" not in out
 
 
 def test_an_unfinished_last_event_is_dropped_as_clients_drop_it() -> None:

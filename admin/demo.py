@@ -87,9 +87,12 @@ async def echo(request: web.Request) -> web.StreamResponse:
     )
 
 
-def echo_app() -> web.Application:
+def echo_app(mcp: bool = False) -> web.Application:
+    """The upstream that echoes what it receives (the demo's, the tests'); with `mcp`, the
+    demo's MCP server on its MCP route's path too (admin/demo_mcp.py)."""
     app = web.Application(client_max_size=1024**3)
-    app.router.add_post("/orgs/{org}/teams/{team}/mcp", mcp_endpoint)  # the demo's MCP server
+    if mcp:
+        app.router.add_post("/orgs/{org}/teams/{team}/mcp", mcp_endpoint)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 
@@ -186,7 +189,7 @@ async def run_demo(
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     settings = load_settings(config_path)
 
-    upstream = web.AppRunner(echo_app(), access_log=None)
+    upstream = web.AppRunner(echo_app(mcp=True), access_log=None)
     await upstream.setup()
     await web.TCPSite(upstream, "127.0.0.1", upstream_port).start()
     server = Server(settings)

@@ -22,6 +22,7 @@ from tokenward import (
     api_accounts,
     api_audit,
     api_import,
+    api_limits,
     api_org_tokens,
     api_teams,
     api_tokens,
@@ -91,6 +92,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *api_usage.routes.endpoints,
     *api_import.routes.endpoints,
     *api_audit.routes.endpoints,
+    *api_limits.routes.endpoints,
     *routes.endpoints,
 )
 

@@ -13,6 +13,7 @@ from typing import Any
 from tokenward.gateway.refusal import Step
 from tokenward.metadata import METADATA_SCHEMA
 from tokenward.schema_accounts import ACCOUNT, ACCOUNT_CREATE, ACCOUNT_LIST, ACCOUNT_UPDATE
+from tokenward.schema_limits import LIMITS_BODY, LIMITS_CREATE, LIMITS_VIEW, RATE_LIMIT, RATE_LIMITS, REFILL
 from tokenward.validator import PRINTABLE, ValidationError, validate
 
 Schema = dict[str, Any]
@@ -117,6 +118,7 @@ TEAM: Schema = {
         "permissions": {"type": "array", "items": {"type": "string"}},
         "created_at": TIMESTAMP,
         "created_by": {"type": "string"},
+        "rate_limits": RATE_LIMITS,
     },
     "required": ["org", "name", "permissions"],
 }
@@ -217,6 +219,7 @@ TOKEN_CREATE: Schema = {
             "maxItems": 50,
         },
         "metadata": METADATA_SCHEMA,
+        **LIMITS_CREATE,
     },
     "required": ["name", "scopes"],
     "additionalProperties": False,
@@ -258,6 +261,7 @@ TOKEN: Schema = {
             " never after expires_at (a grace period longer than the token has left ends at its expiry)",
         },
         "metadata": METADATA_SCHEMA,
+        **LIMITS_VIEW,
         "legacy": {"type": "boolean", "description": "imported from an old system (its key is not ours)"},
     },
     "required": ["id", "name", "display_prefix", "scopes", "effective_scopes", "status"],
@@ -392,6 +396,9 @@ SCHEMAS: dict[str, Schema] = {
     "TokenRotate": TOKEN_ROTATE,
     "TokenRotated": TOKEN_ROTATED,
     "Whoami": WHOAMI,
+    "RateLimit": RATE_LIMIT,
+    "Refill": REFILL,
+    "RateLimits": LIMITS_BODY,
 }
 
 __all__ = ["PRINTABLE", "SCHEMAS", "SLUG", "Schema", "ValidationError", "anchored", "validate"]

@@ -34,6 +34,7 @@ from tokenward.gateway.scopes import effective_scopes, format_scopes, ineffectiv
 from tokenward.gateway.tokens import KEY_ID_RE
 from tokenward.issuance import issuance_warnings
 from tokenward.rules import iso
+from tokenward.token_limits import limit_fields, remaining
 
 PAGE_CHUNK = 50
 VIEW_SLICE = 10  # rows turned into views between two turns of the event loop
@@ -49,6 +50,7 @@ def team_view(team: TeamRecord) -> dict[str, Any]:
         "permissions": format_scopes(team.permissions),
         "created_at": iso(team.created_at),
         "created_by": team.created_by,
+        "rate_limits": [limit.to_json() for limit in team.rate_limits],
     }
 
 
@@ -107,6 +109,7 @@ def token_view(
         "replaced_by": token.replaced_by,
         "metadata": dict(token.metadata),
         "legacy": token.legacy,
+        **limit_fields(token),
     }
 
 
@@ -116,6 +119,8 @@ async def token_response(call: Call, record: TokenRecord, status: int = 200, **e
     team = await store.get_team(record.org, record.team) if record.team else None
     names = await account_names(store, record.org, [record])
     view = token_view(record, team, await store.last_used(record.id), names.get(record.service_account_id or ""))
+    if record.max_uses is not None:  # its usage budget left
+        view["remaining"] = await remaining(store, record)
     if status == 201:  # issued: what it asks for and cannot do (issue 14, item 11); a rotation's
         view["warnings"] = issuance_warnings(call.runtime.settings.routes, view) + list(extra.pop("warnings", ()))
     headers = {"Cache-Control": "no-store"} if "token" in extra else {}  # a plaintext: shown once

@@ -35,6 +35,7 @@ from tokenward.gateway.settings import Limits, Settings, Upstream
 from tokenward.gateway.tokens import contains_bare_token
 
 VERIFY_PATH = "/_tokenward/verify"
+REMAINING_HEADER = "X-Tokenward-Remaining"  # a token's usage budget left, for the upstream
 
 
 class SettingsView:
@@ -111,6 +112,7 @@ class Exchange:
     response_bytes: int = 0  # the body of a response sent whole (a streamed one counts bytes_sent)
     upstream_seconds: float | None = None  # from sending the request to the upstream's response head
     trace: RequestTrace | None = None  # tracing on: this request's spans
+    remaining: int | None = None  # the token's usage budget left after this request (limiter.py)
 
 
 # -- 1. edge ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from tokenward.gateway.cache import VerificationCache
 from tokenward.gateway.decision import Authenticator, Principal, TokenRefused, authorize, bearer_token
 from tokenward.gateway.edge import error_response
 from tokenward.gateway.exchange import (
+    REMAINING_HEADER,
     VERIFY_PATH,
     Exchange,
     SettingsView,
@@ -34,6 +35,7 @@ from tokenward.gateway.exchange import (
     open_exchange,
     read_target,
 )
+from tokenward.gateway.limiter import Limiter
 from tokenward.gateway.paths import PathError
 from tokenward.gateway.proxy import Forwarder
 from tokenward.gateway.records import TokenRecord
@@ -91,6 +93,8 @@ class Services(Protocol):
     def tunnels(self) -> TunnelWatch | None: ...
     @property
     def tracing(self) -> Tracing | None: ...  # None: tracing is off
+    @property
+    def limiter(self) -> Limiter: ...
 
 
 class Pipeline:
@@ -176,6 +180,10 @@ class Pipeline:
             token = bearer_token(ex.request.headers.getall("Authorization", []))
             ex.principal = principal = await runtime.authenticator.authenticate(token, ex.client_ip)
             authorize(match, principal)
+            limiter = runtime.limiter
+            holders = limiter.holders_of(principal.token)
+            if limiter.applies(route, principal.token, holders):  # the rate_limit step
+                ex.remaining = (await limiter.check(route, principal.token, holders)).credits_left
             runtime.audit.mark_used(principal.token.id, time.time())
         ex.allowed = True
         ex.decided = time.perf_counter()
@@ -185,6 +193,8 @@ class Pipeline:
         forwarder = self.runtime.forwarder
         assert forwarder is not None
         headers = forwarder.identity(ex.principal) if ex.principal is not None else {}
+        if ex.remaining is not None:
+            headers = {**headers, REMAINING_HEADER: str(ex.remaining)}
         ex.status, ex.step = 200, Step.VERIFIED
         return web.Response(
             status=200, headers={**headers, "X-Request-Id": ex.request_id, "Cache-Control": "no-store"}

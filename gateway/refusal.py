@@ -30,6 +30,7 @@ class Step(StrEnum):
     CONSTRAINTS = "constraints"
     SCOPE = "scope"
     STORE = "store"
+    RATE_LIMIT = "rate_limit"  # after scope: the token's, team's, account's and route's limits
     # the request edge, before the decision
     PATH = "path"
     REQUEST = "request"
@@ -102,6 +103,9 @@ def error_headers(refusal: Refusal, request_id: str) -> dict[str, str]:
         headers["WWW-Authenticate"] = f'{REALM}, error="insufficient_scope", scope="{refusal.scope}"'
     elif refusal.status in (429, 503):
         headers["Retry-After"] = "1"
+    extra = getattr(refusal, "headers", None)  # a rate limit's (gateway/limiter.RateLimited)
+    if extra:
+        headers.update(extra)
     return headers
 
 

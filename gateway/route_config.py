@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from tokenward.gateway.config_decode import NAME, Checker, Describer, Schema, boolean, decode_fields, setting
 from tokenward.gateway.environments import ENVIRONMENTS, combine, decode_environments
+from tokenward.gateway.limit_config import LIMITS_SCHEMA, decode_route_limits
 from tokenward.gateway.routes import (
     HTTP_METHODS,
     Route,
@@ -59,7 +60,7 @@ class _RouteFlags:
     websocket: bool = setting(False, boolean)
 
 
-_ROUTE_KEYS = ("methods", "path", "upstream", "scopes", "public", "resource", "websocket", "environments")
+_ROUTE_KEYS = ("methods", "path", "upstream", "scopes", "public", "resource", "websocket", "environments", "rate_limits")
 
 
 def routes_schema(d: Describer) -> Schema:
@@ -84,6 +85,7 @@ def routes_schema(d: Describer) -> Schema:
             "additionalProperties": {"type": "string"},
         },
         **d.section(_RouteFlags)["properties"],
+        "rate_limits": LIMITS_SCHEMA,
     }
     route: Schema = {
         "type": "object",
@@ -185,6 +187,9 @@ def _route(
             else:
                 resource[role] = param
 
+    rate_limits = decode_route_limits(checker, data.get("rate_limits"), f"{loc}.rate_limits")
+    if rate_limits and public:
+        checker.problem(f"{loc}.rate_limits", "a public route takes no token, so no per-token rate limits")
     environments = decode_environments(checker, data.get("environments"), f"{loc}.environments")
     environments = combine(environments, upstream_environments.get(str(upstream)))
     if environments is not None and not environments:
@@ -203,5 +208,6 @@ def _route(
         shape=shape,
         param_names=names,
         environments=None if public else environments,
+        rate_limits=rate_limits,
     )
 

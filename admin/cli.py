@@ -20,6 +20,7 @@ from typing import NoReturn
 from tokenward import version
 from tokenward.cli_accounts import add_sa_commands
 from tokenward.cli_import import add_import_options, add_metadata_options, token_import
+from tokenward.cli_limits import add_limit_options
 from tokenward.cli_manage import (
     TeamAction,
     _deleter,
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-cidr", action="append", help="client CIDR allowed to use the token")
     p.add_argument("--environment", choices=["live", "test"], help="live (default) or test: shown in the prefix")
     add_metadata_options(p)
+    add_limit_options(p)
     p = scoped(tok, "tokens", "import", token_import, "import a key from an old system (read from stdin)")
     p.add_argument("--name", required=True)
     p.add_argument("--scopes", required=True, help="comma-separated, e.g. read:apis,write:specs (no admin:team)")

@@ -12,6 +12,7 @@ from typing import Any
 
 from tokenward.cli_client import AUDIT_PAGE_SIZE, AdminClient, _org_team, _q, _split
 from tokenward.cli_import import metadata_lines, metadata_option
+from tokenward.cli_limits import limit_body
 from tokenward.cli_output import (
     CliError,
     _or_dash,
@@ -126,7 +127,7 @@ def token_create(client: AdminClient, base: str, args: argparse.Namespace) -> No
         allowed_cidrs=list(args.allow_cidr or ()),
         environment=args.environment,
         metadata=metadata_option(args),
-    )
+    ) | limit_body(args)
     data = client.call("POST", base, body)
     _issuance_warnings(data)
     human = shown_once("✓ Token created successfully!", [*_created_fields(data), ("Token", data["token"])])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tokenward.gateway.durations import parse_duration
@@ -60,10 +60,10 @@ class RateLimit:
     name: str
     limit: int
     per: str  # as given (`1m`); `seconds` is its length
+    seconds: float = field(init=False, compare=False, repr=False)
 
-    @property
-    def seconds(self) -> float:
-        return parse_period(self.per)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seconds", parse_period(self.per))
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "limit": self.limit, "per": self.per}
@@ -81,10 +81,10 @@ class RateLimit:
 class Refill:
     every: str
     amount: int
+    seconds: float = field(init=False, compare=False, repr=False)
 
-    @property
-    def seconds(self) -> float:
-        return parse_period(self.every)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seconds", parse_period(self.every))
 
     def to_json(self) -> dict[str, Any]:
         return {"every": self.every, "amount": self.amount}

@@ -5,18 +5,19 @@
                              # local: per-process counters, synced to the store every sync_interval
       on_store_error: open   # open: local counters only while the store is down; closed: 503
       sync_interval: 100ms   # local mode: how often counters are synced (bounds the overshoot)
-      credit_lease: 20       # local mode: uses of a token's budget a process takes at a time
+      credit_lease: 100      # local mode: uses of a token's budget a process takes at a time
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokenward.gateway.config_decode import Checker, integer, one_of, setting
+from tokenward.gateway.config_decode import Checker, described, integer, one_of, setting
 from tokenward.gateway.durations import parse_duration
 from tokenward.gateway.limits import LimitError, RateLimit, parse_rate_limits
 
 
+@described(lambda d: d.value(parse_duration))
 def _interval(value: object) -> float:
     seconds = parse_duration(value)
     if not 0.01 <= seconds <= 60:
@@ -29,7 +30,7 @@ class RateLimitSettings:
     mode: str = setting("exact", one_of("exact", "local"))
     on_store_error: str = setting("open", one_of("open", "closed"))
     sync_interval: float = setting(0.1, _interval)
-    credit_lease: int = setting(20, integer(1, 10_000))
+    credit_lease: int = setting(100, integer(1, 10_000))
 
 
 LIMIT_ITEM = {

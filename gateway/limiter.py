@@ -153,12 +153,14 @@ class Limiter:
             if self.settings.on_store_error == "closed" and not self.store_ok:
                 raise limits_unavailable()
             self._start()
-            verdict = self._local(items, commit=False, sync=True)
+            verdict = self._local(items, commit=True, sync=True)
             if verdict.allowed and credits is not None:
-                left = await self._take_credit(token, credits)
+                try:
+                    left = await self._take_credit(token, credits)
+                except Refusal:
+                    self._refund(items)  # refused for the budget: this request spent no limit
+                    raise
                 verdict = Verdict(True, verdict.limits, verdict.remaining, verdict.reset, 0.0, None, left)
-            if verdict.allowed:
-                self._local(items, commit=True, sync=True)
         if not verdict.allowed:
             self.refused += 1
             raise RateLimited(verdict)
@@ -204,6 +206,13 @@ class Limiter:
                     counter.pending += 1
         limits = [limit for _, limit in items]
         return Verdict(denied is None, limits, remaining, reset, retry, denied, None)
+
+    def _refund(self, items: Sequence[tuple[str, RateLimit]]) -> None:
+        for key, _ in items:
+            counter = self._counters.get(key)
+            if counter is not None and counter.pending > 0:
+                counter.tat -= counter.interval
+                counter.pending -= 1
 
     @staticmethod
     def _org_of(key: str) -> str:

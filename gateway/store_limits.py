@@ -68,7 +68,8 @@ if mode > 0 then
     left = maxu
   end
   granted = want
-  if mode == 2 and left < want then granted = left end
+  -- a lease (mode 2): at most an eighth of what is left, so that other processes find some
+  if mode == 2 then granted = math.min(want, math.max(1, math.floor(left / 8))) end
   if granted < 1 or left < granted then
     granted = 0
     if denied == 0 then

@@ -45,6 +45,16 @@ async def limited_token(gw: Gateway, **limits: Any) -> tuple[str, str]:
     return await gw.token("platform", ["read:apis"], limits=TokenLimits.from_body(limits))
 
 
+async def until_cached(gw: Gateway, cached: Callable[[], Any]) -> None:
+    """Until the change feed has dropped the gateway's older copy of a record just changed."""
+    for _ in range(200):
+        record = cached()
+        if record is None or record.rate_limits:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the change never reached the gateway's cache")
+
+
 def with_mode(config: dict[str, Any], mode: str, on_store_error: str = "open") -> dict[str, Any]:
     config = copy.deepcopy(config)
     config["rate_limits"] = {"mode": mode, "on_store_error": on_store_error, "sync_interval": "50ms"}
@@ -240,6 +250,7 @@ async def test_team_and_service_account_limits_are_shared_by_their_tokens(gatewa
         {"rate_limits": [{"name": "team", "limit": 4, "per": "1h"}]},
     )  # fmt: skip
     assert status == 200 and team["rate_limits"] == [{"name": "team", "limit": 4, "per": "1h"}]
+    await until_cached(gateway, lambda: gateway.runtime.cache.team("acme", "platform"))
     first, second = (await issue(gateway, org))["token"], (await issue(gateway, org))["token"]
     got = await asyncio.gather(statuses(gateway, first, 5), statuses(gateway, second, 5))
     assert got[0].count(200) + got[1].count(200) == 4
@@ -260,6 +271,7 @@ async def test_team_and_service_account_limits_are_shared_by_their_tokens(gatewa
         {"rate_limits": [{"name": "bot", "limit": 3, "per": "1h"}]},
     )  # fmt: skip
     assert status == 200 and account["rate_limits"][0]["limit"] == 3
+    await until_cached(gateway, lambda: gateway.runtime.cache.account("acme", account["id"]))
     bots = [(await issue(gateway, org, service_account="bot"))["token"] for _ in range(2)]
     got = await asyncio.gather(*(statuses(gateway, t, 4) for t in bots))
     assert got[0].count(200) + got[1].count(200) == 3

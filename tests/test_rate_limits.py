@@ -299,3 +299,30 @@ async def test_team_and_service_account_limits_are_shared_by_their_tokens(gatewa
         {"rate_limits": [{"name": "x", "limit": 1, "per": "never"}]},
     )  # fmt: skip
     assert status == 400 and body["field"].startswith("rate_limits")
+
+
+async def test_forward_auth_answers_with_remaining_and_the_429(start_gateway: Start, config: dict[str, Any]) -> None:
+    config = copy.deepcopy(config)
+    config["trusted_proxies"] = ["127.0.0.1/32"]
+    gw = await start_gateway(config)
+    token, _ = await limited_token(gw, max_uses=2, rate_limits=[{"name": "burst", "limit": 5, "per": "1h"}])
+    ask = {"X-Original-URI": APIS, "X-Original-Method": "GET", "Authorization": f"Bearer {token}"}
+    seen = []
+    for _ in range(3):
+        async with gw.session.get(gw.url + "/_tokenward/verify", headers=ask) as r:
+            await r.read()
+            seen.append((r.status, r.headers.get("X-Tokenward-Remaining")))
+    assert seen == [(200, "1"), (200, "0"), (429, None)]
+
+
+async def test_local_mode_overshoot_is_bounded_and_paid_back(start_gateway: Start, config: dict[str, Any]) -> None:
+    """Two processes' worth of local counters (no sync yet): each admits at most the limit, so
+    together at most (W - 1) x limit over it; once synced, both refuse until the debt is paid."""
+    first = await start_gateway(with_mode(config, "local", sync="60s"))
+    second = await start_gateway(with_mode(config, "local", sync="60s"))
+    token, _ = await limited_token(first, rate_limits=[{"name": "burst", "limit": 4, "per": "1h"}])
+    got = await asyncio.gather(statuses(first, token, 6), statuses(second, token, 6))
+    assert got[0].count(200) == 4 and got[1].count(200) == 4  # the bound: 4 + (2 - 1) x 4
+    for gw in (first, second, first):  # each sends its spend, then takes back everyone's
+        await gw.runtime.limiter.sync()
+    assert await statuses(first, token, 2) == [429, 429] and await statuses(second, token, 2) == [429, 429]

@@ -82,6 +82,7 @@ class _Lease:
     held: int
     left: int  # the store's count after the lease was taken
     period: int
+    low: int  # when this many are left, the next lease is asked for
     idle: int = 0
 
 
@@ -223,23 +224,34 @@ class Limiter:
             del self._counters[key]
 
     async def _take_credit(self, token: TokenRecord, credits: Credits) -> int:
-        """One use of the token's budget, from this process's lease; a new lease when it is
-        spent (concurrent requests wait for the same one)."""
+        """One use of the token's budget, from this process's lease. The next lease is asked
+        for ahead, when a quarter of this one is left, so that a steady caller never waits
+        for the store; a request that finds none held waits for the one in flight (all
+        concurrent ones wait for the same)."""
         while True:
             found = self._leases.get(token.id)
             if found is not None and found[0].held > 0:
                 lease = found[0]
                 lease.held -= 1
                 lease.idle = 0
+                if lease.held <= lease.low and token.id not in self._leasing:
+                    self._leasing_task(token, credits)  # ahead of need, in the background
                 return lease.left + lease.held
-            task = self._leasing.get(token.id)
-            if task is None:
-                task = asyncio.ensure_future(self._lease(token, credits))
-                self._leasing[token.id] = task
-                task.add_done_callback(lambda _: self._leasing.pop(token.id, None))
-            spent = await asyncio.shield(task)
+            spent = await asyncio.shield(self._leasing.get(token.id) or self._leasing_task(token, credits))
             if not spent.allowed:
                 raise RateLimited(_verdict(spent, []))
+
+    def _leasing_task(self, token: TokenRecord, credits: Credits) -> asyncio.Task[Spent]:
+        task = asyncio.ensure_future(self._lease(token, credits))
+        self._leasing[token.id] = task
+
+        def done(finished: asyncio.Task[Spent]) -> None:
+            self._leasing.pop(token.id, None)
+            if not finished.cancelled():
+                finished.exception()  # retrieved, even when nobody waited for it
+
+        task.add_done_callback(done)
+        return task
 
     async def _lease(self, token: TokenRecord, credits: Credits) -> Spent:
         try:
@@ -255,8 +267,9 @@ class Limiter:
             if found is not None and found[0].period == period:
                 found[0].held += spent.credits_granted
                 found[0].left = left
+                found[0].low = spent.credits_granted // 4
             else:
-                self._leases[token.id] = (_Lease(spent.credits_granted, left, period), token.org)
+                self._leases[token.id] = (_Lease(spent.credits_granted, left, period, spent.credits_granted // 4), token.org)
         return spent
 
     # -- the background sync (local mode) --------------------------------------------------------

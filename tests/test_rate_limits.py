@@ -94,6 +94,7 @@ async def test_several_limits_are_spent_together(gateway: Gateway) -> None:
         assert '"daily";r=1;' in r.headers["RateLimit"]  # refused by burst: daily not spent
 
 
+@pytest.mark.also_on_cluster
 async def test_credits_are_never_over_spent_and_show_in_views(
     gateway: Gateway, recording_upstream: tuple[int, list[dict[str, Any]]], start_gateway: Start
 ) -> None:

@@ -105,7 +105,7 @@ async def bench(count: int, concurrency: int, rounds: int) -> None:
         per_request: dict[str, float] = {}
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
-            for name, (token, mode) in variants.items():  # warm up: caches, connections, leases
+            for token, mode in variants.values():  # warm up: caches, connections, leases
                 runtime.limiter.settings = mode
                 await one_round(session, url, token, 200, concurrency)
             for _ in range(rounds):
@@ -135,7 +135,7 @@ async def bench(count: int, concurrency: int, rounds: int) -> None:
 
 def main() -> None:
     # the audit events as JSON lines (as in production), to a sink: every variant writes the same
-    configure_logging(LogSettings(level="info", format="json"), open(os.devnull, "wb"))  # noqa: SIM115
+    configure_logging(LogSettings(level="info", format="json"), open(os.devnull, "wb"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=8)

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = common(team.add_parser("set-permissions"), team=False)
     p.add_argument("name")
     p.add_argument("--permissions", required=True, help="comma-separated scopes")
+    p = common(team.add_parser("set-rate-limits", help="limits all the team's tokens share (none: remove)"), team=False)
+    p.add_argument("name")
+    p.add_argument("--rate-limit", action="append", metavar="NAME=LIMIT/PER", help="e.g. team=100/1s (repeatable)")
     for p in team.choices.values():
         p.set_defaults(func=cmd_team)
 

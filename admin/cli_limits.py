@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tokenward.cli_output import CliError
+from tokenward.cli_client import AdminClient
+from tokenward.cli_output import CliError, emit
 from tokenward.gateway.limits import LimitError, parse_limit_option, parse_refill_option
 
 
@@ -47,3 +48,14 @@ def budget_text(t: dict[str, Any]) -> str | None:
     if refill:
         text += f" (refilled to {refill.get('amount')} every {refill.get('every')})"
     return text
+
+
+def set_holder_limits(client: AdminClient, path: str, what: str, args: argparse.Namespace) -> None:
+    """`team set-rate-limits NAME` / `sa set-rate-limits NAME`: PUT `path` (…/rate-limits)
+    with the --rate-limit options given (none: the limits are removed)."""
+    try:
+        limits = [parse_limit_option(text) for text in args.rate_limit or ()]
+    except LimitError as exc:
+        raise CliError(str(exc)) from None
+    data = client.call("PUT", path, {"rate_limits": limits})
+    emit(data, args.json, f"✓ {what} {data['name']!r} rate limits: {rate_limits_text(data) or '(none)'}")

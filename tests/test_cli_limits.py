@@ -38,3 +38,25 @@ async def test_token_create_with_limits_and_get_shows_them(gateway: Gateway) -> 
         "--rate-limit", "burst=lots", env=env,
     )  # fmt: skip
     assert code != 0 and err.startswith("error: ") and "NAME=LIMIT/PER" in err and len(err.strip().splitlines()) == 1
+
+
+async def test_team_and_sa_set_rate_limits(gateway: Gateway) -> None:
+    env = env_for_subprocess()
+    env["TOKENWARD_ADMIN_URL"] = gateway.admin_url
+    env["TOKENWARD_TOKEN"] = await gateway.org_admin()
+    code, _, err = await run_cli("team", "create", "platform", "--permissions", "read:apis", env=env)
+    assert code == 0, err
+    code, out, err = await run_cli("team", "set-rate-limits", "platform", "--rate-limit", "team=100/1s", env=env)
+    assert code == 0 and "team 100/1s" in out, err
+    code, out, err = await run_cli("sa", "create", "bot", "--teams", "platform", "--json", env=env)
+    assert code == 0, err
+    code, out, err = await run_cli(
+        "sa", "set-rate-limits", "bot", "--rate-limit", "bot=10/1s", "--rate-limit", "daily=500/1d", "--json", env=env
+    )
+    assert code == 0, err
+    assert json.loads(out)["rate_limits"] == [
+        {"name": "bot", "limit": 10, "per": "1s"},
+        {"name": "daily", "limit": 500, "per": "1d"},
+    ]
+    code, out, err = await run_cli("team", "set-rate-limits", "platform", env=env)  # none: removed
+    assert code == 0 and "(none)" in out, err

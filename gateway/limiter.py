@@ -29,7 +29,7 @@ import structlog
 from tokenward.gateway.cache import VerificationCache
 from tokenward.gateway.limit_config import RateLimitSettings
 from tokenward.gateway.limits import Credits, RateLimit, Verdict
-from tokenward.gateway.records import TokenRecord
+from tokenward.gateway.records import AccountRecord, TeamRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import Route
 from tokenward.gateway.store_limits import LimitStore, Spent, limit_key, route_holder
@@ -39,7 +39,8 @@ log = structlog.get_logger("tokenward")
 
 MAX_COUNTERS = 100_000  # local mode: counters held at once (idle ones are dropped first)
 SYNC_CONCURRENCY = 64
-HOLDER_MAX_AGE = 3600.0  # a team or account record read this long ago still lends its limits
+HOLDER_MAX_AGE = 3600.0  # store down: a team or account record read this long ago still lends its limits
+JUST_READ = 1.0  # seconds: a record read this recently is the one authentication just used
 LEASE_IDLE_SYNCS = 10  # local mode: a lease unused for this many syncs goes back to the store
 
 
@@ -100,24 +101,40 @@ class Limiter:
     syncs: int = 0
     refused: int = 0
 
-    def holders_of(self, token: TokenRecord) -> Holders:
+    def holders_of(self, token: TokenRecord) -> Holders | None:
         """The limits of the token's team and service account, from the records its
-        authentication just read (the verification cache; set with the admin API)."""
+        authentication just read (the verification cache; set with the admin API); None
+        when the cache cannot say (not trusted now, say): then `read_holders`."""
         cache = self.cache
         if cache is None:
             return NO_HOLDERS
         team = account = None
+        # the copy authentication used: the cache's, or one it read from the store just now
         if token.team is not None:
-            team = cache.team(token.org, token.team) or cache.stale_team(token.org, token.team, HOLDER_MAX_AGE)
+            team = cache.team(token.org, token.team) or cache.stale_team(token.org, token.team, JUST_READ)
+            if team is None:
+                return None
         if token.service_account_id is not None:
-            account = cache.account(token.org, token.service_account_id) or cache.stale_account(
-                token.org, token.service_account_id, HOLDER_MAX_AGE
-            )
-        team_limits = team.rate_limits if team is not None else ()
-        account_limits = account.rate_limits if account is not None else ()
-        if not team_limits and not account_limits:
-            return NO_HOLDERS
-        return Holders(team_limits, account_limits, token.service_account_id)
+            account_id = token.service_account_id
+            account = cache.account(token.org, account_id) or cache.stale_account(token.org, account_id, JUST_READ)
+            if account is None:
+                return None
+        return _holders(token, team, account)
+
+    async def read_holders(self, token: TokenRecord) -> Holders:
+        """`holders_of` from the store (a cached copy only while the store is down)."""
+        team = account = None
+        try:
+            if token.team is not None:
+                team = await self.store.get_team(token.org, token.team)  # type: ignore[attr-defined]
+            if token.service_account_id is not None:
+                account = await self.store.get_account(token.org, token.service_account_id)  # type: ignore[attr-defined]
+        except StoreUnavailable:
+            if self.cache is not None and token.team is not None:
+                team = self.cache.stale_team(token.org, token.team, HOLDER_MAX_AGE)
+            if self.cache is not None and token.service_account_id is not None:
+                account = self.cache.stale_account(token.org, token.service_account_id, HOLDER_MAX_AGE)
+        return _holders(token, team, account)
 
     @staticmethod
     def applies(route: Route, token: TokenRecord, holders: Holders) -> bool:
@@ -333,6 +350,14 @@ class Limiter:
                 await self.sync()
         with contextlib.suppress(Exception):
             await self._return_idle_leases(every=True)
+
+
+def _holders(token: TokenRecord, team: TeamRecord | None, account: AccountRecord | None) -> Holders:
+    team_limits = team.rate_limits if team is not None else ()
+    account_limits = account.rate_limits if account is not None else ()
+    if not team_limits and not account_limits:
+        return NO_HOLDERS
+    return Holders(team_limits, account_limits, token.service_account_id)
 
 
 def _verdict(spent: Spent, limits: Sequence[RateLimit]) -> Verdict:

@@ -181,7 +181,7 @@ class Pipeline:
             ex.principal = principal = await runtime.authenticator.authenticate(token, ex.client_ip)
             authorize(match, principal)
             limiter = runtime.limiter
-            holders = limiter.holders_of(principal.token)
+            holders = limiter.holders_of(principal.token) or await limiter.read_holders(principal.token)
             if limiter.applies(route, principal.token, holders):  # the rate_limit step
                 ex.remaining = (await limiter.check(route, principal.token, holders)).credits_left
             runtime.audit.mark_used(principal.token.id, time.time())

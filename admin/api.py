@@ -23,6 +23,7 @@ from tokenward import (
     api_audit,
     api_delegate,
     api_import,
+    api_limits,
     api_org_tokens,
     api_teams,
     api_tokens,
@@ -93,6 +94,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *api_import.routes.endpoints,
     *api_audit.routes.endpoints,
     *api_delegate.routes.endpoints,
+    *api_limits.routes.endpoints,
     *routes.endpoints,
 )
 

@@ -38,6 +38,7 @@ def account_view(account: AccountRecord, active: int | None = None, exact: bool 
         "created_by": account.created_by,
         "updated_at": iso(account.updated_at),
         "updated_by": account.updated_by,
+        "rate_limits": [limit.to_json() for limit in account.rate_limits],
     }
     if active is not None:
         view.update(active_tokens=active, active_tokens_exact=exact)

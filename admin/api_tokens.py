@@ -20,6 +20,7 @@ from tokenward.gateway.records import ACTIVE, EXPIRED, REVOKED, TeamRecord, Toke
 from tokenward.permissions import team_admin
 from tokenward.rules import Lifetime, duration_field, iso, refuse_fixed_fields, within_constraints
 from tokenward.service import ANY_TEAM, TeamSel
+from tokenward.token_limits import limits_field, remaining
 from tokenward.views import (
     GRACE,
     PAGE_CHUNK,
@@ -79,6 +80,7 @@ async def create_token(call: Call) -> web.Response:
         allowed_cidrs=body.get("allowed_cidrs", []),
         environment=body.get("environment", LIVE),
         metadata=body.get("metadata"),
+        limits=limits_field(body),
     )
     return await token_response(call, record, 201, token=plaintext)
 
@@ -215,6 +217,8 @@ async def token_page(
                 if token.team is not None and token.team not in teams:
                     teams[token.team] = await store.get_team(org, token.team)
                 rows.append(token_view(token, teams.get(token.team), hit[1], names.get(token.service_account_id or "")))
+                if token.max_uses is not None:
+                    rows[-1]["remaining"] = await remaining(store, token)
                 if len(rows) >= limit:
                     more = more or i < len(page.rows) - 1
                     break

@@ -21,6 +21,7 @@ from tokenward import version
 from tokenward.cli_accounts import add_sa_commands
 from tokenward.cli_delegate import add_delegate_command
 from tokenward.cli_import import add_import_options, add_metadata_options, token_import
+from tokenward.cli_limits import add_limit_options
 from tokenward.cli_manage import (
     TeamAction,
     _deleter,
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = common(team.add_parser("set-permissions"), team=False)
     p.add_argument("name")
     p.add_argument("--permissions", required=True, help="comma-separated scopes")
+    p = common(team.add_parser("set-rate-limits", help="limits all the team's tokens share (none: remove)"), team=False)
+    p.add_argument("name")
+    p.add_argument("--rate-limit", action="append", metavar="NAME=LIMIT/PER", help="e.g. team=100/1s (repeatable)")
     for p in team.choices.values():
         p.set_defaults(func=cmd_team)
 
@@ -172,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-cidr", action="append", help="client CIDR allowed to use the token")
     p.add_argument("--environment", choices=["live", "test"], help="live (default) or test: shown in the prefix")
     add_metadata_options(p)
+    add_limit_options(p)
     p = scoped(tok, "tokens", "import", token_import, "import a key from an old system (read from stdin)")
     p.add_argument("--name", required=True)
     p.add_argument("--scopes", required=True, help="comma-separated, e.g. read:apis,write:specs (no admin:team)")

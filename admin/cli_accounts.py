@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tokenward.cli_client import AdminClient, _q, _split
+from tokenward.cli_limits import set_holder_limits
 from tokenward.cli_output import CliError, _or_dash, emit, humanize_date, table
 
 Common = Callable[..., argparse.ArgumentParser]
@@ -48,6 +49,8 @@ def add_sa_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], co
     action("add-team", "make it a member of more teams", "name", "teams")
     action("remove-team", "take teams out of it (refused while it has active tokens there)", "name", "teams")
     action("delete", "delete one without active tokens (with --team: leave that team)", "name")
+    p = action("set-rate-limits", "limits all its tokens share (org admins; none given: remove)", "name")
+    p.add_argument("--rate-limit", action="append", metavar="NAME=LIMIT/PER", help="e.g. bot=10/1s (repeatable)")
 
 
 def cmd_sa(args: argparse.Namespace) -> None:
@@ -191,4 +194,7 @@ ACTIONS: dict[str, Action] = {
     "add-team": sa_add_team,
     "remove-team": sa_remove_team,
     "delete": sa_delete,
+    "set-rate-limits": lambda client, base, where, args: set_holder_limits(
+        client, f"{base}/{_q(args.name)}/rate-limits", "Service account", args
+    ),
 }

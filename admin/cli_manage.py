@@ -12,6 +12,7 @@ from typing import Any
 
 from tokenward.cli_client import AUDIT_PAGE_SIZE, AdminClient, _org_team, _q, _split
 from tokenward.cli_import import metadata_lines, metadata_option
+from tokenward.cli_limits import limit_body, set_holder_limits
 from tokenward.cli_output import (
     CliError,
     _or_dash,
@@ -56,6 +57,8 @@ def cmd_team(args: argparse.Namespace) -> None:
     elif args.action == "get":
         data = client.call("GET", f"{base}/{_q(args.name)}")
         emit(data, args.json, team_rows([data]))
+    elif args.action == "set-rate-limits":
+        set_holder_limits(client, f"{base}/{_q(args.name)}/rate-limits", "Team", args)
     elif args.action == "set-permissions":
         data = client.call(
             "PUT", f"{base}/{_q(args.name)}/permissions", {"permissions": _split(args.permissions)}
@@ -126,7 +129,7 @@ def token_create(client: AdminClient, base: str, args: argparse.Namespace) -> No
         allowed_cidrs=list(args.allow_cidr or ()),
         environment=args.environment,
         metadata=metadata_option(args),
-    )
+    ) | limit_body(args)
     data = client.call("POST", base, body)
     _issuance_warnings(data)
     human = shown_once("✓ Token created successfully!", [*_created_fields(data), ("Token", data["token"])])

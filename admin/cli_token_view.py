@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from tokenward.cli_limits import budget_text, rate_limits_text
 from tokenward.cli_output import humanize_ago, humanize_date, revocation_lines, status_marker
 from tokenward.issuance import scope_losses
 
@@ -76,6 +77,8 @@ TOKEN_FIELDS: list[tuple[str, tuple[str, ...], Render]] = [
     ("Imported", ("legacy",), lambda t: "yes: a key from an old system (rotate it to retire it)" if t.get("legacy") else None),
     ("Parent", ("parent_id",), lambda t: t.get("parent_id") and f"{t['parent_id']} (a child token: it ends with its parent)"),
     ("Run", ("run_id",), lambda t: t.get("run_id")),
+    ("Rate limits", ("rate_limits",), rate_limits_text),
+    ("Usage budget", ("max_uses", "refill", "remaining"), budget_text),
 ]
 #: Shown by `cli_output.revocation_lines`, under the fields.
 REVOCATION_KEYS = ("revoked_at", "revoked_by", "revoked_by_level", "revoke_reason", "replaced_by", "grace_until")

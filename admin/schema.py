@@ -14,6 +14,7 @@ from tokenward.gateway.refusal import Step
 from tokenward.metadata import METADATA_SCHEMA
 from tokenward.schema_accounts import ACCOUNT, ACCOUNT_CREATE, ACCOUNT_LIST, ACCOUNT_UPDATE
 from tokenward.schema_delegate import DELEGATE, DELEGATED
+from tokenward.schema_limits import LIMITS_BODY, LIMITS_CREATE, LIMITS_VIEW, RATE_LIMIT, RATE_LIMITS, REFILL
 from tokenward.validator import PRINTABLE, ValidationError, validate
 
 Schema = dict[str, Any]
@@ -118,6 +119,7 @@ TEAM: Schema = {
         "permissions": {"type": "array", "items": {"type": "string"}},
         "created_at": TIMESTAMP,
         "created_by": {"type": "string"},
+        "rate_limits": RATE_LIMITS,
     },
     "required": ["org", "name", "permissions"],
 }
@@ -218,6 +220,7 @@ TOKEN_CREATE: Schema = {
             "maxItems": 50,
         },
         "metadata": METADATA_SCHEMA,
+        **LIMITS_CREATE,
     },
     "required": ["name", "scopes"],
     "additionalProperties": False,
@@ -259,6 +262,7 @@ TOKEN: Schema = {
             " never after expires_at (a grace period longer than the token has left ends at its expiry)",
         },
         "metadata": METADATA_SCHEMA,
+        **LIMITS_VIEW,
         "legacy": {"type": "boolean", "description": "imported from an old system (its key is not ours)"},
         "parent_id": {"type": ["string", "null"], "description": "a child token's parent (POST /v1/delegate)"},
         "run_id": {"type": ["string", "null"], "description": "the agent run a child token was minted for"},
@@ -398,6 +402,9 @@ SCHEMAS: dict[str, Schema] = {
     "Whoami": WHOAMI,
     "Delegate": DELEGATE,
     "Delegated": DELEGATED,
+    "RateLimit": RATE_LIMIT,
+    "Refill": REFILL,
+    "RateLimits": LIMITS_BODY,
 }
 
 __all__ = ["PRINTABLE", "SCHEMAS", "SLUG", "Schema", "ValidationError", "anchored", "validate"]

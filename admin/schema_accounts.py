@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenward.schema_limits import RATE_LIMITS
 from tokenward.validator import PRINTABLE
 
 Schema = dict[str, Any]
@@ -69,6 +70,7 @@ ACCOUNT: Schema = {
         "created_by": {"type": "string"},
         "updated_at": TIMESTAMP,
         "updated_by": {"type": ["string", "null"]},
+        "rate_limits": RATE_LIMITS,
         "active_tokens": {"type": "integer"},
         "active_tokens_exact": {"type": "boolean"},
     },

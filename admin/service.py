@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from tokenward.accounts import RESTORE_SECONDS, Accounts
 from tokenward.actor import Actor
 from tokenward.gateway.environments import LIVE, prefix_for
+from tokenward.gateway.limits import NO_LIMITS, TokenLimits
 from tokenward.gateway.records import ACTIVE, FINAL_REASONS, LEVEL_ORG, REVOKED, TokenRecord, revoker_rank
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import ADMIN_ORG, Scope, format_scopes
@@ -82,6 +83,7 @@ async def issue_token(
     fence: ActorFence | None = None,
     environment: str = LIVE,
     metadata: dict[str, Any] | None = None,
+    limits: TokenLimits = NO_LIMITS,
 ) -> tuple[str, TokenRecord]:
     """Mint a token, no rule checked: hash off the event loop, store durably (with
     `audit(record)`'s event in the same write), return the plaintext once. `TokenService.issue`
@@ -115,6 +117,7 @@ async def issue_token(
         environment=environment,
         metadata=metadata or {},
         service_account_id=service_account_id,
+        rate_limits=limits.rate_limits, max_uses=limits.max_uses, refill=limits.refill,
     )
     await runtime.store.create_token_in_quota(record, quota, audit(record) if audit else None, fence)
     return plaintext, record
@@ -170,6 +173,7 @@ class TokenService(LeakReports):
         allowed_cidrs: Sequence[str] = (),
         environment: str = LIVE,
         metadata: object = None,
+        limits: TokenLimits = NO_LIMITS,
     ) -> tuple[str, TokenRecord]:
         """Issue a token; the plaintext is returned once. `lifetime` None: it never expires
         (an operator's token at the server only). A token issues only what it could do itself."""
@@ -226,6 +230,7 @@ class TokenService(LeakReports):
             fence=actor.fence(),
             environment=environment_arg(environment),
             metadata=notes,
+            limits=limits,
         )
         self.committed(entries[-1])
         return plaintext, record
@@ -450,6 +455,7 @@ class TokenService(LeakReports):
                 replaces=current.id,
                 environment=current.environment,
                 metadata=dict(current.metadata),  # an imported key's successor is ours: no digest
+                rate_limits=current.rate_limits, max_uses=current.max_uses, refill=current.refill,
             )
             end = grace_end(current, issued, grace)  # never after its own expiry
             retired = replace(current.revoked(end, actor.name, "rotated", level, scheduled=grace > 0), replaced_by=new.id)

@@ -35,6 +35,7 @@ from tokenward.gateway.scopes import effective_scopes, format_scopes, ineffectiv
 from tokenward.gateway.tokens import KEY_ID_RE
 from tokenward.issuance import issuance_warnings
 from tokenward.rules import iso
+from tokenward.token_limits import limit_fields, remaining
 
 PAGE_CHUNK = 50
 VIEW_SLICE = 10  # rows turned into views between two turns of the event loop
@@ -50,6 +51,7 @@ def team_view(team: TeamRecord) -> dict[str, Any]:
         "permissions": format_scopes(team.permissions),
         "created_at": iso(team.created_at),
         "created_by": team.created_by,
+        "rate_limits": [limit.to_json() for limit in team.rate_limits],
     }
 
 
@@ -110,6 +112,7 @@ def token_view(
         "legacy": token.legacy,
         "parent_id": token.parent_id,  # a child token's (admin/delegate.py)
         "run_id": token.run_id,
+        **limit_fields(token),
     }
 
 
@@ -121,6 +124,8 @@ async def token_response(call: Call, record: TokenRecord, status: int = 200, **e
     view = token_view(record, team, await store.last_used(record.id), names.get(record.service_account_id or ""))
     if record.parent_id is not None and view["status"] == ACTIVE:  # a child ends with any ancestor
         view.update(await ended_by_ancestor(store, record))
+    if record.max_uses is not None:  # its usage budget left
+        view["remaining"] = await remaining(store, record)
     if status == 201:  # issued: what it asks for and cannot do (issue 14, item 11); a rotation's
         view["warnings"] = issuance_warnings(call.runtime.settings.routes, view) + list(extra.pop("warnings", ()))
     headers = {"Cache-Control": "no-store"} if "token" in extra else {}  # a plaintext: shown once

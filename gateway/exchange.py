@@ -36,6 +36,7 @@ from tokenward.gateway.settings import Limits, Settings, Upstream
 from tokenward.gateway.tokens import contains_bare_token
 
 VERIFY_PATH = "/_tokenward/verify"
+REMAINING_HEADER = "X-Tokenward-Remaining"  # a token's usage budget left, for the upstream
 
 
 class SettingsView:
@@ -115,6 +116,7 @@ class Exchange:
     # an MCP route (gateway/mcp.py): the body read to decide, forwarded as it is, and the calls
     body: bytes | None = None
     mcp: McpCalls | None = None
+    remaining: int | None = None  # the token's usage budget left after this request (limiter.py)
 
 
 # -- 1. edge ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from tokenward.gateway.cache import VerificationCache
 from tokenward.gateway.decision import Authenticator, Principal, TokenRefused, authorize, bearer_token
 from tokenward.gateway.edge import error_response
 from tokenward.gateway.exchange import (
+    REMAINING_HEADER,
     VERIFY_PATH,
     Exchange,
     SettingsView,
@@ -34,6 +35,7 @@ from tokenward.gateway.exchange import (
     open_exchange,
     read_target,
 )
+from tokenward.gateway.limiter import Limiter
 from tokenward.gateway.mcp import audit_fields as mcp_audit_fields
 from tokenward.gateway.mcp import authorize_mcp, usage_tools
 from tokenward.gateway.paths import PathError
@@ -96,6 +98,8 @@ class Services(Protocol):
     def tunnels(self) -> TunnelWatch | None: ...
     @property
     def tracing(self) -> Tracing | None: ...  # None: tracing is off
+    @property
+    def limiter(self) -> Limiter: ...
 
 
 class Pipeline:
@@ -183,6 +187,10 @@ class Pipeline:
             authorize(match, principal)
             if route.mcp is not None:  # per-tool MCP authorization: reads the JSON-RPC body
                 await authorize_mcp(ex, route.mcp)
+            limiter = runtime.limiter
+            holders = limiter.holders_of(principal.token) or await limiter.read_holders(principal.token)
+            if limiter.applies(route, principal.token, holders):  # the rate_limit step
+                ex.remaining = (await limiter.check(route, principal.token, holders)).credits_left
             runtime.audit.mark_used(principal.token.id, time.time())
         ex.allowed = True
         ex.decided = time.perf_counter()
@@ -192,6 +200,8 @@ class Pipeline:
         forwarder = self.runtime.forwarder
         assert forwarder is not None
         headers = forwarder.identity(ex.principal) if ex.principal is not None else {}
+        if ex.remaining is not None:
+            headers = {**headers, REMAINING_HEADER: str(ex.remaining)}
         ex.status, ex.step = 200, Step.VERIFIED
         return web.Response(
             status=200, headers={**headers, "X-Request-Id": ex.request_id, "Cache-Control": "no-store"}

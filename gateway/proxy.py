@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 import aiohttp
 from aiohttp import web
 
-from tokenward.gateway.exchange import Exchange
+from tokenward.gateway.exchange import REMAINING_HEADER, Exchange
 from tokenward.gateway.forms import BodyScanner, OverrideFound, body_scanner
 from tokenward.gateway.headers import (
     DROP,
@@ -121,6 +121,8 @@ def upstream_headers(ex: Exchange, host: str, identity: IdentityHeaders | None =
     out.append(("X-Request-Id", ex.request_id))
     if ex.principal is not None:
         out.extend((identity or identity_headers)(ex.principal).items())
+        if ex.remaining is not None:
+            out.append((REMAINING_HEADER, str(ex.remaining)))
     if ex.trace is not None:  # tracing on: this request's trace context replaces the client's
         ex.trace.inject(out)
     return out

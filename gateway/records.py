@@ -9,9 +9,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tokenward.gateway.environments import LIVE
+from tokenward.gateway.limits import RateLimit, Refill
 from tokenward.gateway.scopes import Scope, format_scopes, parse_scopes
 
 ACTIVE, REVOKED, EXPIRED = "active", "revoked", "expired"
+
+
+def limits_json(limits: tuple[RateLimit, ...]) -> dict[str, Any]:
+    """A record's `rate_limits`, only when it has some (older records' bytes stay the same)."""
+    return {"rate_limits": [limit.to_json() for limit in limits]} if limits else {}
+
+
+def limits_from_json(data: Mapping[str, Any]) -> tuple[RateLimit, ...]:
+    return tuple(RateLimit.from_json(x) for x in data.get("rate_limits") or ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +31,7 @@ class TeamRecord:
     permissions: tuple[Scope, ...]
     created_at: float
     created_by: str
+    rate_limits: tuple[RateLimit, ...] = ()  # shared by all the team's tokens (gateway/limiter.py)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -29,6 +40,7 @@ class TeamRecord:
             "permissions": format_scopes(self.permissions),
             "created_at": self.created_at,
             "created_by": self.created_by,
+            **limits_json(self.rate_limits),
         }
 
     @classmethod
@@ -39,6 +51,7 @@ class TeamRecord:
             permissions=parse_scopes(data["permissions"]),
             created_at=data["created_at"],
             created_by=data["created_by"],
+            rate_limits=limits_from_json(data),
         )
 
 
@@ -83,6 +96,7 @@ class AccountRecord:
     updated_at: float | None = None
     updated_by: str | None = None
     former_names: tuple[str, ...] = ()
+    rate_limits: tuple[RateLimit, ...] = ()  # shared by all the account's tokens (gateway/limiter.py)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +111,7 @@ class AccountRecord:
             "updated_at": self.updated_at,
             "updated_by": self.updated_by,
             "former_names": list(self.former_names),
+            **limits_json(self.rate_limits),
         }
 
     @classmethod
@@ -113,6 +128,7 @@ class AccountRecord:
             updated_at=data.get("updated_at"),
             updated_by=data.get("updated_by"),
             former_names=tuple(data.get("former_names") or ()),
+            rate_limits=limits_from_json(data),
         )
 
 
@@ -159,8 +175,10 @@ class TokenRecord:
     parent_id: str | None = None
     ancestors: tuple[str, ...] = ()
     run_id: str | None = None
-    # a budget of requests (issue 16, item 2: enforced by the credits code where present)
+    # rate limits and a usage budget (gateway/limits.py), set at issuance (a child's too)
+    rate_limits: tuple[RateLimit, ...] = ()
     max_uses: int | None = None
+    refill: Refill | None = None
 
     @property
     def display_prefix(self) -> str:
@@ -221,8 +239,17 @@ class TokenRecord:
             "parent_id": self.parent_id,
             "ancestors": list(self.ancestors),
             "run_id": self.run_id,
-            "max_uses": self.max_uses,
+            **self._limits_json(),
         }
+
+    def _limits_json(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        if self.rate_limits:
+            found["rate_limits"] = [limit.to_json() for limit in self.rate_limits]
+        if self.max_uses is not None:
+            found["max_uses"] = self.max_uses
+            found["refill"] = self.refill.to_json() if self.refill is not None else None
+        return found
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TokenRecord:
@@ -257,7 +284,9 @@ class TokenRecord:
             parent_id=data.get("parent_id"),
             ancestors=tuple(data.get("ancestors") or ()),
             run_id=data.get("run_id"),
+            rate_limits=limits_from_json(data),
             max_uses=data.get("max_uses"),
+            refill=Refill(**data["refill"]) if data.get("refill") else None,
         )
 
     def revoked(

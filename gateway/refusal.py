@@ -31,6 +31,7 @@ class Step(StrEnum):
     SCOPE = "scope"
     MCP_TOOL = "mcp_tool"  # an MCP tools/call the token may not make (gateway/mcp.py)
     STORE = "store"
+    RATE_LIMIT = "rate_limit"  # after scope: the token's, team's, account's and route's limits
     # the request edge, before the decision
     PATH = "path"
     REQUEST = "request"
@@ -108,6 +109,9 @@ def error_headers(refusal: Refusal, request_id: str) -> dict[str, str]:
         headers["WWW-Authenticate"] = f'{REALM}, error="insufficient_scope", scope="{refusal.scope}"'
     elif refusal.status in (429, 503):
         headers["Retry-After"] = "1"
+    extra = getattr(refusal, "headers", None)  # a rate limit's (gateway/limiter.RateLimited)
+    if extra:
+        headers.update(extra)
     return headers
 
 

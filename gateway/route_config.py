@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from tokenward.gateway.config_decode import NAME, Checker, Describer, Schema, boolean, decode_fields, setting
 from tokenward.gateway.environments import ENVIRONMENTS, combine, decode_environments
+from tokenward.gateway.limit_config import LIMITS_SCHEMA, decode_route_limits
 from tokenward.gateway.mcp_policy import McpPolicy, decode_mcp, mcp_schema
 from tokenward.gateway.routes import (
     HTTP_METHODS,
@@ -62,6 +63,7 @@ class _RouteFlags:
 
 _ROUTE_KEYS: tuple[str, ...] = ("methods", "path", "upstream", "scopes", "public", "resource", "websocket", "environments")
 _ROUTE_KEYS += ("mcp",)  # per-tool MCP authorization (gateway/mcp_policy.py)
+_ROUTE_KEYS += ("rate_limits",)  # defaults per token on the route (gateway/limit_config.py)
 
 
 def routes_schema(d: Describer) -> Schema:
@@ -87,6 +89,7 @@ def routes_schema(d: Describer) -> Schema:
         },
         **d.section(_RouteFlags)["properties"],
         "mcp": mcp_schema(d, scopes["items"]),
+        "rate_limits": LIMITS_SCHEMA,
     }
     route: Schema = {
         "type": "object",
@@ -189,6 +192,9 @@ def _route(
                 resource[role] = param
 
     mcp = _mcp(checker, data, loc, public, flags.websocket)
+    rate_limits = decode_route_limits(checker, data.get("rate_limits"), f"{loc}.rate_limits")
+    if rate_limits and public:
+        checker.problem(f"{loc}.rate_limits", "a public route takes no token, so no per-token rate limits")
     environments = decode_environments(checker, data.get("environments"), f"{loc}.environments")
     environments = combine(environments, upstream_environments.get(str(upstream)))
     if environments is not None and not environments:
@@ -208,6 +214,7 @@ def _route(
         param_names=names,
         environments=None if public else environments,
         mcp=mcp,
+        rate_limits=rate_limits,
     )
 
 

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from tokenward.gateway.limits import RateLimit
 from tokenward.gateway.mcp_policy import McpPolicy
 from tokenward.gateway.paths import PathError, canonical_path
 from tokenward.gateway.scopes import Scope
@@ -86,6 +87,7 @@ class Route:
     # token environments accepted (the route's and its upstream's `environments`); None: all
     environments: frozenset[str] | None = None
     mcp: McpPolicy | None = None  # per-tool MCP authorization (gateway/mcp.py)
+    rate_limits: tuple[RateLimit, ...] = ()  # defaults, per token on this route (gateway/limiter.py)
 
     @property
     def label(self) -> str:

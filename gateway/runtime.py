@@ -25,6 +25,7 @@ from tokenward.gateway.audit import AuditLog
 from tokenward.gateway.cache import ChangeListener, VerificationCache
 from tokenward.gateway.decision import Authenticator
 from tokenward.gateway.embedded import EmbeddedServer, start_embedded
+from tokenward.gateway.limiter import Limiter
 from tokenward.gateway.logs import LogOutput, process_output
 from tokenward.gateway.metrics import Metrics, count_expiring
 from tokenward.gateway.proxy import Forwarder
@@ -63,6 +64,7 @@ class Runtime:
     log: LogOutput | None  # where this runtime logs (None: structlog's own set-up)
     embedded: EmbeddedServer | None  # the embedded store this runtime started (None: not ours)
     store_description: str
+    limiter: Limiter  # the rate_limit step (gateway/limiter.py)
     resources: AsyncExitStack = field(repr=False)  # closes what `open` opened, in reverse
     started_at: float = field(default_factory=time.time)
     tracing: Tracing | None = None  # None: tracing is off (gateway/tracing.py)
@@ -120,6 +122,7 @@ class Runtime:
         self.authenticator.legacy_lookup_key = new.tokens.legacy_lookup_key
         self.cache.ttl = new.tokens.cache_ttl
         self.audit.stream_maxlen = new.audit.stream_maxlen
+        self.limiter.settings = new.rate_limits
         self.settings = new  # one reference swap: each request reads it once
         self.forwarder.reconfigure(new.upstreams)
         warn_unverified(new.upstreams)
@@ -202,6 +205,7 @@ async def _open(
         log=output,
         embedded=embedded,
         store_description=f"{where} (persistence: {persistence})",
+        limiter=Limiter(store, settings.rate_limits, cache=cache),
         resources=stack,
         tracing=tracing,
     )
@@ -216,6 +220,7 @@ async def _open(
                     persistence=persistence, detail=store.durability_warning)
     await audit.start()
     stack.push_async_callback(audit.stop)
+    stack.push_async_callback(runtime.limiter.close)  # before the store closes: the last sync
     await listener.start()
     stack.push_async_callback(listener.stop)
     register_metrics(runtime)

@@ -54,6 +54,7 @@ from tokenward.gateway.delegation import DelegationSettings
 from tokenward.gateway.durations import parse_duration
 from tokenward.gateway.environments import environments_setting
 from tokenward.gateway.legacy_keys import lookup_key_setting
+from tokenward.gateway.limit_config import RateLimitSettings
 from tokenward.gateway.route_config import decode_routes, routes_schema
 from tokenward.gateway.routes import Route, Router
 from tokenward.gateway.tokens import PREFIX_PATTERN, valid_prefix
@@ -457,6 +458,7 @@ class Settings:
         (), decode=list_of(_strip_header, "expected a list of header names like [X-Internal-User, X-Legacy-*]")
     )
     tracing: TracingSettings = section(TracingSettings())
+    rate_limits: RateLimitSettings = section(RateLimitSettings())  # gateway/limiter.py
 
     @property
     def routes(self) -> tuple[Route, ...]:

@@ -38,6 +38,7 @@ from tokenward.gateway.store_audit import AuditEntry
 from tokenward.gateway.store_changes import Change
 from tokenward.gateway.store_keys import Keys
 from tokenward.gateway.store_legacy import LegacyIndex
+from tokenward.gateway.store_limits import LimitStore
 from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.gateway.store_pages import IndexPages
 from tokenward.gateway.store_records import Conflict, RecordStore
@@ -78,7 +79,7 @@ class TokenEdit:
     successor: TokenRecord | None = None  # rotation: created in the same step, in the same slot
 
 
-class Store(RecordStore, AccountStore, IndexPages, UsageStore, LegacyIndex):
+class Store(RecordStore, AccountStore, IndexPages, UsageStore, LegacyIndex, LimitStore):
     """The store's records and indexes, the audit stream, the change feed, and the token
     lifecycle: every token state change below is atomic and durable before it returns."""
 

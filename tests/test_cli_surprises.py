@@ -201,9 +201,9 @@ def test_token_get_shows_fields_it_does_not_know_yet() -> None:
     from tokenward.cli_token_view import token_detail
 
     view = {"id": "x", "name": "n", "display_prefix": "tw_sat_x", "scopes": [], "effective_scopes": []}
-    view |= {"status": "active", "refill": {"every": "1d"}, "environment": "test", "grace_until": None}
+    view |= {"status": "active", "renewal": {"every": "1d"}, "environment": "test", "grace_until": None}
     out = token_detail(view)
-    assert re.search(r"^Refill:\s+\{\"every\":\"1d\"\}$", out, re.M)
+    assert re.search(r"^Renewal:\s+\{\"every\":\"1d\"\}$", out, re.M)
     assert re.search(r"^Environment:\s+test$", out, re.M) and "Grace" not in out
 
 

@@ -198,6 +198,7 @@ def test_descriptions_and_tags() -> None:
         "audit",
         "leaks",
         "identity",
+        "rate limits",
         "operations",
     ]
     for path, method, op in operations(document):

@@ -31,6 +31,7 @@ STEP_IDS = {
     "route", "credential", "token", "status", "environment", "org", "team", "constraints", "scope", "store",
     "path", "request", "limits", "framing", "forward", "verified", "upstream", "grant",
     "internal", "shutdown",
+    "rate_limit",  # issue 16
 }  # fmt: skip
 STEP_IDS |= {"mcp_tool"}  # issue 16: per-tool MCP authorization
 

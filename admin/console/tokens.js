@@ -364,11 +364,17 @@ const SHOWN = [
   ["expires_at", "Expires"], ["grace_until", "Grace until"], ["replaced_by", "Replaced by"], ["revoked_at", "Revoked"],
   ["revoked_by", "Revoked by"], ["revoked_by_level", "Revoked at level"], ["revoke_reason", "Revoke reason"],
   ["service_account_id", "Service account ID"], ["legacy", "Imported from an old system"],
+  ["rate_limits", "Rate limits"], ["max_uses", "Max uses"], ["refill", "Refill"], ["remaining", "Uses left"],
 ];
+
+// a rate limit ({name, limit, per}) as "burst 5/1m"; anything else as it is
+function limitText(item) {
+  return item && typeof item === "object" ? `${item.name} ${item.limit}/${item.per}` : item;
+}
 
 function show(value) {
   if (typeof value === "boolean") return value ? "yes" : "no";
-  if (Array.isArray(value)) return value.length ? value.join(", ") : "none";
+  if (Array.isArray(value)) return value.length ? value.map(limitText).join(", ") : "none";
   if (value && typeof value === "object") {
     const pairs = Object.entries(value);
     return pairs.length ? pairs.map(([key, one]) => `${key}=${one}`).join(", ") : "none";

@@ -292,12 +292,13 @@ metadata and keys from an old system:
 
 agent recipe: a short-lived child token per agent run, never wider than its parent, ended with it:
   export AGENT_TOKEN={agent_plain}   # read:apis read:specs delegate
-  CHILD=$(TOKENWARD_TOKEN=$AGENT_TOKEN tokenward token delegate --scopes read:apis --ttl 15m --run-id run-1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  CHILD=$(TOKENWARD_TOKEN=$AGENT_TOKEN tokenward token delegate --scopes read:apis --ttl 15m --max-uses 5 --run-id run-1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
   curl -s {base}/apis -H "Authorization: Bearer $CHILD"     # 200; the upstream sees X-Tokenward-Run-Id: run-1
   MCP=(-s {base}/mcp -H "Authorization: Bearer $CHILD" -H 'Content-Type: application/json')   # the team's MCP server
   curl "${{MCP[@]}}" -d '{{"jsonrpc":"2.0","id":1,"method":"tools/list"}}'     # lists search_apis only: the tools $CHILD may call
   curl "${{MCP[@]}}" -d '{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"search_apis","arguments":{{"q":"pets"}}}}}}'   # runs
   curl "${{MCP[@]}}" -d '{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"register_api"}}}}'   # 403, JSON-RPC error: lacks write:apis
+  for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/apis -H "Authorization: Bearer $CHILD"; done; echo   # 200 200 429: its 5 uses spent
   tokenward token revoke {agent_record.id} --team {DEMO_TEAM}     # the parent: $CHILD gets 401 at once
 
 Ctrl-C to stop.

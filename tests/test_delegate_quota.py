@@ -100,3 +100,12 @@ async def test_an_imported_key_cannot_hold_delegate(start_gateway: Any, config: 
     status, data, _ = await admin(gateway, "POST", IMPORT, org_admin, body)
     assert status == 400 and data["field"] == "scopes", data
     assert "delegate" in data["message"]
+
+
+async def test_a_childs_max_uses_is_enforced(gateway: Gateway) -> None:
+    """The review found a child's budget stored and never spent: now the credits code counts it."""
+    _, parent, _ = await setup(gateway)
+    status, data = await mint(gateway, parent, ttl="5m", max_uses=2)
+    assert status == 201, data
+    statuses = [await apis_status(gateway, data["token"]) for _ in range(4)]
+    assert statuses == [200, 200, 429, 429]

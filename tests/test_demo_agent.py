@@ -1,5 +1,6 @@
 """The agent recipe `tokenward demo` prints (issue 16), run as printed: a child token delegated
-for one run, an MCP tool listed, called and refused through tokenward, the parent revoked."""
+for one run with a budget of 5 uses, an MCP tool listed, called and refused through tokenward,
+the budget spent (429), the parent revoked."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ async def test_the_agent_recipe_works_as_printed(printed: str) -> None:
     assert "search_apis" in listing and "register_api" not in listing and "drop_registry" not in listing
     assert "search_apis ran with" in joined  # the allowed call reached the MCP server
     assert '"code":-32003' in joined and "lacks required permission: write:apis" in joined
+    assert "200 200 429" in joined  # the child's 5 uses: the apis call, 2 MCP calls, 2 more (the refused call costs none)
     assert done.stderr == "", done.stderr
 
 

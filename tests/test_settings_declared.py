@@ -70,6 +70,6 @@ def test_settings_keys_are_the_documented_ones() -> None:
     assert info.value.problems == [
         "colour: unknown key; allowed keys: listen, admin_listen, redis, data_dir, tokens, trusted_proxies, "
         "forward_authorization, upstreams, routes, log, audit, limits, allow_python_parser, strip_headers, "
-        "tracing"
+        "tracing, rate_limits"
     ]
     assert "source" not in {f.metadata.get("key", f.name) for f in fields(Settings) if f.metadata}

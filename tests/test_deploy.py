@@ -55,6 +55,9 @@ def identity_header_names() -> list[str]:
 
 
 IDENTITY = identity_header_names()
+# what a forward-auth proxy copies from tokenward's answer to the app (and strips from clients):
+# the identity, and the budget left of a token with max_uses
+FORWARDED = [*IDENTITY, "X-Tokenward-Remaining"]
 
 
 def test_identity_headers_are_the_documented_ones() -> None:
@@ -461,7 +464,7 @@ def test_compose_agrees_with_the_config_and_the_image() -> None:
 def test_forward_auth_configs_name_the_verify_path_and_every_identity_header(path: Path) -> None:
     text = path.read_text()
     assert VERIFY_PATH in text
-    for header in IDENTITY:
+    for header in FORWARDED:
         assert header.lower() in text.lower(), f"{path.name} does not mention {header}"
 
 
@@ -477,7 +480,7 @@ def test_nginx_conf_passes_the_original_request_and_copies_the_identity() -> Non
     assert "proxy_set_header X-Original-URI $request_uri;" in auth
     assert "proxy_set_header X-Original-Method $request_method;" in auth
     assert "proxy_pass_request_body off;" in auth and 'proxy_set_header Content-Length "";' in auth
-    for name in IDENTITY:
+    for name in FORWARDED:
         var = "$upstream_http_" + name.lower().replace("-", "_")
         (set_var,) = re.findall(rf"auth_request_set\s+(\$\w+)\s+{re.escape(var)};", body)
         assert re.search(rf"proxy_set_header\s+{name}\s+{re.escape(set_var)};", body), name
@@ -493,8 +496,8 @@ def test_traefik_forward_auth_points_at_tokenward() -> None:
     assert (address.hostname, address.port, address.path) == ("tokenward", settings.listen.port, VERIFY_PATH)
     assert auth["trustForwardHeader"] is False
     assert auth["authRequestHeaders"] == ["Authorization"]
-    assert set(IDENTITY) <= set(auth["authResponseHeaders"])
-    assert all(re.match(auth["authResponseHeadersRegex"], h) for h in IDENTITY)
+    assert set(FORWARDED) <= set(auth["authResponseHeaders"])
+    assert all(re.match(auth["authResponseHeadersRegex"], h) for h in FORWARDED)
 
     # every router goes through tokenward first, on an entry point the static config defines
     for router in http["routers"].values():
@@ -522,7 +525,7 @@ def test_envoy_ext_authz_points_at_tokenward() -> None:
 
     # client-sent identity headers are removed before ext_authz adds tokenward's
     removed = [m["remove"] for m in filters[0]["typed_config"]["mutations"]["request_mutations"]]
-    assert sorted(removed) == sorted(h.lower() for h in IDENTITY)
+    assert sorted(removed) == sorted(h.lower() for h in FORWARDED)
 
     ext_authz = filters[1]["typed_config"]
     assert ext_authz["failure_mode_allow"] is False
@@ -535,7 +538,7 @@ def test_envoy_ext_authz_points_at_tokenward() -> None:
     upstream_headers = [
         p["exact"].lower() for p in service["authorization_response"]["allowed_upstream_headers"]["patterns"]
     ]
-    assert {h.lower() for h in IDENTITY} <= set(upstream_headers)
+    assert {h.lower() for h in FORWARDED} <= set(upstream_headers)
     client_headers = [
         p["exact"].lower() for p in service["authorization_response"]["allowed_client_headers"]["patterns"]
     ]

@@ -36,6 +36,7 @@ from tokenward.gateway import lineage
 from tokenward.gateway.decision import Principal, lacks
 from tokenward.gateway.durations import format_duration
 from tokenward.gateway.environments import prefix_for
+from tokenward.gateway.limits import Credits
 from tokenward.gateway.records import ACTIVE, EXPIRED, TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.scopes import RESERVED_RESOURCES, Scope, capability, format_scopes
@@ -133,6 +134,11 @@ class Delegation(Changes):
             expires_at=expires_at,
         )
         run_id, max_uses = _run_id(body.get("run_id")), _max_uses(body.get("max_uses"))
+        if parent.max_uses is not None and max_uses is None:
+            raise Invalid(
+                "max_uses: the parent token has a usage budget, and a child's uses come out of it: give max_uses",
+                "max_uses",
+            )
         name = body.get("name") or (f"{parent.name} / {run_id}" if run_id else f"{parent.name} (child)")[:100]
         plaintext, parsed = generate(prefix_for(policy, parent.environment))
         check_key = new_check_key()
@@ -159,7 +165,12 @@ class Delegation(Changes):
             ancestors=(*parent.ancestors, parent.id),
             run_id=run_id,
             max_uses=max_uses,
+            # the parent's rate limits, spent in the root's buckets (gateway/limiter.py
+            # `limit_owner`): every descendant shares them with the token they came from
+            rate_limits=parent.rate_limits,
         )
+        if parent.max_uses is not None and max_uses is not None:
+            await self._carve(parent, max_uses)
         entry = self.token_entry(
             actor,
             "token.delegated",
@@ -193,6 +204,20 @@ class Delegation(Changes):
                     await release_child_slot(store, record.org, parent_id, record.id)
             raise
 
+
+    async def _carve(self, parent: TokenRecord, uses: int) -> None:
+        """Take a child's `max_uses` out of its parent's budget, atomically in the store: the
+        child and the parent together never spend more than the parent's budget."""
+        assert parent.max_uses is not None
+        credits = Credits(parent.max_uses, parent.refill, parent.created_at)
+        spent = await self.runtime.limiter.store.spend(parent.org, [], [], credits=credits, key_id=parent.id, want=uses)
+        if not spent.allowed:
+            left = spent.credits_left if spent.credits_left is not None else 0
+            raise Refusal(
+                409, "quota_exceeded", None,
+                f"max_uses: the parent token has {left} uses left, fewer than the {uses} asked for its child",
+                field="max_uses",
+            )  # fmt: skip
 
     async def _purge_expired_children(self, org: str, parent_id: str, now: float) -> None:
         """Delete the parent's children that have expired (their record and index entries): an

@@ -33,7 +33,7 @@ from tokenward.gateway.records import AccountRecord, TeamRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import Route
 from tokenward.gateway.store_limits import LimitStore, Spent, limit_key, route_holder
-from tokenward.gateway.store_link import StoreUnavailable
+from tokenward.gateway.store_link import StoreUnavailable, pool_exhausted
 
 log = structlog.get_logger("tokenward")
 
@@ -142,9 +142,10 @@ class Limiter:
 
     def plan(self, route: Route, token: TokenRecord, holders: Holders) -> list[tuple[str, RateLimit]]:
         org = token.org
-        items = [(limit_key(org, f"tok:{token.id}", limit.name), limit) for limit in token.rate_limits]
+        owner = limit_owner(token)
+        items = [(limit_key(org, f"tok:{owner}", limit.name), limit) for limit in token.rate_limits]
         if route.rate_limits:
-            holder = route_holder(route.label, token.id)
+            holder = route_holder(route.label, owner)
             items += [(limit_key(org, holder, limit.name), limit) for limit in route.rate_limits]
         if holders.team and token.team is not None:
             items += [(limit_key(org, f"team:{token.team}", limit.name), limit) for limit in holders.team]
@@ -161,8 +162,10 @@ class Limiter:
                 spent = await self.store.spend(
                     token.org, [k for k, _ in items], [limit for _, limit in items], credits=credits, key_id=token.id
                 )
-            except StoreUnavailable:
-                if self.settings.on_store_error == "closed" or credits is not None:
+            except StoreUnavailable as exc:
+                # fail open (local counters) only on an outage, never on this process's own
+                # pool running dry under a burst: a client could cause that at will
+                if self.settings.on_store_error == "closed" or credits is not None or pool_exhausted(exc):
                     raise limits_unavailable() from None
                 verdict = self._local(items, commit=True, sync=False)
             else:
@@ -350,6 +353,13 @@ class Limiter:
                 await self.sync()
         with contextlib.suppress(Exception):
             await self._return_idle_leases(every=True)
+
+
+def limit_owner(token: TokenRecord) -> str:
+    """Whose buckets a token's own and per-token route limits count in: its own, or for a
+    child token (which carries its parent's limits) its root ancestor's, so that no number of
+    descendants gets more than the token they came from."""
+    return token.ancestors[0] if token.ancestors else token.id
 
 
 def _holders(token: TokenRecord, team: TeamRecord | None, account: AccountRecord | None) -> Holders:

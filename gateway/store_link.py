@@ -60,6 +60,14 @@ class StoreUnavailable(Exception):
     """The store could not be reached or answered with an error."""
 
 
+def pool_exhausted(exc: StoreUnavailable) -> bool:
+    """Whether `exc` came from this process running out of pooled connections (its own load:
+    `No connection available` after the pool's wait), not from the store being unreachable.
+    A caller that fails open on an outage must not on this: a client could cause it at will."""
+    cause = exc.__cause__
+    return isinstance(cause, redis_errors.ConnectionError) and "No connection available" in str(cause)
+
+
 class StoreLink:
     """A client to the store with its error gate, reachability state and durable writes."""
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from tests.helpers.gateway import TEAMS, TOKENS, Gateway, admin, apis_status
+from tokenward.gateway.limits import RateLimit
 from tokenward.gateway.store_keys import Keys
 
 DELEGATE = "/v1/delegate"
@@ -109,3 +110,38 @@ async def test_a_childs_max_uses_is_enforced(gateway: Gateway) -> None:
     assert status == 201, data
     statuses = [await apis_status(gateway, data["token"]) for _ in range(4)]
     assert statuses == [200, 200, 429, 429]
+
+
+async def test_a_child_spends_its_parents_rate_limits(gateway: Gateway) -> None:
+    """Review of issue 16: children came back without their parent's limits, each one a fresh
+    allowance. Now they carry them, counted in the parent's own buckets."""
+    gw = gateway
+    await setup(gw)
+    parent, parent_id = await gw.token("platform", ["read:apis", "delegate"], name="limited")
+    record = await gw.runtime.store.get_token(parent_id)
+    assert record is not None
+    await gw.runtime.store.put_token(replace(record, rate_limits=(RateLimit("burst", 3, "1h"),)))
+    children = []
+    for _ in range(2):
+        status, data = await mint(gw, parent, ttl="5m")
+        assert status == 201, data
+        children.append(data["token"])
+    statuses = [await apis_status(gw, token) for token in (*children, *children, parent)]
+    assert statuses.count(200) == 3 and statuses.count(429) == 2, statuses
+
+
+async def test_a_childs_uses_come_out_of_its_parents_budget(gateway: Gateway) -> None:
+    gw = gateway
+    await setup(gw)
+    parent, parent_id = await gw.token("platform", ["read:apis", "delegate"], name="budgeted")
+    record = await gw.runtime.store.get_token(parent_id)
+    assert record is not None
+    await gw.runtime.store.put_token(replace(record, max_uses=5))
+    status, data = await mint(gw, parent, ttl="5m")
+    assert status == 400 and data["field"] == "max_uses", data  # a budgeted parent: say how many
+    status, data = await mint(gw, parent, ttl="5m", max_uses=1000)
+    assert status == 409 and data["field"] == "max_uses", data  # more than the parent has
+    status, child = await mint(gw, parent, ttl="5m", max_uses=3)
+    assert status == 201, child
+    spent = [await apis_status(gw, token) for token in [child["token"]] * 4 + [parent] * 3]
+    assert spent == [200, 200, 200, 429, 200, 200, 429], spent  # 3 for the child, 2 left to the parent

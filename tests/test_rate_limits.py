@@ -327,3 +327,24 @@ async def test_local_mode_overshoot_is_bounded_and_paid_back(start_gateway: Star
     for gw in (first, second, first):  # each sends its spend, then takes back everyone's
         await gw.runtime.limiter.sync()
     assert await statuses(first, token, 2) == [429, 429] and await statuses(second, token, 2) == [429, 429]
+
+
+def test_a_pool_running_dry_is_not_an_outage() -> None:
+    """Review of issue 16: a burst exhausting this process's connection pool was taken for a
+    store outage, and exact mode failed open to empty local counters. It is told apart now."""
+    import redis.exceptions as redis_errors
+
+    from tokenward.gateway.store_link import StoreUnavailable, pool_exhausted
+
+    def raised(cause: BaseException) -> StoreUnavailable:
+        try:
+            try:
+                raise cause
+            except BaseException as exc:
+                raise StoreUnavailable("store unreachable: ConnectionError") from exc
+        except StoreUnavailable as outer:
+            return outer
+
+    assert pool_exhausted(raised(redis_errors.ConnectionError("No connection available.")))
+    assert not pool_exhausted(raised(redis_errors.ConnectionError("Error 111 connecting to 127.0.0.1:1")))
+    assert not pool_exhausted(raised(redis_errors.TimeoutError("Timeout reading from socket")))

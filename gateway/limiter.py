@@ -250,6 +250,13 @@ class Limiter:
         concurrent ones wait for the same)."""
         while True:
             found = self._leases.get(token.id)
+            if found is not None and credits.refill is not None:
+                period = math.floor((time.time() - credits.anchor) / credits.refill.seconds)
+                if found[0].period != period:
+                    # uses leased in a period that has ended: never spent in this one (the
+                    # store refilled it; spending them too would over-spend, review of issue 16)
+                    del self._leases[token.id]
+                    found = None
             if found is not None and found[0].held > 0:
                 lease = found[0]
                 lease.held -= 1

@@ -199,7 +199,9 @@ class Verdict:
                 f'"{limit.name}";r={left};t={max(0, math.ceil(reset))}'
                 for limit, left, reset in zip(self.limits, self.remaining, self.reset, strict=True)
             )
-        if not self.allowed:
+        if not self.allowed and not (self.credits_spent and self.retry_after <= 0):
+            # a budget spent for good (no refill) has no time to retry at: no Retry-After,
+            # rather than telling a runaway agent to come back every second
             headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
         return headers
 

@@ -107,11 +107,11 @@ def error_headers(refusal: Refusal, request_id: str) -> dict[str, str]:
             headers["WWW-Authenticate"] = f'{REALM}, error="invalid_token", error_description="{description}"'
     elif refusal.status == 403 and refusal.scope:
         headers["WWW-Authenticate"] = f'{REALM}, error="insufficient_scope", scope="{refusal.scope}"'
+    extra = getattr(refusal, "headers", None)  # a rate limit's (gateway/limiter.RateLimited)
+    if extra is not None:
+        headers.update(extra)  # its own Retry-After, or none (a budget spent for good)
     elif refusal.status in (429, 503):
         headers["Retry-After"] = "1"
-    extra = getattr(refusal, "headers", None)  # a rate limit's (gateway/limiter.RateLimited)
-    if extra:
-        headers.update(extra)
     return headers
 
 

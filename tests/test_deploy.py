@@ -555,3 +555,12 @@ def test_envoy_ext_authz_points_at_tokenward() -> None:
         == (uri.hostname, uri.port)
         == ("tokenward", settings.listen.port)
     )
+
+
+def test_nginx_keeps_a_429_for_the_denial_page() -> None:
+    """Review of issue 16: without 429 among the cached denials, /_tokenward_denied asked
+    tokenward again, deciding (and spending) the request twice; the second look could pass and
+    answer the client an empty 200 without the app ever being called."""
+    text = NGINX.read_text()
+    cached = re.findall(r"proxy_cache_valid ([0-9 ]+) 10s;", text)
+    assert len(cached) == 2 and all("429" in codes.split() for codes in cached)

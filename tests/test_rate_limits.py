@@ -348,3 +348,14 @@ def test_a_pool_running_dry_is_not_an_outage() -> None:
     assert pool_exhausted(raised(redis_errors.ConnectionError("No connection available.")))
     assert not pool_exhausted(raised(redis_errors.ConnectionError("Error 111 connecting to 127.0.0.1:1")))
     assert not pool_exhausted(raised(redis_errors.TimeoutError("Timeout reading from socket")))
+
+
+async def test_a_budget_spent_for_good_sends_no_retry_after(gateway: Gateway) -> None:
+    """Review of issue 16: `Retry-After: 1` told a runaway agent to come back every second for
+    a budget that never refills."""
+    token, _ = await limited_token(gateway, max_uses=1)
+    assert await statuses(gateway, token, 1) == [200]
+    async with gateway.session.get(gateway.url + APIS, headers=gateway.auth(token)) as r:
+        assert r.status == 429
+        assert "Retry-After" not in r.headers
+        assert "usage budget spent" in (await r.json())["message"]

@@ -166,6 +166,18 @@ async def test_an_allowed_batch_goes_through(gw: Gateway, deployer: str, mcp: Mc
     assert len(mcp.seen) == 1
 
 
+async def test_a_batch_spends_one_use_per_tool_call(gw: Gateway, mcp: McpUpstream) -> None:
+    """Review of issue 16: a batch of 50 calls cost one use of a budget."""
+    from tokenward.gateway.limits import TokenLimits
+
+    token, _ = await gw.token("platform", ["mcp", "read:docs"], name="budget", limits=TokenLimits.from_body({"max_uses": 3}))
+    status, _, _ = await post(gw, token, [call("search", 1), call("search", 2)])
+    assert status == 200  # 2 of 3
+    status, _, _ = await post(gw, token, [call("search", 3), call("search", 4)])
+    assert status == 429  # 1 left, 2 asked
+    assert len(mcp.seen) == 1
+
+
 async def test_a_refused_notification_is_refused_too(gw: Gateway, reader: str, mcp: McpUpstream) -> None:
     status, _, answer = await post(gw, reader, call("deploy", None))
     assert status == 403 and answer["id"] is None and answer["error"]["data"]["tool"] == "deploy"

@@ -114,6 +114,10 @@ def parse_rate_limits(value: object, where: str = "rate_limits") -> tuple[RateLi
             limit = _count(item["limit"], "limit")
         except LimitError as exc:
             raise LimitError(f"{here}: {exc}") from None
+        if limit > seconds * 1_000_000:
+            # the store spaces requests in whole microseconds: more than one a microsecond would
+            # be silently loosened (review of issue 16)
+            raise LimitError(f"{here}: {limit} per {per} is more than one request a microsecond")
         found.append(RateLimit(name, limit, per if isinstance(per, str) else f"{int(seconds)}s"))
     return tuple(found)
 
@@ -142,9 +146,9 @@ def parse_max_uses(value: object) -> int | None:
 
 def parse_limit_option(text: str) -> dict[str, Any]:
     """The CLI's `--rate-limit NAME=LIMIT/PER` (`burst=5/1m`; `5/1m` names it `default`)."""
-    name, _, rest = text.rpartition("=")
+    name, equals, rest = text.rpartition("=")
     count, _, per = rest.partition("/")
-    if not count.isdigit() or not per:
+    if not count.isdigit() or not per or (equals and not name):
         raise LimitError(f"{text!r} is not a rate limit: use NAME=LIMIT/PER, e.g. burst=5/1m")
     return {"name": name or "default", "limit": int(count), "per": per}
 

@@ -359,3 +359,16 @@ async def test_a_budget_spent_for_good_sends_no_retry_after(gateway: Gateway) ->
         assert r.status == 429
         assert "Retry-After" not in r.headers
         assert "usage budget spent" in (await r.json())["message"]
+
+
+def test_limits_the_store_could_not_keep_are_refused() -> None:
+    """Review of issue 16: more than one request a microsecond was silently loosened, and
+    `--rate-limit =5/1m` quietly named its limit `default`."""
+    from tokenward.gateway.limits import LimitError, parse_limit_option, parse_rate_limits
+
+    with pytest.raises(LimitError, match="microsecond"):
+        parse_rate_limits([{"name": "huge", "limit": 1_000_000_000, "per": "1s"}])
+    assert parse_rate_limits([{"name": "fine", "limit": 1_000_000, "per": "1s"}])[0].limit == 1_000_000
+    with pytest.raises(LimitError):
+        parse_limit_option("=5/1m")
+    assert parse_limit_option("5/1m")["name"] == "default"

@@ -153,33 +153,37 @@ class Limiter:
             items += [(limit_key(org, f"acct:{holders.account_id}", limit.name), limit) for limit in holders.account]
         return items
 
-    async def check(self, route: Route, token: TokenRecord, holders: Holders = NO_HOLDERS) -> Verdict:
-        """Spend this request's limits and budget; RateLimited (429) or a 503 Refusal."""
+    async def check(
+        self, route: Route, token: TokenRecord, holders: Holders = NO_HOLDERS, cost: int = 1
+    ) -> Verdict:
+        """Spend this request's limits and budget, `cost` of each (an MCP batch of n tool calls
+        costs n), all or nothing; RateLimited (429) or a 503 Refusal."""
         items = self.plan(route, token, holders)
         credits = Credits(token.max_uses, token.refill, token.created_at) if token.max_uses is not None else None
         if self.settings.mode == "exact":
             try:
                 spent = await self.store.spend(
-                    token.org, [k for k, _ in items], [limit for _, limit in items], credits=credits, key_id=token.id
-                )
+                    token.org, [k for k, _ in items], [limit for _, limit in items], credits=credits, key_id=token.id,
+                    cost=cost, want=cost,
+                )  # fmt: skip
             except StoreUnavailable as exc:
                 # fail open (local counters) only on an outage, never on this process's own
                 # pool running dry under a burst: a client could cause that at will
                 if self.settings.on_store_error == "closed" or credits is not None or pool_exhausted(exc):
                     raise limits_unavailable() from None
-                verdict = self._local(items, commit=True, sync=False)
+                verdict = self._local(items, commit=True, sync=False, cost=cost)
             else:
                 verdict = _verdict(spent, [limit for _, limit in items])
         else:
             if self.settings.on_store_error == "closed" and not self.store_ok:
                 raise limits_unavailable()
             self._start()
-            verdict = self._local(items, commit=True, sync=True)
+            verdict = self._local(items, commit=True, sync=True, cost=cost)
             if verdict.allowed and credits is not None:
                 try:
-                    left = await self._take_credit(token, credits)
+                    left = await self._take_credits(token, credits, cost)
                 except Refusal:
-                    self._refund(items)  # refused for the budget: this request spent no limit
+                    self._refund(items, cost)  # refused for the budget: this request spent no limit
                     raise
                 verdict = Verdict(True, verdict.limits, verdict.remaining, verdict.reset, 0.0, None, left)
         if not verdict.allowed:
@@ -195,7 +199,9 @@ class Limiter:
             found = self._periods[limit] = (period / limit.limit, period)
         return found
 
-    def _local(self, items: Sequence[tuple[str, RateLimit]], *, commit: bool, sync: bool) -> Verdict:
+    def _local(
+        self, items: Sequence[tuple[str, RateLimit]], *, commit: bool, sync: bool, cost: int = 1
+    ) -> Verdict:
         now = time.time()
         remaining, reset, retry, denied = [], [], 0.0, None
         counters = []
@@ -209,7 +215,7 @@ class Limiter:
                         self._drop_idle(now)
                     self._counters[key] = counter
             tat = max(counter.tat, now)
-            new = tat + counter.interval
+            new = tat + counter.interval * cost
             wait = new - counter.period - now
             if wait > 0:
                 denied = denied or limit
@@ -224,16 +230,32 @@ class Limiter:
             for counter, new in counters:
                 counter.tat = new
                 if sync:
-                    counter.pending += 1
+                    counter.pending += cost
         limits = [limit for _, limit in items]
         return Verdict(denied is None, limits, remaining, reset, retry, denied, None)
 
-    def _refund(self, items: Sequence[tuple[str, RateLimit]]) -> None:
+    def _refund(self, items: Sequence[tuple[str, RateLimit]], cost: int = 1) -> None:
         for key, _ in items:
             counter = self._counters.get(key)
-            if counter is not None and counter.pending > 0:
-                counter.tat -= counter.interval
-                counter.pending -= 1
+            if counter is not None and counter.pending >= cost:
+                counter.tat -= counter.interval * cost
+                counter.pending -= cost
+
+    async def _take_credits(self, token: TokenRecord, credits: Credits, cost: int) -> int:
+        """`cost` uses of the budget, all or none: those taken are given back to this
+        process's lease when one is refused."""
+        taken = 0
+        try:
+            left = 0
+            for _ in range(cost):
+                left = await self._take_credit(token, credits)
+                taken += 1
+            return left
+        except Refusal:
+            found = self._leases.get(token.id)
+            if taken and found is not None:
+                found[0].held += taken
+            raise
 
     @staticmethod
     def _org_of(key: str) -> str:

@@ -190,9 +190,8 @@ class Pipeline:
             limiter = runtime.limiter
             holders = limiter.holders_of(principal.token) or await limiter.read_holders(principal.token)
             if limiter.applies(route, principal.token, holders):  # the rate_limit step
-                # an MCP batch of n tool calls is n uses (one each, so a refusal spends no more)
-                for _ in range(max(1, len(ex.mcp.tools)) if ex.mcp is not None else 1):
-                    ex.remaining = (await limiter.check(route, principal.token, holders)).credits_left
+                cost = max(1, len(ex.mcp.tools)) if ex.mcp is not None else 1  # an MCP batch of n calls: n
+                ex.remaining = (await limiter.check(route, principal.token, holders, cost)).credits_left
             runtime.audit.mark_used(principal.token.id, time.time())
         ex.allowed = True
         ex.decided = time.perf_counter()

@@ -65,6 +65,8 @@ def pool_exhausted(exc: StoreUnavailable) -> bool:
     `No connection available` after the pool's wait), not from the store being unreachable.
     A caller that fails open on an outage must not on this: a client could cause it at will."""
     cause = exc.__cause__
+    if isinstance(cause, redis_errors.MaxConnectionsError):  # a cluster node's pool (redis-py's async cluster)
+        return True
     return isinstance(cause, redis_errors.ConnectionError) and "No connection available" in str(cause)
 
 

@@ -174,8 +174,28 @@ async def test_a_batch_spends_one_use_per_tool_call(gw: Gateway, mcp: McpUpstrea
     status, _, _ = await post(gw, token, [call("search", 1), call("search", 2)])
     assert status == 200  # 2 of 3
     status, _, _ = await post(gw, token, [call("search", 3), call("search", 4)])
-    assert status == 429  # 1 left, 2 asked
-    assert len(mcp.seen) == 1
+    assert status == 429  # 1 left, 2 asked: all or nothing, so the 1 is still there
+    status, _, _ = await post(gw, token, call("search", 5))
+    assert status == 200
+    assert len(mcp.seen) == 2
+
+
+async def test_a_refused_batch_spends_no_rate_limit(start_gateway: Callable[..., Awaitable[Gateway]], upstream: int, mcp: McpUpstream) -> None:
+    """A batch too big for what a rate limit has left is refused and spends none of it, in
+    exact and in local mode (the re-check of issue 16's review)."""
+    from tokenward.gateway.limits import TokenLimits
+
+    for mode in ("exact", "local"):
+        config = mcp_config(upstream, mcp.port, max_body="4k")
+        config["rate_limits"] = {"mode": mode}
+        gateway = await start_gateway(config)
+        if mode == "exact":  # the two gateways share the store
+            await gateway.team("platform", ["mcp", "read:docs"])
+        limits = TokenLimits.from_body({"rate_limits": [{"name": "burst", "limit": 3, "per": "1h"}]})
+        token, _ = await gateway.token("platform", ["mcp", "read:docs"], name=f"b-{mode}", limits=limits)
+        batch = [call("search", i) for i in range(4)]
+        assert (await post(gateway, token, batch))[0] == 429
+        assert [(await post(gateway, token, call("search", i)))[0] for i in range(4)] == [200, 200, 200, 429]
 
 
 async def test_a_refused_notification_is_refused_too(gw: Gateway, reader: str, mcp: McpUpstream) -> None:

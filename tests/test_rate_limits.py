@@ -348,6 +348,7 @@ def test_a_pool_running_dry_is_not_an_outage() -> None:
     assert pool_exhausted(raised(redis_errors.ConnectionError("No connection available.")))
     assert not pool_exhausted(raised(redis_errors.ConnectionError("Error 111 connecting to 127.0.0.1:1")))
     assert not pool_exhausted(raised(redis_errors.TimeoutError("Timeout reading from socket")))
+    assert pool_exhausted(raised(redis_errors.MaxConnectionsError()))  # a cluster node's pool
 
 
 async def test_a_budget_spent_for_good_sends_no_retry_after(gateway: Gateway) -> None:

@@ -24,6 +24,7 @@ from tokenward.api import create_admin_app
 from tokenward.gateway.aio import cancel_and_wait
 from tokenward.gateway.app import HeadDeadlineHandler, create_proxy_server
 from tokenward.gateway.embedded import EmbeddedServer, EmbeddedStoreError
+from tokenward.gateway.listener import Listener
 from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.settings import Settings
 from tokenward.gateway.store_link import StoreUnavailable
@@ -89,7 +90,8 @@ class Server:
         self.redis_url = redis_url
         self.shutdown_timeout = shutdown_timeout
         self.runtime: Runtime | None = None  # while started
-        self._runners: list[web.BaseRunner] = []
+        self._runners: list[web.BaseRunner] = []  # the admin API's
+        self.listener: Listener | None = None  # the gateway's, while started
         self._resources = contextlib.AsyncExitStack()  # what start opened, closed by stop in reverse
         self.store_restarts = 0
         self.on_started: Any = None  # called once both ports are bound, before the start-up line
@@ -118,26 +120,22 @@ class Server:
         self.runtime = runtime
         if self.board is not None:
             self._start_reports(runtime, self.board)
-        proxy_runner = web.ServerRunner(
-            create_proxy_server(runtime), shutdown_timeout=self.shutdown_timeout, handle_signals=False
-        )
+        listener = self.listener = create_proxy_server(runtime)
         admin_app = create_admin_app(runtime)
         if self.board is not None:
             admin_app[BOARD] = self.board
         admin_runner = AdminRunner(runtime, admin_app, access_log=None, shutdown_timeout=5.0, handle_signals=False)
-        self._runners = [proxy_runner, admin_runner]
-        for runner in (admin_runner, proxy_runner):  # so the proxy's drain comes first at stop
-            await runner.setup()
-            stack.push_async_callback(_cleanup, runner)
+        self._runners = [admin_runner]
+        await admin_runner.setup()
+        stack.push_async_callback(_cleanup, admin_runner)
+        stack.push_async_callback(listener.stop, self.shutdown_timeout)  # so the proxy's drain comes first at stop
         # open tunnels are closed before the drain, or it would wait for them
         stack.callback(runtime.tunnels.close_all, "shutting down")
         listen, admin = self.settings.listen, self.settings.admin_listen
-        proxy_site = web.TCPSite(proxy_runner, listen.host, listen.port, reuse_port=True)
         # under --workers every worker serves both ports (SO_REUSEPORT); the store is shared
         admin_site = web.TCPSite(admin_runner, admin.host, admin.port, reuse_port=self.worker is not None)
-        await proxy_site.start()
+        self.proxy_port = await listener.start(listen.host, listen.port)  # SO_REUSEPORT, as under --workers
         await admin_site.start()
-        self.proxy_port = _bound_port(proxy_runner, listen.port)
         self.admin_port = _bound_port(admin_runner, admin.port)
         runtime.readiness.serving = True
         if self.board is not None:
@@ -250,6 +248,7 @@ class Server:
             await self._resources.aclose()
         finally:
             self._runners = []
+            self.listener = None
             self.runtime = None
             self._watching = False
         log.info("tokenward stopped")

@@ -1,6 +1,7 @@
 """Wiring: the gateway listener over a `Runtime` (gateway/runtime.py), built by
-`create_proxy_server(runtime)`: aiohttp's low-level server with our connection handler,
-handing every request to `tokenward.gateway.pipeline.Pipeline`.
+`create_proxy_server(runtime)`: the lean llhttp listener (gateway/listener.py) handing every
+request to `tokenward.gateway.pipeline.Pipeline`; and the head deadline the admin API's
+aiohttp connections get (`HeadDeadlineHandler`).
 """
 
 from __future__ import annotations
@@ -8,21 +9,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import structlog
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from tokenward.gateway.edge import error_response, new_request_id
+from tokenward.gateway.edge import new_request_id
+from tokenward.gateway.listener import Listener
 from tokenward.gateway.pipeline import Pipeline
-from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.runtime import Runtime
-
-log = structlog.get_logger("tokenward")
 
 
 class HeadDeadlineHandler(RequestHandler):
-    """aiohttp's connection handler with a deadline for every request head (both listeners):
+    """aiohttp's connection handler with a deadline for every request head (the admin API's;
+    the gateway listener has its own, gateway/listener.py):
     while the connection waits for a request (the first one, or the next one after a
     response), it is closed unless a complete head arrives within `limits.header_timeout` of
     the connection opening, of the previous response completing, or of the first byte of the
@@ -35,7 +33,9 @@ class HeadDeadlineHandler(RequestHandler):
         self._tw_timeout = runtime.settings.limits.header_timeout
         self._tw_deadline = self._loop.time() + self._tw_timeout
         self._tw_head_begun = False  # a byte of the awaited head has arrived
-        self._tw_timer: asyncio.TimerHandle | None = self._loop.call_at(self._tw_deadline, self._tw_head_deadline)
+        self._tw_timer: asyncio.TimerHandle | None = self._loop.call_at(
+            self._tw_deadline, self._tw_head_deadline
+        )
 
     def data_received(self, data: bytes) -> None:
         if not self._tw_head_begun and not self._request_in_progress:
@@ -77,87 +77,6 @@ class HeadDeadlineHandler(RequestHandler):
         super().connection_lost(exc)
 
 
-class GatewayRequestHandler(HeadDeadlineHandler):
-    """The gateway listener's connection handler: head deadlines, and JSON errors (audited)
-    for malformed requests."""
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:
-            raise ConnectionError("response already started; cannot send an error")
-        denied = classify_protocol_error(status, exc)
-        server = self._manager
-        request_id = new_request_id()
-        if isinstance(server, ProxyServer):
-            server.runtime.audit.emit(
-                "request.denied",
-                method=request.method,
-                path=None,
-                route=None,
-                status=denied.status,
-                step=denied.step,
-                reason=denied.message,
-                client_ip=request.remote,
-                request_id=request_id,
-                duration_ms=0.0,
-            )
-        if denied.status >= 500:
-            log.error("request handler failed", error=type(exc).__name__ if exc else None)
-        response = error_response(denied, request_id)
-        response.force_close()
-        return response
-
-
-def classify_protocol_error(status: int, exc: BaseException | None) -> Refusal:
-    """An HTTP parse error (or handler crash) as a JSON error with the right status."""
-    if isinstance(exc, LineTooLong):
-        line = exc.args[0] if exc.args else b""
-        line_bytes = line.encode() if isinstance(line, str) else bytes(line)
-        if line_bytes.startswith((b"/", b"http", b"*")):
-            return Refusal(414, "uri_too_long", Step.LIMITS, "request target too long")
-        return Refusal(431, "headers_too_large", Step.LIMITS, "request header too large")
-    if isinstance(exc, HttpProcessingError):
-        text = exc.message if isinstance(exc.message, str) else "malformed request"
-        if "Too many headers" in text:
-            return Refusal(431, "headers_too_large", Step.LIMITS, "too many request headers")
-        first = text.strip().splitlines()[0] if text.strip() else "malformed request"
-        return Refusal(400, "invalid_request", Step.FRAMING, f"malformed request: {first.rstrip(':')}")
-    if status == 504:
-        return Refusal(504, "gateway_timeout", Step.INTERNAL, "request timed out")
-    return Refusal(500, "internal_error", Step.INTERNAL, "internal error")
-
-
-class ProxyServer(web.Server):
-    """The gateway listener: one low-level handler, no router, our connection handler."""
-
-    def __init__(self, runtime: Runtime, **kwargs: Any) -> None:
-        limits = runtime.settings.limits
-        # aiohttp's own hard limits sit above ours, so requests between the two get our
-        # precise 414/431 from check_request and only grosser ones stop in the parser.
-        kwargs.setdefault("max_line_size", limits.max_url_length + 1024)
-        kwargs.setdefault("max_field_size", limits.max_header_bytes)
-        kwargs.setdefault("max_headers", limits.max_header_count + 16)
-        kwargs.setdefault("keepalive_timeout", 75.0)
-        # after an early error response, read a stalled client's leftovers only briefly
-        kwargs.setdefault("lingering_time", 2.0)
-        # bodies go upstream as sent: aiohttp would inflate a gzip body under the sender's
-        # Content-Length and Content-Encoding (a desync the upstream reads as a second request)
-        kwargs.setdefault("auto_decompress", False)
-        # the audit event is the access line (user agent, bytes, upstream, latency): aiohttp's
-        # own access log would be a second, costlier line per request in another format
-        kwargs.setdefault("access_log", None)
-        self.pipeline = Pipeline(runtime)
-        super().__init__(self.pipeline.handle, **kwargs)
-        self.runtime = runtime
-
-    def __call__(self) -> RequestHandler:
-        return GatewayRequestHandler(self, loop=self._loop, **self._kwargs)
-
-
-def create_proxy_server(runtime: Runtime) -> ProxyServer:
-    return ProxyServer(runtime)
+def create_proxy_server(runtime: Runtime) -> Listener:
+    """The gateway listener over `runtime` (not yet listening: `await listener.start(host, port)`)."""
+    return Listener(runtime, Pipeline(runtime), new_request_id)

@@ -11,8 +11,10 @@ import itertools
 import os
 import re
 import secrets
+from typing import Protocol
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from tokenward.gateway.audit import redact
 from tokenward.gateway.bounded import BoundedMap
@@ -93,7 +95,16 @@ class TrustedProxies:
         return hops[0] if hops else peer
 
 
-def request_id_for(request: web.BaseRequest, trusted_proxies: tuple[IPNetwork, ...] = ()) -> str:
+class Inbound(Protocol):
+    """What the request id needs of a request (the gateway's or aiohttp's)."""
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def remote(self) -> str | None: ...
+
+
+def request_id_for(request: Inbound, trusted_proxies: tuple[IPNetwork, ...] = ()) -> str:
     """The request's id: a trusted proxy's X-Request-Id when there is exactly one and it is
     well-formed (1-128 of `A-Za-z0-9._:-`, nothing token-shaped), else a new one. A client
     that is not a trusted proxy never chooses the id that the response, the upstream and the
@@ -101,7 +112,7 @@ def request_id_for(request: web.BaseRequest, trusted_proxies: tuple[IPNetwork, .
     return request_id(request, in_networks(request.remote, trusted_proxies))
 
 
-def request_id(request: web.BaseRequest, trusted: bool) -> str:
+def request_id(request: Inbound, trusted: bool) -> str:
     """`request_id_for` once the peer's trust is known (`trusted`: it is a trusted proxy)."""
     if trusted:
         inbound = request.headers.getall("X-Request-Id", ())
@@ -114,7 +125,7 @@ def request_id(request: web.BaseRequest, trusted: bool) -> str:
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:/+=@,\[\]-]")
 
 
-def client_request_id(request: web.BaseRequest, request_id: str) -> str | None:
+def client_request_id(request: Inbound, request_id: str) -> str | None:
     """The client's own X-Request-Id(s) when not used as the id, for the audit event only:
     redacted, unsafe characters as `?`, at most 128 characters."""
     inbound = request.headers.getall("X-Request-Id", ())

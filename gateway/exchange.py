@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import parse_qsl, unquote_plus
 
-from aiohttp import web
-
 from tokenward.gateway.decision import Principal
 from tokenward.gateway.edge import TrustedProxies, client_request_id, request_id
 from tokenward.gateway.headers import HeaderPolicy
+from tokenward.gateway.inbound import Request
 from tokenward.gateway.mcp_policy import McpCalls
 from tokenward.gateway.paths import PathError, Target, parse_target
 from tokenward.gateway.records import TokenRecord
@@ -74,7 +73,7 @@ class Exchange:
     """Everything one request's steps built, in one typed place: built at the edge, then
     filled in by the target, decision and forward steps, read by the audit step."""
 
-    request: web.BaseRequest  # for the body, the transport and the headers the upstream gets
+    request: Request  # for the body, the transport and the headers the upstream gets
     view: SettingsView  # one settings snapshot per request: a reload swaps the whole object
     request_id: str
     method: str
@@ -122,7 +121,7 @@ class Exchange:
 # -- 1. edge ------------------------------------------------------------------------------------
 
 
-def open_exchange(request: web.BaseRequest, view: SettingsView) -> Exchange:
+def open_exchange(request: Request, view: SettingsView) -> Exchange:
     """The edge: who is on the other end of the connection and the request's id. Never raises
     a Refusal (everything after it is audited with what it found)."""
     peer = request.remote
@@ -140,7 +139,7 @@ METHOD_OVERRIDE = frozenset({"x-http-method-override", "x-http-method", "x-metho
 _X_DASH = frozenset({b"x-", b"X-", b"x_", b"X_", b"x.", b"X."})
 
 
-def check_request(request: web.BaseRequest, limits: Limits) -> None:
+def check_request(request: Request, limits: Limits) -> None:
     """Checks before any routing: limits, no method override header."""
     if len(request.raw_path) > limits.max_url_length:
         raise Refusal(414, "uri_too_long", Step.LIMITS, "request target too long")
@@ -192,7 +191,7 @@ def read_target(ex: Exchange) -> Target:
     return target
 
 
-def original_request(request: web.BaseRequest) -> tuple[str, str]:
+def original_request(request: Request) -> tuple[str, str]:
     """The method and target a fronting proxy asks about: nginx (X-Original-*), Traefik
     (X-Forwarded-Method/-Uri), or Envoy (the original path appended to the verify path)."""
     headers = request.headers
@@ -233,7 +232,7 @@ def check_target(raw: str, hosts: list[str], prefixes: frozenset[str]) -> str:
     return raw
 
 
-def check_cookies(request: web.BaseRequest, prefixes: frozenset[str]) -> None:
+def check_cookies(request: Request, prefixes: frozenset[str]) -> None:
     for cookie in request.headers.getall("Cookie", []):
         if any(f"{prefix}_" in cookie for prefix in prefixes) or contains_bare_token(cookie, prefixes):
             raise Refusal(

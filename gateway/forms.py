@@ -109,12 +109,20 @@ class UrlencodedScanner(BodyScanner):
         self.decoded = b""  # the name so far, decoded, leading spaces dropped
         self.raw = bytearray()  # the name's bytes not yet decoded
         self.too_long = False
+        # the name being read may spell "method" (seen in an earlier chunk): read it closely
+        # until it ends, however many chunks it spans and however far back the spelling was
+        self.close_reading = False
 
     def feed(self, chunk: bytes) -> None:
-        name_tail = b"" if self.in_value else self.decoded[-8:] + bytes(self.raw[-40:])
-        if _MAYBE_FORM.search(name_tail + chunk) is None:
-            self._skip(chunk)  # no name completed here can spell "method": only track state
-            return
+        if not self.close_reading:
+            name_tail = b"" if self.in_value else self.decoded[-8:] + bytes(self.raw[-40:])
+            if _MAYBE_FORM.search(name_tail + chunk) is None:
+                self._skip(chunk)  # no name completed here can spell "method": only track state
+                return
+        self._read(chunk)
+        self.close_reading = not self.in_value  # a name is still open: the next chunk may end it
+
+    def _read(self, chunk: bytes) -> None:
         pos, end = 0, len(chunk)
         while pos < end:
             if self.in_value:

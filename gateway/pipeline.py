@@ -19,12 +19,10 @@ import time
 from typing import Any, Protocol
 
 import structlog
-from aiohttp import web
 
 from tokenward.gateway.audit import AuditLog
 from tokenward.gateway.cache import VerificationCache
 from tokenward.gateway.decision import Authenticator, Principal, TokenRefused, authorize, bearer_token
-from tokenward.gateway.edge import error_response
 from tokenward.gateway.exchange import (
     REMAINING_HEADER,
     VERIFY_PATH,
@@ -35,6 +33,7 @@ from tokenward.gateway.exchange import (
     open_exchange,
     read_target,
 )
+from tokenward.gateway.inbound import Request
 from tokenward.gateway.limiter import Limiter
 from tokenward.gateway.mcp import audit_fields as mcp_audit_fields
 from tokenward.gateway.mcp import authorize_mcp, usage_tools
@@ -42,6 +41,7 @@ from tokenward.gateway.paths import PathError
 from tokenward.gateway.proxy import Forwarder
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
+from tokenward.gateway.reply import Reply, StreamReply, error_reply
 from tokenward.gateway.settings import Settings, Upstream
 from tokenward.gateway.tracing import Tracing
 from tokenward.gateway.tunnel import Tunnel, TunnelWatch, is_websocket_upgrade
@@ -115,7 +115,7 @@ class Pipeline:
             view = self.view = SettingsView(settings)
         return view
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Reply | StreamReply:
         runtime = self.runtime
         settings = runtime.settings  # one snapshot per request: a reload swaps the whole object
         view = self.view if self.view.settings is settings else self.view_of(settings)
@@ -143,8 +143,8 @@ class Pipeline:
             assert forwarder is not None
             response = await forwarder.forward(ex, upstream)  # 4. forward
             ex.status = response.status
-            if type(response) is web.Response:  # sent whole, after this returns
-                ex.response_bytes = response.content_length or 0
+            if type(response) is Reply:  # sent whole, after this returns
+                ex.response_bytes = len(response.body)
             return response
         except Refusal as refusal:
             return self.deny(ex, refusal)
@@ -196,7 +196,7 @@ class Pipeline:
         ex.allowed = True
         ex.decided = time.perf_counter()
 
-    def verified(self, ex: Exchange) -> web.Response:
+    def verified(self, ex: Exchange) -> Reply:
         """Forward-auth's answer: 200 with the identity headers for the fronting proxy."""
         forwarder = self.runtime.forwarder
         assert forwarder is not None
@@ -204,22 +204,18 @@ class Pipeline:
         if ex.remaining is not None:
             headers = {**headers, REMAINING_HEADER: str(ex.remaining)}
         ex.status, ex.step = 200, Step.VERIFIED
-        return web.Response(
-            status=200, headers={**headers, "X-Request-Id": ex.request_id, "Cache-Control": "no-store"}
-        )
+        return Reply(200, {**headers, "X-Request-Id": ex.request_id, "Cache-Control": "no-store"})
 
     @staticmethod
-    def deny(ex: Exchange, refusal: Refusal) -> web.Response:
+    def deny(ex: Exchange, refusal: Refusal) -> Reply:
         if refusal.step is not Step.UPSTREAM:  # the upstream fails after an allowed decision
             ex.allowed = False
         if type(refusal) is TokenRefused:  # steps 3-4: who it was about, for the audit event
             ex.refused_token, ex.claimed_id = refusal.token, refusal.claimed_id
         # a gateway refusal always names its step (only admin validation errors have none)
         ex.status, ex.step, ex.reason = refusal.status, refusal.step or Step.INTERNAL, refusal.message
-        response = error_response(refusal, ex.request_id)
-        ex.response_bytes = response.content_length or 0
-        if refusal.close:
-            response.force_close()
+        response = error_reply(refusal, ex.request_id)
+        ex.response_bytes = len(response.body)
         return response
 
     def record(self, ex: Exchange) -> None:
@@ -284,7 +280,7 @@ class Pipeline:
             **aborted,
         )
 
-    async def tunnel(self, ex: Exchange, upstream: Upstream) -> web.StreamResponse:
+    async def tunnel(self, ex: Exchange, upstream: Upstream) -> Reply | StreamReply:
         """A WebSocket upgrade on a route that allows it: the upstream's 101, then bytes both
         ways until either side closes or the token stops being allowed."""
         runtime, request = self.runtime, ex.request
@@ -297,6 +293,7 @@ class Pipeline:
         ex.status = response.status
         if conn is None:
             return response  # the upstream declined; its answer goes back as it is
+        assert isinstance(response, StreamReply)  # the upstream's 101, not yet sent
         try:
             # The handshake took time: if the cache dropped anything meanwhile (a revoke),
             # decide again before the client gets its 101.

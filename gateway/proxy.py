@@ -11,9 +11,6 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 
-import aiohttp
-from aiohttp import web
-
 from tokenward.gateway.exchange import REMAINING_HEADER, Exchange
 from tokenward.gateway.forms import BodyScanner, OverrideFound, body_scanner
 from tokenward.gateway.headers import (
@@ -25,10 +22,12 @@ from tokenward.gateway.headers import (
     normalize_name,
     response_headers,
 )
+from tokenward.gateway.inbound import Body, Request
 from tokenward.gateway.mcp_stream import JsonFilter, SseFilter, response_filter
 from tokenward.gateway.mcp_stream import upstream_headers as mcp_headers
 from tokenward.gateway.metrics import Histogram
 from tokenward.gateway.refusal import Refusal, Step
+from tokenward.gateway.reply import Reply, StreamReply
 from tokenward.gateway.settings import Limits, Upstream
 from tokenward.gateway.upstream import (
     IDEMPOTENT,
@@ -45,7 +44,7 @@ class BodyGuard:
     a form body's scanner sees each chunk before it is forwarded (see gateway/forms.py)."""
 
     def __init__(
-        self, stream: aiohttp.StreamReader, max_bytes: int, timeout: float, scanner: BodyScanner | None = None
+        self, stream: Body, max_bytes: int, timeout: float, scanner: BodyScanner | None = None
     ) -> None:
         self.stream = stream
         self.max_bytes = max_bytes
@@ -177,7 +176,7 @@ class Forwarder:
             pool.close()
         self.pools.clear()
 
-    async def forward(self, ex: Exchange, upstream: Upstream) -> web.StreamResponse:
+    async def forward(self, ex: Exchange, upstream: Upstream) -> Reply | StreamReply:
         """The forward step: `ex`'s request, to its canonical target on `upstream`."""
         request, target = ex.request, ex.target
         assert target is not None
@@ -188,7 +187,7 @@ class Forwarder:
         body = ex.body  # an MCP route's: read whole by the decision, sent as it was authorized
         if ex.mcp is not None:
             headers = mcp_headers(headers)
-        # Framing from what aiohttp parsed, never from inbound header spellings.
+        # Framing from what the listener parsed, never from inbound header spellings.
         if body is not None:
             headers.append(("Content-Length", str(len(body))))
         elif request.content_length is not None:
@@ -213,7 +212,7 @@ class Forwarder:
         finally:
             conn.finish()
 
-    async def upgrade(self, ex: Exchange, upstream: Upstream) -> tuple[Connection | None, web.StreamResponse]:
+    async def upgrade(self, ex: Exchange, upstream: Upstream) -> tuple[Connection | None, Reply | StreamReply]:
         """Ask the upstream to switch protocols. With its 101: the connection (to tunnel)
         and the 101 for the client, not yet sent. Otherwise its answer, as usual."""
         request, target, request_id = ex.request, ex.target, ex.request_id
@@ -235,11 +234,11 @@ class Forwarder:
         upgrade = next((v for n, v in conn.headers if n.lower() == b"upgrade"), b"websocket")
         out["Connection"] = "Upgrade"
         out["Upgrade"] = decode_header(upgrade)
-        return conn, web.StreamResponse(status=101, reason=decode_header(conn.reason) or None, headers=out)
+        return conn, StreamReply(101, out, decode_header(conn.reason) or None)
 
     async def _exchange(
         self,
-        request: web.BaseRequest,
+        request: Request,
         pool: Pool,
         upstream: Upstream,
         head: bytes,
@@ -291,7 +290,7 @@ class Forwarder:
         finally:
             conn.sending = False
 
-    async def _send_body(self, request: web.BaseRequest, conn: Connection, limits: Limits) -> None:
+    async def _send_body(self, request: Request, conn: Connection, limits: Limits) -> None:
         try:
             headers = request.headers
             scanner = body_scanner(headers.getall("Content-Type", []), headers.getall("Content-Encoding", []))
@@ -319,26 +318,21 @@ class Forwarder:
             conn.sending = False
 
     async def _respond(
-        self, request: web.BaseRequest, conn: Connection, request_id: str, delivery: Exchange | None = None
-    ) -> web.StreamResponse:
+        self, request: Request, conn: Connection, request_id: str, delivery: Exchange | None = None
+    ) -> Reply | StreamReply:
         reason = decode_header(conn.reason) or None
         headers = response_headers(conn.headers, request_id)
         mcp = delivery.mcp if delivery is not None and request.method != "HEAD" else None
         rewrite = response_filter(mcp, conn.headers) if mcp is not None else None
         if rewrite is not None and (rewrite.whole or conn.complete):  # an MCP tools/list, filtered
-            return web.Response(status=conn.status, reason=reason, headers=headers, body=await filtered(conn, rewrite))
+            return Reply(conn.status, headers, await filtered(conn, rewrite), reason)
         if conn.complete and request.method != "HEAD":
             # The whole response is here already: one write to the client.
-            return web.Response(status=conn.status, reason=reason, headers=headers, body=conn.take_body())
-        response = web.StreamResponse(status=conn.status, reason=reason, headers=headers)
-        if request.method == "HEAD":
-            length = next((v for n, v in conn.headers if n.lower() == b"content-length"), None)
-            if length is not None:
-                response.headers["Content-Length"] = decode_header(length)
-        else:
-            length = next((v for n, v in conn.headers if n.lower() == b"content-length"), None)
-            if length is not None and length.isdigit() and rewrite is None:
-                response.content_length = int(length)
+            return Reply(conn.status, headers, conn.take_body(), reason)
+        response = StreamReply(conn.status, headers, reason)
+        length = next((v for n, v in conn.headers if n.lower() == b"content-length"), None)
+        if length is not None and length.isdigit() and (rewrite is None or request.method == "HEAD"):
+            response.content_length = int(length)
         sent = 0
         try:
             # The client may be gone before the head goes out, or at the end: the upstream

@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
 
 import structlog
-from aiohttp import web
 
 from tokenward.gateway.aio import cancel_and_wait
 from tokenward.gateway.cache import VerificationCache
+from tokenward.gateway.inbound import Request
 from tokenward.gateway.refusal import Refusal
 from tokenward.gateway.upstream import Connection
 
@@ -23,7 +22,7 @@ log = structlog.get_logger("tokenward.tunnel")
 HIGH_WATER = 256 * 1024  # bytes queued towards one side before the other side is paused
 
 
-def is_websocket_upgrade(request: web.BaseRequest) -> bool:
+def is_websocket_upgrade(request: Request) -> bool:
     headers = request.headers
     if request.method != "GET" or headers.get("Upgrade", "").strip().lower() != "websocket":
         return False
@@ -31,23 +30,9 @@ def is_websocket_upgrade(request: web.BaseRequest) -> bool:
     return "upgrade" in tokens
 
 
-class _ClientSide:
-    """What aiohttp's connection handler feeds the client's bytes to once upgraded."""
-
-    def __init__(self, tunnel: Tunnel) -> None:
-        self.tunnel = tunnel
-
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        self.tunnel.to_upstream(data)
-        return False, b""
-
-    def feed_eof(self) -> None:
-        self.tunnel.close("client closed")
-
-
 class Tunnel:
-    def __init__(self, request: web.BaseRequest, conn: Connection) -> None:
-        assert request.transport is not None and request.protocol is not None
+    def __init__(self, request: Request, conn: Connection) -> None:
+        assert request.transport is not None
         self.request = request
         self.client = request.transport
         self.conn = conn
@@ -68,8 +53,8 @@ class Tunnel:
         if conn.tail:
             tail, conn.tail = conn.tail, b""
             self.to_client(tail)
-        protocol = cast(Any, self.request.protocol)
-        protocol.set_parser(_ClientSide(self))
+        # the client's bytes (those already after the upgrade head first) go upstream from now
+        self.request.protocol.set_relay(self.to_upstream, lambda: self.close("client closed"))
 
     def to_client(self, data: bytes) -> None:
         if self.done.done() or self.client.is_closing():
@@ -84,7 +69,7 @@ class Tunnel:
 
     async def _drain_client(self) -> None:
         try:
-            await self.request.writer.drain()
+            await self.request.protocol.drain()
         except (ConnectionError, RuntimeError):
             self.close("client closed")
         finally:

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from tests.helpers.gateway import Gateway
-from tokenward.gateway.app import ProxyServer
 from tokenward.gateway.bounded import BoundedMap
 from tokenward.gateway.decision import Principal
 from tokenward.gateway.edge import TrustedProxies
@@ -117,10 +116,9 @@ def test_identity_headers_memo_is_per_record_object() -> None:
 
 
 def _pipeline(gw: Gateway) -> Pipeline:
-    runner = gw.server._runners[0]
-    server = runner.server
-    assert isinstance(server, ProxyServer)
-    return server.pipeline
+    listener = gw.server.listener
+    assert listener is not None
+    return listener.pipeline
 
 
 async def test_two_servers_in_one_process_share_no_memo(

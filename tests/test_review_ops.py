@@ -25,8 +25,9 @@ async def until(condition: Any) -> None:
 
 def open_proxy_connections(gw: Gateway) -> int:
     """Client connections of the proxy listener that the gateway has not seen close."""
-    runner = gw.server._runners[0]
-    return sum(1 for handler in runner.server.connections if handler.transport is not None)  # type: ignore[union-attr]
+    listener = gw.server.listener
+    assert listener is not None
+    return sum(1 for conn in listener.connections if conn.transport is not None)
 
 
 @pytest.mark.parametrize("delimiter", [b"Content-Length: 1000", b"Transfer-Encoding: chunked"])

@@ -1,0 +1,525 @@
+"""The gateway listener: HTTP/1.1 connections parsed by llhttp (httptools), as uvicorn does
+and as the upstream client (gateway/upstream.py) does, each request handed to the pipeline
+(gateway/pipeline.py) and its reply written back (gateway/reply.py). aiohttp serves only the
+admin API.
+
+Per connection: one parser, one handler task at a time (pipelined requests wait their turn,
+with reading paused), a deadline for every request head (`limits.header_timeout`, from the
+connection opening, the previous response, or the head's first byte, whichever is latest),
+and after an early answer the rest of an unread body read and dropped for at most
+`LINGER` seconds. A head the parser cannot read gets a JSON 400, 414 or 431 (audited) and
+the connection closes. A WebSocket tunnel (gateway/tunnel.py) takes the connection's bytes
+over after its 101 (`set_relay`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import httptools
+import structlog
+
+from tokenward.gateway.inbound import Request, header_map
+from tokenward.gateway.refusal import Refusal, Step
+from tokenward.gateway.reply import Clock, Reply, StreamReply, Writer, error_reply
+
+if TYPE_CHECKING:
+    from tokenward.gateway.pipeline import Pipeline
+    from tokenward.gateway.runtime import Runtime
+
+log = structlog.get_logger("tokenward")
+
+LINGER = 2.0  # after an early answer, how long a client's unread body is read and dropped
+_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0), "0.9": (0, 9)}
+# headers a request may carry once (a second copy is read differently by different servers)
+_SINGLETONS = frozenset(
+    {
+        b"content-length",
+        b"content-location",
+        b"content-range",
+        b"content-type",
+        b"etag",
+        b"host",
+        b"max-forwards",
+        b"server",
+        b"transfer-encoding",
+        b"user-agent",
+    }
+)
+
+
+class HeadRefused(Exception):
+    """A request head refused while it was being parsed (too large, or malformed)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+def malformed(message: str) -> HeadRefused:
+    return HeadRefused(Refusal(400, "invalid_request", Step.FRAMING, f"malformed request: {message}"))
+
+
+class GatewayConnection(asyncio.Protocol, Writer):
+    """One client connection of the gateway listener."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.clock = listener.clock
+        self.loop = listener.loop
+        limits = listener.runtime.settings.limits
+        self.timeout = limits.header_timeout
+        self.max_url = limits.max_url_length + 1024  # above check_request's precise 414
+        self.max_header_bytes = 2 * limits.max_header_bytes + 65536  # above its precise 431
+        self.max_headers = limits.max_header_count + 16
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer: str | None = None
+        self.sockname = ""
+        # the head being parsed
+        self.url = b""
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.in_head = False  # between a message's first byte and its complete head
+        self.request: Request | None = None  # the request whose body is being parsed
+        self.queue: deque[Request] = deque()  # complete heads waiting for the handler
+        self.task: asyncio.Task[None] | None = None
+        self.relay: Callable[[bytes], None] | None = None  # a tunnel's: bytes go there
+        self.relay_eof: Callable[[], None] | None = None
+        self.upgrade_tail = b""  # bytes after a WebSocket upgrade head
+        self.refused: HeadRefused | None = None  # a head the parser refused, answered after the current reply
+        self.answered = False  # the refusal went to the handler reading the body
+        self.closing = False
+        self.reading_paused = False
+        self.pauses = 0  # reasons reading is paused: a full body buffer, queued heads
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.linger: asyncio.Future[None] | None = None
+
+    # -- the connection ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else None
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(sockname, tuple):
+            self.sockname = f"[{sockname[0]}]" if len(sockname) == 4 else str(sockname[0])
+        self.listener.connections.add(self)
+        self.deadline = self.loop.time() + self.timeout
+        self.timer = self.loop.call_at(self.deadline, self.head_deadline)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closing = True
+        self.transport = None
+        self.listener.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        lost = ConnectionResetError("the client closed the connection")
+        if self.request is not None:
+            self.request.content.fail(lost)
+        waiter, self.drain_waiter = self.drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(lost)
+        if self.linger is not None and not self.linger.done():
+            self.linger.set_result(None)
+        if self.relay_eof is not None:
+            self.relay_eof()
+        self.relay = self.relay_eof = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.relay is not None:
+            self.relay(data)
+            return
+        if self.closing or self.refused is not None:
+            return
+        if not self.in_head and self.request is None and self.task is None:
+            # the first byte of the next head: it has header_timeout from now
+            self.deadline = self.loop.time() + self.timeout
+        self.feed(data)
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self.upgrade_tail = data[offset:]
+            self.pause_reading()  # the tunnel, or the close after the reply, takes it from here
+        except HeadRefused as refused:
+            self.refuse(refused)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self.refuse(cause if isinstance(cause, HeadRefused) else malformed(str(exc) or "unreadable"))
+        except httptools.HttpParserError as exc:
+            self.refuse(malformed(str(exc).rstrip(".") or "unreadable"))
+
+    def eof_received(self) -> bool | None:
+        if self.relay_eof is not None:
+            self.relay_eof()
+            self.relay = self.relay_eof = None
+        if self.request is not None:
+            self.request.content.fail(ConnectionResetError("the client ended the request early"))
+        return None  # the transport closes itself
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter, self.drain_waiter = self.drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- parser callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.url = b""
+        self.raw_headers = []
+        self.header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.max_url:
+            raise HeadRefused(Refusal(414, "uri_too_long", Step.LIMITS, "request target too long"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # a trailer after a chunked body: never forwarded
+        value = value.rstrip(b" \t")
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > self.max_header_bytes:
+            raise HeadRefused(Refusal(431, "headers_too_large", Step.LIMITS, "request header too large"))
+        if b"\x00" in value:
+            raise malformed("invalid header value")
+        self.raw_headers.append((name, value))
+        if len(self.raw_headers) > self.max_headers:
+            raise HeadRefused(Refusal(431, "headers_too_large", Step.LIMITS, "too many request headers"))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        raw = tuple(self.raw_headers)
+        pairs = []
+        seen: set[bytes] = set()
+        length: int | None = None
+        chunked = False
+        for name, value in raw:
+            lower = name.lower()
+            if lower in _SINGLETONS:
+                if lower in seen:
+                    raise malformed(f"duplicate {name.decode('latin-1')} header")
+                seen.add(lower)
+                if lower == b"content-length":
+                    length = int(value)
+                elif lower == b"transfer-encoding":
+                    if value.strip().lower() != b"chunked":  # anything else: two readings of the body
+                        raise malformed("unsupported Transfer-Encoding")
+                    chunked = True
+            elif lower == b"sec-websocket-key1":
+                raise malformed("old WebSocket handshake")
+            pairs.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+        version = _VERSIONS.get(parser.get_http_version(), (1, 1))
+        if version == (1, 1) and b"host" not in seen:
+            raise malformed("missing Host header")
+        target = self.url.decode("utf-8", "surrogateescape")
+        method = parser.get_method().decode("ascii")
+        check_target_form(method, target)
+        request = Request(
+            self,
+            method,
+            target,
+            version,
+            raw,
+            header_map(pairs),
+            self.peer,
+            self.sockname,
+            parser.should_keep_alive(),
+            None if chunked else length,
+            chunked,
+            parser.should_upgrade(),
+        )
+        self.request = request
+        if self.task is None:
+            self.task = self.loop.create_task(self.serve(request))
+        else:  # pipelined: after the current one; read no further meanwhile
+            self.queue.append(request)
+            if len(self.queue) == 1:
+                self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        request = self.request
+        if request is not None:
+            request.content.feed(body)
+
+    def on_message_complete(self) -> None:
+        request, self.request = self.request, None
+        if request is not None:
+            request.content.feed_eof()
+        if self.linger is not None and not self.linger.done():
+            self.linger.set_result(None)
+
+    # -- serving -------------------------------------------------------------------------------
+
+    async def serve(self, request: Request) -> None:
+        """Handle `request`, then each pipelined one after it, in order."""
+        handle = self.listener.pipeline.handle
+        try:
+            while True:
+                reply = await handle(request)
+                if not await self.finish(request, reply):
+                    self.close(linger=self.relay is None)
+                    return
+                if not self.queue:
+                    break
+                request = self.queue.popleft()
+                if not self.queue:
+                    self.resume_reading()
+        finally:
+            self.task = None
+        if self.refused is not None:
+            if not self.answered:
+                self.answer_refused()
+            self.close(linger=True)
+            return
+        # the response is done: the next head has header_timeout from now
+        self.deadline = self.loop.time() + self.timeout
+
+    async def finish(self, request: Request, reply: Reply | StreamReply) -> bool:
+        """Send what is left of `reply`; True when the connection serves the next request."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        if type(reply) is Reply:
+            keep_alive = self.keep_alive_for(request, reply)
+            transport.write(reply.render(request.method, request.version, keep_alive, self.clock))
+        else:
+            assert isinstance(reply, StreamReply)
+            if not reply.prepared:
+                try:
+                    await reply.prepare(request)
+                    await reply.write_eof()
+                except ConnectionError:
+                    return False
+            keep_alive = not reply.close and reply.eof and self.keep_alive_for(request, reply)
+        if not keep_alive or self.relay is not None:
+            return False
+        body = request.content
+        if not body.at_eof and self.request is request:
+            # answered before the body's end: read the rest and drop it, briefly
+            body.drop()
+            self.linger = self.loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self.linger), LINGER)
+            except TimeoutError:
+                return False
+            finally:
+                self.linger = None
+            return self.transport is not None and self.refused is None
+        body.drop()
+        return True
+
+    def keep_alive_for(self, request: Request, reply: Reply | StreamReply) -> bool:
+        return (
+            request.keep_alive
+            and not reply.close
+            and not self.closing
+            and not self.listener.closing
+            and not request.upgrade
+            and self.refused is None
+        )
+
+    def send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        transport.write(data)
+
+    async def drain(self) -> None:
+        if self.transport is None:
+            raise ConnectionResetError("the client closed the connection")
+        if not self.write_paused:
+            return
+        waiter = self.drain_waiter
+        if waiter is None:
+            waiter = self.drain_waiter = self.loop.create_future()
+        await asyncio.shield(waiter)
+
+    def set_relay(self, relay: Callable[[bytes], None], on_eof: Callable[[], None]) -> None:
+        """A tunnel takes over: every byte from now (and those already after the upgrade
+        head) goes to `relay`; the client's end of stream to `on_eof`."""
+        self.relay, self.relay_eof = relay, on_eof
+        tail, self.upgrade_tail = self.upgrade_tail, b""
+        self.resume_reading()
+        if tail:
+            relay(tail)
+
+    def pause_reading(self) -> None:
+        self.pauses += 1
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.pauses = max(0, self.pauses - 1)
+        if self.pauses == 0 and self.reading_paused and self.transport is not None and not self.closing:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def close(self, linger: bool = False) -> None:
+        """Close the connection; `linger`: an answer went out, so first stop sending and read
+        and drop what the client still sends (for at most LINGER seconds): closing with its
+        bytes still arriving would reset the connection before it read the answer."""
+        self.closing = True
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not linger or not transport.can_write_eof():
+            transport.close()
+            return
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        transport.write_eof()
+        self.loop.call_later(LINGER, transport.close)
+
+    # -- refused heads and the head deadline ---------------------------------------------------
+
+    def refuse(self, refused: HeadRefused) -> None:
+        """The parser refused a head: answered (after the current reply, if any), then closed."""
+        self.refused = refused  # from now on what arrives is read and dropped
+        request = self.request
+        if request is not None and self.task is not None:
+            # a body that breaks the framing: its reader gets the refusal, and the handler
+            # answers it (if it has not answered yet); then the connection closes
+            self.answered = True
+            request.content.fail(refused.refusal)
+            if self.linger is not None and not self.linger.done():
+                self.linger.set_result(None)
+        elif self.task is None:
+            self.answer_refused()
+
+    def answer_refused(self) -> None:
+        refused = self.refused
+        assert refused is not None
+        listener = self.listener
+        request_id = listener.new_request_id()
+        denied = refused.refusal
+        listener.runtime.audit.emit(
+            "request.denied",
+            method=None,
+            path=None,
+            route=None,
+            status=denied.status,
+            step=denied.step,
+            reason=denied.message,
+            client_ip=self.peer,
+            request_id=request_id,
+            duration_ms=0.0,
+        )
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(error_reply(denied, request_id).render("GET", (1, 1), False, self.clock))
+        self.close(linger=True)
+
+    def head_deadline(self) -> None:
+        self.timer = None
+        if self.transport is None or self.closing:
+            return
+        now = self.loop.time()
+        if self.task is not None or self.relay is not None or (self.request is not None and not self.in_head):
+            self.timer = self.loop.call_at(now + self.timeout, self.head_deadline)  # busy: look again later
+            return
+        if now < self.deadline:  # moved on meanwhile
+            self.timer = self.loop.call_at(self.deadline, self.head_deadline)
+            return
+        self.close()  # no complete request head in time
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop: an idle connection closes now; a busy one finishes its request (within
+        `timeout`, else the handler is cancelled) and then closes."""
+        task = self.task
+        if task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if self.relay_eof is not None:
+            self.relay_eof()
+        self.close()
+
+
+def check_target_form(method: str, target: str) -> None:
+    """The request target's form (RFC 9112 3.2): origin-form, absolute-form with an
+    authority, `*` for OPTIONS only, authority-form for CONNECT only."""
+    if target.startswith("/"):
+        if method == "CONNECT":
+            raise malformed("CONNECT takes an authority-form target")
+        return
+    if target == "*" and method == "OPTIONS":
+        return
+    if method == "CONNECT":
+        if target and "/" not in target and "@" not in target:
+            return
+        raise malformed("bad CONNECT target")
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.lower() in ("http", "https") and rest and not rest.startswith(("/", "?", "#")):
+        return
+    raise malformed("invalid request target")
+
+
+class Listener:
+    """The gateway's listening socket and its connections, over one runtime's pipeline."""
+
+    def __init__(self, runtime: Runtime, pipeline: Pipeline, new_request_id: Callable[[], str]) -> None:
+        self.runtime = runtime
+        self.pipeline = pipeline
+        self.new_request_id = new_request_id
+        self.clock = Clock()
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[GatewayConnection] = set()
+        self.closing = False
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen (SO_REUSEPORT: under --workers every worker binds the port); the bound port."""
+        self.server = await self.loop.create_server(
+            lambda: GatewayConnection(self), host, port, reuse_port=True, backlog=1024
+        )
+        for sock in self.server.sockets:
+            address: Any = sock.getsockname()
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                return int(address[1])
+        return port
+
+    async def stop(self, timeout: float) -> None:
+        """Stop accepting, let each request in progress finish within `timeout`, close all."""
+        self.closing = True
+        server, self.server = self.server, None
+        if server is not None:
+            server.close()
+        connections = list(self.connections)
+        for conn in connections:
+            if conn.task is None and conn.relay is None:
+                conn.close()
+        busy = [
+            conn.shutdown(timeout) for conn in connections if conn.task is not None or conn.relay is not None
+        ]
+        if busy:
+            await asyncio.gather(*busy, return_exceptions=True)
+        for conn in list(self.connections):
+            conn.close()
+        await asyncio.sleep(0)

@@ -2,6 +2,9 @@
 sent (the raw target, every header in order) and its body as a stream. This is what the
 pipeline's steps read, in place of aiohttp's request objects: built once per request from
 what llhttp reported, with nothing derived that no step reads.
+
+Also the checks on a head that llhttp leaves to its user (`read_headers`,
+`check_target_form`): what aiohttp's parser checked on top of llhttp, kept.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from tokenward.gateway.refusal import Refusal, Step
 
 
 class Connection(Protocol):
@@ -190,3 +195,107 @@ class Request:
 
 def header_map(pairs: list[tuple[str, str]]) -> CIMultiDictProxy[str]:
     return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+# headers a request may carry once (a second copy is read differently by different servers)
+_SINGLETONS = frozenset(
+    {
+        b"content-length",
+        b"content-location",
+        b"content-range",
+        b"content-type",
+        b"etag",
+        b"host",
+        b"max-forwards",
+        b"server",
+        b"transfer-encoding",
+        b"user-agent",
+    }
+)
+
+
+class HeadRefused(Exception):
+    """A request head refused while it was being parsed (too large, or malformed)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+def malformed(message: str) -> HeadRefused:
+    return HeadRefused(Refusal(400, "invalid_request", Step.FRAMING, f"malformed request: {message}"))
+
+
+_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0), "0.9": (0, 9)}
+
+
+def read_request(
+    protocol: Connection,
+    method: bytes,
+    url: bytes,
+    version_text: str,
+    raw: tuple[tuple[bytes, bytes], ...],
+    address: tuple[str | None, str],
+    keep_alive: bool,
+    upgrade: bool,
+) -> Request:
+    """The request llhttp parsed (`address`: the peer's and the listening socket's), once
+    the checks llhttp leaves to us hold (raises HeadRefused)."""
+    version = _VERSIONS.get(version_text, (1, 1))
+    pairs, length, chunked = read_headers(raw, version)
+    target = url.decode("utf-8", "surrogateescape")
+    text = method.decode("ascii")
+    check_target_form(text, target)
+    return Request(
+        protocol, text, target, version, raw, header_map(pairs), address[0], address[1], keep_alive,
+        None if chunked else length, chunked, upgrade,
+    )  # fmt: skip
+
+
+def read_headers(
+    raw: tuple[tuple[bytes, bytes], ...], version: tuple[int, int]
+) -> tuple[list[tuple[str, str]], int | None, bool]:
+    """The decoded headers, the Content-Length and whether the body is chunked; raises
+    HeadRefused for a second copy of a singleton header, a Transfer-Encoding other than
+    `chunked`, an old WebSocket handshake, or no Host on HTTP/1.1."""
+    pairs = []
+    seen: set[bytes] = set()
+    length: int | None = None
+    chunked = False
+    for name, value in raw:
+        lower = name.lower()
+        if lower in _SINGLETONS:
+            if lower in seen:
+                raise malformed(f"duplicate {name.decode('latin-1')} header")
+            seen.add(lower)
+            if lower == b"content-length":
+                length = int(value)
+            elif lower == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":  # anything else: two readings of the body
+                    raise malformed("unsupported Transfer-Encoding")
+                chunked = True
+        elif lower == b"sec-websocket-key1":
+            raise malformed("old WebSocket handshake")
+        pairs.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+    if version == (1, 1) and b"host" not in seen:
+        raise malformed("missing Host header")
+    return pairs, length, chunked
+
+
+def check_target_form(method: str, target: str) -> None:
+    """The request target's form (RFC 9112 3.2): origin-form, absolute-form with an
+    authority, `*` for OPTIONS only, authority-form for CONNECT only."""
+    if target.startswith("/"):
+        if method == "CONNECT":
+            raise malformed("CONNECT takes an authority-form target")
+        return
+    if target == "*" and method == "OPTIONS":
+        return
+    if method == "CONNECT":
+        if target and "/" not in target and "@" not in target:
+            return
+        raise malformed("bad CONNECT target")
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.lower() in ("http", "https") and rest and not rest.startswith(("/", "?", "#")):
+        return
+    raise malformed("invalid request target")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 import structlog
 
-from tokenward.gateway.inbound import Request, header_map
+from tokenward.gateway.inbound import HeadRefused, Request, malformed, read_request
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.reply import Clock, Reply, StreamReply, Writer, error_reply
 
@@ -35,38 +35,44 @@ if TYPE_CHECKING:
 log = structlog.get_logger("tokenward")
 
 LINGER = 2.0  # after an early answer, how long a client's unread body is read and dropped
-_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0), "0.9": (0, 9)}
-# headers a request may carry once (a second copy is read differently by different servers)
-_SINGLETONS = frozenset(
-    {
-        b"content-length",
-        b"content-location",
-        b"content-range",
-        b"content-type",
-        b"etag",
-        b"host",
-        b"max-forwards",
-        b"server",
-        b"transfer-encoding",
-        b"user-agent",
-    }
-)
-
-
-class HeadRefused(Exception):
-    """A request head refused while it was being parsed (too large, or malformed)."""
-
-    def __init__(self, refusal: Refusal) -> None:
-        super().__init__(refusal.message)
-        self.refusal = refusal
-
-
-def malformed(message: str) -> HeadRefused:
-    return HeadRefused(Refusal(400, "invalid_request", Step.FRAMING, f"malformed request: {message}"))
 
 
 class GatewayConnection(asyncio.Protocol, Writer):
     """One client connection of the gateway listener."""
+
+    __slots__ = (
+        "answered",
+        "clock",
+        "closing",
+        "deadline",
+        "drain_waiter",
+        "header_bytes",
+        "in_head",
+        "linger",
+        "listener",
+        "loop",
+        "max_header_bytes",
+        "max_headers",
+        "max_url",
+        "parser",
+        "pauses",
+        "peer",
+        "queue",
+        "raw_headers",
+        "reading_paused",
+        "refused",
+        "relay",
+        "relay_eof",
+        "request",
+        "sockname",
+        "task",
+        "timeout",
+        "timer",
+        "transport",
+        "upgrade_tail",
+        "url",
+        "write_paused",
+    )
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -207,44 +213,14 @@ class GatewayConnection(asyncio.Protocol, Writer):
     def on_headers_complete(self) -> None:
         self.in_head = False
         parser = self.parser
-        raw = tuple(self.raw_headers)
-        pairs = []
-        seen: set[bytes] = set()
-        length: int | None = None
-        chunked = False
-        for name, value in raw:
-            lower = name.lower()
-            if lower in _SINGLETONS:
-                if lower in seen:
-                    raise malformed(f"duplicate {name.decode('latin-1')} header")
-                seen.add(lower)
-                if lower == b"content-length":
-                    length = int(value)
-                elif lower == b"transfer-encoding":
-                    if value.strip().lower() != b"chunked":  # anything else: two readings of the body
-                        raise malformed("unsupported Transfer-Encoding")
-                    chunked = True
-            elif lower == b"sec-websocket-key1":
-                raise malformed("old WebSocket handshake")
-            pairs.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
-        version = _VERSIONS.get(parser.get_http_version(), (1, 1))
-        if version == (1, 1) and b"host" not in seen:
-            raise malformed("missing Host header")
-        target = self.url.decode("utf-8", "surrogateescape")
-        method = parser.get_method().decode("ascii")
-        check_target_form(method, target)
-        request = Request(
+        request = read_request(
             self,
-            method,
-            target,
-            version,
-            raw,
-            header_map(pairs),
-            self.peer,
-            self.sockname,
+            parser.get_method(),
+            self.url,
+            parser.get_http_version(),
+            tuple(self.raw_headers),
+            (self.peer, self.sockname),
             parser.should_keep_alive(),
-            None if chunked else length,
-            chunked,
             parser.should_upgrade(),
         )
         self.request = request
@@ -283,6 +259,10 @@ class GatewayConnection(asyncio.Protocol, Writer):
                 request = self.queue.popleft()
                 if not self.queue:
                     self.resume_reading()
+        except Exception:  # a reply that could not be written: never a hung connection
+            log.exception("gateway connection failed")
+            self.close()
+            return
         finally:
             self.task = None
         if self.refused is not None:
@@ -460,25 +440,6 @@ class GatewayConnection(asyncio.Protocol, Writer):
         if self.relay_eof is not None:
             self.relay_eof()
         self.close()
-
-
-def check_target_form(method: str, target: str) -> None:
-    """The request target's form (RFC 9112 3.2): origin-form, absolute-form with an
-    authority, `*` for OPTIONS only, authority-form for CONNECT only."""
-    if target.startswith("/"):
-        if method == "CONNECT":
-            raise malformed("CONNECT takes an authority-form target")
-        return
-    if target == "*" and method == "OPTIONS":
-        return
-    if method == "CONNECT":
-        if target and "/" not in target and "@" not in target:
-            return
-        raise malformed("bad CONNECT target")
-    scheme, sep, rest = target.partition("://")
-    if sep and scheme.lower() in ("http", "https") and rest and not rest.startswith(("/", "?", "#")):
-        return
-    raise malformed("invalid request target")
 
 
 class Listener:

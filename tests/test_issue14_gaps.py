@@ -82,3 +82,24 @@ async def test_audit_since_names_the_durations_it_takes(gateway: Gateway, env: d
         assert (await admin(gateway, "GET", f"/v1/audit?since={since}", by))[0] == 200, since
 
 
+# -- item 4: the usage summary reads as English ---------------------------------------------------
+def test_usage_counts_in_the_singular() -> None:
+    one = {"token_id": "m7QMhlwE08sR", "name": "ci", "days": 1, "since": "2026-11-28", "requests": 1,
+           "allowed": 1, "refused": {}, "by_day": {"2026-11-28": 1}, "by_route": {}, "unused_scopes": []}  # fmt: skip
+    assert usage_summary(one)[0] == "Usage (1 day): 1 request, 0 refused"
+    assert usage_report(one).splitlines()[0] == "Token ci (m7QMhlwE08sR), the last 1 day (since 2026-11-28, UTC)"
+    many = {**one, "days": 30, "requests": 2, "allowed": 1, "refused": {"status": 1}}
+    assert usage_summary(many)[0] == "Usage (30 days): 2 requests, 1 refused (status: 1)"
+
+
+async def test_token_get_shows_one_request_in_the_singular(gateway: Gateway, env: dict[str, str]) -> None:
+    token = await create(env, "--name", "once")
+    async with gateway.session.get(
+        f"{gateway.url}/orgs/acme/teams/platform/apis", headers={"Authorization": f"Bearer {token['token']}"}
+    ) as response:
+        assert response.status == 200
+    await gateway.runtime.audit.flush()  # what this process counted is in the store now
+    code, out, err = await run_cli("token", "get", token["id"], env=env)
+    assert code == 0 and "Usage (30 days): 1 request, 0 refused" in out, (out, err)
+
+

@@ -103,3 +103,17 @@ async def test_token_get_shows_one_request_in_the_singular(gateway: Gateway, env
     assert code == 0 and "Usage (30 days): 1 request, 0 refused" in out, (out, err)
 
 
+# -- item 11: a leak report says what it did -----------------------------------------------------
+async def test_a_revoked_token_reported_as_leaked_is_said_to_be_final(gateway: Gateway, env: dict[str, str]) -> None:
+    token = await create(env, "--name", "lost")
+    code, _, err = await run_cli("token", "revoke", token["id"], "--reason", "rotated by hand", env=env)
+    assert code == 0, err
+    code, out, err = await run_cli("leaks", "report", "-", env=env, stdin=f"log: {token['token']}\n")
+    assert code == 0, err
+    assert f"{token['display_prefix']}: already_revoked (it was already revoked; now as leaked, so it can never be restored)" in out
+    code, out, err = await run_cli("token", "get", token["id"], "--json", env=env)
+    assert json.loads(out)["revoke_reason"] == "leaked"
+    code, _, err = await run_cli("token", "restore", token["id"], env=env)
+    assert code == 1 and len(err.splitlines()) == 1, err
+
+

@@ -117,3 +117,63 @@ async def test_a_revoked_token_reported_as_leaked_is_said_to_be_final(gateway: G
     assert code == 1 and len(err.splitlines()) == 1, err
 
 
+# -- item 11: README's examples on the demo, pasted into a shell ----------------------------------
+@pytest.fixture
+async def demo(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    """`tokenward demo` running: the environment its printed export lines make."""
+    port, admin_port, upstream_port = free_ports(3)
+    process = await asyncio.create_subprocess_exec(
+        *CLI, "demo", "--data-dir", str(tmp_path / "demo"), "--port", str(port), "--admin-port", str(admin_port),
+        "--upstream-port", str(upstream_port), cwd=ROOT, env=env_for_subprocess(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert process.stdout is not None
+    printed = ""
+    try:
+        while "Ctrl-C to stop" not in printed:
+            line = await asyncio.wait_for(process.stdout.readline(), 120)
+            assert line, printed
+            printed += line.decode()
+        env = env_for_subprocess()
+        exports = re.findall(r"^  export (\w+)=(\S+)$", printed, re.M)
+        for name, value in exports:
+            env[name] = value.replace("$PATH", env.get("PATH", ""))
+        assert {"PATH", "TOKENWARD_ADMIN_URL", "TOKENWARD_TOKEN", "TOKENWARD_CONFIG"} <= dict(exports).keys()
+        yield env
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 60)
+
+
+def readme_lines(starts: str, count: int = 1) -> str:
+    """`count` lines of README's sh blocks from the one starting with `starts`, continuations
+    joined, as a shell script (comments kept: the shell drops them)."""
+    text = (ROOT / "README.md").read_text()
+    lines = [line for block in re.findall(r"```sh\n(.*?)```", text, re.S) for line in block.replace("\\\n", " ").splitlines()]
+    at = next(i for i, line in enumerate(lines) if line.startswith(starts))
+    return "\n".join(lines[at : at + count]) + "\n"
+
+
+async def shell(script: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    """`script` pasted into bash (`set -e`: the first failing line ends it)."""
+    done = await asyncio.to_thread(
+        subprocess.run, ["bash", "-ec", script], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+async def test_readme_org_wide_bootstrap_works_on_the_demo(demo: dict[str, str], tmp_path: Path) -> None:
+    """README's org-wide block begins with `admin bootstrap --org acme --expires-in 30d`: after
+    the demo's export lines it makes a token of the demo's org, which the demo's admin API knows
+    (with `--config config/example.yaml` it went into another store, config/.tokenward)."""
+    script = readme_lines("tokenward admin bootstrap --org acme --expires-in 30d")
+    assert "--config" not in script.split("#")[0]
+    code, out, err = await shell(script, demo, tmp_path)
+    assert code == 0 and err == "", (out, err)
+    key_id = re.search(r"ID:\s+(\w{12})", out)
+    assert key_id is not None, out
+    code, out, err = await run_cli("token", "get", key_id[1], "--json", env=demo)  # by the demo's org admin
+    assert code == 0, err
+    view = json.loads(out)
+    assert view["team"] is None and view["scopes"] == ["admin:org"] and view["status"] == "active"
+    assert abs(datetime.fromisoformat(view["expires_at"]).timestamp() - (time.time() + 30 * 86400)) < 600

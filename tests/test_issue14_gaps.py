@@ -177,3 +177,13 @@ async def test_readme_org_wide_bootstrap_works_on_the_demo(demo: dict[str, str],
     view = json.loads(out)
     assert view["team"] is None and view["scopes"] == ["admin:org"] and view["status"] == "active"
     assert abs(datetime.fromisoformat(view["expires_at"]).timestamp() - (time.time() + 30 * 86400)) < 600
+
+
+async def test_readme_file_examples_work_pasted(demo: dict[str, str], tmp_path: Path) -> None:
+    """The `--key-file old-key.txt` and `--file build.log` examples make their files first."""
+    code, out, err = await shell(readme_lines("printf '%s\\n'", 2), demo, tmp_path)
+    assert code == 0 and "Key imported" in out, (out, err)
+    assert (tmp_path / "old-key.txt").read_text().strip() not in out + err  # never printed back
+    code, out, err = await shell(readme_lines('echo "deploy: TOKEN=', 2), demo, tmp_path)
+    assert code == 0, (out, err)
+    assert out.strip() == "found 1 token-shaped string, 0 valid: nothing reported"

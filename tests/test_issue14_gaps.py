@@ -8,6 +8,8 @@
 - `audit --since` explains every form it takes, durations too (item 5).
 - The usage summary counts in the singular when there is one (item 4).
 - A leak report of a token revoked for another reason says what it did (item 11).
+- An imported test key shows its environment in `token list`'s PREFIX column, where a token
+  of ours shows it in its prefix (items 6 and 7).
 
 Against the real store: the demo as `tokenward demo`, the CLI as a subprocess."""
 
@@ -26,12 +28,20 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.gateway import ROOT, Gateway, admin
+from tests.helpers.gateway import ROOT, Gateway, admin, base_config
 from tests.helpers.process import CLI, env_for_subprocess, run_cli
 from tokenward.cli_usage import usage_report, usage_summary
 from tokenward.gateway.embedded import free_ports
 
 TOKENS = "/v1/orgs/acme/teams/platform/tokens"
+
+
+@pytest.fixture
+def config(upstream: int) -> dict[str, Any]:
+    """The gateway's config: the test config, able to import keys."""
+    cfg = base_config(upstream)
+    cfg["tokens"]["legacy_lookup_key"] = "k" * 16 + "0123456789abcdef0123456789abcdef"
+    return cfg
 
 
 @pytest.fixture
@@ -115,6 +125,25 @@ async def test_a_revoked_token_reported_as_leaked_is_said_to_be_final(gateway: G
     assert json.loads(out)["revoke_reason"] == "leaked"
     code, _, err = await run_cli("token", "restore", token["id"], env=env)
     assert code == 1 and len(err.splitlines()) == 1, err
+
+
+# -- items 6 and 7: an imported key's environment in lists --------------------------------------
+async def test_an_imported_test_key_shows_its_environment_in_lists(env: dict[str, str]) -> None:
+    args = ("token", "import", "--team", "platform", "--scopes", "read:apis", "--json")
+    code, out, err = await run_cli(*args, "--name", "old-test", env=env, stdin="sk_test_9fK2x7Qm4pL8vN3cR6tY1wB5\n")
+    assert code == 0, err
+    test_key = json.loads(out)
+    code, out, err = await run_cli(*args, "--name", "old-live", env=env, stdin="sk_live_4eC39HqLyjWDarjtT1zdp7dc\n")
+    assert code == 0, err
+    live_key = json.loads(out)
+    assert (test_key["environment"], live_key["environment"]) == ("test", "live")
+    code, out, err = await run_cli("token", "list", "--team", "platform", env=env)
+    assert code == 0, err
+    rows = {line.split()[1]: line for line in out.splitlines()[1:]}
+    assert f"legacy_{test_key['id']} (test)" in rows["old-test"] and "active LEGACY" in rows["old-test"]
+    assert f"legacy_{live_key['id']} " in rows["old-live"] and "(test)" not in rows["old-live"]
+    code, out, err = await run_cli("token", "list", "--environment", "test", env=env)  # org-wide, filtered
+    assert code == 0 and "old-test" in out and "old-live" not in out and f"legacy_{test_key['id']} (test)" in out
 
 
 # -- item 11: README's examples on the demo, pasted into a shell ----------------------------------

@@ -216,3 +216,86 @@ async def test_readme_file_examples_work_pasted(demo: dict[str, str], tmp_path: 
     code, out, err = await shell(readme_lines('echo "deploy: TOKEN=', 2), demo, tmp_path)
     assert code == 0, (out, err)
     assert out.strip() == "found 1 token-shaped string, 0 valid: nothing reported"
+
+
+# -- Done means (c): the demo's walkthrough, run as printed --------------------------------------
+@pytest.fixture
+async def printed(tmp_path: Path) -> AsyncIterator[str]:
+    """What a running `tokenward demo` printed."""
+    port, admin_port, upstream_port = free_ports(3)
+    process = await asyncio.create_subprocess_exec(
+        *CLI, "demo", "--data-dir", str(tmp_path / "demo"), "--port", str(port), "--admin-port", str(admin_port),
+        "--upstream-port", str(upstream_port), cwd=ROOT, env=env_for_subprocess(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert process.stdout is not None
+    text = ""
+    try:
+        while "Ctrl-C to stop" not in text:
+            line = await asyncio.wait_for(process.stdout.readline(), 120)
+            assert line, text
+            text += line.decode()
+        yield text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 60)
+
+
+def walkthrough(printed: str) -> list[str]:
+    """The export lines, then every command line from `try:` up to the agent recipe, in the
+    order printed, without their comments (what a user pastes, one after the other)."""
+    exports = re.findall(r"^  (export \w+=\S+)$", printed[: printed.index("try:")], re.M)
+    block = printed[printed.index("try:") : printed.index("agent recipe:")]
+    lines = [line.strip() for line in block.splitlines() if line.startswith("  ") and not line.strip().startswith("(")]
+    return exports + [re.sub(r"\s+#[^'\"]*$", "", line) for line in lines]
+
+
+async def test_the_demo_walkthrough_works_as_printed(printed: str) -> None:
+    """A live and a test token at the gateway, the org-wide list, the attributed refusal and the
+    usage report, metadata and an imported key: each printed line run in a shell, in order."""
+    commands = walkthrough(printed)
+    assert any(c.startswith("tokenward token list") and "--team" not in c for c in commands)  # org-wide
+    assert any(c.startswith("tokenward token usage") for c in commands)
+    script = "\n".join(f'{command}\necho "--- $? {index}"' for index, command in enumerate(commands))
+    done = await asyncio.to_thread(
+        subprocess.run, ["bash", "-c", script], capture_output=True, text=True, timeout=300, env=env_for_subprocess()
+    )
+    assert done.returncode == 0 and done.stderr == "", (done.stdout, done.stderr)
+    outputs = dict.fromkeys(commands, "")
+    rest = done.stdout
+    for index, command in enumerate(commands):
+        out, marker, rest = rest.partition(f"--- 0 {index}\n")
+        assert marker, (command, out, rest)  # every line exited 0
+        outputs[command] = out
+
+    def out(start: str) -> str:
+        return next(o for c, o in outputs.items() if c.startswith(start))
+
+    read_id = re.search(r"/tokens/(\w{12})/revoke", printed)
+    assert read_id is not None
+    live = [o for c, o in outputs.items() if c.startswith("curl") and "$READ_TOKEN" in c]
+    assert '"X-Tokenward-Token-Id", "' + read_id[1] in live[0]  # 200, forwarded
+    assert '"step":"scope"' in live[1] and '"step":"org"' in live[2]
+    test = [o for c, o in outputs.items() if c.startswith("curl") and "$TEST_TOKEN" in c]
+    assert '"X-Tokenward-Token-Name", "dev-sandbox"' in test[0] and '"step":"environment"' in test[1]
+    assert "dev-sandbox" in out("tokenward token list --team platform --environment test")
+    org_wide = outputs["tokenward token list"]
+    assert org_wide.split()[:3] == ["ID", "NAME", "TEAM"] and "(org)" in org_wide and "platform" in org_wide
+    assert re.search(r"Status:\s+revoked", out("tokenward token get " + read_id[1]))
+    usage = out("tokenward token usage")
+    assert usage.startswith(f"Token ci-readonly ({read_id[1]}), the last 30 days") and "Unused scopes:" in usage
+    assert "notes" in out("tokenward token list --team platform --metadata")
+    imported = [o for c, o in outputs.items() if "sk_live_demo_" in c]
+    assert "Key imported" in imported[0] and '"X-Tokenward-Token-Name", "old-ci"' in imported[1]
+    assert "sk_live_demo_" not in imported[0] + imported[2] and "revoked" in imported[2]
+    # the refused requests above are audited with the token's id (written within a flush)
+    env = env_for_subprocess()
+    for name, value in re.findall(r"^  export (\w+)=(\S+)$", printed, re.M):
+        env[name] = value.replace("$PATH", env.get("PATH", ""))
+    for _ in range(60):
+        code, audited, err = await run_cli("audit", "--token-id", read_id[1], "--action", "request.denied", env=env)
+        assert code == 0, err
+        if read_id[1] in audited:
+            break
+        await asyncio.sleep(0.5)
+    assert re.search(rf"request\.denied\s+{read_id[1]}\s+platform\s+403", audited), audited

@@ -119,7 +119,9 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
         data = {"id": key_id, "token": token, "org": args.org, "expires_at": expires_at}
         sys.stdout.write(orjson.dumps(data).decode() + "\n")
     else:
-        fields = [("ID", key_id), ("Expires", (expires_at or "never").replace("T", " ")), ("Token", token)]
+        # a token that never expires says how it ends: by id, as every org token (issue 14, item 1)
+        never = f"never (revoke it when done: tokenward token revoke {key_id}; or --expires-in 30d)"
+        fields = [("ID", key_id), ("Expires", expires_at.replace("T", " ") if expires_at else never), ("Token", token)]
         print(shown_once(f"✓ Org admin token for {args.org!r} created.", fields))
 
 

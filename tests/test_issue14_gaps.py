@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.helpers.gateway import ROOT, Gateway, admin, base_config
 from tests.helpers.process import CLI, env_for_subprocess, run_cli
@@ -299,3 +301,26 @@ async def test_the_demo_walkthrough_works_as_printed(printed: str) -> None:
             break
         await asyncio.sleep(0.5)
     assert re.search(rf"request\.denied\s+{read_id[1]}\s+platform\s+403", audited), audited
+
+
+# -- item 1: a bootstrap token that never expires says how it ends -------------------------------
+async def test_a_bootstrap_token_that_never_expires_says_how_to_end_it(
+    gateway: Gateway, env: dict[str, str], config: dict[str, Any], redis_url: str, tmp_path: Path
+) -> None:
+    """Bootstrapped on the gateway's own store, its line names the revoke that ends it, and that
+    revoke, run as printed by an org admin, works (the token is then refused)."""
+    path = tmp_path / "tokenward.yaml"
+    path.write_text(yaml.safe_dump({**config, "redis": {"url": redis_url}}))
+    code, out, err = await run_cli("admin", "bootstrap", "--config", str(path), "--org", "acme", env=env)
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.strip().startswith("Expires:"))
+    key_id = re.search(r"ID:\s+(\w{12})", out)
+    token = re.search(r"Token:\s+(\S+)", out)
+    assert key_id is not None and token is not None
+    assert line.split(":", 1)[1].strip() == f"never (revoke it when done: tokenward token revoke {key_id[1]}; or --expires-in 30d)"
+    assert (await admin(gateway, "GET", "/v1/whoami", token[1]))[0] == 200
+    code, _, err = await run_cli(*shlex.split(line.split("revoke it when done: ")[1].split(";")[0])[1:], env=env)
+    assert code == 0, err
+    assert (await admin(gateway, "GET", "/v1/whoami", token[1]))[0] == 401
+    code, out, err = await run_cli("admin", "bootstrap", "--config", str(path), "--org", "acme", "--expires-in", "2d", env=env)
+    assert code == 0 and "revoke it when done" not in out, err

@@ -324,3 +324,23 @@ async def test_a_bootstrap_token_that_never_expires_says_how_to_end_it(
     assert (await admin(gateway, "GET", "/v1/whoami", token[1]))[0] == 401
     code, out, err = await run_cli("admin", "bootstrap", "--config", str(path), "--org", "acme", "--expires-in", "2d", env=env)
     assert code == 0 and "revoke it when done" not in out, err
+
+
+# -- item 6: README's live-only example is a config tokenward takes, and explains ----------------
+def test_readme_live_only_config_is_valid(upstream: int) -> None:
+    from tokenward.gateway.settings import settings_from_dict
+
+    text = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "environments: [live]" in b)
+    snippet = yaml.safe_load(block)
+    config = base_config(upstream)
+    config["routes"] = snippet["routes"] + [r for r in config["routes"] if r["path"] != snippet["routes"][0]["path"]]
+    config["upstreams"].update(snippet["upstreams"])
+    settings = settings_from_dict(config, "README")
+    assert settings.upstreams["payments"].environments == {"live"}
+    assert any(r.environments == {"live"} for r in settings.routes)
+
+
+async def test_readme_explains_the_live_only_refusal_on_the_demo(demo: dict[str, str], tmp_path: Path) -> None:
+    code, out, err = await shell(readme_lines("tokenward config explain POST /orgs/acme/teams/platform/apis/pets"), demo, tmp_path)
+    assert code == 1 and "decision: 403 at step environment: this route accepts live tokens only" in out, (out, err)

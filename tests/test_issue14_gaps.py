@@ -200,7 +200,11 @@ async def test_readme_org_wide_bootstrap_works_on_the_demo(demo: dict[str, str],
     script = readme_lines("tokenward admin bootstrap --org acme --expires-in 30d")
     assert "--config" not in script.split("#")[0]
     code, out, err = await shell(script, demo, tmp_path)
-    assert code == 0 and err == "", (out, err)
+    # the demo's own org admin is active: bootstrap says so, and how to end the ones not needed
+    assert code == 0 and err.splitlines() == [
+        "note: org 'acme' has 1 other active org admin token: `tokenward token list` shows them"
+        " (TEAM (org)); `tokenward token revoke ID` ends one"
+    ], (out, err)
     key_id = re.search(r"ID:\s+(\w{12})", out)
     assert key_id is not None, out
     code, out, err = await run_cli("token", "get", key_id[1], "--json", env=demo)  # by the demo's org admin
@@ -324,6 +328,9 @@ async def test_a_bootstrap_token_that_never_expires_says_how_to_end_it(
     assert (await admin(gateway, "GET", "/v1/whoami", token[1]))[0] == 401
     code, out, err = await run_cli("admin", "bootstrap", "--config", str(path), "--org", "acme", "--expires-in", "2d", env=env)
     assert code == 0 and "revoke it when done" not in out, err
+    assert "has 1 other active org admin token:" in err  # env's org admin; the revoked one is not counted
+    code, out, err = await run_cli("admin", "bootstrap", "--config", str(path), "--org", "fresh", env=env)
+    assert code == 0 and err == "", err  # the first of its org: nothing to say
 
 
 # -- item 6: README's live-only example is a config tokenward takes, and explains ----------------

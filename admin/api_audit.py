@@ -15,7 +15,7 @@ from tokenward.gateway.durations import parse_duration
 from tokenward.gateway.scopes import format_scopes
 from tokenward.gateway.token_scan import scan_tokens
 from tokenward.permissions import any_admin, audit_reader, audit_team, authenticated
-from tokenward.rules import iso, time_field
+from tokenward.rules import Invalid, iso, time_field
 from tokenward.views import bad_cursor, bulk_work, cursor_parts, encode_cursor, page_limit
 
 routes = Routes("audit")
@@ -141,9 +141,14 @@ def _time_or_ago(text: str, field: str) -> float:
     try:
         return time.time() - parse_duration(text)
     except ValueError:
-        return time_field(text, field)
+        pass
     except OverflowError:
         raise api_error(400, "invalid_request", f"{field}: {text!r} is too long ago", field) from None
+    try:
+        return time_field(text, field)
+    except Invalid as exc:  # the message names every form `since`/`until` take, durations too
+        ago = "; or how long ago, e.g. '1h', '7d'"
+        raise Invalid(exc.message + ago, field) from None
 
 
 @routes(

@@ -18,7 +18,7 @@ from tokenward.endpoints import REPEATABLE, Body, Call, Routes, api_error
 from tokenward.gateway.environments import LIVE, environment_field
 from tokenward.gateway.records import ACTIVE, EXPIRED, REVOKED, TeamRecord, TokenRecord
 from tokenward.permissions import team_admin
-from tokenward.rules import Lifetime, duration_field, iso, refuse_fixed_fields, within_constraints
+from tokenward.rules import Lifetime, iso, lifetime_field, refuse_fixed_fields, within_constraints
 from tokenward.service import ANY_TEAM, TeamSel
 from tokenward.token_limits import limits_field, remaining
 from tokenward.views import (
@@ -135,7 +135,7 @@ def token_filter(call: Call) -> tuple[Callable[[TokenRecord], bool], bool, str |
         raise api_error(400, "invalid_request", f"status: expected one of {', '.join(_STATUSES)}", "status")
     within: float | None = None
     if "expiring_within" in call.query:
-        within = duration_field(call.query["expiring_within"], "expiring_within")
+        within = lifetime_field(call.query["expiring_within"], "expiring_within")  # `14`: days
     sa = call.query.get("service_account")
     if sa is not None and not re.fullmatch(schema.SLUG, sa):
         raise api_error(400, "invalid_request", "service_account: not a service account name (lower-case letters, digits and '-')", "service_account")

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--environment", choices=["live", "test"], help="only live or only test tokens")
     p.add_argument("--status", choices=["active", "grace", "revoked", "expired"])
-    p.add_argument("--expiring-within", metavar="DURATION", help="active tokens expiring within, e.g. 7d")
+    p.add_argument("--expiring-within", metavar="DURATION", help="active tokens expiring within, e.g. 7d (a bare number is days: 14 = 14d)")
     p.add_argument("--service-account", metavar="NAME", help="only this service account's tokens")
     p.add_argument("--limit", type=_positive, help="at most this many tokens (default: all, page by page)")
     p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="only tokens with this metadata")

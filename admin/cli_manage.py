@@ -297,7 +297,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
 
 LEAK_RESULTS = {
     "revoked": "it stops working now",
-    "already_revoked": "it was already revoked as leaked",
+    "already_revoked": "it was already revoked; now as leaked, so it can never be restored",
     "unknown": "no such token here, or the secret does not match",
     "not_a_token": "not a token here: bad format or checksum, or no imported key matches",
     "throttled": "not checked: too many failed verifications right now; report it again",

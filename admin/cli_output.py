@@ -105,7 +105,7 @@ def token_rows(tokens: Sequence[dict[str, Any]], team: bool = False) -> str:
                 t["id"],
                 t["name"],
                 *([t.get("team") or "(org)"] if team else []),
-                t["display_prefix"],
+                shown_prefix(t),
                 ", ".join(t["scopes"]),
                 humanize_ago(t.get("last_used_at")),
                 humanize_date(t.get("expires_at")),
@@ -114,6 +114,13 @@ def token_rows(tokens: Sequence[dict[str, Any]], team: bool = False) -> str:
             for t in tokens
         ],
     )
+
+
+def shown_prefix(t: dict[str, Any]) -> str:
+    """The PREFIX column: the display prefix, which names a token's environment (`tw_test_...`);
+    an imported key's (`legacy_<id>`) cannot, so a test one says `(test)` beside it."""
+    test = t.get("legacy") and t.get("environment") == "test"
+    return f"{t['display_prefix']} (test)" if test else str(t["display_prefix"])
 
 
 def status_marker(t: dict[str, Any]) -> str:

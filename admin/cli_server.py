@@ -112,33 +112,44 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
 
     lifetime = Lifetime(expires_in=args.expires_in) if args.expires_in is not None else None
     try:
-        token, key_id, expires_at = asyncio.run(_org_admin_token(settings, args.org, args.name, lifetime))
+        token, key_id, expires_at, others = asyncio.run(_org_admin_token(settings, args.org, args.name, lifetime))
     except Invalid as exc:
         fail(f"--{exc.message.replace('_', '-', 1)}" if exc.field == "expires_in" else exc.message)
     if args.json:
         data = {"id": key_id, "token": token, "org": args.org, "expires_at": expires_at}
         sys.stdout.write(orjson.dumps(data).decode() + "\n")
     else:
-        fields = [("ID", key_id), ("Expires", (expires_at or "never").replace("T", " ")), ("Token", token)]
+        # a token that never expires says how it ends: by id, as every org token (issue 14, item 1)
+        never = f"never (revoke it when done: tokenward token revoke {key_id}; or --expires-in 30d)"
+        fields = [("ID", key_id), ("Expires", expires_at.replace("T", " ") if expires_at else never), ("Token", token)]
         print(shown_once(f"✓ Org admin token for {args.org!r} created.", fields))
+    if others:  # every bootstrap adds one: say how many are live already, and how to end them
+        noun = "token" if others == 1 else "tokens"
+        print(
+            f"note: org {args.org!r} has {others} other active org admin {noun}: `tokenward token list`"
+            " shows them (TEAM (org)); `tokenward token revoke ID` ends one",
+            file=sys.stderr,
+        )
 
 
 async def _bootstrap(
     settings: Settings, org: str, name: str, lifetime: Lifetime | None = None
 ) -> tuple[str, str]:
     """(plaintext, id) of a new org-admin token (see `_org_admin_token`)."""
-    token, key_id, _ = await _org_admin_token(settings, org, name, lifetime)
+    token, key_id, _, _ = await _org_admin_token(settings, org, name, lifetime)
     return token, key_id
 
 
 async def _org_admin_token(
     settings: Settings, org: str, name: str, lifetime: Lifetime | None
-) -> tuple[str, str, str | None]:
+) -> tuple[str, str, str | None, int]:
     """The first org-admin token, issued through the token service by the operator at the
     server: its `token.created` event is written with the token itself (an org-admin token
     never exists without its event), like every token the admin API issues. `lifetime`
-    None: it never expires. (plaintext, id, expires_at)."""
+    None: it never expires. (plaintext, id, expires_at, how many other org-level tokens of
+    the org are active: at most the first 1000 are looked at)."""
     from tokenward.actor import Actor
+    from tokenward.gateway.records import ACTIVE
     from tokenward.gateway.runtime import Runtime
     from tokenward.rules import iso
     from tokenward.service import TokenService
@@ -148,7 +159,11 @@ async def _org_admin_token(
         token, record = await TokenService(runtime).issue(
             Actor("bootstrap"), org=org, team=None, name=name, scopes=["admin:org"], lifetime=lifetime
         )
-        return token, record.id, iso(record.expires_at)
+        others = 0
+        for other in (await runtime.store.list_token_ids(org, None))[:1000]:
+            found = await runtime.store.get_token(other) if other != record.id else None
+            others += found is not None and found.status() == ACTIVE
+        return token, record.id, iso(record.expires_at), others
     finally:
         await runtime.close()
 

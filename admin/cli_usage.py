@@ -23,12 +23,17 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name}: {n}" for name, n in counts.items()) or "none"
 
 
+def _plural(n: int, noun: str) -> str:
+    return noun if n == 1 else noun + "s"
+
+
 def usage_summary(data: dict[str, Any]) -> list[str]:
     """The few lines `token get` shows: totals, refusals, unused scopes."""
     refused = data["requests"] - data.get("allowed", 0)
     unused = ", ".join(data["unused_scopes"]) or "none (every granted scope was needed)"
     return [
-        f"Usage ({data['days']} days): {data['requests']} requests, {refused} refused"
+        f"Usage ({data['days']} {_plural(data['days'], 'day')}): "
+        f"{data['requests']} {_plural(data['requests'], 'request')}, {refused} refused"
         + (f" ({_counts(data['refused'])})" if data["refused"] else ""),
         f"Unused scopes: {unused}",
     ]
@@ -36,7 +41,7 @@ def usage_summary(data: dict[str, Any]) -> list[str]:
 
 def usage_report(data: dict[str, Any]) -> str:
     """`token usage`: the summary, then requests by route and by day (the days with any)."""
-    lines = [f"Token {data.get('name', '')} ({data['token_id']}), the last {data['days']} days (since {data['since']}, UTC)"]
+    lines = [f"Token {data.get('name', '')} ({data['token_id']}), the last {data['days']} {_plural(data['days'], 'day')} (since {data['since']}, UTC)"]
     lines += usage_summary(data)
     if data["by_route"]:
         lines += ["", table(["ROUTE", "REQUESTS"], [[route, str(n)] for route, n in data["by_route"].items()])]

@@ -246,11 +246,12 @@ tokenward demo is up
   upstream    http://127.0.0.1:{upstream_port}  (echoes what it receives)
   store       {runtime.store_description}, data in {settings.data_dir}
 {moved}
-org admin token (org {DEMO_ORG}; shown once; expires {iso(admin_record.expires_at)}{retired}), and the
-`tokenward` command on your PATH:
+org admin token (org {DEMO_ORG}; shown once; expires {iso(admin_record.expires_at)}{retired}), the
+`tokenward` command on your PATH, and the demo's config (for `admin bootstrap`, `config explain`):
   export PATH={shlex.quote(str(bin_dir))}:$PATH
   export TOKENWARD_ADMIN_URL={adm}
   export TOKENWARD_TOKEN={admin_plain}
+  export TOKENWARD_CONFIG={shlex.quote(str(config_path.resolve()))}
 
 read-only token for team {DEMO_TEAM} (live; read:apis read:specs; service account {DEMO_ACCOUNT}; shown once):
   export READ_TOKEN={read_plain}

@@ -65,7 +65,10 @@ PATH_PARAMETERS = {
 QUERY_PARAMETERS: dict[str, tuple[str, schema.Schema]] = {
     "cursor": ("the `next` of the previous page (opaque); omit for the first page", {"type": "string"}),
     "status": ("only the tokens in this state", schema.TOKEN_STATUS),
-    "expiring_within": ("only active tokens that expire within this duration", schema.DURATION),
+    "expiring_within": (
+        "only active tokens that expire within this duration (`14d`, `12h`), or number of days (`14` = `14d`)",
+        {**schema.DURATION, "pattern": schema.anchored(r"[0-9]+(ms|s|m|h|d|w)?")},
+    ),
     "service_account": (
         "only the tokens (token lists) or events (audit: also a former name or an id) of this service account",
         {"type": "string", "maxLength": 64},

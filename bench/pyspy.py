@@ -44,6 +44,9 @@ AREAS: list[tuple[str, str, re.Pattern[str]]] = [
 OTHER = ("other", "other (log writer thread, logging, json, ...)")
 # asyncio's streams, locks and queues count as the caller's (redis-py writes through streams)
 _ON_BEHALF = re.compile(r"\(asyncio/(streams|locks|queues)\.py\)$")
+# a thread blocked on a lock or condition (the log writer between batches): waiting, not
+# working, though py-spy --nonblocking samples it; left out of every share
+_WAITING = re.compile(r"^(wait|_wait_for_tstate_lock) \(threading\.py\)$")
 
 
 def find_py_spy() -> str:
@@ -92,13 +95,16 @@ def summarize(raw: Path, top: int = 12) -> dict[str, Any]:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     areas: Counter[str] = Counter()
-    total = 0
+    total = waiting = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         frames = [_frame(f) for f in stack.split(";")]
+        if _WAITING.match(frames[-1]):
+            waiting += count
+            continue
         total += count
         own[frames[-1]] += count
         areas[area_of(frames)] += count
@@ -114,6 +120,7 @@ def summarize(raw: Path, top: int = 12) -> dict[str, Any]:
     labels = dict([(key, label) for key, label, _ in AREAS] + [OTHER])
     return {
         "samples": total,
+        "waiting_samples": waiting,
         "areas_pct": [[key, labels[key], round(100 * areas[key] / total, 1)] for key in labels],
         "own_pct": share(own),
         "inclusive_pct": share(inclusive),
@@ -147,7 +154,8 @@ def profile_lines(profile: dict[str, Any]) -> list[str]:
     per_request = profile.get("cpu_us_per_request", 0.0)
     lines = [
         f"py-spy, tokenward serve under cached-token load ({profile['samples']} samples, "
-        f"{profile.get('rps', 0):,.0f} req/s, {per_request:.0f} µs of CPU per request): by area",
+        f"{profile.get('waiting_samples', 0)} of a waiting thread left out; {profile.get('rps', 0):,.0f} req/s, "
+        f"{per_request:.0f} µs of CPU per request): by area",
     ]
     lines += [f"  {pct:5.1f}%  {pct * per_request / 100:5.0f} µs  {label}" for _, label, pct in profile["areas_pct"]]
     lines += ["own time"]

@@ -46,7 +46,7 @@ OTHER = ("other", "other (log writer thread, logging, json, ...)")
 _ON_BEHALF = re.compile(r"\(asyncio/(streams|locks|queues)\.py\)$")
 # a thread blocked on a lock or condition (the log writer between batches): waiting, not
 # working, though py-spy --nonblocking samples it; left out of every share
-_WAITING = re.compile(r"^(wait|_wait_for_tstate_lock) \(threading\.py\)$")
+_WAITING = re.compile(r"^(\w+\.)?(wait|_wait_for_tstate_lock) \(threading\.py\)$")
 
 
 def find_py_spy() -> str:

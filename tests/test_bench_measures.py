@@ -45,7 +45,7 @@ def test_py_spy_samples_are_grouped_by_area(tmp_path: Path) -> None:
         f"{run};send ({SITE}/redis/asyncio/connection.py:1168);writelines ({STDLIB}/asyncio/streams.py:340)": 5,
         run: 10,  # uvloop's C code, under the innermost Python frame
         f"_run ({EDITABLE}/gateway/logs.py:80);flush ({STDLIB}/logging/__init__.py:1)": 5,
-        f"_run ({EDITABLE}/gateway/logs.py:80);wait ({STDLIB}/threading.py:320)": 7,  # waiting: left out
+        f"_run ({EDITABLE}/gateway/logs.py:80);Condition.wait ({STDLIB}/threading.py:320)": 7,  # waiting: left out
     }
     raw = tmp_path / "raw.txt"
     raw.write_text("".join(f"{stack} {count}\n" for stack, count in stacks.items()))

@@ -43,17 +43,26 @@ async def tokenward_counters(admin_url: str, names: Iterable[str]) -> dict[str, 
 
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants (`tokenward serve --workers N` forks its workers)."""
+    return process_trees([pid])
+
+
+def process_trees(pids: Iterable[int]) -> list[int]:
+    """These processes and all their descendants, each once (one pass over /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
                 ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
                 children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
+    tree: list[int] = []
+    seen: set[int] = set()
+    todo = list(pids)
     while todo:
         current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
+        if current not in seen:
+            seen.add(current)
+            tree.append(current)
+            todo.extend(children.get(current, []))
     return tree
 
 

@@ -1,5 +1,6 @@
-"""tokenward benchmark: throughput and latency against a bare aiohttp proxy, the cost of
-cold and hostile credentials, and revocation propagation. See bench/README.md.
+"""tokenward benchmark: throughput and latency against a bare aiohttp proxy (proxied and
+forward-auth), memory per connection and per cached token, --workers 2, the cost of cold and
+hostile credentials, and revocation propagation. See bench/README.md.
 
     .venv/bin/python bench/run.py [--duration 10] [--connections 64]
 
@@ -23,10 +24,13 @@ from typing import Any
 import aiohttp
 import orjson
 
+import footprint
 import pyspy
 import revocation
+import scaling
 from loadgen import Load, LoadGenerator, LoadResult, ensure_wrk, wrk_version
 from observe import expect_status, tokenward_counters
+from rows import Row, alternating, table
 from services import BENCH, TOKENWARD, Processes, cores, machine_info, run_main, say, wait_quiet
 from stack import (
     ORG,
@@ -53,6 +57,8 @@ THROTTLED = "tokenward_throttled_attempts_total"
 COUNTERS = (ARGON2, THROTTLED, "tokenward_cache_hits_total", "tokenward_cache_misses_total")
 PUSH_JITTER = 0.05  # random pause before each revocation trial (s)
 POLL_JITTER = 0.5  # without push: spread trials over the whole change-log poll interval
+VERIFY_PATH = "/_tokenward/verify" + ROUTE_PATH  # forward-auth, Envoy style: the path asked about appended
+WARM_TOKENS = 16  # new tokens verified before the per-token memory reading (argon2's buffers)
 
 
 @dataclass(frozen=True)
@@ -68,16 +74,8 @@ class Options:
     output: Path
     quick: bool = False
     rounds: int = 3
-
-
-@dataclass
-class Row:
-    key: str
-    label: str
-    result: LoadResult
-    note: str = ""
-    busy_after_s: float = 0.0  # tokenward kept working this long after wrk stopped
-    counters: dict[str, float] = field(default_factory=dict)  # /metrics deltas over the load
+    idle_connections: int = 2000
+    memory_tokens: int = 256
 
 
 @dataclass
@@ -87,6 +85,7 @@ class Report:
     derived: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     profile: dict[str, Any] = field(default_factory=dict)
+    memory: list[footprint.Footprint] = field(default_factory=list)
 
     def row(self, key: str) -> LoadResult:
         return next(r.result for r in self.rows if r.key == key)
@@ -96,9 +95,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run (default 10)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per load run (default 10; 5 with --quick)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of discarded load first")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds of discarded load first (2; 1 with --quick)")
     parser.add_argument("--cold-duration", type=float, default=None, help="cold-cache run (default 8)")
     parser.add_argument("--cold-connections", type=int, default=4)
     parser.add_argument("--cold-tokens", type=int, default=400, help="distinct tokens for the cold run")
@@ -106,17 +105,21 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--profile", action="store_true", help="also py-spy tokenward under load")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
-        "--quick", action="store_true", help="only direct, bare, cached and malformed lines (no cold, floods, revocation)"
+        "--quick", action="store_true", help="no cold, flood and revocation lines; shorter loads (~3 min)"
     )
+    parser.add_argument("--idle-connections", type=int, default=2000, help="for the memory per connection")
+    parser.add_argument("--memory-tokens", type=int, default=256, help="new tokens for the memory per token")
     parser.add_argument(
         "--rounds", type=int, default=3, help="alternating runs of bare proxy and tokenward (median; default 3)"
     )
     args = parser.parse_args(argv)
-    cold = args.cold_duration if args.cold_duration is not None else min(8.0, args.duration)
+    duration = args.duration if args.duration is not None else 5.0 if args.quick else 10.0
+    warmup = args.warmup if args.warmup is not None else 1.0 if args.quick else 2.0
+    cold = args.cold_duration if args.cold_duration is not None else min(8.0, duration)
     return Options(
-        args.duration,
+        duration,
         args.connections,
-        args.warmup,
+        warmup,
         cold,
         args.cold_connections,
         args.cold_tokens,
@@ -125,6 +128,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         args.output,
         args.quick,
         args.rounds,
+        args.idle_connections,
+        args.memory_tokens,
     )
 
 
@@ -136,8 +141,9 @@ async def build_stack(stack: Stack, opts: Options) -> None:
     start_tokenward(stack)
     await start_inproc_gateway(stack)
     started = time.perf_counter()
-    say(f"minting {opts.cold_tokens + 2 + SUBJECTS} tokens with default argon2id parameters …")
-    await seed(stack, 2 if opts.quick else opts.cold_tokens)
+    cold, spare = 2 if opts.quick else opts.cold_tokens, WARM_TOKENS + opts.memory_tokens
+    say(f"minting {cold + spare + 2 + SUBJECTS} tokens with default argon2id parameters …")
+    await seed(stack, cold, spare)
     say(f"  done in {time.perf_counter() - started:.1f}s")
 
 
@@ -145,6 +151,7 @@ async def sanity_checks(stack: Stack) -> None:
     """Each credential does what the scenario claims before any load is measured."""
     creds, url = stack.creds, stack.tokenward_url + ROUTE_PATH
     await expect_status(url, creds.legit, 200)
+    await expect_status(stack.tokenward_url + VERIFY_PATH, creds.legit, 200)  # 403: 127.0.0.1 not trusted
     await expect_status(url, bad_checksum(creds.legit), 401)
     await expect_status(url, wrong_secret(creds.legit_id), 401)
     for token, _ in creds.subjects:
@@ -159,40 +166,19 @@ async def direct_row(gen: LoadGenerator, stack: Stack, opts: Options) -> list[Ro
     return [Row("direct", "direct upstream", await gen.measured(Load(stack.upstream_url + ROUTE_PATH, c, d), w))]
 
 
-async def alternating(
-    gen: LoadGenerator, opts: Options, loads: list[tuple[str, str, Load]], median_of: str
-) -> list[Row]:
-    """The bare proxy and tokenward, one run each in turn, `opts.rounds` times; each line
-    is its median run (by req/s, or by p99 for paced loads). Run-to-run spread on this
-    shared machine is larger than the difference being measured, so one run each is not
-    enough, and alternating keeps a slow phase of the machine from landing on one side."""
-    runs: dict[str, list[LoadResult]] = {key: [] for key, _, _ in loads}
-    for round_ in range(opts.rounds):
-        for key, label, load in loads:
-            say(f"load: {label} ({load.duration:g}s after {opts.warmup:g}s warm-up), round {round_ + 1}/{opts.rounds}")
-            runs[key].append(await gen.measured(load, opts.warmup))
-    rows = []
-    for key, label, _ in loads:
-        results = runs[key]
-        ranked = sorted(results, key=lambda r: r.rps if median_of == "rps" else r.p99_ms)
-        median = ranked[len(ranked) // 2]
-        spread = ", ".join(f"{r.rps:,.0f}" if median_of == "rps" else f"{r.p99_ms:.2f}" for r in results)
-        unit = "req/s" if median_of == "rps" else "p99 ms"
-        rows.append(Row(key, label, median, f"median of {len(results)} ({unit}: {spread})"))
-    return rows
-
-
 async def proxy_rows(gen: LoadGenerator, stack: Stack, opts: Options) -> list[Row]:
     c, d = opts.connections, opts.duration
     bearer = f"Bearer {stack.creds.legit}"
     return await alternating(
         gen,
-        opts,
         [
             ("bare", "bare aiohttp proxy", Load(stack.bare_url + ROUTE_PATH, c, d)),
             ("cached", "tokenward, cached token", Load(stack.tokenward_url + ROUTE_PATH, c, d, bearer)),
+            ("verify", "tokenward, forward-auth (verify), cached", Load(stack.tokenward_url + VERIFY_PATH, c, d, bearer)),
         ],
         "rps",
+        opts.rounds,
+        opts.warmup,
     )
 
 
@@ -204,7 +190,6 @@ async def equal_load_rows(gen: LoadGenerator, stack: Stack, opts: Options, repor
     bearer = f"Bearer {stack.creds.legit}"
     return await alternating(
         gen,
-        opts,
         [
             ("bare_paced", f"bare aiohttp proxy @ {rate:,} req/s", Load(stack.bare_url + ROUTE_PATH, c, d, rate=rate)),
             (
@@ -214,6 +199,8 @@ async def equal_load_rows(gen: LoadGenerator, stack: Stack, opts: Options, repor
             ),
         ],
         "p99",
+        opts.rounds,
+        opts.warmup,
     )
 
 
@@ -272,10 +259,26 @@ async def settle(stack: Stack, rows: list[Row], before: dict[str, float]) -> Non
     row.note = row.note.lstrip("; ")
 
 
+async def workers_throughput_rows(gen: LoadGenerator, stack: Stack, opts: Options, report: Report) -> list[Row]:
+    """`tokenward serve --workers 2` against one process, both fresh and unpinned (scaling.py)."""
+    if not serve_has_workers():
+        report.notes.append("tokenward serve has no --workers here: no --workers 2 lines")
+        return []
+    pair = await scaling.start_pair(stack)
+    try:
+        loads = scaling.loads(stack, pair, opts.connections, opts.duration)
+        rows = await alternating(gen, loads, "rps", opts.rounds, opts.warmup)
+    finally:
+        scaling.stop_pair(stack, pair)
+    report.notes.append(scaling.NOTE)
+    return rows
+
+
 async def throughput(gen: LoadGenerator, stack: Stack, opts: Options, report: Report) -> None:
     report.rows.extend(await direct_row(gen, stack, opts))
     report.rows.extend(await proxy_rows(gen, stack, opts))
     report.rows.extend(await equal_load_rows(gen, stack, opts, report))
+    report.rows.extend(await workers_throughput_rows(gen, stack, opts, report))
     groups: list[Callable[[], Awaitable[list[Row]]]] = [
         lambda: cold_rows(gen, stack, opts),
         lambda: malformed_rows(gen, stack, opts),
@@ -293,12 +296,23 @@ async def throughput(gen: LoadGenerator, stack: Stack, opts: Options, report: Re
     paced, bare_paced = report.row("cached_paced"), report.row("bare_paced")
     report.derived.update(
         cached_over_bare_rps=round(cached.rps / bare.rps, 3),
+        verify_over_bare_rps=round(report.row("verify").rps / bare.rps, 3),
         p50_difference_ms=round(cached.p50_ms - bare.p50_ms, 3),
         p99_difference_ms=round(cached.p99_ms - bare.p99_ms, 3),
         equal_load_rps=round(bare_paced.rps),
         equal_load_p50_difference_ms=round(paced.p50_ms - bare_paced.p50_ms, 3),
         equal_load_p99_difference_ms=round(paced.p99_ms - bare_paced.p99_ms, 3),
     )
+    if any(r.key == "workers2" for r in report.rows):
+        ratio = report.row("workers2").rps / report.row("workers1").rps
+        report.derived["workers2_over_workers1_rps"] = round(ratio, 3)
+
+
+async def memory(stack: Stack, opts: Options, report: Report) -> None:
+    """Memory per cached token and per idle connection (footprint.py), before any load."""
+    report.memory = await footprint.measure(stack, opts.idle_connections, WARM_TOKENS)
+    for f in report.memory:  # None: skipped (the server's open-file limit is too low)
+        report.derived[f"{f.key}_bytes"] = round(f.per_unit_bytes) if f.count else None
 
 
 # -- revocation ------------------------------------------------------------------------------------
@@ -364,33 +378,7 @@ async def workers_rows(stack: Stack, opts: Options, report: Report, admin: revoc
     )
 
 
-# -- profile ---------------------------------------------------------------------------------------
-async def profile_tokenward(gen: LoadGenerator, stack: Stack, opts: Options, report: Report) -> None:
-    assert stack.tokenward is not None
-    seconds = 10
-    raw = stack.workdir / "py-spy.txt"
-    say(f"profile: py-spy on tokenward serve for {seconds}s under cached-token load")
-    recorder = pyspy.start_recording(stack.processes, stack.tokenward.pid, seconds, raw)
-    load = Load(
-        stack.tokenward_url + ROUTE_PATH, opts.connections, seconds + 1, f"Bearer {stack.creds.legit}"
-    )
-    await gen.run(load)
-    await asyncio.to_thread(recorder.wait)
-    report.profile = pyspy.summarize(raw) if raw.exists() else {"error": "py-spy wrote nothing"}
-
-
 # -- output ----------------------------------------------------------------------------------------
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = [cell.rjust(width) for cell, width in zip(cells[1:-1], widths[1:-1], strict=True)]
-        return "  ".join([first, *rest, cells[-1]]).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
 def throughput_table(report: Report) -> str:
     headers = ["scenario", "conns", "req/s", "p50 ms", "p99 ms", "non-2xx", "errors", "others", "note"]
     rows = [
@@ -430,26 +418,28 @@ def summary_lines(report: Report) -> list[str]:
     d = report.derived
     lines = [
         f"tokenward (cached) / bare proxy req/s: {d['cached_over_bare_rps']:.2f}   "
+        f"forward-auth (verify) / bare proxy req/s: {d['verify_over_bare_rps']:.2f}",
+        f"tokenward (cached) - bare proxy, saturated: "
         f"p50 difference: {d['p50_difference_ms']:+.2f} ms   p99 difference: {d['p99_difference_ms']:+.2f} ms",
         f"at equal load ({d['equal_load_rps']:,} req/s, both paced): p50 difference "
         f"{d['equal_load_p50_difference_ms']:+.2f} ms   p99 difference {d['equal_load_p99_difference_ms']:+.2f} ms",
     ]
+    if "workers2_over_workers1_rps" in d:
+        lines.append(f"tokenward --workers 2 / 1 process req/s: {d['workers2_over_workers1_rps']:.2f} (not pinned, see note)")
+    if all(d.get(f"{key}_bytes") is not None for key in ("cached_token", "idle_connection", "bare_idle_connection")):
+        lines.append(
+            f"memory: {d['cached_token_bytes']:,} bytes per cached token; per idle keep-alive connection "
+            f"{d['idle_connection_bytes']:,} bytes (bare aiohttp proxy: {d['bare_idle_connection_bytes']:,})"
+        )
     return lines + [f"note: {n}" for n in report.notes]
 
 
-def profile_lines(profile: dict[str, Any]) -> list[str]:
-    if not profile.get("samples"):
-        return []
-    lines = [f"py-spy, tokenward serve under cached-token load ({profile['samples']} samples): own time"]
-    lines += [f"  {pct:5.1f}%  {name}" for name, pct in profile["own_pct"]]
-    lines += ["inclusive time in tokenward's own functions"]
-    lines += [f"  {pct:5.1f}%  {name}" for name, pct in profile["tokenward_inclusive_pct"]]
-    return lines
-
-
 def render(report: Report) -> str:
-    parts = [throughput_table(report), "", *summary_lines(report), "", revocation_table(report)]
-    extra = profile_lines(report.profile)
+    parts = [throughput_table(report), "", *summary_lines(report)]
+    if report.memory:
+        parts += ["", table(footprint.FOOTPRINT_HEADERS, footprint.footprint_table(report.memory))]
+    parts += ["", revocation_table(report)]
+    extra = pyspy.profile_lines(report.profile)
     return "\n".join(parts + (["", *extra] if extra else []))
 
 
@@ -470,6 +460,7 @@ def results_json(report: Report, opts: Options, wrk: str, elapsed: float) -> byt
             for r in report.rows
         },
         "derived": report.derived,
+        "memory": [f.as_dict() for f in report.memory],
         "revocation": report.revocation,
         "notes": report.notes,
         "profile": report.profile,
@@ -499,6 +490,9 @@ async def check_machine_quiet(gen: LoadGenerator, report: Report) -> None:
 async def benchmark(opts: Options) -> None:
     started = time.perf_counter()
     wrk = ensure_wrk()
+    if opts.profile:
+        pyspy.find_py_spy()  # missing: say so now, not after the measurements
+    footprint.raise_fd_limit(opts.idle_connections + footprint.FD_MARGIN)  # the servers inherit it
     processes = Processes()
     stack = Stack(Path(tempfile.mkdtemp(prefix="tokenward-bench-")), processes)
     report = Report()
@@ -507,12 +501,13 @@ async def benchmark(opts: Options) -> None:
         await sanity_checks(stack)
         gen = LoadGenerator(wrk, processes)
         await check_machine_quiet(gen, report)
+        await memory(stack, opts, report)
         await throughput(gen, stack, opts, report)
         report.notes.append(audit_note(stack))
         if not opts.quick:
             await revocation_rows(stack, opts, report)
         if opts.profile:
-            await profile_tokenward(gen, stack, opts, report)
+            report.profile = await pyspy.profile(gen, stack, opts.connections)
     finally:
         await stack.close()
         shutil.rmtree(stack.workdir, ignore_errors=True)

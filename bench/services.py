@@ -8,7 +8,6 @@ import ctypes
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from typing import IO, Any
 import aiohttp
 
 from tokenward.gateway.embedded import free_ports
+
+from observe import process_trees
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -202,7 +203,7 @@ class CpuMeter:
     def _own_seconds(self) -> float:
         times = os.times()  # this process's threads, and children already reaped (wrk)
         own = times.user + times.system + times.children_user + times.children_system
-        for pid in self.processes.pids():
+        for pid in process_trees(self.processes.pids()):  # a supervisor's workers too
             with contextlib.suppress(OSError, ValueError, IndexError):
                 own += cpu_seconds(pid)
         return own

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import yaml
 
-from tokenward.gateway.embedded import EmbeddedServer
+from tokenward.gateway.embedded import EmbeddedServer, free_ports
 from tokenward.gateway.logs import configure_logging
 from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
@@ -31,7 +31,6 @@ from services import (
     TOKENWARD,
     Processes,
     free_port,
-    free_ports,
     pin_all_threads,
     wait_http,
 )
@@ -46,11 +45,14 @@ SUBJECTS = 4  # tokens the revocation trials take turns with (> 0.5 s poll / tri
 def tokenward_config(
     port: int, admin_port: int, redis_url: str, upstream_port: int, data_dir: Path
 ) -> dict[str, Any]:
-    """Production-like: JSON audit lines, default argon2id parameters, one scoped route."""
+    """Production-like: JSON audit lines, default argon2id parameters, one scoped route.
+    127.0.0.1 is a trusted proxy, or forward-auth (/_tokenward/verify) would answer 403; for
+    the proxied lines that changes nothing wrk's requests show (see bench/README.md)."""
     return {
         "listen": {"host": "127.0.0.1", "port": port},
         "admin_listen": {"host": "127.0.0.1", "port": admin_port},
         "redis": {"url": redis_url},
+        "trusted_proxies": ["127.0.0.1/32"],
         "data_dir": str(data_dir),
         "tokens": {"prefix": PREFIX, "default_ttl": "90d", "max_ttl": "365d", "cache_ttl": "30s"},
         "log": {"level": "info", "format": "json"},
@@ -75,6 +77,7 @@ class Credentials:
     subjects: list[tuple[str, str]] = field(default_factory=list)  # (token, id) revoked in turn
     cold: list[str] = field(default_factory=list)
     cold_ids: list[str] = field(default_factory=list)
+    spare: list[str] = field(default_factory=list)  # never sent before the memory lines
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Stack:
     valkey: EmbeddedServer | None = None
     upstream_port: int = 0
     bare_port: int = 0
+    bare: subprocess.Popen[bytes] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     tokenward: subprocess.Popen[bytes] | None = None
     tokenward_log: Path | None = None
@@ -153,6 +157,7 @@ def start_helpers(stack: Stack) -> None:
     bare_argv = [PYTHON, str(BENCH / "bare_proxy.py"), "--port", str(stack.bare_port)]
     bare = stack.processes.spawn("bare proxy", [*bare_argv, "--upstream", stack.upstream_url], SERVER_CORE)
     wait_http(stack.bare_url + "/", bare, "bare proxy")
+    stack.bare = bare
 
 
 def write_config(stack: Stack, name: str, config: dict[str, Any]) -> Path:
@@ -164,9 +169,8 @@ def write_config(stack: Stack, name: str, config: dict[str, Any]) -> Path:
 def start_tokenward(stack: Stack) -> None:
     """`tokenward serve --config FILE`, audit lines to a file, on the server core."""
     assert stack.valkey is not None
-    stack.config = tokenward_config(
-        *free_ports(2), stack.valkey.url, stack.upstream_port, stack.workdir / "tw-data"
-    )
+    port, admin_port = free_ports(2)
+    stack.config = tokenward_config(port, admin_port, stack.valkey.url, stack.upstream_port, stack.workdir / "tw-data")
     config_path = write_config(stack, "tokenward.yaml", stack.config)
     stack.tokenward_log = stack.workdir / "tokenward.log"
     with stack.tokenward_log.open("wb") as log, (stack.workdir / "tokenward.err").open("wb") as err:
@@ -201,7 +205,7 @@ async def start_inproc_gateway(stack: Stack) -> None:
     await stack.inproc.start()
 
 
-async def seed(stack: Stack, cold_tokens: int) -> None:
+async def seed(stack: Stack, cold_tokens: int, spare_tokens: int = 0) -> None:
     """The team, an org admin token, the tokens of the scenarios (default argon2id parameters)."""
     assert stack.inproc is not None and stack.inproc.runtime is not None
     runtime = stack.inproc.runtime
@@ -222,6 +226,8 @@ async def seed(stack: Stack, cold_tokens: int) -> None:
     minted = await asyncio.gather(*(mint(f"bench-cold-{i}", ["read:apis"]) for i in range(cold_tokens)))
     creds.cold = [token for token, _ in minted]
     creds.cold_ids = [key_id for _, key_id in minted]
+    spare = await asyncio.gather(*(mint(f"bench-spare-{i}", ["read:apis"]) for i in range(spare_tokens)))
+    creds.spare = [token for token, _ in spare]
 
 
 def wrong_secret(key_id: str) -> str:

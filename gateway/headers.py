@@ -277,6 +277,58 @@ class HeaderPolicy:
         return kind == KEEP or (kind == TRUSTED_ONLY and trusted)
 
 
+class ResponseHeaders:
+    """The upstream's response headers as the client gets them: the header lines as the
+    upstream sent them (bytes, never decoded and re-encoded), minus hop-by-hop ones, the
+    Connection-named ones, Content-Length (set from what is sent) and X-Request-Id (ours);
+    each name's verdict remembered (bounded). One per forwarder."""
+
+    __slots__ = ("_memo",)
+
+    KEEP, DROP, DATE, TYPE = 0, 1, 2, 3
+
+    def __init__(self, max_size: int = 4096) -> None:
+        self._memo: BoundedMap[bytes, int] = BoundedMap(max_size)
+
+    def kind(self, name: bytes) -> int:
+        found = self._memo.get(name)
+        if found is None:
+            norm = normalize_name(decode_header(name))
+            if norm in _RESPONSE_DROP or norm == "x-request-id":
+                found = self.DROP
+            else:
+                found = self.DATE if norm == "date" else self.TYPE if norm == "content-type" else self.KEEP
+            self._memo.put(name, found)
+        return found
+
+    def block(self, raw: list[tuple[bytes, bytes]], request_id: str) -> tuple[bytes, bool, bool]:
+        """The header lines (ending with our X-Request-Id), and whether they carry a Date
+        and a Content-Type."""
+        dropped: set[str] | None = None
+        for name, value in raw:
+            if len(name) == 10 and name.lower() == b"connection":
+                dropped = dropped or set()
+                for token in decode_header(value).split(","):
+                    if token.strip():
+                        dropped.add(normalize_name(token.strip()))
+        kind = self.kind
+        lines = []
+        date = typed = False
+        for name, value in raw:
+            verdict = kind(name)
+            if verdict == 1:
+                continue
+            if dropped and normalize_name(decode_header(name)) in dropped:
+                continue
+            if verdict == 2:
+                date = True
+            elif verdict == 3:
+                typed = True
+            lines.append(b"%b: %b\r\n" % (name, value))
+        lines.append(b"X-Request-Id: %b\r\n" % request_id.encode("ascii"))
+        return b"".join(lines), date, typed
+
+
 def response_headers(raw: list[tuple[bytes, bytes]], request_id: str) -> CIMultiDict[str]:
     """The upstream's response headers minus hop-by-hop ones (and Content-Length, which
     aiohttp sets from what is actually sent)."""

@@ -17,6 +17,7 @@ from tokenward.gateway.headers import (
     DROP,
     TRUSTED_ONLY,
     IdentityHeaders,
+    ResponseHeaders,
     connection_tokens,
     identity_headers,
     normalize_name,
@@ -27,7 +28,7 @@ from tokenward.gateway.mcp_stream import JsonFilter, SseFilter, response_filter
 from tokenward.gateway.mcp_stream import upstream_headers as mcp_headers
 from tokenward.gateway.metrics import Histogram
 from tokenward.gateway.refusal import Refusal, Step
-from tokenward.gateway.reply import Reply, StreamReply
+from tokenward.gateway.reply import Block, Reply, StreamReply
 from tokenward.gateway.settings import Limits, Upstream
 from tokenward.gateway.upstream import (
     IDEMPOTENT,
@@ -58,7 +59,9 @@ class BodyGuard:
             try:
                 chunk = await asyncio.wait_for(self.stream.readany(), self.timeout)
             except TimeoutError:
-                self.failure = client_body_error(408, "request_timeout", "client sent the request body too slowly")
+                self.failure = client_body_error(
+                    408, "request_timeout", "client sent the request body too slowly"
+                )
                 raise
             if not chunk:
                 return
@@ -71,7 +74,10 @@ class BodyGuard:
                     self.scanner.feed(chunk)
                 except OverrideFound as exc:
                     self.failure = client_body_error(
-                        400, "invalid_request", f"method override parameters are not accepted: {exc}", Step.REQUEST
+                        400,
+                        "invalid_request",
+                        f"method override parameters are not accepted: {exc}",
+                        Step.REQUEST,
                     )
                     raise
             yield chunk
@@ -92,7 +98,9 @@ def client_body_error(status: int, error: str, message: str, step: Step = Step.L
     return Refusal(status, error, step, message, close=True)
 
 
-def upstream_headers(ex: Exchange, host: str, identity: IdentityHeaders | None = None) -> list[tuple[str, str]]:
+def upstream_headers(
+    ex: Exchange, host: str, identity: IdentityHeaders | None = None
+) -> list[tuple[str, str]]:
     """The request headers for the upstream: `Host: host`, the inbound ones the header
     policy keeps (the trusted-proxy ones only when the edge found the peer trusted), the
     rebuilt forwarding headers, the request id and the caller's identity."""
@@ -111,7 +119,9 @@ def upstream_headers(ex: Exchange, host: str, identity: IdentityHeaders | None =
             continue
         out.append((name, value))
     client = ex.peer or ""
-    previous = ", ".join(inbound.getall("X-Forwarded-For")) if trusted and "X-Forwarded-For" in inbound else None
+    previous = (
+        ", ".join(inbound.getall("X-Forwarded-For")) if trusted and "X-Forwarded-For" in inbound else None
+    )
     out.append(("X-Forwarded-For", f"{previous}, {client}" if previous else client))
     proto = inbound.get("X-Forwarded-Proto") if trusted else None
     out.append(("X-Forwarded-Proto", proto or request.scheme))
@@ -149,6 +159,7 @@ class Forwarder:
         # per (name, url, TLS context): a request uses the upstream of the settings it started with
         self.pools: dict[tuple[str, str, ssl.SSLContext | None], Pool] = {}
         self.identity = IdentityHeaders()  # the identity headers, remembered per token record
+        self.response_headers = ResponseHeaders()  # which upstream response headers go back
 
     def pool(self, upstream: Upstream) -> Pool:
         key = (upstream.name, upstream.url, upstream.ssl_context)
@@ -194,13 +205,20 @@ class Forwarder:
             headers.append(("Content-Length", str(request.content_length)))
         elif has_body:
             headers.append(("Transfer-Encoding", "chunked"))
-        if body is None and has_body and request.headers.get("Expect", "").lower() == "100-continue" and request.transport:
+        if (
+            body is None
+            and has_body
+            and request.headers.get("Expect", "").lower() == "100-continue"
+            and request.transport
+        ):
             # The decision is made: let the client send its body (the upstream gets it at once).
             request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         head = request_head(method, pool.target(target.path, target.query), headers)
         sent = time.perf_counter()
         replayable = method in IDEMPOTENT and not has_body
-        conn = await self._exchange(request, pool, upstream, head, has_body, replayable, ex.view.settings.limits, body)
+        conn = await self._exchange(
+            request, pool, upstream, head, has_body, replayable, ex.view.settings.limits, body
+        )
         ex.upstream_seconds = waited = time.perf_counter() - sent
         if self.latency is not None:
             self.latency.labels(upstream.name).observe(waited)
@@ -212,7 +230,9 @@ class Forwarder:
         finally:
             conn.finish()
 
-    async def upgrade(self, ex: Exchange, upstream: Upstream) -> tuple[Connection | None, Reply | StreamReply]:
+    async def upgrade(
+        self, ex: Exchange, upstream: Upstream
+    ) -> tuple[Connection | None, Reply | StreamReply]:
         """Ask the upstream to switch protocols. With its 101: the connection (to tunnel)
         and the 101 for the client, not yet sent. Otherwise its answer, as usual."""
         request, target, request_id = ex.request, ex.target, ex.request_id
@@ -295,7 +315,9 @@ class Forwarder:
             headers = request.headers
             scanner = body_scanner(headers.getall("Content-Type", []), headers.getall("Content-Encoding", []))
         except OverrideFound as exc:
-            raise client_body_error(400, "invalid_request", f"unreadable form body: {exc}", Step.REQUEST) from None
+            raise client_body_error(
+                400, "invalid_request", f"unreadable form body: {exc}", Step.REQUEST
+            ) from None
         guard = BodyGuard(request.content, limits.max_body_bytes, limits.body_timeout, scanner)
         chunked = request.content_length is None
         conn.sending = True
@@ -321,7 +343,7 @@ class Forwarder:
         self, request: Request, conn: Connection, request_id: str, delivery: Exchange | None = None
     ) -> Reply | StreamReply:
         reason = decode_header(conn.reason) or None
-        headers = response_headers(conn.headers, request_id)
+        headers = Block(*self.response_headers.block(conn.headers, request_id))
         mcp = delivery.mcp if delivery is not None and request.method != "HEAD" else None
         rewrite = response_filter(mcp, conn.headers) if mcp is not None else None
         if rewrite is not None and (rewrite.whole or conn.complete):  # an MCP tools/list, filtered

@@ -40,10 +40,22 @@ class Clock:
         return self._value
 
 
-def _pairs(headers: Headers) -> Iterable[tuple[str, str]]:
+class Block:
+    """Header lines already rendered (an upstream's, as it sent them: gateway/headers.py
+    `ResponseHeaders`), and whether they carry a Date and a Content-Type."""
+
+    __slots__ = ("data", "date", "typed")
+
+    def __init__(self, data: bytes, date: bool, typed: bool) -> None:
+        self.data, self.date, self.typed = data, date, typed
+
+
+def _pairs(headers: Headers | Block) -> list[tuple[str, str]] | Block:
+    if isinstance(headers, Block):
+        return headers
     if isinstance(headers, Mapping):
-        return headers.items()
-    return headers
+        return list(headers.items())
+    return list(headers)
 
 
 class Reply:
@@ -57,15 +69,16 @@ class Reply:
     def __init__(
         self,
         status: int,
-        headers: Headers = (),
+        headers: Headers | Block = (),
         body: bytes = b"",
         reason: str | None = None,
         content_type: str | None = None,
     ) -> None:
         self.status = status
         self.reason = reason
-        self.headers: list[tuple[str, str]] = list(_pairs(headers))
+        self.headers = _pairs(headers)
         if content_type is not None:
+            assert not isinstance(self.headers, Block)
             self.headers.append(("Content-Type", content_type))
         self.body = body
         self.close = False  # the connection closes after it
@@ -113,10 +126,10 @@ class StreamReply:
 
     streamed = True
 
-    def __init__(self, status: int, headers: Headers = (), reason: str | None = None) -> None:
+    def __init__(self, status: int, headers: Headers | Block = (), reason: str | None = None) -> None:
         self.status = status
         self.reason = reason
-        self.headers: list[tuple[str, str]] = list(_pairs(headers))
+        self.headers = _pairs(headers)
         self.content_length: int | None = None
         self.close = False
         self.prepared = False
@@ -126,11 +139,6 @@ class StreamReply:
 
     def force_close(self) -> None:
         self.close = True
-
-    def set_header(self, name: str, value: str) -> None:
-        lower = name.lower()
-        self.headers = [(n, v) for n, v in self.headers if n.lower() != lower]
-        self.headers.append((name, value))
 
     async def prepare(self, request: Request) -> None:
         """Send the head (once)."""
@@ -201,7 +209,7 @@ def render_head(
     version: tuple[int, int],
     status: int,
     reason: str | None,
-    headers: list[tuple[str, str]],
+    headers: list[tuple[str, str]] | Block,
     length: int | None,
     chunked: bool,
     keep_alive: bool,
@@ -211,34 +219,41 @@ def render_head(
     """The status line and headers; `typed`: a body may follow, so it gets a Content-Type
     (application/octet-stream unless `headers` name one)."""
     major, minor = version
-    out = [f"HTTP/{major}.{minor} {status} {reason or _PHRASES.get(status, '')}\r\n"]
-    has_date = has_type = has_connection = False
-    for name, value in headers:
-        lower = name.lower()
-        if lower in _FRAMING:
-            continue
-        if lower == "date":
-            has_date = True
-        elif lower == "content-type":
-            has_type = True
-        elif lower == "connection":
-            has_connection = True
-        out.append(f"{name}: {value}\r\n")
+    out = [
+        b"HTTP/%d.%d %d %b\r\n"
+        % (major, minor, status, (reason or _PHRASES.get(status, "")).encode("utf-8", "surrogateescape"))
+    ]
+    if isinstance(headers, Block):
+        has_date, has_type, has_connection = headers.date, headers.typed, False
+        out.append(headers.data)
+    else:
+        has_date = has_type = has_connection = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _FRAMING:
+                continue
+            if lower == "date":
+                has_date = True
+            elif lower == "content-type":
+                has_type = True
+            elif lower == "connection":
+                has_connection = True
+            out.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
     if length is not None:
-        out.append(f"Content-Length: {length}\r\n")
+        out.append(b"Content-Length: %d\r\n" % length)
     elif chunked:
-        out.append("Transfer-Encoding: chunked\r\n")
+        out.append(b"Transfer-Encoding: chunked\r\n")
     if typed and not has_type:
-        out.append("Content-Type: application/octet-stream\r\n")
+        out.append(b"Content-Type: application/octet-stream\r\n")
     if not has_connection:
         if keep_alive and minor == 0:
-            out.append("Connection: keep-alive\r\n")
+            out.append(b"Connection: keep-alive\r\n")
         elif not keep_alive and (major, minor) >= (1, 1):
-            out.append("Connection: close\r\n")
-    head = "".join(out).encode("utf-8", "surrogateescape")
+            out.append(b"Connection: close\r\n")
     if not has_date:
-        head += b"Date: " + clock.date() + b"\r\n"
-    return head + b"\r\n"
+        out.append(b"Date: %b\r\n" % clock.date())
+    out.append(b"\r\n")
+    return b"".join(out)
 
 
 def error_reply(refusal: Refusal, request_id: str) -> Reply:

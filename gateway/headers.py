@@ -217,10 +217,11 @@ class IdentityHeaders:
     pair: both are immutable and replaced, not changed, when the store says so. One per
     forwarder, so never shared between runtimes."""
 
-    __slots__ = ("_memo",)
+    __slots__ = ("_lines", "_memo")
 
     def __init__(self, max_size: int = 10_000) -> None:
         self._memo: BoundedMap[int, tuple[object, object, dict[str, str]]] = BoundedMap(max_size)
+        self._lines: BoundedMap[int, tuple[dict[str, str], bytes]] = BoundedMap(max_size)
 
     def __call__(self, principal: Principal) -> dict[str, str]:
         token, permissions = principal.token, principal.team_permissions
@@ -231,6 +232,18 @@ class IdentityHeaders:
         headers = identity_headers(principal)
         self._memo.put(id(token), (token, permissions, headers))
         return headers
+
+    def lines(self, principal: Principal) -> bytes:
+        """The same headers as header lines, remembered with them."""
+        headers = self(principal)
+        found = self._lines.get(id(headers))
+        if found is not None and found[0] is headers:
+            return found[1]
+        data = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode(
+            "utf-8", "surrogateescape"
+        )
+        self._lines.put(id(headers), (headers, data))
+        return data
 
 
 KEEP, DROP, TRUSTED_ONLY = 0, 1, 2
@@ -246,6 +259,7 @@ class HeaderPolicy:
         self.strip_prefixes = tuple(normalize_name(name[:-1]) for name in strip if name.endswith("*"))
         self.forward_authorization = forward_authorization
         self._memo: BoundedMap[str, int] = BoundedMap(4096)
+        self._raw_memo: BoundedMap[bytes, int] = BoundedMap(4096)
 
     def kind(self, name: str) -> int:
         found = self._memo.get(name)
@@ -254,6 +268,14 @@ class HeaderPolicy:
             if found == TRUSTED_ONLY and ("_" in name or "." in name):
                 found = DROP  # only the canonical spelling of a forwarding header, from anyone
             self._memo.put(name, found)
+        return found
+
+    def kind_raw(self, name: bytes) -> int:
+        """`kind` of a header name as it came (bytes), remembered per spelling."""
+        found = self._raw_memo.get(name)
+        if found is None:
+            found = self.kind(name.decode("latin-1"))
+            self._raw_memo.put(name, found)
         return found
 
     def _classify(self, norm: str) -> int:

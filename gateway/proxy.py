@@ -137,6 +137,52 @@ def upstream_headers(
     return out
 
 
+def upstream_head(ex: Exchange, method: str, target: str, host: str, identity: IdentityHeaders) -> bytes:
+    """`request_head(method, target, upstream_headers(...))` plus the framing header, in one
+    pass over the inbound header lines as they came (bytes): for a request with no MCP
+    rewrite and no trace context to inject."""
+    request = ex.request
+    kind_of = ex.view.headers.kind_raw
+    trusted = ex.trusted
+    inbound = request.headers
+    dropped = connection_tokens(inbound) if "Connection" in inbound else ()
+    lines = [b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (method.encode("ascii"), _utf8(target), _utf8(host))]
+    for name, value in request.raw_headers:
+        kind = kind_of(name)
+        if kind == DROP or (kind == TRUSTED_ONLY and not trusted):
+            continue
+        if dropped and normalize_name(name.decode("latin-1")) in dropped:
+            continue
+        lines.append(b"%b: %b\r\n" % (name, value))
+    client = ex.peer or ""
+    previous = (
+        ", ".join(inbound.getall("X-Forwarded-For")) if trusted and "X-Forwarded-For" in inbound else None
+    )
+    proto = (inbound.get("X-Forwarded-Proto") if trusted else None) or request.scheme
+    forwarded_host = (inbound.get("X-Forwarded-Host") if trusted else None) or request.host
+    forwarded = f"{previous}, {client}" if previous else client
+    lines.append(
+        _utf8(
+            f"X-Forwarded-For: {forwarded}\r\nX-Forwarded-Proto: {proto}\r\n"
+            f"X-Forwarded-Host: {forwarded_host}\r\nX-Request-Id: {ex.request_id}\r\n"
+        )
+    )
+    if ex.principal is not None:
+        lines.append(identity.lines(ex.principal))
+        if ex.remaining is not None:
+            lines.append(b"%b: %d\r\n" % (REMAINING_HEADER.encode("ascii"), ex.remaining))
+    if request.content_length is not None:
+        lines.append(b"Content-Length: %d\r\n" % request.content_length)
+    elif request.body_exists:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
 async def filtered(conn: Connection, rewrite: JsonFilter | SseFilter) -> bytes:
     """An MCP response read whole (at most the policy's max_response) and filtered; before
     anything went to the client, so a failure is still a 502 or 504."""
@@ -192,19 +238,25 @@ class Forwarder:
         request, target = ex.request, ex.target
         assert target is not None
         pool = self.pool(upstream)
-        headers = upstream_headers(ex, pool.host_header, self.identity)
         method = request.method
         has_body = request.body_exists
         body = ex.body  # an MCP route's: read whole by the decision, sent as it was authorized
-        if ex.mcp is not None:
-            headers = mcp_headers(headers)
-        # Framing from what the listener parsed, never from inbound header spellings.
-        if body is not None:
-            headers.append(("Content-Length", str(len(body))))
-        elif request.content_length is not None:
-            headers.append(("Content-Length", str(request.content_length)))
-        elif has_body:
-            headers.append(("Transfer-Encoding", "chunked"))
+        if body is None and ex.mcp is None and ex.trace is None:  # the usual case: the head in one pass
+            head = upstream_head(
+                ex, method, pool.target(target.path, target.query), pool.host_header, self.identity
+            )
+        else:
+            headers = upstream_headers(ex, pool.host_header, self.identity)
+            if ex.mcp is not None:
+                headers = mcp_headers(headers)
+            # Framing from what the listener parsed, never from inbound header spellings.
+            if body is not None:
+                headers.append(("Content-Length", str(len(body))))
+            elif request.content_length is not None:
+                headers.append(("Content-Length", str(request.content_length)))
+            elif has_body:
+                headers.append(("Transfer-Encoding", "chunked"))
+            head = request_head(method, pool.target(target.path, target.query), headers)
         if (
             body is None
             and has_body
@@ -213,7 +265,6 @@ class Forwarder:
         ):
             # The decision is made: let the client send its body (the upstream gets it at once).
             request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        head = request_head(method, pool.target(target.path, target.query), headers)
         sent = time.perf_counter()
         replayable = method in IDEMPOTENT and not has_body
         conn = await self._exchange(

@@ -1,5 +1,7 @@
-"""The one bounded map every in-process memo and cache uses: at most `max_size` entries, the
-least recently used one evicted first, and optionally an age limit on reads.
+"""The bounded maps every in-process memo and cache uses: `BoundedMap` (at most `max_size`
+entries, the least recently used one evicted first, optionally an age limit on reads) for
+what can go stale, and `Memo` (a dict that forgets its oldest entry when full, read at a
+plain dict's speed) for pure verdicts on the request path, which never go stale.
 
 Nothing here is shared between objects: each owner (the verification cache, a trusted-proxy
 set, a header policy, a forwarder) builds its own, so two servers in one process never see
@@ -24,7 +26,9 @@ class BoundedMap(Generic[K, V]):
 
     __slots__ = ("_clock", "_data", "max_size", "ttl")
 
-    def __init__(self, max_size: int, ttl: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, max_size: int, ttl: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if max_size < 1:
             raise ValueError("a bounded map holds at least one entry")
         self.max_size = max_size
@@ -67,3 +71,24 @@ class BoundedMap(Generic[K, V]):
     def keys(self) -> list[K]:
         """The keys, least recently used first."""
         return list(self._data)
+
+
+class Memo(dict[K, V]):
+    """A pure function's remembered answers: read with `get` (dict's own), written with
+    `remember`, which forgets the oldest entry once `max_size` are held. For verdicts that
+    depend only on their key (a header name's rule, a path's canonical form), where a
+    forgotten entry only costs its recomputation."""
+
+    __slots__ = ("max_size",)
+
+    def __init__(self, max_size: int) -> None:
+        if max_size < 1:
+            raise ValueError("a memo holds at least one entry")
+        super().__init__()
+        self.max_size = max_size
+
+    def remember(self, key: K, value: V) -> V:
+        if len(self) >= self.max_size:
+            del self[next(iter(self))]
+        self[key] = value
+        return value

@@ -17,7 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from tokenward.gateway.audit import redact
-from tokenward.gateway.bounded import BoundedMap
+from tokenward.gateway.bounded import Memo
 from tokenward.gateway.refusal import Refusal, error_headers
 from tokenward.gateway.settings import IPNetwork
 
@@ -65,15 +65,14 @@ class TrustedProxies:
 
     def __init__(self, networks: tuple[IPNetwork, ...], memo_size: int = 10_000) -> None:
         self.networks = networks
-        self._memo: BoundedMap[str, bool] = BoundedMap(memo_size)
+        self._memo: Memo[str, bool] = Memo(memo_size)
 
     def __contains__(self, address: str | None) -> bool:
         if not address or not self.networks:
             return False
         found = self._memo.get(address)
         if found is None:
-            found = in_networks(address, self.networks)
-            self._memo.put(address, found)
+            found = self._memo.remember(address, in_networks(address, self.networks))
         return found
 
     def client_address(self, peer: str | None, forwarded_for: list[str]) -> str | None:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from tokenward.gateway.bounded import BoundedMap
+from tokenward.gateway.bounded import BoundedMap, Memo
 from tokenward.gateway.decision import Principal
 from tokenward.gateway.scopes import format_scopes
 from tokenward.gateway.upstream import decode_header
@@ -258,8 +258,8 @@ class HeaderPolicy:
         self.strip_exact = frozenset(normalize_name(name) for name in strip if not name.endswith("*"))
         self.strip_prefixes = tuple(normalize_name(name[:-1]) for name in strip if name.endswith("*"))
         self.forward_authorization = forward_authorization
-        self._memo: BoundedMap[str, int] = BoundedMap(4096)
-        self._raw_memo: BoundedMap[bytes, int] = BoundedMap(4096)
+        self._memo: Memo[str, int] = Memo(4096)
+        self.raw_kinds: Memo[bytes, int] = Memo(4096)  # kind_raw's answers, read directly on the hot path
 
     def kind(self, name: str) -> int:
         found = self._memo.get(name)
@@ -267,15 +267,14 @@ class HeaderPolicy:
             found = self._classify(normalize_name(name))
             if found == TRUSTED_ONLY and ("_" in name or "." in name):
                 found = DROP  # only the canonical spelling of a forwarding header, from anyone
-            self._memo.put(name, found)
+            self._memo.remember(name, found)
         return found
 
     def kind_raw(self, name: bytes) -> int:
         """`kind` of a header name as it came (bytes), remembered per spelling."""
-        found = self._raw_memo.get(name)
+        found = self.raw_kinds.get(name)
         if found is None:
-            found = self.kind(name.decode("latin-1"))
-            self._raw_memo.put(name, found)
+            found = self.raw_kinds.remember(name, self.kind(name.decode("latin-1")))
         return found
 
     def _classify(self, norm: str) -> int:
@@ -310,7 +309,7 @@ class ResponseHeaders:
     KEEP, DROP, DATE, TYPE = 0, 1, 2, 3
 
     def __init__(self, max_size: int = 4096) -> None:
-        self._memo: BoundedMap[bytes, int] = BoundedMap(max_size)
+        self._memo: Memo[bytes, int] = Memo(max_size)
 
     def kind(self, name: bytes) -> int:
         found = self._memo.get(name)
@@ -320,7 +319,7 @@ class ResponseHeaders:
                 found = self.DROP
             else:
                 found = self.DATE if norm == "date" else self.TYPE if norm == "content-type" else self.KEEP
-            self._memo.put(name, found)
+            self._memo.remember(name, found)
         return found
 
     def block(self, raw: list[tuple[bytes, bytes]], request_id: str) -> tuple[bytes, bool, bool]:
@@ -333,11 +332,13 @@ class ResponseHeaders:
                 for token in decode_header(value).split(","):
                     if token.strip():
                         dropped.add(normalize_name(token.strip()))
-        kind = self.kind
+        memo = self._memo
         lines = []
         date = typed = False
         for name, value in raw:
-            verdict = kind(name)
+            verdict = memo.get(name)
+            if verdict is None:
+                verdict = self.kind(name)
             if verdict == 1:
                 continue
             if dropped and normalize_name(decode_header(name)) in dropped:

@@ -142,13 +142,16 @@ def upstream_head(ex: Exchange, method: str, target: str, host: str, identity: I
     pass over the inbound header lines as they came (bytes): for a request with no MCP
     rewrite and no trace context to inject."""
     request = ex.request
-    kind_of = ex.view.headers.kind_raw
+    policy = ex.view.headers
+    kinds = policy.raw_kinds
     trusted = ex.trusted
     inbound = request.headers
     dropped = connection_tokens(inbound) if "Connection" in inbound else ()
     lines = [b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (method.encode("ascii"), _utf8(target), _utf8(host))]
     for name, value in request.raw_headers:
-        kind = kind_of(name)
+        kind = kinds.get(name)
+        if kind is None:
+            kind = policy.kind_raw(name)
         if kind == DROP or (kind == TRUSTED_ONLY and not trusted):
             continue
         if dropped and normalize_name(name.decode("latin-1")) in dropped:

@@ -33,6 +33,9 @@ class Connection(Protocol):
 
     def set_relay(self, relay: Callable[[bytes], None], on_eof: Callable[[], None]) -> None: ...
 
+    @property
+    def empty_body(self) -> Body: ...  # an ended body, shared by the connection's bodiless requests
+
 
 class Body:
     """The request body as it arrives: chunks queued by the parser, read by the forward step
@@ -179,9 +182,7 @@ class Request:
         self.chunked = chunked
         self.upgrade = upgrade  # a WebSocket upgrade the parser stopped at
         self.body_exists = chunked or (content_length or 0) > 0
-        self.content = Body(protocol)
-        if not self.body_exists:
-            self.content.feed_eof()
+        self.content = Body(protocol) if self.body_exists else protocol.empty_body
 
     @property
     def transport(self) -> asyncio.Transport | None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 import structlog
 
-from tokenward.gateway.inbound import HeadRefused, Request, malformed, read_request
+from tokenward.gateway.inbound import Body, HeadRefused, Request, malformed, read_request
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.reply import Clock, Reply, StreamReply, Writer, error_reply
 
@@ -46,6 +46,7 @@ class GatewayConnection(asyncio.Protocol, Writer):
         "closing",
         "deadline",
         "drain_waiter",
+        "empty_body",
         "header_bytes",
         "in_head",
         "linger",
@@ -84,6 +85,8 @@ class GatewayConnection(asyncio.Protocol, Writer):
         self.max_header_bytes = 2 * limits.max_header_bytes + 65536  # above its precise 431
         self.max_headers = limits.max_header_count + 16
         self.parser = httptools.HttpRequestParser(self)
+        self.empty_body = Body(self)  # every bodiless request's (nothing in it ever changes)
+        self.empty_body.feed_eof()
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
         self.sockname = ""

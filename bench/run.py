@@ -134,10 +134,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
 
 
 # -- setup -----------------------------------------------------------------------------------------
-async def build_stack(stack: Stack, opts: Options) -> None:
+async def build_stack(stack: Stack, opts: Options, report: Report) -> None:
     say("starting Valkey, upstream, bare proxy, tokenward serve, in-process gateway …")
     start_valkey(stack)
     start_helpers(stack)
+    report.notes.append(f"upstream: {stack.upstream_kind}")
     start_tokenward(stack)
     await start_inproc_gateway(stack)
     started = time.perf_counter()
@@ -497,7 +498,7 @@ async def benchmark(opts: Options) -> None:
     stack = Stack(Path(tempfile.mkdtemp(prefix="tokenward-bench-")), processes)
     report = Report()
     try:
-        await build_stack(stack, opts)
+        await build_stack(stack, opts, report)
         await sanity_checks(stack)
         gen = LoadGenerator(wrk, processes)
         await check_machine_quiet(gen, report)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import copy
 import secrets
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from tokenward.service import issue_token
 
 from services import (
     BENCH,
+    CLIENT_CORE,
     PYTHON,
     SERVER_CORE,
     TOKENWARD,
@@ -35,6 +37,7 @@ from services import (
     wait_http,
 )
 
+UPSTREAM_BODY = b'{"apis": ["billing", "search"]}\n'  # what bench/upstream.py answers too
 ORG = "acme"
 TEAM = "bench"
 PREFIX = "tw_sat"
@@ -94,6 +97,7 @@ class Stack:
     inproc: Server | None = None
     creds: Credentials = field(default_factory=Credentials)
     inproc_log: IO[bytes] | None = None
+    upstream_kind: str = ""
 
     @property
     def upstream_url(self) -> str:
@@ -141,12 +145,37 @@ def start_valkey(stack: Stack) -> None:
     stack.processes.adopt("valkey", stack.valkey.process)
 
 
+NGINX_UPSTREAM = """worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/nginx-error.log;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    keepalive_requests 10000000;
+    location / {{ default_type application/json; return 200 '{body}'; }}
+  }}
+}}
+"""
+
+
 def start_upstream(stack: Stack) -> None:
-    """The upstream, in its own process on the server core."""
+    """The upstream: a tiny nginx (one worker) on the load core beside wrk, so the proxies
+    measured on the server core have it to themselves (as issue 17 measured); without nginx,
+    bench/upstream.py (aiohttp) on the server core, which then shares it with the proxies."""
     stack.upstream_port = free_port()
-    upstream = stack.processes.spawn(
-        "upstream", [PYTHON, str(BENCH / "upstream.py"), "--port", str(stack.upstream_port)], SERVER_CORE
-    )
+    nginx = shutil.which("nginx")
+    if nginx is not None:
+        conf = stack.workdir / "nginx-upstream.conf"
+        body = UPSTREAM_BODY.decode().replace("\n", "")
+        conf.write_text(NGINX_UPSTREAM.format(d=stack.workdir, port=stack.upstream_port, body=body))
+        upstream = stack.processes.spawn("upstream (nginx)", [nginx, "-c", str(conf)], CLIENT_CORE)
+        stack.upstream_kind = "nginx on the load core"
+    else:
+        upstream = stack.processes.spawn(
+            "upstream", [PYTHON, str(BENCH / "upstream.py"), "--port", str(stack.upstream_port)], SERVER_CORE
+        )
+        stack.upstream_kind = "bench/upstream.py (aiohttp) on the server core"
     wait_http(stack.upstream_url + "/", upstream, "upstream")
 
 

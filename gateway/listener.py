@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("tokenward")
 
 LINGER = 2.0  # after an early answer, how long a client's unread body is read and dropped
+# pipelined heads parsed ahead of their turn, at most: one read can hold thousands of tiny
+# requests, each an object waiting in memory; beyond this the connection answers those and ends
+MAX_PIPELINED = 64
 
 
 class GatewayConnection(asyncio.Protocol, Writer):
@@ -190,6 +193,8 @@ class GatewayConnection(asyncio.Protocol, Writer):
     # -- parser callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if len(self.queue) >= MAX_PIPELINED:
+            raise HeadRefused(Refusal(400, "invalid_request", Step.FRAMING, "too many pipelined requests"))
         self.in_head = True
         self.url = b""
         self.raw_headers = []
@@ -317,8 +322,7 @@ class GatewayConnection(asyncio.Protocol, Writer):
             and not self.closing
             and not self.listener.closing
             and not request.upgrade
-            and self.refused is None
-        )
+        )  # a refused head after this one is answered (then the end) once the queue is done
 
     def send(self, data: bytes) -> None:
         transport = self.transport

@@ -41,7 +41,7 @@ from tokenward.gateway.paths import PathError
 from tokenward.gateway.proxy import Forwarder
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
-from tokenward.gateway.reply import Reply, StreamReply, error_reply
+from tokenward.gateway.reply import Block, Reply, StreamReply, error_reply
 from tokenward.gateway.settings import Settings, Upstream
 from tokenward.gateway.tracing import Tracing
 from tokenward.gateway.tunnel import Tunnel, TunnelWatch, is_websocket_upgrade
@@ -200,11 +200,12 @@ class Pipeline:
         """Forward-auth's answer: 200 with the identity headers for the fronting proxy."""
         forwarder = self.runtime.forwarder
         assert forwarder is not None
-        headers = forwarder.identity(ex.principal) if ex.principal is not None else {}
+        lines = [forwarder.identity.lines(ex.principal)] if ex.principal is not None else []
         if ex.remaining is not None:
-            headers = {**headers, REMAINING_HEADER: str(ex.remaining)}
+            lines.append(b"%b: %d\r\n" % (REMAINING_HEADER.encode("ascii"), ex.remaining))
+        lines.append(b"X-Request-Id: %b\r\nCache-Control: no-store\r\n" % ex.request_id.encode("ascii"))
         ex.status, ex.step = 200, Step.VERIFIED
-        return Reply(200, {**headers, "X-Request-Id": ex.request_id, "Cache-Control": "no-store"})
+        return Reply(200, Block(b"".join(lines), False, False))
 
     @staticmethod
     def deny(ex: Exchange, refusal: Refusal) -> Reply:

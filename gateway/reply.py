@@ -228,6 +228,7 @@ def render_head(
         out.append(headers.data)
     else:
         has_date = has_type = has_connection = False
+        lines = []
         for name, value in headers:
             lower = name.lower()
             if lower in _FRAMING:
@@ -238,7 +239,8 @@ def render_head(
                 has_type = True
             elif lower == "connection":
                 has_connection = True
-            out.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+            lines.append(f"{name}: {value}\r\n")
+        out.append("".join(lines).encode("utf-8", "surrogateescape"))
     if length is not None:
         out.append(b"Content-Length: %d\r\n" % length)
     elif chunked:

@@ -376,7 +376,9 @@ class GatewayConnection(asyncio.Protocol, Writer):
             self.reading_paused = False
             transport.resume_reading()
         transport.write_eof()
-        self.loop.call_later(LINGER, transport.close)
+        if self.timer is not None:
+            self.timer.cancel()  # no head is awaited any more; this timer ends the linger
+        self.timer = self.loop.call_later(LINGER, transport.close)
 
     # -- refused heads and the head deadline ---------------------------------------------------
 

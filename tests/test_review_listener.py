@@ -1,0 +1,282 @@
+"""Outside review of the llhttp gateway listener (issue 17): raw-byte requests, sent the same
+way to the aiohttp listener it replaced (8ba23d6) and to the new one, through the hardening
+suite's gateway in front of the recording upstream.
+
+Tests marked xfail(strict=True) reproduce a finding that still holds on the new listener (the
+reason says whether the old one had it too); the others pin protections that hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import pytest
+
+from tests.helpers.gateway import APIS
+from tests.helpers.rawhttp import Env, raw, request
+from tests.helpers.scripted import send
+
+# a request hidden in a body: it must never be read as a request of its own
+SMUG = b"GET /api?smuggled=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+
+
+async def exchange(port: int, *parts: bytes | float, half_close: bool = False, idle: float = 5.0) -> bytes:
+    """Send `parts` (a float: pause that long), then read until the server closes (or is
+    idle for `idle` seconds); everything it sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for part in parts:
+        if isinstance(part, float):
+            await asyncio.sleep(part)
+        else:
+            writer.write(part)
+            await writer.drain()
+    if half_close:
+        writer.write_eof()
+    out = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), idle):
+            out += chunk
+    except (TimeoutError, ConnectionError):
+        pass
+    writer.close()
+    return out
+
+
+def statuses(out: bytes) -> list[int]:
+    return [int(code) for code in STATUS_LINE.findall(out)]
+
+
+def smuggled(env: Env) -> list[str]:
+    return [seen["raw_path"] for seen in env.rec.seen if "smuggled" in seen["raw_path"]]
+
+
+def head(
+    env: Env,
+    *extra: str,
+    method: str = "POST",
+    target: str = APIS,
+    version: str = "HTTP/1.1",
+    token: bool = True,
+) -> bytes:
+    lines = [f"{method} {target} {version}", f"Host: {env.host}"]
+    if token:
+        lines.append(f"Authorization: Bearer {env.token}")
+    return ("\r\n".join([*lines, *extra]) + "\r\n\r\n").encode("latin-1")
+
+
+def api(env: Env, version: str = "HTTP/1.1", *extra: str) -> bytes:
+    return head(env, *extra, method="GET", target="/api", version=version, token=False)
+
+
+# -- findings (xfail strict: each one fails today) ---------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="NEW only (old: 200): llhttp ends a request offering an upgrade (Upgrade + Connection: "
+    "upgrade) at its head, so the body never reaches the pipeline; the upstream gets "
+    "Content-Length: N and no body and the client a 504 after the upstream timeout "
+    "(curl --http2 on http:// POSTs like this)",
+)
+async def test_post_offering_h2c_upgrade_forwards_its_body(env: Env) -> None:
+    body = b'{"name":"pets"}'
+    data = head(
+        env,
+        "Upgrade: h2c",
+        "Connection: Upgrade, HTTP2-Settings",
+        "HTTP2-Settings: AAMAAABkAAQAAP__",
+        f"Content-Length: {len(body)}",
+    )
+    out = await exchange(env.gw.server.proxy_port, data + body, idle=6.0)
+    assert statuses(out) == [200]
+    assert [seen["body"] for seen in env.rec.seen] == [body]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="NEW only (old forwarded 'hello'): a chunked body on a request offering an upgrade is "
+    "dropped, the upstream gets an empty chunked body and answers as if none was sent",
+)
+async def test_chunked_body_offering_an_upgrade_is_not_truncated(env: Env) -> None:
+    data = head(env, "Upgrade: foo", "Connection: upgrade", "Transfer-Encoding: chunked")
+    out = await exchange(env.gw.server.proxy_port, data + b"5\r\nhello\r\n0\r\n\r\n", idle=6.0)
+    assert statuses(out) == [200]
+    assert [seen["body"] for seen in env.rec.seen] == [b"hello"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="NEW only (old: HTTP/1.0 400, closed at once): a body whose chunked framing breaks gets "
+    "a 400 without Connection: close, and the connection then stays half-open for LINGER (2 s), "
+    "silently dropping what the client sends next",
+)
+async def test_broken_chunked_body_answer_says_connection_close(env: Env) -> None:
+    data = head(env, "Transfer-Encoding: chunked") + b"5 \r\nhello\r\n0\r\n\r\n"
+    status, headers, _ = await raw(env.gw.server.proxy_port, data)
+    assert status == 400
+    assert headers.get("connection") == "close"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="OLD and NEW: RFC 9112 6.1, a Transfer-Encoding on an HTTP/1.0 request is faulty "
+    "framing: answer it, then close; both keep the connection and serve the next request",
+)
+async def test_http10_transfer_encoding_closes_the_connection(env: Env) -> None:
+    data = head(env, "Connection: keep-alive", "Transfer-Encoding: chunked", version="HTTP/1.0")
+    out = await exchange(
+        env.gw.server.proxy_port,
+        data + b"2\r\n{}\r\n0\r\n\r\n" + api(env, "HTTP/1.0", "Connection: keep-alive"),
+    )
+    assert statuses(out) == [200]
+    assert len(env.rec.seen) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="OLD and NEW: RFC 9110 15.2 / 10.1.1, no 1xx to an HTTP/1.0 client, whose "
+    "Expect: 100-continue is ignored; both send 'HTTP/1.1 100 Continue'",
+)
+async def test_no_100_continue_for_an_http10_client(env: Env) -> None:
+    data = head(env, "Expect: 100-continue", "Content-Length: 2", version="HTTP/1.0")
+    out = await exchange(env.gw.server.proxy_port, data, 0.5, b"{}")
+    assert statuses(out) == [200]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="OLD and NEW: a client that half-closes after a complete request gets no response "
+    "(the listener closes on EOF), though the request may already be on its way upstream",
+)
+async def test_half_closed_client_still_gets_its_response(env: Env) -> None:
+    out = await exchange(env.gw.server.proxy_port, api(env), half_close=True)
+    assert statuses(out) == [200]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="NEW (old cut the connection without an answer): the upstream's reason phrase goes "
+    "to the client with its control characters (RFC 9112 4: HTAB / SP / VCHAR / obs-text only)",
+)
+async def test_upstream_reason_phrase_control_characters_are_not_relayed(scripted: Any, through: Any) -> None:
+    upstream = await scripted(send(b"HTTP/1.1 200 OK\x01Injected\r\nContent-Length: 2\r\n\r\nok"))
+    gw = await through(upstream)
+    data = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    out = await exchange(gw.server.proxy_port, data)
+    assert out.startswith(b"HTTP/1.1 ")
+    assert b"\x01" not in out.split(b"\r\n", 1)[0]
+
+
+# -- protections that hold (old and new agree, or new is the stricter) -------------------------
+
+
+@pytest.mark.parametrize(
+    "target,token",
+    [(APIS, False), ("/orgs/acme/teams/billing/apis", True), ("/nope", True), ("/api", True)],
+    ids=["401", "403", "404", "405"],
+)
+@pytest.mark.parametrize("framing", ["length", "chunked", "split"])
+async def test_refused_request_body_is_never_read_as_a_request(
+    env: Env, target: str, token: bool, framing: str
+) -> None:
+    if framing == "chunked":
+        parts: list[bytes | float] = [
+            head(env, "Transfer-Encoding: chunked", target=target, token=token)
+            + b"%x\r\n%b\r\n0\r\n\r\n" % (len(SMUG), SMUG)
+        ]
+    elif framing == "length":
+        parts = [head(env, f"Content-Length: {len(SMUG)}", target=target, token=token) + SMUG]
+    else:  # the body after the answer, in two pieces
+        parts = [
+            head(env, f"Content-Length: {len(SMUG)}", target=target, token=token),
+            0.3,
+            SMUG[:10],
+            0.2,
+            SMUG[10:],
+        ]
+    out = await exchange(env.gw.server.proxy_port, *parts, 0.3, api(env))
+    assert len(statuses(out)) == 2 and statuses(out)[1] == 200
+    assert statuses(out)[0] in (401, 403, 404, 405)
+    assert smuggled(env) == []
+    assert [seen["raw_path"] for seen in env.rec.seen] == ["/api"]
+
+
+async def test_chunked_trailers_never_reach_the_next_request(env: Env) -> None:
+    # the aiohttp listener gave the NEXT request the trailer fields as headers
+    body = b"2\r\n{}\r\n0\r\nX-Trailer: t\r\nX-Tokenward-Org: evil\r\n\r\n"
+    out = await exchange(env.gw.server.proxy_port, head(env, "Transfer-Encoding: chunked") + body + api(env))
+    assert statuses(out) == [200, 200]
+    names = [name.lower() for name, _ in env.rec.seen[1]["headers"]]
+    assert "x-trailer" not in names
+    assert [v for n, v in env.rec.seen[0]["headers"] if n.lower() == "x-tokenward-org"] == ["acme"]
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        "Transfer-Encoding: chunked\r\nContent-Length: 4",
+        "Content-Length: 4\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: gzip, chunked",
+        "Transfer-Encoding: chunked, gzip",
+        "Transfer-Encoding: identity",
+        "Transfer-Encoding: xchunked",
+        "Transfer-Encoding: chunked;q=1",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity",
+        "Transfer-Encoding: \r\n chunked",
+        "Transfer-Encoding : chunked",
+        "Content-Length: 5\r\nContent-Length: 6",
+        "Content-Length: 5, 5",
+        "Content-Length: +5",
+        "Content-Length: \r\n 5",
+    ],
+)
+async def test_ambiguous_framing_is_refused_and_closed(env: Env, framing: str) -> None:
+    data = head(env, framing) + b"5\r\nhello\r\n0\r\n\r\n" + SMUG
+    out = await exchange(env.gw.server.proxy_port, data)
+    assert statuses(out) == [400]
+    assert env.rec.seen == []
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+        ],
+        ["Upgrade: h2c", "Connection: Upgrade, HTTP2-Settings", "HTTP2-Settings: AAMAAABkAAQAAP__"],
+    ],
+    ids=["websocket", "h2c"],
+)
+async def test_bytes_after_a_declined_upgrade_are_never_a_request(env: Env, extra: list[str]) -> None:
+    out = await exchange(env.gw.server.proxy_port, api(env, "HTTP/1.1", *extra) + SMUG)
+    assert statuses(out) == [200]
+    assert smuggled(env) == []
+
+
+async def test_connect_is_refused_and_its_tail_never_read(env: Env) -> None:
+    data = f"CONNECT 127.0.0.1:{env.gw.server.proxy_port} HTTP/1.1\r\nHost: {env.host}\r\n\r\n".encode()
+    out = await exchange(env.gw.server.proxy_port, data + SMUG)
+    assert statuses(out) == [400]
+    assert env.rec.seen == []
+
+
+async def test_data_after_connection_close_is_ignored(env: Env) -> None:
+    out = await exchange(env.gw.server.proxy_port, api(env, "HTTP/1.1", "Connection: close") + SMUG)
+    assert statuses(out) == [200]
+    assert smuggled(env) == []
+
+
+async def test_request_with_a_body_then_a_pipelined_one(env: Env) -> None:
+    out = await exchange(
+        env.gw.server.proxy_port,
+        request(APIS, env.host, env.token, method="POST", body=b"{}").replace(b"Connection: close\r\n", b"")
+        + api(env, "HTTP/1.1", "Connection: close"),
+    )
+    assert statuses(out) == [200, 200]
+    assert [seen["body"] for seen in env.rec.seen] == [b"{}", b""]

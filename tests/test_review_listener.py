@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.gateway import APIS
+from tests.helpers.gateway import APIS, base_config
 from tests.helpers.rawhttp import Env, raw, request
 from tests.helpers.scripted import send
+from tokenward.gateway.embedded import free_port
 
 # a request hidden in a body: it must never be read as a request of its own
 SMUG = b"GET /api?smuggled=1 HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -280,3 +281,64 @@ async def test_request_with_a_body_then_a_pipelined_one(env: Env) -> None:
     )
     assert statuses(out) == [200, 200]
     assert [seen["body"] for seen in env.rec.seen] == [b"{}", b""]
+
+
+# -- the upgrade-offer body gap, end to end: a desync with the upstream -------------------------
+
+
+class EarlyAnswer:
+    """An upstream that answers right after the head and then reads and drops the declared
+    body to keep the connection (as Go's net/http does for a handler that ignores the body)."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                await reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="NEW only, CRITICAL: a POST offering an upgrade goes upstream as 'Content-Length: N' "
+    "with no body and the pooled connection is reused; an upstream that answers before the body "
+    "reads the next request's first N bytes as that body and the rest (a body the client chose) "
+    "as a request of its own, with forged X-Tokenward-* identity headers",
+)
+async def test_upgrade_offer_body_gap_cannot_desync_the_upstream(start_gateway: Any) -> None:
+    upstream = EarlyAnswer()
+    port = free_port()
+    server = await asyncio.start_server(upstream.handle, "127.0.0.1", port)
+    try:
+        config = base_config(port)
+        config["routes"].append({"path": "/pub/{rest:*}", "upstream": "registry", "public": True})
+        gw = await start_gateway(config)
+        proxy = gw.server.proxy_port
+        forged = (
+            b"GET /pub/forged HTTP/1.1\r\nHost: x\r\nX-Tokenward-Org: evil\r\nX-Tokenward-Team: root\r\n\r\n"
+        )
+        second = b"POST /pub/b HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n%b" % (len(forged), forged)
+        assert statuses(await exchange(proxy, second, idle=1.0)) == [200]
+        length = len(upstream.heads[-1])  # the head tokenward forwards for `second`
+        first = (
+            b"POST /pub/a HTTP/1.1\r\nHost: gw\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: %d\r\n\r\n" % length
+        ) + b"x" * length
+        await exchange(proxy, first, idle=1.0)
+        await exchange(proxy, second, idle=1.0)
+        assert [head for head in upstream.heads if b"forged" in head.split(b"\r\n", 1)[0]] == []
+    finally:
+        server.close()

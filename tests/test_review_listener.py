@@ -342,3 +342,17 @@ async def test_upgrade_offer_body_gap_cannot_desync_the_upstream(start_gateway: 
         assert [head for head in upstream.heads if b"forged" in head.split(b"\r\n", 1)[0]] == []
     finally:
         server.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="NEW only (old: 431 after ~8 KiB): httptools joins a header name or value in memory "
+    "until its line ends and only then calls on_header, where the size limit is checked; a line "
+    "that never ends grows without bound (quadratic copying) until header_timeout, then the "
+    "connection closes without an answer",
+)
+@pytest.mark.parametrize("prefix", [b"X-Big: ", b"X-"], ids=["value", "name"])
+async def test_an_endless_header_line_is_refused_while_it_grows(env: Env, prefix: bytes) -> None:
+    data = b"GET /api HTTP/1.1\r\nHost: x\r\n" + prefix + b"a" * (1 << 20)  # no end of line
+    out = await exchange(env.gw.server.proxy_port, data, idle=3.0)
+    assert statuses(out) == [431]

@@ -80,7 +80,7 @@ def api(env: Env, version: str = "HTTP/1.1", *extra: str) -> bytes:
     reason="NEW only (old: 200): llhttp ends a request offering an upgrade (Upgrade + Connection: "
     "upgrade) at its head, so the body never reaches the pipeline; the upstream gets "
     "Content-Length: N and no body and the client a 504 after the upstream timeout "
-    "(curl --http2 on http:// POSTs like this)",
+    "(any client that offers h2c on a request with a body)",
 )
 async def test_post_offering_h2c_upgrade_forwards_its_body(env: Env) -> None:
     body = b'{"name":"pets"}'
@@ -367,3 +367,14 @@ async def test_an_endless_trailer_line_is_refused_while_it_grows(env: Env) -> No
     data = api(env, "HTTP/1.1", "Transfer-Encoding: chunked") + b"2\r\n{}\r\n0\r\nX-T: " + b"a" * (1 << 20)
     out = await exchange(env.gw.server.proxy_port, data, idle=3.0)
     assert statuses(out) in ([400], [431])
+
+
+async def test_chunked_framing_broken_mid_stream_never_completes_upstream(env: Env) -> None:
+    out = await exchange(
+        env.gw.server.proxy_port,
+        head(env, "Transfer-Encoding: chunked") + b"5\r\nhello\r\n",
+        0.3,
+        b"ZZ\r\nworld\r\n0\r\n\r\n" + SMUG,
+    )
+    assert statuses(out) == [400]
+    assert env.rec.seen == []  # the upstream never got a body end: no truncated request ran

@@ -154,8 +154,9 @@ class Authenticator:
     async def authenticate(self, token: str, client_ip: str | None, *, imported: bool = True) -> Principal:
         """The principal `token` proves. `imported`: an imported key (legacy_keys.py) may be
         one; the admin API says False, and such a credential is refused before any lookup."""
-        fingerprint = tokens.fingerprint(token) if token.isascii() else None  # ours are ASCII
-        if fingerprint is not None:  # proven before, records cached, allowed now: gateway/principal.py
+        fingerprint = None
+        if token[: -tokens.BODY_LEN - 1] in self.accepted_prefixes and token.isascii():  # shaped as ours
+            fingerprint = tokens.fingerprint(token)  # proven, records cached, allowed now: principal.py
             known = known_principal(self.cache, self.accepted_prefixes, fingerprint, client_ip)
             if known is not None:
                 return known
@@ -458,7 +459,8 @@ def authorize(match: Match, principal: Principal) -> None:
     """Steps 4b (environment) and 5–8 against the matched route and its path parameters."""
     route, params = match.route, match.params
     token = principal.token
-    known = principal.has_passed(route)  # environment and scopes: the same answer for this pair
+    passed = principal.passed  # routes whose environment and scopes this principal passes
+    known = passed is not None and passed.get(id(route)) is route
     if not known:
         require_environment(route.environments, token)
     if (org_param := route.resource.get("org")) is not None:

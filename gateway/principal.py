@@ -60,11 +60,6 @@ class Principal:
     def effective_scopes(self) -> tuple[Scope, ...]:
         return effective_scopes(self.token.scopes, self.team_permissions)
 
-    def has_passed(self, route: Route) -> bool:
-        """True when this principal is known to pass `route`'s environment and scopes."""
-        passed = self.passed
-        return passed is not None and passed.get(id(route)) is route
-
     def note_passed(self, route: Route) -> None:
         passed = self.passed
         if passed is not None:

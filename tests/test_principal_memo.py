@@ -220,3 +220,20 @@ def test_the_routes_remembered_are_bounded() -> None:
     for match in matches:
         assert _refusal(match, caller) is None
     assert caller.passed is not None and 0 < len(caller.passed) <= principal.ROUTES_REMEMBERED
+
+
+# -- the checksum a parse computes (the full path) -----------------------------------------------------
+def test_the_checksum_is_the_crc32_in_six_base62_digits() -> None:
+    import random
+    import zlib
+
+    from tokenward.gateway import tokens
+
+    spread = random.Random(17)
+    texts = ["", "tw_sat_", *(f"tw_sat_{spread.getrandbits(128):x}" for _ in range(2000))]
+    for text in texts:
+        assert tokens.checksum(text) == tokens._base62_fixed(zlib.crc32(text.encode("ascii")), 6)
+    for number in (0, 1, 61, 62, 3843, 3844, 62**4 - 1, 62**4, 2**32 - 1):
+        high, rest = divmod(number, 62**4)
+        middle, low = divmod(rest, 62**2)
+        assert tokens._PAIRS[high] + tokens._PAIRS[middle] + tokens._PAIRS[low] == tokens._base62_fixed(number, 6)

@@ -1,7 +1,8 @@
 """In-process verification cache and its invalidation.
 
 Three bounded maps, all keyed without plaintext:
-- proofs:   sha256(token) -> key id, once argon2 verified the secret (a proof never goes stale);
+- proofs:   sha256(token) -> `Proof` (key id, prefix), once argon2 verified the secret (a proof
+  never goes stale);
 - failures: sha256(token) -> time, a wrong secret or unknown id (negative cache);
 - records:  key id -> token record, and (org, team) -> team record, for `cache_ttl` at most;
   and whether the store holds imported keys at all (gateway/legacy_keys.py), as long.
@@ -22,6 +23,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
@@ -43,11 +45,25 @@ class CacheStats:
     clears: int = 0
 
 
+class Proof:
+    """A credential whose secret argon2 verified: the key id it holds, the prefix it was
+    issued with ("" for an imported key, which is never a token of ours), and what the
+    decision derived from the records it last saw (gateway/principal.py; rebuilt whenever
+    any of them is another object)."""
+
+    __slots__ = ("key_id", "memo", "prefix")
+
+    def __init__(self, key_id: str, prefix: str) -> None:
+        self.key_id = key_id
+        self.prefix = prefix
+        self.memo: Any = None
+
+
 class VerificationCache:
     def __init__(self, ttl: float, max_entries: int = 100_000, negative_ttl: float = 60.0) -> None:
         self.ttl = ttl
         self.negative_ttl = min(negative_ttl, ttl) if ttl > 0 else 0.0
-        self.proofs: BoundedMap[str, str] = BoundedMap(max_entries)
+        self.proofs: BoundedMap[str, Proof] = BoundedMap(max_entries)
         self.failures: BoundedMap[str, float] = BoundedMap(max_entries)
         self.records: BoundedMap[str, TokenRecord] = BoundedMap(max_entries)
         self.teams: BoundedMap[tuple[str, str], TeamRecord] = BoundedMap(max_entries)
@@ -74,7 +90,8 @@ class VerificationCache:
             self._legacy = (present, time.monotonic())
 
     def proof(self, fingerprint: str) -> str | None:
-        return self.proofs.get(fingerprint)
+        proof = self.proofs.get(fingerprint)
+        return proof.key_id if proof is not None else None
 
     def failed(self, fingerprint: str) -> bool:
         return self.negative_ttl > 0 and self.failures.get(fingerprint, self.negative_ttl) is not None
@@ -117,8 +134,10 @@ class VerificationCache:
         if self.ttl > 0 and epoch == self.epoch:
             self.teams.put((team.org, team.name), team)
 
-    def store_proof(self, fingerprint: str, key_id: str) -> None:
-        self.proofs.put(fingerprint, key_id)
+    def store_proof(self, fingerprint: str, key_id: str, prefix: str = "") -> None:
+        """`prefix`: the one the credential was parsed with and its record issued with
+        ("": an imported key, or unknown: the hot path never takes it, gateway/principal.py)."""
+        self.proofs.put(fingerprint, Proof(key_id, prefix))
 
     def store_failure(self, fingerprint: str) -> None:
         if self.negative_ttl > 0:

@@ -15,7 +15,6 @@ import contextlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import orjson
@@ -23,10 +22,12 @@ import orjson
 from tokenward.gateway import legacy_keys, lineage, tokens
 from tokenward.gateway.cache import VerificationCache
 from tokenward.gateway.environments import describe
+from tokenward.gateway.principal import Principal as Principal  # where it was: imported from here
+from tokenward.gateway.principal import known_principal
 from tokenward.gateway.records import ACTIVE, AccountRecord, TeamRecord, TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import Match
-from tokenward.gateway.scopes import Scope, effective_covers, effective_scopes, parse_scopes
+from tokenward.gateway.scopes import Scope, parse_scopes
 from tokenward.gateway.store import Store, now
 from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.gateway.throttle import CLEAN, SUSPECT, FailureThrottle, LookupBudget, PriorityGate, Throttled
@@ -55,31 +56,6 @@ class TokenRefused(Refusal):
         super().__init__(401, "invalid_token", step, message)
         self.claimed_id = claimed_id
         self.token = token
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: the token and, for a team token, its team's permission set (and the
-    current name of its org-level service account, which a rename changes)."""
-
-    token: TokenRecord
-    team_permissions: tuple[Scope, ...] | None  # None: an org-level token
-    account_name: str | None = None  # None: no account, or the name the record holds
-
-    @property
-    def service_account(self) -> str | None:
-        """The name forwarded and audited: the account's name now; the record's only for a
-        token from before account ids (a token with an id whose account is gone is refused)."""
-        if self.token.service_account_id is not None:
-            return self.account_name
-        return self.account_name or self.token.service_account
-
-    def can(self, required: Scope) -> bool:
-        return effective_covers(self.token.scopes, self.team_permissions, required)
-
-    @property
-    def effective_scopes(self) -> tuple[Scope, ...]:
-        return effective_scopes(self.token.scopes, self.team_permissions)
 
 
 def bearer_token(values: Sequence[str]) -> str:
@@ -178,6 +154,12 @@ class Authenticator:
     async def authenticate(self, token: str, client_ip: str | None, *, imported: bool = True) -> Principal:
         """The principal `token` proves. `imported`: an imported key (legacy_keys.py) may be
         one; the admin API says False, and such a credential is refused before any lookup."""
+        fingerprint = None
+        if token[: -tokens.BODY_LEN - 1] in self.accepted_prefixes and token.isascii():  # shaped as ours
+            fingerprint = tokens.fingerprint(token)  # proven, records cached, allowed now: principal.py
+            known = known_principal(self.cache, self.accepted_prefixes, fingerprint, client_ip)
+            if known is not None:
+                return known
         parsed: tokens.ParsedToken | None = None
         try:
             parsed = tokens.parse(token, self.accepted_prefixes)
@@ -187,7 +169,7 @@ class Authenticator:
                 raise _unauthorized(Step.CREDENTIAL, str(exc)) from None
             if not imported:
                 raise _unauthorized(Step.CREDENTIAL, f"{exc}; {legacy_keys.NOT_FOR_ADMIN}") from None
-        fingerprint = tokens.fingerprint(token)
+        fingerprint = fingerprint or tokens.fingerprint(token)
         try:
             if parsed is None:
                 key_id = await self._identify_legacy(fingerprint, token, client_ip)
@@ -267,7 +249,7 @@ class Authenticator:
             if wrong:  # (a throttled attempt is not known to be wrong: never cached)
                 self.cache.store_failure(fingerprint)
             return None
-        self.cache.store_proof(fingerprint, record.id)
+        self.cache.store_proof(fingerprint, record.id, parsed.prefix)  # bound: the record's prefix
         return record.id
 
     async def prove(self, parsed: tokens.ParsedToken, *, bind_prefix: bool = True) -> TokenRecord | None:
@@ -477,12 +459,15 @@ def authorize(match: Match, principal: Principal) -> None:
     """Steps 4b (environment) and 5–8 against the matched route and its path parameters."""
     route, params = match.route, match.params
     token = principal.token
-    require_environment(route.environments, token)
+    passed = principal.passed  # routes whose environment and scopes this principal passes
+    known = passed is not None and passed.get(id(route)) is route
+    if not known:
+        require_environment(route.environments, token)
     if (org_param := route.resource.get("org")) is not None:
         require_org(principal, params[org_param])
     if (team_param := route.resource.get("team")) is not None and token.team is not None:
         require_team(principal, params[team_param])  # an org-level token passes step 6 here
-    for name, pinned in sorted(token.constraints.items()):
+    for name, pinned in sorted(token.constraints.items()) if token.constraints else ():
         param = route.resource.get(name)
         if param is None:
             raise _forbidden(
@@ -494,5 +479,7 @@ def authorize(match: Match, principal: Principal) -> None:
                 Step.CONSTRAINTS,
                 f"token is constrained to {name}={pinned}; this request is for {name}={params[param]}",
             )
-    for required in route.scopes:
-        require_scope(principal, required)
+    if not known:
+        for required in route.scopes:
+            require_scope(principal, required)
+        principal.note_passed(route)

@@ -188,7 +188,9 @@ class Pipeline:
             if route.mcp is not None:  # per-tool MCP authorization: reads the JSON-RPC body
                 await authorize_mcp(ex, route.mcp)
             limiter = runtime.limiter
-            holders = limiter.holders_of(principal.token) or await limiter.read_holders(principal.token)
+            holders = principal.holders  # remembered with a cached principal's records (principal.py)
+            if holders is None or route.mcp is not None or limiter.cache is not runtime.cache:
+                holders = limiter.holders_of(principal.token) or await limiter.read_holders(principal.token)
             if limiter.applies(route, principal.token, holders):  # the rate_limit step
                 cost = max(1, len(ex.mcp.tools)) if ex.mcp is not None else 1  # an MCP batch of n calls: n
                 ex.remaining = (await limiter.check(route, principal.token, holders, cost)).credits_left

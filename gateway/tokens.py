@@ -51,8 +51,15 @@ def _base62_fixed(number: int, length: int) -> str:
     return "".join(reversed(digits))
 
 
+_PAIRS = tuple(high + low for high in BASE62 for low in BASE62)  # two base62 digits, 00 .. zz
+_PAIR = len(_PAIRS)
+
+
 def checksum(text: str) -> str:
-    return _base62_fixed(zlib.crc32(text.encode("ascii")), CHECKSUM_LEN)
+    """`_base62_fixed(crc32, 6)`, two digits at a time (a CRC32 is below 62**6)."""
+    number, low = divmod(zlib.crc32(text.encode("ascii")), _PAIR)
+    high, middle = divmod(number, _PAIR)
+    return _PAIRS[high] + _PAIRS[middle] + _PAIRS[low]
 
 
 _BARE_BODY = re.compile(rf"(?<![0-9A-Za-z])[0-9A-Za-z]{{{BODY_LEN}}}(?![0-9A-Za-z])")

@@ -22,9 +22,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from tokenward import version
 from tokenward.api import create_admin_app
 from tokenward.gateway.aio import cancel_and_wait
-from tokenward.gateway.app import HeadDeadlineHandler, create_proxy_server
+from tokenward.gateway.app import HeadDeadlineHandler, Listener, create_proxy_server
 from tokenward.gateway.embedded import EmbeddedServer, EmbeddedStoreError
-from tokenward.gateway.listener import Listener
 from tokenward.gateway.runtime import Runtime
 from tokenward.gateway.settings import Settings
 from tokenward.gateway.store_link import StoreUnavailable

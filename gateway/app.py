@@ -7,14 +7,17 @@ aiohttp connections get (`HeadDeadlineHandler`).
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from tokenward.gateway.edge import new_request_id
-from tokenward.gateway.listener import Listener
+from tokenward.gateway.listener import GatewayConnection
 from tokenward.gateway.pipeline import Pipeline
+from tokenward.gateway.reply import Clock
 from tokenward.gateway.runtime import Runtime
 
 
@@ -80,3 +83,47 @@ class HeadDeadlineHandler(RequestHandler):
 def create_proxy_server(runtime: Runtime) -> Listener:
     """The gateway listener over `runtime` (not yet listening: `await listener.start(host, port)`)."""
     return Listener(runtime, Pipeline(runtime), new_request_id)
+
+
+class Listener:
+    """The gateway's listening socket and its connections, over one runtime's pipeline."""
+
+    def __init__(self, runtime: Runtime, pipeline: Pipeline, new_request_id: Callable[[], str]) -> None:
+        self.runtime = runtime
+        self.pipeline = pipeline
+        self.new_request_id = new_request_id
+        self.clock = Clock()
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[GatewayConnection] = set()
+        self.closing = False
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen (SO_REUSEPORT: under --workers every worker binds the port); the bound port."""
+        self.server = await self.loop.create_server(
+            lambda: GatewayConnection(self), host, port, reuse_port=True, backlog=1024
+        )
+        for sock in self.server.sockets:
+            address: Any = sock.getsockname()
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                return int(address[1])
+        return port
+
+    async def stop(self, timeout: float) -> None:
+        """Stop accepting, let each request in progress finish within `timeout`, close all."""
+        self.closing = True
+        server, self.server = self.server, None
+        if server is not None:
+            server.close()
+        connections = list(self.connections)
+        for conn in connections:
+            if conn.task is None and conn.relay is None:
+                conn.close()
+        busy = [
+            conn.shutdown(timeout) for conn in connections if conn.task is not None or conn.relay is not None
+        ]
+        if busy:
+            await asyncio.gather(*busy, return_exceptions=True)
+        for conn in list(self.connections):
+            conn.close()
+        await asyncio.sleep(0)

@@ -224,7 +224,9 @@ class HeadRefused(Exception):
 
 
 def malformed(message: str) -> HeadRefused:
-    return HeadRefused(Refusal(400, "invalid_request", Step.FRAMING, f"malformed request: {message}"))
+    return HeadRefused(
+        Refusal(400, "invalid_request", Step.FRAMING, f"malformed request: {message}", close=True)
+    )
 
 
 _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0), "0.9": (0, 9)}
@@ -242,8 +244,16 @@ def read_request(
 ) -> Request:
     """The request llhttp parsed (`address`: the peer's and the listening socket's), once
     the checks llhttp leaves to us hold (raises HeadRefused)."""
-    version = _VERSIONS.get(version_text, (1, 1))
+    version = _VERSIONS.get(version_text, (0, 0))
+    if version not in ((1, 1), (1, 0)):
+        raise malformed(f"unsupported HTTP version {version_text}")
     pairs, length, chunked = read_headers(raw, version)
+    if upgrade and (chunked or (length or 0) > 0):
+        # llhttp hands over at the head of a request offering an upgrade: a body would never
+        # reach the pipeline, while the upstream would be told one follows
+        raise malformed("a request offering a protocol upgrade carries no body")
+    if chunked and version < (1, 1):
+        keep_alive = False  # RFC 9112 6.1: faulty framing on HTTP/1.0; close after answering
     target = url.decode("utf-8", "surrogateescape")
     text = method.decode("ascii")
     check_target_form(text, target)

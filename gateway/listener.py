@@ -1,7 +1,6 @@
-"""The gateway listener: HTTP/1.1 connections parsed by llhttp (httptools), as uvicorn does
-and as the upstream client (gateway/upstream.py) does, each request handed to the pipeline
-(gateway/pipeline.py) and its reply written back (gateway/reply.py). aiohttp serves only the
-admin API.
+"""The gateway's connections: HTTP/1.1 parsed by llhttp (httptools), as uvicorn and the
+upstream client (gateway/upstream.py) do, each request handed to the pipeline and its reply
+(gateway/reply.py) written back; the listening socket is `app.Listener`.
 
 Per connection: one parser, one handler task at a time (pipelined requests wait their turn,
 with reading paused), a deadline for every request head (`limits.header_timeout`, from the
@@ -16,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 import structlog
@@ -40,11 +38,26 @@ LINGER = 2.0  # after an early answer, how long a client's unread body is read a
 MAX_PIPELINED = 64
 
 
+class Host(Protocol):
+    """What a connection needs of the listener that accepted it (`app.Listener`)."""
+
+    runtime: Runtime
+    pipeline: Pipeline
+    clock: Clock
+    loop: asyncio.AbstractEventLoop
+    connections: set[GatewayConnection]
+    closing: bool
+
+    def new_request_id(self) -> str: ...
+
+
 class GatewayConnection(asyncio.Protocol, Writer):
     """One client connection of the gateway listener."""
 
     __slots__ = (
         "answered",
+        "began",
+        "body_seen",
         "clock",
         "closing",
         "deadline",
@@ -73,12 +86,13 @@ class GatewayConnection(asyncio.Protocol, Writer):
         "timeout",
         "timer",
         "transport",
+        "unread",
         "upgrade_tail",
         "url",
         "write_paused",
     )
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Host) -> None:
         self.listener = listener
         self.clock = listener.clock
         self.loop = listener.loop
@@ -97,6 +111,11 @@ class GatewayConnection(asyncio.Protocol, Writer):
         self.url = b""
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
+        # bytes fed since the current head began (not counting the read it began in), or since
+        # a body last gave a byte: llhttp holds a header or trailer line whole until it ends
+        self.unread = 0
+        self.began = False  # a head began in the read being parsed
+        self.body_seen = 0  # body bytes handed on, ever
         self.in_head = False  # between a message's first byte and its complete head
         self.request: Request | None = None  # the request whose body is being parsed
         self.queue: deque[Request] = deque()  # complete heads waiting for the handler
@@ -159,8 +178,22 @@ class GatewayConnection(asyncio.Protocol, Writer):
         self.feed(data)
 
     def feed(self, data: bytes) -> None:
+        self.began = False
+        in_body = self.request is not None and not self.in_head
+        seen = self.body_seen
         try:
             self.parser.feed_data(data)
+            # A line llhttp still holds grows with every read: bound it as aiohttp did.
+            if self.in_head and not self.began:
+                self.unread += len(data)
+            elif in_body and self.request is not None and self.body_seen == seen:
+                self.unread += len(data)  # chunk extensions or trailers, no body byte
+            else:
+                self.unread = 0
+            if self.unread > self.max_header_bytes:
+                raise HeadRefused(
+                    Refusal(431, "headers_too_large", Step.LIMITS, "request header too large", close=True)
+                )
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0] if upgrade.args else len(data)
             self.upgrade_tail = data[offset:]
@@ -177,9 +210,12 @@ class GatewayConnection(asyncio.Protocol, Writer):
         if self.relay_eof is not None:
             self.relay_eof()
             self.relay = self.relay_eof = None
+            return None
         if self.request is not None:
             self.request.content.fail(ConnectionResetError("the client ended the request early"))
-        return None  # the transport closes itself
+        # The client's end of stream: at this point a half-close and a client that has gone
+        # look the same, and the one that has gone is the common case; like aiohttp, close.
+        return None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -193,8 +229,12 @@ class GatewayConnection(asyncio.Protocol, Writer):
     # -- parser callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.began = True
+        self.unread = 0
         if len(self.queue) >= MAX_PIPELINED:
-            raise HeadRefused(Refusal(400, "invalid_request", Step.FRAMING, "too many pipelined requests"))
+            raise HeadRefused(
+                Refusal(400, "invalid_request", Step.FRAMING, "too many pipelined requests", close=True)
+            )
         self.in_head = True
         self.url = b""
         self.raw_headers = []
@@ -203,7 +243,9 @@ class GatewayConnection(asyncio.Protocol, Writer):
     def on_url(self, url: bytes) -> None:
         self.url += url
         if len(self.url) > self.max_url:
-            raise HeadRefused(Refusal(414, "uri_too_long", Step.LIMITS, "request target too long"))
+            raise HeadRefused(
+                Refusal(414, "uri_too_long", Step.LIMITS, "request target too long", close=True)
+            )
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.in_head:
@@ -211,12 +253,16 @@ class GatewayConnection(asyncio.Protocol, Writer):
         value = value.rstrip(b" \t")
         self.header_bytes += len(name) + len(value)
         if self.header_bytes > self.max_header_bytes:
-            raise HeadRefused(Refusal(431, "headers_too_large", Step.LIMITS, "request header too large"))
+            raise HeadRefused(
+                Refusal(431, "headers_too_large", Step.LIMITS, "request header too large", close=True)
+            )
         if b"\x00" in value:
             raise malformed("invalid header value")
         self.raw_headers.append((name, value))
         if len(self.raw_headers) > self.max_headers:
-            raise HeadRefused(Refusal(431, "headers_too_large", Step.LIMITS, "too many request headers"))
+            raise HeadRefused(
+                Refusal(431, "headers_too_large", Step.LIMITS, "too many request headers", close=True)
+            )
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -240,6 +286,7 @@ class GatewayConnection(asyncio.Protocol, Writer):
                 self.pause_reading()
 
     def on_body(self, body: bytes) -> None:
+        self.body_seen += len(body)
         request = self.request
         if request is not None:
             request.content.feed(body)
@@ -449,47 +496,3 @@ class GatewayConnection(asyncio.Protocol, Writer):
         if self.relay_eof is not None:
             self.relay_eof()
         self.close()
-
-
-class Listener:
-    """The gateway's listening socket and its connections, over one runtime's pipeline."""
-
-    def __init__(self, runtime: Runtime, pipeline: Pipeline, new_request_id: Callable[[], str]) -> None:
-        self.runtime = runtime
-        self.pipeline = pipeline
-        self.new_request_id = new_request_id
-        self.clock = Clock()
-        self.loop = asyncio.get_running_loop()
-        self.connections: set[GatewayConnection] = set()
-        self.closing = False
-        self.server: asyncio.Server | None = None
-
-    async def start(self, host: str, port: int) -> int:
-        """Listen (SO_REUSEPORT: under --workers every worker binds the port); the bound port."""
-        self.server = await self.loop.create_server(
-            lambda: GatewayConnection(self), host, port, reuse_port=True, backlog=1024
-        )
-        for sock in self.server.sockets:
-            address: Any = sock.getsockname()
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                return int(address[1])
-        return port
-
-    async def stop(self, timeout: float) -> None:
-        """Stop accepting, let each request in progress finish within `timeout`, close all."""
-        self.closing = True
-        server, self.server = self.server, None
-        if server is not None:
-            server.close()
-        connections = list(self.connections)
-        for conn in connections:
-            if conn.task is None and conn.relay is None:
-                conn.close()
-        busy = [
-            conn.shutdown(timeout) for conn in connections if conn.task is not None or conn.relay is not None
-        ]
-        if busy:
-            await asyncio.gather(*busy, return_exceptions=True)
-        for conn in list(self.connections):
-            conn.close()
-        await asyncio.sleep(0)

@@ -70,11 +70,15 @@ class JsonRpcRefusal(Refusal):
         out = []
         for rpc_id, code, message, extra in self.replies:
             data = {"error": self.error, "step": step, "request_id": request_id, **extra}
-            out.append({"jsonrpc": "2.0", "id": rpc_id, "error": {"code": code, "message": message, "data": data}})
+            out.append(
+                {"jsonrpc": "2.0", "id": rpc_id, "error": {"code": code, "message": message, "data": data}}
+            )
         return orjson.dumps(out if self.batch else out[0])
 
 
-def _unreadable(status: int, error: str, step: Step, message: str, code: int, close: bool = False) -> JsonRpcRefusal:
+def _unreadable(
+    status: int, error: str, step: Step, message: str, code: int, close: bool = False
+) -> JsonRpcRefusal:
     """A body the gateway cannot decide on: one JSON-RPC error with id null."""
     return JsonRpcRefusal(Refusal(status, error, step, message, close=close), [(None, code, message, {})])
 
@@ -136,11 +140,20 @@ async def read_body(ex: Exchange, max_body: int) -> bytes:
     limits = ex.view.settings.limits
     limit = min(max_body, limits.max_body_bytes)
     too_large = _unreadable(
-        413, "payload_too_large", Step.LIMITS, f"an MCP request body is at most {limit} bytes here", INVALID_REQUEST, True
+        413,
+        "payload_too_large",
+        Step.LIMITS,
+        f"an MCP request body is at most {limit} bytes here",
+        INVALID_REQUEST,
+        True,
     )
     if (request.content_length or 0) > limit:
         raise too_large
-    if request.headers.get("Expect", "").lower() == "100-continue" and request.transport is not None:
+    if (
+        request.headers.get("Expect", "").lower() == "100-continue"
+        and request.transport is not None
+        and request.version >= (1, 1)
+    ):
         request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the decision needs the body
     stream = request.content
     chunks: list[bytes] = []
@@ -150,7 +163,12 @@ async def read_body(ex: Exchange, max_body: int) -> bytes:
             chunk = await asyncio.wait_for(stream.readany(), limits.body_timeout)
         except TimeoutError:
             raise _unreadable(
-                408, "request_timeout", Step.LIMITS, "client sent the request body too slowly", INVALID_REQUEST, True
+                408,
+                "request_timeout",
+                Step.LIMITS,
+                "client sent the request body too slowly",
+                INVALID_REQUEST,
+                True,
             ) from None
         if not chunk:
             return b"".join(chunks)
@@ -190,7 +208,9 @@ def parse_messages(body: bytes) -> tuple[list[dict[str, Any]], bool]:
     try:  # a lone surrogate escape (`"\ud800"`): one reading here, none in orjson and the audit
         orjson.dumps(value)
     except orjson.JSONEncodeError:
-        raise _invalid("the MCP request body is unreadable: a string holds a lone surrogate escape", PARSE_ERROR) from None
+        raise _invalid(
+            "the MCP request body is unreadable: a string holds a lone surrogate escape", PARSE_ERROR
+        ) from None
     batch = isinstance(value, list)
     messages = value if batch else [value]
     if not messages:
@@ -230,7 +250,9 @@ def check_message(message: object) -> None:
             raise _invalid("a tools/call has one params.name")
 
 
-def check_routing_headers(headers: CIMultiDictProxy[str], messages: list[dict[str, Any]], batch: bool) -> None:
+def check_routing_headers(
+    headers: CIMultiDictProxy[str], messages: list[dict[str, Any]], batch: bool
+) -> None:
     """MCP's routing headers (`Mcp-Method`, `Mcp-Name`: what the message is, for whoever
     routes without reading the body) must say what the body says: a server or proxy that
     trusted them could otherwise run another tool than the one authorized."""
@@ -255,7 +277,9 @@ def _named(message: dict[str, Any]) -> str | None:
     params = message.get("params")
     if not isinstance(params, dict):
         return None
-    field = {TOOLS_CALL: "name", "prompts/get": "name", "resources/read": "uri"}.get(message.get("method", ""))
+    field = {TOOLS_CALL: "name", "prompts/get": "name", "resources/read": "uri"}.get(
+        message.get("method", "")
+    )
     value = params.get(field) if field else None
     return value if isinstance(value, str) else None
 
@@ -288,7 +312,9 @@ def authorize_calls(calls: McpCalls, messages: list[dict[str, Any]], batch: bool
             calls.tools.append(name)
             scope = policy.scope_for(name)
             if scope is None:
-                errors[index] = Refusal(403, "forbidden", Step.MCP_TOOL, f"MCP tool {_shown(name)} is not allowed here")
+                errors[index] = Refusal(
+                    403, "forbidden", Step.MCP_TOOL, f"MCP tool {_shown(name)} is not allowed here"
+                )
             elif not calls.can(scope):
                 errors[index] = Refusal(
                     403,
@@ -313,7 +339,11 @@ def authorize_calls(calls: McpCalls, messages: list[dict[str, Any]], batch: bool
         refusal = errors.get(index)
         if "method" not in message or (refusal is None and "id" not in message):
             continue  # a notification or a response: nothing answers it
-        extra = {"error": refusal.error, "tool": _cut(message["params"]["name"])} if refusal else {"error": "batch_refused"}
+        extra = (
+            {"error": refusal.error, "tool": _cut(message["params"]["name"])}
+            if refusal
+            else {"error": "batch_refused"}
+        )
         if refusal is not None and refusal.scope:
             extra["scope"] = refusal.scope
         text = refusal.message if refusal else "not run: another call in this batch was refused"

@@ -265,6 +265,7 @@ class Forwarder:
             and has_body
             and request.headers.get("Expect", "").lower() == "100-continue"
             and request.transport
+            and request.version >= (1, 1)  # an HTTP/1.0 client knows no 100 Continue
         ):
             # The decision is made: let the client send its body (the upstream gets it at once).
             request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -219,6 +219,8 @@ def render_head(
     """The status line and headers; `typed`: a body may follow, so it gets a Content-Type
     (application/octet-stream unless `headers` name one)."""
     major, minor = version
+    if reason and not reason.isprintable():  # an upstream's control bytes never reach the client
+        reason = None
     out = [
         b"HTTP/%d.%d %d %b\r\n"
         % (major, minor, status, (reason or _PHRASES.get(status, "")).encode("utf-8", "surrogateescape"))

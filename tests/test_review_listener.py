@@ -2,8 +2,9 @@
 way to the aiohttp listener it replaced (8ba23d6) and to the new one, through the hardening
 suite's gateway in front of the recording upstream.
 
-Tests marked xfail(strict=True) reproduce a finding that still holds on the new listener (the
-reason says whether the old one had it too); the others pin protections that hold.
+The review's findings are fixed and pinned here; the one left (a client that half-closes gets
+no answer, as with aiohttp: at EOF a half-close and a client that left look the same) is
+marked xfail(strict=True).
 """
 
 from __future__ import annotations
@@ -72,17 +73,12 @@ def api(env: Env, version: str = "HTTP/1.1", *extra: str) -> bytes:
     return head(env, *extra, method="GET", target="/api", version=version, token=False)
 
 
-# -- findings (xfail strict: each one fails today) ---------------------------------------------
+# -- the review's findings, fixed ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NEW only (old: 200): llhttp ends a request offering an upgrade (Upgrade + Connection: "
-    "upgrade) at its head, so the body never reaches the pipeline; the upstream gets "
-    "Content-Length: N and no body and the client a 504 after the upstream timeout "
-    "(any client that offers h2c on a request with a body)",
-)
-async def test_post_offering_h2c_upgrade_forwards_its_body(env: Env) -> None:
+async def test_post_offering_h2c_upgrade_with_a_body_is_refused(env: Env) -> None:
+    """llhttp hands over at the head of a request offering an upgrade, so its body would never
+    reach the pipeline: such a request is refused (400, closed), never forwarded without it."""
     body = b'{"name":"pets"}'
     data = head(
         env,
@@ -92,28 +88,17 @@ async def test_post_offering_h2c_upgrade_forwards_its_body(env: Env) -> None:
         f"Content-Length: {len(body)}",
     )
     out = await exchange(env.gw.server.proxy_port, data + body, idle=6.0)
-    assert statuses(out) == [200]
-    assert [seen["body"] for seen in env.rec.seen] == [body]
+    assert statuses(out) == [400]
+    assert env.rec.seen == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NEW only (old forwarded 'hello'): a chunked body on a request offering an upgrade is "
-    "dropped, the upstream gets an empty chunked body and answers as if none was sent",
-)
-async def test_chunked_body_offering_an_upgrade_is_not_truncated(env: Env) -> None:
+async def test_chunked_body_offering_an_upgrade_is_refused_not_truncated(env: Env) -> None:
     data = head(env, "Upgrade: foo", "Connection: upgrade", "Transfer-Encoding: chunked")
     out = await exchange(env.gw.server.proxy_port, data + b"5\r\nhello\r\n0\r\n\r\n", idle=6.0)
-    assert statuses(out) == [200]
-    assert [seen["body"] for seen in env.rec.seen] == [b"hello"]
+    assert statuses(out) == [400]
+    assert env.rec.seen == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NEW only (old: HTTP/1.0 400, closed at once): a body whose chunked framing breaks gets "
-    "a 400 without Connection: close, and the connection then stays half-open for LINGER (2 s), "
-    "silently dropping what the client sends next",
-)
 async def test_broken_chunked_body_answer_says_connection_close(env: Env) -> None:
     data = head(env, "Transfer-Encoding: chunked") + b"5 \r\nhello\r\n0\r\n\r\n"
     status, headers, _ = await raw(env.gw.server.proxy_port, data)
@@ -121,11 +106,6 @@ async def test_broken_chunked_body_answer_says_connection_close(env: Env) -> Non
     assert headers.get("connection") == "close"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OLD and NEW: RFC 9112 6.1, a Transfer-Encoding on an HTTP/1.0 request is faulty "
-    "framing: answer it, then close; both keep the connection and serve the next request",
-)
 async def test_http10_transfer_encoding_closes_the_connection(env: Env) -> None:
     data = head(env, "Connection: keep-alive", "Transfer-Encoding: chunked", version="HTTP/1.0")
     out = await exchange(
@@ -136,11 +116,6 @@ async def test_http10_transfer_encoding_closes_the_connection(env: Env) -> None:
     assert len(env.rec.seen) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OLD and NEW: RFC 9110 15.2 / 10.1.1, no 1xx to an HTTP/1.0 client, whose "
-    "Expect: 100-continue is ignored; both send 'HTTP/1.1 100 Continue'",
-)
 async def test_no_100_continue_for_an_http10_client(env: Env) -> None:
     data = head(env, "Expect: 100-continue", "Content-Length: 2", version="HTTP/1.0")
     out = await exchange(env.gw.server.proxy_port, data, 0.5, b"{}")
@@ -157,11 +132,6 @@ async def test_half_closed_client_still_gets_its_response(env: Env) -> None:
     assert statuses(out) == [200]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NEW (old cut the connection without an answer): the upstream's reason phrase goes "
-    "to the client with its control characters (RFC 9112 4: HTAB / SP / VCHAR / obs-text only)",
-)
 async def test_upstream_reason_phrase_control_characters_are_not_relayed(scripted: Any, through: Any) -> None:
     upstream = await scripted(send(b"HTTP/1.1 200 OK\x01Injected\r\nContent-Length: 2\r\n\r\nok"))
     gw = await through(upstream)
@@ -311,13 +281,6 @@ class EarlyAnswer:
             writer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NEW only, CRITICAL: a POST offering an upgrade goes upstream as 'Content-Length: N' "
-    "with no body and the pooled connection is reused; an upstream that answers before the body "
-    "reads the next request's first N bytes as that body and the rest (a body the client chose) "
-    "as a request of its own, with forged X-Tokenward-* identity headers",
-)
 async def test_upgrade_offer_body_gap_cannot_desync_the_upstream(start_gateway: Any) -> None:
     upstream = EarlyAnswer()
     port = free_port()
@@ -344,13 +307,6 @@ async def test_upgrade_offer_body_gap_cannot_desync_the_upstream(start_gateway: 
         server.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NEW only (old: 431 after ~8 KiB): httptools joins a header name or value in memory "
-    "until its line ends and only then calls on_header, where the size limit is checked; a line "
-    "that never ends grows without bound (quadratic copying) until header_timeout, then the "
-    "connection closes without an answer",
-)
 @pytest.mark.parametrize("prefix", [b"X-Big: ", b"X-"], ids=["value", "name"])
 async def test_an_endless_header_line_is_refused_while_it_grows(env: Env, prefix: bytes) -> None:
     data = b"GET /api HTTP/1.1\r\nHost: x\r\n" + prefix + b"a" * (1 << 20)  # no end of line
@@ -358,11 +314,6 @@ async def test_an_endless_header_line_is_refused_while_it_grows(env: Env, prefix
     assert statuses(out) == [431]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NEW only (old: 431 after ~8 KiB): the same for a trailer field of a chunked body, "
-    "and there only body_timeout (60 s by default, an idle timeout) ends it: a 408 at last",
-)
 async def test_an_endless_trailer_line_is_refused_while_it_grows(env: Env) -> None:
     data = api(env, "HTTP/1.1", "Transfer-Encoding: chunked") + b"2\r\n{}\r\n0\r\nX-T: " + b"a" * (1 << 20)
     out = await exchange(env.gw.server.proxy_port, data, idle=3.0)

@@ -29,9 +29,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from tokenward.gateway.bounded import BoundedMap
 from tokenward.gateway.limits import RateLimit
 from tokenward.gateway.mcp_policy import McpPolicy
-from tokenward.gateway.paths import PathError, canonical_path
+from tokenward.gateway.paths import MEMO_SIZE, PathError, canonical_path, memo_safe
 from tokenward.gateway.scopes import Scope
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -88,11 +89,12 @@ class Route:
     environments: frozenset[str] | None = None
     mcp: McpPolicy | None = None  # per-tool MCP authorization (gateway/mcp.py)
     rate_limits: tuple[RateLimit, ...] = ()  # defaults, per token on this route (gateway/limiter.py)
+    # "GET,HEAD /apis/{org}" or "* /x": the route's name in metrics, audit and usage (built once)
+    label: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def label(self) -> str:
+    def __post_init__(self) -> None:
         methods = ",".join(sorted(self.methods)) if self.methods else "*"
-        return f"{methods} {self.path}"
+        object.__setattr__(self, "label", f"{methods} {self.path}")
 
 
 def parse_template(path: str) -> tuple[tuple[tuple[int, str], ...], tuple[str, ...]]:
@@ -183,7 +185,7 @@ def _pick(routes: Sequence[Route], method: str) -> Route | None:
 @dataclass(frozen=True, slots=True)
 class Match:
     route: Route
-    params: dict[str, str]
+    params: dict[str, str]  # read only: one Match may answer many requests (Router's memo)
 
 
 class Router:
@@ -210,10 +212,22 @@ class Router:
                 node.routes.append(route)
         self._root.index_folds()
         self._slash_routes = any(r.shape and r.shape[-1] == (LITERAL, "") for r in self.routes)
+        # (method, canonical path) -> its match: the router never changes, so a match found
+        # once is the answer every time. Only matches are kept (no None, no AmbiguousPath).
+        self._memo: BoundedMap[tuple[str, str], Match] = BoundedMap(MEMO_SIZE)
 
     def match(self, method: str, path: str) -> Match | None:
         """The route for `method path`, or None. Raises AmbiguousPath when a segment that a
         lax upstream reads as a literal of the map would be decided on another route."""
+        key = (method, path)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._match(method, path)
+            if found is not None and memo_safe(path):
+                self._memo.put(key, found)
+        return found
+
+    def _match(self, method: str, path: str) -> Match | None:
         segments = path[1:].split("/")
         values: list[str] = []
         ambiguous: list[str] = []

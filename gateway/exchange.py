@@ -136,7 +136,8 @@ def open_exchange(request: Request, view: SettingsView) -> Exchange:
     headers = request.headers
     if "X-Request-Id" in headers:
         ex.client_request_id = client_request_id(request, ex.request_id)
-    ex.client_ip = trust.behind(peer, headers.getall("X-Forwarded-For", [])) if trusted else peer
+    forwarded_for = headers.getall("X-Forwarded-For", ()) if trusted else ()
+    ex.client_ip = trust.behind(peer, forwarded_for) if forwarded_for else peer  # none: the peer
     return ex
 
 

@@ -27,6 +27,7 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from urllib.parse import unquote
 
 from tokenward.gateway.bounded import BoundedMap
@@ -185,7 +186,7 @@ def _pick(routes: Sequence[Route], method: str) -> Route | None:
 @dataclass(frozen=True, slots=True)
 class Match:
     route: Route
-    params: dict[str, str]  # read only: one Match may answer many requests (Router's memo)
+    params: Mapping[str, str]  # read-only: one Match answers many requests (Router's memo)
 
 
 class Router:
@@ -253,7 +254,7 @@ class Router:
                     if other_route is not route
                     else other_ambiguous[0]
                 )
-        return Match(route, dict(zip(route.param_names, values, strict=True)))
+        return Match(route, MappingProxyType(dict(zip(route.param_names, values, strict=True))))
 
     def _walk(
         self, node: _Node, segments: list[str], i: int, method: str, values: list[str], ambiguous: list[str]

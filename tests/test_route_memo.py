@@ -168,3 +168,12 @@ def test_route_label_is_built_once() -> None:
     assert r.label == "GET,POST /a/{x}" and route("/a").label == "* /a"
     assert r == route("/a/{x}", ("POST", "GET"))
     assert "label" not in repr(r)
+
+
+def test_a_remembered_match_cannot_be_changed() -> None:
+    router = Router([route("/a/{x}")])
+    found = router.match("GET", "/a/1")
+    assert found is not None
+    with pytest.raises(TypeError):
+        found.params["x"] = "2"  # type: ignore[index]
+    assert router.match("GET", "/a/1") is found and found.params == {"x": "1"}

@@ -11,6 +11,7 @@ import itertools
 import os
 import re
 import secrets
+from collections.abc import Sequence
 from typing import Protocol
 
 from aiohttp import web
@@ -81,6 +82,10 @@ class TrustedProxies:
         X-Forwarded-For values, read only when the peer is trusted."""
         if peer not in self:
             return peer
+        return self.behind(peer, forwarded_for)
+
+    def behind(self, peer: str | None, forwarded_for: Sequence[str]) -> str | None:
+        """`client_address` once `peer` is known to be a trusted proxy."""
         hops = [h.strip() for v in forwarded_for for h in v.split(",")]
         for hop in reversed(hops):
             if not hop:

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import parse_qsl, unquote_plus
 
+from tokenward.gateway.bounded import BoundedMap
 from tokenward.gateway.decision import Principal
 from tokenward.gateway.edge import TrustedProxies, client_request_id, request_id
 from tokenward.gateway.headers import HeaderPolicy
 from tokenward.gateway.inbound import Request
 from tokenward.gateway.mcp_policy import McpCalls
-from tokenward.gateway.paths import PathError, Target, parse_target
+from tokenward.gateway.paths import MEMO_SIZE, PathError, Target, memo_safe, parse_target
 from tokenward.gateway.records import TokenRecord
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.routes import HTTP_METHODS
@@ -40,16 +41,20 @@ REMAINING_HEADER = "X-Tokenward-Remaining"  # a token's usage budget left, for t
 
 class SettingsView:
     """What the pipeline derives once from one settings object: its trusted proxies and
-    header policy (each with its own bounded memo) and the accepted token prefixes. Owned by
-    one server's pipeline and rebuilt when a reload swaps the settings."""
+    header policy (each with its own bounded memo), the accepted token prefixes and the
+    memo of canonical targets. Owned by one server's pipeline and rebuilt when a reload
+    swaps the settings."""
 
-    __slots__ = ("headers", "prefixes", "settings", "trust")
+    __slots__ = ("headers", "prefixes", "settings", "targets", "trust")
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.trust = TrustedProxies(settings.trusted_proxies)
         self.headers = HeaderPolicy(settings.strip_headers, settings.forward_authorization)
         self.prefixes = settings.tokens.accepted_prefixes
+        # origin-form raw target -> its canonical Target, for targets that passed check_target
+        # and parse_target (pure functions of the target and `prefixes`); refusals are not kept
+        self.targets: BoundedMap[str, Target] = BoundedMap(MEMO_SIZE)
 
 
 class RequestTrace(Protocol):
@@ -131,7 +136,8 @@ def open_exchange(request: Request, view: SettingsView) -> Exchange:
     headers = request.headers
     if "X-Request-Id" in headers:
         ex.client_request_id = client_request_id(request, ex.request_id)
-    ex.client_ip = trust.client_address(peer, headers.getall("X-Forwarded-For", [])) if trusted else peer
+    forwarded_for = headers.getall("X-Forwarded-For", ()) if trusted else ()
+    ex.client_ip = trust.behind(peer, forwarded_for) if forwarded_for else peer  # none: the peer
     return ex
 
 
@@ -179,13 +185,19 @@ def read_target(ex: Exchange) -> Target:
     """The one canonical target of `ex.method ex.path`: no token in a cookie or the query,
     absolute-form only for our own Host. Sets ex.target and ex.path (now canonical)."""
     request = ex.request
-    prefixes = ex.view.prefixes
+    view = ex.view
+    prefixes = view.prefixes
     check_cookies(request, prefixes)
-    raw_target = check_target(ex.path, request.headers.getall("Host", []), prefixes)
-    try:
-        target = parse_target(raw_target)
-    except PathError as exc:
-        raise Refusal(400, "invalid_request", Step.PATH, str(exc)) from None
+    raw = ex.path
+    target = view.targets.get(raw)  # an origin-form target seen before: it passed both checks
+    if target is None:
+        raw_target = check_target(raw, request.headers.getall("Host", []), prefixes)
+        try:
+            target = parse_target(raw_target)
+        except PathError as exc:
+            raise Refusal(400, "invalid_request", Step.PATH, str(exc)) from None
+        if not raw.startswith(_ABSOLUTE) and memo_safe(raw):  # absolute-form: depends on Host
+            view.targets.put(raw, target)
     ex.target = target
     ex.path = target.path
     return target
@@ -216,10 +228,13 @@ def original_request(request: Request) -> tuple[str, str]:
     return method, target
 
 
+_ABSOLUTE = ("http://", "https://")
+
+
 def check_target(raw: str, hosts: list[str], prefixes: frozenset[str]) -> str:
     """One meaning per target: absolute-form only for our own Host, no credential in the query.
     Returns the origin-form target to canonicalize."""
-    if raw.startswith(("http://", "https://")):
+    if raw.startswith(_ABSOLUTE):
         raw = _origin_form(raw, hosts)
     query = raw.partition("?")[2]
     if query and _query_has_credential(query, prefixes):

@@ -25,10 +25,13 @@ A query string must be well formed and must not carry a method override (`_metho
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from tokenward.gateway.forms import query_has_override
+from tokenward.gateway.tokens import BODY_LEN
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -46,6 +49,13 @@ _SEPARATOR_LOOKALIKES = frozenset(
     "\u2216\u29f5\u29f9\u2572\u27cd\u00a5\u20a9"  # '\\'
     "\u3002\uff61\ufe12\u0701\u0702\ua4f8\u2024"  # '.'
 )
+
+
+# The memos of canonical targets (exchange.SettingsView) and route matches (routes.Router):
+# how many entries each keeps, and the longest target or path either keeps.
+MEMO_SIZE = 4096
+MEMO_MAX_CHARS = 512
+_TOKEN_SHAPED = re.compile(rf"[0-9A-Za-z]{{{BODY_LEN}}}")  # as long as a token's body, or longer
 
 
 class PathError(ValueError):
@@ -204,3 +214,17 @@ def parse_target(raw_target: str) -> Target:
     if query and query_has_override(query):
         raise PathError("method override parameters ('_method') are not accepted; send the real method")
     return target
+
+
+def memo_safe(text: str) -> bool:
+    """May a memo keep `text` (a request target or a canonical path)? Only when it is short
+    and nothing in it, raw or percent-decoded (however many times), is shaped like a token's
+    body: a memo never keeps a credential, even one sent where it does not belong."""
+    if len(text) > MEMO_MAX_CHARS:
+        return False
+    while "%" in text:
+        decoded = unquote(text, errors="surrogateescape")
+        if decoded == text:
+            break
+        text = decoded
+    return _TOKEN_SHAPED.search(text) is None

@@ -27,11 +27,13 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from urllib.parse import unquote
 
+from tokenward.gateway.bounded import BoundedMap
 from tokenward.gateway.limits import RateLimit
 from tokenward.gateway.mcp_policy import McpPolicy
-from tokenward.gateway.paths import PathError, canonical_path
+from tokenward.gateway.paths import MEMO_SIZE, PathError, canonical_path, memo_safe
 from tokenward.gateway.scopes import Scope
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -88,11 +90,12 @@ class Route:
     environments: frozenset[str] | None = None
     mcp: McpPolicy | None = None  # per-tool MCP authorization (gateway/mcp.py)
     rate_limits: tuple[RateLimit, ...] = ()  # defaults, per token on this route (gateway/limiter.py)
+    # "GET,HEAD /apis/{org}" or "* /x": the route's name in metrics, audit and usage (built once)
+    label: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def label(self) -> str:
+    def __post_init__(self) -> None:
         methods = ",".join(sorted(self.methods)) if self.methods else "*"
-        return f"{methods} {self.path}"
+        object.__setattr__(self, "label", f"{methods} {self.path}")
 
 
 def parse_template(path: str) -> tuple[tuple[tuple[int, str], ...], tuple[str, ...]]:
@@ -183,7 +186,7 @@ def _pick(routes: Sequence[Route], method: str) -> Route | None:
 @dataclass(frozen=True, slots=True)
 class Match:
     route: Route
-    params: dict[str, str]
+    params: Mapping[str, str]  # read-only: one Match answers many requests (Router's memo)
 
 
 class Router:
@@ -210,10 +213,22 @@ class Router:
                 node.routes.append(route)
         self._root.index_folds()
         self._slash_routes = any(r.shape and r.shape[-1] == (LITERAL, "") for r in self.routes)
+        # (method, canonical path) -> its match: the router never changes, so a match found
+        # once is the answer every time. Only matches are kept (no None, no AmbiguousPath).
+        self._memo: BoundedMap[tuple[str, str], Match] = BoundedMap(MEMO_SIZE)
 
     def match(self, method: str, path: str) -> Match | None:
         """The route for `method path`, or None. Raises AmbiguousPath when a segment that a
         lax upstream reads as a literal of the map would be decided on another route."""
+        key = (method, path)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._match(method, path)
+            if found is not None and memo_safe(path):
+                self._memo.put(key, found)
+        return found
+
+    def _match(self, method: str, path: str) -> Match | None:
         segments = path[1:].split("/")
         values: list[str] = []
         ambiguous: list[str] = []
@@ -239,7 +254,7 @@ class Router:
                     if other_route is not route
                     else other_ambiguous[0]
                 )
-        return Match(route, dict(zip(route.param_names, values, strict=True)))
+        return Match(route, MappingProxyType(dict(zip(route.param_names, values, strict=True))))
 
     def _walk(
         self, node: _Node, segments: list[str], i: int, method: str, values: list[str], ambiguous: list[str]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import parse_qsl, unquote_plus
 
-from tokenward.gateway.bounded import BoundedMap
+from tokenward.gateway.bounded import Memo
 from tokenward.gateway.decision import Principal
 from tokenward.gateway.edge import TrustedProxies, client_request_id, request_id
 from tokenward.gateway.headers import HeaderPolicy
@@ -54,7 +54,7 @@ class SettingsView:
         self.prefixes = settings.tokens.accepted_prefixes
         # origin-form raw target -> its canonical Target, for targets that passed check_target
         # and parse_target (pure functions of the target and `prefixes`); refusals are not kept
-        self.targets: BoundedMap[str, Target] = BoundedMap(MEMO_SIZE)
+        self.targets: Memo[str, Target] = Memo(MEMO_SIZE)
 
 
 class RequestTrace(Protocol):
@@ -197,7 +197,7 @@ def read_target(ex: Exchange) -> Target:
         except PathError as exc:
             raise Refusal(400, "invalid_request", Step.PATH, str(exc)) from None
         if not raw.startswith(_ABSOLUTE) and memo_safe(raw):  # absolute-form: depends on Host
-            view.targets.put(raw, target)
+            view.targets.remember(raw, target)
     ex.target = target
     ex.path = target.path
     return target

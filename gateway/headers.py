@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from tokenward.gateway.bounded import BoundedMap, Memo
+from tokenward.gateway.bounded import Memo
 from tokenward.gateway.decision import Principal
 from tokenward.gateway.scopes import format_scopes
 from tokenward.gateway.upstream import decode_header
@@ -220,8 +220,8 @@ class IdentityHeaders:
     __slots__ = ("_lines", "_memo")
 
     def __init__(self, max_size: int = 10_000) -> None:
-        self._memo: BoundedMap[int, tuple[object, object, dict[str, str]]] = BoundedMap(max_size)
-        self._lines: BoundedMap[int, tuple[dict[str, str], bytes]] = BoundedMap(max_size)
+        self._memo: Memo[int, tuple[object, object, dict[str, str]]] = Memo(max_size)
+        self._lines: Memo[int, tuple[dict[str, str], bytes]] = Memo(max_size)
 
     def __call__(self, principal: Principal) -> dict[str, str]:
         token, permissions = principal.token, principal.team_permissions
@@ -230,7 +230,7 @@ class IdentityHeaders:
             if found[2].get("X-Tokenward-Service-Account") == (principal.service_account or None):
                 return found[2]
         headers = identity_headers(principal)
-        self._memo.put(id(token), (token, permissions, headers))
+        self._memo.remember(id(token), (token, permissions, headers))
         return headers
 
     def lines(self, principal: Principal) -> bytes:
@@ -242,7 +242,7 @@ class IdentityHeaders:
         data = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode(
             "utf-8", "surrogateescape"
         )
-        self._lines.put(id(headers), (headers, data))
+        self._lines.remember(id(headers), (headers, data))
         return data
 
 

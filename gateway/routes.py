@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import unquote
 
-from tokenward.gateway.bounded import BoundedMap
+from tokenward.gateway.bounded import Memo
 from tokenward.gateway.limits import RateLimit
 from tokenward.gateway.mcp_policy import McpPolicy
 from tokenward.gateway.paths import MEMO_SIZE, PathError, canonical_path, memo_safe
@@ -215,7 +215,7 @@ class Router:
         self._slash_routes = any(r.shape and r.shape[-1] == (LITERAL, "") for r in self.routes)
         # (method, canonical path) -> its match: the router never changes, so a match found
         # once is the answer every time. Only matches are kept (no None, no AmbiguousPath).
-        self._memo: BoundedMap[tuple[str, str], Match] = BoundedMap(MEMO_SIZE)
+        self._memo: Memo[tuple[str, str], Match] = Memo(MEMO_SIZE)
 
     def match(self, method: str, path: str) -> Match | None:
         """The route for `method path`, or None. Raises AmbiguousPath when a segment that a
@@ -225,7 +225,7 @@ class Router:
         if found is None:
             found = self._match(method, path)
             if found is not None and memo_safe(path):
-                self._memo.put(key, found)
+                self._memo.remember(key, found)
         return found
 
     def _match(self, method: str, path: str) -> Match | None:

@@ -73,10 +73,15 @@ class LogWriter:
         self._thread.start()
 
     def write(self, data: bytes) -> int:
-        if len(self._lines) >= self.capacity:
+        """Queue a line; the thread is woken early once WRITER_EARLY_LINES wait (so a writer
+        of many lines needs no `flush()`: the audit log calls none per line)."""
+        lines = self._lines
+        if len(lines) >= self.capacity:
             self.dropped += 1
             return 0
-        self._lines.append(data)
+        lines.append(data)
+        if self._sleeping and len(lines) >= WRITER_EARLY_LINES and not self._wake.is_set():
+            self._wake.set()
         return len(data)
 
     def flush(self) -> None:

@@ -4,6 +4,8 @@ emit(action, **fields) writes: the same JSON log line and the same stream entry,
 from __future__ import annotations
 
 import io
+import os
+import select
 import time
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 
 from tokenward.gateway.audit import REQUEST_ACTIONS, AuditLog, IsoTimestamps
 from tokenward.gateway.embedded import free_port
-from tokenward.gateway.logs import LogOutput, LogWriter
+from tokenward.gateway.logs import FILE_BATCH_BYTES, LogOutput, LogWriter
 from tokenward.gateway.settings import LogSettings, RedisSettings
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_connect import connect
@@ -107,3 +109,18 @@ def test_a_log_writer_wakes_itself_when_lines_pile_up(tmp_path: Any) -> None:
         finally:
             writer.close()
     assert (tmp_path / "log").read_bytes() == b"".join(b"%d\n" % i for i in range(2000))
+
+
+def test_log_writer_batches_pipe_buf_to_a_pipe_more_to_a_file(tmp_path: Any) -> None:
+    """To a pipe a write takes at most PIPE_BUF bytes (atomic: workers sharing it never
+    split a line); to a regular file, up to FILE_BATCH_BYTES."""
+    read_end, write_end = os.pipe()
+    with (tmp_path / "log").open("wb") as stream:
+        writers = [LogWriter(write_end, lambda n: b""), LogWriter(stream.fileno(), lambda n: b"")]
+        try:
+            assert [writer.batch for writer in writers] == [select.PIPE_BUF, FILE_BATCH_BYTES]
+        finally:
+            for writer in writers:
+                writer.close()
+            os.close(read_end)
+            os.close(write_end)

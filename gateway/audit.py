@@ -37,12 +37,11 @@ class IsoTimestamps:
     """`2026-11-23T23:37:40.143725Z`, as structlog's TimeStamper(fmt="iso", utc=True), with
     the date and time of the current second formatted once per second (one per AuditLog)."""
 
-    __slots__ = ("_bytes", "_second", "_text")
+    __slots__ = ("_second", "_text")
 
     def __init__(self) -> None:
         self._second = -1
         self._text = ""
-        self._bytes = b""
 
     def __call__(self, now: float) -> str:
         second = int(now)
@@ -50,16 +49,14 @@ class IsoTimestamps:
             self._turn(second)
         return f"{self._text}.{int((now - second) * 1_000_000):06d}Z"
 
-    def encoded(self, now: float) -> bytes:
-        """The same text, as the bytes of a JSON line."""
-        second = int(now)
+    def date_time(self, second: int) -> str:
+        """The text of a timestamp up to its second (`2026-11-23T23:37:40`)."""
         if second != self._second:
             self._turn(second)
-        return b"%b.%06dZ" % (self._bytes, int((now - second) * 1_000_000))
+        return self._text
 
     def _turn(self, second: int) -> None:
         self._second, self._text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        self._bytes = self._text.encode()
 
 
 def _line_tail(action: str) -> bytes:
@@ -85,7 +82,10 @@ class AuditLog:
         self._enabled = output.audit_enabled if output is not None else True
         self._log: Any = output.logger if output is not None else structlog.get_logger("tokenward.audit")
         self._timestamp = IsoTimestamps()
-        self._tails = {action: _line_tail(action) for action in REQUEST_ACTIONS}
+        # per action of REQUEST_ACTIONS, its JSON line after the event's fields up to the
+        # timestamp's microseconds, for the current second (emit_request)
+        self._heads: dict[str, bytes] = {}
+        self._heads_second = -1
         # a LogWriter wakes its thread by itself when lines pile up; other sinks are flushed
         self._flush_per_turn = not isinstance(self._sink, LogWriter)
         self.redact = Redactor()  # the request path's memoized `redact`
@@ -126,12 +126,12 @@ class AuditLog:
                 self.dropped += 1
 
     def emit_request(self, action: str, fields: dict[str, Any]) -> None:
-        """`emit(action, **fields)` for the request path (`action`: one of REQUEST_ACTIONS),
-        the same line and stream entry byte for byte: `fields` (taken over, in order, none
-        named event, level, logger, timestamp or ts) is dumped once, and the log line and
-        the stream entry are both made of those bytes."""
+        """`emit(action, **fields)` for the request path (`action`: one of REQUEST_ACTIONS,
+        else this is emit), the same line and stream entry byte for byte: `fields` (taken
+        over, in order, none named event, level, logger, timestamp or ts) is dumped once,
+        and the log line and the stream entry are both made of those bytes."""
         sink = self._sink
-        if sink is None:
+        if sink is None or action not in REQUEST_ACTIONS:
             self.emit(action, **fields)
             return
         fields["action"] = action
@@ -141,13 +141,19 @@ class AuditLog:
             return
         body = orjson.dumps(fields)[:-1]  # `{"method":...,"action":"..."` (never empty)
         if self._enabled:
-            tail = self._tails.get(action) or _line_tail(action)
-            sink.write(b'%b%b%b"}\n' % (body, tail, self._timestamp.encoded(now)))
+            second = int(now)
+            if second != self._heads_second:
+                stamp = self._timestamp.date_time(second).encode()
+                self._heads = {name: _line_tail(name) + stamp + b"." for name in REQUEST_ACTIONS}
+                self._heads_second = second
+            # IsoTimestamps' microseconds, the same digits
+            micros = b"%06d" % int((now - second) * 1_000_000)
+            sink.write(b"".join((body, self._heads[action], micros, b'Z"}\n')))
             if self._flush_per_turn:
                 self._flush_soon(sink)
         if streamed:
             if len(self._pending) < 100_000:
-                self._pending.append(b'%b,"ts":%b}' % (body, orjson.dumps(now)))
+                self._pending.append(b"".join((body, b',"ts":', orjson.dumps(now), b"}")))
             else:
                 self.dropped += 1
 

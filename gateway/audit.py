@@ -19,7 +19,7 @@ import orjson
 import structlog
 
 from tokenward.gateway.aio import cancel_and_wait
-from tokenward.gateway.logs import LogOutput, process_output
+from tokenward.gateway.logs import LogOutput, LogWriter, process_output
 from tokenward.gateway.redaction import REDACTED, Redactor, redact
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_audit import AUDIT_BATCH
@@ -29,6 +29,7 @@ from tokenward.gateway.usage import UsageTally
 __all__ = ["LABEL", "REDACTED", "AuditLog", "IsoTimestamps", "Redactor", "redact"]  # redact: gateway/redaction.py
 
 LABEL = "[Service Token]"
+REQUEST_ACTIONS = ("request.allowed", "request.denied")  # the events of Pipeline.record (emit_request)
 STOP_SECONDS = 10.0  # how long shutdown waits for a slow store to take the buffered events
 
 
@@ -45,8 +46,23 @@ class IsoTimestamps:
     def __call__(self, now: float) -> str:
         second = int(now)
         if second != self._second:
-            self._second, self._text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._turn(second)
         return f"{self._text}.{int((now - second) * 1_000_000):06d}Z"
+
+    def date_time(self, second: int) -> str:
+        """The text of a timestamp up to its second (`2026-11-23T23:37:40`)."""
+        if second != self._second:
+            self._turn(second)
+        return self._text
+
+    def _turn(self, second: int) -> None:
+        self._second, self._text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+def _line_tail(action: str) -> bytes:
+    """What a JSON line has after an event's own fields, up to its timestamp's value."""
+    head = orjson.dumps({"event": f"{LABEL} {action}", "level": "info", "logger": "tokenward.audit", "timestamp": ""})
+    return b"," + head[1:-2]  # without the braces and the timestamp's closing quote
 
 
 class AuditLog:
@@ -66,6 +82,12 @@ class AuditLog:
         self._enabled = output.audit_enabled if output is not None else True
         self._log: Any = output.logger if output is not None else structlog.get_logger("tokenward.audit")
         self._timestamp = IsoTimestamps()
+        # per action of REQUEST_ACTIONS, its JSON line after the event's fields up to the
+        # timestamp's microseconds, for the current second (emit_request)
+        self._heads: dict[str, bytes] = {}
+        self._heads_second = -1
+        # a LogWriter wakes its thread by itself when lines pile up; other sinks are flushed
+        self._flush_per_turn = not isinstance(self._sink, LogWriter)
         self.redact = Redactor()  # the request path's memoized `redact`
         self._pending: list[bytes] = []
         self._used: dict[str, float] = {}
@@ -94,11 +116,44 @@ class AuditLog:
                 "timestamp": self._timestamp(now),
             }
             sink.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
-            self._flush_soon(sink)
+            if self._flush_per_turn:
+                self._flush_soon(sink)
         if self.store is not None and not in_stream:
             fields["ts"] = now
             if len(self._pending) < 100_000:
                 self._pending.append(orjson.dumps(fields))
+            else:
+                self.dropped += 1
+
+    def emit_request(self, action: str, fields: dict[str, Any]) -> None:
+        """`emit(action, **fields)` for the request path (`action`: one of REQUEST_ACTIONS,
+        else this is emit), the same line and stream entry byte for byte: `fields` (taken
+        over, in order, none named event, level, logger, timestamp or ts) is dumped once,
+        and the log line and the stream entry are both made of those bytes."""
+        sink = self._sink
+        if sink is None or action not in REQUEST_ACTIONS:
+            self.emit(action, **fields)
+            return
+        fields["action"] = action
+        now = time.time()
+        streamed = self.store is not None
+        if not (self._enabled or streamed):
+            return
+        body = orjson.dumps(fields)[:-1]  # `{"method":...,"action":"..."` (never empty)
+        if self._enabled:
+            second = int(now)
+            if second != self._heads_second:
+                stamp = self._timestamp.date_time(second).encode()
+                self._heads = {name: _line_tail(name) + stamp + b"." for name in REQUEST_ACTIONS}
+                self._heads_second = second
+            # IsoTimestamps' microseconds, the same digits
+            micros = b"%06d" % int((now - second) * 1_000_000)
+            sink.write(b"".join((body, self._heads[action], micros, b'Z"}\n')))
+            if self._flush_per_turn:
+                self._flush_soon(sink)
+        if streamed:
+            if len(self._pending) < 100_000:
+                self._pending.append(b"".join((body, b',"ts":', orjson.dumps(now), b"}")))
             else:
                 self.dropped += 1
 

@@ -260,28 +260,34 @@ class Pipeline:
         )
         agent = ex.request.headers.get("User-Agent")
         waited = ex.upstream_seconds
-        runtime.audit.emit(
-            "request.allowed" if ex.allowed else "request.denied",
-            method=ex.method,
-            path=runtime.audit.redact(ex.path),
-            route=ex.route,
-            status=ex.status,
-            step=ex.step,
-            reason=runtime.audit.redact(ex.reason),
-            mode=ex.mode,
-            client_ip=ex.client_ip,
-            request_id=ex.request_id,
-            duration_ms=round((now - ex.started) * 1000, 3),
+        audit = runtime.audit
+        redact = audit.redact
+        # emit(action, method=..., ...): the same fields in the same order, without the kwargs
+        fields: dict[str, Any] = {
+            "method": ex.method,
+            "path": redact(ex.path),
+            "route": ex.route,
+            "status": ex.status,
+            "step": ex.step,
+            "reason": redact(ex.reason),
+            "mode": ex.mode,
+            "client_ip": ex.client_ip,
+            "request_id": ex.request_id,
+            "duration_ms": round((now - ex.started) * 1000, 3),
             # the access fields: who called with what, how much went each way, the upstream's share
-            user_agent=runtime.audit.redact(agent)[:USER_AGENT_CHARS] if agent is not None else None,
-            request_bytes=ex.request.content.total_bytes,
-            response_bytes=ex.response_bytes or ex.bytes_sent,
-            upstream=ex.upstream or None,
-            upstream_ms=round(waited * 1000, 3) if waited is not None else None,
-            **caller,
-            **extra,
-            **aborted,
-        )
+            "user_agent": redact(agent)[:USER_AGENT_CHARS] if agent is not None else None,
+            "request_bytes": ex.request.content.total_bytes,
+            "response_bytes": ex.response_bytes or ex.bytes_sent,
+            "upstream": ex.upstream or None,
+            "upstream_ms": round(waited * 1000, 3) if waited is not None else None,
+        }
+        if caller:
+            fields.update(caller)
+        if extra:
+            fields.update(extra)
+        if aborted:
+            fields.update(aborted)
+        audit.emit_request("request.allowed" if ex.allowed else "request.denied", fields)
 
     async def tunnel(self, ex: Exchange, upstream: Upstream) -> Reply | StreamReply:
         """A WebSocket upgrade on a route that allows it: the upstream's 101, then bytes both

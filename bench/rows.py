@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from loadgen import Load, LoadGenerator, LoadResult
-from services import say
+from services import SERVER_CORE, say, wait_core_quiet
 
 
 @dataclass
@@ -27,10 +27,14 @@ async def alternating(
     larger than the difference being measured, so one run each is not enough, and
     alternating keeps a slow phase of the machine from landing on one side."""
     runs: dict[str, list[LoadResult]] = {key: [] for key, _, _ in loads}
+    waited = 0.0
     for round_ in range(rounds):
         for key, label, load in loads:
+            waited += await wait_core_quiet(SERVER_CORE)  # nothing the previous run left behind
             say(f"load: {label} ({load.duration:g}s after {warmup:g}s warm-up), round {round_ + 1}/{rounds}")
             runs[key].append(await gen.measured(load, warmup))
+    if waited >= 1.0:
+        say(f"  waited {waited:.1f}s in all for the server core to be quiet between runs")
     rows = []
     for key, label, _ in loads:
         results = runs[key]

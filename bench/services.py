@@ -187,6 +187,28 @@ async def wait_quiet(pid: int, busy: float = 0.1, window: float = 0.5, timeout: 
     return max(0.0, time.monotonic() - started - window)
 
 
+def core_busy_seconds(core: int) -> float:
+    """CPU time (user + nice + system + irq + softirq) one core has spent."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            fields = line.split()
+            return sum(int(fields[i]) for i in (1, 2, 3, 6, 7)) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+async def wait_core_quiet(core: int, busy: float = 0.15, window: float = 0.5, timeout: float = 60.0) -> float:
+    """Seconds until `core` is less than `busy` used over `window`: what a load left behind
+    (the store's append-only-file rewrite after a run's audit stream, a log still being
+    written) must not land on the next server measured on that core."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = core_busy_seconds(core)
+        await asyncio.sleep(window)
+        if core_busy_seconds(core) - before < busy * window:
+            break
+    return max(0.0, time.monotonic() - started - window)
+
+
 def machine_busy_seconds() -> float:
     """CPU time (user + nice + system) the whole machine has spent, all cores."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()

@@ -460,7 +460,7 @@ def authorize(match: Match, principal: Principal) -> None:
     route, params = match.route, match.params
     token = principal.token
     passed = principal.passed  # routes whose environment and scopes this principal passes
-    known = passed is not None and passed.get(id(route)) is route
+    known = passed is not None and principal.has_passed(route)
     if not known:
         require_environment(route.environments, token)
     if (org_param := route.resource.get("org")) is not None:

@@ -26,7 +26,9 @@ from tokenward.gateway.routes import Route
 from tokenward.gateway.scopes import Scope, effective_covers, effective_scopes
 from tokenward.gateway.store import now
 
-ROUTES_REMEMBERED = 64  # routes a principal remembers passing (cleared when full: reloads make new ones)
+# routes a principal remembers passing (cleared when full: reloads make new ones); a short
+# list, not a dict: one is held per cached token, and most tokens call a route or two
+ROUTES_REMEMBERED = 8
 
 Derived = tuple[TokenRecord, TeamRecord | None, AccountRecord | None, "Principal"]
 
@@ -42,7 +44,7 @@ class Principal:
     # Only on a principal `known_principal` remembers (None on one built per request): routes
     # (by id, the route kept so the id stays its own) whose environment and scopes it passes,
     # and the rate-limit holders of the team and account records it was derived from.
-    passed: dict[int, Route] | None = field(default=None, compare=False, repr=False)
+    passed: list[Route] | None = field(default=None, compare=False, repr=False)
     holders: Holders | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -60,12 +62,22 @@ class Principal:
     def effective_scopes(self) -> tuple[Scope, ...]:
         return effective_scopes(self.token.scopes, self.team_permissions)
 
+    def has_passed(self, route: Route) -> bool:
+        """Has this principal passed `route`'s environment and scope checks (this very route
+        object: a reload's routes are new objects)?"""
+        passed = self.passed
+        if passed:
+            for seen in passed:
+                if seen is route:
+                    return True
+        return False
+
     def note_passed(self, route: Route) -> None:
         passed = self.passed
         if passed is not None:
             if len(passed) >= ROUTES_REMEMBERED:
                 passed.clear()
-            passed[id(route)] = route
+            passed.append(route)
 
 
 def known_principal(
@@ -100,7 +112,7 @@ def known_principal(
             record,
             None if team is None else team.permissions,
             account.name if account is not None else None,
-            passed={},
+            passed=[],
             holders=_holders(record, team, account),
         )
         derived = proof.memo = (record, team, account, principal)

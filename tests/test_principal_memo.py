@@ -162,7 +162,7 @@ def _principal(scopes: list[str], constraints: dict[str, str] | None = None) -> 
         id="AAAAAAAAAAAA", prefix="tw_sat", org="acme", team="platform", name="t", description="",
         scopes=parse_scopes(scopes), secret_hash="x", created_at=0.0, created_by="t", constraints=constraints or {},
     )  # fmt: skip
-    return Principal(record, parse_scopes(["read:apis", "write:apis", "read:specs"]), passed={})
+    return Principal(record, parse_scopes(["read:apis", "write:apis", "read:specs"]), passed=[])
 
 
 def _refusal(match: Any, principal_: Principal) -> tuple[Step | None, str] | None:
@@ -185,7 +185,7 @@ def test_a_passed_route_still_checks_its_parameters_and_other_routes_are_decided
         assert _refusal(other_org, caller) == (Step.ORG, "token org does not match resource org")
         assert _refusal(write, caller) == (Step.SCOPE, "token lacks required permission: write:apis")
         assert _refusal(specs, caller) == (Step.SCOPE, "token lacks required permission: read:specs")
-    assert caller.passed is not None and list(caller.passed.values()) == [own.route]
+    assert caller.passed is not None and len(caller.passed) == 1 and caller.passed[0] is own.route
 
 
 def test_constraints_are_checked_on_a_passed_route() -> None:
@@ -201,9 +201,9 @@ def test_constraints_are_checked_on_a_passed_route() -> None:
         assert _refusal(apis, unpinned) == (
             Step.CONSTRAINTS, "token is constrained to project=web and this route does not name a project",
         )
-    assert unpinned.passed == {}
+    assert unpinned.passed == []
     reader = Principal(
-        replace(unpinned.token, scopes=parse_scopes(["read:secrets"])), None, passed={}
+        replace(unpinned.token, scopes=parse_scopes(["read:secrets"])), None, passed=[]
     )  # an org-level token, its own scopes only
     for _ in range(2):
         assert _refusal(web, reader) is None

@@ -213,36 +213,30 @@ def identity_headers(principal: Principal) -> dict[str, str]:
 
 
 class IdentityHeaders:
-    """`identity_headers`, remembered (bounded) per (token record, team permissions) object
-    pair: both are immutable and replaced, not changed, when the store says so. One per
-    forwarder, so never shared between runtimes."""
+    """The identity headers as header lines (bytes), remembered (bounded) per (token record,
+    team permissions) object pair and the account's current name: records are immutable and
+    replaced, not changed, when the store says so. Only the lines are kept (one short bytes
+    object per cached token); the slow paths (tracing, MCP, WebSocket) build the pairs anew.
+    One per forwarder, so never shared between runtimes."""
 
-    __slots__ = ("_lines", "_memo")
+    __slots__ = ("_memo",)
 
     def __init__(self, max_size: int = 10_000) -> None:
-        self._memo: Memo[int, tuple[object, object, dict[str, str]]] = Memo(max_size)
-        self._lines: Memo[int, tuple[dict[str, str], bytes]] = Memo(max_size)
+        self._memo: Memo[int, tuple[object, object, str | None, bytes]] = Memo(max_size)
 
     def __call__(self, principal: Principal) -> dict[str, str]:
-        token, permissions = principal.token, principal.team_permissions
-        found = self._memo.get(id(token))
-        if found is not None and found[0] is token and found[1] is permissions:
-            if found[2].get("X-Tokenward-Service-Account") == (principal.service_account or None):
-                return found[2]
-        headers = identity_headers(principal)
-        self._memo.remember(id(token), (token, permissions, headers))
-        return headers
+        return identity_headers(principal)
 
     def lines(self, principal: Principal) -> bytes:
-        """The same headers as header lines, remembered with them."""
-        headers = self(principal)
-        found = self._lines.get(id(headers))
-        if found is not None and found[0] is headers:
-            return found[1]
+        token, permissions, account = principal.token, principal.team_permissions, principal.service_account
+        found = self._memo.get(id(token))
+        if found is not None and found[0] is token and found[1] is permissions and found[2] == account:
+            return found[3]
+        headers = identity_headers(principal)
         data = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode(
             "utf-8", "surrogateescape"
         )
-        self._lines.remember(id(headers), (headers, data))
+        self._memo.remember(id(token), (token, permissions, account, data))
         return data
 
 

@@ -106,12 +106,13 @@ def _principal(token_id: str) -> Principal:
 def test_identity_headers_memo_is_per_record_object() -> None:
     identity = IdentityHeaders(max_size=2)
     first = _principal("a" * 12)
-    assert identity(first) is identity(first)  # remembered
+    assert identity.lines(first) is identity.lines(first)  # remembered
+    assert identity.lines(first) == "".join(f"{n}: {v}\r\n" for n, v in identity_headers(first).items()).encode()
     assert identity(first) == identity_headers(first)
     again = _principal("a" * 12)  # same id, new record object (the store replaced it)
-    assert identity(again) is not identity(first) and identity(again) == identity_headers(again)
+    assert identity.lines(again) is not identity.lines(first)
     for n in range(5):
-        identity(_principal(f"{n:012d}"))
+        identity.lines(_principal(f"{n:012d}"))
     assert len(identity._memo) == 2
 
 

@@ -7,7 +7,9 @@ checked, through the proxy and through forward-auth."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +20,7 @@ import yaml
 
 from tests.helpers import rawhttp
 from tests.helpers.gateway import APIS, TEAMS, TOKENS, Gateway, admin, issue, org_admin_with_team
+from tests.helpers.rawhttp import Env
 from tokenward.gateway.exchange import SettingsView, check_target
 from tokenward.gateway.paths import PathError, parse_target
 from tokenward.gateway.routes import AmbiguousPath
@@ -43,7 +46,9 @@ async def gw(start_gateway: Any, fa_config: dict[str, Any]) -> Gateway:
     return gateway
 
 
-async def proxied(gw: Gateway, token: str, path: str = APIS, method: str = "GET") -> tuple[int, dict[str, str]]:
+async def proxied(
+    gw: Gateway, token: str, path: str = APIS, method: str = "GET"
+) -> tuple[int, dict[str, str]]:
     """Status, and the identity headers the upstream got (empty when refused)."""
     async with gw.session.request(method, gw.url + path, headers=gw.auth(token)) as r:
         if r.status != 200:
@@ -53,7 +58,9 @@ async def proxied(gw: Gateway, token: str, path: str = APIS, method: str = "GET"
         return 200, {k: v for k, v in body["headers"] if k.startswith("X-Tokenward-")}
 
 
-async def verified(gw: Gateway, token: str, path: str = APIS, method: str = "GET") -> tuple[int, dict[str, str]]:
+async def verified(
+    gw: Gateway, token: str, path: str = APIS, method: str = "GET"
+) -> tuple[int, dict[str, str]]:
     headers = {"X-Original-URI": path, "X-Original-Method": method, "Authorization": f"Bearer {token}"}
     async with gw.session.get(gw.url + VERIFY, headers=headers) as r:
         await r.read()
@@ -149,13 +156,17 @@ async def test_team_narrowed_refuses_and_widened_allows_at_once(gw: Gateway) -> 
     specs = "/orgs/acme/teams/platform/apis/web/specs"
     await warm(gw, token["token"])
     await warm(gw, token["token"], specs, "PUT")
-    status, data, _ = await admin(gw, "PUT", f"{TEAMS}/platform/permissions", boss, {"permissions": ["read:apis"]})
+    status, data, _ = await admin(
+        gw, "PUT", f"{TEAMS}/platform/permissions", boss, {"permissions": ["read:apis"]}
+    )
     assert status == 200, data
     assert await both(gw, token["token"], specs, "PUT") == [403, 403]
     assert await both(gw, token["token"]) == [200, 200]
     _, headers = await proxied(gw, token["token"])
     assert headers["X-Tokenward-Scopes"] == "read:apis"
-    status, data, _ = await admin(gw, "PUT", f"{TEAMS}/platform/permissions", boss, {"permissions": PERMISSIONS})
+    status, data, _ = await admin(
+        gw, "PUT", f"{TEAMS}/platform/permissions", boss, {"permissions": PERMISSIONS}
+    )
     assert status == 200, data
     assert await both(gw, token["token"], specs, "PUT") == [200, 200]
     status, data, _ = await admin(gw, "PUT", f"{TEAMS}/platform/permissions", boss, {"permissions": []})
@@ -361,3 +372,129 @@ async def test_proxy_status_of_variants_is_order_independent(gw: Gateway) -> Non
     again = [await status(raw) for raw in VARIANTS[::-1]][::-1]
     assert first == again
     assert first[0] == 200
+
+
+# -- listener findings, re-run in more forms against the current tree -------------------------
+SMUG = b"GET /api?smuggled=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+
+
+async def _exchange(port: int, data: bytes, idle: float = 3.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+    out = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), idle):
+            out += chunk
+    except (TimeoutError, ConnectionError):
+        pass
+    writer.close()
+    return out
+
+
+def _statuses(out: bytes) -> list[int]:
+    return [int(code) for code in STATUS_LINE.findall(out)]
+
+
+def _head(
+    env: Env, *extra: str, method: str = "POST", target: str = APIS, version: str = "HTTP/1.1"
+) -> bytes:
+    lines = [f"{method} {target} {version}", f"Host: {env.host}", f"Authorization: Bearer {env.token}"]
+    return ("\r\n".join([*lines, *extra]) + "\r\n\r\n").encode("latin-1")
+
+
+def _no_smuggling(env: Env) -> None:
+    assert [s["raw_path"] for s in env.rec.seen if "smuggled" in s["raw_path"]] == []
+
+
+def _bodies_whole(env: Env, body: bytes) -> None:
+    """Whatever reached the upstream for APIS carried the whole body (never a head without it)."""
+    for seen in env.rec.seen:
+        if seen["raw_path"].startswith(APIS):
+            assert seen["body"] == body, seen
+
+
+UPGRADE_FORMS = {
+    "get-ws-cl": (("Upgrade: websocket", "Connection: Upgrade"), "GET", "HTTP/1.1"),
+    "ka-upgrade": (("Upgrade: foo", "Connection: keep-alive, Upgrade"), "POST", "HTTP/1.1"),
+    "upper": (("UPGRADE: foo", "CONNECTION: UPGRADE"), "POST", "HTTP/1.1"),
+    "two-conn": (("Upgrade: foo", "Connection: keep-alive", "Connection: upgrade"), "PUT", "HTTP/1.1"),
+    "http10": (("Upgrade: foo", "Connection: upgrade"), "POST", "HTTP/1.0"),
+    "no-conn": (("Upgrade: foo",), "POST", "HTTP/1.1"),
+    "empty-up": (("Upgrade:", "Connection: upgrade"), "POST", "HTTP/1.1"),
+}
+
+
+@pytest.mark.parametrize("form", list(UPGRADE_FORMS))
+async def test_upgrade_offer_with_a_length_body_is_refused_or_forwarded_whole(env: Env, form: str) -> None:
+    extra, method, version = UPGRADE_FORMS[form]
+    body = SMUG
+    data = _head(env, *extra, f"Content-Length: {len(body)}", method=method, version=version) + body
+    out = await _exchange(env.gw.server.proxy_port, data)
+    assert _statuses(out), out
+    _no_smuggling(env)
+    _bodies_whole(env, body)
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+async def test_upgrade_offer_with_chunked_body_then_smuggle(env: Env, version: str) -> None:
+    data = _head(env, "Upgrade: foo", "Connection: upgrade", "Transfer-Encoding: chunked", version=version)
+    out = await _exchange(env.gw.server.proxy_port, data + b"5\r\nhello\r\n0\r\n\r\n" + SMUG)
+    assert _statuses(out)[:1] in ([400], [200])
+    _no_smuggling(env)
+    _bodies_whole(env, b"hello")
+
+
+async def test_many_short_header_lines_are_refused(env: Env) -> None:
+    data = b"GET /api HTTP/1.1\r\nHost: x\r\n" + b"X-a: b\r\n" * 200_000
+    out = await _exchange(env.gw.server.proxy_port, data)
+    assert _statuses(out) in ([431], [400])
+
+
+async def test_endless_obs_fold_continuation_is_refused(env: Env) -> None:
+    data = b"GET /api HTTP/1.1\r\nHost: x\r\nX-a: b\r\n" + b" c\r\n" * 200_000
+    out = await _exchange(env.gw.server.proxy_port, data)
+    assert _statuses(out) in ([431], [400])
+
+
+async def test_many_short_trailer_lines_are_refused(env: Env) -> None:
+    data = _head(env, "Transfer-Encoding: chunked") + b"2\r\n{}\r\n0\r\n" + b"X-T: a\r\n" * 200_000
+    out = await _exchange(env.gw.server.proxy_port, data)
+    assert _statuses(out) in ([400], [431])
+    assert all(not s["raw_path"].startswith(APIS) for s in env.rec.seen)  # never forwarded
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        ("Transfer-Encoding: chunked",),
+        ("Transfer-Encoding: gzip, chunked",),
+        ("Transfer-Encoding: chunked", "Content-Length: 5"),
+        ("Transfer-Encoding: Chunked",),
+        ("Transfer-Encoding: chunked", "Connection: keep-alive"),
+    ],
+    ids=["te", "gzip-te", "te-cl", "case", "keepalive"],
+)
+async def test_http10_with_transfer_encoding_never_reads_a_smuggled_request(
+    env: Env, framing: tuple[str, ...]
+) -> None:
+    data = _head(env, *framing, version="HTTP/1.0") + b"5\r\nhello\r\n0\r\n\r\n" + SMUG
+    out = await _exchange(env.gw.server.proxy_port, data)
+    assert len(_statuses(out)) == 1, out
+    _no_smuggling(env)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("Expect: 100-continue", "Transfer-Encoding: chunked"),
+        ("expect: 100-Continue", "Content-Length: 2"),
+        ("Expect: 100-continue", "Expect: 100-continue", "Content-Length: 2"),
+    ],
+    ids=["chunked", "case", "twice"],
+)
+async def test_no_100_continue_for_http10_in_any_form(env: Env, extra: tuple[str, ...]) -> None:
+    out = await _exchange(env.gw.server.proxy_port, _head(env, *extra, version="HTTP/1.0"), idle=1.0)
+    assert b" 100 " not in out.split(b"\r\n", 1)[0]

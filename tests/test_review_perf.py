@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
@@ -498,3 +499,36 @@ async def test_http10_with_transfer_encoding_never_reads_a_smuggled_request(
 async def test_no_100_continue_for_http10_in_any_form(env: Env, extra: tuple[str, ...]) -> None:
     out = await _exchange(env.gw.server.proxy_port, _head(env, *extra, version="HTTP/1.0"), idle=1.0)
     assert b" 100 " not in out.split(b"\r\n", 1)[0]
+
+
+# -- header memos -----------------------------------------------------------------------------
+SPOOF_SPELLINGS = [
+    "X-Tokenward-Org",
+    "x-tokenward-org",
+    "X-TOKENWARD-ORG",
+    "X_Tokenward_Org",
+    "X.Tokenward.Org",
+    "X-Tokenward_Org",
+    "X-Tokenward-Service-Account",
+    "x_tokenward_service_account",
+    "X-Tokenward-Scopes",
+    "X-Tokenward-Token-Id",
+    "X-Tokenward-Remaining",
+]
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["routed", "public"])
+async def test_spoofed_identity_headers_never_reach_the_upstream_in_any_spelling(gw: Gateway, public: bool) -> None:
+    """Each spelling sent twice (the second time its verdict comes from the memo)."""
+    await gw.team("platform", ["read:apis"])
+    token, _ = await gw.token("platform", ["read:apis"])
+    port = int(gw.url.rsplit(":", 1)[1])
+    target = "/health" if public else APIS
+    for _ in range(2):
+        extra = [f"{name}: evil" for name in SPOOF_SPELLINGS]
+        status, _, body = await rawhttp.raw(port, rawhttp.request(target, "127.0.0.1", token, *extra))
+        if public and status != 200:
+            pytest.skip(f"no public echo route here ({status})")
+        assert status == 200, body
+        seen = orjson.loads(body)["headers"]
+        assert [v for k, v in seen if "tokenward" in k.lower() and v == "evil"] == [], seen

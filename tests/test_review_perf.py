@@ -518,7 +518,9 @@ SPOOF_SPELLINGS = [
 
 
 @pytest.mark.parametrize("public", [False, True], ids=["routed", "public"])
-async def test_spoofed_identity_headers_never_reach_the_upstream_in_any_spelling(gw: Gateway, public: bool) -> None:
+async def test_spoofed_identity_headers_never_reach_the_upstream_in_any_spelling(
+    gw: Gateway, public: bool
+) -> None:
     """Each spelling sent twice (the second time its verdict comes from the memo)."""
     await gw.team("platform", ["read:apis"])
     token, _ = await gw.token("platform", ["read:apis"])
@@ -532,3 +534,68 @@ async def test_spoofed_identity_headers_never_reach_the_upstream_in_any_spelling
         assert status == 200, body
         seen = orjson.loads(body)["headers"]
         assert [v for k, v in seen if "tokenward" in k.lower() and v == "evil"] == [], seen
+
+
+async def test_reload_that_untrusts_the_proxy_stops_honouring_its_forwarded_for(
+    gw: Gateway, fa_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """allowed_cidrs met only through a trusted proxy's X-Forwarded-For: once the proxy is no
+    longer trusted, the very next request is judged by the peer's own address."""
+    await gw.team("platform", ["read:apis"])
+    token, _ = await gw.token("platform", ["read:apis"], allowed_cidrs=("10.0.0.0/8",))
+    xff = {"Authorization": f"Bearer {token}", "X-Forwarded-For": "10.1.2.3"}
+
+    async def status() -> int:
+        async with gw.session.get(gw.url + APIS, headers=xff) as r:
+            await r.read()
+            return r.status
+
+    for _ in range(WARM):
+        assert await status() == 200
+    changed = copy.deepcopy(fa_config)
+    changed["trusted_proxies"] = ["10.99.0.0/16"]
+    reload_with(gw, changed, tmp_path)
+    assert await status() == 401
+    reload_with(gw, fa_config, tmp_path)
+    assert await status() == 200
+
+
+async def test_second_gateway_learns_of_revoke_restore_rename_and_never_flips_back(
+    gw: Gateway, start_gateway: Any, fa_config: dict[str, Any]
+) -> None:
+    """Another gateway process on the same store, its memos warm: each change made through the
+    first one's admin API reaches it (through the change channel), and once it answered with
+    the change, no later answer of it goes back (zero flips over every request)."""
+    other: Gateway = await start_gateway(fa_config)
+    boss = await org_admin_with_team(gw, PERMISSIONS)
+    status, data, _ = await admin(gw, "POST", SAS, boss, {"name": "deployer"})
+    assert status == 201, data
+    token = await issue(gw, boss, service_account="deployer")
+    await warm(other, token["token"])
+
+    async def settle(expect: tuple[int, str | None]) -> None:
+        seen: list[tuple[int, str | None]] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            status, headers = await proxied(other, token["token"])
+            seen.append((status, headers.get("X-Tokenward-Service-Account")))
+            if seen[-1] == expect and len(seen) > 1 and seen[-2] == expect:
+                break
+            await asyncio.sleep(0.01)
+        first = seen.index(expect)
+        assert all(answer == expect for answer in seen[first:]), seen
+        for _ in range(10):
+            status, headers = await proxied(other, token["token"])
+            assert (status, headers.get("X-Tokenward-Service-Account")) == expect
+
+    for round_ in range(3):
+        status, _, _ = await admin(gw, "POST", f"{TOKENS}/{token['id']}/revoke", boss, {"reason": "x"})
+        assert status == 200
+        await settle((401, None))
+        status, data, _ = await admin(gw, "POST", f"{TOKENS}/{token['id']}/restore", boss, {})
+        assert status == 200, data
+        await settle((200, "deployer" if round_ % 2 == 0 else "shipper"))
+        old, new = ("deployer", "shipper") if round_ % 2 == 0 else ("shipper", "deployer")
+        status, data, _ = await admin(gw, "PATCH", f"{ACCOUNTS}/{old}", boss, {"name": new})
+        assert status == 200, data
+        await settle((200, new))

@@ -599,3 +599,14 @@ async def test_second_gateway_learns_of_revoke_restore_rename_and_never_flips_ba
         status, data, _ = await admin(gw, "PATCH", f"{ACCOUNTS}/{old}", boss, {"name": new})
         assert status == 200, data
         await settle((200, new))
+
+
+async def test_child_token_refused_at_once_when_its_parent_is_revoked(gw: Gateway) -> None:
+    boss = await org_admin_with_team(gw, [*PERMISSIONS, "delegate"])
+    parent = await issue(gw, boss, scopes=["read:apis", "delegate"])
+    status, kid, _ = await admin(gw, "POST", "/v1/delegate", parent["token"], {"scopes": ["read:apis"]})
+    assert status == 201, kid
+    await warm(gw, kid["token"])
+    status, _, _ = await admin(gw, "POST", f"{TOKENS}/{parent['id']}/revoke", boss, {"reason": "x"})
+    assert status == 200
+    assert await both(gw, kid["token"]) == [401, 401]

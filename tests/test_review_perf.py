@@ -610,3 +610,23 @@ async def test_child_token_refused_at_once_when_its_parent_is_revoked(gw: Gatewa
     status, _, _ = await admin(gw, "POST", f"{TOKENS}/{parent['id']}/revoke", boss, {"reason": "x"})
     assert status == 200
     assert await both(gw, kid["token"]) == [401, 401]
+
+
+async def test_account_leaving_the_team_under_an_active_token_refuses_at_once(gw: Gateway) -> None:
+    """The API refuses this change while the account has active tokens; written to the store
+    anyway (an older store, a race), the hot path must not keep the remembered principal."""
+    from tokenward.gateway.store_accounts import AccountWrite
+
+    boss = await org_admin_with_team(gw, PERMISSIONS)
+    status, data, _ = await admin(gw, "POST", SAS, boss, {"name": "deployer"})
+    assert status == 201, data
+    token = await issue(gw, boss, service_account="deployer")
+    await warm(gw, token["token"])
+    store = gw.runtime.store
+    account_id = await store.account_id("acme", "deployer")
+    assert account_id is not None
+    raw = await store.get_account_raw("acme", account_id)
+    before = await store.get_account("acme", account_id)
+    assert before is not None
+    await store.put_account(AccountWrite(before, raw, replace(before, teams=())))
+    assert await both(gw, token["token"]) == [401, 401]

@@ -6,38 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.gateway import ROOT
-from tests.helpers.process import CLI, env_for_subprocess
-from tokenward.gateway.embedded import free_ports
+from tests.helpers.demo import running_demo
+from tests.helpers.process import env_for_subprocess
 
 
 @pytest.fixture
 async def printed(tmp_path: Path) -> AsyncIterator[str]:
     """What a running `tokenward demo` printed."""
-    ports = [str(port) for port in free_ports(3)]
-    process = await asyncio.create_subprocess_exec(
-        *CLI, "demo", "--data-dir", str(tmp_path / "demo"), "--port", ports[0], "--admin-port", ports[1],
-        "--upstream-port", ports[2], cwd=ROOT, env=env_for_subprocess(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    assert process.stdout is not None
-    text = ""
-    try:
-        while "Ctrl-C to stop" not in text:
-            line = await asyncio.wait_for(process.stdout.readline(), 120)
-            assert line, text
-            text += line.decode()
+    async with running_demo(tmp_path / "demo") as text:
         yield text
-    finally:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 60)
 
 
 def recipe(printed: str) -> list[str]:
@@ -52,7 +35,12 @@ async def test_the_agent_recipe_works_as_printed(printed: str) -> None:
     commands = recipe(printed)
     script = "\n".join(f'{command}\necho "--- $?"' for command in commands)
     done = await asyncio.to_thread(
-        subprocess.run, ["bash", "-c", script], capture_output=True, text=True, timeout=120, env=env_for_subprocess()
+        subprocess.run,
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env_for_subprocess(),
     )
     assert done.returncode == 0, done.stderr
     outputs = [part.strip() for part in done.stdout.split("--- 0")]
@@ -62,7 +50,9 @@ async def test_the_agent_recipe_works_as_printed(printed: str) -> None:
     assert "search_apis" in listing and "register_api" not in listing and "drop_registry" not in listing
     assert "search_apis ran with" in joined  # the allowed call reached the MCP server
     assert '"code":-32003' in joined and "lacks required permission: write:apis" in joined
-    assert "200 200 429" in joined  # the child's 5 uses: the apis call, 2 MCP calls, 2 more (the refused call costs none)
+    assert (
+        "200 200 429" in joined
+    )  # the child's 5 uses: the apis call, 2 MCP calls, 2 more (the refused call costs none)
     assert done.stderr == "", done.stderr
 
 
@@ -73,6 +63,11 @@ async def test_the_recipe_child_ends_with_its_parent(printed: str) -> None:
         r"curl -s (\S+/apis) -H \"Authorization: Bearer \$CHILD\"", printed
     ).group(1) + ' -H "Authorization: Bearer $CHILD"'  # fmt: skip
     done = await asyncio.to_thread(
-        subprocess.run, ["bash", "-c", script], capture_output=True, text=True, timeout=120, env=env_for_subprocess()
+        subprocess.run,
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env_for_subprocess(),
     )
     assert done.stdout.endswith("401"), (done.stdout, done.stderr)

@@ -19,7 +19,6 @@ import asyncio
 import json
 import re
 import shlex
-import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -30,10 +29,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers.demo import running_demo
 from tests.helpers.gateway import ROOT, Gateway, admin, base_config
-from tests.helpers.process import CLI, env_for_subprocess, run_cli
+from tests.helpers.process import env_for_subprocess, run_cli
 from tokenward.cli_usage import usage_report, usage_summary
-from tokenward.gateway.embedded import free_ports
 
 TOKENS = "/v1/orgs/acme/teams/platform/tokens"
 
@@ -52,13 +51,17 @@ async def env(gateway: Gateway) -> dict[str, str]:
     env = env_for_subprocess()
     env["TOKENWARD_ADMIN_URL"] = gateway.admin_url
     env["TOKENWARD_TOKEN"] = await gateway.org_admin()
-    code, _, err = await run_cli("team", "create", "platform", "--permissions", "read:apis,admin:team", env=env)
+    code, _, err = await run_cli(
+        "team", "create", "platform", "--permissions", "read:apis,admin:team", env=env
+    )
     assert code == 0, err
     return env
 
 
 async def create(env: dict[str, str], *args: str) -> dict[str, Any]:
-    code, out, err = await run_cli("token", "create", "--team", "platform", "--scopes", "read:apis", *args, "--json", env=env)
+    code, out, err = await run_cli(
+        "token", "create", "--team", "platform", "--scopes", "read:apis", *args, "--json", env=env
+    )
     assert code == 0, err
     return dict(json.loads(out))
 
@@ -99,7 +102,9 @@ def test_usage_counts_in_the_singular() -> None:
     one = {"token_id": "m7QMhlwE08sR", "name": "ci", "days": 1, "since": "2026-11-28", "requests": 1,
            "allowed": 1, "refused": {}, "by_day": {"2026-11-28": 1}, "by_route": {}, "unused_scopes": []}  # fmt: skip
     assert usage_summary(one)[0] == "Usage (1 day): 1 request, 0 refused"
-    assert usage_report(one).splitlines()[0] == "Token ci (m7QMhlwE08sR), the last 1 day (since 2026-11-28, UTC)"
+    assert (
+        usage_report(one).splitlines()[0] == "Token ci (m7QMhlwE08sR), the last 1 day (since 2026-11-28, UTC)"
+    )
     many = {**one, "days": 30, "requests": 2, "allowed": 1, "refused": {"status": 1}}
     assert usage_summary(many)[0] == "Usage (30 days): 2 requests, 1 refused (status: 1)"
 
@@ -116,13 +121,18 @@ async def test_token_get_shows_one_request_in_the_singular(gateway: Gateway, env
 
 
 # -- item 11: a leak report says what it did -----------------------------------------------------
-async def test_a_revoked_token_reported_as_leaked_is_said_to_be_final(gateway: Gateway, env: dict[str, str]) -> None:
+async def test_a_revoked_token_reported_as_leaked_is_said_to_be_final(
+    gateway: Gateway, env: dict[str, str]
+) -> None:
     token = await create(env, "--name", "lost")
     code, _, err = await run_cli("token", "revoke", token["id"], "--reason", "rotated by hand", env=env)
     assert code == 0, err
     code, out, err = await run_cli("leaks", "report", "-", env=env, stdin=f"log: {token['token']}\n")
     assert code == 0, err
-    assert f"{token['display_prefix']}: already_revoked (it was already revoked; now as leaked, so it can never be restored)" in out
+    assert (
+        f"{token['display_prefix']}: already_revoked (it was already revoked; now as leaked, so it can never be restored)"
+        in out
+    )
     code, out, err = await run_cli("token", "get", token["id"], "--json", env=env)
     assert json.loads(out)["revoke_reason"] == "leaked"
     code, _, err = await run_cli("token", "restore", token["id"], env=env)
@@ -132,10 +142,14 @@ async def test_a_revoked_token_reported_as_leaked_is_said_to_be_final(gateway: G
 # -- items 6 and 7: an imported key's environment in lists --------------------------------------
 async def test_an_imported_test_key_shows_its_environment_in_lists(env: dict[str, str]) -> None:
     args = ("token", "import", "--team", "platform", "--scopes", "read:apis", "--json")
-    code, out, err = await run_cli(*args, "--name", "old-test", env=env, stdin="sk_test_9fK2x7Qm4pL8vN3cR6tY1wB5\n")
+    code, out, err = await run_cli(
+        *args, "--name", "old-test", env=env, stdin="sk_test_9fK2x7Qm4pL8vN3cR6tY1wB5\n"
+    )
     assert code == 0, err
     test_key = json.loads(out)
-    code, out, err = await run_cli(*args, "--name", "old-live", env=env, stdin="sk_live_4eC39HqLyjWDarjtT1zdp7dc\n")
+    code, out, err = await run_cli(
+        *args, "--name", "old-live", env=env, stdin="sk_live_4eC39HqLyjWDarjtT1zdp7dc\n"
+    )
     assert code == 0, err
     live_key = json.loads(out)
     assert (test_key["environment"], live_key["environment"]) == ("test", "live")
@@ -145,42 +159,33 @@ async def test_an_imported_test_key_shows_its_environment_in_lists(env: dict[str
     assert f"legacy_{test_key['id']} (test)" in rows["old-test"] and "active LEGACY" in rows["old-test"]
     assert f"legacy_{live_key['id']} " in rows["old-live"] and "(test)" not in rows["old-live"]
     code, out, err = await run_cli("token", "list", "--environment", "test", env=env)  # org-wide, filtered
-    assert code == 0 and "old-test" in out and "old-live" not in out and f"legacy_{test_key['id']} (test)" in out
+    assert (
+        code == 0 and "old-test" in out and "old-live" not in out and f"legacy_{test_key['id']} (test)" in out
+    )
 
 
 # -- item 11: README's examples on the demo, pasted into a shell ----------------------------------
 @pytest.fixture
 async def demo(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
     """`tokenward demo` running: the environment its printed export lines make."""
-    port, admin_port, upstream_port = free_ports(3)
-    process = await asyncio.create_subprocess_exec(
-        *CLI, "demo", "--data-dir", str(tmp_path / "demo"), "--port", str(port), "--admin-port", str(admin_port),
-        "--upstream-port", str(upstream_port), cwd=ROOT, env=env_for_subprocess(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    assert process.stdout is not None
-    printed = ""
-    try:
-        while "Ctrl-C to stop" not in printed:
-            line = await asyncio.wait_for(process.stdout.readline(), 120)
-            assert line, printed
-            printed += line.decode()
+    async with running_demo(tmp_path / "demo") as printed:
         env = env_for_subprocess()
         exports = re.findall(r"^  export (\w+)=(\S+)$", printed, re.M)
         for name, value in exports:
             env[name] = value.replace("$PATH", env.get("PATH", ""))
         assert {"PATH", "TOKENWARD_ADMIN_URL", "TOKENWARD_TOKEN", "TOKENWARD_CONFIG"} <= dict(exports).keys()
         yield env
-    finally:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 60)
 
 
 def readme_lines(starts: str, count: int = 1) -> str:
     """`count` lines of README's sh blocks from the one starting with `starts`, continuations
     joined, as a shell script (comments kept: the shell drops them)."""
     text = (ROOT / "README.md").read_text()
-    lines = [line for block in re.findall(r"```sh\n(.*?)```", text, re.S) for line in block.replace("\\\n", " ").splitlines()]
+    lines = [
+        line
+        for block in re.findall(r"```sh\n(.*?)```", text, re.S)
+        for line in block.replace("\\\n", " ").splitlines()
+    ]
     at = next(i for i, line in enumerate(lines) if line.startswith(starts))
     return "\n".join(lines[at : at + count]) + "\n"
 
@@ -188,7 +193,14 @@ def readme_lines(starts: str, count: int = 1) -> str:
 async def shell(script: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
     """`script` pasted into bash (`set -e`: the first failing line ends it)."""
     done = await asyncio.to_thread(
-        subprocess.run, ["bash", "-ec", script], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+        subprocess.run,
+        ["bash", "-ec", script],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     return done.returncode, done.stdout, done.stderr
 
@@ -228,23 +240,8 @@ async def test_readme_file_examples_work_pasted(demo: dict[str, str], tmp_path: 
 @pytest.fixture
 async def printed(tmp_path: Path) -> AsyncIterator[str]:
     """What a running `tokenward demo` printed."""
-    port, admin_port, upstream_port = free_ports(3)
-    process = await asyncio.create_subprocess_exec(
-        *CLI, "demo", "--data-dir", str(tmp_path / "demo"), "--port", str(port), "--admin-port", str(admin_port),
-        "--upstream-port", str(upstream_port), cwd=ROOT, env=env_for_subprocess(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    assert process.stdout is not None
-    text = ""
-    try:
-        while "Ctrl-C to stop" not in text:
-            line = await asyncio.wait_for(process.stdout.readline(), 120)
-            assert line, text
-            text += line.decode()
+    async with running_demo(tmp_path / "demo") as text:
         yield text
-    finally:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 60)
 
 
 def walkthrough(printed: str) -> list[str]:
@@ -252,7 +249,11 @@ def walkthrough(printed: str) -> list[str]:
     order printed, without their comments (what a user pastes, one after the other)."""
     exports = re.findall(r"^  (export \w+=\S+)$", printed[: printed.index("try:")], re.M)
     block = printed[printed.index("try:") : printed.index("agent recipe:")]
-    lines = [line.strip() for line in block.splitlines() if line.startswith("  ") and not line.strip().startswith("(")]
+    lines = [
+        line.strip()
+        for line in block.splitlines()
+        if line.startswith("  ") and not line.strip().startswith("(")
+    ]
     return exports + [re.sub(r"\s+#[^'\"]*$", "", line) for line in lines]
 
 
@@ -264,7 +265,12 @@ async def test_the_demo_walkthrough_works_as_printed(printed: str) -> None:
     assert any(c.startswith("tokenward token usage") for c in commands)
     script = "\n".join(f'{command}\necho "--- $? {index}"' for index, command in enumerate(commands))
     done = await asyncio.to_thread(
-        subprocess.run, ["bash", "-c", script], capture_output=True, text=True, timeout=300, env=env_for_subprocess()
+        subprocess.run,
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env_for_subprocess(),
     )
     assert done.returncode == 0 and done.stderr == "", (done.stdout, done.stderr)
     outputs = dict.fromkeys(commands, "")
@@ -289,7 +295,9 @@ async def test_the_demo_walkthrough_works_as_printed(printed: str) -> None:
     assert org_wide.split()[:3] == ["ID", "NAME", "TEAM"] and "(org)" in org_wide and "platform" in org_wide
     assert re.search(r"Status:\s+revoked", out("tokenward token get " + read_id[1]))
     usage = out("tokenward token usage")
-    assert usage.startswith(f"Token ci-readonly ({read_id[1]}), the last 30 days") and "Unused scopes:" in usage
+    assert (
+        usage.startswith(f"Token ci-readonly ({read_id[1]}), the last 30 days") and "Unused scopes:" in usage
+    )
     assert "notes" in out("tokenward token list --team platform --metadata")
     imported = [o for c, o in outputs.items() if "sk_live_demo_" in c]
     assert "Key imported" in imported[0] and '"X-Tokenward-Token-Name", "old-ci"' in imported[1]
@@ -299,7 +307,9 @@ async def test_the_demo_walkthrough_works_as_printed(printed: str) -> None:
     for name, value in re.findall(r"^  export (\w+)=(\S+)$", printed, re.M):
         env[name] = value.replace("$PATH", env.get("PATH", ""))
     for _ in range(60):
-        code, audited, err = await run_cli("audit", "--token-id", read_id[1], "--action", "request.denied", env=env)
+        code, audited, err = await run_cli(
+            "audit", "--token-id", read_id[1], "--action", "request.denied", env=env
+        )
         assert code == 0, err
         if read_id[1] in audited:
             break
@@ -321,12 +331,19 @@ async def test_a_bootstrap_token_that_never_expires_says_how_to_end_it(
     key_id = re.search(r"ID:\s+(\w{12})", out)
     token = re.search(r"Token:\s+(\S+)", out)
     assert key_id is not None and token is not None
-    assert line.split(":", 1)[1].strip() == f"never (revoke it when done: tokenward token revoke {key_id[1]}; or --expires-in 30d)"
+    assert (
+        line.split(":", 1)[1].strip()
+        == f"never (revoke it when done: tokenward token revoke {key_id[1]}; or --expires-in 30d)"
+    )
     assert (await admin(gateway, "GET", "/v1/whoami", token[1]))[0] == 200
-    code, _, err = await run_cli(*shlex.split(line.split("revoke it when done: ")[1].split(";")[0])[1:], env=env)
+    code, _, err = await run_cli(
+        *shlex.split(line.split("revoke it when done: ")[1].split(";")[0])[1:], env=env
+    )
     assert code == 0, err
     assert (await admin(gateway, "GET", "/v1/whoami", token[1]))[0] == 401
-    code, out, err = await run_cli("admin", "bootstrap", "--config", str(path), "--org", "acme", "--expires-in", "2d", env=env)
+    code, out, err = await run_cli(
+        "admin", "bootstrap", "--config", str(path), "--org", "acme", "--expires-in", "2d", env=env
+    )
     assert code == 0 and "revoke it when done" not in out, err
     assert "has 1 other active org admin token:" in err  # env's org admin; the revoked one is not counted
     code, out, err = await run_cli("admin", "bootstrap", "--config", str(path), "--org", "fresh", env=env)
@@ -341,13 +358,22 @@ def test_readme_live_only_config_is_valid(upstream: int) -> None:
     block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "environments: [live]" in b)
     snippet = yaml.safe_load(block)
     config = base_config(upstream)
-    config["routes"] = snippet["routes"] + [r for r in config["routes"] if r["path"] != snippet["routes"][0]["path"]]
+    config["routes"] = snippet["routes"] + [
+        r for r in config["routes"] if r["path"] != snippet["routes"][0]["path"]
+    ]
     config["upstreams"].update(snippet["upstreams"])
     settings = settings_from_dict(config, "README")
     assert settings.upstreams["payments"].environments == {"live"}
     assert any(r.environments == {"live"} for r in settings.routes)
 
 
-async def test_readme_explains_the_live_only_refusal_on_the_demo(demo: dict[str, str], tmp_path: Path) -> None:
-    code, out, err = await shell(readme_lines("tokenward config explain POST /orgs/acme/teams/platform/apis/pets"), demo, tmp_path)
-    assert code == 1 and "decision: 403 at step environment: this route accepts live tokens only" in out, (out, err)
+async def test_readme_explains_the_live_only_refusal_on_the_demo(
+    demo: dict[str, str], tmp_path: Path
+) -> None:
+    code, out, err = await shell(
+        readme_lines("tokenward config explain POST /orgs/acme/teams/platform/apis/pets"), demo, tmp_path
+    )
+    assert code == 1 and "decision: 403 at step environment: this route accepts live tokens only" in out, (
+        out,
+        err,
+    )

@@ -10,45 +10,17 @@ marked xfail(strict=True).
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 import pytest
 
 from tests.helpers.gateway import APIS, base_config
-from tests.helpers.rawhttp import Env, raw, request
+from tests.helpers.rawhttp import Env, exchange, raw, request, statuses
 from tests.helpers.scripted import send
 from tokenward.gateway.embedded import free_port
 
 # a request hidden in a body: it must never be read as a request of its own
 SMUG = b"GET /api?smuggled=1 HTTP/1.1\r\nHost: x\r\n\r\n"
-STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
-
-
-async def exchange(port: int, *parts: bytes | float, half_close: bool = False, idle: float = 5.0) -> bytes:
-    """Send `parts` (a float: pause that long), then read until the server closes (or is
-    idle for `idle` seconds); everything it sent."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    for part in parts:
-        if isinstance(part, float):
-            await asyncio.sleep(part)
-        else:
-            writer.write(part)
-            await writer.drain()
-    if half_close:
-        writer.write_eof()
-    out = b""
-    try:
-        while chunk := await asyncio.wait_for(reader.read(65536), idle):
-            out += chunk
-    except (TimeoutError, ConnectionError):
-        pass
-    writer.close()
-    return out
-
-
-def statuses(out: bytes) -> list[int]:
-    return [int(code) for code in STATUS_LINE.findall(out)]
 
 
 def smuggled(env: Env) -> list[str]:

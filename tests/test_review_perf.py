@@ -10,9 +10,7 @@ xfail): these pin the behaviour for the memos' next changes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
-import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -382,26 +380,6 @@ async def test_proxy_status_of_variants_is_order_independent(gw: Gateway) -> Non
 
 # -- listener findings, re-run in more forms against the current tree -------------------------
 SMUG = b"GET /api?smuggled=1 HTTP/1.1\r\nHost: x\r\n\r\n"
-STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
-
-
-async def _exchange(port: int, data: bytes, idle: float = 3.0) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    with contextlib.suppress(ConnectionError):
-        await writer.drain()
-    out = b""
-    try:
-        while chunk := await asyncio.wait_for(reader.read(65536), idle):
-            out += chunk
-    except (TimeoutError, ConnectionError):
-        pass
-    writer.close()
-    return out
-
-
-def _statuses(out: bytes) -> list[int]:
-    return [int(code) for code in STATUS_LINE.findall(out)]
 
 
 def _head(
@@ -438,8 +416,8 @@ async def test_upgrade_offer_with_a_length_body_is_refused_or_forwarded_whole(en
     extra, method, version = UPGRADE_FORMS[form]
     body = SMUG
     data = _head(env, *extra, f"Content-Length: {len(body)}", method=method, version=version) + body
-    out = await _exchange(env.gw.server.proxy_port, data)
-    assert _statuses(out), out
+    out = await rawhttp.exchange(env.gw.server.proxy_port, data)
+    assert rawhttp.statuses(out), out
     _no_smuggling(env)
     _bodies_whole(env, body)
 
@@ -447,28 +425,28 @@ async def test_upgrade_offer_with_a_length_body_is_refused_or_forwarded_whole(en
 @pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
 async def test_upgrade_offer_with_chunked_body_then_smuggle(env: Env, version: str) -> None:
     data = _head(env, "Upgrade: foo", "Connection: upgrade", "Transfer-Encoding: chunked", version=version)
-    out = await _exchange(env.gw.server.proxy_port, data + b"5\r\nhello\r\n0\r\n\r\n" + SMUG)
-    assert _statuses(out)[:1] in ([400], [200])
+    out = await rawhttp.exchange(env.gw.server.proxy_port, data + b"5\r\nhello\r\n0\r\n\r\n" + SMUG)
+    assert rawhttp.statuses(out)[:1] in ([400], [200])
     _no_smuggling(env)
     _bodies_whole(env, b"hello")
 
 
 async def test_many_short_header_lines_are_refused(env: Env) -> None:
     data = b"GET /api HTTP/1.1\r\nHost: x\r\n" + b"X-a: b\r\n" * 200_000
-    out = await _exchange(env.gw.server.proxy_port, data)
-    assert _statuses(out) in ([431], [400])
+    out = await rawhttp.exchange(env.gw.server.proxy_port, data)
+    assert rawhttp.statuses(out) in ([431], [400])
 
 
 async def test_endless_obs_fold_continuation_is_refused(env: Env) -> None:
     data = b"GET /api HTTP/1.1\r\nHost: x\r\nX-a: b\r\n" + b" c\r\n" * 200_000
-    out = await _exchange(env.gw.server.proxy_port, data)
-    assert _statuses(out) in ([431], [400])
+    out = await rawhttp.exchange(env.gw.server.proxy_port, data)
+    assert rawhttp.statuses(out) in ([431], [400])
 
 
 async def test_many_short_trailer_lines_are_refused(env: Env) -> None:
     data = _head(env, "Transfer-Encoding: chunked") + b"2\r\n{}\r\n0\r\n" + b"X-T: a\r\n" * 200_000
-    out = await _exchange(env.gw.server.proxy_port, data)
-    assert _statuses(out) in ([400], [431])
+    out = await rawhttp.exchange(env.gw.server.proxy_port, data)
+    assert rawhttp.statuses(out) in ([400], [431])
     assert all(not s["raw_path"].startswith(APIS) for s in env.rec.seen)  # never forwarded
 
 
@@ -487,8 +465,8 @@ async def test_http10_with_transfer_encoding_never_reads_a_smuggled_request(
     env: Env, framing: tuple[str, ...]
 ) -> None:
     data = _head(env, *framing, version="HTTP/1.0") + b"5\r\nhello\r\n0\r\n\r\n" + SMUG
-    out = await _exchange(env.gw.server.proxy_port, data)
-    assert len(_statuses(out)) == 1, out
+    out = await rawhttp.exchange(env.gw.server.proxy_port, data)
+    assert len(rawhttp.statuses(out)) == 1, out
     _no_smuggling(env)
 
 
@@ -502,7 +480,7 @@ async def test_http10_with_transfer_encoding_never_reads_a_smuggled_request(
     ids=["chunked", "case", "twice"],
 )
 async def test_no_100_continue_for_http10_in_any_form(env: Env, extra: tuple[str, ...]) -> None:
-    out = await _exchange(env.gw.server.proxy_port, _head(env, *extra, version="HTTP/1.0"), idle=1.0)
+    out = await rawhttp.exchange(env.gw.server.proxy_port, _head(env, *extra, version="HTTP/1.0"), idle=1.0)
     assert b" 100 " not in out.split(b"\r\n", 1)[0]
 
 

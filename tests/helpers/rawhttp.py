@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,8 +200,6 @@ def confusion_config(port: int) -> dict[str, Any]:
     return config
 
 
-
-
 @dataclass
 class Confusion:
     """The path-confusion suite's gateway (`confusion_config`) and its two tokens."""
@@ -230,3 +229,33 @@ def multipart(boundary: str, *parts: tuple[str, bytes], eol: bytes = b"\r\n") ->
         out += b"--" + boundary.encode() + eol + b"Content-Disposition: " + disposition.encode() + eol + eol
         out += data + eol
     return out + b"--" + boundary.encode() + b"--" + eol
+
+
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+
+
+async def exchange(port: int, *parts: bytes | float, half_close: bool = False, idle: float = 5.0) -> bytes:
+    """Send `parts` (a float: pause that long), then read until the server closes (or is
+    idle for `idle` seconds); everything it sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for part in parts:
+        if isinstance(part, float):
+            await asyncio.sleep(part)
+        else:
+            writer.write(part)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+    if half_close:
+        writer.write_eof()
+    out = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), idle):
+            out += chunk
+    except (TimeoutError, ConnectionError):
+        pass
+    writer.close()
+    return out
+
+
+def statuses(out: bytes) -> list[int]:
+    return [int(code) for code in STATUS_LINE.findall(out)]

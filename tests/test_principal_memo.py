@@ -66,7 +66,10 @@ async def test_one_principal_per_record_objects_replaced_with_them(gateway: Gate
     await gateway.runtime.store.put_team(TeamRecord("acme", "platform", parse_scopes(["read:specs"]), 0.0, "test"))
     await until(lambda: cache.team("acme", "platform") is None)
     narrowed = await proven(gateway, token)
-    assert narrowed is not renamed and narrowed.token is renamed.token and narrowed.team_permissions == parse_scopes(["read:specs"])
+    # (the token record may have been read again meanwhile, e.g. a late notice of the rename:
+    # the same record, not necessarily the same object)
+    assert narrowed is not renamed and narrowed.token == renamed.token
+    assert narrowed.team_permissions == parse_scopes(["read:specs"])
     assert auth.argon2_verifications == 1  # the proof held throughout
 
 

@@ -22,7 +22,7 @@ from tokenward.gateway.aio import cancel_and_wait
 from tokenward.gateway.logs import LogOutput, LogWriter, process_output
 from tokenward.gateway.redaction import REDACTED, Redactor, redact
 from tokenward.gateway.store import Store
-from tokenward.gateway.store_audit import AUDIT_BATCH
+from tokenward.gateway.store_audit import AUDIT_WRITE
 from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.gateway.usage import UsageTally
 
@@ -216,7 +216,7 @@ class AuditLog:
             )
 
     async def flush(self) -> None:
-        """Append the buffered events to the stream, AUDIT_BATCH per call; on any failure,
+        """Append the buffered events to the stream, AUDIT_WRITE per call; on any failure,
         cancellation included, whatever was not confirmed goes back in the buffer."""
         if self.store is None:
             return
@@ -226,13 +226,15 @@ class AuditLog:
         self._flushing = True
         try:
             while done < len(events):
-                await self.store.append_audit(events[done : done + AUDIT_BATCH], self.stream_maxlen)
-                done += AUDIT_BATCH
+                await self.store.append_audit(events[done : done + AUDIT_WRITE], self.stream_maxlen)
+                done += AUDIT_WRITE
             if used:
                 await self.store.touch_last_used(used)
                 used = {}
             await self._flush_usage(self.store)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, StoreUnavailable):
+                done += exc.appended  # the part of a write confirmed before it failed
             # keep what we have for the next try (bounded)
             self._pending = (events[done:] + self._pending)[-100_000:]
             for kid, at in used.items():

@@ -2,7 +2,8 @@
 their own audit event.
 
 The gateway's decisions are appended in batches (`append_audit`, AUDIT_BATCH events per
-script call). An admin change's event (`AuditEntry`) goes into the same MULTI as the change
+script call, the calls of one flush pipelined on one connection and packed here: redis-py's
+per-command path cost more than the request itself). An admin change's event (`AuditEntry`) goes into the same MULTI as the change
 (`_write_audited`) on one server or Sentinel, so a change confirmed to the caller has its
 event in the stream. A cluster keeps the stream in its own slot: there the event is a second
 durable write after the change and before the response (see SECURITY.md).
@@ -23,6 +24,12 @@ from tokenward.gateway.store_keys import Keys
 from tokenward.gateway.store_link import StoreLink, StoreUnavailable
 
 AUDIT_BATCH = 25  # events per call: Valkey works in slices the requests can run between
+AUDIT_WRITE = 16 * AUDIT_BATCH  # events per append_audit: its calls go in one write
+
+# EVAL, the script, one key: the start of every batch's command (the script's text each time,
+# so a store restarted or flushed meanwhile needs no reload; the server caches it by digest)
+_SCRIPT = store_scripts.APPEND_AUDIT.encode()
+_EVAL = b"$4\r\nEVAL\r\n$%d\r\n%b\r\n$1\r\n1\r\n" % (len(_SCRIPT), _SCRIPT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +45,29 @@ class AuditStream(StoreLink):
 
     def __init__(self, client: redis.Redis | RedisCluster) -> None:
         super().__init__(client)
-        self._append_audit = client.register_script(store_scripts.APPEND_AUDIT)
 
     async def append_audit(self, events: Sequence[bytes], maxlen: int) -> None:
-        async def op() -> None:
-            for start in range(0, len(events), AUDIT_BATCH):
-                batch = events[start : start + AUDIT_BATCH]
-                await self._append_audit(keys=[Keys.audit], args=[maxlen, *batch])
+        """Append `events` (JSON) to the capped stream: one APPEND_AUDIT call per AUDIT_BATCH,
+        all written at once on one connection to the stream's master, then every reply read.
+        On a failure, StoreUnavailable.appended says how many (from the first) were confirmed."""
+        packed, calls = pack_appends(events, maxlen)
+        appended = 0
 
-        await self._call(op)
+        async def op() -> None:
+            nonlocal appended
+            async with self._pinned(Keys.audit) as conn:
+                await conn.send_packed_command(packed, check_health=False)
+                for _ in range(calls):
+                    await conn.read_response()  # a script error raises here
+                    appended = min(len(events), appended + AUDIT_BATCH)
+
+        if not calls:
+            return
+        try:
+            await self._call(op)
+        except StoreUnavailable as exc:
+            exc.appended = appended  # those confirmed before the failure: not to be sent again
+            raise
 
     async def read_audit(
         self, start: str = "-", end: str = "+", count: int = 100, reverse: bool = True
@@ -102,6 +123,21 @@ class AuditStream(StoreLink):
 
     async def _append_audit_durably(self, audit: AuditEntry) -> None:
         await self._write(Keys.audit, _xadd(audit))
+
+
+def pack_appends(events: Sequence[bytes], maxlen: int) -> tuple[bytes, int]:
+    """The RESP of `EVAL APPEND_AUDIT 1 <stream> <maxlen> <event>...` per AUDIT_BATCH events,
+    and how many commands that is (each event is a bulk string: bytes as they are)."""
+    key = Keys.audit.encode()
+    tail = b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key), key, len(str(maxlen)), str(maxlen).encode())
+    parts: list[bytes] = []
+    calls = 0
+    for start in range(0, len(events), AUDIT_BATCH):
+        batch = events[start : start + AUDIT_BATCH]
+        parts += (b"*%d\r\n" % (5 + len(batch)), _EVAL, tail)
+        parts += [b"$%d\r\n%b\r\n" % (len(event), event) for event in batch]
+        calls += 1
+    return b"".join(parts), calls
 
 
 def _xadd(audit: AuditEntry) -> tuple[Any, ...]:

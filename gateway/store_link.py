@@ -59,6 +59,8 @@ _NOT_OUTAGES = (
 class StoreUnavailable(Exception):
     """The store could not be reached or answered with an error."""
 
+    appended = 0  # AuditStream.append_audit: the events confirmed before the failure
+
 
 def pool_exhausted(exc: StoreUnavailable) -> bool:
     """Whether `exc` came from this process running out of pooled connections (its own load:

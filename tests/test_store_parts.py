@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
@@ -14,7 +15,7 @@ from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.settings import RedisSettings
 from tokenward.gateway.store import Store
-from tokenward.gateway.store_audit import AuditEntry, AuditStream
+from tokenward.gateway.store_audit import AUDIT_BATCH, AuditEntry, AuditStream
 from tokenward.gateway.store_changes import Change, ChangeFeed
 from tokenward.gateway.store_connect import connect
 from tokenward.gateway.store_keys import Keys
@@ -91,6 +92,33 @@ async def test_the_audit_stream_alone_appends_and_writes_audited(redis_url: str)
         assert replies == [b"OK"]
         rows = await audit.read_audit(reverse=False)
         assert [event for _, event in rows] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    finally:
+        await audit.close()
+
+
+async def test_audit_batches_go_in_one_write_in_order(redis_url: str) -> None:
+    """append_audit packs its script calls itself: every event arrives once, in order, bytes
+    as they were (CR LF and all); a failing call fails the whole, and the connection it left
+    with unread replies is never reused."""
+    audit = AuditStream(connect(RedisSettings(url=redis_url)))
+    try:
+        events = [orjson.dumps({"n": n, "text": "a\r\n$5\r\n*1"}) for n in range(AUDIT_BATCH * 3 + 7)]
+        await audit.append_audit(events, maxlen=100_000)
+        await audit.append_audit([], maxlen=100_000)
+        rows = await audit.read_audit(reverse=False, count=1000)
+        assert [event for _, event in rows] == [orjson.loads(e) for e in events]
+
+        await audit.client.delete(Keys.audit)
+        await audit.client.set(Keys.audit, "not a stream")  # every XADD now fails
+        with pytest.raises(StoreUnavailable, match="ResponseError") as failed:
+            await audit.append_audit(events, maxlen=100_000)
+        assert failed.value.appended == 0  # none confirmed: the flush keeps them all
+        await audit.client.delete(Keys.audit)
+        for _ in range(5):  # each connection of the pool answers its own commands
+            assert await audit.ping()
+        await audit.append_audit(events[:3], maxlen=100_000)
+        rows = await audit.read_audit(reverse=False)
+        assert [event["n"] for _, event in rows] == [0, 1, 2]
     finally:
         await audit.close()
 

@@ -298,17 +298,20 @@ class ResponseHeaders:
     Connection-named ones, Content-Length (set from what is sent) and X-Request-Id (ours);
     each name's verdict remembered (bounded). One per forwarder."""
 
-    __slots__ = ("_memo",)
+    __slots__ = ("_memo", "_named", "_norms")
 
     KEEP, DROP, DATE, TYPE = 0, 1, 2, 3
 
     def __init__(self, max_size: int = 4096) -> None:
         self._memo: Memo[bytes, int] = Memo(max_size)
+        # a Connection value's names that are not dropped anyway (`keep-alive`: none)
+        self._named: Memo[bytes, frozenset[str]] = Memo(max_size)
+        self._norms: Memo[bytes, str] = Memo(max_size)  # a name as it came -> normalize_name
 
     def kind(self, name: bytes) -> int:
         found = self._memo.get(name)
         if found is None:
-            norm = normalize_name(decode_header(name))
+            norm = self.norm(name)
             if norm in _RESPONSE_DROP or norm == "x-request-id":
                 found = self.DROP
             else:
@@ -316,16 +319,29 @@ class ResponseHeaders:
             self._memo.remember(name, found)
         return found
 
+    def norm(self, name: bytes) -> str:
+        found = self._norms.get(name)
+        if found is None:
+            found = self._norms.remember(name, normalize_name(decode_header(name)))
+        return found
+
+    def named(self, value: bytes) -> frozenset[str]:
+        """The header names a Connection value names, but for those dropped in any case."""
+        found = self._named.get(value)
+        if found is None:
+            tokens = {normalize_name(token.strip()) for token in decode_header(value).split(",")}
+            found = frozenset(tokens - {""} - _RESPONSE_DROP)
+            if len(value) <= 64:  # the usual short values; a long one is read each time
+                self._named.remember(value, found)
+        return found
+
     def block(self, raw: list[tuple[bytes, bytes]], request_id: str) -> tuple[bytes, bool, bool]:
         """The header lines (ending with our X-Request-Id), and whether they carry a Date
         and a Content-Type."""
-        dropped: set[str] | None = None
+        dropped: frozenset[str] = frozenset()
         for name, value in raw:
             if len(name) == 10 and name.lower() == b"connection":
-                dropped = dropped or set()
-                for token in decode_header(value).split(","):
-                    if token.strip():
-                        dropped.add(normalize_name(token.strip()))
+                dropped |= self.named(value)
         memo = self._memo
         lines = []
         date = typed = False
@@ -335,7 +351,7 @@ class ResponseHeaders:
                 verdict = self.kind(name)
             if verdict == 1:
                 continue
-            if dropped and normalize_name(decode_header(name)) in dropped:
+            if dropped and self.norm(name) in dropped:
                 continue
             if verdict == 2:
                 date = True

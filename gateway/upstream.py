@@ -134,8 +134,8 @@ class Connection(asyncio.Protocol):
             self._fail(UpstreamFailed(f"invalid response: {exc}"))
             self.close()
 
-    def eof_received(self) -> bool | None:
-        return None  # close the transport
+    def eof_received(self) -> bool | None:  # (None: close the transport)
+        return None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self.closed and self.keep_alive and self.complete:
@@ -144,9 +144,7 @@ class Connection(asyncio.Protocol):
             self.pool.closed_while_idle(idle_for, self.exchanges)
         self.closed = True
         self.pool.forget(self)
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self.close_deadline()
         if self.headers_done and not self.complete and exc is None and self._until_eof():
             self.complete = True  # a body delimited by the end of the connection
             self._wake()
@@ -231,15 +229,19 @@ class Connection(asyncio.Protocol):
         self.busy = True
         self.exchanges += 1
         self._timeout = timeout
-        self.last_read = self.loop.time()
-        self._deadline = self.loop.call_at(self.last_read + timeout, self._check_deadline)
+        self.last_read = now = self.loop.time()
+        # One timer per connection, not per exchange: one left by an earlier exchange checks
+        # this one when it fires (and sets itself again), unless it would be late.
+        if self._deadline is None or self._deadline.when() > now + timeout:
+            self.close_deadline()
+            self._deadline = self.loop.call_at(now + timeout, self._check_deadline)
 
     def _check_deadline(self) -> None:
         """The upstream's silence (no byte read, no request byte accepted) may not exceed
         the timeout; time when *we* are not reading (backpressure) does not count."""
         self._deadline = None
-        if (self.complete and not self.sending) or self.closed:
-            return
+        if not self.busy or (self.complete and not self.sending) or self.closed:
+            return  # between exchanges (the next one sets a timer), or done
         now = self.loop.time()
         if self._paused_reading:
             self.last_read = now
@@ -251,10 +253,9 @@ class Connection(asyncio.Protocol):
             self._deadline = self.loop.call_at(due, self._check_deadline)
 
     def _until_eof(self) -> bool:
-        if self.head_only or self.status in (204, 304):
-            return False
         names = {name.lower() for name, _ in self.headers}
-        return b"content-length" not in names and b"transfer-encoding" not in names
+        framed = self.head_only or self.status in (204, 304) or b"content-length" in names
+        return not framed and b"transfer-encoding" not in names
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -262,8 +263,7 @@ class Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def _fail(self, error: UpstreamFailed) -> None:
-        if self.error is None:
-            self.error = error
+        self.error = self.error or error
         self._wake()
 
     async def _wait(self) -> None:
@@ -328,20 +328,20 @@ class Connection(asyncio.Protocol):
 
     def finish(self) -> None:
         """Back to the pool if the exchange ended cleanly and the connection may be reused."""
-        self.busy = False
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self.busy = False  # (the deadline timer stays: see begin)
         clean = self.complete and self.keep_alive and self.reusable and not self.sending
         if clean and not self.closed and not self.upgraded and self.error is None and not self._paused_reading and not self.body:
             self.pool.release(self)
         else:
             self.close()
 
-    def close(self) -> None:
+    def close_deadline(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def close(self) -> None:
+        self.close_deadline()
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True

@@ -140,6 +140,29 @@ async def test_slow_response_headers_are_a_504(scripted: Any, through: Any) -> N
     assert status == 504 and b"gateway_timeout" in body
 
 
+async def test_a_pooled_connection_times_out_its_later_exchanges(scripted: Any, through: Any) -> None:
+    """One deadline timer per connection: the one left by earlier exchanges still times out
+    a later exchange on the same pooled connection, on time (within the timeout, not
+    the timeout plus the age of the timer)."""
+
+    async def slow(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(2.0)
+        writer.write(OK)
+
+    upstream = await scripted(send(OK), send(OK), slow, send(OK))
+    gw = await through(upstream, timeout="800ms")
+    for _ in range(2):
+        assert (await get(gw))[0] == 200
+        await asyncio.sleep(0.5)  # the first exchange's timer is due during the third
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    status, _, body = await get(gw)
+    assert status == 504 and b"gateway_timeout" in body
+    assert 0.75 < loop.time() - started < 1.8
+    assert upstream.connections == 1  # the slow exchange was on the pooled connection
+    assert (await get(gw))[0] == 200  # and a new connection serves the next
+
+
 async def test_a_slow_but_steady_body_is_not_timed_out(scripted: Any, through: Any) -> None:
     async def trickle(seen: Seen, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")

@@ -22,7 +22,7 @@ from tokenward.gateway.aio import cancel_and_wait
 from tokenward.gateway.logs import LogOutput, LogWriter, process_output
 from tokenward.gateway.redaction import REDACTED, Redactor, redact
 from tokenward.gateway.store import Store
-from tokenward.gateway.store_audit import AUDIT_WRITE
+from tokenward.gateway.store_audit import AUDIT_BATCH, AUDIT_WRITE
 from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.gateway.usage import UsageTally
 
@@ -216,7 +216,7 @@ class AuditLog:
             )
 
     async def flush(self) -> None:
-        """Append the buffered events to the stream, AUDIT_WRITE per call; on any failure,
+        """Append the buffered events to the stream, up to AUDIT_WRITE per call; on any failure,
         cancellation included, whatever was not confirmed goes back in the buffer."""
         if self.store is None:
             return
@@ -224,10 +224,14 @@ class AuditLog:
         used, self._used = self._used, {}
         done = 0
         self._flushing = True
+        # Writes as small as the backlog allows: the store works through each write in one
+        # go, and a big one delays the requests (on its core too) meanwhile; a backlog that
+        # grows gets bigger writes, fewer round trips, until the flush keeps up again.
+        size = AUDIT_BATCH * min(AUDIT_WRITE // AUDIT_BATCH, max(2, len(events) // (16 * AUDIT_BATCH)))
         try:
             while done < len(events):
-                await self.store.append_audit(events[done : done + AUDIT_WRITE], self.stream_maxlen)
-                done += AUDIT_WRITE
+                await self.store.append_audit(events[done : done + size], self.stream_maxlen)
+                done += size
             if used:
                 await self.store.touch_last_used(used)
                 used = {}

@@ -24,7 +24,7 @@ from tokenward.gateway.store_keys import Keys
 from tokenward.gateway.store_link import StoreLink, StoreUnavailable
 
 AUDIT_BATCH = 25  # events per call: Valkey works in slices the requests can run between
-AUDIT_WRITE = 16 * AUDIT_BATCH  # events per append_audit: its calls go in one write
+AUDIT_WRITE = 16 * AUDIT_BATCH  # events per append_audit at most: its calls go in one write
 
 # EVAL, the script, one key: the start of every batch's command (the script's text each time,
 # so a store restarted or flushed meanwhile needs no reload; the server caches it by digest)

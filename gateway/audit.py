@@ -22,7 +22,7 @@ from tokenward.gateway.aio import cancel_and_wait
 from tokenward.gateway.logs import LogOutput, LogWriter, process_output
 from tokenward.gateway.redaction import REDACTED, Redactor, redact
 from tokenward.gateway.store import Store
-from tokenward.gateway.store_audit import AUDIT_BATCH, AUDIT_WRITE
+from tokenward.gateway.store_audit import AUDIT_BATCH, AUDIT_WRITE, AppendProgress
 from tokenward.gateway.store_link import StoreUnavailable
 from tokenward.gateway.usage import UsageTally
 
@@ -58,6 +58,8 @@ class IsoTimestamps:
     def _turn(self, second: int) -> None:
         self._second, self._text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
+
+MAX_PENDING = 100_000  # events waiting for the store's stream; past it the newest are dropped, counted
 
 def _line_tail(action: str) -> bytes:
     """What a JSON line has after an event's own fields, up to its timestamp's value."""
@@ -120,7 +122,7 @@ class AuditLog:
                 self._flush_soon(sink)
         if self.store is not None and not in_stream:
             fields["ts"] = now
-            if len(self._pending) < 100_000:
+            if len(self._pending) < MAX_PENDING:
                 self._pending.append(orjson.dumps(fields))
             else:
                 self.dropped += 1
@@ -152,7 +154,7 @@ class AuditLog:
             if self._flush_per_turn:
                 self._flush_soon(sink)
         if streamed:
-            if len(self._pending) < 100_000:
+            if len(self._pending) < MAX_PENDING:
                 self._pending.append(b"".join((body, b',"ts":', orjson.dumps(now), b"}")))
             else:
                 self.dropped += 1
@@ -228,19 +230,23 @@ class AuditLog:
         # go, and a big one delays the requests (on its core too) meanwhile; a backlog that
         # grows gets bigger writes, fewer round trips, until the flush keeps up again.
         size = AUDIT_BATCH * min(AUDIT_WRITE // AUDIT_BATCH, max(2, len(events) // (16 * AUDIT_BATCH)))
+        progress = AppendProgress()
         try:
             while done < len(events):
-                await self.store.append_audit(events[done : done + size], self.stream_maxlen)
+                progress = AppendProgress()
+                await self.store.append_audit(events[done : done + size], self.stream_maxlen, progress)
                 done += size
             if used:
                 await self.store.touch_last_used(used)
                 used = {}
             await self._flush_usage(self.store)
-        except BaseException as exc:
-            if isinstance(exc, StoreUnavailable):
-                done += exc.appended  # the part of a write confirmed before it failed
-            # keep what we have for the next try (bounded)
-            self._pending = (events[done:] + self._pending)[-100_000:]
+        except BaseException:
+            if done < len(events):
+                done += progress.appended  # the part of the write confirmed before it ended
+            # keep what we have for the next try (bounded: the oldest go, counted)
+            kept = events[done:] + self._pending
+            self.dropped += max(0, len(kept) - MAX_PENDING)
+            self._pending = kept[-MAX_PENDING:]
             for kid, at in used.items():
                 self._used[kid] = max(at, self._used.get(kid, 0.0))
             raise

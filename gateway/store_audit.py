@@ -1,11 +1,12 @@
 """The audit stream in the store: a capped stream of JSON events, and admin writes that carry
 their own audit event.
 
-The gateway's decisions are appended in batches (`append_audit`, AUDIT_BATCH events per
-script call, the calls of one flush pipelined on one connection and packed here: redis-py's
-per-command path cost more than the request itself). An admin change's event (`AuditEntry`) goes into the same MULTI as the change
-(`_write_audited`) on one server or Sentinel, so a change confirmed to the caller has its
-event in the stream. A cluster keeps the stream in its own slot: there the event is a second
+The gateway's decisions are appended in batches (`append_audit`: AUDIT_BATCH events per
+script call, the calls of one write packed here and sent at once on one connection, as
+redis-py's per-command path cost more than the request itself; a flush makes a few such
+writes, see AuditLog.flush). An admin change's event (`AuditEntry`) goes into the same
+MULTI as the change (`_write_audited`) on one server or Sentinel, so a change confirmed to
+the caller has its event in the stream. A cluster keeps the stream in its own slot: there the event is a second
 durable write after the change and before the response (see SECURITY.md).
 """
 
@@ -16,8 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as redis
-from redis.asyncio.cluster import RedisCluster
 
 from tokenward.gateway import store_scripts
 from tokenward.gateway.store_keys import Keys
@@ -40,33 +39,37 @@ class AuditEntry:
     maxlen: int
 
 
+@dataclass(slots=True)
+class AppendProgress:
+    """How many of an append_audit's events the store confirmed (from the first)."""
+
+    appended: int = 0
+
+
 class AuditStream(StoreLink):
     """Appending to and reading the audit stream; admin writes with their audit event."""
 
-    def __init__(self, client: redis.Redis | RedisCluster) -> None:
-        super().__init__(client)
-
-    async def append_audit(self, events: Sequence[bytes], maxlen: int) -> None:
+    async def append_audit(self, events: Sequence[bytes], maxlen: int, progress: AppendProgress | None = None) -> None:
         """Append `events` (JSON) to the capped stream: one APPEND_AUDIT call per AUDIT_BATCH,
         all written at once on one connection to the stream's master, then every reply read.
-        On a failure, StoreUnavailable.appended says how many (from the first) were confirmed."""
+        `progress.appended` counts the events confirmed so far (from the first), whatever
+        ends the write: those are never to be sent again."""
         packed, calls = pack_appends(events, maxlen)
-        appended = 0
+        progress = progress or AppendProgress()
 
         async def op() -> None:
-            nonlocal appended
             async with self._pinned(Keys.audit) as conn:
                 await conn.send_packed_command(packed, check_health=False)
                 for _ in range(calls):
                     await conn.read_response()  # a script error raises here
-                    appended = min(len(events), appended + AUDIT_BATCH)
+                    progress.appended = min(len(events), progress.appended + AUDIT_BATCH)
 
         if not calls:
             return
         try:
-            await self._call(op)
+            await self._call(op, retry=False)  # never twice here: the flush sends what is left
         except StoreUnavailable as exc:
-            exc.appended = appended  # those confirmed before the failure: not to be sent again
+            await self._relearn_after(exc)
             raise
 
     async def read_audit(

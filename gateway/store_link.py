@@ -59,8 +59,6 @@ _NOT_OUTAGES = (
 class StoreUnavailable(Exception):
     """The store could not be reached or answered with an error."""
 
-    appended = 0  # AuditStream.append_audit: the events confirmed before the failure
-
 
 def pool_exhausted(exc: StoreUnavailable) -> bool:
     """Whether `exc` came from this process running out of pooled connections (its own load:
@@ -307,9 +305,14 @@ class StoreLink:
         try:
             return await self._call(op, retry=False)  # never twice: it may have been applied
         except StoreUnavailable as exc:
-            if self.cluster and isinstance(exc.__cause__, _OUTAGES):
-                await self._relearn_slots()
+            await self._relearn_after(exc)
             raise
+
+    async def _relearn_after(self, exc: StoreUnavailable) -> None:
+        """After a command on a pinned connection failed: in a cluster, a failover may have
+        moved its slot (the cluster client would follow MOVED; a pinned connection can't)."""
+        if self.cluster and isinstance(exc.__cause__, _OUTAGES):
+            await self._relearn_slots()
 
     async def _wait_aof(self, conn: Any) -> None:
         await conn.send_command("WAITAOF", 1, 0, DURABLE_TIMEOUT_MS)

@@ -15,7 +15,7 @@ from tokenward.gateway.records import TeamRecord
 from tokenward.gateway.scopes import parse_scopes
 from tokenward.gateway.settings import RedisSettings
 from tokenward.gateway.store import Store
-from tokenward.gateway.store_audit import AUDIT_BATCH, AuditEntry, AuditStream
+from tokenward.gateway.store_audit import AUDIT_BATCH, AppendProgress, AuditEntry, AuditStream
 from tokenward.gateway.store_changes import Change, ChangeFeed
 from tokenward.gateway.store_connect import connect
 from tokenward.gateway.store_keys import Keys
@@ -99,7 +99,7 @@ async def test_the_audit_stream_alone_appends_and_writes_audited(redis_url: str)
 async def test_audit_batches_go_in_one_write_in_order(redis_url: str) -> None:
     """append_audit packs its script calls itself: every event arrives once, in order, bytes
     as they were (CR LF and all); a failing call fails the whole, and the connection it left
-    with unread replies is never reused."""
+    with unread replies is closed (tests/test_audit_backlog.py)."""
     audit = AuditStream(connect(RedisSettings(url=redis_url)))
     try:
         events = [orjson.dumps({"n": n, "text": "a\r\n$5\r\n*1"}) for n in range(AUDIT_BATCH * 3 + 7)]
@@ -110,9 +110,10 @@ async def test_audit_batches_go_in_one_write_in_order(redis_url: str) -> None:
 
         await audit.client.delete(Keys.audit)
         await audit.client.set(Keys.audit, "not a stream")  # every XADD now fails
-        with pytest.raises(StoreUnavailable, match="ResponseError") as failed:
-            await audit.append_audit(events, maxlen=100_000)
-        assert failed.value.appended == 0  # none confirmed: the flush keeps them all
+        progress = AppendProgress()
+        with pytest.raises(StoreUnavailable, match="ResponseError"):
+            await audit.append_audit(events, maxlen=100_000, progress=progress)
+        assert progress.appended == 0  # none confirmed: the flush keeps them all
         await audit.client.delete(Keys.audit)
         for _ in range(5):  # each connection of the pool answers its own commands
             assert await audit.ping()

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers.gateway import Gateway
-from tests.helpers.topology import Cluster, Drill, drill_config, start_gateway, stop_gateway
+from tests.helpers.topology import Cluster, Drill, drill_config, raw, start_gateway, stop_gateway, wait_until
 from tokenward.gateway.settings import ClusterSettings, RedisSettings
 from tokenward.gateway.store import Store
 from tokenward.gateway.store_changes import Change
 from tokenward.gateway.store_connect import connect
 from tokenward.gateway.store_keys import Keys
+from tokenward.gateway.store_link import StoreUnavailable
 
 
 def cluster_store(cluster: Cluster) -> Store:
@@ -51,6 +52,35 @@ async def test_a_change_reaches_a_subscriber_on_every_node(cluster: Cluster) -> 
                 message = await sub.get_message(timeout=0.5)
             assert message is not None and Change.decode(message["data"]).ident == "abc"
     await store.close()
+
+
+async def test_the_audit_stream_follows_its_slot_to_a_new_master(tmp_path: Path) -> None:
+    """The gateway's audit writes go on a connection pinned to the stream's master; after a
+    failover of that slot the first write meets MOVED, the slots are learnt again, and the
+    next flush reaches the new master (the link counts as up again)."""
+    cluster = Cluster(tmp_path / "own")  # its own: this test moves a slot
+    cluster.start()
+    store = cluster_store(cluster)
+    try:
+        await store.append_audit([b'{"n": 0}'], 1000)
+        old = cluster.master_of(Keys.audit)
+        heir = cluster.replicas_of(old)[0]
+        raw(heir, "CLUSTER", "FAILOVER")
+        wait_until(lambda: cluster.master_of(Keys.audit) == heir, "the failover")
+        written, failed = 0, 0
+        for n in range(1, 6):  # a flush, then the next ones
+            try:
+                await store.append_audit([b'{"n": %d}' % n], 1000)
+                written += 1
+            except StoreUnavailable:
+                failed += 1
+            await asyncio.sleep(0.05)
+        assert failed <= 1 and written >= 4
+        rows = await store.read_audit(count=10, reverse=False)
+        assert [event["n"] for _, event in rows][-written:] == list(range(6 - written, 6))
+    finally:
+        await store.close()
+        cluster.stop()
 
 
 # The admin API and the gateway end to end on the cluster run as the same tests as on one

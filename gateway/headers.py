@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from tokenward.gateway.bounded import Memo
 from tokenward.gateway.decision import Principal
@@ -360,23 +360,3 @@ class ResponseHeaders:
             lines.append(b"%b: %b\r\n" % (name, value))
         lines.append(b"X-Request-Id: %b\r\n" % request_id.encode("ascii"))
         return b"".join(lines), date, typed
-
-
-def response_headers(raw: list[tuple[bytes, bytes]], request_id: str) -> CIMultiDict[str]:
-    """The upstream's response headers minus hop-by-hop ones (and Content-Length, which
-    aiohttp sets from what is actually sent)."""
-    dropped: set[str] = set()
-    for raw_name, value in raw:
-        if raw_name.lower() == b"connection":
-            for token in decode_header(value).split(","):
-                if token.strip():
-                    dropped.add(normalize_name(token.strip()))
-    out: CIMultiDict[str] = CIMultiDict()
-    for raw_name, value in raw:
-        name = decode_header(raw_name)
-        norm = normalize_name(name)
-        if norm in _RESPONSE_DROP or norm in dropped or norm == "x-request-id":
-            continue
-        out.add(name, decode_header(value))
-    out["X-Request-Id"] = request_id
-    return out

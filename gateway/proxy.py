@@ -21,7 +21,6 @@ from tokenward.gateway.headers import (
     connection_tokens,
     identity_headers,
     normalize_name,
-    response_headers,
 )
 from tokenward.gateway.inbound import Body, Request
 from tokenward.gateway.mcp_stream import JsonFilter, SseFilter, response_filter
@@ -305,11 +304,11 @@ class Forwarder:
                 return None, await self._respond(request, conn, request_id)
             finally:
                 conn.finish()
-        out = response_headers(conn.headers, request_id)
+        # the upstream's header lines by the same rules as any response's, then the upgrade's own
+        data, date, typed = self.response_headers.block(conn.headers, request_id)
         upgrade = next((v for n, v in conn.headers if n.lower() == b"upgrade"), b"websocket")
-        out["Connection"] = "Upgrade"
-        out["Upgrade"] = decode_header(upgrade)
-        return conn, StreamReply(101, out, decode_header(conn.reason) or None)
+        data += b"Connection: Upgrade\r\nUpgrade: %b\r\n" % upgrade
+        return conn, StreamReply(101, Block(data, date, typed, connection=True), decode_header(conn.reason) or None)
 
     async def _exchange(
         self,

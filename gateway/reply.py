@@ -42,12 +42,12 @@ class Clock:
 
 class Block:
     """Header lines already rendered (an upstream's, as it sent them: gateway/headers.py
-    `ResponseHeaders`), and whether they carry a Date and a Content-Type."""
+    `ResponseHeaders`), and whether they carry a Date, a Content-Type and a Connection."""
 
-    __slots__ = ("data", "date", "typed")
+    __slots__ = ("connection", "data", "date", "typed")
 
-    def __init__(self, data: bytes, date: bool, typed: bool) -> None:
-        self.data, self.date, self.typed = data, date, typed
+    def __init__(self, data: bytes, date: bool, typed: bool, connection: bool = False) -> None:
+        self.data, self.date, self.typed, self.connection = data, date, typed, connection
 
 
 def _pairs(headers: Headers | Block) -> list[tuple[str, str]] | Block:
@@ -226,7 +226,7 @@ def render_head(
         % (major, minor, status, (reason or _PHRASES.get(status, "")).encode("utf-8", "surrogateescape"))
     ]
     if isinstance(headers, Block):
-        has_date, has_type, has_connection = headers.date, headers.typed, False
+        has_date, has_type, has_connection = headers.date, headers.typed, headers.connection
         out.append(headers.data)
     else:
         has_date = has_type = has_connection = False

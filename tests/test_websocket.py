@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers.gateway import EVENTS, Gateway, LogReader, with_events
+from tests.helpers.gateway import EVENTS, Gateway, LogReader, base_config, with_events
 from tests.helpers.scripted import ScriptedUpstream, send
 
 
@@ -143,3 +143,39 @@ async def test_stopping_the_gateway_closes_tunnels(ws_gateway: Gateway) -> None:
     message = await ws.receive(timeout=5)
     assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
     assert time.monotonic() - started < 1.0  # not held until the drain timeout
+
+
+async def test_the_101_head_follows_the_response_header_rules(
+    start_gateway: Callable[..., Awaitable[Gateway]], scripted: Callable[..., Awaitable[ScriptedUpstream]]
+) -> None:
+    """The upstream's 101 reaches the client by the rules of any response (its header lines
+    as sent, minus hop-by-hop and Connection-named ones, our X-Request-Id), then one
+    `Connection: Upgrade` and the upstream's `Upgrade`."""
+    upstream = await scripted(
+        send(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Secret\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n"
+            b"X-Request-Id: theirs\r\nX-Kept: \xe9t\xe9\r\n\r\n"
+        )
+    )
+    gw = await start_gateway(with_events(base_config(upstream.port)))
+    await gw.team("platform", ["read:apis"])
+    token, _ = await gw.token("platform", ["read:apis"])
+    port = int(gw.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"GET {EVENTS} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    status, *lines = head[:-4].split(b"\r\n")
+    names = [line.split(b":", 1)[0].lower() for line in lines]
+    assert status == b"HTTP/1.1 101 Switching Protocols"
+    assert names.count(b"connection") == 1 and b"Connection: Upgrade" in lines and b"Upgrade: websocket" in lines
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in lines and b"X-Kept: \xe9t\xe9" in lines
+    assert b"x-secret" not in names and b"keep-alive" not in names and b"content-length" not in names
+    assert [line for line in lines if line.lower().startswith(b"x-request-id")] != [b"X-Request-Id: theirs"]
+    assert names.count(b"x-request-id") == 1

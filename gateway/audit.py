@@ -61,6 +61,7 @@ class IsoTimestamps:
 
 MAX_PENDING = 100_000  # events waiting for the store's stream; past it the newest are dropped, counted
 
+
 def _line_tail(action: str) -> bytes:
     """What a JSON line has after an event's own fields, up to its timestamp's value."""
     head = orjson.dumps({"event": f"{LABEL} {action}", "level": "info", "logger": "tokenward.audit", "timestamp": ""})

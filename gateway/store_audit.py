@@ -6,8 +6,9 @@ script call, the calls of one write packed here and sent at once on one connecti
 redis-py's per-command path cost more than the request itself; a flush makes a few such
 writes, see AuditLog.flush). An admin change's event (`AuditEntry`) goes into the same
 MULTI as the change (`_write_audited`) on one server or Sentinel, so a change confirmed to
-the caller has its event in the stream. A cluster keeps the stream in its own slot: there the event is a second
-durable write after the change and before the response (see SECURITY.md).
+the caller has its event in the stream. A cluster keeps the stream in its own slot: there
+the event is a second durable write after the change and before the response (see
+SECURITY.md).
 """
 
 from __future__ import annotations

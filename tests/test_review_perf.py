@@ -78,6 +78,14 @@ async def warm(gw: Gateway, token: str, path: str = APIS, method: str = "GET") -
         assert await both(gw, token, path, method) == [200, 200]
 
 
+async def warm_token(gw: Gateway) -> str:
+    """A platform token for read:apis, its principal remembered on both paths."""
+    await gw.team("platform", ["read:apis"])
+    token, _ = await gw.token("platform", ["read:apis"])
+    await warm(gw, token)
+    return token
+
+
 # -- token state ------------------------------------------------------------------------------
 async def test_revoke_through_the_admin_api_refuses_the_next_request(gw: Gateway) -> None:
     boss = await org_admin_with_team(gw, PERMISSIONS)
@@ -240,9 +248,7 @@ async def test_reload_that_raises_a_routes_scope_refuses_at_once(
 async def test_reload_that_adds_environments_refuses_at_once(
     gw: Gateway, fa_config: dict[str, Any], tmp_path: Path
 ) -> None:
-    await gw.team("platform", ["read:apis"])
-    token, _ = await gw.token("platform", ["read:apis"])
-    await warm(gw, token)
+    token = await warm_token(gw)
     environment = (await gw.runtime.authenticator.authenticate(token, "127.0.0.1")).token.environment
     changed = copy.deepcopy(fa_config)
     [route] = [
@@ -256,9 +262,7 @@ async def test_reload_that_adds_environments_refuses_at_once(
 async def test_reload_that_drops_the_prefix_refuses_at_once(
     gw: Gateway, fa_config: dict[str, Any], tmp_path: Path
 ) -> None:
-    await gw.team("platform", ["read:apis"])
-    token, _ = await gw.token("platform", ["read:apis"])
-    await warm(gw, token)
+    token = await warm_token(gw)
     changed = copy.deepcopy(fa_config)
     changed["tokens"]["prefix"] = "tw_new"
     reload_with(gw, changed, tmp_path)
@@ -268,9 +272,7 @@ async def test_reload_that_drops_the_prefix_refuses_at_once(
 async def test_reload_that_untrusts_the_proxy_stops_forward_auth(
     gw: Gateway, fa_config: dict[str, Any], tmp_path: Path
 ) -> None:
-    await gw.team("platform", ["read:apis"])
-    token, _ = await gw.token("platform", ["read:apis"])
-    await warm(gw, token)
+    token = await warm_token(gw)
     changed = copy.deepcopy(fa_config)
     changed["trusted_proxies"] = ["10.99.0.0/16"]
     reload_with(gw, changed, tmp_path)

@@ -7,6 +7,7 @@ aiohttp connections get (`HeadDeadlineHandler`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from tokenward.gateway.edge import new_request_id
 from tokenward.gateway.listener import GatewayConnection
+from tokenward.gateway.outbox import Outbox
 from tokenward.gateway.pipeline import Pipeline
 from tokenward.gateway.reply import Clock
 from tokenward.gateway.runtime import Runtime
@@ -80,6 +82,22 @@ class HeadDeadlineHandler(RequestHandler):
         super().connection_lost(exc)
 
 
+async def finish_then_close(conn: GatewayConnection, timeout: float) -> None:
+    """A busy connection at shutdown: its request finishes (within `timeout`, else the
+    handler is cancelled), a tunnel ends; then it closes."""
+    task = conn.task
+    if task is not None:
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    if conn.relay_eof is not None:
+        conn.relay_eof()
+    conn.close()
+
+
 def create_proxy_server(runtime: Runtime) -> Listener:
     """The gateway listener over `runtime` (not yet listening: `await listener.start(host, port)`)."""
     return Listener(runtime, Pipeline(runtime), new_request_id)
@@ -96,6 +114,7 @@ class Listener:
         self.loop = asyncio.get_running_loop()
         self.connections: set[GatewayConnection] = set()
         self.closing = False
+        self.outbox = Outbox(self.loop)
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -119,11 +138,9 @@ class Listener:
         for conn in connections:
             if conn.task is None and conn.relay is None:
                 conn.close()
-        busy = [
-            conn.shutdown(timeout) for conn in connections if conn.task is not None or conn.relay is not None
-        ]
+        busy = [conn for conn in connections if conn.task is not None or conn.relay is not None]
         if busy:
-            await asyncio.gather(*busy, return_exceptions=True)
+            await asyncio.gather(*(finish_then_close(conn, timeout) for conn in busy), return_exceptions=True)
         for conn in list(self.connections):
             conn.close()
         await asyncio.sleep(0)

@@ -22,8 +22,7 @@ from tokenward.gateway.refusal import Refusal, Step
 class Connection(Protocol):
     """What a request needs of the connection it came on (the listener's protocol)."""
 
-    @property
-    def transport(self) -> asyncio.Transport | None: ...
+    def writable(self) -> asyncio.Transport | None: ...  # held bytes written first (gateway/outbox.py)
 
     def pause_reading(self) -> None: ...
 
@@ -186,7 +185,9 @@ class Request:
 
     @property
     def transport(self) -> asyncio.Transport | None:
-        return self.protocol.transport
+        """The client's transport, to write to directly: what the connection holds (a
+        pipelined request's response) is written first."""
+        return self.protocol.writable()
 
     @property
     def host(self) -> str:

@@ -14,7 +14,6 @@ over after its 101 (`set_relay`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
@@ -23,6 +22,7 @@ import httptools
 import structlog
 
 from tokenward.gateway.inbound import Body, HeadRefused, Request, malformed, read_request
+from tokenward.gateway.outbox import Outbox
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.reply import Clock, Reply, StreamReply, Writer, error_reply
 
@@ -47,6 +47,7 @@ class Host(Protocol):
     loop: asyncio.AbstractEventLoop
     connections: set[GatewayConnection]
     closing: bool
+    outbox: Outbox  # whole replies are written at the end of the loop's turn
 
     def new_request_id(self) -> str: ...
 
@@ -71,6 +72,7 @@ class GatewayConnection(asyncio.Protocol, Writer):
         "max_header_bytes",
         "max_headers",
         "max_url",
+        "outbox",
         "parser",
         "pauses",
         "peer",
@@ -96,6 +98,7 @@ class GatewayConnection(asyncio.Protocol, Writer):
         self.listener = listener
         self.clock = listener.clock
         self.loop = listener.loop
+        self.outbox = listener.outbox
         limits = listener.runtime.settings.limits
         self.timeout = limits.header_timeout
         self.max_url = limits.max_url_length + 1024  # above check_request's precise 414
@@ -335,7 +338,8 @@ class GatewayConnection(asyncio.Protocol, Writer):
             return False
         if type(reply) is Reply:
             keep_alive = self.keep_alive_for(request, reply)
-            transport.write(reply.render(request.method, request.version, keep_alive, self.clock))
+            data = reply.render(request.method, request.version, keep_alive, self.clock)
+            self.outbox.write(transport, data)  # with the turn's other replies (gateway/outbox.py)
         else:
             assert isinstance(reply, StreamReply)
             if not reply.prepared:
@@ -372,10 +376,16 @@ class GatewayConnection(asyncio.Protocol, Writer):
         )  # a refused head after this one is answered (then the end) once the queue is done
 
     def send(self, data: bytes) -> None:
-        transport = self.transport
+        transport = self.writable()
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
         transport.write(data)
+
+    def writable(self) -> asyncio.Transport | None:
+        """The transport, to write to or end directly: what the outbox holds for it goes first."""
+        if self.transport is not None:
+            self.outbox.release(self.transport)
+        return self.transport
 
     async def drain(self) -> None:
         if self.transport is None:
@@ -413,7 +423,7 @@ class GatewayConnection(asyncio.Protocol, Writer):
         and drop what the client still sends (for at most LINGER seconds): closing with its
         bytes still arriving would reset the connection before it read the answer."""
         self.closing = True
-        transport = self.transport
+        transport = self.writable()
         if transport is None or transport.is_closing():
             return
         if not linger or not transport.can_write_eof():
@@ -461,7 +471,7 @@ class GatewayConnection(asyncio.Protocol, Writer):
             request_id=request_id,
             duration_ms=0.0,
         )
-        transport = self.transport
+        transport = self.writable()
         if transport is None or transport.is_closing():
             return
         transport.write(error_reply(denied, request_id).render("GET", (1, 1), False, self.clock))
@@ -479,20 +489,3 @@ class GatewayConnection(asyncio.Protocol, Writer):
             self.timer = self.loop.call_at(self.deadline, self.head_deadline)
             return
         self.close()  # no complete request head in time
-
-    # -- shutdown ------------------------------------------------------------------------------
-
-    async def shutdown(self, timeout: float) -> None:
-        """Stop: an idle connection closes now; a busy one finishes its request (within
-        `timeout`, else the handler is cancelled) and then closes."""
-        task = self.task
-        if task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(task), timeout)
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        if self.relay_eof is not None:
-            self.relay_eof()
-        self.close()

@@ -26,6 +26,7 @@ from tokenward.gateway.inbound import Body, Request
 from tokenward.gateway.mcp_stream import JsonFilter, SseFilter, response_filter
 from tokenward.gateway.mcp_stream import upstream_headers as mcp_headers
 from tokenward.gateway.metrics import Histogram
+from tokenward.gateway.outbox import Outbox
 from tokenward.gateway.refusal import Refusal, Step
 from tokenward.gateway.reply import Block, Reply, StreamReply
 from tokenward.gateway.settings import Limits, Upstream
@@ -208,12 +209,15 @@ class Forwarder:
         self.pools: dict[tuple[str, str, ssl.SSLContext | None], Pool] = {}
         self.identity = IdentityHeaders()  # the identity headers, remembered per token record
         self.response_headers = ResponseHeaders()  # which upstream response headers go back
+        self.outbox: Outbox | None = None
 
     def pool(self, upstream: Upstream) -> Pool:
         key = (upstream.name, upstream.url, upstream.ssl_context)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = Pool(upstream, asyncio.get_running_loop())
+            if self.outbox is None:  # one per loop: its pools' writes go out together
+                self.outbox = Outbox(asyncio.get_running_loop())
+            pool = self.pools[key] = Pool(upstream, asyncio.get_running_loop(), self.outbox)
         return pool
 
     def reconfigure(self, upstreams: Mapping[str, Upstream]) -> None:

@@ -23,16 +23,15 @@ from typing import cast
 import httptools
 from yarl import URL
 
+from tokenward.gateway.outbox import Outbox
 from tokenward.gateway.settings import Upstream
-from tokenward.gateway.upstream_limit import ConnectionLimit
+from tokenward.gateway.upstream_limit import IDLE_SECONDS, ConnectionLimit, keep_alive_limit
 from tokenward.gateway.upstream_tls import connect_failure, tls_alert
 
-IDLE_SECONDS = 15.0  # close a pooled connection idle this long
 BODY_REUSE_SECONDS = 1.0  # a request that can't be retried gets a fresh connection if the pooled one idled longer
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the upstream pauses
 MAX_IDLE = 256  # pooled idle connections per upstream, at most
-KEEP_ALIVE_MARGIN = 1.0  # retire a connection this long before the upstream's Keep-Alive timeout
 # A close this soon after a response is for the count of exchanges (nginx keepalive_requests),
 # not idling; a busy loop may see it late, and one idle longer carries no body anyway.
 CLOSED_AFTER_RESPONSE = BODY_REUSE_SECONDS
@@ -284,10 +283,12 @@ class Connection(asyncio.Protocol):
             return
         if self.closed or self.transport is None:
             raise self.error or UpstreamFailed("upstream closed the connection", stale=not self.received_any)
-        self.transport.write(data)
+        self.pool.outbox.write(self.transport, data)  # with the turn's others (gateway/outbox.py)
         self.last_read = self.loop.time()  # accepted bytes are progress too
 
     async def drain(self) -> None:
+        if self.transport is not None:
+            self.pool.outbox.release(self.transport)  # into the transport, where backpressure sees it
         while self._paused_writing and not self.closed and not self.answered and self.error is None:
             self._drain = self.loop.create_future()
             try:
@@ -343,6 +344,7 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         self.close_deadline()
         if self.transport is not None and not self.closed:
+            self.pool.outbox.release(self.transport)
             self.transport.close()
         self.closed = True
         self.pool.forget(self)
@@ -351,11 +353,12 @@ class Connection(asyncio.Protocol):
 class Pool:
     """Idle keep-alive connections to one upstream, most recently used first."""
 
-    def __init__(self, upstream: Upstream, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, upstream: Upstream, loop: asyncio.AbstractEventLoop, outbox: Outbox) -> None:
         url = URL(upstream.url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"unsupported upstream URL {upstream.url!r}")
         self.loop = loop
+        self.outbox = outbox  # request bytes are written at the end of the loop's turn
         self.name = upstream.name
         self.url = upstream.url
         self.host = url.raw_host or url.host
@@ -462,25 +465,6 @@ class Pool:
         for conn in list(self.idle):
             conn.close()
         self.idle.clear()
-
-
-def keep_alive_limit(headers: list[tuple[bytes, bytes]]) -> float:
-    """How long a connection may idle in the pool, from the response's `Keep-Alive: timeout=N`
-    (minus a margin for the request's way there); IDLE_SECONDS if it names no timeout."""
-    limit = IDLE_SECONDS
-    for name, value in headers:
-        if name.lower() != b"keep-alive":
-            continue
-        for param in value.split(b","):
-            key, _, number = param.partition(b"=")
-            if key.strip().lower() == b"timeout":
-                try:
-                    seconds = float(number.strip().strip(b'"'))
-                except ValueError:
-                    continue
-                if seconds == seconds:  # not NaN
-                    limit = min(limit, max(0.0, seconds - KEEP_ALIVE_MARGIN))
-    return limit
 
 
 def request_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:

@@ -3,7 +3,8 @@ open at once, whether carrying a request, idle in the keep-alive pool, being ope
 holding a WebSocket tunnel. A request that finds them all taken waits, first come first
 served, for one to go idle or to close, at most `pool_timeout`; then it gets a 503. No
 queue grows without bound: every waiter has a deadline, and one that gives up after it was
-woken passes the wake-up on. `PoolGauges` shows the pools' figures on `/metrics`.
+woken passes the wake-up on. `PoolGauges` shows the pools' figures on `/metrics`. How long
+one connection may idle in the pool: `keep_alive_limit`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+IDLE_SECONDS = 15.0  # close a pooled connection idle this long
+KEEP_ALIVE_MARGIN = 1.0  # retire a connection this long before the upstream's Keep-Alive timeout
 
 
 class ConnectionLimit:
@@ -132,3 +136,22 @@ class PoolGauges(Collector):
             waiting.add_metric([self.worker, name], queued)
         yield connections
         yield waiting
+
+
+def keep_alive_limit(headers: list[tuple[bytes, bytes]]) -> float:
+    """How long a connection may idle in the pool, from the response's `Keep-Alive: timeout=N`
+    (minus a margin for the request's way there); IDLE_SECONDS if it names no timeout."""
+    limit = IDLE_SECONDS
+    for name, value in headers:
+        if name.lower() != b"keep-alive":
+            continue
+        for param in value.split(b","):
+            key, _, number = param.partition(b"=")
+            if key.strip().lower() == b"timeout":
+                try:
+                    seconds = float(number.strip().strip(b'"'))
+                except ValueError:
+                    continue
+                if seconds == seconds:  # not NaN
+                    limit = min(limit, max(0.0, seconds - KEEP_ALIVE_MARGIN))
+    return limit

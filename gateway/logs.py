@@ -44,8 +44,10 @@ QUEUE_LINES = 20_000  # log lines waiting for a slow reader, at most; more are d
 # The writer thread wakes by itself this often, and early only once this many lines wait: a
 # wake-up per event-loop turn would hand the GIL back and forth a thousand times a second,
 # and each hand-off can hold the event loop up behind the writer (bench/run.py, paced p99).
-WRITER_PERIOD = 0.02
-WRITER_EARLY_LINES = 512
+# Every wake-up costs the loop's thread too: at 16k lines/s, waking every 20 ms (512 lines)
+# cost it 4-5 µs of CPU per request more than every 100 ms (bench/README.md).
+WRITER_PERIOD = 0.1
+WRITER_EARLY_LINES = 4096
 FILE_BATCH_BYTES = 65536  # bytes per write to a regular file (to a pipe: PIPE_BUF, see _batch_bytes)
 DRAIN_SECONDS = 5.0  # at exit, how long queued lines may wait for a stalled reader
 

@@ -37,6 +37,8 @@ AREAS: list[tuple[str, str, re.Pattern[str]]] = [
         "inbound HTTP server (aiohttp, multidict, yarl; gateway/listener.py)",
         re.compile(r"^(aiohttp|multidict|yarl|propcache)/|^gateway/listener\.py$"),
     ),
+    # the held replies and upstream request heads, written together: the kernel's send, mostly
+    ("socket_writes", "socket writes (gateway/outbox.py)", re.compile(r"^gateway/outbox\.py$")),
     ("tokenward", "tokenward's own code (gateway/, admin/)", re.compile(r"^(gateway|admin)/")),
     ("store_client", "store client (redis-py: audit stream, usage)", re.compile(r"^redis/")),
     ("event_loop", "event loop (asyncio, uvloop, selectors)", re.compile(r"^(asyncio|uvloop)/|^selectors\.py$")),

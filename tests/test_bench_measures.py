@@ -43,7 +43,8 @@ def test_py_spy_samples_are_grouped_by_area(tmp_path: Path) -> None:
         f"{run};handle ({EDITABLE}/gateway/listener.py:10)": 5,  # the rebuilt inbound side
         # redis-py writes through asyncio's streams: the store client's time, not the loop's
         f"{run};send ({SITE}/redis/asyncio/connection.py:1168);writelines ({STDLIB}/asyncio/streams.py:340)": 5,
-        run: 10,  # uvloop's C code, under the innermost Python frame
+        f"{run};flush ({EDITABLE}/gateway/outbox.py:50);_write ({EDITABLE}/gateway/outbox.py:60)": 5,
+        run: 5,  # uvloop's C code, under the innermost Python frame
         f"_run ({EDITABLE}/gateway/logs.py:80);flush ({STDLIB}/logging/__init__.py:1)": 5,
         f"_run ({EDITABLE}/gateway/logs.py:80);Condition.wait ({STDLIB}/threading.py:320)": 7,  # waiting: left out
     }
@@ -55,9 +56,10 @@ def test_py_spy_samples_are_grouped_by_area(tmp_path: Path) -> None:
     assert areas == {
         "upstream_client": 40.0,
         "inbound_server": 25.0,
+        "socket_writes": 5.0,
         "tokenward": 15.0,
         "store_client": 5.0,
-        "event_loop": 10.0,
+        "event_loop": 5.0,
         "other": 5.0,
     }
     assert ["write (gateway/upstream.py)", 40.0] in summary["own_pct"]

@@ -210,6 +210,7 @@ class GatewayConnection(asyncio.Protocol, Writer):
             self.refuse(malformed(str(exc).rstrip(".") or "unreadable"))
 
     def eof_received(self) -> bool | None:
+        self.writable()  # a reply held for this turn goes out before the transport closes
         if self.relay_eof is not None:
             self.relay_eof()
             self.relay = self.relay_eof = None

@@ -6,11 +6,13 @@ inter-processor interrupt (12 % of the gateway's core went to `sock_def_readable
 load, bench/README.md). One turn of the loop decides every request whose bytes arrived
 together; held to the turn's end, their responses (and the request heads they send the
 upstreams) go out back to back: the first write wakes the reader, the others find it awake.
-Nothing waits longer than the rest of the turn it was written in.
+Nothing waits longer than the loop's next round of callbacks (uvloop runs it after its next
+poll for I/O, whose socket callbacks come first).
 
 The bytes held for one transport keep their order, and anything else written to it (a
 streamed reply, a tunnel's bytes, a 100 Continue), its `write_eof` and its `close` come after
-them: whoever writes to or ends a transport directly calls `release(transport)` first.
+them: whoever writes to or ends a transport directly calls `release(transport)` first, and
+so does a protocol whose transport closes on the peer's end of stream (`eof_received`).
 """
 
 from __future__ import annotations

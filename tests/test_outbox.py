@@ -127,3 +127,22 @@ async def test_many_connections_answered_in_one_turn_each_get_their_own(env: Env
 
     await asyncio.gather(*(ask(n) for n in range(40)))
     assert len(env.rec.seen) == 120
+
+
+async def test_a_reply_held_when_the_client_half_closes_still_reaches_it(env: Env) -> None:
+    """The client sends its request and at once its end of stream: the gateway's own answer
+    (held for the turn) goes out before the connection closes, as it did when written at once."""
+    asks = {
+        401: f"GET {APIS} HTTP/1.1\r\nHost: {env.host}\r\n\r\n",
+        404: f"GET /nope HTTP/1.1\r\nHost: {env.host}\r\nAuthorization: Bearer {env.token}\r\n\r\n",
+    }
+    for status, ask in asks.items():
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", env.gw.server.proxy_port)
+            try:
+                writer.write(ask.encode())
+                writer.write_eof()  # no delay: the end of stream arrives with the request
+                data = await asyncio.wait_for(reader.read(-1), 5)
+            finally:
+                writer.close()
+            assert data.startswith(b"HTTP/1.1 %d " % status), (status, data)

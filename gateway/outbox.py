@@ -52,7 +52,7 @@ class Outbox:
             _write(transport, held)
 
     def flush(self) -> None:
-        """Write everything held (the turn's end; also when a connection must not wait)."""
+        """Write everything held: the call scheduled by the turn's first `write`."""
         self._scheduled = False
         held, self._held = self._held, {}
         for transport, chunks in held.items():

@@ -46,6 +46,9 @@ class Tunnel:
         self._draining: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        # Bytes go to either transport directly from now. Nothing is held for them: the
+        # upstream's 101 came after its held request head went out, and the client's
+        # transport was released when this tunnel took it (`request.transport`).
         conn = self.conn
         conn.relay = self.to_client
         conn.on_lost = lambda: self.close("upstream closed")

@@ -134,6 +134,8 @@ class Connection(asyncio.Protocol):
             self.close()
 
     def eof_received(self) -> bool | None:  # (None: close the transport)
+        if self.transport is not None:
+            self.pool.outbox.release(self.transport)  # what is held goes before the close
         return None
 
     def connection_lost(self, exc: BaseException | None) -> None:
